@@ -1,0 +1,422 @@
+"""`kogitune store`: tokenize JSONL text into a data tensor (docs/format.md).
+
+Input is streamed in batches of lines; worker processes parse and tokenize them; the main process writes the
+results in input order, so the output (and its dataset ID) does not depend on the number of workers. Everything
+is written into `<output>.partial` and renamed to `<output>` only once complete: an interrupted store leaves no
+tensor that looks complete, and running it again starts that output afresh.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from collections import deque
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from kogitune.protocol.manifest import DTYPES, Manifest, ShardInfo, TokenizerInfo, dtype_for_vocab
+from kogitune.protocol.pieces import PieceHasher, root_of
+
+from . import __version__
+from .errors import BadInputError, KogituneError
+from .files import exclusive_lock, write_atomic
+from .tensor import MANIFEST_FILE, DataTensor, record_verified
+from .tokenizer import DEFAULT_TOKENIZER, Tokenizer, load_tokenizer, tokenizer_from_json
+
+BATCH_BYTES = 1 << 20
+DTYPES_NP = {name: np.dtype(f"<u{size}") for name, size in DTYPES.items()}
+_INPUT_SUFFIXES = (".gz", ".zst", ".jsonl", ".json", ".ndjson")
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    block_size: int = 2048
+    text_key: str = "text"
+    shard_size: int = 32 << 20
+    piece_size: int = 1 << 20
+    workers: int = 0
+    skip_bad_lines: bool = False
+    overwrite: bool = False
+
+    def provenance(self) -> dict:
+        return {"block_size": self.block_size, "text_key": self.text_key, "shard_size": self.shard_size,
+                "piece_size": self.piece_size, "skip_bad_lines": self.skip_bad_lines}
+
+
+@dataclass
+class StoreReport:
+    path: Path
+    dataset_id: str
+    documents: int = 0
+    tokens: int = 0
+    blocks: int = 0
+    shards: int = 0
+    padding: int = 0
+    bad_lines: int = 0
+    empty_documents: int = 0
+    empty_files: int = 0
+    text_bytes: int = 0
+    seconds: float = 0.0
+    already_stored: bool = False
+
+    def summary(self) -> str:
+        if self.already_stored:
+            return f"already stored: {self.path} ({self.dataset_id}); pass --overwrite to store again"
+        rate = self.text_bytes / 1e6 / max(self.seconds, 1e-9)
+        skipped = f", skipped {self.bad_lines} bad lines" if self.bad_lines else ""
+        empty = f", {self.empty_documents} empty documents" if self.empty_documents else ""
+        return (f"stored {self.path}\n  {self.documents:,} documents, {self.tokens:,} tokens, {self.blocks:,} blocks "
+                f"in {self.shards} shards ({self.padding:,} padding tokens in the last block){skipped}{empty}\n"
+                f"  {self.text_bytes / 1e6:.1f} MB of text in {self.seconds:.1f} s ({rate:.1f} MB/s, "
+                f"{self.tokens / max(self.seconds, 1e-9) / 1e6:.2f} M tokens/s)\n  dataset id {self.dataset_id}")
+
+
+def default_output(tokenizer: Tokenizer, first_input: Path) -> Path:
+    name = first_input.name
+    while name.endswith(_INPUT_SUFFIXES):
+        name = name[: name.rfind(".")]
+    return Path(tokenizer.short_id) / (name or "data")
+
+
+def store(files: Iterable[str | os.PathLike], tokenizer: str | Tokenizer = DEFAULT_TOKENIZER,
+          output: str | os.PathLike | None = None, options: StoreOptions | None = None,
+          progress: bool = True) -> StoreReport:
+    """Tokenize `files` (JSONL, optionally .gz or .zst) into a data tensor directory and return a report."""
+    options = options or StoreOptions()
+    paths = [Path(f) for f in files]
+    if not paths:
+        raise BadInputError("no input files given")
+    for path in paths:
+        if not path.is_file():
+            raise BadInputError(f"{path}: no such file")
+    tok = load_tokenizer(tokenizer)
+    out = Path(output) if output is not None else default_output(tok, paths[0])
+    with exclusive_lock(out.parent / f".{out.name}.lock", f"storing into {out}"):
+        if (out / MANIFEST_FILE).exists() and not options.overwrite:
+            return StoreReport(out, DataTensor(out).dataset_id, already_stored=True)
+        partial = out.parent / f"{out.name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        try:
+            report = _write_tensor(paths, tok, partial, options, progress)
+            _replace_dir(partial, out)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+    report.path = out
+    return report
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    if not target.exists():
+        os.rename(new, target)
+        return
+    old = target.parent / f".{target.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    os.rename(target, old)
+    os.rename(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_tensor(paths: list[Path], tok: Tokenizer, directory: Path, options: StoreOptions,
+                  progress: bool) -> StoreReport:
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    dtype = dtype_for_vocab(tok.vocab_size)
+    writer = TensorWriter(directory, dtype, options.block_size, options.shard_size, options.piece_size, tok.eos_id)
+    reader = InputReader(paths, options.skip_bad_lines)
+    report = StoreReport(directory, "")
+    with tqdm(total=sum(p.stat().st_size for p in paths), unit="B", unit_scale=True, desc="store",
+              disable=None if progress else True) as bar:
+        for batch, result in _tokenize_in_order(reader.batches(), tok, dtype, options):
+            tokens, lengths, bad, empty, text_bytes = result
+            if bad and not options.skip_bad_lines:
+                line, reason = bad[0]
+                raise BadInputError(f"{batch.path}, line {line}: {reason}. Fix the line, or pass --skip-bad-lines "
+                                    "to skip such lines and count them.")
+            report.bad_lines += len(bad)
+            report.empty_documents += empty
+            report.text_bytes += text_bytes
+            writer.add(np.frombuffer(tokens, dtype=dtype), np.frombuffer(lengths, dtype=np.int64))
+            bar.update(reader.bytes_read - bar.n)
+    shards = writer.finish()
+    manifest = Manifest(
+        tokenizer=TokenizerInfo(tok.name, tok.short_id, tok.fingerprint, tok.vocab_size, tok.eos_id),
+        dtype=dtype, block_size=options.block_size, piece_size=options.piece_size,
+        documents=writer.documents, tokens=writer.tokens, blocks=sum(s.blocks for s in shards), shards=shards,
+        provenance={"inputs": reader.inputs, "options": options.provenance(), "kogitune": __version__,
+                    "skipped": {"bad_lines": report.bad_lines, "empty_documents": report.empty_documents,
+                                "empty_files": reader.empty_files}},
+    )
+    manifest_bytes = json.dumps(manifest.to_dict(), indent=1, sort_keys=True, ensure_ascii=False).encode()
+    write_atomic(directory / MANIFEST_FILE, manifest_bytes + b"\n")
+    record_verified(directory, manifest, shards)
+    report.dataset_id = manifest.dataset_id
+    report.documents, report.tokens, report.blocks = manifest.documents, manifest.tokens, manifest.blocks
+    report.shards, report.padding = len(shards), manifest.blocks * manifest.block_size - manifest.tokens
+    report.empty_files = reader.empty_files
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+@dataclass
+class Batch:
+    path: Path
+    first_line: int
+    lines: list[bytes]
+
+
+class _HashingReader(io.RawIOBase):
+    """Counts and hashes the raw bytes of a file as a decompressor reads them."""
+
+    def __init__(self, raw) -> None:
+        self.raw = raw
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self.raw.readinto(buffer)
+        if n:
+            self.sha256.update(memoryview(buffer)[:n])
+            self.size += n
+        return n
+
+
+class InputReader:
+    """Streams input files as batches of raw lines and records their size and SHA-256 for the provenance."""
+
+    def __init__(self, paths: list[Path], skip_bad_lines: bool, batch_bytes: int = BATCH_BYTES) -> None:
+        self.paths = paths
+        self.skip_bad_lines = skip_bad_lines
+        self.batch_bytes = batch_bytes
+        self.inputs: list[dict] = []
+        self.empty_files = 0
+        self._done_bytes = 0
+        self._current: _HashingReader | None = None
+
+    @property
+    def bytes_read(self) -> int:
+        return self._done_bytes + (self._current.size if self._current else 0)
+
+    def batches(self) -> Iterator[Batch]:
+        for path in self.paths:
+            with open(path, "rb", buffering=0) as raw:
+                self._current = hashing = _HashingReader(raw)
+                lines_seen = 0
+                for first_line, lines in self._line_batches(_decompressed(path, hashing)):
+                    lines_seen += len(lines)
+                    yield Batch(path, first_line, lines)
+                if not lines_seen:
+                    if not self.skip_bad_lines:
+                        raise BadInputError(f"{path}: the file is empty; remove it from the inputs, "
+                                            "or pass --skip-bad-lines to skip it")
+                    self.empty_files += 1
+                self.inputs.append({"name": path.name, "size": hashing.size, "sha256": hashing.sha256.hexdigest()})
+                self._done_bytes += hashing.size
+                self._current = None
+
+    def _line_batches(self, stream) -> Iterator[tuple[int, list[bytes]]]:
+        lines: list[bytes] = []
+        size, first = 0, 1
+        try:
+            for number, line in enumerate(stream, 1):
+                if not lines:
+                    first = number
+                lines.append(line)
+                size += len(line)
+                if size >= self.batch_bytes:
+                    yield first, lines
+                    lines, size = [], 0
+        except (OSError, EOFError, ValueError) as exc:
+            raise BadInputError(f"{self.paths[len(self.inputs)]}: cannot decompress ({exc})") from None
+        if lines:
+            yield first, lines
+
+
+def _decompressed(path: Path, raw: io.RawIOBase):
+    buffered = io.BufferedReader(raw, 1 << 20)
+    if path.name.endswith(".gz"):
+        return gzip.GzipFile(fileobj=buffered)
+    if path.name.endswith(".zst"):
+        import zstandard
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True))
+    return buffered
+
+
+def _tokenize_in_order(batches: Iterator[Batch], tok: Tokenizer, dtype: str, options: StoreOptions):
+    """Yield (batch, result) in input order, with at most 2 batches per worker in flight (bounded memory)."""
+    workers = options.workers or os.cpu_count() or 1
+    if workers == 1:
+        for batch in batches:
+            yield batch, tokenize_lines(tok, batch.lines, batch.first_line, options.text_key, dtype)
+        return
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_init_worker, initargs=(tok.name, tok.to_json(), tok.eos_id)) as pool:
+        pending: deque = deque()
+        for batch in batches:
+            pending.append((batch, pool.apply_async(_tokenize_in_worker,
+                                                    (batch.lines, batch.first_line, options.text_key, dtype))))
+            if len(pending) >= 2 * workers:
+                done, result = pending.popleft()
+                yield done, result.get()
+        while pending:
+            done, result = pending.popleft()
+            yield done, result.get()
+
+
+_worker_tokenizer: Tokenizer | None = None
+
+
+def _init_worker(name: str, tokenizer_json: str, eos_id: int) -> None:
+    global _worker_tokenizer
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _worker_tokenizer = tokenizer_from_json(name, tokenizer_json, eos_id)
+
+
+def _tokenize_in_worker(lines: list[bytes], first_line: int, text_key: str, dtype: str):
+    return tokenize_lines(_worker_tokenizer, lines, first_line, text_key, dtype)
+
+
+def tokenize_lines(tok: Tokenizer, lines: list[bytes], first_line: int, text_key: str, dtype: str):
+    """Parse JSONL lines and tokenize their texts, each followed by EOS.
+
+    Returns (token bytes, document lengths as int64 bytes, [(line, reason) of bad lines], empty documents,
+    UTF-8 bytes of text); plain bytes, so that results cross process boundaries cheaply.
+    """
+    texts, bad, empty, text_bytes = [], [], 0, 0
+    for number, line in enumerate(lines, first_line):
+        if not line.strip():
+            continue
+        text, reason = _text_of(line, text_key)
+        if reason:
+            bad.append((number, reason))
+        elif not text:
+            empty += 1
+        else:
+            texts.append(text)
+            text_bytes += len(text.encode("utf-8"))
+    ids = tok.encode_batch(texts) if texts else []
+    eos = (tok.eos_id,)
+    lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
+    tokens = np.fromiter(chain.from_iterable(chain(x, eos) for x in ids), dtype=DTYPES_NP[dtype],
+                         count=int(lengths.sum()))
+    return tokens.tobytes(), lengths.tobytes(), bad, empty, text_bytes
+
+
+
+def _text_of(line: bytes, key: str) -> tuple[str, str]:
+    try:
+        decoded = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return "", f"not UTF-8 (byte {exc.start} is {line[exc.start]:#04x})"
+    try:
+        obj = json.loads(decoded)
+    except json.JSONDecodeError as exc:
+        return "", f"not valid JSON ({exc.msg} at column {exc.colno})"
+    if not isinstance(obj, dict):
+        return "", f"not a JSON object (found {type(obj).__name__})"
+    if key not in obj:
+        keys = ", ".join(list(obj)[:5])
+        return "", f"has no key {key!r} (keys: {keys or 'none'}); choose the key with --text-key"
+    text = obj[key]
+    if not isinstance(text, str):
+        return "", f"{key!r} is {type(text).__name__}, not a string"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return "", f"{key!r} contains an unpaired surrogate at character {exc.start}"
+    return text, ""
+
+
+class TensorWriter:
+    """Appends packed tokens to shard files, hashing pieces as it writes and recording where documents start."""
+
+    def __init__(self, directory: Path, dtype: str, block_size: int, shard_size: int, piece_size: int,
+                 eos_id: int) -> None:
+        if block_size < 1:
+            raise KogituneError(f"block size must be positive, got {block_size}")
+        self.directory = directory
+        self.dtype = DTYPES_NP[dtype]
+        self.block_size = block_size
+        self.piece_size = piece_size
+        self.eos_id = eos_id
+        self.shard_tokens = max(1, shard_size // (block_size * self.dtype.itemsize)) * block_size
+        self.shards: list[ShardInfo] = []
+        self.tokens = 0
+        self.documents = 0
+        self._file = None
+        self._hasher: PieceHasher | None = None
+        self._doc_starts: list[np.ndarray] = []
+        self._in_shard = 0
+        (directory / "shards").mkdir(exist_ok=True)
+
+    def add(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        if not len(lengths):
+            return
+        starts = self.tokens + np.concatenate(([0], np.cumsum(lengths[:-1])))
+        self.documents += len(lengths)
+        at = 0
+        while at < len(tokens):
+            if self._file is None:
+                self._open_shard()
+            take = min(len(tokens) - at, self.shard_tokens - self._in_shard)
+            shard_start = self.tokens - self._in_shard
+            here = starts[(starts >= self.tokens) & (starts < self.tokens + take)]
+            self._doc_starts.append((here - shard_start).astype("<u4"))
+            self._write(tokens[at:at + take])
+            self.tokens += take
+            at += take
+            if self._in_shard == self.shard_tokens:
+                self._close_shard()
+
+    def finish(self) -> tuple[ShardInfo, ...]:
+        if self._file is not None:
+            padding = -self._in_shard % self.block_size
+            self._write(np.full(padding, self.eos_id, dtype=self.dtype))
+            self._close_shard()
+        if not self.shards:
+            raise BadInputError("the inputs hold no text to store (every line was blank, empty or skipped)")
+        return tuple(self.shards)
+
+    def _open_shard(self) -> None:
+        name = f"{len(self.shards):05d}"
+        self._file = open(self.directory / "shards" / f"{name}.tokens", "wb")
+        self._hasher = PieceHasher(self.piece_size)
+        self._doc_starts, self._in_shard = [], 0
+
+    def _write(self, tokens: np.ndarray) -> None:
+        data = tokens.astype(self.dtype, copy=False).tobytes()
+        self._file.write(data)
+        self._hasher.update(data)
+        self._in_shard += len(tokens)
+
+    def _close_shard(self) -> None:
+        name = f"{len(self.shards):05d}"
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+        pieces = self._hasher.finish()
+        docs = np.concatenate(self._doc_starts).astype("<u4").tobytes() if self._doc_starts else b""
+        write_atomic(self.directory / "shards" / f"{name}.pieces", pieces)
+        write_atomic(self.directory / "shards" / f"{name}.docs", docs)
+        self.shards.append(ShardInfo(
+            name=name, blocks=self._in_shard // self.block_size, size=self._in_shard * self.dtype.itemsize,
+            root=root_of(pieces), documents=len(docs) // 4, docs_sha256=hashlib.sha256(docs).hexdigest(),
+        ))
+

@@ -1,0 +1,1 @@
+"""The networked, async side of Kogitune (trio): hosts, DHT, shard server, fetcher, store, daemon."""
