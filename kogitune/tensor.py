@@ -59,6 +59,10 @@ class DataTensor:
         self._arrays: dict[int, np.ndarray] = {}
         self._dtype = np.dtype(f"<u{self.manifest.itemsize}")
 
+    def __getstate__(self) -> dict:
+        """Pickled (by DataLoader workers) without its memory maps; each process maps and checks shards itself."""
+        return {**self.__dict__, "_arrays": {}}
+
     def __repr__(self) -> str:
         return f"DataTensor({str(self.path)!r}, {self.dataset_id})"
 

@@ -1,0 +1,144 @@
+"""The `kogitune` command line, and `store_cli` for the same from Python."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .errors import KogituneError
+
+EXIT_OK, EXIT_DAMAGED, EXIT_ERROR = 0, 1, 2
+
+
+def store_cli(files, tokenizer: str = "gpt2", output: str | None = None, *, text_key: str = "text",
+              block_size: int = 2048, shard_size: int = 32 << 20, workers: int = 0, skip_bad_lines: bool = False,
+              overwrite: bool = False, progress: bool = True):
+    """Python form of `kogitune store`: tokenize JSONL files into a data tensor, print a summary, return the report."""
+    from .store import StoreOptions, store
+
+    if isinstance(files, (str, os.PathLike)):
+        files = [files]
+    options = StoreOptions(block_size=block_size, text_key=text_key, shard_size=shard_size, workers=workers,
+                           skip_bad_lines=skip_bad_lines, overwrite=overwrite)
+    report = store(files, tokenizer, output, options, progress=progress)
+    print(report.summary())
+    return report
+
+
+def _store(args) -> int:
+    store_cli(args.files, args.tokenizer, args.output, text_key=args.text_key, block_size=args.block_size,
+              shard_size=int(args.shard_size * (1 << 20)), workers=args.workers, skip_bad_lines=args.skip_bad_lines,
+              overwrite=args.overwrite, progress=not args.quiet)
+    return EXIT_OK
+
+
+def _verify(args) -> int:
+    from .tensor import DataTensor
+
+    tensor = DataTensor(args.directory)
+    problems = tensor.verify()
+    for problem in problems:
+        print(f"BAD  {problem}")
+    if problems:
+        print(f"{tensor.path}: {len(problems)} problem(s); store or fetch the tensor again", file=sys.stderr)
+        return EXIT_DAMAGED
+    print(f"OK   {tensor.path}: {len(tensor.shards)} shards, {tensor.manifest.tokens:,} tokens verified "
+          f"({tensor.dataset_id})")
+    return EXIT_OK
+
+
+def _info(args) -> int:
+    from .tensor import DataTensor
+
+    tensor = DataTensor(args.directory)
+    m = tensor.manifest
+    print(f"dataset id  {tensor.dataset_id}")
+    print(f"path        {tensor.path}")
+    print(f"tokenizer   {m.tokenizer.name} ({m.tokenizer.id}, vocab {m.tokenizer.vocab_size:,}, eos {m.tokenizer.eos_id})")
+    print(f"tokens      {m.tokens:,} in {m.blocks:,} blocks of {m.block_size} ({m.dtype})")
+    print(f"documents   {m.documents:,}")
+    print(f"shards      {len(m.shards)} ({sum(s.size for s in m.shards) / 1e6:.1f} MB, pieces of {m.piece_size >> 10} KiB)")
+    inputs = ", ".join(f"{i['name']} ({i['size']:,} B)" for i in m.provenance.get("inputs", []))
+    print(f"inputs      {inputs or '-'}")
+    return EXIT_OK
+
+
+def _head(args) -> int:
+    from .errors import TokenizerError
+    from .tensor import DataTensor
+    from .tokenizer import load_tokenizer
+
+    tensor = DataTensor(args.directory)
+    info = tensor.manifest.tokenizer
+    tokenizer = load_tokenizer(args.tokenizer or info.name)
+    if tokenizer.fingerprint != info.fingerprint:
+        raise TokenizerError(f"tokenizer {tokenizer.name!r} ({tokenizer.short_id}) is not the one this tensor was "
+                             f"stored with ({info.id}); pass that one with --tokenizer")
+    count = min(args.n, tensor.manifest.blocks)
+    for index in range(count):
+        text = tokenizer.decode(tensor.block(index))
+        if args.chars and len(text) > args.chars:
+            text = text[: args.chars] + "…"
+        print(f"--- block {index} ---\n{text}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kogitune", description="Tokenize text once into content-addressed data tensors; share and train on them.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    store = commands.add_parser(
+        "store", help="tokenize JSONL files into a data tensor directory",
+        description="Tokenize JSONL files (.jsonl, .jsonl.gz, .jsonl.zst) into a data tensor directory "
+                    "<tokenizer id>/<input name>. Documents are joined with EOS and packed into fixed-size blocks.")
+    store.add_argument("files", nargs="+", help="input JSONL files, one document per line")
+    store.add_argument("--tokenizer", default="gpt2",
+                       help="built-in 'gpt2' (offline), a tokenizer directory or tokenizer.json, or a hub name "
+                            "(default: gpt2)")
+    store.add_argument("--output", "-o", help="output directory (default: <tokenizer id>/<name of first input>)")
+    store.add_argument("--text-key", default="text", help="JSON key holding the text (default: text)")
+    store.add_argument("--block-size", type=int, default=2048, help="tokens per block (default: 2048)")
+    store.add_argument("--shard-size", type=float, default=32, help="target shard size in MiB (default: 32)")
+    store.add_argument("--workers", type=int, default=0, help="tokenizer processes (default: all cores)")
+    store.add_argument("--skip-bad-lines", action="store_true",
+                       help="skip and count malformed lines and empty files instead of stopping")
+    store.add_argument("--overwrite", action="store_true", help="store again even if the output exists")
+    store.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    store.set_defaults(run=_store)
+
+    verify = commands.add_parser("verify", help="check every piece of a data tensor against its manifest",
+                                 description="Hash every piece of every shard. Exit status 0: intact; 1: damaged "
+                                             "(each bad shard and piece is named); 2: not a readable tensor.")
+    verify.add_argument("directory")
+    verify.set_defaults(run=_verify)
+
+    info = commands.add_parser("info", help="show a data tensor's manifest summary and dataset ID")
+    info.add_argument("directory")
+    info.set_defaults(run=_info)
+
+    head = commands.add_parser("head", help="decode the first blocks of a data tensor")
+    head.add_argument("directory")
+    head.add_argument("-n", type=int, default=3, help="number of blocks (default: 3)")
+    head.add_argument("--chars", type=int, default=600, help="cut each block's text after this many characters "
+                                                             "(0: no limit; default: 600)")
+    head.add_argument("--tokenizer", help="tokenizer to decode with (default: the one named in the manifest)")
+    head.set_defaults(run=_head)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except KogituneError as exc:
+        print(f"kogitune {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"kogitune {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
