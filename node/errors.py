@@ -1,0 +1,11 @@
+"""Errors of the networked side; children of kogitune.protocol's KogituneError."""
+
+from kogitune.protocol.errors import KogituneError
+
+
+class FetchError(KogituneError):
+    """A dataset, shard or file could not be fetched from any of its sources."""
+
+
+class SourceError(FetchError):
+    """One source failed one request (refused, timed out, broke off, sent too much); others may still work."""

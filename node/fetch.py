@@ -1,0 +1,306 @@
+"""The multi-source fetcher: verified pieces of a shard from every source at once, with failover.
+
+Each source gets one worker per shard. A worker streams the shard's tokens file from a starting piece and claims
+pieces one by one as the bytes arrive; it stops where another worker has already claimed or finished the next
+piece, and then starts again at the longest run of missing pieces. Every piece is checked against the manifest
+before it is written, so a source can only waste time, never put a wrong byte on disk:
+
+- a piece whose hash does not match bans its source for the rest of the fetch (it lied);
+- an error, a timeout, a short read or a 404 counts as a failure: the source backs off exponentially and is
+  dropped after `max_failures`; its claimed piece goes back to the others at once.
+
+Verified pieces are written in place into `<shard>.tokens.partial`; a later fetch re-hashes that file and keeps
+every piece that matches, so an interrupted download resumes. The finished file is fsynced and renamed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+from collections import Counter
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from kogitune.files import write_atomic
+from kogitune.protocol.errors import IntegrityError
+from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, ShardInfo, parse_manifest
+from kogitune.protocol.pieces import check_pieces_file, piece_digests
+
+from .errors import FetchError, SourceError
+from .sources import Source
+
+log = logging.getLogger("kogitune.fetch")
+MISSING, CLAIMED, DONE = 0, 1, 2
+LOCK_POLL_SECONDS = 0.05
+
+
+@dataclass
+class SourceHealth:
+    """What the fetcher has learned about one source during this fetch."""
+
+    source: Source
+    failures: int = 0
+    banned: str = ""
+    retry_at: float = 0.0
+    last_error: str = ""
+    bytes_verified: int = 0
+
+    def describe(self) -> str:
+        if self.banned:
+            return f"{self.source.name}: dropped, {self.banned}"
+        if self.last_error:
+            return f"{self.source.name}: {self.failures} failure(s), last: {self.last_error}"
+        return f"{self.source.name}: ok, {self.bytes_verified} bytes"
+
+
+@dataclass
+class SourcePool:
+    """The sources of one dataset and their health, shared by all shard fetches of that dataset."""
+
+    sources: list[Source]
+    max_failures: int = 4
+    backoff_seconds: float = 0.25
+    health: list[SourceHealth] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise FetchError("no sources to fetch from")
+        self.health = [SourceHealth(s) for s in self.sources]
+
+    def usable(self) -> list[SourceHealth]:
+        return [h for h in self.health if not h.banned and h.failures < self.max_failures]
+
+    def failed(self, health: SourceHealth, error: str) -> None:
+        health.failures += 1
+        health.last_error = error
+        health.retry_at = trio.current_time() + min(self.backoff_seconds * 2 ** (health.failures - 1), 10.0)
+        log.info("source failed (%d/%d): %s", health.failures, self.max_failures, error)
+
+    def ban(self, health: SourceHealth, reason: str) -> None:
+        health.banned = reason
+        log.warning("dropping source %s: %s", health.source.name, reason)
+
+    def succeeded(self, health: SourceHealth) -> None:
+        health.failures = 0
+
+    def report(self) -> str:
+        return "; ".join(h.describe() for h in self.health)
+
+
+async def fetch_small_file(pool: SourcePool, path: str, limit: int, valid) -> bytes:
+    """A small whole file (manifest, .pieces, .docs) from the first source whose bytes pass `valid`."""
+    for health in pool.usable():
+        try:
+            data = await health.source.read_all(path, limit)
+        except SourceError as exc:
+            pool.failed(health, str(exc))
+            continue
+        if valid(data):
+            pool.succeeded(health)
+            return data
+        pool.ban(health, f"sent a {path} that does not match the manifest")
+    raise FetchError(f"no source could deliver a valid {path}: {pool.report()}")
+
+
+async def fetch_manifest(pool: SourcePool, dataset_id: str | None = None) -> tuple[bytes, Manifest]:
+    """The manifest from the first source that serves a valid one (hashing to `dataset_id` when given)."""
+    parsed: dict[bytes, Manifest] = {}
+
+    def valid(data: bytes) -> bool:
+        try:
+            manifest = parse_manifest(data)
+        except Exception:
+            return False
+        parsed[data] = manifest
+        return dataset_id is None or manifest.dataset_id == dataset_id
+
+    data = await fetch_small_file(pool, "manifest.json", MAX_MANIFEST_BYTES, valid)
+    return data, parsed[data]
+
+
+class ShardFetch:
+    """Brings one shard of a dataset into `directory` (a data tensor directory), verified piece by piece."""
+
+    def __init__(self, directory: Path, manifest: Manifest, shard: ShardInfo, pool: SourcePool) -> None:
+        self.directory = directory
+        self.manifest = manifest
+        self.shard = shard
+        self.pool = pool
+        self.piece_size = manifest.piece_size
+        self.status = bytearray(manifest.pieces_in(shard))
+        self.expected = b""
+        self.bytes_by_source: Counter = Counter()
+        self._changed = trio.Event()
+        self._fd = -1
+
+    @property
+    def target(self) -> Path:
+        return self.directory / self.shard.tokens_path
+
+    async def run(self) -> None:
+        async with self._locked():
+            if self.target.exists():
+                return
+            started = trio.current_time()
+            self.expected = await fetch_small_file(
+                self.pool, self.shard.pieces_path, len(self.status) * 32, self._valid_pieces)
+            docs = await fetch_small_file(
+                self.pool, self.shard.docs_path, self.shard.docs_size,
+                lambda data: hashlib.sha256(data).hexdigest() == self.shard.docs_sha256)
+            partial = self.target.with_name(self.target.name + ".partial")
+            self._fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                await trio.to_thread.run_sync(self._resume)
+                await self._download()
+                os.fsync(self._fd)
+            finally:
+                os.close(self._fd)
+            write_atomic(self.directory / self.shard.pieces_path, self.expected)
+            write_atomic(self.directory / self.shard.docs_path, docs)
+            os.replace(partial, self.target)
+            seconds = trio.current_time() - started
+            sources = ", ".join(f"{name} {count / 2**20:.1f} MiB" for name, count in self.bytes_by_source.items())
+            log.info("fetched shard %s (%.1f MiB) in %.2f s from %s", self.shard.name, self.shard.size / 2**20,
+                     seconds, sources or "the partial file")
+
+    def _valid_pieces(self, data: bytes) -> bool:
+        try:
+            check_pieces_file(self.shard, data, self.piece_size)
+        except IntegrityError:
+            return False
+        return True
+
+    @asynccontextmanager
+    async def _locked(self):
+        """One process per shard at a time (ranks and DataLoader workers share the cache)."""
+        lock_path = self.directory / "shards" / f"{self.shard.name}.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "a+b") as lock:
+            while True:
+                try:
+                    fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await trio.sleep(LOCK_POLL_SECONDS)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    def _resume(self) -> None:
+        """Keep the pieces of an earlier, interrupted fetch that still match their hashes."""
+        os.ftruncate(self._fd, self.shard.size)
+        with open(self._fd, "rb", closefd=False) as f:
+            actual = piece_digests(f.read(), self.piece_size)
+        for index in range(len(self.status)):
+            if actual[index * 32:(index + 1) * 32] == self.expected[index * 32:(index + 1) * 32]:
+                self.status[index] = DONE
+
+    @property
+    def complete(self) -> bool:
+        return all(s == DONE for s in self.status)
+
+    async def _download(self) -> None:
+        if self.complete:
+            return
+        async with trio.open_nursery() as nursery:
+            for health in self.pool.usable():
+                nursery.start_soon(self._worker, health, nursery.cancel_scope)
+        if not self.complete:
+            missing = sum(1 for s in self.status if s != DONE)
+            raise FetchError(f"shard {self.shard.name}: {missing} of {len(self.status)} pieces could not be fetched "
+                             f"from any source: {self.pool.report()}")
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _worker(self, health: SourceHealth, done: trio.CancelScope) -> None:
+        while not self.complete:
+            if health.banned or health.failures >= self.pool.max_failures:
+                return
+            await trio.sleep_until(health.retry_at)
+            start = self._pick_start()
+            if start is None:
+                await self._changed.wait()
+                continue
+            try:
+                await self._stream_from(health, start)
+                self.pool.succeeded(health)
+            except SourceError as exc:
+                self.pool.failed(health, str(exc))
+            except IntegrityError as exc:
+                self.pool.ban(health, str(exc))
+            finally:
+                self._notify()
+        done.cancel()
+
+    def _pick_start(self) -> int | None:
+        """The start of the longest run of missing pieces, or its middle when a stream is flowing into it."""
+        best, best_len, index = None, 0, 0
+        while index < len(self.status):
+            if self.status[index] == MISSING:
+                end = index
+                while end < len(self.status) and self.status[end] == MISSING:
+                    end += 1
+                if end - index > best_len:
+                    best, best_len = index, end - index
+                index = end
+            else:
+                index += 1
+        if best is not None and best > 0 and self.status[best - 1] == CLAIMED:
+            best += best_len // 2
+        return best
+
+    async def _stream_from(self, health: SourceHealth, start: int) -> None:
+        path = self.shard.tokens_path
+        async with health.source.stream(path, start * self.piece_size) as (offset, chunks):
+            if offset % self.piece_size or offset > start * self.piece_size:
+                raise SourceError(f"{health.source.name}: {path} starts at byte {offset}, asked for "
+                                  f"{start * self.piece_size}")
+            seekable = offset == start * self.piece_size
+            index = offset // self.piece_size
+            claimed = self._claim(index)
+            buffer = bytearray()
+            try:
+                async for chunk in chunks:
+                    buffer += chunk
+                    while index < len(self.status) and len(buffer) >= self._piece_length(index):
+                        length = self._piece_length(index)
+                        if claimed:
+                            self._accept(health, index, bytes(buffer[:length]))
+                        del buffer[:length]
+                        index += 1
+                        claimed = index < len(self.status) and self._claim(index)
+                        if not claimed and (seekable or MISSING not in self.status[index:]):
+                            return
+                    if index >= len(self.status):
+                        return
+                raise SourceError(f"{health.source.name}: {path} ended at byte "
+                                  f"{index * self.piece_size + len(buffer)} of {self.shard.size}")
+            finally:
+                if claimed and index < len(self.status) and self.status[index] == CLAIMED:
+                    self.status[index] = MISSING
+
+    def _claim(self, index: int) -> bool:
+        if self.status[index] == MISSING:
+            self.status[index] = CLAIMED
+            return True
+        return False
+
+    def _piece_length(self, index: int) -> int:
+        return min(self.piece_size, self.shard.size - index * self.piece_size)
+
+    def _accept(self, health: SourceHealth, index: int, data: bytes) -> None:
+        if hashlib.sha256(data).digest() != self.expected[index * 32:(index + 1) * 32]:
+            self.status[index] = MISSING
+            raise IntegrityError(f"sent shard {self.shard.name} piece {index} with a wrong hash")
+        os.pwrite(self._fd, data, index * self.piece_size)
+        self.status[index] = DONE
+        health.bytes_verified += len(data)
+        self.bytes_by_source[health.source.name] += len(data)

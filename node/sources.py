@@ -1,0 +1,105 @@
+"""Where bytes come from: the Source interface, and HTTP(S) mirrors of a data tensor directory.
+
+A source serves the files of one data tensor by their relative path (`manifest.json`, `shards/00000.tokens`, ...).
+Sources are untrusted: the fetcher verifies every byte against the manifest, so a source only has to deliver
+bytes, and a libp2p peer plugs in as one more Source. Every read is bounded in time and size.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import trio
+
+from .errors import SourceError
+
+DEFAULT_READ_TIMEOUT = 30.0
+
+
+class Source:
+    """A place that serves a data tensor's files."""
+
+    name: str
+
+    def stream(self, path: str, start: int):
+        """Async context manager giving (offset of the first byte, async iterator of chunks) for `path` from
+        `start` on; a source that cannot seek may begin earlier (at 0) and the reader skips ahead."""
+        raise NotImplementedError
+
+    async def read_all(self, path: str, limit: int) -> bytes:
+        """The whole file, refusing more than `limit` bytes."""
+        chunks, size = [], 0
+        async with self.stream(path, 0) as (_, chunks_in):
+            async for chunk in chunks_in:
+                size += len(chunk)
+                if size > limit:
+                    raise SourceError(f"{self.name}: {path} is larger than the allowed {limit} bytes")
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def aclose(self) -> None:
+        pass
+
+
+class HttpSource(Source):
+    """A tensor directory on any static web server (nginx, `python -m http.server`); Range used when offered."""
+
+    def __init__(self, base_url: str, read_timeout: float = DEFAULT_READ_TIMEOUT) -> None:
+        import httpx
+
+        self.base_url = base_url.rstrip("/")
+        self.name = self.base_url
+        self.read_timeout = read_timeout
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(read_timeout), follow_redirects=True)
+
+    @asynccontextmanager
+    async def stream(self, path: str, start: int):
+        import httpx
+
+        url = f"{self.base_url}/{path}"
+        headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={start}-"} if start else {})}
+        try:
+            with trio.fail_after(self.read_timeout):
+                response = await self._client.send(self._client.build_request("GET", url, headers=headers),
+                                                   stream=True)
+        except (httpx.HTTPError, trio.TooSlowError, OSError) as exc:
+            raise SourceError(f"{url}: {type(exc).__name__} {exc}".rstrip()) from None
+        try:
+            if response.status_code == 206:
+                offset = _content_range_start(response.headers.get("content-range", ""), url)
+            elif response.status_code == 200:
+                offset = 0
+            else:
+                raise SourceError(f"{url}: HTTP {response.status_code}")
+            yield offset, self._chunks(response, url)
+        finally:
+            await response.aclose()
+
+    async def _chunks(self, response, url: str) -> AsyncIterator[bytes]:
+        import httpx
+
+        chunks = response.aiter_bytes()
+        while True:
+            try:
+                with trio.fail_after(self.read_timeout):
+                    chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                return
+            except (httpx.HTTPError, trio.TooSlowError, OSError) as exc:
+                raise SourceError(f"{url}: {type(exc).__name__} while reading {exc}".rstrip()) from None
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _content_range_start(header: str, url: str) -> int:
+    """The first byte offset of `Content-Range: bytes START-END/SIZE`."""
+    try:
+        unit, _, span = header.partition(" ")
+        if unit != "bytes":
+            raise ValueError(header)
+        return int(span.split("-", 1)[0])
+    except ValueError:
+        raise SourceError(f"{url}: unreadable Content-Range {header!r}") from None

@@ -1,0 +1,76 @@
+"""A static HTTP server for a data tensor directory, with switches that make it misbehave, for the mirror tests.
+
+Run as `python tests/mirror_server.py DIR [--mode MODE]`; it prints `PORT <n>` once it listens on 127.0.0.1.
+Modes: ok (Range supported), no-range (ignores Range, like `python -m http.server`), corrupt (flips one byte in
+every .tokens response), die (exits abruptly after sending half of a .tokens file), hang (sends headers of
+.tokens responses, then nothing), not-found (404 for everything).
+"""
+
+import argparse
+import os
+import sys
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+
+class MirrorHandler(SimpleHTTPRequestHandler):
+    mode = "ok"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if self.mode == "not-found":
+            self.send_error(404)
+            return
+        path = self.translate_path(self.path)
+        if not os.path.isfile(path):
+            self.send_error(404)
+            return
+        with open(path, "rb") as f:
+            data = f.read()
+        start = self._range_start() if self.mode != "no-range" else None
+        is_tokens = path.endswith(".tokens")
+        body = data[start or 0:]
+        if is_tokens and self.mode == "corrupt" and body:
+            body = bytes([body[0] ^ 0xFF]) + body[1:]
+        self.send_response(206 if start is not None else 200)
+        if start is not None:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if is_tokens and self.mode == "hang":
+            self.wfile.flush()
+            threading.Event().wait()
+        if is_tokens and self.mode == "die":
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            os._exit(1)
+        self.wfile.write(body)
+
+    def _range_start(self):
+        header = self.headers.get("Range", "")
+        if header.startswith("bytes=") and header.endswith("-"):
+            return int(header[len("bytes="):-1])
+        return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("directory")
+    parser.add_argument("--mode", default="ok",
+                        choices=["ok", "no-range", "corrupt", "die", "hang", "not-found"])
+    args = parser.parse_args()
+    MirrorHandler.mode = args.mode
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(MirrorHandler, directory=args.directory))
+    server.daemon_threads = True
+    print(f"PORT {server.server_address[1]}", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
