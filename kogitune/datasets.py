@@ -1,13 +1,21 @@
-"""PyTorch datasets over data tensors.
+"""PyTorch datasets over data tensors, in a shard-aware shuffled order that streams.
 
-A sample is a run of `block_size` consecutive tokens. Samples never cross shard boundaries, so one sample is one
-slice of one memory map: the Megatron recipe of a flat token array plus a small index (here, a list of where each
-shard's samples begin).
+A sample is `block_size` consecutive tokens of one shard (samples never cross shards, so one sample is one slice
+of one memory map). An epoch is a list of segments (runs of samples of one shard; a source with a token budget
+contributes its shards repeated or cut to fit). With `shuffle`, the segments are shuffled, grouped into windows
+of `window` segments, and the samples inside each window are shuffled: a sampler that walks indices in order then
+touches a few shards at a time, and the next windows' shards are prefetched while the current one trains.
+
+The trap this avoids: HF `Trainer` wraps a map-style dataset in a RandomSampler, so uniformly random indices touch
+every shard at once and defeat streaming. Here the dataset owns the shuffle; use a sequential sampler
+(`TrainingArguments(train_sampling_strategy="sequential")`, or `DistributedSampler(shuffle=False)`) to stream.
+A RandomSampler still gives correct results (every sample once per epoch), fetching shards in random order.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,46 +23,131 @@ import torch
 from .errors import RecipeError
 from .tensor import DataTensor
 
+DEFAULT_WINDOW = 4
+DEFAULT_LOOKAHEAD = 2
+
+
+@dataclass(frozen=True)
+class MixEntry:
+    """One source's share of an epoch, as realized."""
+
+    name: str
+    samples: int
+    natural_samples: int
+
+    def describe(self, total: int, block_size: int) -> str:
+        share = self.samples / max(total, 1)
+        ratio = self.samples / max(self.natural_samples, 1)
+        return (f"{self.name}: {self.samples:,} samples ({self.samples * block_size:,} tokens, {share:.1%} of the "
+                f"epoch, {ratio:.2f}x its data)")
+
 
 class TokenBlockDataset(torch.utils.data.Dataset):
     """Map-style dataset over one or more tensors: item i is `{"input_ids": LongTensor[block_size]}`.
 
-    `block_size` must divide the stored block size, so 512 from tensors stored with 2048 gives 4 samples per stored
-    block. Samples that would hold only the last block's padding are left out; the last sample may end in EOS padding.
+    `block_size` must divide the stored block size (512 from tensors stored with 2048 gives 4 samples per stored
+    block). `budgets` gives each tensor's samples per epoch (None keeps its natural size). Deterministic given
+    `seed`, the epoch (`set_epoch`) and the inputs.
     """
 
-    def __init__(self, tensors: list[DataTensor], block_size: int | None = None) -> None:
+    def __init__(self, tensors: list[DataTensor], block_size: int | None = None, *, budgets=None,
+                 names: list[str] | None = None, shuffle: bool = True, seed: int = 0,
+                 window: int = DEFAULT_WINDOW, lookahead: int = DEFAULT_LOOKAHEAD) -> None:
         if not tensors:
             raise RecipeError("a dataset needs at least one data tensor")
-        self.block_size = block_size or tensors[0].manifest.block_size
         self.tensors = tensors
-        self._spans: list[tuple[int, int]] = []
-        self._first_sample: list[int] = []
-        total = 0
-        for tensor_index, tensor in enumerate(tensors):
-            stored = tensor.manifest.block_size
-            if stored % self.block_size:
-                raise RecipeError(f"block size {self.block_size} does not divide the stored block size {stored} of "
-                                  f"{tensor.path}; choose a divisor of {stored}")
-            tokens_left = tensor.manifest.tokens
-            for shard_index, shard in enumerate(tensor.shards):
-                real = min(tokens_left, shard.blocks * stored)
-                tokens_left -= real
-                self._spans.append((tensor_index, shard_index))
-                self._first_sample.append(total)
-                total += -(-real // self.block_size)
-        self._length = total
+        self.block_size = block_size or tensors[0].manifest.block_size
+        self.names = names or [str(t.path) for t in tensors]
+        self.shuffle, self.seed, self.window, self.lookahead = shuffle, seed, max(1, window), lookahead
+        self.shard_samples = [self._samples_per_shard(t) for t in tensors]
+        natural = [sum(counts) for counts in self.shard_samples]
+        self.budgets = list(budgets) if budgets is not None else natural
+        self.budgets = [natural[i] if b is None else int(b) for i, b in enumerate(self.budgets)]
+        self.mixture = [MixEntry(self.names[i], self.budgets[i], natural[i]) for i in range(len(tensors))]
+        self.set_epoch(0)
+
+    def _samples_per_shard(self, tensor: DataTensor) -> list[int]:
+        stored = tensor.manifest.block_size
+        if stored % self.block_size:
+            raise RecipeError(f"block size {self.block_size} does not divide the stored block size {stored} of "
+                              f"{tensor.path}; choose a divisor of {stored}")
+        counts, tokens_left = [], tensor.manifest.tokens
+        for shard in tensor.shards:
+            real = min(tokens_left, shard.blocks * stored)
+            tokens_left -= real
+            counts.append(-(-real // self.block_size))
+        return counts
+
+    def set_epoch(self, epoch: int) -> None:
+        """Lay out epoch `epoch` (HF Trainer and accelerate call this at each epoch)."""
+        self.epoch = epoch
+        rng = np.random.default_rng([self.seed, epoch])
+        segments = []
+        for tensor_index, budget in enumerate(self.budgets):
+            segments.extend(self._segments_of(tensor_index, budget, rng))
+        if self.shuffle:
+            segments = [segments[i] for i in rng.permutation(len(segments))]
+        self._segments = segments
+        self._segment_start = np.cumsum([0] + [count for *_, count in segments]).tolist()
+        self._window_start = self._segment_start[::self.window]
+        if self._window_start[-1] != self._segment_start[-1]:
+            self._window_start.append(self._segment_start[-1])
+        self._perms: dict[int, np.ndarray] = {}
+        self._current_window = -1
+        self._streams = any(t.remote is not None for t in self.tensors)
+
+    def _segments_of(self, tensor_index: int, budget: int, rng) -> list[tuple[int, int, int, int]]:
+        counts = self.shard_samples[tensor_index]
+        whole = [(tensor_index, shard, 0, n) for shard, n in enumerate(counts) if n]
+        repeats, rest = divmod(budget, sum(counts))
+        segments = whole * repeats
+        order = rng.permutation(len(whole)) if self.shuffle else range(len(whole))
+        for i in order:
+            if rest <= 0:
+                break
+            tensor, shard, first, n = whole[i]
+            segments.append((tensor, shard, first, min(n, rest)))
+            rest -= n
+        return segments
 
     def __len__(self) -> int:
-        return self._length
+        return self._segment_start[-1]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if index < 0:
-            index += self._length
-        if not 0 <= index < self._length:
-            raise IndexError(f"sample {index} is out of range for a dataset of {self._length} samples")
-        span = bisect_right(self._first_sample, index) - 1
-        tensor_index, shard_index = self._spans[span]
-        start = (index - self._first_sample[span]) * self.block_size
-        tokens = self.tensors[tensor_index].shard_tokens(shard_index)[start:start + self.block_size]
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample {index} is out of range for a dataset of {len(self)} samples")
+        window = bisect_right(self._window_start, index) - 1
+        window_start = self._window_start[window]
+        if window != self._current_window and self._streams:
+            self._current_window = window
+            self._prefetch(window, window + 1 + self.lookahead)
+        position = window_start + int(self._permutation(window)[index - window_start]) if self.shuffle else index
+        segment = bisect_right(self._segment_start, position) - 1
+        tensor_index, shard, first, _ = self._segments[segment]
+        start = (first + position - self._segment_start[segment]) * self.block_size
+        tokens = self.tensors[tensor_index].shard_tokens(shard)[start:start + self.block_size]
         return {"input_ids": torch.from_numpy(tokens.astype(np.int64))}
+
+    def _permutation(self, window: int) -> np.ndarray:
+        perm = self._perms.get(window)
+        if perm is None:
+            if len(self._perms) >= 4:
+                self._perms.clear()
+            size = self._window_start[window + 1] - self._window_start[window]
+            perm = self._perms[window] = np.random.default_rng([self.seed, self.epoch, window]).permutation(size)
+        return perm
+
+    def _prefetch(self, first_window: int, end_window: int) -> None:
+        """Ask remote tensors for the shards of these windows (no-op for local tensors)."""
+        lo = first_window * self.window
+        wanted: dict[int, list[int]] = {}
+        for tensor_index, shard, _, _ in self._segments[lo:end_window * self.window]:
+            if self.tensors[tensor_index].remote is not None:
+                wanted.setdefault(tensor_index, []).append(shard)
+        for tensor_index, shards in wanted.items():
+            self.tensors[tensor_index].prefetch(sorted(set(shards)))
+
+    def describe_mixture(self) -> str:
+        return "\n".join(entry.describe(len(self), self.block_size) for entry in self.mixture)

@@ -42,8 +42,12 @@ class Problem:
 class DataTensor:
     """A data tensor directory opened for reading."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, remote=None, store=None) -> None:
+        """`remote` (e.g. kogitune.client.MirrorShards) fetches shards missing from `path`; `store` is the
+        ContentStore that holds `path`, told when shards are used."""
         self.path = Path(path)
+        self.remote = remote
+        self.store = store
         manifest_path = self.path / MANIFEST_FILE
         if not manifest_path.is_file():
             hint = " (a store into it is unfinished or was interrupted)" if self.path.with_name(
@@ -75,6 +79,10 @@ class DataTensor:
         array = self._arrays.get(index)
         if array is None:
             shard = self.shards[index]
+            if self.remote is not None and not (self.path / shard.tokens_path).exists():
+                self.remote.ensure(self.manifest, index)
+            if self.store is not None:
+                self.store.touch(self.path, shard.name)
             if not self._is_marked(shard):
                 problems = self.verify_shard(shard)
                 if problems:
@@ -84,6 +92,14 @@ class DataTensor:
             array = np.memmap(self.path / shard.tokens_path, dtype=self._dtype, mode="r")
             self._arrays[index] = array
         return array
+
+    def prefetch(self, indexes) -> None:
+        """Start fetching these shards in the background if they are missing (no-op for local tensors)."""
+        if self.remote is None:
+            return
+        missing = [i for i in indexes if i not in self._arrays and not (self.path / self.shards[i].tokens_path).exists()]
+        if missing:
+            self.remote.prefetch(self.manifest, missing)
 
     def block(self, index: int) -> np.ndarray:
         """Stored block `index` (0 <= index < manifest.blocks) as a view of the memory map."""

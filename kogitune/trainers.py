@@ -1,31 +1,112 @@
 """Dataset recipes: name data tensors, get a PyTorch dataset for training.
 
     from kogitune.trainers import DatasetRecipe
-    recipe = DatasetRecipe(["./gpt2-f04f/wiki2023_tiny"])
-    train_dataset = recipe.get_train_dataset()
+    recipe = DatasetRecipe([
+        "./gpt2-f04f/wiki2023_tiny",                                  # a local tensor directory
+        "https://mirror.example/gpt2-f04f/kjv?tokens=10M",            # a web mirror; 10M tokens per epoch
+        ["https://a.example/x/cc", "https://b.example/x/cc"],         # one dataset, two mirrors
+        {"sources": ["./gpt2-f04f/code"], "weight": 0.5},             # half of its data per epoch
+    ])
+    train_dataset = recipe.get_train_dataset(block_size=512)
+
+Budget suffixes: `?tokens=N` (N with K, M, B or T: 1B = 10^9 tokens; more than the data repeats it, less cuts it)
+and `?weight=W` (a multiple of the data's own size).
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode
 
 from kogitune.protocol.ids import is_dataset_id
 
 from .errors import RecipeError, TokenizerError
 from .tensor import DataTensor
 
+_BUDGET_KEYS = {"tokens", "weight"}
+_UNITS = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
+
+
+@dataclass(frozen=True)
+class RecipeEntry:
+    """One dataset of a recipe: where it can be had, and how much of it an epoch takes."""
+
+    sources: tuple[str, ...]
+    tokens: int | None = None
+    weight: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.sources[0]
+
+
+def parse_token_count(text: str) -> int:
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMBGT]?)\s*", str(text).upper())
+    if not match:
+        raise RecipeError(f"tokens={text!r} is not a token count such as 500M or 1.5B")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def parse_entry(entry) -> RecipeEntry:
+    """A recipe entry from a string (path, URL, dataset ID, with optional ?tokens=/?weight=), a list of
+    mirrors of one dataset, or a dict {"sources": [...], "tokens": ..., "weight": ...}."""
+    if isinstance(entry, dict):
+        unknown = set(entry) - _BUDGET_KEYS - {"sources"}
+        if unknown or "sources" not in entry:
+            raise RecipeError(f"a recipe dict needs 'sources' and may have 'tokens' or 'weight'; got {sorted(entry)}")
+        sources = [entry["sources"]] if isinstance(entry["sources"], str) else list(entry["sources"])
+        options = {k: str(v) for k, v in entry.items() if k in _BUDGET_KEYS}
+    elif isinstance(entry, (list, tuple)):
+        sources, options = list(entry), {}
+    elif isinstance(entry, (str, Path)):
+        sources, options = [str(entry)], {}
+    else:
+        raise RecipeError(f"a recipe entry is a path, URL, dataset ID, list or dict, not {type(entry).__name__}")
+    cleaned = []
+    for source in sources:
+        source, found = _split_budget(str(source))
+        options.update(found)
+        cleaned.append(source)
+    if not cleaned:
+        raise RecipeError("a recipe entry has no sources")
+    tokens = parse_token_count(options["tokens"]) if "tokens" in options else None
+    try:
+        weight = float(options["weight"]) if "weight" in options else None
+    except ValueError:
+        raise RecipeError(f"weight={options['weight']!r} is not a number") from None
+    if tokens is not None and weight is not None:
+        raise RecipeError(f"{cleaned[0]}: give tokens or weight, not both")
+    return RecipeEntry(tuple(cleaned), tokens, weight)
+
+
+def _split_budget(source: str) -> tuple[str, dict]:
+    base, sep, query = source.partition("?")
+    if not sep:
+        return source, {}
+    pairs = parse_qsl(query, keep_blank_values=True)
+    budget = {k: v for k, v in pairs if k in _BUDGET_KEYS}
+    rest = [(k, v) for k, v in pairs if k not in _BUDGET_KEYS]
+    return (f"{base}?{urlencode(rest)}" if rest else base), budget
+
 
 class DatasetRecipe:
-    """A list of data tensors to train on, each named by a local path."""
+    """A list of datasets to train on: local tensor paths, web mirrors, with optional budgets."""
 
-    def __init__(self, url_list: str | list[str], block_size: int | None = None) -> None:
-        self.sources = [url_list] if isinstance(url_list, str) else list(url_list)
-        if not self.sources:
-            raise RecipeError("a recipe needs at least one data tensor (a path)")
+    def __init__(self, url_list, block_size: int | None = None, *, seed: int = 0, shuffle: bool = True,
+                 store=None) -> None:
+        entries = [url_list] if isinstance(url_list, (str, Path)) else list(url_list)
+        if not entries:
+            raise RecipeError("a recipe needs at least one dataset (a path or URL)")
+        self.entries = [parse_entry(e) for e in entries]
         self.block_size = block_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.store = store
 
     def tensors(self) -> list[DataTensor]:
-        tensors = [_open_source(source) for source in self.sources]
+        tensors = [self._open(entry) for entry in self.entries]
         first = tensors[0]
         for tensor in tensors[1:]:
             if tensor.manifest.tokenizer.fingerprint != first.manifest.tokenizer.fingerprint:
@@ -36,17 +117,39 @@ class DatasetRecipe:
                 )
         return tensors
 
-    def get_train_dataset(self, block_size: int | None = None):
-        """A map-style `torch.utils.data.Dataset` of `{"input_ids": LongTensor[block_size]}`."""
+    def get_train_dataset(self, block_size: int | None = None, **options):
+        """A map-style `torch.utils.data.Dataset` of `{"input_ids": LongTensor[block_size]}`, shard-aware
+        shuffled (see kogitune.datasets); `options` go to TokenBlockDataset (shuffle, seed, window, lookahead)."""
         from .datasets import TokenBlockDataset
 
-        return TokenBlockDataset(self.tensors(), block_size or self.block_size)
+        tensors = self.tensors()
+        block_size = block_size or self.block_size or tensors[0].manifest.block_size
+        budgets = [_budget(entry, tensor, block_size) for entry, tensor in zip(self.entries, tensors)]
+        options = {"shuffle": self.shuffle, "seed": self.seed, **options}
+        return TokenBlockDataset(tensors, block_size, budgets=budgets, names=[e.name for e in self.entries],
+                                 **options)
+
+    def _open(self, entry: RecipeEntry) -> DataTensor:
+        remote = [s for s in entry.sources if s.startswith(("http://", "https://"))]
+        if remote:
+            if len(remote) != len(entry.sources):
+                raise RecipeError(f"{entry.name}: one entry mixes web mirrors and local paths; list them apart")
+            from .client import open_mirrors
+
+            return open_mirrors(remote, self.store)
+        if len(entry.sources) > 1:
+            raise RecipeError(f"{entry.name}: several local paths in one entry; list each tensor as its own entry")
+        source = entry.sources[0]
+        if is_dataset_id(source) and not Path(source).exists():
+            raise RecipeError(f"{source}: dataset IDs need the Kogitune network, which is not built yet; "
+                              "name the tensor's local path or a web mirror")
+        return DataTensor(source)
 
 
-def _open_source(source: str) -> DataTensor:
-    if source.startswith(("http://", "https://")):
-        raise RecipeError(f"{source}: web mirrors are not supported yet; download the directory and name its path")
-    if is_dataset_id(source) and not Path(source).exists():
-        raise RecipeError(f"{source}: dataset IDs need the Kogitune network, which is not built yet; "
-                          "name the tensor's local path")
-    return DataTensor(source)
+def _budget(entry: RecipeEntry, tensor: DataTensor, block_size: int) -> int | None:
+    if entry.tokens is not None:
+        return max(1, -(-entry.tokens // block_size))
+    if entry.weight is not None:
+        natural = -(-tensor.manifest.tokens // block_size)
+        return max(1, round(natural * entry.weight))
+    return None

@@ -1,0 +1,104 @@
+"""An embedded node: a trio event loop in a background thread that fetches shards for a sync process.
+
+Training code is synchronous; the fetcher is trio. This thread owns one trio loop per process; sync callers
+submit work with `trio.from_thread`. It keeps one SourcePool per dataset (so a source that lied is dropped for
+every shard of that dataset), runs at most one fetch per shard at a time, and bounds how many shards download
+at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import trio
+
+from kogitune.protocol.manifest import Manifest
+
+from .errors import FetchError
+from .fetch import ShardFetch, SourcePool, fetch_manifest
+from .sources import HttpSource
+
+logging.getLogger("httpx").setLevel(logging.WARNING)
+log = logging.getLogger("kogitune.fetch")
+
+
+class EmbeddedNode:
+    """Runs the fetcher in a daemon thread; all public methods are called from ordinary (sync) threads."""
+
+    def __init__(self, max_shards_in_flight: int = 4, read_timeout: float = 30.0) -> None:
+        self.read_timeout = read_timeout
+        self._max_shards = max_shards_in_flight
+        self._pools: dict[tuple[str, ...], SourcePool] = {}
+        self._in_flight: dict[Path, trio.Event] = {}
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=trio.run, args=(self._main,), name="kogitune-node", daemon=True)
+        self._thread.start()
+        self._started.wait()
+
+    async def _main(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._limiter = trio.CapacityLimiter(self._max_shards)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._started.set()
+            await trio.sleep_forever()
+
+    def _pool(self, urls: tuple[str, ...]) -> SourcePool:
+        pool = self._pools.get(urls)
+        if pool is None:
+            pool = self._pools[urls] = SourcePool([HttpSource(u, self.read_timeout) for u in urls])
+        return pool
+
+    def fetch_manifest(self, urls: tuple[str, ...], timeout: float) -> tuple[bytes, Manifest]:
+        async def run():
+            with trio.fail_after(timeout):
+                return await fetch_manifest(self._pool(urls))
+        try:
+            return trio.from_thread.run(run, trio_token=self._token)
+        except trio.TooSlowError:
+            raise FetchError(f"no manifest from {', '.join(urls)} within {timeout:.0f} s") from None
+
+    def ensure_shard(self, directory: Path, manifest: Manifest, index: int, urls: tuple[str, ...],
+                     timeout: float) -> None:
+        """Block until shard `index` is complete in `directory`, fetching it if needed."""
+        async def run():
+            with trio.move_on_after(timeout) as scope:
+                await self._fetch(directory, manifest, index, urls)
+            if scope.cancelled_caught:
+                shard = manifest.shards[index]
+                raise FetchError(f"shard {shard.name} of {manifest.dataset_id} did not arrive within {timeout:.0f} s "
+                                 f"(sources: {self._pool(urls).report()})")
+        trio.from_thread.run(run, trio_token=self._token)
+
+    def prefetch(self, directory: Path, manifest: Manifest, indexes: list[int], urls: tuple[str, ...]) -> None:
+        """Start fetching these shards in the background; errors surface when a shard is needed."""
+        def start():
+            for index in indexes:
+                self._nursery.start_soon(self._fetch_quietly, directory, manifest, index, urls)
+        trio.from_thread.run_sync(start, trio_token=self._token)
+
+    async def _fetch_quietly(self, directory, manifest, index, urls) -> None:
+        try:
+            await self._fetch(directory, manifest, index, urls)
+        except FetchError as exc:
+            log.warning("prefetch failed: %s", exc)
+
+    async def _fetch(self, directory: Path, manifest: Manifest, index: int, urls: tuple[str, ...]) -> None:
+        shard = manifest.shards[index]
+        target = directory / shard.tokens_path
+        if target.exists():
+            return
+        event = self._in_flight.get(target)
+        if event is not None:
+            await event.wait()
+            if target.exists():
+                return
+        event = self._in_flight[target] = trio.Event()
+        try:
+            async with self._limiter:
+                await ShardFetch(directory, manifest, shard, self._pool(urls)).run()
+        finally:
+            del self._in_flight[target]
+            event.set()
