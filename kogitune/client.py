@@ -1,7 +1,8 @@
 """The one narrow door from the sync world (producers, trainers) to the async node (kogitune.node).
 
 Today that door is an embedded node: a trio loop in a background thread of this process, started on first use
-and started again in a forked or spawned DataLoader worker.
+and started again in a forked or spawned DataLoader worker. `KOGITUNE_READ_TIMEOUT` (seconds, default 30) bounds
+every network read.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from .cache import ContentStore
 from .tensor import DataTensor
 
 DEFAULT_FETCH_TIMEOUT = 300.0
+DEFAULT_READ_TIMEOUT = 30.0
 _lock = threading.Lock()
 _node = None
 _node_pid = 0
@@ -27,7 +29,8 @@ def embedded_node():
         if _node is None or _node_pid != os.getpid():
             from kogitune.node.embedded import EmbeddedNode
 
-            _node, _node_pid = EmbeddedNode(), os.getpid()
+            read_timeout = float(os.environ.get("KOGITUNE_READ_TIMEOUT", DEFAULT_READ_TIMEOUT))
+            _node, _node_pid = EmbeddedNode(read_timeout=read_timeout), os.getpid()
         return _node
 
 

@@ -1,0 +1,138 @@
+"""Training from web mirrors: real HTTP server processes, some of them hostile, and the local content store."""
+
+import os
+
+os.environ.setdefault("KOGITUNE_READ_TIMEOUT", "2")
+
+import numpy as np
+import pytest
+import torch
+
+from kogitune.cache import ContentStore
+from kogitune.client import open_mirrors
+from kogitune.corpora import write_kjv_chapters
+from kogitune.node.errors import FetchError
+from kogitune.store import StoreOptions, store
+from kogitune.tensor import DataTensor
+from kogitune.trainers import DatasetRecipe
+from mirrors import mirrors, stdlib_http_server
+
+BLOCK = 64
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A tensor of 5 shards of 4 pieces (64 KiB) each, to be served by mirrors."""
+    root = tmp_path_factory.mktemp("served")
+    corpus = write_kjv_chapters(root / "kjv.jsonl", limit=300)
+    tensor = root / "tensor"
+    store([corpus], "gpt2", tensor, StoreOptions(block_size=BLOCK, piece_size=64 << 10, shard_size=256 << 10,
+                                                 workers=1), progress=False)
+    local = DataTensor(tensor)
+    assert len(local.shards) >= 3 and local.manifest.pieces_in(local.shards[0]) == 4
+    return local
+
+
+def all_samples(dataset) -> np.ndarray:
+    return np.stack([dataset[i]["input_ids"].numpy() for i in range(len(dataset))])
+
+
+def expected_samples(local: DataTensor) -> np.ndarray:
+    return all_samples(DatasetRecipe([str(local.path)], shuffle=False).get_train_dataset(BLOCK))
+
+
+def _pool(urls):
+    from kogitune.client import embedded_node
+
+    return embedded_node()._pool(tuple(urls))
+
+
+def test_one_mirror_gives_the_local_samples(served, tmp_path):
+    """A recipe naming a mirror URL yields exactly the samples of the local tensor, in the same order."""
+    with mirrors(served.path, "ok") as urls:
+        recipe = DatasetRecipe(urls, shuffle=False, store=ContentStore(tmp_path))
+        remote = all_samples(recipe.get_train_dataset(BLOCK))
+    np.testing.assert_array_equal(remote, expected_samples(served))
+
+
+def test_hostile_mirrors_cannot_spoil_the_data(served, tmp_path):
+    """Corrupting, dying, hanging and 404 mirrors beside one good one: the data is complete and byte-identical,
+    and the mirror that lied is dropped."""
+    with mirrors(served.path, "corrupt", "die", "hang", "not-found", "ok") as urls:
+        tensor = open_mirrors(urls, ContentStore(tmp_path))
+        for index in range(len(tensor.shards)):
+            tensor.shard_tokens(index)
+        report = _pool(urls).report()
+    assert tensor.verify() == []
+    for shard in served.shards:
+        assert (tensor.path / shard.tokens_path).read_bytes() == (served.path / shard.tokens_path).read_bytes()
+    assert f"{urls[0]}: dropped" in report
+
+
+def test_stdlib_http_server_without_range_support(served, tmp_path):
+    """`python -m http.server` ignores Range; shards still arrive whole and verified."""
+    with stdlib_http_server(served.path) as url:
+        tensor = open_mirrors([url], ContentStore(tmp_path))
+        for index in reversed(range(len(tensor.shards))):
+            tensor.shard_tokens(index)
+    assert tensor.verify() == []
+
+
+def test_no_good_mirror_is_a_clear_error(served, tmp_path):
+    """When every mirror fails, reading a sample raises FetchError naming the shard and each source's fault."""
+    with mirrors(served.path, "ok") as good:
+        tensor = open_mirrors(good, ContentStore(tmp_path))
+    with mirrors(served.path, "corrupt", "not-found") as bad:
+        tensor = open_mirrors(bad, ContentStore(tmp_path))
+        with pytest.raises(FetchError) as caught:
+            tensor.shard_tokens(1)
+    message = str(caught.value)
+    assert "shard 00001" in message and "wrong hash" in message and "HTTP 404" in message
+
+
+def test_partial_shard_resumes(served, tmp_path):
+    """Verified pieces of an interrupted download are kept; only the missing ones are fetched."""
+    content = ContentStore(tmp_path)
+    with mirrors(served.path, "ok") as urls:
+        tensor = open_mirrors(urls, content)
+        shard = tensor.shards[0]
+        original = (served.path / shard.tokens_path).read_bytes()
+        piece = tensor.manifest.piece_size
+        partial = tensor.path / (shard.tokens_path + ".partial")
+        partial.write_bytes(original[:piece * 3] + b"\0" * (len(original) - piece * 3))
+        tensor.shard_tokens(0)
+        fetched = _pool(urls).health[0].bytes_verified
+    assert (tensor.path / shard.tokens_path).read_bytes() == original
+    assert fetched == len(original) - piece * 3
+    assert not partial.exists()
+
+
+def test_cache_evicts_least_recently_used_unpinned_shards(served, tmp_path):
+    """gc keeps the store under its limit, oldest-used shards first, never a pinned dataset's; an evicted shard
+    is fetched again when needed."""
+    content = ContentStore(tmp_path)
+    with mirrors(served.path, "ok") as urls:
+        tensor = open_mirrors(urls, content)
+        for index in range(len(tensor.shards)):
+            tensor.shard_tokens(index)
+            os.utime(tensor.path / "shards" / f"{tensor.shards[index].name}.used", (1000 + index, 1000 + index))
+        shard_size = content.shards()[0].size
+        evicted = content.gc(limit_bytes=shard_size * 2)
+        assert [s.name for s in evicted] == [s.name for s in tensor.shards[:len(tensor.shards) - 2]]
+        assert {s.name for s in content.shards()} == {s.name for s in tensor.shards[-2:]}
+        content.pin(tensor.dataset_id)
+        assert content.gc(limit_bytes=0) == []
+        again = open_mirrors(urls, content)
+        assert again.shard_tokens(0).tobytes() == (served.path / tensor.shards[0].tokens_path).read_bytes()
+
+
+def test_dataloader_workers_over_a_mirror_see_every_sample_once(served, tmp_path):
+    """Two DataLoader worker processes, each with its own embedded node, share the store and the epoch."""
+    with mirrors(served.path, "ok") as urls:
+        dataset = DatasetRecipe(urls, store=ContentStore(tmp_path)).get_train_dataset(BLOCK)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=16, num_workers=2)
+        seen = torch.cat([batch["input_ids"] for batch in loader]).numpy()
+    expected = expected_samples(served)
+    assert len(seen) == len(expected)
+    as_rows = lambda a: sorted(map(bytes, a.astype(np.int64)))
+    assert as_rows(seen) == as_rows(expected)
