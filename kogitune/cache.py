@@ -21,7 +21,7 @@ from kogitune.protocol.manifest import parse_manifest
 from .errors import KogituneError
 from .files import write_atomic
 
-DEFAULT_LIMIT_BYTES = 50 << 30
+DEFAULT_LIMIT_BYTES = 50 * 10**9
 PINNED_FILE = "pinned"
 
 
@@ -35,7 +35,7 @@ def kogitune_home() -> Path:
 
 
 def cache_limit_bytes() -> int:
-    """`$KOGITUNE_CACHE_LIMIT` in GB (decimal; e.g. 100 or 0.5), default 50 GiB."""
+    """`$KOGITUNE_CACHE_LIMIT` in GB (decimal; e.g. 100 or 0.5), default 50 GB."""
     value = os.environ.get("KOGITUNE_CACHE_LIMIT")
     if not value:
         return DEFAULT_LIMIT_BYTES

@@ -13,14 +13,18 @@ EXIT_OK, EXIT_DAMAGED, EXIT_ERROR = 0, 1, 2
 
 def store_cli(files, tokenizer: str = "gpt2", output: str | None = None, *, text_key: str = "text",
               block_size: int = 2048, shard_size: int = 32 << 20, workers: int = 0, skip_bad_lines: bool = False,
-              overwrite: bool = False, progress: bool = True):
+              overwrite: bool = False, progress: bool = True, perturb: str | None = None,
+              filters: str | os.PathLike | dict | None = None):
     """Python form of `kogitune store`: tokenize JSONL files into a data tensor, print a summary, return the report."""
+    from .perturb import PerturbSpec
     from .store import StoreOptions, store
 
     if isinstance(files, (str, os.PathLike)):
         files = [files]
     options = StoreOptions(block_size=block_size, text_key=text_key, shard_size=shard_size, workers=workers,
-                           skip_bad_lines=skip_bad_lines, overwrite=overwrite)
+                           skip_bad_lines=skip_bad_lines, overwrite=overwrite,
+                           perturb=PerturbSpec.parse(perturb) if perturb else None,
+                           filters=_filter_config(filters) if filters is not None else None)
     report = store(files, tokenizer, output, options, progress=progress)
     print(report.summary())
     return report
@@ -29,7 +33,36 @@ def store_cli(files, tokenizer: str = "gpt2", output: str | None = None, *, text
 def _store(args) -> int:
     store_cli(args.files, args.tokenizer, args.output, text_key=args.text_key, block_size=args.block_size,
               shard_size=int(args.shard_size * (1 << 20)), workers=args.workers, skip_bad_lines=args.skip_bad_lines,
-              overwrite=args.overwrite, progress=not args.quiet)
+              overwrite=args.overwrite, progress=not args.quiet, perturb=args.perturb,
+              filters=args.filters)
+    return EXIT_OK
+
+
+def _filter_config(config: str | os.PathLike | dict) -> dict:
+    """A filter config file (JSON, or YAML with PyYAML) or dict, checked by building its pipeline."""
+    from .filters import Pipeline
+
+    return Pipeline.from_config(config).to_config()
+
+
+def filter_cli(files, output: str | None, config, *, text_key: str = "text", workers: int = 0,
+               skip_bad_lines: bool = False, dry_run: bool = False, examples: int = 3, progress: bool = True):
+    """Python form of `kogitune filter`: filter JSONL files into OUT.jsonl and OUT.report.json, print a summary."""
+    from .filters.run import FilterOptions, filter_files
+
+    if isinstance(files, (str, os.PathLike)):
+        files = [files]
+    options = FilterOptions(text_key=text_key, workers=workers, skip_bad_lines=skip_bad_lines, dry_run=dry_run,
+                            examples=examples)
+    report = filter_files(files, output, config, options, progress=progress)
+    print(report.summary())
+    return report
+
+
+def _filter(args) -> int:
+    filter_cli(args.files, args.output, args.config, text_key=args.text_key, workers=args.workers,
+               skip_bad_lines=args.skip_bad_lines, dry_run=args.dry_run, examples=args.examples,
+               progress=not args.quiet)
     return EXIT_OK
 
 
@@ -84,6 +117,29 @@ def _head(args) -> int:
     return EXIT_OK
 
 
+def _cache(args) -> int:
+    from .cache import ContentStore, age, cache_limit_bytes
+
+    content = ContentStore()
+    if args.action == "gc":
+        limit = int(args.limit * 1e9) if args.limit is not None else cache_limit_bytes()
+        evicted = content.gc(limit)
+        print(f"evicted {len(evicted)} shard(s), {sum(s.size for s in evicted) / 1e6:.1f} MB; "
+              f"the store now holds {sum(s.size for s in content.shards()) / 1e6:.1f} MB (limit {limit / 1e9:.1f} GB)")
+        return EXIT_OK
+    shards = content.shards()
+    by_dataset: dict[str, list] = {}
+    for shard in shards:
+        by_dataset.setdefault(shard.dataset_id, []).append(shard)
+    print(f"{content.home}: {len(by_dataset)} dataset(s), {sum(s.size for s in shards) / 1e6:.1f} MB "
+          f"(limit {cache_limit_bytes() / 1e9:.1f} GB)")
+    for dataset_id, held in by_dataset.items():
+        pinned = ", pinned" if held[0].pinned else ""
+        print(f"{dataset_id}  {len(held)} shard(s)  {sum(s.size for s in held) / 1e6:.1f} MB  "
+              f"used {age(max(s.last_used for s in held))}{pinned}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kogitune", description="Tokenize text once into content-addressed data tensors; share and train on them.")
@@ -105,8 +161,36 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("--skip-bad-lines", action="store_true",
                        help="skip and count malformed lines and empty files instead of stopping")
     store.add_argument("--overwrite", action="store_true", help="store again even if the output exists")
+    store.add_argument("--perturb", metavar="SPEC",
+                       help="perturb token ids before writing, for privacy (docs/privacy.md): "
+                            "'krr=EPS' randomized response, 'mask=RATE,mask_id=ID', 'drop=RATE', 'seed=N'; "
+                            "recorded in the manifest")
+    store.add_argument("--filters", metavar="CONFIG",
+                       help="run this filter pipeline (JSON or YAML, docs/filters.md) on each text before "
+                            "tokenizing; stateless filters only (run dedup with `kogitune filter` first); "
+                            "recorded in the manifest")
     store.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     store.set_defaults(run=_store)
+
+    filter_ = commands.add_parser(
+        "filter", help="clean, filter and deduplicate JSONL files with a filter pipeline",
+        description="Run the filter pipeline of CONFIG (docs/filters.md) over JSONL files (.jsonl, .jsonl.gz, "
+                    ".jsonl.zst) into one JSONL file, keeping each document's other keys. A per-filter report "
+                    "(documents and bytes kept and dropped, score percentiles, dropped examples) is written to "
+                    "OUT.report.json.")
+    filter_.add_argument("files", nargs="+", help="input JSONL files, one document per line")
+    filter_.add_argument("--output", "-o", help="output JSONL file (.jsonl, .jsonl.gz or .jsonl.zst)")
+    filter_.add_argument("--config", "-c", required=True, help="filter pipeline config, .json or .yaml")
+    filter_.add_argument("--text-key", default="text", help="JSON key holding the text (default: text)")
+    filter_.add_argument("--workers", type=int, default=0,
+                         help="processes for the filters before the first dedup filter (default: all cores)")
+    filter_.add_argument("--skip-bad-lines", action="store_true",
+                         help="skip and count malformed lines and empty files instead of stopping")
+    filter_.add_argument("--dry-run", action="store_true",
+                         help="write no output, only the report (beside -o if given) and the summary")
+    filter_.add_argument("--examples", type=int, default=3, help="dropped examples kept per reason (default: 3)")
+    filter_.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    filter_.set_defaults(run=_filter)
 
     verify = commands.add_parser("verify", help="check every piece of a data tensor against its manifest",
                                  description="Hash every piece of every shard. Exit status 0: intact; 1: damaged "
@@ -125,6 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "(0: no limit; default: 600)")
     head.add_argument("--tokenizer", help="tokenizer to decode with (default: the one named in the manifest)")
     head.set_defaults(run=_head)
+
+    cache = commands.add_parser(
+        "cache", help="list or trim the local store of fetched datasets",
+        description="The local store ($KOGITUNE_HOME, default ~/.cache/kogitune) keeps fetched shards. "
+                    "`ls` lists its datasets; `gc` evicts unpinned shards, least recently used first, until the "
+                    "store fits its limit ($KOGITUNE_CACHE_LIMIT in GB, default 50 GB).")
+    cache.add_argument("action", choices=["ls", "gc"])
+    cache.add_argument("--limit", type=float, help="with gc: the size to trim to, in GB (default: the limit)")
+    cache.set_defaults(run=_cache)
     return parser
 
 

@@ -43,7 +43,10 @@ class MirrorShards:
     timeout: float = DEFAULT_FETCH_TIMEOUT
 
     def ensure(self, manifest, index: int) -> None:
-        embedded_node().ensure_shard(Path(self.directory), manifest, index, self.urls, self.timeout)
+        """Fetch the shard, then trim the store to its size limit (least recently used shards go first)."""
+        directory = Path(self.directory)
+        embedded_node().ensure_shard(directory, manifest, index, self.urls, self.timeout)
+        ContentStore(directory.parent.parent).gc()
 
     def prefetch(self, manifest, indexes: list[int]) -> None:
         embedded_node().prefetch(Path(self.directory), manifest, indexes, self.urls)
