@@ -7,7 +7,9 @@ before it is written, so a source can only waste time, never put a wrong byte on
 
 - a piece whose hash does not match bans its source for the rest of the fetch (it lied);
 - an error, a timeout, a short read or a 404 counts as a failure: the source backs off exponentially and is
-  dropped after `max_failures`; its claimed piece goes back to the others at once.
+  dropped after `max_failures`; its claimed piece goes back to the others at once;
+- when no piece is left unclaimed, idle workers read the pieces still in flight too (endgame), so a hung
+  source delays nothing: the first verified copy wins.
 
 Verified pieces are written in place into `<shard>.tokens.partial`; a later fetch re-hashes that file and keeps
 every piece that matches, so an interrupted download resumes. The finished file is fsynced and renamed.
@@ -35,7 +37,6 @@ from .errors import FetchError, SourceError
 from .sources import Source
 
 log = logging.getLogger("kogitune.fetch")
-MISSING, CLAIMED, DONE = 0, 1, 2
 LOCK_POLL_SECONDS = 0.05
 
 
@@ -123,6 +124,68 @@ async def fetch_manifest(pool: SourcePool, dataset_id: str | None = None) -> tup
     return data, parsed[data]
 
 
+class PieceBoard:
+    """Which pieces of a shard are done, and how many streams are reading each one (pure state, no I/O).
+
+    A piece is open when it is neither done nor claimed. Workers start at the longest run of open pieces (in its
+    middle when a stream is already flowing into it). When nothing is open but pieces are still in flight, a
+    worker may claim them again (endgame): a hung source then delays nothing, the first verified copy wins.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.done = bytearray(count)
+        self.claims = [0] * count
+
+    def __len__(self) -> int:
+        return len(self.done)
+
+    @property
+    def complete(self) -> bool:
+        return all(self.done)
+
+    @property
+    def remaining(self) -> int:
+        return len(self.done) - sum(self.done)
+
+    def is_open(self, index: int) -> bool:
+        return not self.done[index] and not self.claims[index]
+
+    def claim(self, index: int, duplicate: bool = False) -> bool:
+        if index >= len(self.done) or self.done[index] or (self.claims[index] and not duplicate):
+            return False
+        self.claims[index] += 1
+        return True
+
+    def release(self, index: int) -> None:
+        self.claims[index] -= 1
+
+    def finish(self, index: int) -> None:
+        self.done[index] = 1
+
+    def any_open_from(self, index: int) -> bool:
+        return any(self.is_open(i) for i in range(index, len(self.done)))
+
+    def pick_start(self) -> tuple[int, bool] | None:
+        """(first piece to stream, whether it duplicates a claim), or None when every piece is done."""
+        best, best_len, index = None, 0, 0
+        while index < len(self.done):
+            if self.is_open(index):
+                end = index
+                while end < len(self.done) and self.is_open(end):
+                    end += 1
+                if end - index > best_len:
+                    best, best_len = index, end - index
+                index = end
+            else:
+                index += 1
+        if best is not None:
+            if best > 0 and self.claims[best - 1]:
+                best += best_len // 2
+            return best, False
+        pending = [i for i in range(len(self.done)) if not self.done[i]]
+        return (pending[0], True) if pending else None
+
+
 class ShardFetch:
     """Brings one shard of a dataset into `directory` (a data tensor directory), verified piece by piece."""
 
@@ -132,10 +195,9 @@ class ShardFetch:
         self.shard = shard
         self.pool = pool
         self.piece_size = manifest.piece_size
-        self.status = bytearray(manifest.pieces_in(shard))
+        self.board = PieceBoard(manifest.pieces_in(shard))
         self.expected = b""
         self.bytes_by_source: Counter = Counter()
-        self._changed = trio.Event()
         self._fd = -1
 
     @property
@@ -148,7 +210,7 @@ class ShardFetch:
                 return
             started = trio.current_time()
             self.expected = await fetch_small_file(
-                self.pool, self.shard.pieces_path, len(self.status) * 32, self._valid_pieces)
+                self.pool, self.shard.pieces_path, len(self.board) * 32, self._valid_pieces)
             docs = await fetch_small_file(
                 self.pool, self.shard.docs_path, self.shard.docs_size,
                 lambda data: hashlib.sha256(data).hexdigest() == self.shard.docs_sha256)
@@ -197,67 +259,43 @@ class ShardFetch:
         os.ftruncate(self._fd, self.shard.size)
         with open(self._fd, "rb", closefd=False) as f:
             actual = piece_digests(f.read(), self.piece_size)
-        for index in range(len(self.status)):
+        for index in range(len(self.board)):
             if actual[index * 32:(index + 1) * 32] == self.expected[index * 32:(index + 1) * 32]:
-                self.status[index] = DONE
-
-    @property
-    def complete(self) -> bool:
-        return all(s == DONE for s in self.status)
+                self.board.finish(index)
 
     async def _download(self) -> None:
-        if self.complete:
+        if self.board.complete:
             return
         async with trio.open_nursery() as nursery:
             for health in self.pool.usable():
                 nursery.start_soon(self._worker, health, nursery.cancel_scope)
-        if not self.complete:
-            missing = sum(1 for s in self.status if s != DONE)
-            raise FetchError(f"shard {self.shard.name}: {missing} of {len(self.status)} pieces could not be fetched "
+        if not self.board.complete:
+            raise FetchError(f"shard {self.shard.name}: {self.board.remaining} of {len(self.board)} pieces could not "
+                             "be fetched "
                              f"from any source: {self.pool.report()}")
 
     def _notify(self) -> None:
         self._changed.set()
-        self._changed = trio.Event()
 
     async def _worker(self, health: SourceHealth, done: trio.CancelScope) -> None:
-        while not self.complete:
+        while not self.board.complete:
             if health.banned or health.failures >= self.pool.max_failures:
                 return
             await trio.sleep_until(health.retry_at)
-            start = self._pick_start()
+            start = self.board.pick_start()
             if start is None:
-                await self._changed.wait()
-                continue
+                break
             try:
-                await self._stream_from(health, start)
+                await self._stream_from(health, *start)
                 self.pool.succeeded(health)
             except SourceError as exc:
                 self.pool.failed(health, str(exc))
             except IntegrityError as exc:
                 self.pool.ban(health, str(exc))
-            finally:
-                self._notify()
         done.cancel()
 
-    def _pick_start(self) -> int | None:
-        """The start of the longest run of missing pieces, or its middle when a stream is flowing into it."""
-        best, best_len, index = None, 0, 0
-        while index < len(self.status):
-            if self.status[index] == MISSING:
-                end = index
-                while end < len(self.status) and self.status[end] == MISSING:
-                    end += 1
-                if end - index > best_len:
-                    best, best_len = index, end - index
-                index = end
-            else:
-                index += 1
-        if best is not None and best > 0 and self.status[best - 1] == CLAIMED:
-            best += best_len // 2
-        return best
-
-    async def _stream_from(self, health: SourceHealth, start: int) -> None:
+    async def _stream_from(self, health: SourceHealth, start: int, duplicate: bool) -> None:
+        """Stream the tokens file from piece `start`, verifying and writing each piece this worker claims."""
         path = self.shard.tokens_path
         async with health.source.stream(path, start * self.piece_size) as (offset, chunks):
             if offset % self.piece_size or offset > start * self.piece_size:
@@ -265,42 +303,39 @@ class ShardFetch:
                                   f"{start * self.piece_size}")
             seekable = offset == start * self.piece_size
             index = offset // self.piece_size
-            claimed = self._claim(index)
+            claimed = self.board.claim(index, duplicate)
             buffer = bytearray()
             try:
                 async for chunk in chunks:
                     buffer += chunk
-                    while index < len(self.status) and len(buffer) >= self._piece_length(index):
+                    while index < len(self.board) and len(buffer) >= self._piece_length(index):
                         length = self._piece_length(index)
                         if claimed:
+                            self.board.release(index)
+                            claimed = False
                             self._accept(health, index, bytes(buffer[:length]))
                         del buffer[:length]
                         index += 1
-                        claimed = index < len(self.status) and self._claim(index)
-                        if not claimed and (seekable or MISSING not in self.status[index:]):
+                        claimed = self.board.claim(index, duplicate)
+                        if not claimed and (seekable or not self.board.any_open_from(index)):
                             return
-                    if index >= len(self.status):
+                    if index >= len(self.board):
                         return
                 raise SourceError(f"{health.source.name}: {path} ended at byte "
                                   f"{index * self.piece_size + len(buffer)} of {self.shard.size}")
             finally:
-                if claimed and index < len(self.status) and self.status[index] == CLAIMED:
-                    self.status[index] = MISSING
-
-    def _claim(self, index: int) -> bool:
-        if self.status[index] == MISSING:
-            self.status[index] = CLAIMED
-            return True
-        return False
+                if claimed:
+                    self.board.release(index)
 
     def _piece_length(self, index: int) -> int:
         return min(self.piece_size, self.shard.size - index * self.piece_size)
 
     def _accept(self, health: SourceHealth, index: int, data: bytes) -> None:
+        if self.board.done[index]:
+            return
         if hashlib.sha256(data).digest() != self.expected[index * 32:(index + 1) * 32]:
-            self.status[index] = MISSING
             raise IntegrityError(f"sent shard {self.shard.name} piece {index} with a wrong hash")
         os.pwrite(self._fd, data, index * self.piece_size)
-        self.status[index] = DONE
+        self.board.finish(index)
         health.bytes_verified += len(data)
         self.bytes_by_source[health.source.name] += len(data)
