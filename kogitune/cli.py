@@ -60,7 +60,13 @@ def filter_cli(files, output: str | None, config, *, text_key: str = "text", wor
 
 
 def _filter(args) -> int:
-    filter_cli(args.files, args.output, args.config, text_key=args.text_key, workers=args.workers,
+    from .filters import FilterError, Pipeline, parse_filter_spec
+
+    if not args.config and not args.filter:
+        raise FilterError("no filters given; pass --config CONFIG (docs/filters.md) and/or --filter NAME[:KEY=VALUE,...]")
+    config = Pipeline.from_config(args.config).to_config() if args.config else {"filters": []}
+    config["filters"] += [parse_filter_spec(spec) for spec in args.filter]
+    filter_cli(args.files, args.output, config, text_key=args.text_key, workers=args.workers,
                skip_bad_lines=args.skip_bad_lines, dry_run=args.dry_run, examples=args.examples,
                progress=not args.quiet)
     return EXIT_OK
@@ -140,6 +146,80 @@ def _cache(args) -> int:
     return EXIT_OK
 
 
+def _home(args):
+    from pathlib import Path
+
+    from .cache import kogitune_home
+
+    return Path(args.home).expanduser() if getattr(args, "home", None) else kogitune_home()
+
+
+def _node(args) -> int:
+    from .client import DaemonClient
+
+    home = _home(args)
+    if args.action == "start":
+        from kogitune.node.service import run_node, start_detached
+
+        if args.detach:
+            argv = ["node", "start", "--home", str(home), "--reprovide-interval", str(args.reprovide_interval)]
+            argv += [x for a in args.listen or [] for x in ("--listen", a)]
+            argv += [x for b in args.bootstrap or [] for x in ("--bootstrap", b)]
+            print(start_detached(home, argv))
+            return EXIT_OK
+        run_node(home, args.listen or [], args.bootstrap or [], args.reprovide_interval)
+        return EXIT_OK
+    client = DaemonClient(home)
+    if args.action == "stop":
+        client.call("stop", timeout=30)
+        print(f"stopping the node of {home}")
+        return EXIT_OK
+    status = client.call("status", timeout=30)
+    if args.action == "peers":
+        for peer in status["connected_peers"]:
+            print(peer)
+        return EXIT_OK
+    print(f"peer id     {status['peer_id']}")
+    for address in status["addresses"]:
+        print(f"listening   {address}")
+    print(f"peers       {len(status['connected_peers'])} connected")
+    print(f"datasets    {len(status['datasets'])}")
+    for dataset_id in status["datasets"]:
+        print(f"            {dataset_id}")
+    print(f"served      {status['bytes_served'] / 1e6:.1f} MB; fetched {status['bytes_fetched'] / 1e6:.1f} MB")
+    return EXIT_OK
+
+
+def _publish(args) -> int:
+    from pathlib import Path
+
+    from .client import DaemonClient
+
+    reply = DaemonClient(_home(args)).call("publish", path=str(Path(args.directory).resolve()), allow=args.allow)
+    print(reply["id"])
+    return EXIT_OK
+
+
+def _get(args) -> int:
+    from .client import DaemonClient
+
+    reply = DaemonClient(_home(args)).call("get", id=args.dataset_id)
+    print(f"{args.dataset_id} -> {reply['directory']}\n  sources: {reply['sources']}")
+    return EXIT_OK
+
+
+def _status(args) -> int:
+    from .client import DaemonClient
+
+    reply = DaemonClient(_home(args)).call("providers", id=args.dataset_id)
+    providers = reply["providers"]
+    print(f"{args.dataset_id}: {len(providers)} provider(s)")
+    for entry in providers:
+        held = f"{entry['shards']}/{entry['of']} shards" if "shards" in entry else f"error: {entry['error']}"
+        print(f"  {entry['peer']}  {held}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kogitune", description="Tokenize text once into content-addressed data tensors; share and train on them.")
@@ -180,7 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "OUT.report.json.")
     filter_.add_argument("files", nargs="+", help="input JSONL files, one document per line")
     filter_.add_argument("--output", "-o", help="output JSONL file (.jsonl, .jsonl.gz or .jsonl.zst)")
-    filter_.add_argument("--config", "-c", required=True, help="filter pipeline config, .json or .yaml")
+    filter_.add_argument("--config", "-c", help="filter pipeline config, .json or .yaml")
+    filter_.add_argument("--filter", "-f", action="append", default=[], metavar="NAME[:KEY=VALUE,...]",
+                         help="a filter to run after those of --config; repeat for more, e.g. -f nfkc "
+                              "-f length:min_chars=200 -f 'language:languages=[\"ja\"]' (values are JSON or text)")
     filter_.add_argument("--text-key", default="text", help="JSON key holding the text (default: text)")
     filter_.add_argument("--workers", type=int, default=0,
                          help="processes for the filters before the first dedup filter (default: all cores)")
@@ -218,6 +301,43 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("action", choices=["ls", "gc"])
     cache.add_argument("--limit", type=float, help="with gc: the size to trim to, in GB (default: the limit)")
     cache.set_defaults(run=_cache)
+
+    home_help = "node home: identity, store, control socket, log (default: $KOGITUNE_HOME or ~/.cache/kogitune)"
+    node = commands.add_parser(
+        "node", help="run or talk to a Kogitune node (libp2p host + DHT + data server)",
+        description="`start` runs a node in the foreground (`--detach`: in the background): a libp2p host (TCP, "
+                    "Noise, Yamux) with a persistent identity, a Kademlia DHT in server mode, and the data server; "
+                    "it announces every complete dataset in its store. `stop`, `status`, `peers` ask a running node.")
+    node.add_argument("action", choices=["start", "stop", "status", "peers"])
+    node.add_argument("--home", help=home_help)
+    node.add_argument("--listen", action="append", metavar="MULTIADDR",
+                      help="address to listen on (default: /ip4/0.0.0.0/tcp/4011); repeatable")
+    node.add_argument("--bootstrap", action="append", metavar="MULTIADDR",
+                      help="peer to join through, /ip4/.../tcp/.../p2p/<id>; repeatable; also from "
+                           "<home>/config.json and $KOGITUNE_BOOTSTRAP")
+    node.add_argument("--reprovide-interval", type=float, default=6 * 3600, metavar="SECONDS",
+                      help="announce the datasets again this often (default: 21600; DHT records expire after 48 h)")
+    node.add_argument("--detach", action="store_true", help="with start: run in the background, print its address")
+    node.set_defaults(run=_node)
+
+    publish = commands.add_parser(
+        "publish", help="verify a data tensor, add it to the node's store, sign and announce it; print its ID",
+        description="Needs a running node (`kogitune node start`). Files are hard-linked into the store where the "
+                    "file system allows (no second copy). --allow makes the dataset private to the listed peers.")
+    publish.add_argument("directory")
+    publish.add_argument("--allow", action="append", metavar="PEER_ID", help="serve only to this peer; repeatable")
+    publish.add_argument("--home", help=home_help)
+    publish.set_defaults(run=_publish)
+
+    get = commands.add_parser("get", help="fetch a dataset by ID into the node's store; the node then provides it")
+    get.add_argument("dataset_id")
+    get.add_argument("--home", help=home_help)
+    get.set_defaults(run=_get)
+
+    status = commands.add_parser("status", help="providers of a dataset ID and how many shards each holds")
+    status.add_argument("dataset_id")
+    status.add_argument("--home", help=home_help)
+    status.set_defaults(run=_status)
     return parser
 
 

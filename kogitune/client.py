@@ -1,25 +1,74 @@
 """The one narrow door from the sync world (producers, trainers) to the async node (kogitune.node).
 
-Today that door is an embedded node: a trio loop in a background thread of this process, started on first use
-and started again in a forked or spawned DataLoader worker. `KOGITUNE_READ_TIMEOUT` (seconds, default 30) bounds
+Two ways through it: a node daemon running under the same home (`kogitune node start`), reached over its control
+socket; else an embedded node, a trio loop in a background thread of this process, started on first use and
+started again in a forked or spawned DataLoader worker. `KOGITUNE_READ_TIMEOUT` (seconds, default 30) bounds
 every network read.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cache import ContentStore
+from .cache import ContentStore, kogitune_home
+from .errors import KogituneError, RecipeError
 from .tensor import DataTensor
 
 DEFAULT_FETCH_TIMEOUT = 300.0
 DEFAULT_READ_TIMEOUT = 30.0
+CONTROL_SOCKET = "control.sock"
 _lock = threading.Lock()
 _node = None
 _node_pid = 0
+
+
+class NodeNotRunning(KogituneError):
+    """No node daemon answers on the control socket of this home."""
+
+
+class DaemonClient:
+    """Sends control requests to the node daemon of `home` (one JSON line each way over a Unix socket)."""
+
+    def __init__(self, home: Path | None = None) -> None:
+        self.home = Path(home) if home is not None else kogitune_home()
+        self.socket_path = self.home / CONTROL_SOCKET
+
+    def call(self, op: str, timeout: float = DEFAULT_FETCH_TIMEOUT, **fields) -> dict:
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(timeout)
+                sock.connect(str(self.socket_path))
+                sock.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
+                reply = b""
+                while not reply.endswith(b"\n"):
+                    chunk = sock.recv(1 << 16)
+                    if not chunk:
+                        break
+                    reply += chunk
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise NodeNotRunning(f"no Kogitune node is running for {self.home}; start one with "
+                                 f"`kogitune node start --home {self.home}` (or `--detach` to run it in the "
+                                 "background)") from None
+        except socket.timeout:
+            raise KogituneError(f"the node did not answer {op!r} within {timeout:.0f} s") from None
+        if not reply:
+            raise KogituneError(f"the node closed the control connection during {op!r}")
+        result = json.loads(reply)
+        if not result.pop("ok", False):
+            raise KogituneError(f"node: {result.get('error', 'unknown error')}")
+        return result
+
+    def running(self) -> bool:
+        try:
+            self.call("status", timeout=5)
+        except KogituneError:
+            return False
+        return True
 
 
 def embedded_node():
@@ -30,7 +79,7 @@ def embedded_node():
             from kogitune.node.embedded import EmbeddedNode
 
             read_timeout = float(os.environ.get("KOGITUNE_READ_TIMEOUT", DEFAULT_READ_TIMEOUT))
-            _node, _node_pid = EmbeddedNode(read_timeout=read_timeout), os.getpid()
+            _node, _node_pid = EmbeddedNode(read_timeout=read_timeout, home=kogitune_home()), os.getpid()
         return _node
 
 
@@ -52,6 +101,28 @@ class MirrorShards:
         embedded_node().prefetch(Path(self.directory), manifest, indexes, self.urls)
 
 
+@dataclass(frozen=True)
+class PeerShards:
+    """Fetches the missing shards of a dataset named by ID from the peers that provide it, through the local
+    daemon when one runs (`home`), else through this process's embedded node. Picklable."""
+
+    dataset_id: str
+    home: str | None
+    timeout: float = DEFAULT_FETCH_TIMEOUT
+
+    def ensure(self, manifest, index: int) -> None:
+        if self.home is not None:
+            DaemonClient(Path(self.home)).call("shard", self.timeout, id=self.dataset_id, index=index)
+        else:
+            embedded_node().fetch_id_shard(self.dataset_id, index, self.timeout)
+
+    def prefetch(self, manifest, indexes: list[int]) -> None:
+        if self.home is not None:
+            DaemonClient(Path(self.home)).call("prefetch", self.timeout, id=self.dataset_id, indexes=list(indexes))
+        else:
+            embedded_node().prefetch_id(self.dataset_id, list(indexes))
+
+
 def open_mirrors(urls: list[str], store: ContentStore | None = None,
                  timeout: float = DEFAULT_FETCH_TIMEOUT) -> DataTensor:
     """Open a dataset served by web mirrors: fetch and check its manifest; shards follow on demand."""
@@ -59,3 +130,19 @@ def open_mirrors(urls: list[str], store: ContentStore | None = None,
     data, _ = embedded_node().fetch_manifest(tuple(urls), timeout)
     directory = store.add_manifest(data)
     return DataTensor(directory, remote=MirrorShards(str(directory), tuple(urls), timeout), store=store)
+
+
+def open_dataset_id(dataset_id: str, trusted_publishers=None, timeout: float = DEFAULT_FETCH_TIMEOUT) -> DataTensor:
+    """Open a dataset by ID: providers come from the DHT, the manifest is checked against the ID and signed by its
+    publisher (who must be on `trusted_publishers` when that is given); shards follow on demand."""
+    daemon = DaemonClient()
+    if daemon.running():
+        reply = daemon.call("open", timeout, id=dataset_id)
+        directory, publisher, home = Path(reply["directory"]), reply["publisher"], str(daemon.home)
+    else:
+        directory, publisher = embedded_node().open_dataset_id(dataset_id, timeout)
+        home = None
+    if trusted_publishers is not None and publisher not in set(trusted_publishers):
+        raise RecipeError(f"{dataset_id} is published by {publisher}, who is not in trusted_publishers")
+    store = ContentStore(directory.parent.parent)
+    return DataTensor(directory, remote=PeerShards(dataset_id, home, timeout), store=store)

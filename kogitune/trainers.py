@@ -95,7 +95,7 @@ class DatasetRecipe:
     """A list of datasets to train on: local tensor paths, web mirrors, with optional budgets."""
 
     def __init__(self, url_list, block_size: int | None = None, *, seed: int = 0, shuffle: bool = True,
-                 store=None) -> None:
+                 store=None, trusted_publishers=None) -> None:
         entries = [url_list] if isinstance(url_list, (str, Path)) else list(url_list)
         if not entries:
             raise RecipeError("a recipe needs at least one dataset (a path or URL)")
@@ -104,6 +104,7 @@ class DatasetRecipe:
         self.seed = seed
         self.shuffle = shuffle
         self.store = store
+        self.trusted_publishers = trusted_publishers
 
     def tensors(self) -> list[DataTensor]:
         tensors = [self._open(entry) for entry in self.entries]
@@ -141,8 +142,9 @@ class DatasetRecipe:
             raise RecipeError(f"{entry.name}: several local paths in one entry; list each tensor as its own entry")
         source = entry.sources[0]
         if is_dataset_id(source) and not Path(source).exists():
-            raise RecipeError(f"{source}: dataset IDs need the Kogitune network, which is not built yet; "
-                              "name the tensor's local path or a web mirror")
+            from .client import open_dataset_id
+
+            return open_dataset_id(source, self.trusted_publishers)
         return DataTensor(source)
 
 

@@ -27,8 +27,10 @@ log = logging.getLogger("kogitune.fetch")
 class EmbeddedNode:
     """Runs the fetcher in a daemon thread; all public methods are called from ordinary (sync) threads."""
 
-    def __init__(self, max_shards_in_flight: int = 4, read_timeout: float = 30.0) -> None:
+    def __init__(self, max_shards_in_flight: int = 4, read_timeout: float = 30.0, home: Path | None = None) -> None:
         self.read_timeout = read_timeout
+        self.home = home
+        self._p2p = None
         self._max_shards = max_shards_in_flight
         self._pools: dict[tuple[str, ...], SourcePool] = {}
         self._in_flight: dict[Path, trio.Event] = {}
@@ -40,6 +42,7 @@ class EmbeddedNode:
     async def _main(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
         self._limiter = trio.CapacityLimiter(self._max_shards)
+        self._p2p_lock = trio.Lock()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self._started.set()
@@ -78,6 +81,51 @@ class EmbeddedNode:
             for index in indexes:
                 self._nursery.start_soon(self._fetch_quietly, directory, manifest, index, urls)
         trio.from_thread.run_sync(start, trio_token=self._token)
+
+    def open_dataset_id(self, dataset_id: str, timeout: float) -> tuple[Path, str]:
+        """Resolve a dataset ID on the network (a client-mode libp2p node, started on first use); return the
+        store directory holding its checked manifest and the publisher's peer ID."""
+        async def run():
+            with trio.fail_after(timeout):
+                opened = await (await self._p2p_node()).open_dataset(dataset_id)
+                return opened.directory, opened.signed.publisher
+        try:
+            return trio.from_thread.run(run, trio_token=self._token)
+        except trio.TooSlowError:
+            raise FetchError(f"{dataset_id} could not be resolved within {timeout:.0f} s") from None
+
+    def fetch_id_shard(self, dataset_id: str, index: int, timeout: float) -> None:
+        async def run():
+            with trio.fail_after(timeout):
+                await (await self._p2p_node()).fetch_shard(dataset_id, index)
+        try:
+            trio.from_thread.run(run, trio_token=self._token)
+        except trio.TooSlowError:
+            raise FetchError(f"shard {index} of {dataset_id} did not arrive within {timeout:.0f} s") from None
+
+    def prefetch_id(self, dataset_id: str, indexes: list[int]) -> None:
+        async def quietly(index):
+            try:
+                await (await self._p2p_node()).fetch_shard(dataset_id, index)
+            except Exception as exc:
+                log.warning("prefetch failed: %s", exc)
+
+        def start():
+            for index in indexes:
+                self._nursery.start_soon(quietly, index)
+        trio.from_thread.run_sync(start, trio_token=self._token)
+
+    async def _p2p_node(self):
+        """The client-mode libp2p node of this process, started on first use with the configured bootstrap."""
+        async with self._p2p_lock:
+            if self._p2p is None:
+                from .daemon import Node, NodeConfig
+                from .service import bootstrap_peers
+
+                config = NodeConfig(home=self.home, listen=["/ip4/127.0.0.1/tcp/0"],
+                                    bootstrap=bootstrap_peers(self.home), server=False, read_timeout=self.read_timeout)
+                self._p2p = await self._nursery.start(Node(config).run)
+        return self._p2p
 
     async def _fetch_quietly(self, directory, manifest, index, urls) -> None:
         try:

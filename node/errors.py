@@ -9,3 +9,7 @@ class FetchError(KogituneError):
 
 class SourceError(FetchError):
     """One source failed one request (refused, timed out, broke off, sent too much); others may still work."""
+
+
+class NodeError(KogituneError):
+    """The node cannot start, is not running, or refused a command."""

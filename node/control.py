@@ -1,0 +1,117 @@
+"""The local control API: one JSON request line, one JSON response line, over a Unix socket.
+
+The socket is `<home>/control.sock`, created with owner-only permissions, so only the node's user can publish,
+fetch or stop. Requests are small JSON objects (never pickle); a line longer than MAX_LINE is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import trio
+
+from kogitune.protocol.ids import is_dataset_id
+
+from .daemon import Node
+from .errors import NodeError
+
+log = logging.getLogger("kogitune.node")
+SOCKET_FILE = "control.sock"
+MAX_LINE = 1 << 20
+REQUEST_TIMEOUT = 10.0
+
+
+async def serve_control(node: Node, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    path = Path(node.config.home) / SOCKET_FILE
+    path.unlink(missing_ok=True)
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        await sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    sock.listen(16)
+    listener = trio.SocketListener(sock)
+    try:
+        async with trio.open_nursery() as nursery:
+            task_status.started(path)
+            while True:
+                stream = await listener.accept()
+                nursery.start_soon(_serve_one, node, stream)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+async def _serve_one(node: Node, stream) -> None:
+    async with stream:
+        try:
+            with trio.fail_after(REQUEST_TIMEOUT):
+                line = await _read_line(stream)
+            request = json.loads(line)
+            result = await _dispatch(node, request)
+            reply = {"ok": True, **result}
+        except Exception as exc:
+            reply = {"ok": False, "error": str(exc), "type": type(exc).__name__}
+        try:
+            await stream.send_all(json.dumps(reply).encode() + b"\n")
+        except trio.BrokenResourceError:
+            pass
+
+
+async def _read_line(stream) -> bytes:
+    data = b""
+    while b"\n" not in data:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > MAX_LINE:
+            raise NodeError("control request too long")
+    return data.split(b"\n", 1)[0]
+
+
+def _dataset(request: dict) -> str:
+    dataset_id = request.get("id", "")
+    if not is_dataset_id(dataset_id):
+        raise NodeError(f"{dataset_id!r} is not a dataset ID")
+    return dataset_id
+
+
+async def _dispatch(node: Node, request: dict) -> dict:
+    op = request.get("op")
+    if op == "status":
+        return node.status()
+    if op == "stop":
+        node.stop()
+        return {}
+    if op == "publish":
+        allow = request.get("allow") or None
+        return {"id": await node.publish(str(request["path"]), allow)}
+    if op == "get":
+        opened = await node.get(_dataset(request))
+        return {"directory": str(opened.directory), "sources": opened.pool.report()}
+    if op == "open":
+        opened = await node.open_dataset(_dataset(request))
+        return {"directory": str(opened.directory), "publisher": opened.signed.publisher}
+    if op == "shard":
+        directory = await node.fetch_shard(_dataset(request), int(request["index"]))
+        return {"directory": str(directory)}
+    if op == "prefetch":
+        dataset_id = _dataset(request)
+        for index in request.get("indexes", []):
+            node.nursery.start_soon(_quietly, node.fetch_shard, dataset_id, int(index))
+        return {}
+    if op == "providers":
+        return {"providers": await node.providers_status(_dataset(request))}
+    raise NodeError(f"unknown control operation {op!r}")
+
+
+async def _quietly(fn, *args) -> None:
+    try:
+        await fn(*args)
+    except Exception as exc:
+        log.warning("background fetch failed: %s", exc)

@@ -1,0 +1,293 @@
+"""The Kogitune node: a libp2p host, a Kademlia DHT, the data server, and what the control API asks of them.
+
+A node in server mode (the daemon, `kogitune node start`) serves its store and announces one provider record per
+dataset (its ID digest), again every `reprovide_interval` and after connecting to bootstrap peers. A node in
+client mode (embedded in a training process when no daemon runs) only fetches: it neither serves nor announces.
+Everything fetched goes through the verified multi-source fetcher of kogitune.node.fetch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from kogitune.cache import ContentStore
+from kogitune.files import write_atomic
+from kogitune.protocol import wire
+from kogitune.protocol.errors import IntegrityError
+from kogitune.protocol.ids import dataset_id_digest
+from kogitune.protocol.manifest import Manifest
+from kogitune.protocol.signing import sign_dataset
+
+from .errors import FetchError, NodeError, SourceError
+from .fetch import ShardFetch, SourcePool
+from .host import load_identity_seed, new_kogitune_host
+from .peers import PeerSource, SignedManifest, fetch_have, fetch_signed_manifest
+from .server import ALLOW_FILE, SIGNATURE_FILE, DataServer
+
+log = logging.getLogger("kogitune.node")
+DEFAULT_LISTEN = "/ip4/0.0.0.0/tcp/4011"
+DEFAULT_REPROVIDE_SECONDS = 6 * 3600
+CONNECT_TIMEOUT = 10.0
+
+
+@dataclass
+class NodeConfig:
+    home: Path
+    listen: list[str]
+    bootstrap: list[str]
+    server: bool = True
+    reprovide_interval: float = DEFAULT_REPROVIDE_SECONDS
+    read_timeout: float = 30.0
+    trusted_publishers: frozenset[str] | None = None
+
+
+@dataclass
+class OpenDataset:
+    """A dataset being fetched: its checked manifest and the shared health of its sources."""
+
+    directory: Path
+    signed: SignedManifest
+    pool: SourcePool
+
+
+class Node:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.store = ContentStore(config.home)
+        self.server = DataServer(self.store)
+        self.bytes_fetched = 0
+        self._open: dict[str, OpenDataset] = {}
+        self._fetching: dict[tuple[str, int], trio.Event] = {}
+        self._stop = trio.Event()
+        self.host = None
+        self.dht = None
+
+    @property
+    def peer_id(self) -> str:
+        return str(self.host.get_id())
+
+    def addresses(self) -> list[str]:
+        return [str(a) for a in self.host.get_addrs()]
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        from libp2p.custom_types import TProtocol
+        from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+        from libp2p.tools.anyio_service import background_trio_service
+        from multiaddr import Multiaddr
+
+        self.seed = load_identity_seed(self.config.home)
+        self.host = new_kogitune_host(self.seed)
+        try:
+            async with self.host.run([Multiaddr(a) for a in self.config.listen]):
+                if self.config.server:
+                    self.host.set_stream_handler(TProtocol(wire.PROTOCOL_ID), self.server.handle)
+                self.dht = KadDHT(self.host, DHTMode.SERVER if self.config.server else DHTMode.CLIENT)
+                async with background_trio_service(self.dht), trio.open_nursery() as nursery:
+                    self.nursery = nursery
+                    await self.connect_bootstrap()
+                    if self.config.server:
+                        nursery.start_soon(self._reprovide_loop)
+                    task_status.started(self)
+                    await self.wait_stopped()
+                    nursery.cancel_scope.cancel()
+        finally:
+            await self.host.close()
+
+    async def connect_bootstrap(self) -> None:
+        from libp2p.peer.peerinfo import info_from_p2p_addr
+        from multiaddr import Multiaddr
+
+        for address in self.config.bootstrap:
+            try:
+                info = info_from_p2p_addr(Multiaddr(address))
+                if str(info.peer_id) == self.peer_id:
+                    continue
+                with trio.fail_after(CONNECT_TIMEOUT):
+                    await self.host.connect(info)
+                await self.dht.add_peer(info.peer_id)
+            except Exception as exc:
+                log.warning("bootstrap peer %s unreachable: %s", address, exc)
+
+    async def _reprovide_loop(self) -> None:
+        while True:
+            await self.announce_all()
+            await trio.sleep(self.config.reprovide_interval)
+
+    async def announce_all(self) -> None:
+        for dataset_id in self.complete_datasets():
+            await self.announce(dataset_id)
+
+    async def announce(self, dataset_id: str) -> None:
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT * 3):
+                await self.dht.provide(dataset_id_digest(dataset_id))
+        except Exception as exc:
+            log.warning("announcing %s failed: %s", dataset_id, exc)
+
+    def complete_datasets(self) -> list[str]:
+        found = []
+        for directory in sorted(self.store.datasets.glob("kg1-*")):
+            manifest = _load_manifest(directory)
+            if manifest and (directory / SIGNATURE_FILE).exists() and all(
+                    (directory / s.tokens_path).exists() for s in manifest.shards):
+                found.append(directory.name)
+        return found
+
+    async def publish(self, tensor_path: str, allow: list[str] | None = None) -> str:
+        """Verify a tensor, add it to the store (hard links where possible), sign and announce it."""
+        from kogitune.tensor import DataTensor
+
+        tensor = await trio.to_thread.run_sync(DataTensor, tensor_path)
+        problems = await trio.to_thread.run_sync(tensor.verify)
+        if problems:
+            raise NodeError(f"{tensor_path} is damaged ({problems[0]}); store it again before publishing")
+        directory = self.store.dataset_dir(tensor.dataset_id)
+        (directory / "shards").mkdir(parents=True, exist_ok=True)
+        for shard in tensor.shards:
+            for name in (shard.tokens_path, shard.pieces_path, shard.docs_path):
+                _link_or_copy(tensor.path / name, directory / name)
+        _link_or_copy(tensor.path / "manifest.json", directory / "manifest.json")
+        signature, public_key = sign_dataset(self.seed, tensor.dataset_id)
+        write_atomic(directory / SIGNATURE_FILE, public_key + signature)
+        if allow:
+            write_atomic(directory / ALLOW_FILE, "".join(f"{p}\n" for p in allow).encode())
+        else:
+            (directory / ALLOW_FILE).unlink(missing_ok=True)
+        self.store.pin(tensor.dataset_id)
+        await self.announce(tensor.dataset_id)
+        return tensor.dataset_id
+
+    async def find_providers(self, dataset_id: str) -> list:
+        with trio.fail_after(CONNECT_TIMEOUT * 3):
+            found = await self.dht.find_providers(dataset_id_digest(dataset_id))
+        unique = {}
+        for info in found:
+            if str(info.peer_id) != self.peer_id:
+                unique.setdefault(str(info.peer_id), info)
+        return list(unique.values())
+
+    async def open_dataset(self, dataset_id: str) -> OpenDataset:
+        """Resolve providers, fetch and check the manifest, and keep the sources for the shard fetches."""
+        opened = self._open.get(dataset_id)
+        if opened is not None:
+            return opened
+        providers = await self.find_providers(dataset_id)
+        if not providers:
+            raise FetchError(f"no peer provides {dataset_id} (asked the DHT through {len(self.host.get_connected_peers())}"
+                             " connected peer(s)); is a node that holds it running and bootstrapped?")
+        sources, signed, errors = [], None, []
+        for info in providers:
+            try:
+                with trio.fail_after(CONNECT_TIMEOUT):
+                    await self.host.connect(info)
+                if signed is None:
+                    signed = await fetch_signed_manifest(self.host, info.peer_id, dataset_id, self.config.read_timeout)
+                    self._check_trusted(signed)
+                sources.append(info.peer_id)
+            except Exception as exc:
+                errors.append(f"{info.peer_id}: {exc}")
+        if signed is None:
+            raise FetchError(f"no provider of {dataset_id} gave a valid manifest: {'; '.join(errors)}")
+        directory = self.store.dataset_dir(dataset_id)
+        (directory / "shards").mkdir(parents=True, exist_ok=True)
+        write_atomic(directory / "manifest.json", signed.data)
+        write_atomic(directory / SIGNATURE_FILE, signed.public_key + signed.signature)
+        pool = SourcePool([PeerSource(self.host, peer, dataset_id, signed.manifest, self.config.read_timeout)
+                           for peer in sources])
+        opened = self._open[dataset_id] = OpenDataset(directory, signed, pool)
+        return opened
+
+    def _check_trusted(self, signed: SignedManifest) -> None:
+        trusted = self.config.trusted_publishers
+        if trusted is not None and signed.publisher not in trusted:
+            raise IntegrityError(f"{signed.manifest.dataset_id} is published by {signed.publisher}, "
+                                 "who is not on the trust list")
+
+    async def fetch_shard(self, dataset_id: str, index: int) -> Path:
+        opened = await self.open_dataset(dataset_id)
+        shard = opened.signed.manifest.shards[index]
+        key = (dataset_id, index)
+        while key in self._fetching:
+            await self._fetching[key].wait()
+        if not (opened.directory / shard.tokens_path).exists():
+            self._fetching[key] = trio.Event()
+            try:
+                fetch = ShardFetch(opened.directory, opened.signed.manifest, shard, opened.pool)
+                await fetch.run()
+                self.bytes_fetched += sum(fetch.bytes_by_source.values())
+            finally:
+                self._fetching.pop(key).set()
+        return opened.directory
+
+    async def get(self, dataset_id: str) -> OpenDataset:
+        """Fetch a whole dataset into the store, then provide it too."""
+        opened = await self.open_dataset(dataset_id)
+        limiter = trio.CapacityLimiter(4)
+
+        async def one(index: int) -> None:
+            async with limiter:
+                await self.fetch_shard(dataset_id, index)
+
+        async with trio.open_nursery() as nursery:
+            for index in range(len(opened.signed.manifest.shards)):
+                nursery.start_soon(one, index)
+        if self.config.server:
+            await self.announce(dataset_id)
+        return opened
+
+    async def providers_status(self, dataset_id: str) -> list[dict]:
+        """Each provider and which shards it holds (its have-map)."""
+        opened = await self.open_dataset(dataset_id)
+        count = len(opened.signed.manifest.shards)
+        report = []
+        for info in await self.find_providers(dataset_id):
+            try:
+                have = await fetch_have(self.host, info.peer_id, dataset_id, count, self.config.read_timeout)
+                report.append({"peer": str(info.peer_id), "shards": sum(have), "of": count})
+            except SourceError as exc:
+                report.append({"peer": str(info.peer_id), "error": str(exc)})
+        return report
+
+    def status(self) -> dict:
+        return {
+            "peer_id": self.peer_id, "addresses": self.addresses(),
+            "connected_peers": [str(p) for p in self.host.get_connected_peers()],
+            "datasets": self.complete_datasets(), "bytes_served": self.server.stats.bytes_served,
+            "bytes_fetched": self.bytes_fetched, "requests": dict(self.server.stats.requests),
+            "refused": dict(self.server.stats.refused),
+        }
+
+
+def _load_manifest(directory: Path) -> Manifest | None:
+    from kogitune.protocol.manifest import parse_manifest
+
+    try:
+        return parse_manifest((directory / "manifest.json").read_bytes())
+    except Exception:
+        return None
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link (no second copy) where the file system allows it, else a copy; atomic either way."""
+    if target.exists():
+        return
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copy2(source, tmp)
+    os.replace(tmp, target)
+
+

@@ -1,0 +1,168 @@
+"""Peers as sources: requests over `/kogitune/data/1.0.0` streams, plugged into the fetcher as `PeerSource`.
+
+Every network read is wrapped in `fail_after`; a peer that hangs (SIGSTOP) costs one timeout, a peer that dies
+mid-stream looks like an early end of data (py-libp2p reports a clean EOF), which the fetcher counts as a short
+read. Nothing a peer sends is trusted: manifests are checked against the dataset ID and the publisher's signature,
+pieces against the manifest.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import trio
+
+from kogitune.protocol import wire
+from kogitune.protocol.errors import IntegrityError
+from kogitune.protocol.ids import dataset_id_digest
+from kogitune.protocol.manifest import Manifest, parse_manifest
+from kogitune.protocol.signing import peer_id_from_public_key, verify_dataset
+
+from .errors import SourceError
+from .sources import Source
+
+READ_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class SignedManifest:
+    data: bytes
+    manifest: Manifest
+    signature: bytes
+    public_key: bytes
+
+    @property
+    def publisher(self) -> str:
+        return peer_id_from_public_key(self.public_key)
+
+
+async def _open(host, peer_id, request: wire.Request, expected: type, timeout: float, max_header: int):
+    """Send one request; return (stream, response header, bytes already read past the header)."""
+    from libp2p.custom_types import TProtocol
+
+    try:
+        with trio.fail_after(timeout):
+            stream = await host.new_stream(peer_id, [TProtocol(wire.PROTOCOL_ID)])
+    except trio.TooSlowError:
+        raise SourceError(f"{peer_id}: no stream within {timeout:.0f} s") from None
+    except Exception as exc:
+        raise SourceError(f"{peer_id}: cannot open a stream ({type(exc).__name__}: {exc})") from None
+    try:
+        decoder = wire.FrameDecoder(max_header)
+        with trio.fail_after(timeout):
+            await stream.write(wire.encode_request(request))
+            while (frame := decoder.next_frame()) is None:
+                data = await _read(stream, READ_CHUNK)
+                if not data:
+                    raise SourceError(f"{peer_id}: stream ended before a response")
+                decoder.feed(data)
+        response = wire.parse_response(frame, expected)
+        if isinstance(response, wire.ErrorResponse):
+            raise SourceError(f"{peer_id}: {response.code}: {response.message}")
+        return stream, response, decoder.unused()
+    except trio.TooSlowError:
+        await _reset(stream)
+        raise SourceError(f"{peer_id}: no response within {timeout:.0f} s") from None
+    except wire.WireError as exc:
+        await _reset(stream)
+        raise SourceError(f"{peer_id}: malformed response ({exc})") from None
+    except BaseException:
+        await _reset(stream)
+        raise
+
+
+async def _read(stream, size: int) -> bytes:
+    from libp2p.network.stream.exceptions import StreamEOF, StreamError
+
+    try:
+        return await stream.read(size)
+    except StreamEOF:
+        return b""
+    except StreamError as exc:
+        raise SourceError(f"stream failed: {type(exc).__name__} {exc}") from None
+
+
+async def _reset(stream) -> None:
+    try:
+        await stream.reset()
+    except Exception:
+        pass
+
+
+async def fetch_signed_manifest(host, peer_id, dataset_id: str, timeout: float) -> SignedManifest:
+    """The manifest of `dataset_id` from one peer, checked against the ID and the publisher's signature."""
+    stream, response, _ = await _open(host, peer_id, wire.ManifestRequest(dataset_id_digest(dataset_id)),
+                                      wire.ManifestResponse, timeout, wire.MAX_HEADER_BYTES)
+    await _reset(stream)
+    manifest = parse_manifest(response.manifest)
+    if manifest.dataset_id != dataset_id:
+        raise IntegrityError(f"{peer_id} sent a manifest whose ID is {manifest.dataset_id}, not {dataset_id}")
+    verify_dataset(dataset_id, response.public_key, response.signature)
+    return SignedManifest(response.manifest, manifest, response.signature, response.public_key)
+
+
+async def fetch_have(host, peer_id, dataset_id: str, shard_count: int, timeout: float) -> list[bool]:
+    stream, response, _ = await _open(host, peer_id, wire.HaveRequest(dataset_id_digest(dataset_id)),
+                                      wire.HaveResponse, timeout, wire.MAX_REQUEST_BYTES + shard_count // 8 + 64)
+    await _reset(stream)
+    try:
+        return wire.have_shards(response.shards, shard_count)
+    except wire.WireError as exc:
+        raise SourceError(f"{peer_id}: bad have-map ({exc})") from None
+
+
+class PeerSource(Source):
+    """One peer that provides a dataset, read through range requests."""
+
+    def __init__(self, host, peer_id, dataset_id: str, manifest: Manifest, read_timeout: float) -> None:
+        self.host = host
+        self.peer_id = peer_id
+        self.name = f"peer {peer_id}"
+        self.digest = dataset_id_digest(dataset_id)
+        self.manifest = manifest
+        self.read_timeout = read_timeout
+        self._sizes = {}
+        for shard in manifest.shards:
+            self._sizes[shard.tokens_path] = (shard.name, "tokens", shard.size)
+            self._sizes[shard.pieces_path] = (shard.name, "pieces", manifest.pieces_in(shard) * 32)
+            self._sizes[shard.docs_path] = (shard.name, "docs", shard.docs_size)
+
+    @asynccontextmanager
+    async def stream(self, path: str, start: int):
+        if path not in self._sizes:
+            raise SourceError(f"{self.name}: {path} is not a file of this dataset")
+        shard, kind, size = self._sizes[path]
+        if start >= size:
+            yield start, _no_chunks()
+            return
+        request = wire.ReadRequest(self.digest, shard, kind, start, size - start)
+        stream, response, first = await _open(self.host, self.peer_id, request, wire.ReadResponse,
+                                              self.read_timeout, wire.MAX_REQUEST_BYTES)
+        try:
+            if response.length != size - start:
+                raise SourceError(f"{self.name}: offered {response.length} bytes of {path}, asked {size - start}")
+            yield start, self._chunks(stream, first, response.length)
+        finally:
+            await _reset(stream)
+
+    async def _chunks(self, stream, first: bytes, length: int):
+        remaining = length
+        if first:
+            yield first[:remaining]
+            remaining -= min(len(first), remaining)
+        while remaining > 0:
+            try:
+                with trio.fail_after(self.read_timeout):
+                    data = await _read(stream, min(READ_CHUNK, remaining))
+            except trio.TooSlowError:
+                raise SourceError(f"{self.name}: no data for {self.read_timeout:.0f} s") from None
+            if not data:
+                return
+            remaining -= len(data)
+            yield data
+
+
+async def _no_chunks():
+    return
+    yield

@@ -1,0 +1,174 @@
+"""Serving datasets to peers: the `/kogitune/data/1.0.0` stream handler.
+
+One request per stream, answered from the node's content store. Every read from a peer is bounded in time and
+size; each peer may hold only a few streams at once; a private dataset answers only the peers on its allow-list.
+The server sends what is on disk: it is the fetcher's job to verify, so a damaged store cannot fool a peer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from kogitune.cache import ContentStore
+from kogitune.protocol import wire
+from kogitune.protocol.ids import dataset_id_from_digest
+from kogitune.protocol.manifest import Manifest, parse_manifest
+
+log = logging.getLogger("kogitune.node")
+SIGNATURE_FILE = "signature"
+ALLOW_FILE = "allow"
+CHUNK = 1 << 20
+
+
+@dataclass
+class ServerLimits:
+    request_timeout: float = 10.0
+    write_timeout: float = 30.0
+    streams_per_peer: int = 8
+    streams_total: int = 128
+
+
+@dataclass
+class ServerStats:
+    bytes_served: int = 0
+    requests: Counter = field(default_factory=Counter)
+    refused: Counter = field(default_factory=Counter)
+
+
+class DataServer:
+    """Answers manifest, have and read requests from the datasets in `store`."""
+
+    def __init__(self, store: ContentStore, limits: ServerLimits | None = None) -> None:
+        self.store = store
+        self.limits = limits or ServerLimits()
+        self.stats = ServerStats()
+        self._streams: Counter = Counter()
+        self._manifests: dict[str, tuple[int, Manifest, bytes]] = {}
+
+    async def handle(self, stream) -> None:
+        peer = str(stream.muxed_conn.peer_id)
+        if self._streams[peer] >= self.limits.streams_per_peer or sum(self._streams.values()) >= \
+                self.limits.streams_total:
+            self.stats.refused["busy"] += 1
+            await self._send_error(stream, "busy", "too many concurrent requests; retry later")
+            return
+        self._streams[peer] += 1
+        try:
+            request = await self._read_request(stream)
+            self.stats.requests[type(request).__name__] += 1
+            await self._answer(stream, peer, request)
+            await stream.close()
+        except wire.WireError as exc:
+            self.stats.refused[exc.code] += 1
+            await self._send_error(stream, exc.code, str(exc))
+        except (trio.TooSlowError, Exception) as exc:
+            self.stats.refused["aborted"] += 1
+            log.debug("stream from %s aborted: %r", peer, exc)
+            await _reset(stream)
+        finally:
+            self._streams[peer] -= 1
+            if not self._streams[peer]:
+                del self._streams[peer]
+
+    async def _read_request(self, stream) -> wire.Request:
+        decoder = wire.FrameDecoder(wire.MAX_REQUEST_BYTES)
+        with trio.fail_after(self.limits.request_timeout):
+            while True:
+                frame = decoder.next_frame()
+                if frame is not None:
+                    return wire.parse_request(frame)
+                data = await stream.read(4096)
+                if not data:
+                    raise wire.WireError("bad_request", "the stream ended before a whole request")
+                decoder.feed(data)
+
+    async def _answer(self, stream, peer: str, request: wire.Request) -> None:
+        dataset_id = dataset_id_from_digest(request.dataset)
+        directory = self.store.dataset_dir(dataset_id)
+        loaded = self._manifest(dataset_id, directory)
+        if loaded is None:
+            raise wire.WireError("not_found", f"this node does not hold {dataset_id}")
+        manifest, manifest_bytes = loaded
+        allowed = _allow_list(directory)
+        if allowed is not None and peer not in allowed:
+            raise wire.WireError("forbidden", f"{dataset_id} is private to other peers")
+        if isinstance(request, wire.ManifestRequest):
+            signature = (directory / SIGNATURE_FILE).read_bytes()
+            await self._send(stream, wire.encode_response(wire.ManifestResponse(
+                manifest_bytes, signature=signature[32:], public_key=signature[:32])))
+        elif isinstance(request, wire.HaveRequest):
+            complete = [(directory / s.tokens_path).exists() for s in manifest.shards]
+            await self._send(stream, wire.encode_response(wire.HaveResponse(wire.have_bitmap(complete))))
+        else:
+            await self._send_range(stream, directory, manifest, request)
+
+    async def _send_range(self, stream, directory: Path, manifest: Manifest, request: wire.ReadRequest) -> None:
+        shard = next((s for s in manifest.shards if s.name == request.shard), None)
+        if shard is None:
+            raise wire.WireError("not_found", f"no shard {request.shard} in this dataset")
+        path, size = {"tokens": (shard.tokens_path, shard.size),
+                      "pieces": (shard.pieces_path, manifest.pieces_in(shard) * 32),
+                      "docs": (shard.docs_path, shard.docs_size)}[request.file]
+        if request.offset + request.length > size:
+            raise wire.WireError("bad_request", f"{path} has {size} bytes; asked for {request.offset}+{request.length}")
+        try:
+            fd = os.open(directory / path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise wire.WireError("not_found", f"this node does not hold {path} yet") from None
+        try:
+            await self._send(stream, wire.encode_response(wire.ReadResponse(request.length)))
+            offset, end = request.offset, request.offset + request.length
+            while offset < end:
+                chunk = os.pread(fd, min(CHUNK, end - offset), offset)
+                if not chunk:
+                    raise OSError(f"{path} is shorter than the manifest says")
+                await self._send(stream, chunk)
+                offset += len(chunk)
+                self.stats.bytes_served += len(chunk)
+        finally:
+            os.close(fd)
+
+    async def _send(self, stream, data: bytes) -> None:
+        with trio.fail_after(self.limits.write_timeout):
+            await stream.write(data)
+
+    async def _send_error(self, stream, code: str, message: str) -> None:
+        try:
+            await self._send(stream, wire.encode_response(wire.ErrorResponse(code, message[:1000])))
+            await stream.close()
+        except Exception:
+            await _reset(stream)
+
+    def _manifest(self, dataset_id: str, directory: Path) -> tuple[Manifest, bytes] | None:
+        path = directory / "manifest.json"
+        try:
+            mtime = path.stat().st_mtime_ns
+        except OSError:
+            return None
+        if not (directory / SIGNATURE_FILE).exists():
+            return None
+        cached = self._manifests.get(dataset_id)
+        if cached is None or cached[0] != mtime:
+            data = path.read_bytes()
+            cached = self._manifests[dataset_id] = (mtime, parse_manifest(data), data)
+        return cached[1], cached[2]
+
+
+def _allow_list(directory: Path) -> set[str] | None:
+    try:
+        return {line.strip() for line in (directory / ALLOW_FILE).read_text().splitlines() if line.strip()}
+    except FileNotFoundError:
+        return None
+
+
+async def _reset(stream) -> None:
+    try:
+        await stream.reset()
+    except Exception:
+        pass
