@@ -103,6 +103,8 @@ class DataTensor:
 
     def block(self, index: int) -> np.ndarray:
         """Stored block `index` (0 <= index < manifest.blocks) as a view of the memory map."""
+        if not 0 <= index < self.manifest.blocks:
+            raise IndexError(f"block {index} is out of range for a tensor of {self.manifest.blocks} blocks")
         shard = int(np.searchsorted(self.shard_first_block, index, side="right")) - 1
         start = (index - int(self.shard_first_block[shard])) * self.manifest.block_size
         return self.shard_tokens(shard)[start:start + self.manifest.block_size]
@@ -125,7 +127,9 @@ class DataTensor:
         problems = []
         for shard in self.shards:
             found = self.verify_shard(shard)
-            if not found:
+            if found:
+                forget_verified(self.path, [shard])
+            else:
                 record_verified(self.path, self.manifest, [shard])
             problems.extend(found)
         return problems
@@ -192,6 +196,18 @@ def record_verified(directory: Path, manifest: Manifest, shards) -> None:
         write_atomic(directory / MARKS_FILE, json.dumps(marks).encode())
     except OSError:
         pass
+
+
+def forget_verified(directory: Path, shards) -> None:
+    """Drop the marks of `shards`, found damaged (e.g. by bit rot, which changes no size, mtime or inode), so
+    that opening them hashes them again."""
+    marks = _read_marks(directory)
+    dropped = [marks["shards"].pop(shard.name) for shard in shards if shard.name in marks.get("shards", {})]
+    if dropped:
+        try:
+            write_atomic(directory / MARKS_FILE, json.dumps(marks).encode())
+        except OSError:
+            pass
 
 
 def _read_marks(directory: Path) -> dict:

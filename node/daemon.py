@@ -34,6 +34,7 @@ log = logging.getLogger("kogitune.node")
 DEFAULT_LISTEN = "/ip4/0.0.0.0/tcp/4011"
 DEFAULT_REPROVIDE_SECONDS = 6 * 3600
 CONNECT_TIMEOUT = 10.0
+LOOKUP_TIMEOUT = 30.0
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Node:
         self._open: dict[str, OpenDataset] = {}
         self._fetching: dict[tuple[str, int], trio.Event] = {}
         self._stop = trio.Event()
+        self._opening = trio.Lock()
         self.host = None
         self.dht = None
 
@@ -106,19 +108,27 @@ class Node:
             await self.host.close()
 
     async def connect_bootstrap(self) -> None:
+        """Connect to every bootstrap peer at once (a hung one costs one timeout, not one each)."""
         from libp2p.peer.peerinfo import info_from_p2p_addr
         from multiaddr import Multiaddr
 
-        for address in self.config.bootstrap:
+        async def connect(address: str) -> None:
             try:
                 info = info_from_p2p_addr(Multiaddr(address))
                 if str(info.peer_id) == self.peer_id:
-                    continue
-                with trio.fail_after(CONNECT_TIMEOUT):
-                    await self.host.connect(info)
+                    return
+                await self.connect(info)
                 await self.dht.add_peer(info.peer_id)
             except Exception as exc:
                 log.warning("bootstrap peer %s unreachable: %s", address, exc)
+
+        async with trio.open_nursery() as nursery:
+            for address in self.config.bootstrap:
+                nursery.start_soon(connect, address)
+
+    async def connect(self, info) -> None:
+        with trio.fail_after(min(CONNECT_TIMEOUT, self.config.read_timeout)):
+            await self.host.connect(info)
 
     async def _reprovide_loop(self) -> None:
         while True:
@@ -170,34 +180,77 @@ class Node:
         return tensor.dataset_id
 
     async def find_providers(self, dataset_id: str) -> list:
-        with trio.fail_after(CONNECT_TIMEOUT * 3):
-            found = await self.dht.find_providers(dataset_id_digest(dataset_id))
-        unique = {}
-        for info in found:
-            if str(info.peer_id) != self.peer_id:
-                unique.setdefault(str(info.peer_id), info)
-        return list(unique.values())
+        """Providers of a dataset: the connected peers are asked directly (fast in a small swarm, and when a
+        bootstrap peer holds the record) while the full Kademlia lookup runs, which is cut short once they have
+        answered with any provider. (py-libp2p's lookup alone returns only local records when there are any.)"""
+        key = dataset_id_digest(dataset_id)
+        found: dict = {}
+
+        def add(infos) -> None:
+            for info in infos or []:
+                if str(info.peer_id) != self.peer_id:
+                    found.setdefault(str(info.peer_id), info)
+
+        async def full_lookup() -> None:
+            with trio.move_on_after(LOOKUP_TIMEOUT):
+                add(await self.dht.find_providers(key))
+
+        async def ask(peer) -> None:
+            # py-libp2p 0.8.1 has no public one-peer GET_PROVIDERS; this is the call its own lookup makes.
+            with trio.move_on_after(min(CONNECT_TIMEOUT, self.config.read_timeout)):
+                try:
+                    providers, _ = await self.dht.provider_store._get_providers_from_peer_with_closers(peer, key)
+                    add(providers)
+                except Exception as exc:
+                    log.debug("provider query to %s failed: %s", peer, exc)
+
+        async def ask_neighbours(done: trio.CancelScope) -> None:
+            async with trio.open_nursery() as nursery:
+                for peer in self.host.get_connected_peers():
+                    nursery.start_soon(ask, peer)
+            if found:
+                done.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(full_lookup)
+            nursery.start_soon(ask_neighbours, nursery.cancel_scope)
+        add(self.dht.provider_store.get_providers(key))
+        return list(found.values())
 
     async def open_dataset(self, dataset_id: str) -> OpenDataset:
         """Resolve providers, fetch and check the manifest, and keep the sources for the shard fetches."""
-        opened = self._open.get(dataset_id)
-        if opened is not None:
+        async with self._opening:
+            opened = self._open.get(dataset_id)
+            if opened is None:
+                opened = self._open[dataset_id] = await self._resolve(dataset_id)
             return opened
+
+    async def _resolve(self, dataset_id: str) -> OpenDataset:
         providers = await self.find_providers(dataset_id)
         if not providers:
             raise FetchError(f"no peer provides {dataset_id} (asked the DHT through {len(self.host.get_connected_peers())}"
                              " connected peer(s)); is a node that holds it running and bootstrapped?")
-        sources, signed, errors = [], None, []
-        for info in providers:
+        reachable, errors = [], []
+
+        async def connect(info) -> None:
             try:
-                with trio.fail_after(CONNECT_TIMEOUT):
-                    await self.host.connect(info)
-                if signed is None:
-                    signed = await fetch_signed_manifest(self.host, info.peer_id, dataset_id, self.config.read_timeout)
-                    self._check_trusted(signed)
-                sources.append(info.peer_id)
+                await self.connect(info)
+                reachable.append(info.peer_id)
             except Exception as exc:
-                errors.append(f"{info.peer_id}: {exc}")
+                errors.append(f"{info.peer_id}: cannot connect ({type(exc).__name__})")
+
+        async with trio.open_nursery() as nursery:
+            for info in providers:
+                nursery.start_soon(connect, info)
+        signed = None
+        for peer in reachable:
+            try:
+                signed = await fetch_signed_manifest(self.host, peer, dataset_id, self.config.read_timeout)
+                self._check_trusted(signed)
+                break
+            except Exception as exc:
+                signed = None
+                errors.append(f"{peer}: {exc}")
         if signed is None:
             raise FetchError(f"no provider of {dataset_id} gave a valid manifest: {'; '.join(errors)}")
         directory = self.store.dataset_dir(dataset_id)
@@ -205,9 +258,8 @@ class Node:
         write_atomic(directory / "manifest.json", signed.data)
         write_atomic(directory / SIGNATURE_FILE, signed.public_key + signed.signature)
         pool = SourcePool([PeerSource(self.host, peer, dataset_id, signed.manifest, self.config.read_timeout)
-                           for peer in sources])
-        opened = self._open[dataset_id] = OpenDataset(directory, signed, pool)
-        return opened
+                           for peer in reachable])
+        return OpenDataset(directory, signed, pool)
 
     def _check_trusted(self, signed: SignedManifest) -> None:
         trusted = self.config.trusted_publishers

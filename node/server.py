@@ -111,7 +111,7 @@ class DataServer:
     async def _send_range(self, stream, directory: Path, manifest: Manifest, request: wire.ReadRequest) -> None:
         shard = next((s for s in manifest.shards if s.name == request.shard), None)
         if shard is None:
-            raise wire.WireError("not_found", f"no shard {request.shard} in this dataset")
+            raise wire.WireError("bad_request", f"no shard {request.shard} in this dataset")
         path, size = {"tokens": (shard.tokens_path, shard.size),
                       "pieces": (shard.pieces_path, manifest.pieces_in(shard) * 32),
                       "docs": (shard.docs_path, shard.docs_size)}[request.file]

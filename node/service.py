@@ -44,7 +44,8 @@ def run_node(home: Path, listen: list[str], bootstrap: list[str], reprovide_inte
         logging.getLogger(name).setLevel(logging.INFO)
         logging.getLogger(name).propagate = False
     config = NodeConfig(home=home, listen=listen or [DEFAULT_LISTEN], bootstrap=bootstrap_peers(home, bootstrap),
-                        reprovide_interval=reprovide_interval)
+                        reprovide_interval=reprovide_interval,
+                        read_timeout=float(os.environ.get("KOGITUNE_READ_TIMEOUT", 30)))
     trio.run(_serve, Node(config))
 
 

@@ -13,7 +13,8 @@ from .errors import KogituneError
 
 DATASET_ID_PREFIX = "kg1-"
 DIGEST_SIZE = 32
-_DATASET_ID_RE = re.compile(r"kg1-[a-z2-7]{52}")
+# 256 bits are 51 base32 characters and 1 bit: the last character is "a" or "q", so one digest has one ID.
+_DATASET_ID_RE = re.compile(r"kg1-[a-z2-7]{51}[aq]")
 _HEX_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 
 

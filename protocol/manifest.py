@@ -7,6 +7,7 @@ and the same manifest gives the same ID on every machine. docs/format.md is the 
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from dataclasses import dataclass
@@ -105,7 +106,7 @@ class Manifest:
             "piece_size": self.piece_size,
             "counts": {"documents": self.documents, "tokens": self.tokens, "blocks": self.blocks},
             "shards": [vars(s).copy() for s in self.shards],
-            "provenance": self.provenance,
+            "provenance": copy.deepcopy(self.provenance),
         }
 
     def canonical_bytes(self) -> bytes:

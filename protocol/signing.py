@@ -1,0 +1,95 @@
+"""Signed manifests: the publisher's Ed25519 key (its libp2p node identity) signs the dataset ID.
+
+What is signed is SIGNING_CONTEXT followed by the 32-byte digest behind the dataset ID. The ID is the SHA-256 of the
+manifest's canonical encoding, so the signature covers the whole manifest, and the context keeps a manifest
+signature from ever being valid for anything else signed with the same key. The publisher is named by the libp2p peer
+ID of its key. Pure functions; docs/protocol.md is the specification.
+"""
+
+from __future__ import annotations
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from .errors import IntegrityError
+from .ids import dataset_id_digest
+from .manifest import Manifest, parse_manifest
+
+SIGNING_CONTEXT = b"kogitune/manifest/v1\x00"
+SEED_BYTES = 32
+PUBLIC_KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+# The protobuf PublicKey {Type: Ed25519 (1), Data: 32 bytes} of libp2p's peer-id spec, before the key bytes.
+_ED25519_PROTOBUF_PREFIX = bytes([0x08, 0x01, 0x12, 0x20])
+_IDENTITY_MULTIHASH = 0x00
+_BASE58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+
+
+def signing_payload(dataset_id: str) -> bytes:
+    """The bytes that a publisher signs for `dataset_id` (KogituneError if it is not a dataset ID)."""
+    return SIGNING_CONTEXT + dataset_id_digest(dataset_id)
+
+
+def public_key_from_seed(private_key_bytes: bytes) -> bytes:
+    """The raw 32-byte Ed25519 public key of a 32-byte seed."""
+    return _private_key(private_key_bytes).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def sign_dataset(private_key_bytes: bytes, dataset_id: str) -> tuple[bytes, bytes]:
+    """(64-byte signature, 32-byte public key) over signing_payload(dataset_id); the private key is a 32-byte seed."""
+    key = _private_key(private_key_bytes)
+    signature = key.sign(signing_payload(dataset_id))
+    return signature, key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def verify_dataset(dataset_id: str, public_key: bytes, signature: bytes) -> None:
+    """Return if `signature` is `public_key`'s signature of `dataset_id`; raise IntegrityError otherwise."""
+    payload = signing_payload(dataset_id)
+    if not isinstance(public_key, bytes) or len(public_key) != PUBLIC_KEY_BYTES:
+        raise IntegrityError(f"a publisher key is {PUBLIC_KEY_BYTES} bytes of Ed25519 public key")
+    if not isinstance(signature, bytes) or len(signature) != SIGNATURE_BYTES:
+        raise IntegrityError(f"a manifest signature is {SIGNATURE_BYTES} bytes of Ed25519 signature")
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, payload)
+    except (InvalidSignature, ValueError):
+        raise IntegrityError(
+            f"the signature of {dataset_id} does not verify with the publisher key of "
+            f"{peer_id_from_public_key(public_key)}: the manifest was not signed by that publisher"
+        ) from None
+
+
+def check_signed_manifest(dataset_id: str, manifest: bytes, public_key: bytes, signature: bytes) -> Manifest:
+    """Everything a fetcher checks on a ManifestResponse: the manifest parses (ManifestError otherwise), its ID is
+    `dataset_id` and the publisher's signature of that ID verifies (IntegrityError otherwise)."""
+    expected = dataset_id_digest(dataset_id)  # a malformed ID fails here, before any work
+    parsed = parse_manifest(manifest)
+    if dataset_id_digest(parsed.dataset_id) != expected:
+        raise IntegrityError(f"the manifest received for {dataset_id} hashes to {parsed.dataset_id}")
+    verify_dataset(dataset_id, public_key, signature)
+    return parsed
+
+
+def peer_id_from_public_key(public_key: bytes) -> str:
+    """The libp2p peer ID of an Ed25519 public key: base58btc of the identity multihash of its protobuf PublicKey."""
+    if not isinstance(public_key, bytes) or len(public_key) != PUBLIC_KEY_BYTES:
+        raise ValueError(f"an Ed25519 public key is {PUBLIC_KEY_BYTES} bytes")
+    serialized = _ED25519_PROTOBUF_PREFIX + public_key
+    return base58btc(bytes([_IDENTITY_MULTIHASH, len(serialized)]) + serialized)
+
+
+def base58btc(data: bytes) -> str:
+    """Bitcoin base58: the bytes as a big-endian number in the 58-letter alphabet, a "1" for each leading zero byte."""
+    number = int.from_bytes(data, "big")
+    digits = []
+    while number:
+        number, rest = divmod(number, 58)
+        digits.append(_BASE58_ALPHABET[rest])
+    zeros = len(data) - len(data.lstrip(b"\x00"))
+    return "1" * zeros + "".join(reversed(digits))
+
+
+def _private_key(private_key_bytes: bytes) -> Ed25519PrivateKey:
+    if not isinstance(private_key_bytes, bytes) or len(private_key_bytes) != SEED_BYTES:
+        raise ValueError(f"an Ed25519 private key is a {SEED_BYTES}-byte seed")
+    return Ed25519PrivateKey.from_private_bytes(private_key_bytes)

@@ -1,0 +1,41 @@
+"""Kogitune nodes as real OS processes on 127.0.0.1, for the network tests."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+KOGITUNE = str(Path(sys.executable).with_name("kogitune"))
+ENV = {**os.environ, "KOGITUNE_READ_TIMEOUT": "3"}
+
+
+class NodeProcess:
+    """`kogitune node start` in its own home; the ready line gives its peer ID and address."""
+
+    def __init__(self, home: Path, bootstrap: list[str] = ()) -> None:
+        self.home = Path(home)
+        args = [KOGITUNE, "node", "start", "--home", str(self.home), "--listen", "/ip4/127.0.0.1/tcp/0"]
+        for address in bootstrap:
+            args += ["--bootstrap", address]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV)
+        line = self.proc.stdout.readline().split()
+        assert line[:2] == ["kogitune", "node"], f"node in {home} did not start: {line}"
+        self.peer_id, self.address = line[2], line[-1]
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run([KOGITUNE, *args, "--home", str(self.home)], capture_output=True, text=True,
+                                timeout=120, env=ENV)
+        if check and result.returncode:
+            raise AssertionError(f"kogitune {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+        self.proc.wait(timeout=30)
+        self.proc.stdout.close()

@@ -1,0 +1,115 @@
+"""The network, as separate OS processes on 127.0.0.1: publish, replicate, train by dataset ID through
+failures, restart, private datasets."""
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kogitune.corpora import write_kjv_chapters
+from kogitune.store import StoreOptions, store
+from kogitune.tensor import DataTensor
+from netnodes import ENV, NodeProcess
+
+BLOCK = 64
+TRAIN_SCRIPT = """
+import sys
+import numpy as np
+from kogitune.trainers import DatasetRecipe
+dataset = DatasetRecipe([sys.argv[1]], shuffle=False).get_train_dataset(int(sys.argv[2]))
+np.save(sys.argv[3], np.stack([dataset[i]["input_ids"].numpy() for i in range(len(dataset))]))
+"""
+
+
+@pytest.fixture(scope="module")
+def tensor(tmp_path_factory) -> DataTensor:
+    root = tmp_path_factory.mktemp("published")
+    corpus = write_kjv_chapters(root / "kjv.jsonl", limit=120)
+    store([corpus], "gpt2", root / "kjv", StoreOptions(block_size=BLOCK, piece_size=64 << 10, shard_size=128 << 10,
+                                                        workers=1), progress=False)
+    return DataTensor(root / "kjv")
+
+
+@pytest.fixture
+def nodes(tmp_path):
+    started = []
+
+    def start(name: str, bootstrap=()) -> NodeProcess:
+        node = NodeProcess(tmp_path / name, bootstrap)
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.close()
+
+
+def train_by_id(tmp_path: Path, dataset_id: str, bootstrap: str) -> np.ndarray:
+    """A training process with no daemon: an embedded client-mode node resolves the ID and fetches."""
+    out = tmp_path / "seen.npy"
+    env = {**ENV, "KOGITUNE_HOME": str(tmp_path / "trainer"), "KOGITUNE_BOOTSTRAP": bootstrap}
+    subprocess.run([sys.executable, "-c", TRAIN_SCRIPT, dataset_id, str(BLOCK), str(out)], check=True, env=env,
+                   timeout=180)
+    return np.load(out)
+
+
+def local_samples(tensor: DataTensor) -> np.ndarray:
+    from kogitune.trainers import DatasetRecipe
+
+    dataset = DatasetRecipe([str(tensor.path)], shuffle=False).get_train_dataset(BLOCK)
+    return np.stack([dataset[i]["input_ids"].numpy() for i in range(len(dataset))])
+
+
+def test_publish_replicate_and_train_through_dead_lying_and_hung_providers(tensor, nodes, tmp_path):
+    """A publishes; B, C, E replicate with `get`; B's copy is then corrupted on disk, C is frozen (SIGSTOP),
+    E is killed (SIGKILL). A trainer naming only the dataset ID still gets every sample, byte-identical."""
+    a = nodes("a")
+    dataset_id = a.cli("publish", str(tensor.path)).stdout.strip()
+    assert dataset_id == tensor.dataset_id
+    replicas = [nodes(name, [a.address]) for name in ("b", "c", "e")]
+    for replica in replicas:
+        replica.cli("get", dataset_id)
+        copy = DataTensor(replica.home / "datasets" / dataset_id)
+        assert copy.verify() == []
+    status = replicas[0].cli("status", dataset_id).stdout
+    assert f"{a.peer_id}  {len(tensor.shards)}/{len(tensor.shards)} shards" in status
+
+    b, c, e = replicas
+    shard_file = b.home / "datasets" / dataset_id / tensor.shards[0].tokens_path
+    data = bytearray(shard_file.read_bytes())
+    data[100] ^= 0xFF
+    shard_file.write_bytes(bytes(data))
+    c.signal(signal.SIGSTOP)
+    e.signal(signal.SIGKILL)
+
+    seen = train_by_id(tmp_path, dataset_id, a.address)
+    np.testing.assert_array_equal(seen, local_samples(tensor))
+
+
+def test_restart_keeps_identity_and_store_and_announces_again(tensor, nodes, tmp_path):
+    a = nodes("a")
+    dataset_id = a.cli("publish", str(tensor.path)).stdout.strip()
+    first_id = a.peer_id
+    a.cli("node", "stop")
+    assert a.proc.wait(timeout=30) == 0
+    restarted = nodes("a")
+    assert restarted.peer_id == first_id
+    assert (restarted.home / "identity.key").stat().st_mode & 0o777 == 0o600
+    b = nodes("b", [restarted.address])
+    b.cli("get", dataset_id)
+    assert DataTensor(b.home / "datasets" / dataset_id).verify() == []
+
+
+def test_private_dataset_is_served_only_to_its_allow_list(tensor, nodes):
+    a = nodes("a")
+    b = nodes("b", [a.address])
+    c = nodes("c", [a.address])
+    dataset_id = a.cli("publish", str(tensor.path), "--allow", b.peer_id).stdout.strip()
+    refused = c.cli("get", dataset_id, check=False)
+    assert refused.returncode != 0
+    assert "forbidden" in refused.stderr
+    b.cli("get", dataset_id)
+    assert DataTensor(b.home / "datasets" / dataset_id).verify() == []

@@ -1,0 +1,177 @@
+"""Signed manifests: Ed25519 over the dataset ID, and libp2p peer IDs of publisher keys, bytes in and bytes out."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from kogitune.protocol.errors import IntegrityError, KogituneError, ManifestError
+from kogitune.protocol.ids import dataset_id_from_digest
+from kogitune.protocol.manifest import parse_manifest
+from kogitune.protocol.signing import (SIGNING_CONTEXT, base58btc, check_signed_manifest, peer_id_from_public_key,
+                                       public_key_from_seed, sign_dataset, signing_payload, verify_dataset)
+
+# The signing vector: these exact strings are in docs/protocol.md ("Test vectors"); change both or neither.
+SEED = b"\x01" * 32
+DATASET_ID = "kg1-aaaqeayeaudaocajbifqydiob4ibceqtcqkrmfyydenbwha5dypq"  # the digest 00 01 02 ... 1f
+PAYLOAD_HEX = ("6b6f676974756e652f6d616e69666573742f7631"  # "kogitune/manifest/v1"
+               "00000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")
+PUBLIC_KEY_HEX = "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c"
+SIGNATURE_HEX = ("d40650c8b121556f1f36cfc72b9518784a5864e2aa24ac24d551ca4e2b7253c5"
+                 "cd9a3d97cdc2961ce9d99fc6ba8d44b1c34b7e18c55a4c846843f3badbddb30c")
+PEER_ID = "12D3KooWK99VoVxNE7XzyBwXEzW7xhK7Gpv85r9F3V3fyKSUKPH5"
+
+
+def manifest_bytes(**changes) -> bytes:
+    """A small valid manifest (the one of test_protocol.py)."""
+    obj = {
+        "format": "kogitune-tensor/1",
+        "tokenizer": {"name": "gpt2", "id": "gpt2-f04f", "fingerprint": "ab" * 32, "vocab_size": 50257,
+                      "eos_id": 50256},
+        "dtype": "uint16",
+        "block_size": 4,
+        "piece_size": 65536,
+        "counts": {"documents": 3, "tokens": 10, "blocks": 3},
+        "shards": [
+            {"name": "00000", "blocks": 2, "size": 16, "root": "11" * 32, "documents": 2, "docs_sha256": "22" * 32},
+            {"name": "00001", "blocks": 1, "size": 8, "root": "33" * 32, "documents": 1, "docs_sha256": "44" * 32},
+        ],
+        "provenance": {"note": "signing test"},
+    }
+    obj.update(changes)
+    return json.dumps(obj, indent=1).encode()
+
+
+def test_the_signing_vector():
+    assert dataset_id_from_digest(bytes(range(32))) == DATASET_ID
+    assert SIGNING_CONTEXT == b"kogitune/manifest/v1\x00"
+    assert signing_payload(DATASET_ID).hex() == PAYLOAD_HEX
+    signature, public_key = sign_dataset(SEED, DATASET_ID)
+    assert public_key.hex() == PUBLIC_KEY_HEX
+    assert public_key_from_seed(SEED) == public_key
+    assert signature.hex() == SIGNATURE_HEX
+    assert peer_id_from_public_key(public_key) == PEER_ID
+    verify_dataset(DATASET_ID, public_key, signature)
+
+
+def test_the_signing_vector_is_in_the_docs():
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text(encoding="utf-8")
+    for value in [DATASET_ID, PAYLOAD_HEX, PUBLIC_KEY_HEX, SIGNATURE_HEX, PEER_ID]:
+        assert value in text
+
+
+def test_sign_and_verify_round_trip():
+    rng = random.Random(11)
+    for _ in range(50):
+        seed, dataset_id = rng.randbytes(32), dataset_id_from_digest(rng.randbytes(32))
+        signature, public_key = sign_dataset(seed, dataset_id)
+        assert len(signature) == 64 and len(public_key) == 32
+        verify_dataset(dataset_id, public_key, signature)
+        assert sign_dataset(seed, dataset_id) == (signature, public_key)  # Ed25519 is deterministic
+
+
+def test_wrong_id_key_or_signature_is_an_integrity_error():
+    signature, public_key = sign_dataset(SEED, DATASET_ID)
+    other_id = dataset_id_from_digest(bytes(range(1, 33)))
+    _, other_key = sign_dataset(b"\x02" * 32, DATASET_ID)
+    with pytest.raises(IntegrityError):
+        verify_dataset(other_id, public_key, signature)
+    with pytest.raises(IntegrityError):
+        verify_dataset(DATASET_ID, other_key, signature)
+    for i in range(64):  # any flipped bit of the signature
+        bad = bytearray(signature)
+        bad[i] ^= 1 << (i % 8)
+        with pytest.raises(IntegrityError):
+            verify_dataset(DATASET_ID, public_key, bytes(bad))
+    for bad_key, bad_signature in [(public_key[:31], signature), (public_key + b"\x00", signature),
+                                   (public_key, signature[:63]), (public_key, b""), (bytes(32), signature),
+                                   (b"\xff" * 32, signature), (public_key.hex(), signature)]:
+        with pytest.raises(IntegrityError):
+            verify_dataset(DATASET_ID, bad_key, bad_signature)
+
+
+def test_the_signature_covers_the_context():
+    """A signature of the bare digest (or of any other context) is not a manifest signature."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    key = Ed25519PrivateKey.from_private_bytes(SEED)
+    with pytest.raises(IntegrityError):
+        verify_dataset(DATASET_ID, bytes.fromhex(PUBLIC_KEY_HEX), key.sign(bytes(range(32))))
+    assert key.sign(signing_payload(DATASET_ID)).hex() == SIGNATURE_HEX
+
+
+def test_bad_inputs():
+    with pytest.raises(KogituneError):
+        signing_payload("kg1-nope")
+    with pytest.raises(KogituneError):
+        verify_dataset("not an id", bytes.fromhex(PUBLIC_KEY_HEX), bytes.fromhex(SIGNATURE_HEX))
+    for seed in [b"", b"\x01" * 31, b"\x01" * 33, "01" * 32, b"\x01" * 64]:
+        with pytest.raises(ValueError):
+            sign_dataset(seed, DATASET_ID)
+    for key in [b"", b"\x01" * 31, b"\x01" * 33, "x" * 32]:
+        with pytest.raises(ValueError):
+            peer_id_from_public_key(key)
+
+
+def test_check_signed_manifest():
+    data = manifest_bytes()
+    dataset_id = parse_manifest(data).dataset_id
+    signature, public_key = sign_dataset(SEED, dataset_id)
+    assert check_signed_manifest(dataset_id, data, public_key, signature) == parse_manifest(data)
+    # Another layout of the same manifest has the same ID: the ID hashes the canonical encoding.
+    canonical = parse_manifest(data).canonical_bytes()
+    assert check_signed_manifest(dataset_id, canonical, public_key, signature) == parse_manifest(data)
+    # A different manifest (one field changed) under the same ID and signature.
+    tampered = manifest_bytes(provenance={"note": "tampered"})
+    with pytest.raises(IntegrityError):
+        check_signed_manifest(dataset_id, tampered, public_key, signature)
+    # The right manifest with someone else's signature.
+    other_signature, other_key = sign_dataset(b"\x02" * 32, parse_manifest(tampered).dataset_id)
+    with pytest.raises(IntegrityError):
+        check_signed_manifest(dataset_id, data, other_key, other_signature)
+    with pytest.raises(IntegrityError):
+        check_signed_manifest(dataset_id, data, other_key, signature)
+    with pytest.raises(ManifestError):
+        check_signed_manifest(dataset_id, b"{}", public_key, signature)
+
+
+def test_base58btc():
+    assert base58btc(b"") == ""
+    assert base58btc(b"\x00") == "1"
+    assert base58btc(b"\x00\x00\x01") == "112"
+    assert base58btc(b"hello world") == "StV1DL6CwTryKyV"
+    assert base58btc(b"Hello World!") == "2NEpo7TZRRrLZSi2U"
+    assert base58btc(bytes.fromhex("0000287fb4cd")) == "11233QC4"
+
+
+def test_peer_ids_match_py_libp2p():
+    """Our peer IDs are libp2p's: checked against py-libp2p when it is installed (protocol/ never imports it)."""
+    ed25519 = pytest.importorskip("libp2p.crypto.ed25519")
+    peer_id = pytest.importorskip("libp2p.peer.id")
+    rng = random.Random(12)
+    seeds = [SEED] + [rng.randbytes(32) for _ in range(30)]
+    for seed in seeds:
+        key_pair = ed25519.create_new_key_pair(seed)
+        public_key = key_pair.public_key.to_bytes()
+        assert public_key == public_key_from_seed(seed)
+        assert peer_id_from_public_key(public_key) == peer_id.ID.from_pubkey(key_pair.public_key).to_base58()
+        # The node identity key signs manifests: libp2p's own signature is ours, byte for byte.
+        assert key_pair.private_key.sign(signing_payload(DATASET_ID)) == sign_dataset(seed, DATASET_ID)[0]
+    assert peer_id.ID.from_pubkey(ed25519.create_new_key_pair(SEED).public_key).to_base58() == PEER_ID
+
+
+def test_protocol_does_not_import_libp2p_or_io():
+    import ast
+    from pathlib import Path
+    for name in ["wire.py", "signing.py"]:
+        tree = ast.parse((Path(__file__).resolve().parents[1] / "protocol" / name).read_text())
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for alias in node.names}
+        imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and node.module and not node.level}
+        assert imported <= {"__future__", "re", "dataclasses", "typing", "msgpack", "cryptography"}, imported
+        calls = {node.func.id for node in ast.walk(tree)
+                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
+        assert "open" not in calls

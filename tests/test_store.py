@@ -1,0 +1,236 @@
+"""`store`: JSONL text in, a data tensor out whose tokens, counts, layout and ID are exactly what they should be."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import zstandard
+
+from conftest import (BLOCK, EOS_TEXT, OPTIONS, SHARD, expected_tokens, file_states, json_line,
+                      store_quietly, stored_tokens, write_lines, write_texts)
+from kogitune.errors import BadInputError, KogituneError, TensorError
+from kogitune.store import BATCH_BYTES, InputReader, StoreOptions
+from kogitune.tensor import MANIFEST_FILE, DataTensor
+
+SMALL = StoreOptions(block_size=64, shard_size=64 << 10, workers=1)
+
+
+@pytest.fixture(scope="module")
+def small_tensor_path(small_corpus, tmp_path_factory):
+    """The small corpus stored with SMALL options (block size 64, 64 KiB shards)."""
+    return store_quietly(small_corpus, tmp_path_factory.mktemp("small") / "kjv", SMALL).path
+
+
+def manifest_without_inputs(tensor: DataTensor) -> dict:
+    manifest = tensor.manifest.to_dict()
+    del manifest["provenance"]["inputs"]
+    return manifest
+
+
+# ---- what is stored ---------------------------------------------------------------------------------------------
+
+def test_tokens_are_the_documents_joined_with_eos(kjv_tensor, kjv_texts, kjv_expected, gpt2):
+    """The token stream is each document's tokens then EOS, in input order, and decodes back to the text."""
+    tokens = kjv_tensor.tokens()
+    assert tokens.dtype == np.uint16
+    np.testing.assert_array_equal(tokens, kjv_expected)
+    assert gpt2.decode(tokens) == "".join(text + EOS_TEXT for text in kjv_texts)
+
+
+def test_counts_and_tokenizer_are_recorded(kjv_report, kjv_tensor, kjv_texts, kjv_lengths, gpt2):
+    """Documents, tokens, blocks and shards agree between the report, the manifest and the text."""
+    m = kjv_tensor.manifest
+    n_tokens = sum(kjv_lengths)
+    assert m.documents == kjv_report.documents == len(kjv_texts) == sum(s.documents for s in m.shards)
+    assert m.tokens == kjv_report.tokens == n_tokens
+    assert m.blocks == kjv_report.blocks == -(-n_tokens // BLOCK) == sum(s.blocks for s in m.shards)
+    assert kjv_report.shards == len(m.shards) == 3
+    assert kjv_report.dataset_id == kjv_tensor.dataset_id
+    assert (m.block_size, m.piece_size, m.dtype) == (BLOCK, OPTIONS.piece_size, "uint16")
+    assert (m.tokenizer.name, m.tokenizer.id, m.tokenizer.fingerprint) == ("gpt2", gpt2.short_id, gpt2.fingerprint)
+    assert (m.tokenizer.vocab_size, m.tokenizer.eos_id) == (50257, 50256) == (gpt2.vocab_size, gpt2.eos_id)
+    assert m.provenance["options"] == OPTIONS.provenance()
+    assert m.provenance["skipped"] == {"bad_lines": 0, "empty_documents": 0, "empty_files": 0}
+
+
+def test_shards_are_full_and_padding_is_eos_in_the_last_block_only(kjv_report, kjv_tensor, gpt2):
+    """Every shard but the last holds shard_size bytes; the last block alone is padded, with EOS."""
+    m = kjv_tensor.manifest
+    full_blocks = SHARD // (BLOCK * 2)
+    assert [s.blocks for s in m.shards[:-1]] == [full_blocks] * (len(m.shards) - 1)
+    assert all(s.size == s.blocks * BLOCK * 2 for s in m.shards)
+    raw = stored_tokens(kjv_tensor)
+    assert len(raw) == m.blocks * BLOCK
+    padding = raw[m.tokens:]
+    assert 0 < len(padding) < BLOCK and kjv_report.padding == len(padding)
+    assert (padding == gpt2.eos_id).all()
+
+
+def test_document_starts_point_at_each_documents_first_token(kjv_tensor, kjv_lengths):
+    """Each shard's `.docs` lists, relative to the shard, the offsets where documents begin in it."""
+    starts = np.cumsum([0] + kjv_lengths[:-1])
+    shard_bounds = np.cumsum([0] + [s.blocks * BLOCK for s in kjv_tensor.shards])
+    for index, shard in enumerate(kjv_tensor.shards):
+        low, high = shard_bounds[index], shard_bounds[index + 1]
+        expected = starts[(starts >= low) & (starts < high)] - low
+        found = kjv_tensor.document_starts(index)
+        np.testing.assert_array_equal(found, expected)
+        assert shard.documents == len(found)
+    assert any(kjv_tensor.document_starts(i)[0] > 0 for i in range(1, len(kjv_tensor.shards))), \
+        "some document should continue across a shard boundary"
+
+
+def test_several_inputs_are_one_stream_in_order(tmp_path, small_texts, gpt2):
+    """Three input files store as their documents concatenated; the provenance names each file, with its hash."""
+    parts = [small_texts[:5], small_texts[5:6], small_texts[6:20]]
+    files = [write_texts(tmp_path / f"{name}.jsonl", part) for name, part in zip("cab", parts)]
+    report = store_quietly(files, tmp_path / "out")
+    tensor = DataTensor(report.path)
+    np.testing.assert_array_equal(tensor.tokens(), expected_tokens(gpt2, small_texts[:20]))
+    assert tensor.manifest.documents == 20
+    assert tensor.manifest.provenance["inputs"] == [
+        {"name": f.name, "size": f.stat().st_size, "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}
+        for f in files]
+
+
+def zstd_two_frames(data: bytes) -> bytes:
+    compressor = zstandard.ZstdCompressor()
+    return compressor.compress(data[:len(data) // 3]) + compressor.compress(data[len(data) // 3:])
+
+
+@pytest.mark.parametrize("suffix, compress", [
+    (".jsonl.gz", gzip.compress),
+    (".jsonl.zst", zstandard.ZstdCompressor().compress),
+    (".jsonl.zst", zstd_two_frames),
+], ids=["gzip", "zstd", "zstd-two-frames"])
+def test_compressed_input_stores_the_same_tensor(tmp_path, small_corpus, small_tensor_path, suffix, compress):
+    """A .gz or .zst input stores the same shards as the plain file; only the provenance differs: it records
+    the compressed file as read (name, size, SHA-256), so the dataset ID commits to the exact input."""
+    raw = small_corpus.read_bytes()
+    packed = tmp_path / ("kjv" + suffix)
+    packed.write_bytes(compress(raw))
+    tensor = DataTensor(store_quietly(packed, tmp_path / "out", SMALL).path)
+    plain = DataTensor(small_tensor_path)
+    np.testing.assert_array_equal(tensor.tokens(), plain.tokens())
+    assert tensor.shards == plain.shards
+    assert manifest_without_inputs(tensor) == manifest_without_inputs(plain)
+    assert tensor.manifest.provenance["inputs"] == [
+        {"name": packed.name, "size": packed.stat().st_size, "sha256": hashlib.sha256(packed.read_bytes()).hexdigest()}]
+    assert tensor.dataset_id != plain.dataset_id
+
+
+def test_text_key_chooses_the_field(tmp_path, small_texts, gpt2):
+    """With text_key="body" the text is read from "body" (other fields ignored) and the key is recorded."""
+    lines = [json.dumps({"id": i, "text": "not this", "body": t}).encode() for i, t in enumerate(small_texts)]
+    corpus = write_lines(tmp_path / "bodies.jsonl", lines)
+    options = StoreOptions(block_size=64, text_key="body", workers=1)
+    tensor = DataTensor(store_quietly(corpus, tmp_path / "out", options).path)
+    np.testing.assert_array_equal(tensor.tokens(), expected_tokens(gpt2, small_texts))
+    assert tensor.manifest.provenance["options"]["text_key"] == "body"
+
+
+# ---- the dataset ID does not depend on where or how ---------------------------------------------------------------
+
+def test_same_input_same_id_in_another_directory(small_corpus, small_tensor_path, tmp_path):
+    """Storing the same file again elsewhere gives byte-identical manifest and shards, so the same ID."""
+    again = store_quietly(small_corpus, tmp_path / "elsewhere" / "copy", SMALL)
+    assert again.dataset_id == DataTensor(small_tensor_path).dataset_id
+    names = [MANIFEST_FILE] + [str(p.relative_to(small_tensor_path)) for p in small_tensor_path.glob("shards/*")]
+    assert len(names) == 7
+    for name in names:
+        assert (again.path / name).read_bytes() == (small_tensor_path / name).read_bytes(), name
+
+
+def test_worker_processes_give_the_same_tensor(tmp_path, small_texts, gpt2):
+    """Two spawned tokenizer processes give the same tensor as one in-process tokenizer, over three input
+    batches holding text (so that results arriving out of order would show). Blank lines (1 MiB of them, cheap
+    to tokenize) fill the batches."""
+    blanks = [b" " * 1023] * (BATCH_BYTES // 1024)
+    lines = [json_line(t) for t in small_texts]
+    corpus = write_lines(tmp_path / "padded.jsonl", lines[:15] + blanks + lines[15:30] + blanks + lines[30:])
+    assert len(list(InputReader([corpus], skip_bad_lines=False).batches())) == 3
+    options = StoreOptions(block_size=BLOCK, shard_size=256 << 10, piece_size=64 << 10)
+    one = store_quietly(corpus, tmp_path / "one", replace(options, workers=1))
+    two = store_quietly(corpus, tmp_path / "two", replace(options, workers=2))
+    assert one.dataset_id == two.dataset_id
+    assert (one.path / MANIFEST_FILE).read_bytes() == (two.path / MANIFEST_FILE).read_bytes()
+    assert DataTensor(two.path).verify() == []
+    np.testing.assert_array_equal(DataTensor(two.path).tokens(), expected_tokens(gpt2, small_texts))
+
+
+# ---- re-running, overwriting, interruptions -----------------------------------------------------------------------
+
+def test_storing_again_reports_already_stored_and_writes_nothing(tmp_path, small_corpus):
+    first = store_quietly(small_corpus, tmp_path / "out", SMALL)
+    before = file_states(first.path)
+    again = store_quietly(small_corpus, tmp_path / "out", SMALL)
+    assert again.already_stored and again.dataset_id == first.dataset_id
+    assert "already stored" in again.summary()
+    assert file_states(first.path) == before
+
+
+def test_overwrite_stores_again(tmp_path, small_corpus):
+    """overwrite=True replaces the tensor (here with another block size) and leaves no temporary directories."""
+    first = store_quietly(small_corpus, tmp_path / "out", SMALL)
+    again = store_quietly(small_corpus, tmp_path / "out", StoreOptions(block_size=32, workers=1, overwrite=True))
+    assert not again.already_stored and again.dataset_id != first.dataset_id
+    tensor = DataTensor(tmp_path / "out")
+    assert tensor.dataset_id == again.dataset_id and tensor.manifest.block_size == 32
+    assert tensor.verify() == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "out"]
+
+
+def test_leftover_partial_directory_is_cleaned(tmp_path, small_corpus, small_tensor_path):
+    """A `<out>.partial` left by an interrupted run is not a tensor; the next store starts afresh and completes."""
+    partial = tmp_path / "out.partial"
+    (partial / "shards").mkdir(parents=True)
+    (partial / "shards" / "00000.tokens").write_bytes(b"half a shard")
+    (partial / "junk.txt").write_text("left over")
+    with pytest.raises(TensorError, match="unfinished or was interrupted"):
+        DataTensor(tmp_path / "out")
+    report = store_quietly(small_corpus, tmp_path / "out", SMALL)
+    assert not partial.exists()
+    assert not (report.path / "junk.txt").exists()
+    assert report.dataset_id == DataTensor(small_tensor_path).dataset_id
+    assert DataTensor(report.path).verify() == []
+
+
+def test_failed_store_leaves_neither_output_nor_partial(tmp_path, small_texts):
+    """A bad line after good ones stops the store; nothing that looks like a tensor (or half of one) remains."""
+    corpus = write_lines(tmp_path / "in.jsonl", [json_line(t) for t in small_texts] + [b"{oops"])
+    with pytest.raises(BadInputError, match=f"line {len(small_texts) + 1}"):
+        store_quietly(corpus, tmp_path / "out", SMALL)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_failed_overwrite_keeps_the_existing_tensor(tmp_path, small_corpus, small_texts):
+    first = store_quietly(small_corpus, tmp_path / "out", SMALL)
+    bad = write_lines(tmp_path / "bad.jsonl", [json_line(small_texts[0]), b"[1, 2]"])
+    with pytest.raises(BadInputError):
+        store_quietly(bad, tmp_path / "out", replace(SMALL, overwrite=True))
+    tensor = DataTensor(tmp_path / "out")
+    assert tensor.dataset_id == first.dataset_id and tensor.verify() == []
+    assert not (tmp_path / "out.partial").exists()
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_refuses_to_replace_a_directory_that_is_not_a_tensor(tmp_path, small_corpus, overwrite):
+    """An existing non-empty directory without a manifest is the user's, not ours: it is left alone."""
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    with pytest.raises(KogituneError, match="not a data tensor"):
+        store_quietly(small_corpus, out, replace(SMALL, overwrite=overwrite))
+    assert (out / "keep.txt").read_text() == "precious"
+    assert not (tmp_path / "notes.partial").exists()
+
+
+def test_an_existing_empty_directory_is_a_fine_output(tmp_path, small_corpus, small_tensor_path):
+    (tmp_path / "out").mkdir()
+    report = store_quietly(small_corpus, tmp_path / "out", SMALL)
+    assert report.dataset_id == DataTensor(small_tensor_path).dataset_id
