@@ -63,7 +63,8 @@ def _filter(args) -> int:
     from .filters import FilterError, Pipeline, parse_filter_spec
 
     if not args.config and not args.filter:
-        raise FilterError("no filters given; pass --config CONFIG (docs/filters.md) and/or --filter NAME[:KEY=VALUE,...]")
+        raise FilterError("no filters given; pass --config CONFIG (docs/filters.md) and/or "
+                          "--filter NAME[:KEY=VALUE,...]")
     config = Pipeline.from_config(args.config).to_config() if args.config else {"filters": []}
     config["filters"] += [parse_filter_spec(spec) for spec in args.filter]
     filter_cli(args.files, args.output, config, text_key=args.text_key, workers=args.workers,
@@ -254,10 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     filter_ = commands.add_parser(
         "filter", help="clean, filter and deduplicate JSONL files with a filter pipeline",
-        description="Run the filter pipeline of CONFIG (docs/filters.md) over JSONL files (.jsonl, .jsonl.gz, "
-                    ".jsonl.zst) into one JSONL file, keeping each document's other keys. A per-filter report "
-                    "(documents and bytes kept and dropped, score percentiles, dropped examples) is written to "
-                    "OUT.report.json.")
+        description="Run a filter pipeline (--config and/or --filter; docs/filters.md) over JSONL files (.jsonl, "
+                    ".jsonl.gz, .jsonl.zst) into one JSONL file, keeping each document's other keys. A per-filter "
+                    "report (documents and bytes kept and dropped, score percentiles, dropped examples) is written "
+                    "to OUT.report.json.")
     filter_.add_argument("files", nargs="+", help="input JSONL files, one document per line")
     filter_.add_argument("--output", "-o", help="output JSONL file (.jsonl, .jsonl.gz or .jsonl.zst)")
     filter_.add_argument("--config", "-c", help="filter pipeline config, .json or .yaml")

@@ -28,8 +28,9 @@ from kogitune.protocol.manifest import DTYPES, Manifest, ShardInfo, TokenizerInf
 from kogitune.protocol.pieces import PieceHasher, root_of
 
 from . import __version__
-from .errors import BadInputError, KogituneError
+from .errors import BadInputError, KogituneError, TensorError
 from .files import exclusive_lock, write_atomic
+from .perturb import Perturber, PerturbSpec
 from .tensor import MANIFEST_FILE, DataTensor, record_verified
 from .tokenizer import DEFAULT_TOKENIZER, Tokenizer, load_tokenizer, tokenizer_from_json
 
@@ -47,6 +48,9 @@ class StoreOptions:
     workers: int = 0
     skip_bad_lines: bool = False
     overwrite: bool = False
+    perturb: PerturbSpec | None = None
+    filters: dict | None = None
+    """A stateless filter pipeline config (kogitune/filters) run on each text before it is tokenized."""
 
     def provenance(self) -> dict:
         return {"block_size": self.block_size, "text_key": self.text_key, "shard_size": self.shard_size,
@@ -64,6 +68,7 @@ class StoreReport:
     padding: int = 0
     bad_lines: int = 0
     empty_documents: int = 0
+    filtered_documents: int = 0
     empty_files: int = 0
     text_bytes: int = 0
     seconds: float = 0.0
@@ -75,6 +80,7 @@ class StoreReport:
         rate = self.text_bytes / 1e6 / max(self.seconds, 1e-9)
         skipped = f", skipped {self.bad_lines} bad lines" if self.bad_lines else ""
         empty = f", {self.empty_documents} empty documents" if self.empty_documents else ""
+        empty += f", {self.filtered_documents:,} dropped by filters" if self.filtered_documents else ""
         return (f"stored {self.path}\n  {self.documents:,} documents, {self.tokens:,} tokens, {self.blocks:,} blocks "
                 f"in {self.shards} shards ({self.padding:,} padding tokens in the last block){skipped}{empty}\n"
                 f"  {self.text_bytes / 1e6:.1f} MB of text in {self.seconds:.1f} s ({rate:.1f} MB/s, "
@@ -99,11 +105,16 @@ def store(files: Iterable[str | os.PathLike], tokenizer: str | Tokenizer = DEFAU
     for path in paths:
         if not path.is_file():
             raise BadInputError(f"{path}: no such file")
+    if options.filters is not None:
+        _stateless_pipeline(options.filters)
     tok = load_tokenizer(tokenizer)
     out = Path(output) if output is not None else default_output(tok, paths[0])
     with exclusive_lock(out.parent / f".{out.name}.lock", f"storing into {out}"):
         if (out / MANIFEST_FILE).exists() and not options.overwrite:
             return StoreReport(out, DataTensor(out).dataset_id, already_stored=True)
+        if out.exists() and not (out / MANIFEST_FILE).exists() and (not out.is_dir() or any(out.iterdir())):
+            raise TensorError(f"{out} exists and is not a data tensor (it has no {MANIFEST_FILE}); "
+                              "choose another output or remove it")
         partial = out.parent / f"{out.name}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
@@ -115,6 +126,19 @@ def store(files: Iterable[str | os.PathLike], tokenizer: str | Tokenizer = DEFAU
             raise
     report.path = out
     return report
+
+
+def _stateless_pipeline(config: dict):
+    """The filter pipeline of `config`, refused if it remembers documents (dedup), which store cannot run."""
+    from .filters import FilterError, Pipeline
+
+    pipeline = Pipeline.from_config(config)
+    stateful = [f.name for f in pipeline.filters if f.stateful]
+    if stateful:
+        raise FilterError(f"store --filters cannot run {', '.join(stateful)}: store filters independent batches in "
+                          f"parallel, and dedup compares each document with all earlier ones. Run `kogitune filter "
+                          f"IN... -o OUT.jsonl --config CONFIG` first and store its output")
+    return pipeline
 
 
 def _replace_dir(new: Path, target: Path) -> None:
@@ -136,28 +160,39 @@ def _write_tensor(paths: list[Path], tok: Tokenizer, directory: Path, options: S
     dtype = dtype_for_vocab(tok.vocab_size)
     writer = TensorWriter(directory, dtype, options.block_size, options.shard_size, options.piece_size, tok.eos_id)
     reader = InputReader(paths, options.skip_bad_lines)
+    perturber = Perturber(options.perturb, tok.vocab_size) if options.perturb else None
     report = StoreReport(directory, "")
     with tqdm(total=sum(p.stat().st_size for p in paths), unit="B", unit_scale=True, desc="store",
               disable=None if progress else True) as bar:
         for batch, result in _tokenize_in_order(reader.batches(), tok, dtype, options):
-            tokens, lengths, bad, empty, text_bytes = result
+            tokens, lengths, bad, empty, text_bytes, filtered = result
             if bad and not options.skip_bad_lines:
                 line, reason = bad[0]
                 raise BadInputError(f"{batch.path}, line {line}: {reason}. Fix the line, or pass --skip-bad-lines "
                                     "to skip such lines and count them.")
             report.bad_lines += len(bad)
             report.empty_documents += empty
+            report.filtered_documents += filtered
             report.text_bytes += text_bytes
-            writer.add(np.frombuffer(tokens, dtype=dtype), np.frombuffer(lengths, dtype=np.int64))
+            tokens, lengths = np.frombuffer(tokens, dtype=dtype), np.frombuffer(lengths, dtype=np.int64)
+            if perturber:
+                tokens, lengths = perturber.apply(tokens, lengths)
+            writer.add(tokens, lengths)
             bar.update(reader.bytes_read - bar.n)
     shards = writer.finish()
+    provenance = {"inputs": reader.inputs, "options": options.provenance(), "kogitune": __version__,
+                  "skipped": {"bad_lines": report.bad_lines, "empty_documents": report.empty_documents,
+                              "empty_files": reader.empty_files}}
+    if perturber:
+        provenance["perturb"] = perturber.provenance()
+    if options.filters is not None:
+        provenance["filters"] = _stateless_pipeline(options.filters).to_provenance()
+        provenance["skipped"]["filtered_documents"] = report.filtered_documents
     manifest = Manifest(
         tokenizer=TokenizerInfo(tok.name, tok.short_id, tok.fingerprint, tok.vocab_size, tok.eos_id),
         dtype=dtype, block_size=options.block_size, piece_size=options.piece_size,
         documents=writer.documents, tokens=writer.tokens, blocks=sum(s.blocks for s in shards), shards=shards,
-        provenance={"inputs": reader.inputs, "options": options.provenance(), "kogitune": __version__,
-                    "skipped": {"bad_lines": report.bad_lines, "empty_documents": report.empty_documents,
-                                "empty_files": reader.empty_files}},
+        provenance=provenance,
     )
     manifest_bytes = json.dumps(manifest.to_dict(), indent=1, sort_keys=True, ensure_ascii=False).encode()
     write_atomic(directory / MANIFEST_FILE, manifest_bytes + b"\n")
@@ -252,21 +287,59 @@ def _decompressed(path: Path, raw: io.RawIOBase):
     if path.name.endswith(".gz"):
         return gzip.GzipFile(fileobj=buffered)
     if path.name.endswith(".zst"):
+        return io.BufferedReader(_ZstdReader(buffered), 1 << 20)
+    return buffered
+
+
+class _ZstdReader(io.RawIOBase):
+    """Decompresses zstd frame after frame and fails on a truncated file (zstandard's stream_reader ends quietly
+    in the middle of a frame, so part of a damaged file would be stored as if it were whole)."""
+
+    def __init__(self, source) -> None:
         import zstandard
 
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True))
-    return buffered
+        self._source = source
+        self._new_frame = zstandard.ZstdDecompressor().decompressobj
+        self._zstd_error = zstandard.ZstdError
+        self._frame = None
+        self._output = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._output:
+            data = b""
+            if self._frame is not None and self._frame.eof:
+                data, self._frame = self._frame.unused_data, None
+            data = data or self._source.read(64 << 10)
+            if not data:
+                if self._frame is not None:
+                    raise EOFError("the file ends in the middle of a zstd frame (truncated?)")
+                return 0
+            if self._frame is None:
+                self._frame = self._new_frame()
+            try:
+                self._output = memoryview(self._frame.decompress(data))
+            except self._zstd_error as exc:
+                raise ValueError(f"not valid zstd data: {exc}") from None
+        size = min(len(buffer), len(self._output))
+        buffer[:size] = self._output[:size]
+        self._output = self._output[size:]
+        return size
 
 
 def _tokenize_in_order(batches: Iterator[Batch], tok: Tokenizer, dtype: str, options: StoreOptions):
     """Yield (batch, result) in input order, with at most 2 batches per worker in flight (bounded memory)."""
     workers = options.workers or os.cpu_count() or 1
     if workers == 1:
+        pipeline = _stateless_pipeline(options.filters) if options.filters is not None else None
         for batch in batches:
-            yield batch, tokenize_lines(tok, batch.lines, batch.first_line, options.text_key, dtype)
+            yield batch, tokenize_lines(tok, batch.lines, batch.first_line, options.text_key, dtype, pipeline)
         return
     context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_init_worker, initargs=(tok.name, tok.to_json(), tok.eos_id)) as pool:
+    with context.Pool(workers, initializer=_init_worker,
+                      initargs=(tok.name, tok.to_json(), tok.eos_id, options.filters)) as pool:
         pending: deque = deque()
         for batch in batches:
             pending.append((batch, pool.apply_async(_tokenize_in_worker,
@@ -280,25 +353,28 @@ def _tokenize_in_order(batches: Iterator[Batch], tok: Tokenizer, dtype: str, opt
 
 
 _worker_tokenizer: Tokenizer | None = None
+_worker_pipeline = None
 
 
-def _init_worker(name: str, tokenizer_json: str, eos_id: int) -> None:
-    global _worker_tokenizer
+def _init_worker(name: str, tokenizer_json: str, eos_id: int, filters: dict | None) -> None:
+    global _worker_tokenizer, _worker_pipeline
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _worker_tokenizer = tokenizer_from_json(name, tokenizer_json, eos_id)
+    _worker_pipeline = _stateless_pipeline(filters) if filters is not None else None
 
 
 def _tokenize_in_worker(lines: list[bytes], first_line: int, text_key: str, dtype: str):
-    return tokenize_lines(_worker_tokenizer, lines, first_line, text_key, dtype)
+    return tokenize_lines(_worker_tokenizer, lines, first_line, text_key, dtype, _worker_pipeline)
 
 
-def tokenize_lines(tok: Tokenizer, lines: list[bytes], first_line: int, text_key: str, dtype: str):
-    """Parse JSONL lines and tokenize their texts, each followed by EOS.
+def tokenize_lines(tok: Tokenizer, lines: list[bytes], first_line: int, text_key: str, dtype: str, pipeline=None):
+    """Parse JSONL lines, run the filter `pipeline` (if any) and tokenize the kept texts, each followed by EOS.
 
     Returns (token bytes, document lengths as int64 bytes, [(line, reason) of bad lines], empty documents,
-    UTF-8 bytes of text); plain bytes, so that results cross process boundaries cheaply.
+    UTF-8 bytes of text, documents dropped by filters); plain bytes, so that results cross process boundaries
+    cheaply.
     """
-    texts, bad, empty, text_bytes = [], [], 0, 0
+    texts, bad, empty, text_bytes, filtered = [], [], 0, 0, 0
     for number, line in enumerate(lines, first_line):
         if not line.strip():
             continue
@@ -308,39 +384,49 @@ def tokenize_lines(tok: Tokenizer, lines: list[bytes], first_line: int, text_key
         elif not text:
             empty += 1
         else:
-            texts.append(text)
             text_bytes += len(text.encode("utf-8"))
+            if pipeline is not None:
+                text = pipeline.apply(text).text
+                if not text:
+                    filtered += 1
+                    continue
+            texts.append(text)
     ids = tok.encode_batch(texts) if texts else []
     eos = (tok.eos_id,)
     lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
     tokens = np.fromiter(chain.from_iterable(chain(x, eos) for x in ids), dtype=DTYPES_NP[dtype],
                          count=int(lengths.sum()))
-    return tokens.tobytes(), lengths.tobytes(), bad, empty, text_bytes
-
+    return tokens.tobytes(), lengths.tobytes(), bad, empty, text_bytes, filtered
 
 
 def _text_of(line: bytes, key: str) -> tuple[str, str]:
+    _, text, reason = document_of(line, key)
+    return text, reason
+
+
+def document_of(line: bytes, key: str) -> tuple[dict | None, str, str]:
+    """(the JSON object of a JSONL line, its text under `key`, "") or (None, "", why the line is malformed)."""
     try:
         decoded = line.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return "", f"not UTF-8 (byte {exc.start} is {line[exc.start]:#04x})"
+        return None, "", f"not UTF-8 (byte {exc.start} is {line[exc.start]:#04x})"
     try:
         obj = json.loads(decoded)
     except json.JSONDecodeError as exc:
-        return "", f"not valid JSON ({exc.msg} at column {exc.colno})"
+        return None, "", f"not valid JSON ({exc.msg} at column {exc.colno})"
     if not isinstance(obj, dict):
-        return "", f"not a JSON object (found {type(obj).__name__})"
+        return None, "", f"not a JSON object (found {type(obj).__name__})"
     if key not in obj:
         keys = ", ".join(list(obj)[:5])
-        return "", f"has no key {key!r} (keys: {keys or 'none'}); choose the key with --text-key"
+        return None, "", f"has no key {key!r} (keys: {keys or 'none'}); choose the key with --text-key"
     text = obj[key]
     if not isinstance(text, str):
-        return "", f"{key!r} is {type(text).__name__}, not a string"
+        return None, "", f"{key!r} is {type(text).__name__}, not a string"
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        return "", f"{key!r} contains an unpaired surrogate at character {exc.start}"
-    return text, ""
+        return None, "", f"{key!r} contains an unpaired surrogate at character {exc.start}"
+    return obj, text, ""
 
 
 class TensorWriter:

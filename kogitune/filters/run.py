@@ -1,0 +1,351 @@
+"""`kogitune filter`: run a filter pipeline over JSONL files into one JSONL file and a per-filter report.
+
+Input is read and checked as `kogitune store` reads it (kogitune.store.InputReader and document_of). The
+stateless filters before the first stateful one run in worker processes; the rest (deduplication) run in the main
+process in input order, so the output does not depend on the number of workers. The output is written to a
+temporary file beside it and renamed only once complete.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import multiprocessing
+import os
+import random
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from ..errors import BadInputError
+from ..files import write_atomic
+from .base import Pipeline
+
+PERCENTILES = (0, 1, 5, 10, 25, 50, 75, 90, 95, 99, 100)
+MAX_SCORES = 100_000
+"""Scores kept per filter for percentiles; beyond this a uniform reservoir sample (seeded) stands in for all."""
+
+
+@dataclass(frozen=True)
+class FilterOptions:
+    text_key: str = "text"
+    workers: int = 0
+    skip_bad_lines: bool = False
+    dry_run: bool = False
+    examples: int = 3
+    example_chars: int = 300
+
+
+@dataclass
+class FilterStats:
+    """What one filter of the pipeline did: documents and UTF-8 bytes it saw, changed and dropped, its scores,
+    its drop reasons and a few dropped examples per reason."""
+
+    name: str
+    documents: int = 0
+    dropped: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    bytes_dropped: int = 0
+    changed: int = 0
+    scores: list = field(default_factory=list)
+    scores_seen: int = 0
+    reasons: dict = field(default_factory=dict)
+    examples: dict = field(default_factory=dict)
+
+    def merge(self, other: FilterStats, sampler: random.Random, max_examples: int) -> None:
+        for key in ("documents", "dropped", "bytes_in", "bytes_out", "bytes_dropped", "changed"):
+            setattr(self, key, getattr(self, key) + getattr(other, key))
+        for score in other.scores:
+            self.scores_seen += 1
+            if len(self.scores) < MAX_SCORES:
+                self.scores.append(score)
+            else:
+                slot = sampler.randrange(self.scores_seen)
+                if slot < MAX_SCORES:
+                    self.scores[slot] = score
+        for reason, n in other.reasons.items():
+            self.reasons[reason] = self.reasons.get(reason, 0) + n
+        for reason, found in other.examples.items():
+            kept = self.examples.setdefault(reason, [])
+            kept.extend(found[:max_examples - len(kept)])
+
+    def to_dict(self) -> dict:
+        ordered = sorted(self.scores)
+        percentiles = {f"p{p}": ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+                       for p in PERCENTILES} if ordered else {}
+        return {"name": self.name, "documents": self.documents, "kept": self.documents - self.dropped,
+                "dropped": self.dropped, "changed": self.changed, "bytes_in": self.bytes_in,
+                "bytes_kept": self.bytes_out, "bytes_dropped": self.bytes_dropped,
+                "bytes_removed_by_changes": self.bytes_in - self.bytes_out - self.bytes_dropped,
+                "scores": {"count": self.scores_seen, "sampled": len(ordered) < self.scores_seen, **percentiles},
+                "reasons": dict(sorted(self.reasons.items(), key=lambda item: -item[1])),
+                "examples": self.examples}
+
+
+def run_filters(filters: Iterable, offset: int, text: str, size: int, stats: list[FilterStats], where: dict,
+                options: FilterOptions) -> tuple[str | None, int]:
+    """Run `filters` (positions offset.. of the pipeline) on one document, counting into `stats`.
+
+    Returns the kept text and its UTF-8 size, or (None, 0) when a filter dropped it.
+    """
+    for position, f in enumerate(filters, offset):
+        stat = stats[position]
+        stat.documents += 1
+        stat.bytes_in += size
+        result = f.apply(text)
+        if result.score is not None:
+            stat.scores.append(result.score)
+        if result.text is None:
+            stat.dropped += 1
+            stat.bytes_dropped += size
+            stat.reasons[result.reason] = stat.reasons.get(result.reason, 0) + 1
+            found = stat.examples.setdefault(result.reason, [])
+            if len(found) < options.examples:
+                found.append({**where, "score": result.score, "text": text[:options.example_chars]})
+            return None, 0
+        if result.text is not text:
+            if result.text != text:
+                stat.changed += 1
+            text, size = result.text, _utf8_size(result.text)
+        stat.bytes_out += size
+    return text, size
+
+
+def _utf8_size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+@dataclass
+class BatchResult:
+    kept: list  # (line number, text, its UTF-8 size, output line bytes)
+    bad: list   # (line number, reason)
+    empty: int
+    documents: int
+    text_bytes: int
+    stats: list
+
+
+def filter_lines(pipeline: Pipeline, lines: list[bytes], first_line: int, path_name: str, options: FilterOptions,
+                 ) -> BatchResult:
+    """Parse JSONL lines and run `pipeline` on their texts; kept documents come back as output lines."""
+    from ..store import document_of
+
+    stats = [FilterStats(f.name) for f in pipeline.filters]
+    result = BatchResult([], [], 0, 0, 0, stats)
+    for number, line in enumerate(lines, first_line):
+        if not line.strip():
+            continue
+        document, text, reason = document_of(line, options.text_key)
+        if reason:
+            result.bad.append((number, reason))
+            continue
+        if not text:
+            result.empty += 1
+            continue
+        size = _utf8_size(text)
+        result.documents += 1
+        result.text_bytes += size
+        kept, kept_size = run_filters(pipeline.filters, 0, text, size, stats, {"file": path_name, "line": number},
+                                      options)
+        if kept is not None:
+            result.kept.append((number, kept, kept_size, line.rstrip(b"\r\n") if kept == text
+                                else _dump(document, options.text_key, kept)))
+    return result
+
+
+def _dump(document: dict, key: str, text: str) -> bytes:
+    return json.dumps({**document, key: text}, ensure_ascii=False).encode("utf-8", "surrogatepass")
+
+
+@dataclass
+class FilterReport:
+    output: Path | None
+    config: dict
+    inputs: list = field(default_factory=list)
+    documents: int = 0
+    kept: int = 0
+    bytes_in: int = 0
+    bytes_kept: int = 0
+    bad_lines: int = 0
+    empty_documents: int = 0
+    seconds: float = 0.0
+    dry_run: bool = False
+    filters: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"output": str(self.output) if self.output else None, "dry_run": self.dry_run, "config": self.config,
+                "inputs": self.inputs, "documents": self.documents, "kept": self.kept,
+                "dropped": self.documents - self.kept, "bytes_in": self.bytes_in, "bytes_kept": self.bytes_kept,
+                "bad_lines": self.bad_lines, "empty_documents": self.empty_documents,
+                "seconds": round(self.seconds, 3), "filters": [s.to_dict() for s in self.filters]}
+
+    def summary(self) -> str:
+        rate = self.bytes_in / 1e6 / max(self.seconds, 1e-9)
+        where = "dry run, nothing written" if self.dry_run else f"wrote {self.output}"
+        lines = [f"{where}: kept {self.kept:,} of {self.documents:,} documents "
+                 f"({self.bytes_kept / 1e6:.1f} of {self.bytes_in / 1e6:.1f} MB of text) in {self.seconds:.1f} s "
+                 f"({rate:.1f} MB/s)"]
+        if self.bad_lines or self.empty_documents:
+            lines.append(f"  skipped {self.bad_lines} bad lines, {self.empty_documents} empty documents")
+        for position, stat in enumerate(self.filters, 1):
+            reasons = ", ".join(f"{reason} {n:,}" for reason, n in sorted(stat.reasons.items(), key=lambda r: -r[1]))
+            lines.append(f"  {position:2d}. {stat.name:<18} dropped {stat.dropped:>9,} of {stat.documents:>9,}"
+                         f"{'  (' + reasons + ')' if reasons else ''}")
+        return "\n".join(lines)
+
+
+def report_path(output: Path) -> Path:
+    """OUT.jsonl -> OUT.report.json (also for .jsonl.gz and .jsonl.zst)."""
+    name = output.name
+    for suffix in (".gz", ".zst", ".jsonl", ".json", ".ndjson"):
+        name = name.removesuffix(suffix)
+    return output.with_name(f"{name}.report.json")
+
+
+def filter_files(files: Iterable[str | os.PathLike], output: str | os.PathLike | None,
+                 config: dict | str | os.PathLike | Pipeline, options: FilterOptions | None = None,
+                 progress: bool = True) -> FilterReport:
+    """Filter JSONL `files` into `output` (JSONL, or .jsonl.gz / .jsonl.zst) and write OUT.report.json beside it.
+
+    With `options.dry_run` nothing but the report is written (and no report either when `output` is None).
+    """
+    from tqdm import tqdm
+
+    from ..store import InputReader
+
+    options = options or FilterOptions()
+    pipeline = config if isinstance(config, Pipeline) else Pipeline.from_config(config)
+    paths = [Path(f) for f in files]
+    if not paths:
+        raise BadInputError("no input files given")
+    for path in paths:
+        if not path.is_file():
+            raise BadInputError(f"{path}: no such file")
+    if output is None and not options.dry_run:
+        raise BadInputError("no output file given; pass -o OUT.jsonl, or --dry-run for a report only")
+    out = Path(output) if output is not None else None
+    started = time.perf_counter()
+    report = FilterReport(out, pipeline.to_config(), dry_run=options.dry_run,
+                          filters=[FilterStats(f.name) for f in pipeline.filters])
+    head, tail = pipeline.split_stateless_prefix()
+    reader = InputReader(paths, options.skip_bad_lines)
+    sampler = random.Random(0)
+    with _OutputFile(out, enabled=not options.dry_run) as sink, \
+            tqdm(total=sum(p.stat().st_size for p in paths), unit="B", unit_scale=True, desc="filter",
+                 disable=None if progress else True) as bar:
+        for batch, result in _in_order(reader.batches(), head, options):
+            if result.bad and not options.skip_bad_lines:
+                line, reason = result.bad[0]
+                raise BadInputError(f"{batch.path}, line {line}: {reason}. Fix the line, or pass --skip-bad-lines "
+                                    "to skip such lines and count them.")
+            report.bad_lines += len(result.bad)
+            report.empty_documents += result.empty
+            report.documents += result.documents
+            report.bytes_in += result.text_bytes
+            for total, part in zip(report.filters, result.stats):
+                total.merge(part, sampler, options.examples)
+            tail_stats = [FilterStats(f.name) for f in pipeline.filters]
+            for number, text, size, line in result.kept:
+                if tail.filters:
+                    kept, size = run_filters(tail.filters, len(head), text, size, tail_stats,
+                                             {"file": batch.path.name, "line": number}, options)
+                    if kept is None:
+                        continue
+                    if kept != text:
+                        line = _dump(json.loads(line), options.text_key, kept)
+                report.kept += 1
+                report.bytes_kept += size
+                sink.write(line)
+            for total, part in zip(report.filters[len(head):], tail_stats[len(head):]):
+                total.merge(part, sampler, options.examples)
+            bar.update(reader.bytes_read - bar.n)
+    report.inputs = reader.inputs
+    report.seconds = time.perf_counter() - started
+    if out is not None:
+        write_atomic(report_path(out), json.dumps(report.to_dict(), indent=1, ensure_ascii=False).encode() + b"\n")
+    return report
+
+
+def _in_order(batches: Iterator, head: Pipeline, options: FilterOptions):
+    """Yield (batch, BatchResult) in input order, at most 2 batches per worker in flight (bounded memory)."""
+    workers = options.workers or os.cpu_count() or 1
+    if workers == 1 or not head.filters:
+        for batch in batches:
+            yield batch, filter_lines(head, batch.lines, batch.first_line, batch.path.name, options)
+        return
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_init_worker, initargs=(head.to_config(),)) as pool:
+        pending: deque = deque()
+        for batch in batches:
+            pending.append((batch, pool.apply_async(_filter_in_worker,
+                                                    (batch.lines, batch.first_line, batch.path.name, options))))
+            if len(pending) >= 2 * workers:
+                done, result = pending.popleft()
+                yield done, result.get()
+        while pending:
+            done, result = pending.popleft()
+            yield done, result.get()
+
+
+_worker_pipeline: Pipeline | None = None
+
+
+def _init_worker(config: dict) -> None:
+    global _worker_pipeline
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _worker_pipeline = Pipeline.from_config(config)
+
+
+def _filter_in_worker(lines: list[bytes], first_line: int, path_name: str, options: FilterOptions) -> BatchResult:
+    return filter_lines(_worker_pipeline, lines, first_line, path_name, options)
+
+
+class _OutputFile:
+    """Kept lines go to a temporary file beside the output, renamed over it only when everything succeeded."""
+
+    def __init__(self, path: Path | None, enabled: bool) -> None:
+        self.path = path if enabled else None
+        self._tmp: str | None = None
+        self._raw = None
+        self._stream = None
+        self._write: Callable[[bytes], object] | None = None
+
+    def __enter__(self) -> _OutputFile:
+        if self.path is None:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self._tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        self._raw = os.fdopen(fd, "wb", buffering=1 << 20)
+        if self.path.name.endswith(".gz"):
+            self._stream = gzip.GzipFile(fileobj=self._raw, mode="wb", mtime=0)
+        elif self.path.name.endswith(".zst"):
+            import zstandard
+
+            self._stream = zstandard.ZstdCompressor().stream_writer(self._raw, closefd=False)
+        return self
+
+    def write(self, line: bytes) -> None:
+        if self.path is not None:
+            target = self._stream or self._raw
+            target.write(line)
+            target.write(b"\n")
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.path is None:
+            return
+        try:
+            if self._stream is not None:
+                self._stream.close()
+            if exc_type is None:
+                self._raw.flush()
+                os.fsync(self._raw.fileno())
+            self._raw.close()
+            if exc_type is None:
+                os.chmod(self._tmp, 0o644)
+                os.replace(self._tmp, self.path)
+        finally:
+            Path(self._tmp).unlink(missing_ok=True)
