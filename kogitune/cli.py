@@ -12,8 +12,8 @@ EXIT_OK, EXIT_DAMAGED, EXIT_ERROR = 0, 1, 2
 
 
 def store_cli(files, tokenizer: str = "gpt2", output: str | None = None, *, text_key: str = "text",
-              block_size: int = 2048, shard_size: int = 32 << 20, workers: int = 0, skip_bad_lines: bool = False,
-              overwrite: bool = False, progress: bool = True, perturb: str | None = None,
+              block_size: int = 2048, shard_size: int = 32 << 20, piece_size: int = 1 << 20, workers: int = 0,
+              skip_bad_lines: bool = False, overwrite: bool = False, progress: bool = True, perturb: str | None = None,
               filters: str | os.PathLike | dict | None = None):
     """Python form of `kogitune store`: tokenize JSONL files into a data tensor, print a summary, return the report."""
     from .perturb import PerturbSpec
@@ -21,7 +21,8 @@ def store_cli(files, tokenizer: str = "gpt2", output: str | None = None, *, text
 
     if isinstance(files, (str, os.PathLike)):
         files = [files]
-    options = StoreOptions(block_size=block_size, text_key=text_key, shard_size=shard_size, workers=workers,
+    options = StoreOptions(block_size=block_size, text_key=text_key, shard_size=shard_size, piece_size=piece_size,
+                           workers=workers,
                            skip_bad_lines=skip_bad_lines, overwrite=overwrite,
                            perturb=PerturbSpec.parse(perturb) if perturb else None,
                            filters=_filter_config(filters) if filters is not None else None)
@@ -32,9 +33,9 @@ def store_cli(files, tokenizer: str = "gpt2", output: str | None = None, *, text
 
 def _store(args) -> int:
     store_cli(args.files, args.tokenizer, args.output, text_key=args.text_key, block_size=args.block_size,
-              shard_size=int(args.shard_size * (1 << 20)), workers=args.workers, skip_bad_lines=args.skip_bad_lines,
-              overwrite=args.overwrite, progress=not args.quiet, perturb=args.perturb,
-              filters=args.filters)
+              shard_size=int(args.shard_size * (1 << 20)), piece_size=args.piece_size << 10, workers=args.workers,
+              skip_bad_lines=args.skip_bad_lines, overwrite=args.overwrite, progress=not args.quiet,
+              perturb=args.perturb, filters=args.filters)
     return EXIT_OK
 
 
@@ -238,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("--text-key", default="text", help="JSON key holding the text (default: text)")
     store.add_argument("--block-size", type=int, default=2048, help="tokens per block (default: 2048)")
     store.add_argument("--shard-size", type=float, default=32, help="target shard size in MiB (default: 32)")
+    store.add_argument("--piece-size", type=int, default=1024,
+                       help="piece size in KiB, a power of two from 64 to 16384: the unit hashed, fetched and "
+                            "verified (default: 1024)")
     store.add_argument("--workers", type=int, default=0, help="tokenizer processes (default: all cores)")
     store.add_argument("--skip-bad-lines", action="store_true",
                        help="skip and count malformed lines and empty files instead of stopping")

@@ -55,11 +55,20 @@ async def _serve_one(node: Node, stream) -> None:
             result = await _dispatch(node, request)
             reply = {"ok": True, **result}
         except Exception as exc:
-            reply = {"ok": False, "error": str(exc), "type": type(exc).__name__}
+            log.info("control request failed", exc_info=True)
+            cause = _first_leaf(exc)
+            reply = {"ok": False, "error": str(cause), "type": type(cause).__name__}
         try:
             await stream.send_all(json.dumps(reply).encode() + b"\n")
         except trio.BrokenResourceError:
             pass
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    """The first real error inside (nested) exception groups, for a message a person can act on."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 async def _read_line(stream) -> bytes:

@@ -54,6 +54,21 @@ class EmbeddedNode:
             pool = self._pools[urls] = SourcePool([HttpSource(u, self.read_timeout) for u in urls])
         return pool
 
+    def _pool_of(self, key) -> SourcePool:
+        """The sources of a dataset: `key` is its ID (peers) or the tuple of its mirror URLs."""
+        if isinstance(key, str):
+            return self._p2p._open[key].pool
+        return self._pool(tuple(key))
+
+    def source_report(self, key) -> str:
+        """What each source of a dataset did so far (bytes verified, failures, why it was dropped)."""
+        return trio.from_thread.run_sync(lambda: self._pool_of(key).report(), trio_token=self._token)
+
+    def source_bytes(self, key) -> dict[str, int]:
+        """Verified bytes fetched from each source of a dataset."""
+        return trio.from_thread.run_sync(
+            lambda: {h.source.name: h.bytes_verified for h in self._pool_of(key).health}, trio_token=self._token)
+
     def fetch_manifest(self, urls: tuple[str, ...], timeout: float) -> tuple[bytes, Manifest]:
         async def run():
             with trio.fail_after(timeout):

@@ -67,6 +67,12 @@ async def _open(host, peer_id, request: wire.Request, expected: type, timeout: f
     except wire.WireError as exc:
         await _reset(stream)
         raise SourceError(f"{peer_id}: malformed response ({exc})") from None
+    except SourceError:
+        await _reset(stream)
+        raise
+    except Exception as exc:
+        await _reset(stream)
+        raise SourceError(f"{peer_id}: request failed ({type(exc).__name__}: {exc})") from None
     except BaseException:
         await _reset(stream)
         raise

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kogitune.cache import ContentStore
-from kogitune.client import open_mirrors
+from kogitune.client import embedded_node, open_mirrors
 from kogitune.corpora import write_kjv_chapters
 from kogitune.node.errors import FetchError
 from kogitune.store import StoreOptions, store
@@ -41,12 +41,6 @@ def expected_samples(local: DataTensor) -> np.ndarray:
     return all_samples(DatasetRecipe([str(local.path)], shuffle=False).get_train_dataset(BLOCK))
 
 
-def _pool(urls):
-    from kogitune.client import embedded_node
-
-    return embedded_node()._pool(tuple(urls))
-
-
 def test_one_mirror_gives_the_local_samples(served, tmp_path):
     """A recipe naming a mirror URL yields exactly the samples of the local tensor, in the same order."""
     with mirrors(served.path, "ok") as urls:
@@ -62,7 +56,7 @@ def test_hostile_mirrors_cannot_spoil_the_data(served, tmp_path):
         tensor = open_mirrors(urls, ContentStore(tmp_path))
         for index in range(len(tensor.shards)):
             tensor.shard_tokens(index)
-        report = _pool(urls).report()
+        report = embedded_node().source_report(urls)
     assert tensor.verify() == []
     for shard in served.shards:
         assert (tensor.path / shard.tokens_path).read_bytes() == (served.path / shard.tokens_path).read_bytes()
@@ -101,7 +95,7 @@ def test_partial_shard_resumes(served, tmp_path):
         partial = tensor.path / (shard.tokens_path + ".partial")
         partial.write_bytes(original[:piece * 3] + b"\0" * (len(original) - piece * 3))
         tensor.shard_tokens(0)
-        fetched = _pool(urls).health[0].bytes_verified
+        fetched = embedded_node().source_bytes(urls)[urls[0]]
     assert (tensor.path / shard.tokens_path).read_bytes() == original
     assert fetched == len(original) - piece * 3
     assert not partial.exists()
