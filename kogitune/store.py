@@ -407,7 +407,7 @@ def _text_of(line: bytes, key: str) -> tuple[str, str]:
 def document_of(line: bytes, key: str) -> tuple[dict | None, str, str]:
     """(the JSON object of a JSONL line, its text under `key`, "") or (None, "", why the line is malformed)."""
     try:
-        decoded = line.decode("utf-8")
+        decoded = line.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
         return None, "", f"not UTF-8 (byte {exc.start} is {line[exc.start]:#04x})"
     try:

@@ -35,6 +35,7 @@ DEFAULT_LISTEN = "/ip4/0.0.0.0/tcp/4011"
 DEFAULT_REPROVIDE_SECONDS = 6 * 3600
 CONNECT_TIMEOUT = 10.0
 LOOKUP_TIMEOUT = 30.0
+RECONNECT_CHECK = 60.0
 
 
 @dataclass
@@ -131,9 +132,18 @@ class Node:
             await self.host.connect(info)
 
     async def _reprovide_loop(self) -> None:
+        """Announce now, every `reprovide_interval`, and again whenever the node had lost every peer and got
+        one back through its bootstrap peers (checked every RECONNECT_CHECK seconds)."""
+        next_announce = trio.current_time()
         while True:
-            await self.announce_all()
-            await trio.sleep(self.config.reprovide_interval)
+            if not self.host.get_connected_peers() and self.config.bootstrap:
+                await self.connect_bootstrap()
+                if self.host.get_connected_peers():
+                    next_announce = trio.current_time()
+            if trio.current_time() >= next_announce:
+                await self.announce_all()
+                next_announce = trio.current_time() + self.config.reprovide_interval
+            await trio.sleep(min(RECONNECT_CHECK, max(0.0, next_announce - trio.current_time())))
 
     async def announce_all(self) -> None:
         for dataset_id in self.complete_datasets():

@@ -235,3 +235,13 @@ def test_broken_manifest_exits_2(tmp_path, capsys, command, manifest, message):
     with pytest.raises(ManifestError):
         DataTensor(tmp_path / "t")
 
+
+
+def test_a_byte_order_mark_at_the_start_of_a_file_is_not_a_bad_line(tmp_path):
+    """Editors on Windows write a UTF-8 BOM before the first line; it is not part of the JSON."""
+    from kogitune.store import StoreOptions, store
+
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"text": "In the beginning"}\n{"text": "was the word"}\n')
+    report = store([path], "gpt2", tmp_path / "out", StoreOptions(block_size=8, workers=1), progress=False)
+    assert report.documents == 2 and report.bad_lines == 0

@@ -146,3 +146,11 @@ def test_console_script(tensor):
     bad_run = subprocess.run([console_script(), "verify", str(tensor.path / "shards")], capture_output=True,
                              text=True, timeout=120)
     assert bad_run.returncode == 2 and "is not a data tensor" in bad_run.stderr
+
+
+def test_publish_without_a_running_node_says_how_to_start_one(tmp_path, capsys):
+    from kogitune.cli import main
+
+    assert main(["publish", str(tmp_path), "--home", str(tmp_path / "home")]) == 2
+    message = capsys.readouterr().err
+    assert "no Kogitune node is running" in message and "kogitune node start" in message
