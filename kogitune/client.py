@@ -75,7 +75,7 @@ def embedded_node():
     """This process's embedded node (created on first use, and anew after a fork)."""
     global _node, _node_pid
     with _lock:
-        if _node is None or _node_pid != os.getpid():
+        if _node is None or _node_pid != os.getpid() or not _node.alive:
             from kogitune.node.embedded import EmbeddedNode
 
             read_timeout = float(os.environ.get("KOGITUNE_READ_TIMEOUT", DEFAULT_READ_TIMEOUT))

@@ -3,8 +3,9 @@
 A sample is `block_size` consecutive tokens of one shard (samples never cross shards, so one sample is one slice
 of one memory map). An epoch is a list of segments (runs of samples of one shard; a source with a token budget
 contributes its shards repeated or cut to fit). With `shuffle`, the segments are shuffled, grouped into windows
-of `window` segments, and the samples inside each window are shuffled: a sampler that walks indices in order then
-touches a few shards at a time, and the next windows' shards are prefetched while the current one trains.
+of `window` segments (the first windows smaller: 1, 2, 4...), and the samples inside each window are shuffled: a
+sampler that walks indices in order then touches a few shards at a time, and the next windows' shards are
+prefetched while the current one trains.
 
 The trap this avoids: HF `Trainer` wraps a map-style dataset in a RandomSampler, so uniformly random indices touch
 every shard at once and defeat streaming. Here the dataset owns the shuffle; use a sequential sampler
@@ -89,9 +90,8 @@ class TokenBlockDataset(torch.utils.data.Dataset):
             segments = [segments[i] for i in rng.permutation(len(segments))]
         self._segments = segments
         self._segment_start = np.cumsum([0] + [count for *_, count in segments]).tolist()
-        self._window_start = self._segment_start[::self.window]
-        if self._window_start[-1] != self._segment_start[-1]:
-            self._window_start.append(self._segment_start[-1])
+        self._window_bounds = _window_bounds(len(segments), self.window)
+        self._window_start = [self._segment_start[b] for b in self._window_bounds]
         self._perms: dict[int, np.ndarray] = {}
         self._current_window = -1
         self._streams = any(t.remote is not None for t in self.tensors)
@@ -141,9 +141,9 @@ class TokenBlockDataset(torch.utils.data.Dataset):
 
     def _prefetch(self, first_window: int, end_window: int) -> None:
         """Ask remote tensors for the shards of these windows (no-op for local tensors)."""
-        lo = first_window * self.window
+        last = min(end_window, len(self._window_bounds) - 1)
         wanted: dict[int, list[int]] = {}
-        for tensor_index, shard, _, _ in self._segments[lo:end_window * self.window]:
+        for tensor_index, shard, _, _ in self._segments[self._window_bounds[first_window]:self._window_bounds[last]]:
             if self.tensors[tensor_index].remote is not None:
                 wanted.setdefault(tensor_index, []).append(shard)
         for tensor_index, shards in wanted.items():
@@ -151,3 +151,13 @@ class TokenBlockDataset(torch.utils.data.Dataset):
 
     def describe_mixture(self) -> str:
         return "\n".join(entry.describe(len(self), self.block_size) for entry in self.mixture)
+
+
+def _window_bounds(segments: int, window: int) -> list[int]:
+    """Segment indexes where windows begin, and the end. The first windows hold 1, 2, 4... segments up to
+    `window`, so the first batch waits for one shard, not a whole window."""
+    bounds, size = [0], 1
+    while bounds[-1] < segments:
+        bounds.append(min(segments, bounds[-1] + size))
+        size = min(window, size * 2)
+    return bounds

@@ -54,6 +54,10 @@ class EmbeddedNode:
             pool = self._pools[urls] = SourcePool([HttpSource(u, self.read_timeout) for u in urls])
         return pool
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def _pool_of(self, key) -> SourcePool:
         """The sources of a dataset: `key` is its ID (peers) or the tuple of its mirror URLs."""
         if isinstance(key, str):
@@ -145,7 +149,7 @@ class EmbeddedNode:
     async def _fetch_quietly(self, directory, manifest, index, urls) -> None:
         try:
             await self._fetch(directory, manifest, index, urls)
-        except FetchError as exc:
+        except Exception as exc:
             log.warning("prefetch failed: %s", exc)
 
     async def _fetch(self, directory: Path, manifest: Manifest, index: int, urls: tuple[str, ...]) -> None:

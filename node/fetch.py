@@ -29,6 +29,7 @@ from pathlib import Path
 import trio
 
 from kogitune.files import write_atomic
+from kogitune.tensor import record_verified
 from kogitune.protocol.errors import IntegrityError
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, ShardInfo, parse_manifest
 from kogitune.protocol.pieces import check_pieces_file, piece_digests
@@ -225,6 +226,7 @@ class ShardFetch:
             write_atomic(self.directory / self.shard.pieces_path, self.expected)
             write_atomic(self.directory / self.shard.docs_path, docs)
             os.replace(partial, self.target)
+            record_verified(self.directory, self.manifest, [self.shard])
             seconds = trio.current_time() - started
             sources = ", ".join(f"{name} {count / 2**20:.1f} MiB" for name, count in self.bytes_by_source.items())
             log.info("fetched shard %s (%.1f MiB) in %.2f s from %s", self.shard.name, self.shard.size / 2**20,

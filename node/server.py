@@ -83,7 +83,10 @@ class DataServer:
                 frame = decoder.next_frame()
                 if frame is not None:
                     return wire.parse_request(frame)
-                data = await stream.read(4096)
+                try:
+                    data = await stream.read(4096)
+                except EOFError:  # py-libp2p ends a stream by raising StreamEOF (an EOFError), not with b""
+                    data = b""
                 if not data:
                     raise wire.WireError("bad_request", "the stream ended before a whole request")
                 decoder.feed(data)

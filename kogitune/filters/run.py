@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import gzip
 import json
-import multiprocessing
 import os
 import random
 import tempfile
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from ..errors import BadInputError
 from ..files import write_atomic
+from ..parallel import ordered_map
 from .base import Pipeline
 
 PERCENTILES = (0, 1, 5, 10, 25, 50, 75, 90, 95, 99, 100)
@@ -277,18 +276,8 @@ def _in_order(batches: Iterator, head: Pipeline, options: FilterOptions):
         for batch in batches:
             yield batch, filter_lines(head, batch.lines, batch.first_line, batch.path.name, options)
         return
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_init_worker, initargs=(head.to_config(),)) as pool:
-        pending: deque = deque()
-        for batch in batches:
-            pending.append((batch, pool.apply_async(_filter_in_worker,
-                                                    (batch.lines, batch.first_line, batch.path.name, options))))
-            if len(pending) >= 2 * workers:
-                done, result = pending.popleft()
-                yield done, result.get()
-        while pending:
-            done, result = pending.popleft()
-            yield done, result.get()
+    jobs = ((batch, (batch.lines, batch.first_line, batch.path.name, options)) for batch in batches)
+    yield from ordered_map(_filter_in_worker, jobs, workers, _init_worker, (head.to_config(),))
 
 
 _worker_pipeline: Pipeline | None = None
