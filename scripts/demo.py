@@ -57,7 +57,7 @@ def main() -> None:
         peers = {"a": peer_a}
         for name in "bc":
             peers[name], _ = start_node(homes[name], bootstrap=address_a)
-        print(f"[3/4] nodes: " + ", ".join(f"{name.upper()} {peer}" for name, peer in peers.items()))
+        print("[3/4] nodes: " + ", ".join(f"{name.upper()} {peer}" for name, peer in peers.items()))
         dataset_id = DaemonClient(homes["a"]).call("publish", path=str(report.path))["id"]
         print(f"      A published {dataset_id} (signed by A, announced on the DHT)")
         for name in "bc":
@@ -90,7 +90,7 @@ def train(dataset_id: str, peers: dict[str, str], args) -> None:
     print(f"[4/4] trainer resolved {dataset_id} on the DHT and fetched {len(tensor.shards)} shards in "
           f"{time.perf_counter() - started:.2f} s; verified bytes per peer: "
           + ", ".join(f"{names.get(source, source)} {count / 1e6:.2f} MB" for source, count in fetched.items()))
-    print(f"      every piece matched the manifest, the manifest hashes to the ID and carries A's signature")
+    print("      every piece matched the manifest, the manifest hashes to the ID and carries A's signature")
     tokenizer = load_tokenizer("gpt2")
     print(f"      training a tiny GPT-2 for {args.steps} steps on {len(train_dataset):,} samples of "
           f"{args.block_size} tokens (HF Trainer, CPU)")
