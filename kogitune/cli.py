@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 
 from .errors import KogituneError
 
-EXIT_OK, EXIT_DAMAGED, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_DAMAGED, EXIT_ERROR, EXIT_BUG = 0, 1, 2, 3
 
 
 def store_cli(files, tokenizer: str = "gpt2", output: str | None = None, *, text_key: str = "text",
@@ -350,12 +351,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except KogituneError as exc:
+    except (KogituneError, OSError) as exc:
         print(f"kogitune {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"kogitune {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        traceback.print_exc()
+        print(f"kogitune {args.command}: internal error (a bug in kogitune); please report the traceback above",
+              file=sys.stderr)
+        return EXIT_BUG
 
 
 if __name__ == "__main__":

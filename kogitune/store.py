@@ -24,7 +24,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from kogitune.protocol.manifest import DTYPES, Manifest, ShardInfo, TokenizerInfo, dtype_for_vocab
+from kogitune.protocol.manifest import (DTYPES, MAX_BLOCK_SIZE, MAX_PIECE_SIZE, MAX_SHARD_TOKENS, MIN_PIECE_SIZE,
+                                         Manifest, ShardInfo, TokenizerInfo, dtype_for_vocab)
 from kogitune.protocol.pieces import PieceHasher, root_of
 
 from . import __version__
@@ -52,6 +53,19 @@ class StoreOptions:
     perturb: PerturbSpec | None = None
     filters: dict | None = None
     """A stateless filter pipeline config (kogitune/filters) run on each text before it is tokenized."""
+
+    def __post_init__(self) -> None:
+        """Refuse options that would make a tensor its readers refuse (limits of protocol/manifest.py)."""
+        if not 1 <= self.block_size <= MAX_BLOCK_SIZE:
+            raise KogituneError(f"block size must be 1 to {MAX_BLOCK_SIZE} tokens, got {self.block_size}")
+        if not MIN_PIECE_SIZE <= self.piece_size <= MAX_PIECE_SIZE or self.piece_size & (self.piece_size - 1):
+            raise KogituneError(f"piece size must be a power of two from {MIN_PIECE_SIZE >> 10} to "
+                                f"{MAX_PIECE_SIZE >> 10} KiB, got {self.piece_size} bytes")
+        if not 0 < self.shard_size <= MAX_SHARD_TOKENS:
+            raise KogituneError(f"shard size must be positive and at most {MAX_SHARD_TOKENS} bytes "
+                                f"(document offsets are 32-bit), got {self.shard_size}")
+        if self.workers < 0:
+            raise KogituneError(f"workers must be 0 (all cores) or more, got {self.workers}")
 
     def provenance(self) -> dict:
         return {"block_size": self.block_size, "text_key": self.text_key, "shard_size": self.shard_size,

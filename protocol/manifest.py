@@ -22,6 +22,7 @@ MAX_SHARDS = 1 << 20
 MIN_PIECE_SIZE = 64 << 10
 MAX_PIECE_SIZE = 16 << 20
 MAX_BLOCK_SIZE = 1 << 20
+MAX_SHARD_TOKENS = 1 << 32
 MAX_NAME_CHARS = 256
 DTYPES = {"uint16": 2, "uint32": 4}
 DOC_OFFSET_BYTES = 4
@@ -150,10 +151,19 @@ def parse_manifest(data: bytes) -> Manifest:
     if len(data) > MAX_MANIFEST_BYTES:
         raise ManifestError(f"manifest has {len(data)} bytes, more than the limit of {MAX_MANIFEST_BYTES}")
     try:
-        obj = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        obj = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys)
+        canonical_encoding(obj).decode("utf-8")
+    except (UnicodeError, json.JSONDecodeError) as exc:
         raise ManifestError(f"manifest is not valid UTF-8 JSON: {exc}") from None
     return manifest_from_dict(obj)
+
+
+def _unique_keys(pairs: list) -> dict:
+    """JSON objects with a repeated key are refused: another parser could keep the other value."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ManifestError(f"manifest repeats a key in one object ({sorted(k for k, _ in pairs)})")
+    return obj
 
 
 def manifest_from_dict(obj: Any) -> Manifest:
@@ -194,7 +204,7 @@ def manifest_from_dict(obj: Any) -> Manifest:
     if not isinstance(raw_shards, list) or not 1 <= len(raw_shards) <= MAX_SHARDS:
         raise ManifestError(f"shards must be a list of 1 to {MAX_SHARDS} entries")
     item_bytes = DTYPES[dtype] * block_size
-    shards = tuple(_shard(s, i, item_bytes) for i, s in enumerate(raw_shards))
+    shards = tuple(_shard(s, i, item_bytes, DTYPES[dtype]) for i, s in enumerate(raw_shards))
     if len({s.name for s in shards}) != len(shards):
         raise ManifestError("two shards have the same name")
     if sum(s.blocks for s in shards) != blocks:
@@ -207,7 +217,7 @@ def manifest_from_dict(obj: Any) -> Manifest:
     return Manifest(tokenizer, dtype, block_size, piece_size, documents, tokens, blocks, shards, top["provenance"])
 
 
-def _shard(obj: Any, index: int, block_bytes: int) -> ShardInfo:
+def _shard(obj: Any, index: int, block_bytes: int, itemsize: int) -> ShardInfo:
     where = f"shards[{index}]"
     s = _fields(obj, where, {"name", "blocks", "size", "root", "documents", "docs_sha256"})
     shard = ShardInfo(
@@ -222,6 +232,8 @@ def _shard(obj: Any, index: int, block_bytes: int) -> ShardInfo:
         raise ManifestError(f"{where}.name {shard.name!r} is not 5 to 9 digits")
     if shard.size != shard.blocks * block_bytes:
         raise ManifestError(f"{where}.size {shard.size} is not blocks x block bytes ({shard.blocks} x {block_bytes})")
+    if shard.size // itemsize > MAX_SHARD_TOKENS:
+        raise ManifestError(f"{where} holds more than {MAX_SHARD_TOKENS} tokens; document offsets are 32-bit")
     return shard
 
 

@@ -245,3 +245,13 @@ def test_a_byte_order_mark_at_the_start_of_a_file_is_not_a_bad_line(tmp_path):
     path.write_bytes(b'\xef\xbb\xbf{"text": "In the beginning"}\n{"text": "was the word"}\n')
     report = store([path], "gpt2", tmp_path / "out", StoreOptions(block_size=8, workers=1), progress=False)
     assert report.documents == 2 and report.bad_lines == 0
+
+
+@pytest.mark.parametrize("option", [{"block_size": 0}, {"block_size": 2 << 20}, {"piece_size": 100},
+                                    {"piece_size": 32 << 20}, {"shard_size": -1}, {"workers": -1}])
+def test_store_options_that_make_an_unreadable_tensor_are_refused(option):
+    from kogitune.errors import KogituneError
+    from kogitune.store import StoreOptions
+
+    with pytest.raises(KogituneError):
+        StoreOptions(**option)

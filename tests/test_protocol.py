@@ -313,3 +313,10 @@ def test_piece_span_covers_the_shard(pieced):
     for index in (-1, 4):
         with pytest.raises(IndexError):
             piece_span(shard, index, 64)
+
+
+@pytest.mark.parametrize("data", [b'{"format": 1, "format": 2}', b'{"format": "\\ud800"}'])
+def test_manifest_with_repeated_keys_or_lone_surrogates_is_refused(data):
+    """Both could be read differently by another JSON parser, so neither can have one canonical ID."""
+    with pytest.raises(ManifestError):
+        parse_manifest(data)
