@@ -135,12 +135,13 @@ def open_mirrors(urls: list[str], store: ContentStore | None = None,
 def open_dataset_id(dataset_id: str, trusted_publishers=None, timeout: float = DEFAULT_FETCH_TIMEOUT) -> DataTensor:
     """Open a dataset by ID: providers come from the DHT, the manifest is checked against the ID and signed by its
     publisher (who must be on `trusted_publishers` when that is given); shards follow on demand."""
+    trusted = sorted(trusted_publishers) if trusted_publishers is not None else None
     daemon = DaemonClient()
     if daemon.running():
-        reply = daemon.call("open", timeout, id=dataset_id)
+        reply = daemon.call("open", timeout, id=dataset_id, trusted=trusted)
         directory, publisher, home = Path(reply["directory"]), reply["publisher"], str(daemon.home)
     else:
-        directory, publisher = embedded_node().open_dataset_id(dataset_id, timeout)
+        directory, publisher = embedded_node().open_dataset_id(dataset_id, timeout, trusted)
         home = None
     if trusted_publishers is not None and publisher not in set(trusted_publishers):
         raise RecipeError(f"{dataset_id} is published by {publisher}, who is not in trusted_publishers")

@@ -104,7 +104,8 @@ async def _dispatch(node: Node, request: dict) -> dict:
         opened = await node.get(_dataset(request))
         return {"directory": str(opened.directory), "sources": opened.pool.report()}
     if op == "open":
-        opened = await node.open_dataset(_dataset(request))
+        trusted = request.get("trusted")
+        opened = await node.open_dataset(_dataset(request), frozenset(trusted) if trusted is not None else None)
         return {"directory": str(opened.directory), "publisher": opened.signed.publisher}
     if op == "shard":
         directory = await node.fetch_shard(_dataset(request), int(request["index"]))

@@ -46,7 +46,6 @@ class NodeConfig:
     server: bool = True
     reprovide_interval: float = DEFAULT_REPROVIDE_SECONDS
     read_timeout: float = 30.0
-    trusted_publishers: frozenset[str] | None = None
 
 
 @dataclass
@@ -227,15 +226,19 @@ class Node:
         add(self.dht.provider_store.get_providers(key))
         return list(found.values())
 
-    async def open_dataset(self, dataset_id: str) -> OpenDataset:
+    async def open_dataset(self, dataset_id: str, trusted: frozenset[str] | None = None) -> OpenDataset:
         """Resolve providers, fetch and check the manifest, and keep the sources for the shard fetches."""
         async with self._opening:
             opened = self._open.get(dataset_id)
-            if opened is None:
-                opened = self._open[dataset_id] = await self._resolve(dataset_id)
+            if opened is None or not self._trusted(opened.signed, trusted):
+                opened = self._open[dataset_id] = await self._resolve(dataset_id, trusted)
             return opened
 
-    async def _resolve(self, dataset_id: str) -> OpenDataset:
+    @staticmethod
+    def _trusted(signed: SignedManifest, trusted: frozenset[str] | None) -> bool:
+        return trusted is None or signed.publisher in trusted
+
+    async def _resolve(self, dataset_id: str, trusted: frozenset[str] | None) -> OpenDataset:
         providers = await self.find_providers(dataset_id)
         if not providers:
             raise FetchError(f"no peer provides {dataset_id} (asked the DHT through {len(self.host.get_connected_peers())}"
@@ -256,8 +259,10 @@ class Node:
         for peer in reachable:
             try:
                 signed = await fetch_signed_manifest(self.host, peer, dataset_id, self.config.read_timeout)
-                self._check_trusted(signed)
-                break
+                if self._trusted(signed, trusted):
+                    break
+                errors.append(f"{peer}: serves a copy signed by {signed.publisher}, who is not trusted")
+                signed = None
             except Exception as exc:
                 signed = None
                 errors.append(f"{peer}: {exc}")
@@ -270,12 +275,6 @@ class Node:
         pool = SourcePool([PeerSource(self.host, peer, dataset_id, signed.manifest, self.config.read_timeout)
                            for peer in reachable])
         return OpenDataset(directory, signed, pool)
-
-    def _check_trusted(self, signed: SignedManifest) -> None:
-        trusted = self.config.trusted_publishers
-        if trusted is not None and signed.publisher not in trusted:
-            raise IntegrityError(f"{signed.manifest.dataset_id} is published by {signed.publisher}, "
-                                 "who is not on the trust list")
 
     async def fetch_shard(self, dataset_id: str, index: int) -> Path:
         opened = await self.open_dataset(dataset_id)

@@ -101,12 +101,13 @@ class EmbeddedNode:
                 self._nursery.start_soon(self._fetch_quietly, directory, manifest, index, urls)
         trio.from_thread.run_sync(start, trio_token=self._token)
 
-    def open_dataset_id(self, dataset_id: str, timeout: float) -> tuple[Path, str]:
+    def open_dataset_id(self, dataset_id: str, timeout: float, trusted=None) -> tuple[Path, str]:
         """Resolve a dataset ID on the network (a client-mode libp2p node, started on first use); return the
         store directory holding its checked manifest and the publisher's peer ID."""
         async def run():
             with trio.fail_after(timeout):
-                opened = await (await self._p2p_node()).open_dataset(dataset_id)
+                opened = await (await self._p2p_node()).open_dataset(
+                    dataset_id, frozenset(trusted) if trusted is not None else None)
                 return opened.directory, opened.signed.publisher
         try:
             return trio.from_thread.run(run, trio_token=self._token)

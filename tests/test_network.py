@@ -113,3 +113,17 @@ def test_private_dataset_is_served_only_to_its_allow_list(tensor, nodes):
     assert "forbidden" in refused.stderr
     b.cli("get", dataset_id)
     assert DataTensor(b.home / "datasets" / dataset_id).verify() == []
+
+
+def test_a_trust_list_accepts_only_its_publishers(tensor, nodes):
+    """Opening a dataset with a trust list that does not name its publisher fails, naming who signed it."""
+    from kogitune.client import DaemonClient
+    from kogitune.errors import KogituneError
+
+    a = nodes("a")
+    b = nodes("b", [a.address])
+    dataset_id = a.cli("publish", str(tensor.path)).stdout.strip()
+    with pytest.raises(KogituneError, match=f"signed by {a.peer_id}, who is not trusted"):
+        DaemonClient(b.home).call("open", id=dataset_id, trusted=[b.peer_id])
+    reply = DaemonClient(b.home).call("open", id=dataset_id, trusted=[a.peer_id])
+    assert reply["publisher"] == a.peer_id
