@@ -19,7 +19,6 @@ import trio
 from kogitune.cache import ContentStore
 from kogitune.files import write_atomic
 from kogitune.protocol import wire
-from kogitune.protocol.errors import IntegrityError
 from kogitune.protocol.ids import dataset_id_digest
 from kogitune.protocol.manifest import Manifest
 from kogitune.protocol.signing import sign_dataset

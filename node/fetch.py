@@ -316,9 +316,9 @@ class ShardFetch:
                     while index < len(self.board) and len(buffer) >= self._piece_length(index):
                         length = self._piece_length(index)
                         if claimed:
+                            await self._accept(health, index, bytes(buffer[:length]))
                             self.board.release(index)
                             claimed = False
-                            self._accept(health, index, bytes(buffer[:length]))
                         del buffer[:length]
                         index += 1
                         claimed = self.board.claim(index, duplicate)
@@ -335,12 +335,21 @@ class ShardFetch:
     def _piece_length(self, index: int) -> int:
         return min(self.piece_size, self.shard.size - index * self.piece_size)
 
-    def _accept(self, health: SourceHealth, index: int, data: bytes) -> None:
+    async def _accept(self, health: SourceHealth, index: int, data: bytes) -> None:
+        """Hash and write a piece on a worker thread (hashlib and pwrite release the GIL), so that checking
+        one piece overlaps with receiving the next."""
         if self.board.done[index]:
             return
-        if hashlib.sha256(data).digest() != self.expected[index * 32:(index + 1) * 32]:
+        expected = self.expected[index * 32:(index + 1) * 32]
+        if not await trio.to_thread.run_sync(self._check_and_write, data, expected, index * self.piece_size):
             raise IntegrityError(f"sent shard {self.shard.name} piece {index} with a wrong hash")
-        os.pwrite(self._fd, data, index * self.piece_size)
-        self.board.finish(index)
-        health.bytes_verified += len(data)
-        self.bytes_by_source[health.source.name] += len(data)
+        if not self.board.done[index]:
+            self.board.finish(index)
+            health.bytes_verified += len(data)
+            self.bytes_by_source[health.source.name] += len(data)
+
+    def _check_and_write(self, data: bytes, expected: bytes, offset: int) -> bool:
+        if hashlib.sha256(data).digest() != expected:
+            return False
+        os.pwrite(self._fd, data, offset)
+        return True

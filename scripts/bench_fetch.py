@@ -21,13 +21,11 @@ On loopback nothing is network-bound, so the full-speed section measures the fet
 seconds are printed too: under contention wall-time ratios drift toward the CPU ratio). The throttled section
 limits every mirror process to --rate MiB/s (a token bucket around mirror_server.py's handler, shared by its
 connections, like one uplink) and fetches the first --throttled-shards shards: there several mirrors should add up.
---seek-server makes the mirrors seek to the Range start instead of reading the whole file into memory and slicing
-it per request, as mirror_server.py does (each restarted stream then costs the server a full 32 MiB read).
 
 Every variant runs --repeat times, interleaved, each into a fresh store; the tables show the best run, the median,
 the spread (worst/best - 1) and the median client CPU. Ratios are against the plain baseline of the same run.
 
-    python scripts/bench_fetch.py [--size-mb 200] [--repeat 3] [--mirrors 3] [--rate 32] [--seek-server]
+    python scripts/bench_fetch.py [--size-mb 200] [--repeat 3] [--mirrors 3] [--rate 32]
 """
 
 from __future__ import annotations
@@ -120,17 +118,16 @@ def repeated_kjv_tensor(work: Path, out: Path, size_mb: float, block_size: int =
                         f"KJV tokens repeated to {wanted:,} tokens")
 
 
-# tests/mirror_server.py's handler, optionally (a) with all writes of the process sharing one token bucket: the
-# mirror's uplink is RATE MiB/s; (b) seeking to the Range start and copying from there, where mirror_server.py reads
-# the whole file into memory and slices it on every request (~30 ms per request for a 32 MiB shard).
+# tests/mirror_server.py's handler with all writes of the process sharing one token bucket: the mirror's uplink is
+# RATE MiB/s.
 _WRAPPED_SERVER = r"""
-import os, shutil, sys, threading, time
+import sys, threading, time
 from functools import partial
 from http.server import ThreadingHTTPServer
 sys.path.insert(0, sys.argv[1])
 import mirror_server
 
-RATE, SEEK = float(sys.argv[3]) * 2**20, sys.argv[4] == "seek"
+RATE = float(sys.argv[3]) * 2**20
 CHUNK = 64 << 10
 lock, next_free = threading.Lock(), [0.0]
 
@@ -162,20 +159,6 @@ class Handler(mirror_server.MirrorHandler):
         if RATE:
             self.wfile = Throttled(self.wfile)
 
-    def do_GET(self):
-        path = self.translate_path(self.path)
-        if not SEEK or not os.path.isfile(path):
-            return super().do_GET()
-        start, size = self._range_start(), os.path.getsize(path)
-        self.send_response(206 if start is not None else 200)
-        if start is not None:
-            self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
-        self.send_header("Content-Length", str(size - (start or 0)))
-        self.end_headers()
-        with open(path, "rb") as f:
-            f.seek(start or 0)
-            shutil.copyfileobj(f, self.wfile, 1 << 20)
-
 
 server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=sys.argv[2]))
 server.daemon_threads = True
@@ -185,14 +168,13 @@ server.serve_forever()
 
 
 @contextmanager
-def mirrors(directory: Path, count: int, rate_mib: float = 0, seek: bool = False):
+def mirrors(directory: Path, count: int, rate_mib: float = 0):
     """`count` tests/mirror_server.py processes serving `directory` on 127.0.0.1 (each limited to `rate_mib` MiB/s
-    in all when given; seeking instead of reading whole files with `seek`); yields their URLs; kills them after.
+    in all when given); yields their URLs; kills them after.
     As tests/mirrors.py, but quiet: a client that stops reading early (the fetcher does, by design) makes the server
     print a BrokenPipeError traceback."""
-    if rate_mib or seek:
-        command = [sys.executable, "-c", _WRAPPED_SERVER, str(MIRROR_SERVER.parent), str(directory), str(rate_mib),
-                   "seek" if seek else "read"]
+    if rate_mib:
+        command = [sys.executable, "-c", _WRAPPED_SERVER, str(MIRROR_SERVER.parent), str(directory), str(rate_mib)]
     else:
         command = [sys.executable, str(MIRROR_SERVER), str(directory)]
     procs: list[subprocess.Popen] = []
@@ -261,9 +243,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each variant (default: 3)")
     parser.add_argument("--rate", type=float, default=32,
                         help="MiB/s per mirror for the throttled runs; 0 skips them (default: 32)")
-    parser.add_argument("--seek-server", action="store_true",
-                        help="mirrors seek to the Range start instead of reading the whole file per request "
-                             "(as nginx would; mirror_server.py reads and slices it)")
     parser.add_argument("--throttled-shards", type=int, default=3,
                         help="shards fetched in the throttled runs (default: 3)")
     args = parser.parse_args()
@@ -344,7 +323,7 @@ def main() -> None:
         # 1. Loopback at full speed: what the fetcher costs over a plain download (CPU-bound on loopback).
         runs, opens, manifests = Runs(), [], []
         multi = f"kogitune prefetch {args.mirrors} mirrors"
-        with mirrors(served.path, args.mirrors, seek=args.seek_server) as urls:
+        with mirrors(served.path, args.mirrors) as urls:
             plain_download(urls[0], [MANIFEST_FILE], work / "warmup")  # imports, first connection, page cache
             kogitune_fetch(urls[:1], work / "warmup", prefetch=False)
             shutil.rmtree(work / "warmup")
@@ -388,7 +367,7 @@ def main() -> None:
             size = sum((served.path / p).stat().st_size for p in some)
             slow = Runs()
             one, many = "kogitune prefetch 1 mirror", f"kogitune prefetch {args.mirrors} mirrors"
-            with mirrors(served.path, args.mirrors, rate_mib=args.rate, seek=args.seek_server) as urls:
+            with mirrors(served.path, args.mirrors, rate_mib=args.rate) as urls:
                 for run in range(args.repeat):
                     for variant in ["plain", one, many]:
                         target = work / "run"

@@ -28,26 +28,37 @@ class MirrorHandler(SimpleHTTPRequestHandler):
         if not os.path.isfile(path):
             self.send_error(404)
             return
-        with open(path, "rb") as f:
-            data = f.read()
+        size = os.path.getsize(path)
         start = self._range_start() if self.mode != "no-range" else None
         is_tokens = path.endswith(".tokens")
-        body = data[start or 0:]
-        if is_tokens and self.mode == "corrupt" and body:
-            body = bytes([body[0] ^ 0xFF]) + body[1:]
         self.send_response(206 if start is not None else 200)
         if start is not None:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+        self.send_header("Content-Length", str(size - (start or 0)))
         self.end_headers()
         if is_tokens and self.mode == "hang":
             self.wfile.flush()
             threading.Event().wait()
+        with open(path, "rb") as f:
+            f.seek(start or 0)
+            self._send_body(f, size - (start or 0), is_tokens)
+
+    def _send_body(self, f, length: int, is_tokens: bool) -> None:
+        """Stream the file from its current position, misbehaving as the mode says."""
+        limit = length // 2 if is_tokens and self.mode == "die" else length
+        first = True
+        while limit > 0:
+            chunk = f.read(min(1 << 20, limit))
+            if not chunk:
+                break
+            if first and is_tokens and self.mode == "corrupt":
+                chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
+            first = False
+            self.wfile.write(chunk)
+            limit -= len(chunk)
         if is_tokens and self.mode == "die":
-            self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()
             os._exit(1)
-        self.wfile.write(body)
 
     def _range_start(self):
         header = self.headers.get("Range", "")
