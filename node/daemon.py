@@ -35,6 +35,7 @@ DEFAULT_REPROVIDE_SECONDS = 6 * 3600
 CONNECT_TIMEOUT = 10.0
 LOOKUP_TIMEOUT = 30.0
 RECONNECT_CHECK = 60.0
+MANIFEST_ATTEMPTS = 3
 
 
 @dataclass
@@ -237,6 +238,25 @@ class Node:
     def _trusted(signed: SignedManifest, trusted: frozenset[str] | None) -> bool:
         return trusted is None or signed.publisher in trusted
 
+    async def _first_valid_manifest(self, dataset_id: str, peers: list, trusted, errors: list[str]):
+        """The signed manifest from the first provider that serves a valid, trusted one; each provider is asked
+        up to MANIFEST_ATTEMPTS times (a stream can fail once on a busy peer), with a short backoff."""
+        for attempt in range(MANIFEST_ATTEMPTS):
+            for peer in peers:
+                try:
+                    signed = await fetch_signed_manifest(self.host, peer, dataset_id, self.config.read_timeout)
+                except SourceError as exc:
+                    errors.append(f"{exc}")
+                    continue
+                except Exception as exc:
+                    errors.append(f"{peer}: {exc}")
+                    continue
+                if self._trusted(signed, trusted):
+                    return signed
+                errors.append(f"{peer}: serves a copy signed by {signed.publisher}, who is not trusted")
+            await trio.sleep(0.25 * 2 ** attempt)
+        return None
+
     async def _resolve(self, dataset_id: str, trusted: frozenset[str] | None) -> OpenDataset:
         providers = await self.find_providers(dataset_id)
         if not providers:
@@ -254,17 +274,7 @@ class Node:
         async with trio.open_nursery() as nursery:
             for info in providers:
                 nursery.start_soon(connect, info)
-        signed = None
-        for peer in reachable:
-            try:
-                signed = await fetch_signed_manifest(self.host, peer, dataset_id, self.config.read_timeout)
-                if self._trusted(signed, trusted):
-                    break
-                errors.append(f"{peer}: serves a copy signed by {signed.publisher}, who is not trusted")
-                signed = None
-            except Exception as exc:
-                signed = None
-                errors.append(f"{peer}: {exc}")
+        signed = await self._first_valid_manifest(dataset_id, reachable, trusted, errors)
         if signed is None:
             raise FetchError(f"no provider of {dataset_id} gave a valid manifest: {'; '.join(errors)}")
         directory = self.store.dataset_dir(dataset_id)
