@@ -39,6 +39,37 @@ def load_identity_seed(home: Path) -> bytes:
     return seed
 
 
+_WRITE_DEADLINE = 30.0
+_patched = False
+
+
+def _work_around_libp2p_0_8_1() -> None:
+    """Two py-libp2p 0.8.1 traps, measured by scripts/bench_network.py (docs/benchmarks.md):
+
+    - Noise encrypts (uses up a nonce) before it sends, so a write cancelled by a cancel scope leaves the peer one
+      nonce behind: it fails the next frame and drops the connection with every stream on it. Kogitune cancels
+      work on purpose (fail_after on reads, a lookup cut short), so writes finish shielded, under their own deadline.
+    - Each dial waits 250 ms (happy eyeballs) for a second address that a TCP-only host never has.
+    """
+    global _patched
+    if _patched:
+        return
+    import trio
+    import libp2p.network.swarm as swarm
+    from libp2p.security.secure_session import SecureSession
+
+    swarm._HAPPY_EYEBALLS_DELAY = 0.0
+    write = SecureSession.write
+
+    async def shielded_write(self, data: bytes) -> None:
+        with trio.CancelScope(shield=True):
+            with trio.fail_after(_WRITE_DEADLINE):
+                await write(self, data)
+
+    SecureSession.write = shielded_write
+    _patched = True
+
+
 def new_kogitune_host(seed: bytes):
     """A libp2p host that speaks only Noise (security) and Yamux (multiplexing)."""
     from libp2p import new_host
@@ -48,6 +79,7 @@ def new_kogitune_host(seed: bytes):
     from libp2p.security.noise.transport import Transport as NoiseTransport
 
     logging.getLogger("libp2p").addHandler(logging.NullHandler())  # after importing libp2p, which resets it
+    _work_around_libp2p_0_8_1()
     key_pair = create_new_key_pair(seed)
     noise = NoiseTransport(key_pair, noise_privkey=new_x25519_pair().private_key)
     return new_host(key_pair=key_pair, sec_opt={NOISE_PROTOCOL_ID: noise}, muxer_preference="YAMUX")
