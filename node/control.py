@@ -113,15 +113,8 @@ async def _dispatch(node: Node, request: dict) -> dict:
     if op == "prefetch":
         dataset_id = _dataset(request)
         for index in request.get("indexes", []):
-            node.nursery.start_soon(_quietly, node.fetch_shard, dataset_id, int(index))
+            node.nursery.start_soon(node.prefetch_shard, dataset_id, int(index))
         return {}
     if op == "providers":
         return {"providers": await node.providers_status(_dataset(request))}
     raise NodeError(f"unknown control operation {op!r}")
-
-
-async def _quietly(fn, *args) -> None:
-    try:
-        await fn(*args)
-    except Exception as exc:
-        log.warning("background fetch failed: %s", exc)

@@ -36,6 +36,7 @@ CONNECT_TIMEOUT = 10.0
 LOOKUP_TIMEOUT = 30.0
 RECONNECT_CHECK = 60.0
 MANIFEST_ATTEMPTS = 3
+PREFETCH_SHARDS = 2
 
 
 @dataclass
@@ -67,6 +68,7 @@ class Node:
         self._fetching: dict[tuple[str, int], trio.Event] = {}
         self._stop = trio.Event()
         self._opening = trio.Lock()
+        self._prefetch_limiter = trio.CapacityLimiter(PREFETCH_SHARDS)
         self.host = None
         self.dht = None
 
@@ -300,6 +302,15 @@ class Node:
             finally:
                 self._fetching.pop(key).set()
         return opened.directory
+
+    async def prefetch_shard(self, dataset_id: str, index: int) -> None:
+        """Fetch a shard ahead of need, at most PREFETCH_SHARDS at a time, so that a shard someone is waiting for
+        (fetch_shard, not limited) is not starved by look-ahead; failures only log, the wait will report them."""
+        async with self._prefetch_limiter:
+            try:
+                await self.fetch_shard(dataset_id, index)
+            except Exception as exc:
+                log.warning("prefetch of shard %d of %s failed: %s", index, dataset_id, exc)
 
     async def get(self, dataset_id: str) -> OpenDataset:
         """Fetch a whole dataset into the store, then provide it too."""

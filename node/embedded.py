@@ -124,15 +124,17 @@ class EmbeddedNode:
             raise FetchError(f"shard {index} of {dataset_id} did not arrive within {timeout:.0f} s") from None
 
     def prefetch_id(self, dataset_id: str, indexes: list[int]) -> None:
-        async def quietly(index):
+        async def prefetch(index):
             try:
-                await (await self._p2p_node()).fetch_shard(dataset_id, index)
+                node = await self._p2p_node()
             except Exception as exc:
                 log.warning("prefetch failed: %s", exc)
+                return
+            await node.prefetch_shard(dataset_id, index)
 
         def start():
             for index in indexes:
-                self._nursery.start_soon(quietly, index)
+                self._nursery.start_soon(prefetch, index)
         trio.from_thread.run_sync(start, trio_token=self._token)
 
     async def _p2p_node(self):
