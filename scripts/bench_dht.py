@@ -30,10 +30,8 @@ Each lookup node's shutdown (about 1 s inside py-libp2p's host.close) overlaps t
 
 Latencies: p50, p95, max over the lookups; the ratio p50(lookup) / p50(have) is the lookup's cost in round trips
 of an established connection. Spread: p50 of the first and second half of the lookups. Load averages are printed.
---libp2p-patch applies experimental py-libp2p fixes in every process (scripts/bench_network.py apply_patches).
 
     python scripts/bench_dht.py [--nodes 20] [--datasets 5] [--lookups 40] [--topology tree] [--seed 0]
-                                [--libp2p-patch dial,shield]
 """
 
 from __future__ import annotations
@@ -54,8 +52,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_fetch import load_note  # noqa: E402
-from bench_network import (NODE_ENV, NodeProcess, apply_patches, call_with_retry, close_all,  # noqa: E402
-                           patches_from_env, set_patches, start_nodes)
+from bench_network import NODE_ENV, NodeProcess, close_all, start_nodes  # noqa: E402
 
 LOOKUP_BUDGET = 40.0
 CLIENT_TIMEOUT = 200.0
@@ -176,10 +173,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--topology", choices=["tree", "star", "chain"], default="tree",
                         help="how nodes bootstrap (default: tree)")
     parser.add_argument("--seed", type=int, default=0, help="random seed for placement (default: 0)")
-    parser.add_argument("--libp2p-patch", default="", metavar="NAMES",
-                        help="experimental, off by default: comma-separated py-libp2p patches applied in every "
-                             "process (dial: no 250 ms happy-eyeballs wait; shield: cancellation-safe Noise writes; "
-                             "see scripts/bench_network.py apply_patches)")
     parser.add_argument("--client", metavar="PLAN", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.nodes < 4 or args.datasets < 1 or args.lookups < 2:
@@ -214,19 +207,14 @@ def stats_row(name: str, values: list[float], baseline: float | None) -> str:
 
 def main() -> None:
     args = parse_args()
-    apply_patches(patches_from_env())
     if args.client:
         return client(args.client)
-    patches = [p for p in args.libp2p_patch.split(",") if p]
-    if set(patches) - {"dial", "shield"}:
-        raise SystemExit(f"unknown --libp2p-patch {args.libp2p_patch!r}: use dial, shield or dial,shield")
-    set_patches(patches)
 
     from kogitune.corpora import write_kjv_chapters
     from kogitune.store import StoreOptions, store
     from kogitune.tensor import DataTensor
 
-    print(f"bench_dht: {load_note()} (start); py-libp2p patches: {', '.join(patches) or 'none'}", flush=True)
+    print(f"bench_dht: {load_note()} (start)", flush=True)
     bench_started = time.perf_counter()
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="kogitune-bench-dht-"))
@@ -259,8 +247,8 @@ def main() -> None:
         datasets = []
         for tensor in tensors:
             publisher, replica = rng.sample(servers, 2)
-            dataset_id = call_with_retry(publisher, "publish", notes, path=str(tensor.path))["id"]
-            call_with_retry(replica, "get", notes, id=dataset_id)
+            dataset_id = publisher.call("publish", path=str(tensor.path))["id"]
+            replica.call("get", id=dataset_id)
             datasets.append({"id": dataset_id, "providers": [publisher.peer_id, replica.peer_id],
                              "shards": len(tensor.shards)})
         print(f"{args.datasets} datasets published and replicated (2 providers each) in "

@@ -39,11 +39,9 @@ Whole dataset, --repeat times, interleaved:
                  every file to disk, one after the other (scripts/bench_fetch.py's plain_download).
 
 Ratios are throughputs, Kogitune over the baseline, best run to best run and median to median; the spread is
-worst/best - 1. --libp2p-patch applies experimental py-libp2p fixes in every process (see apply_patches); the
-default measures the product as it is.
+worst/best - 1.
 
     python scripts/bench_network.py [--size-mb 100] [--repeat 3] [--block-size 512] [--skip-cold-start]
-                                    [--libp2p-patch dial,shield]
 """
 
 from __future__ import annotations
@@ -70,52 +68,6 @@ START_TIMEOUT = 60.0
 CALL_TIMEOUT = 180.0
 NODE_ENV = {k: v for k, v in os.environ.items() if k not in ("KOGITUNE_HOME", "KOGITUNE_BOOTSTRAP")}
 NODE_ENV["KOGITUNE_READ_TIMEOUT"] = "10"
-PATCHES_ENV = "KOGITUNE_BENCH_LIBP2P_PATCHES"
-SCRIPTS = str(Path(__file__).resolve().parent)
-
-
-# ---- experimental py-libp2p 0.8.1 patches (--libp2p-patch; off by default: the benchmarks measure the product) ----
-
-def apply_patches(names: list[str]) -> None:
-    """dial:   swarm._HAPPY_EYEBALLS_DELAY = 0. py-libp2p dials at most one address per transport class and then
-               waits 250 ms for it to *fail* before it returns even a successful connection: every new connection
-               (bootstrap, each DHT hop, each provider) costs >= 250 ms. With TCP only there is no second address.
-    shield: SecureSession.write under trio.CancelScope(shield=True). Noise encrypts (uses up a nonce) before it
-               sends; a write cancelled by a cancel scope (fail_after, move_on_after, a nursery cancelled early, as
-               Node.find_providers does to its Kademlia lookup) leaves the peer one nonce behind: it fails to
-               authenticate the next frame and drops the connection with every stream on it."""
-    if "dial" in names:
-        import libp2p.network.swarm as swarm
-
-        swarm._HAPPY_EYEBALLS_DELAY = 0.0
-    if "shield" in names:
-        import trio
-        from libp2p.security.secure_session import SecureSession
-
-        write = SecureSession.write
-
-        async def shielded_write(self, data: bytes) -> None:
-            with trio.CancelScope(shield=True):
-                await write(self, data)
-
-        SecureSession.write = shielded_write
-
-
-def set_patches(names: list[str]) -> None:
-    """Apply `names` in this process and in every process started from here (through PATCHES_ENV)."""
-    NODE_ENV[PATCHES_ENV] = ",".join(names)
-    os.environ[PATCHES_ENV] = ",".join(names)
-    apply_patches(names)
-
-
-def patches_from_env() -> list[str]:
-    return [p for p in os.environ.get(PATCHES_ENV, "").split(",") if p]
-
-
-def patch_prelude() -> str:
-    """Python source that applies the patches named in PATCHES_ENV (for `python -c` children)."""
-    return (f"import sys; sys.path.insert(0, {SCRIPTS!r}); import bench_network; "
-            "bench_network.apply_patches(bench_network.patches_from_env())\n")
 
 
 # ---- node processes (bench_dht.py imports these) ------------------------------------------------------------------
@@ -137,11 +89,7 @@ class NodeProcess:
     def __init__(self, home: Path, bootstrap: list[str] = (), listen: str = "/ip4/127.0.0.1/tcp/0") -> None:
         self.home = Path(home)
         self.peer_id = self.address = ""
-        if NODE_ENV.get(PATCHES_ENV):
-            command = [sys.executable, "-c", patch_prelude() + "from kogitune.cli import main; sys.exit(main())"]
-        else:
-            command = [sys.executable, "-m", "kogitune.cli"]
-        args = command + ["node", "start", "--home", str(self.home), "--listen", listen]
+        args = [sys.executable, "-m", "kogitune.cli", "node", "start", "--home", str(self.home), "--listen", listen]
         for address in bootstrap:
             args += ["--bootstrap", address]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
@@ -346,7 +294,6 @@ started = time.perf_counter()
 import torch
 from kogitune.trainers import DatasetRecipe
 imported = time.perf_counter()
-PATCHES
 dataset = DatasetRecipe([sys.argv[1]]).get_train_dataset(int(sys.argv[2]))
 opened = time.perf_counter()
 batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=8)))
@@ -361,9 +308,7 @@ def cold_start(dataset_id: str, bootstrap: str, home: Path, block_size: int) -> 
     env = {**NODE_ENV, "KOGITUNE_HOME": str(home), "KOGITUNE_BOOTSTRAP": bootstrap}
     home.mkdir(parents=True)
     started = time.perf_counter()
-    # the patches import libp2p: inside the timed "open", where the embedded node imports it otherwise
-    code = TRAINER.replace("PATCHES", patch_prelude() if NODE_ENV.get(PATCHES_ENV) else "")
-    result = subprocess.run([sys.executable, "-c", code, dataset_id, str(block_size)], capture_output=True,
+    result = subprocess.run([sys.executable, "-c", TRAINER, dataset_id, str(block_size)], capture_output=True,
                             text=True, env=env, timeout=CALL_TIMEOUT)
     wall = time.perf_counter() - started
     if result.returncode:
@@ -379,9 +324,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each variant (default: 3)")
     parser.add_argument("--block-size", type=int, default=512, help="sample length of the cold start (default: 512)")
     parser.add_argument("--skip-cold-start", action="store_true", help="skip (d), the training cold start")
-    parser.add_argument("--libp2p-patch", default="", metavar="NAMES",
-                        help="experimental, off by default: comma-separated py-libp2p patches applied in every "
-                             "process (dial: no 250 ms happy-eyeballs wait; shield: cancellation-safe Noise writes)")
     parser.add_argument("--raw-server", metavar="DIR", help=argparse.SUPPRESS)
     parser.add_argument("--raw-client", metavar="OUT", help=argparse.SUPPRESS)
     parser.add_argument("--peers", help=argparse.SUPPRESS)
@@ -411,23 +353,13 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def call_with_retry(node: NodeProcess, op: str, notes: list[str], **fields) -> dict:
-    """A control call, tried a second time (noted) if it fails: see the note on cancelled writes in apply_patches."""
-    try:
-        return node.call(op, **fields)
-    except Exception as exc:
-        notes.append(f"{op} on {node.home.name} failed once ({str(exc)[:200]}); retried")
-        time.sleep(0.5)
-        return node.call(op, **fields)
-
-
 def ratio_line(label: str, baseline: list[float], mine: list[float]) -> str:
     """Throughput ratio mine/baseline = baseline seconds / my seconds."""
     return (f"{label}: {min(baseline) / min(mine):.2f}x best to best, "
             f"{statistics.median(baseline) / statistics.median(mine):.2f}x median to median")
 
 
-def cold_section(args, work: Path, url: str, served, dataset_id: str, a: NodeProcess, nodes: list, notes: list):
+def cold_section(args, work: Path, url: str, served, dataset_id: str, a: NodeProcess, nodes: list):
     from kogitune.tensor import MANIFEST_FILE
 
     first = served.shards[0]
@@ -456,9 +388,9 @@ def cold_section(args, work: Path, url: str, served, dataset_id: str, a: NodePro
         e = start_nodes([work / f"e{run}"], [[a.address]], nodes)[0]  # "shard" does not announce: no record left
         try:
             t0 = time.perf_counter()
-            call_with_retry(e, "open", notes, id=dataset_id)
+            e.call("open", id=dataset_id)
             t1 = time.perf_counter()
-            call_with_retry(e, "shard", notes, id=dataset_id, index=0)
+            e.call("shard", id=dataset_id, index=0)
             cold["daemon: open"].append(t1 - t0)
             cold["daemon: 1 shard after open"].append(time.perf_counter() - t1)
         finally:
@@ -569,7 +501,6 @@ def whole_section(args, work: Path, url: str, served, files: list[str], total: i
 
 def main() -> None:
     args = parse_args()
-    apply_patches(patches_from_env())
     if args.raw_server:
         return raw_server(args.raw_server)
     if args.raw_client:
@@ -577,11 +508,7 @@ def main() -> None:
 
     from kogitune.tensor import MANIFEST_FILE
 
-    patches = [p for p in args.libp2p_patch.split(",") if p]
-    if set(patches) - {"dial", "shield"}:
-        raise SystemExit(f"unknown --libp2p-patch {args.libp2p_patch!r}: use dial, shield or dial,shield")
-    set_patches(patches)
-    print(f"bench_network: {load_note()} (start); py-libp2p patches: {', '.join(patches) or 'none'}", flush=True)
+    print(f"bench_network: {load_note()} (start)", flush=True)
     bench_started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="kogitune-bench-network-"))
     nodes: list[NodeProcess] = []
@@ -597,10 +524,10 @@ def main() -> None:
 
         started = time.perf_counter()
         a = start_nodes([work / "a"], [[]], nodes)[0]
-        dataset_id = call_with_retry(a, "publish", notes, path=str(served.path))["id"]
+        dataset_id = a.call("publish", path=str(served.path))["id"]
         b, c = start_nodes([work / "b", work / "c"], [[a.address]] * 2, nodes)
         for replica in (b, c):
-            call_with_retry(replica, "get", notes, id=dataset_id)
+            replica.call("get", id=dataset_id)
         print(f"network: A published {dataset_id}, B and C replicated it; {time.perf_counter() - started:.1f} s",
               flush=True)
 
@@ -609,7 +536,7 @@ def main() -> None:
             plain_download(urls[0], [MANIFEST_FILE], work / "warmup")  # imports, page cache
             shutil.rmtree(work / "warmup")
             if not args.skip_cold_start:  # first: no stale provider records yet
-                cold_section(args, work, urls[0], served, dataset_id, a, nodes, notes)
+                cold_section(args, work, urls[0], served, dataset_id, a, nodes)
             whole_section(args, work, urls[0], served, files, total, dataset_id, [a, b, c], raw, nodes, notes)
         for note in notes:
             print(f"note: {note}")
