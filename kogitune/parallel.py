@@ -1,33 +1,39 @@
-"""Ordered, bounded work in worker processes, for `store` and `filter`."""
+"""Ordered, bounded work on an executor, for `store` and `filter`."""
 
 from __future__ import annotations
 
 import multiprocessing
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterable, Iterator
 
 from .errors import KogituneError
 
 
+def in_order(pool: Executor, fn: Callable, jobs: Iterable[tuple[object, tuple]],
+             in_flight: int) -> Iterator[tuple[object, object]]:
+    """Yield (key, fn(*args)) for each (key, args) of `jobs`, in input order, with at most `in_flight` jobs
+    submitted and not yet yielded (bounded memory)."""
+    pending: deque = deque()
+    for key, args in jobs:
+        pending.append((key, pool.submit(fn, *args)))
+        if len(pending) >= in_flight:
+            key, future = pending.popleft()
+            yield key, future.result()
+    while pending:
+        key, future = pending.popleft()
+        yield key, future.result()
+
+
 def ordered_map(fn: Callable, jobs: Iterable[tuple[object, tuple]], workers: int, initializer: Callable,
                 initargs: tuple) -> Iterator[tuple[object, object]]:
-    """Yield (key, fn(*args)) for each (key, args) of `jobs`, in input order, computed in `workers` spawned
-    processes with at most 2 jobs per worker in flight (bounded memory). A worker that dies (killed, out of
+    """`in_order` on `workers` spawned processes, 2 jobs per worker in flight. A worker that dies (killed, out of
     memory, or a script without an `if __name__ == "__main__":` guard) raises instead of hanging."""
     context = multiprocessing.get_context("spawn")
     try:
         with ProcessPoolExecutor(workers, mp_context=context, initializer=initializer, initargs=initargs) as pool:
-            pending: deque = deque()
-            for key, args in jobs:
-                pending.append((key, pool.submit(fn, *args)))
-                if len(pending) >= 2 * workers:
-                    key, future = pending.popleft()
-                    yield key, future.result()
-            while pending:
-                key, future = pending.popleft()
-                yield key, future.result()
+            yield from in_order(pool, fn, jobs, 2 * workers)
     except BrokenProcessPool:
         raise KogituneError(
             "a worker process died. If this runs from a script, put the call under `if __name__ == \"__main__\":` "

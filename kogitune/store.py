@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import chain
@@ -31,7 +30,7 @@ from kogitune.protocol.pieces import PieceHasher, root_of
 from . import __version__
 from .errors import BadInputError, KogituneError, TensorError
 from .files import exclusive_lock, write_atomic
-from .parallel import ordered_map
+from .parallel import in_order, ordered_map
 from .perturb import Perturber, PerturbSpec
 from .tensor import MANIFEST_FILE, DataTensor, record_verified
 from .tokenizer import DEFAULT_TOKENIZER, Tokenizer, load_tokenizer, tokenizer_from_json
@@ -367,16 +366,8 @@ def _tokenize_in_order(batches: Iterator[Batch], tok: Tokenizer, dtype: str, opt
 def _in_order_on_threads(batches: Iterator[Batch], fn, threads: int = 2):
     """Yield (batch, fn(batch)) in input order, computed on `threads` threads with 2 batches per thread in flight."""
     pool = ThreadPoolExecutor(threads, thread_name_prefix="kogitune-tokenize")
-    pending: deque = deque()
     try:
-        for batch in batches:
-            pending.append((batch, pool.submit(fn, batch)))
-            if len(pending) >= 2 * threads:
-                done, future = pending.popleft()
-                yield done, future.result()
-        while pending:
-            done, future = pending.popleft()
-            yield done, future.result()
+        yield from in_order(pool, fn, ((batch, (batch,)) for batch in batches), 2 * threads)
     finally:
         pool.shutdown(cancel_futures=True)
 

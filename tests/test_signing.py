@@ -12,6 +12,7 @@ from kogitune.protocol.ids import dataset_id_from_digest
 from kogitune.protocol.manifest import parse_manifest
 from kogitune.protocol.signing import (SIGNING_CONTEXT, base58btc, check_signed_manifest, peer_id_from_public_key,
                                        public_key_from_seed, sign_dataset, signing_payload, verify_dataset)
+from test_protocol import manifest_dict
 
 # The signing vector: these exact strings are in docs/protocol.md ("Test vectors"); change both or neither.
 SEED = b"\x01" * 32
@@ -25,23 +26,8 @@ PEER_ID = "12D3KooWK99VoVxNE7XzyBwXEzW7xhK7Gpv85r9F3V3fyKSUKPH5"
 
 
 def manifest_bytes(**changes) -> bytes:
-    """A small valid manifest (the one of test_protocol.py)."""
-    obj = {
-        "format": "kogitune-tensor/1",
-        "tokenizer": {"name": "gpt2", "id": "gpt2-f04f", "fingerprint": "ab" * 32, "vocab_size": 50257,
-                      "eos_id": 50256},
-        "dtype": "uint16",
-        "block_size": 4,
-        "piece_size": 65536,
-        "counts": {"documents": 3, "tokens": 10, "blocks": 3},
-        "shards": [
-            {"name": "00000", "blocks": 2, "size": 16, "root": "11" * 32, "documents": 2, "docs_sha256": "22" * 32},
-            {"name": "00001", "blocks": 1, "size": 8, "root": "33" * 32, "documents": 1, "docs_sha256": "44" * 32},
-        ],
-        "provenance": {"note": "signing test"},
-    }
-    obj.update(changes)
-    return json.dumps(obj, indent=1).encode()
+    """The small valid manifest of test_protocol.py, with `changes`."""
+    return json.dumps({**manifest_dict(), "provenance": {"note": "signing test"}, **changes}, indent=1).encode()
 
 
 def test_the_signing_vector():
