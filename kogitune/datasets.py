@@ -15,6 +15,7 @@ A RandomSampler still gives correct results (every sample once per epoch), fetch
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_right
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from .tensor import DataTensor
 
 DEFAULT_WINDOW = 4
 DEFAULT_LOOKAHEAD = 2
+PERMUTATION_CACHE_ENTRIES = 1 << 23
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,8 @@ class TokenBlockDataset(torch.utils.data.Dataset):
         self._segment_start = np.cumsum([0] + [count for *_, count in segments]).tolist()
         self._window_bounds = _window_bounds(len(segments), self.window)
         self._window_start = [self._segment_start[b] for b in self._window_bounds]
-        self._perms: dict[int, np.ndarray] = {}
+        self._perms: dict[int, array] = {}
+        self._perm_entries = 0
         self._current_window = -1
         self._streams = any(t.remote is not None for t in self.tensors)
 
@@ -123,20 +126,25 @@ class TokenBlockDataset(torch.utils.data.Dataset):
         if window != self._current_window and self._streams:
             self._current_window = window
             self._prefetch(window, window + 1 + self.lookahead)
-        position = window_start + int(self._permutation(window)[index - window_start]) if self.shuffle else index
+        position = window_start + self._permutation(window)[index - window_start] if self.shuffle else index
         segment = bisect_right(self._segment_start, position) - 1
         tensor_index, shard, first, _ = self._segments[segment]
         start = (first + position - self._segment_start[segment]) * self.block_size
         tokens = self.tensors[tensor_index].shard_tokens(shard)[start:start + self.block_size]
         return {"input_ids": torch.from_numpy(tokens.astype(np.int64))}
 
-    def _permutation(self, window: int) -> np.ndarray:
-        perm = self._perms.get(window)
+    def _permutation(self, window: int) -> array:
+        """The sample order inside a window (uint32), kept in a least-recently-used cache of at most
+        PERMUTATION_CACHE_ENTRIES samples: in-order access builds each once, random access rarely more."""
+        perm = self._perms.pop(window, None)
         if perm is None:
-            if len(self._perms) >= 4:
-                self._perms.clear()
             size = self._window_start[window + 1] - self._window_start[window]
-            perm = self._perms[window] = np.random.default_rng([self.seed, self.epoch, window]).permutation(size)
+            order = np.random.default_rng([self.seed, self.epoch, window]).permutation(size).astype(np.uint32)
+            perm = array("I", order.tobytes())
+            self._perm_entries += size
+            while self._perm_entries > PERMUTATION_CACHE_ENTRIES and self._perms:
+                self._perm_entries -= len(self._perms.pop(next(iter(self._perms))))
+        self._perms[window] = perm
         return perm
 
     def _prefetch(self, first_window: int, end_window: int) -> None:

