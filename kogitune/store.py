@@ -348,11 +348,13 @@ def _tokenize_in_order(batches: Iterator[Batch], tok: Tokenizer, dtype: str, opt
 
     One worker tokenizes in this process, on the Rust tokenizer's own threads (all cores), from two Python threads:
     while one waits for Rust (which releases the GIL), the other parses JSON and packs ids. Run one after the other,
-    that Python work left the cores idle: it cost 15-25% of raw tokenizing speed (scripts/bench_store.py).
+    that Python work left the Rust threads idle (on 2 cores, 40 MB: 0.81x of raw `encode_batch_fast` speed instead
+    of 0.86x; docs/benchmarks.md).
     """
     workers = options.workers or os.cpu_count() or 1
     if workers == 1:
         pipeline = _stateless_pipeline(options.filters) if options.filters is not None else None
+
         def tokenize(batch: Batch):
             return tokenize_lines(tok, batch.lines, batch.first_line, options.text_key, dtype, pipeline)
 
