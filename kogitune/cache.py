@@ -10,7 +10,6 @@ for least-recently-used eviction; a `pinned` file in a dataset directory protect
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,9 +122,6 @@ class ContentStore:
             total -= shard.size
             evicted.append(shard)
         return evicted
-
-    def remove(self, dataset_id: str) -> None:
-        shutil.rmtree(self.dataset_dir(dataset_id), ignore_errors=True)
 
 
 def age(seconds_since_epoch: float) -> str:

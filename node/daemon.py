@@ -247,11 +247,8 @@ class Node:
             for peer in peers:
                 try:
                     signed = await fetch_signed_manifest(self.host, peer, dataset_id, self.config.read_timeout)
-                except SourceError as exc:
-                    errors.append(f"{exc}")
-                    continue
                 except Exception as exc:
-                    errors.append(f"{peer}: {exc}")
+                    errors.append(str(exc) if isinstance(exc, SourceError) else f"{peer}: {exc}")
                     continue
                 if self._trusted(signed, trusted):
                     return signed

@@ -64,10 +64,6 @@ class EmbeddedNode:
             return self._p2p._open[key].pool
         return self._pool(tuple(key))
 
-    def source_report(self, key) -> str:
-        """What each source of a dataset did so far (bytes verified, failures, why it was dropped)."""
-        return trio.from_thread.run_sync(lambda: self._pool_of(key).report(), trio_token=self._token)
-
     def source_bytes(self, key) -> dict[str, int]:
         """Verified bytes fetched from each source of a dataset."""
         return trio.from_thread.run_sync(

@@ -279,9 +279,6 @@ class ShardFetch:
                              "be fetched "
                              f"from any source: {self.pool.report()}")
 
-    def _notify(self) -> None:
-        self._changed.set()
-
     async def _worker(self, health: SourceHealth, done: trio.CancelScope) -> None:
         while not self.board.complete:
             if health.banned or health.failures >= self.pool.max_failures:

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 import trio
 
 from kogitune.protocol import wire
-from kogitune.protocol.errors import IntegrityError
 from kogitune.protocol.ids import dataset_id_digest
-from kogitune.protocol.manifest import Manifest, parse_manifest
-from kogitune.protocol.signing import peer_id_from_public_key, verify_dataset
+from kogitune.protocol.manifest import Manifest
+from kogitune.protocol.signing import check_signed_manifest, peer_id_from_public_key
 
 from .errors import SourceError
 from .sources import Source
@@ -101,10 +100,7 @@ async def fetch_signed_manifest(host, peer_id, dataset_id: str, timeout: float) 
     stream, response, _ = await _open(host, peer_id, wire.ManifestRequest(dataset_id_digest(dataset_id)),
                                       wire.ManifestResponse, timeout, wire.MAX_HEADER_BYTES)
     await _reset(stream)
-    manifest = parse_manifest(response.manifest)
-    if manifest.dataset_id != dataset_id:
-        raise IntegrityError(f"{peer_id} sent a manifest whose ID is {manifest.dataset_id}, not {dataset_id}")
-    verify_dataset(dataset_id, response.public_key, response.signature)
+    manifest = check_signed_manifest(dataset_id, response.manifest, response.public_key, response.signature)
     return SignedManifest(response.manifest, manifest, response.signature, response.public_key)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import trio
 
-from .control import SOCKET_FILE, serve_control
+from .control import serve_control
 from .daemon import DEFAULT_LISTEN, Node, NodeConfig
 from .errors import NodeError
 
@@ -82,7 +82,3 @@ def start_detached(home: Path, argv: list[str]) -> str:
     if not line.startswith(READY_PREFIX):
         raise NodeError(f"the node did not start (exit {proc.poll()}); see {home / LOG_FILE}")
     return line
-
-
-def control_socket(home: Path) -> Path:
-    return Path(home) / SOCKET_FILE
