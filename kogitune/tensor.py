@@ -7,9 +7,11 @@ files, so later opens skip the hashing while the files are unchanged; any change
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,27 +189,43 @@ class DataTensor:
 
 def record_verified(directory: Path, manifest: Manifest, shards) -> None:
     """Remember that `shards` passed verification as their files are now (best effort: read-only dirs skip it)."""
-    marks = _read_marks(directory)
-    if marks.get("dataset_id") != manifest.dataset_id:
-        marks = {"dataset_id": manifest.dataset_id, "shards": {}}
-    for shard in shards:
-        marks["shards"][shard.name] = _file_signature(directory, shard)
-    try:
-        write_atomic(directory / MARKS_FILE, json.dumps(marks).encode())
-    except OSError:
-        pass
+    with _marks_locked(directory):
+        marks = _read_marks(directory)
+        if marks.get("dataset_id") != manifest.dataset_id:
+            marks = {"dataset_id": manifest.dataset_id, "shards": {}}
+        for shard in shards:
+            marks["shards"][shard.name] = _file_signature(directory, shard)
+        _write_marks(directory, marks)
 
 
 def forget_verified(directory: Path, shards) -> None:
     """Drop the marks of `shards`, found damaged (e.g. by bit rot, which changes no size, mtime or inode), so
     that opening them hashes them again."""
-    marks = _read_marks(directory)
-    dropped = [marks["shards"].pop(shard.name) for shard in shards if shard.name in marks.get("shards", {})]
-    if dropped:
-        try:
-            write_atomic(directory / MARKS_FILE, json.dumps(marks).encode())
-        except OSError:
-            pass
+    with _marks_locked(directory):
+        marks = _read_marks(directory)
+        dropped = [marks["shards"].pop(shard.name) for shard in shards if shard.name in marks.get("shards", {})]
+        if dropped:
+            _write_marks(directory, marks)
+
+
+@contextmanager
+def _marks_locked(directory: Path):
+    """Serialize read-modify-write of the marks file: shards of one tensor finish in parallel threads and processes."""
+    try:
+        lock = open(directory / (MARKS_FILE + ".lock"), "a+b")
+    except OSError:
+        yield
+        return
+    with lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        yield
+
+
+def _write_marks(directory: Path, marks: dict) -> None:
+    try:
+        write_atomic(directory / MARKS_FILE, json.dumps(marks).encode())
+    except OSError:
+        pass
 
 
 def _read_marks(directory: Path) -> dict:

@@ -20,7 +20,6 @@ from .errors import FetchError
 from .fetch import ShardFetch, SourcePool, fetch_manifest
 from .sources import HttpSource
 
-logging.getLogger("httpx").setLevel(logging.WARNING)
 log = logging.getLogger("kogitune.fetch")
 
 

@@ -3,7 +3,8 @@
 Each source gets one worker per shard. A worker streams the shard's tokens file from a starting piece and claims
 pieces one by one as the bytes arrive; it stops where another worker has already claimed or finished the next
 piece, and then starts again at the longest run of missing pieces. Every piece is checked against the manifest
-before it is written, so a source can only waste time, never put a wrong byte on disk:
+before it is written (on a worker thread, while the stream goes on), so a source can only waste time, never put a
+wrong byte on disk:
 
 - a piece whose hash does not match bans its source for the rest of the fetch (it lied);
 - an error, a timeout, a short read or a 404 counts as a failure: the source backs off exponentially and is
@@ -39,6 +40,8 @@ from .sources import Source
 
 log = logging.getLogger("kogitune.fetch")
 LOCK_POLL_SECONDS = 0.05
+MAX_PIECES_CHECKING = 4
+"""Received pieces waiting for their hash check per shard: bounds memory to (this + sources) pieces."""
 
 
 @dataclass
@@ -126,15 +129,17 @@ async def fetch_manifest(pool: SourcePool, dataset_id: str | None = None) -> tup
 
 
 class PieceBoard:
-    """Which pieces of a shard are done, and how many streams are reading each one (pure state, no I/O).
+    """Which pieces of a shard are done or being checked, and how many streams are reading each one (pure state).
 
-    A piece is open when it is neither done nor claimed. Workers start at the longest run of open pieces (in its
-    middle when a stream is already flowing into it). When nothing is open but pieces are still in flight, a
-    worker may claim them again (endgame): a hung source then delays nothing, the first verified copy wins.
+    A piece is open when it is neither done, nor received and being checked, nor claimed. Workers start at the
+    longest run of open pieces (in its middle when a stream is already flowing into it). When nothing is open but
+    pieces are still in flight, a worker may claim them again (endgame): a hung source then delays nothing, the
+    first verified copy wins. A piece that fails its check opens again.
     """
 
     def __init__(self, count: int) -> None:
         self.done = bytearray(count)
+        self.checking = bytearray(count)
         self.claims = [0] * count
 
     def __len__(self) -> int:
@@ -149,16 +154,30 @@ class PieceBoard:
         return len(self.done) - sum(self.done)
 
     def is_open(self, index: int) -> bool:
-        return not self.done[index] and not self.claims[index]
+        return not self.done[index] and not self.checking[index] and not self.claims[index]
 
     def claim(self, index: int, duplicate: bool = False) -> bool:
-        if index >= len(self.done) or self.done[index] or (self.claims[index] and not duplicate):
+        if (index >= len(self.done) or self.done[index] or self.checking[index]
+                or (self.claims[index] and not duplicate)):
             return False
         self.claims[index] += 1
         return True
 
     def release(self, index: int) -> None:
         self.claims[index] -= 1
+
+    def hand_over(self, index: int) -> bool:
+        """A stream received piece `index` whole: release its claim; True if it is the copy to check."""
+        self.claims[index] -= 1
+        if self.done[index] or self.checking[index]:
+            return False
+        self.checking[index] = 1
+        return True
+
+    def checked(self, index: int, ok: bool) -> None:
+        self.checking[index] = 0
+        if ok:
+            self.done[index] = 1
 
     def finish(self, index: int) -> None:
         self.done[index] = 1
@@ -167,7 +186,7 @@ class PieceBoard:
         return any(self.is_open(i) for i in range(index, len(self.done)))
 
     def pick_start(self) -> tuple[int, bool] | None:
-        """(first piece to stream, whether it duplicates a claim), or None when every piece is done."""
+        """(first piece to stream, whether it duplicates a claim), or None when every piece is done or checking."""
         best, best_len, index = None, 0, 0
         while index < len(self.done):
             if self.is_open(index):
@@ -183,7 +202,7 @@ class PieceBoard:
             if best > 0 and self.claims[best - 1]:
                 best += best_len // 2
             return best, False
-        pending = [i for i in range(len(self.done)) if not self.done[i]]
+        pending = [i for i in range(len(self.done)) if not self.done[i] and not self.checking[i]]
         return (pending[0], True) if pending else None
 
 
@@ -200,6 +219,10 @@ class ShardFetch:
         self.expected = b""
         self.bytes_by_source: Counter = Counter()
         self._fd = -1
+        self._checks = trio.Semaphore(MAX_PIECES_CHECKING)
+        self._progress = trio.Event()
+        self._spare: list[bytearray] = []
+        self._nursery: trio.Nursery | None = None
 
     @property
     def target(self) -> Path:
@@ -220,17 +243,21 @@ class ShardFetch:
             try:
                 await trio.to_thread.run_sync(self._resume)
                 await self._download()
-                os.fsync(self._fd)
+                await trio.to_thread.run_sync(os.fsync, self._fd)
             finally:
                 os.close(self._fd)
-            write_atomic(self.directory / self.shard.pieces_path, self.expected)
-            write_atomic(self.directory / self.shard.docs_path, docs)
-            os.replace(partial, self.target)
-            record_verified(self.directory, self.manifest, [self.shard])
+            await trio.to_thread.run_sync(self._install, partial, docs)
             seconds = trio.current_time() - started
             sources = ", ".join(f"{name} {count / 2**20:.1f} MiB" for name, count in self.bytes_by_source.items())
             log.info("fetched shard %s (%.1f MiB) in %.2f s from %s", self.shard.name, self.shard.size / 2**20,
                      seconds, sources or "the partial file")
+
+    def _install(self, partial: Path, docs: bytes) -> None:
+        """Put the checked shard in place (on a thread: fsyncs must not stall the other fetches)."""
+        write_atomic(self.directory / self.shard.pieces_path, self.expected)
+        write_atomic(self.directory / self.shard.docs_path, docs)
+        os.replace(partial, self.target)
+        record_verified(self.directory, self.manifest, [self.shard])
 
     def _valid_pieces(self, data: bytes) -> bool:
         try:
@@ -272,80 +299,98 @@ class ShardFetch:
         if self.board.complete:
             return
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             for health in self.pool.usable():
-                nursery.start_soon(self._worker, health, nursery.cancel_scope)
+                nursery.start_soon(self._worker, health)
         if not self.board.complete:
             raise FetchError(f"shard {self.shard.name}: {self.board.remaining} of {len(self.board)} pieces could not "
                              "be fetched "
                              f"from any source: {self.pool.report()}")
 
-    async def _worker(self, health: SourceHealth, done: trio.CancelScope) -> None:
+    async def _worker(self, health: SourceHealth) -> None:
         while not self.board.complete:
             if health.banned or health.failures >= self.pool.max_failures:
                 return
             await trio.sleep_until(health.retry_at)
             start = self.board.pick_start()
             if start is None:
-                break
+                await self._progress.wait()
+                continue
             try:
                 await self._stream_from(health, *start)
                 self.pool.succeeded(health)
             except SourceError as exc:
                 self.pool.failed(health, str(exc))
-            except IntegrityError as exc:
-                self.pool.ban(health, str(exc))
-        done.cancel()
 
     async def _stream_from(self, health: SourceHealth, start: int, duplicate: bool) -> None:
-        """Stream the tokens file from piece `start`, verifying and writing each piece this worker claims."""
+        """Stream the tokens file from piece `start`, copying each piece this worker claims into a buffer that is
+        checked and written in the background while the stream goes on."""
         path = self.shard.tokens_path
         async with health.source.stream(path, start * self.piece_size) as (offset, chunks):
             if offset % self.piece_size or offset > start * self.piece_size:
                 raise SourceError(f"{health.source.name}: {path} starts at byte {offset}, asked for "
                                   f"{start * self.piece_size}")
             seekable = offset == start * self.piece_size
-            index = offset // self.piece_size
+            index, filled = offset // self.piece_size, 0
             claimed = self.board.claim(index, duplicate)
-            buffer = bytearray()
+            piece = self._spare.pop() if self._spare else bytearray(self.piece_size)
             try:
                 async for chunk in chunks:
-                    buffer += chunk
-                    while index < len(self.board) and len(buffer) >= self._piece_length(index):
+                    view = memoryview(chunk)
+                    while view:
                         length = self._piece_length(index)
+                        take = min(length - filled, len(view))
                         if claimed:
-                            await self._accept(health, index, bytes(buffer[:length]))
-                            self.board.release(index)
+                            piece[filled:filled + take] = view[:take]
+                        filled, view = filled + take, view[take:]
+                        if filled < length:
+                            break
+                        if claimed:
                             claimed = False
-                        del buffer[:length]
-                        index += 1
+                            if self.board.hand_over(index):
+                                await self._checks.acquire()
+                                self._nursery.start_soon(self._check, health, index, piece)
+                                piece = self._spare.pop() if self._spare else bytearray(self.piece_size)
+                        index, filled = index + 1, 0
+                        if index >= len(self.board) or health.banned:
+                            return
                         claimed = self.board.claim(index, duplicate)
                         if not claimed and (seekable or not self.board.any_open_from(index)):
                             return
-                    if index >= len(self.board):
-                        return
                 raise SourceError(f"{health.source.name}: {path} ended at byte "
-                                  f"{index * self.piece_size + len(buffer)} of {self.shard.size}")
+                                  f"{index * self.piece_size + filled} of {self.shard.size}")
             finally:
                 if claimed:
                     self.board.release(index)
+                self._spare.append(piece)
 
     def _piece_length(self, index: int) -> int:
         return min(self.piece_size, self.shard.size - index * self.piece_size)
 
-    async def _accept(self, health: SourceHealth, index: int, data: bytes) -> None:
-        """Hash and write a piece on a worker thread (hashlib and pwrite release the GIL), so that checking
-        one piece overlaps with receiving the next."""
-        if self.board.done[index]:
-            return
+    async def _check(self, health: SourceHealth, index: int, piece: bytearray) -> None:
+        """Hash and write a received piece on a worker thread (hashlib and pwrite release the GIL), so that
+        checking overlaps receiving; a wrong hash bans the source that sent it."""
+        length = self._piece_length(index)
         expected = self.expected[index * 32:(index + 1) * 32]
-        if not await trio.to_thread.run_sync(self._check_and_write, data, expected, index * self.piece_size):
-            raise IntegrityError(f"sent shard {self.shard.name} piece {index} with a wrong hash")
-        if not self.board.done[index]:
-            self.board.finish(index)
-            health.bytes_verified += len(data)
-            self.bytes_by_source[health.source.name] += len(data)
+        try:
+            ok = await trio.to_thread.run_sync(self._check_and_write, piece, length, expected,
+                                               index * self.piece_size)
+        finally:
+            self._checks.release()
+        self.board.checked(index, ok)
+        self._spare.append(piece)
+        if ok:
+            health.bytes_verified += length
+            self.bytes_by_source[health.source.name] += length
+        else:
+            self.pool.ban(health, f"sent shard {self.shard.name} piece {index} with a wrong hash")
+        self._progress.set()
+        self._progress = trio.Event()
+        if self.board.complete:
+            self._nursery.cancel_scope.cancel()
 
-    def _check_and_write(self, data: bytes, expected: bytes, offset: int) -> bool:
+    def _check_and_write(self, piece: bytearray, length: int, expected: bytes, offset: int) -> bool:
+        data = memoryview(piece)[:length]
         if hashlib.sha256(data).digest() != expected:
             return False
         os.pwrite(self._fd, data, offset)

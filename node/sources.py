@@ -8,11 +8,8 @@ bytes, and a libp2p peer plugs in as one more Source. Every read is bounded in t
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
-
-import trio
-
 from .errors import SourceError
+from .http import HttpClient
 
 DEFAULT_READ_TIMEOUT = 30.0
 
@@ -46,52 +43,22 @@ class HttpSource(Source):
     """A tensor directory on any static web server (nginx, `python -m http.server`); Range used when offered."""
 
     def __init__(self, base_url: str, read_timeout: float = DEFAULT_READ_TIMEOUT) -> None:
-        import httpx
-
         self.base_url = base_url.rstrip("/")
         self.name = self.base_url
-        self.read_timeout = read_timeout
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(read_timeout), follow_redirects=True)
+        self._client = HttpClient(read_timeout)
 
     @asynccontextmanager
     async def stream(self, path: str, start: int):
-        import httpx
-
         url = f"{self.base_url}/{path}"
         headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={start}-"} if start else {})}
-        try:
-            with trio.fail_after(self.read_timeout):
-                response = await self._client.send(self._client.build_request("GET", url, headers=headers),
-                                                   stream=True)
-        except (httpx.HTTPError, trio.TooSlowError, OSError) as exc:
-            raise SourceError(f"{url}: {type(exc).__name__} {exc}".rstrip()) from None
-        try:
-            if response.status_code == 206:
+        async with self._client.get(url, headers) as response:
+            if response.status == 206:
                 offset = _content_range_start(response.headers.get("content-range", ""), url)
-            elif response.status_code == 200:
+            elif response.status == 200:
                 offset = 0
             else:
-                raise SourceError(f"{url}: HTTP {response.status_code}")
-            yield offset, self._chunks(response, url)
-        finally:
-            await response.aclose()
-
-    async def _chunks(self, response, url: str) -> AsyncIterator[bytes]:
-        import httpx
-
-        chunks = response.aiter_bytes()
-        while True:
-            try:
-                with trio.fail_after(self.read_timeout):
-                    chunk = await chunks.__anext__()
-            except StopAsyncIteration:
-                return
-            except (httpx.HTTPError, trio.TooSlowError, OSError) as exc:
-                raise SourceError(f"{url}: {type(exc).__name__} while reading {exc}".rstrip()) from None
-            yield chunk
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
+                raise SourceError(f"{url}: HTTP {response.status}")
+            yield offset, response.body
 
 
 def _content_range_start(header: str, url: str) -> int:

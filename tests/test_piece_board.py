@@ -38,3 +38,26 @@ def test_released_pieces_open_again():
     assert board.any_open_from(3)
     board.finish(3)
     assert not board.any_open_from(3)
+
+
+def test_a_received_piece_is_checked_once_and_not_streamed_again_meanwhile():
+    board = PieceBoard(2)
+    assert board.claim(0) and board.claim(0, duplicate=True)
+    assert board.hand_over(0)
+    assert not board.hand_over(0)
+    assert board.claims[0] == 0 and not board.is_open(0)
+    assert not board.claim(0, duplicate=True)
+    board.claim(1)
+    board.finish(1)
+    assert board.pick_start() is None and not board.complete
+    board.checked(0, ok=True)
+    assert board.complete
+
+
+def test_a_piece_that_fails_its_check_opens_again():
+    board = PieceBoard(3)
+    board.claim(1)
+    board.hand_over(1)
+    board.checked(1, ok=False)
+    assert board.is_open(1) and board.remaining == 3
+    assert board.pick_start() == (0, False)
