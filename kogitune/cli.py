@@ -204,10 +204,37 @@ def _publish(args) -> int:
 
 
 def _get(args) -> int:
-    from .client import DaemonClient
+    """`open` first (lookup and signed manifest), then `get` on a thread with no time limit (a whole dataset can
+    take hours; every network read inside the node has its own timeout) while a bar follows the shard files."""
+    import threading
+    from pathlib import Path
 
-    reply = DaemonClient(_home(args)).call("get", id=args.dataset_id)
-    print(f"{args.dataset_id} -> {reply['directory']}\n  sources: {reply['sources']}")
+    from tqdm import tqdm
+
+    from .client import DaemonClient
+    from .tensor import DataTensor
+
+    client = DaemonClient(_home(args))
+    directory = Path(client.call("open", id=args.dataset_id)["directory"])
+    shards = DataTensor(directory).shards
+    outcome: dict = {}
+
+    def get() -> None:
+        try:
+            outcome["reply"] = client.call("get", timeout=None, id=args.dataset_id)
+        except KogituneError as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=get, daemon=True)
+    worker.start()
+    with tqdm(total=sum(s.size for s in shards), unit="B", unit_scale=True, disable=args.quiet,
+              desc=args.dataset_id[:12]) as bar:
+        while worker.is_alive():
+            worker.join(0.5)
+            bar.update(sum(s.size for s in shards if (directory / s.tokens_path).exists()) - bar.n)
+    if "error" in outcome:
+        raise outcome["error"]
+    print(f"{args.dataset_id} -> {outcome['reply']['directory']}\n  sources: {outcome['reply']['sources']}")
     return EXIT_OK
 
 
@@ -338,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     get = commands.add_parser("get", help="fetch a dataset by ID into the node's store; the node then provides it")
     get.add_argument("dataset_id")
     get.add_argument("--home", help=home_help)
+    get.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     get.set_defaults(run=_get)
 
     status = commands.add_parser("status", help="providers of a dataset ID and how many shards each holds")

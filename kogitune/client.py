@@ -38,7 +38,8 @@ class DaemonClient:
         self.home = Path(home) if home is not None else kogitune_home()
         self.socket_path = self.home / CONTROL_SOCKET
 
-    def call(self, op: str, timeout: float = DEFAULT_FETCH_TIMEOUT, **fields) -> dict:
+    def call(self, op: str, timeout: float | None = DEFAULT_FETCH_TIMEOUT, **fields) -> dict:
+        """One control operation; `timeout=None` waits as long as the node works on it."""
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(timeout)
@@ -55,7 +56,8 @@ class DaemonClient:
                                  f"`kogitune node start --home {self.home}` (or `--detach` to run it in the "
                                  "background)") from None
         except socket.timeout:
-            raise KogituneError(f"the node did not answer {op!r} within {timeout:.0f} s") from None
+            raise KogituneError(f"the node did not answer {op!r} within {timeout:.0f} s; it may still be working: "
+                                "check `kogitune node status`") from None
         if not reply:
             raise KogituneError(f"the node closed the control connection during {op!r}")
         result = json.loads(reply)
