@@ -1,11 +1,16 @@
-"""Benchmark deduplication on the KJV: MinHash documents/s and memory, and near-duplicate precision/recall.
+"""Benchmark deduplication on the KJV: documents/s and memory, spilling to disk, near-duplicate precision/recall.
 
-    python scripts/bench_dedup.py [--documents 120000]
+    python scripts/bench_dedup.py [--documents 120000] [--section all|throughput|spill|quality]
 
 1. Throughput: documents of 3 random verses (about 80 words each); MinHash dedup against two baselines measured
    in the same run on the same documents: exact dedup, and computing the shingles alone.
 2. Memory: the index's own bytes per kept document, and the growth of the process's peak RSS during the run.
-3. Quality: for each edit rate, edited copies (random word insertions, deletions and substitutions) of 500 KJV
+3. Spilling: exact and MinHash dedup with `max_index_mb` an eighth of their index (at 120,000 documents), so that
+   most of it goes to disk in several runs, against the same filter all in memory (max_index_mb=0), in the same
+   process on the same documents: documents/s, same decisions, and the resident memory each run added (sampled
+   from /proc/self/status: anonymous memory, i.e. the heap and numpy arrays, and file-backed pages of the
+   memory-mapped runs, which the kernel can evict). The load average is printed, as other work slows every rate.
+4. Quality: for each edit rate, edited copies (random word insertions, deletions and substitutions) of 500 KJV
    chapters are checked against an index of the originals; the other 689 chapters, never indexed, are the
    negatives. Recall is the fraction of copies caught, precision the fraction of catches that are copies.
 """
@@ -14,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
+import tempfile
 import time
 
 from kogitune.corpora import kjv_verses
@@ -73,6 +80,62 @@ def throughput(count: int) -> None:
           f"{exact.index.nbytes / exact.kept:.0f}); peak RSS grew {rss_growth:.0f} MB during the minhash run")
 
 
+def memory_mb() -> dict[str, float]:
+    """Resident memory now (Linux): all, anonymous, and file-backed (here: the memory-mapped runs), in MB."""
+    found = {}
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile"):
+                found[key] = int(value.split()[0]) / 1024
+    return found
+
+
+def sampled_run(dedup, documents: list[str]) -> tuple[float, list[bool], dict[str, float]]:
+    """Seconds, which documents were kept, and the peak growth of each memory figure (sampled every 1,000)."""
+    start = memory_mb()
+    peak = dict(start)
+    kept = []
+    started = time.perf_counter()
+    for number, text in enumerate(documents):
+        kept.append(dedup.apply(text).text is not None)
+        if number % 1000 == 0:
+            peak = {key: max(value, peak[key]) for key, value in memory_mb().items()}
+    seconds = time.perf_counter() - started
+    peak = {key: max(value, peak[key]) for key, value in memory_mb().items()}
+    return seconds, kept, {key: peak[key] - start[key] for key in peak}
+
+
+def spilling(count: int) -> None:
+    """Each filter spilling, then all in memory, on the same documents; the spilling run goes first so that it
+    cannot reuse memory the other freed."""
+    documents = verse_documents(count)
+    load = os.getloadavg()[0]
+    print(f"\n## Spilling: {len(documents):,} documents of 3 random verses; budgets of 0.25 MB (exact) and 4 MB "
+          "(MinHash): an eighth of the index at 120,000 documents")
+    for name, budget in (("exact_dedup", 0.25), ("minhash_dedup", 4.0)):
+        warm_up = build_filter(name, max_index_mb=0)
+        for text in documents[:2000]:
+            warm_up.apply(text)
+        with tempfile.TemporaryDirectory(prefix="bench-dedup-") as spill_dir:
+            spilled = build_filter(name, max_index_mb=budget, spill_dir=spill_dir)
+            spill_seconds, spill_kept, spill_memory = sampled_run(spilled, documents)
+            index = spilled.index
+            on_disk, total, files = index.spilled_bytes / 1e6, index.nbytes / 1e6, index._files
+            spilled.close()
+        in_memory = build_filter(name, max_index_mb=0)
+        memory_seconds, memory_kept, memory_memory = sampled_run(in_memory, documents)
+        for label, seconds, grown in ((f"{name}, max_index_mb=0 (in memory)", memory_seconds, memory_memory),
+                                      (f"{name}, max_index_mb={budget}", spill_seconds, spill_memory)):
+            print(f"  {label:<42} {len(documents) / seconds:>8,.0f} docs/s  resident memory grew "
+                  f"{grown['VmRSS']:5.1f} MB (anonymous {grown['RssAnon']:5.1f}, file-backed {grown['RssFile']:5.1f})")
+        print(f"  spilling runs at {memory_seconds / spill_seconds:.2f}x the in-memory rate; same decisions: "
+              f"{spill_kept == memory_kept} (kept {sum(spill_kept):,}); index {total:.1f} MB, {on_disk:.1f} MB of it "
+              f"on disk at the end; {files} run files written in all")
+    print(f"  load average (1 min) {load:.1f} before, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} cores; "
+          f"process peak RSS {peak_rss_mb():.0f} MB")
+
+
 def edited(text: str, rate: float, rng: random.Random, vocabulary: list[str]) -> str:
     """Each word: with probability `rate` deleted, substituted, or followed by an inserted word (equally likely)."""
     out = []
@@ -123,10 +186,15 @@ def quality() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--documents", type=int, default=120_000)
+    parser.add_argument("--section", choices=("all", "throughput", "spill", "quality"), default="all")
     args = parser.parse_args()
     started = time.perf_counter()
-    throughput(args.documents)
-    quality()
+    if args.section in ("all", "throughput"):
+        throughput(args.documents)
+    if args.section in ("all", "spill"):
+        spilling(args.documents)
+    if args.section in ("all", "quality"):
+        quality()
     print(f"\n(total {time.perf_counter() - started:.0f} s)")
 
 

@@ -3,22 +3,32 @@
 Both filters are stateful: they remember what they kept and drop a later document that repeats it, so they run in
 one process, in input order. They never hold documents, only compact keys in a `KeyIndex` (sorted numpy runs):
 exact dedup costs 16 bytes per kept document, MinHash 16 bytes per band per kept document (224 bytes with the
-default 14 bands). Dropped documents cost nothing. docs/filters.md ("Deduplication") has the figures.
+default 14 bands). Dropped documents cost nothing. Memory is bounded by `max_index_mb` (default 512): beyond it the
+large runs go to files in `spill_dir`, memory-mapped, so inputs of any size stream through with the same decisions
+as in memory. docs/filters.md ("Deduplication") has the figures.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import shutil
+import tempfile
 import unicodedata
+import weakref
 from dataclasses import dataclass, field
-from typing import ClassVar
+from pathlib import Path
+from typing import ClassVar, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
 from .base import Filter, FilterError, FilterResult, register
 
 MISSING = np.uint64(2**64 - 1)
+DEFAULT_INDEX_MB = 512.0
+"""Memory of a dedup index by default. Runs of over a quarter of it go to disk: the first spill comes after about
+8 million exact-dedup or 570,000 MinHash documents (14 bands); memory then stays near 512 MB whatever the input."""
 PRIME = np.uint64(2**32 - 5)
 """Permutations are (a*x + b) mod PRIME on 32-bit shingle hashes: exact in uint64 since a, b, x < 2**32."""
 
@@ -48,78 +58,197 @@ def mix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-class KeyIndex:
-    """A map of uint64 keys to uint64 values for hundreds of millions of keys, at 16 bytes per key.
+class Run(NamedTuple):
+    """A sorted run of a `KeyIndex`: keys ascending, their values beside them; `path` is its file if on disk."""
 
-    New keys go into a small dict; when it holds `buffer_keys` keys it becomes a sorted numpy run, and runs of
-    similar size are merged (like a binary counter), so there are O(log n) runs and each key is copied O(log n)
-    times. Lookups binary-search every run.
+    keys: np.ndarray
+    values: np.ndarray
+    path: Path | None = None
+
+
+def merged_chunks(old: Run, new: Run, chunk_keys: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The keys and values of two sorted runs in one sorted order, a slice at a time, each slice taking at most
+    `chunk_keys` keys of each run: so that runs on disk merge in bounded memory.
+
+    Equal keys come old before new, each run's in its own order: exactly as a stable sort of old + new puts them,
+    so that a lookup, which finds the first of equal keys, finds the one added first.
+    """
+    i = j = 0
+    while i < len(old.keys) and j < len(new.keys):
+        a, b = old.keys[i:i + chunk_keys], new.keys[j:j + chunk_keys]
+        cut = min(a[-1], b[-1])
+        take_a = int(np.searchsorted(a, cut, "right"))
+        old_has_more_of_cut = i + take_a < len(old.keys) and old.keys[i + take_a] == cut
+        # New keys equal to `cut` wait until no old key equal to it is left.
+        take_b = int(np.searchsorted(b, cut, "left" if old_has_more_of_cut else "right"))
+        keys = np.concatenate((a[:take_a], b[:take_b]))
+        order = np.argsort(keys, kind="stable")
+        yield keys[order], np.concatenate((old.values[i:i + take_a], new.values[j:j + take_b]))[order]
+        i, j = i + take_a, j + take_b
+    for run, start in ((old, i), (new, j)):
+        for at in range(start, len(run.keys), chunk_keys):
+            yield run.keys[at:at + chunk_keys], run.values[at:at + chunk_keys]
+
+
+class KeyIndex:
+    """A map of uint64 keys to uint64 values for billions of keys, at 16 bytes per key, in bounded memory.
+
+    New keys go into a small dict; when it holds `buffer_keys` keys it becomes a sorted run, and runs of similar
+    size are merged (like a binary counter), so there are O(log n) runs and each key is copied O(log n) times.
+    Lookups binary-search every run.
+
+    With a `memory_budget` (bytes), a run of more than a quarter of it is written to a file in a fresh directory
+    under `spill_dir` (default: the system's temporary directory) and memory-mapped read-only, and runs merge a
+    chunk at a time. Memory then stays under about the budget however many keys there are: the runs in memory
+    hold under half of it (each is over twice the size of the next), a merge's output under a quarter, the dict
+    (at least 64 keys) an eighth. The directory is made when first needed and removed by `close`, when the index
+    is garbage-collected, or at exit.
     """
 
-    def __init__(self, buffer_keys: int = 1 << 16) -> None:
-        self.buffer_keys = buffer_keys
+    def __init__(self, buffer_keys: int = 1 << 16, memory_budget: int | None = None,
+                 spill_dir: str | os.PathLike | None = None) -> None:
+        if memory_budget is not None:
+            buffer_keys = max(64, min(buffer_keys, memory_budget // 800))
+        self.buffer_keys = max(1, buffer_keys)
+        self.memory_budget = memory_budget
+        self.spill_dir = spill_dir
         self._recent: dict[int, int] = {}
-        self._runs: list[tuple[np.ndarray, np.ndarray]] = []
+        self._runs: list[Run] = []
+        self._directory: Path | None = None
+        self._remove_directory: weakref.finalize | None = None
+        self._files = 0
 
     def __len__(self) -> int:
-        return len(self._recent) + sum(len(keys) for keys, _ in self._runs)
+        return len(self._recent) + sum(len(run.keys) for run in self._runs)
 
     @property
     def nbytes(self) -> int:
-        """Bytes held: the sorted runs exactly, the dict by a measured ~100 bytes per entry."""
-        return sum(keys.nbytes + values.nbytes for keys, values in self._runs) + 100 * len(self._recent)
+        """Bytes held in memory and on disk: the sorted runs exactly, the dict by a measured ~100 bytes per entry."""
+        return sum(run.keys.nbytes + run.values.nbytes for run in self._runs) + 100 * len(self._recent)
+
+    @property
+    def spilled_bytes(self) -> int:
+        """The part of `nbytes` in files on disk."""
+        return sum(run.keys.nbytes + run.values.nbytes for run in self._runs if run.path is not None)
 
     def get(self, keys: np.ndarray) -> np.ndarray:
-        """The value of each key, or MISSING."""
+        """The value each key was first added with, or MISSING."""
         found = np.full(len(keys), MISSING, dtype=np.uint64)
-        for run_keys, run_values in self._runs:
-            at = np.minimum(np.searchsorted(run_keys, keys), len(run_keys) - 1)
-            hit = run_keys[at] == keys
-            found[hit] = run_values[at[hit]]
         if self._recent:
             for i, key in enumerate(keys.tolist()):
                 value = self._recent.get(key)
                 if value is not None:
                     found[i] = value
+        for run in reversed(self._runs):  # newest first: the oldest value of a key is written last
+            at = np.minimum(run.keys.searchsorted(keys), len(run.keys) - 1)
+            hit = run.keys[at] == keys
+            found[hit] = run.values[at[hit]]
         return found
 
     def add(self, keys: np.ndarray, values: np.ndarray) -> None:
-        """Remember `keys`; callers add keys they did not find (a key added twice returns either value)."""
+        """Remember `keys`; callers add keys they did not find (a key added twice keeps its first value, so that
+        lookups do not depend on the buffer size, the merges or the budget)."""
         for key, value in zip(keys.tolist(), values.tolist()):
             self._recent.setdefault(key, value)
         if len(self._recent) >= self.buffer_keys:
             self._flush()
+
+    def close(self) -> None:
+        """Forget all keys and remove the spill directory now; the index is empty afterwards."""
+        self._recent, self._runs = {}, []
+        if self._remove_directory is not None:
+            self._remove_directory()
+            self._directory = self._remove_directory = None
 
     def _flush(self) -> None:
         keys = np.fromiter(self._recent.keys(), dtype=np.uint64, count=len(self._recent))
         values = np.fromiter(self._recent.values(), dtype=np.uint64, count=len(self._recent))
         self._recent = {}
         order = np.argsort(keys, kind="stable")
-        self._runs.append((keys[order], values[order]))
-        while len(self._runs) > 1 and len(self._runs[-2][0]) <= 2 * len(self._runs[-1][0]):
-            (old_keys, old_values), (new_keys, new_values) = self._runs[-2:]
-            keys, values = np.concatenate((old_keys, new_keys)), np.concatenate((old_values, new_values))
-            order = np.argsort(keys, kind="stable")
-            self._runs[-2:] = [(keys[order], values[order])]
+        self._runs.append(self._store([(keys[order], values[order])], len(keys)))
+        while len(self._runs) > 1 and len(self._runs[-2].keys) <= 2 * len(self._runs[-1].keys):
+            old, new = self._runs[-2:]
+            self._runs[-2:] = [self._store(merged_chunks(old, new, self.buffer_keys), len(old.keys) + len(new.keys))]
+            for run in (old, new):
+                if run.path is not None:
+                    run.path.unlink()
+
+    def _store(self, chunks: Iterable[tuple[np.ndarray, np.ndarray]], count: int) -> Run:
+        """A run of the `count` sorted keys and values of `chunks`: in memory, or on disk if over a quarter of the
+        budget."""
+        if self.memory_budget is not None and 16 * count > self.memory_budget // 4:
+            return self._write(chunks, count)
+        keys, values = np.empty(count, dtype=np.uint64), np.empty(count, dtype=np.uint64)
+        at = 0
+        for chunk_keys, chunk_values in chunks:
+            keys[at:at + len(chunk_keys)], values[at:at + len(chunk_keys)] = chunk_keys, chunk_values
+            at += len(chunk_keys)
+        return Run(keys, values)
+
+    def _write(self, chunks: Iterable[tuple[np.ndarray, np.ndarray]], count: int) -> Run:
+        """Write a run to a file (its keys, then its values, little-endian uint64) and memory-map it read-only.
+
+        A scratch file: written under a temporary name and renamed when complete, but not fsynced, as nothing
+        reads it after a crash.
+        """
+        directory = self._spill_directory()
+        self._files += 1
+        path = directory / f"run-{self._files:06d}.u64"
+        tmp = path.with_suffix(".tmp")
+        try:
+            with open(tmp, "wb") as f:
+                at = 0
+                for keys, values in chunks:
+                    f.seek(8 * at)
+                    f.write(np.ascontiguousarray(keys, dtype="<u8"))
+                    f.seek(8 * (count + at))
+                    f.write(np.ascontiguousarray(values, dtype="<u8"))
+                    at += len(keys)
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise FilterError(self._cannot_write(directory, exc)) from None
+        table = np.memmap(path, dtype="<u8", mode="r", shape=(2, count))
+        return Run(np.asarray(table[0]), np.asarray(table[1]), path)
+
+    def _spill_directory(self) -> Path:
+        if self._directory is None:
+            parent = Path(self.spill_dir) if self.spill_dir else Path(tempfile.gettempdir())
+            try:
+                parent.mkdir(parents=True, exist_ok=True)
+                self._directory = Path(tempfile.mkdtemp(prefix="kogitune-dedup-", dir=parent))
+            except OSError as exc:
+                raise FilterError(self._cannot_write(parent, exc)) from None
+            self._remove_directory = weakref.finalize(self, shutil.rmtree, self._directory, ignore_errors=True)
+        return self._directory
+
+    def _cannot_write(self, directory: Path, exc: OSError) -> str:
+        return (f"cannot write the dedup index to {directory} ({exc.strerror or exc}); it holds "
+                f"{self.nbytes / 1e6:.1f} MB and grows by 16 bytes per key: set spill_dir to a writable directory "
+                "with more free space, or raise max_index_mb to keep more of it in memory")
 
 
-class _BoundedIndex:
-    """Mixin: the memory check shared by both dedup filters."""
+class _SpillingIndex:
+    """Mixin: the index of both dedup filters, kept within `max_index_mb` of memory by spilling to `spill_dir`."""
 
     max_index_mb: float
+    spill_dir: str
     index: KeyIndex
-    kept: int
 
-    def _check_memory(self) -> None:
-        if self.max_index_mb and self.index.nbytes > self.max_index_mb * 1e6:
-            raise FilterError(
-                f"{self.name}: the index of {self.kept:,} kept documents needs {self.index.nbytes / 1e6:.1f} MB, "
-                f"over max_index_mb={self.max_index_mb}; raise max_index_mb, or deduplicate the input in parts")
+    def __post_init__(self) -> None:
+        if self.max_index_mb < 0:
+            raise FilterError(f"max_index_mb must be 0 (no limit: all in memory) or more, got {self.max_index_mb}")
+        budget = int(self.max_index_mb * 1e6) if self.max_index_mb else None
+        self.index = KeyIndex(memory_budget=budget, spill_dir=self.spill_dir or None)
+
+    def close(self) -> None:
+        """Remove the index's files now, rather than when the filter is garbage-collected or at exit."""
+        self.index.close()
 
 
 @register
 @dataclass
-class ExactDedup(_BoundedIndex, Filter):
+class ExactDedup(_SpillingIndex, Filter):
     """Drop a document whose normalized text (NFKC, lowercase, collapsed whitespace) was seen before.
 
     The key is a 128-bit BLAKE2b digest, so at 10**9 documents a false "duplicate" has probability ~10**-21.
@@ -129,8 +258,9 @@ class ExactDedup(_BoundedIndex, Filter):
     stateful: ClassVar[bool] = True
 
     normalize: bool = True
-    max_index_mb: float = 0.0
-    index: KeyIndex = field(init=False, repr=False, default_factory=KeyIndex)
+    max_index_mb: float = DEFAULT_INDEX_MB
+    spill_dir: str = ""
+    index: KeyIndex = field(init=False, repr=False)
     kept: int = field(init=False, default=0)
 
     def apply(self, text: str) -> FilterResult:
@@ -142,7 +272,6 @@ class ExactDedup(_BoundedIndex, Filter):
             return FilterResult(None, 1.0, "duplicate")
         self.index.add(keys, np.array([low], dtype=np.uint64))
         self.kept += 1
-        self._check_memory()
         return FilterResult(text)
 
 
@@ -210,7 +339,7 @@ class MinHasher:
 
 @register
 @dataclass
-class MinHashDedup(_BoundedIndex, Filter):
+class MinHashDedup(_SpillingIndex, Filter):
     """Drop a document whose shingles resemble an earlier kept document's: any equal LSH band means near-duplicate.
 
     With 14 bands of 8 rows, pairs of Jaccard similarity 0.8 are caught with probability 0.93, 0.7 with 0.44 and
@@ -226,12 +355,14 @@ class MinHashDedup(_BoundedIndex, Filter):
     bands: int = 14
     rows: int = 8
     seed: int = 1
-    max_index_mb: float = 0.0
+    max_index_mb: float = DEFAULT_INDEX_MB
+    spill_dir: str = ""
     hasher: MinHasher = field(init=False, repr=False)
-    index: KeyIndex = field(init=False, repr=False, default_factory=KeyIndex)
+    index: KeyIndex = field(init=False, repr=False)
     kept: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.hasher = MinHasher(self.shingle, self.ngram, self.bands, self.rows, self.seed)
 
     def apply(self, text: str) -> FilterResult:
@@ -246,5 +377,4 @@ class MinHashDedup(_BoundedIndex, Filter):
             return FilterResult(None, float((best / self.bands) ** (1 / self.rows)), "near_duplicate")
         self.index.add(keys, np.full(self.bands, self.kept, dtype=np.uint64))
         self.kept += 1
-        self._check_memory()
         return FilterResult(text)
