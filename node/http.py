@@ -3,14 +3,20 @@
 Mirrors serve large static files, so a fetch needs no connection pool, no cookies and no content decoding. What it
 needs is little CPU per byte: httpx reads 64 KiB at a time and cost 4 times the CPU of this client on loopback
 (scripts/bench_fetch.py), which made hashing plus receiving CPU-bound. Every read is bounded by `timeout`.
+
+Like httpx, it goes through the proxies that http_proxy / https_proxy name (as urllib reads them), except to the
+hosts no_proxy lists: an http:// request goes to the proxy with its absolute URL, an https:// one through a CONNECT
+tunnel so that TLS stays end to end. Only http:// proxies, with Basic credentials from the proxy URL if any.
 """
 
 from __future__ import annotations
 
+import base64
 import ssl
+import urllib.request
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import h11
 import trio
@@ -20,7 +26,10 @@ from .errors import SourceError
 READ_BYTES = 1 << 20
 MAX_HEAD_BYTES = 64 << 10
 MAX_REDIRECTS = 5
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 USER_AGENT = "kogitune"
+# Everything printable in ASCII but space stays as it is in a request target; the rest is percent-encoded (UTF-8).
+TARGET_SAFE = "".join(map(chr, range(0x21, 0x7F)))
 
 
 @dataclass
@@ -31,6 +40,16 @@ class Response:
     status: int
     headers: dict[str, str]
     body: _Body
+
+
+@dataclass
+class _Proxy:
+    """An http:// proxy from the environment; `name` (host:port) leaves its credentials out of error messages."""
+
+    name: str
+    host: str
+    port: int
+    fields: list[tuple[str, str]]
 
 
 class HttpClient:
@@ -44,18 +63,18 @@ class HttpClient:
     async def get(self, url: str, headers: dict[str, str] | None = None):
         """Yields the `Response` of the first non-redirect answer; the connection closes when the block ends."""
         for _ in range(MAX_REDIRECTS + 1):
-            stream = await self._connect(url)
+            stream, target, proxy = await self._open(url)
             try:
                 connection = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
-                await self._send(stream, connection, url, headers or {})
-                head = await _next_event(stream, connection, url, self.timeout)
-                while isinstance(head, h11.InformationalResponse):
-                    head = await _next_event(stream, connection, url, self.timeout)
-                if not isinstance(head, h11.Response):
-                    raise SourceError(f"{url}: connection closed before the response")
+                request_fields = [("Host", urlsplit(url).netloc.rpartition("@")[2]), ("User-Agent", USER_AGENT),
+                                  ("Connection", "close"), *(proxy.fields if proxy else []), *(headers or {}).items()]
+                await _send(stream, connection, "GET", target, request_fields, url, self.timeout)
+                head = await _response_head(stream, connection, url, self.timeout)
                 fields = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in head.headers}
-                if head.status_code in (301, 302, 303, 307, 308) and "location" in fields:
-                    url = urljoin(url, fields["location"])
+                if proxy and head.status_code == 407:
+                    raise SourceError(f"{url}: proxy {proxy.name} wants credentials: HTTP 407")
+                if head.status_code in REDIRECT_STATUSES and "location" in fields:
+                    url = _join(url, fields["location"].encode("latin-1"))
                     continue
                 yield Response(url, head.status_code, fields, _Body(stream, connection, url, self.timeout))
                 return
@@ -63,35 +82,63 @@ class HttpClient:
                 await trio.aclose_forcefully(stream)
         raise SourceError(f"{url}: more than {MAX_REDIRECTS} redirects")
 
-    async def _connect(self, url: str) -> trio.abc.Stream:
-        parts = urlsplit(url)
+    async def _open(self, url: str) -> tuple[trio.abc.Stream, str, _Proxy | None]:
+        """A stream ready for the GET of `url`, the request target, and the proxy when the request goes to one."""
+        try:
+            parts = urlsplit(url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError as exc:
+            raise SourceError(f"{url}: not a valid URL: {exc}") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise SourceError(f"{url}: not an http:// or https:// URL")
+        target = quote((parts.path or "/") + (f"?{parts.query}" if parts.query else ""), safe=TARGET_SAFE)
+        proxy = _proxy_for(url, parts.scheme, parts.hostname)
+        if proxy is None:
+            stream = await self._tcp(url, parts.hostname, port)
+        else:
+            stream = await self._tcp(url, proxy.host, proxy.port, f" to proxy {proxy.name}")
+        if parts.scheme == "http":
+            if proxy is not None:
+                target = f"http://{parts.netloc.rpartition('@')[2]}{target}"
+            return stream, target, proxy
         try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            with trio.fail_after(self.timeout):
-                if parts.scheme == "https":
-                    if self._tls is None:
-                        self._tls = ssl.create_default_context()
-                    return await trio.open_ssl_over_tcp_stream(parts.hostname, port, ssl_context=self._tls,
-                                                               https_compatible=True)
-                return await trio.open_tcp_stream(parts.hostname, port)
-        except (OSError, ValueError, trio.TooSlowError) as exc:
-            raise SourceError(f"{url}: cannot connect: {type(exc).__name__} {exc}".rstrip()) from None
+            if proxy is not None:
+                await self._tunnel(stream, proxy, _authority(parts.hostname, port), url)
+            return await self._handshake(stream, parts.hostname, url), target, None
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
 
-    async def _send(self, stream: trio.abc.Stream, connection: h11.Connection, url: str,
-                    headers: dict[str, str]) -> None:
-        parts = urlsplit(url)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        fields = [("Host", parts.netloc.rpartition("@")[2]), ("User-Agent", USER_AGENT), ("Connection", "close"),
-                  *headers.items()]
-        data = connection.send(h11.Request(method="GET", target=target, headers=fields))
-        data += connection.send(h11.EndOfMessage())
+    async def _tcp(self, url: str, host: str, port: int, to: str = "") -> trio.abc.Stream:
         try:
             with trio.fail_after(self.timeout):
-                await stream.send_all(data)
-        except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
-            raise SourceError(f"{url}: sending the request failed: {type(exc).__name__} {exc}".rstrip()) from None
+                return await trio.open_tcp_stream(host, port)
+        except (OSError, ValueError, trio.TooSlowError) as exc:
+            raise SourceError(f"{url}: cannot connect{to}: {_why(exc)}") from None
+
+    async def _tunnel(self, stream: trio.abc.Stream, proxy: _Proxy, authority: str, url: str) -> None:
+        """Ask the proxy for a TCP connection to `authority` (CONNECT), over which TLS then runs end to end."""
+        connection = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
+        await _send(stream, connection, "CONNECT", authority, [("Host", authority), *proxy.fields], url, self.timeout)
+        head = await _response_head(stream, connection, url, self.timeout)
+        if not 200 <= head.status_code < 300:
+            raise SourceError(f"{url}: proxy {proxy.name} refused CONNECT {authority}: HTTP {head.status_code}")
+        if connection.trailing_data[0]:
+            raise SourceError(f"{url}: proxy {proxy.name} sent bytes of its own into the tunnel")
+
+    async def _handshake(self, stream: trio.abc.Stream, host: str, url: str) -> trio.SSLStream:
+        """TLS over `stream`, checked against the system's CAs (or SSL_CERT_FILE / SSL_CERT_DIR) and `host`."""
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        tls = trio.SSLStream(stream, self._tls, server_hostname=host, https_compatible=True)
+        try:
+            with trio.fail_after(self.timeout):
+                await tls.do_handshake()
+        except trio.TooSlowError:
+            raise SourceError(f"{url}: no TLS handshake within {self.timeout:g} s") from None
+        except trio.BrokenResourceError as exc:
+            raise SourceError(f"{url}: TLS handshake failed: {_why(exc)}") from None
+        return tls
 
 
 class _Body:
@@ -113,6 +160,69 @@ class _Body:
         raise StopAsyncIteration
 
 
+def _proxy_for(url: str, scheme: str, host: str) -> _Proxy | None:
+    """The proxy the environment names for `scheme`, unless no_proxy lists `host`."""
+    address = urllib.request.getproxies().get(scheme)
+    if not address or urllib.request.proxy_bypass(host):
+        return None
+    proxy = urlsplit(address if "://" in address else f"http://{address}")
+    try:
+        port = proxy.port or 80
+    except ValueError:
+        port = 0
+    if proxy.scheme != "http" or not proxy.hostname or not port:
+        raise SourceError(f"{url}: the {scheme}_proxy setting is not an http://host:port proxy URL")
+    fields = []
+    if proxy.username is not None:
+        credentials = f"{unquote(proxy.username)}:{unquote(proxy.password or '')}".encode()
+        fields.append(("Proxy-Authorization", f"Basic {base64.b64encode(credentials).decode()}"))
+    return _Proxy(_authority(proxy.hostname, port), proxy.hostname, port, fields)
+
+
+def _authority(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _join(url: str, location: bytes) -> str:
+    """Where a redirect from `url` leads, bytes beyond printable ASCII percent-encoded as they came; a Location
+    that does not parse is the server's fault."""
+    try:
+        return urljoin(url, quote(location, safe=TARGET_SAFE))
+    except ValueError:
+        raise SourceError(f"{url}: redirect to an invalid URL {location!r}") from None
+
+
+def _why(exc: BaseException) -> str:
+    """The exception's class and message; for a broken trio stream, those of the OSError or SSLError behind it."""
+    if isinstance(exc, trio.BrokenResourceError) and exc.__cause__:
+        exc = exc.__cause__
+    return f"{type(exc).__name__} {exc}".rstrip()
+
+
+async def _send(stream: trio.abc.Stream, connection: h11.Connection, method: str, target: str,
+                fields: list[tuple[str, str]], url: str, timeout: float) -> None:
+    """Send a request without a body; one that h11 refuses to write (say, a non-ASCII host) is the URL's fault."""
+    try:
+        data = connection.send(h11.Request(method=method, target=target, headers=fields))
+        data += connection.send(h11.EndOfMessage())
+    except (h11.LocalProtocolError, ValueError) as exc:
+        raise SourceError(f"{url}: cannot be requested: {exc}") from None
+    try:
+        with trio.fail_after(timeout):
+            await stream.send_all(data)
+    except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+        raise SourceError(f"{url}: sending the request failed: {_why(exc)}") from None
+
+
+async def _response_head(stream: trio.abc.Stream, connection: h11.Connection, url: str,
+                         timeout: float) -> h11.Response:
+    """The final response head, after any 1xx ones."""
+    head = await _next_event(stream, connection, url, timeout)
+    while isinstance(head, h11.InformationalResponse):
+        head = await _next_event(stream, connection, url, timeout)
+    return head
+
+
 async def _next_event(stream: trio.abc.Stream, connection: h11.Connection, url: str, timeout: float):
     """The next h11 event, reading as needed; any failure becomes a SourceError naming the URL."""
     while True:
@@ -122,10 +232,12 @@ async def _next_event(stream: trio.abc.Stream, connection: h11.Connection, url: 
                 return event
             with trio.fail_after(timeout):
                 data = await stream.receive_some(READ_BYTES)
+            if not data and connection.their_state is h11.SEND_RESPONSE:
+                raise SourceError(f"{url}: connection closed before the response")
             connection.receive_data(data)
         except h11.RemoteProtocolError as exc:
             raise SourceError(f"{url}: not valid HTTP/1.1: {exc}") from None
         except trio.TooSlowError:
             raise SourceError(f"{url}: no data for {timeout:g} s") from None
         except (OSError, trio.BrokenResourceError) as exc:
-            raise SourceError(f"{url}: {type(exc).__name__} while reading {exc}".rstrip()) from None
+            raise SourceError(f"{url}: reading failed: {_why(exc)}") from None
