@@ -36,6 +36,9 @@ CONNECT_TIMEOUT = 10.0
 LOOKUP_TIMEOUT = 30.0
 RECONNECT_CHECK = 60.0
 MANIFEST_ATTEMPTS = 3
+LATE_PROVIDER_SECONDS = 0.5
+"""Once one provider is connected, how much longer the others may take: a stale provider record (a node that
+left) must not hold up the open for a whole connect timeout."""
 PREFETCH_SHARDS = 2
 
 
@@ -263,16 +266,20 @@ class Node:
                              " connected peer(s)); is a node that holds it running and bootstrapped?")
         reachable, errors = [], []
 
-        async def connect(info) -> None:
+        async def connect(info, dialing: trio.CancelScope) -> None:
             try:
                 await self.connect(info)
-                reachable.append(info.peer_id)
             except Exception as exc:
                 errors.append(f"{info.peer_id}: cannot connect ({type(exc).__name__})")
+                return
+            reachable.append(info.peer_id)
+            dialing.deadline = min(dialing.deadline, trio.current_time() + LATE_PROVIDER_SECONDS)
 
         async with trio.open_nursery() as nursery:
             for info in providers:
-                nursery.start_soon(connect, info)
+                nursery.start_soon(connect, info, nursery.cancel_scope)
+        if len(reachable) + len(errors) < len(providers):
+            errors.append(f"{len(providers) - len(reachable) - len(errors)} provider(s) too slow to connect")
         signed = await self._first_valid_manifest(dataset_id, reachable, trusted, errors)
         if signed is None:
             raise FetchError(f"no provider of {dataset_id} gave a valid manifest: {'; '.join(errors)}")
