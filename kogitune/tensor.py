@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from .files import write_atomic
 
 MANIFEST_FILE = "manifest.json"
 MARKS_FILE = ".kogitune-verified"
+log = logging.getLogger("kogitune.tensor")
 
 
 @dataclass(frozen=True)
@@ -81,19 +83,32 @@ class DataTensor:
         array = self._arrays.get(index)
         if array is None:
             shard = self.shards[index]
-            if self.remote is not None and not (self.path / shard.tokens_path).exists():
+            fetched = self.remote is not None and not (self.path / shard.tokens_path).exists()
+            if fetched:
                 self.remote.ensure(self.manifest, index)
             if self.store is not None:
                 self.store.touch(self.path, shard.name)
-            if not self._is_marked(shard):
+            if not fetched and not self._is_marked(shard):
                 problems = self.verify_shard(shard)
-                if problems:
+                if problems and self.remote is not None:
+                    self._fetch_again(shard, index, problems[0])
+                elif problems:
                     raise IntegrityError(f"{self.path}: {problems[0]}; the tensor is damaged: "
                                          "run `kogitune verify` for all problems, then store or fetch it again")
-                record_verified(self.path, self.manifest, [shard])
+                else:
+                    record_verified(self.path, self.manifest, [shard])
             array = np.memmap(self.path / shard.tokens_path, dtype=self._dtype, mode="r")
             self._arrays[index] = array
         return array
+
+    def _fetch_again(self, shard: ShardInfo, index: int, problem: Problem) -> None:
+        """A fetched shard that fails its check (e.g. the machine crashed before the fetcher's fsync) is a cache
+        miss, not a damaged dataset: remove its files and fetch it again, checked piece by piece."""
+        log.warning("%s: %s; fetching shard %s again", self.path, problem, shard.name)
+        forget_verified(self.path, [shard])
+        for name in (shard.tokens_path, shard.pieces_path, shard.docs_path):
+            (self.path / name).unlink(missing_ok=True)
+        self.remote.ensure(self.manifest, index)
 
     def prefetch(self, indexes) -> None:
         """Start fetching these shards in the background if they are missing (no-op for local tensors)."""
@@ -184,17 +199,21 @@ class DataTensor:
     def _is_marked(self, shard: ShardInfo) -> bool:
         marks = _read_marks(self.path)
         return marks.get("dataset_id") == self.dataset_id and marks.get("shards", {}).get(shard.name) == \
-            _file_signature(self.path, shard)
+            file_signature(self.path, shard)
 
 
-def record_verified(directory: Path, manifest: Manifest, shards) -> None:
-    """Remember that `shards` passed verification as their files are now (best effort: read-only dirs skip it)."""
+def record_verified(directory: Path, manifest: Manifest, shards, checked_as: list | None = None) -> None:
+    """Remember that `shards` passed verification as their files are now (best effort: read-only dirs skip it).
+    With `checked_as` (the `file_signature` of the one shard when it was checked), only if its files are unchanged."""
     with _marks_locked(directory):
         marks = _read_marks(directory)
         if marks.get("dataset_id") != manifest.dataset_id:
             marks = {"dataset_id": manifest.dataset_id, "shards": {}}
         for shard in shards:
-            marks["shards"][shard.name] = _file_signature(directory, shard)
+            signature = file_signature(directory, shard)
+            if checked_as is not None and signature != checked_as:
+                return
+            marks["shards"][shard.name] = signature
         _write_marks(directory, marks)
 
 
@@ -236,7 +255,8 @@ def _read_marks(directory: Path) -> dict:
     return marks if isinstance(marks, dict) and isinstance(marks.get("shards"), dict) else {}
 
 
-def _file_signature(directory: Path, shard: ShardInfo) -> list | None:
+def file_signature(directory: Path, shard: ShardInfo) -> list | None:
+    """(size, mtime, inode) of the shard's three files: any change to them changes it."""
     signature = []
     for name in (shard.tokens_path, shard.pieces_path, shard.docs_path):
         try:

@@ -301,7 +301,7 @@ class Node:
             self._fetching[key] = trio.Event()
             try:
                 fetch = ShardFetch(opened.directory, opened.signed.manifest, shard, opened.pool)
-                await fetch.run()
+                await self.nursery.start(fetch.run)
                 self.bytes_fetched += sum(fetch.bytes_by_source.values())
             finally:
                 self._fetching.pop(key).set()

@@ -163,7 +163,7 @@ class EmbeddedNode:
         event = self._in_flight[target] = trio.Event()
         try:
             async with self._limiter:
-                await ShardFetch(directory, manifest, shard, self._pool(urls)).run()
+                await self._nursery.start(ShardFetch(directory, manifest, shard, self._pool(urls)).run)
         finally:
             del self._in_flight[target]
             event.set()

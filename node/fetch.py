@@ -13,7 +13,8 @@ wrong byte on disk:
   source delays nothing: the first verified copy wins.
 
 Verified pieces are written in place into `<shard>.tokens.partial`; a later fetch re-hashes that file and keeps
-every piece that matches, so an interrupted download resumes. The finished file is fsynced and renamed.
+every piece that matches, so an interrupted download resumes. The finished file is renamed into place, then
+fsynced and recorded as verified.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 import trio
 
 from kogitune.files import write_atomic
-from kogitune.tensor import record_verified
+from kogitune.tensor import file_signature, record_verified
 from kogitune.protocol.errors import IntegrityError
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, ShardInfo, parse_manifest
 from kogitune.protocol.pieces import check_pieces_file, piece_digests
@@ -223,14 +224,19 @@ class ShardFetch:
         self._progress = trio.Event()
         self._spare: list[bytearray] = []
         self._nursery: trio.Nursery | None = None
+        self._installed_as: list | None = None
 
     @property
     def target(self) -> Path:
         return self.directory / self.shard.tokens_path
 
-    async def run(self) -> None:
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Fetch the shard and put it in place; with `nursery.start(fetch.run)`, the caller goes on as soon as the
+        shard is usable (every piece checked, files renamed into place) while this task makes it durable (fsync)
+        and only then records it as verified: after a crash before that, the next open re-checks it."""
         async with self._locked():
             if self.target.exists():
+                task_status.started()
                 return
             started = trio.current_time()
             self.expected = await fetch_small_file(
@@ -243,21 +249,39 @@ class ShardFetch:
             try:
                 await trio.to_thread.run_sync(self._resume)
                 await self._download()
-                await trio.to_thread.run_sync(os.fsync, self._fd)
+                await trio.to_thread.run_sync(self._install, partial, docs)
+                seconds = trio.current_time() - started
+                sources = ", ".join(f"{name} {count / 2**20:.1f} MiB" for name, count in self.bytes_by_source.items())
+                log.info("fetched shard %s (%.1f MiB) in %.2f s from %s", self.shard.name, self.shard.size / 2**20,
+                         seconds, sources or "the partial file")
+                task_status.started()
+                await trio.to_thread.run_sync(self._make_durable)
             finally:
                 os.close(self._fd)
-            await trio.to_thread.run_sync(self._install, partial, docs)
-            seconds = trio.current_time() - started
-            sources = ", ".join(f"{name} {count / 2**20:.1f} MiB" for name, count in self.bytes_by_source.items())
-            log.info("fetched shard %s (%.1f MiB) in %.2f s from %s", self.shard.name, self.shard.size / 2**20,
-                     seconds, sources or "the partial file")
 
     def _install(self, partial: Path, docs: bytes) -> None:
-        """Put the checked shard in place (on a thread: fsyncs must not stall the other fetches)."""
-        write_atomic(self.directory / self.shard.pieces_path, self.expected)
-        write_atomic(self.directory / self.shard.docs_path, docs)
+        """Put the checked shard in place, the tokens file last (its presence means complete)."""
+        write_atomic(self.directory / self.shard.pieces_path, self.expected, durable=False)
+        write_atomic(self.directory / self.shard.docs_path, docs, durable=False)
         os.replace(partial, self.target)
-        record_verified(self.directory, self.manifest, [self.shard])
+        self._installed_as = file_signature(self.directory, self.shard)
+
+    def _make_durable(self) -> None:
+        """fsync the shard's files and directory, then record the shard as verified if its files are still as
+        installed (on a thread: fsyncs take as long as the disk needs, and must not stall other fetches). Failing
+        here loses only the record."""
+        try:
+            os.fsync(self._fd)
+            for name in (self.shard.pieces_path, self.shard.docs_path, "shards"):
+                fd = os.open(self.directory / name, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            record_verified(self.directory, self.manifest, [self.shard], checked_as=self._installed_as)
+        except OSError as exc:
+            log.warning("shard %s is in place but could not be synced to disk (%s); it will be re-checked on open",
+                        self.shard.name, exc)
 
     def _valid_pieces(self, data: bytes) -> bool:
         try:

@@ -100,6 +100,25 @@ def test_partial_shard_resumes(served, tmp_path):
     assert not partial.exists()
 
 
+def test_a_cached_shard_damaged_before_it_was_synced_is_fetched_again(served, tmp_path):
+    """As after a crash between the fetcher's rename and its fsync: the shard's files are in place, the tokens
+    zeroed, with no verification record. Opening it finds that and fetches it again, instead of failing or using it."""
+    content = ContentStore(tmp_path)
+    shard = served.shards[1]
+    original = (served.path / shard.tokens_path).read_bytes()
+    with mirrors(served.path, "ok") as urls:
+        tensor = open_mirrors(urls, content)
+        (tensor.path / "shards").mkdir(exist_ok=True)
+        for name in (shard.pieces_path, shard.docs_path):
+            (tensor.path / name).write_bytes((served.path / name).read_bytes())
+        (tensor.path / shard.tokens_path).write_bytes(b"\0" * len(original))
+        tokens = tensor.shard_tokens(1)
+        fetched = embedded_node().source_bytes(urls)[urls[0]]
+    assert bytes(tokens) == original
+    assert (tensor.path / shard.tokens_path).read_bytes() == original
+    assert fetched == len(original)
+
+
 def test_cache_evicts_least_recently_used_unpinned_shards(served, tmp_path):
     """gc keeps the store under its limit, oldest-used shards first, never a pinned dataset's; an evicted shard
     is fetched again when needed."""
