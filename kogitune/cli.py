@@ -270,7 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("--piece-size", type=int, default=1024,
                        help="piece size in KiB, a power of two from 64 to 16384: the unit hashed, fetched and "
                             "verified (default: 1024)")
-    store.add_argument("--workers", type=int, default=0, help="tokenizer processes (default: all cores)")
+    store.add_argument("--workers", type=int, default=0,
+                       help="0 (default): all cores, on the Rust tokenizer's threads in this process, or in one "
+                            "process per core with --filters (Python) or TOKENIZERS_PARALLELISM=false; 1: in this "
+                            "process, on the Rust tokenizer's threads; N: in N processes. The output does not "
+                            "depend on it")
     store.add_argument("--skip-bad-lines", action="store_true",
                        help="skip and count malformed lines and empty files instead of stopping")
     store.add_argument("--overwrite", action="store_true", help="store again even if the output exists")

@@ -1,9 +1,9 @@
 """`kogitune store`: tokenize JSONL text into a data tensor (docs/format.md).
 
-Input is streamed in batches of lines; worker processes parse and tokenize them; the main process writes the
-results in input order, so the output (and its dataset ID) does not depend on the number of workers. Everything
-is written into `<output>.partial` and renamed to `<output>` only once complete: an interrupted store leaves no
-tensor that looks complete, and running it again starts that output afresh.
+Input is streamed in batches of lines, parsed and tokenized in this process (on the Rust tokenizer's threads) or
+in worker processes, and written in input order, so the output (and its dataset ID) does not depend on how it ran.
+Everything is written into `<output>.partial` and renamed to `<output>` only once complete: an interrupted store
+leaves no tensor that looks complete, and running it again starts that output afresh.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import io
 import json
 import os
 import shutil
+import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import chain
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -36,7 +36,12 @@ from .tensor import MANIFEST_FILE, DataTensor, record_verified
 from .tokenizer import DEFAULT_TOKENIZER, Tokenizer, load_tokenizer, tokenizer_from_json
 
 BATCH_BYTES = 1 << 20
+ENCODER_THREADS = 2
+"""Threads that call the Rust encoder in the in-process pipeline; Rust shares all cores between their batches."""
+IN_FLIGHT = 6
+"""Batches in flight in the in-process pipeline: being encoded, or parsed and waiting for an encoder."""
 DTYPES_NP = {name: np.dtype(f"<u{size}") for name, size in DTYPES.items()}
+_STRUCT_CODES = {2: "H", 4: "I"}
 _INPUT_SUFFIXES = (".gz", ".zst", ".jsonl", ".json", ".ndjson")
 
 
@@ -47,6 +52,7 @@ class StoreOptions:
     shard_size: int = 32 << 20
     piece_size: int = 1 << 20
     workers: int = 0
+    """0: all cores (see `worker_processes`); 1: this process, on the Rust tokenizer's threads; N: N processes."""
     skip_bad_lines: bool = False
     overwrite: bool = False
     perturb: PerturbSpec | None = None
@@ -177,8 +183,10 @@ def _write_tensor(paths: list[Path], tok: Tokenizer, directory: Path, options: S
     perturber = Perturber(options.perturb, tok.vocab_size) if options.perturb else None
     report = StoreReport(directory, "")
     with tqdm(total=sum(p.stat().st_size for p in paths), unit="B", unit_scale=True, desc="store",
-              disable=None if progress else True) as bar:
-        for batch, result in _tokenize_in_order(reader.batches(), tok, dtype, options):
+              disable=None if progress else True) as bar, ThreadPoolExecutor(1) as aside:
+        for number, (batch, result) in enumerate(_tokenize_in_order(reader.batches(), tok, dtype, options)):
+            if number == 0:  # the manifest's fingerprint, hashed while Rust encodes rather than after the last batch
+                aside.submit(getattr, tok, "fingerprint")
             tokens, lengths, bad, empty, text_bytes, filtered = result
             if bad and not options.skip_bad_lines:
                 line, reason = bad[0]
@@ -343,35 +351,63 @@ class _ZstdReader(io.RawIOBase):
         return size
 
 
-def _tokenize_in_order(batches: Iterator[Batch], tok: Tokenizer, dtype: str, options: StoreOptions):
-    """Yield (batch, result) in input order, with at most 2 batches per worker in flight (bounded memory).
+def worker_processes(options: StoreOptions) -> int:
+    """How many processes tokenize; 0 means this process, on the Rust tokenizer's own threads (all cores).
 
-    One worker tokenizes in this process, on the Rust tokenizer's own threads (all cores), from two Python threads:
-    while one waits for Rust (which releases the GIL), the other parses JSON and packs ids. Run one after the other,
-    that Python work left the Rust threads idle (on 2 cores, 40 MB: 0.81x of raw `encode_batch_fast` speed instead
-    of 0.86x; docs/benchmarks.md).
+    The default (workers=0) uses all cores either way: in this process, unless filters run (Python, which holds the
+    GIL for every text) or Rust parallelism is off (TOKENIZERS_PARALLELISM=false, which loading a transformers
+    tokenizer sets); then in one process per core. With no filters, this process is the faster: no spawn, no
+    per-worker imports, no pickled batches (on 2 cores, docs/benchmarks.md).
     """
+    if options.workers == 0 and options.filters is None and _rust_parallelism():
+        return 0
     workers = options.workers or os.cpu_count() or 1
-    if workers == 1:
+    return 0 if workers == 1 else workers
+
+
+def _rust_parallelism() -> bool:
+    """Whether `tokenizers` encodes a batch on all cores: as it reads TOKENIZERS_PARALLELISM (utils/parallelism.rs)."""
+    value = os.environ.get("TOKENIZERS_PARALLELISM")
+    return value is None or value.lower() not in ("", "off", "false", "f", "no", "n", "0")
+
+
+def _tokenize_in_order(batches: Iterator[Batch], tok: Tokenizer, dtype: str, options: StoreOptions):
+    """Yield (batch, result of `tokenize_lines`) in input order, with a bounded number of batches in flight."""
+    processes = worker_processes(options)
+    if not processes:
         pipeline = _stateless_pipeline(options.filters) if options.filters is not None else None
-
-        def tokenize(batch: Batch):
-            return tokenize_lines(tok, batch.lines, batch.first_line, options.text_key, dtype, pipeline)
-
-        yield from _in_order_on_threads(batches, tokenize)
+        yield from _tokenize_here(batches, tok, dtype, options.text_key, pipeline)
         return
     jobs = ((batch, (batch.lines, batch.first_line, options.text_key, dtype)) for batch in batches)
-    yield from ordered_map(_tokenize_in_worker, jobs, workers, _init_worker,
+    yield from ordered_map(_tokenize_in_worker, jobs, processes, _init_worker,
                            (tok.name, tok.to_json(), tok.eos_id, options.filters))
 
 
-def _in_order_on_threads(batches: Iterator[Batch], fn, threads: int = 2):
-    """Yield (batch, fn(batch)) in input order, computed on `threads` threads with 2 batches per thread in flight."""
-    pool = ThreadPoolExecutor(threads, thread_name_prefix="kogitune-tokenize")
+def _tokenize_here(batches: Iterator[Batch], tok: Tokenizer, dtype: str, text_key: str, pipeline):
+    """`tokenize_lines` in this process, as a pipeline that keeps the Rust encoder busy: two threads only call the
+    encoder, which shares all cores between their batches; this thread reads, parses JSON (and runs filters) ahead
+    of them, turns the encodings into packed ids, and writes.
+
+    Rust releases the GIL while it encodes; Python work on an encoder's thread leaves the cores idle. Before, two
+    threads each parsed, encoded and packed a batch: their encoder calls shared the cores, ended together, and then
+    both threads ran Python, one at a time. One encoder thread leaves a core idle at the end of each call, while the
+    batch's last documents are encoded; a separate parsing thread only added GIL hand-offs (docs/benchmarks.md).
+    """
+    encoder = ThreadPoolExecutor(ENCODER_THREADS, thread_name_prefix="kogitune-encode")
+
+    def parsed():
+        for batch in batches:
+            texts, *counts = parse_lines(batch.lines, batch.first_line, text_key, pipeline)
+            yield batch, (texts, counts)
+
+    def encode(texts: list[str], counts: list):
+        return tok.encodings(texts), counts
+
     try:
-        yield from in_order(pool, fn, ((batch, (batch,)) for batch in batches), 2 * threads)
+        for batch, (encodings, counts) in in_order(encoder, encode, parsed(), IN_FLIGHT):
+            yield batch, (*pack_documents(encodings, tok.eos_id, dtype), *counts)
     finally:
-        pool.shutdown(cancel_futures=True)
+        encoder.shutdown(cancel_futures=True)
 
 
 _worker_tokenizer: Tokenizer | None = None
@@ -396,6 +432,13 @@ def tokenize_lines(tok: Tokenizer, lines: list[bytes], first_line: int, text_key
     UTF-8 bytes of text, documents dropped by filters); plain bytes, so that results cross process boundaries
     cheaply.
     """
+    texts, *counts = parse_lines(lines, first_line, text_key, pipeline)
+    return (*pack_documents(tok.encodings(texts), tok.eos_id, dtype), *counts)
+
+
+def parse_lines(lines: list[bytes], first_line: int, text_key: str, pipeline=None):
+    """(texts to tokenize, [(line, reason) of bad lines], empty documents, UTF-8 bytes of text, documents dropped
+    by the filter `pipeline`) of JSONL lines."""
     texts, bad, empty, text_bytes, filtered = [], [], 0, 0, 0
     for number, line in enumerate(lines, first_line):
         if not line.strip():
@@ -413,12 +456,20 @@ def tokenize_lines(tok: Tokenizer, lines: list[bytes], first_line: int, text_key
                     filtered += 1
                     continue
             texts.append(text)
-    ids = tok.encode_batch(texts) if texts else []
-    eos = (tok.eos_id,)
-    lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
-    tokens = np.fromiter(chain.from_iterable(chain(x, eos) for x in ids), dtype=DTYPES_NP[dtype],
-                         count=int(lengths.sum()))
-    return tokens.tobytes(), lengths.tobytes(), bad, empty, text_bytes, filtered
+    return texts, bad, empty, text_bytes, filtered
+
+
+def pack_documents(encodings: list, eos_id: int, dtype: str) -> tuple[bytes, bytes]:
+    """(the token ids of `encodings`, each followed by EOS, as `dtype` bytes; their lengths with EOS as int64 bytes).
+
+    `struct` turns each document's ids (a Python list) straight into little-endian bytes: the fastest way tried,
+    25% less CPU than filling a numpy array; and only one document's ids are Python ints at a time, whereas holding
+    a whole batch's took fresh pages from the OS for every batch (docs/benchmarks.md).
+    """
+    code = _STRUCT_CODES[DTYPES[dtype]]
+    lengths = [len(encoding) + 1 for encoding in encodings]
+    tokens = b"".join([struct.pack(f"<{n}{code}", *encoding.ids, eos_id) for encoding, n in zip(encodings, lengths)])
+    return tokens, np.array(lengths, np.int64).tobytes()
 
 
 def _text_of(line: bytes, key: str) -> tuple[str, str]:

@@ -49,8 +49,15 @@ class Tokenizer:
         return f"{short_name(self.name)}-{self.fingerprint[:4]}"
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.encodings(texts)]
+
+    def encodings(self, texts: list[str]) -> list:
+        """The Rust encodings of `texts`, without special tokens. Rust releases the GIL only while it encodes;
+        reading `.ids` (Python lists) holds it, so a pipeline may do that on another thread while Rust encodes."""
+        if not texts:
+            return []
         encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
-        return [e.ids for e in encode(texts, add_special_tokens=False)]
+        return encode(texts, add_special_tokens=False)
 
     def decode(self, ids) -> str:
         return self.backend.decode([int(i) for i in ids], skip_special_tokens=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -14,7 +15,8 @@ import zstandard
 from conftest import (BLOCK, EOS_TEXT, OPTIONS, SHARD, expected_tokens, file_states, json_line,
                       store_quietly, stored_tokens, write_lines, write_texts)
 from kogitune.errors import BadInputError, KogituneError, TensorError
-from kogitune.store import BATCH_BYTES, InputReader, StoreOptions
+from kogitune.store import (BATCH_BYTES, DTYPES_NP, InputReader, StoreOptions, pack_documents,
+                            worker_processes)
 from kogitune.tensor import MANIFEST_FILE, DataTensor
 
 SMALL = StoreOptions(block_size=64, shard_size=64 << 10, workers=1)
@@ -146,21 +148,46 @@ def test_same_input_same_id_in_another_directory(small_corpus, small_tensor_path
         assert (again.path / name).read_bytes() == (small_tensor_path / name).read_bytes(), name
 
 
-def test_worker_processes_give_the_same_tensor(tmp_path, small_texts, gpt2):
-    """Two spawned tokenizer processes give the same tensor as one in-process tokenizer, over three input
-    batches holding text (so that results arriving out of order would show). Blank lines (1 MiB of them, cheap
-    to tokenize) fill the batches."""
+def test_every_way_of_tokenizing_gives_the_same_tensor(tmp_path, small_texts, gpt2):
+    """The default (in this process), one worker (the same) and two spawned tokenizer processes give the same tensor,
+    over three input batches holding text (so that results arriving out of order would show). Blank lines (1 MiB of
+    them, cheap to tokenize) fill the batches."""
     blanks = [b" " * 1023] * (BATCH_BYTES // 1024)
     lines = [json_line(t) for t in small_texts]
     corpus = write_lines(tmp_path / "padded.jsonl", lines[:15] + blanks + lines[15:30] + blanks + lines[30:])
     assert len(list(InputReader([corpus], skip_bad_lines=False).batches())) == 3
     options = StoreOptions(block_size=BLOCK, shard_size=256 << 10, piece_size=64 << 10)
-    one = store_quietly(corpus, tmp_path / "one", replace(options, workers=1))
-    two = store_quietly(corpus, tmp_path / "two", replace(options, workers=2))
-    assert one.dataset_id == two.dataset_id
-    assert (one.path / MANIFEST_FILE).read_bytes() == (two.path / MANIFEST_FILE).read_bytes()
-    assert DataTensor(two.path).verify() == []
-    np.testing.assert_array_equal(DataTensor(two.path).tokens(), expected_tokens(gpt2, small_texts))
+    reports = [store_quietly(corpus, tmp_path / str(w), replace(options, workers=w)) for w in (0, 1, 2)]
+    manifests = {(report.path / MANIFEST_FILE).read_bytes() for report in reports}
+    assert len({report.dataset_id for report in reports}) == 1 and len(manifests) == 1
+    assert DataTensor(reports[2].path).verify() == []
+    np.testing.assert_array_equal(DataTensor(reports[0].path).tokens(), expected_tokens(gpt2, small_texts))
+
+
+def test_default_tokenizes_in_this_process_unless_filters_or_rust_parallelism_is_off(monkeypatch):
+    """workers=0 uses all cores: the Rust tokenizer's threads in this process, or one process per core when Python
+    filters run or TOKENIZERS_PARALLELISM turns the Rust threads off. 0 processes means this process."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    filters = {"filters": [{"name": "nfkc"}]}
+    assert [worker_processes(StoreOptions(workers=w)) for w in (0, 1, 2, 3)] == [0, 0, 2, 3]
+    assert [worker_processes(StoreOptions(workers=w, filters=filters)) for w in (0, 1, 2)] == [6, 0, 2]
+    for value, processes in [("true", 0), ("1", 0), ("false", 6), ("OFF", 6), ("0", 6), ("", 6)]:
+        monkeypatch.setenv("TOKENIZERS_PARALLELISM", value)
+        assert worker_processes(StoreOptions()) == processes, value
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert worker_processes(StoreOptions(filters=filters)) == 0
+
+
+def test_pack_documents_joins_ids_with_eos_in_either_dtype(gpt2, small_texts):
+    """Real encodings packed as uint16, and as uint32 with an EOS id above 65535, against plain numpy."""
+    encodings = gpt2.encodings(list(small_texts[:5]))
+    for dtype, eos in (("uint16", gpt2.eos_id), ("uint32", 70000)):
+        tokens, lengths = pack_documents(encodings, eos, dtype)
+        expected = np.concatenate([np.array(e.ids + [eos]) for e in encodings])
+        np.testing.assert_array_equal(np.frombuffer(tokens, DTYPES_NP[dtype]), expected)
+        assert np.frombuffer(lengths, np.int64).tolist() == [len(e.ids) + 1 for e in encodings]
+    assert pack_documents([], gpt2.eos_id, "uint16") == (b"", b"")
 
 
 # ---- re-running, overwriting, interruptions -----------------------------------------------------------------------
