@@ -197,9 +197,23 @@ class DataTensor:
         return data if root_of(data) == shard.root else None
 
     def _is_marked(self, shard: ShardInfo) -> bool:
+        signature = file_signature(self.path, shard)
+        if signature is not None and _checked_here.get((str(self.path), shard.name)) == signature:
+            return True
         marks = _read_marks(self.path)
-        return marks.get("dataset_id") == self.dataset_id and marks.get("shards", {}).get(shard.name) == \
-            file_signature(self.path, shard)
+        return marks.get("dataset_id") == self.dataset_id and marks.get("shards", {}).get(shard.name) == signature
+
+
+_checked_here: dict[tuple[str, str], list] = {}
+"""(directory, shard name) -> file signature of shards a fetcher in this process checked piece by piece: trusted
+while the files are unchanged, also before their record in the marks file (written after the fsync) exists."""
+
+
+def record_checked(directory: Path, shard: ShardInfo) -> list | None:
+    """Remember, in this process only, that `shard` was just checked as its files are now; returns their signature."""
+    signature = file_signature(directory, shard)
+    _checked_here[(str(directory), shard.name)] = signature
+    return signature
 
 
 def record_verified(directory: Path, manifest: Manifest, shards, checked_as: list | None = None) -> None:

@@ -31,7 +31,7 @@ from pathlib import Path
 import trio
 
 from kogitune.files import write_atomic
-from kogitune.tensor import file_signature, record_verified
+from kogitune.tensor import record_checked, record_verified
 from kogitune.protocol.errors import IntegrityError
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, ShardInfo, parse_manifest
 from kogitune.protocol.pieces import check_pieces_file, piece_digests
@@ -264,7 +264,7 @@ class ShardFetch:
         write_atomic(self.directory / self.shard.pieces_path, self.expected, durable=False)
         write_atomic(self.directory / self.shard.docs_path, docs, durable=False)
         os.replace(partial, self.target)
-        self._installed_as = file_signature(self.directory, self.shard)
+        self._installed_as = record_checked(self.directory, self.shard)
 
     def _make_durable(self) -> None:
         """fsync the shard's files and directory, then record the shard as verified if its files are still as
@@ -279,6 +279,8 @@ class ShardFetch:
                 finally:
                     os.close(fd)
             record_verified(self.directory, self.manifest, [self.shard], checked_as=self._installed_as)
+        except FileNotFoundError:
+            log.debug("shard %s was removed (cache eviction) before it was synced", self.shard.name)
         except OSError as exc:
             log.warning("shard %s is in place but could not be synced to disk (%s); it will be re-checked on open",
                         self.shard.name, exc)
