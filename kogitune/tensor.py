@@ -103,11 +103,16 @@ class DataTensor:
 
     def _fetch_again(self, shard: ShardInfo, index: int, problem: Problem) -> None:
         """A fetched shard that fails its check (e.g. the machine crashed before the fetcher's fsync) is a cache
-        miss, not a damaged dataset: remove its files and fetch it again, checked piece by piece."""
+        miss, not a damaged dataset: remove its files and fetch it again, checked piece by piece. Under the shard's
+        lock, and only if the files are still those that failed: another process may have fetched it meanwhile."""
         log.warning("%s: %s; fetching shard %s again", self.path, problem, shard.name)
-        forget_verified(self.path, [shard])
-        for name in (shard.tokens_path, shard.pieces_path, shard.docs_path):
-            (self.path / name).unlink(missing_ok=True)
+        failed = file_signature(self.path, shard)
+        with open(self.path / "shards" / f"{shard.name}.lock", "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            if file_signature(self.path, shard) == failed:
+                forget_verified(self.path, [shard])
+                for name in (shard.tokens_path, shard.pieces_path, shard.docs_path):
+                    (self.path / name).unlink(missing_ok=True)
         self.remote.ensure(self.manifest, index)
 
     def prefetch(self, indexes) -> None:

@@ -19,6 +19,7 @@ fsynced and recorded as verified.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import logging
@@ -183,8 +184,10 @@ class PieceBoard:
     def finish(self, index: int) -> None:
         self.done[index] = 1
 
-    def any_open_from(self, index: int) -> bool:
-        return any(self.is_open(i) for i in range(index, len(self.done)))
+    def any_open_from(self, index: int, duplicate: bool = False) -> bool:
+        """Whether a piece from `index` on is open (or, for a duplicating stream, still wanted at all)."""
+        return any(self.is_open(i) or (duplicate and not self.done[i] and not self.checking[i])
+                   for i in range(index, len(self.done)))
 
     def pick_start(self) -> tuple[int, bool] | None:
         """(first piece to stream, whether it duplicates a claim), or None when every piece is done or checking."""
@@ -381,7 +384,7 @@ class ShardFetch:
                         if index >= len(self.board) or health.banned:
                             return
                         claimed = self.board.claim(index, duplicate)
-                        if not claimed and (seekable or not self.board.any_open_from(index)):
+                        if not claimed and (seekable or not self.board.any_open_from(index, duplicate)):
                             return
                 raise SourceError(f"{health.source.name}: {path} ended at byte "
                                   f"{index * self.piece_size + filled} of {self.shard.size}")
@@ -419,5 +422,9 @@ class ShardFetch:
         data = memoryview(piece)[:length]
         if hashlib.sha256(data).digest() != expected:
             return False
-        os.pwrite(self._fd, data, offset)
+        while data:  # a regular file may take part of a write (e.g. a disk filling up) without an error
+            written = os.pwrite(self._fd, data, offset)
+            if not written:
+                raise OSError(errno.ENOSPC, f"cannot write shard {self.shard.name}", str(self.target))
+            data, offset = data[written:], offset + written
         return True

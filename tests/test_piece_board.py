@@ -61,3 +61,17 @@ def test_a_piece_that_fails_its_check_opens_again():
     board.checked(1, ok=False)
     assert board.is_open(1) and board.remaining == 3
     assert board.pick_start() == (0, False)
+
+
+def test_in_the_endgame_a_duplicating_stream_still_wants_pieces_in_flight():
+    """A source that cannot seek streams from piece 0; in the endgame it must read on to the pieces still in flight
+    elsewhere, not stop after the first done piece and start again (a request storm)."""
+    board = PieceBoard(3)
+    board.finish(0)
+    board.claim(1)
+    board.claim(2)
+    assert not board.any_open_from(1)
+    assert board.any_open_from(1, duplicate=True)
+    board.hand_over(2)
+    board.finish(1)
+    assert not board.any_open_from(1, duplicate=True)
