@@ -43,6 +43,10 @@ from .sources import Source
 log = logging.getLogger("kogitune.fetch")
 LOCK_POLL_SECONDS = 0.05
 MAX_PIECES_CHECKING = 4
+SYNC_THREADS = 2
+"""Threads of one trio run that fsync finished shards: on a slow disk, syncing shards wait their turn instead of
+taking the threads that check pieces."""
+_sync_limiter: trio.lowlevel.RunVar = trio.lowlevel.RunVar("kogitune_sync_limiter")
 """Received pieces waiting for their hash check per shard: bounds memory to (this + sources) pieces."""
 
 
@@ -258,7 +262,12 @@ class ShardFetch:
                 log.info("fetched shard %s (%.1f MiB) in %.2f s from %s", self.shard.name, self.shard.size / 2**20,
                          seconds, sources or "the partial file")
                 task_status.started()
-                await trio.to_thread.run_sync(self._make_durable)
+                try:
+                    limiter = _sync_limiter.get()
+                except LookupError:
+                    limiter = trio.CapacityLimiter(SYNC_THREADS)
+                    _sync_limiter.set(limiter)
+                await trio.to_thread.run_sync(self._make_durable, limiter=limiter)
             finally:
                 os.close(self._fd)
 
