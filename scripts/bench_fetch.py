@@ -35,7 +35,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +45,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 MIRROR_SERVER = ROOT / "tests" / "mirror_server.py"
+
+sys.path.insert(0, str(MIRROR_SERVER.parent))
+from mirrors import server_processes  # noqa: E402
 
 from kogitune.corpora import write_kjv_chapters  # noqa: E402
 from kogitune.files import write_atomic  # noqa: E402
@@ -170,29 +172,13 @@ server.serve_forever()
 @contextmanager
 def mirrors(directory: Path, count: int, rate_mib: float = 0):
     """`count` tests/mirror_server.py processes serving `directory` on 127.0.0.1 (each limited to `rate_mib` MiB/s
-    in all when given); yields their URLs; kills them after.
-    As tests/mirrors.py, but quiet: a client that stops reading early (the fetcher does, by design) makes the server
-    print a BrokenPipeError traceback."""
+    in all when given), quiet; yields their URLs; kills them after."""
     if rate_mib:
         command = [sys.executable, "-c", _WRAPPED_SERVER, str(MIRROR_SERVER.parent), str(directory), str(rate_mib)]
     else:
         command = [sys.executable, str(MIRROR_SERVER), str(directory)]
-    procs: list[subprocess.Popen] = []
-    try:
-        urls = []
-        for _ in range(count):
-            proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-            procs.append(proc)
-            line = proc.stdout.readline()
-            if not line.startswith("PORT "):
-                raise RuntimeError(f"mirror server did not start: {line!r}")
-            urls.append(f"http://127.0.0.1:{int(line.split()[1])}")
+    with server_processes([command] * count, quiet=True) as urls:
         yield urls
-    finally:
-        for proc in procs:
-            proc.kill()
-            proc.wait(timeout=10)
-            proc.stdout.close()
 
 
 def shard_files(tensor: DataTensor) -> list[str]:

@@ -9,17 +9,20 @@ SERVER = Path(__file__).with_name("mirror_server.py")
 
 
 @contextmanager
-def mirrors(directory, *modes):
-    """Start one mirror_server.py process per mode, serving `directory`; yield their URLs; kill them after."""
+def server_processes(commands, quiet: bool = False):
+    """Start one process per command, each printing `PORT <n>` once it listens on 127.0.0.1; yield their URLs;
+    kill them after. `quiet` drops their stderr (a client that stops reading early makes http.server print a
+    BrokenPipeError traceback, as the fetcher does by design)."""
     procs = []
     try:
         urls = []
-        for mode in modes:
-            proc = subprocess.Popen([sys.executable, str(SERVER), str(directory), "--mode", mode],
-                                    stdout=subprocess.PIPE, text=True)
+        for command in commands:
+            proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL if quiet else None,
+                                    text=True)
             procs.append(proc)
             line = proc.stdout.readline()
-            assert line.startswith("PORT "), f"mirror server did not start: {line!r}"
+            if not line.startswith("PORT "):
+                raise RuntimeError(f"mirror server did not start: {line!r}")
             urls.append(f"http://127.0.0.1:{int(line.split()[1])}")
         yield urls
     finally:
@@ -27,6 +30,13 @@ def mirrors(directory, *modes):
             proc.kill()
             proc.wait(timeout=10)
             proc.stdout.close()
+
+
+@contextmanager
+def mirrors(directory, *modes):
+    """Start one mirror_server.py process per mode, serving `directory`; yield their URLs; kill them after."""
+    with server_processes([sys.executable, str(SERVER), str(directory), "--mode", mode] for mode in modes) as urls:
+        yield urls
 
 
 @contextmanager
