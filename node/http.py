@@ -21,6 +21,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 import h11
 import trio
 
+from .body import Body
 from .errors import SourceError
 
 READ_BYTES = 1 << 20
@@ -34,7 +35,7 @@ TARGET_SAFE = "".join(map(chr, range(0x21, 0x7F)))
 
 @dataclass
 class Response:
-    """A response whose body is still on the wire: iterate `body` inside the `get` block."""
+    """A response whose body is still on the wire: read `body` inside the `get` block."""
 
     url: str
     status: int
@@ -76,7 +77,8 @@ class HttpClient:
                 if head.status_code in REDIRECT_STATUSES and "location" in fields:
                     url = _join(url, fields["location"].encode("latin-1"))
                     continue
-                yield Response(url, head.status_code, fields, _Body(stream, connection, url, self.timeout))
+                yield Response(url, head.status_code, fields,
+                               _Body(stream, connection, url, self.timeout, _content_length(head.status_code, fields)))
                 return
             finally:
                 await trio.aclose_forcefully(stream)
@@ -141,23 +143,53 @@ class HttpClient:
         return tls
 
 
-class _Body:
-    """The body's chunks as they arrive (a class, not an async generator, so that leaving early needs no cleanup)."""
+class _Body(Body):
+    """The response body. One framed by Content-Length (every static file) skips h11: over plain TCP it goes from
+    the socket straight into the caller's buffer. Chunked and close-delimited bodies go through h11."""
 
-    def __init__(self, stream: trio.abc.Stream, connection: h11.Connection, url: str, timeout: float) -> None:
+    def __init__(self, stream: trio.abc.Stream, connection: h11.Connection, url: str, timeout: float,
+                 length: int | None) -> None:
+        super().__init__()
         self._stream, self._connection, self._url, self._timeout = stream, connection, url, timeout
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._length = self._left = length
         self._ended = False
+        if length is not None:
+            self._pending = memoryview(connection.trailing_data[0])[:length]
+            self._left -= len(self._pending)
 
-    def __aiter__(self) -> _Body:
-        return self
+    async def receive_into(self, buffer: memoryview) -> int:
+        if self._left is None or self._pending:
+            return await super().receive_into(buffer)
+        if not self._left or not buffer:
+            return 0
+        buffer = buffer[:self._left]
+        try:
+            with trio.fail_after(self._timeout):
+                if self._socket is not None:
+                    count = await self._socket.recv_into(buffer)
+                else:
+                    data = await self._stream.receive_some(len(buffer))
+                    count = len(data)
+                    buffer[:count] = data
+        except trio.TooSlowError:
+            raise SourceError(f"{self._url}: no data for {self._timeout:g} s") from None
+        except (OSError, trio.BrokenResourceError) as exc:
+            raise SourceError(f"{self._url}: reading failed: {_why(exc)}") from None
+        if not count:
+            raise SourceError(f"{self._url}: connection closed after {self._length - self._left} of "
+                              f"{self._length} body bytes")
+        self._left -= count
+        return count
 
-    async def __anext__(self) -> bytes:
-        if not self._ended:
+    async def _next_chunk(self) -> bytes:
+        while not self._ended:
             event = await _next_event(self._stream, self._connection, self._url, self._timeout)
-            if isinstance(event, h11.Data):
+            if not isinstance(event, h11.Data):
+                self._ended = True
+            elif event.data:
                 return event.data
-            self._ended = True
-        raise StopAsyncIteration
+        return b""
 
 
 def _proxy_for(url: str, scheme: str, host: str) -> _Proxy | None:
@@ -177,6 +209,13 @@ def _proxy_for(url: str, scheme: str, host: str) -> _Proxy | None:
         credentials = f"{unquote(proxy.username)}:{unquote(proxy.password or '')}".encode()
         fields.append(("Proxy-Authorization", f"Basic {base64.b64encode(credentials).decode()}"))
     return _Proxy(_authority(proxy.hostname, port), proxy.hostname, port, fields)
+
+
+def _content_length(status: int, fields: dict[str, str]) -> int | None:
+    """The body's length when Content-Length frames it (h11 has checked the header), else None."""
+    if status in (204, 304) or "transfer-encoding" in fields or "content-length" not in fields:
+        return None
+    return int(fields["content-length"])
 
 
 def _authority(host: str, port: int) -> str:

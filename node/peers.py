@@ -18,6 +18,7 @@ from kogitune.protocol.ids import dataset_id_digest
 from kogitune.protocol.manifest import Manifest
 from kogitune.protocol.signing import check_signed_manifest, peer_id_from_public_key
 
+from .body import Body
 from .errors import SourceError
 from .sources import Source
 
@@ -136,7 +137,7 @@ class PeerSource(Source):
             raise SourceError(f"{self.name}: {path} is not a file of this dataset")
         shard, kind, size = self._sizes[path]
         if start >= size:
-            yield start, _no_chunks()
+            yield start, Body()
             return
         request = wire.ReadRequest(self.digest, shard, kind, start, size - start)
         stream, response, first = await _open(self.host, self.peer_id, request, wire.ReadResponse,
@@ -144,27 +145,30 @@ class PeerSource(Source):
         try:
             if response.length != size - start:
                 raise SourceError(f"{self.name}: offered {response.length} bytes of {path}, asked {size - start}")
-            yield start, self._chunks(stream, first, response.length)
+            yield start, _PeerBody(self, stream, first, response.length)
         finally:
             await _reset(stream)
 
-    async def _chunks(self, stream, first: bytes, length: int):
-        remaining = length
-        if first:
-            yield first[:remaining]
-            remaining -= min(len(first), remaining)
-        while remaining > 0:
+
+class _PeerBody(Body):
+    """The `length` bytes a peer answers a read request with; `first` came with the response header. A peer that
+    ends early (py-libp2p shows a dead peer as a clean EOF) ends the body early."""
+
+    def __init__(self, source: PeerSource, stream, first: bytes, length: int) -> None:
+        super().__init__()
+        self._source, self._stream, self._left = source, stream, length
+        self._first = first[:length]
+
+    async def _next_chunk(self) -> bytes:
+        if self._first:
+            data, self._first = self._first, b""
+        elif self._left <= 0:
+            return b""
+        else:
             try:
-                with trio.fail_after(self.read_timeout):
-                    data = await _read(stream, min(READ_CHUNK, remaining))
+                with trio.fail_after(self._source.read_timeout):
+                    data = await _read(self._stream, min(READ_CHUNK, self._left))
             except trio.TooSlowError:
-                raise SourceError(f"{self.name}: no data for {self.read_timeout:.0f} s") from None
-            if not data:
-                return
-            remaining -= len(data)
-            yield data
-
-
-async def _no_chunks():
-    return
-    yield
+                raise SourceError(f"{self._source.name}: no data for {self._source.read_timeout:.0f} s") from None
+        self._left -= len(data)
+        return data

@@ -8,6 +8,7 @@ bytes, and a libp2p peer plugs in as one more Source. Every read is bounded in t
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+
 from .errors import SourceError
 from .http import HttpClient
 
@@ -20,20 +21,14 @@ class Source:
     name: str
 
     def stream(self, path: str, start: int):
-        """Async context manager giving (offset of the first byte, async iterator of chunks) for `path` from
-        `start` on; a source that cannot seek may begin earlier (at 0) and the reader skips ahead."""
+        """Async context manager giving (offset of the first byte, `Body`) for `path` from `start` on; a source
+        that cannot seek may begin earlier (at 0) and the reader skips ahead."""
         raise NotImplementedError
 
     async def read_all(self, path: str, limit: int) -> bytes:
         """The whole file, refusing more than `limit` bytes."""
-        chunks, size = [], 0
-        async with self.stream(path, 0) as (_, chunks_in):
-            async for chunk in chunks_in:
-                size += len(chunk)
-                if size > limit:
-                    raise SourceError(f"{self.name}: {path} is larger than the allowed {limit} bytes")
-                chunks.append(chunk)
-        return b"".join(chunks)
+        async with self.stream(path, 0) as (_, body):
+            return await body.read_all(limit, f"{self.name}: {path}")
 
     async def aclose(self) -> None:
         pass
