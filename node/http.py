@@ -1,8 +1,10 @@
-"""A small HTTP/1.1 GET client for mirrors: trio streams, h11 for the framing, big reads, one request per connection.
+"""A small HTTP/1.1 GET client for mirrors: trio streams, h11 for the framing, one request per connection.
 
 Mirrors serve large static files, so a fetch needs no connection pool, no cookies and no content decoding. What it
-needs is little CPU per byte: httpx reads 64 KiB at a time and cost 4 times the CPU of this client on loopback
-(scripts/bench_fetch.py), which made hashing plus receiving CPU-bound. Every read is bounded by `timeout`.
+needs is little CPU per byte: httpx reads 64 KiB at a time through several layers and cost 3 to 4 times the CPU of
+this client on loopback (docs/benchmarks.md), which made hashing plus receiving CPU-bound. So h11 reads the head,
+and a body framed by Content-Length goes from the socket straight into the caller's buffer. Every read is bounded
+by `timeout`.
 
 Like httpx, it goes through the proxies that http_proxy / https_proxy name (as urllib reads them), except to the
 hosts no_proxy lists: an http:// request goes to the proxy with its absolute URL, an https:// one through a CONNECT
