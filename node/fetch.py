@@ -242,36 +242,40 @@ class ShardFetch:
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Fetch the shard and put it in place; with `nursery.start(fetch.run)`, the caller goes on as soon as the
         shard is usable (every piece checked, files renamed into place) while this task makes it durable (fsync)
-        and only then records it as verified: after a crash before that, the next open re-checks it."""
+        and only then records it as verified: after a crash before that, the next open re-checks it. A shard
+        waiting for its fsync holds no lock and no file open, so a long `get` onto a slow disk piles up nothing
+        but these tasks."""
         async with self._locked():
             if self.target.exists():
                 task_status.started()
                 return
-            started = trio.current_time()
-            self.expected = await fetch_small_file(
-                self.pool, self.shard.pieces_path, len(self.board) * 32, self._valid_pieces)
-            docs = await fetch_small_file(
-                self.pool, self.shard.docs_path, self.shard.docs_size,
-                lambda data: hashlib.sha256(data).hexdigest() == self.shard.docs_sha256)
-            partial = self.target.with_name(self.target.name + ".partial")
-            self._fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                await trio.to_thread.run_sync(self._resume)
-                await self._download()
-                await trio.to_thread.run_sync(self._install, partial, docs)
-                seconds = trio.current_time() - started
-                sources = ", ".join(f"{name} {count / 2**20:.1f} MiB" for name, count in self.bytes_by_source.items())
-                log.info("fetched shard %s (%.1f MiB) in %.2f s from %s", self.shard.name, self.shard.size / 2**20,
-                         seconds, sources or "the partial file")
-                task_status.started()
-                try:
-                    limiter = _sync_limiter.get()
-                except LookupError:
-                    limiter = trio.CapacityLimiter(SYNC_THREADS)
-                    _sync_limiter.set(limiter)
-                await trio.to_thread.run_sync(self._make_durable, limiter=limiter)
-            finally:
-                os.close(self._fd)
+            await self._fetch_and_install()
+        task_status.started()
+        try:
+            limiter = _sync_limiter.get()
+        except LookupError:
+            limiter = trio.CapacityLimiter(SYNC_THREADS)
+            _sync_limiter.set(limiter)
+        await trio.to_thread.run_sync(self._make_durable, limiter=limiter)
+
+    async def _fetch_and_install(self) -> None:
+        started = trio.current_time()
+        self.expected = await fetch_small_file(
+            self.pool, self.shard.pieces_path, len(self.board) * 32, self._valid_pieces)
+        docs = await fetch_small_file(
+            self.pool, self.shard.docs_path, self.shard.docs_size,
+            lambda data: hashlib.sha256(data).hexdigest() == self.shard.docs_sha256)
+        partial = self.target.with_name(self.target.name + ".partial")
+        self._fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            await trio.to_thread.run_sync(self._resume)
+            await self._download()
+            await trio.to_thread.run_sync(self._install, partial, docs)
+        finally:
+            os.close(self._fd)
+        sources = ", ".join(f"{name} {count / 2**20:.1f} MiB" for name, count in self.bytes_by_source.items())
+        log.info("fetched shard %s (%.1f MiB) in %.2f s from %s", self.shard.name, self.shard.size / 2**20,
+                 trio.current_time() - started, sources or "the partial file")
 
     def _install(self, partial: Path, docs: bytes) -> None:
         """Put the checked shard in place, the tokens file last (its presence means complete)."""
@@ -285,8 +289,7 @@ class ShardFetch:
         installed (on a thread: fsyncs take as long as the disk needs, and must not stall other fetches). Failing
         here loses only the record."""
         try:
-            os.fsync(self._fd)
-            for name in (self.shard.pieces_path, self.shard.docs_path, "shards"):
+            for name in (self.shard.tokens_path, self.shard.pieces_path, self.shard.docs_path, "shards"):
                 fd = os.open(self.directory / name, os.O_RDONLY)
                 try:
                     os.fsync(fd)

@@ -1,5 +1,6 @@
 """Training from web mirrors: real HTTP server processes, some of them hostile, and the local content store."""
 
+import json
 import os
 
 os.environ.setdefault("KOGITUNE_READ_TIMEOUT", "2")
@@ -13,7 +14,7 @@ from kogitune.client import embedded_node, open_mirrors
 from kogitune.corpora import write_kjv_chapters
 from kogitune.node.errors import FetchError
 from kogitune.store import StoreOptions, store
-from kogitune.tensor import DataTensor
+from kogitune.tensor import MARKS_FILE, DataTensor
 from kogitune.trainers import DatasetRecipe
 from mirrors import mirrors, stdlib_http_server
 
@@ -117,6 +118,31 @@ def test_a_cached_shard_damaged_before_it_was_synced_is_fetched_again(served, tm
     assert bytes(tokens) == original
     assert (tensor.path / shard.tokens_path).read_bytes() == original
     assert fetched == len(original)
+
+
+def test_a_fetched_shard_is_recorded_as_verified_once_synced(served, tmp_path):
+    """When a fetch task ends, its fsync done, the marks file vouches for the shard (so another process opens it
+    without hashing), and the fetch left no file open and no partial file behind."""
+    import trio
+
+    from kogitune.node.fetch import ShardFetch, SourcePool
+    from kogitune.node.sources import HttpSource
+
+    shard = served.shards[1]
+    (tmp_path / "shards").mkdir()
+    with mirrors(served.path, "ok") as urls:
+        open_before = len(os.listdir("/proc/self/fd"))
+
+        async def main():
+            fetch = ShardFetch(tmp_path, served.manifest, shard, SourcePool([HttpSource(urls[0])]))
+            async with trio.open_nursery() as nursery:
+                await nursery.start(fetch.run)
+                assert (tmp_path / shard.tokens_path).read_bytes() == (served.path / shard.tokens_path).read_bytes()
+        trio.run(main)
+        assert len(os.listdir("/proc/self/fd")) == open_before
+    marks = json.loads((tmp_path / MARKS_FILE).read_bytes())
+    assert marks["dataset_id"] == served.dataset_id and list(marks["shards"]) == [shard.name]
+    assert not list(tmp_path.glob("shards/*.partial"))
 
 
 def test_cache_evicts_least_recently_used_unpinned_shards(served, tmp_path):
