@@ -360,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     publish = commands.add_parser(
         "publish", help="verify a data tensor, add it to the node's store, sign and announce it; print its ID",
         description="Needs a running node (`kogitune node start`). Files are hard-linked into the store where the "
-                    "file system allows (no second copy). --allow makes the dataset private to the listed peers.")
+                    "file system allows (no second copy). --allow makes the dataset private to the listed peers; "
+                    "their nodes keep the list and serve their copies to the same peers only.")
     publish.add_argument("directory")
     publish.add_argument("--allow", action="append", metavar="PEER_ID", help="serve only to this peer; repeatable")
     publish.add_argument("--home", help=home_help)

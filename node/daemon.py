@@ -173,6 +173,9 @@ class Node:
         """Verify a tensor, add it to the store (hard links where possible), sign and announce it."""
         from kogitune.tensor import DataTensor
 
+        bad = [peer for peer in allow or () if not wire.is_peer_id(peer)]
+        if bad:
+            raise NodeError(f"--allow {bad[0]!r} is not a peer ID; `kogitune node status` prints a node's peer id")
         tensor = await trio.to_thread.run_sync(DataTensor, tensor_path)
         problems = await trio.to_thread.run_sync(tensor.verify)
         if problems:
@@ -287,6 +290,8 @@ class Node:
         (directory / "shards").mkdir(parents=True, exist_ok=True)
         write_atomic(directory / "manifest.json", signed.data)
         write_atomic(directory / SIGNATURE_FILE, signed.public_key + signed.signature)
+        if signed.allow and signed.publisher != self.peer_id:
+            write_atomic(directory / ALLOW_FILE, "".join(f"{peer}\n" for peer in signed.allow).encode())
         pool = SourcePool([PeerSource(self.host, peer, dataset_id, signed.manifest, self.config.read_timeout)
                            for peer in reachable])
         return OpenDataset(directory, signed, pool)

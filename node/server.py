@@ -104,7 +104,8 @@ class DataServer:
         if isinstance(request, wire.ManifestRequest):
             signature = (directory / SIGNATURE_FILE).read_bytes()
             await self._send(stream, wire.encode_response(wire.ManifestResponse(
-                manifest_bytes, signature=signature[32:], public_key=signature[:32])))
+                manifest_bytes, signature=signature[32:], public_key=signature[:32],
+                allow=tuple(sorted(filter(wire.is_peer_id, allowed or ()))))))
         elif isinstance(request, wire.HaveRequest):
             complete = [(directory / s.tokens_path).exists() for s in manifest.shards]
             await self._send(stream, wire.encode_response(wire.HaveResponse(wire.have_bitmap(complete))))

@@ -23,7 +23,8 @@ from .manifest import MAX_MANIFEST_BYTES, MAX_SHARDS
 PROTOCOL_ID = "/kogitune/data/1.0.0"
 WIRE_VERSION = 1
 MAX_REQUEST_BYTES = 4096
-MAX_HEADER_BYTES = (64 << 20) + 4096
+MAX_ALLOW_CHARS = 64 << 10
+MAX_HEADER_BYTES = (64 << 20) + MAX_ALLOW_CHARS + 4096
 MAX_READ_BYTES = 1 << 30
 FILE_KINDS = ("tokens", "pieces", "docs")
 ERROR_CODES = ("bad_request", "not_found", "forbidden", "busy", "internal")
@@ -36,6 +37,7 @@ PUBLIC_KEY_BYTES = 32
 MAX_BITMAP_BYTES = -(-MAX_SHARDS // 8)
 MAX_MAP_KEYS = 16
 _SHARD_RE = re.compile(r"[0-9]{5,9}")
+_PEER_ID_RE = re.compile(r"[1-9A-HJ-NP-Za-km-z]{1,128}")
 
 
 class WireError(KogituneError):
@@ -223,9 +225,13 @@ Request = ManifestRequest | HaveRequest | ReadRequest
 
 @dataclass(frozen=True)
 class ManifestResponse:
+    """`allow`: the peers a private dataset is served to (sorted), empty for a public one; a replica serves its
+    copy to the same peers only."""
+
     manifest: bytes
     signature: bytes
     public_key: bytes
+    allow: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -252,7 +258,7 @@ _REQUEST_KEYS = {
     "read": ("v", "op", "dataset", "shard", "file", "offset", "length"),
 }
 _RESPONSE_KEYS = {
-    ManifestResponse: ("v", "ok", "manifest", "signature", "public_key"),
+    ManifestResponse: ("v", "ok", "manifest", "signature", "public_key", "allow"),
     HaveResponse: ("v", "ok", "shards"),
     ReadResponse: ("v", "ok", "length"),
     ErrorResponse: ("v", "ok", "code", "message"),
@@ -292,6 +298,21 @@ def _str(value: Any, name: str, high: int) -> str:
     if type(value) is not str or len(value) > high:
         raise _bad(f"{name} must be a string of at most {high} characters")
     return value
+
+
+def is_peer_id(text: Any) -> bool:
+    """Whether `text` looks like a libp2p peer ID: 1 to 128 characters of the base58btc alphabet."""
+    return type(text) is str and _PEER_ID_RE.fullmatch(text) is not None
+
+
+def _allow(text: str) -> tuple[str, ...]:
+    """An allow-list: peer IDs in ascending order, each once, separated by single spaces; "" for none."""
+    peers = tuple(text.split(" ")) if text else ()
+    if not all(map(is_peer_id, peers)):
+        raise _bad("allow must hold peer IDs separated by single spaces")
+    if list(peers) != sorted(set(peers)):
+        raise _bad("allow must list each peer ID once, in ascending order")
+    return peers
 
 
 def parse_request(obj: dict) -> Request:
@@ -364,6 +385,7 @@ def parse_response(obj: dict, expected: type) -> Response:
             manifest=_bin(obj["manifest"], "manifest", 1, MAX_MANIFEST_BYTES),
             signature=_bin(obj["signature"], "signature", SIGNATURE_BYTES, SIGNATURE_BYTES),
             public_key=_bin(obj["public_key"], "public_key", PUBLIC_KEY_BYTES, PUBLIC_KEY_BYTES),
+            allow=_allow(_str(obj["allow"], "allow", MAX_ALLOW_CHARS)),
         )
     if kind is HaveResponse:
         return HaveResponse(_bin(obj["shards"], "shards", 0, MAX_BITMAP_BYTES))
@@ -373,7 +395,7 @@ def parse_response(obj: dict, expected: type) -> Response:
 def _response_dict(response: Response) -> dict:
     if isinstance(response, ManifestResponse):
         return {"v": WIRE_VERSION, "ok": True, "manifest": response.manifest, "signature": response.signature,
-                "public_key": response.public_key}
+                "public_key": response.public_key, "allow": " ".join(response.allow)}
     if isinstance(response, HaveResponse):
         return {"v": WIRE_VERSION, "ok": True, "shards": response.shards}
     if isinstance(response, ReadResponse):

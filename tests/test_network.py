@@ -103,16 +103,24 @@ def test_restart_keeps_identity_and_store_and_announces_again(tensor, nodes, tmp
     assert DataTensor(b.home / "datasets" / dataset_id).verify() == []
 
 
-def test_private_dataset_is_served_only_to_its_allow_list(tensor, nodes):
+def test_private_dataset_is_served_only_to_its_allow_list_also_by_replicas(tensor, nodes):
+    """B, allowed, replicates A's private dataset and announces its copy; C still gets `forbidden` from both."""
     a = nodes("a")
     b = nodes("b", [a.address])
     c = nodes("c", [a.address])
     dataset_id = a.cli("publish", str(tensor.path), "--allow", b.peer_id).stdout.strip()
-    refused = c.cli("get", dataset_id, check=False)
-    assert refused.returncode != 0
-    assert "forbidden" in refused.stderr
     b.cli("get", dataset_id)
     assert DataTensor(b.home / "datasets" / dataset_id).verify() == []
+    assert (b.home / "datasets" / dataset_id / "allow").read_text() == f"{b.peer_id}\n"
+    refused = c.cli("get", dataset_id, check=False)
+    assert refused.returncode != 0
+    assert f"{a.peer_id}: forbidden" in refused.stderr and f"{b.peer_id}: forbidden" in refused.stderr
+
+
+def test_publish_refuses_an_allow_entry_that_is_not_a_peer_id(tensor, nodes):
+    refused = nodes("a").cli("publish", str(tensor.path), "--allow", "alice@example.org", check=False)
+    assert refused.returncode != 0
+    assert "'alice@example.org' is not a peer ID" in refused.stderr
 
 
 def test_a_trust_list_accepts_only_its_publishers(tensor, nodes):

@@ -21,6 +21,7 @@ SIGNATURE = bytes.fromhex("d40650c8b121556f1f36cfc72b9518784a5864e2aa24ac24d551c
 PUBLIC_KEY = bytes.fromhex("8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c")
 
 # Byte-level vectors: these exact strings are in docs/protocol.md ("Test vectors"); change both or neither.
+BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 VECTORS = {
     "manifest request": (
         ManifestRequest(DATASET),
@@ -40,11 +41,12 @@ VECTORS = {
     ),
     "manifest response": (
         ManifestResponse(b"{}", SIGNATURE, PUBLIC_KEY),
-        "8e0185a17601a26f6bc3a86d616e6966657374c4027b7da97369676e6174757265c440"
+        "950186a17601a26f6bc3a86d616e6966657374c4027b7da97369676e6174757265c440"
         "d40650c8b121556f1f36cfc72b9518784a5864e2aa24ac24d551ca4e2b7253c5"
         "cd9a3d97cdc2961ce9d99fc6ba8d44b1c34b7e18c55a4c846843f3badbddb30c"
         "aa7075626c69635f6b6579c420"
-        "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c",
+        "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c"
+        "a5616c6c6f77a0",
     ),
     "have response": (
         HaveResponse(bytes([0x0D, 0x01])),  # shards 0, 2, 3 and 8 of 9
@@ -102,7 +104,7 @@ def test_constants():
     assert PROTOCOL_ID == "/kogitune/data/1.0.0"
     assert WIRE_VERSION == 1
     assert MAX_REQUEST_BYTES == 4096
-    assert MAX_HEADER_BYTES == 64 * 1024 * 1024 + 4096
+    assert MAX_HEADER_BYTES == 64 * 1024 * 1024 + 64 * 1024 + 4096
     assert MAX_READ_BYTES == 1 << 30
     assert FILE_KINDS == ("tokens", "pieces", "docs")
     assert ERROR_CODES == ("bad_request", "not_found", "forbidden", "busy", "internal")
@@ -152,7 +154,9 @@ def random_messages(rng: random.Random, count: int):
                               rng.choice([0, rng.randrange(1 << 50), (1 << 63) - 1]),
                               rng.choice([1, rng.randint(1, MAX_READ_BYTES), MAX_READ_BYTES]))
         elif kind == 3:
-            yield ManifestResponse(rng.randbytes(rng.randint(1, 3000)), rng.randbytes(64), rng.randbytes(32))
+            allow = {"".join(rng.choices(BASE58, k=rng.randint(1, 128))) for _ in range(rng.choice([0, 1, 20]))}
+            yield ManifestResponse(rng.randbytes(rng.randint(1, 3000)), rng.randbytes(64), rng.randbytes(32),
+                                   tuple(sorted(allow)))
         elif kind == 4:
             count_shards = rng.randint(0, 100)
             yield HaveResponse(have_bitmap([rng.random() < 0.5 for _ in range(count_shards)]))
@@ -171,9 +175,11 @@ def test_every_message_round_trips():
 
 def test_a_big_manifest_response_round_trips():
     manifest = bytes(range(256)) * (1 << 18)  # 64 MiB: the largest manifest there can be
-    frame = encode_response(ManifestResponse(manifest, SIGNATURE, PUBLIC_KEY))
+    allow = tuple(sorted(f"{i:0>127}".replace("0", "z") for i in range(512)))  # 65535 characters: the longest
+    frame = encode_response(ManifestResponse(manifest, SIGNATURE, PUBLIC_KEY, allow))
     assert len(frame) <= MAX_HEADER_BYTES + 10
-    assert parse_response(decode_one(frame), ManifestResponse).manifest == manifest
+    assert parse_response(decode_one(frame), ManifestResponse) == ManifestResponse(manifest, SIGNATURE, PUBLIC_KEY,
+                                                                                   allow)
     with pytest.raises(ValueError):
         encode_response(ManifestResponse(manifest + b"x", SIGNATURE, PUBLIC_KEY))
 
@@ -485,12 +491,16 @@ def ok(**fields) -> dict:
 
 
 @pytest.mark.parametrize("obj, expected", [
-    (ok(manifest=b"{}", signature=SIGNATURE, public_key=PUBLIC_KEY, extra=1), ManifestResponse),
-    (ok(manifest=b"{}", signature=SIGNATURE), ManifestResponse),
-    (ok(manifest=b"", signature=SIGNATURE, public_key=PUBLIC_KEY), ManifestResponse),
-    (ok(manifest="{}", signature=SIGNATURE, public_key=PUBLIC_KEY), ManifestResponse),
-    (ok(manifest=b"{}", signature=SIGNATURE[:63], public_key=PUBLIC_KEY), ManifestResponse),
-    (ok(manifest=b"{}", signature=SIGNATURE, public_key=PUBLIC_KEY + b"\x00"), ManifestResponse),
+    (ok(manifest=b"{}", signature=SIGNATURE, public_key=PUBLIC_KEY, allow="", extra=1), ManifestResponse),
+    (ok(manifest=b"{}", signature=SIGNATURE, allow=""), ManifestResponse),
+    (ok(manifest=b"{}", signature=SIGNATURE, public_key=PUBLIC_KEY), ManifestResponse),
+    (ok(manifest=b"", signature=SIGNATURE, public_key=PUBLIC_KEY, allow=""), ManifestResponse),
+    (ok(manifest="{}", signature=SIGNATURE, public_key=PUBLIC_KEY, allow=""), ManifestResponse),
+    (ok(manifest=b"{}", signature=SIGNATURE[:63], public_key=PUBLIC_KEY, allow=""), ManifestResponse),
+    (ok(manifest=b"{}", signature=SIGNATURE, public_key=PUBLIC_KEY + b"\x00", allow=""), ManifestResponse),
+    *[(ok(manifest=b"{}", signature=SIGNATURE, public_key=PUBLIC_KEY, allow=allow), ManifestResponse) for allow in [
+        None, b"12D3KooWA", "12D3KooWB 12D3KooWA", "12D3KooWA 12D3KooWA", "12D3KooWA  12D3KooWB", " 12D3KooWA",
+        "12D3KooWA\n12D3KooWB", "12D3KooW0", "12D3KooWl", "x" * 129, ("A" * 127 + " ") * 512]],
     (ok(shards=b"\x01"), ManifestResponse),  # a valid have response where a manifest was expected
     (ok(length=5), HaveResponse),
     (ok(shards=b"\x00" * (131072 + 1)), HaveResponse),
