@@ -15,6 +15,7 @@ A RandomSampler still gives correct results (every sample once per epoch), fetch
 
 from __future__ import annotations
 
+import operator
 from array import array
 from bisect import bisect_right
 from dataclasses import dataclass
@@ -58,8 +59,11 @@ class TokenBlockDataset(torch.utils.data.Dataset):
                  window: int = DEFAULT_WINDOW, lookahead: int = DEFAULT_LOOKAHEAD) -> None:
         if not tensors:
             raise RecipeError("a dataset needs at least one data tensor")
+        if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer))
+                                       or block_size < 1):
+            raise RecipeError(f"block_size must be a positive integer (tokens per sample), got {block_size!r}")
         self.tensors = tensors
-        self.block_size = block_size or tensors[0].manifest.block_size
+        self.block_size = int(block_size or tensors[0].manifest.block_size)
         self.names = names or [str(t.path) for t in tensors]
         self.shuffle, self.seed, self.window, self.lookahead = shuffle, seed, max(1, window), lookahead
         self.shard_samples = [self._samples_per_shard(t) for t in tensors]
@@ -67,7 +71,8 @@ class TokenBlockDataset(torch.utils.data.Dataset):
         self.budgets = list(budgets) if budgets is not None else natural
         self.budgets = [natural[i] if b is None else int(b) for i, b in enumerate(self.budgets)]
         self.mixture = [MixEntry(self.names[i], self.budgets[i], natural[i]) for i in range(len(tensors))]
-        self.set_epoch(0)
+        self._shared_epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self._lay_out(0)
 
     def _samples_per_shard(self, tensor: DataTensor) -> list[int]:
         stored = tensor.manifest.block_size
@@ -82,7 +87,13 @@ class TokenBlockDataset(torch.utils.data.Dataset):
         return counts
 
     def set_epoch(self, epoch: int) -> None:
-        """Lay out epoch `epoch` (HF Trainer and accelerate call this at each epoch)."""
+        """Lay out epoch `epoch` (HF Trainer and accelerate call this at each epoch). The epoch sits in shared
+        memory: persistent DataLoader workers hold copies of this dataset made before the call, and they see it
+        at their next item."""
+        self._shared_epoch.fill_(epoch)
+        self._lay_out(epoch)
+
+    def _lay_out(self, epoch: int) -> None:
         self.epoch = epoch
         rng = np.random.default_rng([self.seed, epoch])
         segments = []
@@ -117,10 +128,17 @@ class TokenBlockDataset(torch.utils.data.Dataset):
         return self._segment_start[-1]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        try:
+            index = operator.index(index)
+        except TypeError:
+            raise TypeError(f"a sample index is an integer, not {type(index).__name__}") from None
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"sample {index} is out of range for a dataset of {len(self)} samples")
         if index < 0:
             index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"sample {index} is out of range for a dataset of {len(self)} samples")
+        epoch = int(self._shared_epoch)
+        if epoch != self.epoch:
+            self._lay_out(epoch)
         window = bisect_right(self._window_start, index) - 1
         window_start = self._window_start[window]
         if window != self._current_window and self._streams:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from .files import write_atomic
 
 MANIFEST_FILE = "manifest.json"
 MARKS_FILE = ".kogitune-verified"
+MAX_OPEN_SHARDS = 64
 log = logging.getLogger("kogitune.tensor")
 
 
@@ -64,12 +66,12 @@ class DataTensor:
             raise ManifestError(f"{manifest_path}: {exc}") from None
         self.dataset_id = self.manifest.dataset_id
         self.shard_first_block = np.cumsum([0] + [s.blocks for s in self.manifest.shards])
-        self._arrays: dict[int, np.ndarray] = {}
+        self._arrays: OrderedDict[int, np.ndarray] = OrderedDict()
         self._dtype = np.dtype(f"<u{self.manifest.itemsize}")
 
     def __getstate__(self) -> dict:
         """Pickled (by DataLoader workers) without its memory maps; each process maps and checks shards itself."""
-        return {**self.__dict__, "_arrays": {}}
+        return {**self.__dict__, "_arrays": OrderedDict()}
 
     def __repr__(self) -> str:
         return f"DataTensor({str(self.path)!r}, {self.dataset_id})"
@@ -79,7 +81,9 @@ class DataTensor:
         return self.manifest.shards
 
     def shard_tokens(self, index: int) -> np.ndarray:
-        """The shard's tokens as a read-only memory map, verified the first time this process opens it."""
+        """The shard's tokens as a read-only memory map, verified the first time this process opens it. The last
+        MAX_OPEN_SHARDS maps stay open (each holds a file descriptor, and the disk space of a shard the cache
+        evicted); older ones are closed once nothing uses them."""
         array = self._arrays.get(index)
         if array is None:
             shard = self.shards[index]
@@ -97,8 +101,13 @@ class DataTensor:
                                          "run `kogitune verify` for all problems, then store or fetch it again")
                 else:
                     record_verified(self.path, self.manifest, [shard])
+                    record_checked(self.path, shard)
             array = np.memmap(self.path / shard.tokens_path, dtype=self._dtype, mode="r")
             self._arrays[index] = array
+            if len(self._arrays) > MAX_OPEN_SHARDS:
+                self._arrays.popitem(last=False)
+        else:
+            self._arrays.move_to_end(index)
         return array
 
     def _fetch_again(self, shard: ShardInfo, index: int, problem: Problem) -> None:
@@ -202,11 +211,19 @@ class DataTensor:
         return data if root_of(data) == shard.root else None
 
     def _is_marked(self, shard: ShardInfo) -> bool:
+        """Whether the shard's files are as they were when they last passed verification (a missing file never
+        is); remembered in this process, so that opening the shard again reads no marks file."""
         signature = file_signature(self.path, shard)
-        if signature is not None and _checked_here.get((str(self.path), shard.name)) == signature:
+        if signature is None:
+            return False
+        key = (str(self.path), shard.name)
+        if _checked_here.get(key) == signature:
             return True
         marks = _read_marks(self.path)
-        return marks.get("dataset_id") == self.dataset_id and marks.get("shards", {}).get(shard.name) == signature
+        if marks.get("dataset_id") == self.dataset_id and marks.get("shards", {}).get(shard.name) == signature:
+            _checked_here[key] = signature
+            return True
+        return False
 
 
 _checked_here: dict[tuple[str, str], list] = {}
@@ -239,6 +256,8 @@ def record_verified(directory: Path, manifest: Manifest, shards, checked_as: lis
 def forget_verified(directory: Path, shards) -> None:
     """Drop the marks of `shards`, found damaged (e.g. by bit rot, which changes no size, mtime or inode), so
     that opening them hashes them again."""
+    for shard in shards:
+        _checked_here.pop((str(directory), shard.name), None)
     with _marks_locked(directory):
         marks = _read_marks(directory)
         dropped = [marks["shards"].pop(shard.name) for shard in shards if shard.name in marks.get("shards", {})]

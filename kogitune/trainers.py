@@ -57,7 +57,7 @@ def parse_entry(entry) -> RecipeEntry:
         if unknown or "sources" not in entry:
             raise RecipeError(f"a recipe dict needs 'sources' and may have 'tokens' or 'weight'; got {sorted(entry)}")
         sources = [entry["sources"]] if isinstance(entry["sources"], str) else list(entry["sources"])
-        options = {k: str(v) for k, v in entry.items() if k in _BUDGET_KEYS}
+        options = {k: str(v) for k, v in entry.items() if k in _BUDGET_KEYS and v is not None}
     elif isinstance(entry, (list, tuple)):
         sources, options = list(entry), {}
     elif isinstance(entry, (str, Path)):
@@ -67,26 +67,35 @@ def parse_entry(entry) -> RecipeEntry:
     cleaned = []
     for source in sources:
         source, found = _split_budget(str(source))
-        options.update(found)
+        for key, value in found:
+            if key in options:
+                raise RecipeError(f"{source}: {key} is given twice ({options[key]!r} and {value!r})")
+            options[key] = value
         cleaned.append(source)
     if not cleaned:
         raise RecipeError("a recipe entry has no sources")
     tokens = parse_token_count(options["tokens"]) if "tokens" in options else None
+    if tokens == 0:
+        raise RecipeError(f"{cleaned[0]}: tokens={options['tokens']} leaves nothing to train on; drop the entry")
     try:
         weight = float(options["weight"]) if "weight" in options else None
     except ValueError:
         raise RecipeError(f"weight={options['weight']!r} is not a number") from None
+    if weight is not None and not 0 < weight < 1e9:
+        raise RecipeError(f"{cleaned[0]}: weight={options['weight']} must be a positive number (1 is the data as it "
+                          "is, 0.5 half of it, 2 twice)")
     if tokens is not None and weight is not None:
         raise RecipeError(f"{cleaned[0]}: give tokens or weight, not both")
     return RecipeEntry(tuple(cleaned), tokens, weight)
 
 
-def _split_budget(source: str) -> tuple[str, dict]:
+def _split_budget(source: str) -> tuple[str, list[tuple[str, str]]]:
+    """The source without its budget options, and those options as (key, value) pairs."""
     base, sep, query = source.partition("?")
     if not sep:
-        return source, {}
+        return source, []
     pairs = parse_qsl(query, keep_blank_values=True)
-    budget = {k: v for k, v in pairs if k in _BUDGET_KEYS}
+    budget = [(k, v) for k, v in pairs if k in _BUDGET_KEYS]
     rest = [(k, v) for k, v in pairs if k not in _BUDGET_KEYS]
     return (f"{base}?{urlencode(rest)}" if rest else base), budget
 

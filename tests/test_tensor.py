@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ from torch.utils.data import DataLoader
 
 from conftest import (BLOCK, EOS_TEXT, PIECE, copy_tensor, expected_tokens, flip_byte, store_quietly,
                       stored_tokens)
+import kogitune.tensor as tensor_module
+from kogitune.datasets import TokenBlockDataset
 from kogitune.errors import IntegrityError, RecipeError, TokenizerError
 from kogitune.protocol.ids import dataset_id_from_digest, sha256
 from kogitune.protocol.manifest import canonical_encoding
@@ -180,6 +183,32 @@ def test_marks_for_another_dataset_id_vouch_for_nothing(damaged):
         DataTensor(damaged).shard_tokens(0)
 
 
+def test_a_shard_with_a_missing_file_and_no_mark_is_hashed_not_trusted(damaged):
+    """With marks for the other shards only, a shard whose .docs is gone has no signature; that must not count
+    as matching its (absent) mark: opening it hashes it and refuses it."""
+    assert problems_of(damaged) == []
+    marks = json.loads((damaged / MARKS_FILE).read_bytes())
+    del marks["shards"]["00001"]
+    (damaged / MARKS_FILE).write_text(json.dumps(marks))
+    flip_byte(damaged / "shards/00001.tokens", 3)
+    (damaged / "shards/00001.docs").unlink()
+    with pytest.raises(IntegrityError, match="shard 00001"):
+        DataTensor(damaged).shard_tokens(1)
+
+
+def test_only_the_last_shards_opened_stay_mapped(kjv_tensor, monkeypatch):
+    """Each open memory map holds a file descriptor (and the disk space of a shard the cache evicted): a tensor
+    keeps at most MAX_OPEN_SHARDS of them, and a shard opened again is the same data."""
+    monkeypatch.setattr(tensor_module, "MAX_OPEN_SHARDS", 2)
+    tensor = DataTensor(kjv_tensor.path)
+    first = np.array(tensor.shard_tokens(0))
+    for index in range(len(tensor.shards)):
+        tensor.shard_tokens(index)
+    assert list(tensor._arrays) == [len(tensor.shards) - 2, len(tensor.shards) - 1]
+    np.testing.assert_array_equal(tensor.shard_tokens(0), first)
+    assert list(tensor._arrays) == [len(tensor.shards) - 1, 0]
+
+
 # ---- the torch dataset ------------------------------------------------------------------------------------------
 
 def samples(dataset) -> np.ndarray:
@@ -225,6 +254,37 @@ def test_shuffled_dataset_is_a_permutation(kjv_tensor):
 def test_block_size_must_divide_the_stored_one(kjv_tensor, block_size):
     with pytest.raises(RecipeError, match=f"block size {block_size} does not divide the stored block size 128"):
         DatasetRecipe(str(kjv_tensor.path)).get_train_dataset(block_size=block_size)
+
+
+@pytest.mark.parametrize("bad", [0, -32, 32.0, "32", True])
+def test_block_size_must_be_a_positive_integer(kjv_tensor, bad):
+    with pytest.raises(RecipeError, match="block_size must be a positive integer"):
+        TokenBlockDataset([kjv_tensor], bad)
+
+
+def test_bad_indexes_are_clear_errors(kjv_tensor):
+    dataset = DatasetRecipe(str(kjv_tensor.path)).get_train_dataset(block_size=64)
+    with pytest.raises(IndexError, match=f"sample {-len(dataset) - 1} is out of range"):
+        dataset[-len(dataset) - 1]
+    for bad in [slice(0, 2), [1, 2], "1", None, 1.0]:
+        with pytest.raises(TypeError, match="a sample index is an integer"):
+            dataset[bad]
+    np.testing.assert_array_equal(dataset[np.int64(3)]["input_ids"], dataset[torch.tensor(3)]["input_ids"])
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_persistent_workers_follow_set_epoch(kjv_tensor, context):
+    """HF and accelerate call set_epoch on the dataset of the main process; persistent workers hold copies made
+    before, and must still walk the new epoch's order, not the old one again."""
+    dataset = DatasetRecipe(str(kjv_tensor.path)).get_train_dataset(block_size=64)
+    loader = DataLoader(dataset, batch_size=256, num_workers=2, persistent_workers=True,
+                        multiprocessing_context=context)
+    for epoch in range(3):
+        dataset.set_epoch(epoch)
+        seen = np.concatenate([batch["input_ids"].numpy() for batch in loader])
+        reference = DatasetRecipe(str(kjv_tensor.path)).get_train_dataset(block_size=64)
+        reference.set_epoch(epoch)
+        np.testing.assert_array_equal(seen, samples(reference))
 
 
 def test_dataloader_workers_see_every_sample_once(kjv_tensor):
@@ -285,3 +345,52 @@ def test_tensors_of_one_tokenizer_make_one_dataset(kjv_tensor, small_gpt2_tensor
     first = -(-kjv_tensor.manifest.tokens // 64)
     assert len(dataset) == first + -(-small_gpt2_tensor.manifest.tokens // 64)
     np.testing.assert_array_equal(dataset[first]["input_ids"].numpy(), small_gpt2_tensor.block(0))
+
+
+# ---- budgets and mixing -----------------------------------------------------------------------------------------
+
+def test_token_budgets_and_weights_set_each_sources_share(kjv_tensor, small_gpt2_tensor):
+    """`?tokens=` repeats a small tensor (upsampling) and `weight` cuts a big one; the epoch holds exactly the
+    budgeted samples of each, each sample of a source at most ceil(budget / its size) times, and `mixture`
+    reports the realized counts."""
+    natural_small = -(-small_gpt2_tensor.manifest.tokens // 64)
+    natural_kjv = -(-kjv_tensor.manifest.tokens // 64)
+    budget = 2 * natural_small * 64 + 640  # two copies and 10 more samples
+    dataset = DatasetRecipe([f"{small_gpt2_tensor.path}?tokens={budget}",
+                             {"sources": [str(kjv_tensor.path)], "weight": 0.25}]).get_train_dataset(block_size=64)
+    want_small, want_kjv = 2 * natural_small + 10, round(natural_kjv * 0.25)
+    assert len(dataset) == want_small + want_kjv
+    assert [(m.samples, m.natural_samples) for m in dataset.mixture] == [(want_small, natural_small),
+                                                                        (want_kjv, natural_kjv)]
+    assert "3.00x" not in dataset.describe_mixture() and "0.25x its data" in dataset.describe_mixture()
+    upsampled = Counter(map(tuple, samples(DatasetRecipe(f"{small_gpt2_tensor.path}?tokens={budget}")
+                                           .get_train_dataset(block_size=64)).tolist()))
+    small_rows = Counter(map(tuple, samples(DatasetRecipe(str(small_gpt2_tensor.path)).get_train_dataset(
+        block_size=64)).tolist()))
+    assert sum(upsampled.values()) == want_small and upsampled.keys() == small_rows.keys()
+    assert all(2 * small_rows[row] <= count <= 3 * small_rows[row] for row, count in upsampled.items())
+    cut = Counter(map(tuple, samples(DatasetRecipe(f"{kjv_tensor.path}?weight=0.25")
+                                     .get_train_dataset(block_size=64)).tolist()))
+    kjv_rows = Counter(map(tuple, stored_tokens(kjv_tensor)[:natural_kjv * 64].reshape(-1, 64).tolist()))
+    assert sum(cut.values()) == want_kjv and all(count <= kjv_rows[row] for row, count in cut.items())
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("{path}?tokens=0", "leaves nothing to train on"),
+    ("{path}?weight=0", "must be a positive number"),
+    ("{path}?weight=-1", "must be a positive number"),
+    ("{path}?weight=nan", "must be a positive number"),
+    ("{path}?weight=inf", "must be a positive number"),
+    ("{path}?weight=1e400", "must be a positive number"),
+    ("{path}?weight=x", "is not a number"),
+    ("{path}?tokens=1M&tokens=5", "tokens is given twice"),
+    ("{path}?tokens=1M&weight=2", "give tokens or weight, not both"),
+])
+def test_bad_budgets_are_recipe_errors(kjv_tensor, entry, message):
+    with pytest.raises(RecipeError, match=message):
+        DatasetRecipe(entry.format(path=kjv_tensor.path))
+
+
+def test_a_dict_entry_with_none_budgets_takes_the_data_as_it_is(kjv_tensor):
+    dataset = DatasetRecipe([{"sources": [str(kjv_tensor.path)], "tokens": None, "weight": None}]).get_train_dataset()
+    assert len(dataset) == kjv_tensor.manifest.blocks
