@@ -9,8 +9,9 @@ wrong byte on disk:
 - a piece whose hash does not match bans its source for the rest of the fetch (it lied);
 - an error, a timeout, a short read or a 404 counts as a failure: the source backs off exponentially and is
   dropped after `max_failures`; its claimed piece goes back to the others at once;
-- when no piece is left unclaimed, idle workers read the pieces still in flight too (endgame), so a hung
-  source delays nothing: the first verified copy wins.
+- a piece claimed STALE_CLAIM_SECONDS ago and still not received may be read from another source too; when no
+  piece is left unclaimed, idle workers take those (endgame), so a hung source delays a shard by a fraction of a
+  second, not a timeout: the first verified copy wins.
 
 Verified pieces are written in place into `<shard>.tokens.partial`; a later fetch re-hashes that file and keeps
 every piece that matches, so an interrupted download resumes. The finished file is renamed into place, then
@@ -23,6 +24,7 @@ import errno
 import fcntl
 import hashlib
 import logging
+import math
 import os
 import threading
 from collections import Counter
@@ -135,19 +137,27 @@ async def fetch_manifest(pool: SourcePool, dataset_id: str | None = None) -> tup
     return data, parsed[data]
 
 
+STALE_CLAIM_SECONDS = 0.25
+"""A piece claimed this long ago and still not received whole may be streamed from a second source too (endgame):
+a hung or slow source then holds up a shard by at most this long, and sources that keep up never send a piece twice."""
+
+
 class PieceBoard:
-    """Which pieces of a shard are done or being checked, and how many streams are reading each one (pure state).
+    """Which pieces of a shard are done or being checked, and which streams are reading each one (pure state; the
+    caller gives the time).
 
     A piece is open when it is neither done, nor received and being checked, nor claimed. Workers start at the
-    longest run of open pieces (in its middle when a stream is already flowing into it). When nothing is open but
-    pieces are still in flight, a worker may claim them again (endgame): a hung source then delays nothing, the
-    first verified copy wins. A piece that fails its check opens again.
+    longest run of open pieces (in its middle when a stream is already flowing into it). A piece whose latest claim
+    is `stale_after` seconds old may be claimed again: when nothing is open, idle workers take those (endgame), and
+    the first verified copy wins. A piece that fails its check opens again.
     """
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, stale_after: float = STALE_CLAIM_SECONDS) -> None:
         self.done = bytearray(count)
         self.checking = bytearray(count)
         self.claims = [0] * count
+        self.claimed_at = [0.0] * count
+        self.stale_after = stale_after
 
     def __len__(self) -> int:
         return len(self.done)
@@ -163,11 +173,16 @@ class PieceBoard:
     def is_open(self, index: int) -> bool:
         return not self.done[index] and not self.checking[index] and not self.claims[index]
 
-    def claim(self, index: int, duplicate: bool = False) -> bool:
-        if (index >= len(self.done) or self.done[index] or self.checking[index]
-                or (self.claims[index] and not duplicate)):
+    def claimable(self, index: int, now: float) -> bool:
+        """Open, or claimed `stale_after` seconds ago and still not received."""
+        return (index < len(self.done) and not self.done[index] and not self.checking[index]
+                and (not self.claims[index] or now - self.claimed_at[index] >= self.stale_after))
+
+    def claim(self, index: int, now: float) -> bool:
+        if not self.claimable(index, now):
             return False
         self.claims[index] += 1
+        self.claimed_at[index] = now
         return True
 
     def release(self, index: int) -> None:
@@ -189,13 +204,13 @@ class PieceBoard:
     def finish(self, index: int) -> None:
         self.done[index] = 1
 
-    def any_open_from(self, index: int, duplicate: bool = False) -> bool:
-        """Whether a piece from `index` on is open (or, for a duplicating stream, still wanted at all)."""
-        return any(self.is_open(i) or (duplicate and not self.done[i] and not self.checking[i])
-                   for i in range(index, len(self.done)))
+    def any_claimable_from(self, index: int, now: float) -> bool:
+        """Whether a stream that cannot seek should read on from `index`: a piece ahead is claimable."""
+        return any(self.claimable(i, now) for i in range(index, len(self.done)))
 
-    def pick_start(self) -> tuple[int, bool] | None:
-        """(first piece to stream, whether it duplicates a claim), or None when every piece is done or checking."""
+    def pick_start(self, now: float) -> int | None:
+        """The first piece to stream: in the longest open run, else the first stale claim; None when there is none
+        (every piece done, checking, or claimed by a stream that keeps up)."""
         best, best_len, index = None, 0, 0
         while index < len(self.done):
             if self.is_open(index):
@@ -210,9 +225,13 @@ class PieceBoard:
         if best is not None:
             if best > 0 and self.claims[best - 1]:
                 best += best_len // 2
-            return best, False
-        pending = [i for i in range(len(self.done)) if not self.done[i] and not self.checking[i]]
-        return (pending[0], True) if pending else None
+            return best
+        return next((i for i in range(len(self.done)) if self.claimable(i, now)), None)
+
+    def next_stale_at(self) -> float:
+        """When the oldest claim of a piece not yet received turns stale (infinity when there is none)."""
+        return min((self.claimed_at[i] + self.stale_after for i in range(len(self.done))
+                    if self.claims[i] and not self.done[i] and not self.checking[i]), default=math.inf)
 
 
 class ShardFetch:
@@ -355,29 +374,36 @@ class ShardFetch:
             if health.banned or health.failures >= self.pool.max_failures:
                 return
             await trio.sleep_until(health.retry_at)
-            start = self.board.pick_start()
+            start = self.board.pick_start(trio.current_time())
             if start is None:
-                await self._progress.wait()
+                with trio.move_on_at(self.board.next_stale_at()):
+                    await self._progress.wait()
                 continue
+            self.board.claim(start, trio.current_time())
             try:
-                await self._stream_from(health, *start)
+                await self._stream_from(health, start)
                 self.pool.succeeded(health)
             except SourceError as exc:
                 self.pool.failed(health, str(exc))
 
-    async def _stream_from(self, health: SourceHealth, start: int, duplicate: bool) -> None:
-        """Stream the tokens file from piece `start`, receiving each piece this worker claims straight into a
-        buffer that is checked and written in the background while the stream goes on."""
+    async def _stream_from(self, health: SourceHealth, start: int) -> None:
+        """Stream the tokens file from piece `start` (claimed by the caller before the request, so that the next
+        worker starts elsewhere), receiving each piece this worker claims straight into a buffer that is checked
+        and written in the background while the stream goes on. A source that cannot seek sends the pieces before
+        `start` too: they are read past, and taken if they are still wanted."""
         path = self.shard.tokens_path
-        async with health.source.stream(path, start * self.piece_size) as (offset, body):
-            if offset % self.piece_size or offset > start * self.piece_size:
-                raise SourceError(f"{health.source.name}: {path} starts at byte {offset}, asked for "
-                                  f"{start * self.piece_size}")
-            seekable = offset == start * self.piece_size
-            index = offset // self.piece_size
-            claimed = self.board.claim(index, duplicate)
-            piece = self._spare.pop() if self._spare else bytearray(self.piece_size)
-            try:
+        holding: int | None = start
+        piece = self._spare.pop() if self._spare else bytearray(self.piece_size)
+        try:
+            async with health.source.stream(path, start * self.piece_size) as (offset, body):
+                if offset % self.piece_size or offset > start * self.piece_size:
+                    raise SourceError(f"{health.source.name}: {path} starts at byte {offset}, asked for "
+                                      f"{start * self.piece_size}")
+                seekable = offset == start * self.piece_size
+                index = offset // self.piece_size
+                if index != start:
+                    self.board.release(start)
+                    holding = index if self.board.claim(index, trio.current_time()) else None
                 while True:
                     view, filled = memoryview(piece)[:self._piece_length(index)], 0
                     while filled < len(view):
@@ -386,8 +412,8 @@ class ShardFetch:
                             raise SourceError(f"{health.source.name}: {path} ended at byte "
                                               f"{index * self.piece_size + filled} of {self.shard.size}")
                         filled += count
-                    if claimed:
-                        claimed = False
+                    if holding is not None:
+                        holding = None
                         if self.board.hand_over(index):
                             await self._checks.acquire()
                             self._nursery.start_soon(self._check, health, index, piece)
@@ -395,13 +421,13 @@ class ShardFetch:
                     index += 1
                     if index >= len(self.board) or health.banned:
                         return
-                    claimed = self.board.claim(index, duplicate)
-                    if not claimed and (seekable or not self.board.any_open_from(index, duplicate)):
+                    holding = index if self.board.claim(index, trio.current_time()) else None
+                    if holding is None and (seekable or not self.board.any_claimable_from(index, trio.current_time())):
                         return
-            finally:
-                if claimed:
-                    self.board.release(index)
-                self._spare.append(piece)
+        finally:
+            if holding is not None:
+                self.board.release(holding)
+            self._spare.append(piece)
 
     def _piece_length(self, index: int) -> int:
         return min(self.piece_size, self.shard.size - index * self.piece_size)
