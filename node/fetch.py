@@ -243,9 +243,10 @@ class ShardFetch:
         self.shard = shard
         self.pool = pool
         self.piece_size = manifest.piece_size
-        self.board = PieceBoard(manifest.pieces_in(shard))
+        self.board = PieceBoard(manifest.pieces_in(shard), STALE_CLAIM_SECONDS)
         self.expected = b""
         self.bytes_by_source: Counter = Counter()
+        self.bytes_received = 0
         self._fd = -1
         self._checks = trio.Semaphore(MAX_PIECES_CHECKING)
         self._write_lock = threading.Lock()
@@ -412,6 +413,7 @@ class ShardFetch:
                             raise SourceError(f"{health.source.name}: {path} ended at byte "
                                               f"{index * self.piece_size + filled} of {self.shard.size}")
                         filled += count
+                    self.bytes_received += filled
                     if holding is not None:
                         holding = None
                         if self.board.hand_over(index):

@@ -145,6 +145,30 @@ def test_a_fetched_shard_is_recorded_as_verified_once_synced(served, tmp_path):
     assert not list(tmp_path.glob("shards/*.partial"))
 
 
+def test_several_good_mirrors_share_a_shard_without_sending_a_piece_twice(served, tmp_path, monkeypatch):
+    """Each worker claims its start piece before its request, so two never start at the same piece (the endgame,
+    which may duplicate a piece claimed long ago, is pushed out of reach here)."""
+    import trio
+
+    from kogitune.node import fetch as fetch_module
+    from kogitune.node.fetch import ShardFetch, SourcePool
+    from kogitune.node.sources import HttpSource
+
+    monkeypatch.setattr(fetch_module, "STALE_CLAIM_SECONDS", 3600.0)
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "manifest.json").write_bytes((served.path / "manifest.json").read_bytes())
+    with mirrors(served.path, "ok", "ok", "ok") as urls:
+        for shard in served.shards:
+            fetch = ShardFetch(tmp_path, served.manifest, shard, SourcePool([HttpSource(url) for url in urls]))
+
+            async def main():
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(fetch.run)
+            trio.run(main)
+            assert fetch.bytes_received == shard.size
+    assert DataTensor(tmp_path).verify() == []
+
+
 def test_cache_evicts_least_recently_used_unpinned_shards(served, tmp_path):
     """gc keeps the store under its limit, oldest-used shards first, never a pinned dataset's; an evicted shard
     is fetched again when needed."""
