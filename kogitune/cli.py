@@ -129,7 +129,7 @@ def _head(args) -> int:
 def _cache(args) -> int:
     from .cache import ContentStore, age, cache_limit_bytes
 
-    content = ContentStore()
+    content = ContentStore(_home(args))
     if args.action == "gc":
         limit = int(args.limit * 1e9) if args.limit is not None else cache_limit_bytes()
         evicted = content.gc(limit)
@@ -149,6 +149,19 @@ def _cache(args) -> int:
     return EXIT_OK
 
 
+def _at_least(low, kind):
+    """An argparse type: a number of `kind` no smaller than `low`."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value >= low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
+        return value
+    return parse
+
+
 def _home(args):
     from pathlib import Path
 
@@ -162,9 +175,10 @@ def _node(args) -> int:
 
     home = _home(args)
     if args.action == "start":
-        from kogitune.node.service import run_node, start_detached
+        from kogitune.node.service import check_start, run_node, start_detached
 
         if args.detach:
+            check_start(home, args.listen or [], args.bootstrap or [])
             argv = ["node", "start", "--home", str(home), "--reprovide-interval", str(args.reprovide_interval)]
             argv += [x for a in args.listen or [] for x in ("--listen", a)]
             argv += [x for b in args.bootstrap or [] for x in ("--bootstrap", b)]
@@ -246,7 +260,7 @@ def _status(args) -> int:
     print(f"{args.dataset_id}: {len(providers)} provider(s)")
     for entry in providers:
         held = f"{entry['shards']}/{entry['of']} shards" if "shards" in entry else f"error: {entry['error']}"
-        print(f"  {entry['peer']}  {held}")
+        print(f"  {entry['peer']}  {held}{'  (this node)' if entry.get('this_node') else ''}")
     return EXIT_OK
 
 
@@ -315,17 +329,17 @@ def build_parser() -> argparse.ArgumentParser:
     verify = commands.add_parser("verify", help="check every piece of a data tensor against its manifest",
                                  description="Hash every piece of every shard. Exit status 0: intact; 1: damaged "
                                              "(each bad shard and piece is named); 2: not a readable tensor.")
-    verify.add_argument("directory")
+    verify.add_argument("directory", help="a data tensor directory (the one with manifest.json)")
     verify.set_defaults(run=_verify)
 
     info = commands.add_parser("info", help="show a data tensor's manifest summary and dataset ID")
-    info.add_argument("directory")
+    info.add_argument("directory", help="a data tensor directory (the one with manifest.json)")
     info.set_defaults(run=_info)
 
     head = commands.add_parser("head", help="decode the first blocks of a data tensor")
-    head.add_argument("directory")
-    head.add_argument("-n", type=int, default=3, help="number of blocks (default: 3)")
-    head.add_argument("--chars", type=int, default=600, help="cut each block's text after this many characters "
+    head.add_argument("directory", help="a data tensor directory (the one with manifest.json)")
+    head.add_argument("-n", type=_at_least(1, int), default=3, help="number of blocks (default: 3)")
+    head.add_argument("--chars", type=_at_least(0, int), default=600, help="cut each block's text after this many characters "
                                                              "(0: no limit; default: 600)")
     head.add_argument("--tokenizer", help="tokenizer to decode with (default: the one named in the manifest)")
     head.set_defaults(run=_head)
@@ -336,10 +350,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "`ls` lists its datasets; `gc` evicts unpinned shards, least recently used first, until the "
                     "store fits its limit ($KOGITUNE_CACHE_LIMIT in GB, default 50 GB).")
     cache.add_argument("action", choices=["ls", "gc"])
-    cache.add_argument("--limit", type=float, help="with gc: the size to trim to, in GB (default: the limit)")
+    home_help = ("node home: identity, store, control socket, log (default: $KOGITUNE_HOME, else "
+                 "$XDG_CACHE_HOME/kogitune, else ~/.cache/kogitune)")
+    cache.add_argument("--limit", type=_at_least(0, float),
+                       help="with gc: the size to trim to, in GB (default: the limit)")
+    cache.add_argument("--home", help=home_help)
     cache.set_defaults(run=_cache)
 
-    home_help = "node home: identity, store, control socket, log (default: $KOGITUNE_HOME or ~/.cache/kogitune)"
     node = commands.add_parser(
         "node", help="run or talk to a Kogitune node (libp2p host + DHT + data server)",
         description="`start` runs a node in the foreground (`--detach`: in the background): a libp2p host (TCP, "
@@ -362,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Needs a running node (`kogitune node start`). Files are hard-linked into the store where the "
                     "file system allows (no second copy). --allow makes the dataset private to the listed peers; "
                     "their nodes keep the list and serve their copies to the same peers only.")
-    publish.add_argument("directory")
+    publish.add_argument("directory", help="a data tensor directory (the one with manifest.json)")
     publish.add_argument("--allow", action="append", metavar="PEER_ID", help="serve only to this peer; repeatable")
     publish.add_argument("--home", help=home_help)
     publish.set_defaults(run=_publish)

@@ -65,7 +65,7 @@ class StoreOptions:
             raise KogituneError(f"block size must be 1 to {MAX_BLOCK_SIZE} tokens, got {self.block_size}")
         if not MIN_PIECE_SIZE <= self.piece_size <= MAX_PIECE_SIZE or self.piece_size & (self.piece_size - 1):
             raise KogituneError(f"piece size must be a power of two from {MIN_PIECE_SIZE >> 10} to "
-                                f"{MAX_PIECE_SIZE >> 10} KiB, got {self.piece_size} bytes")
+                                f"{MAX_PIECE_SIZE >> 10} KiB, got {self.piece_size / 1024:g} KiB")
         if not 0 < self.shard_size <= MAX_SHARD_TOKENS:
             raise KogituneError(f"shard size must be positive and at most {MAX_SHARD_TOKENS} bytes "
                                 f"(document offsets are 32-bit), got {self.shard_size}")
@@ -123,6 +123,8 @@ def store(files: Iterable[str | os.PathLike], tokenizer: str | Tokenizer = DEFAU
     if not paths:
         raise BadInputError("no input files given")
     for path in paths:
+        if path.is_dir():
+            raise BadInputError(f"{path} is a directory; give the JSONL files in it (e.g. {path}/*.jsonl)")
         if not path.is_file():
             raise BadInputError(f"{path}: no such file")
     if options.filters is not None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from kogitune.protocol.errors import IntegrityError, ManifestError
-from kogitune.protocol.ids import DIGEST_SIZE
+from kogitune.protocol.ids import DIGEST_SIZE, is_dataset_id
 from kogitune.protocol.manifest import Manifest, ShardInfo, parse_manifest
 from kogitune.protocol.pieces import piece_digests, piece_span, root_of
 
@@ -56,10 +56,7 @@ class DataTensor:
         self.store = store
         manifest_path = self.path / MANIFEST_FILE
         if not manifest_path.is_file():
-            hint = " (a store into it is unfinished or was interrupted)" if self.path.with_name(
-                self.path.name + ".partial").exists() else ""
-            raise TensorError(f"{self.path} is not a data tensor: it has no {MANIFEST_FILE}{hint}. "
-                              "Create one with `kogitune store FILE.jsonl`.")
+            raise TensorError(_not_a_tensor(self.path))
         try:
             self.manifest: Manifest = parse_manifest(manifest_path.read_bytes())
         except ManifestError as exc:
@@ -224,6 +221,19 @@ class DataTensor:
             _checked_here[key] = signature
             return True
         return False
+
+
+def _not_a_tensor(path: Path) -> str:
+    """Why `path` cannot be opened as a data tensor, and what to do."""
+    if is_dataset_id(str(path)) and not path.exists():
+        return (f"{path} is a dataset ID, not a directory: `kogitune get {path}` fetches it into "
+                f"$KOGITUNE_HOME/datasets/{path}, and a recipe can name the ID itself")
+    if path.with_name(path.name + ".partial").exists():
+        return (f"{path} is not a data tensor: it has no {MANIFEST_FILE} (a store into it is unfinished or was "
+                "interrupted; run it again)")
+    if not path.exists():
+        return f"{path}: no such directory"
+    return f"{path} is not a data tensor: it has no {MANIFEST_FILE}. Create one with `kogitune store FILE.jsonl`."
 
 
 _checked_here: dict[tuple[str, str], list] = {}

@@ -19,7 +19,7 @@ import trio
 from kogitune.cache import ContentStore
 from kogitune.files import write_atomic
 from kogitune.protocol import wire
-from kogitune.protocol.ids import dataset_id_digest
+from kogitune.protocol.ids import dataset_id_digest, is_peer_id
 from kogitune.protocol.manifest import Manifest
 from kogitune.protocol.signing import sign_dataset
 
@@ -173,7 +173,7 @@ class Node:
         """Verify a tensor, add it to the store (hard links where possible), sign and announce it."""
         from kogitune.tensor import DataTensor
 
-        bad = [peer for peer in allow or () if not wire.is_peer_id(peer)]
+        bad = [peer for peer in allow or () if not is_peer_id(peer)]
         if bad:
             raise NodeError(f"--allow {bad[0]!r} is not a peer ID; `kogitune node status` prints a node's peer id")
         tensor = await trio.to_thread.run_sync(DataTensor, tensor_path)
@@ -285,7 +285,7 @@ class Node:
             errors.append(f"{len(providers) - len(reachable) - len(errors)} provider(s) too slow to connect")
         signed = await self._first_valid_manifest(dataset_id, reachable, trusted, errors)
         if signed is None:
-            raise FetchError(f"no provider of {dataset_id} gave a valid manifest: {'; '.join(errors)}")
+            raise FetchError(f"no provider of {dataset_id} gave a valid manifest: {'; '.join(dict.fromkeys(errors))}")
         directory = self.store.dataset_dir(dataset_id)
         (directory / "shards").mkdir(parents=True, exist_ok=True)
         write_atomic(directory / "manifest.json", signed.data)
@@ -338,10 +338,20 @@ class Node:
         return opened
 
     async def providers_status(self, dataset_id: str) -> list[dict]:
-        """Each provider and which shards it holds (its have-map)."""
-        opened = await self.open_dataset(dataset_id)
-        count = len(opened.signed.manifest.shards)
+        """Each provider and which shards it holds (its have-map); this node first when it holds the dataset."""
         report = []
+        local = self.store.dataset_dir(dataset_id)
+        manifest = _load_manifest(local)
+        if manifest is not None and manifest.dataset_id == dataset_id and (local / SIGNATURE_FILE).exists():
+            held = sum((local / shard.tokens_path).exists() for shard in manifest.shards)
+            report.append({"peer": self.peer_id, "this_node": True, "shards": held, "of": len(manifest.shards)})
+        try:
+            opened = await self.open_dataset(dataset_id)
+        except FetchError:
+            if report:
+                return report
+            raise
+        count = len(opened.signed.manifest.shards)
         for info in await self.find_providers(dataset_id):
             try:
                 have = await fetch_have(self.host, info.peer_id, dataset_id, count, self.config.read_timeout)

@@ -17,7 +17,7 @@ import trio
 
 from kogitune.cache import ContentStore
 from kogitune.protocol import wire
-from kogitune.protocol.ids import dataset_id_from_digest
+from kogitune.protocol.ids import dataset_id_from_digest, is_peer_id
 from kogitune.protocol.manifest import Manifest, parse_manifest
 
 log = logging.getLogger("kogitune.node")
@@ -105,7 +105,7 @@ class DataServer:
             signature = (directory / SIGNATURE_FILE).read_bytes()
             await self._send(stream, wire.encode_response(wire.ManifestResponse(
                 manifest_bytes, signature=signature[32:], public_key=signature[:32],
-                allow=tuple(sorted(filter(wire.is_peer_id, allowed or ()))))))
+                allow=tuple(sorted(filter(is_peer_id, allowed or ()))))))
         elif isinstance(request, wire.HaveRequest):
             complete = [(directory / s.tokens_path).exists() for s in manifest.shards]
             await self._send(stream, wire.encode_response(wire.HaveResponse(wire.have_bitmap(complete))))

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import trio
@@ -18,6 +22,7 @@ from .errors import NodeError
 
 CONFIG_FILE = "config.json"
 LOG_FILE = "node.log"
+LOCK_FILE = "node.lock"
 READY_PREFIX = "kogitune node "
 
 
@@ -34,30 +39,98 @@ def bootstrap_peers(home: Path, flags: list[str] | None = None) -> list[str]:
     return list(dict.fromkeys(peers))
 
 
+@contextmanager
+def node_lock(home: Path):
+    """Held while a node runs on `home`: a second node there would share its identity and take over its control
+    socket. The kernel drops the lock when the process ends, however it ends."""
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / LOCK_FILE, "a+b") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise NodeError(f"a node is already running for {home}; stop it first (`kogitune node stop --home "
+                            f"{home}`) or start this one with another --home") from None
+        yield
+
+
+def check_start(home: Path, listen: list[str], bootstrap: list[str]) -> None:
+    """Refuse, before anything starts, what would make a node start wrong: a node already running on `home`, a
+    listen address that does not parse or whose port is taken, a bootstrap address without its peer ID."""
+    from multiaddr import Multiaddr
+
+    with node_lock(home):
+        pass
+    for address in listen or [DEFAULT_LISTEN]:
+        try:
+            parsed = Multiaddr(address)
+            host = next(parsed.value_for_protocol(p) for p in ("ip4", "ip6") if p in _protocols(parsed))
+            port = int(parsed.value_for_protocol("tcp"))
+        except Exception:
+            raise NodeError(f"--listen {address!r} is not a TCP multiaddr such as /ip4/0.0.0.0/tcp/4011") from None
+        if port:
+            _check_port_free(address, host, port)
+    for address in bootstrap_peers(home, bootstrap):
+        try:
+            ok = "p2p" in _protocols(Multiaddr(address))
+        except Exception:
+            ok = False
+        if not ok:
+            raise NodeError(f"bootstrap address {address!r} is not a multiaddr ending in /p2p/<peer id>, such as "
+                            "/ip4/192.0.2.1/tcp/4011/p2p/12D3KooW... (from --bootstrap, "
+                            f"{home / CONFIG_FILE} or $KOGITUNE_BOOTSTRAP)")
+
+
+def _protocols(address) -> list[str]:
+    return [protocol.name for protocol in address.protocols()]
+
+
+def _check_port_free(address: str, host: str, port: int) -> None:
+    """Bind the port once ourselves: libp2p binds with SO_REUSEPORT, so two nodes on one port would both start
+    and share its connections between two identities."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise NodeError(f"--listen {address}: port {port} is already in use (another node or program); "
+                                "pick another port") from None
+            raise NodeError(f"--listen {address}: cannot listen there ({exc.strerror})") from None
+
+
 def run_node(home: Path, listen: list[str], bootstrap: list[str], reprovide_interval: float) -> None:
     """Run the daemon in the foreground until `node stop`, SIGINT or SIGTERM."""
-    home.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(home / LOG_FILE)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("kogitune",):
-        logging.getLogger(name).addHandler(handler)
-        logging.getLogger(name).setLevel(logging.INFO)
-        logging.getLogger(name).propagate = False
-    config = NodeConfig(home=home, listen=listen or [DEFAULT_LISTEN], bootstrap=bootstrap_peers(home, bootstrap),
-                        reprovide_interval=reprovide_interval,
-                        read_timeout=float(os.environ.get("KOGITUNE_READ_TIMEOUT", 30)))
-    trio.run(_serve, Node(config))
+    listen = listen or [DEFAULT_LISTEN]
+    check_start(home, listen, bootstrap)
+    with node_lock(home):
+        handler = logging.FileHandler(home / LOG_FILE)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        for name in ("kogitune",):
+            logging.getLogger(name).addHandler(handler)
+            logging.getLogger(name).setLevel(logging.INFO)
+            logging.getLogger(name).propagate = False
+        config = NodeConfig(home=home, listen=listen, bootstrap=bootstrap_peers(home, bootstrap),
+                            reprovide_interval=reprovide_interval,
+                            read_timeout=float(os.environ.get("KOGITUNE_READ_TIMEOUT", 30)))
+        if not trio.run(_serve, Node(config)):
+            raise NodeError(f"the node could not listen on {' '.join(listen)}; see {home / LOG_FILE}")
 
 
-async def _serve(node: Node) -> None:
+async def _serve(node: Node) -> bool:
+    """Run the node until it stops; False if it could not listen anywhere."""
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)
+        if not node.addresses():
+            node.stop()
+            return False
         await nursery.start(serve_control, node)
         nursery.start_soon(_stop_on_signal, node)
         print(f"{READY_PREFIX}{node.peer_id} listening on {' '.join(_full(node))}", flush=True)
         logging.getLogger("kogitune.node").info("started %s on %s", node.peer_id, _full(node))
         await node.wait_stopped()
         nursery.cancel_scope.cancel()
+    return True
 
 
 def _full(node: Node) -> list[str]:
@@ -75,10 +148,16 @@ def start_detached(home: Path, argv: list[str]) -> str:
     """Start `kogitune node start` in the background; return its ready line once it listens."""
     home.mkdir(parents=True, exist_ok=True)
     log = open(home / LOG_FILE, "ab")
+    logged_before = log.seek(0, os.SEEK_END)
     proc = subprocess.Popen([sys.executable, "-m", "kogitune.cli", *argv], stdout=subprocess.PIPE, stderr=log,
                             stdin=subprocess.DEVNULL, start_new_session=True)
     line = proc.stdout.readline().decode().strip()
     proc.stdout.close()
     if not line.startswith(READY_PREFIX):
-        raise NodeError(f"the node did not start (exit {proc.poll()}); see {home / LOG_FILE}")
+        with open(home / LOG_FILE, "rb") as written:
+            written.seek(logged_before)
+            errors = [text for text in written.read().decode(errors="replace").splitlines()
+                      if text.startswith("kogitune node: error: ")]
+        why = errors[-1][len("kogitune node: error: "):] if errors else f"exit {proc.poll()}; see {home / LOG_FILE}"
+        raise NodeError(f"the node did not start: {why}")
     return line

@@ -16,6 +16,12 @@ DIGEST_SIZE = 32
 # 256 bits are 51 base32 characters and 1 bit: the last character is "a" or "q", so one digest has one ID.
 _DATASET_ID_RE = re.compile(r"kg1-[a-z2-7]{51}[aq]")
 _HEX_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
+_BASE58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+_BASE58_RE = re.compile(r"[1-9A-HJ-NP-Za-km-z]{1,128}")
+_IDENTITY_MULTIHASH, _SHA256_MULTIHASH = 0x00, 0x12
+MAX_INLINE_KEY_BYTES = 42
+"""libp2p puts public keys of at most this many bytes (Ed25519's are 36) in the peer ID itself; longer keys are
+hashed with SHA-256."""
 
 
 def sha256(data: bytes) -> bytes:
@@ -44,3 +50,32 @@ def dataset_id_digest(dataset_id: str) -> bytes:
 
 def is_hex_digest(text: object) -> bool:
     return isinstance(text, str) and bool(_HEX_DIGEST_RE.fullmatch(text))
+
+
+def base58btc(data: bytes) -> str:
+    """Bitcoin base58: the bytes as a big-endian number in the 58-letter alphabet, a "1" for each leading zero byte."""
+    number = int.from_bytes(data, "big")
+    digits = []
+    while number:
+        number, rest = divmod(number, 58)
+        digits.append(_BASE58_ALPHABET[rest])
+    zeros = len(data) - len(data.lstrip(b"\x00"))
+    return "1" * zeros + "".join(reversed(digits))
+
+
+def is_peer_id(text: object) -> bool:
+    """Whether `text` is a libp2p peer ID as nodes print it: base58btc of a multihash, either the identity of a
+    protobuf public key of at most MAX_INLINE_KEY_BYTES ("12D3KooW..." for Ed25519) or a SHA-256 ("Qm...")."""
+    if not isinstance(text, str) or not _BASE58_RE.fullmatch(text):
+        return False
+    number = 0
+    for char in text:
+        number = number * 58 + _BASE58_ALPHABET.index(char)
+    zeros = len(text) - len(text.lstrip("1"))
+    data = bytes(zeros) + number.to_bytes((number.bit_length() + 7) // 8, "big")
+    if len(data) < 3 or data[1] != len(data) - 2:
+        return False
+    if data[0] == _IDENTITY_MULTIHASH:  # a protobuf PublicKey {Type (0-3): varint, Data: bytes}
+        return (data[1] <= MAX_INLINE_KEY_BYTES and len(data) > 6 and data[2] == 0x08 and data[3] <= 3
+                and data[4] == 0x12 and data[5] == len(data) - 6)
+    return data[0] == _SHA256_MULTIHASH and data[1] == DIGEST_SIZE

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from .errors import IntegrityError
-from .ids import dataset_id_digest
+from .ids import base58btc, dataset_id_digest
 from .manifest import Manifest, parse_manifest
 
 SIGNING_CONTEXT = b"kogitune/manifest/v1\x00"
@@ -23,7 +23,6 @@ SIGNATURE_BYTES = 64
 # The protobuf PublicKey {Type: Ed25519 (1), Data: 32 bytes} of libp2p's peer-id spec, before the key bytes.
 _ED25519_PROTOBUF_PREFIX = bytes([0x08, 0x01, 0x12, 0x20])
 _IDENTITY_MULTIHASH = 0x00
-_BASE58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
 
 def signing_payload(dataset_id: str) -> bytes:
@@ -76,17 +75,6 @@ def peer_id_from_public_key(public_key: bytes) -> str:
         raise ValueError(f"an Ed25519 public key is {PUBLIC_KEY_BYTES} bytes")
     serialized = _ED25519_PROTOBUF_PREFIX + public_key
     return base58btc(bytes([_IDENTITY_MULTIHASH, len(serialized)]) + serialized)
-
-
-def base58btc(data: bytes) -> str:
-    """Bitcoin base58: the bytes as a big-endian number in the 58-letter alphabet, a "1" for each leading zero byte."""
-    number = int.from_bytes(data, "big")
-    digits = []
-    while number:
-        number, rest = divmod(number, 58)
-        digits.append(_BASE58_ALPHABET[rest])
-    zeros = len(data) - len(data.lstrip(b"\x00"))
-    return "1" * zeros + "".join(reversed(digits))
 
 
 def _private_key(private_key_bytes: bytes) -> Ed25519PrivateKey:

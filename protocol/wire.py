@@ -17,7 +17,7 @@ from typing import Any
 import msgpack
 
 from .errors import KogituneError
-from .ids import DIGEST_SIZE
+from .ids import DIGEST_SIZE, is_peer_id
 from .manifest import MAX_MANIFEST_BYTES, MAX_SHARDS
 
 PROTOCOL_ID = "/kogitune/data/1.0.0"
@@ -37,7 +37,6 @@ PUBLIC_KEY_BYTES = 32
 MAX_BITMAP_BYTES = -(-MAX_SHARDS // 8)
 MAX_MAP_KEYS = 16
 _SHARD_RE = re.compile(r"[0-9]{5,9}")
-_PEER_ID_RE = re.compile(r"[1-9A-HJ-NP-Za-km-z]{1,128}")
 
 
 class WireError(KogituneError):
@@ -298,11 +297,6 @@ def _str(value: Any, name: str, high: int) -> str:
     if type(value) is not str or len(value) > high:
         raise _bad(f"{name} must be a string of at most {high} characters")
     return value
-
-
-def is_peer_id(text: Any) -> bool:
-    """Whether `text` looks like a libp2p peer ID: 1 to 128 characters of the base58btc alphabet."""
-    return type(text) is str and _PEER_ID_RE.fullmatch(text) is not None
 
 
 def _allow(text: str) -> tuple[str, ...]:

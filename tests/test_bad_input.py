@@ -186,6 +186,11 @@ def test_damaged_compressed_input(tmp_path, small_corpus, capsys, suffix, make):
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
+def test_a_directory_given_as_input(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "store", tmp_path, "-o", tmp_path / "out", *CLI_STORE)
+    assert code == 2 and f"{tmp_path} is a directory; give the JSONL files in it" in err
+
+
 def test_tokenizer_file_that_is_not_one(tmp_path, small_corpus, capsys):
     bogus = tmp_path / "tokenizer.json"
     bogus.write_text('{"not": "a tokenizer"}')
@@ -208,10 +213,13 @@ def test_not_a_tensor_directory_exits_2(tmp_path, capsys, command):
     plain = tmp_path / "plain"
     plain.mkdir()
     (plain / "notes.txt").write_text("hello")
-    for directory in (plain, tmp_path / "nowhere"):
+    nowhere, dataset_id = tmp_path / "nowhere", "kg1-" + "a" * 52
+    for directory, message in [(plain, f"{plain} is not a data tensor: it has no manifest.json"),
+                               (nowhere, f"{nowhere}: no such directory"),
+                               (dataset_id, f"{dataset_id} is a dataset ID, not a directory: `kogitune get")]:
         code, out, err = run_cli(capsys, command, directory)
         assert code == 2 and out == ""
-        assert err.startswith(f"kogitune {command}: error: {directory} is not a data tensor: it has no manifest.json")
+        assert err.startswith(f"kogitune {command}: error: {message}")
     with pytest.raises(TensorError):
         DataTensor(plain)
 

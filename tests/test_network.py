@@ -12,7 +12,7 @@ import pytest
 from kogitune.corpora import write_kjv_chapters
 from kogitune.store import StoreOptions, store
 from kogitune.tensor import DataTensor
-from netnodes import ENV, NodeProcess
+from netnodes import ENV, KOGITUNE, NodeProcess
 
 BLOCK = 64
 TRAIN_SCRIPT = """
@@ -118,9 +118,47 @@ def test_private_dataset_is_served_only_to_its_allow_list_also_by_replicas(tenso
 
 
 def test_publish_refuses_an_allow_entry_that_is_not_a_peer_id(tensor, nodes):
-    refused = nodes("a").cli("publish", str(tensor.path), "--allow", "alice@example.org", check=False)
-    assert refused.returncode != 0
-    assert "'alice@example.org' is not a peer ID" in refused.stderr
+    a = nodes("a")
+    for typo in ["alice@example.org", "12D3KooWtypo", a.peer_id[:-1]]:
+        refused = a.cli("publish", str(tensor.path), "--allow", typo, check=False)
+        assert refused.returncode != 0
+        assert f"{typo!r} is not a peer ID" in refused.stderr
+
+
+def test_status_on_the_publisher_lists_itself(tensor, nodes):
+    a = nodes("a")
+    dataset_id = a.cli("publish", str(tensor.path)).stdout.strip()
+    count = len(tensor.shards)
+    assert f"{a.peer_id}  {count}/{count} shards  (this node)" in a.cli("status", dataset_id).stdout
+
+
+def start_node(home: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([KOGITUNE, "node", "start", "--home", str(home), *args], capture_output=True, text=True,
+                          timeout=60, env=ENV)
+
+
+def test_a_second_node_on_a_home_or_a_port_is_refused_and_the_first_keeps_running(nodes, tmp_path):
+    """Two nodes on one home would share an identity and the control socket; two on one port (libp2p binds with
+    SO_REUSEPORT) would share its connections. Both are refused, in the foreground and with --detach."""
+    a = nodes("a")
+    port = a.address.split("/tcp/")[1].split("/")[0]
+    for detach in ([], ["--detach"]):
+        same_home = start_node(a.home, "--listen", "/ip4/127.0.0.1/tcp/0", *detach)
+        assert same_home.returncode == 2 and f"a node is already running for {a.home}" in same_home.stderr
+        same_port = start_node(tmp_path / "b", "--listen", f"/ip4/127.0.0.1/tcp/{port}", *detach)
+        assert same_port.returncode == 2 and f"port {port} is already in use" in same_port.stderr
+    assert a.cli("node", "status").stdout.startswith(f"peer id     {a.peer_id}")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--listen", "127.0.0.1:4011"], "is not a TCP multiaddr"),
+    (["--listen", "/ip4/127.0.0.1/tcp/99999"], "is not a TCP multiaddr"),
+    (["--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap", "garbage"], "is not a multiaddr ending in /p2p/"),
+    (["--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap", "/ip4/127.0.0.1/tcp/4011"], "ending in /p2p/"),
+])
+def test_bad_node_addresses_are_refused_before_the_node_starts(tmp_path, args, message):
+    refused = start_node(tmp_path / "n", *args)
+    assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr
 
 
 def test_a_trust_list_accepts_only_its_publishers(tensor, nodes):

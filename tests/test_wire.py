@@ -8,7 +8,8 @@ import msgpack
 import pytest
 
 from kogitune.protocol.errors import KogituneError
-from kogitune.protocol.wire import (ERROR_CODES, FILE_KINDS, MAX_HEADER_BYTES, MAX_READ_BYTES, MAX_REQUEST_BYTES,
+from kogitune.protocol.ids import base58btc, is_peer_id
+from kogitune.protocol.wire import (ERROR_CODES, FILE_KINDS, MAX_ALLOW_CHARS, MAX_HEADER_BYTES, MAX_READ_BYTES, MAX_REQUEST_BYTES,
                                     PROTOCOL_ID, WIRE_VERSION, ErrorResponse, FrameDecoder, HaveRequest, HaveResponse,
                                     ManifestRequest, ManifestResponse, ReadRequest, ReadResponse, WireError,
                                     encode_frame, encode_request, encode_response, encode_varint, expected_response,
@@ -21,7 +22,15 @@ SIGNATURE = bytes.fromhex("d40650c8b121556f1f36cfc72b9518784a5864e2aa24ac24d551c
 PUBLIC_KEY = bytes.fromhex("8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c")
 
 # Byte-level vectors: these exact strings are in docs/protocol.md ("Test vectors"); change both or neither.
-BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+PEER_A, PEER_B = sorted(base58btc(bytes([0x00, 36, 0x08, 0x01, 0x12, 0x20]) + bytes([n]) * 32) for n in (1, 2))
+
+
+def random_peer_id(rng: random.Random) -> str:
+    if rng.random() < 0.5:
+        return base58btc(bytes([0x00, 36, 0x08, 0x01, 0x12, 0x20]) + rng.randbytes(32))  # Ed25519, "12D3KooW..."
+    return base58btc(bytes([0x12, 32]) + rng.randbytes(32))  # a hashed key, "Qm..."
+
+
 VECTORS = {
     "manifest request": (
         ManifestRequest(DATASET),
@@ -154,7 +163,7 @@ def random_messages(rng: random.Random, count: int):
                               rng.choice([0, rng.randrange(1 << 50), (1 << 63) - 1]),
                               rng.choice([1, rng.randint(1, MAX_READ_BYTES), MAX_READ_BYTES]))
         elif kind == 3:
-            allow = {"".join(rng.choices(BASE58, k=rng.randint(1, 128))) for _ in range(rng.choice([0, 1, 20]))}
+            allow = {random_peer_id(rng) for _ in range(rng.choice([0, 1, 20]))}
             yield ManifestResponse(rng.randbytes(rng.randint(1, 3000)), rng.randbytes(64), rng.randbytes(32),
                                    tuple(sorted(allow)))
         elif kind == 4:
@@ -175,7 +184,10 @@ def test_every_message_round_trips():
 
 def test_a_big_manifest_response_round_trips():
     manifest = bytes(range(256)) * (1 << 18)  # 64 MiB: the largest manifest there can be
-    allow = tuple(sorted(f"{i:0>127}".replace("0", "z") for i in range(512)))  # 65535 characters: the longest
+    rng = random.Random(2)
+    allow = tuple(sorted({random_peer_id(rng) for _ in range(1300)}))
+    while len(" ".join(allow)) > MAX_ALLOW_CHARS:
+        allow = allow[:-1]  # the longest allow-list there can be
     frame = encode_response(ManifestResponse(manifest, SIGNATURE, PUBLIC_KEY, allow))
     assert len(frame) <= MAX_HEADER_BYTES + 10
     assert parse_response(decode_one(frame), ManifestResponse) == ManifestResponse(manifest, SIGNATURE, PUBLIC_KEY,
@@ -486,6 +498,19 @@ def test_valid_request_edges():
     assert parse_request(read_request(file="pieces")).file == "pieces"
 
 
+def test_peer_ids():
+    """What libp2p prints for an Ed25519 key (identity multihash) and for a hashed key (SHA-256 multihash), nothing
+    else: typos in --allow must not pass."""
+    from kogitune.protocol.signing import peer_id_from_public_key
+
+    real = peer_id_from_public_key(PUBLIC_KEY)
+    assert real.startswith("12D3KooW") and is_peer_id(real)
+    assert is_peer_id("QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N")
+    for bad in ["", "notapeer", "12D3KooWtypo", real[:-1], real + "1", real.replace("K", "0"), "Qm" + "1" * 44,
+                "x" * 129, None, real.encode()]:
+        assert not is_peer_id(bad), bad
+
+
 def ok(**fields) -> dict:
     return {"v": 1, "ok": True, **fields}
 
@@ -499,8 +524,8 @@ def ok(**fields) -> dict:
     (ok(manifest=b"{}", signature=SIGNATURE[:63], public_key=PUBLIC_KEY, allow=""), ManifestResponse),
     (ok(manifest=b"{}", signature=SIGNATURE, public_key=PUBLIC_KEY + b"\x00", allow=""), ManifestResponse),
     *[(ok(manifest=b"{}", signature=SIGNATURE, public_key=PUBLIC_KEY, allow=allow), ManifestResponse) for allow in [
-        None, b"12D3KooWA", "12D3KooWB 12D3KooWA", "12D3KooWA 12D3KooWA", "12D3KooWA  12D3KooWB", " 12D3KooWA",
-        "12D3KooWA\n12D3KooWB", "12D3KooW0", "12D3KooWl", "x" * 129, ("A" * 127 + " ") * 512]],
+        None, PEER_A.encode(), f"{PEER_B} {PEER_A}", f"{PEER_A} {PEER_A}", f"{PEER_A}  {PEER_B}", f" {PEER_A}",
+        f"{PEER_A}\n{PEER_B}", PEER_A[:-1], PEER_A + "1", "12D3KooW0", "x" * 129, f"{PEER_A} " * 1300]],
     (ok(shards=b"\x01"), ManifestResponse),  # a valid have response where a manifest was expected
     (ok(length=5), HaveResponse),
     (ok(shards=b"\x00" * (131072 + 1)), HaveResponse),
