@@ -11,13 +11,17 @@ import hashlib
 import json
 import os
 import re
+import socket
+import urllib.request
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .errors import TokenizerError
 
 DEFAULT_TOKENIZER = "gpt2"
+HUB_PROBE_SECONDS = 3.0
 _EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|eot_id|>", "<|im_end|>")
 
 
@@ -140,6 +144,20 @@ def _load_path(path: Path) -> Tokenizer:
 
 
 def _load_hub(name: str) -> Tokenizer:
+    """A hub name: from the Hugging Face cache if it is there, else from the hub, unless the hub is plainly out of
+    reach (then at once: transformers would retry for about a minute before giving up)."""
+    try:
+        return _from_transformers(name, name, local_files_only=True)
+    except TokenizerError:
+        raise
+    except Exception:
+        pass
+    unreachable = _hub_unreachable()
+    if unreachable:
+        raise TokenizerError(
+            f"could not load tokenizer {name!r}: it is not a local path, not in the Hugging Face cache, and "
+            f"{unreachable}. Pass a tokenizer directory or tokenizer.json, or use the built-in offline "
+            f"{DEFAULT_TOKENIZER!r}.")
     try:
         return _from_transformers(name, name)
     except TokenizerError:
@@ -151,13 +169,29 @@ def _load_hub(name: str) -> Tokenizer:
         ) from None
 
 
-def _from_transformers(name_or_path: str, name: str) -> Tokenizer:
+def _hub_unreachable() -> str:
+    """Why the hub cannot be reached ("" when it may be): HF_HUB_OFFLINE, or no TCP connection to its host
+    within HUB_PROBE_SECONDS. Behind a proxy (https_proxy) only the proxy knows, so no probe is made."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    if urllib.request.getproxies().get(endpoint.scheme) and not urllib.request.proxy_bypass(endpoint.hostname or ""):
+        return ""
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=HUB_PROBE_SECONDS).close()
+    except (OSError, ValueError) as exc:
+        return f"the hub ({endpoint.hostname}:{port}) cannot be reached from here ({type(exc).__name__}: {exc})"
+    return ""
+
+
+def _from_transformers(name_or_path: str, name: str, **options) -> Tokenizer:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         from transformers import AutoTokenizer
     except ImportError:
         raise TokenizerError(f"loading {name_or_path!r} needs transformers: pip install 'kogitune[train]'") from None
-    hf = AutoTokenizer.from_pretrained(name_or_path)
+    hf = AutoTokenizer.from_pretrained(name_or_path, **options)
     backend = getattr(hf, "backend_tokenizer", None)
     if backend is None:
         raise TokenizerError(f"{name_or_path!r} has no fast (Rust) tokenizer; Kogitune needs one")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import socket
 from dataclasses import replace
 
 import numpy as np
@@ -189,6 +190,26 @@ def test_damaged_compressed_input(tmp_path, small_corpus, capsys, suffix, make):
 def test_a_directory_given_as_input(tmp_path, capsys):
     code, _, err = run_cli(capsys, "store", tmp_path, "-o", tmp_path / "out", *CLI_STORE)
     assert code == 2 and f"{tmp_path} is a directory; give the JSONL files in it" in err
+
+
+@pytest.mark.parametrize("setting", ["HF_HUB_OFFLINE", "HF_ENDPOINT"])
+def test_a_hub_name_out_of_reach_fails_at_once(tmp_path, small_corpus, capsys, monkeypatch, setting):
+    """Not a path, not cached, and the hub plainly unreachable: a clear error without transformers' minute of
+    retries (HF_ENDPOINT points at a closed port here, so the test needs no network either way)."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    if setting == "HF_HUB_OFFLINE":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        why = "HF_HUB_OFFLINE is set"
+    else:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed.getsockname()[1]}")
+        why = f"the hub (127.0.0.1:{closed.getsockname()[1]}) cannot be reached from here (ConnectionRefusedError"
+    with closed:
+        code, _, err = run_cli(capsys, "store", small_corpus, "-o", tmp_path / "out", "--tokenizer", "nobody/typo",
+                               *CLI_STORE)
+    assert code == 2 and "could not load tokenizer 'nobody/typo': it is not a local path, not in the Hugging " \
+                         f"Face cache, and {why}" in err
 
 
 def test_tokenizer_file_that_is_not_one(tmp_path, small_corpus, capsys):
