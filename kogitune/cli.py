@@ -239,16 +239,23 @@ def _get(args) -> int:
         except KogituneError as exc:
             outcome["error"] = exc
 
+    def present() -> int:
+        return sum(s.size for s in shards if (directory / s.tokens_path).exists())
+
+    held_before = present()
     worker = threading.Thread(target=get, daemon=True)
     worker.start()
-    with tqdm(total=sum(s.size for s in shards), unit="B", unit_scale=True, disable=args.quiet,
-              desc=args.dataset_id[:12]) as bar:
+    with tqdm(total=sum(s.size for s in shards), initial=held_before, unit="B", unit_scale=True,
+              disable=args.quiet, desc=args.dataset_id[:12]) as bar:
         while worker.is_alive():
             worker.join(0.5)
-            bar.update(sum(s.size for s in shards if (directory / s.tokens_path).exists()) - bar.n)
+            bar.update(present() - bar.n)
     if "error" in outcome:
         raise outcome["error"]
-    print(f"{args.dataset_id} -> {outcome['reply']['directory']}\n  sources: {outcome['reply']['sources']}")
+    if held_before == bar.total:
+        print(f"{args.dataset_id} -> {outcome['reply']['directory']} (already complete here; nothing fetched)")
+    else:
+        print(f"{args.dataset_id} -> {outcome['reply']['directory']}\n  sources: {outcome['reply']['sources']}")
     return EXIT_OK
 
 

@@ -99,8 +99,9 @@ def test_restart_keeps_identity_and_store_and_announces_again(tensor, nodes, tmp
     assert restarted.peer_id == first_id
     assert (restarted.home / "identity.key").stat().st_mode & 0o777 == 0o600
     b = nodes("b", [restarted.address])
-    b.cli("get", dataset_id)
+    assert "sources: " in b.cli("get", dataset_id).stdout
     assert DataTensor(b.home / "datasets" / dataset_id).verify() == []
+    assert "(already complete here; nothing fetched)" in b.cli("get", dataset_id).stdout
 
 
 def test_private_dataset_is_served_only_to_its_allow_list_also_by_replicas(tensor, nodes):
