@@ -110,6 +110,15 @@ class Perturber:
             record["drop"] = {"rate": repr(spec.drop)}
         return record
 
+    def state(self) -> dict:
+        """The generator's state and the counts, as JSON, for a store's checkpoint."""
+        return {"rng": self.rng.bit_generator.state, "changed": self.changed, "dropped": self.dropped,
+                "seen": self.seen}
+
+    def restore(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.changed, self.dropped, self.seen = int(state["changed"]), int(state["dropped"]), int(state["seen"])
+
     def apply(self, tokens: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Perturb documents packed as `tokens` (each document's tokens then its EOS) with `lengths` (EOS included).
 

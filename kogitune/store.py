@@ -3,18 +3,25 @@
 Input is streamed in batches of lines, parsed and tokenized in this process (on the Rust tokenizer's threads) or
 in worker processes, and written in input order, so the output (and its dataset ID) does not depend on how it ran.
 Everything is written into `<output>.partial` and renamed to `<output>` only once complete: an interrupted store
-leaves no tensor that looks complete, and running it again starts that output afresh.
+leaves no tensor that looks complete. Every CHECKPOINT_SECONDS it records in `<output>.partial/checkpoint.json`
+how far it got; run again after an interruption (Ctrl-C, kill, crash), it goes on from there when the inputs
+(path, size, mtime), the tokenizer, the options and the Kogitune version are unchanged, and the result is the same
+tensor, byte for byte, as an uninterrupted store would make.
 """
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import io
+import itertools
 import json
+import logging
 import os
 import shutil
 import struct
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,7 +42,11 @@ from .perturb import Perturber, PerturbSpec
 from .tensor import MANIFEST_FILE, DataTensor, record_verified
 from .tokenizer import DEFAULT_TOKENIZER, Tokenizer, load_tokenizer, tokenizer_from_json
 
+log = logging.getLogger("kogitune.store")
 BATCH_BYTES = 1 << 20
+CHECKPOINT_FILE = "checkpoint.json"
+CHECKPOINT_SECONDS = 30.0
+"""How often a store records how far it got (an fsync of the shard being written and a small JSON file)."""
 ENCODER_THREADS = 2
 """Threads that call the Rust encoder in the in-process pipeline; Rust shares all cores between their batches."""
 IN_FLIGHT = 6
@@ -138,16 +149,64 @@ def store(files: Iterable[str | os.PathLike], tokenizer: str | Tokenizer = DEFAU
             raise TensorError(f"{out} exists and is not a data tensor (it has no {MANIFEST_FILE}); "
                               "choose another output or remove it")
         partial = out.parent / f"{out.name}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        try:
-            report = _write_tensor(paths, tok, partial, options, progress)
-            _replace_dir(partial, out)
-        except BaseException:
+        checkpoint = _usable_checkpoint(partial, paths, tok, options)
+        if checkpoint is None:
             shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+        try:
+            report = _write_tensor(paths, tok, partial, options, progress, checkpoint)
+            _replace_dir(partial, out)
+        except KogituneError:
+            shutil.rmtree(partial, ignore_errors=True)  # bad input: only other inputs can go on from here
             raise
     report.path = out
     return report
+
+
+def _job(paths: list[Path], tok: Tokenizer, options: StoreOptions) -> dict:
+    """What a checkpoint is valid for: going on from it must give the tensor that starting afresh would."""
+    inputs = []
+    for path in paths:
+        st = path.stat()
+        inputs.append([str(path.resolve()), st.st_size, st.st_mtime_ns])
+    return {"kogitune": __version__, "tokenizer": tok.fingerprint, "options": options.provenance(),
+            "filters": options.filters, "perturb": repr(options.perturb), "batch_bytes": BATCH_BYTES,
+            "inputs": inputs}
+
+
+def _usable_checkpoint(partial: Path, paths: list[Path], tok: Tokenizer, options: StoreOptions) -> dict | None:
+    """The checkpoint an interrupted store of the same job left in `partial`, if any."""
+    try:
+        checkpoint = json.loads((partial / CHECKPOINT_FILE).read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(checkpoint, dict) or checkpoint.get("job") != json.loads(json.dumps(_job(paths, tok, options))):
+        log.info("%s: the inputs, tokenizer or options changed since the checkpoint; starting afresh", partial)
+        return None
+    itemsize = DTYPES_NP[dtype_for_vocab(tok.vocab_size)].itemsize
+    if not _checkpoint_fits(checkpoint, partial, itemsize):
+        log.warning("%s: the checkpoint does not match the files beside it; starting afresh", partial)
+        return None
+    return checkpoint
+
+
+def _checkpoint_fits(checkpoint: dict, partial: Path, itemsize: int) -> bool:
+    """Whether the checkpoint is well formed and the shard files it counts on are there."""
+    try:
+        writer = checkpoint["writer"]
+        shards = [ShardInfo(**shard) for shard in writer["shards"]]
+        numbers = [checkpoint["batches"], writer["tokens"], writer["documents"], writer["in_shard"],
+                   *(checkpoint["report"][name] for name in _COUNTERS)]
+        base64.b64decode(writer["doc_starts"], validate=True)
+        if not all(type(n) is int and n >= 0 for n in numbers) or not isinstance(checkpoint["perturber"],
+                                                                                   (dict, type(None))):
+            return False
+        files = [partial / name for shard in shards for name in (shard.tokens_path, shard.pieces_path, shard.docs_path)]
+        current = partial / "shards" / f"{len(shards):05d}.tokens"
+        return (all(f.is_file() for f in files)
+                and (not writer["in_shard"] or current.stat().st_size >= writer["in_shard"] * itemsize))
+    except (KeyError, TypeError, ValueError, OSError):
+        return False
 
 
 def _stateless_pipeline(config: dict):
@@ -175,7 +234,7 @@ def _replace_dir(new: Path, target: Path) -> None:
 
 
 def _write_tensor(paths: list[Path], tok: Tokenizer, directory: Path, options: StoreOptions,
-                  progress: bool) -> StoreReport:
+                  progress: bool, checkpoint: dict | None = None) -> StoreReport:
     from tqdm import tqdm
 
     started = time.perf_counter()
@@ -184,10 +243,18 @@ def _write_tensor(paths: list[Path], tok: Tokenizer, directory: Path, options: S
     reader = InputReader(paths, options.skip_bad_lines)
     perturber = Perturber(options.perturb, tok.vocab_size) if options.perturb else None
     report = StoreReport(directory, "")
+    done = 0
+    if checkpoint is not None:
+        done = _restore(checkpoint, writer, perturber, report)
+        if progress:
+            print(f"store: going on from the checkpoint in {directory} ({done} batches, {len(writer.shards)} "
+                  "shards already stored)", file=sys.stderr)
+    next_checkpoint = time.monotonic() + CHECKPOINT_SECONDS
+    batches = itertools.islice(reader.batches(), done, None)
     with tqdm(total=sum(p.stat().st_size for p in paths), unit="B", unit_scale=True, desc="store",
               disable=None if progress else True) as bar, ThreadPoolExecutor(1) as aside:
-        for number, (batch, result) in enumerate(_tokenize_in_order(reader.batches(), tok, dtype, options)):
-            if number == 0:  # the manifest's fingerprint, hashed while Rust encodes rather than after the last batch
+        for number, (batch, result) in enumerate(_tokenize_in_order(batches, tok, dtype, options), done):
+            if number == done:  # the manifest's fingerprint, hashed while Rust encodes rather than after the last batch
                 aside.submit(getattr, tok, "fingerprint")
             tokens, lengths, bad, empty, text_bytes, filtered = result
             if bad and not options.skip_bad_lines:
@@ -203,6 +270,9 @@ def _write_tensor(paths: list[Path], tok: Tokenizer, directory: Path, options: S
                 tokens, lengths = perturber.apply(tokens, lengths)
             writer.add(tokens, lengths)
             bar.update(reader.bytes_read - bar.n)
+            if time.monotonic() >= next_checkpoint:
+                _save_checkpoint(directory, _job(paths, tok, options), number + 1, writer, perturber, report)
+                next_checkpoint = time.monotonic() + CHECKPOINT_SECONDS
     shards = writer.finish()
     provenance = {"inputs": reader.inputs, "options": options.provenance(), "kogitune": __version__,
                   "skipped": {"bad_lines": report.bad_lines, "empty_documents": report.empty_documents,
@@ -221,12 +291,36 @@ def _write_tensor(paths: list[Path], tok: Tokenizer, directory: Path, options: S
     manifest_bytes = json.dumps(manifest.to_dict(), indent=1, sort_keys=True, ensure_ascii=False).encode()
     write_atomic(directory / MANIFEST_FILE, manifest_bytes + b"\n")
     record_verified(directory, manifest, shards)
+    (directory / CHECKPOINT_FILE).unlink(missing_ok=True)
     report.dataset_id = manifest.dataset_id
     report.documents, report.tokens, report.blocks = manifest.documents, manifest.tokens, manifest.blocks
     report.shards, report.padding = len(shards), manifest.blocks * manifest.block_size - manifest.tokens
     report.empty_files = reader.empty_files
     report.seconds = time.perf_counter() - started
     return report
+
+
+_COUNTERS = ("bad_lines", "empty_documents", "filtered_documents", "text_bytes")
+
+
+def _save_checkpoint(directory: Path, job: dict, batches: int, writer: TensorWriter, perturber: Perturber | None,
+                     report: StoreReport) -> None:
+    """Record that the first `batches` input batches are stored: the shard being written is synced first, so the
+    checkpoint never claims bytes that a crash could lose."""
+    checkpoint = {"job": job, "batches": batches, "writer": writer.state(),
+                  "report": {name: getattr(report, name) for name in _COUNTERS},
+                  "perturber": perturber.state() if perturber else None}
+    write_atomic(directory / CHECKPOINT_FILE, json.dumps(checkpoint).encode())
+
+
+def _restore(checkpoint: dict, writer: TensorWriter, perturber: Perturber | None, report: StoreReport) -> int:
+    """Put the writer, the perturber's generator and the report where the checkpoint says; the batches done."""
+    writer.restore(checkpoint["writer"])
+    if perturber:
+        perturber.restore(checkpoint["perturber"])
+    for name in _COUNTERS:
+        setattr(report, name, int(checkpoint["report"][name]))
+    return int(checkpoint["batches"])
 
 
 @dataclass
@@ -258,10 +352,10 @@ class _HashingReader(io.RawIOBase):
 class InputReader:
     """Streams input files as batches of raw lines and records their size and SHA-256 for the provenance."""
 
-    def __init__(self, paths: list[Path], skip_bad_lines: bool, batch_bytes: int = BATCH_BYTES) -> None:
+    def __init__(self, paths: list[Path], skip_bad_lines: bool, batch_bytes: int | None = None) -> None:
         self.paths = paths
         self.skip_bad_lines = skip_bad_lines
-        self.batch_bytes = batch_bytes
+        self.batch_bytes = batch_bytes or BATCH_BYTES
         self.inputs: list[dict] = []
         self.empty_files = 0
         self._done_bytes = 0
@@ -553,6 +647,31 @@ class TensorWriter:
         if not self.shards:
             raise BadInputError("the inputs hold no text to store (every line was blank, empty or skipped)")
         return tuple(self.shards)
+
+    def state(self) -> dict:
+        """What `restore` needs to go on writing after a crash: the shard being written is synced to disk."""
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        starts = np.concatenate(self._doc_starts).astype("<u4").tobytes() if self._doc_starts else b""
+        return {"shards": [vars(shard) for shard in self.shards], "tokens": self.tokens, "documents": self.documents,
+                "in_shard": self._in_shard if self._file is not None else 0,
+                "doc_starts": base64.b64encode(starts).decode("ascii")}
+
+    def restore(self, state: dict) -> None:
+        """Go on from `state`: the shard being written is cut back to what the state recorded and hashed again."""
+        self.shards = [ShardInfo(**shard) for shard in state["shards"]]
+        self.tokens, self.documents = int(state["tokens"]), int(state["documents"])
+        in_shard = int(state["in_shard"])
+        if in_shard:
+            name = f"{len(self.shards):05d}"
+            self._file = open(self.directory / "shards" / f"{name}.tokens", "r+b")
+            self._file.truncate(in_shard * self.dtype.itemsize)
+            self._hasher = PieceHasher(self.piece_size)
+            while chunk := self._file.read(1 << 20):
+                self._hasher.update(chunk)
+            self._doc_starts = [np.frombuffer(base64.b64decode(state["doc_starts"]), dtype="<u4").copy()]
+            self._in_shard = in_shard
 
     def _open_shard(self) -> None:
         name = f"{len(self.shards):05d}"

@@ -6,6 +6,10 @@ import gzip
 import hashlib
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -14,8 +18,11 @@ import zstandard
 
 from conftest import (BLOCK, EOS_TEXT, OPTIONS, SHARD, expected_tokens, file_states, json_line,
                       store_quietly, stored_tokens, write_lines, write_texts)
+from kogitune.corpora import write_kjv_chapters
 from kogitune.errors import BadInputError, KogituneError, TensorError
-from kogitune.store import (BATCH_BYTES, DTYPES_NP, InputReader, StoreOptions, pack_documents,
+import kogitune.store as store_module
+from kogitune.perturb import PerturbSpec
+from kogitune.store import (BATCH_BYTES, DTYPES_NP, InputReader, StoreOptions, TensorWriter, pack_documents,
                             worker_processes)
 from kogitune.tensor import MANIFEST_FILE, DataTensor
 
@@ -225,6 +232,122 @@ def test_leftover_partial_directory_is_cleaned(tmp_path, small_corpus, small_ten
     assert not (report.path / "junk.txt").exists()
     assert report.dataset_id == DataTensor(small_tensor_path).dataset_id
     assert DataTensor(report.path).verify() == []
+
+
+def interrupt_after(monkeypatch, batches: int) -> None:
+    """Make the store stop (as Ctrl-C would) right after it wrote its batch number `batches`, before the checkpoint
+    that would count that batch: the shard being written then holds bytes the checkpoint does not."""
+    add = TensorWriter.add
+    calls = []
+
+    def add_then_stop(self, tokens, lengths):
+        add(self, tokens, lengths)
+        calls.append(1)
+        if len(calls) == batches:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(TensorWriter, "add", add_then_stop)
+
+
+def shard_bytes(path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((path / "shards").iterdir())}
+
+
+@pytest.mark.parametrize("options", [OPTIONS, replace(OPTIONS, perturb=PerturbSpec(mask=0.2, mask_id=7, drop=0.1,
+                                                                                  seed=3))],
+                         ids=["plain", "perturbed"])
+def test_an_interrupted_store_goes_on_from_its_checkpoint(tmp_path, kjv_corpus, monkeypatch, options):
+    """Interrupted after 7 of ~14 batches, run again: it restores the checkpoint (6 batches, a shard cut back to
+    what they wrote) instead of starting over, and makes the tensor an uninterrupted store makes, byte for byte."""
+    monkeypatch.setattr(store_module, "BATCH_BYTES", 64 << 10)
+    monkeypatch.setattr(store_module, "CHECKPOINT_SECONDS", 0.0)
+    reference = store_quietly(kjv_corpus, tmp_path / "reference", options)
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 7)
+        with pytest.raises(KeyboardInterrupt):
+            store_quietly(kjv_corpus, tmp_path / "out", options)
+    checkpoint = json.loads((tmp_path / "out.partial" / store_module.CHECKPOINT_FILE).read_bytes())
+    assert checkpoint["batches"] == 6 and checkpoint["writer"]["shards"]
+    restored = []
+    restore = TensorWriter.restore
+    monkeypatch.setattr(TensorWriter, "restore", lambda self, state: restored.append(1) or restore(self, state))
+    report = store_quietly(kjv_corpus, tmp_path / "out", options)
+    assert restored == [1]
+    assert report.dataset_id == reference.dataset_id
+    assert (report.documents, report.tokens, report.text_bytes) == (reference.documents, reference.tokens,
+                                                                    reference.text_bytes)
+    assert shard_bytes(report.path) == shard_bytes(reference.path)
+    assert not (tmp_path / "out.partial").exists() and DataTensor(report.path).verify() == []
+    assert not (report.path / store_module.CHECKPOINT_FILE).exists()
+
+
+KILLED_STORE = """
+import sys
+import kogitune.store as store
+store.BATCH_BYTES, store.CHECKPOINT_SECONDS = 64 << 10, 0.0
+store.store([sys.argv[1]], "gpt2", sys.argv[2], store.StoreOptions(block_size=128, shard_size=256 << 10,
+                                                                  workers=int(sys.argv[3])), progress=False)
+"""
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_store_killed_with_sigkill_goes_on_from_its_checkpoint(tmp_path, workers):
+    """A real process, killed (SIGKILL: nothing runs at exit) once its checkpoint counts 10 batches; run again, it
+    goes on from the checkpoint and makes the tensor an uninterrupted store makes."""
+    corpus = write_kjv_chapters(tmp_path / "kjv.jsonl")
+    command = [sys.executable, "-c", KILLED_STORE, str(corpus)]
+    proc = subprocess.Popen([*command, str(tmp_path / "out"), str(workers)])
+    checkpoint = tmp_path / "out.partial" / store_module.CHECKPOINT_FILE
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if json.loads(checkpoint.read_bytes())["batches"] >= 10:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.005)
+    proc.kill()
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "the store ended before it could be killed"
+    assert 10 <= json.loads(checkpoint.read_bytes())["batches"] < 60
+    first_shard = tmp_path / "out.partial" / "shards" / "00000.tokens"
+    written = (first_shard.stat().st_ino, first_shard.stat().st_mtime_ns)
+    subprocess.run([*command, str(tmp_path / "out"), str(workers)], check=True, timeout=300)
+    kept = tmp_path / "out" / "shards" / "00000.tokens"
+    assert (kept.stat().st_ino, kept.stat().st_mtime_ns) == written, "the shards before the checkpoint were redone"
+    subprocess.run([*command, str(tmp_path / "reference"), str(workers)], check=True, timeout=300)
+    assert DataTensor(tmp_path / "out").dataset_id == DataTensor(tmp_path / "reference").dataset_id
+    assert shard_bytes(tmp_path / "out") == shard_bytes(tmp_path / "reference")
+
+
+def test_a_changed_input_makes_the_store_start_afresh(tmp_path, kjv_corpus, monkeypatch):
+    monkeypatch.setattr(store_module, "BATCH_BYTES", 64 << 10)
+    monkeypatch.setattr(store_module, "CHECKPOINT_SECONDS", 0.0)
+    corpus = tmp_path / "kjv.jsonl"
+    corpus.write_bytes(kjv_corpus.read_bytes())
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 3)
+        with pytest.raises(KeyboardInterrupt):
+            store_quietly(corpus, tmp_path / "out", OPTIONS)
+    corpus.write_bytes(corpus.read_bytes().replace(b"LORD", b"Lord"))
+    monkeypatch.setattr(TensorWriter, "restore", lambda self, state: pytest.fail("restored a stale checkpoint"))
+    report = store_quietly(corpus, tmp_path / "out", OPTIONS)
+    assert report.dataset_id == store_quietly(corpus, tmp_path / "fresh", OPTIONS).dataset_id
+
+
+def test_a_damaged_checkpoint_makes_the_store_start_afresh(tmp_path, kjv_corpus, monkeypatch):
+    monkeypatch.setattr(store_module, "BATCH_BYTES", 64 << 10)
+    monkeypatch.setattr(store_module, "CHECKPOINT_SECONDS", 0.0)
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 3)
+        with pytest.raises(KeyboardInterrupt):
+            store_quietly(kjv_corpus, tmp_path / "out", OPTIONS)
+    path = tmp_path / "out.partial" / store_module.CHECKPOINT_FILE
+    checkpoint = json.loads(path.read_bytes())
+    checkpoint["writer"]["in_shard"] = 10 ** 9
+    path.write_text(json.dumps(checkpoint))
+    monkeypatch.setattr(TensorWriter, "restore", lambda self, state: pytest.fail("restored a damaged checkpoint"))
+    report = store_quietly(kjv_corpus, tmp_path / "out", OPTIONS)
+    assert report.dataset_id == store_quietly(kjv_corpus, tmp_path / "fresh", OPTIONS).dataset_id
 
 
 def test_failed_store_leaves_neither_output_nor_partial(tmp_path, small_texts):
