@@ -200,6 +200,7 @@ def _node(args) -> int:
     for address in status["addresses"]:
         print(f"listening   {address}")
     print(f"peers       {len(status['connected_peers'])} connected")
+    print(f"dht         {len(status['dht_peers'])} peers in the routing table")
     print(f"datasets    {len(status['datasets'])}")
     for dataset_id in status["datasets"]:
         print(f"            {dataset_id}")

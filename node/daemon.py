@@ -25,7 +25,7 @@ from kogitune.protocol.signing import sign_dataset
 
 from .errors import FetchError, NodeError, SourceError
 from .fetch import ShardFetch, SourcePool
-from .host import load_identity_seed, new_kogitune_host
+from .host import keep_dht_clients_out, load_identity_seed, new_kogitune_host
 from .peers import PeerSource, SignedManifest, fetch_have, fetch_signed_manifest
 from .server import ALLOW_FILE, SIGNATURE_FILE, DataServer
 
@@ -101,6 +101,7 @@ class Node:
                 if self.config.server:
                     self.host.set_stream_handler(TProtocol(wire.PROTOCOL_ID), self.server.handle)
                 self.dht = KadDHT(self.host, DHTMode.SERVER if self.config.server else DHTMode.CLIENT)
+                keep_dht_clients_out(self.host, self.dht)
                 async with background_trio_service(self.dht), trio.open_nursery() as nursery:
                     self.nursery = nursery
                     await self.connect_bootstrap()
@@ -364,6 +365,7 @@ class Node:
         return {
             "peer_id": self.peer_id, "addresses": self.addresses(),
             "connected_peers": [str(p) for p in self.host.get_connected_peers()],
+            "dht_peers": [str(p) for p in self.dht.routing_table.get_peer_ids()],
             "datasets": self.complete_datasets(), "bytes_served": self.server.stats.bytes_served,
             "bytes_fetched": self.bytes_fetched, "requests": dict(self.server.stats.requests),
             "refused": dict(self.server.stats.refused),

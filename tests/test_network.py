@@ -4,6 +4,7 @@ failures, restart, private datasets."""
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +125,34 @@ def test_publish_refuses_an_allow_entry_that_is_not_a_peer_id(tensor, nodes):
         refused = a.cli("publish", str(tensor.path), "--allow", typo, check=False)
         assert refused.returncode != 0
         assert f"{typo!r} is not a peer ID" in refused.stderr
+
+
+def routing_table_until(node: NodeProcess, done, seconds: float = 20.0) -> set[str]:
+    """A's DHT routing table, asked again (bounded) until `done(table)` holds; the last answer either way."""
+    from kogitune.client import DaemonClient
+
+    deadline = time.monotonic() + seconds
+    while True:
+        table = set(DaemonClient(node.home).call("status")["dht_peers"])
+        if done(table) or time.monotonic() > deadline:
+            return table
+        time.sleep(0.05)
+
+
+def test_trainers_do_not_stay_in_the_routing_tables(tensor, nodes, tmp_path):
+    """A trainer's embedded node is a DHT client that exits when training ends; servers must not keep it in their
+    routing tables (py-libp2p 0.8.1 adds every peer that queries), while server nodes stay in them."""
+    from kogitune.node.host import load_identity_seed
+    from kogitune.protocol.signing import peer_id_from_public_key, public_key_from_seed
+
+    a = nodes("a")
+    b = nodes("b", [a.address])
+    dataset_id = a.cli("publish", str(tensor.path)).stdout.strip()
+    assert b.peer_id in routing_table_until(a, lambda table: b.peer_id in table)
+    np.testing.assert_array_equal(train_by_id(tmp_path, dataset_id, a.address), local_samples(tensor))
+    trainer = peer_id_from_public_key(public_key_from_seed(load_identity_seed(tmp_path / "trainer")))
+    assert trainer not in routing_table_until(a, lambda table: trainer not in table)
+    assert b.peer_id in routing_table_until(a, lambda table: True)
 
 
 def test_status_on_the_publisher_lists_itself(tensor, nodes):
