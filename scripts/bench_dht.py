@@ -326,7 +326,8 @@ def main() -> None:
         if stale:
             print(f"routing tables after the lookups: of the peers a node returns to FIND_NODE, median "
                   f"{statistics.median(stale):.0%} (max {max(stale):.0%}) are the {len(clients)} client-mode lookup "
-                  "nodes, all stopped by then (py-libp2p adds any peer that sends it a DHT query)")
+                  "nodes, all stopped by then (py-libp2p 0.8.1 adds any peer that queries; node/host.py keeps "
+                  "clients out)")
         for note in notes:
             print(f"note: {note}")
         print(f"bench_dht: {load_note()} (end); {time.perf_counter() - bench_started:.0f} s in all")
