@@ -29,7 +29,10 @@ def in_order(pool: Executor, fn: Callable, jobs: Iterable[tuple[object, tuple]],
 def ordered_map(fn: Callable, jobs: Iterable[tuple[object, tuple]], workers: int, initializer: Callable,
                 initargs: tuple) -> Iterator[tuple[object, object]]:
     """`in_order` on `workers` spawned processes, 2 jobs per worker in flight. A worker that dies (killed, out of
-    memory, or a script without an `if __name__ == "__main__":` guard) raises instead of hanging."""
+    memory, or a script without an `if __name__ == "__main__":` guard) raises instead of hanging, provided
+    `initargs` stay small: multiprocessing writes them to the new process through a pipe while it still holds the
+    pipe's read end itself, so a process that dies before reading more than the pipe's buffer (64 KiB) would
+    block that write forever. Pass big things (a tokenizer) as files."""
     context = multiprocessing.get_context("spawn")
     try:
         with ProcessPoolExecutor(workers, mp_context=context, initializer=initializer, initargs=initargs) as pool:

@@ -22,6 +22,7 @@ import os
 import shutil
 import struct
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -475,8 +476,11 @@ def _tokenize_in_order(batches: Iterator[Batch], tok: Tokenizer, dtype: str, opt
         yield from _tokenize_here(batches, tok, dtype, options.text_key, pipeline)
         return
     jobs = ((batch, (batch.lines, batch.first_line, options.text_key, dtype)) for batch in batches)
-    yield from ordered_map(_tokenize_in_worker, jobs, processes, _init_worker,
-                           (tok.name, tok.to_json(), tok.eos_id, options.filters))
+    with tempfile.TemporaryDirectory(prefix="kogitune-store-") as scratch:
+        tokenizer_file = Path(scratch) / "tokenizer.json"  # workers read it: initargs must stay small (parallel.py)
+        tokenizer_file.write_text(tok.to_json(), encoding="utf-8")
+        yield from ordered_map(_tokenize_in_worker, jobs, processes, _init_worker,
+                               (tok.name, str(tokenizer_file), tok.eos_id, options.filters))
 
 
 def _tokenize_here(batches: Iterator[Batch], tok: Tokenizer, dtype: str, text_key: str, pipeline):
@@ -510,10 +514,10 @@ _worker_tokenizer: Tokenizer | None = None
 _worker_pipeline = None
 
 
-def _init_worker(name: str, tokenizer_json: str, eos_id: int, filters: dict | None) -> None:
+def _init_worker(name: str, tokenizer_file: str, eos_id: int, filters: dict | None) -> None:
     global _worker_tokenizer, _worker_pipeline
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _worker_tokenizer = tokenizer_from_json(name, tokenizer_json, eos_id)
+    _worker_tokenizer = tokenizer_from_json(name, Path(tokenizer_file).read_text(encoding="utf-8"), eos_id)
     _worker_pipeline = _stateless_pipeline(filters) if filters is not None else None
 
 

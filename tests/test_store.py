@@ -319,6 +319,18 @@ def test_a_store_killed_with_sigkill_goes_on_from_its_checkpoint(tmp_path, worke
     assert shard_bytes(tmp_path / "out") == shard_bytes(tmp_path / "reference")
 
 
+def test_a_script_without_a_main_guard_gets_a_clear_error_not_a_hang(tmp_path, small_corpus):
+    """Spawned workers import the script, which stores again and dies; the store must say why, not hang (it did,
+    while the tokenizer travelled to the workers through a pipe that outgrew its buffer)."""
+    script = tmp_path / "unguarded.py"
+    script.write_text("from kogitune.store import StoreOptions, store\n"
+                      f"store([{str(small_corpus)!r}], 'gpt2', {str(tmp_path / 'out')!r}, StoreOptions(workers=2), "
+                      "progress=False)\n")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert 'put the call under `if __name__ == "__main__":`' in result.stderr
+
+
 def test_a_changed_input_makes_the_store_start_afresh(tmp_path, kjv_corpus, monkeypatch):
     monkeypatch.setattr(store_module, "BATCH_BYTES", 64 << 10)
     monkeypatch.setattr(store_module, "CHECKPOINT_SECONDS", 0.0)
