@@ -2,7 +2,9 @@
 
 Verifying a shard means hashing every piece and comparing with the manifest (about 1.5 GB/s here). A shard that
 passed is recorded in `.kogitune-verified` in the tensor directory together with the size, mtime and inode of its
-files, so later opens skip the hashing while the files are unchanged; any change on disk voids the record.
+files, so later opens skip the hashing while the files are unchanged; any change on disk voids the record. A
+shard that the fetcher brought in this process was checked piece by piece as it arrived and is not hashed again;
+a fetched shard that fails its check on a later open is fetched again rather than refused.
 """
 
 from __future__ import annotations
