@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
+import os
+import threading
 from collections import deque
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -35,10 +38,25 @@ def ordered_map(fn: Callable, jobs: Iterable[tuple[object, tuple]], workers: int
     block that write forever. Pass big things (a tokenizer) as files."""
     context = multiprocessing.get_context("spawn")
     try:
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=initializer, initargs=initargs) as pool:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                                 initargs=(initializer, *initargs)) as pool:
             yield from in_order(pool, fn, jobs, 2 * workers)
     except BrokenProcessPool:
         raise KogituneError(
             "a worker process died. If this runs from a script, put the call under `if __name__ == \"__main__\":` "
             "(worker processes are spawned and import the script); else pass --workers 1 to see the error"
         ) from None
+
+
+def _start_worker(initializer: Callable, *initargs) -> None:
+    """First thing in each worker: exit when the parent process dies (a SIGKILLed store would otherwise leave its
+    workers blocked on a full pipe forever), then the caller's initializer."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent.sentinel,), daemon=True).start()
+    initializer(*initargs)
+
+
+def _exit_with_parent(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])
+    os._exit(1)

@@ -144,6 +144,7 @@ def store(files: Iterable[str | os.PathLike], tokenizer: str | Tokenizer = DEFAU
     tok = load_tokenizer(tokenizer)
     out = Path(output) if output is not None else default_output(tok, paths[0])
     with exclusive_lock(out.parent / f".{out.name}.lock", f"storing into {out}"):
+        _settle_replace(out)
         if (out / MANIFEST_FILE).exists() and not options.overwrite:
             return StoreReport(out, DataTensor(out).dataset_id, already_stored=True)
         if out.exists() and not (out / MANIFEST_FILE).exists() and (not out.is_dir() or any(out.iterdir())):
@@ -154,6 +155,9 @@ def store(files: Iterable[str | os.PathLike], tokenizer: str | Tokenizer = DEFAU
         if checkpoint is None:
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
+        else:
+            for leftover in [*partial.glob(".*.tmp"), *partial.glob("shards/.*.tmp")]:
+                leftover.unlink()  # an atomic write the interruption cut short
         try:
             report = _write_tensor(paths, tok, partial, options, progress, checkpoint)
             _replace_dir(partial, out)
@@ -184,11 +188,31 @@ def _usable_checkpoint(partial: Path, paths: list[Path], tok: Tokenizer, options
     if not isinstance(checkpoint, dict) or checkpoint.get("job") != json.loads(json.dumps(_job(paths, tok, options))):
         log.info("%s: the inputs, tokenizer or options changed since the checkpoint; starting afresh", partial)
         return None
+    if not _same_bytes_read(checkpoint.get("read")):
+        log.info("%s: an input was rewritten since the checkpoint; starting afresh", partial)
+        return None
     itemsize = DTYPES_NP[dtype_for_vocab(tok.vocab_size)].itemsize
     if not _checkpoint_fits(checkpoint, partial, itemsize):
         log.warning("%s: the checkpoint does not match the files beside it; starting afresh", partial)
         return None
     return checkpoint
+
+
+def _same_bytes_read(read) -> bool:
+    """Whether each input still starts with the bytes the checkpoint read from it ([path, count, SHA-256])."""
+    try:
+        for path, count, digest in read:
+            sha = hashlib.sha256()
+            with open(path, "rb") as f:
+                left = count
+                while left and (chunk := f.read(min(left, 1 << 20))):
+                    sha.update(chunk)
+                    left -= len(chunk)
+            if left or sha.hexdigest() != digest:
+                return False
+        return True
+    except (OSError, TypeError, ValueError):
+        return False
 
 
 def _checkpoint_fits(checkpoint: dict, partial: Path, itemsize: int) -> bool:
@@ -205,6 +229,7 @@ def _checkpoint_fits(checkpoint: dict, partial: Path, itemsize: int) -> bool:
         files = [partial / name for shard in shards for name in (shard.tokens_path, shard.pieces_path, shard.docs_path)]
         current = partial / "shards" / f"{len(shards):05d}.tokens"
         return (all(f.is_file() for f in files)
+                and all((partial / shard.tokens_path).stat().st_size == shard.size for shard in shards)
                 and (not writer["in_shard"] or current.stat().st_size >= writer["in_shard"] * itemsize))
     except (KeyError, TypeError, ValueError, OSError):
         return False
@@ -227,11 +252,26 @@ def _replace_dir(new: Path, target: Path) -> None:
     if not target.exists():
         os.rename(new, target)
         return
-    old = target.parent / f".{target.name}.old"
+    old = _old_dir(target)
     shutil.rmtree(old, ignore_errors=True)
     os.rename(target, old)
     os.rename(new, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _old_dir(target: Path) -> Path:
+    return target.parent / f".{target.name}.old"
+
+
+def _settle_replace(target: Path) -> None:
+    """After an interruption inside `_replace_dir`: the old tensor goes back in place if the new one never got
+    there, and is removed if it did."""
+    old = _old_dir(target)
+    if old.exists():
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(old, target)
 
 
 def _write_tensor(paths: list[Path], tok: Tokenizer, directory: Path, options: StoreOptions,
@@ -272,7 +312,7 @@ def _write_tensor(paths: list[Path], tok: Tokenizer, directory: Path, options: S
             writer.add(tokens, lengths)
             bar.update(reader.bytes_read - bar.n)
             if time.monotonic() >= next_checkpoint:
-                _save_checkpoint(directory, _job(paths, tok, options), number + 1, writer, perturber, report)
+                _save_checkpoint(directory, _job(paths, tok, options), number + 1, writer, perturber, report, reader)
                 next_checkpoint = time.monotonic() + CHECKPOINT_SECONDS
     shards = writer.finish()
     provenance = {"inputs": reader.inputs, "options": options.provenance(), "kogitune": __version__,
@@ -305,10 +345,11 @@ _COUNTERS = ("bad_lines", "empty_documents", "filtered_documents", "text_bytes")
 
 
 def _save_checkpoint(directory: Path, job: dict, batches: int, writer: TensorWriter, perturber: Perturber | None,
-                     report: StoreReport) -> None:
+                     report: StoreReport, reader: InputReader) -> None:
     """Record that the first `batches` input batches are stored: the shard being written is synced first, so the
-    checkpoint never claims bytes that a crash could lose."""
-    checkpoint = {"job": job, "batches": batches, "writer": writer.state(),
+    checkpoint never claims bytes that a crash could lose. The SHA-256 of the input bytes read so far lets a
+    resume notice an input rewritten in place with its size and mtime kept."""
+    checkpoint = {"job": job, "batches": batches, "read": reader.read_so_far(), "writer": writer.state(),
                   "report": {name: getattr(report, name) for name in _COUNTERS},
                   "perturber": perturber.state() if perturber else None}
     write_atomic(directory / CHECKPOINT_FILE, json.dumps(checkpoint).encode())
@@ -365,6 +406,14 @@ class InputReader:
     @property
     def bytes_read(self) -> int:
         return self._done_bytes + (self._current.size if self._current else 0)
+
+    def read_so_far(self) -> list[list]:
+        """[path, bytes read, SHA-256 of those bytes] for each input read from so far."""
+        read = [[str(path.resolve()), done["size"], done["sha256"]] for path, done in zip(self.paths, self.inputs)]
+        if self._current is not None:
+            read.append([str(self.paths[len(self.inputs)].resolve()), self._current.size,
+                         self._current.sha256.copy().hexdigest()])
+        return read
 
     def batches(self) -> Iterator[Batch]:
         for path in self.paths:

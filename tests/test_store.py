@@ -6,11 +6,13 @@ import gzip
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -306,8 +308,15 @@ def test_a_store_killed_with_sigkill_goes_on_from_its_checkpoint(tmp_path, worke
         except (OSError, ValueError):
             pass
         time.sleep(0.005)
+    workers_left = [int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
     proc.kill()
     assert proc.wait(timeout=60) == -signal.SIGKILL, "the store ended before it could be killed"
+    deadline = time.monotonic() + 30
+    while workers_left and time.monotonic() < deadline:  # orphaned workers must not block forever on a full pipe
+        workers_left = [pid for pid in workers_left if Path(f"/proc/{pid}").exists()
+                        and Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"]
+        time.sleep(0.05)
+    assert not workers_left, f"worker processes {workers_left} outlived the killed store"
     assert 10 <= json.loads(checkpoint.read_bytes())["batches"] < 60
     first_shard = tmp_path / "out.partial" / "shards" / "00000.tokens"
     written = (first_shard.stat().st_ino, first_shard.stat().st_mtime_ns)
@@ -344,6 +353,59 @@ def test_a_changed_input_makes_the_store_start_afresh(tmp_path, kjv_corpus, monk
     monkeypatch.setattr(TensorWriter, "restore", lambda self, state: pytest.fail("restored a stale checkpoint"))
     report = store_quietly(corpus, tmp_path / "out", OPTIONS)
     assert report.dataset_id == store_quietly(corpus, tmp_path / "fresh", OPTIONS).dataset_id
+
+
+def interrupted_store(tmp_path, corpus, monkeypatch, batches: int = 7):
+    monkeypatch.setattr(store_module, "BATCH_BYTES", 64 << 10)
+    monkeypatch.setattr(store_module, "CHECKPOINT_SECONDS", 0.0)
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, batches)
+        with pytest.raises(KeyboardInterrupt):
+            store_quietly(corpus, tmp_path / "out", OPTIONS)
+    return tmp_path / "out.partial"
+
+
+def test_temporary_files_of_cut_writes_do_not_reach_the_tensor(tmp_path, kjv_corpus, monkeypatch):
+    """A kill inside an atomic write leaves its temporary file; a resume must not carry it into the tensor."""
+    partial = interrupted_store(tmp_path, kjv_corpus, monkeypatch)
+    (partial / ".manifest.json.x1.tmp").write_text("{")
+    (partial / "shards" / ".00001.pieces.x2.tmp").write_bytes(b"half")
+    report = store_quietly(kjv_corpus, tmp_path / "out", OPTIONS)
+    assert not [p for p in report.path.rglob("*.tmp")]
+
+
+@pytest.mark.parametrize("change", ["same size and mtime", "closed shard cut short"])
+def test_a_resume_that_cannot_be_trusted_starts_afresh(tmp_path, kjv_corpus, monkeypatch, change):
+    """An input rewritten in place with its size and mtime kept (the checkpoint holds the SHA-256 of the bytes it
+    read), or a closed shard of the partial cut short: the store starts afresh and makes the right tensor."""
+    corpus = tmp_path / "kjv.jsonl"
+    corpus.write_bytes(kjv_corpus.read_bytes())
+    partial = interrupted_store(tmp_path, corpus, monkeypatch)
+    if change == "same size and mtime":
+        before = corpus.stat()
+        corpus.write_bytes(corpus.read_bytes().replace(b"LORD", b"Lord"))
+        os.utime(corpus, ns=(before.st_atime_ns, before.st_mtime_ns))
+    else:
+        with open(partial / "shards" / "00000.tokens", "r+b") as f:
+            f.truncate(1000)
+    monkeypatch.setattr(TensorWriter, "restore", lambda self, state: pytest.fail("restored an untrustworthy state"))
+    report = store_quietly(corpus, tmp_path / "out", OPTIONS)
+    assert report.dataset_id == store_quietly(corpus, tmp_path / "fresh", OPTIONS).dataset_id
+
+
+@pytest.mark.parametrize("new_in_place", [False, True])
+def test_an_overwrite_cut_inside_its_swap_is_settled(tmp_path, small_corpus, new_in_place):
+    """--overwrite moves the old tensor to .out.old, the new one in, then removes the old. Cut between the steps,
+    the next run puts the old one back (new one not in place) or removes it (new one in place)."""
+    out, old = tmp_path / "out", tmp_path / ".out.old"
+    first = store_quietly(small_corpus, out, SMALL)
+    if new_in_place:
+        shutil.copytree(out, old)
+    else:
+        out.rename(old)
+    report = store_quietly(small_corpus, out, SMALL)
+    assert report.already_stored and report.dataset_id == first.dataset_id
+    assert not old.exists() and DataTensor(out).verify() == []
 
 
 def test_a_damaged_checkpoint_makes_the_store_start_afresh(tmp_path, kjv_corpus, monkeypatch):
