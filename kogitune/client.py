@@ -103,6 +103,20 @@ class MirrorShards:
         embedded_node().prefetch(Path(self.directory), manifest, indexes, self.urls)
 
 
+def _local_publisher(directory: Path, dataset_id: str) -> str | None:
+    """The publisher of the copy of `dataset_id` in `directory` if its manifest hashes to the ID and its signature
+    verifies, else None."""
+    from kogitune.protocol.signing import PUBLIC_KEY_BYTES, check_signed_manifest, peer_id_from_public_key
+
+    try:
+        signed = (directory / "signature").read_bytes()
+        check_signed_manifest(dataset_id, (directory / "manifest.json").read_bytes(), signed[:PUBLIC_KEY_BYTES],
+                              signed[PUBLIC_KEY_BYTES:])
+    except (OSError, KogituneError, ValueError):
+        return None
+    return peer_id_from_public_key(signed[:PUBLIC_KEY_BYTES])
+
+
 @dataclass(frozen=True)
 class PeerShards:
     """Fetches the missing shards of a dataset named by ID from the peers that provide it, through the local
@@ -135,16 +149,21 @@ def open_mirrors(urls: list[str], store: ContentStore | None = None,
 
 
 def open_dataset_id(dataset_id: str, trusted_publishers=None, timeout: float = DEFAULT_FETCH_TIMEOUT) -> DataTensor:
-    """Open a dataset by ID: providers come from the DHT, the manifest is checked against the ID and signed by its
-    publisher (who must be on `trusted_publishers` when that is given); shards follow on demand."""
+    """Open a dataset by ID: the manifest must hash to the ID and carry its publisher's signature (the publisher
+    on `trusted_publishers` when that is given). A copy already in the local store that passes opens without the
+    network, so a fetched dataset trains offline and a DataLoader worker starts no libp2p node for it; otherwise
+    providers come from the DHT. Shards missing locally follow on demand."""
     trusted = sorted(trusted_publishers) if trusted_publishers is not None else None
     daemon = DaemonClient()
-    if daemon.running():
-        reply = daemon.call("open", timeout, id=dataset_id, trusted=trusted)
-        directory, publisher, home = Path(reply["directory"]), reply["publisher"], str(daemon.home)
-    else:
-        directory, publisher = embedded_node().open_dataset_id(dataset_id, timeout, trusted)
-        home = None
+    home = str(daemon.home) if daemon.running() else None
+    directory = ContentStore().dataset_dir(dataset_id)
+    publisher = _local_publisher(directory, dataset_id)
+    if publisher is None or (trusted is not None and publisher not in trusted):
+        if home is not None:
+            reply = daemon.call("open", timeout, id=dataset_id, trusted=trusted)
+            directory, publisher = Path(reply["directory"]), reply["publisher"]
+        else:
+            directory, publisher = embedded_node().open_dataset_id(dataset_id, timeout, trusted)
     if trusted_publishers is not None and publisher not in set(trusted_publishers):
         raise RecipeError(f"{dataset_id} is published by {publisher}, who is not in trusted_publishers")
     store = ContentStore(directory.parent.parent)

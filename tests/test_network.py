@@ -127,6 +127,17 @@ def test_publish_refuses_an_allow_entry_that_is_not_a_peer_id(tensor, nodes):
         assert f"{typo!r} is not a peer ID" in refused.stderr
 
 
+def test_a_dataset_fetched_by_id_trains_offline_later(tensor, nodes, tmp_path):
+    """Once a training process has fetched every shard, the next one (same home) opens the ID from the local
+    store, its manifest checked against the ID and the signature, without any peer: here the only node is gone."""
+    a = nodes("a")
+    dataset_id = a.cli("publish", str(tensor.path)).stdout.strip()
+    first = train_by_id(tmp_path, dataset_id, a.address)
+    a.close()
+    np.testing.assert_array_equal(train_by_id(tmp_path, dataset_id, a.address), first)
+    np.testing.assert_array_equal(first, local_samples(tensor))
+
+
 def routing_table_until(node: NodeProcess, done, seconds: float = 20.0) -> set[str]:
     """A's DHT routing table, asked again (bounded) until `done(table)` holds; the last answer either way."""
     from kogitune.client import DaemonClient
