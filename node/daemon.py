@@ -21,13 +21,13 @@ from kogitune.files import write_atomic
 from kogitune.protocol import wire
 from kogitune.protocol.ids import dataset_id_digest, is_peer_id
 from kogitune.protocol.manifest import Manifest
-from kogitune.protocol.signing import sign_dataset
+from kogitune.protocol.signing import allow_list_verifies, sign_allow_list, sign_dataset
 
 from .errors import FetchError, NodeError, SourceError
 from .fetch import ShardFetch, SourcePool
 from .host import keep_dht_clients_out, load_identity_seed, new_kogitune_host
 from .peers import PeerSource, SignedManifest, fetch_have, fetch_signed_manifest
-from .server import ALLOW_FILE, SIGNATURE_FILE, DataServer
+from .server import ALLOW_FILE, ALLOW_SIGNATURE_FILE, SIGNATURE_FILE, DataServer
 
 log = logging.getLogger("kogitune.node")
 DEFAULT_LISTEN = "/ip4/0.0.0.0/tcp/4011"
@@ -177,22 +177,31 @@ class Node:
         bad = [peer for peer in allow or () if not is_peer_id(peer)]
         if bad:
             raise NodeError(f"--allow {bad[0]!r} is not a peer ID; `kogitune node status` prints a node's peer id")
+        allow = sorted(set(allow or ()))
+        if len(" ".join(allow)) > wire.MAX_ALLOW_CHARS:
+            raise NodeError(f"--allow lists {len(allow)} peers, more than fit in a manifest response "
+                            f"({wire.MAX_ALLOW_CHARS} characters, about 1,200 peer IDs)")
         tensor = await trio.to_thread.run_sync(DataTensor, tensor_path)
         problems = await trio.to_thread.run_sync(tensor.verify)
         if problems:
             raise NodeError(f"{tensor_path} is damaged ({problems[0]}); store it again before publishing")
         directory = self.store.dataset_dir(tensor.dataset_id)
+        if not allow and (directory / ALLOW_FILE).exists():
+            raise NodeError(f"{tensor.dataset_id} is private in this node's store ({directory / ALLOW_FILE}); "
+                            "publishing it without --allow would make it public: give --allow PEER_ID ... to keep "
+                            "it private, or delete that file first to make it public")
         (directory / "shards").mkdir(parents=True, exist_ok=True)
         for shard in tensor.shards:
             for name in (shard.tokens_path, shard.pieces_path, shard.docs_path):
                 _link_or_copy(tensor.path / name, directory / name)
         _link_or_copy(tensor.path / "manifest.json", directory / "manifest.json")
+        if allow:  # before the signature: a node serves a dataset once its manifest and signature are there
+            write_atomic(directory / ALLOW_FILE, "".join(f"{p}\n" for p in allow).encode())
+            write_atomic(directory / ALLOW_SIGNATURE_FILE, sign_allow_list(self.seed, tensor.dataset_id, allow))
+        else:
+            (directory / ALLOW_SIGNATURE_FILE).unlink(missing_ok=True)
         signature, public_key = sign_dataset(self.seed, tensor.dataset_id)
         write_atomic(directory / SIGNATURE_FILE, public_key + signature)
-        if allow:
-            write_atomic(directory / ALLOW_FILE, "".join(f"{p}\n" for p in allow).encode())
-        else:
-            (directory / ALLOW_FILE).unlink(missing_ok=True)
         self.store.pin(tensor.dataset_id)
         await self.announce(tensor.dataset_id)
         return tensor.dataset_id
@@ -289,10 +298,14 @@ class Node:
             raise FetchError(f"no provider of {dataset_id} gave a valid manifest: {'; '.join(dict.fromkeys(errors))}")
         directory = self.store.dataset_dir(dataset_id)
         (directory / "shards").mkdir(parents=True, exist_ok=True)
+        if signed.allow and signed.publisher != self.peer_id:  # before the manifest and signature, as in publish
+            if allow_list_verifies(dataset_id, signed.allow, signed.public_key, signed.allow_signature):
+                write_atomic(directory / ALLOW_FILE, "".join(f"{peer}\n" for peer in signed.allow).encode())
+                write_atomic(directory / ALLOW_SIGNATURE_FILE, signed.allow_signature)
+            else:
+                log.warning("%s: a provider sent an allow-list its publisher did not sign; ignored", dataset_id)
         write_atomic(directory / "manifest.json", signed.data)
         write_atomic(directory / SIGNATURE_FILE, signed.public_key + signed.signature)
-        if signed.allow and signed.publisher != self.peer_id:
-            write_atomic(directory / ALLOW_FILE, "".join(f"{peer}\n" for peer in signed.allow).encode())
         pool = SourcePool([PeerSource(self.host, peer, dataset_id, signed.manifest, self.config.read_timeout)
                            for peer in reachable])
         return OpenDataset(directory, signed, pool)

@@ -32,6 +32,7 @@ class SignedManifest:
     signature: bytes
     public_key: bytes
     allow: tuple[str, ...] = ()
+    allow_signature: bytes = b""
 
     @property
     def publisher(self) -> str:
@@ -103,7 +104,8 @@ async def fetch_signed_manifest(host, peer_id, dataset_id: str, timeout: float) 
                                       wire.ManifestResponse, timeout, wire.MAX_HEADER_BYTES)
     await _reset(stream)
     manifest = check_signed_manifest(dataset_id, response.manifest, response.public_key, response.signature)
-    return SignedManifest(response.manifest, manifest, response.signature, response.public_key, response.allow)
+    return SignedManifest(response.manifest, manifest, response.signature, response.public_key, response.allow,
+                          response.allow_signature)
 
 
 async def fetch_have(host, peer_id, dataset_id: str, shard_count: int, timeout: float) -> list[bool]:

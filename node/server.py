@@ -18,11 +18,13 @@ import trio
 from kogitune.cache import ContentStore
 from kogitune.protocol import wire
 from kogitune.protocol.ids import dataset_id_from_digest, is_peer_id
+from kogitune.protocol.signing import allow_list_verifies
 from kogitune.protocol.manifest import Manifest, parse_manifest
 
 log = logging.getLogger("kogitune.node")
 SIGNATURE_FILE = "signature"
 ALLOW_FILE = "allow"
+ALLOW_SIGNATURE_FILE = "allow.signature"
 CHUNK = 1 << 20
 
 
@@ -103,9 +105,10 @@ class DataServer:
             raise wire.WireError("forbidden", f"{dataset_id} is private to other peers")
         if isinstance(request, wire.ManifestRequest):
             signature = (directory / SIGNATURE_FILE).read_bytes()
+            allow, allow_signature = _signed_allow_list(directory, dataset_id, allowed, signature[:32])
             await self._send(stream, wire.encode_response(wire.ManifestResponse(
-                manifest_bytes, signature=signature[32:], public_key=signature[:32],
-                allow=tuple(sorted(filter(is_peer_id, allowed or ()))))))
+                manifest_bytes, signature=signature[32:], public_key=signature[:32], allow=allow,
+                allow_signature=allow_signature)))
         elif isinstance(request, wire.HaveRequest):
             complete = [(directory / s.tokens_path).exists() for s in manifest.shards]
             await self._send(stream, wire.encode_response(wire.HaveResponse(wire.have_bitmap(complete))))
@@ -162,6 +165,20 @@ class DataServer:
             data = path.read_bytes()
             cached = self._manifests[dataset_id] = (mtime, parse_manifest(data), data)
         return cached[1], cached[2]
+
+
+def _signed_allow_list(directory: Path, dataset_id: str, allowed: set[str] | None,
+                       public_key: bytes) -> tuple[tuple[str, ...], bytes]:
+    """The allow-list to pass on with the manifest: only one the publisher signed (an allow file edited by hand
+    still restricts this node, but fetchers do not inherit it)."""
+    allow = tuple(sorted(filter(is_peer_id, allowed or ())))
+    try:
+        signature = (directory / ALLOW_SIGNATURE_FILE).read_bytes()
+    except FileNotFoundError:
+        return (), b""
+    if allow and allow_list_verifies(dataset_id, allow, public_key, signature):
+        return allow, signature
+    return (), b""
 
 
 def _allow_list(directory: Path) -> set[str] | None:

@@ -17,6 +17,7 @@ from .ids import base58btc, dataset_id_digest
 from .manifest import Manifest, parse_manifest
 
 SIGNING_CONTEXT = b"kogitune/manifest/v1\x00"
+ALLOW_CONTEXT = b"kogitune/allow/v1\x00"
 SEED_BYTES = 32
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
@@ -40,6 +41,25 @@ def sign_dataset(private_key_bytes: bytes, dataset_id: str) -> tuple[bytes, byte
     key = _private_key(private_key_bytes)
     signature = key.sign(signing_payload(dataset_id))
     return signature, key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def allow_payload(dataset_id: str, allow) -> bytes:
+    """The bytes a publisher signs to make `dataset_id` private to the peer IDs `allow` (in ascending order)."""
+    return ALLOW_CONTEXT + dataset_id_digest(dataset_id) + " ".join(allow).encode("ascii")
+
+
+def sign_allow_list(private_key_bytes: bytes, dataset_id: str, allow) -> bytes:
+    """The publisher's 64-byte signature of allow_payload: replicas pass the list on, and cannot change it."""
+    return _private_key(private_key_bytes).sign(allow_payload(dataset_id, allow))
+
+
+def allow_list_verifies(dataset_id: str, allow, public_key: bytes, signature: bytes) -> bool:
+    """Whether `signature` is `public_key`'s signature of the allow-list `allow` of `dataset_id`."""
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, allow_payload(dataset_id, allow))
+        return True
+    except (InvalidSignature, ValueError, TypeError):
+        return False
 
 
 def verify_dataset(dataset_id: str, public_key: bytes, signature: bytes) -> None:

@@ -224,13 +224,15 @@ Request = ManifestRequest | HaveRequest | ReadRequest
 
 @dataclass(frozen=True)
 class ManifestResponse:
-    """`allow`: the peers a private dataset is served to (sorted), empty for a public one; a replica serves its
-    copy to the same peers only."""
+    """`allow`: the peers a private dataset is served to (sorted), empty for a public one, with the publisher's
+    `allow_signature` of it (empty with an empty list); a replica keeps a list only if that signature verifies, and
+    then serves its copy to the same peers only."""
 
     manifest: bytes
     signature: bytes
     public_key: bytes
     allow: tuple[str, ...] = ()
+    allow_signature: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -257,7 +259,7 @@ _REQUEST_KEYS = {
     "read": ("v", "op", "dataset", "shard", "file", "offset", "length"),
 }
 _RESPONSE_KEYS = {
-    ManifestResponse: ("v", "ok", "manifest", "signature", "public_key", "allow"),
+    ManifestResponse: ("v", "ok", "manifest", "signature", "public_key", "allow", "allow_signature"),
     HaveResponse: ("v", "ok", "shards"),
     ReadResponse: ("v", "ok", "length"),
     ErrorResponse: ("v", "ok", "code", "message"),
@@ -375,11 +377,14 @@ def parse_response(obj: dict, expected: type) -> Response:
             raise _bad(f"unknown error code {code!r:.40}")
         return ErrorResponse(code, _str(obj["message"], "message", MAX_MESSAGE_CHARS))
     if kind is ManifestResponse:
+        allow = _allow(_str(obj["allow"], "allow", MAX_ALLOW_CHARS))
+        signed = SIGNATURE_BYTES if allow else 0  # the publisher's signature of the list, none without one
         return ManifestResponse(
             manifest=_bin(obj["manifest"], "manifest", 1, MAX_MANIFEST_BYTES),
             signature=_bin(obj["signature"], "signature", SIGNATURE_BYTES, SIGNATURE_BYTES),
             public_key=_bin(obj["public_key"], "public_key", PUBLIC_KEY_BYTES, PUBLIC_KEY_BYTES),
-            allow=_allow(_str(obj["allow"], "allow", MAX_ALLOW_CHARS)),
+            allow=allow,
+            allow_signature=_bin(obj["allow_signature"], "allow_signature", signed, signed),
         )
     if kind is HaveResponse:
         return HaveResponse(_bin(obj["shards"], "shards", 0, MAX_BITMAP_BYTES))
@@ -389,7 +394,8 @@ def parse_response(obj: dict, expected: type) -> Response:
 def _response_dict(response: Response) -> dict:
     if isinstance(response, ManifestResponse):
         return {"v": WIRE_VERSION, "ok": True, "manifest": response.manifest, "signature": response.signature,
-                "public_key": response.public_key, "allow": " ".join(response.allow)}
+                "public_key": response.public_key, "allow": " ".join(response.allow),
+                "allow_signature": response.allow_signature}
     if isinstance(response, HaveResponse):
         return {"v": WIRE_VERSION, "ok": True, "shards": response.shards}
     if isinstance(response, ReadResponse):

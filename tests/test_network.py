@@ -119,6 +119,36 @@ def test_private_dataset_is_served_only_to_its_allow_list_also_by_replicas(tenso
     assert f"{a.peer_id}: forbidden" in refused.stderr and f"{b.peer_id}: forbidden" in refused.stderr
 
 
+def test_an_allow_list_the_publisher_did_not_sign_is_not_inherited(tensor, nodes):
+    """A node that adds an allow file of its own to a public dataset restricts itself only: a node that fetches
+    from it stays public (the list travels with the publisher's signature, and this one has none)."""
+    a = nodes("a")
+    h = nodes("h", [a.address])
+    dataset_id = a.cli("publish", str(tensor.path)).stdout.strip()
+    h.cli("get", dataset_id)
+    a.close()
+    b = nodes("b", [h.address])
+    (h.home / "datasets" / dataset_id / "allow").write_text(f"{h.peer_id}\n{b.peer_id}\n")
+    b.cli("get", dataset_id)
+    assert not (b.home / "datasets" / dataset_id / "allow").exists()
+    c = nodes("c", [b.address])
+    c.cli("get", dataset_id)
+    assert DataTensor(c.home / "datasets" / dataset_id).verify() == []
+
+
+def test_a_private_replica_is_not_published_as_public(tensor, nodes):
+    """`publish` of a tensor that the store holds as a private dataset, without --allow, is refused: it would
+    replace the publisher's signature and drop the list."""
+    a = nodes("a")
+    b = nodes("b", [a.address])
+    dataset_id = a.cli("publish", str(tensor.path), "--allow", b.peer_id).stdout.strip()
+    b.cli("get", dataset_id)
+    refused = b.cli("publish", str(tensor.path), check=False)
+    assert refused.returncode == 2 and "is private in this node's store" in refused.stderr
+    assert (b.home / "datasets" / dataset_id / "allow").exists()
+    assert a.cli("publish", str(tensor.path), "--allow", b.peer_id).stdout.strip() == dataset_id
+
+
 def test_publish_refuses_an_allow_entry_that_is_not_a_peer_id(tensor, nodes):
     a = nodes("a")
     for typo in ["alice@example.org", "12D3KooWtypo", a.peer_id[:-1]]:

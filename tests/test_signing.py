@@ -123,6 +123,22 @@ def test_check_signed_manifest():
         check_signed_manifest(dataset_id, b"{}", public_key, signature)
 
 
+def test_allow_lists_are_signed_by_the_publisher():
+    """A replica keeps an allow-list only with its publisher's signature of exactly that list for that dataset."""
+    from kogitune.protocol.signing import allow_list_verifies, public_key_from_seed, sign_allow_list
+
+    other = dataset_id_from_digest(bytes(range(1, 33)))
+    allow = ("12D3KooWA", "12D3KooWB")
+    signature = sign_allow_list(SEED, DATASET_ID, allow)
+    public_key = public_key_from_seed(SEED)
+    assert allow_list_verifies(DATASET_ID, allow, public_key, signature)
+    assert not allow_list_verifies(DATASET_ID, allow[:1], public_key, signature)
+    assert not allow_list_verifies(other, allow, public_key, signature)
+    assert not allow_list_verifies(DATASET_ID, allow, public_key_from_seed(b"\x02" * 32), signature)
+    assert not allow_list_verifies(DATASET_ID, allow, public_key, sign_dataset(SEED, DATASET_ID)[0])
+    assert not allow_list_verifies(DATASET_ID, allow, b"short", signature)
+
+
 def test_base58btc():
     assert base58btc(b"") == ""
     assert base58btc(b"\x00") == "1"

@@ -50,12 +50,12 @@ VECTORS = {
     ),
     "manifest response": (
         ManifestResponse(b"{}", SIGNATURE, PUBLIC_KEY),
-        "950186a17601a26f6bc3a86d616e6966657374c4027b7da97369676e6174757265c440"
+        "a70187a17601a26f6bc3a86d616e6966657374c4027b7da97369676e6174757265c440"
         "d40650c8b121556f1f36cfc72b9518784a5864e2aa24ac24d551ca4e2b7253c5"
         "cd9a3d97cdc2961ce9d99fc6ba8d44b1c34b7e18c55a4c846843f3badbddb30c"
         "aa7075626c69635f6b6579c420"
         "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c"
-        "a5616c6c6f77a0",
+        "a5616c6c6f77a0af616c6c6f775f7369676e6174757265c400",
     ),
     "have response": (
         HaveResponse(bytes([0x0D, 0x01])),  # shards 0, 2, 3 and 8 of 9
@@ -165,7 +165,7 @@ def random_messages(rng: random.Random, count: int):
         elif kind == 3:
             allow = {random_peer_id(rng) for _ in range(rng.choice([0, 1, 20]))}
             yield ManifestResponse(rng.randbytes(rng.randint(1, 3000)), rng.randbytes(64), rng.randbytes(32),
-                                   tuple(sorted(allow)))
+                                   tuple(sorted(allow)), rng.randbytes(64) if allow else b"")
         elif kind == 4:
             count_shards = rng.randint(0, 100)
             yield HaveResponse(have_bitmap([rng.random() < 0.5 for _ in range(count_shards)]))
@@ -188,10 +188,10 @@ def test_a_big_manifest_response_round_trips():
     allow = tuple(sorted({random_peer_id(rng) for _ in range(1300)}))
     while len(" ".join(allow)) > MAX_ALLOW_CHARS:
         allow = allow[:-1]  # the longest allow-list there can be
-    frame = encode_response(ManifestResponse(manifest, SIGNATURE, PUBLIC_KEY, allow))
+    frame = encode_response(ManifestResponse(manifest, SIGNATURE, PUBLIC_KEY, allow, SIGNATURE))
     assert len(frame) <= MAX_HEADER_BYTES + 10
     assert parse_response(decode_one(frame), ManifestResponse) == ManifestResponse(manifest, SIGNATURE, PUBLIC_KEY,
-                                                                                   allow)
+                                                                                   allow, SIGNATURE)
     with pytest.raises(ValueError):
         encode_response(ManifestResponse(manifest + b"x", SIGNATURE, PUBLIC_KEY))
 
@@ -515,17 +515,27 @@ def ok(**fields) -> dict:
     return {"v": 1, "ok": True, **fields}
 
 
+def manifest_ok(**changes) -> dict:
+    """A valid manifest response with `changes` (None removes a key)."""
+    fields = {"manifest": b"{}", "signature": SIGNATURE, "public_key": PUBLIC_KEY, "allow": "", "allow_signature": b"",
+              **changes}
+    return ok(**{key: value for key, value in fields.items() if value is not None})
+
+
 @pytest.mark.parametrize("obj, expected", [
-    (ok(manifest=b"{}", signature=SIGNATURE, public_key=PUBLIC_KEY, allow="", extra=1), ManifestResponse),
-    (ok(manifest=b"{}", signature=SIGNATURE, allow=""), ManifestResponse),
-    (ok(manifest=b"{}", signature=SIGNATURE, public_key=PUBLIC_KEY), ManifestResponse),
-    (ok(manifest=b"", signature=SIGNATURE, public_key=PUBLIC_KEY, allow=""), ManifestResponse),
-    (ok(manifest="{}", signature=SIGNATURE, public_key=PUBLIC_KEY, allow=""), ManifestResponse),
-    (ok(manifest=b"{}", signature=SIGNATURE[:63], public_key=PUBLIC_KEY, allow=""), ManifestResponse),
-    (ok(manifest=b"{}", signature=SIGNATURE, public_key=PUBLIC_KEY + b"\x00", allow=""), ManifestResponse),
-    *[(ok(manifest=b"{}", signature=SIGNATURE, public_key=PUBLIC_KEY, allow=allow), ManifestResponse) for allow in [
+    (manifest_ok(extra=1), ManifestResponse),
+    (manifest_ok(public_key=None), ManifestResponse),
+    (manifest_ok(allow_signature=None), ManifestResponse),
+    (manifest_ok(manifest=b""), ManifestResponse),
+    (manifest_ok(manifest="{}"), ManifestResponse),
+    (manifest_ok(signature=SIGNATURE[:63]), ManifestResponse),
+    (manifest_ok(public_key=PUBLIC_KEY + b"\x00"), ManifestResponse),
+    *[(manifest_ok(allow=allow, allow_signature=SIGNATURE), ManifestResponse) for allow in [
         None, PEER_A.encode(), f"{PEER_B} {PEER_A}", f"{PEER_A} {PEER_A}", f"{PEER_A}  {PEER_B}", f" {PEER_A}",
         f"{PEER_A}\n{PEER_B}", PEER_A[:-1], PEER_A + "1", "12D3KooW0", "x" * 129, f"{PEER_A} " * 1300]],
+    (manifest_ok(allow=PEER_A), ManifestResponse),  # a list without the publisher's signature
+    (manifest_ok(allow=PEER_A, allow_signature=SIGNATURE[:63]), ManifestResponse),
+    (manifest_ok(allow_signature=SIGNATURE), ManifestResponse),  # a signature without a list
     (ok(shards=b"\x01"), ManifestResponse),  # a valid have response where a manifest was expected
     (ok(length=5), HaveResponse),
     (ok(shards=b"\x00" * (131072 + 1)), HaveResponse),
