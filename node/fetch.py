@@ -46,11 +46,14 @@ from .sources import Source
 log = logging.getLogger("kogitune.fetch")
 LOCK_POLL_SECONDS = 0.05
 MAX_PIECES_CHECKING = 4
+"""Received pieces waiting for their hash check per shard: bounds memory to (this + sources) pieces."""
+STALE_CLAIM_SECONDS = 0.25
+"""A piece claimed this long ago and still not received whole may be streamed from a second source too (endgame):
+a hung or slow source then holds up a shard by at most this long, and sources that keep up never send a piece twice."""
 SYNC_THREADS = 2
 """Threads of one trio run that fsync finished shards: on a slow disk, syncing shards wait their turn instead of
 taking the threads that check pieces."""
 _sync_limiter: trio.lowlevel.RunVar = trio.lowlevel.RunVar("kogitune_sync_limiter")
-"""Received pieces waiting for their hash check per shard: bounds memory to (this + sources) pieces."""
 
 
 @dataclass
@@ -135,11 +138,6 @@ async def fetch_manifest(pool: SourcePool, dataset_id: str | None = None) -> tup
 
     data = await fetch_small_file(pool, "manifest.json", MAX_MANIFEST_BYTES, valid)
     return data, parsed[data]
-
-
-STALE_CLAIM_SECONDS = 0.25
-"""A piece claimed this long ago and still not received whole may be streamed from a second source too (endgame):
-a hung or slow source then holds up a shard by at most this long, and sources that keep up never send a piece twice."""
 
 
 class PieceBoard:
