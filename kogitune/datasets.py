@@ -72,7 +72,17 @@ class TokenBlockDataset(torch.utils.data.Dataset):
         self.budgets = [natural[i] if b is None else int(b) for i, b in enumerate(self.budgets)]
         self.mixture = [MixEntry(self.names[i], self.budgets[i], natural[i]) for i in range(len(tensors))]
         self._shared_epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self._epoch_view = self._shared_epoch.numpy()
         self._lay_out(0)
+
+    def __getstate__(self) -> dict:
+        """Pickled (by DataLoader workers) with the shared epoch tensor, which torch passes as shared memory; the
+        numpy view of it, which is faster to read in `__getitem__`, is made again on the other side."""
+        return {key: value for key, value in self.__dict__.items() if key != "_epoch_view"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._epoch_view = self._shared_epoch.numpy()
 
     def _samples_per_shard(self, tensor: DataTensor) -> list[int]:
         stored = tensor.manifest.block_size
@@ -128,15 +138,16 @@ class TokenBlockDataset(torch.utils.data.Dataset):
         return self._segment_start[-1]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        try:
-            index = operator.index(index)
-        except TypeError:
-            raise TypeError(f"a sample index is an integer, not {type(index).__name__}") from None
+        if type(index) is not int:
+            try:
+                index = operator.index(index)
+            except TypeError:
+                raise TypeError(f"a sample index is an integer, not {type(index).__name__}") from None
         if not -len(self) <= index < len(self):
             raise IndexError(f"sample {index} is out of range for a dataset of {len(self)} samples")
         if index < 0:
             index += len(self)
-        epoch = int(self._shared_epoch)
+        epoch = self._epoch_view.item()
         if epoch != self.epoch:
             self._lay_out(epoch)
         window = bisect_right(self._window_start, index) - 1
