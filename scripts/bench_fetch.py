@@ -214,7 +214,7 @@ def load_note() -> str:
 def summary(times: list[float]) -> tuple[float, float, float]:
     """(best, median, spread = worst/best - 1) of a list of seconds."""
     best = min(times)
-    return best, statistics.median(times), max(times) / best - 1
+    return best, statistics.median(times), (max(times) / best - 1) if best > 0 else 0.0
 
 
 # ---- the benchmark ------------------------------------------------------------------------------------------------
