@@ -184,7 +184,7 @@ class TokenBlockDataset(torch.utils.data.Dataset):
             if self.tensors[tensor_index].remote is not None:
                 wanted.setdefault(tensor_index, []).append(shard)
         for tensor_index, shards in wanted.items():
-            self.tensors[tensor_index].prefetch(sorted(set(shards)))
+            self.tensors[tensor_index].prefetch(list(dict.fromkeys(shards)))  # in the order they are needed
 
     def describe_mixture(self) -> str:
         return "\n".join(entry.describe(len(self), self.block_size) for entry in self.mixture)

@@ -21,6 +21,10 @@ from .fetch import ShardFetch, SourcePool, fetch_manifest
 from .sources import HttpSource
 
 log = logging.getLogger("kogitune.fetch")
+PREFETCH_SHARDS = 1
+"""Mirror shards fetched ahead of need at once. One shard already streams from every mirror; a second would only
+halve the bandwidth of the shard a trainer waits for (at a cold start the first shard is prefetched first, so
+the first batch waits for one shard, not four)."""
 
 
 class EmbeddedNode:
@@ -41,6 +45,7 @@ class EmbeddedNode:
     async def _main(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
         self._limiter = trio.CapacityLimiter(self._max_shards)
+        self._prefetch_limiter = trio.CapacityLimiter(PREFETCH_SHARDS)
         self._p2p_lock = trio.Lock()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -90,11 +95,10 @@ class EmbeddedNode:
         trio.from_thread.run(run, trio_token=self._token)
 
     def prefetch(self, directory: Path, manifest: Manifest, indexes: list[int], urls: tuple[str, ...]) -> None:
-        """Start fetching these shards in the background; errors surface when a shard is needed."""
-        def start():
-            for index in indexes:
-                self._nursery.start_soon(self._fetch_quietly, directory, manifest, index, urls)
-        trio.from_thread.run_sync(start, trio_token=self._token)
+        """Start fetching these shards in the background, in this order (trio may run tasks started together in any
+        order); errors surface when a shard is needed."""
+        trio.from_thread.run_sync(self._nursery.start_soon, self._prefetch_in_order, directory, manifest,
+                                  list(indexes), urls, trio_token=self._token)
 
     def open_dataset_id(self, dataset_id: str, timeout: float, trusted=None) -> tuple[Path, str]:
         """Resolve a dataset ID on the network (a client-mode libp2p node, started on first use); return the
@@ -144,11 +148,13 @@ class EmbeddedNode:
                 self._p2p = await self._nursery.start(Node(config).run)
         return self._p2p
 
-    async def _fetch_quietly(self, directory, manifest, index, urls) -> None:
-        try:
-            await self._fetch(directory, manifest, index, urls)
-        except Exception as exc:
-            log.warning("prefetch failed: %s", exc)
+    async def _prefetch_in_order(self, directory, manifest, indexes, urls) -> None:
+        for index in indexes:
+            try:
+                async with self._prefetch_limiter:
+                    await self._fetch(directory, manifest, index, urls)
+            except Exception as exc:
+                log.warning("prefetch failed: %s", exc)
 
     async def _fetch(self, directory: Path, manifest: Manifest, index: int, urls: tuple[str, ...]) -> None:
         shard = manifest.shards[index]
