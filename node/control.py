@@ -111,9 +111,8 @@ async def _dispatch(node: Node, request: dict) -> dict:
         directory = await node.fetch_shard(_dataset(request), int(request["index"]))
         return {"directory": str(directory)}
     if op == "prefetch":
-        dataset_id = _dataset(request)
-        for index in request.get("indexes", []):
-            node.nursery.start_soon(node.prefetch_shard, dataset_id, int(index))
+        indexes = [int(index) for index in request.get("indexes", [])]
+        node.nursery.start_soon(node.prefetch_shards, _dataset(request), indexes)
         return {}
     if op == "providers":
         return {"providers": await node.providers_status(_dataset(request))}

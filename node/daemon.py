@@ -326,14 +326,22 @@ class Node:
                 self._fetching.pop(key).set()
         return opened.directory
 
-    async def prefetch_shard(self, dataset_id: str, index: int) -> None:
-        """Fetch a shard ahead of need, at most PREFETCH_SHARDS at a time, so that a shard someone is waiting for
-        (fetch_shard, not limited) is not starved by look-ahead; failures only log, the wait will report them."""
-        async with self._prefetch_limiter:
+    async def prefetch_shards(self, dataset_id: str, indexes: list[int]) -> None:
+        """Fetch shards ahead of need, in this order (the order they will be needed), at most PREFETCH_SHARDS at a
+        time, so that a shard someone is waiting for (fetch_shard, not limited) is not starved by look-ahead;
+        failures only log, the wait will report them."""
+        async def one(index: int, slot: object) -> None:
             try:
                 await self.fetch_shard(dataset_id, index)
             except Exception as exc:
                 log.warning("prefetch of shard %d of %s failed: %s", index, dataset_id, exc)
+            finally:
+                self._prefetch_limiter.release_on_behalf_of(slot)
+
+        for index in indexes:
+            slot = object()
+            await self._prefetch_limiter.acquire_on_behalf_of(slot)
+            self.nursery.start_soon(one, index, slot)
 
     async def get(self, dataset_id: str) -> OpenDataset:
         """Fetch a whole dataset into the store, then provide it too."""

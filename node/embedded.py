@@ -123,18 +123,15 @@ class EmbeddedNode:
             raise FetchError(f"shard {index} of {dataset_id} did not arrive within {timeout:.0f} s") from None
 
     def prefetch_id(self, dataset_id: str, indexes: list[int]) -> None:
-        async def prefetch(index):
+        async def prefetch():
             try:
                 node = await self._p2p_node()
             except Exception as exc:
                 log.warning("prefetch failed: %s", exc)
                 return
-            await node.prefetch_shard(dataset_id, index)
+            await node.prefetch_shards(dataset_id, list(indexes))
 
-        def start():
-            for index in indexes:
-                self._nursery.start_soon(prefetch, index)
-        trio.from_thread.run_sync(start, trio_token=self._token)
+        trio.from_thread.run_sync(self._nursery.start_soon, prefetch, trio_token=self._token)
 
     async def _p2p_node(self):
         """The client-mode libp2p node of this process, started on first use with the configured bootstrap."""
