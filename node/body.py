@@ -13,13 +13,16 @@ READ_ALL_CHUNK = 1 << 20
 
 
 class Body:
-    """`receive_into` fills the start of a buffer and says how much it filled, 0 at the end of the body. This base
-    class serves chunks from `_next_chunk` (b"" at the end); subclasses that can do better override `receive_into`."""
+    """`receive_into` fills the start of a non-empty buffer and says how much it filled, 0 at the end of the body
+    (an empty buffer is a ValueError: 0 would read as the end). This base class serves chunks from `_next_chunk`
+    (b"" at the end); subclasses that can do better override `receive_into`."""
 
     def __init__(self) -> None:
         self._pending = memoryview(b"")
 
     async def receive_into(self, buffer: memoryview) -> int:
+        if not len(buffer):
+            raise ValueError("receive_into needs a non-empty buffer")
         while not self._pending:
             chunk = await self._next_chunk()
             if not chunk:

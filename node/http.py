@@ -161,9 +161,9 @@ class _Body(Body):
             self._left -= len(self._pending)
 
     async def receive_into(self, buffer: memoryview) -> int:
-        if self._left is None or self._pending:
+        if self._left is None or self._pending or not len(buffer):
             return await super().receive_into(buffer)
-        if not self._left or not buffer:
+        if not self._left:
             return 0
         buffer = buffer[:self._left]
         try:

@@ -170,6 +170,8 @@ def test_body_into_small_buffers(framing):
                     parts.append(bytes(buffer[:count]))
         assert b"".join(parts) == b"hello world"
         assert max(map(len, parts)) <= 4
+        with pytest.raises(ValueError, match="non-empty buffer"):
+            await response.body.receive_into(memoryview(bytearray()))
     run(main)
 
 
