@@ -290,7 +290,7 @@ def _write_tensor(paths: list[Path], tok: Tokenizer, directory: Path, options: S
         if progress:
             print(f"store: going on from the checkpoint in {directory} ({done} batches, {len(writer.shards)} "
                   "shards already stored)", file=sys.stderr)
-    next_checkpoint = time.monotonic() + CHECKPOINT_SECONDS
+    next_checkpoint, job = time.monotonic() + CHECKPOINT_SECONDS, None
     batches = itertools.islice(reader.batches(), done, None)
     with tqdm(total=sum(p.stat().st_size for p in paths), unit="B", unit_scale=True, desc="store",
               disable=None if progress else True) as bar, ThreadPoolExecutor(1) as aside:
@@ -312,7 +312,8 @@ def _write_tensor(paths: list[Path], tok: Tokenizer, directory: Path, options: S
             writer.add(tokens, lengths)
             bar.update(reader.bytes_read - bar.n)
             if time.monotonic() >= next_checkpoint:
-                _save_checkpoint(directory, _job(paths, tok, options), number + 1, writer, perturber, report, reader)
+                job = job or _job(paths, tok, options)  # not before: it needs the fingerprint, hashed meanwhile
+                _save_checkpoint(directory, job, number + 1, writer, perturber, report, reader)
                 next_checkpoint = time.monotonic() + CHECKPOINT_SECONDS
     shards = writer.finish()
     provenance = {"inputs": reader.inputs, "options": options.provenance(), "kogitune": __version__,

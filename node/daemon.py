@@ -24,7 +24,7 @@ from kogitune.protocol.manifest import Manifest
 from kogitune.protocol.signing import allow_list_verifies, sign_allow_list, sign_dataset
 
 from .errors import FetchError, NodeError, SourceError
-from .fetch import ShardFetch, SourcePool
+from .fetch import ShardFetch, SourcePool, prefetch_in_order
 from .host import keep_dht_clients_out, load_identity_seed, new_kogitune_host
 from .peers import PeerSource, SignedManifest, fetch_have, fetch_signed_manifest
 from .server import ALLOW_FILE, ALLOW_SIGNATURE_FILE, SIGNATURE_FILE, DataServer
@@ -327,21 +327,12 @@ class Node:
         return opened.directory
 
     async def prefetch_shards(self, dataset_id: str, indexes: list[int]) -> None:
-        """Fetch shards ahead of need, in this order (the order they will be needed), at most PREFETCH_SHARDS at a
-        time, so that a shard someone is waiting for (fetch_shard, not limited) is not starved by look-ahead;
-        failures only log, the wait will report them."""
-        async def one(index: int, slot: object) -> None:
-            try:
-                await self.fetch_shard(dataset_id, index)
-            except Exception as exc:
-                log.warning("prefetch of shard %d of %s failed: %s", index, dataset_id, exc)
-            finally:
-                self._prefetch_limiter.release_on_behalf_of(slot)
+        """Fetch shards ahead of need, in this order, at most PREFETCH_SHARDS at a time, so that a shard someone is
+        waiting for (fetch_shard, not limited) is not starved by look-ahead."""
+        async def fetch(index: int) -> None:
+            await self.fetch_shard(dataset_id, index)
 
-        for index in indexes:
-            slot = object()
-            await self._prefetch_limiter.acquire_on_behalf_of(slot)
-            self.nursery.start_soon(one, index, slot)
+        await prefetch_in_order(self.nursery, self._prefetch_limiter, indexes, fetch)
 
     async def get(self, dataset_id: str) -> OpenDataset:
         """Fetch a whole dataset into the store, then provide it too."""

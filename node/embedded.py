@@ -17,7 +17,7 @@ import trio
 from kogitune.protocol.manifest import Manifest
 
 from .errors import FetchError
-from .fetch import ShardFetch, SourcePool, fetch_manifest
+from .fetch import ShardFetch, SourcePool, fetch_manifest, prefetch_in_order
 from .sources import HttpSource
 
 log = logging.getLogger("kogitune.fetch")
@@ -146,12 +146,10 @@ class EmbeddedNode:
         return self._p2p
 
     async def _prefetch_in_order(self, directory, manifest, indexes, urls) -> None:
-        for index in indexes:
-            try:
-                async with self._prefetch_limiter:
-                    await self._fetch(directory, manifest, index, urls)
-            except Exception as exc:
-                log.warning("prefetch failed: %s", exc)
+        async def fetch(index: int) -> None:
+            await self._fetch(directory, manifest, index, urls)
+
+        await prefetch_in_order(self._nursery, self._prefetch_limiter, indexes, fetch)
 
     async def _fetch(self, directory: Path, manifest: Manifest, index: int, urls: tuple[str, ...]) -> None:
         shard = manifest.shards[index]

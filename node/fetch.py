@@ -109,6 +109,24 @@ class SourcePool:
         return "; ".join(h.describe() for h in self.health)
 
 
+async def prefetch_in_order(nursery: trio.Nursery, limiter: trio.CapacityLimiter, indexes, fetch) -> None:
+    """`await fetch(index)` for each shard index, started in this order (the order they will be needed: trio may
+    run tasks started together in any order), at most `limiter`'s total at a time. Prefetch failures only log;
+    the wait for the shard reports them."""
+    async def one(index: int, slot: object) -> None:
+        try:
+            await fetch(index)
+        except Exception as exc:
+            log.warning("prefetch of shard %d failed: %s", index, exc)
+        finally:
+            limiter.release_on_behalf_of(slot)
+
+    for index in indexes:
+        slot = object()
+        await limiter.acquire_on_behalf_of(slot)
+        nursery.start_soon(one, index, slot)
+
+
 async def fetch_small_file(pool: SourcePool, path: str, limit: int, valid) -> bytes:
     """A small whole file (manifest, .pieces, .docs) from the first source whose bytes pass `valid`."""
     for health in pool.usable():

@@ -56,10 +56,13 @@ def node_lock(home: Path):
 def check_start(home: Path, listen: list[str], bootstrap: list[str]) -> None:
     """Refuse, before anything starts, what would make a node start wrong: a node already running on `home`, a
     listen address that does not parse or whose port is taken, a bootstrap address without its peer ID."""
+    with node_lock(home):
+        _check_addresses(home, listen, bootstrap)
+
+
+def _check_addresses(home: Path, listen: list[str], bootstrap: list[str]) -> None:
     from multiaddr import Multiaddr
 
-    with node_lock(home):
-        pass
     for address in listen or [DEFAULT_LISTEN]:
         try:
             parsed = Multiaddr(address)
@@ -102,8 +105,8 @@ def _check_port_free(address: str, host: str, port: int) -> None:
 def run_node(home: Path, listen: list[str], bootstrap: list[str], reprovide_interval: float) -> None:
     """Run the daemon in the foreground until `node stop`, SIGINT or SIGTERM."""
     listen = listen or [DEFAULT_LISTEN]
-    check_start(home, listen, bootstrap)
     with node_lock(home):
+        _check_addresses(home, listen, bootstrap)
         handler = logging.FileHandler(home / LOG_FILE)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         for name in ("kogitune",):
