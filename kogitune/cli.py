@@ -220,7 +220,8 @@ def _publish(args) -> int:
 
 def _get(args) -> int:
     """`open` first (lookup and signed manifest), then `get` on a thread with no time limit (a whole dataset can
-    take hours; every network read inside the node has its own timeout) while a bar follows the shard files."""
+    take hours; the node gives up on a shard that makes no progress for its stall timeout) while a bar follows the
+    verified bytes (control op `progress`, piece by piece) and the complete shard files."""
     import threading
     from pathlib import Path
 
@@ -243,14 +244,22 @@ def _get(args) -> int:
     def present() -> int:
         return sum(s.size for s in shards if (directory / s.tokens_path).exists())
 
+    def verified() -> int:
+        try:
+            return client.call("progress", timeout=5, id=args.dataset_id)["bytes_verified"]
+        except KogituneError:
+            return 0
+
     held_before = present()
+    verified_before = verified()
     worker = threading.Thread(target=get, daemon=True)
     worker.start()
     with tqdm(total=sum(s.size for s in shards), initial=held_before, unit="B", unit_scale=True,
               disable=args.quiet, desc=args.dataset_id[:12]) as bar:
         while worker.is_alive():
             worker.join(0.5)
-            bar.update(present() - bar.n)
+            done = max(present(), held_before + verified() - verified_before)
+            bar.update(min(done, bar.total) - bar.n)
     if "error" in outcome:
         raise outcome["error"]
     if held_before == bar.total:

@@ -114,6 +114,8 @@ async def _dispatch(node: Node, request: dict) -> dict:
         indexes = [int(index) for index in request.get("indexes", [])]
         node.nursery.start_soon(node.prefetch_shards, _dataset(request), indexes)
         return {}
+    if op == "progress":
+        return {"bytes_verified": node.bytes_verified(_dataset(request))}
     if op == "providers":
         return {"providers": await node.providers_status(_dataset(request))}
     raise NodeError(f"unknown control operation {op!r}")

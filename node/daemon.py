@@ -24,7 +24,7 @@ from kogitune.protocol.manifest import Manifest
 from kogitune.protocol.signing import allow_list_verifies, sign_allow_list, sign_dataset
 
 from .errors import FetchError, NodeError, SourceError
-from .fetch import ShardFetch, SourcePool, prefetch_in_order
+from .fetch import ShardFetch, SourcePool, first_answer, prefetch_in_order
 from .host import keep_dht_clients_out, load_identity_seed, new_kogitune_host
 from .peers import PeerSource, SignedManifest, fetch_have, fetch_signed_manifest
 from .server import ALLOW_FILE, ALLOW_SIGNATURE_FILE, SIGNATURE_FILE, DataServer
@@ -34,8 +34,19 @@ DEFAULT_LISTEN = "/ip4/0.0.0.0/tcp/4011"
 DEFAULT_REPROVIDE_SECONDS = 6 * 3600
 CONNECT_TIMEOUT = 10.0
 LOOKUP_TIMEOUT = 30.0
+"""One full Kademlia provider lookup, at most."""
+LOOKUP_DEADLINE = 30.0
+"""How long `find_providers` keeps looking before it returns none (then: "no peer provides"). Meanwhile it asks the
+connected peers again and again, after LOOKUP_BACKOFF_SECONDS, doubling up to LOOKUP_BACKOFF_MAX, reconnecting to
+the bootstrap peers when none is connected: when many fetchers start at once, a busy publisher or bootstrap node
+answers some of them late, and a fetcher that asked once would give up on a dataset that is there."""
+LOOKUP_BACKOFF_SECONDS = 0.25
+LOOKUP_BACKOFF_MAX = 4.0
 RECONNECT_CHECK = 60.0
-MANIFEST_ATTEMPTS = 3
+MANIFEST_AT_ONCE = 3
+"""Providers asked for the signed manifest at once; one more is asked each time one fails or HEDGE_SECONDS go by
+without an answer, the first valid manifest wins and the other requests are cancelled. A provider that failed is
+not asked again while the dataset is opened, and is left out of its sources."""
 LATE_PROVIDER_SECONDS = 0.5
 """Once one provider is connected, how much longer the others may take: a stale provider record (a node that
 left) must not hold up the open for a whole connect timeout."""
@@ -206,10 +217,12 @@ class Node:
         await self.announce(tensor.dataset_id)
         return tensor.dataset_id
 
-    async def find_providers(self, dataset_id: str) -> list:
+    async def find_providers(self, dataset_id: str, deadline: float = LOOKUP_DEADLINE) -> list:
         """Providers of a dataset: the connected peers are asked directly (fast in a small swarm, and when a
-        bootstrap peer holds the record) while the full Kademlia lookup runs, which is cut short once they have
-        answered with any provider. (py-libp2p's lookup alone returns only local records when there are any.)"""
+        bootstrap peer holds the record) while the full Kademlia lookup runs. Once a round of asking the neighbours
+        is over and anything (neighbours, lookup, local records) has named a provider, that is the answer; else
+        both are asked again with backoff until `deadline` seconds have passed (LOOKUP_DEADLINE). (py-libp2p's
+        lookup alone returns only local records when there are any.)"""
         key = dataset_id_digest(dataset_id)
         found: dict = {}
 
@@ -218,9 +231,16 @@ class Node:
                 if str(info.peer_id) != self.peer_id:
                     found.setdefault(str(info.peer_id), info)
 
-        async def full_lookup() -> None:
-            with trio.move_on_after(LOOKUP_TIMEOUT):
-                add(await self.dht.find_providers(key))
+        async def full_lookups() -> None:
+            backoff = LOOKUP_BACKOFF_SECONDS
+            while True:
+                with trio.move_on_after(LOOKUP_TIMEOUT):
+                    try:
+                        add(await self.dht.find_providers(key))
+                    except Exception as exc:
+                        log.debug("provider lookup failed: %s", exc)
+                await trio.sleep(backoff)
+                backoff = min(2 * backoff, LOOKUP_BACKOFF_MAX)
 
         async def ask(peer) -> None:
             # py-libp2p 0.8.1 has no public one-peer GET_PROVIDERS; this is the call its own lookup makes.
@@ -232,15 +252,23 @@ class Node:
                     log.debug("provider query to %s failed: %s", peer, exc)
 
         async def ask_neighbours(done: trio.CancelScope) -> None:
-            async with trio.open_nursery() as nursery:
-                for peer in self.host.get_connected_peers():
-                    nursery.start_soon(ask, peer)
-            if found:
-                done.cancel()
+            backoff = LOOKUP_BACKOFF_SECONDS
+            while True:
+                if not self.host.get_connected_peers() and self.config.bootstrap:
+                    await self.connect_bootstrap()
+                async with trio.open_nursery() as nursery:
+                    for peer in self.host.get_connected_peers():
+                        nursery.start_soon(ask, peer)
+                add(self.dht.provider_store.get_providers(key))
+                if found:
+                    done.cancel()
+                await trio.sleep(backoff)
+                backoff = min(2 * backoff, LOOKUP_BACKOFF_MAX)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(full_lookup)
-            nursery.start_soon(ask_neighbours, nursery.cancel_scope)
+        with trio.move_on_after(deadline):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(full_lookups)
+                nursery.start_soon(ask_neighbours, nursery.cancel_scope)
         add(self.dht.provider_store.get_providers(key))
         return list(found.values())
 
@@ -256,34 +284,32 @@ class Node:
     def _trusted(signed: SignedManifest, trusted: frozenset[str] | None) -> bool:
         return trusted is None or signed.publisher in trusted
 
-    async def _first_valid_manifest(self, dataset_id: str, peers: list, trusted, errors: list[str]):
-        """The signed manifest from the first provider that serves a valid, trusted one; each provider is asked
-        up to MANIFEST_ATTEMPTS times (a stream can fail once on a busy peer), with a short backoff."""
-        for attempt in range(MANIFEST_ATTEMPTS):
-            for peer in peers:
-                try:
-                    signed = await fetch_signed_manifest(self.host, peer, dataset_id, self.config.read_timeout)
-                except Exception as exc:
-                    errors.append(str(exc) if isinstance(exc, SourceError) else f"{peer}: {exc}")
-                    continue
-                if self._trusted(signed, trusted):
-                    return signed
-                errors.append(f"{peer}: serves a copy signed by {signed.publisher}, who is not trusted")
-            await trio.sleep(0.25 * 2 ** attempt)
-        return None
+    async def _first_valid_manifest(self, dataset_id: str, peers: list, trusted, failed: dict[str, str]):
+        """(signed manifest, peer) from the first provider that serves a valid, trusted one, asking MANIFEST_AT_ONCE
+        at a time (`first_answer`); None if none does. What each failed provider did goes into `failed`."""
+        async def ask(peer):
+            try:
+                signed = await fetch_signed_manifest(self.host, peer, dataset_id, self.config.read_timeout)
+            except Exception as exc:
+                failed[str(peer)] = str(exc) if isinstance(exc, SourceError) else f"{peer}: {exc}"
+                return None
+            if not self._trusted(signed, trusted):
+                failed[str(peer)] = f"{peer}: serves a copy signed by {signed.publisher}, who is not trusted"
+                return None
+            return signed, peer
 
-    async def _resolve(self, dataset_id: str, trusted: frozenset[str] | None) -> OpenDataset:
-        providers = await self.find_providers(dataset_id)
-        if not providers:
-            raise FetchError(f"no peer provides {dataset_id} (asked the DHT through {len(self.host.get_connected_peers())}"
-                             " connected peer(s)); is a node that holds it running and bootstrapped?")
-        reachable, errors = [], []
+        return await first_answer(peers, ask, at_once=MANIFEST_AT_ONCE)
+
+    async def _connect_providers(self, providers: list, failed: dict[str, str]) -> list:
+        """The providers this node could connect to, in the order they connected; once one has, the others get
+        LATE_PROVIDER_SECONDS more."""
+        reachable = []
 
         async def connect(info, dialing: trio.CancelScope) -> None:
             try:
                 await self.connect(info)
             except Exception as exc:
-                errors.append(f"{info.peer_id}: cannot connect ({type(exc).__name__})")
+                failed[str(info.peer_id)] = f"{info.peer_id}: cannot connect ({type(exc).__name__})"
                 return
             reachable.append(info.peer_id)
             dialing.deadline = min(dialing.deadline, trio.current_time() + LATE_PROVIDER_SECONDS)
@@ -291,11 +317,24 @@ class Node:
         async with trio.open_nursery() as nursery:
             for info in providers:
                 nursery.start_soon(connect, info, nursery.cancel_scope)
-        if len(reachable) + len(errors) < len(providers):
-            errors.append(f"{len(providers) - len(reachable) - len(errors)} provider(s) too slow to connect")
-        signed = await self._first_valid_manifest(dataset_id, reachable, trusted, errors)
-        if signed is None:
-            raise FetchError(f"no provider of {dataset_id} gave a valid manifest: {'; '.join(dict.fromkeys(errors))}")
+        for info in providers:
+            if info.peer_id not in reachable and str(info.peer_id) not in failed:
+                failed[str(info.peer_id)] = f"{info.peer_id}: too slow to connect"
+        return reachable
+
+    async def _resolve(self, dataset_id: str, trusted: frozenset[str] | None) -> OpenDataset:
+        providers = await self.find_providers(dataset_id)
+        if not providers:
+            raise FetchError(f"no peer provides {dataset_id} (asked the DHT through {len(self.host.get_connected_peers())}"
+                             f" connected peer(s) for {LOOKUP_DEADLINE:.0f} s); is a node that holds it running and "
+                             "bootstrapped?")
+        failed: dict[str, str] = {}
+        reachable = await self._connect_providers(providers, failed)
+        answer = await self._first_valid_manifest(dataset_id, reachable, trusted, failed)
+        if answer is None:
+            raise FetchError(f"no provider of {dataset_id} gave a valid manifest: {'; '.join(failed.values())}")
+        signed, first = answer
+        sources = [first] + [peer for peer in reachable if peer != first and str(peer) not in failed]
         directory = self.store.dataset_dir(dataset_id)
         (directory / "shards").mkdir(parents=True, exist_ok=True)
         if signed.allow and signed.publisher != self.peer_id:  # before the manifest and signature, as in publish
@@ -307,7 +346,7 @@ class Node:
         write_atomic(directory / "manifest.json", signed.data)
         write_atomic(directory / SIGNATURE_FILE, signed.public_key + signed.signature)
         pool = SourcePool([PeerSource(self.host, peer, dataset_id, signed.manifest, self.config.read_timeout)
-                           for peer in reachable])
+                           for peer in sources])
         return OpenDataset(directory, signed, pool)
 
     async def fetch_shard(self, dataset_id: str, index: int) -> Path:
@@ -350,6 +389,12 @@ class Node:
             await self.announce(dataset_id)
         return opened
 
+    def bytes_verified(self, dataset_id: str) -> int:
+        """Bytes of `dataset_id` this node has fetched and verified since it opened it (0 if it has not): counted
+        piece by piece, so a progress bar moves while a shard arrives."""
+        opened = self._open.get(dataset_id)
+        return sum(health.bytes_verified for health in opened.pool.health) if opened else 0
+
     async def providers_status(self, dataset_id: str) -> list[dict]:
         """Each provider and which shards it holds (its have-map); this node first when it holds the dataset."""
         report = []
@@ -365,13 +410,22 @@ class Node:
                 return report
             raise
         count = len(opened.signed.manifest.shards)
-        for info in await self.find_providers(dataset_id):
+        answers: dict[str, dict] = {}
+
+        async def ask(peer_id) -> None:
             try:
-                have = await fetch_have(self.host, info.peer_id, dataset_id, count, self.config.read_timeout)
-                report.append({"peer": str(info.peer_id), "shards": sum(have), "of": count})
+                have = await fetch_have(self.host, peer_id, dataset_id, count, self.config.read_timeout)
+                answers[str(peer_id)] = {"peer": str(peer_id), "shards": sum(have), "of": count}
             except SourceError as exc:
-                report.append({"peer": str(info.peer_id), "error": str(exc)})
-        return report
+                answers[str(peer_id)] = {"peer": str(peer_id), "error": str(exc)}
+
+        providers = [info.peer_id for info in await self.find_providers(dataset_id)]
+        with trio.move_on_after(self.config.read_timeout + CONNECT_TIMEOUT):  # a silent peer holds no one up
+            async with trio.open_nursery() as nursery:
+                for peer_id in providers:
+                    nursery.start_soon(ask, peer_id)
+        silent = {"error": f"no answer within {self.config.read_timeout + CONNECT_TIMEOUT:.0f} s"}
+        return report + [answers.get(str(peer_id), {"peer": str(peer_id), **silent}) for peer_id in providers]
 
     def status(self) -> dict:
         return {

@@ -11,7 +11,12 @@ wrong byte on disk:
   dropped after `max_failures`; its claimed piece goes back to the others at once;
 - a piece claimed STALE_CLAIM_SECONDS ago and still not received may be read from another source too; when no
   piece is left unclaimed, idle workers take those (endgame), so a hung source delays a shard by a fraction of a
-  second, not a timeout: the first verified copy wins.
+  second, not a timeout: the first verified copy wins;
+- a stream slower than `FetchLimits.min_rate` over a window (a source that drips a byte a second never trips a
+  read timeout) counts as a failure, and a small file (.pieces, .docs) that one source is slow to send is asked of
+  the next source too after HEDGE_SECONDS: the first valid copy wins;
+- a shard that gets no verified byte for `FetchLimits.stall_timeout` seconds fails with a FetchError that says
+  what each source did, whatever the sources are doing.
 
 Verified pieces are written in place into `<shard>.tokens.partial`; a later fetch re-hashes that file and keeps
 every piece that matches, so an interrupted download resumes. The finished file is renamed into place, then
@@ -40,6 +45,7 @@ from kogitune.protocol.errors import IntegrityError
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, ShardInfo, parse_manifest
 from kogitune.protocol.pieces import check_pieces_file, piece_digests
 
+from .body import Body
 from .errors import FetchError, SourceError
 from .sources import Source
 
@@ -54,6 +60,47 @@ SYNC_THREADS = 2
 """Threads of one trio run that fsync finished shards: on a slow disk, syncing shards wait their turn instead of
 taking the threads that check pieces."""
 _sync_limiter: trio.lowlevel.RunVar = trio.lowlevel.RunVar("kogitune_sync_limiter")
+MIN_SOURCE_RATE = 1024.0
+"""Bytes per second below which a source's stream counts as failed (`KOGITUNE_MIN_RATE`), measured over windows of
+RATE_WINDOW_SECONDS of waiting for it: a peer that drips a byte a second is dropped from that stream after one
+window, and its pieces go to the other sources. Low on purpose: many streams share one link, and a slow but honest
+source still helps; the endgame already routes around a source that is merely slower than the others."""
+RATE_WINDOW_SECONDS = 10.0
+"""The window over which a stream must deliver MIN_SOURCE_RATE (`KOGITUNE_RATE_WINDOW`)."""
+STALL_SECONDS = 60.0
+"""A shard fetch with no verified byte (piece, .pieces or .docs file) for this long fails with a FetchError naming
+what each source did (`KOGITUNE_STALL_TIMEOUT`): sources that all hang, drip or fail and back off cannot hold a
+trainer for minutes."""
+HEDGE_SECONDS = 1.0
+"""How long one source may leave a small request (a manifest, a .pieces or .docs file) unanswered before the next
+source is asked the same, without cancelling the first: a silent or slow source costs this long, not a read
+timeout. The first valid answer wins; the others are cancelled."""
+
+
+@dataclass(frozen=True)
+class FetchLimits:
+    """How long a fetch puts up with sources that do not deliver. Defaults above; a user changes them with the
+    environment variables KOGITUNE_MIN_RATE (bytes/s), KOGITUNE_RATE_WINDOW and KOGITUNE_STALL_TIMEOUT (seconds),
+    read when a SourcePool is made."""
+
+    min_rate: float = MIN_SOURCE_RATE
+    rate_window: float = RATE_WINDOW_SECONDS
+    stall_timeout: float = STALL_SECONDS
+
+    @classmethod
+    def from_env(cls) -> "FetchLimits":
+        def number(name: str, default: float) -> float:
+            text = os.environ.get(name, "")
+            try:
+                value = float(text) if text else default
+            except ValueError:
+                raise FetchError(f"${name}={text!r} is not a number") from None
+            if not value >= 0:
+                raise FetchError(f"${name}={text!r} must be zero or more")
+            return value
+
+        return cls(number("KOGITUNE_MIN_RATE", MIN_SOURCE_RATE), number("KOGITUNE_RATE_WINDOW", RATE_WINDOW_SECONDS),
+                   number("KOGITUNE_STALL_TIMEOUT", STALL_SECONDS))
 
 
 @dataclass
@@ -82,6 +129,7 @@ class SourcePool:
     sources: list[Source]
     max_failures: int = 4
     backoff_seconds: float = 0.25
+    limits: FetchLimits = field(default_factory=FetchLimits.from_env)
     health: list[SourceHealth] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -108,6 +156,76 @@ class SourcePool:
     def report(self) -> str:
         return "; ".join(h.describe() for h in self.health)
 
+    def in_order_of_health(self) -> list[SourceHealth]:
+        """The usable sources, those ready now and with fewer failures and more verified bytes first."""
+        now = trio.current_time()
+        return sorted(self.usable(), key=lambda h: (h.retry_at > now, h.failures, -h.bytes_verified))
+
+
+class MinRateBody(Body):
+    """A source's body that must deliver `limits.min_rate` bytes/s over each window of `limits.rate_window` seconds
+    spent waiting for it (time the fetcher spends elsewhere, e.g. waiting for hash checks, does not count against
+    the source). A stream that falls below ends with a SourceError as soon as its window closes short: a blocked
+    read is cut then, so a peer that drips a byte a second (which never trips a per-read timeout) costs one window."""
+
+    def __init__(self, body: Body, limits: FetchLimits, name: str) -> None:
+        super().__init__()
+        self._body, self._name = body, name
+        self._window = limits.rate_window
+        self._need = limits.min_rate * limits.rate_window
+        self._waited = 0.0
+        self._in_window = 0
+
+    async def receive_into(self, buffer: memoryview) -> int:
+        if self._need <= 0:  # KOGITUNE_MIN_RATE=0 (or a zero window) turns the rule off
+            return await self._body.receive_into(buffer)
+        started = trio.current_time()
+        # a window already satisfied can only fail at the end of the next one, which would then be empty
+        allowed = self._window - self._waited + (self._window if self._in_window >= self._need else 0.0)
+        with trio.move_on_after(allowed):
+            count = await self._body.receive_into(buffer)
+            self._waited += trio.current_time() - started
+            while self._waited >= self._window:
+                if self._in_window < self._need:
+                    raise self._too_slow()
+                self._waited -= self._window
+                self._in_window = 0
+            self._in_window += count
+            return count
+        raise self._too_slow()
+
+    def _too_slow(self) -> SourceError:
+        return SourceError(f"{self._name}: below the minimum rate of {self._need / self._window:.0f} B/s over "
+                           f"{self._window:.0f} s (KOGITUNE_MIN_RATE, KOGITUNE_RATE_WINDOW)")
+
+
+async def first_answer(candidates: list, ask, *, at_once: int = 1, hedge_after: float = HEDGE_SECONDS):
+    """`await ask(candidate)` for `at_once` candidates at once, then one more each time one of them fails (returns
+    None or raises SourceError: `ask` records why) or `hedge_after` seconds go by with no answer. The first answer
+    that is not None wins and every other request is cancelled; None when every candidate failed."""
+    answers: list = []
+    finished = trio.Event()
+
+    async def attempt(candidate, nursery: trio.Nursery) -> None:
+        nonlocal finished
+        try:
+            answer = await ask(candidate)
+        except SourceError:
+            answer = None
+        if answer is not None and not answers:
+            answers.append(answer)
+            nursery.cancel_scope.cancel()
+        finished.set()
+        finished = trio.Event()
+
+    async with trio.open_nursery() as nursery:
+        for position, candidate in enumerate(candidates):
+            nursery.start_soon(attempt, candidate, nursery)
+            if position + 1 >= at_once:
+                with trio.move_on_after(hedge_after):
+                    await finished.wait()
+    return answers[0] if answers else None
+
 
 async def prefetch_in_order(nursery: trio.Nursery, limiter: trio.CapacityLimiter, indexes, fetch) -> None:
     """`await fetch(index)` for each shard index, started in this order (the order they will be needed: trio may
@@ -128,18 +246,26 @@ async def prefetch_in_order(nursery: trio.Nursery, limiter: trio.CapacityLimiter
 
 
 async def fetch_small_file(pool: SourcePool, path: str, limit: int, valid) -> bytes:
-    """A small whole file (manifest, .pieces, .docs) from the first source whose bytes pass `valid`."""
-    for health in pool.usable():
+    """A small whole file (manifest, .pieces, .docs) from the first source whose bytes pass `valid`: the healthiest
+    source first, the next one too when it fails or is slow (`first_answer`)."""
+    async def ask(health: SourceHealth) -> bytes | None:
         try:
-            data = await health.source.read_all(path, limit)
+            async with health.source.stream(path, 0) as (_, body):
+                data = await MinRateBody(body, pool.limits, health.source.name).read_all(
+                    limit, f"{health.source.name}: {path}")
         except SourceError as exc:
             pool.failed(health, str(exc))
-            continue
-        if valid(data):
-            pool.succeeded(health)
-            return data
-        pool.ban(health, f"sent a {path} that does not match the manifest")
-    raise FetchError(f"no source could deliver a valid {path}: {pool.report()}")
+            return None
+        if not valid(data):
+            pool.ban(health, f"sent a {path} that does not match the manifest")
+            return None
+        pool.succeeded(health)
+        return data
+
+    data = await first_answer(pool.in_order_of_health(), ask)
+    if data is None:
+        raise FetchError(f"no source could deliver a valid {path}: {pool.report()}")
+    return data
 
 
 async def fetch_manifest(pool: SourcePool, dataset_id: str | None = None) -> tuple[bytes, Manifest]:
@@ -270,6 +396,7 @@ class ShardFetch:
         self._spare: list[bytearray] = []
         self._nursery: trio.Nursery | None = None
         self._installed_as: list | None = None
+        self._stall: trio.CancelScope | None = None
 
     @property
     def target(self) -> Path:
@@ -296,22 +423,41 @@ class ShardFetch:
 
     async def _fetch_and_install(self) -> None:
         started = trio.current_time()
-        self.expected = await fetch_small_file(
-            self.pool, self.shard.pieces_path, len(self.board) * 32, self._valid_pieces)
-        docs = await fetch_small_file(
-            self.pool, self.shard.docs_path, self.shard.docs_size,
-            lambda data: hashlib.sha256(data).hexdigest() == self.shard.docs_sha256)
         partial = self.target.with_name(self.target.name + ".partial")
-        self._fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            await trio.to_thread.run_sync(self._resume)
-            await self._download()
-            await trio.to_thread.run_sync(self._install, partial, docs)
-        finally:
-            os.close(self._fd)
+        with trio.CancelScope() as self._stall:
+            self._progressed()
+            self.expected = await fetch_small_file(
+                self.pool, self.shard.pieces_path, len(self.board) * 32, self._valid_pieces)
+            self._progressed()
+            docs = await fetch_small_file(
+                self.pool, self.shard.docs_path, self.shard.docs_size,
+                lambda data: hashlib.sha256(data).hexdigest() == self.shard.docs_sha256)
+            self._fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                self._stall.deadline = math.inf  # re-hashing a partial file is local work, however long
+                await trio.to_thread.run_sync(self._resume)
+                self._progressed()
+                await self._download()
+                self._stall.deadline = math.inf
+                await trio.to_thread.run_sync(self._install, partial, docs)
+            finally:
+                os.close(self._fd)
+        if self._stall.cancelled_caught:
+            raise self._stalled()
         sources = ", ".join(f"{name} {count / 2**20:.1f} MiB" for name, count in self.bytes_by_source.items())
         log.info("fetched shard %s (%.1f MiB) in %.2f s from %s", self.shard.name, self.shard.size / 2**20,
                  trio.current_time() - started, sources or "the partial file")
+
+    def _progressed(self) -> None:
+        """A verified byte arrived: the shard has `stall_timeout` more seconds to make progress again."""
+        if self.pool.limits.stall_timeout > 0:
+            self._stall.deadline = trio.current_time() + self.pool.limits.stall_timeout
+
+    def _stalled(self) -> FetchError:
+        done = len(self.board) - self.board.remaining
+        return FetchError(f"shard {self.shard.name}: no verified data from any source for "
+                          f"{self.pool.limits.stall_timeout:.0f} s ({done} of {len(self.board)} pieces done; "
+                          f"KOGITUNE_STALL_TIMEOUT); sources: {self.pool.report()}")
 
     def _install(self, partial: Path, docs: bytes) -> None:
         """Put the checked shard in place, the tokens file last (its presence means complete)."""
@@ -412,7 +558,8 @@ class ShardFetch:
         holding: int | None = start
         piece = self._spare.pop() if self._spare else bytearray(self.piece_size)
         try:
-            async with health.source.stream(path, start * self.piece_size) as (offset, body):
+            async with health.source.stream(path, start * self.piece_size) as (offset, raw):
+                body = MinRateBody(raw, self.pool.limits, health.source.name)
                 if offset % self.piece_size or offset > start * self.piece_size:
                     raise SourceError(f"{health.source.name}: {path} starts at byte {offset}, asked for "
                                       f"{start * self.piece_size}")
@@ -465,6 +612,7 @@ class ShardFetch:
         if ok:
             health.bytes_verified += length
             self.bytes_by_source[health.source.name] += length
+            self._progressed()
         else:
             self.pool.ban(health, f"sent shard {self.shard.name} piece {index} with a wrong hash")
         self._progress.set()

@@ -1,0 +1,117 @@
+"""Many fetchers of one dataset ID started at the same moment against one publisher: do they all complete?
+
+Network (separate processes on 127.0.0.1, each in its own home): A publishes a small tensor (the KJV, a few
+shards); with --bootstrap-node, a node D that holds nothing is started too and the fetchers bootstrap through it
+(else through A). Then --fetchers processes start at once. Each is what a trainer with no daemon runs: the
+embedded client-mode node of kogitune.client (`embedded_node()`), which resolves the ID (provider lookup,
+connect, signed manifest) and fetches every shard, verified, into its own home. With --get, each fetcher is a
+node daemon instead, and the timed part is `kogitune get ID` (started at once in every home).
+
+Reported: how many completed, the wall time of each (min / median / max), and every distinct error line.
+
+    python scripts/bench_many_fetchers.py [--fetchers 40] [--bootstrap-node] [--get] [--chapters 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from netnodes import ENV, KOGITUNE, NodeProcess  # noqa: E402
+
+FETCHER = """
+import sys, time
+from kogitune.client import embedded_node
+from kogitune.tensor import DataTensor
+dataset_id, timeout = sys.argv[1], float(sys.argv[2])
+node = embedded_node()
+directory, _ = node.open_dataset_id(dataset_id, timeout)
+for index in range(len(DataTensor(directory).shards)):
+    node.fetch_id_shard(dataset_id, index, timeout)
+assert DataTensor(directory).verify() == []
+"""
+
+
+def make_tensor(root: Path, chapters: int) -> Path:
+    from kogitune.corpora import write_kjv_chapters
+    from kogitune.store import StoreOptions, store
+
+    corpus = write_kjv_chapters(root / "kjv.jsonl", limit=chapters)
+    store([corpus], "gpt2", root / "kjv", StoreOptions(block_size=64, piece_size=64 << 10, shard_size=256 << 10,
+                                                        workers=1), progress=False)
+    return root / "kjv"
+
+
+def run_fetchers(root: Path, dataset_id: str, bootstrap: str, count: int, use_get: bool, timeout: float):
+    """Start `count` fetchers at once; return [(seconds, returncode, last stderr line)]."""
+    daemons = []
+    try:
+        if use_get:
+            daemons = [NodeProcess(root / f"f{i}", [bootstrap]) for i in range(count)]
+            commands = [([KOGITUNE, "get", dataset_id, "--quiet", "--home", str(d.home)], ENV) for d in daemons]
+        else:
+            commands = [([sys.executable, "-c", FETCHER, dataset_id, str(timeout)],
+                         {**ENV, "KOGITUNE_HOME": str(root / f"f{i}"), "KOGITUNE_BOOTSTRAP": bootstrap})
+                        for i in range(count)]
+        started = time.monotonic()
+        procs = [subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for args, env in commands]
+        results = []
+        for proc in procs:
+            try:
+                _, err = proc.communicate(timeout=max(1.0, started + timeout + 30 - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+                err += "\n(killed: no end within the timeout)"
+            lines = [line for line in err.strip().splitlines() if line.strip()]
+            results.append((time.monotonic() - started, proc.returncode, lines[-1] if lines else ""))
+        return results
+    finally:
+        for daemon in daemons:
+            daemon.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fetchers", type=int, default=40)
+    parser.add_argument("--bootstrap-node", action="store_true", help="fetchers bootstrap through a node D, not A")
+    parser.add_argument("--get", action="store_true", help="each fetcher is a daemon running `kogitune get`")
+    parser.add_argument("--chapters", type=int, default=300, help="KJV chapters in the tensor (default 300)")
+    parser.add_argument("--timeout", type=float, default=180.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="kg-many-") as tmp:
+        root = Path(tmp)
+        tensor = make_tensor(root, args.chapters)
+        nodes = [NodeProcess(root / "a")]
+        try:
+            dataset_id = nodes[0].cli("publish", str(tensor)).stdout.strip()
+            bootstrap = nodes[0].address
+            if args.bootstrap_node:
+                nodes.append(NodeProcess(root / "d", [bootstrap]))
+                bootstrap = nodes[1].address
+            results = run_fetchers(root, dataset_id, bootstrap, args.fetchers, args.get, args.timeout)
+        finally:
+            for node in nodes:
+                node.close()
+    ok = [seconds for seconds, code, _ in results if code == 0]
+    kind = "`kogitune get` daemons" if args.get else "embedded fetchers (trainers)"
+    print(f"{len(ok)}/{len(results)} {kind} completed"
+          f"{' (through a bootstrap node)' if args.bootstrap_node else ''}")
+    if ok:
+        print(f"  seconds: min {min(ok):.1f}  median {statistics.median(ok):.1f}  max {max(ok):.1f}")
+    for line, n in Counter(line for _, code, line in results if code != 0).most_common():
+        print(f"  {n} x {line[:300]}")
+
+
+if __name__ == "__main__":
+    main()
