@@ -47,6 +47,9 @@ MANIFEST_AT_ONCE = 3
 """Providers asked for the signed manifest at once; one more is asked each time one fails or HEDGE_SECONDS go by
 without an answer, the first valid manifest wins and the other requests are cancelled. A provider that failed is
 not asked again while the dataset is opened, and is left out of its sources."""
+STATUS_ANSWER_SECONDS = 5.0
+"""How long `kogitune status ID` (control op "providers") waits for the providers' have-maps, all asked at once;
+a provider that has not answered by then is listed as silent."""
 LATE_PROVIDER_SECONDS = 0.5
 """Once one provider is connected, how much longer the others may take: a stale provider record (a node that
 left) must not hold up the open for a whole connect timeout."""
@@ -242,14 +245,17 @@ class Node:
                 await trio.sleep(backoff)
                 backoff = min(2 * backoff, LOOKUP_BACKOFF_MAX)
 
-        async def ask(peer) -> None:
+        async def ask(peer, round_: trio.CancelScope) -> None:
             # py-libp2p 0.8.1 has no public one-peer GET_PROVIDERS; this is the call its own lookup makes.
             with trio.move_on_after(min(CONNECT_TIMEOUT, self.config.read_timeout)):
                 try:
                     providers, _ = await self.dht.provider_store._get_providers_from_peer_with_closers(peer, key)
-                    add(providers)
                 except Exception as exc:
                     log.debug("provider query to %s failed: %s", peer, exc)
+                    return
+                add(providers)
+                if found:  # the slower neighbours get a moment more, not a whole timeout
+                    round_.deadline = min(round_.deadline, trio.current_time() + LATE_PROVIDER_SECONDS)
 
         async def ask_neighbours(done: trio.CancelScope) -> None:
             backoff = LOOKUP_BACKOFF_SECONDS
@@ -258,10 +264,13 @@ class Node:
                     await self.connect_bootstrap()
                 async with trio.open_nursery() as nursery:
                     for peer in self.host.get_connected_peers():
-                        nursery.start_soon(ask, peer)
+                        nursery.start_soon(ask, peer, nursery.cancel_scope)
                 add(self.dht.provider_store.get_providers(key))
                 if found:
                     done.cancel()
+                    return
+                if backoff == LOOKUP_BACKOFF_SECONDS:
+                    log.info("no provider of %s found yet; asking again for up to %.0f s", dataset_id, deadline)
                 await trio.sleep(backoff)
                 backoff = min(2 * backoff, LOOKUP_BACKOFF_MAX)
 
@@ -374,7 +383,7 @@ class Node:
         await prefetch_in_order(self.nursery, self._prefetch_limiter, indexes, fetch)
 
     async def get(self, dataset_id: str) -> OpenDataset:
-        """Fetch a whole dataset into the store, then provide it too."""
+        """Fetch a whole dataset into the store, then provide it too (the announcement goes on after the return)."""
         opened = await self.open_dataset(dataset_id)
         limiter = trio.CapacityLimiter(4)
 
@@ -385,8 +394,8 @@ class Node:
         async with trio.open_nursery() as nursery:
             for index in range(len(opened.signed.manifest.shards)):
                 nursery.start_soon(one, index)
-        if self.config.server:
-            await self.announce(dataset_id)
+        if self.config.server:  # in the background: the data is here, and a slow DHT must not hold up the caller
+            self.nursery.start_soon(self.announce, dataset_id)
         return opened
 
     def bytes_verified(self, dataset_id: str) -> int:
@@ -414,17 +423,17 @@ class Node:
 
         async def ask(peer_id) -> None:
             try:
-                have = await fetch_have(self.host, peer_id, dataset_id, count, self.config.read_timeout)
+                have = await fetch_have(self.host, peer_id, dataset_id, count, STATUS_ANSWER_SECONDS)
                 answers[str(peer_id)] = {"peer": str(peer_id), "shards": sum(have), "of": count}
             except SourceError as exc:
                 answers[str(peer_id)] = {"peer": str(peer_id), "error": str(exc)}
 
         providers = [info.peer_id for info in await self.find_providers(dataset_id)]
-        with trio.move_on_after(self.config.read_timeout + CONNECT_TIMEOUT):  # a silent peer holds no one up
+        with trio.move_on_after(STATUS_ANSWER_SECONDS):  # a silent peer holds no one up
             async with trio.open_nursery() as nursery:
                 for peer_id in providers:
                     nursery.start_soon(ask, peer_id)
-        silent = {"error": f"no answer within {self.config.read_timeout + CONNECT_TIMEOUT:.0f} s"}
+        silent = {"error": f"no answer within {STATUS_ANSWER_SECONDS:.0f} s"}
         return report + [answers.get(str(peer_id), {"peer": str(peer_id), **silent}) for peer_id in providers]
 
     def status(self) -> dict:

@@ -113,12 +113,15 @@ class SourceHealth:
     retry_at: float = 0.0
     last_error: str = ""
     bytes_verified: int = 0
+    files_verified: int = 0
 
     def describe(self) -> str:
         if self.banned:
             return f"{self.source.name}: dropped, {self.banned}"
         if self.last_error:
             return f"{self.source.name}: {self.failures} failure(s), last: {self.last_error}"
+        if not self.bytes_verified and not self.files_verified:
+            return f"{self.source.name}: nothing verified yet, no error"
         return f"{self.source.name}: ok, {self.bytes_verified} bytes"
 
 
@@ -157,9 +160,11 @@ class SourcePool:
         return "; ".join(h.describe() for h in self.health)
 
     def in_order_of_health(self) -> list[SourceHealth]:
-        """The usable sources, those ready now and with fewer failures and more verified bytes first."""
+        """The usable sources: ready now first, then those that have delivered verified bytes, fewer failures and
+        more bytes first (a source that has never delivered anything may be one that never answers)."""
         now = trio.current_time()
-        return sorted(self.usable(), key=lambda h: (h.retry_at > now, h.failures, -h.bytes_verified))
+        return sorted(self.usable(), key=lambda h: (h.retry_at > now, not (h.bytes_verified or h.files_verified),
+                                                    h.failures, -h.bytes_verified))
 
 
 class MinRateBody(Body):
@@ -200,9 +205,11 @@ class MinRateBody(Body):
 
 
 async def first_answer(candidates: list, ask, *, at_once: int = 1, hedge_after: float = HEDGE_SECONDS):
-    """`await ask(candidate)` for `at_once` candidates at once, then one more each time one of them fails (returns
-    None or raises SourceError: `ask` records why) or `hedge_after` seconds go by with no answer. The first answer
-    that is not None wins and every other request is cancelled; None when every candidate failed."""
+    """`await ask(candidate)` for the first `at_once` candidates at once; each time one of them fails (returns None
+    or raises SourceError: `ask` records why) the next is asked, and each time `hedge_after` seconds go by with no
+    answer, as many more are asked as are already waiting (so ten silent candidates ahead of a good one cost about
+    four hedges, not ten). The first answer that is not None wins and every other request is cancelled; None when
+    every candidate failed."""
     answers: list = []
     finished = trio.Event()
 
@@ -219,11 +226,13 @@ async def first_answer(candidates: list, ask, *, at_once: int = 1, hedge_after: 
         finished = trio.Event()
 
     async with trio.open_nursery() as nursery:
-        for position, candidate in enumerate(candidates):
+        allowed = at_once
+        for started, candidate in enumerate(candidates, 1):
             nursery.start_soon(attempt, candidate, nursery)
-            if position + 1 >= at_once:
-                with trio.move_on_after(hedge_after):
+            if started >= allowed:
+                with trio.move_on_after(hedge_after) as hedge:
                     await finished.wait()
+                allowed = 2 * started if hedge.cancelled_caught else started + 1
     return answers[0] if answers else None
 
 
@@ -260,6 +269,7 @@ async def fetch_small_file(pool: SourcePool, path: str, limit: int, valid) -> by
             pool.ban(health, f"sent a {path} that does not match the manifest")
             return None
         pool.succeeded(health)
+        health.files_verified += 1
         return data
 
     data = await first_answer(pool.in_order_of_health(), ask)

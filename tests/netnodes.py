@@ -13,19 +13,20 @@ ENV = {**os.environ, "KOGITUNE_READ_TIMEOUT": "3"}
 class NodeProcess:
     """`kogitune node start` in its own home; the ready line gives its peer ID and address."""
 
-    def __init__(self, home: Path, bootstrap: list[str] = ()) -> None:
+    def __init__(self, home: Path, bootstrap: list[str] = (), env: dict | None = None) -> None:
         self.home = Path(home)
+        self.env = env or ENV
         args = [KOGITUNE, "node", "start", "--home", str(self.home), "--listen", "/ip4/127.0.0.1/tcp/0"]
         for address in bootstrap:
             args += ["--bootstrap", address]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV)
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=self.env)
         line = self.proc.stdout.readline().split()
         assert line[:2] == ["kogitune", "node"], f"node in {home} did not start: {line}"
         self.peer_id, self.address = line[2], line[-1]
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         result = subprocess.run([KOGITUNE, *args, "--home", str(self.home)], capture_output=True, text=True,
-                                timeout=120, env=ENV)
+                                timeout=120, env=self.env)
         if check and result.returncode:
             raise AssertionError(f"kogitune {' '.join(args)} failed: {result.stderr}")
         return result
