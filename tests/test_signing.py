@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 
@@ -185,6 +186,7 @@ def test_protocol_does_not_import_libp2p_or_io():
 # PEER_ID, and PEER_ID's signature of the allow-list [OTHER_PEER_ID] for DATASET_ID.
 WORKED_EXAMPLE_ID = "kg1-t43i2wyjlzjobvj4yxxwmt46clslo5f6krknpqkk3fo4hrcw7ega"
 PRIVATE_WORKED_EXAMPLE_ID = "kg1-v2job2iiervrz7xuibfz34e4redxbcszeeapexbzwvvirxxqp3cq"
+PRIVATE_WORKED_EXAMPLE_SHA256 = "ae92e0e908246b1cfef4404b9df09c8907708a592100f25c39b56a88def07ec5"
 ACCESS_TEXT = '{"access":{"private":true,"publisher":"12D3KooWK99VoVxNE7XzyBwXEzW7xhK7Gpv85r9F3V3fyKSUKPH5"},'
 OTHER_SEED = b"\x02" * 32
 OTHER_PEER_ID = "12D3KooWJWoaqZhDaoEFshF7Rh1bpY9ohihFhzcW6d69Lr2NASuq"
@@ -218,6 +220,8 @@ def test_the_private_dataset_vectors():
     private = public.made_private(PEER_ID)
     assert private.canonical_bytes() == ACCESS_TEXT.encode() + worked_example()[1:]
     assert private.dataset_id == PRIVATE_WORKED_EXAMPLE_ID
+    assert hashlib.sha256(private.canonical_bytes()).hexdigest() == PRIVATE_WORKED_EXAMPLE_SHA256
+    assert len(private.canonical_bytes()) == 1130
     assert parse_manifest(private.canonical_bytes()) == private
     assert ed25519_key_of_peer_id(PEER_ID).hex() == PUBLIC_KEY_HEX
     assert peer_id_from_public_key(public_key_from_seed(OTHER_SEED)) == OTHER_PEER_ID
@@ -228,7 +232,7 @@ def test_the_private_dataset_vectors():
 def test_the_private_dataset_vectors_are_in_the_docs():
     from pathlib import Path
     text = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text(encoding="utf-8")
-    for value in [WORKED_EXAMPLE_ID, PRIVATE_WORKED_EXAMPLE_ID, ACCESS_TEXT, OTHER_PEER_ID, ALLOW_PAYLOAD_HEX,
+    for value in [WORKED_EXAMPLE_ID, PRIVATE_WORKED_EXAMPLE_ID, PRIVATE_WORKED_EXAMPLE_SHA256, ACCESS_TEXT, OTHER_PEER_ID, ALLOW_PAYLOAD_HEX,
                   ALLOW_SIGNATURE_HEX]:
         assert value in text, value
 
