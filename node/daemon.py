@@ -315,8 +315,8 @@ class Node:
             write_atomic(directory / ALLOW_FILE, "".join(f"{peer}\n" for peer in signed.allow).encode())
             write_atomic(directory / ALLOW_SIGNATURE_FILE, signed.allow_signature)
         else:
-            log.warning("%s: %s sent an allow-list that the dataset's publisher did not sign (or with a public "
-                        "manifest); ignored", dataset_id, signed.publisher)
+            log.warning("%s: a provider sent an allow-list with a public manifest, or one that the publisher the "
+                        "manifest names did not sign; ignored", dataset_id)
 
     async def fetch_shard(self, dataset_id: str, index: int) -> Path:
         opened = await self.open_dataset(dataset_id)

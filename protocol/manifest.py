@@ -193,8 +193,8 @@ def _unique_keys(pairs: list) -> dict:
 
 def manifest_from_dict(obj: Any) -> Manifest:
     _check_canonical(obj, "manifest")
-    required = {"format", "tokenizer", "dtype", "block_size", "piece_size", "counts", "shards", "provenance"}
-    top = _fields(obj, "manifest", required | ({"access"} & obj.keys() if isinstance(obj, dict) else set()))
+    top = _fields(obj, "manifest", {"format", "tokenizer", "dtype", "block_size", "piece_size", "counts",
+                                     "shards", "provenance"}, optional={"access"})
     if top["format"] != FORMAT:
         raise ManifestError(f"manifest format is {top['format']!r}; this Kogitune reads {FORMAT!r} "
                             "(upgrade kogitune if the tensor is newer)")
@@ -276,10 +276,10 @@ def _shard(obj: Any, index: int, block_bytes: int, itemsize: int) -> ShardInfo:
     return shard
 
 
-def _fields(obj: Any, where: str, names: set[str]) -> dict:
+def _fields(obj: Any, where: str, names: set[str], optional: set[str] = frozenset()) -> dict:
     if not isinstance(obj, dict):
         raise ManifestError(f"{where} must be an object")
-    missing, extra = names - obj.keys(), obj.keys() - names
+    missing, extra = names - obj.keys(), obj.keys() - names - optional
     if missing:
         raise ManifestError(f"{where} lacks {', '.join(sorted(missing))}")
     if extra:
