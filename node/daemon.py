@@ -27,7 +27,7 @@ from .errors import FetchError, NodeError, SourceError
 from .fetch import ShardFetch, SourcePool, prefetch_in_order
 from .host import keep_dht_clients_out, load_identity_seed, new_kogitune_host
 from .peers import PeerSource, SignedManifest, fetch_have, fetch_signed_manifest
-from .server import ALLOW_FILE, ALLOW_SIGNATURE_FILE, SIGNATURE_FILE, DataServer
+from .server import SIGNATURE_FILE, DataServer, write_allow_files
 
 log = logging.getLogger("kogitune.node")
 DEFAULT_LISTEN = "/ip4/0.0.0.0/tcp/4011"
@@ -198,8 +198,7 @@ class Node:
         else:
             write_atomic(directory / "manifest.json", manifest.canonical_bytes())
         if allow:  # before the signature: a node serves a dataset once its manifest and signature are there
-            write_atomic(directory / ALLOW_FILE, "".join(f"{p}\n" for p in allow).encode())
-            write_atomic(directory / ALLOW_SIGNATURE_FILE, sign_allow_list(self.seed, dataset_id, allow))
+            write_allow_files(directory, allow, sign_allow_list(self.seed, dataset_id, allow))
         signature, public_key = sign_dataset(self.seed, dataset_id)
         write_atomic(directory / SIGNATURE_FILE, public_key + signature)
         self.store.pin(dataset_id)
@@ -312,8 +311,7 @@ class Node:
         if not signed.allow or signed.publisher == self.peer_id:
             return
         if allowed_peers(dataset_id, signed.manifest, signed.allow, signed.allow_signature):
-            write_atomic(directory / ALLOW_FILE, "".join(f"{peer}\n" for peer in signed.allow).encode())
-            write_atomic(directory / ALLOW_SIGNATURE_FILE, signed.allow_signature)
+            write_allow_files(directory, signed.allow, signed.allow_signature)
         else:
             log.warning("%s: a provider sent an allow-list with a public manifest, or one that the publisher the "
                         "manifest names did not sign; ignored", dataset_id)

@@ -17,6 +17,7 @@ from pathlib import Path
 import trio
 
 from kogitune.cache import ContentStore
+from kogitune.files import write_atomic
 from kogitune.protocol import wire
 from kogitune.protocol.ids import dataset_id_from_digest
 from kogitune.protocol.signing import allowed_peers
@@ -205,6 +206,12 @@ def not_held(dataset_id: str) -> wire.WireError:
     """The answer to a request for a dataset this node does not hold, and to a peer that may not fetch a private
     one: the same code and message, so that a refused peer cannot tell whether the node holds it."""
     return wire.WireError("not_found", f"this node does not hold {dataset_id}")
+
+
+def write_allow_files(directory: Path, allow, signature: bytes) -> None:
+    """Store an allow-list (one peer ID a line) and the publisher's signature of it in a dataset directory."""
+    write_atomic(directory / ALLOW_FILE, "".join(f"{peer}\n" for peer in allow).encode())
+    write_atomic(directory / ALLOW_SIGNATURE_FILE, signature)
 
 
 def read_allow_files(directory: Path) -> tuple[tuple[str, ...], bytes]:
