@@ -39,7 +39,7 @@ from pathlib import Path
 
 import trio
 
-from kogitune.files import write_atomic
+from kogitune.files import file_mode_in, opener_like_folder, write_atomic
 from kogitune.tensor import record_checked, record_verified
 from kogitune.protocol.errors import IntegrityError
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, ShardInfo, parse_manifest
@@ -442,7 +442,7 @@ class ShardFetch:
             docs = await fetch_small_file(
                 self.pool, self.shard.docs_path, self.shard.docs_size,
                 lambda data: hashlib.sha256(data).hexdigest() == self.shard.docs_sha256)
-            self._fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+            self._fd = os.open(partial, os.O_RDWR | os.O_CREAT, file_mode_in(partial.parent))
             try:
                 self._stall.deadline = math.inf  # re-hashing a partial file is local work, however long
                 await trio.to_thread.run_sync(self._resume)
@@ -506,7 +506,7 @@ class ShardFetch:
         """One process per shard at a time (ranks and DataLoader workers share the cache)."""
         lock_path = self.directory / "shards" / f"{self.shard.name}.lock"
         lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock_path, "a+b") as lock:
+        with open(lock_path, "a+b", opener=opener_like_folder) as lock:
             while True:
                 try:
                     fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
