@@ -1,4 +1,5 @@
-"""Silent, slow and fake providers cost seconds, not minutes; a fetcher that looks too early still finds the dataset.
+"""Silent, slow and fake providers cost seconds, not minutes; a fetcher that looks too early still finds the dataset;
+the minimum-rate and hedging rules alone, on trio's virtual clock.
 
 Real node processes (`kogitune node start` on 127.0.0.1: a publisher A, a fetcher B) and, inside this test process,
 py-libp2p hosts that play bad providers: each is a Kademlia server that announces the dataset like a replica, then
@@ -22,8 +23,12 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
+from trio.testing import MockClock
 
 from kogitune.corpora import write_kjv_chapters
+from kogitune.node.body import Body
+from kogitune.node.errors import SourceError
+from kogitune.node.fetch import FetchLimits, MinRateBody, first_answer
 from kogitune.node.host import new_kogitune_host
 from kogitune.protocol import wire
 from kogitune.protocol.ids import dataset_id_digest
@@ -251,3 +256,60 @@ def test_a_fetch_started_before_the_dataset_is_announced_finds_it(tensor, nodes)
             getting.communicate()
     assert getting.returncode == 0, err
     assert DataTensor(b.home / "datasets" / tensor.dataset_id).verify() == []
+
+
+# ---- the rules alone, on trio's virtual clock -------------------------------------------------------------------
+
+class Drip(Body):
+    """A body that sends `total` bytes, one every `every` seconds (of trio's clock)."""
+
+    def __init__(self, total: int, every: float) -> None:
+        super().__init__()
+        self.left, self.every = total, every
+
+    async def receive_into(self, buffer: memoryview) -> int:
+        if not self.left:
+            return 0
+        await trio.sleep(self.every)
+        self.left -= 1
+        buffer[0] = 0
+        return 1
+
+
+def test_a_stream_below_the_minimum_rate_fails_after_one_window():
+    limits = FetchLimits(min_rate=100, rate_window=10, stall_timeout=60)
+    seen = {}
+
+    async def main() -> None:
+        with pytest.raises(SourceError, match="below the minimum rate of 100 B/s"):
+            await MinRateBody(Drip(10_000, 1.0), limits, "dripper").read_all(10_000, "dripper")
+        seen["drip"] = trio.current_time()
+        data = await MinRateBody(Drip(2_000, 0.001), limits, "steady").read_all(10_000, "steady")  # 1000 B/s
+        seen["steady"] = len(data)
+        off = FetchLimits(min_rate=0, rate_window=10, stall_timeout=60)
+        seen["off"] = len(await MinRateBody(Drip(30, 1.0), off, "slow, rule off").read_all(100, "off"))
+
+    trio.run(main, clock=MockClock(autojump_threshold=0))
+    assert 10 <= seen["drip"] <= 11
+    assert seen["steady"] == 2_000 and seen["off"] == 30
+
+
+def test_first_answer_reaches_a_good_candidate_behind_ten_silent_ones_in_a_few_hedges():
+    asked = []
+
+    async def ask(candidate: str):
+        asked.append(candidate)
+        if candidate == "silent":
+            await trio.sleep_forever()
+        if candidate == "fails":
+            raise SourceError("refused")
+        return candidate
+
+    async def main() -> tuple[str, float]:
+        answer = await first_answer(["silent"] * 10 + ["fails", "good", "late"], ask, at_once=1, hedge_after=1.0)
+        return answer, trio.current_time()
+
+    answer, seconds = trio.run(main, clock=MockClock(autojump_threshold=0))
+    assert answer == "good"
+    assert seconds <= 4.01  # 1, 2, 4, 8 waiting after each silent second: the good one is asked after 4 s at most
+    assert asked.count("silent") == 10
