@@ -219,11 +219,11 @@ class Node:
         await self.announce(dataset_id)
         return dataset_id
 
-    async def find_providers(self, dataset_id: str, deadline: float = LOOKUP_DEADLINE) -> list:
+    async def find_providers(self, dataset_id: str) -> list:
         """Providers of a dataset: the connected peers are asked directly (fast in a small swarm, and when a
         bootstrap peer holds the record) while the full Kademlia lookup runs. Once a round of asking the neighbours
         is over and anything (neighbours, lookup, local records) has named a provider, that is the answer; else
-        both are asked again with backoff until `deadline` seconds have passed (LOOKUP_DEADLINE). (py-libp2p's
+        both are asked again with backoff until LOOKUP_DEADLINE seconds have passed. (py-libp2p's
         lookup alone returns only local records when there are any.)"""
         key = dataset_id_digest(dataset_id)
         found: dict = {}
@@ -269,11 +269,11 @@ class Node:
                     done.cancel()
                     return
                 if backoff == LOOKUP_BACKOFF_SECONDS:
-                    log.info("no provider of %s found yet; asking again for up to %.0f s", dataset_id, deadline)
+                    log.info("no provider of %s found yet; asking again for up to %.0f s", dataset_id, LOOKUP_DEADLINE)
                 await trio.sleep(backoff)
                 backoff = min(2 * backoff, LOOKUP_BACKOFF_MAX)
 
-        with trio.move_on_after(deadline):
+        with trio.move_on_after(LOOKUP_DEADLINE):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(full_lookups)
                 nursery.start_soon(ask_neighbours, nursery.cancel_scope)
