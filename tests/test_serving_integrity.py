@@ -12,6 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import trio
 
@@ -24,13 +25,17 @@ from kogitune.node.host import new_kogitune_host
 from kogitune.node.peers import PeerSource
 from kogitune.protocol import wire
 from kogitune.protocol.ids import dataset_id_digest
-from kogitune.protocol.manifest import canonical_encoding, parse_manifest
-from kogitune.store import StoreOptions, store
-from kogitune.tensor import DataTensor
+from kogitune.protocol.manifest import Manifest, canonical_encoding, parse_manifest
+from kogitune.store import StoreOptions, TensorWriter, store
+from kogitune.tensor import MANIFEST_FILE, DataTensor
 from netnodes import NodeProcess
-from test_network_hostile import CONNECT_TIMEOUT, Outcome, _peer_info, exchange, noise_peer, read_request, running
+from test_network_hostile import (CONNECT_TIMEOUT, STREAM_TIMEOUT, Outcome, _peer_info, _reset, exchange, noise_peer,
+                                  open_stream, read_request, read_to_end, running)
 
 SECRET = b"this was never published: it must not leave the node"
+BIG_SHARD_BYTES = 16 << 20
+"""A shard that takes many 1 MiB reads to serve, far more than the flow-control windows between node and peer hold:
+while the peer does not read, the node waits with most of the file still unread."""
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +121,62 @@ def test_a_shard_edited_through_the_users_hard_link_is_withheld(mine, node):
     response, data = read_tokens(node, mine)
     assert isinstance(response, wire.ReadResponse) and data == original
     assert damaged(node) == []
+
+
+def big_tensor(stored: Path, out: Path) -> DataTensor:
+    """One shard of BIG_SHARD_BYTES: the module's tokens repeated, one document."""
+    small = DataTensor(stored)
+    manifest = small.manifest
+    tokens = np.resize(np.asarray(small.tokens()), BIG_SHARD_BYTES // manifest.itemsize)
+    out.mkdir()
+    writer = TensorWriter(out, manifest.dtype, manifest.block_size, BIG_SHARD_BYTES, 1 << 20,
+                          manifest.tokenizer.eos_id)
+    writer.add(tokens, np.array([len(tokens)]))
+    shards = writer.finish()
+    big = Manifest(tokenizer=manifest.tokenizer, dtype=manifest.dtype, block_size=manifest.block_size,
+                   piece_size=1 << 20, documents=writer.documents, tokens=writer.tokens,
+                   blocks=sum(s.blocks for s in shards), shards=shards, provenance={"test": "big shard"})
+    write_atomic(out / MANIFEST_FILE, canonical_encoding(big.to_dict()))
+    return DataTensor(out)
+
+
+def test_a_shard_edited_while_it_is_being_served_is_cut_before_the_edit(stored, node, tmp_path):
+    tensor = big_tensor(stored, tmp_path / "big")
+    dataset_id = node.cli("publish", str(tensor.path)).stdout.strip()
+    shard = tensor.shards[0]
+    users_file = tensor.path / shard.tokens_path
+    if not os.path.samefile(users_file, node.home / "datasets" / dataset_id / shard.tokens_path):
+        pytest.skip("the store copied the tensor (another file system): no shared inode to edit")
+
+    async def main() -> Outcome:
+        async with noise_peer(node.address) as (host, peer):
+            stream = await open_stream(host, peer)
+            try:
+                with trio.fail_after(STREAM_TIMEOUT):
+                    await stream.write(read_request(dataset_id_digest(dataset_id), shard.name, "tokens", 0,
+                                                    shard.size))
+                    await stream.close()
+                    first = await read_to_end(stream, cap=256 << 10)
+                assert first.ended == "cap"
+                with open(users_file, "r+b") as f:  # the end of the file, not read by the node yet
+                    f.seek(shard.size - len(SECRET))
+                    f.write(SECRET)
+                with trio.fail_after(STREAM_TIMEOUT):
+                    rest = await read_to_end(stream, cap=2 * BIG_SHARD_BYTES)
+                return Outcome(first.data + rest.data, rest.ended)
+            finally:
+                await _reset(stream)
+
+    outcome = trio.run(main)
+    response, data = answer(outcome, wire.ReadResponse)
+    assert isinstance(response, wire.ReadResponse)
+    assert SECRET not in data, "the node sent bytes written into the file while it was serving it"
+    assert len(data) < shard.size, "the stream was not cut"  # py-libp2p may show the reset as an EOF
+    assert data == users_file.read_bytes()[:len(data)]
+    [entry] = damaged(node)
+    assert entry["shard"] == shard.name
+    response, _ = read_tokens(node, tensor)
+    assert isinstance(response, wire.ErrorResponse) and response.code == "not_found", response
 
 
 @pytest.mark.parametrize("linked", ["tokens", "docs", "manifest"])
