@@ -40,6 +40,10 @@ SERVE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW
 CHANGED = "its files changed since they were verified; withheld until a re-check passes (the next request re-checks it)"
 
 
+_links_seen: set[str] = set()
+"""Store paths found to be symbolic links (put there by hand: publish makes none), logged once each."""
+
+
 class ChangedWhileServing(Exception):
     """A served file changed between two reads: the stream is cut before the changed bytes leave."""
 
@@ -52,7 +56,9 @@ def open_served(path: Path) -> int | None:
         return None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            log.warning("%s is a symbolic link; a node serves no links: withheld", path)
+            if str(path) not in _links_seen:
+                _links_seen.add(str(path))
+                log.warning("%s is a symbolic link; a node serves no links: withheld", path)
             return None
         raise
 

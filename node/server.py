@@ -57,7 +57,9 @@ class DataServer:
         self.limits = limits or ServerLimits()
         self.stats = ServerStats()
         self._streams: Counter = Counter()
-        self._manifests: dict[str, tuple[list, Manifest, bytes]] = {}
+        self._manifests: dict[str, tuple[list, Manifest | None, bytes]] = {}
+        """dataset ID -> (stat_signature of its manifest.json when read, the manifest or None if it did not hash to
+        the ID, its bytes): read and checked again only when the file changes."""
         self.guard = StoreGuard()
 
     async def handle(self, stream) -> None:
@@ -187,10 +189,11 @@ class DataServer:
                     manifest = None
                 if manifest is None or manifest.dataset_id != dataset_id:
                     self.guard.note_damaged(dataset_id, "manifest.json", "it does not hash to the dataset ID")
-                    return None
-                self.guard.note_intact(dataset_id, "manifest.json")
+                    manifest, data = None, b""
+                else:
+                    self.guard.note_intact(dataset_id, "manifest.json")
                 cached = self._manifests[dataset_id] = (signature, manifest, data)
-        return cached[1], cached[2]
+        return None if cached[1] is None else (cached[1], cached[2])
 
 
 def _signed_allow_list(directory: Path, dataset_id: str, allowed: set[str] | None,
