@@ -27,8 +27,8 @@ from kogitune.protocol.signing import allow_list_verifies, sign_allow_list, sign
 from .errors import FetchError, NodeError, SourceError
 from .fetch import ShardFetch, SourcePool, prefetch_in_order
 from .host import keep_dht_clients_out, load_identity_seed, new_kogitune_host
-from .peers import PeerSource, SignedManifest, fetch_have, fetch_signed_manifest
 from .integrity import CHANGED
+from .peers import PeerSource, SignedManifest, fetch_have, fetch_signed_manifest
 from .server import ALLOW_FILE, ALLOW_SIGNATURE_FILE, SIGNATURE_FILE, DataServer
 
 log = logging.getLogger("kogitune.node")
