@@ -247,9 +247,10 @@ async def prefetch_in_order(nursery: trio.Nursery, limiter: trio.CapacityLimiter
         nursery.start_soon(one, index, slot)
 
 
-async def fetch_small_file(pool: SourcePool, path: str, limit: int, valid) -> bytes:
+async def fetch_small_file(pool: SourcePool, path: str, limit: int, valid, exact: bool = False) -> bytes:
     """A small whole file (manifest, .pieces, .docs) from the first source whose bytes pass `valid`: the healthiest
-    source first, the next one too when it fails or is slow (`first_answer`)."""
+    source first, the next one too when it fails or is slow (`first_answer`). With `exact`, the file has `limit`
+    bytes: a shorter one was cut off (a source that died), a failure rather than a lie."""
     async def ask(health: SourceHealth) -> bytes | None:
         try:
             async with health.source.stream(path, 0) as (_, body):
@@ -257,6 +258,9 @@ async def fetch_small_file(pool: SourcePool, path: str, limit: int, valid) -> by
                     limit, f"{health.source.name}: {path}")
         except SourceError as exc:
             pool.failed(health, str(exc))
+            return None
+        if exact and len(data) < limit:
+            pool.failed(health, f"{health.source.name}: {path} ended after {len(data)} of {limit} bytes")
             return None
         if not valid(data):
             pool.ban(health, f"sent a {path} that does not match the manifest")
@@ -430,11 +434,11 @@ class ShardFetch:
         with trio.CancelScope() as self._stall:
             self._progressed()
             self.expected = await fetch_small_file(
-                self.pool, self.shard.pieces_path, len(self.board) * 32, self._valid_pieces)
+                self.pool, self.shard.pieces_path, len(self.board) * 32, self._valid_pieces, exact=True)
             self._progressed()
             docs = await fetch_small_file(
                 self.pool, self.shard.docs_path, self.shard.docs_size,
-                lambda data: hashlib.sha256(data).hexdigest() == self.shard.docs_sha256)
+                lambda data: hashlib.sha256(data).hexdigest() == self.shard.docs_sha256, exact=True)
             self._fd = os.open(partial, os.O_RDWR | os.O_CREAT, file_mode_in(partial.parent))
             try:
                 self._stall.deadline = math.inf  # re-hashing a partial file is local work, however long
