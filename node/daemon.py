@@ -215,63 +215,75 @@ class Node:
         return dataset_id
 
     async def find_providers(self, dataset_id: str) -> list:
-        """Providers of a dataset: the connected peers are asked directly (fast in a small swarm, and when a
-        bootstrap peer holds the record) while the full Kademlia lookup runs. Once a round of asking the neighbours
-        is over and anything (neighbours, lookup, local records) has named a provider, that is the answer; else
-        both are asked again with backoff until LOOKUP_DEADLINE seconds have passed. (py-libp2p's
+        """Providers of a dataset: each connected peer is asked directly (fast in a small swarm, and when a
+        bootstrap peer holds the record; peers the lookup connects to are asked too) while the full Kademlia lookup
+        runs; each of them is asked again with backoff while nothing names a provider, never with two requests at
+        once (an overloaded peer that answers late still answers; cancelled requests would be work thrown away).
+        Once anything (neighbours, lookup, local records) has named a provider, the neighbours that have not
+        answered yet get LATE_PROVIDER_SECONDS more; after LOOKUP_DEADLINE seconds, none is found. (py-libp2p's
         lookup alone returns only local records when there are any.)"""
         key = dataset_id_digest(dataset_id)
         found: dict = {}
+        asked: set = set()
+        answered: set = set()
+        changed = trio.Event()
 
         def add(infos) -> None:
             for info in infos or []:
                 if str(info.peer_id) != self.peer_id:
                     found.setdefault(str(info.peer_id), info)
 
-        async def full_lookups() -> None:
+        async def again_with_backoff(ask_once) -> None:
+            nonlocal changed
             backoff = LOOKUP_BACKOFF_SECONDS
             while True:
-                with trio.move_on_after(LOOKUP_TIMEOUT):
-                    try:
-                        add(await self.dht.find_providers(key))
-                    except Exception as exc:
-                        log.debug("provider lookup failed: %s", exc)
+                await ask_once()
+                changed.set()
+                changed = trio.Event()
                 await trio.sleep(backoff)
                 backoff = min(2 * backoff, LOOKUP_BACKOFF_MAX)
 
-        async def ask(peer, round_: trio.CancelScope) -> None:
-            # py-libp2p 0.8.1 has no public one-peer GET_PROVIDERS; this is the call its own lookup makes.
-            with trio.move_on_after(min(CONNECT_TIMEOUT, self.config.read_timeout)):
+        async def lookup() -> None:
+            with trio.move_on_after(LOOKUP_TIMEOUT):
                 try:
-                    providers, _ = await self.dht.provider_store._get_providers_from_peer_with_closers(peer, key)
+                    add(await self.dht.find_providers(key))
                 except Exception as exc:
-                    log.debug("provider query to %s failed: %s", peer, exc)
-                    return
-                add(providers)
-                if found:  # the slower neighbours get a moment more, not a whole timeout
-                    round_.deadline = min(round_.deadline, trio.current_time() + LATE_PROVIDER_SECONDS)
+                    log.debug("provider lookup failed: %s", exc)
 
-        async def ask_neighbours(done: trio.CancelScope) -> None:
-            backoff = LOOKUP_BACKOFF_SECONDS
-            while True:
-                if not self.host.get_connected_peers() and self.config.bootstrap:
-                    await self.connect_bootstrap()
-                async with trio.open_nursery() as nursery:
-                    for peer in self.host.get_connected_peers():
-                        nursery.start_soon(ask, peer, nursery.cancel_scope)
-                add(self.dht.provider_store.get_providers(key))
-                if found:
-                    done.cancel()
-                    return
-                if backoff == LOOKUP_BACKOFF_SECONDS:
-                    log.info("no provider of %s found yet; asking again for up to %.0f s", dataset_id, LOOKUP_DEADLINE)
-                await trio.sleep(backoff)
-                backoff = min(2 * backoff, LOOKUP_BACKOFF_MAX)
+        def neighbour(peer):
+            async def ask() -> None:
+                # py-libp2p 0.8.1 has no public one-peer GET_PROVIDERS; this is the call its own lookup makes.
+                with trio.move_on_after(CONNECT_TIMEOUT):
+                    try:
+                        providers, _ = await self.dht.provider_store._get_providers_from_peer_with_closers(peer, key)
+                        add(providers)
+                    except Exception as exc:
+                        log.debug("provider query to %s failed: %s", peer, exc)
+                answered.add(peer)
+            return ask
 
-        with trio.move_on_after(LOOKUP_DEADLINE):
+        with trio.move_on_after(LOOKUP_DEADLINE) as lookup_scope:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(full_lookups)
-                nursery.start_soon(ask_neighbours, nursery.cancel_scope)
+                nursery.start_soon(again_with_backoff, lookup)
+                logged = False
+                while True:
+                    if not self.host.get_connected_peers() and self.config.bootstrap:
+                        await self.connect_bootstrap()
+                    for peer in self.host.get_connected_peers():
+                        if peer not in asked:
+                            asked.add(peer)
+                            nursery.start_soon(again_with_backoff, neighbour(peer))
+                    add(self.dht.provider_store.get_providers(key))
+                    if found and answered >= asked:
+                        nursery.cancel_scope.cancel()
+                    elif found:
+                        lookup_scope.deadline = min(lookup_scope.deadline, trio.current_time() + LATE_PROVIDER_SECONDS)
+                    elif asked and answered >= asked and not logged:
+                        log.info("no provider of %s found yet; asking again for up to %.0f s", dataset_id,
+                                 LOOKUP_DEADLINE)
+                        logged = True
+                    with trio.move_on_after(LOOKUP_BACKOFF_SECONDS):  # or sooner, when an answer came
+                        await changed.wait()
         add(self.dht.provider_store.get_providers(key))
         return list(found.values())
 
