@@ -43,7 +43,9 @@ connected peers again and again, after LOOKUP_BACKOFF_SECONDS, doubling up to LO
 the bootstrap peers when none is connected: when many fetchers start at once, a busy publisher or bootstrap node
 answers some of them late, and a fetcher that asked once would give up on a dataset that is there."""
 LOOKUP_BACKOFF_SECONDS = 0.25
+"""The first wait before a peer that named no provider is asked again (doubling each time)."""
 LOOKUP_BACKOFF_MAX = 4.0
+"""The longest wait between two provider queries to one peer."""
 RECONNECT_CHECK = 60.0
 MANIFEST_AT_ONCE = 3
 """Providers asked for the signed manifest at once; one more is asked each time one fails or HEDGE_SECONDS go by

@@ -1,8 +1,8 @@
 """Many fetchers of one dataset ID started at the same moment against one publisher: do they all complete?
 
 Network (separate processes on 127.0.0.1, each in its own home): A publishes a small tensor (the KJV, a few
-shards); with --bootstrap-node, a node D that holds nothing is started too and the fetchers bootstrap through it
-(else through A). Then --fetchers processes start at once. Each is what a trainer with no daemon runs: the
+shards); with --bootstrap-node, a node D that holds nothing is started first, A bootstraps through it (so A's
+announcement reaches it) and so do the fetchers (else they bootstrap through A). Then --fetchers processes start at once. Each is what a trainer with no daemon runs: the
 embedded client-mode node of kogitune.client (`embedded_node()`), which resolves the ID (provider lookup,
 connect, signed manifest) and fetches every shard, verified, into its own home. With --get, each fetcher is a
 node daemon instead, and the timed part is `kogitune get ID` (started at once in every home).
@@ -92,13 +92,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kg-many-") as tmp:
         root = Path(tmp)
         tensor = make_tensor(root, args.chapters)
-        nodes = [NodeProcess(root / "a")]
+        nodes = []
         try:
-            dataset_id = nodes[0].cli("publish", str(tensor)).stdout.strip()
+            if args.bootstrap_node:  # up first, as a network's bootstrap node is: A's announcement reaches it
+                nodes.append(NodeProcess(root / "d"))
+            nodes.append(NodeProcess(root / "a", [node.address for node in nodes]))
+            dataset_id = nodes[-1].cli("publish", str(tensor)).stdout.strip()
             bootstrap = nodes[0].address
-            if args.bootstrap_node:
-                nodes.append(NodeProcess(root / "d", [bootstrap]))
-                bootstrap = nodes[1].address
             results = run_fetchers(root, dataset_id, bootstrap, args.fetchers, args.get, args.timeout)
         finally:
             for node in nodes:

@@ -29,7 +29,6 @@ from trio.testing import MockClock
 from kogitune.corpora import write_kjv_chapters
 from kogitune.node.body import Body
 from kogitune.node.errors import SourceError
-from kogitune.node.fetch import FetchLimits, MinRateBody, first_answer
 from kogitune.node.host import new_kogitune_host
 from kogitune.protocol import wire
 from kogitune.protocol.ids import dataset_id_digest
@@ -283,6 +282,8 @@ class Drip(Body):
 
 
 def test_a_stream_below_the_minimum_rate_fails_after_one_window():
+    from kogitune.node.fetch import FetchLimits, MinRateBody  # here: on the code before the rule, only this fails
+
     limits = FetchLimits(min_rate=100, rate_window=10, stall_timeout=60)
     seen = {}
 
@@ -301,6 +302,8 @@ def test_a_stream_below_the_minimum_rate_fails_after_one_window():
 
 
 def test_first_answer_reaches_a_good_candidate_behind_ten_silent_ones_in_a_few_hedges():
+    from kogitune.node.fetch import first_answer
+
     asked = []
 
     async def ask(candidate: str):
