@@ -12,6 +12,7 @@ tensor, byte for byte, as an uninterrupted store would make.
 from __future__ import annotations
 
 import base64
+import errno
 import gzip
 import hashlib
 import io
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -36,7 +38,7 @@ from kogitune.protocol.manifest import (DTYPES, MAX_BLOCK_SIZE, MAX_PIECE_SIZE, 
 from kogitune.protocol.pieces import PieceHasher, root_of
 
 from . import __version__
-from .errors import BadInputError, KogituneError, TensorError
+from .errors import BadInputError, DiskFullError, KogituneError, TensorError
 from .files import exclusive_lock, write_atomic
 from .parallel import in_order, ordered_map
 from .perturb import Perturber, PerturbSpec
@@ -184,8 +186,35 @@ def store(files: Iterable[str | os.PathLike], tokenizer: str | Tokenizer = DEFAU
         except KogituneError:
             shutil.rmtree(partial, ignore_errors=True)  # bad input: only other inputs can go on from here
             raise
+        except OSError as exc:
+            if exc.errno not in DISK_FULL:
+                raise
+            raise _disk_full(exc, partial) from None
     report.path = out
     return report
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+"""The errors of a full file system (or of a user over quota)."""
+
+
+def _disk_full(exc: OSError, partial: Path) -> DiskFullError:
+    """The error for a store that ran out of space: what was kept and what to do. A partial directory with a
+    checkpoint is kept, since the same command goes on from it; one without is removed, to give the space back."""
+    where = exc.filename or partial
+    try:
+        writer = json.loads((partial / CHECKPOINT_FILE).read_bytes())["writer"]
+        shards, tokens = len(writer["shards"]), int(writer["tokens"])
+    except (OSError, ValueError, KeyError, TypeError):
+        shutil.rmtree(partial, ignore_errors=True)
+        return DiskFullError(f"{where}: {exc.strerror}. Nothing was kept: the store "
+                             f"had not written its first checkpoint (every {CHECKPOINT_SECONDS:g} s), so {partial} "
+                             "is removed. Free space there (or choose another --output) and run the same command "
+                             "again")
+    held = sum(f.stat().st_size for f in partial.rglob("*") if f.is_file())
+    return DiskFullError(f"{where}: {exc.strerror}. Kept {partial} ({held / 1e6:,.1f} MB: "
+                         f"{shards} finished shards and a checkpoint at {tokens:,} tokens). Free space "
+                         "there and run the same command again: it goes on from the checkpoint")
 
 
 def _job(paths: list[Path], tok: Tokenizer, options: StoreOptions) -> dict:
@@ -313,7 +342,7 @@ def _write_tensor(paths: list[Path], tok: Tokenizer, directory: Path, options: S
     next_checkpoint, job = time.monotonic() + CHECKPOINT_SECONDS, None
     batches = itertools.islice(reader.batches(), done, None)
     with tqdm(total=sum(p.stat().st_size for p in paths), unit="B", unit_scale=True, desc="store",
-              disable=None if progress else True) as bar, ThreadPoolExecutor(1) as aside:
+              disable=None if progress else True) as bar, ThreadPoolExecutor(1) as aside, writer.closed_on_error():
         for number, (batch, result) in enumerate(_tokenize_in_order(batches, tok, dtype, options), done):
             if number == done:  # the manifest's fingerprint, hashed while Rust encodes rather than after the last batch
                 aside.submit(getattr, tok, "fingerprint")
@@ -758,6 +787,21 @@ class TensorWriter:
             at += take
             if self._in_shard == self.shard_tokens:
                 self._close_shard()
+
+    @contextmanager
+    def closed_on_error(self):
+        """Close the shard being written if the block fails, so that its space is given back once it is removed
+        (its buffered tail is dropped: a resume cuts the shard back to the checkpoint anyway)."""
+        try:
+            yield
+        except BaseException:
+            if self._file is not None:
+                try:
+                    self._file.close()
+                except OSError:  # the buffered tail did not fit either
+                    pass
+                self._file = None
+            raise
 
     def finish(self) -> tuple[ShardInfo, ...]:
         if self._file is not None:
