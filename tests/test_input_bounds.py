@@ -241,3 +241,14 @@ def test_a_full_disk_before_the_first_checkpoint_gives_the_space_back(small_file
     assert "Traceback" not in err
     assert not (mount_point / "kjv.partial").exists()
     assert os.statvfs(mount_point).f_bfree == os.statvfs(mount_point).f_blocks, "the space was not given back"
+
+
+def test_a_full_disk_under_filter_names_the_output_and_leaves_nothing(small_file_system, kjv_corpus, capsys):
+    """Before: "[Errno 28] No space left on device", naming no path."""
+    mount_point, _ = small_file_system
+    out = mount_point / "kjv.jsonl"
+    code = main(["filter", str(kjv_corpus), "-o", str(out), "-f", "nfkc", "-q", "--workers", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"kogitune filter: error: {out}: No space left on device. Nothing was "
+                                        "kept"), err
+    assert list(mount_point.iterdir()) == []

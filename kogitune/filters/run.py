@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from ..errors import BadInputError
+from ..errors import BadInputError, DiskFullError
 from ..files import write_atomic
 from ..parallel import ordered_map
-from ..store import MAX_DOCUMENT_BYTES, InputReader, check_max_document_bytes, document_of
+from ..store import DISK_FULL, MAX_DOCUMENT_BYTES, InputReader, check_max_document_bytes, document_of
 from .base import Pipeline
 
 PERCENTILES = (0, 1, 5, 10, 25, 50, 75, 90, 95, 99, 100)
@@ -325,13 +325,25 @@ class _OutputFile:
         if self.path is None:
             return
         try:
+            self._close(succeeded=exc_type is None)
+        except OSError as error:
+            if error.errno not in DISK_FULL:
+                raise
+            exc = error
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            raise DiskFullError(f"{self.path}: {exc.strerror}. Nothing was kept (the partial output is removed); "
+                                "free space there or choose another output, and run again") from None
+
+    def _close(self, succeeded: bool) -> None:
+        """Close the temporary file, and rename it over the output if the run `succeeded`; else remove it."""
+        try:
             if self._stream is not None:
                 self._stream.close()
-            if exc_type is None:
+            if succeeded:
                 self._raw.flush()
                 os.fsync(self._raw.fileno())
             self._raw.close()
-            if exc_type is None:
+            if succeeded:
                 os.chmod(self._tmp, 0o644)
                 os.replace(self._tmp, self.path)
         finally:
