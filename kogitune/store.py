@@ -59,6 +59,8 @@ ZSTD_INPUT_SLICE = 256
 as 4 bytes (an RLE block), so one slice inflates to at most 8 MiB: a small file that inflates to gigabytes never
 needs more memory than that. Slicing this fine costs about 10% of decompression speed (900 instead of 1,000 MB/s),
 far more than tokenizing consumes."""
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+"""The errors of a full file system (or of a user over quota)."""
 CHECKPOINT_FILE = "checkpoint.json"
 CHECKPOINT_SECONDS = 30.0
 """How often a store records how far it got (an fsync of the shard being written and a small JSON file)."""
@@ -192,10 +194,6 @@ def store(files: Iterable[str | os.PathLike], tokenizer: str | Tokenizer = DEFAU
             raise _disk_full(exc, partial) from None
     report.path = out
     return report
-
-
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-"""The errors of a full file system (or of a user over quota)."""
 
 
 def _disk_full(exc: OSError, partial: Path) -> DiskFullError:
