@@ -3,7 +3,8 @@ the maximum document size and skip the rest of a longer one without keeping it, 
 amount at a time, turn JSON nested too deeply into a bad line, and say what a full file system left behind.
 
 The memory tests run `kogitune store` in a child process under an address-space limit (so that a regression fails
-instead of taking the machine's memory) and read the child's peak RSS from wait4. Inputs are generated streaming.
+instead of taking the machine's memory), which reports its peak RSS (VmHWM: of its own memory since exec, whereas
+wait4's ru_maxrss also counts the test process the child was forked from). Inputs are generated streaming.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from kogitune.filters.run import FilterOptions, filter_files
 from kogitune.store import MAX_DOCUMENT_BYTES, StoreOptions
 from kogitune.tensor import DataTensor
 
-KOGITUNE = Path(sys.executable).with_name("kogitune")
 ADDRESS_SPACE_LIMIT = 3 << 30
 """The child's address-space limit: far above what a bounded store needs, far below what an unbounded one took
 (11 GB for a 100 MB line)."""
@@ -48,20 +48,31 @@ def write_repeated(f, byte: bytes, size: int, chunk: int = 16 << 20) -> None:
         size -= chunk
 
 
+STORE_AND_REPORT_PEAK = """
+import sys
+from kogitune.cli import main
+
+try:
+    code = main(sys.argv[2:])
+finally:
+    with open("/proc/self/status") as status:
+        peak_kib = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    with open(sys.argv[1], "w") as report:
+        report.write(peak_kib)
+sys.exit(code)
+"""
+
+
 def store_in_child(tmp_path: Path, corpus: Path, *args: str) -> tuple[int, str, int]:
-    """(exit status, stderr, peak RSS in bytes) of `kogitune store` run on `corpus` in a child process."""
+    """(exit status, stderr, peak RSS in bytes, 0 if it died) of `kogitune store` on `corpus` in a child process."""
     def limit_memory():
         resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_LIMIT, ADDRESS_SPACE_LIMIT))
 
-    err = tmp_path / "stderr.txt"
-    with open(err, "wb") as stderr:
-        child = subprocess.Popen([str(KOGITUNE), "store", str(corpus), "-o", str(tmp_path / "out"), "--workers", "1",
-                                  "-q", *args], stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=limit_memory)
-        try:
-            _, status, usage = os.wait4(child.pid, 0)
-        finally:
-            child.returncode = 0  # reaped by wait4 (or killed below): Popen must not wait for it again
-    return os.waitstatus_to_exitcode(status), err.read_text(errors="replace"), usage.ru_maxrss * 1024
+    peak = tmp_path / "peak-kib.txt"
+    child = subprocess.run([sys.executable, "-c", STORE_AND_REPORT_PEAK, str(peak), "store", str(corpus), "-o",
+                            str(tmp_path / "out"), "--workers", "1", "-q", *args],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=limit_memory, timeout=120)
+    return child.returncode, child.stderr.decode(errors="replace"), int(peak.read_text()) * 1024 if peak.exists() else 0
 
 
 # ---- memory: over-long lines, compression bombs -----------------------------------------------------------------
