@@ -104,9 +104,12 @@ class ContentStore:
         """Keep the shard from eviction while the caller fetches (or waits for) and maps it: a shared lock on its
         `.used` file, which gc cannot take. The fetch itself, in this process or a daemon's, locks `.lock`, so the
         two never wait for each other. Once mapped, the map's own lock on the tokens file protects the shard."""
-        used = dataset_dir / "shards" / f"{shard_name}.used"
-        used.parent.mkdir(parents=True, exist_ok=True)
-        with open(used, "a+b") as lock:
+        try:
+            lock = open(dataset_dir / "shards" / f"{shard_name}.used", "a+b")
+        except OSError:  # a store this process may not write to (read-only): it neither fetches nor evicts there
+            yield
+            return
+        with lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_SH)
             yield
 
@@ -181,10 +184,10 @@ class ContentStore:
 @contextmanager
 def _exclusive_now(path: Path, create: bool = True):
     """Yield whether this process got an exclusive flock on `path` without waiting (False when someone holds a
-    lock on it, or when `path` does not exist and `create` is off); the lock is released on exit."""
+    lock on it, or when `path` cannot be opened); the lock is released on exit."""
     try:
         lock = open(path, "a+b" if create else "rb")
-    except FileNotFoundError:
+    except OSError:  # gone, or a store this process may not write to
         yield False
         return
     with lock:
