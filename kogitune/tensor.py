@@ -113,6 +113,8 @@ class DataTensor:
             else:
                 record_verified(self.path, self.manifest, [shard])
                 record_checked(self.path, shard)
+        if self.store is None:  # not in a content store: nothing evicts it (and its file system may lack flock)
+            return np.memmap(self.path / shard.tokens_path, dtype=self._dtype, mode="r")
         return _map_shared(self.path / shard.tokens_path, self._dtype)
 
     def _fetch_again(self, shard: ShardInfo, index: int, problem: Problem) -> None:
