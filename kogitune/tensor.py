@@ -27,7 +27,7 @@ from kogitune.protocol.manifest import Manifest, ShardInfo, parse_manifest
 from kogitune.protocol.pieces import piece_digests, piece_span, root_of
 
 from .errors import TensorError
-from .files import write_atomic
+from .files import opener_like_folder, write_atomic
 
 MANIFEST_FILE = "manifest.json"
 MARKS_FILE = ".kogitune-verified"
@@ -123,7 +123,7 @@ class DataTensor:
         lock, and only if the files are still those that failed: another process may have fetched it meanwhile."""
         log.warning("%s: %s; fetching shard %s again", self.path, problem, shard.name)
         failed = file_signature(self.path, shard)
-        with open(self.path / "shards" / f"{shard.name}.lock", "a+b") as lock:
+        with open(self.path / "shards" / f"{shard.name}.lock", "a+b", opener=opener_like_folder) as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
             if file_signature(self.path, shard) == failed:
                 forget_verified(self.path, [shard])
@@ -300,7 +300,7 @@ def forget_verified(directory: Path, shards) -> None:
 def _marks_locked(directory: Path):
     """Serialize read-modify-write of the marks file: shards of one tensor finish in parallel threads and processes."""
     try:
-        lock = open(directory / (MARKS_FILE + ".lock"), "a+b")
+        lock = open(directory / (MARKS_FILE + ".lock"), "a+b", opener=opener_like_folder)
     except OSError:
         yield
         return

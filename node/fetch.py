@@ -34,7 +34,7 @@ from pathlib import Path
 
 import trio
 
-from kogitune.files import write_atomic
+from kogitune.files import file_mode_in, opener_like_folder, write_atomic
 from kogitune.tensor import record_checked, record_verified
 from kogitune.protocol.errors import IntegrityError
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, ShardInfo, parse_manifest
@@ -302,7 +302,7 @@ class ShardFetch:
             self.pool, self.shard.docs_path, self.shard.docs_size,
             lambda data: hashlib.sha256(data).hexdigest() == self.shard.docs_sha256)
         partial = self.target.with_name(self.target.name + ".partial")
-        self._fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+        self._fd = os.open(partial, os.O_RDWR | os.O_CREAT, file_mode_in(partial.parent))
         try:
             await trio.to_thread.run_sync(self._resume)
             await self._download()
@@ -350,7 +350,7 @@ class ShardFetch:
         """One process per shard at a time (ranks and DataLoader workers share the cache)."""
         lock_path = self.directory / "shards" / f"{self.shard.name}.lock"
         lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock_path, "a+b") as lock:
+        with open(lock_path, "a+b", opener=opener_like_folder) as lock:
             while True:
                 try:
                     fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -1,4 +1,4 @@
-"""Peers as sources: requests over `/kogitune/data/1.0.0` streams, plugged into the fetcher as `PeerSource`.
+"""Peers as sources: requests over `/kogitune/data/1.1.0` streams, plugged into the fetcher as `PeerSource`.
 
 Every network read is wrapped in `fail_after`; a peer that hangs (SIGSTOP) costs one timeout, a peer that dies
 mid-stream looks like an early end of data (py-libp2p reports a clean EOF), which the fetcher counts as a short
