@@ -30,7 +30,7 @@ from kogitune.protocol.ids import is_dataset_id
 from kogitune.protocol.manifest import parse_manifest
 
 from .errors import KogituneError
-from .files import file_mode_in, make_folders, write_atomic
+from .files import file_mode_in, make_folders, opener_like_folder, write_atomic
 
 DEFAULT_LIMIT_BYTES = 50 * 10**9
 PINNED_FILE = "pinned"
@@ -113,7 +113,7 @@ class ContentStore:
         `.used` file, which gc cannot take. The fetch itself, in this process or a daemon's, locks `.lock`, so the
         two never wait for each other. Once mapped, the map's own lock on the tokens file protects the shard."""
         try:
-            lock = open(dataset_dir / "shards" / f"{shard_name}.used", "a+b")
+            lock = open(dataset_dir / "shards" / f"{shard_name}.used", "a+b", opener=opener_like_folder)
         except OSError:  # a store this process may not write to (read-only): it neither fetches nor evicts there
             yield
             return
@@ -194,7 +194,7 @@ def _exclusive_now(path: Path, create: bool = True):
     """Yield whether this process got an exclusive flock on `path` without waiting (False when someone holds a
     lock on it, or when `path` cannot be opened); the lock is released on exit."""
     try:
-        lock = open(path, "a+b" if create else "rb")
+        lock = open(path, "a+b", opener=opener_like_folder) if create else open(path, "rb")
     except OSError:  # gone, or a store this process may not write to
         yield False
         return
