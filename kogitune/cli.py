@@ -212,6 +212,12 @@ def _node(args) -> int:
     print(f"datasets    {len(status['datasets'])}")
     for dataset_id in status["datasets"]:
         print(f"            {dataset_id}")
+    damaged = status.get("damaged", [])
+    if damaged:
+        print(f"damaged     {len(damaged)} withheld from peers")
+    for entry in damaged:
+        what = entry["shard"] if entry["shard"].endswith(".json") else f"shard {entry['shard']}"
+        print(f"            {entry['dataset']} {what}: {entry['problem']}")
     print(f"served      {status['bytes_served'] / 1e6:.1f} MB; fetched {status['bytes_fetched'] / 1e6:.1f} MB")
     return EXIT_OK
 
