@@ -1,8 +1,9 @@
 """Reading a data tensor: memory-mapped shards, verified against the manifest before first use.
 
 Verifying a shard means hashing every piece and comparing with the manifest (about 1.5 GB/s here). A shard that
-passed is recorded in `.kogitune-verified` in the tensor directory together with the size, mtime and inode of its
-files, so later opens skip the hashing while the files are unchanged; any change on disk voids the record. A
+passed is recorded in `.kogitune-verified` in the tensor directory together with the size, mtime, inode and ctime
+of its files, so later opens skip the hashing while the files are unchanged; any change on disk voids the record (a
+write, truncate, chmod or new hard link always moves ctime, and nobody can set it back). A
 shard that the fetcher brought in this process was checked piece by piece as it arrived and is not hashed again;
 a fetched shard that fails its check on a later open is fetched again rather than refused.
 """
@@ -14,8 +15,9 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections import OrderedDict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,10 @@ from .files import opener_like_folder, write_atomic
 MANIFEST_FILE = "manifest.json"
 MARKS_FILE = ".kogitune-verified"
 MAX_OPEN_SHARDS = 64
+TIMESTAMP_GRANULARITY_NS = 20_000_000
+"""How coarse a file system's change times can be (Linux stamps them from a clock that ticks every 1-10 ms). A
+check only starts once its files' last change is at least this old, so that any write after the check began moves
+their ctime past the one recorded: two changes within one tick would otherwise look like one."""
 log = logging.getLogger("kogitune.tensor")
 
 
@@ -81,33 +87,38 @@ class DataTensor:
 
     def shard_tokens(self, index: int) -> np.ndarray:
         """The shard's tokens as a read-only memory map, verified the first time this process opens it. The last
-        MAX_OPEN_SHARDS maps stay open (each holds a file descriptor, and the disk space of a shard the cache
-        evicted); older ones are closed once nothing uses them."""
+        MAX_OPEN_SHARDS maps stay open (each holds a file descriptor, and keeps the cache from evicting the shard);
+        older ones are closed once nothing uses them. In a content store, the shard is kept from eviction from
+        before it is fetched until it is mapped (ContentStore.using), and then by the map (`_map_shared`)."""
         array = self._arrays.get(index)
         if array is None:
             shard = self.shards[index]
-            fetched = self.remote is not None and not (self.path / shard.tokens_path).exists()
-            if fetched:
-                self.remote.ensure(self.manifest, index)
-            if self.store is not None:
-                self.store.touch(self.path, shard.name)
-            if not fetched and not self._is_marked(shard):
-                problems = self.verify_shard(shard)
-                if problems and self.remote is not None:
-                    self._fetch_again(shard, index, problems[0])
-                elif problems:
-                    raise IntegrityError(f"{self.path}: {problems[0]}; the tensor is damaged: "
-                                         "run `kogitune verify` for all problems, then store or fetch it again")
-                else:
-                    record_verified(self.path, self.manifest, [shard])
-                    record_checked(self.path, shard)
-            array = np.memmap(self.path / shard.tokens_path, dtype=self._dtype, mode="r")
+            with self.store.using(self.path, shard.name) if self.store is not None else nullcontext():
+                array = self._open_shard(index, shard)
             self._arrays[index] = array
             if len(self._arrays) > MAX_OPEN_SHARDS:
                 self._arrays.popitem(last=False)
         else:
             self._arrays.move_to_end(index)
         return array
+
+    def _open_shard(self, index: int, shard: ShardInfo) -> np.ndarray:
+        """Fetch the shard if it is missing, check it unless it is known good, and map it."""
+        fetched = self.remote is not None and not (self.path / shard.tokens_path).exists()
+        if fetched:
+            self.remote.ensure(self.manifest, index)
+        if self.store is not None:
+            self.store.touch(self.path, shard.name)
+        if not fetched and not self._is_marked(shard):
+            problems = self.check_and_mark(shard)
+            if problems and self.remote is not None:
+                self._fetch_again(shard, index, problems[0])
+            elif problems:
+                raise IntegrityError(f"{self.path}: {problems[0]}; the tensor is damaged: "
+                                     "run `kogitune verify` for all problems, then store or fetch it again")
+        if self.store is None:  # not in a content store: nothing evicts it (and its file system may lack flock)
+            return np.memmap(self.path / shard.tokens_path, dtype=self._dtype, mode="r")
+        return _map_shared(self.path / shard.tokens_path, self._dtype)
 
     def _fetch_again(self, shard: ShardInfo, index: int, problem: Problem) -> None:
         """A fetched shard that fails its check (e.g. the machine crashed before the fetcher's fsync) is a cache
@@ -156,12 +167,18 @@ class DataTensor:
         """Hash every piece of every shard; return what is wrong (empty when all is well)."""
         problems = []
         for shard in self.shards:
-            found = self.verify_shard(shard)
-            if found:
-                forget_verified(self.path, [shard])
-            else:
-                record_verified(self.path, self.manifest, [shard])
-            problems.extend(found)
+            problems.extend(self.check_and_mark(shard))
+        return problems
+
+    def check_and_mark(self, shard: ShardInfo) -> list[Problem]:
+        """Hash the shard's files and record the result: a mark if they passed and did not change while being
+        hashed (none otherwise: the next open hashes them again), no mark if they failed. Returns the problems."""
+        before = _settled_signature(self.path, shard)
+        problems = self.verify_shard(shard)
+        if problems:
+            forget_verified(self.path, [shard])
+        elif before is not None and record_verified(self.path, self.manifest, [shard], checked_as=before):
+            _checked_here[(str(self.path), shard.name)] = before
         return problems
 
     def verify_shard(self, shard: ShardInfo) -> list[Problem]:
@@ -213,16 +230,18 @@ class DataTensor:
         """Whether the shard's files are as they were when they last passed verification (a missing file never
         is); remembered in this process, so that opening the shard again reads no marks file."""
         signature = file_signature(self.path, shard)
-        if signature is None:
-            return False
-        key = (str(self.path), shard.name)
-        if _checked_here.get(key) == signature:
-            return True
-        marks = _read_marks(self.path)
-        if marks.get("dataset_id") == self.dataset_id and marks.get("shards", {}).get(shard.name) == signature:
-            _checked_here[key] = signature
-            return True
-        return False
+        return signature is not None and is_marked(self.path, self.dataset_id, shard.name, signature)
+
+
+def _map_shared(path: Path, dtype: np.dtype) -> np.memmap:
+    """`path` memory-mapped read-only, with a shared flock on it that lives exactly as long as the map: the map
+    keeps a duplicate of the descriptor it was made from (mmap's default), and a flock belongs to the open file
+    that all duplicates share, released when the last of them closes. So gc, which takes that lock exclusively
+    without waiting, skips a shard while any process (or forked worker) maps it, at no descriptor beyond the map's
+    own."""
+    with open(path, "rb") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+        return np.memmap(f, dtype=dtype, mode="r")
 
 
 def _not_a_tensor(path: Path) -> str:
@@ -243,6 +262,19 @@ _checked_here: dict[tuple[str, str], list] = {}
 while the files are unchanged, also before their record in the marks file (written after the fsync) exists."""
 
 
+def is_marked(directory: Path, dataset_id: str, shard_name: str, signature: list) -> bool:
+    """Whether `signature` (see `file_signature`) is how the shard's files were when they last passed a check, in
+    this process or as recorded in the marks file (read again only when that file was replaced)."""
+    key = (str(directory), shard_name)
+    if _checked_here.get(key) == signature:
+        return True
+    marks = _cached_marks(directory)
+    if marks.get("dataset_id") == dataset_id and marks["shards"].get(shard_name) == signature:
+        _checked_here[key] = signature
+        return True
+    return False
+
+
 def record_checked(directory: Path, shard: ShardInfo) -> list | None:
     """Remember, in this process only, that `shard` was just checked as its files are now; returns their signature."""
     signature = file_signature(directory, shard)
@@ -250,9 +282,10 @@ def record_checked(directory: Path, shard: ShardInfo) -> list | None:
     return signature
 
 
-def record_verified(directory: Path, manifest: Manifest, shards, checked_as: list | None = None) -> None:
+def record_verified(directory: Path, manifest: Manifest, shards, checked_as: list | None = None) -> bool:
     """Remember that `shards` passed verification as their files are now (best effort: read-only dirs skip it).
-    With `checked_as` (the `file_signature` of the one shard when it was checked), only if its files are unchanged."""
+    With `checked_as` (the `file_signature` of the one shard when it was checked), only if its files are unchanged;
+    returns whether they were."""
     with _marks_locked(directory):
         marks = _read_marks(directory)
         if marks.get("dataset_id") != manifest.dataset_id:
@@ -260,9 +293,10 @@ def record_verified(directory: Path, manifest: Manifest, shards, checked_as: lis
         for shard in shards:
             signature = file_signature(directory, shard)
             if checked_as is not None and signature != checked_as:
-                return
+                return False
             marks["shards"][shard.name] = signature
         _write_marks(directory, marks)
+    return True
 
 
 def forget_verified(directory: Path, shards) -> None:
@@ -305,13 +339,47 @@ def _read_marks(directory: Path) -> dict:
     return marks if isinstance(marks, dict) and isinstance(marks.get("shards"), dict) else {}
 
 
+_marks_read: dict[str, tuple[list, dict]] = {}
+"""directory -> (stat_signature of its marks file when read, its contents), for `is_marked`: a node asks on every
+request it serves. Read only: writers read the file afresh."""
+
+
+def _cached_marks(directory: Path) -> dict:
+    path = directory / MARKS_FILE
+    try:
+        identity = stat_signature(os.stat(path))
+    except OSError:
+        return {}
+    cached = _marks_read.get(str(directory))
+    if cached is None or cached[0] != identity:
+        cached = _marks_read[str(directory)] = (identity, _read_marks(directory))
+    return cached[1]
+
+
+def stat_signature(st: os.stat_result) -> list:
+    """What identifies one version of a file: size, mtime, inode and ctime (which every change moves)."""
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+
+
 def file_signature(directory: Path, shard: ShardInfo) -> list | None:
-    """(size, mtime, inode) of the shard's three files: any change to them changes it."""
+    """The `stat_signature` of the shard's three files: any change to them changes it."""
     signature = []
     for name in (shard.tokens_path, shard.pieces_path, shard.docs_path):
         try:
             st = os.stat(directory / name)
         except OSError:
             return None
-        signature.append([st.st_size, st.st_mtime_ns, st.st_ino])
+        signature.append(stat_signature(st))
+    return signature
+
+
+def _settled_signature(directory: Path, shard: ShardInfo) -> list | None:
+    """The shard's `file_signature` once its last change is TIMESTAMP_GRANULARITY_NS old (waiting if needed)."""
+    signature = file_signature(directory, shard)
+    if signature is None:
+        return None
+    wait_ns = max(entry[3] for entry in signature) + TIMESTAMP_GRANULARITY_NS - time.time_ns()
+    if wait_ns > 0:
+        time.sleep(wait_ns / 1e9)
+        signature = file_signature(directory, shard)
     return signature

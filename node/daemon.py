@@ -8,6 +8,7 @@ Everything fetched goes through the verified multi-source fetcher of kogitune.no
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -20,12 +21,13 @@ from kogitune.cache import ContentStore
 from kogitune.files import write_atomic
 from kogitune.protocol import wire
 from kogitune.protocol.ids import dataset_id_digest, is_peer_id
-from kogitune.protocol.manifest import Manifest
+from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from kogitune.protocol.signing import allowed_peers, sign_allow_list, sign_dataset
 
 from .errors import FetchError, NodeError, SourceError
 from .fetch import ShardFetch, SourcePool, prefetch_in_order
 from .host import keep_dht_clients_out, load_identity_seed, new_kogitune_host
+from .integrity import CHANGED
 from .peers import PeerSource, SignedManifest, fetch_have, fetch_signed_manifest
 from .server import SIGNATURE_FILE, DataServer, write_allow_files
 
@@ -184,19 +186,12 @@ class Node:
             raise NodeError(f"--allow lists {len(allow)} peers, more than fit in a manifest response "
                             f"({wire.MAX_ALLOW_CHARS} characters, about 1,200 peer IDs)")
         tensor = await trio.to_thread.run_sync(DataTensor, tensor_path)
-        problems = await trio.to_thread.run_sync(tensor.verify)
-        if problems:
-            raise NodeError(f"{tensor_path} is damaged ({problems[0]}); store it again before publishing")
         manifest = published_manifest(tensor_path, tensor.manifest, self.peer_id, allow)
         dataset_id = manifest.dataset_id
         directory = self.store.make_dataset_dir(dataset_id, manifest.is_private)
-        for shard in tensor.shards:
-            for name in (shard.tokens_path, shard.pieces_path, shard.docs_path):
-                _link_or_copy(tensor.path / name, directory / name)
-        if manifest is tensor.manifest:
-            _link_or_copy(tensor.path / "manifest.json", directory / "manifest.json")
-        else:
-            write_atomic(directory / "manifest.json", manifest.canonical_bytes())
+        problems = await trio.to_thread.run_sync(_add_to_store, tensor, directory, manifest)
+        if problems:
+            raise NodeError(f"{tensor_path} is damaged ({problems[0]}); store it again before publishing")
         if allow:  # before the signature: a node serves a dataset once its manifest and signature are there
             write_allow_files(directory, allow, sign_allow_list(self.seed, dataset_id, allow))
         signature, public_key = sign_dataset(self.seed, dataset_id)
@@ -386,8 +381,22 @@ class Node:
             "dht_peers": [str(p) for p in self.dht.routing_table.get_peer_ids()],
             "datasets": self.complete_datasets(), "bytes_served": self.server.stats.bytes_served,
             "bytes_fetched": self.bytes_fetched, "requests": dict(self.server.stats.requests),
-            "refused": dict(self.server.stats.refused),
+            "refused": dict(self.server.stats.refused), "damaged": self.damaged_shards(),
         }
+
+    def damaged_shards(self) -> list[dict]:
+        """Shards (and manifests) this node withholds from peers: found damaged, or changed since their check."""
+        guard = self.server.guard
+        found = [{"dataset": dataset, "shard": what, "problem": problem}
+                 for (dataset, what), problem in sorted(guard.damaged.items())]
+        for directory in sorted(self.store.datasets.glob("kg1-*")):
+            manifest = _load_manifest(directory)
+            if manifest is None or manifest.dataset_id != directory.name or not (directory / SIGNATURE_FILE).exists():
+                continue
+            for name in guard.changed_shards(directory, manifest):
+                if (directory.name, name) not in guard.damaged:
+                    found.append({"dataset": directory.name, "shard": name, "problem": CHANGED})
+        return found
 
 
 def published_manifest(tensor_path: str, manifest: Manifest, publisher: str, allow: list[str]) -> Manifest:
@@ -414,15 +423,79 @@ def _load_manifest(directory: Path) -> Manifest | None:
         return None
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    """A hard link (no second copy) where the file system allows it, else a copy; atomic either way."""
-    if target.exists():
-        return
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+def _add_to_store(tensor, directory: Path, manifest: Manifest) -> list:
+    """Put a tensor's files into its store directory and check them there (on a worker thread); returns the
+    problems found. Tokens files are hard links where the file system allows it (no second copy), the small files
+    copies; nothing is a symbolic link. Each shard is hashed as it is in the store and marked verified
+    (`check_and_mark`), so that the server can tell when a file changes later, e.g. by an edit through the user's
+    hard link."""
+    from kogitune.tensor import MANIFEST_FILE, DataTensor
+
+    if manifest is tensor.manifest:
+        manifest_bytes = _read_published(tensor.path / MANIFEST_FILE, MAX_MANIFEST_BYTES)
+        if parse_manifest(manifest_bytes).dataset_id != tensor.dataset_id:
+            raise NodeError(f"{tensor.path / MANIFEST_FILE} changed while it was being published; publish it again")
+    else:  # the tensor's private dataset: its own manifest (published_manifest)
+        manifest_bytes = manifest.canonical_bytes()
+    (directory / "shards").mkdir(parents=True, exist_ok=True)
+    for shard in tensor.shards:
+        _link_or_copy(tensor.path / shard.tokens_path, directory / shard.tokens_path)
+        for name, size in ((shard.pieces_path, tensor.manifest.pieces_in(shard) * 32),
+                           (shard.docs_path, shard.docs_size)):
+            write_atomic(directory / name, _read_published(tensor.path / name, size), durable=False)
+    write_atomic(directory / MANIFEST_FILE, manifest_bytes)
+    stored = DataTensor(directory)
+    return [problem for shard in stored.shards for problem in stored.check_and_mark(shard)]
+
+
+def _refuse_link(path: Path) -> NodeError:
+    return NodeError(f"{path} is a symbolic link: a published tensor must hold its own files (a node would otherwise "
+                     "serve whatever the link points to later). Replace the link by a copy of its target "
+                     f"(cp --remove-destination \"$(readlink -f {path})\" {path}), then publish again")
+
+
+def _read_published(path: Path, limit: int) -> bytes:
+    """A small file of a tensor being published (at most `limit` + 1 bytes: a longer one fails its check)."""
     try:
-        os.link(source, tmp)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _refuse_link(path) from None
+        raise NodeError(f"cannot read {path}: {exc.strerror}") from None
+    with open(fd, "rb") as f:
+        return f.read(limit + 1)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link to `source` (no second copy) where the file system allows it, else a copy; atomic either way.
+    A symbolic link is refused, never linked or followed."""
+    try:
+        if os.path.samestat(os.lstat(source), os.lstat(target)):
+            return
+    except FileNotFoundError:
+        pass
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp, follow_symlinks=False)
+    except FileNotFoundError:
+        raise NodeError(f"{source} is missing; store the tensor again") from None
     except OSError:
-        shutil.copy2(source, tmp)
+        _copy_no_links(source, tmp)
+    if tmp.is_symlink():
+        tmp.unlink()
+        raise _refuse_link(source)
     os.replace(tmp, target)
+
+
+def _copy_no_links(source: Path, target: Path) -> None:
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _refuse_link(source) from None
+        raise
+    with open(fd, "rb") as src, open(target, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
 
 

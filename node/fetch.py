@@ -127,13 +127,17 @@ async def prefetch_in_order(nursery: trio.Nursery, limiter: trio.CapacityLimiter
         nursery.start_soon(one, index, slot)
 
 
-async def fetch_small_file(pool: SourcePool, path: str, limit: int, valid) -> bytes:
-    """A small whole file (manifest, .pieces, .docs) from the first source whose bytes pass `valid`."""
+async def fetch_small_file(pool: SourcePool, path: str, limit: int, valid, exact: bool = False) -> bytes:
+    """A small whole file (manifest, .pieces, .docs) from the first source whose bytes pass `valid`. With `exact`,
+    the file has `limit` bytes: a shorter one was cut off (a source that died), a failure rather than a lie."""
     for health in pool.usable():
         try:
             data = await health.source.read_all(path, limit)
         except SourceError as exc:
             pool.failed(health, str(exc))
+            continue
+        if exact and len(data) < limit:
+            pool.failed(health, f"{health.source.name}: {path} ended after {len(data)} of {limit} bytes")
             continue
         if valid(data):
             pool.succeeded(health)
@@ -297,10 +301,10 @@ class ShardFetch:
     async def _fetch_and_install(self) -> None:
         started = trio.current_time()
         self.expected = await fetch_small_file(
-            self.pool, self.shard.pieces_path, len(self.board) * 32, self._valid_pieces)
+            self.pool, self.shard.pieces_path, len(self.board) * 32, self._valid_pieces, exact=True)
         docs = await fetch_small_file(
             self.pool, self.shard.docs_path, self.shard.docs_size,
-            lambda data: hashlib.sha256(data).hexdigest() == self.shard.docs_sha256)
+            lambda data: hashlib.sha256(data).hexdigest() == self.shard.docs_sha256, exact=True)
         partial = self.target.with_name(self.target.name + ".partial")
         self._fd = os.open(partial, os.O_RDWR | os.O_CREAT, file_mode_in(partial.parent))
         try:

@@ -3,7 +3,9 @@
 One request per stream, answered from the node's content store. Every read from a peer is bounded in time and
 size; each peer may hold only a few streams at once; a private dataset answers only the peers on the allow-list
 that its publisher signed, and every other peer gets the very answer of a dataset this node does not hold.
-The server sends what is on disk: it is the fetcher's job to verify, so a damaged store cannot fool a peer.
+Fetchers verify every byte, but a node also sends only what it has checked (see kogitune.node.integrity): a
+manifest that hashes to the ID it is served as, .pieces and .docs files that match it, and tokens files unchanged
+since they passed a check. Anything else is withheld and answered like a missing file.
 """
 
 from __future__ import annotations
@@ -19,9 +21,13 @@ import trio
 from kogitune.cache import ContentStore
 from kogitune.files import write_atomic
 from kogitune.protocol import wire
+from kogitune.protocol.errors import ManifestError
 from kogitune.protocol.ids import dataset_id_from_digest
+from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from kogitune.protocol.signing import allowed_peers
-from kogitune.protocol.manifest import Manifest, parse_manifest
+from kogitune.tensor import stat_signature
+
+from .integrity import StoreGuard, open_served
 
 log = logging.getLogger("kogitune.node")
 SIGNATURE_FILE = "signature"
@@ -53,8 +59,11 @@ class DataServer:
         self.limits = limits or ServerLimits()
         self.stats = ServerStats()
         self._streams: Counter = Counter()
-        self._manifests: dict[str, tuple[int, Manifest, bytes]] = {}
+        self._manifests: dict[str, tuple[list, Manifest | None, bytes]] = {}
+        """dataset ID -> (stat_signature of its manifest.json when read, the manifest or None if it did not hash to
+        the ID, its bytes): read and checked again only when the file changes."""
         self._audiences: dict[str, tuple[tuple, Audience]] = {}
+        self.guard = StoreGuard()
 
     async def handle(self, stream) -> None:
         peer = str(stream.muxed_conn.peer_id)
@@ -113,7 +122,8 @@ class DataServer:
                 manifest_bytes, signature=signature[32:], public_key=signature[:32], allow=audience.allow,
                 allow_signature=audience.allow_signature)))
         elif isinstance(request, wire.HaveRequest):
-            complete = [(directory / s.tokens_path).exists() for s in manifest.shards]
+            complete = [(directory / s.tokens_path).exists() and (dataset_id, s.name) not in self.guard.damaged
+                        for s in manifest.shards]
             await self._send(stream, wire.encode_response(wire.HaveResponse(wire.have_bitmap(complete))))
         else:
             await self._send_range(stream, directory, manifest, request)
@@ -127,15 +137,24 @@ class DataServer:
                       "docs": (shard.docs_path, shard.docs_size)}[request.file]
         if request.offset + request.length > size:
             raise wire.WireError("bad_request", f"{path} has {size} bytes; asked for {request.offset}+{request.length}")
-        try:
-            fd = os.open(directory / path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise wire.WireError("not_found", f"this node does not hold {path} yet") from None
+        if request.file != "tokens":
+            data = self.guard.small_file(directory, manifest, shard, request.file)
+            if data is None:
+                raise wire.WireError("not_found", f"this node does not hold {path}")
+            await self._send(stream, wire.encode_response(wire.ReadResponse(request.length)))
+            await self._send(stream, data[request.offset:request.offset + request.length])
+            self.stats.bytes_served += request.length
+            return
+        opened = await self.guard.open_tokens(directory, manifest, shard)
+        if opened is None:
+            raise wire.WireError("not_found", f"this node does not hold {path}")
+        fd, signature = opened
         try:
             await self._send(stream, wire.encode_response(wire.ReadResponse(request.length)))
             offset, end = request.offset, request.offset + request.length
             while offset < end:
                 chunk = os.pread(fd, min(CHUNK, end - offset), offset)
+                self.guard.check_unchanged(fd, signature, directory, shard)
                 if not chunk:
                     raise OSError(f"{path} is shorter than the manifest says")
                 await self._send(stream, chunk)
@@ -173,18 +192,28 @@ class DataServer:
         return cached[1]
 
     def _manifest(self, dataset_id: str, directory: Path) -> tuple[Manifest, bytes] | None:
-        path = directory / "manifest.json"
-        try:
-            mtime = path.stat().st_mtime_ns
-        except OSError:
+        """The dataset's manifest, only if it hashes to `dataset_id` (a replaced manifest.json is withheld)."""
+        fd = open_served(directory / "manifest.json")
+        if fd is None:
             return None
-        if not (directory / SIGNATURE_FILE).exists():
-            return None
-        cached = self._manifests.get(dataset_id)
-        if cached is None or cached[0] != mtime:
-            data = path.read_bytes()
-            cached = self._manifests[dataset_id] = (mtime, parse_manifest(data), data)
-        return cached[1], cached[2]
+        with open(fd, "rb") as f:
+            signature = stat_signature(os.fstat(f.fileno()))
+            if not (directory / SIGNATURE_FILE).exists():
+                return None
+            cached = self._manifests.get(dataset_id)
+            if cached is None or cached[0] != signature:
+                data = f.read(MAX_MANIFEST_BYTES + 1)
+                try:
+                    manifest = parse_manifest(data)
+                except ManifestError:
+                    manifest = None
+                if manifest is None or manifest.dataset_id != dataset_id:
+                    self.guard.note_damaged(dataset_id, "manifest.json", "it does not hash to the dataset ID")
+                    manifest, data = None, b""
+                else:
+                    self.guard.note_intact(dataset_id, "manifest.json")
+                cached = self._manifests[dataset_id] = (signature, manifest, data)
+        return None if cached[1] is None else (cached[1], cached[2])
 
 
 @dataclass(frozen=True)
