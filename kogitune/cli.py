@@ -15,8 +15,9 @@ EXIT_OK, EXIT_DAMAGED, EXIT_ERROR, EXIT_BUG = 0, 1, 2, 3
 def store_cli(files, tokenizer: str = "gpt2", output: str | None = None, *, text_key: str = "text",
               block_size: int = 2048, shard_size: int = 32 << 20, piece_size: int = 1 << 20, workers: int = 0,
               skip_bad_lines: bool = False, overwrite: bool = False, progress: bool = True, perturb: str | None = None,
-              filters: str | os.PathLike | dict | None = None):
-    """Python form of `kogitune store`: tokenize JSONL files into a data tensor, print a summary, return the report."""
+              filters: str | os.PathLike | dict | None = None, max_document_bytes: int | None = None):
+    """Python form of `kogitune store`: tokenize JSONL files into a data tensor, print a summary, return the report.
+    `max_document_bytes` None means kogitune.store.MAX_DOCUMENT_BYTES."""
     from .perturb import PerturbSpec
     from .store import StoreOptions, store
 
@@ -26,7 +27,8 @@ def store_cli(files, tokenizer: str = "gpt2", output: str | None = None, *, text
                            workers=workers,
                            skip_bad_lines=skip_bad_lines, overwrite=overwrite,
                            perturb=PerturbSpec.parse(perturb) if perturb else None,
-                           filters=_filter_config(filters) if filters is not None else None)
+                           filters=_filter_config(filters) if filters is not None else None,
+                           **_document_limit(max_document_bytes))
     report = store(files, tokenizer, output, options, progress=progress)
     print(report.summary())
     return report
@@ -36,8 +38,17 @@ def _store(args) -> int:
     store_cli(args.files, args.tokenizer, args.output, text_key=args.text_key, block_size=args.block_size,
               shard_size=int(args.shard_size * (1 << 20)), piece_size=args.piece_size << 10, workers=args.workers,
               skip_bad_lines=args.skip_bad_lines, overwrite=args.overwrite, progress=not args.quiet,
-              perturb=args.perturb, filters=args.filters)
+              perturb=args.perturb, filters=args.filters, max_document_bytes=_mib(args.max_document_size))
     return EXIT_OK
+
+
+def _mib(size: float | None) -> int | None:
+    return None if size is None else int(size * (1 << 20))
+
+
+def _document_limit(max_document_bytes: int | None) -> dict:
+    """The max_document_bytes option, when one is given (else the options' default holds)."""
+    return {} if max_document_bytes is None else {"max_document_bytes": max_document_bytes}
 
 
 def _filter_config(config: str | os.PathLike | dict) -> dict:
@@ -48,14 +59,16 @@ def _filter_config(config: str | os.PathLike | dict) -> dict:
 
 
 def filter_cli(files, output: str | None, config, *, text_key: str = "text", workers: int = 0,
-               skip_bad_lines: bool = False, dry_run: bool = False, examples: int = 3, progress: bool = True):
-    """Python form of `kogitune filter`: filter JSONL files into OUT.jsonl and OUT.report.json, print a summary."""
+               skip_bad_lines: bool = False, dry_run: bool = False, examples: int = 3, progress: bool = True,
+               max_document_bytes: int | None = None):
+    """Python form of `kogitune filter`: filter JSONL files into OUT.jsonl and OUT.report.json, print a summary.
+    `max_document_bytes` None means kogitune.store.MAX_DOCUMENT_BYTES."""
     from .filters.run import FilterOptions, filter_files
 
     if isinstance(files, (str, os.PathLike)):
         files = [files]
     options = FilterOptions(text_key=text_key, workers=workers, skip_bad_lines=skip_bad_lines, dry_run=dry_run,
-                            examples=examples)
+                            examples=examples, **_document_limit(max_document_bytes))
     report = filter_files(files, output, config, options, progress=progress)
     print(report.summary())
     return report
@@ -71,7 +84,7 @@ def _filter(args) -> int:
     config["filters"] += [parse_filter_spec(spec) for spec in args.filter]
     filter_cli(args.files, args.output, config, text_key=args.text_key, workers=args.workers,
                skip_bad_lines=args.skip_bad_lines, dry_run=args.dry_run, examples=args.examples,
-               progress=not args.quiet)
+               progress=not args.quiet, max_document_bytes=_mib(args.max_document_size))
     return EXIT_OK
 
 
@@ -135,10 +148,12 @@ def _cache(args) -> int:
     if args.action == "gc":
         limit = int(args.limit * 1e9) if args.limit is not None else cache_limit_bytes()
         evicted = content.gc(limit)
-        print(f"evicted {len(evicted)} shard(s), {sum(s.size for s in evicted) / 1e6:.1f} MB; "
-              f"the store now holds {sum(s.size for s in content.shards()) / 1e6:.1f} MB (limit {limit / 1e9:.1f} GB)")
+        partials = sum(s.partial for s in evicted)
+        print(f"evicted {len(evicted) - partials} shard(s) and {partials} partial file(s), "
+              f"{sum(s.size for s in evicted) / 1e6:.1f} MB; the store now holds "
+              f"{sum(s.size for s in content.shards(partial=True)) / 1e6:.1f} MB (limit {limit / 1e9:.1f} GB)")
         return EXIT_OK
-    shards = content.shards()
+    shards = content.shards(partial=True)
     by_dataset: dict[str, list] = {}
     for shard in shards:
         by_dataset.setdefault(shard.dataset_id, []).append(shard)
@@ -146,7 +161,11 @@ def _cache(args) -> int:
           f"(limit {cache_limit_bytes() / 1e9:.1f} GB)")
     for dataset_id, held in by_dataset.items():
         pinned = ", pinned" if held[0].pinned else ""
-        print(f"{dataset_id}  {len(held)} shard(s)  {sum(s.size for s in held) / 1e6:.1f} MB  "
+        complete = [s for s in held if not s.partial]
+        partial = [s for s in held if s.partial]
+        unfinished = (f"  {len(partial)} partial file(s) {sum(s.size for s in partial) / 1e6:.1f} MB "
+                      "(unfinished fetches)" if partial else "")
+        print(f"{dataset_id}  {len(complete)} shard(s)  {sum(s.size for s in complete) / 1e6:.1f} MB{unfinished}  "
               f"used {age(max(s.last_used for s in held))}{pinned}")
     return EXIT_OK
 
@@ -289,6 +308,10 @@ def _status(args) -> int:
     return EXIT_OK
 
 
+MAX_DOCUMENT_HELP = ("a longer input line (one JSON document) is a bad line, in MiB (default: 16, "
+                     "kogitune.store.MAX_DOCUMENT_BYTES); no more than this of a line is held in memory")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kogitune", description="Tokenize text once into content-addressed data tensors; share and train on them.")
@@ -316,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "depend on it")
     store.add_argument("--skip-bad-lines", action="store_true",
                        help="skip and count malformed lines and empty files instead of stopping")
+    store.add_argument("--max-document-size", type=_at_least(0, float), metavar="MIB",
+                       help=MAX_DOCUMENT_HELP)
     store.add_argument("--overwrite", action="store_true", help="store again even if the output exists")
     store.add_argument("--perturb", metavar="SPEC",
                        help="perturb token ids before writing, for privacy (docs/privacy.md): "
@@ -345,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="processes for the filters before the first dedup filter (default: all cores)")
     filter_.add_argument("--skip-bad-lines", action="store_true",
                          help="skip and count malformed lines and empty files instead of stopping")
+    filter_.add_argument("--max-document-size", type=_at_least(0, float), metavar="MIB",
+                         help=MAX_DOCUMENT_HELP)
     filter_.add_argument("--dry-run", action="store_true",
                          help="write no output, only the report (beside -o if given) and the summary")
     filter_.add_argument("--examples", type=int, default=3, help="dropped examples kept per reason (default: 3)")
@@ -372,8 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     cache = commands.add_parser(
         "cache", help="list or trim the local store of fetched datasets",
         description="The local store ($KOGITUNE_HOME, default ~/.cache/kogitune) keeps fetched shards. "
-                    "`ls` lists its datasets; `gc` evicts unpinned shards, least recently used first, until the "
-                    "store fits its limit ($KOGITUNE_CACHE_LIMIT in GB, default 50 GB).")
+                    "`ls` lists its datasets; `gc` evicts unpinned shards and the partial files of unfinished "
+                    "fetches, least recently used first, until the store fits its limit ($KOGITUNE_CACHE_LIMIT in "
+                    "GB, default 50 GB). It skips what a process is fetching or reading.")
     cache.add_argument("action", choices=["ls", "gc"])
     home_help = ("node home: identity, store, control socket, log (default: $KOGITUNE_HOME, else "
                  "$XDG_CACHE_HOME/kogitune, else ~/.cache/kogitune)")
