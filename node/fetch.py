@@ -13,8 +13,8 @@ wrong byte on disk:
   piece is left unclaimed, idle workers take those (endgame), so a hung source delays a shard by a fraction of a
   second, not a timeout: the first verified copy wins;
 - a stream slower than `FetchLimits.min_rate` over a window (a source that drips a byte a second never trips a
-  read timeout) counts as a failure, and a small file (.pieces, .docs) that one source is slow to send is asked of
-  the next source too after HEDGE_SECONDS: the first valid copy wins;
+  read timeout) counts as a failure, and a small file (.pieces, .docs) that a source is slow to send is asked of
+  more sources after HEDGE_SECONDS (`first_answer`): the first valid copy wins;
 - a shard that gets no verified byte for `FetchLimits.stall_timeout` seconds fails with a FetchError that says
   what each source did, whatever the sources are doing.
 
@@ -72,9 +72,9 @@ STALL_SECONDS = 60.0
 what each source did (`KOGITUNE_STALL_TIMEOUT`): sources that all hang, drip or fail and back off cannot hold a
 trainer for minutes."""
 HEDGE_SECONDS = 1.0
-"""How long one source may leave a small request (a manifest, a .pieces or .docs file) unanswered before the next
-source is asked the same, without cancelling the first: a silent or slow source costs this long, not a read
-timeout. The first valid answer wins; the others are cancelled."""
+"""How long the sources asked for a small file (a manifest, a .pieces or .docs file) may leave it unanswered before
+as many more are asked the same, without cancelling the first (`first_answer`): a silent or slow source costs about
+this long, not a read timeout. The first valid answer wins; the others are cancelled."""
 
 
 @dataclass(frozen=True)
