@@ -11,5 +11,10 @@ class SourceError(FetchError):
     """One source failed one request (refused, timed out, broke off, sent too much); others may still work."""
 
 
+class SourceBusy(SourceError):
+    """A source answered "busy" (its serving slots are taken): it is alive and honest, ask again after a short
+    backoff."""
+
+
 class NodeError(KogituneError):
     """The node cannot start, is not running, or refused a command."""

@@ -19,7 +19,7 @@ from kogitune.protocol.manifest import Manifest
 from kogitune.protocol.signing import check_signed_manifest, peer_id_from_public_key
 
 from .body import Body
-from .errors import SourceError
+from .errors import SourceBusy, SourceError
 from .sources import Source
 
 READ_CHUNK = 1 << 20
@@ -61,7 +61,7 @@ async def _open(host, peer_id, request: wire.Request, expected: type, timeout: f
                 decoder.feed(data)
         response = wire.parse_response(frame, expected)
         if isinstance(response, wire.ErrorResponse):
-            raise SourceError(f"{peer_id}: {response.code}: {response.message}")
+            raise (SourceBusy if response.code == "busy" else SourceError)(f"{peer_id}: {response.code}: {response.message}")
         return stream, response, decoder.unused()
     except trio.TooSlowError:
         await _reset(stream)
