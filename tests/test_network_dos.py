@@ -33,7 +33,7 @@ from kogitune.protocol.ids import dataset_id_digest
 from kogitune.store import StoreOptions, store
 from kogitune.tensor import DataTensor
 from netnodes import ENV, KOGITUNE, NodeProcess
-from test_network_hostile import _reset, noise_peer, open_stream, read_to_end
+from test_network_hostile import Outcome, _reset, noise_peer, open_stream, read_to_end
 
 LIMITS = ServerLimits()  # the node process runs with the defaults
 HONEST_SECONDS = 20.0
@@ -42,6 +42,9 @@ READY_SECONDS = 20.0
 """How long an attack may take to reach full strength before the honest node starts."""
 RECONNECT_PACE = 1.0
 """Seconds an attacker waits before it reconnects or reopens what the node ended."""
+SLOW_READ_BYTES = 1024
+SLOW_READ_PAUSE = 0.5
+"""A slow reader takes SLOW_READ_BYTES every SLOW_READ_PAUSE seconds (2 KiB/s)."""
 LOCAL_ADDRESS: contextvars.ContextVar[str | None] = contextvars.ContextVar("local_address", default=None)
 
 
@@ -141,7 +144,8 @@ def node_stats(node: NodeProcess) -> dict:
 
 async def idle_streams(address: str, ip: str, streams: int, held: Counter, payload: bytes = b"") -> None:
     """One identity from `ip` holding `streams` streams: each sends `payload` (nothing: an idle stream; a read
-    request: a reader that never reads) and waits; one that the node ends is opened again."""
+    request: a reader that takes SLOW_READ_BYTES every SLOW_READ_PAUSE) and waits; a stream that the node cuts is
+    opened again at once, one it refused after a pause."""
     LOCAL_ADDRESS.set(ip)
 
     async def hold() -> None:
@@ -152,18 +156,22 @@ async def idle_streams(address: str, ip: str, streams: int, held: Counter, paylo
                 await trio.sleep(RECONNECT_PACE)
                 continue
             held[ip] += 1
-            refused = False
+            first = b""
             try:
                 if payload:
                     await stream.write(payload)
-                    await trio.sleep_forever()  # never read: the node's writes stall on the stream window
-                refused = bool((await read_to_end(stream)).data)  # until the node ends it: busy, or cut
+                    while chunk := await stream.read(SLOW_READ_BYTES):
+                        first = first or chunk
+                        await trio.sleep(SLOW_READ_PAUSE)
+                else:
+                    first = (await read_to_end(stream)).data  # until the node ends it
             except Exception:
                 pass
             finally:
                 held[ip] -= 1
                 await _reset(stream)
-            if refused:  # a stream the node cut is opened again at once; one it refused, after a pause
+            frame, _ = Outcome(first, "eof").frame()
+            if frame is not None and frame.get("ok") is False:
                 await trio.sleep(RECONNECT_PACE)
 
     async with noise_peer(address) as (host, node), trio.open_nursery() as nursery:
@@ -286,29 +294,32 @@ def test_connections_that_never_finish_the_handshake_leave_an_honest_node_its_lo
 # ---- 3. the stress test: every kind of hostile peer at once ----------------------------------------------------
 
 def test_stress_many_hostile_peers_against_one_node_while_an_honest_node_fetches(publisher, tensor, tmp_path):
-    """Idle-stream identities, readers that never read, garbage requests, garbage and silent TCP connections, all
-    at once from 9 addresses, against one node; an honest node started in the middle of it gets the dataset."""
+    """Idle-stream identities and slow readers holding every serving slot, garbage requests, garbage and silent TCP
+    connections beyond py-libp2p's 250 slots, all at once from 10 addresses against one node; an honest node
+    started in the middle of it gets the dataset."""
     shard = tensor.shards[0]
-    never_read = wire.encode_request(wire.ReadRequest(dataset_id_digest(tensor.dataset_id), shard.name, "tokens", 0,
+    read_shard = wire.encode_request(wire.ReadRequest(dataset_id_digest(tensor.dataset_id), shard.name, "tokens", 0,
                                                       shard.size))
+    identities = LIMITS.streams_total // LIMITS.streams_per_peer // 2
     result = {}
 
     async def main() -> None:
         held, connects, garbage = Counter(), Counter(), Counter()
         address, port = publisher.address, port_of(publisher.address)
         async with trio.open_nursery() as attack:
-            for i in range(8):  # 64 idle streams from two addresses
+            for i in range(identities):  # half the serving slots held by idle streams, from two addresses
                 attack.start_soon(idle_streams, address, hostile_ip(i % 2), LIMITS.streams_per_peer, held)
-            for i in range(4):  # 32 streams that asked for a whole shard and never read
-                attack.start_soon(idle_streams, address, hostile_ip(2), LIMITS.streams_per_peer, held, never_read)
+            for i in range(identities):  # the other half by slow readers of a whole shard, from two others
+                attack.start_soon(idle_streams, address, hostile_ip(2 + i % 2), LIMITS.streams_per_peer, held,
+                                  read_shard)
             for i in range(2):
-                attack.start_soon(garbage_requests, address, hostile_ip(3), i, garbage)
+                attack.start_soon(garbage_requests, address, hostile_ip(4), i, garbage)
             attack.start_soon(stalled_handshakes, port, hostile_ip(4), 20, connects, True)
-            for i in range(5, 9):  # 160 silent connections
-                attack.start_soon(stalled_handshakes, port, hostile_ip(i), 40, connects)
-            await wait_for(lambda: sum(held.values()) >= 96 and sum(connects.values()) >= 180 and garbage,
-                           f"{sum(held.values())} of 96 streams, {sum(connects.values())} of 180 sockets, "
-                           f"{sum(garbage.values())} garbage requests")
+            for i in range(5, 10):  # 300 silent connections
+                attack.start_soon(stalled_handshakes, port, hostile_ip(i), 60, connects)
+            await wait_for(lambda: sum(held.values()) >= LIMITS.streams_total - 8 and sum(connects.values()) >= 320
+                           and garbage, f"{sum(held.values())} of {LIMITS.streams_total} streams, "
+                           f"{sum(connects.values())} of 320 sockets, {sum(garbage.values())} garbage requests")
             result["seconds"] = await honest_get_under_attack(tmp_path / "honest", publisher, tensor.dataset_id)
             attack.cancel_scope.cancel()
 
