@@ -33,7 +33,9 @@ from kogitune.protocol.ids import dataset_id_digest
 from kogitune.store import StoreOptions, store
 from kogitune.tensor import DataTensor
 from netnodes import ENV, KOGITUNE, NodeProcess
-from test_network_hostile import Outcome, _reset, noise_peer, open_stream, read_to_end
+from kogitune.node.host import new_kogitune_host
+from test_network_hostile import CONNECT_TIMEOUT, Outcome, _peer_info, _reset, noise_peer, open_stream, read_to_end, \
+    running
 
 LIMITS = ServerLimits()  # the node process runs with the defaults
 HONEST_SECONDS = 20.0
@@ -291,7 +293,46 @@ def test_connections_that_never_finish_the_handshake_leave_an_honest_node_its_lo
     assert publisher.proc.poll() is None
 
 
-# ---- 3. the stress test: every kind of hostile peer at once ----------------------------------------------------
+# ---- 3. connections that come and go ---------------------------------------------------------------------------
+
+CHURN_IPS = 6
+CHURN_PEERS_PER_IP = 5
+CHURN_CONNECTIONS = 300
+"""More than py-libp2p's 250 incoming-connection slots, which 0.8.1 never gave back."""
+
+
+async def churn(address: str, ip: str, count: int, done: Counter) -> None:
+    """One identity from `ip` connecting to the node and disconnecting, `count` times in a row."""
+    LOCAL_ADDRESS.set(ip)
+    info = _peer_info(address)
+    async with running(new_kogitune_host(os.urandom(32))) as host:
+        for _ in range(count):
+            try:
+                with trio.fail_after(CONNECT_TIMEOUT):
+                    await host.connect(info)
+            except Exception as exc:
+                pytest.fail(f"the node refused a connection after {sum(done.values())} came and went: "
+                            f"{type(exc).__name__}", pytrace=False)
+            await host.disconnect(info.peer_id)
+            done[ip] += 1
+
+
+def test_connections_that_come_and_go_do_not_use_up_the_node(publisher, tensor, tmp_path):
+    done: Counter = Counter()
+    peers = CHURN_IPS * CHURN_PEERS_PER_IP
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for i in range(peers):
+                nursery.start_soon(churn, publisher.address, hostile_ip(i % CHURN_IPS), -(-CHURN_CONNECTIONS // peers),
+                                   done)
+
+    run_bounded(main)
+    assert sum(done.values()) >= CHURN_CONNECTIONS
+    assert honest_get(tmp_path / "honest", publisher, tensor.dataset_id) <= HONEST_SECONDS
+
+
+# ---- 4. the stress test: every kind of hostile peer at once ----------------------------------------------------
 
 def test_stress_many_hostile_peers_against_one_node_while_an_honest_node_fetches(publisher, tensor, tmp_path):
     """Idle-stream identities and slow readers holding every serving slot, garbage requests, garbage and silent TCP
