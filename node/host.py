@@ -132,7 +132,6 @@ class InboundGate:
         self.limits = limits
         self.handshakes = FairSlots(limits.handshakes_total, limits.handshakes_per_ip)
         self.connections = FairSlots(limits.connections_total, limits.connections_per_ip)
-        self.refused = 0
 
 
 async def _close_quietly(closable) -> None:
@@ -158,7 +157,7 @@ async def handle_inbound_connection(swarm, read_write_closer, maddr) -> None:
     if evicted is not None:
         evicted.cancel()
     if not admitted:
-        gate.refused += 1
+        log.debug("incoming connection from %s refused: its handshakes or connections are at their limit", ip)
         await _close_quietly(read_write_closer)
         return
     raw_conn = RawConnection(read_write_closer, False)
@@ -179,7 +178,7 @@ async def handle_inbound_connection(swarm, read_write_closer, maddr) -> None:
     if evicted is not None:
         await _close_quietly(evicted)
     if not admitted:
-        gate.refused += 1
+        log.debug("connection from %s closed: its IP holds its share of connections", ip)
         await _close_quietly(muxed)
         return
     try:
@@ -189,7 +188,8 @@ async def handle_inbound_connection(swarm, read_write_closer, maddr) -> None:
 
 
 def _work_around_libp2p_0_8_1() -> None:
-    """Four py-libp2p 0.8.1 traps, measured by scripts/bench_network.py and bench_dht.py (docs/benchmarks.md):
+    """Four py-libp2p 0.8.1 traps, measured by scripts/bench_network.py and bench_dht.py (docs/benchmarks.md) and,
+    the last one, by tests/test_network_dos.py:
 
     - Noise encrypts (uses up a nonce) before it sends, so a write cancelled by a cancel scope leaves the peer one
       nonce behind: it fails the next frame and drops the connection with every stream on it. Kogitune cancels
