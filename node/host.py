@@ -10,8 +10,11 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
+import trio
 
 IDENTITY_FILE = "identity.key"
 log = logging.getLogger("kogitune.node")
@@ -56,10 +59,14 @@ class HostLimits:
     """Seconds an incoming connection has to finish its security handshake (Noise) and muxer negotiation (Yamux);
     a loopback handshake takes milliseconds, one across the world a second."""
     handshakes_per_ip: int = 8
-    """Incoming connections from one IP that may be in their handshake at once; more are closed at accept."""
+    """Incoming connections from one IP that may be in their handshake at once; more wait for a slot."""
     handshakes_total: int = 64
     """Incoming connections in their handshake at once; when all are taken, a connection from an IP holding fewer
-    than the IP holding the most takes the oldest of that IP's slots (fair sharing), else it is closed."""
+    than the IP holding the most takes the oldest of that IP's slots (fair sharing), else it waits for a slot."""
+    handshakes_waiting_per_ip: int = 64
+    """Incoming connections from one IP that may wait for a handshake slot (within their handshake_timeout, which
+    counts from the accept), so that many trainers behind one address starting at once all get in; more are
+    closed at accept."""
     connections_per_ip: int = 64
     """Established incoming connections from one IP (an organisation behind one NAT shares it)."""
     connections_total: int = 200
@@ -132,6 +139,34 @@ class InboundGate:
         self.limits = limits
         self.handshakes = FairSlots(limits.handshakes_total, limits.handshakes_per_ip)
         self.connections = FairSlots(limits.connections_total, limits.connections_per_ip)
+        self.waiting: Counter = Counter()
+        self._freed = trio.Event()
+
+    async def admit_handshake(self, ip: str, handshake: trio.CancelScope) -> bool:
+        """Take a handshake slot for a connection from `ip` (evicting a heavier IP's oldest handshake if the slots
+        are all taken), waiting for one until the handshake's deadline; False if none came or too many wait."""
+        with trio.move_on_at(handshake.deadline):
+            while self.connections.count(ip) < self.limits.connections_per_ip:
+                admitted, evicted = self.handshakes.take(ip, handshake)
+                if evicted is not None:
+                    evicted.cancel()
+                if admitted:
+                    return True
+                if self.waiting[ip] >= self.limits.handshakes_waiting_per_ip:
+                    break
+                self.waiting[ip] += 1
+                try:
+                    await self._freed.wait()
+                finally:
+                    self.waiting[ip] -= 1
+                    if not self.waiting[ip]:
+                        del self.waiting[ip]
+        return False
+
+    def release_handshake(self, ip: str, handshake: trio.CancelScope) -> None:
+        self.handshakes.release(ip, handshake)
+        self._freed.set()
+        self._freed = trio.Event()
 
 
 async def _close_quietly(closable) -> None:
@@ -146,17 +181,14 @@ async def handle_inbound_connection(swarm, read_write_closer, maddr) -> None:
     incoming TCP connection by its remote IP, run the security and muxer upgrade under
     HostLimits.handshake_timeout (an evicted handshake is cancelled at once), admit the established connection,
     and hold it until it closes."""
-    import trio
     from libp2p.network.connection.raw_connection import RawConnection
 
-    gate = swarm.__dict__.setdefault("_kogitune_inbound_gate", InboundGate(HOST_LIMITS))
+    gate = getattr(swarm, "kogitune_inbound_gate", None)
+    if gate is None:
+        gate = swarm.kogitune_inbound_gate = InboundGate(HOST_LIMITS)
     ip = ip_key(read_write_closer.get_remote_address())
     handshake = trio.CancelScope(deadline=trio.current_time() + gate.limits.handshake_timeout)
-    admitted, evicted = (False, None) if gate.connections.count(ip) >= gate.limits.connections_per_ip \
-        else gate.handshakes.take(ip, handshake)
-    if evicted is not None:
-        evicted.cancel()
-    if not admitted:
+    if not await gate.admit_handshake(ip, handshake):
         log.debug("incoming connection from %s refused: its handshakes or connections are at their limit", ip)
         await _close_quietly(read_write_closer)
         return
@@ -170,7 +202,7 @@ async def handle_inbound_connection(swarm, read_write_closer, maddr) -> None:
     except Exception as exc:
         log.debug("incoming connection from %s failed its upgrade: %s", ip, exc)
     finally:
-        gate.handshakes.release(ip, handshake)
+        gate.release_handshake(ip, handshake)
     if muxed is None:  # refused, failed, timed out or evicted
         await _close_quietly(raw_conn)
         return
@@ -210,7 +242,6 @@ def _work_around_libp2p_0_8_1() -> None:
     global _patched
     if _patched:
         return
-    import trio
     import libp2p.network.swarm as swarm
     from libp2p.kad_dht.kad_dht import KadDHT
     from libp2p.network.swarm import Swarm
