@@ -235,6 +235,24 @@ def port_of(address: str) -> int:
     return int(address.split("/tcp/")[1].split("/")[0])
 
 
+# ---- 0. fair sharing, alone -------------------------------------------------------------------------------------
+
+def test_fair_slots_push_the_heaviest_address_back_to_its_share():
+    from kogitune.node.host import FairSlots, ip_key  # imported here: the network tests also run against main
+
+    slots = FairSlots(total=6, per_key=4)
+    assert [slots.take("a", f"a{i}")[0] for i in range(5)] == [True] * 4 + [False]  # per key
+    assert slots.take("b", "b0") == (True, None) and slots.take("b", "b1") == (True, None)  # full now
+    assert slots.take("c", "c0") == (True, "a0")  # the newcomer takes the heaviest key's oldest slot
+    assert slots.take("c", "c1") == (True, "a1")  # a: 2, b: 2, c: 2, and then nobody gains by taking
+    assert slots.take("c", "c2") == (False, None)
+    assert slots.take("d", "d0", rank=lambda holder: holder != "a3") == (True, "a3")  # the least worth keeping
+    slots.release("a", "a0")  # an evicted holder's own release is a no-op
+    assert len(slots) == 6 and [slots.count(key) for key in "abcd"] == [1, 2, 2, 1]
+    assert ip_key(("127.0.0.2", 1)) == "127.0.0.2" and ip_key(("::ffff:10.0.0.1", 1)) == "10.0.0.1"
+    assert ip_key(("2001:db8::1", 1)) == ip_key(("2001:db8::2", 9)) == "2001:db8::/64"
+
+
 # ---- 1. a few identities holding every serving slot ------------------------------------------------------------
 
 IDLE_IPS = 4
