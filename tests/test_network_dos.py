@@ -253,6 +253,58 @@ def test_fair_slots_push_the_heaviest_address_back_to_its_share():
     assert ip_key(("2001:db8::1", 1)) == ip_key(("2001:db8::2", 9)) == "2001:db8::/64"
 
 
+def test_a_source_that_answers_busy_is_asked_again_not_dropped(tensor, tmp_path):
+    """A shard from one source that answers busy to its first 6 requests (more than SourcePool.max_failures): the
+    fetch waits a little and gets it (main dropped the source at its first busy answer to a small file)."""
+    from contextlib import asynccontextmanager
+
+    from kogitune.node.body import Body
+    from kogitune.node.errors import SourceError
+    from kogitune.node.fetch import ShardFetch, SourcePool
+    from kogitune.node.sources import Source
+
+    class BytesBody(Body):
+        def __init__(self, data: bytes) -> None:
+            super().__init__()
+            self._data = data
+
+        async def _next_chunk(self) -> bytes:
+            data, self._data = self._data, b""
+            return data
+
+    class BusyAtFirst(Source):
+        """Serves the tensor's files from disk after answering busy `busy` times (as a full node does)."""
+
+        name = "busy at first"
+
+        def __init__(self, busy: int) -> None:
+            self.busy, self.requests = busy, 0
+
+        @asynccontextmanager
+        async def stream(self, path: str, start: int):
+            self.requests += 1
+            if self.requests <= self.busy:
+                error = getattr(__import__("kogitune.node.errors", fromlist=["x"]), "SourceBusy", SourceError)
+                raise error(f"{self.name}: busy: too many concurrent requests")
+            yield start, BytesBody((tensor.path / path).read_bytes()[start:])
+
+    source = BusyAtFirst(6)
+    pool = SourcePool([source])
+    assert source.busy > pool.max_failures
+    directory = tmp_path / "copy"
+    (directory / "shards").mkdir(parents=True)
+    shard = tensor.shards[0]
+
+    async def main() -> None:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(ShardFetch(directory, tensor.manifest, shard, pool).run)
+
+    trio.run(main)
+    assert (directory / shard.tokens_path).read_bytes() == (tensor.path / shard.tokens_path).read_bytes()
+    assert source.requests > source.busy and not pool.health[0].banned
+
+
 # ---- 1. a few identities holding every serving slot ------------------------------------------------------------
 
 IDLE_IPS = 4
