@@ -258,8 +258,8 @@ def test_a_source_that_answers_busy_is_asked_again_not_dropped(tensor, tmp_path)
     fetch waits a little and gets it (main dropped the source at its first busy answer to a small file)."""
     from contextlib import asynccontextmanager
 
+    from kogitune.node import errors
     from kogitune.node.body import Body
-    from kogitune.node.errors import SourceError
     from kogitune.node.fetch import ShardFetch, SourcePool
     from kogitune.node.sources import Source
 
@@ -283,9 +283,8 @@ def test_a_source_that_answers_busy_is_asked_again_not_dropped(tensor, tmp_path)
         @asynccontextmanager
         async def stream(self, path: str, start: int):
             self.requests += 1
-            if self.requests <= self.busy:
-                error = getattr(__import__("kogitune.node.errors", fromlist=["x"]), "SourceBusy", SourceError)
-                raise error(f"{self.name}: busy: too many concurrent requests")
+            if self.requests <= self.busy:  # (before SourceBusy, a busy answer was a plain SourceError)
+                raise getattr(errors, "SourceBusy", errors.SourceError)(f"{self.name}: busy: too many requests")
             yield start, BytesBody((tensor.path / path).read_bytes()[start:])
 
     source = BusyAtFirst(6)
