@@ -12,8 +12,8 @@ class SourceError(FetchError):
 
 
 class SourceBusy(SourceError):
-    """A source answered "busy" (its serving slots are taken): it is alive and honest, ask again after a short
-    backoff."""
+    """A source answered "busy" (its serving slots are taken) again and again (kogitune.node.peers asks again after
+    short pauses first): alive and honest, but full for now."""
 
 
 class NodeError(KogituneError):

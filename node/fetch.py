@@ -9,8 +9,6 @@ wrong byte on disk:
 - a piece whose hash does not match bans its source for the rest of the fetch (it lied);
 - an error, a timeout, a short read or a 404 counts as a failure: the source backs off exponentially and is
   dropped after `max_failures`; its claimed piece goes back to the others at once;
-- a "busy" answer (the source's serving slots are taken) is not a failure: the source is asked again after a
-  short, jittered backoff (only every BUSY_ANSWERS_PER_FAILURE-th busy answer in a row counts as one);
 - a piece claimed STALE_CLAIM_SECONDS ago and still not received may be read from another source too; when no
   piece is left unclaimed, idle workers take those (endgame), so a hung source delays a shard by a fraction of a
   second, not a timeout: the first verified copy wins.
@@ -28,7 +26,6 @@ import hashlib
 import logging
 import math
 import os
-import random
 import threading
 from collections import Counter
 from contextlib import asynccontextmanager
@@ -43,7 +40,7 @@ from kogitune.protocol.errors import IntegrityError
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, ShardInfo, parse_manifest
 from kogitune.protocol.pieces import check_pieces_file, piece_digests
 
-from .errors import FetchError, SourceBusy, SourceError
+from .errors import FetchError, SourceError
 from .sources import Source
 
 log = logging.getLogger("kogitune.fetch")
@@ -56,12 +53,6 @@ a hung or slow source then holds up a shard by at most this long, and sources th
 SYNC_THREADS = 2
 """Threads of one trio run that fsync finished shards: on a slow disk, syncing shards wait their turn instead of
 taking the threads that check pieces."""
-BUSY_BACKOFF_SECONDS = 0.2
-"""A source that answered busy is asked again after 1 to 3 times this (random, so that the fetchers it turned
-away do not all come back at the same moment)."""
-BUSY_ANSWERS_PER_FAILURE = 10
-"""Busy answers in a row that count as one failure: a source that stays full is dropped after about
-max_failures x this many tries, not at its first busy answer."""
 _sync_limiter: trio.lowlevel.RunVar = trio.lowlevel.RunVar("kogitune_sync_limiter")
 
 
@@ -73,7 +64,6 @@ class SourceHealth:
     failures: int = 0
     banned: str = ""
     retry_at: float = 0.0
-    busy_answers: int = 0
     last_error: str = ""
     bytes_verified: int = 0
 
@@ -108,23 +98,12 @@ class SourcePool:
         health.retry_at = trio.current_time() + min(self.backoff_seconds * 2 ** (health.failures - 1), 10.0)
         log.info("source failed (%d/%d): %s", health.failures, self.max_failures, error)
 
-    def busy(self, health: SourceHealth, error: str) -> None:
-        """The source is alive but full: ask it again after a short, jittered backoff."""
-        health.busy_answers += 1
-        if health.busy_answers % BUSY_ANSWERS_PER_FAILURE == 0:
-            self.failed(health, error)
-            return
-        health.last_error = error
-        health.retry_at = trio.current_time() + BUSY_BACKOFF_SECONDS * random.uniform(1, 3)
-        log.debug("source busy, asking again in a moment: %s", error)
-
     def ban(self, health: SourceHealth, reason: str) -> None:
         health.banned = reason
         log.warning("dropping source %s: %s", health.source.name, reason)
 
     def succeeded(self, health: SourceHealth) -> None:
         health.failures = 0
-        health.busy_answers = 0
 
     def report(self) -> str:
         return "; ".join(h.describe() for h in self.health)
@@ -149,19 +128,10 @@ async def prefetch_in_order(nursery: trio.Nursery, limiter: trio.CapacityLimiter
 
 
 async def fetch_small_file(pool: SourcePool, path: str, limit: int, valid) -> bytes:
-    """A small whole file (manifest, .pieces, .docs) from the first source whose bytes pass `valid`; a source that
-    answers busy is asked again after its backoff, the others first."""
-    waiting = pool.usable()
-    while waiting:
-        health = waiting.pop(0)
-        await trio.sleep_until(health.retry_at if health.busy_answers else 0)
+    """A small whole file (manifest, .pieces, .docs) from the first source whose bytes pass `valid`."""
+    for health in pool.usable():
         try:
             data = await health.source.read_all(path, limit)
-        except SourceBusy as exc:
-            pool.busy(health, str(exc))
-            if health in pool.usable():
-                waiting.append(health)
-            continue
         except SourceError as exc:
             pool.failed(health, str(exc))
             continue
@@ -430,8 +400,6 @@ class ShardFetch:
             try:
                 await self._stream_from(health, start)
                 self.pool.succeeded(health)
-            except SourceBusy as exc:
-                self.pool.busy(health, str(exc))
             except SourceError as exc:
                 self.pool.failed(health, str(exc))
 

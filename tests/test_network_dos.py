@@ -34,7 +34,7 @@ from kogitune.store import StoreOptions, store
 from kogitune.tensor import DataTensor
 from netnodes import ENV, KOGITUNE, NodeProcess
 from kogitune.node.host import new_kogitune_host
-from test_network_hostile import CONNECT_TIMEOUT, Outcome, _peer_info, _reset, noise_peer, open_stream, read_to_end, \
+from test_network_hostile import CONNECT_TIMEOUT, STREAM_TIMEOUT, Outcome, _peer_info, _reset, noise_peer, open_stream, read_to_end, \
     running
 
 LIMITS = ServerLimits()  # the node process runs with the defaults
@@ -253,55 +253,33 @@ def test_fair_slots_push_the_heaviest_address_back_to_its_share():
     assert ip_key(("2001:db8::1", 1)) == ip_key(("2001:db8::2", 9)) == "2001:db8::/64"
 
 
-def test_a_source_that_answers_busy_is_asked_again_not_dropped(tensor, tmp_path):
-    """A shard from one source that answers busy to its first 6 requests (more than SourcePool.max_failures): the
-    fetch waits a little and gets it (main dropped the source at its first busy answer to a small file)."""
-    from contextlib import asynccontextmanager
+def test_a_peer_that_answers_busy_is_asked_again(publisher, tensor):
+    """A fetcher whose identity already holds every stream it may have at the node asks for the manifest: the node
+    answers busy; once those streams end, a retry gets it (main gave up at the first busy answer)."""
+    from kogitune.node.peers import fetch_signed_manifest
 
-    from kogitune.node import errors
-    from kogitune.node.body import Body
-    from kogitune.node.fetch import ShardFetch, SourcePool
-    from kogitune.node.sources import Source
+    result = {}
 
-    class BytesBody(Body):
-        def __init__(self, data: bytes) -> None:
-            super().__init__()
-            self._data = data
-
-        async def _next_chunk(self) -> bytes:
-            data, self._data = self._data, b""
-            return data
-
-    class BusyAtFirst(Source):
-        """Serves the tensor's files from disk after answering busy `busy` times (as a full node does)."""
-
-        name = "busy at first"
-
-        def __init__(self, busy: int) -> None:
-            self.busy, self.requests = busy, 0
-
-        @asynccontextmanager
-        async def stream(self, path: str, start: int):
-            self.requests += 1
-            if self.requests <= self.busy:  # (before SourceBusy, a busy answer was a plain SourceError)
-                raise getattr(errors, "SourceBusy", errors.SourceError)(f"{self.name}: busy: too many requests")
-            yield start, BytesBody((tensor.path / path).read_bytes()[start:])
-
-    source = BusyAtFirst(6)
-    pool = SourcePool([source])
-    assert source.busy > pool.max_failures
-    directory = tmp_path / "copy"
-    (directory / "shards").mkdir(parents=True)
-    shard = tensor.shards[0]
+    async def busy_answers() -> int:
+        return (await trio.to_thread.run_sync(node_stats, publisher))["refused"].get("busy", 0)
 
     async def main() -> None:
-        with trio.fail_after(10):
-            async with trio.open_nursery() as nursery:
-                await nursery.start(ShardFetch(directory, tensor.manifest, shard, pool).run)
+        async with noise_peer(publisher.address) as (host, node):
+            held = [await open_stream(host, node) for _ in range(LIMITS.streams_per_peer)]
 
-    trio.run(main)
-    assert (directory / shard.tokens_path).read_bytes() == (tensor.path / shard.tokens_path).read_bytes()
-    assert source.requests > source.busy and not pool.health[0].banned
+            async def fetch() -> None:
+                result["signed"] = await fetch_signed_manifest(host, node, tensor.dataset_id, STREAM_TIMEOUT)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(fetch)
+                with trio.fail_after(STREAM_TIMEOUT):
+                    while not await busy_answers():
+                        await trio.sleep(0.05)
+                for stream in held:
+                    await _reset(stream)
+
+    run_bounded(main)
+    assert result["signed"].manifest.dataset_id == tensor.dataset_id
 
 
 # ---- 1. a few identities holding every serving slot ------------------------------------------------------------
