@@ -344,7 +344,7 @@ def test_connections_that_never_finish_the_handshake_leave_an_honest_node_its_lo
 
 CHURN_IPS = 6
 CHURN_PEERS_PER_IP = 5
-CHURN_CONNECTIONS = 300
+CHURN_CONNECTIONS = 260
 """More than py-libp2p's 250 incoming-connection slots, which 0.8.1 never gave back."""
 
 
