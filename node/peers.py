@@ -79,7 +79,8 @@ async def _open_once(host, peer_id, request: wire.Request, expected: type, timeo
                 decoder.feed(data)
         response = wire.parse_response(frame, expected)
         if isinstance(response, wire.ErrorResponse):
-            raise (SourceBusy if response.code == "busy" else SourceError)(f"{peer_id}: {response.code}: {response.message}")
+            error = SourceBusy if response.code == "busy" else SourceError
+            raise error(f"{peer_id}: {response.code}: {response.message}")
         return stream, response, decoder.unused()
     except trio.TooSlowError:
         await _reset(stream)

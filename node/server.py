@@ -62,7 +62,6 @@ class ServerLimits:
 class _Slot:
     """One stream being served: its cancel scope (ended if the slot is taken by a fairer claimant)."""
 
-    peer: str
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     idle: bool = True
     """Still waiting for its request."""
@@ -93,7 +92,7 @@ class DataServer:
     async def handle(self, stream) -> None:
         peer = str(stream.muxed_conn.peer_id)
         ip = ip_key(_remote_address(stream))
-        slot = _Slot(peer)
+        slot = _Slot()
         admitted, evicted = (False, None) if self._streams[peer] >= self.limits.streams_per_peer else \
             self._slots.take(ip, slot, rank=lambda held: not held.idle)
         if evicted is not None:
