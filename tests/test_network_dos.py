@@ -27,15 +27,15 @@ import trio
 
 from kogitune.client import DaemonClient
 from kogitune.corpora import write_kjv_chapters
+from kogitune.node.host import new_kogitune_host
 from kogitune.node.server import ServerLimits
 from kogitune.protocol import wire
 from kogitune.protocol.ids import dataset_id_digest
 from kogitune.store import StoreOptions, store
 from kogitune.tensor import DataTensor
 from netnodes import ENV, KOGITUNE, NodeProcess
-from kogitune.node.host import new_kogitune_host
-from test_network_hostile import CONNECT_TIMEOUT, STREAM_TIMEOUT, Outcome, _peer_info, _reset, noise_peer, open_stream, read_to_end, \
-    running
+from test_network_hostile import (CONNECT_TIMEOUT, STREAM_TIMEOUT, Outcome, _peer_info, _reset, noise_peer, open_stream,
+                                  read_to_end, running)
 
 LIMITS = ServerLimits()  # the node process runs with the defaults
 HONEST_SECONDS = 20.0
