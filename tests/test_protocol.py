@@ -11,6 +11,7 @@ import pytest
 
 from kogitune.protocol.errors import IntegrityError, KogituneError, ManifestError
 from kogitune.protocol.ids import dataset_id_digest, dataset_id_from_digest, is_dataset_id
+from kogitune.protocol.jsonlimits import MAX_JSON_DEPTH
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, ShardInfo, canonical_encoding, parse_manifest
 from kogitune.protocol.pieces import (PieceHasher, check_piece, check_pieces_file, piece_digests, piece_span,
                                       root_of)
@@ -227,6 +228,28 @@ def test_parse_manifest_rejects(changes, message):
 def test_parse_manifest_rejects_bytes_that_are_no_manifest(data, message):
     with pytest.raises(ManifestError, match=message):
         parse_manifest(data)
+
+
+def nested_json(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+@pytest.mark.parametrize("where", ["top", "provenance"])
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 1000, 100_000])
+def test_deeply_nested_manifest_is_a_manifest_error(where, depth):
+    """Nesting beyond MAX_JSON_DEPTH is refused with a ManifestError: never RecursionError (from json's decoder at
+    any depth, or from the checks and json.dumps that walk a manifest that did decode), never accepted."""
+    obj = manifest_dict()
+    obj["provenance"] = {"deep": "DEEP"}
+    data = nested_json(depth) if where == "top" else encoded(obj).replace(b'"DEEP"', nested_json(depth - 2))
+    with pytest.raises(ManifestError, match=f"nested deeper than {MAX_JSON_DEPTH}"):
+        parse_manifest(data)
+
+
+def test_manifest_nested_up_to_the_limit_is_read():
+    obj = manifest_dict()
+    obj["provenance"] = {"deep": json.loads(nested_json(MAX_JSON_DEPTH - 2))}
+    assert parse_manifest(encoded(obj)).provenance == obj["provenance"]
 
 
 def test_oversized_manifest_is_rejected_before_parsing():

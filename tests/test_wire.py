@@ -422,12 +422,34 @@ def test_an_incomplete_frame_never_holds_more_than_the_bound():
     (b"\x81\xa1v\xa2\xff\xfe", "not one msgpack value"),         # invalid UTF-8 in a string
     (b"\xdf\xff\xff\xff\xff", "not one msgpack value"),          # a map that claims 4 billion entries
     (b"\xc6\xff\xff\xff\xff", "not one msgpack value"),          # a bin that claims 4 GiB
-    (b"\x81\xa1v" * 2000, "not one msgpack value"),              # maps nested 2000 deep
+    (b"\x81\xa1v" * 2000, "nested map"),                         # maps nested 2000 deep
+    (msgpack.packb({"v": {"v": 1}}), "nested map"),             # a map inside a map
+    (msgpack.packb({"v": []}), "nested map"),                   # an (empty) array as a value
 ])
 def test_malformed_bodies(body, why):
     decoder = FrameDecoder(MAX_HEADER_BYTES)
     decoder.feed(encode_varint(len(body)) + body)
     assert why in str(assert_bad(decoder.next_frame))
+
+
+def nested(depth: int):
+    value = 1
+    for _ in range(depth):
+        value = {"v": value}
+    return value
+
+
+@pytest.mark.parametrize("field", ["v", "op", "dataset", "offset"])
+def test_a_nested_map_is_refused_before_it_is_decoded(field):
+    """A map nested 1000 deep fits msgpack's own stack and a request frame; before the decoder refused nested maps
+    it came out of the parsers as RecursionError (from an error message's repr), not WireError."""
+    body = msgpack.packb({**read_request(), field: nested(1000)})
+    assert len(body) < MAX_REQUEST_BYTES
+    decoder = FrameDecoder(MAX_REQUEST_BYTES)
+    decoder.feed(encode_varint(len(body)) + body)
+    with pytest.raises(WireError) as caught:
+        parse_request(decoder.next_frame())
+    assert caught.value.code == "bad_request" and "nested map" in str(caught.value)
 
 
 # ---- malformed requests and responses ---------------------------------------------------------------------------
