@@ -151,7 +151,7 @@ def parse_manifest(data: bytes) -> Manifest:
     """Decode and validate manifest bytes (any JSON layout; the ID is computed from the canonical form). At most
     MAX_MANIFEST_BYTES bytes, nested at most MAX_JSON_DEPTH deep: anything else is a ManifestError."""
     if len(data) > MAX_MANIFEST_BYTES:
-        raise ManifestError(f"manifest has {len(data)} bytes, more than the limit of {MAX_MANIFEST_BYTES}")
+        raise ManifestError(f"manifest has more than the limit of {MAX_MANIFEST_BYTES} bytes")
     try:
         obj = loads(data.decode("utf-8"), MAX_JSON_DEPTH, object_pairs_hook=_unique_keys)
         canonical_encoding(obj).decode("utf-8")
