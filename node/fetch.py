@@ -38,7 +38,7 @@ from kogitune.files import write_atomic
 from kogitune.tensor import record_checked, record_verified
 from kogitune.protocol.errors import IntegrityError
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, ShardInfo, parse_manifest
-from kogitune.protocol.pieces import check_pieces_file, piece_digests
+from kogitune.protocol.pieces import check_pieces_file
 
 from .errors import FetchError, SourceError
 from .sources import Source
@@ -363,15 +363,17 @@ class ShardFetch:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
     def _resume(self) -> None:
-        """Keep the pieces of an earlier, interrupted fetch that still match their hashes."""
+        """Keep the pieces of an earlier, interrupted fetch that still match their hashes: one pass over the file,
+        one piece at a time into one buffer (a shard may be larger than memory)."""
         fresh = os.fstat(self._fd).st_size == 0
         os.ftruncate(self._fd, self.shard.size)
         if fresh:  # nothing to keep: reading and hashing the zeros would cost ~0.1 s per 32 MiB shard
             return
-        with open(self._fd, "rb", closefd=False) as f:
-            actual = piece_digests(f.read(), self.piece_size)
+        piece = bytearray(self.piece_size)
         for index in range(len(self.board)):
-            if actual[index * 32:(index + 1) * 32] == self.expected[index * 32:(index + 1) * 32]:
+            view = memoryview(piece)[:self._piece_length(index)]
+            if (os.preadv(self._fd, [view], index * self.piece_size) == len(view)
+                    and hashlib.sha256(view).digest() == self.expected[index * 32:(index + 1) * 32]):
                 self.board.finish(index)
 
     async def _download(self) -> None:

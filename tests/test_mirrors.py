@@ -101,6 +101,36 @@ def test_partial_shard_resumes(served, tmp_path):
     assert not partial.exists()
 
 
+def test_resuming_hashes_the_partial_file_a_piece_at_a_time(served, tmp_path):
+    """Resuming keeps exactly the pieces that match and holds one piece in memory, whatever the shard's size (it
+    read the whole .partial file at once before: MemoryError for an 8 GiB shard)."""
+    import tracemalloc
+
+    from kogitune.node.fetch import ShardFetch, SourcePool
+    from kogitune.node.sources import HttpSource
+
+    shard = served.shards[0]
+    piece = served.manifest.piece_size
+    original = bytearray((served.path / shard.tokens_path).read_bytes())
+    original[piece + 5] ^= 1  # pieces 1 and 3 are damaged, the others match
+    original[-1] ^= 1
+    (tmp_path / "shards").mkdir()
+    partial = tmp_path / (shard.tokens_path + ".partial")
+    partial.write_bytes(original)
+    fetch = ShardFetch(tmp_path, served.manifest, shard, SourcePool([HttpSource("http://127.0.0.1:9")]))
+    fetch.expected = (served.path / shard.pieces_path).read_bytes()
+    fetch._fd = os.open(partial, os.O_RDWR)
+    tracemalloc.start()
+    try:
+        fetch._resume()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        os.close(fetch._fd)
+    assert list(fetch.board.done) == [1, 0, 1, 0]
+    assert shard.size == 4 * piece and peak < 1.5 * piece
+
+
 def test_a_cached_shard_damaged_before_it_was_synced_is_fetched_again(served, tmp_path):
     """As after a crash between the fetcher's rename and its fsync: the shard's files are in place, the tokens
     zeroed, with no verification record. Opening it finds that and fetches it again, instead of failing or using it."""
