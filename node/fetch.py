@@ -36,7 +36,7 @@ import trio
 
 from kogitune.files import write_atomic
 from kogitune.tensor import record_checked, record_verified
-from kogitune.protocol.errors import IntegrityError
+from kogitune.protocol.errors import IntegrityError, ManifestError
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, ShardInfo, parse_manifest
 from kogitune.protocol.pieces import check_pieces_file
 
@@ -127,18 +127,21 @@ async def prefetch_in_order(nursery: trio.Nursery, limiter: trio.CapacityLimiter
         nursery.start_soon(one, index, slot)
 
 
-async def fetch_small_file(pool: SourcePool, path: str, limit: int, valid) -> bytes:
-    """A small whole file (manifest, .pieces, .docs) from the first source whose bytes pass `valid`."""
+async def fetch_small_file(pool: SourcePool, path: str, limit: int, problem) -> bytes:
+    """A small whole file (manifest, .pieces, .docs) from the first source whose bytes have no `problem`:
+    `problem(data)` says what is wrong with them (naming the file), or None. A source that sends a wrong file is
+    dropped, and the error, when no source is left, says what each one sent."""
     for health in pool.usable():
         try:
             data = await health.source.read_all(path, limit)
         except SourceError as exc:
             pool.failed(health, str(exc))
             continue
-        if valid(data):
+        wrong = problem(data)
+        if wrong is None:
             pool.succeeded(health)
             return data
-        pool.ban(health, f"sent a {path} that does not match the manifest")
+        pool.ban(health, wrong)
     raise FetchError(f"no source could deliver a valid {path}: {pool.report()}")
 
 
@@ -146,15 +149,17 @@ async def fetch_manifest(pool: SourcePool, dataset_id: str | None = None) -> tup
     """The manifest from the first source that serves a valid one (hashing to `dataset_id` when given)."""
     parsed: dict[bytes, Manifest] = {}
 
-    def valid(data: bytes) -> bool:
+    def problem(data: bytes) -> str | None:
         try:
             manifest = parse_manifest(data)
-        except Exception:
-            return False
+        except ManifestError as exc:
+            return f"manifest.json is not a valid manifest: {exc}"
+        if dataset_id is not None and manifest.dataset_id != dataset_id:
+            return f"manifest.json is the manifest of {manifest.dataset_id}, not of {dataset_id}"
         parsed[data] = manifest
-        return dataset_id is None or manifest.dataset_id == dataset_id
+        return None
 
-    data = await fetch_small_file(pool, "manifest.json", MAX_MANIFEST_BYTES, valid)
+    data = await fetch_small_file(pool, "manifest.json", MAX_MANIFEST_BYTES, problem)
     return data, parsed[data]
 
 
@@ -297,10 +302,8 @@ class ShardFetch:
     async def _fetch_and_install(self) -> None:
         started = trio.current_time()
         self.expected = await fetch_small_file(
-            self.pool, self.shard.pieces_path, len(self.board) * 32, self._valid_pieces)
-        docs = await fetch_small_file(
-            self.pool, self.shard.docs_path, self.shard.docs_size,
-            lambda data: hashlib.sha256(data).hexdigest() == self.shard.docs_sha256)
+            self.pool, self.shard.pieces_path, len(self.board) * 32, self._pieces_problem)
+        docs = await fetch_small_file(self.pool, self.shard.docs_path, self.shard.docs_size, self._docs_problem)
         partial = self.target.with_name(self.target.name + ".partial")
         self._fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -338,12 +341,18 @@ class ShardFetch:
             log.warning("shard %s is in place but could not be synced to disk (%s); it will be re-checked on open",
                         self.shard.name, exc)
 
-    def _valid_pieces(self, data: bytes) -> bool:
+    def _pieces_problem(self, data: bytes) -> str | None:
         try:
             check_pieces_file(self.shard, data, self.piece_size)
-        except IntegrityError:
-            return False
-        return True
+        except IntegrityError as exc:
+            return f"{exc} ({len(data)} bytes)"
+        return None
+
+    def _docs_problem(self, data: bytes) -> str | None:
+        if hashlib.sha256(data).hexdigest() != self.shard.docs_sha256:
+            return (f"shard {self.shard.name}: {self.shard.docs_path} does not match docs_sha256 in the manifest "
+                    f"({len(data)} bytes)")
+        return None
 
     @asynccontextmanager
     async def _locked(self):

@@ -16,6 +16,7 @@ from kogitune.node.errors import FetchError
 from kogitune.store import StoreOptions, store
 from kogitune.tensor import MARKS_FILE, DataTensor
 from kogitune.trainers import DatasetRecipe
+from conftest import copy_tensor
 from mirrors import mirrors, stdlib_http_server
 
 BLOCK = 64
@@ -82,6 +83,34 @@ def test_no_good_mirror_is_a_clear_error(served, tmp_path):
             tensor.shard_tokens(1)
     message = str(caught.value)
     assert "shard 00001" in message and "wrong hash" in message and "HTTP 404" in message
+
+
+def test_a_mirror_with_a_broken_manifest_is_named_with_the_reason(served, tmp_path):
+    """The schema error a mirror's manifest has is in the error, beside the mirror's URL (before: only "sent a
+    manifest.json that does not match the manifest")."""
+    broken = copy_tensor(served, tmp_path / "broken")
+    manifest = json.loads((broken / "manifest.json").read_bytes())
+    manifest["format"] = "kogitune-tensor/9"
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with mirrors(broken, "ok") as urls:
+        with pytest.raises(FetchError) as caught:
+            open_mirrors(urls, ContentStore(tmp_path / "store"))
+    assert (f"{urls[0]}: dropped, manifest.json is not a valid manifest: manifest format is 'kogitune-tensor/9'"
+            in str(caught.value))
+
+
+@pytest.mark.parametrize("kind", ["pieces", "docs"])
+def test_a_mirror_with_a_wrong_pieces_or_docs_file_is_named_with_the_file(served, tmp_path, kind):
+    broken = copy_tensor(served, tmp_path / "broken")
+    shard = served.shards[0]
+    path = broken / getattr(shard, f"{kind}_path")
+    path.write_bytes(path.read_bytes()[:-1])
+    with mirrors(broken, "ok") as urls:
+        tensor = open_mirrors(urls, ContentStore(tmp_path / "store"))
+        with pytest.raises(FetchError) as caught:
+            tensor.shard_tokens(0)
+    wanted = {"pieces": "does not match the root in the manifest", "docs": "does not match docs_sha256"}[kind]
+    assert f"{urls[0]}: dropped, shard {shard.name}: shards/{shard.name}.{kind} {wanted}" in str(caught.value)
 
 
 def test_partial_shard_resumes(served, tmp_path):
