@@ -275,6 +275,7 @@ class ShardFetch:
         self._spare: list[bytearray] = []
         self._nursery: trio.Nursery | None = None
         self._installed_as: list | None = None
+        self._write_error: OSError | None = None
 
     @property
     def target(self) -> Path:
@@ -310,6 +311,12 @@ class ShardFetch:
             await trio.to_thread.run_sync(self._resume)
             await self._download()
             await trio.to_thread.run_sync(self._install, partial, docs)
+        except OSError as exc:  # a full or failing disk: say where, and what is kept for the next try
+            where = exc.filename or partial
+            raise FetchError(f"shard {self.shard.name}: cannot write {where}: {exc.strerror or exc}; "
+                             f"{sum(self.board.done)} of {len(self.board)} verified pieces are kept in "
+                             f"{'it' if where == partial else partial}, and fetching again (once there is room) "
+                             "resumes from them") from None
         finally:
             os.close(self._fd)
         sources = ", ".join(f"{name} {count / 2**20:.1f} MiB" for name, count in self.bytes_by_source.items())
@@ -392,6 +399,8 @@ class ShardFetch:
             self._nursery = nursery
             for health in self.pool.usable():
                 nursery.start_soon(self._worker, health)
+        if self._write_error is not None:
+            raise self._write_error
         if not self.board.complete:
             raise FetchError(f"shard {self.shard.name}: {self.board.remaining} of {len(self.board)} pieces could not "
                              "be fetched "
@@ -469,6 +478,10 @@ class ShardFetch:
         try:
             ok = await trio.to_thread.run_sync(self._check_and_write, piece, length, expected,
                                                index * self.piece_size)
+        except OSError as exc:  # no source can help: stop the shard (_download raises it once, not in a group)
+            self._write_error = self._write_error or exc
+            self._nursery.cancel_scope.cancel()
+            return
         finally:
             self._checks.release()
         self.board.checked(index, ok)
@@ -497,5 +510,5 @@ class ShardFetch:
         while data:  # a regular file may take part of a write (e.g. a disk filling up) without an error
             written = os.pwrite(self._fd, data, offset)
             if not written:
-                raise OSError(errno.ENOSPC, f"cannot write shard {self.shard.name}", str(self.target))
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             data, offset = data[written:], offset + written

@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import subprocess
 
 os.environ.setdefault("KOGITUNE_READ_TIMEOUT", "2")
 
@@ -158,6 +160,45 @@ def test_resuming_hashes_the_partial_file_a_piece_at_a_time(served, tmp_path):
         os.close(fetch._fd)
     assert list(fetch.board.done) == [1, 0, 1, 0]
     assert shard.size == 4 * piece and peak < 1.5 * piece
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real tmpfs of 400 KiB: room for the manifest and one shard of `served` (256 KiB), not for two."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(disk)], check=True,
+                       capture_output=True, timeout=30)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"cannot mount a small tmpfs to fill (needs root and mount): {exc}")
+    try:
+        yield disk
+    finally:
+        # lazily: this process may still map a shard from it (the mount goes once nothing uses it)
+        subprocess.run(["umount", "--lazy", str(disk)], check=True, timeout=30)
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_verified_pieces(served, small_disk):
+    """Disk full while a shard arrives: one FetchError naming the file, the cause and the verified pieces kept
+    (before: "Exceptions from Trio nursery (2 sub-exceptions)"); with room again, the fetch resumes from them."""
+    shard = served.shards[1]
+    piece = served.manifest.piece_size
+    with mirrors(served.path, "ok") as urls:
+        tensor = open_mirrors(urls, ContentStore(small_disk))
+        tensor.shard_tokens(0)
+        with pytest.raises(FetchError) as caught:
+            tensor.shard_tokens(1)
+        partial = tensor.path / (shard.tokens_path + ".partial")
+        message = str(caught.value)
+        assert f"shard {shard.name}: cannot write {partial}: No space left on device; " in message
+        kept = int(re.search(r"; (\d+) of 4 verified pieces are kept in it, and fetching again", message)[1])
+        subprocess.run(["mount", "-o", "remount,size=4m", str(small_disk)], check=True, timeout=30)
+        before = embedded_node().source_bytes(urls)[urls[0]]
+        tokens = tensor.shard_tokens(1)
+        fetched = embedded_node().source_bytes(urls)[urls[0]] - before
+    assert bytes(tokens) == (served.path / shard.tokens_path).read_bytes()
+    assert fetched == shard.size - kept * piece
 
 
 def test_a_cached_shard_damaged_before_it_was_synced_is_fetched_again(served, tmp_path):
