@@ -121,6 +121,31 @@ def test_a_request_line_in_small_chunks_is_read_whole():
     assert trio.run(main) == b'{"op": "status"}'
 
 
+def test_user_typos_put_no_traceback_into_node_log(tmp_path):
+    """A real node: a publish of a path that is no tensor, an ID with a typo, an unknown ID: each is a clear error
+    for the user and one line in node.log (before: a traceback for each)."""
+    from netnodes import NodeProcess
+
+    (tmp_path / "file.txt").write_text("hello")
+    node = NodeProcess(tmp_path / "home")
+    try:
+        typos = [(("publish", str(tmp_path / "nope")), f"{tmp_path / 'nope'}: no such directory"),
+                 (("publish", str(tmp_path / "file.txt")), "is not a data tensor"),
+                 (("get", "kg1-typo"), "'kg1-typo' is not a dataset ID")]
+        for args, message in typos:
+            result = node.cli(*args, check=False)
+            assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
+    finally:
+        node.close()
+    log = (tmp_path / "home" / "node.log").read_text()
+    assert "Traceback" not in log
+    assert [line.split(": ", 1)[1] for line in log.splitlines() if "control request failed" in line] == [
+        f"control request failed: {tmp_path / 'nope'}: no such directory",
+        f"control request failed: {tmp_path / 'file.txt'} is not a data tensor: it has no manifest.json. "
+        "Create one with `kogitune store FILE.jsonl`.",
+        "control request failed: 'kg1-typo' is not a dataset ID"]
+
+
 # ---- the client side --------------------------------------------------------------------------------------------
 
 @pytest.fixture
