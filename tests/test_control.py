@@ -146,6 +146,17 @@ def test_user_typos_put_no_traceback_into_node_log(tmp_path):
         "control request failed: 'kg1-typo' is not a dataset ID"]
 
 
+@pytest.mark.parametrize("config", [b'{"bootstrap": ' + b"[" * 100_000, b'{"bootstrap": 5}', b'["x"]', b"{oops"])
+def test_a_bad_config_json_is_a_node_error(tmp_path, config):
+    """<home>/config.json is the user's: nested too deep (RecursionError before) or of the wrong shape (TypeError
+    for a number), it is a NodeError that says what the file should hold."""
+    from kogitune.node.service import CONFIG_FILE, bootstrap_peers
+
+    (tmp_path / CONFIG_FILE).write_bytes(config)
+    with pytest.raises(NodeError, match="is not a JSON object like"):
+        bootstrap_peers(tmp_path)
+
+
 # ---- the client side --------------------------------------------------------------------------------------------
 
 @pytest.fixture
