@@ -79,49 +79,34 @@ def encode_frame(obj: dict) -> bytes:
     return encode_varint(len(body)) + body
 
 
-_MAP_HEADERS = frozenset([*range(0x80, 0x90), 0xDE, 0xDF])
-_CONTAINER_HEADERS = _MAP_HEADERS | frozenset([*range(0x90, 0xA0), 0xDC, 0xDD])
-"""msgpack type bytes that open a map (fixmap, map 16, map 32) or an array (fixarray, array 16, array 32)."""
-
-
 def unpack_body(body: bytes, max_body: int) -> dict:
     """Decode one frame body under strict limits: one flat map of at most 16 string keys and scalar values (no
-    nested map, no array, no extension type), and nothing after it. A nested map is refused before it is decoded,
-    so no frame costs more objects than its 16 entries, and nothing that walks a message recurses."""
-    limits = dict(raw=False, strict_map_key=True, max_bin_len=max_body, max_str_len=max_body, max_array_len=0,
-                  max_map_len=MAX_MAP_KEYS, max_ext_len=0)
+    nested map, no array, no extension type), and nothing after it. The decoder stops at the second map it
+    completes or the first array, so a nested frame is refused having built a few small objects at most (msgpack's
+    own stack holds 1024 levels of 16 entries), and nothing that walks a message recurses."""
+    maps = 0
+
+    def one_map(pairs: list) -> dict:
+        nonlocal maps
+        maps += 1  # an inner map completes before the one around it: only the top map may be the first
+        if maps > 1:
+            raise ValueError("it holds a nested map; every value of a message is a scalar")
+        return dict(pairs)
+
+    def no_array(items: list):
+        raise ValueError("it holds an array; no message has one")
+
     try:
-        obj = _flat_map(body, limits) if body[:1] and body[0] in _MAP_HEADERS else msgpack.unpackb(body, **limits)
-    except WireError:
-        raise
+        obj = msgpack.unpackb(
+            body, raw=False, strict_map_key=True, object_pairs_hook=one_map, list_hook=no_array,
+            max_bin_len=max_body, max_str_len=max_body, max_array_len=0, max_map_len=MAX_MAP_KEYS, max_ext_len=0,
+        )
     except Exception as exc:  # msgpack raises several types (ExtraData, FormatError, ValueError, ...): all malformed
         raise _bad(f"frame body is not one msgpack value within the limits: {type(exc).__name__}: {exc}") from None
     if not isinstance(obj, dict):
         raise _bad(f"frame body is a msgpack {type(obj).__name__}, not a map")
     if not all(isinstance(key, str) for key in obj):
         raise _bad("frame body has a key that is not a string")
-    return obj
-
-
-def _flat_map(body: bytes, limits: dict) -> dict:
-    """A msgpack map decoded one key or value at a time, refusing any that would open a map or an array."""
-    unpacker = msgpack.Unpacker(max_buffer_size=len(body), **limits)
-    unpacker.feed(body)
-    count = unpacker.read_map_header()
-    if count > MAX_MAP_KEYS:
-        raise ValueError(f"{count} exceeds max_map_len({MAX_MAP_KEYS})")
-    items = []
-    for _ in range(2 * count):
-        at = unpacker.tell()
-        if at < len(body) and body[at] in _CONTAINER_HEADERS:
-            raise _bad(f"frame body holds a nested map or array at byte {at}; every value of a message is a scalar")
-        items.append(unpacker.unpack())
-    keys = items[0::2]
-    if not all(isinstance(key, (str, bytes)) for key in keys):  # as strict_map_key does for the whole body
-        raise ValueError("a map key is neither a string nor binary")
-    obj = dict(zip(keys, items[1::2]))
-    if unpacker.tell() != len(body):
-        raise msgpack.ExtraData(obj, body[unpacker.tell():])
     return obj
 
 
