@@ -18,7 +18,7 @@ from kogitune.protocol.ids import is_dataset_id
 from kogitune.protocol.manifest import parse_manifest
 
 from .errors import KogituneError
-from .files import write_atomic
+from .files import file_mode_in, make_folders, write_atomic
 
 DEFAULT_LIMIT_BYTES = 50 * 10**9
 PINNED_FILE = "pinned"
@@ -65,10 +65,18 @@ class ContentStore:
             raise KogituneError(f"{dataset_id!r} is not a dataset ID")
         return self.datasets / dataset_id
 
+    def make_dataset_dir(self, dataset_id: str, private: bool) -> Path:
+        """Create the directory of a dataset and its shards folder if needed, and return it. A private dataset's
+        (its manifest has `access`) are owner-only, and so is every file created in them (files.file_mode_in):
+        other users of the machine can neither list nor read a private dataset."""
+        directory = self.dataset_dir(dataset_id)
+        make_folders([directory, directory / "shards"], owner_only=private)
+        return directory
+
     def add_manifest(self, manifest_bytes: bytes) -> Path:
         """Record a dataset by its manifest (checked) and return its directory."""
-        directory = self.dataset_dir(parse_manifest(manifest_bytes).dataset_id)
-        (directory / "shards").mkdir(parents=True, exist_ok=True)
+        manifest = parse_manifest(manifest_bytes)
+        directory = self.make_dataset_dir(manifest.dataset_id, manifest.is_private)
         if not (directory / "manifest.json").exists():
             write_atomic(directory / "manifest.json", manifest_bytes)
         return directory
@@ -77,7 +85,7 @@ class ContentStore:
         """Note that a shard was just used (for eviction order)."""
         used = dataset_dir / "shards" / f"{shard_name}.used"
         try:
-            used.touch()
+            used.touch(mode=file_mode_in(used.parent))
         except OSError:
             pass
 
@@ -85,7 +93,7 @@ class ContentStore:
         marker = self.dataset_dir(dataset_id) / PINNED_FILE
         if pinned:
             marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.touch()
+            marker.touch(mode=file_mode_in(marker.parent))
         else:
             marker.unlink(missing_ok=True)
 

@@ -103,6 +103,8 @@ def _info(args) -> int:
     print(f"shards      {len(m.shards)} ({sum(s.size for s in m.shards) / 1e6:.1f} MB, pieces of {m.piece_size >> 10} KiB)")
     inputs = ", ".join(f"{i['name']} ({i['size']:,} B)" for i in m.provenance.get("inputs", []))
     print(f"inputs      {inputs or '-'}")
+    if m.access is not None:
+        print(f"access      private, published by {m.access.publisher} (served only to the peers it allows)")
     return EXIT_OK
 
 
@@ -204,6 +206,12 @@ def _node(args) -> int:
     print(f"datasets    {len(status['datasets'])}")
     for dataset_id in status["datasets"]:
         print(f"            {dataset_id}")
+    damaged = status.get("damaged", [])
+    if damaged:
+        print(f"damaged     {len(damaged)} withheld from peers")
+    for entry in damaged:
+        what = entry["shard"] if entry["shard"].endswith(".json") else f"shard {entry['shard']}"
+        print(f"            {entry['dataset']} {what}: {entry['problem']}")
     print(f"served      {status['bytes_served'] / 1e6:.1f} MB; fetched {status['bytes_fetched'] / 1e6:.1f} MB")
     return EXIT_OK
 
@@ -385,8 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     publish = commands.add_parser(
         "publish", help="verify a data tensor, add it to the node's store, sign and announce it; print its ID",
         description="Needs a running node (`kogitune node start`). Files are hard-linked into the store where the "
-                    "file system allows (no second copy). --allow makes the dataset private to the listed peers; "
-                    "their nodes keep the list and serve their copies to the same peers only.")
+                    "file system allows (no second copy). --allow publishes the tensor's private dataset instead: "
+                    "another ID (printed), whose manifest names this node as its publisher, served only to the "
+                    "listed peers; their nodes keep the list and serve their copies to the same peers only.")
     publish.add_argument("directory", help="a data tensor directory (the one with manifest.json)")
     publish.add_argument("--allow", action="append", metavar="PEER_ID", help="serve only to this peer; repeatable")
     publish.add_argument("--home", help=home_help)

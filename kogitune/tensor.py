@@ -1,8 +1,9 @@
 """Reading a data tensor: memory-mapped shards, verified against the manifest before first use.
 
 Verifying a shard means hashing every piece and comparing with the manifest (about 1.5 GB/s here). A shard that
-passed is recorded in `.kogitune-verified` in the tensor directory together with the size, mtime and inode of its
-files, so later opens skip the hashing while the files are unchanged; any change on disk voids the record. A
+passed is recorded in `.kogitune-verified` in the tensor directory together with the size, mtime, inode and ctime
+of its files, so later opens skip the hashing while the files are unchanged; any change on disk voids the record (a
+write, truncate, chmod or new hard link always moves ctime, and nobody can set it back). A
 shard that the fetcher brought in this process was checked piece by piece as it arrived and is not hashed again;
 a fetched shard that fails its check on a later open is fetched again rather than refused.
 """
@@ -14,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,13 +30,17 @@ from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, MAX_SHARDS, Manifest,
 from kogitune.protocol.pieces import piece_digests, piece_span, root_of
 
 from .errors import TensorError
-from .files import read_limited, write_atomic
+from .files import opener_like_folder, read_limited, write_atomic
 
 MANIFEST_FILE = "manifest.json"
 MARKS_FILE = ".kogitune-verified"
 MAX_MARKS_BYTES = MAX_SHARDS * 256
 """A marks file longer than this (about 100 bytes a shard are written) is not read: its shards are hashed again."""
 MAX_OPEN_SHARDS = 64
+TIMESTAMP_GRANULARITY_NS = 20_000_000
+"""How coarse a file system's change times can be (Linux stamps them from a clock that ticks every 1-10 ms). A
+check only starts once its files' last change is at least this old, so that any write after the check began moves
+their ctime past the one recorded: two changes within one tick would otherwise look like one."""
 log = logging.getLogger("kogitune.tensor")
 
 
@@ -95,15 +101,12 @@ class DataTensor:
             if self.store is not None:
                 self.store.touch(self.path, shard.name)
             if not fetched and not self._is_marked(shard):
-                problems = self.verify_shard(shard)
+                problems = self.check_and_mark(shard)
                 if problems and self.remote is not None:
                     self._fetch_again(shard, index, problems[0])
                 elif problems:
                     raise IntegrityError(f"{self.path}: {problems[0]}; the tensor is damaged: "
                                          "run `kogitune verify` for all problems, then store or fetch it again")
-                else:
-                    record_verified(self.path, self.manifest, [shard])
-                    record_checked(self.path, shard)
             array = np.memmap(self.path / shard.tokens_path, dtype=self._dtype, mode="r")
             self._arrays[index] = array
             if len(self._arrays) > MAX_OPEN_SHARDS:
@@ -118,7 +121,7 @@ class DataTensor:
         lock, and only if the files are still those that failed: another process may have fetched it meanwhile."""
         log.warning("%s: %s; fetching shard %s again", self.path, problem, shard.name)
         failed = file_signature(self.path, shard)
-        with open(self.path / "shards" / f"{shard.name}.lock", "a+b") as lock:
+        with open(self.path / "shards" / f"{shard.name}.lock", "a+b", opener=opener_like_folder) as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
             if file_signature(self.path, shard) == failed:
                 forget_verified(self.path, [shard])
@@ -159,12 +162,18 @@ class DataTensor:
         """Hash every piece of every shard; return what is wrong (empty when all is well)."""
         problems = []
         for shard in self.shards:
-            found = self.verify_shard(shard)
-            if found:
-                forget_verified(self.path, [shard])
-            else:
-                record_verified(self.path, self.manifest, [shard])
-            problems.extend(found)
+            problems.extend(self.check_and_mark(shard))
+        return problems
+
+    def check_and_mark(self, shard: ShardInfo) -> list[Problem]:
+        """Hash the shard's files and record the result: a mark if they passed and did not change while being
+        hashed (none otherwise: the next open hashes them again), no mark if they failed. Returns the problems."""
+        before = _settled_signature(self.path, shard)
+        problems = self.verify_shard(shard)
+        if problems:
+            forget_verified(self.path, [shard])
+        elif before is not None and record_verified(self.path, self.manifest, [shard], checked_as=before):
+            _checked_here[(str(self.path), shard.name)] = before
         return problems
 
     def verify_shard(self, shard: ShardInfo) -> list[Problem]:
@@ -216,16 +225,7 @@ class DataTensor:
         """Whether the shard's files are as they were when they last passed verification (a missing file never
         is); remembered in this process, so that opening the shard again reads no marks file."""
         signature = file_signature(self.path, shard)
-        if signature is None:
-            return False
-        key = (str(self.path), shard.name)
-        if _checked_here.get(key) == signature:
-            return True
-        marks = _read_marks(self.path)
-        if marks.get("dataset_id") == self.dataset_id and marks.get("shards", {}).get(shard.name) == signature:
-            _checked_here[key] = signature
-            return True
-        return False
+        return signature is not None and is_marked(self.path, self.dataset_id, shard.name, signature)
 
 
 def _not_a_tensor(path: Path) -> str:
@@ -246,6 +246,19 @@ _checked_here: dict[tuple[str, str], list] = {}
 while the files are unchanged, also before their record in the marks file (written after the fsync) exists."""
 
 
+def is_marked(directory: Path, dataset_id: str, shard_name: str, signature: list) -> bool:
+    """Whether `signature` (see `file_signature`) is how the shard's files were when they last passed a check, in
+    this process or as recorded in the marks file (read again only when that file was replaced)."""
+    key = (str(directory), shard_name)
+    if _checked_here.get(key) == signature:
+        return True
+    marks = _cached_marks(directory)
+    if marks.get("dataset_id") == dataset_id and marks["shards"].get(shard_name) == signature:
+        _checked_here[key] = signature
+        return True
+    return False
+
+
 def record_checked(directory: Path, shard: ShardInfo) -> list | None:
     """Remember, in this process only, that `shard` was just checked as its files are now; returns their signature."""
     signature = file_signature(directory, shard)
@@ -253,9 +266,10 @@ def record_checked(directory: Path, shard: ShardInfo) -> list | None:
     return signature
 
 
-def record_verified(directory: Path, manifest: Manifest, shards, checked_as: list | None = None) -> None:
+def record_verified(directory: Path, manifest: Manifest, shards, checked_as: list | None = None) -> bool:
     """Remember that `shards` passed verification as their files are now (best effort: read-only dirs skip it).
-    With `checked_as` (the `file_signature` of the one shard when it was checked), only if its files are unchanged."""
+    With `checked_as` (the `file_signature` of the one shard when it was checked), only if its files are unchanged;
+    returns whether they were."""
     with _marks_locked(directory):
         marks = _read_marks(directory)
         if marks.get("dataset_id") != manifest.dataset_id:
@@ -263,9 +277,10 @@ def record_verified(directory: Path, manifest: Manifest, shards, checked_as: lis
         for shard in shards:
             signature = file_signature(directory, shard)
             if checked_as is not None and signature != checked_as:
-                return
+                return False
             marks["shards"][shard.name] = signature
         _write_marks(directory, marks)
+    return True
 
 
 def forget_verified(directory: Path, shards) -> None:
@@ -284,7 +299,7 @@ def forget_verified(directory: Path, shards) -> None:
 def _marks_locked(directory: Path):
     """Serialize read-modify-write of the marks file: shards of one tensor finish in parallel threads and processes."""
     try:
-        lock = open(directory / (MARKS_FILE + ".lock"), "a+b")
+        lock = open(directory / (MARKS_FILE + ".lock"), "a+b", opener=opener_like_folder)
     except OSError:
         yield
         return
@@ -309,13 +324,47 @@ def _read_marks(directory: Path) -> dict:
     return marks if isinstance(marks, dict) and isinstance(marks.get("shards"), dict) else {}
 
 
+_marks_read: dict[str, tuple[list, dict]] = {}
+"""directory -> (stat_signature of its marks file when read, its contents), for `is_marked`: a node asks on every
+request it serves. Read only: writers read the file afresh."""
+
+
+def _cached_marks(directory: Path) -> dict:
+    path = directory / MARKS_FILE
+    try:
+        identity = stat_signature(os.stat(path))
+    except OSError:
+        return {}
+    cached = _marks_read.get(str(directory))
+    if cached is None or cached[0] != identity:
+        cached = _marks_read[str(directory)] = (identity, _read_marks(directory))
+    return cached[1]
+
+
+def stat_signature(st: os.stat_result) -> list:
+    """What identifies one version of a file: size, mtime, inode and ctime (which every change moves)."""
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+
+
 def file_signature(directory: Path, shard: ShardInfo) -> list | None:
-    """(size, mtime, inode) of the shard's three files: any change to them changes it."""
+    """The `stat_signature` of the shard's three files: any change to them changes it."""
     signature = []
     for name in (shard.tokens_path, shard.pieces_path, shard.docs_path):
         try:
             st = os.stat(directory / name)
         except OSError:
             return None
-        signature.append([st.st_size, st.st_mtime_ns, st.st_ino])
+        signature.append(stat_signature(st))
+    return signature
+
+
+def _settled_signature(directory: Path, shard: ShardInfo) -> list | None:
+    """The shard's `file_signature` once its last change is TIMESTAMP_GRANULARITY_NS old (waiting if needed)."""
+    signature = file_signature(directory, shard)
+    if signature is None:
+        return None
+    wait_ns = max(entry[3] for entry in signature) + TIMESTAMP_GRANULARITY_NS - time.time_ns()
+    if wait_ns > 0:
+        time.sleep(wait_ns / 1e9)
+        signature = file_signature(directory, shard)
     return signature

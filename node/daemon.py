@@ -8,6 +8,7 @@ Everything fetched goes through the verified multi-source fetcher of kogitune.no
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -20,14 +21,15 @@ from kogitune.cache import ContentStore
 from kogitune.files import write_atomic
 from kogitune.protocol import wire
 from kogitune.protocol.ids import dataset_id_digest, is_peer_id
-from kogitune.protocol.manifest import Manifest
-from kogitune.protocol.signing import allow_list_verifies, sign_allow_list, sign_dataset
+from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
+from kogitune.protocol.signing import allowed_peers, sign_allow_list, sign_dataset
 
 from .errors import FetchError, NodeError, SourceError
 from .fetch import ShardFetch, SourcePool, prefetch_in_order
 from .host import keep_dht_clients_out, load_identity_seed, new_kogitune_host
+from .integrity import CHANGED
 from .peers import PeerSource, SignedManifest, fetch_have, fetch_signed_manifest
-from .server import ALLOW_FILE, ALLOW_SIGNATURE_FILE, SIGNATURE_FILE, DataServer
+from .server import SIGNATURE_FILE, DataServer, write_allow_files
 
 log = logging.getLogger("kogitune.node")
 DEFAULT_LISTEN = "/ip4/0.0.0.0/tcp/4011"
@@ -171,7 +173,9 @@ class Node:
         return found
 
     async def publish(self, tensor_path: str, allow: list[str] | None = None) -> str:
-        """Verify a tensor, add it to the store (hard links where possible), sign and announce it."""
+        """Verify a tensor, add it to the store (hard links where possible), sign and announce it. With `allow`,
+        what is published is the private dataset of this tensor (published_manifest): a new ID, whose manifest names
+        this node as its publisher, served only to the peers of `allow` (signed by this node)."""
         from kogitune.tensor import DataTensor
 
         bad = [peer for peer in allow or () if not is_peer_id(peer)]
@@ -182,29 +186,19 @@ class Node:
             raise NodeError(f"--allow lists {len(allow)} peers, more than fit in a manifest response "
                             f"({wire.MAX_ALLOW_CHARS} characters, about 1,200 peer IDs)")
         tensor = await trio.to_thread.run_sync(DataTensor, tensor_path)
-        problems = await trio.to_thread.run_sync(tensor.verify)
+        manifest = published_manifest(tensor_path, tensor.manifest, self.peer_id, allow)
+        dataset_id = manifest.dataset_id
+        directory = self.store.make_dataset_dir(dataset_id, manifest.is_private)
+        problems = await trio.to_thread.run_sync(_add_to_store, tensor, directory, manifest)
         if problems:
             raise NodeError(f"{tensor_path} is damaged ({problems[0]}); store it again before publishing")
-        directory = self.store.dataset_dir(tensor.dataset_id)
-        if not allow and (directory / ALLOW_FILE).exists():
-            raise NodeError(f"{tensor.dataset_id} is private in this node's store ({directory / ALLOW_FILE}); "
-                            "publishing it without --allow would make it public: give --allow PEER_ID ... to keep "
-                            "it private, or delete that file first to make it public")
-        (directory / "shards").mkdir(parents=True, exist_ok=True)
-        for shard in tensor.shards:
-            for name in (shard.tokens_path, shard.pieces_path, shard.docs_path):
-                _link_or_copy(tensor.path / name, directory / name)
-        _link_or_copy(tensor.path / "manifest.json", directory / "manifest.json")
         if allow:  # before the signature: a node serves a dataset once its manifest and signature are there
-            write_atomic(directory / ALLOW_FILE, "".join(f"{p}\n" for p in allow).encode())
-            write_atomic(directory / ALLOW_SIGNATURE_FILE, sign_allow_list(self.seed, tensor.dataset_id, allow))
-        else:
-            (directory / ALLOW_SIGNATURE_FILE).unlink(missing_ok=True)
-        signature, public_key = sign_dataset(self.seed, tensor.dataset_id)
+            write_allow_files(directory, allow, sign_allow_list(self.seed, dataset_id, allow))
+        signature, public_key = sign_dataset(self.seed, dataset_id)
         write_atomic(directory / SIGNATURE_FILE, public_key + signature)
-        self.store.pin(tensor.dataset_id)
-        await self.announce(tensor.dataset_id)
-        return tensor.dataset_id
+        self.store.pin(dataset_id)
+        await self.announce(dataset_id)
+        return dataset_id
 
     async def find_providers(self, dataset_id: str) -> list:
         """Providers of a dataset: the connected peers are asked directly (fast in a small swarm, and when a
@@ -296,19 +290,26 @@ class Node:
         signed = await self._first_valid_manifest(dataset_id, reachable, trusted, errors)
         if signed is None:
             raise FetchError(f"no provider of {dataset_id} gave a valid manifest: {'; '.join(dict.fromkeys(errors))}")
-        directory = self.store.dataset_dir(dataset_id)
-        (directory / "shards").mkdir(parents=True, exist_ok=True)
-        if signed.allow and signed.publisher != self.peer_id:  # before the manifest and signature, as in publish
-            if allow_list_verifies(dataset_id, signed.allow, signed.public_key, signed.allow_signature):
-                write_atomic(directory / ALLOW_FILE, "".join(f"{peer}\n" for peer in signed.allow).encode())
-                write_atomic(directory / ALLOW_SIGNATURE_FILE, signed.allow_signature)
-            else:
-                log.warning("%s: a provider sent an allow-list its publisher did not sign; ignored", dataset_id)
+        directory = self.store.make_dataset_dir(dataset_id, signed.manifest.is_private)
+        self._keep_allow_list(dataset_id, directory, signed)
         write_atomic(directory / "manifest.json", signed.data)
         write_atomic(directory / SIGNATURE_FILE, signed.public_key + signed.signature)
         pool = SourcePool([PeerSource(self.host, peer, dataset_id, signed.manifest, self.config.read_timeout)
                            for peer in reachable])
         return OpenDataset(directory, signed, pool)
+
+    def _keep_allow_list(self, dataset_id: str, directory: Path, signed: SignedManifest) -> None:
+        """Store the allow-list of a private dataset when the publisher its manifest names signed it (written
+        before the manifest and signature, as in publish, so the copy is never served without it). Any other list
+        is dropped: a public dataset has none, whoever signed one, and a replica never inherits a list its publisher
+        did not sign. A list held already is not dropped because another provider sent none."""
+        if not signed.allow or signed.publisher == self.peer_id:
+            return
+        if allowed_peers(dataset_id, signed.manifest, signed.allow, signed.allow_signature):
+            write_allow_files(directory, signed.allow, signed.allow_signature)
+        else:
+            log.warning("%s: a provider sent an allow-list with a public manifest, or one that the publisher the "
+                        "manifest names did not sign; ignored", dataset_id)
 
     async def fetch_shard(self, dataset_id: str, index: int) -> Path:
         opened = await self.open_dataset(dataset_id)
@@ -380,8 +381,37 @@ class Node:
             "dht_peers": [str(p) for p in self.dht.routing_table.get_peer_ids()],
             "datasets": self.complete_datasets(), "bytes_served": self.server.stats.bytes_served,
             "bytes_fetched": self.bytes_fetched, "requests": dict(self.server.stats.requests),
-            "refused": dict(self.server.stats.refused),
+            "refused": dict(self.server.stats.refused), "damaged": self.damaged_shards(),
         }
+
+    def damaged_shards(self) -> list[dict]:
+        """Shards (and manifests) this node withholds from peers: found damaged, or changed since their check."""
+        guard = self.server.guard
+        found = [{"dataset": dataset, "shard": what, "problem": problem}
+                 for (dataset, what), problem in sorted(guard.damaged.items())]
+        for directory in sorted(self.store.datasets.glob("kg1-*")):
+            manifest = _load_manifest(directory)
+            if manifest is None or manifest.dataset_id != directory.name or not (directory / SIGNATURE_FILE).exists():
+                continue
+            for name in guard.changed_shards(directory, manifest):
+                if (directory.name, name) not in guard.damaged:
+                    found.append({"dataset": directory.name, "shard": name, "problem": CHANGED})
+        return found
+
+
+def published_manifest(tensor_path: str, manifest: Manifest, publisher: str, allow: list[str]) -> Manifest:
+    """The manifest that `publisher` publishes for a tensor: the tensor's own (public) one without `allow`, with it
+    the tensor's private dataset (Manifest.made_private: a different ID, naming `publisher`). Only a dataset's
+    publisher may publish it again, to change its allow-list."""
+    if not manifest.is_private:
+        return manifest.made_private(publisher) if allow else manifest
+    if manifest.access.publisher != publisher:
+        raise NodeError(f"{tensor_path} is a private dataset of {manifest.access.publisher}: only that node can "
+                        "publish it (publish the public tensor it was made from to publish your own copy)")
+    if not allow:
+        raise NodeError(f"{tensor_path} is a private dataset: give --allow PEER_ID ... (its new allow-list), or "
+                        "publish the public tensor it was made from to publish it for everyone (another ID)")
+    return manifest
 
 
 def _load_manifest(directory: Path) -> Manifest | None:
@@ -394,15 +424,79 @@ def _load_manifest(directory: Path) -> Manifest | None:
         return None
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    """A hard link (no second copy) where the file system allows it, else a copy; atomic either way."""
-    if target.exists():
-        return
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+def _add_to_store(tensor, directory: Path, manifest: Manifest) -> list:
+    """Put a tensor's files into its store directory and check them there (on a worker thread); returns the
+    problems found. Tokens files are hard links where the file system allows it (no second copy), the small files
+    copies; nothing is a symbolic link. Each shard is hashed as it is in the store and marked verified
+    (`check_and_mark`), so that the server can tell when a file changes later, e.g. by an edit through the user's
+    hard link."""
+    from kogitune.tensor import MANIFEST_FILE, DataTensor
+
+    if manifest is tensor.manifest:
+        manifest_bytes = _read_published(tensor.path / MANIFEST_FILE, MAX_MANIFEST_BYTES)
+        if parse_manifest(manifest_bytes).dataset_id != tensor.dataset_id:
+            raise NodeError(f"{tensor.path / MANIFEST_FILE} changed while it was being published; publish it again")
+    else:  # the tensor's private dataset: its own manifest (published_manifest)
+        manifest_bytes = manifest.canonical_bytes()
+    (directory / "shards").mkdir(parents=True, exist_ok=True)
+    for shard in tensor.shards:
+        _link_or_copy(tensor.path / shard.tokens_path, directory / shard.tokens_path)
+        for name, size in ((shard.pieces_path, tensor.manifest.pieces_in(shard) * 32),
+                           (shard.docs_path, shard.docs_size)):
+            write_atomic(directory / name, _read_published(tensor.path / name, size), durable=False)
+    write_atomic(directory / MANIFEST_FILE, manifest_bytes)
+    stored = DataTensor(directory)
+    return [problem for shard in stored.shards for problem in stored.check_and_mark(shard)]
+
+
+def _refuse_link(path: Path) -> NodeError:
+    return NodeError(f"{path} is a symbolic link: a published tensor must hold its own files (a node would otherwise "
+                     "serve whatever the link points to later). Replace the link by a copy of its target "
+                     f"(cp --remove-destination \"$(readlink -f {path})\" {path}), then publish again")
+
+
+def _read_published(path: Path, limit: int) -> bytes:
+    """A small file of a tensor being published (at most `limit` + 1 bytes: a longer one fails its check)."""
     try:
-        os.link(source, tmp)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _refuse_link(path) from None
+        raise NodeError(f"cannot read {path}: {exc.strerror}") from None
+    with open(fd, "rb") as f:
+        return f.read(limit + 1)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link to `source` (no second copy) where the file system allows it, else a copy; atomic either way.
+    A symbolic link is refused, never linked or followed."""
+    try:
+        if os.path.samestat(os.lstat(source), os.lstat(target)):
+            return
+    except FileNotFoundError:
+        pass
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp, follow_symlinks=False)
+    except FileNotFoundError:
+        raise NodeError(f"{source} is missing; store the tensor again") from None
     except OSError:
-        shutil.copy2(source, tmp)
+        _copy_no_links(source, tmp)
+    if tmp.is_symlink():
+        tmp.unlink()
+        raise _refuse_link(source)
     os.replace(tmp, target)
+
+
+def _copy_no_links(source: Path, target: Path) -> None:
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _refuse_link(source) from None
+        raise
+    with open(fd, "rb") as src, open(target, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
 
 

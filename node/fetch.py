@@ -34,7 +34,7 @@ from pathlib import Path
 
 import trio
 
-from kogitune.files import write_atomic
+from kogitune.files import file_mode_in, opener_like_folder, write_atomic
 from kogitune.tensor import record_checked, record_verified
 from kogitune.protocol.errors import IntegrityError, ManifestError
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, ShardInfo, parse_manifest
@@ -127,15 +127,19 @@ async def prefetch_in_order(nursery: trio.Nursery, limiter: trio.CapacityLimiter
         nursery.start_soon(one, index, slot)
 
 
-async def fetch_small_file(pool: SourcePool, path: str, limit: int, problem) -> bytes:
+async def fetch_small_file(pool: SourcePool, path: str, limit: int, problem, exact: bool = False) -> bytes:
     """A small whole file (manifest, .pieces, .docs) from the first source whose bytes have no `problem`:
     `problem(data)` says what is wrong with them (naming the file), or None. A source that sends a wrong file is
-    dropped, and the error, when no source is left, says what each one sent."""
+    dropped, and the error, when no source is left, says what each one sent. With `exact`, the file has `limit`
+    bytes: a shorter one was cut off (a source that died), a failure rather than a lie."""
     for health in pool.usable():
         try:
             data = await health.source.read_all(path, limit)
         except SourceError as exc:
             pool.failed(health, str(exc))
+            continue
+        if exact and len(data) < limit:
+            pool.failed(health, f"{health.source.name}: {path} ended after {len(data)} of {limit} bytes")
             continue
         wrong = problem(data)
         if wrong is None:
@@ -303,10 +307,11 @@ class ShardFetch:
     async def _fetch_and_install(self) -> None:
         started = trio.current_time()
         self.expected = await fetch_small_file(
-            self.pool, self.shard.pieces_path, len(self.board) * 32, self._pieces_problem)
-        docs = await fetch_small_file(self.pool, self.shard.docs_path, self.shard.docs_size, self._docs_problem)
+            self.pool, self.shard.pieces_path, len(self.board) * 32, self._pieces_problem, exact=True)
+        docs = await fetch_small_file(self.pool, self.shard.docs_path, self.shard.docs_size, self._docs_problem,
+                                      exact=True)
         partial = self.target.with_name(self.target.name + ".partial")
-        self._fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+        self._fd = os.open(partial, os.O_RDWR | os.O_CREAT, file_mode_in(partial.parent))
         try:
             await trio.to_thread.run_sync(self._resume)
             await self._download()
@@ -366,7 +371,7 @@ class ShardFetch:
         """One process per shard at a time (ranks and DataLoader workers share the cache)."""
         lock_path = self.directory / "shards" / f"{self.shard.name}.lock"
         lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock_path, "a+b") as lock:
+        with open(lock_path, "a+b", opener=opener_like_folder) as lock:
             while True:
                 try:
                     fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -1,8 +1,8 @@
-"""Peers as sources: requests over `/kogitune/data/1.0.0` streams, plugged into the fetcher as `PeerSource`.
+"""Peers as sources: requests over `/kogitune/data/1.1.0` streams, plugged into the fetcher as `PeerSource`.
 
 Every network read is wrapped in `fail_after`; a peer that hangs (SIGSTOP) costs one timeout, a peer that dies
-mid-stream looks like an early end of data (py-libp2p reports a clean EOF), which the fetcher counts as a short
-read. Nothing a peer sends is trusted: manifests are checked against the dataset ID and the publisher's signature,
+mid-stream looks like an early end of data (py-libp2p reports a clean EOF), which becomes a SourceError: a
+failure (back-off, retry), not a ban. Nothing a peer sends is trusted: manifests are checked against the dataset ID and the publisher's signature,
 pieces against the manifest.
 """
 
@@ -155,7 +155,8 @@ class PeerSource(Source):
 
 class _PeerBody(Body):
     """The `length` bytes a peer answers a read request with; `first` came with the response header. A peer that
-    ends early (py-libp2p shows a dead peer as a clean EOF) ends the body early."""
+    ends early (py-libp2p shows a dead peer as a clean EOF) raises a SourceError: the fetcher counts it as a
+    failure, never as a lie (only a wrong hash bans)."""
 
     def __init__(self, source: PeerSource, stream, first: bytes, length: int) -> None:
         super().__init__()
@@ -173,5 +174,8 @@ class _PeerBody(Body):
                     data = await _read(self._stream, min(READ_CHUNK, self._left))
             except trio.TooSlowError:
                 raise SourceError(f"{self._source.name}: no data for {self._source.read_timeout:.0f} s") from None
+            if not data:
+                raise SourceError(f"{self._source.name}: the stream ended {self._left} bytes short (the peer closed "
+                                  "it or died)")
         self._left -= len(data)
         return data

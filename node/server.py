@@ -1,8 +1,11 @@
-"""Serving datasets to peers: the `/kogitune/data/1.0.0` stream handler.
+"""Serving datasets to peers: the `/kogitune/data/1.1.0` stream handler.
 
 One request per stream, answered from the node's content store. Every read from a peer is bounded in time and
-size; each peer may hold only a few streams at once; a private dataset answers only the peers on its allow-list.
-The server sends what is on disk: it is the fetcher's job to verify, so a damaged store cannot fool a peer.
+size; each peer may hold only a few streams at once; a private dataset answers only the peers on the allow-list
+that its publisher signed, and every other peer gets the very answer of a dataset this node does not hold.
+Fetchers verify every byte, but a node also sends only what it has checked (see kogitune.node.integrity): a
+manifest that hashes to the ID it is served as, .pieces and .docs files that match it, and tokens files unchanged
+since they passed a check. Anything else is withheld and answered like a missing file.
 """
 
 from __future__ import annotations
@@ -16,10 +19,15 @@ from pathlib import Path
 import trio
 
 from kogitune.cache import ContentStore
+from kogitune.files import write_atomic
 from kogitune.protocol import wire
-from kogitune.protocol.ids import dataset_id_from_digest, is_peer_id
-from kogitune.protocol.signing import allow_list_verifies
-from kogitune.protocol.manifest import Manifest, parse_manifest
+from kogitune.protocol.errors import ManifestError
+from kogitune.protocol.ids import dataset_id_from_digest
+from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
+from kogitune.protocol.signing import allowed_peers
+from kogitune.tensor import stat_signature
+
+from .integrity import StoreGuard, open_served
 
 log = logging.getLogger("kogitune.node")
 SIGNATURE_FILE = "signature"
@@ -51,7 +59,11 @@ class DataServer:
         self.limits = limits or ServerLimits()
         self.stats = ServerStats()
         self._streams: Counter = Counter()
-        self._manifests: dict[str, tuple[int, Manifest, bytes]] = {}
+        self._manifests: dict[str, tuple[list, Manifest | None, bytes]] = {}
+        """dataset ID -> (stat_signature of its manifest.json when read, the manifest or None if it did not hash to
+        the ID, its bytes): read and checked again only when the file changes."""
+        self._audiences: dict[str, tuple[tuple, Audience]] = {}
+        self.guard = StoreGuard()
 
     async def handle(self, stream) -> None:
         peer = str(stream.muxed_conn.peer_id)
@@ -98,19 +110,20 @@ class DataServer:
         directory = self.store.dataset_dir(dataset_id)
         loaded = self._manifest(dataset_id, directory)
         if loaded is None:
-            raise wire.WireError("not_found", f"this node does not hold {dataset_id}")
+            raise not_held(dataset_id)
         manifest, manifest_bytes = loaded
-        allowed = _allow_list(directory)
-        if allowed is not None and peer not in allowed:
-            raise wire.WireError("forbidden", f"{dataset_id} is private to other peers")
+        audience = self._audience(dataset_id, directory, manifest)
+        if not audience.admits(peer):
+            log.debug("%s is private: not served to %s", dataset_id, peer)
+            raise not_held(dataset_id)
         if isinstance(request, wire.ManifestRequest):
             signature = (directory / SIGNATURE_FILE).read_bytes()
-            allow, allow_signature = _signed_allow_list(directory, dataset_id, allowed, signature[:32])
             await self._send(stream, wire.encode_response(wire.ManifestResponse(
-                manifest_bytes, signature=signature[32:], public_key=signature[:32], allow=allow,
-                allow_signature=allow_signature)))
+                manifest_bytes, signature=signature[32:], public_key=signature[:32], allow=audience.allow,
+                allow_signature=audience.allow_signature)))
         elif isinstance(request, wire.HaveRequest):
-            complete = [(directory / s.tokens_path).exists() for s in manifest.shards]
+            complete = [(directory / s.tokens_path).exists() and (dataset_id, s.name) not in self.guard.damaged
+                        for s in manifest.shards]
             await self._send(stream, wire.encode_response(wire.HaveResponse(wire.have_bitmap(complete))))
         else:
             await self._send_range(stream, directory, manifest, request)
@@ -124,15 +137,24 @@ class DataServer:
                       "docs": (shard.docs_path, shard.docs_size)}[request.file]
         if request.offset + request.length > size:
             raise wire.WireError("bad_request", f"{path} has {size} bytes; asked for {request.offset}+{request.length}")
-        try:
-            fd = os.open(directory / path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise wire.WireError("not_found", f"this node does not hold {path} yet") from None
+        if request.file != "tokens":
+            data = self.guard.small_file(directory, manifest, shard, request.file)
+            if data is None:
+                raise wire.WireError("not_found", f"this node does not hold {path}")
+            await self._send(stream, wire.encode_response(wire.ReadResponse(request.length)))
+            await self._send(stream, data[request.offset:request.offset + request.length])
+            self.stats.bytes_served += request.length
+            return
+        opened = await self.guard.open_tokens(directory, manifest, shard)
+        if opened is None:
+            raise wire.WireError("not_found", f"this node does not hold {path}")
+        fd, signature = opened
         try:
             await self._send(stream, wire.encode_response(wire.ReadResponse(request.length)))
             offset, end = request.offset, request.offset + request.length
             while offset < end:
                 chunk = os.pread(fd, min(CHUNK, end - offset), offset)
+                self.guard.check_unchanged(fd, signature, directory, shard)
                 if not chunk:
                     raise OSError(f"{path} is shorter than the manifest says")
                 await self._send(stream, chunk)
@@ -152,40 +174,91 @@ class DataServer:
         except Exception:
             await _reset(stream)
 
+    def _audience(self, dataset_id: str, directory: Path, manifest: Manifest) -> Audience:
+        """Who may fetch a dataset, read from its allow files and checked (signing.allowed_peers) once per change
+        of those files."""
+        if not manifest.is_private:
+            return PUBLIC
+        stamp = (_stamp(directory / ALLOW_FILE), _stamp(directory / ALLOW_SIGNATURE_FILE))
+        cached = self._audiences.get(dataset_id)
+        if cached is None or cached[0] != stamp:
+            allow, signature = read_allow_files(directory)
+            peers = allowed_peers(dataset_id, manifest, allow, signature)
+            if not peers:
+                log.warning("%s is private but holds no allow-list signed by its publisher %s: served to nobody",
+                            dataset_id, manifest.access.publisher)
+            cached = self._audiences[dataset_id] = (stamp, Audience(peers, tuple(sorted(peers)),
+                                                                    signature if peers else b""))
+        return cached[1]
+
     def _manifest(self, dataset_id: str, directory: Path) -> tuple[Manifest, bytes] | None:
-        path = directory / "manifest.json"
-        try:
-            mtime = path.stat().st_mtime_ns
-        except OSError:
+        """The dataset's manifest, only if it hashes to `dataset_id` (a replaced manifest.json is withheld)."""
+        fd = open_served(directory / "manifest.json")
+        if fd is None:
             return None
-        if not (directory / SIGNATURE_FILE).exists():
-            return None
-        cached = self._manifests.get(dataset_id)
-        if cached is None or cached[0] != mtime:
-            data = path.read_bytes()
-            cached = self._manifests[dataset_id] = (mtime, parse_manifest(data), data)
-        return cached[1], cached[2]
+        with open(fd, "rb") as f:
+            signature = stat_signature(os.fstat(f.fileno()))
+            if not (directory / SIGNATURE_FILE).exists():
+                return None
+            cached = self._manifests.get(dataset_id)
+            if cached is None or cached[0] != signature:
+                data = f.read(MAX_MANIFEST_BYTES + 1)
+                try:
+                    manifest = parse_manifest(data)
+                except ManifestError:
+                    manifest = None
+                if manifest is None or manifest.dataset_id != dataset_id:
+                    self.guard.note_damaged(dataset_id, "manifest.json", "it does not hash to the dataset ID")
+                    manifest, data = None, b""
+                else:
+                    self.guard.note_intact(dataset_id, "manifest.json")
+                cached = self._manifests[dataset_id] = (signature, manifest, data)
+        return None if cached[1] is None else (cached[1], cached[2])
 
 
-def _signed_allow_list(directory: Path, dataset_id: str, allowed: set[str] | None,
-                       public_key: bytes) -> tuple[tuple[str, ...], bytes]:
-    """The allow-list to pass on with the manifest: only one the publisher signed (an allow file edited by hand
-    still restricts this node, but fetchers do not inherit it)."""
-    allow = tuple(sorted(filter(is_peer_id, allowed or ())))
+@dataclass(frozen=True)
+class Audience:
+    """Who may fetch one dataset (`peers`, None for anyone) and the publisher's signed list to pass on with it."""
+
+    peers: frozenset[str] | None
+    allow: tuple[str, ...] = ()
+    allow_signature: bytes = b""
+
+    def admits(self, peer: str) -> bool:
+        return self.peers is None or peer in self.peers
+
+
+PUBLIC = Audience(None)
+
+
+def not_held(dataset_id: str) -> wire.WireError:
+    """The answer to a request for a dataset this node does not hold, and to a peer that may not fetch a private
+    one: the same code and message, so that a refused peer cannot tell whether the node holds it."""
+    return wire.WireError("not_found", f"this node does not hold {dataset_id}")
+
+
+def write_allow_files(directory: Path, allow, signature: bytes) -> None:
+    """Store an allow-list (one peer ID a line) and the publisher's signature of it in a dataset directory."""
+    write_atomic(directory / ALLOW_FILE, "".join(f"{peer}\n" for peer in allow).encode())
+    write_atomic(directory / ALLOW_SIGNATURE_FILE, signature)
+
+
+def read_allow_files(directory: Path) -> tuple[tuple[str, ...], bytes]:
+    """The allow-list (one peer ID a line) and its signature as stored in a dataset directory; empty if absent."""
     try:
+        lines = (directory / ALLOW_FILE).read_text(encoding="ascii", errors="replace").splitlines()
         signature = (directory / ALLOW_SIGNATURE_FILE).read_bytes()
     except FileNotFoundError:
         return (), b""
-    if allow and allow_list_verifies(dataset_id, allow, public_key, signature):
-        return allow, signature
-    return (), b""
+    return tuple(line.strip() for line in lines if line.strip()), signature
 
 
-def _allow_list(directory: Path) -> set[str] | None:
+def _stamp(path: Path) -> tuple | None:
     try:
-        return {line.strip() for line in (directory / ALLOW_FILE).read_text().splitlines() if line.strip()}
+        status = path.stat()
     except FileNotFoundError:
         return None
+    return status.st_ino, status.st_size, status.st_mtime_ns
 
 
 async def _reset(stream) -> None:

@@ -19,6 +19,9 @@ _HEX_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 _BASE58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _BASE58_RE = re.compile(r"[1-9A-HJ-NP-Za-km-z]{1,128}")
 _IDENTITY_MULTIHASH, _SHA256_MULTIHASH = 0x00, 0x12
+ED25519_KEY_BYTES = 32
+# identity multihash (0x00) of 36 bytes, then the protobuf PublicKey {Type: Ed25519 (1), Data: 32 bytes} header
+_ED25519_PEER_ID_PREFIX = bytes([_IDENTITY_MULTIHASH, 36, 0x08, 0x01, 0x12, 0x20])
 MAX_INLINE_KEY_BYTES = 42
 """libp2p puts public keys of at most this many bytes (Ed25519's are 36) in the peer ID itself; longer keys are
 hashed with SHA-256."""
@@ -63,19 +66,34 @@ def base58btc(data: bytes) -> str:
     return "1" * zeros + "".join(reversed(digits))
 
 
+def _base58btc_decode(text: str) -> bytes:
+    number = 0
+    for char in text:
+        number = number * 58 + _BASE58_ALPHABET.index(char)
+    zeros = len(text) - len(text.lstrip("1"))
+    return bytes(zeros) + number.to_bytes((number.bit_length() + 7) // 8, "big")
+
+
 def is_peer_id(text: object) -> bool:
     """Whether `text` is a libp2p peer ID as nodes print it: base58btc of a multihash, either the identity of a
     protobuf public key of at most MAX_INLINE_KEY_BYTES ("12D3KooW..." for Ed25519) or a SHA-256 ("Qm...")."""
     if not isinstance(text, str) or not _BASE58_RE.fullmatch(text):
         return False
-    number = 0
-    for char in text:
-        number = number * 58 + _BASE58_ALPHABET.index(char)
-    zeros = len(text) - len(text.lstrip("1"))
-    data = bytes(zeros) + number.to_bytes((number.bit_length() + 7) // 8, "big")
+    data = _base58btc_decode(text)
     if len(data) < 3 or data[1] != len(data) - 2:
         return False
     if data[0] == _IDENTITY_MULTIHASH:  # a protobuf PublicKey {Type (0-3): varint, Data: bytes}
         return (data[1] <= MAX_INLINE_KEY_BYTES and len(data) > 6 and data[2] == 0x08 and data[3] <= 3
                 and data[4] == 0x12 and data[5] == len(data) - 6)
     return data[0] == _SHA256_MULTIHASH and data[1] == DIGEST_SIZE
+
+
+def ed25519_key_of_peer_id(text: object) -> bytes | None:
+    """The 32-byte Ed25519 public key inside a peer ID ("12D3KooW...": the identity multihash of the protobuf
+    PublicKey {Type: Ed25519, Data: key}), or None for any other text. Only such a peer can sign a manifest."""
+    if not is_peer_id(text):
+        return None
+    data = _base58btc_decode(text)
+    if data[:6] != _ED25519_PEER_ID_PREFIX or len(data) != len(_ED25519_PEER_ID_PREFIX) + ED25519_KEY_BYTES:
+        return None
+    return data[len(_ED25519_PEER_ID_PREFIX):]

@@ -8,6 +8,7 @@ and the same manifest gives the same ID on every machine. docs/format.md is the 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from functools import cached_property
 from typing import Any
 
 from .errors import ManifestError
-from .ids import dataset_id_from_digest, is_hex_digest, sha256
+from .ids import dataset_id_from_digest, ed25519_key_of_peer_id, is_hex_digest, sha256
 from .jsonlimits import MAX_JSON_DEPTH, loads
 
 FORMAT = "kogitune-tensor/1"
@@ -78,6 +79,18 @@ class ShardInfo:
 
 
 @dataclass(frozen=True)
+class Access:
+    """Who decides who may fetch a dataset: present only in a private dataset's manifest (`publish --allow`).
+
+    It is part of what the ID hashes, so a private dataset's ID differs from the public ID of the same tensor
+    and names its publisher: the manifest is valid only with that publisher's signature, and the allow-list that
+    travels with it only with that publisher's signature too (kogitune.protocol.signing)."""
+
+    publisher: str
+    private: bool = True
+
+
+@dataclass(frozen=True)
 class Manifest:
     tokenizer: TokenizerInfo
     dtype: str
@@ -88,6 +101,16 @@ class Manifest:
     blocks: int
     shards: tuple[ShardInfo, ...]
     provenance: dict
+    access: Access | None = None
+
+    @property
+    def is_private(self) -> bool:
+        return self.access is not None
+
+    def made_private(self, publisher: str) -> "Manifest":
+        """This manifest with an `access` field naming `publisher` (a "12D3KooW..." peer ID): a new dataset ID."""
+        _access({"publisher": publisher, "private": True})  # the same checks as when it is read back
+        return dataclasses.replace(self, access=Access(publisher))
 
     @property
     def itemsize(self) -> int:
@@ -101,7 +124,9 @@ class Manifest:
         return piece_count(shard.size, self.piece_size)
 
     def to_dict(self) -> dict:
+        access = {"access": vars(self.access).copy()} if self.access is not None else {}
         return {
+            **access,
             "format": FORMAT,
             "tokenizer": vars(self.tokenizer).copy(),
             "dtype": self.dtype,
@@ -175,7 +200,7 @@ def _unique_keys(pairs: list) -> dict:
 def manifest_from_dict(obj: Any) -> Manifest:
     _check_canonical(obj, "manifest")
     top = _fields(obj, "manifest", {"format", "tokenizer", "dtype", "block_size", "piece_size", "counts",
-                                     "shards", "provenance"})
+                                     "shards", "provenance"}, optional={"access"})
     if top["format"] != FORMAT:
         raise ManifestError(f"manifest format is {top['format']!r}; this Kogitune reads {FORMAT!r} "
                             "(upgrade kogitune if the tensor is newer)")
@@ -220,7 +245,21 @@ def manifest_from_dict(obj: Any) -> Manifest:
                             f"counts.documents says {documents}")
     if not isinstance(top["provenance"], dict):
         raise ManifestError("provenance must be an object")
-    return Manifest(tokenizer, dtype, block_size, piece_size, documents, tokens, blocks, shards, top["provenance"])
+    access = _access(top["access"]) if "access" in top else None
+    return Manifest(tokenizer, dtype, block_size, piece_size, documents, tokens, blocks, shards, top["provenance"],
+                    access)
+
+
+def _access(obj: Any) -> Access:
+    """`access` is {"private": true, "publisher": <an Ed25519 peer ID>}; a public manifest has no `access` field
+    (so one tensor has exactly one public ID)."""
+    access = _fields(obj, "access", {"publisher", "private"})
+    if access["private"] is not True:
+        raise ManifestError("access.private must be true (a public manifest has no access field)")
+    if ed25519_key_of_peer_id(access["publisher"]) is None:
+        raise ManifestError(f"access.publisher must be the peer ID of an Ed25519 key (12D3KooW...), "
+                            f"got {access['publisher']!r:.80}")
+    return Access(access["publisher"])
 
 
 def _shard(obj: Any, index: int, block_bytes: int, itemsize: int) -> ShardInfo:
@@ -243,10 +282,10 @@ def _shard(obj: Any, index: int, block_bytes: int, itemsize: int) -> ShardInfo:
     return shard
 
 
-def _fields(obj: Any, where: str, names: set[str]) -> dict:
+def _fields(obj: Any, where: str, names: set[str], optional: set[str] = frozenset()) -> dict:
     if not isinstance(obj, dict):
         raise ManifestError(f"{where} must be an object")
-    missing, extra = names - obj.keys(), obj.keys() - names
+    missing, extra = names - obj.keys(), obj.keys() - names - optional
     if missing:
         raise ManifestError(f"{where} lacks {', '.join(sorted(missing))}")
     if extra:

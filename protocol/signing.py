@@ -3,7 +3,12 @@
 What is signed is SIGNING_CONTEXT followed by the 32-byte digest behind the dataset ID. The ID is the SHA-256 of the
 manifest's canonical encoding, so the signature covers the whole manifest, and the context keeps a manifest
 signature from ever being valid for anything else signed with the same key. The publisher is named by the libp2p peer
-ID of its key. Pure functions; docs/protocol.md is the specification.
+ID of its key.
+
+Who may fetch a dataset is decided by the publisher that its manifest names, and by nobody else. A public manifest
+names none: anyone may fetch it, whatever list a peer sends with it. A private manifest (its `access` field) names
+its publisher inside what the ID hashes, is valid only with that publisher's signature, and is served only to the
+peers of an allow-list that the same publisher signed. Pure functions; docs/protocol.md is the specification.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from .errors import IntegrityError
-from .ids import base58btc, dataset_id_digest
+from .ids import base58btc, dataset_id_digest, ed25519_key_of_peer_id
 from .manifest import Manifest, parse_manifest
 
 SIGNING_CONTEXT = b"kogitune/manifest/v1\x00"
@@ -80,13 +85,30 @@ def verify_dataset(dataset_id: str, public_key: bytes, signature: bytes) -> None
 
 def check_signed_manifest(dataset_id: str, manifest: bytes, public_key: bytes, signature: bytes) -> Manifest:
     """Everything a fetcher checks on a ManifestResponse: the manifest parses (ManifestError otherwise), its ID is
-    `dataset_id` and the publisher's signature of that ID verifies (IntegrityError otherwise)."""
+    `dataset_id`, the signature of that ID verifies, and a private manifest is signed by the publisher it names
+    (IntegrityError otherwise)."""
     expected = dataset_id_digest(dataset_id)  # a malformed ID fails here, before any work
     parsed = parse_manifest(manifest)
     if dataset_id_digest(parsed.dataset_id) != expected:
         raise IntegrityError(f"the manifest received for {dataset_id} hashes to {parsed.dataset_id}")
     verify_dataset(dataset_id, public_key, signature)
+    if parsed.is_private and public_key != ed25519_key_of_peer_id(parsed.access.publisher):
+        raise IntegrityError(f"{dataset_id} is private to its publisher {parsed.access.publisher}, but this copy is "
+                             f"signed by {peer_id_from_public_key(public_key)}")
     return parsed
+
+
+def allowed_peers(dataset_id: str, manifest: Manifest, allow, allow_signature: bytes) -> frozenset[str] | None:
+    """Who may fetch `dataset_id`, whose checked manifest is `manifest`: None (anyone) for a public manifest,
+    whatever list comes with it; for a private one, the peers of `allow` if the publisher that the manifest names
+    signed exactly that list, else nobody (an empty set: a replica that lost or never got the list fails closed)."""
+    if not manifest.is_private:
+        return None
+    allow = tuple(sorted(set(allow)))  # the order the publisher signs
+    publisher_key = ed25519_key_of_peer_id(manifest.access.publisher)
+    if allow and allow_list_verifies(dataset_id, allow, publisher_key, allow_signature):
+        return frozenset(allow)
+    return frozenset()
 
 
 def peer_id_from_public_key(public_key: bytes) -> str:

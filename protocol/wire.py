@@ -20,14 +20,17 @@ from .errors import KogituneError
 from .ids import DIGEST_SIZE, is_peer_id
 from .manifest import MAX_MANIFEST_BYTES, MAX_SHARDS
 
-PROTOCOL_ID = "/kogitune/data/1.0.0"
+PROTOCOL_ID = "/kogitune/data/1.1.0"
+"""1.1.0: the allow-list of a ManifestResponse counts only with a private manifest (docs/format.md `access`), and
+`forbidden` is gone (a refused peer is answered `not_found`). A 1.0.0 node would honour a list sent with a public
+manifest, and a 1.1.0 node would serve publicly a 1.0.0 node's private dataset: they must not talk."""
 WIRE_VERSION = 1
 MAX_REQUEST_BYTES = 4096
 MAX_ALLOW_CHARS = 64 << 10
 MAX_HEADER_BYTES = (64 << 20) + MAX_ALLOW_CHARS + 4096
 MAX_READ_BYTES = 1 << 30
 FILE_KINDS = ("tokens", "pieces", "docs")
-ERROR_CODES = ("bad_request", "not_found", "forbidden", "busy", "internal")
+ERROR_CODES = ("bad_request", "not_found", "busy", "internal")
 
 MAX_VARINT_BYTES = 10
 MAX_MESSAGE_CHARS = 1000
@@ -240,8 +243,9 @@ Request = ManifestRequest | HaveRequest | ReadRequest
 @dataclass(frozen=True)
 class ManifestResponse:
     """`allow`: the peers a private dataset is served to (sorted), empty for a public one, with the publisher's
-    `allow_signature` of it (empty with an empty list); a replica keeps a list only if that signature verifies, and
-    then serves its copy to the same peers only."""
+    `allow_signature` of it (empty with an empty list). A replica keeps a list only for a private manifest and only
+    if the publisher that manifest names signed it (signing.allowed_peers), and then serves its copy to the same
+    peers only; a list sent with a public manifest means nothing."""
 
     manifest: bytes
     signature: bytes

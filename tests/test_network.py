@@ -106,47 +106,66 @@ def test_restart_keeps_identity_and_store_and_announces_again(tensor, nodes, tmp
 
 
 def test_private_dataset_is_served_only_to_its_allow_list_also_by_replicas(tensor, nodes):
-    """B, allowed, replicates A's private dataset and announces its copy; C still gets `forbidden` from both."""
+    """`publish --allow` publishes the tensor's private dataset, under its own ID; B, allowed, replicates it and
+    announces its copy; C is refused by both, with the answer of a node that does not hold it."""
     a = nodes("a")
     b = nodes("b", [a.address])
     c = nodes("c", [a.address])
     dataset_id = a.cli("publish", str(tensor.path), "--allow", b.peer_id).stdout.strip()
+    assert dataset_id != tensor.dataset_id
     b.cli("get", dataset_id)
     assert DataTensor(b.home / "datasets" / dataset_id).verify() == []
     assert (b.home / "datasets" / dataset_id / "allow").read_text() == f"{b.peer_id}\n"
+    info = subprocess.run([KOGITUNE, "info", str(b.home / "datasets" / dataset_id)], capture_output=True, text=True,
+                          timeout=60, env=ENV, check=True).stdout
+    assert f"dataset id  {dataset_id}" in info and f"access      private, published by {a.peer_id}" in info
     refused = c.cli("get", dataset_id, check=False)
     assert refused.returncode != 0
-    assert f"{a.peer_id}: forbidden" in refused.stderr and f"{b.peer_id}: forbidden" in refused.stderr
+    for peer in (a.peer_id, b.peer_id):
+        assert f"{peer}: not_found: this node does not hold {dataset_id}" in refused.stderr
 
 
-def test_an_allow_list_the_publisher_did_not_sign_is_not_inherited(tensor, nodes):
-    """A node that adds an allow file of its own to a public dataset restricts itself only: a node that fetches
-    from it stays public (the list travels with the publisher's signature, and this one has none)."""
+def test_an_allow_list_on_a_public_dataset_restricts_nobody(tensor, nodes):
+    """A public dataset's ID carries no restriction: H, a replica, writes an allow-list into its copy with its own
+    signature of it; H still serves the dataset to anyone, and B, which fetches from H alone, keeps no list."""
+    from kogitune.node.host import load_identity_seed
+    from kogitune.protocol.signing import sign_allow_list
+
     a = nodes("a")
     h = nodes("h", [a.address])
     dataset_id = a.cli("publish", str(tensor.path)).stdout.strip()
     h.cli("get", dataset_id)
     a.close()
+    copy = h.home / "datasets" / dataset_id
+    (copy / "allow").write_text(f"{h.peer_id}\n")
+    (copy / "allow.signature").write_bytes(sign_allow_list(load_identity_seed(h.home), dataset_id, [h.peer_id]))
     b = nodes("b", [h.address])
-    (h.home / "datasets" / dataset_id / "allow").write_text(f"{h.peer_id}\n{b.peer_id}\n")
     b.cli("get", dataset_id)
     assert not (b.home / "datasets" / dataset_id / "allow").exists()
-    c = nodes("c", [b.address])
-    c.cli("get", dataset_id)
-    assert DataTensor(c.home / "datasets" / dataset_id).verify() == []
+    assert DataTensor(b.home / "datasets" / dataset_id).verify() == []
 
 
-def test_a_private_replica_is_not_published_as_public(tensor, nodes):
-    """`publish` of a tensor that the store holds as a private dataset, without --allow, is refused: it would
-    replace the publisher's signature and drop the list."""
+def test_only_the_publisher_republishes_a_private_dataset(tensor, nodes):
+    """B cannot publish its replica of A's private dataset (as public or as its own); publishing the public tensor
+    is another ID and leaves the private replica private. A publishes the same tensor publicly too (two IDs, the
+    same shard files) and republishes the private one with a new list under the same ID."""
     a = nodes("a")
     b = nodes("b", [a.address])
     dataset_id = a.cli("publish", str(tensor.path), "--allow", b.peer_id).stdout.strip()
     b.cli("get", dataset_id)
-    refused = b.cli("publish", str(tensor.path), check=False)
-    assert refused.returncode == 2 and "is private in this node's store" in refused.stderr
-    assert (b.home / "datasets" / dataset_id / "allow").exists()
-    assert a.cli("publish", str(tensor.path), "--allow", b.peer_id).stdout.strip() == dataset_id
+    replica = b.home / "datasets" / dataset_id
+    for args in ([], ["--allow", b.peer_id]):
+        refused = b.cli("publish", str(replica), *args, check=False)
+        assert refused.returncode == 2 and f"is a private dataset of {a.peer_id}: only that node" in refused.stderr
+    assert b.cli("publish", str(tensor.path)).stdout.strip() == tensor.dataset_id
+    assert (replica / "allow").read_text() == f"{b.peer_id}\n"
+    assert a.cli("publish", str(tensor.path)).stdout.strip() == tensor.dataset_id
+    shard = tensor.shards[0].tokens_path
+    public, private = (a.home / "datasets" / i / shard for i in (tensor.dataset_id, dataset_id))
+    assert public.stat().st_ino == private.stat().st_ino == (tensor.path / shard).stat().st_ino
+    assert a.cli("publish", str(tensor.path), "--allow", b.peer_id, "--allow", a.peer_id).stdout.strip() == dataset_id
+    assert (a.home / "datasets" / dataset_id / "allow").read_text() == "".join(
+        f"{p}\n" for p in sorted([a.peer_id, b.peer_id]))
 
 
 def test_publish_refuses_an_allow_entry_that_is_not_a_peer_id(tensor, nodes):

@@ -1,7 +1,7 @@
 """Hostile peers against a running node process (`kogitune node start` on 127.0.0.1).
 
 The test process runs its own py-libp2p hosts inside trio (Noise + Yamux, like a real peer) and speaks
-`/kogitune/data/1.0.0` to the node: thousands of malformed and hostile requests, a plaintext dialer, a peer over
+`/kogitune/data/1.1.0` to the node: thousands of malformed and hostile requests, a plaintext dialer, a peer over
 its stream limit. After each attack the node must still be alive, bounded in memory, and serve correct bytes.
 
 Every network wait is bounded (trio.fail_after, or move_on_after where running out of time is recorded as a

@@ -111,13 +111,13 @@ def assert_bad(call, *args):
 # ---- constants and vectors --------------------------------------------------------------------------------------
 
 def test_constants():
-    assert PROTOCOL_ID == "/kogitune/data/1.0.0"
+    assert PROTOCOL_ID == "/kogitune/data/1.1.0"
     assert WIRE_VERSION == 1
     assert MAX_REQUEST_BYTES == 4096
     assert MAX_HEADER_BYTES == 64 * 1024 * 1024 + 64 * 1024 + 4096
     assert MAX_READ_BYTES == 1 << 30
     assert FILE_KINDS == ("tokens", "pieces", "docs")
-    assert ERROR_CODES == ("bad_request", "not_found", "forbidden", "busy", "internal")
+    assert ERROR_CODES == ("bad_request", "not_found", "busy", "internal")
     assert issubclass(WireError, KogituneError)
 
 
@@ -248,8 +248,8 @@ def test_wire_error_codes():
     with pytest.raises(ValueError):
         WireError("nope")
     import pickle
-    copy = pickle.loads(pickle.dumps(WireError("forbidden", "not on the list")))
-    assert (copy.code, copy.message) == ("forbidden", "not on the list")
+    copy = pickle.loads(pickle.dumps(WireError("not_found", "no such dataset")))
+    assert (copy.code, copy.message) == ("not_found", "no such dataset")
 
 
 # ---- the frame decoder ------------------------------------------------------------------------------------------

@@ -1,0 +1,186 @@
+"""What a node may send: only bytes it has checked against the dataset ID since they last changed.
+
+The content store shares inodes with the tensors a user published (hard links), so a store file can change under
+the node after it was verified: an edit in place through the user's copy, a truncation, a chmod. The node must never
+pass such bytes on (they may be anything the user wrote there). So, before a tokens file is served:
+
+- it is opened without following symbolic links (the store holds none: `Node.publish` refuses them);
+- the `stat_signature` of the open file (size, mtime, inode, ctime: a write, truncate or chmod always moves ctime,
+  and nobody can set it back) must be the one recorded when the shard last passed a check (`tensor.is_marked`);
+- it is compared again after every read and before that chunk is sent: Linux moves ctime before a write copies its
+  data, so a chunk read while the signature still held is the verified one. A change mid-stream cuts the stream.
+
+A shard whose files changed since their check is hashed again on a worker thread when a peer next asks for it (one
+check at a time per node, once per change): if it still verifies (e.g. only a chmod or a new hard link), it is
+served again at once; if not, it is withheld (peers get not_found, as for a missing shard), logged once, and listed
+as damaged by `kogitune node status`. `.pieces` and `.docs` files are small and checked against the manifest each
+time they are served; the manifest against the dataset ID (in DataServer).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import trio
+
+from kogitune.protocol.manifest import Manifest, ShardInfo
+from kogitune.protocol.pieces import root_of
+from kogitune.tensor import DataTensor, file_signature, is_marked, stat_signature
+
+log = logging.getLogger("kogitune.node")
+RECHECK_THREADS = 1
+"""Shards a node hashes again at once (after their files changed): a background chore, it must not take the CPU
+that serving needs."""
+SERVE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW
+"""How a node opens a file it serves: never through a symbolic link."""
+CHANGED = "its files changed since they were verified; withheld until a re-check passes (the next request re-checks it)"
+
+
+_links_seen: set[str] = set()
+"""Store paths found to be symbolic links (put there by hand: publish makes none), logged once each."""
+
+
+class ChangedWhileServing(Exception):
+    """A served file changed between two reads: the stream is cut before the changed bytes leave."""
+
+
+def open_served(path: Path) -> int | None:
+    """A read-only descriptor on `path`, or None if it is missing or a symbolic link."""
+    try:
+        return os.open(path, SERVE_FLAGS)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            if str(path) not in _links_seen:
+                _links_seen.add(str(path))
+                log.warning("%s is a symbolic link; a node serves no links: withheld", path)
+            return None
+        raise
+
+
+def read_served(path: Path, limit: int) -> bytes | None:
+    """The whole of a small file (at most `limit` bytes), opened as `open_served`; None if missing or a link."""
+    fd = open_served(path)
+    if fd is None:
+        return None
+    with open(fd, "rb") as f:
+        return f.read(limit + 1)
+
+
+class StoreGuard:
+    """Decides which store files a DataServer may send, and remembers which shards it found damaged."""
+
+    def __init__(self) -> None:
+        self.damaged: dict[tuple[str, str], str] = {}
+        """(dataset ID, shard name or "manifest.json") -> the problem found, for as long as it lasts."""
+        self._failed: dict[tuple[str, str], list] = {}
+        self._checking: dict[tuple[str, str], trio.Event] = {}
+        self._limiter = trio.CapacityLimiter(RECHECK_THREADS)
+
+    async def open_tokens(self, directory: Path, manifest: Manifest, shard: ShardInfo) -> tuple[int, list] | None:
+        """A descriptor on the shard's tokens file and the stat_signature it must keep while it is served; None
+        when the shard is missing or withheld (changed since its check, and a re-check did not pass)."""
+        fd = open_served(directory / shard.tokens_path)
+        if fd is None:
+            return None
+        try:
+            opened = stat_signature(os.fstat(fd))
+            if await self._trusted(directory, manifest, shard, opened):
+                return fd, opened
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        return None
+
+    def check_unchanged(self, fd: int, opened: list, directory: Path, shard: ShardInfo) -> None:
+        """Raise ChangedWhileServing if the open file changed since `opened` was taken."""
+        if stat_signature(os.fstat(fd)) != opened:
+            log.info("%s shard %s changed while being served; the stream was cut and it is withheld until it "
+                     "passes a re-check", directory.name, shard.name)
+            raise ChangedWhileServing(f"{directory / shard.tokens_path} changed while being served")
+
+    def small_file(self, directory: Path, manifest: Manifest, shard: ShardInfo, kind: str) -> bytes | None:
+        """The shard's whole .pieces or .docs file if it matches the manifest, else None (and noted damaged)."""
+        if kind == "pieces":
+            path, size = shard.pieces_path, manifest.pieces_in(shard) * 32
+            data = read_served(directory / path, size)
+            ok = data is not None and len(data) == size and root_of(data) == shard.root
+        else:
+            path, size = shard.docs_path, shard.docs_size
+            data = read_served(directory / path, size)
+            ok = data is not None and len(data) == size and hashlib.sha256(data).hexdigest() == shard.docs_sha256
+        if data is None:
+            return None
+        if not ok:
+            self.note_damaged(directory.name, shard.name, f"{path} does not match the manifest")
+            return None
+        return data
+
+    def note_damaged(self, dataset_id: str, what: str, problem: str) -> None:
+        """Record a damaged shard (or manifest), logging it once."""
+        if self.damaged.get((dataset_id, what)) != problem:
+            log.warning("%s %s is damaged and withheld from peers: %s. Undo the change, or store and publish (or "
+                        "fetch) the dataset again", dataset_id, what if what.endswith(".json") else f"shard {what}",
+                        problem)
+        self.damaged[(dataset_id, what)] = problem
+
+    def note_intact(self, dataset_id: str, what: str) -> None:
+        if self.damaged.pop((dataset_id, what), None) is not None:
+            log.info("%s %s passed its check again; serving it", dataset_id, what)
+
+    async def _trusted(self, directory: Path, manifest: Manifest, shard: ShardInfo, opened: list) -> bool:
+        """Whether the shard's files, the tokens file being the one `opened`, are as they last passed a check;
+        re-checks them first if they changed since and did not already fail as they are now."""
+        key = (directory.name, shard.name)
+        signature = file_signature(directory, shard)
+        if signature is None or signature[0] != opened:
+            return False
+        if is_marked(directory, directory.name, shard.name, signature):
+            return True
+        if self._failed.get(key) != signature:
+            await self._recheck(directory, shard, signature)
+        signature = file_signature(directory, shard)
+        return (signature is not None and signature[0] == opened
+                and is_marked(directory, directory.name, shard.name, signature))
+
+    async def _recheck(self, directory: Path, shard: ShardInfo, signature: list) -> None:
+        """Hash the shard again on a worker thread (one check per shard at a time: other requests wait for it)."""
+        key = (directory.name, shard.name)
+        running = self._checking.get(key)
+        if running is not None:
+            await running.wait()
+            return
+        self._checking[key] = trio.Event()
+        try:
+            problems = await trio.to_thread.run_sync(_check, directory, shard, limiter=self._limiter)
+        finally:
+            self._checking.pop(key).set()
+        if problems:
+            self._failed[key] = signature
+            self.note_damaged(directory.name, shard.name, problems[0])
+        else:
+            self._failed.pop(key, None)
+            self.note_intact(directory.name, shard.name)
+
+    def changed_shards(self, directory: Path, manifest: Manifest) -> list[str]:
+        """The shards held in `directory` whose files changed since their last check (withheld until re-checked)."""
+        changed = []
+        for shard in manifest.shards:
+            signature = file_signature(directory, shard)
+            if signature is not None and not is_marked(directory, directory.name, shard.name, signature):
+                changed.append(shard.name)
+        return changed
+
+
+def _check(directory: Path, shard: ShardInfo) -> list:
+    """Hash a store shard against the dataset's manifest, recording the result as its mark (on a worker thread)."""
+    tensor = DataTensor(directory)
+    if tensor.dataset_id != directory.name:
+        return [f"{directory / 'manifest.json'} does not hash to {directory.name}"]
+    return [str(problem) for problem in tensor.check_and_mark(shard)]
