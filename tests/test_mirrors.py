@@ -106,7 +106,9 @@ def test_a_mirror_with_a_wrong_pieces_or_docs_file_is_named_with_the_file(served
     broken = copy_tensor(served, tmp_path / "broken")
     shard = served.shards[0]
     path = broken / getattr(shard, f"{kind}_path")
-    path.write_bytes(path.read_bytes()[:-1])
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(data)
     with mirrors(broken, "ok") as urls:
         tensor = open_mirrors(urls, ContentStore(tmp_path / "store"))
         with pytest.raises(FetchError) as caught:

@@ -216,17 +216,21 @@ def test_a_marks_file_nested_too_deep_vouches_for_nothing(kjv_tensor, damaged, c
 def test_a_marks_file_over_its_limit_is_not_read(damaged, monkeypatch):
     """Only MAX_MARKS_BYTES of a marks file are read: a longer one vouches for nothing (its shards are hashed)."""
     assert problems_of(damaged) == []
-    path = damaged / "shards/00000.tokens"
-    before = path.stat()
-    flip_byte(path, 9)
-    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     marks = (damaged / MARKS_FILE).read_bytes()
     monkeypatch.setattr(tensor_module, "MAX_MARKS_BYTES", len(marks) + 10)
-    DataTensor(damaged).shard_tokens(0)  # within the limit, the (stale) mark is trusted
-    tensor_module._checked_here.clear()  # and remembered in this process: forget it
-    (damaged / MARKS_FILE).write_bytes(marks + b" " * 11)
-    with pytest.raises(IntegrityError, match="shard 00000"):
+    hashed = []
+    digests = tensor_module.piece_digests
+    monkeypatch.setattr(tensor_module, "piece_digests", lambda *args: hashed.append(1) or digests(*args))
+
+    def opening_hashes() -> bool:
+        tensor_module._checked_here.clear()  # what this process checked itself is trusted without the file
+        hashed.clear()
         DataTensor(damaged).shard_tokens(0)
+        return bool(hashed)
+
+    assert not opening_hashes()  # within the limit, the mark is trusted
+    (damaged / MARKS_FILE).write_bytes(marks + b" " * 11)
+    assert opening_hashes()
 
 
 HUGE_MANIFEST = """
