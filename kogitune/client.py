@@ -141,8 +141,7 @@ def _local_publisher(directory: Path, dataset_id: str) -> str | None:
     try:
         signed = (directory / "signature").read_bytes()
         check_signed_manifest(dataset_id, read_limited(directory / "manifest.json", MAX_MANIFEST_BYTES),
-                              signed[:PUBLIC_KEY_BYTES],
-                              signed[PUBLIC_KEY_BYTES:])
+                              signed[:PUBLIC_KEY_BYTES], signed[PUBLIC_KEY_BYTES:])
     except (OSError, KogituneError, ValueError):
         return None
     return peer_id_from_public_key(signed[:PUBLIC_KEY_BYTES])
