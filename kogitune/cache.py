@@ -5,12 +5,24 @@ evicted). Its name is the dataset ID, which commits to every byte, so the store 
 appear only by an atomic rename after verification (see kogitune.node.fetch), so processes that share the store
 (ranks, DataLoader workers) never read a partial file. `shards/<name>.used` records when a shard was last opened,
 for least-recently-used eviction; a `pinned` file in a dataset directory protects it from eviction.
+
+Eviction never takes a shard from under a process that uses it. Three flocks say who uses a shard, and gc takes
+each exclusively without waiting, skipping the shard if any is held:
+- `<name>.lock`, held exclusively by the process fetching the shard (kogitune.node.fetch) or replacing a damaged copy;
+- `<name>.used`, held shared by a reader from before it asks for the shard until it has mapped it (see `using`):
+  this covers the wait for a fetch and the moment between the fetch and the open, in whichever process fetches;
+- the tokens file itself, held shared by every memory map of it (kogitune.tensor), for as long as the map lives.
+Lock files are never removed (a process holding a removed one would lock nothing); they are empty.
+A `<name>.tokens.partial` file holds the pieces of an unfinished fetch; the next fetch of the shard resumes from it.
+gc counts it like a shard and removes it, least recently written first, when no fetch holds the shard's lock.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +30,14 @@ from kogitune.protocol.ids import is_dataset_id
 from kogitune.protocol.manifest import parse_manifest
 
 from .errors import KogituneError
-from .files import file_mode_in, make_folders, write_atomic
+from .files import file_mode_in, make_folders, opener_like_folder, write_atomic
 
 DEFAULT_LIMIT_BYTES = 50 * 10**9
 PINNED_FILE = "pinned"
+PARTIAL_SUFFIX = "tokens.partial"
+"""`<shard>.tokens.partial`: the verified pieces of an unfinished fetch (see kogitune.node.fetch)."""
+LOCK_SUFFIXES = ("lock", "used")
+"""`<shard>.lock` and `<shard>.used`, which gc never removes: the fetch lock and the readers' lock."""
 
 
 def kogitune_home() -> Path:
@@ -51,6 +67,8 @@ class CachedShard:
     size: int
     last_used: float
     pinned: bool
+    partial: bool = False
+    """A `.tokens.partial` file of an unfinished fetch rather than a complete shard."""
 
 
 class ContentStore:
@@ -89,6 +107,20 @@ class ContentStore:
         except OSError:
             pass
 
+    @contextmanager
+    def using(self, dataset_dir: Path, shard_name: str):
+        """Keep the shard from eviction while the caller fetches (or waits for) and maps it: a shared lock on its
+        `.used` file, which gc cannot take. The fetch itself, in this process or a daemon's, locks `.lock`, so the
+        two never wait for each other. Once mapped, the map's own lock on the tokens file protects the shard."""
+        try:
+            lock = open(dataset_dir / "shards" / f"{shard_name}.used", "a+b", opener=opener_like_folder)
+        except OSError:  # a store this process may not write to (read-only): it neither fetches nor evicts there
+            yield
+            return
+        with lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_SH)
+            yield
+
     def pin(self, dataset_id: str, pinned: bool = True) -> None:
         marker = self.dataset_dir(dataset_id) / PINNED_FILE
         if pinned:
@@ -97,8 +129,10 @@ class ContentStore:
         else:
             marker.unlink(missing_ok=True)
 
-    def shards(self) -> list[CachedShard]:
-        """Every complete shard in the store."""
+    def shards(self, partial: bool = False) -> list[CachedShard]:
+        """Every complete shard in the store (last used: its last open or its fetch, whichever is later); with
+        `partial`, also every `.tokens.partial` file (last used: its last write). A file that another process's gc
+        removes meanwhile is left out."""
         found = []
         if not self.datasets.is_dir():
             return found
@@ -106,30 +140,90 @@ class ContentStore:
             if not is_dataset_id(directory.name):
                 continue
             pinned = (directory / PINNED_FILE).exists()
-            for tokens in sorted((directory / "shards").glob("*.tokens")):
-                name = tokens.name[: -len(".tokens")]
-                used = tokens.with_name(f"{name}.used")
-                stamp = used.stat().st_mtime if used.exists() else tokens.stat().st_mtime
-                size = sum(p.stat().st_size for p in tokens.parent.glob(f"{name}.*") if p.is_file())
-                found.append(CachedShard(directory.name, name, size, stamp, pinned))
+            for name, files in sorted(_shard_files(directory / "shards").items()):
+                tokens, used, unfinished = files.get("tokens"), files.get("used"), files.get(PARTIAL_SUFFIX)
+                if tokens is not None:
+                    size = sum(st.st_size for suffix, st in files.items() if suffix != PARTIAL_SUFFIX)
+                    stamp = max(tokens.st_mtime, used.st_mtime if used is not None else 0.0)
+                    found.append(CachedShard(directory.name, name, size, stamp, pinned))
+                if partial and unfinished is not None:
+                    found.append(CachedShard(directory.name, name, unfinished.st_size, unfinished.st_mtime, pinned,
+                                             partial=True))
         return found
 
     def gc(self, limit_bytes: int | None = None) -> list[CachedShard]:
-        """Evict unpinned shards, least recently used first, until the store fits in `limit_bytes`."""
+        """Evict unpinned shards and partial files, least recently used first, until the store fits in
+        `limit_bytes`. A shard or partial file that a process uses is skipped (so the store may stay above the
+        limit until it is released)."""
         limit = cache_limit_bytes() if limit_bytes is None else limit_bytes
-        shards = self.shards()
-        total = sum(s.size for s in shards)
+        held = self.shards(partial=True)
+        total = sum(s.size for s in held)
         evicted = []
-        for shard in sorted((s for s in shards if not s.pinned), key=lambda s: s.last_used):
+        for shard in sorted((s for s in held if not s.pinned), key=lambda s: s.last_used):
             if total <= limit:
                 break
-            shard_dir = self.datasets / shard.dataset_id / "shards"
-            for path in shard_dir.glob(f"{shard.name}.*"):
-                if not path.name.endswith(".lock"):
-                    path.unlink(missing_ok=True)
-            total -= shard.size
-            evicted.append(shard)
+            if self._evict(shard):
+                total -= shard.size
+                evicted.append(shard)
         return evicted
+
+    def _evict(self, shard: CachedShard) -> bool:
+        """Remove a shard's files (the tokens first: their presence means complete), or its partial file, if no
+        process fetches, opens or maps it; return whether it was removed."""
+        shard_dir = self.datasets / shard.dataset_id / "shards"
+        with _exclusive_now(shard_dir / f"{shard.name}.lock") as no_fetch:
+            if not no_fetch:
+                return False
+            if shard.partial:
+                (shard_dir / f"{shard.name}.{PARTIAL_SUFFIX}").unlink(missing_ok=True)
+                return True
+            tokens = shard_dir / f"{shard.name}.tokens"
+            with _exclusive_now(shard_dir / f"{shard.name}.used") as no_reader, \
+                    _exclusive_now(tokens, create=False) as no_map:
+                if not (no_reader and no_map):
+                    return False
+                tokens.unlink(missing_ok=True)
+                for path in shard_dir.glob(f"{shard.name}.*"):
+                    if path.name.partition(".")[2] not in LOCK_SUFFIXES:
+                        path.unlink(missing_ok=True)
+        return True
+
+
+@contextmanager
+def _exclusive_now(path: Path, create: bool = True):
+    """Yield whether this process got an exclusive flock on `path` without waiting (False when someone holds a
+    lock on it, or when `path` cannot be opened); the lock is released on exit."""
+    try:
+        lock = open(path, "a+b", opener=opener_like_folder) if create else open(path, "rb")
+    except OSError:  # gone, or a store this process may not write to
+        yield False
+        return
+    with lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            got = True
+        except BlockingIOError:
+            got = False
+        yield got
+
+
+def _shard_files(shards_dir: Path) -> dict[str, dict[str, os.stat_result]]:
+    """shard name -> file suffix ("tokens", "used", "tokens.partial", ...) -> its stat, in one pass over the folder
+    (temporary files of atomic writes, which begin with a dot, are not a shard's)."""
+    files: dict[str, dict[str, os.stat_result]] = {}
+    try:
+        entries = list(os.scandir(shards_dir))
+    except FileNotFoundError:
+        return files
+    for entry in entries:
+        name, _, suffix = entry.name.partition(".")
+        if not name:
+            continue
+        try:
+            files.setdefault(name, {})[suffix] = entry.stat()
+        except FileNotFoundError:
+            continue
+    return files
 
 
 def age(seconds_since_epoch: float) -> str:

@@ -135,10 +135,12 @@ def _cache(args) -> int:
     if args.action == "gc":
         limit = int(args.limit * 1e9) if args.limit is not None else cache_limit_bytes()
         evicted = content.gc(limit)
-        print(f"evicted {len(evicted)} shard(s), {sum(s.size for s in evicted) / 1e6:.1f} MB; "
-              f"the store now holds {sum(s.size for s in content.shards()) / 1e6:.1f} MB (limit {limit / 1e9:.1f} GB)")
+        partials = sum(s.partial for s in evicted)
+        print(f"evicted {len(evicted) - partials} shard(s) and {partials} partial file(s), "
+              f"{sum(s.size for s in evicted) / 1e6:.1f} MB; the store now holds "
+              f"{sum(s.size for s in content.shards(partial=True)) / 1e6:.1f} MB (limit {limit / 1e9:.1f} GB)")
         return EXIT_OK
-    shards = content.shards()
+    shards = content.shards(partial=True)
     by_dataset: dict[str, list] = {}
     for shard in shards:
         by_dataset.setdefault(shard.dataset_id, []).append(shard)
@@ -146,7 +148,11 @@ def _cache(args) -> int:
           f"(limit {cache_limit_bytes() / 1e9:.1f} GB)")
     for dataset_id, held in by_dataset.items():
         pinned = ", pinned" if held[0].pinned else ""
-        print(f"{dataset_id}  {len(held)} shard(s)  {sum(s.size for s in held) / 1e6:.1f} MB  "
+        complete = [s for s in held if not s.partial]
+        partial = [s for s in held if s.partial]
+        unfinished = (f"  {len(partial)} partial file(s) {sum(s.size for s in partial) / 1e6:.1f} MB "
+                      "(unfinished fetches)" if partial else "")
+        print(f"{dataset_id}  {len(complete)} shard(s)  {sum(s.size for s in complete) / 1e6:.1f} MB{unfinished}  "
               f"used {age(max(s.last_used for s in held))}{pinned}")
     return EXIT_OK
 
@@ -363,8 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     cache = commands.add_parser(
         "cache", help="list or trim the local store of fetched datasets",
         description="The local store ($KOGITUNE_HOME, default ~/.cache/kogitune) keeps fetched shards. "
-                    "`ls` lists its datasets; `gc` evicts unpinned shards, least recently used first, until the "
-                    "store fits its limit ($KOGITUNE_CACHE_LIMIT in GB, default 50 GB).")
+                    "`ls` lists its datasets; `gc` evicts unpinned shards and the partial files of unfinished "
+                    "fetches, least recently used first, until the store fits its limit ($KOGITUNE_CACHE_LIMIT in "
+                    "GB, default 50 GB). It skips what a process is fetching or reading.")
     cache.add_argument("action", choices=["ls", "gc"])
     home_help = ("node home: identity, store, control socket, log (default: $KOGITUNE_HOME, else "
                  "$XDG_CACHE_HOME/kogitune, else ~/.cache/kogitune)")

@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,30 +90,38 @@ class DataTensor:
 
     def shard_tokens(self, index: int) -> np.ndarray:
         """The shard's tokens as a read-only memory map, verified the first time this process opens it. The last
-        MAX_OPEN_SHARDS maps stay open (each holds a file descriptor, and the disk space of a shard the cache
-        evicted); older ones are closed once nothing uses them."""
+        MAX_OPEN_SHARDS maps stay open (each holds a file descriptor, and keeps the cache from evicting the shard);
+        older ones are closed once nothing uses them. In a content store, the shard is kept from eviction from
+        before it is fetched until it is mapped (ContentStore.using), and then by the map (`_map_shared`)."""
         array = self._arrays.get(index)
         if array is None:
             shard = self.shards[index]
-            fetched = self.remote is not None and not (self.path / shard.tokens_path).exists()
-            if fetched:
-                self.remote.ensure(self.manifest, index)
-            if self.store is not None:
-                self.store.touch(self.path, shard.name)
-            if not fetched and not self._is_marked(shard):
-                problems = self.check_and_mark(shard)
-                if problems and self.remote is not None:
-                    self._fetch_again(shard, index, problems[0])
-                elif problems:
-                    raise IntegrityError(f"{self.path}: {problems[0]}; the tensor is damaged: "
-                                         "run `kogitune verify` for all problems, then store or fetch it again")
-            array = np.memmap(self.path / shard.tokens_path, dtype=self._dtype, mode="r")
+            with self.store.using(self.path, shard.name) if self.store is not None else nullcontext():
+                array = self._open_shard(index, shard)
             self._arrays[index] = array
             if len(self._arrays) > MAX_OPEN_SHARDS:
                 self._arrays.popitem(last=False)
         else:
             self._arrays.move_to_end(index)
         return array
+
+    def _open_shard(self, index: int, shard: ShardInfo) -> np.ndarray:
+        """Fetch the shard if it is missing, check it unless it is known good, and map it."""
+        fetched = self.remote is not None and not (self.path / shard.tokens_path).exists()
+        if fetched:
+            self.remote.ensure(self.manifest, index)
+        if self.store is not None:
+            self.store.touch(self.path, shard.name)
+        if not fetched and not self._is_marked(shard):
+            problems = self.check_and_mark(shard)
+            if problems and self.remote is not None:
+                self._fetch_again(shard, index, problems[0])
+            elif problems:
+                raise IntegrityError(f"{self.path}: {problems[0]}; the tensor is damaged: "
+                                     "run `kogitune verify` for all problems, then store or fetch it again")
+        if self.store is None:  # not in a content store: nothing evicts it (and its file system may lack flock)
+            return np.memmap(self.path / shard.tokens_path, dtype=self._dtype, mode="r")
+        return _map_shared(self.path / shard.tokens_path, self._dtype)
 
     def _fetch_again(self, shard: ShardInfo, index: int, problem: Problem) -> None:
         """A fetched shard that fails its check (e.g. the machine crashed before the fetcher's fsync) is a cache
@@ -226,6 +234,17 @@ class DataTensor:
         is); remembered in this process, so that opening the shard again reads no marks file."""
         signature = file_signature(self.path, shard)
         return signature is not None and is_marked(self.path, self.dataset_id, shard.name, signature)
+
+
+def _map_shared(path: Path, dtype: np.dtype) -> np.memmap:
+    """`path` memory-mapped read-only, with a shared flock on it that lives exactly as long as the map: the map
+    keeps a duplicate of the descriptor it was made from (mmap's default), and a flock belongs to the open file
+    that all duplicates share, released when the last of them closes. So gc, which takes that lock exclusively
+    without waiting, skips a shard while any process (or forked worker) maps it, at no descriptor beyond the map's
+    own."""
+    with open(path, "rb") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+        return np.memmap(f, dtype=dtype, mode="r")
 
 
 def _not_a_tensor(path: Path) -> str:

@@ -272,15 +272,18 @@ def test_several_good_mirrors_share_a_shard_without_sending_a_piece_twice(served
 
 
 def test_cache_evicts_least_recently_used_unpinned_shards(served, tmp_path):
-    """gc keeps the store under its limit, oldest-used shards first, never a pinned dataset's; an evicted shard
-    is fetched again when needed."""
+    """gc keeps the store under its limit, oldest-used shards first, never a pinned dataset's nor a shard that a
+    process maps; an evicted shard is fetched again when needed."""
     content = ContentStore(tmp_path)
     with mirrors(served.path, "ok") as urls:
         tensor = open_mirrors(urls, content)
         for index in range(len(tensor.shards)):
             tensor.shard_tokens(index)
-            os.utime(tensor.path / "shards" / f"{tensor.shards[index].name}.used", (1000 + index, 1000 + index))
+            for suffix in ("used", "tokens"):  # last used: the later of the last open and the fetch
+                os.utime(tensor.path / "shards" / f"{tensor.shards[index].name}.{suffix}", (1000 + index,) * 2)
         shard_size = content.shards()[0].size
+        assert content.gc(limit_bytes=0) == []
+        tensor = open_mirrors(urls, content)  # the first tensor and its maps are gone
         evicted = content.gc(limit_bytes=shard_size * 2)
         assert [s.name for s in evicted] == [s.name for s in tensor.shards[:len(tensor.shards) - 2]]
         assert {s.name for s in content.shards()} == {s.name for s in tensor.shards[-2:]}
