@@ -15,8 +15,9 @@ EXIT_OK, EXIT_DAMAGED, EXIT_ERROR, EXIT_BUG = 0, 1, 2, 3
 def store_cli(files, tokenizer: str = "gpt2", output: str | None = None, *, text_key: str = "text",
               block_size: int = 2048, shard_size: int = 32 << 20, piece_size: int = 1 << 20, workers: int = 0,
               skip_bad_lines: bool = False, overwrite: bool = False, progress: bool = True, perturb: str | None = None,
-              filters: str | os.PathLike | dict | None = None):
-    """Python form of `kogitune store`: tokenize JSONL files into a data tensor, print a summary, return the report."""
+              filters: str | os.PathLike | dict | None = None, max_document_bytes: int | None = None):
+    """Python form of `kogitune store`: tokenize JSONL files into a data tensor, print a summary, return the report.
+    `max_document_bytes` None means kogitune.store.MAX_DOCUMENT_BYTES."""
     from .perturb import PerturbSpec
     from .store import StoreOptions, store
 
@@ -26,7 +27,8 @@ def store_cli(files, tokenizer: str = "gpt2", output: str | None = None, *, text
                            workers=workers,
                            skip_bad_lines=skip_bad_lines, overwrite=overwrite,
                            perturb=PerturbSpec.parse(perturb) if perturb else None,
-                           filters=_filter_config(filters) if filters is not None else None)
+                           filters=_filter_config(filters) if filters is not None else None,
+                           **_document_limit(max_document_bytes))
     report = store(files, tokenizer, output, options, progress=progress)
     print(report.summary())
     return report
@@ -36,8 +38,17 @@ def _store(args) -> int:
     store_cli(args.files, args.tokenizer, args.output, text_key=args.text_key, block_size=args.block_size,
               shard_size=int(args.shard_size * (1 << 20)), piece_size=args.piece_size << 10, workers=args.workers,
               skip_bad_lines=args.skip_bad_lines, overwrite=args.overwrite, progress=not args.quiet,
-              perturb=args.perturb, filters=args.filters)
+              perturb=args.perturb, filters=args.filters, max_document_bytes=_mib(args.max_document_size))
     return EXIT_OK
+
+
+def _mib(size: float | None) -> int | None:
+    return None if size is None else int(size * (1 << 20))
+
+
+def _document_limit(max_document_bytes: int | None) -> dict:
+    """The max_document_bytes option, when one is given (else the options' default holds)."""
+    return {} if max_document_bytes is None else {"max_document_bytes": max_document_bytes}
 
 
 def _filter_config(config: str | os.PathLike | dict) -> dict:
@@ -48,14 +59,16 @@ def _filter_config(config: str | os.PathLike | dict) -> dict:
 
 
 def filter_cli(files, output: str | None, config, *, text_key: str = "text", workers: int = 0,
-               skip_bad_lines: bool = False, dry_run: bool = False, examples: int = 3, progress: bool = True):
-    """Python form of `kogitune filter`: filter JSONL files into OUT.jsonl and OUT.report.json, print a summary."""
+               skip_bad_lines: bool = False, dry_run: bool = False, examples: int = 3, progress: bool = True,
+               max_document_bytes: int | None = None):
+    """Python form of `kogitune filter`: filter JSONL files into OUT.jsonl and OUT.report.json, print a summary.
+    `max_document_bytes` None means kogitune.store.MAX_DOCUMENT_BYTES."""
     from .filters.run import FilterOptions, filter_files
 
     if isinstance(files, (str, os.PathLike)):
         files = [files]
     options = FilterOptions(text_key=text_key, workers=workers, skip_bad_lines=skip_bad_lines, dry_run=dry_run,
-                            examples=examples)
+                            examples=examples, **_document_limit(max_document_bytes))
     report = filter_files(files, output, config, options, progress=progress)
     print(report.summary())
     return report
@@ -71,7 +84,7 @@ def _filter(args) -> int:
     config["filters"] += [parse_filter_spec(spec) for spec in args.filter]
     filter_cli(args.files, args.output, config, text_key=args.text_key, workers=args.workers,
                skip_bad_lines=args.skip_bad_lines, dry_run=args.dry_run, examples=args.examples,
-               progress=not args.quiet)
+               progress=not args.quiet, max_document_bytes=_mib(args.max_document_size))
     return EXIT_OK
 
 
@@ -286,6 +299,10 @@ def _status(args) -> int:
     return EXIT_OK
 
 
+MAX_DOCUMENT_HELP = ("a longer input line (one JSON document) is a bad line, in MiB (default: 16, "
+                     "kogitune.store.MAX_DOCUMENT_BYTES); no more than this of a line is held in memory")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kogitune", description="Tokenize text once into content-addressed data tensors; share and train on them.")
@@ -313,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "depend on it")
     store.add_argument("--skip-bad-lines", action="store_true",
                        help="skip and count malformed lines and empty files instead of stopping")
+    store.add_argument("--max-document-size", type=_at_least(0, float), metavar="MIB",
+                       help=MAX_DOCUMENT_HELP)
     store.add_argument("--overwrite", action="store_true", help="store again even if the output exists")
     store.add_argument("--perturb", metavar="SPEC",
                        help="perturb token ids before writing, for privacy (docs/privacy.md): "
@@ -342,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="processes for the filters before the first dedup filter (default: all cores)")
     filter_.add_argument("--skip-bad-lines", action="store_true",
                          help="skip and count malformed lines and empty files instead of stopping")
+    filter_.add_argument("--max-document-size", type=_at_least(0, float), metavar="MIB",
+                         help=MAX_DOCUMENT_HELP)
     filter_.add_argument("--dry-run", action="store_true",
                          help="write no output, only the report (beside -o if given) and the summary")
     filter_.add_argument("--examples", type=int, default=3, help="dropped examples kept per reason (default: 3)")

@@ -7,6 +7,10 @@ class BadInputError(KogituneError):
     """Input text could not be read; the message names the file and line."""
 
 
+class DiskFullError(KogituneError):
+    """A file system is full (or a quota reached); the message names the path, what was kept and what to do."""
+
+
 class TokenizerError(KogituneError):
     """A tokenizer could not be loaded, or two tensors use different tokenizers."""
 
@@ -19,5 +23,5 @@ class RecipeError(KogituneError):
     """A dataset recipe names something that cannot be used for training."""
 
 
-__all__ = ["BadInputError", "IntegrityError", "KogituneError", "ManifestError", "RecipeError", "TensorError",
-           "TokenizerError"]
+__all__ = ["BadInputError", "DiskFullError", "IntegrityError", "KogituneError", "ManifestError", "RecipeError",
+           "TensorError", "TokenizerError"]

@@ -12,6 +12,7 @@ tensor, byte for byte, as an uninterrupted store would make.
 from __future__ import annotations
 
 import base64
+import errno
 import gzip
 import hashlib
 import io
@@ -25,7 +26,8 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -37,7 +39,7 @@ from kogitune.protocol.manifest import (DTYPES, MAX_BLOCK_SIZE, MAX_PIECE_SIZE, 
 from kogitune.protocol.pieces import PieceHasher, root_of
 
 from . import __version__
-from .errors import BadInputError, KogituneError, TensorError
+from .errors import BadInputError, DiskFullError, KogituneError, TensorError
 from .files import exclusive_lock, write_atomic
 from .parallel import in_order, ordered_map
 from .perturb import Perturber, PerturbSpec
@@ -46,6 +48,20 @@ from .tokenizer import DEFAULT_TOKENIZER, Tokenizer, load_tokenizer, tokenizer_f
 
 log = logging.getLogger("kogitune.store")
 BATCH_BYTES = 1 << 20
+MAX_DOCUMENT_BYTES = 16 << 20
+"""Default limit on one input line (a JSON document, its newline not counted). A whole book is 1 to 5 MB of text,
+up to twice that as JSON with escaped non-ASCII characters; a longer line is a bad line, and no more than this of it
+is ever held in memory. Tokenizing a document takes about 120 bytes of memory per byte of text (16 MiB: 2 GB), so
+the limit also bounds a store's memory. Change it with StoreOptions.max_document_bytes / --max-document-size."""
+SKIP_CHUNK = 1 << 20
+"""Bytes read at a time while skipping the rest of an over-long line."""
+ZSTD_INPUT_SLICE = 256
+"""Compressed bytes given to the zstd decompressor at a time. A zstd block inflates to at most 128 KiB from as few
+as 4 bytes (an RLE block), so one slice inflates to at most 8 MiB: a small file that inflates to gigabytes never
+needs more memory than that. Slicing this fine costs about 10% of decompression speed (900 instead of 1,000 MB/s),
+far more than tokenizing consumes."""
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+"""The errors of a full file system (or of a user over quota)."""
 CHECKPOINT_FILE = "checkpoint.json"
 CHECKPOINT_SECONDS = 30.0
 """How often a store records how far it got (an fsync of the shard being written and a small JSON file)."""
@@ -71,6 +87,8 @@ class StoreOptions:
     perturb: PerturbSpec | None = None
     filters: dict | None = None
     """A stateless filter pipeline config (kogitune/filters) run on each text before it is tokenized."""
+    max_document_bytes: int = MAX_DOCUMENT_BYTES
+    """A longer input line is a bad line (an error, or skipped and counted with skip_bad_lines)."""
 
     def __post_init__(self) -> None:
         """Refuse options that would make a tensor its readers refuse (limits of protocol/manifest.py)."""
@@ -84,6 +102,7 @@ class StoreOptions:
                                 f"(document offsets are 32-bit), got {self.shard_size}")
         if self.workers < 0:
             raise KogituneError(f"workers must be 0 (all cores) or more, got {self.workers}")
+        check_max_document_bytes(self.max_document_bytes)
 
     def provenance(self) -> dict:
         return {"block_size": self.block_size, "text_key": self.text_key, "shard_size": self.shard_size,
@@ -118,6 +137,11 @@ class StoreReport:
                 f"in {self.shards} shards ({self.padding:,} padding tokens in the last block){skipped}{empty}\n"
                 f"  {self.text_bytes / 1e6:.1f} MB of text in {self.seconds:.1f} s ({rate:.1f} MB/s, "
                 f"{self.tokens / max(self.seconds, 1e-9) / 1e6:.2f} M tokens/s)\n  dataset id {self.dataset_id}")
+
+
+def check_max_document_bytes(limit: int) -> None:
+    if not isinstance(limit, int) or limit < 1:
+        raise KogituneError(f"the maximum document size must be a positive number of bytes, got {limit!r}")
 
 
 def default_output(tokenizer: Tokenizer, first_input: Path) -> Path:
@@ -165,8 +189,31 @@ def store(files: Iterable[str | os.PathLike], tokenizer: str | Tokenizer = DEFAU
         except KogituneError:
             shutil.rmtree(partial, ignore_errors=True)  # bad input: only other inputs can go on from here
             raise
+        except OSError as exc:
+            if exc.errno not in DISK_FULL:
+                raise
+            raise _disk_full(exc, partial) from None
     report.path = out
     return report
+
+
+def _disk_full(exc: OSError, partial: Path) -> DiskFullError:
+    """The error for a store that ran out of space: what was kept and what to do. A partial directory with a
+    checkpoint is kept, since the same command goes on from it; one without is removed, to give the space back."""
+    where = exc.filename or partial
+    try:
+        writer = json.loads((partial / CHECKPOINT_FILE).read_bytes())["writer"]
+        shards, tokens = len(writer["shards"]), int(writer["tokens"])
+    except (OSError, ValueError, KeyError, TypeError):
+        shutil.rmtree(partial, ignore_errors=True)
+        return DiskFullError(f"{where}: {exc.strerror}. Nothing was kept: the store "
+                             f"had not written its first checkpoint (every {CHECKPOINT_SECONDS:g} s), so {partial} "
+                             "is removed. Free space there (or choose another --output) and run the same command "
+                             "again")
+    held = sum(f.stat().st_size for f in partial.rglob("*") if f.is_file())
+    return DiskFullError(f"{where}: {exc.strerror}. Kept {partial} ({held / 1e6:,.1f} MB: "
+                         f"{shards} finished shards and a checkpoint at {tokens:,} tokens). Free space "
+                         "there and run the same command again: it goes on from the checkpoint")
 
 
 def _job(paths: list[Path], tok: Tokenizer, options: StoreOptions) -> dict:
@@ -177,7 +224,7 @@ def _job(paths: list[Path], tok: Tokenizer, options: StoreOptions) -> dict:
         inputs.append([str(path.resolve()), st.st_size, st.st_mtime_ns])
     return {"kogitune": __version__, "tokenizer": tok.fingerprint, "options": options.provenance(),
             "filters": options.filters, "perturb": repr(options.perturb), "batch_bytes": BATCH_BYTES,
-            "inputs": inputs}
+            "max_document_bytes": options.max_document_bytes, "inputs": inputs}
 
 
 def _usable_checkpoint(partial: Path, paths: list[Path], tok: Tokenizer, options: StoreOptions) -> dict | None:
@@ -282,7 +329,7 @@ def _write_tensor(paths: list[Path], tok: Tokenizer, directory: Path, options: S
     started = time.perf_counter()
     dtype = dtype_for_vocab(tok.vocab_size)
     writer = TensorWriter(directory, dtype, options.block_size, options.shard_size, options.piece_size, tok.eos_id)
-    reader = InputReader(paths, options.skip_bad_lines)
+    reader = InputReader(paths, options.skip_bad_lines, max_line_bytes=options.max_document_bytes)
     perturber = Perturber(options.perturb, tok.vocab_size) if options.perturb else None
     report = StoreReport(directory, "")
     done = 0
@@ -294,15 +341,12 @@ def _write_tensor(paths: list[Path], tok: Tokenizer, directory: Path, options: S
     next_checkpoint, job = time.monotonic() + CHECKPOINT_SECONDS, None
     batches = itertools.islice(reader.batches(), done, None)
     with tqdm(total=sum(p.stat().st_size for p in paths), unit="B", unit_scale=True, desc="store",
-              disable=None if progress else True) as bar, ThreadPoolExecutor(1) as aside:
+              disable=None if progress else True) as bar, ThreadPoolExecutor(1) as aside, writer.closed_on_error():
         for number, (batch, result) in enumerate(_tokenize_in_order(batches, tok, dtype, options), done):
             if number == done:  # the manifest's fingerprint, hashed while Rust encodes rather than after the last batch
                 aside.submit(getattr, tok, "fingerprint")
             tokens, lengths, bad, empty, text_bytes, filtered = result
-            if bad and not options.skip_bad_lines:
-                line, reason = bad[0]
-                raise BadInputError(f"{batch.path}, line {line}: {reason}. Fix the line, or pass --skip-bad-lines "
-                                    "to skip such lines and count them.")
+            bad = batch.bad_lines(bad, options.skip_bad_lines)
             report.bad_lines += len(bad)
             report.empty_documents += empty
             report.filtered_documents += filtered
@@ -372,6 +416,18 @@ class Batch:
     path: Path
     first_line: int
     lines: list[bytes]
+    too_long: list[tuple[int, str]] = field(default_factory=list)
+    """(line number, reason) of the lines longer than the limit; `lines` holds b"" in their place."""
+
+    def bad_lines(self, parsed: list[tuple[int, str]], skip: bool) -> list[tuple[int, str]]:
+        """All bad lines of the batch, in order: those found `parsed` and those too long to read. Raises
+        BadInputError for the first one unless `skip`."""
+        bad = sorted(self.too_long + parsed) if self.too_long else parsed
+        if bad and not skip:
+            line, reason = bad[0]
+            raise BadInputError(f"{self.path}, line {line}: {reason}. Fix the line, or pass --skip-bad-lines "
+                                "to skip such lines and count them.")
+        return bad
 
 
 class _HashingReader(io.RawIOBase):
@@ -394,12 +450,19 @@ class _HashingReader(io.RawIOBase):
 
 
 class InputReader:
-    """Streams input files as batches of raw lines and records their size and SHA-256 for the provenance."""
+    """Streams input files as batches of raw lines and records their size and SHA-256 for the provenance.
 
-    def __init__(self, paths: list[Path], skip_bad_lines: bool, batch_bytes: int | None = None) -> None:
+    Memory stays bounded whatever the input: a line is read up to `max_line_bytes` and the rest of a longer one is
+    skipped without being kept (the batch records it as too long); compressed input inflates a bounded amount at
+    a time (see ZSTD_INPUT_SLICE; gzip reads are bounded by the gzip module).
+    """
+
+    def __init__(self, paths: list[Path], skip_bad_lines: bool, batch_bytes: int | None = None,
+                 max_line_bytes: int = MAX_DOCUMENT_BYTES) -> None:
         self.paths = paths
         self.skip_bad_lines = skip_bad_lines
         self.batch_bytes = batch_bytes or BATCH_BYTES
+        self.max_line_bytes = max_line_bytes
         self.inputs: list[dict] = []
         self.empty_files = 0
         self._done_bytes = 0
@@ -422,9 +485,9 @@ class InputReader:
             with open(path, "rb", buffering=0) as raw:
                 self._current = hashing = _HashingReader(raw)
                 lines_seen = 0
-                for first_line, lines in self._line_batches(_decompressed(path, hashing)):
-                    lines_seen += len(lines)
-                    yield Batch(path, first_line, lines)
+                for batch in self._line_batches(path, _decompressed(path, hashing)):
+                    lines_seen += len(batch.lines)
+                    yield batch
                 if not lines_seen:
                     if not self.skip_bad_lines:
                         raise BadInputError(f"{path}: the file is empty; remove it from the inputs, "
@@ -434,22 +497,36 @@ class InputReader:
                 self._done_bytes += hashing.size
                 self._current = None
 
-    def _line_batches(self, stream) -> Iterator[tuple[int, list[bytes]]]:
-        lines: list[bytes] = []
-        size, first = 0, 1
+    def _line_batches(self, path: Path, stream) -> Iterator[Batch]:
+        limit = self.max_line_bytes
+        batch, size, number = Batch(path, 1, []), 0, 0
         try:
-            for number, line in enumerate(stream, 1):
-                if not lines:
-                    first = number
-                lines.append(line)
+            while line := stream.readline(limit + 1):
+                number += 1
+                if len(line) > limit and not line.endswith(b"\n"):
+                    length = len(line) + _skip_rest_of_line(stream)
+                    batch.too_long.append((number, f"{length:,} bytes, longer than the maximum document size "
+                                                   f"({limit:,} bytes; change it with --max-document-size)"))
+                    line = b""
+                batch.lines.append(line)
                 size += len(line)
                 if size >= self.batch_bytes:
-                    yield first, lines
-                    lines, size = [], 0
+                    yield batch
+                    batch, size = Batch(path, number + 1, []), 0
         except (OSError, EOFError, ValueError) as exc:
-            raise BadInputError(f"{self.paths[len(self.inputs)]}: cannot decompress ({exc})") from None
-        if lines:
-            yield first, lines
+            raise BadInputError(f"{path}: cannot decompress ({exc})") from None
+        if batch.lines:
+            yield batch
+
+
+def _skip_rest_of_line(stream) -> int:
+    """Read past the end of the current line without keeping it; the bytes skipped, its newline not counted."""
+    skipped = 0
+    while chunk := stream.readline(SKIP_CHUNK):
+        if chunk.endswith(b"\n"):
+            return skipped + len(chunk.rstrip(b"\r\n"))
+        skipped += len(chunk)
+    return skipped
 
 
 def _decompressed(path: Path, raw: io.RawIOBase):
@@ -462,8 +539,9 @@ def _decompressed(path: Path, raw: io.RawIOBase):
 
 
 class _ZstdReader(io.RawIOBase):
-    """Decompresses zstd frame after frame and fails on a truncated file (zstandard's stream_reader ends quietly
-    in the middle of a frame, so part of a damaged file would be stored as if it were whole)."""
+    """Decompresses zstd frame after frame, ZSTD_INPUT_SLICE compressed bytes at a time (bounded memory: zstandard's
+    decompressobj inflates all it is given at once), and fails on a truncated file (zstandard's stream_reader ends
+    quietly in the middle of a frame, so part of a damaged file would be stored as if it were whole)."""
 
     def __init__(self, source) -> None:
         import zstandard
@@ -472,31 +550,41 @@ class _ZstdReader(io.RawIOBase):
         self._new_frame = zstandard.ZstdDecompressor().decompressobj
         self._zstd_error = zstandard.ZstdError
         self._frame = None
+        self._input = memoryview(b"")
         self._output = memoryview(b"")
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
+        filled = 0
+        while filled < len(buffer) and (self._output or self._inflate_slice()):
+            size = min(len(buffer) - filled, len(self._output))
+            buffer[filled:filled + size] = self._output[:size]
+            self._output = self._output[size:]
+            filled += size
+        return filled
+
+    def _inflate_slice(self) -> bool:
+        """Decompress the next slice of input into `_output`; False at the end of the file."""
         while not self._output:
-            data = b""
-            if self._frame is not None and self._frame.eof:
-                data, self._frame = self._frame.unused_data, None
-            data = data or self._source.read(64 << 10)
-            if not data:
-                if self._frame is not None:
-                    raise EOFError("the file ends in the middle of a zstd frame (truncated?)")
-                return 0
+            if not self._input:
+                self._input = memoryview(self._source.read(64 << 10))
+                if not self._input:
+                    if self._frame is not None:
+                        raise EOFError("the file ends in the middle of a zstd frame (truncated?)")
+                    return False
             if self._frame is None:
                 self._frame = self._new_frame()
+            data, self._input = self._input[:ZSTD_INPUT_SLICE], self._input[ZSTD_INPUT_SLICE:]
             try:
                 self._output = memoryview(self._frame.decompress(data))
             except self._zstd_error as exc:
                 raise ValueError(f"not valid zstd data: {exc}") from None
-        size = min(len(buffer), len(self._output))
-        buffer[:size] = self._output[:size]
-        self._output = self._output[size:]
-        return size
+            if self._frame.eof:  # the next frame starts with what this one left over
+                self._input = memoryview(self._frame.unused_data + self._input)
+                self._frame = None
+        return True
 
 
 def worker_processes(options: StoreOptions) -> int:
@@ -638,10 +726,15 @@ def document_of(line: bytes, key: str) -> tuple[dict | None, str, str]:
         obj = json.loads(decoded)
     except json.JSONDecodeError as exc:
         return None, "", f"not valid JSON ({exc.msg} at column {exc.colno})"
+    except RecursionError:
+        return None, "", ("arrays or objects nested too deeply for Python's JSON parser (the limit is about "
+                           f"{sys.getrecursionlimit():,} levels)")
+    except ValueError as exc:  # an integer of more than sys.get_int_max_str_digits() digits
+        return None, "", f"cannot be read ({str(exc).split(';')[0]})"
     if not isinstance(obj, dict):
         return None, "", f"not a JSON object (found {type(obj).__name__})"
     if key not in obj:
-        keys = ", ".join(list(obj)[:5])
+        keys = ", ".join(name if len(name) <= 40 else name[:40] + "..." for name in list(obj)[:5])
         return None, "", f"has no key {key!r} (keys: {keys or 'none'}); choose the key with --text-key"
     text = obj[key]
     if not isinstance(text, str):
@@ -693,6 +786,21 @@ class TensorWriter:
             at += take
             if self._in_shard == self.shard_tokens:
                 self._close_shard()
+
+    @contextmanager
+    def closed_on_error(self):
+        """Close the shard being written if the block fails, so that its space is given back once it is removed
+        (its buffered tail is dropped: a resume cuts the shard back to the checkpoint anyway)."""
+        try:
+            yield
+        except BaseException:
+            if self._file is not None:
+                try:
+                    self._file.close()
+                except OSError:  # the buffered tail did not fit either
+                    pass
+                self._file = None
+            raise
 
     def finish(self) -> tuple[ShardInfo, ...]:
         if self._file is not None:

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from ..errors import BadInputError
+from ..errors import BadInputError, DiskFullError
 from ..files import write_atomic
 from ..parallel import ordered_map
+from ..store import DISK_FULL, MAX_DOCUMENT_BYTES, InputReader, check_max_document_bytes, document_of
 from .base import Pipeline
 
 PERCENTILES = (0, 1, 5, 10, 25, 50, 75, 90, 95, 99, 100)
@@ -36,6 +37,11 @@ class FilterOptions:
     dry_run: bool = False
     examples: int = 3
     example_chars: int = 300
+    max_document_bytes: int = MAX_DOCUMENT_BYTES
+    """A longer input line is a bad line (an error, or skipped and counted with skip_bad_lines)."""
+
+    def __post_init__(self) -> None:
+        check_max_document_bytes(self.max_document_bytes)
 
 
 @dataclass
@@ -131,8 +137,6 @@ class BatchResult:
 def filter_lines(pipeline: Pipeline, lines: list[bytes], first_line: int, path_name: str, options: FilterOptions,
                  ) -> BatchResult:
     """Parse JSONL lines and run `pipeline` on their texts; kept documents come back as output lines."""
-    from ..store import document_of
-
     stats = [FilterStats(f.name) for f in pipeline.filters]
     result = BatchResult([], [], 0, 0, 0, stats)
     for number, line in enumerate(lines, first_line):
@@ -214,8 +218,6 @@ def filter_files(files: Iterable[str | os.PathLike], output: str | os.PathLike |
     """
     from tqdm import tqdm
 
-    from ..store import InputReader
-
     options = options or FilterOptions()
     pipeline = config if isinstance(config, Pipeline) else Pipeline.from_config(config)
     paths = [Path(f) for f in files]
@@ -231,17 +233,13 @@ def filter_files(files: Iterable[str | os.PathLike], output: str | os.PathLike |
     report = FilterReport(out, pipeline.to_config(), dry_run=options.dry_run,
                           filters=[FilterStats(f.name) for f in pipeline.filters])
     head, tail = pipeline.split_stateless_prefix()
-    reader = InputReader(paths, options.skip_bad_lines)
+    reader = InputReader(paths, options.skip_bad_lines, max_line_bytes=options.max_document_bytes)
     sampler = random.Random(0)
     with _OutputFile(out, enabled=not options.dry_run) as sink, \
             tqdm(total=sum(p.stat().st_size for p in paths), unit="B", unit_scale=True, desc="filter",
                  disable=None if progress else True) as bar:
         for batch, result in _in_order(reader.batches(), head, options):
-            if result.bad and not options.skip_bad_lines:
-                line, reason = result.bad[0]
-                raise BadInputError(f"{batch.path}, line {line}: {reason}. Fix the line, or pass --skip-bad-lines "
-                                    "to skip such lines and count them.")
-            report.bad_lines += len(result.bad)
+            report.bad_lines += len(batch.bad_lines(result.bad, options.skip_bad_lines))
             report.empty_documents += result.empty
             report.documents += result.documents
             report.bytes_in += result.text_bytes
@@ -327,13 +325,25 @@ class _OutputFile:
         if self.path is None:
             return
         try:
+            self._close(succeeded=exc_type is None)
+        except OSError as error:
+            if error.errno not in DISK_FULL:
+                raise
+            exc = error
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            raise DiskFullError(f"{self.path}: {exc.strerror}. Nothing was kept (the partial output is removed); "
+                                "free space there or choose another output, and run again") from None
+
+    def _close(self, succeeded: bool) -> None:
+        """Close the temporary file, and rename it over the output if the run `succeeded`; else remove it."""
+        try:
             if self._stream is not None:
                 self._stream.close()
-            if exc_type is None:
+            if succeeded:
                 self._raw.flush()
                 os.fsync(self._raw.fileno())
             self._raw.close()
-            if exc_type is None:
+            if succeeded:
                 os.chmod(self._tmp, 0o644)
                 os.replace(self._tmp, self.path)
         finally:
