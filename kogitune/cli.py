@@ -422,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--bootstrap", action="append", metavar="MULTIADDR",
                       help="peer to join through, /ip4/.../tcp/.../p2p/<id>; repeatable; also from "
                            "<home>/config.json and $KOGITUNE_BOOTSTRAP")
-    node.add_argument("--reprovide-interval", type=float, default=6 * 3600, metavar="SECONDS",
+    node.add_argument("--reprovide-interval", type=_at_least(1, float), default=6 * 3600, metavar="SECONDS",
                       help="announce the datasets again this often (default: 21600; DHT records expire after 48 h)")
     node.add_argument("--detach", action="store_true", help="with start: run in the background, print its address")
     node.set_defaults(run=_node)

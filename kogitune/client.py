@@ -15,13 +15,19 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from kogitune.protocol.jsonlimits import MAX_JSON_DEPTH, loads
+
+from . import errors
 from .cache import ContentStore, kogitune_home
 from .errors import KogituneError, RecipeError
+from .files import read_limited
 from .tensor import DataTensor
 
 DEFAULT_FETCH_TIMEOUT = 300.0
 DEFAULT_READ_TIMEOUT = 30.0
 CONTROL_SOCKET = "control.sock"
+MAX_REPLY_BYTES = 16 << 20
+"""A control reply longer than this is refused (the longest, `status`, takes about 60 bytes per dataset held)."""
 _lock = threading.Lock()
 _node = None
 _node_pid = 0
@@ -45,12 +51,7 @@ class DaemonClient:
                 sock.settimeout(timeout)
                 sock.connect(str(self.socket_path))
                 sock.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
-                reply = b""
-                while not reply.endswith(b"\n"):
-                    chunk = sock.recv(1 << 16)
-                    if not chunk:
-                        break
-                    reply += chunk
+                reply = _read_reply(sock, op)
         except (FileNotFoundError, ConnectionRefusedError):
             raise NodeNotRunning(f"no Kogitune node is running for {self.home}; start one with "
                                  f"`kogitune node start --home {self.home}` (or `--detach` to run it in the "
@@ -60,9 +61,14 @@ class DaemonClient:
                                 "check `kogitune node status`") from None
         if not reply:
             raise KogituneError(f"the node closed the control connection during {op!r}")
-        result = json.loads(reply)
+        try:
+            result = loads(reply, MAX_JSON_DEPTH)
+        except ValueError as exc:
+            raise KogituneError(f"the node's reply to {op!r} is not valid JSON: {exc}") from None
+        if not isinstance(result, dict):
+            raise KogituneError(f"the node's reply to {op!r} is a JSON {type(result).__name__}, not an object")
         if not result.pop("ok", False):
-            raise KogituneError(f"node: {result.get('error', 'unknown error')}")
+            raise _error_class(result.get("type"))(f"node: {result.get('error', 'unknown error')}")
         return result
 
     def running(self) -> bool:
@@ -71,6 +77,29 @@ class DaemonClient:
         except KogituneError:
             return False
         return True
+
+
+def _read_reply(sock: socket.socket, op: str) -> bytes:
+    """One reply line (up to the end of the stream if it has no newline), at most MAX_REPLY_BYTES."""
+    reply = bytearray()
+    while not reply.endswith(b"\n"):
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            break
+        reply += chunk
+        if len(reply) > MAX_REPLY_BYTES:
+            raise KogituneError(f"the node's reply to {op!r} is longer than {MAX_REPLY_BYTES} bytes")
+    return bytes(reply)
+
+
+def _error_class(name) -> type[KogituneError]:
+    """The Kogitune error class that the node named in a failed reply (its `type`), KogituneError for others: a
+    caller catches FetchError or IntegrityError from the daemon as from the embedded node."""
+    from kogitune.node import errors as node_errors  # light: no trio, no libp2p
+
+    known = {cls.__name__: cls for module in (errors, node_errors) for cls in vars(module).values()
+             if isinstance(cls, type) and issubclass(cls, KogituneError)}
+    return known.get(name, KogituneError)
 
 
 def embedded_node():
@@ -106,12 +135,13 @@ class MirrorShards:
 def _local_publisher(directory: Path, dataset_id: str) -> str | None:
     """The publisher of the copy of `dataset_id` in `directory` if its manifest hashes to the ID and its signature
     verifies, else None."""
+    from kogitune.protocol.manifest import MAX_MANIFEST_BYTES
     from kogitune.protocol.signing import PUBLIC_KEY_BYTES, check_signed_manifest, peer_id_from_public_key
 
     try:
         signed = (directory / "signature").read_bytes()
-        check_signed_manifest(dataset_id, (directory / "manifest.json").read_bytes(), signed[:PUBLIC_KEY_BYTES],
-                              signed[PUBLIC_KEY_BYTES:])
+        check_signed_manifest(dataset_id, read_limited(directory / "manifest.json", MAX_MANIFEST_BYTES),
+                              signed[:PUBLIC_KEY_BYTES], signed[PUBLIC_KEY_BYTES:])
     except (OSError, KogituneError, ValueError):
         return None
     return peer_id_from_public_key(signed[:PUBLIC_KEY_BYTES])

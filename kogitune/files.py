@@ -59,6 +59,13 @@ def write_atomic(path: Path, data: bytes, mode: int | None = None, durable: bool
         raise
 
 
+def read_limited(path: Path, limit: int) -> bytes:
+    """The bytes of `path`, at most `limit + 1` of them: enough for a parser with a size limit to refuse a file that
+    is too large without reading it all (a file that any program of the user can write must not exhaust memory)."""
+    with open(path, "rb") as f:
+        return f.read(limit + 1)
+
+
 @contextmanager
 def exclusive_lock(path: Path, what: str):
     """Hold an exclusive, non-blocking lock on `path` (created if needed) or fail with a clear message."""

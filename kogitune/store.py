@@ -33,6 +33,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from kogitune.protocol.jsonlimits import loads
 from kogitune.protocol.manifest import (DTYPES, MAX_BLOCK_SIZE, MAX_PIECE_SIZE, MAX_SHARD_TOKENS, MIN_PIECE_SIZE,
                                          Manifest, ShardInfo, TokenizerInfo, dtype_for_vocab)
 from kogitune.protocol.pieces import PieceHasher, root_of
@@ -229,7 +230,7 @@ def _job(paths: list[Path], tok: Tokenizer, options: StoreOptions) -> dict:
 def _usable_checkpoint(partial: Path, paths: list[Path], tok: Tokenizer, options: StoreOptions) -> dict | None:
     """The checkpoint an interrupted store of the same job left in `partial`, if any."""
     try:
-        checkpoint = json.loads((partial / CHECKPOINT_FILE).read_bytes())
+        checkpoint = loads((partial / CHECKPOINT_FILE).read_bytes())
     except (OSError, ValueError):
         return None
     if not isinstance(checkpoint, dict) or checkpoint.get("job") != json.loads(json.dumps(_job(paths, tok, options))):

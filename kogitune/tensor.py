@@ -25,14 +25,17 @@ import numpy as np
 
 from kogitune.protocol.errors import IntegrityError, ManifestError
 from kogitune.protocol.ids import DIGEST_SIZE, is_dataset_id
-from kogitune.protocol.manifest import Manifest, ShardInfo, parse_manifest
+from kogitune.protocol.jsonlimits import loads
+from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, MAX_SHARDS, Manifest, ShardInfo, parse_manifest
 from kogitune.protocol.pieces import piece_digests, piece_span, root_of
 
 from .errors import TensorError
-from .files import opener_like_folder, write_atomic
+from .files import opener_like_folder, read_limited, write_atomic
 
 MANIFEST_FILE = "manifest.json"
 MARKS_FILE = ".kogitune-verified"
+MAX_MARKS_BYTES = MAX_SHARDS * 256
+"""A marks file longer than this (about 100 bytes a shard are written) is not read: its shards are hashed again."""
 MAX_OPEN_SHARDS = 64
 TIMESTAMP_GRANULARITY_NS = 20_000_000
 """How coarse a file system's change times can be (Linux stamps them from a clock that ticks every 1-10 ms). A
@@ -66,7 +69,7 @@ class DataTensor:
         if not manifest_path.is_file():
             raise TensorError(_not_a_tensor(self.path))
         try:
-            self.manifest: Manifest = parse_manifest(manifest_path.read_bytes())
+            self.manifest: Manifest = parse_manifest(read_limited(manifest_path, MAX_MANIFEST_BYTES))
         except ManifestError as exc:
             raise ManifestError(f"{manifest_path}: {exc}") from None
         self.dataset_id = self.manifest.dataset_id
@@ -333,8 +336,9 @@ def _write_marks(directory: Path, marks: dict) -> None:
 
 def _read_marks(directory: Path) -> dict:
     try:
-        marks = json.loads((directory / MARKS_FILE).read_bytes())
-    except (OSError, ValueError):
+        data = read_limited(directory / MARKS_FILE, MAX_MARKS_BYTES)
+        marks = loads(data) if len(data) <= MAX_MARKS_BYTES else None
+    except (OSError, ValueError):  # missing, unreadable, not JSON, or nested too deep: no marks
         return {}
     return marks if isinstance(marks, dict) and isinstance(marks.get("shards"), dict) else {}
 

@@ -1,7 +1,9 @@
 """The local control API: one JSON request line, one JSON response line, over a Unix socket.
 
 The socket is `<home>/control.sock`, created with owner-only permissions, so only the node's user can publish,
-fetch or stop. Requests are small JSON objects (never pickle); a line longer than MAX_LINE is refused.
+fetch or stop. Requests are small JSON objects (never pickle); a line longer than MAX_LINE, or nested deeper than
+MAX_JSON_DEPTH, is refused. A failed request is answered with the error's message and class name; the log gets one
+line for a Kogitune error (a typo, a missing file, a fetch that failed) and a traceback only for anything else (a bug).
 """
 
 from __future__ import annotations
@@ -9,14 +11,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import trio
 
+from kogitune.protocol.errors import KogituneError
 from kogitune.protocol.ids import is_dataset_id
+from kogitune.protocol.jsonlimits import MAX_JSON_DEPTH, loads
 
 from .daemon import Node
 from .errors import NodeError
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup  # the backport that trio depends on
 
 log = logging.getLogger("kogitune.node")
 SOCKET_FILE = "control.sock"
@@ -49,14 +57,18 @@ async def serve_control(node: Node, task_status=trio.TASK_STATUS_IGNORED) -> Non
 async def _serve_one(node: Node, stream) -> None:
     async with stream:
         try:
-            with trio.fail_after(REQUEST_TIMEOUT):
+            with trio.move_on_after(REQUEST_TIMEOUT) as waiting:
                 line = await _read_line(stream)
-            request = json.loads(line)
-            result = await _dispatch(node, request)
+            if waiting.cancelled_caught:
+                raise NodeError(f"no control request line arrived within {REQUEST_TIMEOUT:.0f} s")
+            result = await _dispatch(node, _parse_request(line))
             reply = {"ok": True, **result}
         except Exception as exc:
-            log.info("control request failed", exc_info=True)
             cause = _first_leaf(exc)
+            if isinstance(cause, (KogituneError, OSError)):  # bad input or a missing file, as the CLI sees them
+                log.info("control request failed: %s", cause)
+            else:
+                log.warning("control request failed with an unexpected error", exc_info=True)
             reply = {"ok": False, "error": str(cause), "type": type(cause).__name__}
         try:
             await stream.send_all(json.dumps(reply).encode() + b"\n")
@@ -72,15 +84,27 @@ def _first_leaf(exc: BaseException) -> BaseException:
 
 
 async def _read_line(stream) -> bytes:
-    data = b""
-    while b"\n" not in data:
+    """The first line on `stream` (without its newline; up to the end if none), at most MAX_LINE bytes. Each chunk
+    is searched once, so a long line costs linear time."""
+    data = bytearray()
+    while True:
         chunk = await stream.receive_some(65536)
-        if not chunk:
-            break
-        data += chunk
+        end = chunk.find(b"\n")
+        data += chunk if end < 0 else chunk[:end]
         if len(data) > MAX_LINE:
-            raise NodeError("control request too long")
-    return data.split(b"\n", 1)[0]
+            raise NodeError(f"control request longer than {MAX_LINE} bytes")
+        if not chunk or end >= 0:
+            return bytes(data)
+
+
+def _parse_request(line: bytes) -> dict:
+    try:
+        request = loads(line, MAX_JSON_DEPTH)
+    except ValueError as exc:
+        raise NodeError(f"control request is not valid JSON: {exc}") from None
+    if not isinstance(request, dict):
+        raise NodeError(f"control request is a JSON {type(request).__name__}, not an object")
+    return request
 
 
 def _dataset(request: dict) -> str:

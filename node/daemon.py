@@ -492,10 +492,11 @@ def published_manifest(tensor_path: str, manifest: Manifest, publisher: str, all
 
 
 def _load_manifest(directory: Path) -> Manifest | None:
-    from kogitune.protocol.manifest import parse_manifest
+    from kogitune.files import read_limited
+    from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, parse_manifest
 
     try:
-        return parse_manifest((directory / "manifest.json").read_bytes())
+        return parse_manifest(read_limited(directory / "manifest.json", MAX_MANIFEST_BYTES))
     except Exception:
         return None
 

@@ -11,5 +11,10 @@ class SourceError(FetchError):
     """One source failed one request (refused, timed out, broke off, sent too much); others may still work."""
 
 
+class SourceBusy(SourceError):
+    """A source answered "busy" (its serving slots are taken) again and again (kogitune.node.peers asks again after
+    short pauses first): alive and honest, but full for now."""
+
+
 class NodeError(KogituneError):
     """The node cannot start, is not running, or refused a command."""

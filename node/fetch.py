@@ -41,9 +41,9 @@ import trio
 
 from kogitune.files import file_mode_in, opener_like_folder, write_atomic
 from kogitune.tensor import record_checked, record_verified
-from kogitune.protocol.errors import IntegrityError
+from kogitune.protocol.errors import IntegrityError, ManifestError
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, ShardInfo, parse_manifest
-from kogitune.protocol.pieces import check_pieces_file, piece_digests
+from kogitune.protocol.pieces import check_pieces_file
 
 from .body import Body
 from .errors import FetchError, SourceError
@@ -247,10 +247,12 @@ async def prefetch_in_order(nursery: trio.Nursery, limiter: trio.CapacityLimiter
         nursery.start_soon(one, index, slot)
 
 
-async def fetch_small_file(pool: SourcePool, path: str, limit: int, valid, exact: bool = False) -> bytes:
-    """A small whole file (manifest, .pieces, .docs) from the first source whose bytes pass `valid`: the healthiest
-    source first, the next one too when it fails or is slow (`first_answer`). With `exact`, the file has `limit`
-    bytes: a shorter one was cut off (a source that died), a failure rather than a lie."""
+async def fetch_small_file(pool: SourcePool, path: str, limit: int, problem, exact: bool = False) -> bytes:
+    """A small whole file (manifest, .pieces, .docs) from the first source whose bytes have no `problem`:
+    `problem(data)` says what is wrong with them (naming the file), or None. The healthiest source is asked first,
+    more when it fails or is slow (`first_answer`). A source that sends a wrong file is dropped, and the error, when
+    no source is left, says what each one sent. With `exact`, the file has `limit` bytes: a shorter one was cut off
+    (a source that died), a failure rather than a lie."""
     async def ask(health: SourceHealth) -> bytes | None:
         try:
             async with health.source.stream(path, 0) as (_, body):
@@ -262,8 +264,9 @@ async def fetch_small_file(pool: SourcePool, path: str, limit: int, valid, exact
         if exact and len(data) < limit:
             pool.failed(health, f"{health.source.name}: {path} ended after {len(data)} of {limit} bytes")
             return None
-        if not valid(data):
-            pool.ban(health, f"sent a {path} that does not match the manifest")
+        wrong = problem(data)
+        if wrong is not None:
+            pool.ban(health, wrong)
             return None
         pool.succeeded(health)
         health.files_verified += 1
@@ -279,15 +282,17 @@ async def fetch_manifest(pool: SourcePool, dataset_id: str | None = None) -> tup
     """The manifest from the first source that serves a valid one (hashing to `dataset_id` when given)."""
     parsed: dict[bytes, Manifest] = {}
 
-    def valid(data: bytes) -> bool:
+    def problem(data: bytes) -> str | None:
         try:
             manifest = parse_manifest(data)
-        except Exception:
-            return False
+        except ManifestError as exc:
+            return f"manifest.json is not a valid manifest: {exc}"
+        if dataset_id is not None and manifest.dataset_id != dataset_id:
+            return f"manifest.json is the manifest of {manifest.dataset_id}, not of {dataset_id}"
         parsed[data] = manifest
-        return dataset_id is None or manifest.dataset_id == dataset_id
+        return None
 
-    data = await fetch_small_file(pool, "manifest.json", MAX_MANIFEST_BYTES, valid)
+    data = await fetch_small_file(pool, "manifest.json", MAX_MANIFEST_BYTES, problem)
     return data, parsed[data]
 
 
@@ -403,6 +408,7 @@ class ShardFetch:
         self._spare: list[bytearray] = []
         self._nursery: trio.Nursery | None = None
         self._installed_as: list | None = None
+        self._write_error: OSError | None = None
         self._stall: trio.CancelScope | None = None
 
     @property
@@ -434,11 +440,10 @@ class ShardFetch:
         with trio.CancelScope() as self._stall:
             self._progressed()
             self.expected = await fetch_small_file(
-                self.pool, self.shard.pieces_path, len(self.board) * 32, self._valid_pieces, exact=True)
+                self.pool, self.shard.pieces_path, len(self.board) * 32, self._pieces_problem, exact=True)
             self._progressed()
-            docs = await fetch_small_file(
-                self.pool, self.shard.docs_path, self.shard.docs_size,
-                lambda data: hashlib.sha256(data).hexdigest() == self.shard.docs_sha256, exact=True)
+            docs = await fetch_small_file(self.pool, self.shard.docs_path, self.shard.docs_size, self._docs_problem,
+                                          exact=True)
             self._fd = os.open(partial, os.O_RDWR | os.O_CREAT, file_mode_in(partial.parent))
             try:
                 self._stall.deadline = math.inf  # re-hashing a partial file is local work, however long
@@ -447,6 +452,12 @@ class ShardFetch:
                 await self._download()
                 self._stall.deadline = math.inf
                 await trio.to_thread.run_sync(self._install, partial, docs)
+            except OSError as exc:  # a full or failing disk: say where, and what is kept for the next try
+                where = exc.filename or partial
+                raise FetchError(f"shard {self.shard.name}: cannot write {where}: {exc.strerror or exc}; "
+                                 f"{sum(self.board.done)} of {len(self.board)} verified pieces are kept in "
+                                 f"{'it' if where == partial else partial}, and fetching again (once there is room) "
+                                 "resumes from them") from None
             finally:
                 os.close(self._fd)
         if self._stall.cancelled_caught:
@@ -491,12 +502,18 @@ class ShardFetch:
             log.warning("shard %s is in place but could not be synced to disk (%s); it will be re-checked on open",
                         self.shard.name, exc)
 
-    def _valid_pieces(self, data: bytes) -> bool:
+    def _pieces_problem(self, data: bytes) -> str | None:
         try:
             check_pieces_file(self.shard, data, self.piece_size)
-        except IntegrityError:
-            return False
-        return True
+        except IntegrityError as exc:
+            return f"{exc} ({len(data)} bytes)"
+        return None
+
+    def _docs_problem(self, data: bytes) -> str | None:
+        if hashlib.sha256(data).hexdigest() != self.shard.docs_sha256:
+            return (f"shard {self.shard.name}: {self.shard.docs_path} does not match docs_sha256 in the manifest "
+                    f"({len(data)} bytes)")
+        return None
 
     @asynccontextmanager
     async def _locked(self):
@@ -516,15 +533,17 @@ class ShardFetch:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
     def _resume(self) -> None:
-        """Keep the pieces of an earlier, interrupted fetch that still match their hashes."""
+        """Keep the pieces of an earlier, interrupted fetch that still match their hashes: one pass over the file,
+        one piece at a time into one buffer (a shard may be larger than memory)."""
         fresh = os.fstat(self._fd).st_size == 0
         os.ftruncate(self._fd, self.shard.size)
         if fresh:  # nothing to keep: reading and hashing the zeros would cost ~0.1 s per 32 MiB shard
             return
-        with open(self._fd, "rb", closefd=False) as f:
-            actual = piece_digests(f.read(), self.piece_size)
+        piece = bytearray(self.piece_size)
         for index in range(len(self.board)):
-            if actual[index * 32:(index + 1) * 32] == self.expected[index * 32:(index + 1) * 32]:
+            view = memoryview(piece)[:self._piece_length(index)]
+            if (os.preadv(self._fd, [view], index * self.piece_size) == len(view)
+                    and hashlib.sha256(view).digest() == self.expected[index * 32:(index + 1) * 32]):
                 self.board.finish(index)
 
     async def _download(self) -> None:
@@ -534,6 +553,8 @@ class ShardFetch:
             self._nursery = nursery
             for health in self.pool.usable():
                 nursery.start_soon(self._worker, health)
+        if self._write_error is not None:
+            raise self._write_error
         if not self.board.complete:
             raise FetchError(f"shard {self.shard.name}: {self.board.remaining} of {len(self.board)} pieces could not "
                              "be fetched "
@@ -612,6 +633,10 @@ class ShardFetch:
         try:
             ok = await trio.to_thread.run_sync(self._check_and_write, piece, length, expected,
                                                index * self.piece_size)
+        except OSError as exc:  # no source can help: stop the shard (_download raises it once, not in a group)
+            self._write_error = self._write_error or exc
+            self._nursery.cancel_scope.cancel()
+            return
         finally:
             self._checks.release()
         self.board.checked(index, ok)
@@ -641,5 +666,5 @@ class ShardFetch:
         while data:  # a regular file may take part of a write (e.g. a disk filling up) without an error
             written = os.pwrite(self._fd, data, offset)
             if not written:
-                raise OSError(errno.ENOSPC, f"cannot write shard {self.shard.name}", str(self.target))
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             data, offset = data[written:], offset + written

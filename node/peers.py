@@ -8,6 +8,7 @@ pieces against the manifest.
 
 from __future__ import annotations
 
+import random
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -19,10 +20,16 @@ from kogitune.protocol.manifest import Manifest
 from kogitune.protocol.signing import check_signed_manifest, peer_id_from_public_key
 
 from .body import Body
-from .errors import SourceError
+from .errors import SourceBusy, SourceError
 from .sources import Source
 
 READ_CHUNK = 1 << 20
+BUSY_RETRIES = 4
+"""Times a request that a peer answered "busy" (its serving slots are taken: it is alive and honest) is sent again,
+on a new stream, before the busy answer counts as a failure of that peer."""
+BUSY_BACKOFF_SECONDS = 0.1
+"""The pause before asking a busy peer again, doubled at each retry and times a random 1 to 2 (so that the fetchers
+a full node turned away do not all come back at the same moment): 4 retries wait 1.5 to 3 s in all."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +47,18 @@ class SignedManifest:
 
 
 async def _open(host, peer_id, request: wire.Request, expected: type, timeout: float, max_header: int):
-    """Send one request; return (stream, response header, bytes already read past the header)."""
+    """Send one request; return (stream, response header, bytes already read past the header). A busy answer is
+    retried BUSY_RETRIES times after a short, growing, jittered pause, then raised as SourceBusy."""
+    for retry in range(BUSY_RETRIES + 1):
+        try:
+            return await _open_once(host, peer_id, request, expected, timeout, max_header)
+        except SourceBusy:
+            if retry == BUSY_RETRIES:
+                raise
+        await trio.sleep(BUSY_BACKOFF_SECONDS * 2 ** retry * random.uniform(1, 2))
+
+
+async def _open_once(host, peer_id, request: wire.Request, expected: type, timeout: float, max_header: int):
     from libp2p.custom_types import TProtocol
 
     try:
@@ -61,7 +79,8 @@ async def _open(host, peer_id, request: wire.Request, expected: type, timeout: f
                 decoder.feed(data)
         response = wire.parse_response(frame, expected)
         if isinstance(response, wire.ErrorResponse):
-            raise SourceError(f"{peer_id}: {response.code}: {response.message}")
+            error = SourceBusy if response.code == "busy" else SourceError
+            raise error(f"{peer_id}: {response.code}: {response.message}")
         return stream, response, decoder.unused()
     except trio.TooSlowError:
         await _reset(stream)

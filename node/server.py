@@ -27,6 +27,7 @@ from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manif
 from kogitune.protocol.signing import allowed_peers
 from kogitune.tensor import stat_signature
 
+from .host import FairSlots, ip_key
 from .integrity import StoreGuard, open_served
 
 log = logging.getLogger("kogitune.node")
@@ -38,10 +39,32 @@ CHUNK = 1 << 20
 
 @dataclass
 class ServerLimits:
-    request_timeout: float = 10.0
-    write_timeout: float = 30.0
+    """How much of the data server one peer, one IP (host.ip_key) and everyone together may hold. A stream over a
+    limit is answered "busy" at once (the fetcher retries after a short backoff); when every slot is taken, an IP
+    holding fewer streams than the IP holding the most takes one of that IP's streams (its idle ones first), so a
+    few identities that grab every slot are pushed back to their fair share as soon as anyone else asks."""
+
+    request_timeout: float = 5.0
+    """Seconds a stream has, once open, to deliver its whole request (a fetcher sends it at once): a stream left
+    idle is ended after this."""
+    write_timeout: float = 10.0
+    """Seconds one chunk of a response (CHUNK, 1 MiB) may take to leave: a reader that stops consuming, or drains
+    slower than about 100 KiB/s, is cut."""
     streams_per_peer: int = 8
+    """Streams one peer identity may have served at once."""
+    streams_per_ip: int = 64
+    """Streams all the identities behind one IP may have served at once (identities cost nothing to make)."""
     streams_total: int = 128
+    """Streams served at once by this node, shared fairly between IPs when full."""
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One stream being served: its cancel scope (ended if the slot is taken by a fairer claimant)."""
+
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    idle: bool = True
+    """Still waiting for its request."""
 
 
 @dataclass
@@ -59,6 +82,7 @@ class DataServer:
         self.limits = limits or ServerLimits()
         self.stats = ServerStats()
         self._streams: Counter = Counter()
+        self._slots = FairSlots(self.limits.streams_total, self.limits.streams_per_ip)
         self._manifests: dict[str, tuple[list, Manifest | None, bytes]] = {}
         """dataset ID -> (stat_signature of its manifest.json when read, the manifest or None if it did not hash to
         the ID, its bytes): read and checked again only when the file changes."""
@@ -67,17 +91,29 @@ class DataServer:
 
     async def handle(self, stream) -> None:
         peer = str(stream.muxed_conn.peer_id)
-        if self._streams[peer] >= self.limits.streams_per_peer or sum(self._streams.values()) >= \
-                self.limits.streams_total:
+        ip = ip_key(_remote_address(stream))
+        slot = _Slot()
+        admitted, evicted = (False, None) if self._streams[peer] >= self.limits.streams_per_peer else \
+            self._slots.take(ip, slot, rank=lambda held: not held.idle)
+        if evicted is not None:
+            evicted.scope.cancel()
+        if not admitted:
             self.stats.refused["busy"] += 1
-            await self._send_error(stream, "busy", "too many concurrent requests; retry later")
+            await self._send_error(stream, "busy", "too many concurrent requests from this peer or address, or "
+                                   "in all; retry in a moment")
             return
         self._streams[peer] += 1
         try:
-            request = await self._read_request(stream)
-            self.stats.requests[type(request).__name__] += 1
-            await self._answer(stream, peer, request)
-            await stream.close()
+            with slot.scope:
+                request = await self._read_request(stream)
+                slot.idle = False
+                self.stats.requests[type(request).__name__] += 1
+                await self._answer(stream, peer, request)
+                await stream.close()
+            if slot.scope.cancelled_caught:
+                self.stats.refused["evicted"] += 1
+                log.debug("stream from %s ended to make room for another address", peer)
+                await _reset(stream)
         except wire.WireError as exc:
             self.stats.refused[exc.code] += 1
             await self._send_error(stream, exc.code, str(exc))
@@ -86,6 +122,7 @@ class DataServer:
             log.debug("stream from %s aborted: %r", peer, exc)
             await _reset(stream)
         finally:
+            self._slots.release(ip, slot)
             self._streams[peer] -= 1
             if not self._streams[peer]:
                 del self._streams[peer]
@@ -259,6 +296,13 @@ def _stamp(path: Path) -> tuple | None:
     except FileNotFoundError:
         return None
     return status.st_ino, status.st_size, status.st_mtime_ns
+
+
+def _remote_address(stream):
+    try:
+        return stream.get_remote_address()
+    except Exception:
+        return None
 
 
 async def _reset(stream) -> None:

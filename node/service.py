@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import logging
 import os
 import signal
@@ -15,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import trio
+
+from kogitune.protocol.jsonlimits import loads
 
 from .control import serve_control
 from .daemon import DEFAULT_LISTEN, Node, NodeConfig
@@ -32,8 +33,8 @@ def bootstrap_peers(home: Path, flags: list[str] | None = None) -> list[str]:
     config = Path(home) / CONFIG_FILE
     if config.is_file():
         try:
-            peers += list(json.loads(config.read_text()).get("bootstrap", []))
-        except (ValueError, AttributeError):
+            peers += list(loads(config.read_text()).get("bootstrap", []))
+        except (ValueError, AttributeError, TypeError):  # not JSON or too deep, not an object, not a list
             raise NodeError(f"{config} is not a JSON object like {{\"bootstrap\": [\"/ip4/.../p2p/...\"]}}") from None
     peers += os.environ.get("KOGITUNE_BOOTSTRAP", "").replace(",", " ").split()
     return list(dict.fromkeys(peers))

@@ -83,10 +83,25 @@ def encode_frame(obj: dict) -> bytes:
 
 
 def unpack_body(body: bytes, max_body: int) -> dict:
-    """Decode one frame body under strict limits: a map of at most 16 string keys, no arrays, no extension types."""
+    """Decode one frame body under strict limits: one flat map of at most 16 string keys and scalar values (no
+    nested map, no array, no extension type), and nothing after it. The decoder stops at the second map it
+    completes or the first array, so a nested frame is refused having built a few small objects at most (msgpack's
+    own stack holds 1024 levels of 16 entries), and nothing that walks a message recurses."""
+    maps = 0
+
+    def one_map(pairs: list) -> dict:
+        nonlocal maps
+        maps += 1  # an inner map completes before the one around it: only the top map may be the first
+        if maps > 1:
+            raise ValueError("it holds a nested map; every value of a message is a scalar")
+        return dict(pairs)
+
+    def no_array(items: list):
+        raise ValueError("it holds an array; no message has one")
+
     try:
         obj = msgpack.unpackb(
-            body, raw=False, strict_map_key=True, use_list=True,
+            body, raw=False, strict_map_key=True, object_pairs_hook=one_map, list_hook=no_array,
             max_bin_len=max_body, max_str_len=max_body, max_array_len=0, max_map_len=MAX_MAP_KEYS, max_ext_len=0,
         )
     except Exception as exc:  # msgpack raises several types (ExtraData, FormatError, ValueError, ...): all malformed

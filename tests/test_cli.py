@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import copy_tensor, flip_byte, store_quietly
-from kogitune.cli import main, store_cli
+from kogitune.cli import build_parser, main, store_cli
 from kogitune.store import StoreOptions
 from kogitune.tensor import DataTensor
 
@@ -154,3 +154,12 @@ def test_publish_without_a_running_node_says_how_to_start_one(tmp_path, capsys):
     assert main(["publish", str(tmp_path), "--home", str(tmp_path / "home")]) == 2
     message = capsys.readouterr().err
     assert "no Kogitune node is running" in message and "kogitune node start" in message
+
+
+@pytest.mark.parametrize("interval", ["nan", "-1", "0", "soon"])
+def test_node_start_refuses_a_reprovide_interval_that_would_spin(tmp_path, capsys, interval):
+    """nan, 0 and negative intervals made the reprovide loop announce (or wake) without ever sleeping."""
+    with pytest.raises(SystemExit) as caught:  # parsing only: on a refusal, no node starts
+        build_parser().parse_args(["node", "start", "--home", str(tmp_path), "--reprovide-interval", interval])
+    assert caught.value.code == 2
+    assert "--reprovide-interval" in capsys.readouterr().err

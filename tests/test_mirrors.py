@@ -1,7 +1,10 @@
 """Training from web mirrors: real HTTP server processes, some of them hostile, and the local content store."""
 
+import gc
 import json
 import os
+import re
+import subprocess
 
 os.environ.setdefault("KOGITUNE_READ_TIMEOUT", "2")
 
@@ -16,6 +19,7 @@ from kogitune.node.errors import FetchError
 from kogitune.store import StoreOptions, store
 from kogitune.tensor import MARKS_FILE, DataTensor
 from kogitune.trainers import DatasetRecipe
+from conftest import copy_tensor
 from mirrors import mirrors, stdlib_http_server
 
 BLOCK = 64
@@ -84,6 +88,36 @@ def test_no_good_mirror_is_a_clear_error(served, tmp_path):
     assert "shard 00001" in message and "wrong hash" in message and "HTTP 404" in message
 
 
+def test_a_mirror_with_a_broken_manifest_is_named_with_the_reason(served, tmp_path):
+    """The schema error a mirror's manifest has is in the error, beside the mirror's URL (before: only "sent a
+    manifest.json that does not match the manifest")."""
+    broken = copy_tensor(served, tmp_path / "broken")
+    manifest = json.loads((broken / "manifest.json").read_bytes())
+    manifest["format"] = "kogitune-tensor/9"
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with mirrors(broken, "ok") as urls:
+        with pytest.raises(FetchError) as caught:
+            open_mirrors(urls, ContentStore(tmp_path / "store"))
+    assert (f"{urls[0]}: dropped, manifest.json is not a valid manifest: manifest format is 'kogitune-tensor/9'"
+            in str(caught.value))
+
+
+@pytest.mark.parametrize("kind", ["pieces", "docs"])
+def test_a_mirror_with_a_wrong_pieces_or_docs_file_is_named_with_the_file(served, tmp_path, kind):
+    broken = copy_tensor(served, tmp_path / "broken")
+    shard = served.shards[0]
+    path = broken / getattr(shard, f"{kind}_path")
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(data)
+    with mirrors(broken, "ok") as urls:
+        tensor = open_mirrors(urls, ContentStore(tmp_path / "store"))
+        with pytest.raises(FetchError) as caught:
+            tensor.shard_tokens(0)
+    wanted = {"pieces": "does not match the root in the manifest", "docs": "does not match docs_sha256"}[kind]
+    assert f"{urls[0]}: dropped, shard {shard.name}: shards/{shard.name}.{kind} {wanted}" in str(caught.value)
+
+
 def test_partial_shard_resumes(served, tmp_path):
     """Verified pieces of an interrupted download are kept; only the missing ones are fetched."""
     content = ContentStore(tmp_path)
@@ -99,6 +133,80 @@ def test_partial_shard_resumes(served, tmp_path):
     assert (tensor.path / shard.tokens_path).read_bytes() == original
     assert fetched == len(original) - piece * 3
     assert not partial.exists()
+
+
+def test_resuming_hashes_the_partial_file_a_piece_at_a_time(served, tmp_path):
+    """Resuming keeps exactly the pieces that match and holds one piece in memory, whatever the shard's size (it
+    read the whole .partial file at once before: MemoryError for an 8 GiB shard). Here a shard of 64 pieces."""
+    import dataclasses
+    import hashlib
+    import tracemalloc
+
+    from kogitune.node.fetch import ShardFetch, SourcePool
+    from kogitune.node.sources import HttpSource
+
+    piece = served.manifest.piece_size
+    shard = dataclasses.replace(served.shards[0], size=64 * piece)
+    original = os.urandom(shard.size)
+    damaged = bytearray(original)
+    for index in (1, 63):
+        damaged[index * piece + 5] ^= 1
+    (tmp_path / "shards").mkdir()
+    partial = tmp_path / (shard.tokens_path + ".partial")
+    partial.write_bytes(damaged)
+    fetch = ShardFetch(tmp_path, served.manifest, shard, SourcePool([HttpSource("http://127.0.0.1:9")]))
+    fetch.expected = b"".join(hashlib.sha256(original[i:i + piece]).digest() for i in range(0, shard.size, piece))
+    fetch._fd = os.open(partial, os.O_RDWR)
+    tracemalloc.start()  # traces every thread: earlier tests' background tasks add a little
+    try:
+        fetch._resume()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        os.close(fetch._fd)
+    assert [i for i, done in enumerate(fetch.board.done) if not done] == [1, 63]
+    assert peak < 8 * piece  # the whole file is 64 pieces
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real tmpfs of 400 KiB: room for the manifest and one shard of `served` (256 KiB), not for two."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(disk)], check=True,
+                       capture_output=True, timeout=30)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"cannot mount a small tmpfs to fill (needs root and mount): {exc}")
+    try:
+        yield disk
+    finally:
+        # lazily: this process may still map a shard from it (the mount goes once nothing uses it)
+        subprocess.run(["umount", "--lazy", str(disk)], check=True, timeout=30)
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_verified_pieces(served, small_disk):
+    """Disk full while a shard arrives: one FetchError naming the file, the cause and the verified pieces kept
+    (before: "Exceptions from Trio nursery (2 sub-exceptions)"); with room again, the fetch resumes from them."""
+    shard = served.shards[1]
+    piece = served.manifest.piece_size
+    with mirrors(served.path, "ok") as urls:
+        tensor = open_mirrors(urls, ContentStore(small_disk))
+        tensor.shard_tokens(0)
+        with pytest.raises(FetchError) as caught:
+            tensor.shard_tokens(1)
+        partial = tensor.path / (shard.tokens_path + ".partial")
+        message = str(caught.value)
+        assert f"shard {shard.name}: cannot write {partial}: No space left on device; " in message
+        kept = int(re.search(r"; (\d+) of 4 verified pieces are kept in it, and fetching again", message)[1])
+        subprocess.run(["mount", "-o", "remount,size=4m", str(small_disk)], check=True, timeout=30)
+        before = embedded_node().source_bytes(urls)[urls[0]]
+        tokens = bytes(tensor.shard_tokens(1))
+        fetched = embedded_node().source_bytes(urls)[urls[0]] - before
+    del tensor  # its open shards, on the disk that goes next (the fd count of a later test must not change)
+    gc.collect()
+    assert tokens == (served.path / shard.tokens_path).read_bytes()
+    assert fetched == shard.size - kept * piece
 
 
 def test_a_cached_shard_damaged_before_it_was_synced_is_fetched_again(served, tmp_path):

@@ -11,6 +11,7 @@ import pytest
 
 from kogitune.protocol.errors import IntegrityError, KogituneError, ManifestError
 from kogitune.protocol.ids import dataset_id_digest, dataset_id_from_digest, is_dataset_id
+from kogitune.protocol.jsonlimits import MAX_JSON_DEPTH
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, ShardInfo, canonical_encoding, parse_manifest
 from kogitune.protocol.pieces import (PieceHasher, check_piece, check_pieces_file, piece_digests, piece_span,
                                       root_of)
@@ -139,6 +140,24 @@ def test_manifest_round_trip_keeps_the_dataset_id():
     assert manifest.shards[0].tokens_path == "shards/00000.tokens" and manifest.pieces_in(manifest.shards[0]) == 1
 
 
+def test_the_dataset_id_is_computed_once(monkeypatch):
+    """Encoding a manifest of a 1 TiB tensor takes 0.33 s: the ID is computed on first use only (before, on every
+    access: each shard a fetch finished, each marks check), and travels with a pickled manifest."""
+    import pickle
+
+    import kogitune.protocol.manifest as manifest_module
+
+    manifest = parse_manifest(encoded(manifest_dict()))
+    encodings = []
+    encode = manifest_module.canonical_encoding
+    monkeypatch.setattr(manifest_module, "canonical_encoding", lambda value: encodings.append(1) or encode(value))
+    assert {manifest.dataset_id for _ in range(3)} == {FIXED_DATASET_ID}
+    assert len(encodings) == 1
+    copy = pickle.loads(pickle.dumps(manifest))
+    assert copy.dataset_id == FIXED_DATASET_ID and len(encodings) == 1
+    assert copy == manifest
+
+
 def test_to_dict_returns_a_copy():
     """Editing the dict that to_dict returns does not change the (frozen) manifest, nor its ID."""
     manifest = parse_manifest(encoded(manifest_dict()))
@@ -227,6 +246,28 @@ def test_parse_manifest_rejects(changes, message):
 def test_parse_manifest_rejects_bytes_that_are_no_manifest(data, message):
     with pytest.raises(ManifestError, match=message):
         parse_manifest(data)
+
+
+def nested_json(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+@pytest.mark.parametrize("where", ["top", "provenance"])
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 1000, 100_000])
+def test_deeply_nested_manifest_is_a_manifest_error(where, depth):
+    """Nesting beyond MAX_JSON_DEPTH is refused with a ManifestError: never RecursionError (from json's decoder at
+    any depth, or from the checks and json.dumps that walk a manifest that did decode), never accepted."""
+    obj = manifest_dict()
+    obj["provenance"] = {"deep": "DEEP"}
+    data = nested_json(depth) if where == "top" else encoded(obj).replace(b'"DEEP"', nested_json(depth - 2))
+    with pytest.raises(ManifestError, match=f"nested deeper than {MAX_JSON_DEPTH}"):
+        parse_manifest(data)
+
+
+def test_manifest_nested_up_to_the_limit_is_read():
+    obj = manifest_dict()
+    obj["provenance"] = {"deep": json.loads(nested_json(MAX_JSON_DEPTH - 2))}
+    assert parse_manifest(encoded(obj)).provenance == obj["provenance"]
 
 
 def test_oversized_manifest_is_rejected_before_parsing():

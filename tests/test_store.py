@@ -236,6 +236,17 @@ def test_leftover_partial_directory_is_cleaned(tmp_path, small_corpus, small_ten
     assert DataTensor(report.path).verify() == []
 
 
+@pytest.mark.parametrize("content", [b"[" * 100_000, b'{"job": ' + b"[" * 100 + b"]" * 100 + b"}"])
+def test_a_checkpoint_nested_too_deep_is_ignored(tmp_path, small_corpus, small_tensor_path, content):
+    """A checkpoint file that is JSON nested too deep (RecursionError from json before: the store crashed) is no
+    usable checkpoint: the store starts afresh and makes the same tensor."""
+    partial = tmp_path / "out.partial"
+    partial.mkdir()
+    (partial / store_module.CHECKPOINT_FILE).write_bytes(content)
+    report = store_quietly(small_corpus, tmp_path / "out", SMALL)
+    assert report.dataset_id == DataTensor(small_tensor_path).dataset_id and not partial.exists()
+
+
 def interrupt_after(monkeypatch, batches: int) -> None:
     """Make the store stop (as Ctrl-C would) right after it wrote its batch number `batches`, before the checkpoint
     that would count that batch: the shard being written then holds bytes the checkpoint does not."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
@@ -18,7 +20,7 @@ import kogitune.tensor as tensor_module
 from kogitune.datasets import TokenBlockDataset
 from kogitune.errors import IntegrityError, RecipeError, TokenizerError
 from kogitune.protocol.ids import dataset_id_from_digest, sha256
-from kogitune.protocol.manifest import canonical_encoding
+from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, canonical_encoding
 from kogitune.store import StoreOptions
 from kogitune.tensor import MANIFEST_FILE, MARKS_FILE, DataTensor
 from kogitune.tokenizer import load_tokenizer
@@ -194,6 +196,66 @@ def test_a_shard_with_a_missing_file_and_no_mark_is_hashed_not_trusted(damaged):
     (damaged / "shards/00001.docs").unlink()
     with pytest.raises(IntegrityError, match="shard 00001"):
         DataTensor(damaged).shard_tokens(1)
+
+
+@pytest.mark.parametrize("content", [b"[" * 100_000, b'{"shards": {"00000": ' + b"[" * 100 + b"]" * 100 + b"}}"])
+def test_a_marks_file_nested_too_deep_vouches_for_nothing(kjv_tensor, damaged, content):
+    """A marks file is written by any program of the user: nested too deep (RecursionError from json before, out
+    of every open) it vouches for nothing, so the shards are hashed again, and a damaged one is found."""
+    assert problems_of(damaged) == []
+    path = damaged / "shards/00000.tokens"
+    before = path.stat()
+    flip_byte(path, 9)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    (damaged / MARKS_FILE).write_bytes(content)
+    with pytest.raises(IntegrityError, match="shard 00000"):
+        DataTensor(damaged).shard_tokens(0)
+    assert DataTensor(damaged).shard_tokens(1) is not None
+
+
+def test_a_marks_file_over_its_limit_is_not_read(damaged, monkeypatch):
+    """Only MAX_MARKS_BYTES of a marks file are read: a longer one vouches for nothing (its shards are hashed)."""
+    assert problems_of(damaged) == []
+    marks = (damaged / MARKS_FILE).read_bytes()
+    monkeypatch.setattr(tensor_module, "MAX_MARKS_BYTES", len(marks) + 10)
+    hashed = []
+    digests = tensor_module.piece_digests
+    monkeypatch.setattr(tensor_module, "piece_digests", lambda *args: hashed.append(1) or digests(*args))
+
+    def opening_hashes() -> bool:
+        tensor_module._checked_here.clear()  # what this process checked itself is trusted without the file
+        hashed.clear()
+        DataTensor(damaged).shard_tokens(0)
+        return bool(hashed)
+
+    assert not opening_hashes()  # within the limit, the mark is trusted
+    (damaged / MARKS_FILE).write_bytes(marks + b" " * 11)
+    assert opening_hashes()
+
+
+HUGE_MANIFEST = """
+import resource, sys
+from kogitune.errors import ManifestError
+from kogitune.tensor import DataTensor
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    DataTensor(sys.argv[1])
+except ManifestError as exc:
+    print(exc)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) >> 10)
+"""
+
+
+def test_a_huge_manifest_file_is_refused_without_reading_it_all(tmp_path):
+    """A manifest.json of 2 GiB (sparse here) is refused after MAX_MANIFEST_BYTES + 1 bytes (read whole before)."""
+    (tmp_path / "t").mkdir()
+    with open(tmp_path / "t" / MANIFEST_FILE, "wb") as f:
+        f.truncate(2 << 30)
+    result = subprocess.run([sys.executable, "-c", HUGE_MANIFEST, str(tmp_path / "t")], capture_output=True,
+                            text=True, timeout=120, check=True)
+    message, grown_mib = result.stdout.splitlines()
+    assert int(grown_mib) < 4 * (MAX_MANIFEST_BYTES >> 20)
+    assert f"{MANIFEST_FILE}: manifest has more than the limit of {MAX_MANIFEST_BYTES} bytes" in message
 
 
 def test_only_the_last_shards_opened_stay_mapped(kjv_tensor, monkeypatch):

@@ -13,7 +13,8 @@ from kogitune.protocol.wire import (ERROR_CODES, FILE_KINDS, MAX_ALLOW_CHARS, MA
                                     PROTOCOL_ID, WIRE_VERSION, ErrorResponse, FrameDecoder, HaveRequest, HaveResponse,
                                     ManifestRequest, ManifestResponse, ReadRequest, ReadResponse, WireError,
                                     encode_frame, encode_request, encode_response, encode_varint, expected_response,
-                                    have_bitmap, have_shards, parse_request, parse_response, response_limit)
+                                    have_bitmap, have_shards, parse_request, parse_response, response_limit,
+                                    unpack_body)
 
 DATASET = bytes(range(32))  # the digest behind kg1-aaaqeayeaudaocajbifqydiob4ibceqtcqkrmfyydenbwha5dypq
 # The signature and public key of test_signing.py's vector (seed 32 x 0x01 signs the ID of DATASET).
@@ -423,11 +424,52 @@ def test_an_incomplete_frame_never_holds_more_than_the_bound():
     (b"\xdf\xff\xff\xff\xff", "not one msgpack value"),          # a map that claims 4 billion entries
     (b"\xc6\xff\xff\xff\xff", "not one msgpack value"),          # a bin that claims 4 GiB
     (b"\x81\xa1v" * 2000, "not one msgpack value"),              # maps nested 2000 deep
+    (msgpack.packb({"v": {"v": 1}}), "nested map"),             # a map inside a map
+    (msgpack.packb({"v": []}), "holds an array"),               # an (empty) array as a value
 ])
 def test_malformed_bodies(body, why):
     decoder = FrameDecoder(MAX_HEADER_BYTES)
     decoder.feed(encode_varint(len(body)) + body)
     assert why in str(assert_bad(decoder.next_frame))
+
+
+def nested(depth: int):
+    value = 1
+    for _ in range(depth):
+        value = {"v": value}
+    return value
+
+
+@pytest.mark.parametrize("field", ["v", "op", "dataset", "offset"])
+def test_a_nested_map_is_refused_by_the_decoder(field):
+    """A map nested 1000 deep fits msgpack's own stack and a request frame; before the decoder refused nested maps
+    it came out of the parsers as RecursionError (from an error message's repr), not WireError."""
+    body = msgpack.packb({**read_request(), field: nested(1000)})
+    assert len(body) < MAX_REQUEST_BYTES
+    decoder = FrameDecoder(MAX_REQUEST_BYTES)
+    decoder.feed(encode_varint(len(body)) + body)
+    with pytest.raises(WireError) as caught:
+        parse_request(decoder.next_frame())
+    assert caught.value.code == "bad_request" and "nested map" in str(caught.value)
+
+
+def test_a_frame_of_nested_maps_costs_no_more_memory_than_its_bytes():
+    """A tree of maps (16 entries each, 4 levels: 5 MB) decoded to 27 MB of objects before; now the decoder stops
+    at the second map it completes."""
+    import tracemalloc
+
+    tree = None
+    for _ in range(5):
+        tree = {f"k{i}": tree for i in range(16)}
+    body = msgpack.packb(tree)
+    tracemalloc.start()
+    try:
+        with pytest.raises(WireError, match="nested map"):
+            unpack_body(body, MAX_HEADER_BYTES)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(body) > 4 << 20 and peak < 1 << 20
 
 
 # ---- malformed requests and responses ---------------------------------------------------------------------------
