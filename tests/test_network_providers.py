@@ -312,6 +312,8 @@ def test_first_answer_reaches_a_good_candidate_behind_ten_silent_ones_in_a_few_h
             await trio.sleep_forever()
         if candidate == "fails":
             raise SourceError("refused")
+        if candidate == "late":
+            await trio.sleep(0.5)
         return candidate
 
     async def main() -> tuple[str, float]:
