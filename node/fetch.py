@@ -250,10 +250,12 @@ async def prefetch_in_order(nursery: trio.Nursery, limiter: trio.CapacityLimiter
 async def fetch_small_file(pool: SourcePool, path: str, limit: int, problem, exact: bool = False) -> bytes:
     """A small whole file (manifest, .pieces, .docs) from the first source whose bytes have no `problem`:
     `problem(data)` says what is wrong with them (naming the file), or None. The healthiest source is asked first,
-    more when it fails or is slow (`first_answer`). A source that sends a wrong file is dropped, and the error, when
-    no source is left, says what each one sent. With `exact`, the file has `limit` bytes: a shorter one was cut off
-    (a source that died), a failure rather than a lie."""
+    more when it fails or is slow (`first_answer`); a source that failed is asked again after its backoff, until
+    it has failed `max_failures` times (one busy or overloaded provider is not the end of a fetch). A source that
+    sends a wrong file is dropped, and the error, when no source is left, says what each one sent. With `exact`,
+    the file has `limit` bytes: a shorter one was cut off (a source that died), a failure rather than a lie."""
     async def ask(health: SourceHealth) -> bytes | None:
+        await trio.sleep_until(health.retry_at)
         try:
             async with health.source.stream(path, 0) as (_, body):
                 data = await MinRateBody(body, pool.limits, health.source.name).read_all(
@@ -272,10 +274,11 @@ async def fetch_small_file(pool: SourcePool, path: str, limit: int, problem, exa
         health.files_verified += 1
         return data
 
-    data = await first_answer(pool.in_order_of_health(), ask)
-    if data is None:
-        raise FetchError(f"no source could deliver a valid {path}: {pool.report()}")
-    return data
+    while candidates := pool.in_order_of_health():
+        data = await first_answer(candidates, ask)
+        if data is not None:
+            return data
+    raise FetchError(f"no source could deliver a valid {path}: {pool.report()}")
 
 
 async def fetch_manifest(pool: SourcePool, dataset_id: str | None = None) -> tuple[bytes, Manifest]:
