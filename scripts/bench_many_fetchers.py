@@ -9,7 +9,10 @@ node daemon instead, and the timed part is `kogitune get ID` (started at once in
 
 Reported: how many completed, the wall time of each (min / median / max), and every distinct error line.
 
+Every process gets KOGITUNE_READ_TIMEOUT=--read-timeout (default 30, the product's default; the tests use 3).
+
     python scripts/bench_many_fetchers.py [--fetchers 40] [--bootstrap-node] [--get] [--chapters 300]
+                                          [--read-timeout 30]
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from netnodes import ENV, KOGITUNE, NodeProcess  # noqa: E402
+import netnodes  # noqa: E402
+from netnodes import KOGITUNE, NodeProcess  # noqa: E402
 
 FETCHER = """
 import sys, time
@@ -51,16 +55,16 @@ def make_tensor(root: Path, chapters: int) -> Path:
     return root / "kjv"
 
 
-def run_fetchers(root: Path, dataset_id: str, bootstrap: str, count: int, use_get: bool, timeout: float):
+def run_fetchers(root: Path, dataset_id: str, bootstrap: str, count: int, use_get: bool, timeout: float, env: dict):
     """Start `count` fetchers at once; return [(seconds, returncode, last stderr line)]."""
     daemons = []
     try:
         if use_get:
-            daemons = [NodeProcess(root / f"f{i}", [bootstrap]) for i in range(count)]
-            commands = [([KOGITUNE, "get", dataset_id, "--quiet", "--home", str(d.home)], ENV) for d in daemons]
+            daemons = [NodeProcess(root / f"f{i}", [bootstrap], env) for i in range(count)]
+            commands = [([KOGITUNE, "get", dataset_id, "--quiet", "--home", str(d.home)], env) for d in daemons]
         else:
             commands = [([sys.executable, "-c", FETCHER, dataset_id, str(timeout)],
-                         {**ENV, "KOGITUNE_HOME": str(root / f"f{i}"), "KOGITUNE_BOOTSTRAP": bootstrap})
+                         {**env, "KOGITUNE_HOME": str(root / f"f{i}"), "KOGITUNE_BOOTSTRAP": bootstrap})
                         for i in range(count)]
         started = time.monotonic()
         procs = [subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -88,25 +92,27 @@ def main() -> None:
     parser.add_argument("--get", action="store_true", help="each fetcher is a daemon running `kogitune get`")
     parser.add_argument("--chapters", type=int, default=300, help="KJV chapters in the tensor (default 300)")
     parser.add_argument("--timeout", type=float, default=180.0)
+    parser.add_argument("--read-timeout", type=float, default=30.0, help="KOGITUNE_READ_TIMEOUT of every process")
     args = parser.parse_args()
+    env = {**netnodes.ENV, "KOGITUNE_READ_TIMEOUT": str(args.read_timeout)}
     with tempfile.TemporaryDirectory(prefix="kg-many-") as tmp:
         root = Path(tmp)
         tensor = make_tensor(root, args.chapters)
         nodes = []
         try:
             if args.bootstrap_node:  # up first, as a network's bootstrap node is: A's announcement reaches it
-                nodes.append(NodeProcess(root / "d"))
-            nodes.append(NodeProcess(root / "a", [node.address for node in nodes]))
+                nodes.append(NodeProcess(root / "d", env=env))
+            nodes.append(NodeProcess(root / "a", [node.address for node in nodes], env))
             dataset_id = nodes[-1].cli("publish", str(tensor)).stdout.strip()
             bootstrap = nodes[0].address
-            results = run_fetchers(root, dataset_id, bootstrap, args.fetchers, args.get, args.timeout)
+            results = run_fetchers(root, dataset_id, bootstrap, args.fetchers, args.get, args.timeout, env)
         finally:
             for node in nodes:
                 node.close()
     ok = [seconds for seconds, code, _ in results if code == 0]
     kind = "`kogitune get` daemons" if args.get else "embedded fetchers (trainers)"
     print(f"{len(ok)}/{len(results)} {kind} completed"
-          f"{' (through a bootstrap node)' if args.bootstrap_node else ''}")
+          f"{' (through a bootstrap node)' if args.bootstrap_node else ''}, read timeout {args.read_timeout:g} s")
     if ok:
         print(f"  seconds: min {min(ok):.1f}  median {statistics.median(ok):.1f}  max {max(ok):.1f}")
     for line, n in Counter(line for _, code, line in results if code != 0).most_common():
