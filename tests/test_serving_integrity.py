@@ -261,4 +261,5 @@ def test_a_peer_that_dies_in_the_middle_of_a_file_is_a_failure_not_a_liar(mine, 
 
     [health] = trio.run(main).health
     assert not health.banned, f"a peer that died mid-transfer was banned as a liar: {health.banned}"
-    assert health.failures == 1 and "short" in health.last_error, health.last_error
+    # a failure (asked again after its backoff, up to max_failures: one cut stream is not the end of a fetch)
+    assert health.failures >= 1 and "short" in health.last_error, health.last_error
