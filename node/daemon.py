@@ -216,13 +216,14 @@ class Node:
         await self.announce(dataset_id)
         return dataset_id
 
-    async def find_providers(self, dataset_id: str) -> list:
+    async def find_providers(self, dataset_id: str, deadline: float = LOOKUP_DEADLINE) -> list:
         """Providers of a dataset: each connected peer is asked directly (fast in a small swarm, and when a
         bootstrap peer holds the record; peers the lookup connects to are asked too) while the full Kademlia lookup
         runs; each of them is asked again with backoff while nothing names a provider, never with two requests at
         once (an overloaded peer that answers late still answers; cancelled requests would be work thrown away).
         Once anything (neighbours, lookup, local records) has named a provider, the neighbours that have not
-        answered yet get LATE_PROVIDER_SECONDS more; after LOOKUP_DEADLINE seconds, none is found. (py-libp2p's
+        answered yet get LATE_PROVIDER_SECONDS more; after `deadline` seconds, none is found, and at once when
+        there is nobody to ask (no connected peer and no bootstrap peer). (py-libp2p's
         lookup alone returns only local records when there are any.)"""
         key = dataset_id_digest(dataset_id)
         found: dict = {}
@@ -264,12 +265,15 @@ class Node:
                 answered.add(peer)
             return ask
 
-        with trio.move_on_after(LOOKUP_DEADLINE) as lookup_scope:
+        with trio.move_on_after(deadline) as lookup_scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(again_with_backoff, lookup)
                 logged = False
                 while True:
-                    if not self.host.get_connected_peers() and self.config.bootstrap:
+                    if not self.host.get_connected_peers():
+                        if not self.config.bootstrap:  # nobody to ask, and none to call
+                            nursery.cancel_scope.cancel()
+                            break
                         await self.connect_bootstrap()
                     for peer in self.host.get_connected_peers():
                         if peer not in asked:
@@ -282,7 +286,7 @@ class Node:
                         lookup_scope.deadline = min(lookup_scope.deadline, trio.current_time() + LATE_PROVIDER_SECONDS)
                     elif asked and answered >= asked and not logged:
                         log.info("no provider of %s found yet; asking again for up to %.0f s", dataset_id,
-                                 LOOKUP_DEADLINE)
+                                 deadline)
                         logged = True
                     with trio.move_on_after(LOOKUP_BACKOFF_SECONDS):  # or sooner, when an answer came
                         await changed.wait()
@@ -420,20 +424,18 @@ class Node:
         return sum(health.bytes_verified for health in opened.pool.health) if opened else 0
 
     async def providers_status(self, dataset_id: str) -> list[dict]:
-        """Each provider and which shards it holds (its have-map); this node first when it holds the dataset."""
+        """Each provider and which shards it holds (its have-map); this node first when it holds the dataset.
+        Bounded: a dataset this node holds is not opened from the network, the lookup takes at most
+        STATUS_ANSWER_SECONDS, and so do the have-maps, asked of every provider at once."""
         report = []
         local = self.store.dataset_dir(dataset_id)
         manifest = _load_manifest(local)
         if manifest is not None and manifest.dataset_id == dataset_id and (local / SIGNATURE_FILE).exists():
             held = sum((local / shard.tokens_path).exists() for shard in manifest.shards)
             report.append({"peer": self.peer_id, "this_node": True, "shards": held, "of": len(manifest.shards)})
-        try:
-            opened = await self.open_dataset(dataset_id)
-        except FetchError:
-            if report:
-                return report
-            raise
-        count = len(opened.signed.manifest.shards)
+        else:
+            manifest = (await self.open_dataset(dataset_id)).signed.manifest
+        count = len(manifest.shards)
         answers: dict[str, dict] = {}
 
         async def ask(peer_id) -> None:
@@ -443,7 +445,7 @@ class Node:
             except SourceError as exc:
                 answers[str(peer_id)] = {"peer": str(peer_id), "error": str(exc)}
 
-        providers = [info.peer_id for info in await self.find_providers(dataset_id)]
+        providers = [info.peer_id for info in await self.find_providers(dataset_id, STATUS_ANSWER_SECONDS)]
         with trio.move_on_after(STATUS_ANSWER_SECONDS):  # a silent peer holds no one up
             async with trio.open_nursery() as nursery:
                 for peer_id in providers:
