@@ -35,6 +35,18 @@ SIGNATURE_FILE = "signature"
 ALLOW_FILE = "allow"
 ALLOW_SIGNATURE_FILE = "allow.signature"
 CHUNK = 1 << 20
+"""Bytes of a tokens file read (and checked unchanged, StoreGuard.check_unchanged) at once before they are sent."""
+WRITE_BYTES = 64 << 10
+"""Bytes written to a stream at once, each write within ServerLimits.write_timeout: the size of py-libp2p's largest
+Noise and Yamux frame, so a smaller write would cost more calls for no gain (1 MiB writes served no faster)."""
+WRITE_TIMEOUT_SECONDS = 10.0
+"""Seconds one write of WRITE_BYTES may take to leave (ServerLimits.write_timeout)."""
+MIN_READER_RATE = WRITE_BYTES / WRITE_TIMEOUT_SECONDS
+"""Bytes per second (6.4 KiB/s) below which a reader's stream is cut by the server, which frees its slot for others.
+Above the fetcher's own floor for a source (kogitune.node.fetch.MIN_SOURCE_RATE, 1 KiB/s, measured over 10 s
+windows) but far below what a link shared by a `get`'s streams gives each of them: `get` reads 4 shards at once,
+so one 2 Mbit/s link gives each stream about 60 KiB/s, and a reader stalled for good is cut within 10 s of the
+Yamux window (256 KiB) filling."""
 
 
 @dataclass
@@ -47,9 +59,9 @@ class ServerLimits:
     request_timeout: float = 5.0
     """Seconds a stream has, once open, to deliver its whole request (a fetcher sends it at once): a stream left
     idle is ended after this."""
-    write_timeout: float = 10.0
-    """Seconds one chunk of a response (CHUNK, 1 MiB) may take to leave: a reader that stops consuming, or drains
-    slower than about 100 KiB/s, is cut."""
+    write_timeout: float = WRITE_TIMEOUT_SECONDS
+    """Seconds one write of a response (WRITE_BYTES, 64 KiB) may take to leave: a reader that stops consuming, or
+    drains slower than MIN_READER_RATE, is cut."""
     streams_per_peer: int = 8
     """Streams one peer identity may have served at once."""
     streams_per_ip: int = 64
@@ -201,8 +213,10 @@ class DataServer:
             os.close(fd)
 
     async def _send(self, stream, data: bytes) -> None:
-        with trio.fail_after(self.limits.write_timeout):
-            await stream.write(data)
+        """Write `data` in pieces of WRITE_BYTES, each within write_timeout."""
+        for start in range(0, len(data), WRITE_BYTES):
+            with trio.fail_after(self.limits.write_timeout):
+                await stream.write(data[start:start + WRITE_BYTES])
 
     async def _send_error(self, stream, code: str, message: str) -> None:
         try:
