@@ -59,19 +59,16 @@ class Problem:
 class DataTensor:
     """A data tensor directory opened for reading."""
 
-    def __init__(self, path: str | os.PathLike, remote=None, store=None) -> None:
+    def __init__(self, path: str | os.PathLike, remote=None, store=None, manifest: Manifest | None = None) -> None:
         """`remote` (e.g. kogitune.client.MirrorShards) fetches shards missing from `path`; `store` is the
-        ContentStore that holds `path`, told when shards are used."""
+        ContentStore that holds `path`, told when shards are used; `manifest`, the one the caller already read from
+        `path` (it is then not read again)."""
         self.path = Path(path)
         self.remote = remote
         self.store = store
-        manifest_path = self.path / MANIFEST_FILE
-        if not manifest_path.is_file():
-            raise TensorError(_not_a_tensor(self.path))
-        try:
-            self.manifest: Manifest = parse_manifest(read_limited(manifest_path, MAX_MANIFEST_BYTES))
-        except ManifestError as exc:
-            raise ManifestError(f"{manifest_path}: {exc}") from None
+        if manifest is None:
+            manifest = _read_manifest(self.path)
+        self.manifest: Manifest = manifest
         self.dataset_id = self.manifest.dataset_id
         self.shard_first_block = np.cumsum([0] + [s.blocks for s in self.manifest.shards])
         self._arrays: OrderedDict[int, np.ndarray] = OrderedDict()
@@ -263,6 +260,16 @@ def _not_a_tensor(path: Path) -> str:
 _checked_here: dict[tuple[str, str], list] = {}
 """(directory, shard name) -> file signature of shards a fetcher in this process checked piece by piece: trusted
 while the files are unchanged, also before their record in the marks file (written after the fsync) exists."""
+
+
+def _read_manifest(path: Path) -> Manifest:
+    manifest_path = path / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise TensorError(_not_a_tensor(path))
+    try:
+        return parse_manifest(read_limited(manifest_path, MAX_MANIFEST_BYTES))
+    except ManifestError as exc:
+        raise ManifestError(f"{manifest_path}: {exc}") from None
 
 
 def is_marked(directory: Path, dataset_id: str, shard_name: str, signature: list) -> bool:

@@ -11,9 +11,10 @@ pass such bytes on (they may be anything the user wrote there). So, before a tok
   data, so a chunk read while the signature still held is the verified one. A change mid-stream cuts the stream.
 
 A shard whose files changed since their check is hashed again on a worker thread when a peer next asks for it (one
-check at a time per node, once per change): if it still verifies (e.g. only a chmod or a new hard link), it is
-served again at once; if not, it is withheld (peers get not_found, as for a missing shard), logged once, and listed
-as damaged by `kogitune node status`. `.pieces` and `.docs` files are small and checked against the manifest each
+check at a time per node, once per change), in the background: peers are answered not_found at once until the
+check ends (their fetchers go to other sources or ask again). If it still verifies (e.g. only a chmod or a new hard
+link), it is served again; if not, it is withheld (not_found, as for a missing shard), logged once, and listed as
+damaged by `kogitune node status`. `.pieces` and `.docs` files are small and checked against the manifest each
 time they are served; the manifest against the dataset ID (in DataServer).
 """
 
@@ -79,10 +80,11 @@ class StoreGuard:
         self.damaged: dict[tuple[str, str], str] = {}
         """(dataset ID, shard name or "manifest.json") -> the problem found, for as long as it lasts."""
         self._failed: dict[tuple[str, str], list] = {}
-        self._checking: dict[tuple[str, str], trio.Event] = {}
+        self._checking: set[tuple[str, str]] = set()
+        """Shards being hashed again now (in the background)."""
         self._limiter = trio.CapacityLimiter(RECHECK_THREADS)
 
-    async def open_tokens(self, directory: Path, manifest: Manifest, shard: ShardInfo) -> tuple[int, list] | None:
+    def open_tokens(self, directory: Path, manifest: Manifest, shard: ShardInfo) -> tuple[int, list] | None:
         """A descriptor on the shard's tokens file and the stat_signature it must keep while it is served; None
         when the shard is missing or withheld (changed since its check, and a re-check did not pass)."""
         fd = open_served(directory / shard.tokens_path)
@@ -90,7 +92,7 @@ class StoreGuard:
             return None
         try:
             opened = stat_signature(os.fstat(fd))
-            if await self._trusted(directory, manifest, shard, opened):
+            if self._trusted(directory, manifest, shard, opened):
                 return fd, opened
         except BaseException:
             os.close(fd)
@@ -134,33 +136,35 @@ class StoreGuard:
         if self.damaged.pop((dataset_id, what), None) is not None:
             log.info("%s %s passed its check again; serving it", dataset_id, what)
 
-    async def _trusted(self, directory: Path, manifest: Manifest, shard: ShardInfo, opened: list) -> bool:
-        """Whether the shard's files, the tokens file being the one `opened`, are as they last passed a check;
-        re-checks them first if they changed since and did not already fail as they are now."""
-        key = (directory.name, shard.name)
+    def _trusted(self, directory: Path, manifest: Manifest, shard: ShardInfo, opened: list) -> bool:
+        """Whether the shard's files, the tokens file being the one `opened`, are as they last passed a check. If
+        they changed since, and did not already fail as they are now, a re-check starts in the background and the
+        answer is no at once: the requester goes to other sources or asks again (a re-hash can take longer than
+        it waits for an answer, and many changed shards are hashed one at a time)."""
         signature = file_signature(directory, shard)
         if signature is None or signature[0] != opened:
             return False
         if is_marked(directory, directory.name, shard.name, signature):
             return True
-        if self._failed.get(key) != signature:
-            await self._recheck(directory, shard, signature)
-        signature = file_signature(directory, shard)
-        return (signature is not None and signature[0] == opened
-                and is_marked(directory, directory.name, shard.name, signature))
-
-    async def _recheck(self, directory: Path, shard: ShardInfo, signature: list) -> None:
-        """Hash the shard again on a worker thread (one check per shard at a time: other requests wait for it)."""
         key = (directory.name, shard.name)
-        running = self._checking.get(key)
-        if running is not None:
-            await running.wait()
-            return
-        self._checking[key] = trio.Event()
+        if self._failed.get(key) != signature and key not in self._checking:
+            self._checking.add(key)
+            trio.lowlevel.spawn_system_task(self._recheck, directory, manifest, shard, signature,
+                                            name=f"recheck {directory.name} {shard.name}")
+        return False
+
+    async def _recheck(self, directory: Path, manifest: Manifest, shard: ShardInfo, signature: list) -> None:
+        """Hash the shard again on a worker thread, against `manifest` (checked against the dataset ID by the
+        server), and record the result. Runs as a trio system task: it outlives the request that started it, and
+        it never raises (a failure to read is logged and the shard stays withheld)."""
+        key = (directory.name, shard.name)
         try:
-            problems = await trio.to_thread.run_sync(_check, directory, shard, limiter=self._limiter)
+            problems = await trio.to_thread.run_sync(_check, directory, manifest, shard, limiter=self._limiter)
+        except Exception as exc:
+            log.warning("%s shard %s could not be checked again: %r; withheld", directory.name, shard.name, exc)
+            problems = [f"could not be read: {exc}"]
         finally:
-            self._checking.pop(key).set()
+            self._checking.discard(key)
         if problems:
             self._failed[key] = signature
             self.note_damaged(directory.name, shard.name, problems[0])
@@ -178,9 +182,6 @@ class StoreGuard:
         return changed
 
 
-def _check(directory: Path, shard: ShardInfo) -> list:
-    """Hash a store shard against the dataset's manifest, recording the result as its mark (on a worker thread)."""
-    tensor = DataTensor(directory)
-    if tensor.dataset_id != directory.name:
-        return [f"{directory / 'manifest.json'} does not hash to {directory.name}"]
-    return [str(problem) for problem in tensor.check_and_mark(shard)]
+def _check(directory: Path, manifest: Manifest, shard: ShardInfo) -> list:
+    """Hash a store shard against its dataset's manifest, recording the result as its mark (on a worker thread)."""
+    return [str(problem) for problem in DataTensor(directory, manifest=manifest).check_and_mark(shard)]

@@ -194,7 +194,7 @@ class DataServer:
             await self._send(stream, data[request.offset:request.offset + request.length])
             self.stats.bytes_served += request.length
             return
-        opened = await self.guard.open_tokens(directory, manifest, shard)
+        opened = self.guard.open_tokens(directory, manifest, shard)
         if opened is None:
             raise wire.WireError("not_found", f"this node does not hold {path}")
         fd, signature = opened

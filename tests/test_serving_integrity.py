@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,28 @@ def damaged(node: NodeProcess) -> list[dict]:
     return DaemonClient(node.home).call("status", timeout=30).get("damaged", [])
 
 
+RECHECK_SECONDS = 20.0
+"""How long a test waits for a node's background re-check of a changed shard (milliseconds alone, more under load)."""
+
+
+def poll(condition, what: str, seconds: float = RECHECK_SECONDS):
+    """Call `condition()` until it returns something true, and return that; fail after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not (found := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {seconds:.0f} s: {what}", pytrace=False)
+        time.sleep(0.05)
+    return found
+
+
+def served_again(node: NodeProcess, tensor: DataTensor, index: int = 0) -> bytes:
+    """The shard's tokens, asked for until the node serves them again (once its background re-check passed)."""
+    def served():
+        response, data = read_tokens(node, tensor, index)
+        return isinstance(response, wire.ReadResponse) and data
+    return poll(served, f"shard {tensor.shards[index].name} served again")
+
+
 def test_a_shard_edited_through_the_users_hard_link_is_withheld(mine, node):
     dataset_id = node.cli("publish", str(mine.path)).stdout.strip()
     shard = mine.shards[0]
@@ -106,7 +129,7 @@ def test_a_shard_edited_through_the_users_hard_link_is_withheld(mine, node):
     response, data = read_tokens(node, mine)
     assert SECRET not in data, "the node sent bytes written into a published file after it was published"
     assert isinstance(response, wire.ErrorResponse) and response.code == "not_found", response
-    [entry] = damaged(node)
+    [entry] = poll(lambda: [e for e in damaged(node) if "changed since" not in e["problem"]], "the re-check failed")
     assert (entry["dataset"], entry["shard"]) == (dataset_id, shard.name)
     assert "does not match its hash" in entry["problem"]
     shown = node.cli("node", "status").stdout
@@ -116,10 +139,29 @@ def test_a_shard_edited_through_the_users_hard_link_is_withheld(mine, node):
     log_lines = [line for line in (node.home / "node.log").read_text().splitlines() if "damaged" in line]
     assert len(log_lines) == 1 and shard.name in log_lines[0], log_lines
 
-    with open(users_file, "r+b") as f:  # undone: the next request checks the shard again and serves it
+    with open(users_file, "r+b") as f:  # undone: the next request checks the shard again, then it is served
         f.write(original[:len(SECRET)])
+    assert served_again(node, mine) == original
+    assert damaged(node) == []
+
+
+def test_a_changed_shard_is_checked_again_in_the_background_not_while_the_request_waits(mine, node):
+    """An edit and its undo: the shard must be hashed again before it is served, but the request that finds it
+    changed is answered not_found at once (a re-hash of a big shard, or of many, outlasts a fetcher's wait for an
+    answer; main held every such request until its shard was hashed, one shard at a time); a later one gets it."""
+    dataset_id = node.cli("publish", str(mine.path)).stdout.strip()
+    shard = mine.shards[0]
+    stored_file = node.home / "datasets" / dataset_id / shard.tokens_path
+    original = stored_file.read_bytes()
+    with open(stored_file, "r+b") as f:  # edited and undone: the same bytes, a new ctime
+        f.write(SECRET)
+    with open(stored_file, "r+b") as f:
+        f.write(original[:len(SECRET)])
+
     response, data = read_tokens(node, mine)
-    assert isinstance(response, wire.ReadResponse) and data == original
+    assert isinstance(response, wire.ErrorResponse) and response.code == "not_found", \
+        "the request waited for the re-check of the changed shard"
+    assert served_again(node, mine) == original
     assert damaged(node) == []
 
 
