@@ -229,7 +229,7 @@ def _node(args) -> int:
     if damaged:
         print(f"damaged     {len(damaged)} withheld from peers")
     for entry in damaged:
-        what = entry["shard"] if entry["shard"].endswith(".json") else f"shard {entry['shard']}"
+        what = entry["shard"] if entry["shard"].endswith(".json") else f"shard {entry['shard']} ({entry['file']})"
         print(f"            {entry['dataset']} {what}: {entry['problem']}")
     print(f"served      {status['bytes_served'] / 1e6:.1f} MB; fetched {status['bytes_fetched'] / 1e6:.1f} MB")
     return EXIT_OK

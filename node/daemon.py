@@ -466,15 +466,16 @@ class Node:
     def damaged_shards(self) -> list[dict]:
         """Shards (and manifests) this node withholds from peers: found damaged, or changed since their check."""
         guard = self.server.guard
-        found = [{"dataset": dataset, "shard": what, "problem": problem}
-                 for (dataset, what), problem in sorted(guard.damaged.items())]
+        found = [{"dataset": dataset, "shard": shard, "file": path, "problem": problem}
+                 for (dataset, path), (shard, problem) in sorted(guard.damaged.items())]
         for directory in sorted(self.store.datasets.glob("kg1-*")):
             manifest = _load_manifest(directory)
             if manifest is None or manifest.dataset_id != directory.name or not (directory / SIGNATURE_FILE).exists():
                 continue
-            for name in guard.changed_shards(directory, manifest):
-                if (directory.name, name) not in guard.damaged:
-                    found.append({"dataset": directory.name, "shard": name, "problem": CHANGED})
+            for shard in guard.changed_shards(directory, manifest):
+                if not guard.is_damaged(directory.name, shard):
+                    found.append({"dataset": directory.name, "shard": shard.name, "file": shard.tokens_path,
+                                  "problem": CHANGED})
         return found
 
 

@@ -30,7 +30,7 @@ import trio
 
 from kogitune.protocol.manifest import Manifest, ShardInfo
 from kogitune.protocol.pieces import root_of
-from kogitune.tensor import DataTensor, file_signature, is_marked, stat_signature
+from kogitune.tensor import DataTensor, Problem, file_signature, is_marked, stat_signature
 
 log = logging.getLogger("kogitune.node")
 RECHECK_THREADS = 1
@@ -74,11 +74,12 @@ def read_served(path: Path, limit: int) -> bytes | None:
 
 
 class StoreGuard:
-    """Decides which store files a DataServer may send, and remembers which shards it found damaged."""
+    """Decides which store files a DataServer may send, and remembers which files it found damaged."""
 
     def __init__(self) -> None:
-        self.damaged: dict[tuple[str, str], str] = {}
-        """(dataset ID, shard name or "manifest.json") -> the problem found, for as long as it lasts."""
+        self.damaged: dict[tuple[str, str], tuple[str, str]] = {}
+        """(dataset ID, file path in the dataset directory) -> (its shard's name, or "manifest.json"; the problem
+        found), from when a check finds the file damaged until a check of it passes."""
         self._failed: dict[tuple[str, str], list] = {}
         self._checking: set[tuple[str, str]] = set()
         """Shards being hashed again now (in the background)."""
@@ -120,21 +121,26 @@ class StoreGuard:
         if data is None:
             return None
         if not ok:
-            self.note_damaged(directory.name, shard.name, f"{path} does not match the manifest")
+            self.note_damaged(directory.name, shard.name, path, f"{path} does not match the manifest")
             return None
+        self.note_intact(directory.name, path)
         return data
 
-    def note_damaged(self, dataset_id: str, what: str, problem: str) -> None:
-        """Record a damaged shard (or manifest), logging it once."""
-        if self.damaged.get((dataset_id, what)) != problem:
+    def note_damaged(self, dataset_id: str, shard_name: str, path: str, problem: str) -> None:
+        """Record a damaged file of a shard (or the manifest: `shard_name` "manifest.json"), logging it once."""
+        if self.damaged.get((dataset_id, path)) != (shard_name, problem):
             log.warning("%s %s is damaged and withheld from peers: %s. Undo the change, or store and publish (or "
-                        "fetch) the dataset again", dataset_id, what if what.endswith(".json") else f"shard {what}",
-                        problem)
-        self.damaged[(dataset_id, what)] = problem
+                        "fetch) the dataset again", dataset_id, path, problem)
+        self.damaged[(dataset_id, path)] = (shard_name, problem)
 
-    def note_intact(self, dataset_id: str, what: str) -> None:
-        if self.damaged.pop((dataset_id, what), None) is not None:
-            log.info("%s %s passed its check again; serving it", dataset_id, what)
+    def note_intact(self, dataset_id: str, path: str) -> None:
+        """A check of the file at `path` passed: it is no longer damaged."""
+        if self.damaged.pop((dataset_id, path), None) is not None:
+            log.info("%s %s passed its check again; serving it", dataset_id, path)
+
+    def is_damaged(self, dataset_id: str, shard: ShardInfo) -> bool:
+        """Whether a file of `shard` was found damaged (and not checked good since)."""
+        return any((dataset_id, path) in self.damaged for path in shard_paths(shard))
 
     def _trusted(self, directory: Path, manifest: Manifest, shard: ShardInfo, opened: list) -> bool:
         """Whether the shard's files, the tokens file being the one `opened`, are as they last passed a check. If
@@ -162,26 +168,35 @@ class StoreGuard:
             problems = await trio.to_thread.run_sync(_check, directory, manifest, shard, limiter=self._limiter)
         except Exception as exc:
             log.warning("%s shard %s could not be checked again: %r; withheld", directory.name, shard.name, exc)
-            problems = [f"could not be read: {exc}"]
+            problems = [Problem(shard.name, shard.tokens_path, f"could not be read: {exc}")]
         finally:
             self._checking.discard(key)
         if problems:
             self._failed[key] = signature
-            self.note_damaged(directory.name, shard.name, problems[0])
         else:
             self._failed.pop(key, None)
-            self.note_intact(directory.name, shard.name)
+        found = {problem.file: str(problem) for problem in reversed(problems)}  # the first problem of each file
+        for path in shard_paths(shard):  # the check read all three
+            if path in found:
+                self.note_damaged(directory.name, shard.name, path, found[path])
+            else:
+                self.note_intact(directory.name, path)
 
-    def changed_shards(self, directory: Path, manifest: Manifest) -> list[str]:
+    def changed_shards(self, directory: Path, manifest: Manifest) -> list[ShardInfo]:
         """The shards held in `directory` whose files changed since their last check (withheld until re-checked)."""
         changed = []
         for shard in manifest.shards:
             signature = file_signature(directory, shard)
             if signature is not None and not is_marked(directory, directory.name, shard.name, signature):
-                changed.append(shard.name)
+                changed.append(shard)
         return changed
 
 
-def _check(directory: Path, manifest: Manifest, shard: ShardInfo) -> list:
+def _check(directory: Path, manifest: Manifest, shard: ShardInfo) -> list[Problem]:
     """Hash a store shard against its dataset's manifest, recording the result as its mark (on a worker thread)."""
-    return [str(problem) for problem in DataTensor(directory, manifest=manifest).check_and_mark(shard)]
+    return DataTensor(directory, manifest=manifest).check_and_mark(shard)
+
+
+def shard_paths(shard: ShardInfo) -> tuple[str, str, str]:
+    """The paths of a shard's three files in its dataset directory."""
+    return shard.tokens_path, shard.pieces_path, shard.docs_path

@@ -171,7 +171,7 @@ class DataServer:
                 manifest_bytes, signature=signature[32:], public_key=signature[:32], allow=audience.allow,
                 allow_signature=audience.allow_signature)))
         elif isinstance(request, wire.HaveRequest):
-            complete = [(directory / s.tokens_path).exists() and (dataset_id, s.name) not in self.guard.damaged
+            complete = [(directory / s.tokens_path).exists() and not self.guard.is_damaged(dataset_id, s)
                         for s in manifest.shards]
             await self._send(stream, wire.encode_response(wire.HaveResponse(wire.have_bitmap(complete))))
         else:
@@ -259,7 +259,8 @@ class DataServer:
                 except ManifestError:
                     manifest = None
                 if manifest is None or manifest.dataset_id != dataset_id:
-                    self.guard.note_damaged(dataset_id, "manifest.json", "it does not hash to the dataset ID")
+                    self.guard.note_damaged(dataset_id, "manifest.json", "manifest.json",
+                                            "it does not hash to the dataset ID")
                     manifest, data = None, b""
                 else:
                     self.guard.note_intact(dataset_id, "manifest.json")

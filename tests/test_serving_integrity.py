@@ -263,8 +263,34 @@ def test_a_replaced_manifest_is_not_served(mine, node):
         assert SECRET not in outcome.data
         response, _ = answer(outcome, wire.ErrorResponse)
         assert isinstance(response, wire.ErrorResponse) and response.code == "not_found", response
-    assert {"dataset": dataset_id, "shard": "manifest.json", "problem": "it does not hash to the dataset ID"} \
-        in damaged(node)
+    assert {"dataset": dataset_id, "shard": "manifest.json", "file": "manifest.json",
+            "problem": "it does not hash to the dataset ID"} in damaged(node)
+
+
+def test_a_damaged_docs_file_is_named_by_status_and_cleared_once_repaired(mine, node):
+    """Damage is noted per file (not per shard, where a .docs record was never cleared by a good read of it, and a
+    re-check of the tokens cleared it); a good read of the repaired file clears it, without a restart."""
+    dataset_id = node.cli("publish", str(mine.path)).stdout.strip()
+    shard = mine.shards[0]
+    stored_docs = node.home / "datasets" / dataset_id / shard.docs_path
+    original = stored_docs.read_bytes()
+    digest = dataset_id_digest(dataset_id)
+    read_docs = read_request(digest, shard.name, "docs", 0, shard.docs_size)
+
+    stored_docs.write_bytes(bytes([original[0] ^ 1]) + original[1:])  # bit rot, or a careless hand
+    [outcome] = ask(node, read_docs)
+    response, _ = answer(outcome, wire.ErrorResponse)
+    assert isinstance(response, wire.ErrorResponse) and response.code == "not_found", response
+    entries = [e for e in damaged(node) if e["file"] == shard.docs_path]
+    assert [e["problem"] for e in entries] == [f"{shard.docs_path} does not match the manifest"], damaged(node)
+    assert f"{dataset_id} shard {shard.name} ({shard.docs_path}): {shard.docs_path} does not match" \
+        in node.cli("node", "status").stdout
+
+    stored_docs.write_bytes(original)  # repaired
+    [outcome] = ask(node, read_docs)
+    response, data = answer(outcome, wire.ReadResponse)
+    assert isinstance(response, wire.ReadResponse) and data == original
+    assert [e for e in damaged(node) if "does not match" in e["problem"]] == [], damaged(node)
 
 
 @pytest.mark.parametrize("cut", ["pieces", "docs"])
