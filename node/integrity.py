@@ -14,8 +14,9 @@ A shard whose files changed since their check is hashed again on a worker thread
 check at a time per node, once per change), in the background: peers are answered not_found at once until the
 check ends (their fetchers go to other sources or ask again). If it still verifies (e.g. only a chmod or a new hard
 link), it is served again; if not, it is withheld (not_found, as for a missing shard), logged once, and listed as
-damaged by `kogitune node status`. `.pieces` and `.docs` files are small and checked against the manifest each
-time they are served; the manifest against the dataset ID (in DataServer).
+damaged by `kogitune node status`. `.pieces` and `.docs` files are hashed against the manifest (on a worker
+thread) once per change of their stat_signature, and served like tokens files (read in chunks, each checked
+unchanged before it is sent); the manifest is checked against the dataset ID (in DataServer).
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ import errno
 import hashlib
 import logging
 import os
+import time
 from pathlib import Path
 
 import trio
 
 from kogitune.protocol.manifest import Manifest, ShardInfo
 from kogitune.protocol.pieces import root_of
-from kogitune.tensor import DataTensor, Problem, file_signature, is_marked, stat_signature
+from kogitune.tensor import TIMESTAMP_GRANULARITY_NS, DataTensor, Problem, file_signature, is_marked, stat_signature
 
 log = logging.getLogger("kogitune.node")
 RECHECK_THREADS = 1
@@ -64,15 +66,6 @@ def open_served(path: Path) -> int | None:
         raise
 
 
-def read_served(path: Path, limit: int) -> bytes | None:
-    """The whole of a small file (at most `limit` bytes), opened as `open_served`; None if missing or a link."""
-    fd = open_served(path)
-    if fd is None:
-        return None
-    with open(fd, "rb") as f:
-        return f.read(limit + 1)
-
-
 class StoreGuard:
     """Decides which store files a DataServer may send, and remembers which files it found damaged."""
 
@@ -84,6 +77,8 @@ class StoreGuard:
         self._checking: set[tuple[str, str]] = set()
         """Shards being hashed again now (in the background)."""
         self._limiter = trio.CapacityLimiter(RECHECK_THREADS)
+        self._small_checked: dict[tuple[str, str], list] = {}
+        """(dataset ID, path of a .pieces or .docs file) -> its stat_signature when it last matched the manifest."""
 
     def open_tokens(self, directory: Path, manifest: Manifest, shard: ShardInfo) -> tuple[int, list] | None:
         """A descriptor on the shard's tokens file and the stat_signature it must keep while it is served; None
@@ -101,30 +96,47 @@ class StoreGuard:
         os.close(fd)
         return None
 
-    def check_unchanged(self, fd: int, opened: list, directory: Path, shard: ShardInfo) -> None:
-        """Raise ChangedWhileServing if the open file changed since `opened` was taken."""
+    def check_unchanged(self, fd: int, opened: list, directory: Path, path: str) -> None:
+        """Raise ChangedWhileServing if the open file `path` changed since `opened` was taken."""
         if stat_signature(os.fstat(fd)) != opened:
-            log.info("%s shard %s changed while being served; the stream was cut and it is withheld until it "
-                     "passes a re-check", directory.name, shard.name)
-            raise ChangedWhileServing(f"{directory / shard.tokens_path} changed while being served")
+            log.info("%s %s changed while being served; the stream was cut and it is withheld until it passes a "
+                     "check again", directory.name, path)
+            raise ChangedWhileServing(f"{directory / path} changed while being served")
 
-    def small_file(self, directory: Path, manifest: Manifest, shard: ShardInfo, kind: str) -> bytes | None:
-        """The shard's whole .pieces or .docs file if it matches the manifest, else None (and noted damaged)."""
+    async def open_small_file(self, directory: Path, manifest: Manifest, shard: ShardInfo,
+                              kind: str) -> tuple[int, list] | None:
+        """A descriptor on the shard's .pieces or .docs file (`kind`) and the stat_signature it must keep while it
+        is served, if it matches the manifest; None if it is missing, a link, damaged (noted) or changing. It is
+        hashed (on a worker thread) once per change of the file, not per request."""
         if kind == "pieces":
-            path, size = shard.pieces_path, manifest.pieces_in(shard) * 32
-            data = read_served(directory / path, size)
-            ok = data is not None and len(data) == size and root_of(data) == shard.root
+            path, size, matches = shard.pieces_path, manifest.pieces_in(shard) * 32, \
+                lambda data: root_of(data) == shard.root
         else:
-            path, size = shard.docs_path, shard.docs_size
-            data = read_served(directory / path, size)
-            ok = data is not None and len(data) == size and hashlib.sha256(data).hexdigest() == shard.docs_sha256
-        if data is None:
+            path, size, matches = shard.docs_path, shard.docs_size, \
+                lambda data: hashlib.sha256(data).hexdigest() == shard.docs_sha256
+        fd = open_served(directory / path)
+        if fd is None:
             return None
-        if not ok:
-            self.note_damaged(directory.name, shard.name, path, f"{path} does not match the manifest")
-            return None
-        self.note_intact(directory.name, path)
-        return data
+        try:
+            key = (directory.name, path)
+            opened = stat_signature(os.fstat(fd))
+            if self._small_checked.get(key) != opened:
+                opened, ok = await trio.to_thread.run_sync(_check_small_file, fd, size, matches)
+                if opened is None:  # changed while it was hashed: not served now, checked again next time
+                    ok = False
+                elif ok:
+                    self._small_checked[key] = opened
+                    self.note_intact(directory.name, path)
+                else:
+                    self._small_checked.pop(key, None)
+                    self.note_damaged(directory.name, shard.name, path, f"{path} does not match the manifest")
+                if not ok:
+                    os.close(fd)
+                    return None
+            return fd, opened
+        except BaseException:
+            os.close(fd)
+            raise
 
     def note_damaged(self, dataset_id: str, shard_name: str, path: str, problem: str) -> None:
         """Record a damaged file of a shard (or the manifest: `shard_name` "manifest.json"), logging it once."""
@@ -195,6 +207,22 @@ class StoreGuard:
 def _check(directory: Path, manifest: Manifest, shard: ShardInfo) -> list[Problem]:
     """Hash a store shard against its dataset's manifest, recording the result as its mark (on a worker thread)."""
     return DataTensor(directory, manifest=manifest).check_and_mark(shard)
+
+
+def _check_small_file(fd: int, size: int, matches) -> tuple[list | None, bool]:
+    """Hash a .pieces or .docs file (`size` bytes if intact) on a worker thread once its last change is
+    TIMESTAMP_GRANULARITY_NS old (a later write then moves its ctime): (its stat_signature, whether `matches(data)`),
+    or (None, False) if it changed while being read."""
+    status = os.fstat(fd)
+    wait_ns = status.st_ctime_ns + TIMESTAMP_GRANULARITY_NS - time.time_ns()
+    if wait_ns > 0:
+        time.sleep(wait_ns / 1e9)
+        status = os.fstat(fd)
+    data = os.pread(fd, size + 1, 0)
+    checked = stat_signature(status)
+    if stat_signature(os.fstat(fd)) != checked:
+        return None, False
+    return checked, len(data) == size and matches(data)
 
 
 def shard_paths(shard: ShardInfo) -> tuple[str, str, str]:

@@ -35,7 +35,7 @@ SIGNATURE_FILE = "signature"
 ALLOW_FILE = "allow"
 ALLOW_SIGNATURE_FILE = "allow.signature"
 CHUNK = 1 << 20
-"""Bytes of a tokens file read (and checked unchanged, StoreGuard.check_unchanged) at once before they are sent."""
+"""Bytes of a served file read (and checked unchanged, StoreGuard.check_unchanged) at once before they are sent."""
 WRITE_BYTES = 64 << 10
 """Bytes written to a stream at once, each write within ServerLimits.write_timeout: the size of py-libp2p's largest
 Noise and Yamux frame, so a smaller write would cost more calls for no gain (1 MiB writes served no faster)."""
@@ -186,15 +186,10 @@ class DataServer:
                       "docs": (shard.docs_path, shard.docs_size)}[request.file]
         if request.offset + request.length > size:
             raise wire.WireError("bad_request", f"{path} has {size} bytes; asked for {request.offset}+{request.length}")
-        if request.file != "tokens":
-            data = self.guard.small_file(directory, manifest, shard, request.file)
-            if data is None:
-                raise wire.WireError("not_found", f"this node does not hold {path}")
-            await self._send(stream, wire.encode_response(wire.ReadResponse(request.length)))
-            await self._send(stream, data[request.offset:request.offset + request.length])
-            self.stats.bytes_served += request.length
-            return
-        opened = self.guard.open_tokens(directory, manifest, shard)
+        if request.file == "tokens":
+            opened = self.guard.open_tokens(directory, manifest, shard)
+        else:
+            opened = await self.guard.open_small_file(directory, manifest, shard, request.file)
         if opened is None:
             raise wire.WireError("not_found", f"this node does not hold {path}")
         fd, signature = opened
@@ -203,7 +198,7 @@ class DataServer:
             offset, end = request.offset, request.offset + request.length
             while offset < end:
                 chunk = os.pread(fd, min(CHUNK, end - offset), offset)
-                self.guard.check_unchanged(fd, signature, directory, shard)
+                self.guard.check_unchanged(fd, signature, directory, path)
                 if not chunk:
                     raise OSError(f"{path} is shorter than the manifest says")
                 await self._send(stream, chunk)

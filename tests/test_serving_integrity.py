@@ -291,6 +291,9 @@ def test_a_damaged_docs_file_is_named_by_status_and_cleared_once_repaired(mine, 
     response, data = answer(outcome, wire.ReadResponse)
     assert isinstance(response, wire.ReadResponse) and data == original
     assert [e for e in damaged(node) if "does not match" in e["problem"]] == [], damaged(node)
+    [outcome] = ask(node, read_request(digest, shard.name, "docs", 8, 16))  # a range, read from the file
+    response, data = answer(outcome, wire.ReadResponse)
+    assert isinstance(response, wire.ReadResponse) and data == original[8:24]
 
 
 @pytest.mark.parametrize("cut", ["pieces", "docs"])
