@@ -461,21 +461,28 @@ class Node:
             "datasets": self.complete_datasets(), "bytes_served": self.server.stats.bytes_served,
             "bytes_fetched": self.bytes_fetched, "requests": dict(self.server.stats.requests),
             "refused": dict(self.server.stats.refused), "damaged": self.damaged_shards(),
+            "changed": self.changed_shards(),
         }
 
     def damaged_shards(self) -> list[dict]:
-        """Shards (and manifests) this node withholds from peers: found damaged, or changed since their check."""
+        """Files (of shards, and manifests) this node withholds from peers because a check found they do not match
+        their dataset."""
+        return [{"dataset": dataset, "shard": shard, "file": path, "problem": problem}
+                for (dataset, path), (shard, problem) in sorted(self.server.guard.damaged.items())]
+
+    def changed_shards(self) -> list[dict]:
+        """Shards whose files changed since they last passed a check and were not checked again yet (a chmod, a new
+        hard link, an edit, or marks from before ctime was in them): withheld until the next request for them has
+        them re-checked; not known to be damaged."""
         guard = self.server.guard
-        found = [{"dataset": dataset, "shard": shard, "file": path, "problem": problem}
-                 for (dataset, path), (shard, problem) in sorted(guard.damaged.items())]
+        found = []
         for directory in sorted(self.store.datasets.glob("kg1-*")):
             manifest = _load_manifest(directory)
             if manifest is None or manifest.dataset_id != directory.name or not (directory / SIGNATURE_FILE).exists():
                 continue
             for shard in guard.changed_shards(directory, manifest):
                 if not guard.is_damaged(directory.name, shard):
-                    found.append({"dataset": directory.name, "shard": shard.name, "file": shard.tokens_path,
-                                  "problem": CHANGED})
+                    found.append({"dataset": directory.name, "shard": shard.name, "problem": CHANGED})
         return found
 
 

@@ -40,7 +40,8 @@ RECHECK_THREADS = 1
 that serving needs."""
 SERVE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW
 """How a node opens a file it serves: never through a symbolic link."""
-CHANGED = "its files changed since they were verified; withheld until a re-check passes (the next request re-checks it)"
+CHANGED = "its files changed since they were verified (not checked again yet: the next request for it starts a " \
+          "re-check); withheld until that passes"
 
 
 _links_seen: set[str] = set()

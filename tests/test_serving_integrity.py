@@ -90,6 +90,10 @@ def damaged(node: NodeProcess) -> list[dict]:
     return DaemonClient(node.home).call("status", timeout=30).get("damaged", [])
 
 
+def changed(node: NodeProcess) -> list[dict]:
+    return DaemonClient(node.home).call("status", timeout=30).get("changed", [])
+
+
 RECHECK_SECONDS = 20.0
 """How long a test waits for a node's background re-check of a changed shard (milliseconds alone, more under load)."""
 
@@ -129,7 +133,8 @@ def test_a_shard_edited_through_the_users_hard_link_is_withheld(mine, node):
     response, data = read_tokens(node, mine)
     assert SECRET not in data, "the node sent bytes written into a published file after it was published"
     assert isinstance(response, wire.ErrorResponse) and response.code == "not_found", response
-    [entry] = poll(lambda: [e for e in damaged(node) if "changed since" not in e["problem"]], "the re-check failed")
+    [entry] = poll(lambda: damaged(node), "the re-check failed")
+    assert changed(node) == []
     assert (entry["dataset"], entry["shard"]) == (dataset_id, shard.name)
     assert "does not match its hash" in entry["problem"]
     shown = node.cli("node", "status").stdout
@@ -215,10 +220,15 @@ def test_a_shard_edited_while_it_is_being_served_is_cut_before_the_edit(stored, 
     assert SECRET not in data, "the node sent bytes written into the file while it was serving it"
     assert len(data) < shard.size, "the stream was not cut"  # py-libp2p may show the reset as an EOF
     assert data == users_file.read_bytes()[:len(data)]
-    [entry] = damaged(node)
+    assert damaged(node) == []  # not known to be damaged: changed, and not checked again yet
+    [entry] = changed(node)
     assert entry["shard"] == shard.name
+    shown = node.cli("node", "status").stdout
+    assert "changed     1 shards changed since verified" in shown and "\ndamaged " not in shown, shown
     response, _ = read_tokens(node, tensor)
     assert isinstance(response, wire.ErrorResponse) and response.code == "not_found", response
+    [entry] = poll(lambda: damaged(node), "the re-check failed")  # the request had it checked again
+    assert entry["shard"] == shard.name and changed(node) == []
 
 
 @pytest.mark.parametrize("linked", ["tokens", "docs", "manifest"])
