@@ -117,7 +117,7 @@ def _dataset(request: dict) -> str:
 async def _dispatch(node: Node, request: dict) -> dict:
     op = request.get("op")
     if op == "status":
-        return node.status()
+        return await node.status()
     if op == "stop":
         node.stop()
         return {}

@@ -27,7 +27,7 @@ from kogitune.protocol.signing import allowed_peers, sign_allow_list, sign_datas
 from .errors import FetchError, NodeError, SourceError
 from .fetch import ShardFetch, SourcePool, first_answer, prefetch_in_order
 from .host import keep_dht_clients_out, load_identity_seed, new_kogitune_host
-from .integrity import CHANGED
+from .integrity import CHANGED, shard_paths
 from .peers import PeerSource, SignedManifest, fetch_have, fetch_signed_manifest
 from .server import SIGNATURE_FILE, DataServer, write_allow_files
 
@@ -169,7 +169,7 @@ class Node:
             await trio.sleep(min(RECONNECT_CHECK, max(0.0, next_announce - trio.current_time())))
 
     async def announce_all(self) -> None:
-        for dataset_id in self.complete_datasets():
+        for dataset_id in await trio.to_thread.run_sync(self.complete_datasets):
             await self.announce(dataset_id)
 
     async def announce(self, dataset_id: str) -> None:
@@ -453,16 +453,25 @@ class Node:
         silent = {"error": f"no answer within {STATUS_ANSWER_SECONDS:.0f} s"}
         return report + [answers.get(str(peer_id), {"peer": str(peer_id), **silent}) for peer_id in providers]
 
-    def status(self) -> dict:
+    async def status(self) -> dict:
+        """What `kogitune node status` shows. The store is scanned (every manifest parsed, every shard's files
+        stat'ed) on a worker thread: it must not hold the event loop that serves peers."""
+        damaged = self.damaged_shards()
+        damaged_files = {(entry["dataset"], entry["file"]) for entry in damaged}
+        datasets, changed = await trio.to_thread.run_sync(self._scan_store, damaged_files)
         return {
             "peer_id": self.peer_id, "addresses": self.addresses(),
             "connected_peers": [str(p) for p in self.host.get_connected_peers()],
             "dht_peers": [str(p) for p in self.dht.routing_table.get_peer_ids()],
-            "datasets": self.complete_datasets(), "bytes_served": self.server.stats.bytes_served,
+            "datasets": datasets, "bytes_served": self.server.stats.bytes_served,
             "bytes_fetched": self.bytes_fetched, "requests": dict(self.server.stats.requests),
-            "refused": dict(self.server.stats.refused), "damaged": self.damaged_shards(),
-            "changed": self.changed_shards(),
+            "refused": dict(self.server.stats.refused), "damaged": damaged, "changed": changed,
         }
+
+    def _scan_store(self, damaged: set[tuple[str, str]]) -> tuple[list[str], list[dict]]:
+        """The complete datasets and the changed shards (on a worker thread; `damaged`: the (dataset, file) pairs
+        found damaged, taken on the event loop)."""
+        return self.complete_datasets(), self.changed_shards(damaged)
 
     def damaged_shards(self) -> list[dict]:
         """Files (of shards, and manifests) this node withholds from peers because a check found they do not match
@@ -470,10 +479,10 @@ class Node:
         return [{"dataset": dataset, "shard": shard, "file": path, "problem": problem}
                 for (dataset, path), (shard, problem) in sorted(self.server.guard.damaged.items())]
 
-    def changed_shards(self) -> list[dict]:
+    def changed_shards(self, damaged: set[tuple[str, str]]) -> list[dict]:
         """Shards whose files changed since they last passed a check and were not checked again yet (a chmod, a new
         hard link, an edit, or marks from before ctime was in them): withheld until the next request for them has
-        them re-checked; not known to be damaged."""
+        them re-checked; not known to be damaged (not in `damaged`, (dataset, file) pairs)."""
         guard = self.server.guard
         found = []
         for directory in sorted(self.store.datasets.glob("kg1-*")):
@@ -481,7 +490,7 @@ class Node:
             if manifest is None or manifest.dataset_id != directory.name or not (directory / SIGNATURE_FILE).exists():
                 continue
             for shard in guard.changed_shards(directory, manifest):
-                if not guard.is_damaged(directory.name, shard):
+                if not any((directory.name, path) in damaged for path in shard_paths(shard)):
                     found.append({"dataset": directory.name, "shard": shard.name, "problem": CHANGED})
         return found
 
