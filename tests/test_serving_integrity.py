@@ -344,3 +344,61 @@ def test_a_peer_that_dies_in_the_middle_of_a_file_is_a_failure_not_a_liar(mine, 
     assert not health.banned, f"a peer that died mid-transfer was banned as a liar: {health.banned}"
     # a failure (asked again after its backoff, up to max_failures: one cut stream is not the end of a fetch)
     assert health.failures >= 1 and "short" in health.last_error, health.last_error
+
+
+SLOW_READER_RATE = 256 << 10
+"""Bytes per second of the honest slow reader below: well above the server's floor in this test (WRITE_BYTES per
+SLOW_WRITE_TIMEOUT, 64 KiB/s), well below what a 1 MiB write within it needed (main cut it)."""
+SLOW_WRITE_TIMEOUT = 1.0
+SLOW_READ_BYTES = 3 << 19
+
+
+def test_a_slow_but_honest_reader_is_not_cut(stored, node, tmp_path):
+    """The server's write deadline bounds each write of WRITE_BYTES, not of a 1 MiB read: a reader at a steady
+    SLOW_READER_RATE gets its bytes. A DataServer in this process (its write timeout shortened, so that the test
+    is quick: the same ratio as 6.4 KiB/s against 10 s) serves the store of a node process."""
+    from libp2p.custom_types import TProtocol
+
+    from kogitune.cache import ContentStore
+    from kogitune.node.server import WRITE_BYTES, DataServer, ServerLimits
+
+    tensor = big_tensor(stored, tmp_path / "big")
+    dataset_id = node.cli("publish", str(tensor.path)).stdout.strip()
+    shard = tensor.shards[0]
+    server = DataServer(ContentStore(node.home), ServerLimits(write_timeout=SLOW_WRITE_TIMEOUT))
+    assert SLOW_READER_RATE >= 4 * WRITE_BYTES / SLOW_WRITE_TIMEOUT
+
+    async def main() -> tuple[bytes, str]:
+        async with running(new_kogitune_host(os.urandom(32))) as serving, \
+                running(new_kogitune_host(os.urandom(32))) as reader:
+            serving.set_stream_handler(TProtocol(wire.PROTOCOL_ID), server.handle)
+            with trio.fail_after(CONNECT_TIMEOUT):
+                await reader.connect(_peer_info(f"{serving.get_addrs()[0]}/p2p/{serving.get_id()}"))
+            stream = await open_stream(reader, serving.get_id())
+            data, ended = bytearray(), "cap"
+            try:
+                with trio.fail_after(STREAM_TIMEOUT + SLOW_READ_BYTES / SLOW_READER_RATE):
+                    await stream.write(read_request(dataset_id_digest(dataset_id), shard.name, "tokens", 0,
+                                                    shard.size))
+                    await stream.close()
+                    started = trio.current_time()
+                    while len(data) < SLOW_READ_BYTES:  # paced: never ahead of SLOW_READER_RATE
+                        await trio.sleep_until(started + len(data) / SLOW_READER_RATE)
+                        try:
+                            chunk = await stream.read(16 << 10)
+                        except Exception as exc:
+                            ended = type(exc).__name__
+                            break
+                        if not chunk:
+                            ended = "eof"
+                            break
+                        data += chunk
+            finally:
+                await _reset(stream)
+            return bytes(data), ended
+
+    data, ended = trio.run(main)
+    response, body = answer(Outcome(data, ended), wire.ReadResponse)
+    assert isinstance(response, wire.ReadResponse)
+    assert ended == "cap", f"the server cut a reader at {SLOW_READER_RATE >> 10} KiB/s after {len(body)} bytes: {ended}"
+    assert body == (tensor.path / shard.tokens_path).read_bytes()[:len(body)]
