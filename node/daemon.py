@@ -18,7 +18,7 @@ from pathlib import Path
 import trio
 
 from kogitune.cache import ContentStore
-from kogitune.files import write_atomic
+from kogitune.files import read_limited, write_atomic
 from kogitune.protocol import wire
 from kogitune.protocol.ids import dataset_id_digest, is_peer_id
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
@@ -492,9 +492,6 @@ def published_manifest(tensor_path: str, manifest: Manifest, publisher: str, all
 
 
 def _load_manifest(directory: Path) -> Manifest | None:
-    from kogitune.files import read_limited
-    from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, parse_manifest
-
     try:
         return parse_manifest(read_limited(directory / "manifest.json", MAX_MANIFEST_BYTES))
     except Exception:
@@ -535,13 +532,11 @@ def _refuse_link(path: Path) -> NodeError:
 def _read_published(path: Path, limit: int) -> bytes:
     """A small file of a tensor being published (at most `limit` + 1 bytes: a longer one fails its check)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        return read_limited(path, limit, follow_links=False)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise _refuse_link(path) from None
         raise NodeError(f"cannot read {path}: {exc.strerror}") from None
-    with open(fd, "rb") as f:
-        return f.read(limit + 1)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
