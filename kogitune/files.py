@@ -59,10 +59,12 @@ def write_atomic(path: Path, data: bytes, mode: int | None = None, durable: bool
         raise
 
 
-def read_limited(path: Path, limit: int) -> bytes:
+def read_limited(path: Path, limit: int, *, follow_links: bool = True) -> bytes:
     """The bytes of `path`, at most `limit + 1` of them: enough for a parser with a size limit to refuse a file that
-    is too large without reading it all (a file that any program of the user can write must not exhaust memory)."""
-    with open(path, "rb") as f:
+    is too large without reading it all (a file that any program of the user can write must not exhaust memory).
+    With `follow_links=False` a symbolic link is refused (OSError ELOOP) instead of read through."""
+    flags = os.O_RDONLY | (0 if follow_links else os.O_NOFOLLOW)
+    with open(os.open(path, flags), "rb") as f:
         return f.read(limit + 1)
 
 

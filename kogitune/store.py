@@ -202,7 +202,7 @@ def _disk_full(exc: OSError, partial: Path) -> DiskFullError:
     checkpoint is kept, since the same command goes on from it; one without is removed, to give the space back."""
     where = exc.filename or partial
     try:
-        writer = json.loads((partial / CHECKPOINT_FILE).read_bytes())["writer"]
+        writer = loads((partial / CHECKPOINT_FILE).read_bytes())["writer"]
         shards, tokens = len(writer["shards"]), int(writer["tokens"])
     except (OSError, ValueError, KeyError, TypeError):
         shutil.rmtree(partial, ignore_errors=True)

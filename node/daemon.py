@@ -18,7 +18,7 @@ from pathlib import Path
 import trio
 
 from kogitune.cache import ContentStore
-from kogitune.files import write_atomic
+from kogitune.files import read_limited, write_atomic
 from kogitune.protocol import wire
 from kogitune.protocol.ids import dataset_id_digest, is_peer_id
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
@@ -35,8 +35,6 @@ log = logging.getLogger("kogitune.node")
 DEFAULT_LISTEN = "/ip4/0.0.0.0/tcp/4011"
 DEFAULT_REPROVIDE_SECONDS = 6 * 3600
 CONNECT_TIMEOUT = 10.0
-LOOKUP_TIMEOUT = 30.0
-"""One full Kademlia provider lookup, at most."""
 LOOKUP_DEADLINE = 30.0
 """How long `find_providers` keeps looking before it returns none (then: "no peer provides"). Meanwhile it asks the
 connected peers again and again, after LOOKUP_BACKOFF_SECONDS, doubling up to LOOKUP_BACKOFF_MAX, reconnecting to
@@ -48,9 +46,10 @@ LOOKUP_BACKOFF_MAX = 4.0
 """The longest wait between two provider queries to one peer."""
 RECONNECT_CHECK = 60.0
 MANIFEST_AT_ONCE = 3
-"""Providers asked for the signed manifest at once; one more is asked each time one fails or HEDGE_SECONDS go by
-without an answer, the first valid manifest wins and the other requests are cancelled. A provider that failed is
-not asked again while the dataset is opened, and is left out of its sources."""
+"""Providers asked for the signed manifest at once; one more is asked each time one fails, and each time
+HEDGE_SECONDS go by without an answer as many more as are waiting (fetch.first_answer). The first valid manifest
+wins and the other requests are cancelled. A provider that failed is not asked again while the dataset is opened,
+and is left out of its sources."""
 STATUS_ANSWER_SECONDS = 5.0
 """How long `kogitune status ID` (control op "providers") waits for the providers' have-maps, all asked at once;
 a provider that has not answered by then is listed as silent."""
@@ -246,12 +245,11 @@ class Node:
                 await trio.sleep(backoff)
                 backoff = min(2 * backoff, LOOKUP_BACKOFF_MAX)
 
-        async def lookup() -> None:
-            with trio.move_on_after(LOOKUP_TIMEOUT):
-                try:
-                    add(await self.dht.find_providers(key))
-                except Exception as exc:
-                    log.debug("provider lookup failed: %s", exc)
+        async def lookup() -> None:  # bounded by the deadline below
+            try:
+                add(await self.dht.find_providers(key))
+            except Exception as exc:
+                log.debug("provider lookup failed: %s", exc)
 
         def neighbour(peer):
             async def ask() -> None:
@@ -511,9 +509,6 @@ def published_manifest(tensor_path: str, manifest: Manifest, publisher: str, all
 
 
 def _load_manifest(directory: Path) -> Manifest | None:
-    from kogitune.files import read_limited
-    from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, parse_manifest
-
     try:
         return parse_manifest(read_limited(directory / "manifest.json", MAX_MANIFEST_BYTES))
     except Exception:
@@ -554,13 +549,11 @@ def _refuse_link(path: Path) -> NodeError:
 def _read_published(path: Path, limit: int) -> bytes:
     """A small file of a tensor being published (at most `limit` + 1 bytes: a longer one fails its check)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        return read_limited(path, limit, follow_links=False)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise _refuse_link(path) from None
         raise NodeError(f"cannot read {path}: {exc.strerror}") from None
-    with open(fd, "rb") as f:
-        return f.read(limit + 1)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -188,12 +188,12 @@ class MinRateBody(Body):
         started = trio.current_time()
         count = await self._body.receive_into(buffer)
         self._waited += trio.current_time() - started
+        self._in_window += count  # before the check: a read that ends a long wait with data counts
         if self._waited >= self._window:
             if self._in_window < self._need:
                 raise SourceError(f"{self._name}: sent {self._in_window} bytes in {self._waited:.0f} s, below the "
                                   f"minimum rate of {self._need / self._window:.0f} B/s (KOGITUNE_MIN_RATE)")
             self._waited, self._in_window = 0.0, 0
-        self._in_window += count
         return count
 
 
@@ -204,10 +204,11 @@ async def first_answer(candidates: list, ask, *, at_once: int = 1, hedge_after: 
     four hedges, not ten). The first answer that is not None wins and every other request is cancelled; None when
     every candidate failed."""
     answers: list = []
-    finished = trio.Event()
+    finished = 0  # attempts that ended (counted, not signalled: several may end in one scheduler turn)
+    progress = trio.Event()
 
     async def attempt(candidate, nursery: trio.Nursery) -> None:
-        nonlocal finished
+        nonlocal finished, progress
         try:
             answer = await ask(candidate)
         except SourceError:
@@ -215,17 +216,22 @@ async def first_answer(candidates: list, ask, *, at_once: int = 1, hedge_after: 
         if answer is not None and not answers:
             answers.append(answer)
             nursery.cancel_scope.cancel()
-        finished.set()
-        finished = trio.Event()
+        finished += 1
+        progress.set()
+        progress = trio.Event()
 
     async with trio.open_nursery() as nursery:
-        allowed = at_once
+        allowed, seen = at_once, 0
         for started, candidate in enumerate(candidates, 1):
             nursery.start_soon(attempt, candidate, nursery)
             if started >= allowed:
-                with trio.move_on_after(hedge_after) as hedge:
-                    await finished.wait()
-                allowed = 2 * started if hedge.cancelled_caught else started + 1
+                if finished == seen:
+                    with trio.move_on_after(hedge_after) as hedge:
+                        await progress.wait()
+                    if hedge.cancelled_caught:
+                        allowed = 2 * started
+                allowed += finished - seen  # each attempt that ended makes room for the next candidate
+                seen = finished
     return answers[0] if answers else None
 
 

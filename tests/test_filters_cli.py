@@ -123,6 +123,9 @@ def test_cli_filter_and_its_errors(corpus, tmp_path, capsys):
     assert main(["filter", str(corpus), "--config", str(config), "-q"]) == 2
     assert main(["filter", str(corpus), "-o", str(out), "-q"]) == 2
     assert "no filters given" in capsys.readouterr().err
+    config.write_text("[" * 5000 + "]" * 5000)  # RecursionError, a traceback, before the depth bound
+    assert main(["filter", str(corpus), "-o", str(out), "--config", str(config), "-q"]) == 2
+    assert "JSON nested deeper than 64 levels" in capsys.readouterr().err
     flags = ["-f", "nfkc", "-f", "length:min_chars=50", "-f", "language:languages=zh", "--workers", "1", "-q"]
     assert main(["filter", str(corpus), "-o", str(out), *flags]) == 0
     assert [d["id"] for d in _read_jsonl(out)] == [158, 159, 160, 161, 162]

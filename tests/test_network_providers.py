@@ -324,3 +324,51 @@ def test_first_answer_reaches_a_good_candidate_behind_ten_silent_ones_in_a_few_h
     assert answer == "good"
     assert seconds <= 4.01  # 1, 2, 4, 8 waiting after each silent second: the good one is asked after 4 s at most
     assert asked.count("silent") == 10
+
+
+class OneLateRead(Body):
+    """Nothing for `wait` seconds, then `size` bytes at once, then the end."""
+
+    def __init__(self, size: int, wait: float) -> None:
+        super().__init__()
+        self.size, self.wait = size, wait
+
+    async def receive_into(self, buffer: memoryview) -> int:
+        if not self.size:
+            return 0
+        await trio.sleep(self.wait)
+        count, self.size = min(self.size, len(buffer)), 0
+        return count
+
+
+def test_a_read_that_ends_a_long_wait_with_data_counts_toward_the_rate():
+    """The bytes of the read that closes a window count in it: otherwise every read slower than the window (10 s)
+    failed as "sent 0 bytes", making the window the read timeout."""
+    from kogitune.node.fetch import FetchLimits, MinRateBody
+
+    limits = FetchLimits(min_rate=100, rate_window=10, stall_timeout=60)
+
+    async def main() -> int:
+        return len(await MinRateBody(OneLateRead(1 << 20, 12.0), limits, "late").read_all(2 << 20, "late"))
+
+    assert trio.run(main, clock=MockClock(autojump_threshold=0)) == 1 << 20
+
+
+def test_first_answer_asks_the_next_at_once_when_several_fail_together():
+    """Three candidates failing in one scheduler turn make room for three more at once (one wake-up was lost, and
+    the good candidate behind a silent one waited for a hedge)."""
+    from kogitune.node.fetch import first_answer
+
+    async def ask(candidate: str):
+        if candidate == "fails":
+            raise SourceError("refused")
+        if candidate == "silent":
+            await trio.sleep_forever()
+        return candidate
+
+    async def main() -> tuple[str, float]:
+        answer = await first_answer(["fails"] * 3 + ["silent", "good"], ask, at_once=3, hedge_after=1.0)
+        return answer, trio.current_time()
+
+    answer, seconds = trio.run(main, clock=MockClock(autojump_threshold=0))
+    assert answer == "good" and seconds < 0.5

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 from ..errors import KogituneError
+from ..protocol import jsonlimits
 
 
 class FilterError(KogituneError):
@@ -198,10 +199,12 @@ def _read_config_file(path: Path) -> Any:
         except yaml.YAMLError as exc:
             raise FilterError(f"{path} is not valid YAML ({exc})") from None
     try:
-        return json.loads(source)
+        return jsonlimits.loads(source)
     except json.JSONDecodeError as exc:
         raise FilterError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
                           "name the file .yaml if it is YAML") from None
+    except ValueError as exc:  # nested too deeply
+        raise FilterError(f"{path}: {exc}") from None
 
 
 def _default_of(field: dataclasses.Field) -> Any:
