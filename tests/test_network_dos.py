@@ -18,10 +18,12 @@ import contextvars
 import os
 import random
 import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import trio
 
@@ -120,6 +122,32 @@ async def honest_get_under_attack(home: Path, publisher: NodeProcess, dataset_id
     return await trio.to_thread.run_sync(honest_get, home, publisher, dataset_id)
 
 
+TRAINER = """
+import sys
+import numpy as np
+from kogitune.trainers import DatasetRecipe
+dataset = DatasetRecipe([sys.argv[1]], shuffle=False).get_train_dataset(64)
+np.save(sys.argv[2], np.stack([dataset[i]["input_ids"].numpy() for i in range(len(dataset))]))
+"""
+
+
+def honest_trainer(home: Path, publisher: NodeProcess, tensor: DataTensor) -> float:
+    """A training process with no node of its own (it starts a client-mode node inside, bootstrapped on the
+    publisher) reads every sample of the dataset by ID; check them against the local tensor; return its seconds."""
+    from kogitune.trainers import DatasetRecipe
+
+    out = home / "samples.npy"
+    env = {**ENV, "KOGITUNE_HOME": str(home), "KOGITUNE_BOOTSTRAP": publisher.address}
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", TRAINER, tensor.dataset_id, str(out)], capture_output=True,
+                            text=True, timeout=HONEST_SECONDS * 2, env=env)
+    seconds = time.monotonic() - started
+    assert result.returncode == 0, f"the honest trainer failed after {seconds:.1f} s: {result.stderr[-2000:]}"
+    local = DatasetRecipe([str(tensor.path)], shuffle=False).get_train_dataset(64)
+    assert np.array_equal(np.load(out), np.stack([local[i]["input_ids"].numpy() for i in range(len(local))]))
+    return seconds
+
+
 async def wait_for(condition, what: str, seconds: float = READY_SECONDS) -> None:
     """Poll `condition()` (cheap, in this process) until it holds; fail after `seconds`."""
     with trio.move_on_after(seconds):
@@ -130,9 +158,9 @@ async def wait_for(condition, what: str, seconds: float = READY_SECONDS) -> None
 
 
 def run_bounded(main) -> None:
-    """trio.run(main), failing if the attack and the honest get together outlast their bounds."""
+    """trio.run(main), failing if the attack and the honest side (a get, a trainer) outlast their bounds."""
     async def bounded() -> None:
-        with trio.fail_after(READY_SECONDS + HONEST_SECONDS * 2 + 10):
+        with trio.fail_after(READY_SECONDS + HONEST_SECONDS * 3 + 10):
             await main()
 
     trio.run(bounded)
@@ -333,10 +361,11 @@ def test_connections_that_never_finish_the_handshake_leave_an_honest_node_its_lo
             await wait_for(lambda: sum(connects.values()) >= STALLED_SOCKETS,
                            f"{sum(connects.values())} of {STALLED_SOCKETS} sockets connected")
             result["seconds"] = await honest_get_under_attack(tmp_path / "honest", publisher, tensor.dataset_id)
+            result["trainer"] = await trio.to_thread.run_sync(honest_trainer, tmp_path / "trainer", publisher, tensor)
             attack.cancel_scope.cancel()
 
     run_bounded(main)
-    assert result["seconds"] <= HONEST_SECONDS
+    assert result["seconds"] <= HONEST_SECONDS and result["trainer"] <= HONEST_SECONDS
     assert publisher.proc.poll() is None
 
 
@@ -381,10 +410,10 @@ def test_connections_that_come_and_go_do_not_use_up_the_node(publisher, tensor, 
 
 # ---- 4. the stress test: every kind of hostile peer at once ----------------------------------------------------
 
-def test_stress_many_hostile_peers_against_one_node_while_an_honest_node_fetches(publisher, tensor, tmp_path):
+def test_stress_many_hostile_peers_against_one_node_while_an_honest_node_and_a_trainer_fetch(publisher, tensor, tmp_path):
     """Idle-stream identities and slow readers holding every serving slot, garbage requests, garbage and silent TCP
     connections beyond py-libp2p's 250 slots, all at once from 10 addresses against one node; an honest node
-    started in the middle of it gets the dataset."""
+    started in the middle of it gets the dataset, and then a training process reads every sample by ID."""
     shard = tensor.shards[0]
     read_shard = wire.encode_request(wire.ReadRequest(dataset_id_digest(tensor.dataset_id), shard.name, "tokens", 0,
                                                       shard.size))
@@ -409,10 +438,11 @@ def test_stress_many_hostile_peers_against_one_node_while_an_honest_node_fetches
                            and garbage, f"{sum(held.values())} of {LIMITS.streams_total} streams, "
                            f"{sum(connects.values())} of 320 sockets, {sum(garbage.values())} garbage requests")
             result["seconds"] = await honest_get_under_attack(tmp_path / "honest", publisher, tensor.dataset_id)
+            result["trainer"] = await trio.to_thread.run_sync(honest_trainer, tmp_path / "trainer", publisher, tensor)
             attack.cancel_scope.cancel()
 
     run_bounded(main)
-    assert result["seconds"] <= HONEST_SECONDS
+    assert result["seconds"] <= HONEST_SECONDS and result["trainer"] <= HONEST_SECONDS
     assert publisher.proc.poll() is None
     stats = node_stats(publisher)
     assert tensor.dataset_id in stats["datasets"]
