@@ -36,17 +36,19 @@ ALLOW_FILE = "allow"
 ALLOW_SIGNATURE_FILE = "allow.signature"
 CHUNK = 1 << 20
 """Bytes of a served file read (and checked unchanged, StoreGuard.check_unchanged) at once before they are sent."""
-WRITE_BYTES = 64 << 10
-"""Bytes written to a stream at once, each write within ServerLimits.write_timeout: the size of py-libp2p's largest
-Noise and Yamux frame, so a smaller write would cost more calls for no gain (1 MiB writes served no faster)."""
-WRITE_TIMEOUT_SECONDS = 10.0
+WRITE_BYTES = CHUNK
+"""Bytes written to a stream at once, each write within ServerLimits.write_timeout. Smaller writes would let the
+deadline be shorter for the same floor, but they cost the receiver: with 64 KiB writes a `get` from 3 peers took
+about 25% more CPU in the fetching process (bench_network.py, 2026-12-03), from more Yamux frames and window
+updates."""
+WRITE_TIMEOUT_SECONDS = 32.0
 """Seconds one write of WRITE_BYTES may take to leave (ServerLimits.write_timeout)."""
 MIN_READER_RATE = WRITE_BYTES / WRITE_TIMEOUT_SECONDS
-"""Bytes per second (6.4 KiB/s) below which a reader's stream is cut by the server, which frees its slot for others.
+"""Bytes per second (32 KiB/s) below which a reader's stream is cut by the server, which frees its slot for others.
 Above the fetcher's own floor for a source (kogitune.node.fetch.MIN_SOURCE_RATE, 1 KiB/s, measured over 10 s
-windows) but far below what a link shared by a `get`'s streams gives each of them: `get` reads 4 shards at once,
-so one 2 Mbit/s link gives each stream about 60 KiB/s, and a reader stalled for good is cut within 10 s of the
-Yamux window (256 KiB) filling."""
+windows) but below what a link shared by a `get`'s streams gives each of them: `get` reads 4 shards at once, so one
+2 Mbit/s link gives each stream about 60 KiB/s. A reader stalled for good holds its slot for at most 32 s after the
+Yamux window (256 KiB) fills, and less when others need the slot (fair sharing evicts it)."""
 
 
 @dataclass
@@ -60,7 +62,7 @@ class ServerLimits:
     """Seconds a stream has, once open, to deliver its whole request (a fetcher sends it at once): a stream left
     idle is ended after this."""
     write_timeout: float = WRITE_TIMEOUT_SECONDS
-    """Seconds one write of a response (WRITE_BYTES, 64 KiB) may take to leave: a reader that stops consuming, or
+    """Seconds one write of a response (WRITE_BYTES, 1 MiB) may take to leave: a reader that stops consuming, or
     drains slower than MIN_READER_RATE, is cut."""
     streams_per_peer: int = 8
     """Streams one peer identity may have served at once."""
