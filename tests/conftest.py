@@ -187,3 +187,21 @@ def tiny_tokenizer(tmp_path_factory, kjv_texts) -> Path:
     directory.mkdir()
     backend.save(str(directory / "tokenizer.json"))
     return directory
+
+
+@pytest.fixture
+def nodes(tmp_path):
+    """start(name, bootstrap=(), env=None): a node process (netnodes.NodeProcess) in tmp_path/name, closed after
+    the test."""
+    from netnodes import NodeProcess
+
+    started = []
+
+    def start(name: str, bootstrap=(), env=None):
+        node = NodeProcess(tmp_path / name, bootstrap, env)
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.close()

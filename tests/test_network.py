@@ -34,20 +34,6 @@ def tensor(tmp_path_factory) -> DataTensor:
     return DataTensor(root / "kjv")
 
 
-@pytest.fixture
-def nodes(tmp_path):
-    started = []
-
-    def start(name: str, bootstrap=()) -> NodeProcess:
-        node = NodeProcess(tmp_path / name, bootstrap)
-        started.append(node)
-        return node
-
-    yield start
-    for node in started:
-        node.close()
-
-
 def train_by_id(tmp_path: Path, dataset_id: str, bootstrap: str) -> np.ndarray:
     """A training process with no daemon: an embedded client-mode node resolves the ID and fetches."""
     out = tmp_path / "seen.npy"

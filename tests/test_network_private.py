@@ -30,20 +30,6 @@ from test_network_hostile import (CONNECT_TIMEOUT, STREAM_TIMEOUT, expect_bytes,
 GET_TIMEOUT = 60.0
 
 
-@pytest.fixture
-def nodes(tmp_path):
-    started = []
-
-    def start(name: str, bootstrap=()) -> NodeProcess:
-        node = NodeProcess(tmp_path / name, bootstrap)
-        started.append(node)
-        return node
-
-    yield start
-    for node in started:
-        node.close()
-
-
 def manifest_of(outcome) -> wire.ManifestResponse:
     frame, rest = outcome.frame()
     assert frame is not None and rest == b"", f"no manifest response ({outcome.ended}, {len(outcome.data)} bytes)"

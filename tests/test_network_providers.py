@@ -35,7 +35,7 @@ from kogitune.protocol.ids import dataset_id_digest
 from kogitune.protocol.signing import sign_dataset
 from kogitune.store import StoreOptions, store
 from kogitune.tensor import DataTensor
-from netnodes import ENV, KOGITUNE, NodeProcess
+from netnodes import ENV, KOGITUNE
 
 LISTEN = "/ip4/127.0.0.1/tcp/0"
 CONNECT_TIMEOUT = 10.0
@@ -54,20 +54,6 @@ def tensor(tmp_path_factory) -> DataTensor:
     tensor = DataTensor(root / "kjv")
     assert len(tensor.shards) >= 2
     return tensor
-
-
-@pytest.fixture
-def nodes(tmp_path):
-    started = []
-
-    def start(name: str, bootstrap=(), env=None) -> NodeProcess:
-        node = NodeProcess(tmp_path / name, bootstrap, env)
-        started.append(node)
-        return node
-
-    yield start
-    for node in started:
-        node.close()
 
 
 # ---- bad providers in this process ------------------------------------------------------------------------------
