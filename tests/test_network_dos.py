@@ -131,6 +131,12 @@ np.save(sys.argv[2], np.stack([dataset[i]["input_ids"].numpy() for i in range(le
 """
 
 
+async def honest_get_and_trainer(tmp_path: Path, publisher: NodeProcess, tensor: DataTensor, result: dict) -> None:
+    """During an attack: an honest node's get, then a training process by ID; their seconds go into `result`."""
+    result["seconds"] = await honest_get_under_attack(tmp_path / "honest", publisher, tensor.dataset_id)
+    result["trainer"] = await trio.to_thread.run_sync(honest_trainer, tmp_path / "trainer", publisher, tensor)
+
+
 def honest_trainer(home: Path, publisher: NodeProcess, tensor: DataTensor) -> float:
     """A training process with no node of its own (it starts a client-mode node inside, bootstrapped on the
     publisher) reads every sample of the dataset by ID; check them against the local tensor; return its seconds."""
@@ -360,8 +366,7 @@ def test_connections_that_never_finish_the_handshake_leave_an_honest_node_its_lo
                 attack.start_soon(stalled_handshakes, port, hostile_ip(i), STALLED_SOCKETS // STALL_IPS, connects)
             await wait_for(lambda: sum(connects.values()) >= STALLED_SOCKETS,
                            f"{sum(connects.values())} of {STALLED_SOCKETS} sockets connected")
-            result["seconds"] = await honest_get_under_attack(tmp_path / "honest", publisher, tensor.dataset_id)
-            result["trainer"] = await trio.to_thread.run_sync(honest_trainer, tmp_path / "trainer", publisher, tensor)
+            await honest_get_and_trainer(tmp_path, publisher, tensor, result)
             attack.cancel_scope.cancel()
 
     run_bounded(main)
@@ -437,8 +442,7 @@ def test_stress_many_hostile_peers_against_one_node_while_an_honest_node_and_a_t
             await wait_for(lambda: sum(held.values()) >= LIMITS.streams_total - 8 and sum(connects.values()) >= 320
                            and garbage, f"{sum(held.values())} of {LIMITS.streams_total} streams, "
                            f"{sum(connects.values())} of 320 sockets, {sum(garbage.values())} garbage requests")
-            result["seconds"] = await honest_get_under_attack(tmp_path / "honest", publisher, tensor.dataset_id)
-            result["trainer"] = await trio.to_thread.run_sync(honest_trainer, tmp_path / "trainer", publisher, tensor)
+            await honest_get_and_trainer(tmp_path, publisher, tensor, result)
             attack.cancel_scope.cancel()
 
     run_bounded(main)
