@@ -147,8 +147,9 @@ class ContentStore:
                     stamp = max(tokens.st_mtime, used.st_mtime if used is not None else 0.0)
                     found.append(CachedShard(directory.name, name, size, stamp, pinned))
                 if partial and unfinished is not None:
-                    found.append(CachedShard(directory.name, name, unfinished.st_size, unfinished.st_mtime, pinned,
-                                             partial=True))
+                    found.append(
+                        CachedShard(directory.name, name, unfinished.st_size, unfinished.st_mtime, pinned, partial=True)
+                    )
         return found
 
     def gc(self, limit_bytes: int | None = None) -> list[CachedShard]:
@@ -178,8 +179,10 @@ class ContentStore:
                 (shard_dir / f"{shard.name}.{PARTIAL_SUFFIX}").unlink(missing_ok=True)
                 return True
             tokens = shard_dir / f"{shard.name}.tokens"
-            with _exclusive_now(shard_dir / f"{shard.name}.used") as no_reader, \
-                    _exclusive_now(tokens, create=False) as no_map:
+            with (
+                _exclusive_now(shard_dir / f"{shard.name}.used") as no_reader,
+                _exclusive_now(tokens, create=False) as no_map,
+            ):
                 if not (no_reader and no_map):
                     return False
                 tokens.unlink(missing_ok=True)

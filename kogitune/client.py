@@ -53,12 +53,16 @@ class DaemonClient:
                 sock.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
                 reply = _read_reply(sock, op)
         except (FileNotFoundError, ConnectionRefusedError):
-            raise NodeNotRunning(f"no Kogitune node is running for {self.home}; start one with "
-                                 f"`kogitune node start --home {self.home}` (or `--detach` to run it in the "
-                                 "background)") from None
-        except socket.timeout:
-            raise KogituneError(f"the node did not answer {op!r} within {timeout:.0f} s; it may still be working: "
-                                "check `kogitune node status`") from None
+            raise NodeNotRunning(
+                f"no Kogitune node is running for {self.home}; start one with "
+                f"`kogitune node start --home {self.home}` (or `--detach` to run it in the "
+                "background)"
+            ) from None
+        except TimeoutError:
+            raise KogituneError(
+                f"the node did not answer {op!r} within {timeout:.0f} s; it may still be working: "
+                "check `kogitune node status`"
+            ) from None
         if not reply:
             raise KogituneError(f"the node closed the control connection during {op!r}")
         try:
@@ -97,8 +101,12 @@ def _error_class(name) -> type[KogituneError]:
     caller catches FetchError or IntegrityError from the daemon as from the embedded node."""
     from kogitune.node import errors as node_errors  # light: no trio, no libp2p
 
-    known = {cls.__name__: cls for module in (errors, node_errors) for cls in vars(module).values()
-             if isinstance(cls, type) and issubclass(cls, KogituneError)}
+    known = {
+        cls.__name__: cls
+        for module in (errors, node_errors)
+        for cls in vars(module).values()
+        if isinstance(cls, type) and issubclass(cls, KogituneError)
+    }
     return known.get(name, KogituneError)
 
 
@@ -140,8 +148,12 @@ def _local_publisher(directory: Path, dataset_id: str) -> str | None:
 
     try:
         signed = (directory / "signature").read_bytes()
-        check_signed_manifest(dataset_id, read_limited(directory / "manifest.json", MAX_MANIFEST_BYTES),
-                              signed[:PUBLIC_KEY_BYTES], signed[PUBLIC_KEY_BYTES:])
+        check_signed_manifest(
+            dataset_id,
+            read_limited(directory / "manifest.json", MAX_MANIFEST_BYTES),
+            signed[:PUBLIC_KEY_BYTES],
+            signed[PUBLIC_KEY_BYTES:],
+        )
     except (OSError, KogituneError, ValueError):
         return None
     return peer_id_from_public_key(signed[:PUBLIC_KEY_BYTES])
@@ -169,8 +181,9 @@ class PeerShards:
             embedded_node().prefetch_id(self.dataset_id, list(indexes))
 
 
-def open_mirrors(urls: list[str], store: ContentStore | None = None,
-                 timeout: float = DEFAULT_FETCH_TIMEOUT) -> DataTensor:
+def open_mirrors(
+    urls: list[str], store: ContentStore | None = None, timeout: float = DEFAULT_FETCH_TIMEOUT
+) -> DataTensor:
     """Open a dataset served by web mirrors: fetch and check its manifest; shards follow on demand."""
     store = store or ContentStore()
     data, _ = embedded_node().fetch_manifest(tuple(urls), timeout)

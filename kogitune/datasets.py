@@ -42,8 +42,10 @@ class MixEntry:
     def describe(self, total: int, block_size: int) -> str:
         share = self.samples / max(total, 1)
         ratio = self.samples / max(self.natural_samples, 1)
-        return (f"{self.name}: {self.samples:,} samples ({self.samples * block_size:,} tokens, {share:.1%} of the "
-                f"epoch, {ratio:.2f}x its data)")
+        return (
+            f"{self.name}: {self.samples:,} samples ({self.samples * block_size:,} tokens, {share:.1%} of the "
+            f"epoch, {ratio:.2f}x its data)"
+        )
 
 
 class TokenBlockDataset(torch.utils.data.Dataset):
@@ -54,13 +56,23 @@ class TokenBlockDataset(torch.utils.data.Dataset):
     `seed`, the epoch (`set_epoch`) and the inputs.
     """
 
-    def __init__(self, tensors: list[DataTensor], block_size: int | None = None, *, budgets=None,
-                 names: list[str] | None = None, shuffle: bool = True, seed: int = 0,
-                 window: int = DEFAULT_WINDOW, lookahead: int = DEFAULT_LOOKAHEAD) -> None:
+    def __init__(
+        self,
+        tensors: list[DataTensor],
+        block_size: int | None = None,
+        *,
+        budgets=None,
+        names: list[str] | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        window: int = DEFAULT_WINDOW,
+        lookahead: int = DEFAULT_LOOKAHEAD,
+    ) -> None:
         if not tensors:
             raise RecipeError("a dataset needs at least one data tensor")
-        if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer))
-                                       or block_size < 1):
+        if block_size is not None and (
+            isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1
+        ):
             raise RecipeError(f"block_size must be a positive integer (tokens per sample), got {block_size!r}")
         self.tensors = tensors
         self.block_size = int(block_size or tensors[0].manifest.block_size)
@@ -87,8 +99,10 @@ class TokenBlockDataset(torch.utils.data.Dataset):
     def _samples_per_shard(self, tensor: DataTensor) -> list[int]:
         stored = tensor.manifest.block_size
         if stored % self.block_size:
-            raise RecipeError(f"block size {self.block_size} does not divide the stored block size {stored} of "
-                              f"{tensor.path}; choose a divisor of {stored}")
+            raise RecipeError(
+                f"block size {self.block_size} does not divide the stored block size {stored} of "
+                f"{tensor.path}; choose a divisor of {stored}"
+            )
         counts, tokens_left = [], tensor.manifest.tokens
         for shard in tensor.shards:
             real = min(tokens_left, shard.blocks * stored)
@@ -159,7 +173,7 @@ class TokenBlockDataset(torch.utils.data.Dataset):
         segment = bisect_right(self._segment_start, position) - 1
         tensor_index, shard, first, _ = self._segments[segment]
         start = (first + position - self._segment_start[segment]) * self.block_size
-        tokens = self.tensors[tensor_index].shard_tokens(shard)[start:start + self.block_size]
+        tokens = self.tensors[tensor_index].shard_tokens(shard)[start : start + self.block_size]
         return {"input_ids": torch.from_numpy(tokens.astype(np.int64))}
 
     def _permutation(self, window: int) -> array:
@@ -180,7 +194,7 @@ class TokenBlockDataset(torch.utils.data.Dataset):
         """Ask remote tensors for the shards of these windows (no-op for local tensors)."""
         last = min(end_window, len(self._window_bounds) - 1)
         wanted: dict[int, list[int]] = {}
-        for tensor_index, shard, _, _ in self._segments[self._window_bounds[first_window]:self._window_bounds[last]]:
+        for tensor_index, shard, _, _ in self._segments[self._window_bounds[first_window] : self._window_bounds[last]]:
             if self.tensors[tensor_index].remote is not None:
                 wanted.setdefault(tensor_index, []).append(shard)
         for tensor_index, shards in wanted.items():

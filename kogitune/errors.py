@@ -23,5 +23,13 @@ class RecipeError(KogituneError):
     """A dataset recipe names something that cannot be used for training."""
 
 
-__all__ = ["BadInputError", "DiskFullError", "IntegrityError", "KogituneError", "ManifestError", "RecipeError",
-           "TensorError", "TokenizerError"]
+__all__ = [
+    "BadInputError",
+    "DiskFullError",
+    "IntegrityError",
+    "KogituneError",
+    "ManifestError",
+    "RecipeError",
+    "TensorError",
+    "TokenizerError",
+]

@@ -7,15 +7,16 @@ import multiprocessing.connection
 import os
 import threading
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Callable, Iterable, Iterator
 
 from .errors import KogituneError
 
 
-def in_order(pool: Executor, fn: Callable, jobs: Iterable[tuple[object, tuple]],
-             in_flight: int) -> Iterator[tuple[object, object]]:
+def in_order(
+    pool: Executor, fn: Callable, jobs: Iterable[tuple[object, tuple]], in_flight: int
+) -> Iterator[tuple[object, object]]:
     """Yield (key, fn(*args)) for each (key, args) of `jobs`, in input order, with at most `in_flight` jobs
     submitted and not yet yielded (bounded memory)."""
     pending: deque = deque()
@@ -29,8 +30,9 @@ def in_order(pool: Executor, fn: Callable, jobs: Iterable[tuple[object, tuple]],
         yield key, future.result()
 
 
-def ordered_map(fn: Callable, jobs: Iterable[tuple[object, tuple]], workers: int, initializer: Callable,
-                initargs: tuple) -> Iterator[tuple[object, object]]:
+def ordered_map(
+    fn: Callable, jobs: Iterable[tuple[object, tuple]], workers: int, initializer: Callable, initargs: tuple
+) -> Iterator[tuple[object, object]]:
     """`in_order` on `workers` spawned processes, 2 jobs per worker in flight. A worker that dies (killed, out of
     memory, or a script without an `if __name__ == "__main__":` guard) raises instead of hanging, provided
     `initargs` stay small: multiprocessing writes them to the new process through a pipe while it still holds the
@@ -38,12 +40,13 @@ def ordered_map(fn: Callable, jobs: Iterable[tuple[object, tuple]], workers: int
     block that write forever. Pass big things (a tokenizer) as files."""
     context = multiprocessing.get_context("spawn")
     try:
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                                 initargs=(initializer, *initargs)) as pool:
+        with ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_start_worker, initargs=(initializer, *initargs)
+        ) as pool:
             yield from in_order(pool, fn, jobs, 2 * workers)
     except BrokenProcessPool:
         raise KogituneError(
-            "a worker process died. If this runs from a script, put the call under `if __name__ == \"__main__\":` "
+            'a worker process died. If this runs from a script, put the call under `if __name__ == "__main__":` '
             "(worker processes are spawned and import the script); else pass --workers 1 to see the error"
         ) from None
 

@@ -24,9 +24,11 @@ class PerturbError(KogituneError):
     """A --perturb spec is malformed or cannot be applied to the tokenizer."""
 
 
-SPEC_HELP = ("comma-separated key=value: krr=EPSILON (k-ary randomized response over the vocabulary), "
-             "mask=RATE and mask_id=ID (replace tokens with ID), drop=RATE (remove tokens), seed=N (default 0); "
-             "e.g. 'krr=4,seed=7' or 'drop=0.1,mask=0.1,mask_id=0'")
+SPEC_HELP = (
+    "comma-separated key=value: krr=EPSILON (k-ary randomized response over the vocabulary), "
+    "mask=RATE and mask_id=ID (replace tokens with ID), drop=RATE (remove tokens), seed=N (default 0); "
+    "e.g. 'krr=4,seed=7' or 'drop=0.1,mask=0.1,mask_id=0'"
+)
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,14 @@ class PerturbSpec:
     def parse(cls, text: str) -> PerturbSpec:
         """Read 'krr=2.0,mask=0.1,mask_id=0,drop=0.05,seed=7' (any subset, any order)."""
         fields: dict = {}
-        converters = {"krr": ("epsilon", float), "epsilon": ("epsilon", float), "mask": ("mask", float),
-                      "mask_id": ("mask_id", int), "drop": ("drop", float), "seed": ("seed", int)}
+        converters = {
+            "krr": ("epsilon", float),
+            "epsilon": ("epsilon", float),
+            "mask": ("mask", float),
+            "mask_id": ("mask_id", int),
+            "drop": ("drop", float),
+            "seed": ("seed", int),
+        }
         for item in filter(None, (part.strip() for part in text.split(","))):
             key, _, value = item.partition("=")
             if key.strip() not in converters or not value:
@@ -53,8 +61,9 @@ class PerturbSpec:
             try:
                 fields[name] = convert(value.strip())
             except ValueError:
-                raise PerturbError(f"--perturb {text!r}: {key.strip()} must be a {convert.__name__}, "
-                                   f"got {value.strip()!r}") from None
+                raise PerturbError(
+                    f"--perturb {text!r}: {key.strip()} must be a {convert.__name__}, got {value.strip()!r}"
+                ) from None
         spec = cls(**fields)
         spec.check()
         return spec
@@ -68,8 +77,10 @@ class PerturbSpec:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise PerturbError(f"{name} is a probability from 0 to 1, got {getattr(self, name)}")
         if self.mask and self.mask_id is None:
-            raise PerturbError("mask=RATE needs mask_id=ID, the token id that replaces masked tokens "
-                               "(e.g. the tokenizer's <unk> or <mask> id)")
+            raise PerturbError(
+                "mask=RATE needs mask_id=ID, the token id that replaces masked tokens "
+                "(e.g. the tokenizer's <unk> or <mask> id)"
+            )
         if not 0 <= self.seed < 2**63:
             raise PerturbError(f"seed must be an integer from 0 to 2**63-1, got {self.seed}")
 
@@ -99,11 +110,17 @@ class Perturber:
     def provenance(self) -> dict:
         """What the manifest records: floats as decimal strings (a manifest holds no floats)."""
         spec = self.spec
-        record: dict = {"seed": spec.seed, "generator": "numpy PCG64",
-                        "unit": "token (EOS separators between documents are not perturbed)"}
+        record: dict = {
+            "seed": spec.seed,
+            "generator": "numpy PCG64",
+            "unit": "token (EOS separators between documents are not perturbed)",
+        }
         if spec.epsilon is not None:
-            record["krr"] = {"epsilon_per_token": repr(spec.epsilon), "k": self.vocab_size,
-                             "keep_probability": repr(self.keep)}
+            record["krr"] = {
+                "epsilon_per_token": repr(spec.epsilon),
+                "k": self.vocab_size,
+                "keep_probability": repr(self.keep),
+            }
         if spec.mask:
             record["mask"] = {"rate": repr(spec.mask), "mask_id": spec.mask_id}
         if spec.drop:
@@ -112,8 +129,12 @@ class Perturber:
 
     def state(self) -> dict:
         """The generator's state and the counts, as JSON, for a store's checkpoint."""
-        return {"rng": self.rng.bit_generator.state, "changed": self.changed, "dropped": self.dropped,
-                "seen": self.seen}
+        return {
+            "rng": self.rng.bit_generator.state,
+            "changed": self.changed,
+            "dropped": self.dropped,
+            "seen": self.seen,
+        }
 
     def restore(self, state: dict) -> None:
         self.rng.bit_generator.state = state["rng"]

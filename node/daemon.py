@@ -182,8 +182,11 @@ class Node:
         found = []
         for directory in sorted(self.store.datasets.glob("kg1-*")):
             manifest = _load_manifest(directory)
-            if manifest and (directory / SIGNATURE_FILE).exists() and all(
-                    (directory / s.tokens_path).exists() for s in manifest.shards):
+            if (
+                manifest
+                and (directory / SIGNATURE_FILE).exists()
+                and all((directory / s.tokens_path).exists() for s in manifest.shards)
+            ):
                 found.append(directory.name)
         return found
 
@@ -198,8 +201,10 @@ class Node:
             raise NodeError(f"--allow {bad[0]!r} is not a peer ID; `kogitune node status` prints a node's peer id")
         allow = sorted(set(allow or ()))
         if len(" ".join(allow)) > wire.MAX_ALLOW_CHARS:
-            raise NodeError(f"--allow lists {len(allow)} peers, more than fit in a manifest response "
-                            f"({wire.MAX_ALLOW_CHARS} characters, about 1,200 peer IDs)")
+            raise NodeError(
+                f"--allow lists {len(allow)} peers, more than fit in a manifest response "
+                f"({wire.MAX_ALLOW_CHARS} characters, about 1,200 peer IDs)"
+            )
         tensor = await trio.to_thread.run_sync(DataTensor, tensor_path)
         manifest = published_manifest(tensor_path, tensor.manifest, self.peer_id, allow)
         dataset_id = manifest.dataset_id
@@ -261,6 +266,7 @@ class Node:
                     except Exception as exc:
                         log.debug("provider query to %s failed: %s", peer, exc)
                 answered.add(peer)
+
             return ask
 
         with trio.move_on_after(deadline) as lookup_scope:
@@ -283,8 +289,7 @@ class Node:
                     elif found:
                         lookup_scope.deadline = min(lookup_scope.deadline, trio.current_time() + LATE_PROVIDER_SECONDS)
                     elif asked and answered >= asked and not logged:
-                        log.info("no provider of %s found yet; asking again for up to %.0f s", dataset_id,
-                                 deadline)
+                        log.info("no provider of %s found yet; asking again for up to %.0f s", dataset_id, deadline)
                         logged = True
                     with trio.move_on_after(LOOKUP_BACKOFF_SECONDS):  # or sooner, when an answer came
                         await changed.wait()
@@ -306,6 +311,7 @@ class Node:
     async def _first_valid_manifest(self, dataset_id: str, peers: list, trusted, failed: dict[str, str]):
         """(signed manifest, peer) from the first provider that serves a valid, trusted one, asking MANIFEST_AT_ONCE
         at a time (`first_answer`); None if none does. What each failed provider did goes into `failed`."""
+
         async def ask(peer):
             try:
                 signed = await fetch_signed_manifest(self.host, peer, dataset_id, self.config.read_timeout)
@@ -344,9 +350,11 @@ class Node:
     async def _resolve(self, dataset_id: str, trusted: frozenset[str] | None) -> OpenDataset:
         providers = await self.find_providers(dataset_id)
         if not providers:
-            raise FetchError(f"no peer provides {dataset_id} (asked the DHT through {len(self.host.get_connected_peers())}"
-                             f" connected peer(s) for {LOOKUP_DEADLINE:.0f} s); is a node that holds it running and "
-                             "bootstrapped?")
+            raise FetchError(
+                f"no peer provides {dataset_id} (asked the DHT through {len(self.host.get_connected_peers())}"
+                f" connected peer(s) for {LOOKUP_DEADLINE:.0f} s); is a node that holds it running and "
+                "bootstrapped?"
+            )
         failed: dict[str, str] = {}
         reachable = await self._connect_providers(providers, failed)
         answer = await self._first_valid_manifest(dataset_id, reachable, trusted, failed)
@@ -358,8 +366,9 @@ class Node:
         self._keep_allow_list(dataset_id, directory, signed)
         write_atomic(directory / "manifest.json", signed.data)
         write_atomic(directory / SIGNATURE_FILE, signed.public_key + signed.signature)
-        pool = SourcePool([PeerSource(self.host, peer, dataset_id, signed.manifest, self.config.read_timeout)
-                           for peer in sources])
+        pool = SourcePool(
+            [PeerSource(self.host, peer, dataset_id, signed.manifest, self.config.read_timeout) for peer in sources]
+        )
         return OpenDataset(directory, signed, pool)
 
     def _keep_allow_list(self, dataset_id: str, directory: Path, signed: SignedManifest) -> None:
@@ -372,8 +381,11 @@ class Node:
         if allowed_peers(dataset_id, signed.manifest, signed.allow, signed.allow_signature):
             write_allow_files(directory, signed.allow, signed.allow_signature)
         else:
-            log.warning("%s: a provider sent an allow-list with a public manifest, or one that the publisher the "
-                        "manifest names did not sign; ignored", dataset_id)
+            log.warning(
+                "%s: a provider sent an allow-list with a public manifest, or one that the publisher the "
+                "manifest names did not sign; ignored",
+                dataset_id,
+            )
 
     async def fetch_shard(self, dataset_id: str, index: int) -> Path:
         opened = await self.open_dataset(dataset_id)
@@ -394,6 +406,7 @@ class Node:
     async def prefetch_shards(self, dataset_id: str, indexes: list[int]) -> None:
         """Fetch shards ahead of need, in this order, at most PREFETCH_SHARDS at a time, so that a shard someone is
         waiting for (fetch_shard, not limited) is not starved by look-ahead."""
+
         async def fetch(index: int) -> None:
             await self.fetch_shard(dataset_id, index)
 
@@ -458,12 +471,17 @@ class Node:
         damaged_files = {(entry["dataset"], entry["file"]) for entry in damaged}
         datasets, changed = await trio.to_thread.run_sync(self._scan_store, damaged_files)
         return {
-            "peer_id": self.peer_id, "addresses": self.addresses(),
+            "peer_id": self.peer_id,
+            "addresses": self.addresses(),
             "connected_peers": [str(p) for p in self.host.get_connected_peers()],
             "dht_peers": [str(p) for p in self.dht.routing_table.get_peer_ids()],
-            "datasets": datasets, "bytes_served": self.server.stats.bytes_served,
-            "bytes_fetched": self.bytes_fetched, "requests": dict(self.server.stats.requests),
-            "refused": dict(self.server.stats.refused), "damaged": damaged, "changed": changed,
+            "datasets": datasets,
+            "bytes_served": self.server.stats.bytes_served,
+            "bytes_fetched": self.bytes_fetched,
+            "requests": dict(self.server.stats.requests),
+            "refused": dict(self.server.stats.refused),
+            "damaged": damaged,
+            "changed": changed,
         }
 
     def _scan_store(self, damaged: set[tuple[str, str]]) -> tuple[list[str], list[dict]]:
@@ -474,8 +492,10 @@ class Node:
     def damaged_shards(self) -> list[dict]:
         """Files (of shards, and manifests) this node withholds from peers because a check found they do not match
         their dataset."""
-        return [{"dataset": dataset, "shard": shard, "file": path, "problem": problem}
-                for (dataset, path), (shard, problem) in sorted(self.server.guard.damaged.items())]
+        return [
+            {"dataset": dataset, "shard": shard, "file": path, "problem": problem}
+            for (dataset, path), (shard, problem) in sorted(self.server.guard.damaged.items())
+        ]
 
     def changed_shards(self, damaged: set[tuple[str, str]]) -> list[dict]:
         """Shards whose files changed since they last passed a check and were not checked again yet (a chmod, a new
@@ -500,11 +520,15 @@ def published_manifest(tensor_path: str, manifest: Manifest, publisher: str, all
     if not manifest.is_private:
         return manifest.made_private(publisher) if allow else manifest
     if manifest.access.publisher != publisher:
-        raise NodeError(f"{tensor_path} is a private dataset of {manifest.access.publisher}: only that node can "
-                        "publish it (publish the public tensor it was made from to publish your own copy)")
+        raise NodeError(
+            f"{tensor_path} is a private dataset of {manifest.access.publisher}: only that node can "
+            "publish it (publish the public tensor it was made from to publish your own copy)"
+        )
     if not allow:
-        raise NodeError(f"{tensor_path} is a private dataset: give --allow PEER_ID ... (its new allow-list), or "
-                        "publish the public tensor it was made from to publish it for everyone (another ID)")
+        raise NodeError(
+            f"{tensor_path} is a private dataset: give --allow PEER_ID ... (its new allow-list), or "
+            "publish the public tensor it was made from to publish it for everyone (another ID)"
+        )
     return manifest
 
 
@@ -532,8 +556,10 @@ def _add_to_store(tensor, directory: Path, manifest: Manifest) -> list:
     (directory / "shards").mkdir(parents=True, exist_ok=True)
     for shard in tensor.shards:
         _link_or_copy(tensor.path / shard.tokens_path, directory / shard.tokens_path)
-        for name, size in ((shard.pieces_path, tensor.manifest.pieces_in(shard) * 32),
-                           (shard.docs_path, shard.docs_size)):
+        for name, size in (
+            (shard.pieces_path, tensor.manifest.pieces_in(shard) * 32),
+            (shard.docs_path, shard.docs_size),
+        ):
             write_atomic(directory / name, _read_published(tensor.path / name, size), durable=False)
     write_atomic(directory / MANIFEST_FILE, manifest_bytes)
     stored = DataTensor(directory)
@@ -541,9 +567,11 @@ def _add_to_store(tensor, directory: Path, manifest: Manifest) -> list:
 
 
 def _refuse_link(path: Path) -> NodeError:
-    return NodeError(f"{path} is a symbolic link: a published tensor must hold its own files (a node would otherwise "
-                     "serve whatever the link points to later). Replace the link by a copy of its target "
-                     f"(cp --remove-destination \"$(readlink -f {path})\" {path}), then publish again")
+    return NodeError(
+        f"{path} is a symbolic link: a published tensor must hold its own files (a node would otherwise "
+        "serve whatever the link points to later). Replace the link by a copy of its target "
+        f'(cp --remove-destination "$(readlink -f {path})" {path}), then publish again'
+    )
 
 
 def _read_published(path: Path, limit: int) -> bytes:
@@ -587,5 +615,3 @@ def _copy_no_links(source: Path, target: Path) -> None:
         raise
     with open(fd, "rb") as src, open(target, "wb") as dst:
         shutil.copyfileobj(src, dst, 1 << 20)
-
-

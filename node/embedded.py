@@ -71,43 +71,60 @@ class EmbeddedNode:
     def source_bytes(self, key) -> dict[str, int]:
         """Verified bytes fetched from each source of a dataset."""
         return trio.from_thread.run_sync(
-            lambda: {h.source.name: h.bytes_verified for h in self._pool_of(key).health}, trio_token=self._token)
+            lambda: {h.source.name: h.bytes_verified for h in self._pool_of(key).health}, trio_token=self._token
+        )
 
     def fetch_manifest(self, urls: tuple[str, ...], timeout: float) -> tuple[bytes, Manifest]:
         async def run():
             with trio.fail_after(timeout):
                 return await fetch_manifest(self._pool(urls))
+
         try:
             return trio.from_thread.run(run, trio_token=self._token)
         except trio.TooSlowError:
             raise FetchError(f"no manifest from {', '.join(urls)} within {timeout:.0f} s") from None
 
-    def ensure_shard(self, directory: Path, manifest: Manifest, index: int, urls: tuple[str, ...],
-                     timeout: float) -> None:
+    def ensure_shard(
+        self, directory: Path, manifest: Manifest, index: int, urls: tuple[str, ...], timeout: float
+    ) -> None:
         """Block until shard `index` is complete in `directory`, fetching it if needed."""
+
         async def run():
             with trio.move_on_after(timeout) as scope:
                 await self._fetch(directory, manifest, index, urls)
             if scope.cancelled_caught:
                 shard = manifest.shards[index]
-                raise FetchError(f"shard {shard.name} of {manifest.dataset_id} did not arrive within {timeout:.0f} s "
-                                 f"(sources: {self._pool(urls).report()})")
+                raise FetchError(
+                    f"shard {shard.name} of {manifest.dataset_id} did not arrive within {timeout:.0f} s "
+                    f"(sources: {self._pool(urls).report()})"
+                )
+
         trio.from_thread.run(run, trio_token=self._token)
 
     def prefetch(self, directory: Path, manifest: Manifest, indexes: list[int], urls: tuple[str, ...]) -> None:
         """Start fetching these shards in the background, in this order (trio may run tasks started together in any
         order); errors surface when a shard is needed."""
-        trio.from_thread.run_sync(self._nursery.start_soon, self._prefetch_in_order, directory, manifest,
-                                  list(indexes), urls, trio_token=self._token)
+        trio.from_thread.run_sync(
+            self._nursery.start_soon,
+            self._prefetch_in_order,
+            directory,
+            manifest,
+            list(indexes),
+            urls,
+            trio_token=self._token,
+        )
 
     def open_dataset_id(self, dataset_id: str, timeout: float, trusted=None) -> tuple[Path, str]:
         """Resolve a dataset ID on the network (a client-mode libp2p node, started on first use); return the
         store directory holding its checked manifest and the publisher's peer ID."""
+
         async def run():
             with trio.fail_after(timeout):
                 opened = await (await self._p2p_node()).open_dataset(
-                    dataset_id, frozenset(trusted) if trusted is not None else None)
+                    dataset_id, frozenset(trusted) if trusted is not None else None
+                )
                 return opened.directory, opened.signed.publisher
+
         try:
             return trio.from_thread.run(run, trio_token=self._token)
         except trio.TooSlowError:
@@ -117,6 +134,7 @@ class EmbeddedNode:
         async def run():
             with trio.fail_after(timeout):
                 await (await self._p2p_node()).fetch_shard(dataset_id, index)
+
         try:
             trio.from_thread.run(run, trio_token=self._token)
         except trio.TooSlowError:
@@ -140,8 +158,13 @@ class EmbeddedNode:
                 from .daemon import Node, NodeConfig
                 from .service import bootstrap_peers
 
-                config = NodeConfig(home=self.home, listen=["/ip4/127.0.0.1/tcp/0"],
-                                    bootstrap=bootstrap_peers(self.home), server=False, read_timeout=self.read_timeout)
+                config = NodeConfig(
+                    home=self.home,
+                    listen=["/ip4/127.0.0.1/tcp/0"],
+                    bootstrap=bootstrap_peers(self.home),
+                    server=False,
+                    read_timeout=self.read_timeout,
+                )
                 self._p2p = await self._nursery.start(Node(config).run)
         return self._p2p
 

@@ -40,10 +40,10 @@ from pathlib import Path
 import trio
 
 from kogitune.files import file_mode_in, opener_like_folder, write_atomic
-from kogitune.tensor import record_checked, record_verified
 from kogitune.protocol.errors import IntegrityError, ManifestError
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, ShardInfo, parse_manifest
 from kogitune.protocol.pieces import check_pieces_file
+from kogitune.tensor import record_checked, record_verified
 
 from .body import Body
 from .errors import FetchError, SourceError
@@ -88,7 +88,7 @@ class FetchLimits:
     stall_timeout: float = STALL_SECONDS
 
     @classmethod
-    def from_env(cls) -> "FetchLimits":
+    def from_env(cls) -> FetchLimits:
         def number(name: str, default: float) -> float:
             text = os.environ.get(name, "")
             try:
@@ -99,8 +99,11 @@ class FetchLimits:
                 raise FetchError(f"${name}={text!r} must be zero or more")
             return value
 
-        return cls(number("KOGITUNE_MIN_RATE", MIN_SOURCE_RATE), number("KOGITUNE_RATE_WINDOW", RATE_WINDOW_SECONDS),
-                   number("KOGITUNE_STALL_TIMEOUT", STALL_SECONDS))
+        return cls(
+            number("KOGITUNE_MIN_RATE", MIN_SOURCE_RATE),
+            number("KOGITUNE_RATE_WINDOW", RATE_WINDOW_SECONDS),
+            number("KOGITUNE_STALL_TIMEOUT", STALL_SECONDS),
+        )
 
 
 @dataclass
@@ -163,8 +166,10 @@ class SourcePool:
         """The usable sources: ready now first, then those that have delivered verified bytes, fewer failures and
         more bytes first (a source that has never delivered anything may be one that never answers)."""
         now = trio.current_time()
-        return sorted(self.usable(), key=lambda h: (h.retry_at > now, not (h.bytes_verified or h.files_verified),
-                                                    h.failures, -h.bytes_verified))
+        return sorted(
+            self.usable(),
+            key=lambda h: (h.retry_at > now, not (h.bytes_verified or h.files_verified), h.failures, -h.bytes_verified),
+        )
 
 
 class MinRateBody(Body):
@@ -191,8 +196,10 @@ class MinRateBody(Body):
         self._in_window += count  # before the check: a read that ends a long wait with data counts
         if self._waited >= self._window:
             if self._in_window < self._need:
-                raise SourceError(f"{self._name}: sent {self._in_window} bytes in {self._waited:.0f} s, below the "
-                                  f"minimum rate of {self._need / self._window:.0f} B/s (KOGITUNE_MIN_RATE)")
+                raise SourceError(
+                    f"{self._name}: sent {self._in_window} bytes in {self._waited:.0f} s, below the "
+                    f"minimum rate of {self._need / self._window:.0f} B/s (KOGITUNE_MIN_RATE)"
+                )
             self._waited, self._in_window = 0.0, 0
         return count
 
@@ -239,6 +246,7 @@ async def prefetch_in_order(nursery: trio.Nursery, limiter: trio.CapacityLimiter
     """`await fetch(index)` for each shard index, started in this order (the order they will be needed: trio may
     run tasks started together in any order), at most `limiter`'s total at a time. Prefetch failures only log;
     the wait for the shard reports them."""
+
     async def one(index: int, slot: object) -> None:
         try:
             await fetch(index)
@@ -260,12 +268,14 @@ async def fetch_small_file(pool: SourcePool, path: str, limit: int, problem, exa
     it has failed `max_failures` times (one busy or overloaded provider is not the end of a fetch). A source that
     sends a wrong file is dropped, and the error, when no source is left, says what each one sent. With `exact`,
     the file has `limit` bytes: a shorter one was cut off (a source that died), a failure rather than a lie."""
+
     async def ask(health: SourceHealth) -> bytes | None:
         await trio.sleep_until(health.retry_at)
         try:
             async with health.source.stream(path, 0) as (_, body):
                 data = await MinRateBody(body, pool.limits, health.source.name).read_all(
-                    limit, f"{health.source.name}: {path}")
+                    limit, f"{health.source.name}: {path}"
+                )
         except SourceError as exc:
             pool.failed(health, str(exc))
             return None
@@ -338,8 +348,12 @@ class PieceBoard:
 
     def claimable(self, index: int, now: float) -> bool:
         """Open, or claimed `stale_after` seconds ago and still not received."""
-        return (index < len(self.done) and not self.done[index] and not self.checking[index]
-                and (not self.claims[index] or now - self.claimed_at[index] >= self.stale_after))
+        return (
+            index < len(self.done)
+            and not self.done[index]
+            and not self.checking[index]
+            and (not self.claims[index] or now - self.claimed_at[index] >= self.stale_after)
+        )
 
     def claim(self, index: int, now: float) -> bool:
         if not self.claimable(index, now):
@@ -393,8 +407,14 @@ class PieceBoard:
 
     def next_stale_at(self) -> float:
         """When the oldest claim of a piece not yet received turns stale (infinity when there is none)."""
-        return min((self.claimed_at[i] + self.stale_after for i in range(len(self.done))
-                    if self.claims[i] and not self.done[i] and not self.checking[i]), default=math.inf)
+        return min(
+            (
+                self.claimed_at[i] + self.stale_after
+                for i in range(len(self.done))
+                if self.claims[i] and not self.done[i] and not self.checking[i]
+            ),
+            default=math.inf,
+        )
 
 
 class ShardFetch:
@@ -449,10 +469,12 @@ class ShardFetch:
         with trio.CancelScope() as self._stall:
             self._progressed()
             self.expected = await fetch_small_file(
-                self.pool, self.shard.pieces_path, len(self.board) * 32, self._pieces_problem, exact=True)
+                self.pool, self.shard.pieces_path, len(self.board) * 32, self._pieces_problem, exact=True
+            )
             self._progressed()
-            docs = await fetch_small_file(self.pool, self.shard.docs_path, self.shard.docs_size, self._docs_problem,
-                                          exact=True)
+            docs = await fetch_small_file(
+                self.pool, self.shard.docs_path, self.shard.docs_size, self._docs_problem, exact=True
+            )
             self._fd = os.open(partial, os.O_RDWR | os.O_CREAT, file_mode_in(partial.parent))
             try:
                 self._stall.deadline = math.inf  # re-hashing a partial file is local work, however long
@@ -463,17 +485,24 @@ class ShardFetch:
                 await trio.to_thread.run_sync(self._install, partial, docs)
             except OSError as exc:  # a full or failing disk: say where, and what is kept for the next try
                 where = exc.filename or partial
-                raise FetchError(f"shard {self.shard.name}: cannot write {where}: {exc.strerror or exc}; "
-                                 f"{sum(self.board.done)} of {len(self.board)} verified pieces are kept in "
-                                 f"{'it' if where == partial else partial}, and fetching again (once there is room) "
-                                 "resumes from them") from None
+                raise FetchError(
+                    f"shard {self.shard.name}: cannot write {where}: {exc.strerror or exc}; "
+                    f"{sum(self.board.done)} of {len(self.board)} verified pieces are kept in "
+                    f"{'it' if where == partial else partial}, and fetching again (once there is room) "
+                    "resumes from them"
+                ) from None
             finally:
                 os.close(self._fd)
         if self._stall.cancelled_caught:
             raise self._stalled()
         sources = ", ".join(f"{name} {count / 2**20:.1f} MiB" for name, count in self.bytes_by_source.items())
-        log.info("fetched shard %s (%.1f MiB) in %.2f s from %s", self.shard.name, self.shard.size / 2**20,
-                 trio.current_time() - started, sources or "the partial file")
+        log.info(
+            "fetched shard %s (%.1f MiB) in %.2f s from %s",
+            self.shard.name,
+            self.shard.size / 2**20,
+            trio.current_time() - started,
+            sources or "the partial file",
+        )
 
     def _progressed(self) -> None:
         """A verified byte arrived: the shard has `stall_timeout` more seconds to make progress again."""
@@ -482,9 +511,11 @@ class ShardFetch:
 
     def _stalled(self) -> FetchError:
         done = len(self.board) - self.board.remaining
-        return FetchError(f"shard {self.shard.name}: no verified data from any source for "
-                          f"{self.pool.limits.stall_timeout:.0f} s ({done} of {len(self.board)} pieces done; "
-                          f"KOGITUNE_STALL_TIMEOUT); sources: {self.pool.report()}")
+        return FetchError(
+            f"shard {self.shard.name}: no verified data from any source for "
+            f"{self.pool.limits.stall_timeout:.0f} s ({done} of {len(self.board)} pieces done; "
+            f"KOGITUNE_STALL_TIMEOUT); sources: {self.pool.report()}"
+        )
 
     def _install(self, partial: Path, docs: bytes) -> None:
         """Put the checked shard in place, the tokens file last (its presence means complete)."""
@@ -508,8 +539,11 @@ class ShardFetch:
         except FileNotFoundError:
             log.debug("shard %s was removed (cache eviction) before it was synced", self.shard.name)
         except OSError as exc:
-            log.warning("shard %s is in place but could not be synced to disk (%s); it will be re-checked on open",
-                        self.shard.name, exc)
+            log.warning(
+                "shard %s is in place but could not be synced to disk (%s); it will be re-checked on open",
+                self.shard.name,
+                exc,
+            )
 
     def _pieces_problem(self, data: bytes) -> str | None:
         try:
@@ -520,8 +554,10 @@ class ShardFetch:
 
     def _docs_problem(self, data: bytes) -> str | None:
         if hashlib.sha256(data).hexdigest() != self.shard.docs_sha256:
-            return (f"shard {self.shard.name}: {self.shard.docs_path} does not match docs_sha256 in the manifest "
-                    f"({len(data)} bytes)")
+            return (
+                f"shard {self.shard.name}: {self.shard.docs_path} does not match docs_sha256 in the manifest "
+                f"({len(data)} bytes)"
+            )
         return None
 
     @asynccontextmanager
@@ -550,9 +586,11 @@ class ShardFetch:
             return
         piece = bytearray(self.piece_size)
         for index in range(len(self.board)):
-            view = memoryview(piece)[:self._piece_length(index)]
-            if (os.preadv(self._fd, [view], index * self.piece_size) == len(view)
-                    and hashlib.sha256(view).digest() == self.expected[index * 32:(index + 1) * 32]):
+            view = memoryview(piece)[: self._piece_length(index)]
+            if (
+                os.preadv(self._fd, [view], index * self.piece_size) == len(view)
+                and hashlib.sha256(view).digest() == self.expected[index * 32 : (index + 1) * 32]
+            ):
                 self.board.finish(index)
 
     async def _download(self) -> None:
@@ -565,9 +603,11 @@ class ShardFetch:
         if self._write_error is not None:
             raise self._write_error
         if not self.board.complete:
-            raise FetchError(f"shard {self.shard.name}: {self.board.remaining} of {len(self.board)} pieces could not "
-                             "be fetched "
-                             f"from any source: {self.pool.report()}")
+            raise FetchError(
+                f"shard {self.shard.name}: {self.board.remaining} of {len(self.board)} pieces could not "
+                "be fetched "
+                f"from any source: {self.pool.report()}"
+            )
 
     async def _worker(self, health: SourceHealth) -> None:
         while not self.board.complete:
@@ -598,20 +638,23 @@ class ShardFetch:
             async with health.source.stream(path, start * self.piece_size) as (offset, raw):
                 body = MinRateBody(raw, self.pool.limits, health.source.name)
                 if offset % self.piece_size or offset > start * self.piece_size:
-                    raise SourceError(f"{health.source.name}: {path} starts at byte {offset}, asked for "
-                                      f"{start * self.piece_size}")
+                    raise SourceError(
+                        f"{health.source.name}: {path} starts at byte {offset}, asked for {start * self.piece_size}"
+                    )
                 seekable = offset == start * self.piece_size
                 index = offset // self.piece_size
                 if index != start:
                     self.board.release(start)
                     holding = index if self.board.claim(index, trio.current_time()) else None
                 while True:
-                    view, filled = memoryview(piece)[:self._piece_length(index)], 0
+                    view, filled = memoryview(piece)[: self._piece_length(index)], 0
                     while filled < len(view):
                         count = await body.receive_into(view[filled:])
                         if not count:
-                            raise SourceError(f"{health.source.name}: {path} ended at byte "
-                                              f"{index * self.piece_size + filled} of {self.shard.size}")
+                            raise SourceError(
+                                f"{health.source.name}: {path} ended at byte "
+                                f"{index * self.piece_size + filled} of {self.shard.size}"
+                            )
                         filled += count
                     self.bytes_received += filled
                     if holding is not None:
@@ -638,10 +681,9 @@ class ShardFetch:
         """Hash and write a received piece on a worker thread (hashlib and pwrite release the GIL), so that
         checking overlaps receiving; a wrong hash bans the source that sent it."""
         length = self._piece_length(index)
-        expected = self.expected[index * 32:(index + 1) * 32]
+        expected = self.expected[index * 32 : (index + 1) * 32]
         try:
-            ok = await trio.to_thread.run_sync(self._check_and_write, piece, length, expected,
-                                               index * self.piece_size)
+            ok = await trio.to_thread.run_sync(self._check_and_write, piece, length, expected, index * self.piece_size)
         except OSError as exc:  # no source can help: stop the shard (_download raises it once, not in a group)
             self._write_error = self._write_error or exc
             self._nursery.cancel_scope.cancel()

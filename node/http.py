@@ -69,8 +69,13 @@ class HttpClient:
             stream, target, proxy = await self._open(url)
             try:
                 connection = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
-                request_fields = [("Host", urlsplit(url).netloc.rpartition("@")[2]), ("User-Agent", USER_AGENT),
-                                  ("Connection", "close"), *(proxy.fields if proxy else []), *(headers or {}).items()]
+                request_fields = [
+                    ("Host", urlsplit(url).netloc.rpartition("@")[2]),
+                    ("User-Agent", USER_AGENT),
+                    ("Connection", "close"),
+                    *(proxy.fields if proxy else []),
+                    *(headers or {}).items(),
+                ]
                 await _send(stream, connection, "GET", target, request_fields, url, self.timeout)
                 head = await _response_head(stream, connection, url, self.timeout)
                 fields = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in head.headers}
@@ -79,8 +84,12 @@ class HttpClient:
                 if head.status_code in REDIRECT_STATUSES and "location" in fields:
                     url = _join(url, fields["location"].encode("latin-1"))
                     continue
-                yield Response(url, head.status_code, fields,
-                               _Body(stream, connection, url, self.timeout, _content_length(head.status_code, fields)))
+                yield Response(
+                    url,
+                    head.status_code,
+                    fields,
+                    _Body(stream, connection, url, self.timeout, _content_length(head.status_code, fields)),
+                )
                 return
             finally:
                 await trio.aclose_forcefully(stream)
@@ -149,8 +158,9 @@ class _Body(Body):
     """The response body. One framed by Content-Length (every static file) skips h11: over plain TCP it goes from
     the socket straight into the caller's buffer. Chunked and close-delimited bodies go through h11."""
 
-    def __init__(self, stream: trio.abc.Stream, connection: h11.Connection, url: str, timeout: float,
-                 length: int | None) -> None:
+    def __init__(
+        self, stream: trio.abc.Stream, connection: h11.Connection, url: str, timeout: float, length: int | None
+    ) -> None:
         super().__init__()
         self._stream, self._connection, self._url, self._timeout = stream, connection, url, timeout
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
@@ -165,7 +175,7 @@ class _Body(Body):
             return await super().receive_into(buffer)
         if not self._left:
             return 0
-        buffer = buffer[:self._left]
+        buffer = buffer[: self._left]
         try:
             with trio.fail_after(self._timeout):
                 if self._socket is not None:
@@ -179,8 +189,9 @@ class _Body(Body):
         except (OSError, trio.BrokenResourceError) as exc:
             raise SourceError(f"{self._url}: reading failed: {_why(exc)}") from None
         if not count:
-            raise SourceError(f"{self._url}: connection closed after {self._length - self._left} of "
-                              f"{self._length} body bytes")
+            raise SourceError(
+                f"{self._url}: connection closed after {self._length - self._left} of {self._length} body bytes"
+            )
         self._left -= count
         return count
 
@@ -240,8 +251,15 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__} {exc}".rstrip()
 
 
-async def _send(stream: trio.abc.Stream, connection: h11.Connection, method: str, target: str,
-                fields: list[tuple[str, str]], url: str, timeout: float) -> None:
+async def _send(
+    stream: trio.abc.Stream,
+    connection: h11.Connection,
+    method: str,
+    target: str,
+    fields: list[tuple[str, str]],
+    url: str,
+    timeout: float,
+) -> None:
     """Send a request without a body; one that h11 refuses to write (say, a non-ASCII host) is the URL's fault."""
     try:
         data = connection.send(h11.Request(method=method, target=target, headers=fields))
@@ -255,8 +273,7 @@ async def _send(stream: trio.abc.Stream, connection: h11.Connection, method: str
         raise SourceError(f"{url}: sending the request failed: {_why(exc)}") from None
 
 
-async def _response_head(stream: trio.abc.Stream, connection: h11.Connection, url: str,
-                         timeout: float) -> h11.Response:
+async def _response_head(stream: trio.abc.Stream, connection: h11.Connection, url: str, timeout: float) -> h11.Response:
     """The final response head, after any 1xx ones."""
     head = await _next_event(stream, connection, url, timeout)
     while isinstance(head, h11.InformationalResponse):

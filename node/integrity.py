@@ -40,8 +40,10 @@ RECHECK_THREADS = 1
 that serving needs."""
 SERVE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW
 """How a node opens a file it serves: never through a symbolic link."""
-CHANGED = "its files changed since they were verified (not checked again yet: the next request for it starts a " \
-          "re-check); withheld until that passes"
+CHANGED = (
+    "its files changed since they were verified (not checked again yet: the next request for it starts a "
+    "re-check); withheld until that passes"
+)
 
 
 _links_seen: set[str] = set()
@@ -100,21 +102,31 @@ class StoreGuard:
     def check_unchanged(self, fd: int, opened: list, directory: Path, path: str) -> None:
         """Raise ChangedWhileServing if the open file `path` changed since `opened` was taken."""
         if stat_signature(os.fstat(fd)) != opened:
-            log.info("%s %s changed while being served; the stream was cut and it is withheld until it passes a "
-                     "check again", directory.name, path)
+            log.info(
+                "%s %s changed while being served; the stream was cut and it is withheld until it passes a check again",
+                directory.name,
+                path,
+            )
             raise ChangedWhileServing(f"{directory / path} changed while being served")
 
-    async def open_small_file(self, directory: Path, manifest: Manifest, shard: ShardInfo,
-                              kind: str) -> tuple[int, list] | None:
+    async def open_small_file(
+        self, directory: Path, manifest: Manifest, shard: ShardInfo, kind: str
+    ) -> tuple[int, list] | None:
         """A descriptor on the shard's .pieces or .docs file (`kind`) and the stat_signature it must keep while it
         is served, if it matches the manifest; None if it is missing, a link, damaged (noted) or changing. It is
         hashed (on a worker thread) once per change of the file, not per request."""
         if kind == "pieces":
-            path, size, matches = shard.pieces_path, manifest.pieces_in(shard) * 32, \
-                lambda data: root_of(data) == shard.root
+            path, size, matches = (
+                shard.pieces_path,
+                manifest.pieces_in(shard) * 32,
+                lambda data: root_of(data) == shard.root,
+            )
         else:
-            path, size, matches = shard.docs_path, shard.docs_size, \
-                lambda data: hashlib.sha256(data).hexdigest() == shard.docs_sha256
+            path, size, matches = (
+                shard.docs_path,
+                shard.docs_size,
+                lambda data: hashlib.sha256(data).hexdigest() == shard.docs_sha256,
+            )
         fd = open_served(directory / path)
         if fd is None:
             return None
@@ -142,8 +154,13 @@ class StoreGuard:
     def note_damaged(self, dataset_id: str, shard_name: str, path: str, problem: str) -> None:
         """Record a damaged file of a shard (or the manifest: `shard_name` "manifest.json"), logging it once."""
         if self.damaged.get((dataset_id, path)) != (shard_name, problem):
-            log.warning("%s %s is damaged and withheld from peers: %s. Undo the change, or store and publish (or "
-                        "fetch) the dataset again", dataset_id, path, problem)
+            log.warning(
+                "%s %s is damaged and withheld from peers: %s. Undo the change, or store and publish (or "
+                "fetch) the dataset again",
+                dataset_id,
+                path,
+                problem,
+            )
         self.damaged[(dataset_id, path)] = (shard_name, problem)
 
     def note_intact(self, dataset_id: str, path: str) -> None:
@@ -168,8 +185,9 @@ class StoreGuard:
         key = (directory.name, shard.name)
         if self._failed.get(key) != signature and key not in self._checking:
             self._checking.add(key)
-            trio.lowlevel.spawn_system_task(self._recheck, directory, manifest, shard, signature,
-                                            name=f"recheck {directory.name} {shard.name}")
+            trio.lowlevel.spawn_system_task(
+                self._recheck, directory, manifest, shard, signature, name=f"recheck {directory.name} {shard.name}"
+            )
         return False
 
     async def _recheck(self, directory: Path, manifest: Manifest, shard: ShardInfo, signature: list) -> None:

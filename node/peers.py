@@ -55,7 +55,7 @@ async def _open(host, peer_id, request: wire.Request, expected: type, timeout: f
         except SourceBusy:
             if retry == BUSY_RETRIES:
                 raise
-        await trio.sleep(BUSY_BACKOFF_SECONDS * 2 ** retry * random.uniform(1, 2))
+        await trio.sleep(BUSY_BACKOFF_SECONDS * 2**retry * random.uniform(1, 2))
 
 
 async def _open_once(host, peer_id, request: wire.Request, expected: type, timeout: float, max_header: int):
@@ -119,17 +119,30 @@ async def _reset(stream) -> None:
 
 async def fetch_signed_manifest(host, peer_id, dataset_id: str, timeout: float) -> SignedManifest:
     """The manifest of `dataset_id` from one peer, checked against the ID and the publisher's signature."""
-    stream, response, _ = await _open(host, peer_id, wire.ManifestRequest(dataset_id_digest(dataset_id)),
-                                      wire.ManifestResponse, timeout, wire.MAX_HEADER_BYTES)
+    stream, response, _ = await _open(
+        host,
+        peer_id,
+        wire.ManifestRequest(dataset_id_digest(dataset_id)),
+        wire.ManifestResponse,
+        timeout,
+        wire.MAX_HEADER_BYTES,
+    )
     await _reset(stream)
     manifest = check_signed_manifest(dataset_id, response.manifest, response.public_key, response.signature)
-    return SignedManifest(response.manifest, manifest, response.signature, response.public_key, response.allow,
-                          response.allow_signature)
+    return SignedManifest(
+        response.manifest, manifest, response.signature, response.public_key, response.allow, response.allow_signature
+    )
 
 
 async def fetch_have(host, peer_id, dataset_id: str, shard_count: int, timeout: float) -> list[bool]:
-    stream, response, _ = await _open(host, peer_id, wire.HaveRequest(dataset_id_digest(dataset_id)),
-                                      wire.HaveResponse, timeout, wire.MAX_REQUEST_BYTES + shard_count // 8 + 64)
+    stream, response, _ = await _open(
+        host,
+        peer_id,
+        wire.HaveRequest(dataset_id_digest(dataset_id)),
+        wire.HaveResponse,
+        timeout,
+        wire.MAX_REQUEST_BYTES + shard_count // 8 + 64,
+    )
     await _reset(stream)
     try:
         return wire.have_shards(response.shards, shard_count)
@@ -162,8 +175,9 @@ class PeerSource(Source):
             yield start, Body()
             return
         request = wire.ReadRequest(self.digest, shard, kind, start, size - start)
-        stream, response, first = await _open(self.host, self.peer_id, request, wire.ReadResponse,
-                                              self.read_timeout, wire.MAX_REQUEST_BYTES)
+        stream, response, first = await _open(
+            self.host, self.peer_id, request, wire.ReadResponse, self.read_timeout, wire.MAX_REQUEST_BYTES
+        )
         try:
             if response.length != size - start:
                 raise SourceError(f"{self.name}: offered {response.length} bytes of {path}, asked {size - start}")
@@ -194,7 +208,8 @@ class _PeerBody(Body):
             except trio.TooSlowError:
                 raise SourceError(f"{self._source.name}: no data for {self._source.read_timeout:.0f} s") from None
             if not data:
-                raise SourceError(f"{self._source.name}: the stream ended {self._left} bytes short (the peer closed "
-                                  "it or died)")
+                raise SourceError(
+                    f"{self._source.name}: the stream ended {self._left} bytes short (the peer closed it or died)"
+                )
         self._left -= len(data)
         return data

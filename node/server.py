@@ -107,14 +107,18 @@ class DataServer:
         peer = str(stream.muxed_conn.peer_id)
         ip = ip_key(_remote_address(stream))
         slot = _Slot()
-        admitted, evicted = (False, None) if self._streams[peer] >= self.limits.streams_per_peer else \
-            self._slots.take(ip, slot, rank=lambda held: not held.idle)
+        admitted, evicted = (
+            (False, None)
+            if self._streams[peer] >= self.limits.streams_per_peer
+            else self._slots.take(ip, slot, rank=lambda held: not held.idle)
+        )
         if evicted is not None:
             evicted.scope.cancel()
         if not admitted:
             self.stats.refused["busy"] += 1
-            await self._send_error(stream, "busy", "too many concurrent requests from this peer or address, or "
-                                   "in all; retry in a moment")
+            await self._send_error(
+                stream, "busy", "too many concurrent requests from this peer or address, or in all; retry in a moment"
+            )
             return
         self._streams[peer] += 1
         try:
@@ -169,12 +173,23 @@ class DataServer:
             raise not_held(dataset_id)
         if isinstance(request, wire.ManifestRequest):
             signature = (directory / SIGNATURE_FILE).read_bytes()
-            await self._send(stream, wire.encode_response(wire.ManifestResponse(
-                manifest_bytes, signature=signature[32:], public_key=signature[:32], allow=audience.allow,
-                allow_signature=audience.allow_signature)))
+            await self._send(
+                stream,
+                wire.encode_response(
+                    wire.ManifestResponse(
+                        manifest_bytes,
+                        signature=signature[32:],
+                        public_key=signature[:32],
+                        allow=audience.allow,
+                        allow_signature=audience.allow_signature,
+                    )
+                ),
+            )
         elif isinstance(request, wire.HaveRequest):
-            complete = [(directory / s.tokens_path).exists() and not self.guard.is_damaged(dataset_id, s)
-                        for s in manifest.shards]
+            complete = [
+                (directory / s.tokens_path).exists() and not self.guard.is_damaged(dataset_id, s)
+                for s in manifest.shards
+            ]
             await self._send(stream, wire.encode_response(wire.HaveResponse(wire.have_bitmap(complete))))
         else:
             await self._send_range(stream, directory, manifest, request)
@@ -183,9 +198,11 @@ class DataServer:
         shard = next((s for s in manifest.shards if s.name == request.shard), None)
         if shard is None:
             raise wire.WireError("bad_request", f"no shard {request.shard} in this dataset")
-        path, size = {"tokens": (shard.tokens_path, shard.size),
-                      "pieces": (shard.pieces_path, manifest.pieces_in(shard) * 32),
-                      "docs": (shard.docs_path, shard.docs_size)}[request.file]
+        path, size = {
+            "tokens": (shard.tokens_path, shard.size),
+            "pieces": (shard.pieces_path, manifest.pieces_in(shard) * 32),
+            "docs": (shard.docs_path, shard.docs_size),
+        }[request.file]
         if request.offset + request.length > size:
             raise wire.WireError("bad_request", f"{path} has {size} bytes; asked for {request.offset}+{request.length}")
         if request.file == "tokens":
@@ -213,7 +230,7 @@ class DataServer:
         """Write `data` in pieces of WRITE_BYTES, each within write_timeout."""
         for start in range(0, len(data), WRITE_BYTES):
             with trio.fail_after(self.limits.write_timeout):
-                await stream.write(data[start:start + WRITE_BYTES])
+                await stream.write(data[start : start + WRITE_BYTES])
 
     async def _send_error(self, stream, code: str, message: str) -> None:
         try:
@@ -233,10 +250,15 @@ class DataServer:
             allow, signature = read_allow_files(directory)
             peers = allowed_peers(dataset_id, manifest, allow, signature)
             if not peers:
-                log.warning("%s is private but holds no allow-list signed by its publisher %s: served to nobody",
-                            dataset_id, manifest.access.publisher)
-            cached = self._audiences[dataset_id] = (stamp, Audience(peers, tuple(sorted(peers)),
-                                                                    signature if peers else b""))
+                log.warning(
+                    "%s is private but holds no allow-list signed by its publisher %s: served to nobody",
+                    dataset_id,
+                    manifest.access.publisher,
+                )
+            cached = self._audiences[dataset_id] = (
+                stamp,
+                Audience(peers, tuple(sorted(peers)), signature if peers else b""),
+            )
         return cached[1]
 
     def _manifest(self, dataset_id: str, directory: Path) -> tuple[Manifest, bytes] | None:
@@ -256,8 +278,9 @@ class DataServer:
                 except ManifestError:
                     manifest = None
                 if manifest is None or manifest.dataset_id != dataset_id:
-                    self.guard.note_damaged(dataset_id, "manifest.json", "manifest.json",
-                                            "it does not hash to the dataset ID")
+                    self.guard.note_damaged(
+                        dataset_id, "manifest.json", "manifest.json", "it does not hash to the dataset ID"
+                    )
                     manifest, data = None, b""
                 else:
                     self.guard.note_intact(dataset_id, "manifest.json")

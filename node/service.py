@@ -35,7 +35,7 @@ def bootstrap_peers(home: Path, flags: list[str] | None = None) -> list[str]:
         try:
             peers += list(loads(config.read_text()).get("bootstrap", []))
         except (ValueError, AttributeError, TypeError):  # not JSON or too deep, not an object, not a list
-            raise NodeError(f"{config} is not a JSON object like {{\"bootstrap\": [\"/ip4/.../p2p/...\"]}}") from None
+            raise NodeError(f'{config} is not a JSON object like {{"bootstrap": ["/ip4/.../p2p/..."]}}') from None
     peers += os.environ.get("KOGITUNE_BOOTSTRAP", "").replace(",", " ").split()
     return list(dict.fromkeys(peers))
 
@@ -49,8 +49,10 @@ def node_lock(home: Path):
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise NodeError(f"a node is already running for {home}; stop it first (`kogitune node stop --home "
-                            f"{home}`) or start this one with another --home") from None
+            raise NodeError(
+                f"a node is already running for {home}; stop it first (`kogitune node stop --home "
+                f"{home}`) or start this one with another --home"
+            ) from None
         yield
 
 
@@ -79,9 +81,11 @@ def _check_addresses(home: Path, listen: list[str], bootstrap: list[str]) -> Non
         except Exception:
             ok = False
         if not ok:
-            raise NodeError(f"bootstrap address {address!r} is not a multiaddr ending in /p2p/<peer id>, such as "
-                            "/ip4/192.0.2.1/tcp/4011/p2p/12D3KooW... (from --bootstrap, "
-                            f"{home / CONFIG_FILE} or $KOGITUNE_BOOTSTRAP)")
+            raise NodeError(
+                f"bootstrap address {address!r} is not a multiaddr ending in /p2p/<peer id>, such as "
+                "/ip4/192.0.2.1/tcp/4011/p2p/12D3KooW... (from --bootstrap, "
+                f"{home / CONFIG_FILE} or $KOGITUNE_BOOTSTRAP)"
+            )
 
 
 def _protocols(address) -> list[str]:
@@ -98,8 +102,9 @@ def _check_port_free(address: str, host: str, port: int) -> None:
             probe.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise NodeError(f"--listen {address}: port {port} is already in use (another node or program); "
-                                "pick another port") from None
+                raise NodeError(
+                    f"--listen {address}: port {port} is already in use (another node or program); pick another port"
+                ) from None
             raise NodeError(f"--listen {address}: cannot listen there ({exc.strerror})") from None
 
 
@@ -114,9 +119,13 @@ def run_node(home: Path, listen: list[str], bootstrap: list[str], reprovide_inte
             logging.getLogger(name).addHandler(handler)
             logging.getLogger(name).setLevel(logging.INFO)
             logging.getLogger(name).propagate = False
-        config = NodeConfig(home=home, listen=listen, bootstrap=bootstrap_peers(home, bootstrap),
-                            reprovide_interval=reprovide_interval,
-                            read_timeout=float(os.environ.get("KOGITUNE_READ_TIMEOUT", 30)))
+        config = NodeConfig(
+            home=home,
+            listen=listen,
+            bootstrap=bootstrap_peers(home, bootstrap),
+            reprovide_interval=reprovide_interval,
+            read_timeout=float(os.environ.get("KOGITUNE_READ_TIMEOUT", 30)),
+        )
         if not trio.run(_serve, Node(config)):
             raise NodeError(f"the node could not listen on {' '.join(listen)}; see {home / LOG_FILE}")
 
@@ -153,15 +162,23 @@ def start_detached(home: Path, argv: list[str]) -> str:
     home.mkdir(parents=True, exist_ok=True)
     log = open(home / LOG_FILE, "ab")
     logged_before = log.seek(0, os.SEEK_END)
-    proc = subprocess.Popen([sys.executable, "-m", "kogitune.cli", *argv], stdout=subprocess.PIPE, stderr=log,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kogitune.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     line = proc.stdout.readline().decode().strip()
     proc.stdout.close()
     if not line.startswith(READY_PREFIX):
         with open(home / LOG_FILE, "rb") as written:
             written.seek(logged_before)
-            errors = [text for text in written.read().decode(errors="replace").splitlines()
-                      if text.startswith("kogitune node: error: ")]
-        why = errors[-1][len("kogitune node: error: "):] if errors else f"exit {proc.poll()}; see {home / LOG_FILE}"
+            errors = [
+                text
+                for text in written.read().decode(errors="replace").splitlines()
+                if text.startswith("kogitune node: error: ")
+            ]
+        why = errors[-1][len("kogitune node: error: ") :] if errors else f"exit {proc.poll()}; see {home / LOG_FILE}"
         raise NodeError(f"the node did not start: {why}")
     return line

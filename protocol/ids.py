@@ -48,7 +48,7 @@ def dataset_id_digest(dataset_id: str) -> bytes:
             f"{dataset_id!r} is not a dataset ID: expected 'kg1-' and 52 characters a-z, 2-7 "
             "(as printed by `kogitune info` or `kogitune publish`)"
         )
-    return base64.b32decode(dataset_id[len(DATASET_ID_PREFIX):].upper() + "====")
+    return base64.b32decode(dataset_id[len(DATASET_ID_PREFIX) :].upper() + "====")
 
 
 def is_hex_digest(text: object) -> bool:
@@ -83,8 +83,14 @@ def is_peer_id(text: object) -> bool:
     if len(data) < 3 or data[1] != len(data) - 2:
         return False
     if data[0] == _IDENTITY_MULTIHASH:  # a protobuf PublicKey {Type (0-3): varint, Data: bytes}
-        return (data[1] <= MAX_INLINE_KEY_BYTES and len(data) > 6 and data[2] == 0x08 and data[3] <= 3
-                and data[4] == 0x12 and data[5] == len(data) - 6)
+        return (
+            data[1] <= MAX_INLINE_KEY_BYTES
+            and len(data) > 6
+            and data[2] == 0x08
+            and data[3] <= 3
+            and data[4] == 0x12
+            and data[5] == len(data) - 6
+        )
     return data[0] == _SHA256_MULTIHASH and data[1] == DIGEST_SIZE
 
 
@@ -96,4 +102,4 @@ def ed25519_key_of_peer_id(text: object) -> bytes | None:
     data = _base58btc_decode(text)
     if data[:6] != _ED25519_PEER_ID_PREFIX or len(data) != len(_ED25519_PEER_ID_PREFIX) + ED25519_KEY_BYTES:
         return None
-    return data[len(_ED25519_PEER_ID_PREFIX):]
+    return data[len(_ED25519_PEER_ID_PREFIX) :]

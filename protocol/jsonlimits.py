@@ -36,6 +36,10 @@ def json_depth(value, stop_after: int) -> int:
     depth = 0
     while level and depth <= stop_after:
         depth += 1
-        level = [child for parent in level for child in (parent.values() if isinstance(parent, dict) else parent)
-                 if isinstance(child, (list, dict))]
+        level = [
+            child
+            for parent in level
+            for child in (parent.values() if isinstance(parent, dict) else parent)
+            if isinstance(child, (list, dict))
+        ]
     return depth

@@ -107,7 +107,7 @@ class Manifest:
     def is_private(self) -> bool:
         return self.access is not None
 
-    def made_private(self, publisher: str) -> "Manifest":
+    def made_private(self, publisher: str) -> Manifest:
         """This manifest with an `access` field naming `publisher` (a "12D3KooW..." peer ID): a new dataset ID."""
         _access({"publisher": publisher, "private": True})  # the same checks as when it is read back
         return dataclasses.replace(self, access=Access(publisher))
@@ -199,11 +199,17 @@ def _unique_keys(pairs: list) -> dict:
 
 def manifest_from_dict(obj: Any) -> Manifest:
     _check_canonical(obj, "manifest")
-    top = _fields(obj, "manifest", {"format", "tokenizer", "dtype", "block_size", "piece_size", "counts",
-                                     "shards", "provenance"}, optional={"access"})
+    top = _fields(
+        obj,
+        "manifest",
+        {"format", "tokenizer", "dtype", "block_size", "piece_size", "counts", "shards", "provenance"},
+        optional={"access"},
+    )
     if top["format"] != FORMAT:
-        raise ManifestError(f"manifest format is {top['format']!r}; this Kogitune reads {FORMAT!r} "
-                            "(upgrade kogitune if the tensor is newer)")
+        raise ManifestError(
+            f"manifest format is {top['format']!r}; this Kogitune reads {FORMAT!r} "
+            "(upgrade kogitune if the tensor is newer)"
+        )
     tok = _fields(top["tokenizer"], "tokenizer", {"name", "id", "fingerprint", "vocab_size", "eos_id"})
     tokenizer = TokenizerInfo(
         name=_text(tok["name"], "tokenizer.name"),
@@ -218,8 +224,10 @@ def manifest_from_dict(obj: Any) -> Manifest:
         raise ManifestError(f"tokenizer.eos_id {tokenizer.eos_id} is outside the vocabulary ({tokenizer.vocab_size})")
     dtype = top["dtype"]
     if dtype != dtype_for_vocab(tokenizer.vocab_size):
-        raise ManifestError(f"dtype {dtype!r} does not fit vocab_size {tokenizer.vocab_size} "
-                            f"(expected {dtype_for_vocab(tokenizer.vocab_size)!r})")
+        raise ManifestError(
+            f"dtype {dtype!r} does not fit vocab_size {tokenizer.vocab_size} "
+            f"(expected {dtype_for_vocab(tokenizer.vocab_size)!r})"
+        )
     block_size = _int(top["block_size"], "block_size", 1, MAX_BLOCK_SIZE)
     piece_size = _int(top["piece_size"], "piece_size", MIN_PIECE_SIZE, MAX_PIECE_SIZE)
     if piece_size & (piece_size - 1):
@@ -229,8 +237,10 @@ def manifest_from_dict(obj: Any) -> Manifest:
     tokens = _int(counts["tokens"], "counts.tokens", 1, 1 << 62)
     blocks = _int(counts["blocks"], "counts.blocks", 1, 1 << 62)
     if not (blocks - 1) * block_size < tokens <= blocks * block_size:
-        raise ManifestError(f"counts.tokens {tokens} does not fill counts.blocks {blocks} of {block_size} tokens "
-                            "(only the last block may be partial)")
+        raise ManifestError(
+            f"counts.tokens {tokens} does not fill counts.blocks {blocks} of {block_size} tokens "
+            "(only the last block may be partial)"
+        )
     raw_shards = top["shards"]
     if not isinstance(raw_shards, list) or not 1 <= len(raw_shards) <= MAX_SHARDS:
         raise ManifestError(f"shards must be a list of 1 to {MAX_SHARDS} entries")
@@ -241,13 +251,15 @@ def manifest_from_dict(obj: Any) -> Manifest:
     if sum(s.blocks for s in shards) != blocks:
         raise ManifestError(f"the shards hold {sum(s.blocks for s in shards)} blocks, counts.blocks says {blocks}")
     if sum(s.documents for s in shards) != documents:
-        raise ManifestError(f"the shards hold {sum(s.documents for s in shards)} documents, "
-                            f"counts.documents says {documents}")
+        raise ManifestError(
+            f"the shards hold {sum(s.documents for s in shards)} documents, counts.documents says {documents}"
+        )
     if not isinstance(top["provenance"], dict):
         raise ManifestError("provenance must be an object")
     access = _access(top["access"]) if "access" in top else None
-    return Manifest(tokenizer, dtype, block_size, piece_size, documents, tokens, blocks, shards, top["provenance"],
-                    access)
+    return Manifest(
+        tokenizer, dtype, block_size, piece_size, documents, tokens, blocks, shards, top["provenance"], access
+    )
 
 
 def _access(obj: Any) -> Access:
@@ -257,8 +269,9 @@ def _access(obj: Any) -> Access:
     if access["private"] is not True:
         raise ManifestError("access.private must be true (a public manifest has no access field)")
     if ed25519_key_of_peer_id(access["publisher"]) is None:
-        raise ManifestError(f"access.publisher must be the peer ID of an Ed25519 key (12D3KooW...), "
-                            f"got {access['publisher']!r:.80}")
+        raise ManifestError(
+            f"access.publisher must be the peer ID of an Ed25519 key (12D3KooW...), got {access['publisher']!r:.80}"
+        )
     return Access(access["publisher"])
 
 

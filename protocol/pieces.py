@@ -17,7 +17,7 @@ from .manifest import ShardInfo, piece_count
 
 def piece_digests(data: bytes | memoryview, piece_size: int) -> bytes:
     view = memoryview(data)
-    return b"".join(hashlib.sha256(view[at:at + piece_size]).digest() for at in range(0, len(view), piece_size))
+    return b"".join(hashlib.sha256(view[at : at + piece_size]).digest() for at in range(0, len(view), piece_size))
 
 
 def root_of(pieces: bytes) -> str:
@@ -41,7 +41,7 @@ def piece_span(shard: ShardInfo, index: int, piece_size: int) -> tuple[int, int]
 
 def check_piece(pieces: bytes, index: int, data: bytes | memoryview) -> None:
     """Raise IntegrityError unless `data` hashes to digest `index` of a verified `.pieces` list."""
-    expected = pieces[index * DIGEST_SIZE:(index + 1) * DIGEST_SIZE]
+    expected = pieces[index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE]
     if hashlib.sha256(data).digest() != expected:
         raise IntegrityError(f"piece {index} does not match its hash")
 

@@ -93,8 +93,10 @@ def check_signed_manifest(dataset_id: str, manifest: bytes, public_key: bytes, s
         raise IntegrityError(f"the manifest received for {dataset_id} hashes to {parsed.dataset_id}")
     verify_dataset(dataset_id, public_key, signature)
     if parsed.is_private and public_key != ed25519_key_of_peer_id(parsed.access.publisher):
-        raise IntegrityError(f"{dataset_id} is private to its publisher {parsed.access.publisher}, but this copy is "
-                             f"signed by {peer_id_from_public_key(public_key)}")
+        raise IntegrityError(
+            f"{dataset_id} is private to its publisher {parsed.access.publisher}, but this copy is "
+            f"signed by {peer_id_from_public_key(public_key)}"
+        )
     return parsed
 
 

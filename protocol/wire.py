@@ -62,6 +62,7 @@ def _bad(message: str) -> WireError:
 
 # ---- frames -----------------------------------------------------------------------------------------------------
 
+
 def encode_varint(value: int) -> bytes:
     """Unsigned LEB128: 7 bits a byte, least significant first, high bit set on every byte but the last."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 64:
@@ -101,8 +102,16 @@ def unpack_body(body: bytes, max_body: int) -> dict:
 
     try:
         obj = msgpack.unpackb(
-            body, raw=False, strict_map_key=True, object_pairs_hook=one_map, list_hook=no_array,
-            max_bin_len=max_body, max_str_len=max_body, max_array_len=0, max_map_len=MAX_MAP_KEYS, max_ext_len=0,
+            body,
+            raw=False,
+            strict_map_key=True,
+            object_pairs_hook=one_map,
+            list_hook=no_array,
+            max_bin_len=max_body,
+            max_str_len=max_body,
+            max_array_len=0,
+            max_map_len=MAX_MAP_KEYS,
+            max_ext_len=0,
         )
     except Exception as exc:  # msgpack raises several types (ExtraData, FormatError, ValueError, ...): all malformed
         raise _bad(f"frame body is not one msgpack value within the limits: {type(exc).__name__}: {exc}") from None
@@ -169,7 +178,7 @@ class FrameDecoder:
             raise self._error
         if self._length is not None and len(self._buf) >= self._header + self._length:
             end = self._header + self._length
-            body = bytes(self._buf[self._header:end])
+            body = bytes(self._buf[self._header : end])
             del self._buf[:end]
             self._header, self._length = 0, None
             try:
@@ -217,6 +226,7 @@ class FrameDecoder:
 
 
 # ---- messages ---------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ManifestRequest:
@@ -309,8 +319,10 @@ def _int(value: Any, name: str, low: int, high: int) -> int:
 def _bin(value: Any, name: str, low: int, high: int) -> bytes:
     if type(value) is not bytes or not low <= len(value) <= high:
         size = f"{low}" if low == high else f"{low} to {high}"
-        raise _bad(f"{name} must be {size} bytes of binary, got {type(value).__name__}"
-                   + (f" of {len(value)}" if isinstance(value, (bytes, str)) else ""))
+        raise _bad(
+            f"{name} must be {size} bytes of binary, got {type(value).__name__}"
+            + (f" of {len(value)}" if isinstance(value, (bytes, str)) else "")
+        )
     return value
 
 
@@ -361,8 +373,15 @@ def _request_dict(request: Request) -> dict:
     if isinstance(request, HaveRequest):
         return {"v": WIRE_VERSION, "op": "have", "dataset": request.dataset}
     if isinstance(request, ReadRequest):
-        return {"v": WIRE_VERSION, "op": "read", "dataset": request.dataset, "shard": request.shard,
-                "file": request.file, "offset": request.offset, "length": request.length}
+        return {
+            "v": WIRE_VERSION,
+            "op": "read",
+            "dataset": request.dataset,
+            "shard": request.shard,
+            "file": request.file,
+            "offset": request.offset,
+            "length": request.length,
+        }
     raise TypeError(f"not a request: {request!r:.80}")
 
 
@@ -412,9 +431,15 @@ def parse_response(obj: dict, expected: type) -> Response:
 
 def _response_dict(response: Response) -> dict:
     if isinstance(response, ManifestResponse):
-        return {"v": WIRE_VERSION, "ok": True, "manifest": response.manifest, "signature": response.signature,
-                "public_key": response.public_key, "allow": " ".join(response.allow),
-                "allow_signature": response.allow_signature}
+        return {
+            "v": WIRE_VERSION,
+            "ok": True,
+            "manifest": response.manifest,
+            "signature": response.signature,
+            "public_key": response.public_key,
+            "allow": " ".join(response.allow),
+            "allow_signature": response.allow_signature,
+        }
     if isinstance(response, HaveResponse):
         return {"v": WIRE_VERSION, "ok": True, "shards": response.shards}
     if isinstance(response, ReadResponse):
@@ -468,6 +493,7 @@ def expected_response(request: Request) -> type:
 
 
 # ---- have-maps --------------------------------------------------------------------------------------------------
+
 
 def have_bitmap(complete: list[bool]) -> bytes:
     """Bit i (byte i // 8, bit i % 8, least significant first) set when shard i in manifest order is complete."""

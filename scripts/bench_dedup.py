@@ -73,11 +73,15 @@ def throughput(count: int) -> None:
     rss_before = peak_rss_mb()
     minhash_seconds = timed("minhash_dedup (14 x 8, 5-gram words)", documents, minhash.apply)
     rss_growth = peak_rss_mb() - rss_before
-    print(f"  minhash_dedup takes {minhash_seconds / exact_seconds:.1f}x the time of exact_dedup and "
-          f"{minhash_seconds / shingles_only:.1f}x the time of shingling alone")
-    print(f"  kept {minhash.kept:,} (exact kept {exact.kept:,}); index {minhash.index.nbytes / 1e6:.1f} MB = "
-          f"{minhash.index.nbytes / minhash.kept:.0f} bytes per kept document (exact: "
-          f"{exact.index.nbytes / exact.kept:.0f}); peak RSS grew {rss_growth:.0f} MB during the minhash run")
+    print(
+        f"  minhash_dedup takes {minhash_seconds / exact_seconds:.1f}x the time of exact_dedup and "
+        f"{minhash_seconds / shingles_only:.1f}x the time of shingling alone"
+    )
+    print(
+        f"  kept {minhash.kept:,} (exact kept {exact.kept:,}); index {minhash.index.nbytes / 1e6:.1f} MB = "
+        f"{minhash.index.nbytes / minhash.kept:.0f} bytes per kept document (exact: "
+        f"{exact.index.nbytes / exact.kept:.0f}); peak RSS grew {rss_growth:.0f} MB during the minhash run"
+    )
 
 
 def memory_mb() -> dict[str, float]:
@@ -111,8 +115,10 @@ def spilling(count: int) -> None:
     cannot reuse memory the other freed."""
     documents = verse_documents(count)
     load = os.getloadavg()[0]
-    print(f"\n## Spilling: {len(documents):,} documents of 3 random verses; budgets of 0.25 MB (exact) and 4 MB "
-          "(MinHash): an eighth of the index at 120,000 documents")
+    print(
+        f"\n## Spilling: {len(documents):,} documents of 3 random verses; budgets of 0.25 MB (exact) and 4 MB "
+        "(MinHash): an eighth of the index at 120,000 documents"
+    )
     for name, budget in (("exact_dedup", 0.25), ("minhash_dedup", 4.0)):
         warm_up = build_filter(name, max_index_mb=0)
         for text in documents[:2000]:
@@ -125,15 +131,23 @@ def spilling(count: int) -> None:
             spilled.close()
         in_memory = build_filter(name, max_index_mb=0)
         memory_seconds, memory_kept, memory_memory = sampled_run(in_memory, documents)
-        for label, seconds, grown in ((f"{name}, max_index_mb=0 (in memory)", memory_seconds, memory_memory),
-                                      (f"{name}, max_index_mb={budget}", spill_seconds, spill_memory)):
-            print(f"  {label:<42} {len(documents) / seconds:>8,.0f} docs/s  resident memory grew "
-                  f"{grown['VmRSS']:5.1f} MB (anonymous {grown['RssAnon']:5.1f}, file-backed {grown['RssFile']:5.1f})")
-        print(f"  spilling runs at {memory_seconds / spill_seconds:.2f}x the in-memory rate; same decisions: "
-              f"{spill_kept == memory_kept} (kept {sum(spill_kept):,}); index {total:.1f} MB, {on_disk:.1f} MB of it "
-              f"on disk at the end; {files} run files written in all")
-    print(f"  load average (1 min) {load:.1f} before, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} cores; "
-          f"process peak RSS {peak_rss_mb():.0f} MB")
+        for label, seconds, grown in (
+            (f"{name}, max_index_mb=0 (in memory)", memory_seconds, memory_memory),
+            (f"{name}, max_index_mb={budget}", spill_seconds, spill_memory),
+        ):
+            print(
+                f"  {label:<42} {len(documents) / seconds:>8,.0f} docs/s  resident memory grew "
+                f"{grown['VmRSS']:5.1f} MB (anonymous {grown['RssAnon']:5.1f}, file-backed {grown['RssFile']:5.1f})"
+            )
+        print(
+            f"  spilling runs at {memory_seconds / spill_seconds:.2f}x the in-memory rate; same decisions: "
+            f"{spill_kept == memory_kept} (kept {sum(spill_kept):,}); index {total:.1f} MB, {on_disk:.1f} MB of it "
+            f"on disk at the end; {files} run files written in all"
+        )
+    print(
+        f"  load average (1 min) {load:.1f} before, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} cores; "
+        f"process peak RSS {peak_rss_mb():.0f} MB"
+    )
 
 
 def edited(text: str, rate: float, rng: random.Random, vocabulary: list[str]) -> str:
@@ -153,7 +167,7 @@ def edited(text: str, rate: float, rng: random.Random, vocabulary: list[str]) ->
 
 def grams(text: str, n: int = 5) -> set:
     words = simplify_for_shingles(text).split()
-    return {tuple(words[i:i + n]) for i in range(max(1, len(words) - n + 1))}
+    return {tuple(words[i : i + n]) for i in range(max(1, len(words) - n + 1))}
 
 
 def quality() -> None:
@@ -163,13 +177,18 @@ def quality() -> None:
     order = rng.sample(range(len(texts)), len(texts))
     originals, negatives = [texts[i] for i in order[:500]], [texts[i] for i in order[500:]]
     copies = {rate: [edited(t, rate, rng, vocabulary) for t in originals] for rate in EDIT_RATES}
-    true_jaccard = {rate: sum(len(grams(a) & grams(b)) / len(grams(a) | grams(b))
-                              for a, b in zip(originals, copies[rate])) / len(originals) for rate in EDIT_RATES}
+    true_jaccard = {
+        rate: sum(len(grams(a) & grams(b)) / len(grams(a) | grams(b)) for a, b in zip(originals, copies[rate]))
+        / len(originals)
+        for rate in EDIT_RATES
+    }
     print(f"\n## Near-duplicate detection: 500 edited copies per rate vs. {len(negatives)} unrelated chapters")
     for config in CONFIGS:
         probe = build_filter("minhash_dedup", **config)
-        print(f"\n{config['bands']} bands x {config['rows']} rows (threshold ~{probe.hasher.threshold:.2f}), "
-              "5-gram words\n")
+        print(
+            f"\n{config['bands']} bands x {config['rows']} rows (threshold ~{probe.hasher.threshold:.2f}), "
+            "5-gram words\n"
+        )
         print("| edit rate | mean true Jaccard | recall | precision | false positives |")
         print("|---|---|---|---|---|")
         for rate in EDIT_RATES:
@@ -179,8 +198,9 @@ def quality() -> None:
             caught = sum(dedup.apply(c).text is None for c in copies[rate])
             false = sum(dedup.apply(n).text is None for n in negatives)
             precision = caught / (caught + false) if caught + false else 1.0
-            print(f"| {rate:.0%} | {true_jaccard[rate]:.2f} | {caught / len(originals):.3f} | {precision:.3f} | "
-                  f"{false} |")
+            print(
+                f"| {rate:.0%} | {true_jaccard[rate]:.2f} | {caught / len(originals):.3f} | {precision:.3f} | {false} |"
+            )
 
 
 def main() -> None:

@@ -48,7 +48,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_fetch import load_note  # noqa: E402
@@ -61,6 +60,7 @@ HAVE_REPEATS = 3
 
 # ---- the client process -------------------------------------------------------------------------------------------
 
+
 def client(plan_path: str) -> None:
     import trio
 
@@ -69,8 +69,9 @@ def client(plan_path: str) -> None:
     async def fresh_node(home: Path, bootstrap: str):
         from kogitune.node.daemon import Node, NodeConfig
 
-        config = NodeConfig(home=home, listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=[bootstrap], server=False,
-                            read_timeout=10)
+        config = NodeConfig(
+            home=home, listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=[bootstrap], server=False, read_timeout=10
+        )
         return Node(config)
 
     async def one_lookup(index: int, item: dict, teardown) -> dict:
@@ -82,8 +83,14 @@ def client(plan_path: str) -> None:
         from kogitune.protocol.ids import dataset_id_digest
 
         node = await fresh_node(Path(plan["work"]) / f"client{index}", item["bootstrap"])
-        result = {"kind": item["kind"], "dataset": item["dataset"], "found": [], "seconds": None, "have": [],
-                  "error": ""}
+        result = {
+            "kind": item["kind"],
+            "dataset": item["dataset"],
+            "found": [],
+            "seconds": None,
+            "have": [],
+            "error": "",
+        }
         begun = trio.current_time()
         await teardown.start(node.run)
         result["start"] = trio.current_time() - begun
@@ -102,8 +109,13 @@ def client(plan_path: str) -> None:
             for _ in range(HAVE_REPEATS):
                 started = trio.current_time()
                 with trio.fail_after(10):
-                    have = await fetch_have(node.host, info_from_p2p_addr(
-                        Multiaddr(plan["addresses"][provider])).peer_id, item["id"], item["shards"], 10)
+                    have = await fetch_have(
+                        node.host,
+                        info_from_p2p_addr(Multiaddr(plan["addresses"][provider])).peer_id,
+                        item["id"],
+                        item["shards"],
+                        10,
+                    )
                 result["have"].append(trio.current_time() - started)
                 assert all(have), have
         except Exception as exc:
@@ -126,6 +138,7 @@ def client(plan_path: str) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             try:
+
                 async def ask(peer: str, address: str) -> None:
                     info = info_from_p2p_addr(Multiaddr(address))
                     try:
@@ -133,11 +146,16 @@ def client(plan_path: str) -> None:
                         for dataset in plan["datasets"]:
                             with trio.fail_after(10):
                                 providers, _ = await node.dht.provider_store._get_providers_from_peer_with_closers(
-                                    info.peer_id, dataset_id_digest(dataset["id"]))
+                                    info.peer_id, dataset_id_digest(dataset["id"])
+                                )
                             spread[dataset["id"]][peer] = sorted({str(p.peer_id) for p in providers})
                         with trio.fail_after(10):  # what its routing table holds near one key (FIND_NODE)
-                            closest[peer] = [str(p) for p in await node.dht.peer_routing._query_peer_for_closest(
-                                info.peer_id, dataset_id_digest(plan["datasets"][0]["id"]))]
+                            closest[peer] = [
+                                str(p)
+                                for p in await node.dht.peer_routing._query_peer_for_closest(
+                                    info.peer_id, dataset_id_digest(plan["datasets"][0]["id"])
+                                )
+                            ]
                     except Exception as exc:
                         for dataset in plan["datasets"]:
                             spread[dataset["id"]].setdefault(peer, f"error: {type(exc).__name__}")
@@ -165,13 +183,15 @@ def client(plan_path: str) -> None:
 
 # ---- the benchmark ------------------------------------------------------------------------------------------------
 
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nodes", type=int, default=20, help="node processes (default: 20)")
     parser.add_argument("--datasets", type=int, default=5, help="datasets published (default: 5)")
     parser.add_argument("--lookups", type=int, default=40, help="timed lookups in all, both kinds (default: 40)")
-    parser.add_argument("--topology", choices=["tree", "star", "chain"], default="tree",
-                        help="how nodes bootstrap (default: tree)")
+    parser.add_argument(
+        "--topology", choices=["tree", "star", "chain"], default="tree", help="how nodes bootstrap (default: tree)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed for placement (default: 0)")
     parser.add_argument("--client", metavar="PLAN", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -225,7 +245,7 @@ def main() -> None:
         tensors = []
         for i in range(args.datasets):  # two different chapters each: distinct dataset IDs
             corpus = work / f"part{i}.jsonl"
-            corpus.write_text("\n".join(chapters[2 * i:2 * i + 2]) + "\n")
+            corpus.write_text("\n".join(chapters[2 * i : 2 * i + 2]) + "\n")
             store([corpus], "gpt2", work / f"data{i}", StoreOptions(workers=1, block_size=64), progress=False)
             tensors.append(DataTensor(work / f"data{i}"))
 
@@ -240,8 +260,11 @@ def main() -> None:
                 by_index[i] = node
             wave_times.append(f"{len(wave)} in {time.perf_counter() - wave_started:.1f} s")
         servers = [by_index[i] for i in range(args.nodes)]
-        print(f"{args.nodes} nodes ({args.topology}) up in {time.perf_counter() - started:.1f} s "
-              f"(waves: {', '.join(wave_times) if len(wave_times) <= 4 else f'{len(wave_times)} of 1'})", flush=True)
+        print(
+            f"{args.nodes} nodes ({args.topology}) up in {time.perf_counter() - started:.1f} s "
+            f"(waves: {', '.join(wave_times) if len(wave_times) <= 4 else f'{len(wave_times)} of 1'})",
+            flush=True,
+        )
 
         started = time.perf_counter()
         datasets = []
@@ -249,28 +272,48 @@ def main() -> None:
             publisher, replica = rng.sample(servers, 2)
             dataset_id = publisher.call("publish", path=str(tensor.path))["id"]
             replica.call("get", id=dataset_id)
-            datasets.append({"id": dataset_id, "providers": [publisher.peer_id, replica.peer_id],
-                             "shards": len(tensor.shards)})
-        print(f"{args.datasets} datasets published and replicated (2 providers each) in "
-              f"{time.perf_counter() - started:.1f} s", flush=True)
+            datasets.append(
+                {"id": dataset_id, "providers": [publisher.peer_id, replica.peer_id], "shards": len(tensor.shards)}
+            )
+        print(
+            f"{args.datasets} datasets published and replicated (2 providers each) in "
+            f"{time.perf_counter() - started:.1f} s",
+            flush=True,
+        )
         connected = [len(n.call("status", timeout=30)["connected_peers"]) for n in servers]
-        print(f"connected peers per node: min {min(connected)}, median {statistics.median(connected):g}, "
-              f"max {max(connected)}", flush=True)
+        print(
+            f"connected peers per node: min {min(connected)}, median {statistics.median(connected):g}, "
+            f"max {max(connected)}",
+            flush=True,
+        )
 
         addresses = {n.peer_id: n.address for n in servers}
         lookups = []
         for j in range(args.lookups):
             dataset = datasets[(j // 2) % len(datasets)]
             others = [n for n in servers if n.peer_id not in dataset["providers"]]
-            lookups.append({"kind": "kogitune" if j % 2 == 0 else "kademlia", "dataset": (j // 2) % len(datasets),
-                            "id": dataset["id"], "providers": dataset["providers"], "shards": dataset["shards"],
-                            "bootstrap": rng.choice(others).address})
+            lookups.append(
+                {
+                    "kind": "kogitune" if j % 2 == 0 else "kademlia",
+                    "dataset": (j // 2) % len(datasets),
+                    "id": dataset["id"],
+                    "providers": dataset["providers"],
+                    "shards": dataset["shards"],
+                    "bootstrap": rng.choice(others).address,
+                }
+            )
         plan = work / "plan.json"
-        plan.write_text(json.dumps({"work": str(work), "addresses": addresses, "datasets": datasets,
-                                    "lookups": lookups}))
+        plan.write_text(
+            json.dumps({"work": str(work), "addresses": addresses, "datasets": datasets, "lookups": lookups})
+        )
         started = time.perf_counter()
-        result = subprocess.run([sys.executable, __file__, "--client", str(plan)], capture_output=True, text=True,
-                                env=NODE_ENV, timeout=CLIENT_TIMEOUT + 30)
+        result = subprocess.run(
+            [sys.executable, __file__, "--client", str(plan)],
+            capture_output=True,
+            text=True,
+            env=NODE_ENV,
+            timeout=CLIENT_TIMEOUT + 30,
+        )
         if result.returncode:
             raise RuntimeError(f"lookup client failed: {result.stderr[-3000:]}")
         lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
@@ -291,23 +334,31 @@ def main() -> None:
 
         have = [t for r in lines for t in r["have"]]
         have_p50 = statistics.median(have) if have else None
-        print(f"\nProvider lookups, {args.nodes} nodes ({args.topology}), {args.datasets} datasets x 2 providers "
-              "(milliseconds):")
+        print(
+            f"\nProvider lookups, {args.nodes} nodes ({args.topology}), {args.datasets} datasets x 2 providers "
+            "(milliseconds):"
+        )
         print(f"{'':<40}{'n':>4}{'p50':>9}{'p95':>9}{'max':>9}{'p50/have':>10}")
-        for kind, label in (("kogitune", "kogitune lookup (Node.find_providers)"),
-                            ("kademlia", "kademlia lookup (dht.find_providers)")):
+        for kind, label in (
+            ("kogitune", "kogitune lookup (Node.find_providers)"),
+            ("kademlia", "kademlia lookup (dht.find_providers)"),
+        ):
             mine = [r for r in lines if r["kind"] == kind]
             times = [r["seconds"] for r in mine if r["seconds"] is not None]
             print(stats_row(label, times, have_p50))
-            halves = [times[: len(times) // 2], times[len(times) // 2:]]
+            halves = [times[: len(times) // 2], times[len(times) // 2 :]]
             if all(halves):
                 a, b = (statistics.median(h) * 1000 for h in halves)
-                print(f"{'  p50 first / second half':<40}{'':>4}{a:>9.1f}{b:>9.1f}   spread {max(a, b) / min(a, b) - 1:.0%}")
+                print(
+                    f"{'  p50 first / second half':<40}{'':>4}{a:>9.1f}{b:>9.1f}   spread {max(a, b) / min(a, b) - 1:.0%}"
+                )
             exact = sum(1 for r in mine if set(r["found"]) == set(datasets[r["dataset"]]["providers"]))
             some = sum(1 for r in mine if set(r["found"]) & set(datasets[r["dataset"]]["providers"]))
             timeouts = sum(1 for r in mine if r["seconds"] is None)
-            print(f"{'  found exactly the 2 providers':<40}{exact:>4} of {len(mine)}; at least one: {some}; "
-                  f"over {LOOKUP_BUDGET:.0f} s: {timeouts}")
+            print(
+                f"{'  found exactly the 2 providers':<40}{exact:>4} of {len(mine)}; at least one: {some}; "
+                f"over {LOOKUP_BUDGET:.0f} s: {timeouts}"
+            )
         print(stats_row("daemon open (lookup+connect+manifest)", opens, have_p50))
         print(stats_row("baseline: have request, open connection", have, None))
         errors = [r["error"] for r in lines if r["error"]]
@@ -319,15 +370,19 @@ def main() -> None:
             held = [p for p, found in spread[dataset["id"]].items() if isinstance(found, list) and found]
             complete = [p for p in held if set(spread[dataset["id"]][p]) >= set(dataset["providers"])]
             holders.append((len(held), len(complete)))
-        print(f"record spread: nodes storing a provider record of each dataset: {[h for h, _ in holders]} of "
-              f"{args.nodes}; storing both providers: {[c for _, c in holders]}")
+        print(
+            f"record spread: nodes storing a provider record of each dataset: {[h for h, _ in holders]} of "
+            f"{args.nodes}; storing both providers: {[c for _, c in holders]}"
+        )
         clients = {r["peer"] for r in lines if r.get("peer")}
         stale = [sum(1 for p in found if p in clients) / len(found) for found in closest.values() if found]
         if stale:
-            print(f"routing tables after the lookups: of the peers a node returns to FIND_NODE, median "
-                  f"{statistics.median(stale):.0%} (max {max(stale):.0%}) are the {len(clients)} client-mode lookup "
-                  "nodes, all stopped by then (py-libp2p 0.8.1 adds any peer that queries; node/host.py keeps "
-                  "clients out)")
+            print(
+                f"routing tables after the lookups: of the peers a node returns to FIND_NODE, median "
+                f"{statistics.median(stale):.0%} (max {max(stale):.0%}) are the {len(clients)} client-mode lookup "
+                "nodes, all stopped by then (py-libp2p 0.8.1 adds any peer that queries; node/host.py keeps "
+                "clients out)"
+            )
         for note in notes:
             print(f"note: {note}")
         print(f"bench_dht: {load_note()} (end); {time.perf_counter() - bench_started:.0f} s in all")

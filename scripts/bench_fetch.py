@@ -60,6 +60,7 @@ MiB = 1 << 20
 
 # ---- shared helpers (bench_first_batch.py and bench_resume.py import these) ---------------------------------------
 
+
 def kjv_tensor(directory: Path) -> DataTensor:
     """The KJV stored with gpt2 (1,189 documents, about 1M tokens) under `directory`."""
     corpus = write_kjv_chapters(directory / "kjv.jsonl")
@@ -77,8 +78,16 @@ def kjv_stream(directory: Path) -> tuple[DataTensor, np.ndarray, np.ndarray]:
     return kjv, tokens[: ends[-1] + 1], lengths
 
 
-def write_tensor(out: Path, tokenizer: TokenizerInfo, dtype: str, chunks, block_size: int, shard_size: int,
-                 piece_size: int, note: str) -> DataTensor:
+def write_tensor(
+    out: Path,
+    tokenizer: TokenizerInfo,
+    dtype: str,
+    chunks,
+    block_size: int,
+    shard_size: int,
+    piece_size: int,
+    note: str,
+) -> DataTensor:
     """A data tensor at `out` made of (tokens, document lengths) `chunks`, written as kogitune.store writes one:
     TensorWriter, the manifest, and the verification marks (so that opening it does not re-hash it)."""
     out.mkdir(parents=True)
@@ -86,16 +95,25 @@ def write_tensor(out: Path, tokenizer: TokenizerInfo, dtype: str, chunks, block_
     for tokens, lengths in chunks:
         writer.add(tokens, lengths)
     shards = writer.finish()
-    manifest = Manifest(tokenizer=tokenizer, dtype=dtype, block_size=block_size, piece_size=piece_size,
-                        documents=writer.documents, tokens=writer.tokens, blocks=sum(s.blocks for s in shards),
-                        shards=shards, provenance={"benchmark": note})
+    manifest = Manifest(
+        tokenizer=tokenizer,
+        dtype=dtype,
+        block_size=block_size,
+        piece_size=piece_size,
+        documents=writer.documents,
+        tokens=writer.tokens,
+        blocks=sum(s.blocks for s in shards),
+        shards=shards,
+        provenance={"benchmark": note},
+    )
     write_atomic(out / MANIFEST_FILE, json.dumps(manifest.to_dict(), indent=1, sort_keys=True).encode() + b"\n")
     record_verified(out, manifest, shards)
     return DataTensor(out)
 
 
-def repeated_kjv_tensor(work: Path, out: Path, size_mb: float, block_size: int = 2048, shard_size: int = 32 * MiB,
-                        piece_size: int = MiB) -> DataTensor:
+def repeated_kjv_tensor(
+    work: Path, out: Path, size_mb: float, block_size: int = 2048, shard_size: int = 32 * MiB, piece_size: int = MiB
+) -> DataTensor:
     """The KJV tokens repeated (the last copy cut) into whole shards of `shard_size` bytes: as many as make about
     `size_mb` MB (10^6 bytes), at least one. Equal shards make "the first shard" a fair unit of comparison."""
     kjv, tokens, lengths = kjv_stream(work)
@@ -116,8 +134,16 @@ def repeated_kjv_tensor(work: Path, out: Path, size_mb: float, block_size: int =
                 cut = np.append(cut, left - (ends[whole - 1] if whole else 0))
             yield tokens[:left], cut
 
-    return write_tensor(out, kjv.manifest.tokenizer, kjv.manifest.dtype, chunks(), block_size, shard_size, piece_size,
-                        f"KJV tokens repeated to {wanted:,} tokens")
+    return write_tensor(
+        out,
+        kjv.manifest.tokenizer,
+        kjv.manifest.dtype,
+        chunks(),
+        block_size,
+        shard_size,
+        piece_size,
+        f"KJV tokens repeated to {wanted:,} tokens",
+    )
 
 
 # tests/mirror_server.py's handler with all writes of the process sharing one token bucket: the mirror's uplink is
@@ -219,26 +245,31 @@ def summary(times: list[float]) -> tuple[float, float, float]:
 
 # ---- the benchmark ------------------------------------------------------------------------------------------------
 
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mb", type=float, default=200, help="tensor size in MB (default: 200)")
     parser.add_argument("--shard-mib", type=int, default=32, help="shard size in MiB (default: 32)")
     parser.add_argument("--piece-kib", type=int, default=1024, help="piece size in KiB (default: 1024)")
-    parser.add_argument("--mirrors", type=int, default=3,
-                        help="mirror processes for the multi-mirror runs (default: 3)")
+    parser.add_argument(
+        "--mirrors", type=int, default=3, help="mirror processes for the multi-mirror runs (default: 3)"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs of each variant (default: 3)")
-    parser.add_argument("--rate", type=float, default=32,
-                        help="MiB/s per mirror for the throttled runs; 0 skips them (default: 32)")
-    parser.add_argument("--throttled-shards", type=int, default=3,
-                        help="shards fetched in the throttled runs (default: 3)")
+    parser.add_argument(
+        "--rate", type=float, default=32, help="MiB/s per mirror for the throttled runs; 0 skips them (default: 32)"
+    )
+    parser.add_argument(
+        "--throttled-shards", type=int, default=3, help="shards fetched in the throttled runs (default: 3)"
+    )
     args = parser.parse_args()
     if args.repeat < 1 or args.mirrors < 1 or args.size_mb <= 0 or args.throttled_shards < 1:
         parser.error("--repeat, --mirrors, --size-mb and --throttled-shards must be positive")
     return args
 
 
-def kogitune_fetch(urls: list[str], home: Path, prefetch: bool, shards: int | None = None,
-                   open_shards: bool = True) -> tuple[float, float, float, float]:
+def kogitune_fetch(
+    urls: list[str], home: Path, prefetch: bool, shards: int | None = None, open_shards: bool = True
+) -> tuple[float, float, float, float]:
     """(manifest s, fetch s, fetch CPU s, open/verify s) of one verified fetch of the first `shards` shards (all by
     default) into a fresh store at `home`. CPU is this process's (the embedded node is a thread of it)."""
     from kogitune.cache import ContentStore
@@ -275,17 +306,21 @@ class Runs:
         return min(self.wall[variant])
 
     def table(self, mib: float, baseline: str) -> str:
-        lines = [f"{'variant':<28}{'best s':>8}{'MiB/s':>8}{'median s':>10}{'spread':>8}{'CPU s':>7}"
-                 f"{'vs ' + baseline:>16}"]
+        lines = [
+            f"{'variant':<28}{'best s':>8}{'MiB/s':>8}{'median s':>10}{'spread':>8}{'CPU s':>7}{'vs ' + baseline:>16}"
+        ]
         for variant, times in self.wall.items():
             best, median, spread = summary(times)
-            lines.append(f"{variant:<28}{best:>8.2f}{mib / best:>8.0f}{median:>10.2f}{spread:>8.0%}"
-                         f"{statistics.median(self.cpu[variant]):>7.2f}{self.best(baseline) / best:>15.2f}x")
+            lines.append(
+                f"{variant:<28}{best:>8.2f}{mib / best:>8.0f}{median:>10.2f}{spread:>8.0%}"
+                f"{statistics.median(self.cpu[variant]):>7.2f}{self.best(baseline) / best:>15.2f}x"
+            )
         return "\n".join(lines)
 
 
-def run_plain(runs: Runs, variant: str, url: str, paths: list[str], target: Path, expected: int,
-              fsync: bool = False) -> None:
+def run_plain(
+    runs: Runs, variant: str, url: str, paths: list[str], target: Path, expected: int, fsync: bool = False
+) -> None:
     wall, cpu = time.perf_counter(), time.process_time()
     got = plain_download(url, paths, target, fsync=fsync)
     runs.add(variant, time.perf_counter() - wall, time.process_time() - cpu)
@@ -299,12 +334,15 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="kogitune-bench-fetch-"))
     try:
         started = time.perf_counter()
-        served = repeated_kjv_tensor(work, work / "served", args.size_mb, shard_size=args.shard_mib * MiB,
-                                     piece_size=args.piece_kib * 1024)
+        served = repeated_kjv_tensor(
+            work, work / "served", args.size_mb, shard_size=args.shard_mib * MiB, piece_size=args.piece_kib * 1024
+        )
         paths = shard_files(served)
         total = sum((served.path / p).stat().st_size for p in paths)
-        print(f"tensor: {len(served.shards)} shards of {args.shard_mib} MiB, {args.piece_kib} KiB pieces, "
-              f"{total / MiB:.1f} MiB of shard files; built in {time.perf_counter() - started:.1f} s")
+        print(
+            f"tensor: {len(served.shards)} shards of {args.shard_mib} MiB, {args.piece_kib} KiB pieces, "
+            f"{total / MiB:.1f} MiB of shard files; built in {time.perf_counter() - started:.1f} s"
+        )
 
         # 1. Loopback at full speed: what the fetcher costs over a plain download (CPU-bound on loopback).
         runs, opens, manifests = Runs(), [], []
@@ -333,18 +371,24 @@ def main() -> None:
         print(runs.table(total / MiB, "plain"))
         best_kg = min(runs.best("kogitune seq"), runs.best("kogitune prefetch"))
         median_kg = min(statistics.median(runs.wall["kogitune seq"]), statistics.median(runs.wall["kogitune prefetch"]))
-        print(f"kogitune verified fetch vs plain download: {runs.best('plain') / best_kg:.2f}x best to best, "
-              f"{statistics.median(runs.wall['plain']) / median_kg:.2f}x median to median (goal >= 0.90x)")
+        print(
+            f"kogitune verified fetch vs plain download: {runs.best('plain') / best_kg:.2f}x best to best, "
+            f"{statistics.median(runs.wall['plain']) / median_kg:.2f}x median to median (goal >= 0.90x)"
+        )
         cpu_plain = statistics.median(runs.cpu["plain"])
         cpu_kg = min(statistics.median(runs.cpu["kogitune seq"]), statistics.median(runs.cpu["kogitune prefetch"]))
-        print(f"client CPU (median): plain {cpu_plain / total * 2**30:.2f} s/GiB, "
-              f"kogitune {cpu_kg / total * 2**30:.2f} s/GiB: {cpu_plain / cpu_kg:.2f}x "
-              "(the ratio the wall times approach when the machine is busy)")
+        print(
+            f"client CPU (median): plain {cpu_plain / total * 2**30:.2f} s/GiB, "
+            f"kogitune {cpu_kg / total * 2**30:.2f} s/GiB: {cpu_plain / cpu_kg:.2f}x "
+            "(the ratio the wall times approach when the machine is busy)"
+        )
         print(f"{args.mirrors} mirrors vs 1 (prefetch): {runs.best('kogitune prefetch') / runs.best(multi):.2f}x")
         open_best, open_median, _ = summary(opens)
-        print(f"open (verify on first shard_tokens of the {len(served.shards)} freshly fetched shards): best "
-              f"{open_best:.2f} s, median {open_median:.2f} s ({total / MiB / open_best:.0f} MiB/s), "
-              f"+{open_best / best_kg:.0%} on top of the best fetch; manifest: best {min(manifests) * 1000:.0f} ms")
+        print(
+            f"open (verify on first shard_tokens of the {len(served.shards)} freshly fetched shards): best "
+            f"{open_best:.2f} s, median {open_median:.2f} s ({total / MiB / open_best:.0f} MiB/s), "
+            f"+{open_best / best_kg:.0%} on top of the best fetch; manifest: best {min(manifests) * 1000:.0f} ms"
+        )
 
         # 2. Bandwidth-limited mirrors: what several mirrors are for.
         if args.rate:
@@ -366,12 +410,17 @@ def main() -> None:
                                 slow.add(variant, fetch_s, cpu_s)
                         finally:
                             shutil.rmtree(target, ignore_errors=True)
-                    print(f"  throttled run {run + 1}/{args.repeat}: "
-                          + ", ".join(f"{v} {t[-1]:.2f} s" for v, t in slow.wall.items()), flush=True)
+                    print(
+                        f"  throttled run {run + 1}/{args.repeat}: "
+                        + ", ".join(f"{v} {t[-1]:.2f} s" for v, t in slow.wall.items()),
+                        flush=True,
+                    )
             print(f"\nMirrors limited to {args.rate:g} MiB/s each ({count} shards, {size / MiB:.1f} MiB):")
             print(slow.table(size / MiB, "plain"))
-            print(f"{args.mirrors} mirrors vs 1 at {args.rate:g} MiB/s each: {slow.best(one) / slow.best(many):.2f}x "
-                  f"(ideal {args.mirrors}x)")
+            print(
+                f"{args.mirrors} mirrors vs 1 at {args.rate:g} MiB/s each: {slow.best(one) / slow.best(many):.2f}x "
+                f"(ideal {args.mirrors}x)"
+            )
         print(f"bench_fetch: {load_note()} (end)")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -27,12 +27,19 @@ from kogitune.filters.language import detect_language  # noqa: E402
 from kogitune.filters.run import FilterOptions, filter_files  # noqa: E402
 from kogitune.filters.samples import SHORT, labelled_paragraphs  # noqa: E402
 
-ENGLISH_PIPELINE = {"filters": [
-    {"name": "nfkc"}, {"name": "whitespace"}, {"name": "length", "min_chars": 200},
-    {"name": "language", "languages": ["en"], "min_confidence": 0.65}, {"name": "gopher_quality"},
-    {"name": "stop_words", "language": "en"}, {"name": "compression"}, {"name": "gopher_repetition"},
-    {"name": "pii"},
-]}
+ENGLISH_PIPELINE = {
+    "filters": [
+        {"name": "nfkc"},
+        {"name": "whitespace"},
+        {"name": "length", "min_chars": 200},
+        {"name": "language", "languages": ["en"], "min_confidence": 0.65},
+        {"name": "gopher_quality"},
+        {"name": "stop_words", "language": "en"},
+        {"name": "compression"},
+        {"name": "gopher_repetition"},
+        {"name": "pii"},
+    ]
+}
 
 
 def throughput(corpus: Path, workers: list[int], directory: Path) -> None:
@@ -40,16 +47,20 @@ def throughput(corpus: Path, workers: list[int], directory: Path) -> None:
     runs = [("baseline: read + parse + write, no filters", {"filters": []}, 1)]
     runs += [(f"default English pipeline, {n} process{'es' if n > 1 else ''}", ENGLISH_PIPELINE, n) for n in workers]
     baseline = None
-    print(f"input: {corpus.name}, {size / 1e6:.1f} MB, {os.cpu_count()} cores, load average "
-          f"{os.getloadavg()[0]:.1f} (other work on the machine lowers the MB/s, not the MB per CPU second)")
+    print(
+        f"input: {corpus.name}, {size / 1e6:.1f} MB, {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.1f} (other work on the machine lowers the MB/s, not the MB per CPU second)"
+    )
     for label, config, n in runs:
         started, cpu_started = time.perf_counter(), _cpu_seconds()
         report = filter_files([corpus], directory / "out.jsonl", config, FilterOptions(workers=n), progress=False)
         seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu_started
         rate = size / 1e6 / seconds
         baseline = baseline or rate
-        print(f"  {label:<48} {seconds:6.2f} s {rate:7.2f} MB/s  x{rate / baseline:.3f} of baseline  "
-              f"{size / 1e6 / cpu:6.2f} MB per CPU second  kept {report.kept:,} of {report.documents:,}")
+        print(
+            f"  {label:<48} {seconds:6.2f} s {rate:7.2f} MB/s  x{rate / baseline:.3f} of baseline  "
+            f"{size / 1e6 / cpu:6.2f} MB per CPU second  kept {report.kept:,} of {report.documents:,}"
+        )
 
 
 def _cpu_seconds() -> float:
@@ -74,9 +85,11 @@ def language_accuracy(directory: Path) -> None:
         right = sum(found.language == language for language, found in results)
         confident = sum(found.language == language and found.confidence >= 0.5 for language, found in results)
         wrong = Counter(f"{language}->{found.language}" for language, found in results if found.language != language)
-        print(f"  {label:<42} {right:>6}/{len(pairs):<6} = {right / len(pairs):6.1%} correct, "
-              f"{confident / len(pairs):6.1%} correct with confidence >= 0.5, {len(pairs) / seconds:,.0f} texts/s"
-              + (f"  errors: {dict(wrong.most_common(5))}" if wrong else ""))
+        print(
+            f"  {label:<42} {right:>6}/{len(pairs):<6} = {right / len(pairs):6.1%} correct, "
+            f"{confident / len(pairs):6.1%} correct with confidence >= 0.5, {len(pairs) / seconds:,.0f} texts/s"
+            + (f"  errors: {dict(wrong.most_common(5))}" if wrong else "")
+        )
 
 
 def main() -> None:

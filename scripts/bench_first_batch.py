@@ -37,9 +37,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-
-from bench_fetch import (MiB, load_note, mirrors, plain_download, repeated_kjv_tensor,  # noqa: E402
-                         summary)
+from bench_fetch import (
+    MiB,
+    load_note,
+    mirrors,
+    plain_download,
+    repeated_kjv_tensor,  # noqa: E402
+    summary,
+)
 
 from kogitune.cache import ContentStore  # noqa: E402
 from kogitune.client import DEFAULT_FETCH_TIMEOUT, MirrorShards, embedded_node  # noqa: E402
@@ -85,13 +90,22 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--shards", type=int, default=4, help="shards of 32 MiB in the tensor (default: 4)")
     parser.add_argument("--block-size", type=int, default=512, help="sample length in tokens (default: 512)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each variant (default: 3)")
-    parser.add_argument("--rate", type=float, default=64,
-                        help="MiB/s of the throttled mirror; 0 skips the throttled runs (default: 64)")
+    parser.add_argument(
+        "--rate", type=float, default=64, help="MiB/s of the throttled mirror; 0 skips the throttled runs (default: 64)"
+    )
     parser.add_argument("--workers", type=int, default=0, help="DataLoader num_workers (default: 0)")
-    parser.add_argument("--window", type=int, default=None,
-                        help="segments per shuffle window (TokenBlockDataset window; default: the dataset's, 4)")
-    parser.add_argument("--lookahead", type=int, default=None,
-                        help="windows prefetched ahead (TokenBlockDataset lookahead; default: the dataset's, 2)")
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=None,
+        help="segments per shuffle window (TokenBlockDataset window; default: the dataset's, 4)",
+    )
+    parser.add_argument(
+        "--lookahead",
+        type=int,
+        default=None,
+        help="windows prefetched ahead (TokenBlockDataset lookahead; default: the dataset's, 2)",
+    )
     args = parser.parse_args()
     if args.repeat < 1 or args.shards < 1 or args.workers < 0:
         parser.error("--repeat and --shards must be positive, --workers not negative")
@@ -119,8 +133,14 @@ def first_batch(url: str, home: Path, block_size: int, workers: int, options: di
 def measure(url: str, served: DataTensor, work: Path, args, label: str) -> dict[str, list[float]]:
     first = served.shards[0]
     paths = [MANIFEST_FILE, first.tokens_path, first.pieces_path, first.docs_path]
-    times: dict[str, list[float]] = {"plain first shard": [], "kogitune first batch": [], "  open": [],
-                                     "  batch": [], "    in ensure (fetch)": [], "    in verify_shard": []}
+    times: dict[str, list[float]] = {
+        "plain first shard": [],
+        "kogitune first batch": [],
+        "  open": [],
+        "  batch": [],
+        "    in ensure (fetch)": [],
+        "    in verify_shard": [],
+    }
     for run in range(args.repeat):
         target = work / "run"
         try:
@@ -140,8 +160,11 @@ def measure(url: str, served: DataTensor, work: Path, args, label: str) -> dict[
             times["    in verify_shard"].append(Waits.verify)
         finally:
             shutil.rmtree(target, ignore_errors=True)
-        print(f"  {label} run {run + 1}/{args.repeat}: plain first shard {times['plain first shard'][-1]:.2f} s, "
-              f"kogitune first batch {times['kogitune first batch'][-1]:.2f} s", flush=True)
+        print(
+            f"  {label} run {run + 1}/{args.repeat}: plain first shard {times['plain first shard'][-1]:.2f} s, "
+            f"kogitune first batch {times['kogitune first batch'][-1]:.2f} s",
+            flush=True,
+        )
     return times
 
 
@@ -156,8 +179,10 @@ def report(times: dict[str, list[float]], title: str, workers: int) -> None:
     plain, kogitune = min(times["plain first shard"]), min(times["kogitune first batch"])
     plain_m = statistics.median(times["plain first shard"])
     kogitune_m = statistics.median(times["kogitune first batch"])
-    print(f"first batch / plain first shard: {kogitune / plain:.2f}x best to best, {kogitune_m / plain_m:.2f}x median "
-          "to median (1.00x = no streaming overhead)")
+    print(
+        f"first batch / plain first shard: {kogitune / plain:.2f}x best to best, {kogitune_m / plain_m:.2f}x median "
+        "to median (1.00x = no streaming overhead)"
+    )
 
 
 def main() -> None:
@@ -167,9 +192,11 @@ def main() -> None:
     try:
         started = time.perf_counter()
         served = repeated_kjv_tensor(work, work / "served", args.shards * 32 * MiB / 1e6)
-        print(f"tensor: {len(served.shards)} shards of {served.shards[0].size / MiB:.0f} MiB, stored block "
-              f"{served.manifest.block_size}, samples of {args.block_size} tokens, batch {BATCH}, DataLoader "
-              f"num_workers={args.workers}; built in {time.perf_counter() - started:.1f} s")
+        print(
+            f"tensor: {len(served.shards)} shards of {served.shards[0].size / MiB:.0f} MiB, stored block "
+            f"{served.manifest.block_size}, samples of {args.block_size} tokens, batch {BATCH}, DataLoader "
+            f"num_workers={args.workers}; built in {time.perf_counter() - started:.1f} s"
+        )
         Waits.install()
         with mirrors(served.path, 1) as urls:
             plain_download(urls[0], [MANIFEST_FILE], work / "warmup")  # imports, first connection, page cache

@@ -38,8 +38,9 @@ SEED = 20261125
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size-mb", type=float, default=80,
-                        help="JSONL text to store, in MB (default: 80, about 20M tokens)")
+    parser.add_argument(
+        "--size-mb", type=float, default=80, help="JSONL text to store, in MB (default: 80, about 20M tokens)"
+    )
     parser.add_argument("--shard-mb", type=float, default=2, help="shard size in MiB (default: 2)")
     parser.add_argument("--samples", type=int, default=200_000, help="reads per run (default: 200000)")
     parser.add_argument("--repeat", type=int, default=5, help="runs of each variant; the best counts (default: 5)")
@@ -68,7 +69,7 @@ def check_reads(dataset: TokenBlockDataset, reads: list[tuple[np.memmap, int]], 
     """The raw reads are the samples that an unshuffled dataset gives for the same indices."""
     unshuffled = TokenBlockDataset(dataset.tensors, dataset.block_size, shuffle=False)
     for (mm, a), i in zip(reads[:1000], indices[:1000]):
-        expected = torch.from_numpy(mm[a:a + dataset.block_size].astype(np.int64))
+        expected = torch.from_numpy(mm[a : a + dataset.block_size].astype(np.int64))
         if not torch.equal(unshuffled[i]["input_ids"], expected):
             raise SystemExit(f"sample {i}: the dataset and the raw slice differ")
 
@@ -76,14 +77,14 @@ def check_reads(dataset: TokenBlockDataset, reads: list[tuple[np.memmap, int]], 
 def time_raw_int64(reads: list[tuple[np.memmap, int]], block: int) -> float:
     started = time.perf_counter()
     for mm, a in reads:
-        torch.from_numpy(mm[a:a + block].astype(np.int64))
+        torch.from_numpy(mm[a : a + block].astype(np.int64))
     return time.perf_counter() - started
 
 
 def time_raw_slice(reads: list[tuple[np.memmap, int]], block: int) -> float:
     started = time.perf_counter()
     for mm, a in reads:
-        mm[a:a + block]
+        mm[a : a + block]
     return time.perf_counter() - started
 
 
@@ -99,8 +100,10 @@ def print_table(runs: dict[str, list[float]]) -> None:
     a = best["raw slice + int64 (a)"]
     print(f"\n{'variant':<22} {'best ns/sample':>14} {'spread ns':>15} {'samples/s':>10} {'vs (a)':>7}")
     for name, r in runs.items():
-        print(f"{name:<22} {best[name]:>14,.0f} {min(r):>7,.0f}-{max(r):<7,.0f} {1e9 / best[name]:>10,.0f} "
-              f"{a / best[name]:>6.2f}x")
+        print(
+            f"{name:<22} {best[name]:>14,.0f} {min(r):>7,.0f}-{max(r):<7,.0f} {1e9 / best[name]:>10,.0f} "
+            f"{a / best[name]:>6.2f}x"
+        )
     dataset, b = best["dataset[i] random"], best["raw slice (b)"]
     print(f"\ndataset/raw(b) ratio: {b / dataset:.2f}x (for information: bare slicing copies nothing)")
     print(f"dataset/raw(a) ratio: {a / dataset:.2f}x (goal >= 0.5x)")
@@ -116,13 +119,17 @@ def main() -> None:
         check_reads(dataset, reads, random_order)  # also maps and verifies every shard before the clock starts
         manifest = dataset.tensors[0].manifest
         windows = -(-len(manifest.shards) // dataset.window)
-        print(f"tensor: {manifest.tokens:,} tokens, {len(dataset):,} samples of {dataset.block_size} in "
-              f"{len(manifest.shards)} shards ({windows} shuffle windows of {dataset.window} shards); "
-              f"{args.samples:,} reads per run, best of {args.repeat}")
-        variants = {"raw slice + int64 (a)": lambda: time_raw_int64(reads, dataset.block_size),
-                    "raw slice (b)": lambda: time_raw_slice(reads, dataset.block_size),
-                    "dataset[i] random": lambda: time_dataset(dataset, random_order),
-                    "dataset[i] in order": lambda: time_dataset(dataset, in_order)}
+        print(
+            f"tensor: {manifest.tokens:,} tokens, {len(dataset):,} samples of {dataset.block_size} in "
+            f"{len(manifest.shards)} shards ({windows} shuffle windows of {dataset.window} shards); "
+            f"{args.samples:,} reads per run, best of {args.repeat}"
+        )
+        variants = {
+            "raw slice + int64 (a)": lambda: time_raw_int64(reads, dataset.block_size),
+            "raw slice (b)": lambda: time_raw_slice(reads, dataset.block_size),
+            "dataset[i] random": lambda: time_dataset(dataset, random_order),
+            "dataset[i] in order": lambda: time_dataset(dataset, in_order),
+        }
         runs: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(args.repeat):
             for name, run in variants.items():

@@ -18,7 +18,6 @@ Every process gets KOGITUNE_READ_TIMEOUT=--read-timeout (default 30, the product
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -50,8 +49,13 @@ def make_tensor(root: Path, chapters: int) -> Path:
     from kogitune.store import StoreOptions, store
 
     corpus = write_kjv_chapters(root / "kjv.jsonl", limit=chapters)
-    store([corpus], "gpt2", root / "kjv", StoreOptions(block_size=64, piece_size=64 << 10, shard_size=256 << 10,
-                                                        workers=1), progress=False)
+    store(
+        [corpus],
+        "gpt2",
+        root / "kjv",
+        StoreOptions(block_size=64, piece_size=64 << 10, shard_size=256 << 10, workers=1),
+        progress=False,
+    )
     return root / "kjv"
 
 
@@ -63,12 +67,18 @@ def run_fetchers(root: Path, dataset_id: str, bootstrap: str, count: int, use_ge
             daemons = [NodeProcess(root / f"f{i}", [bootstrap], env) for i in range(count)]
             commands = [([KOGITUNE, "get", dataset_id, "--quiet", "--home", str(d.home)], env) for d in daemons]
         else:
-            commands = [([sys.executable, "-c", FETCHER, dataset_id, str(timeout)],
-                         {**env, "KOGITUNE_HOME": str(root / f"f{i}"), "KOGITUNE_BOOTSTRAP": bootstrap})
-                        for i in range(count)]
+            commands = [
+                (
+                    [sys.executable, "-c", FETCHER, dataset_id, str(timeout)],
+                    {**env, "KOGITUNE_HOME": str(root / f"f{i}"), "KOGITUNE_BOOTSTRAP": bootstrap},
+                )
+                for i in range(count)
+            ]
         started = time.monotonic()
-        procs = [subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                 for args, env in commands]
+        procs = [
+            subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for args, env in commands
+        ]
         results = []
         for proc in procs:
             try:
@@ -111,8 +121,10 @@ def main() -> None:
                 node.close()
     ok = [seconds for seconds, code, _ in results if code == 0]
     kind = "`kogitune get` daemons" if args.get else "embedded fetchers (trainers)"
-    print(f"{len(ok)}/{len(results)} {kind} completed"
-          f"{' (through a bootstrap node)' if args.bootstrap_node else ''}, read timeout {args.read_timeout:g} s")
+    print(
+        f"{len(ok)}/{len(results)} {kind} completed"
+        f"{' (through a bootstrap node)' if args.bootstrap_node else ''}, read timeout {args.read_timeout:g} s"
+    )
     if ok:
         print(f"  seconds: min {min(ok):.1f}  median {statistics.median(ok):.1f}  max {max(ok):.1f}")
     for line, n in Counter(line for _, code, line in results if code != 0).most_common():

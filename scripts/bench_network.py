@@ -72,6 +72,7 @@ NODE_ENV["KOGITUNE_READ_TIMEOUT"] = "10"
 
 # ---- node processes (bench_dht.py imports these) ------------------------------------------------------------------
 
+
 def read_line(proc: subprocess.Popen, timeout: float, what: str) -> str:
     """The next line of `proc`'s stdout (text mode, line-buffered writer), waiting at most `timeout` seconds."""
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
@@ -92,10 +93,11 @@ class NodeProcess:
         args = [sys.executable, "-m", "kogitune.cli", "node", "start", "--home", str(self.home), "--listen", listen]
         for address in bootstrap:
             args += ["--bootstrap", address]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                                     text=True, env=NODE_ENV)
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True, env=NODE_ENV
+        )
 
-    def ready(self, timeout: float = START_TIMEOUT) -> "NodeProcess":
+    def ready(self, timeout: float = START_TIMEOUT) -> NodeProcess:
         line = read_line(self.proc, timeout, f"the node in {self.home}").split()
         if line[:2] != ["kogitune", "node"]:
             raise RuntimeError(f"the node in {self.home} did not start: {line}")
@@ -138,6 +140,7 @@ def close_all(nodes: list[NodeProcess]) -> None:
 
 
 # ---- raw libp2p: a server and a client process with the nodes' kind of host -------------------------------------
+
 
 def raw_server(directory: str) -> None:
     import trio
@@ -184,8 +187,7 @@ def raw_server(directory: str) -> None:
             async with host.run([Multiaddr("/ip4/127.0.0.1/tcp/0")]):
                 host.set_stream_handler(TProtocol(RAW_PROTOCOL), handle)
                 address = next(str(a) for a in host.get_addrs())
-                print(f"RAW {address}/p2p/{host.get_id()}" if "/p2p/" not in address else f"RAW {address}",
-                      flush=True)
+                print(f"RAW {address}/p2p/{host.get_id()}" if "/p2p/" not in address else f"RAW {address}", flush=True)
                 await trio.sleep_forever()
         finally:
             await host.close()
@@ -244,8 +246,7 @@ def raw_client(out: str, peers: list[str], files: list[str], concurrent: bool) -
                     done, cpu = trio.current_time(), time.process_time() - cpu
         finally:
             await host.close()
-        return {"connect": connected - started, "transfer": done - connected, "bytes": total,
-                "cpu": cpu}
+        return {"connect": connected - started, "transfer": done - connected, "bytes": total, "cpu": cpu}
 
     print(json.dumps(trio.run(main)), flush=True)
 
@@ -258,9 +259,15 @@ class RawServers:
         self.addresses: list[str] = []
         try:
             for _ in range(count):
-                self.procs.append(subprocess.Popen([sys.executable, __file__, "--raw-server", str(directory)],
-                                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                                   stdin=subprocess.DEVNULL, text=True))
+                self.procs.append(
+                    subprocess.Popen(
+                        [sys.executable, __file__, "--raw-server", str(directory)],
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.DEVNULL,
+                        stdin=subprocess.DEVNULL,
+                        text=True,
+                    )
+                )
             for proc in self.procs:
                 line = read_line(proc, START_TIMEOUT, "a raw libp2p server")
                 if not line.startswith("RAW "):
@@ -271,8 +278,16 @@ class RawServers:
             raise
 
     def fetch(self, out: Path, files: list[str], count: int, concurrent: bool) -> dict:
-        args = [sys.executable, __file__, "--raw-client", str(out), "--peers", ",".join(self.addresses[:count]),
-                "--files", ",".join(files)] + (["--concurrent"] if concurrent else [])
+        args = [
+            sys.executable,
+            __file__,
+            "--raw-client",
+            str(out),
+            "--peers",
+            ",".join(self.addresses[:count]),
+            "--files",
+            ",".join(files),
+        ] + (["--concurrent"] if concurrent else [])
         result = subprocess.run(args, capture_output=True, text=True, timeout=CALL_TIMEOUT + 30)
         if result.returncode:
             raise RuntimeError(f"raw libp2p client failed: {result.stderr[-2000:]}")
@@ -308,8 +323,13 @@ def cold_start(dataset_id: str, bootstrap: str, home: Path, block_size: int) -> 
     env = {**NODE_ENV, "KOGITUNE_HOME": str(home), "KOGITUNE_BOOTSTRAP": bootstrap}
     home.mkdir(parents=True)
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", TRAINER, dataset_id, str(block_size)], capture_output=True,
-                            text=True, env=env, timeout=CALL_TIMEOUT)
+    result = subprocess.run(
+        [sys.executable, "-c", TRAINER, dataset_id, str(block_size)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=CALL_TIMEOUT,
+    )
     wall = time.perf_counter() - started
     if result.returncode:
         raise RuntimeError(f"training process failed: {result.stderr[-2000:]}")
@@ -317,6 +337,7 @@ def cold_start(dataset_id: str, bootstrap: str, home: Path, block_size: int) -> 
 
 
 # ---- the benchmark ------------------------------------------------------------------------------------------------
+
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -355,8 +376,10 @@ def process_cpu(pid: int) -> float:
 
 def ratio_line(label: str, baseline: list[float], mine: list[float]) -> str:
     """Throughput ratio mine/baseline = baseline seconds / my seconds."""
-    return (f"{label}: {min(baseline) / min(mine):.2f}x best to best, "
-            f"{statistics.median(baseline) / statistics.median(mine):.2f}x median to median")
+    return (
+        f"{label}: {min(baseline) / min(mine):.2f}x best to best, "
+        f"{statistics.median(baseline) / statistics.median(mine):.2f}x median to median"
+    )
 
 
 def cold_section(args, work: Path, url: str, served, dataset_id: str, a: NodeProcess, nodes: list):
@@ -364,10 +387,19 @@ def cold_section(args, work: Path, url: str, served, dataset_id: str, a: NodePro
 
     first = served.shards[0]
     one_shard = [MANIFEST_FILE, first.tokens_path, first.pieces_path, first.docs_path]
-    cold: dict[str, list[float]] = {k: [] for k in (
-        "http: manifest + 1 shard", "kogitune first batch", "  open (node, lookup, manifest)",
-        "  batch (shard fetch, verify)", "(import torch + kogitune)", "(whole process)",
-        "daemon: open", "daemon: 1 shard after open")}
+    cold: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "http: manifest + 1 shard",
+            "kogitune first batch",
+            "  open (node, lookup, manifest)",
+            "  batch (shard fetch, verify)",
+            "(import torch + kogitune)",
+            "(whole process)",
+            "daemon: open",
+            "daemon: 1 shard after open",
+        )
+    }
     for run in range(args.repeat):
         target = work / "run"
         try:
@@ -397,29 +429,56 @@ def cold_section(args, work: Path, url: str, served, dataset_id: str, a: NodePro
             e.close()
             nodes.remove(e)
             shutil.rmtree(e.home, ignore_errors=True)
-        print(f"  cold start {run + 1}/{args.repeat} ({load_note()}): first batch "
-              f"{cold['kogitune first batch'][-1]:.2f} s, http one shard {cold['http: manifest + 1 shard'][-1]:.2f} s",
-              flush=True)
-    print(f"\nCold start by ID (empty KOGITUNE_HOME, KOGITUNE_BOOTSTRAP=A, no daemon; block {args.block_size}, "
-          "batch 8):")
+        print(
+            f"  cold start {run + 1}/{args.repeat} ({load_note()}): first batch "
+            f"{cold['kogitune first batch'][-1]:.2f} s, http one shard {cold['http: manifest + 1 shard'][-1]:.2f} s",
+            flush=True,
+        )
+    print(
+        f"\nCold start by ID (empty KOGITUNE_HOME, KOGITUNE_BOOTSTRAP=A, no daemon; block {args.block_size}, batch 8):"
+    )
     print(f"{'':<36}{'best s':>8}{'median s':>10}{'spread':>8}")
     for name, values in cold.items():
         print(row(name, values, None))
     fb, http = cold["kogitune first batch"], cold["http: manifest + 1 shard"]
-    print(f"first batch / http one shard: {min(fb) / min(http):.1f}x best to best, "
-          f"{statistics.median(fb) / statistics.median(http):.1f}x median to median (time ratio: higher is slower)")
+    print(
+        f"first batch / http one shard: {min(fb) / min(http):.1f}x best to best, "
+        f"{statistics.median(fb) / statistics.median(http):.1f}x median to median (time ratio: higher is slower)"
+    )
     shard_mib = (first.size + 32 * served.manifest.pieces_in(first) + first.docs_size) / MiB
-    print(f"one shard ({shard_mib:.1f} MiB) through a daemon after open: "
-          f"{shard_mib / statistics.median(cold['daemon: 1 shard after open']):.0f} MiB/s median")
+    print(
+        f"one shard ({shard_mib:.1f} MiB) through a daemon after open: "
+        f"{shard_mib / statistics.median(cold['daemon: 1 shard after open']):.0f} MiB/s median"
+    )
 
 
-def whole_section(args, work: Path, url: str, served, files: list[str], total: int, dataset_id: str,
-                  providers: list[NodeProcess], raw: RawServers, nodes: list, notes: list) -> None:
+def whole_section(
+    args,
+    work: Path,
+    url: str,
+    served,
+    files: list[str],
+    total: int,
+    dataset_id: str,
+    providers: list[NodeProcess],
+    raw: RawServers,
+    nodes: list,
+    notes: list,
+) -> None:
     from kogitune.tensor import DataTensor
 
     mib = total / MiB
-    names = ("kogitune get (3 peers)", "  open", "  fetch", "  announce", "raw libp2p 1 server (+connect)",
-             "  transfer", "raw libp2p 3 servers (+connect)", "  transfer ", "http (1 mirror)")
+    names = (
+        "kogitune get (3 peers)",
+        "  open",
+        "  fetch",
+        "  announce",
+        "raw libp2p 1 server (+connect)",
+        "  transfer",
+        "raw libp2p 3 servers (+connect)",
+        "  transfer ",
+        "http (1 mirror)",
+    )
     times: dict[str, list[float]] = {k: [] for k in names}
     cpu: dict[str, list[float]] = {k: [] for k in names}
     used, sent, failed = [], [], 0
@@ -433,8 +492,10 @@ def whole_section(args, work: Path, url: str, served, files: list[str], total: i
             assert got == total, (got, total)
         finally:
             shutil.rmtree(target, ignore_errors=True)
-        for count, label, sub in ((1, "raw libp2p 1 server (+connect)", "  transfer"),
-                                  (3, "raw libp2p 3 servers (+connect)", "  transfer ")):
+        for count, label, sub in (
+            (1, "raw libp2p 1 server (+connect)", "  transfer"),
+            (3, "raw libp2p 3 servers (+connect)", "  transfer "),
+        ):
             try:
                 result = raw.fetch(target, files, count, concurrent=count > 1)
                 assert result["bytes"] == total, (result, total)
@@ -472,10 +533,23 @@ def whole_section(args, work: Path, url: str, served, files: list[str], total: i
             d.close()
             nodes.remove(d)
             shutil.rmtree(d.home, ignore_errors=True)
-        print(f"  run {run + 1}/{args.repeat} ({load_note()}): " + ", ".join(
-            f"{k.strip()} {v[-1]:.2f} s" for k, v in times.items() if v and k in (
-                "kogitune get (3 peers)", "  open", "raw libp2p 1 server (+connect)",
-                "raw libp2p 3 servers (+connect)", "http (1 mirror)")), flush=True)
+        print(
+            f"  run {run + 1}/{args.repeat} ({load_note()}): "
+            + ", ".join(
+                f"{k.strip()} {v[-1]:.2f} s"
+                for k, v in times.items()
+                if v
+                and k
+                in (
+                    "kogitune get (3 peers)",
+                    "  open",
+                    "raw libp2p 1 server (+connect)",
+                    "raw libp2p 3 servers (+connect)",
+                    "http (1 mirror)",
+                )
+            ),
+            flush=True,
+        )
     if not times["kogitune get (3 peers)"]:
         raise RuntimeError("every kogitune get failed: " + " | ".join(notes))
 
@@ -483,17 +557,29 @@ def whole_section(args, work: Path, url: str, served, files: list[str], total: i
     print(f"{'':<36}{'best s':>8}{'median s':>10}{'spread':>8}{'MiB/s':>8}{'med MiB/s':>10}{'CPU s':>8}")
     for name, values in times.items():
         print(row(name, values, None if name.strip() in ("open", "announce") else mib, cpu[name]))
-    print(f"open per run: {', '.join(f'{t:.2f} s' for t in times['  open'])}; before run k the DHT holds k - 1 "
-          "provider records of earlier (stopped) D nodes, which every open dials and waits for")
-    print(f"bytes the providers sent during D's get / bytes of the dataset, per run: "
-          f"{', '.join(f'{x:.2f}' for x in sent)} (above 1: read past a piece that another source delivered)")
-    print(f"sources that delivered bytes to D / sources D could connect to, per run: {', '.join(used)} (3 live "
-          f"providers: A, B, C); failed gets: {failed}")
+    print(
+        f"open per run: {', '.join(f'{t:.2f} s' for t in times['  open'])}; before run k the DHT holds k - 1 "
+        "provider records of earlier (stopped) D nodes, which every open dials and waits for"
+    )
+    print(
+        f"bytes the providers sent during D's get / bytes of the dataset, per run: "
+        f"{', '.join(f'{x:.2f}' for x in sent)} (above 1: read past a piece that another source delivered)"
+    )
+    print(
+        f"sources that delivered bytes to D / sources D could connect to, per run: {', '.join(used)} (3 live "
+        f"providers: A, B, C); failed gets: {failed}"
+    )
     kg, kg_fetch = times["kogitune get (3 peers)"], times["  fetch"]
-    print(ratio_line("Kogitune get / raw libp2p 1 server (both incl. connect)",
-                     times["raw libp2p 1 server (+connect)"], kg))
-    print(ratio_line("Kogitune get / raw libp2p 3 servers (both incl. connect)",
-                     times["raw libp2p 3 servers (+connect)"], kg))
+    print(
+        ratio_line(
+            "Kogitune get / raw libp2p 1 server (both incl. connect)", times["raw libp2p 1 server (+connect)"], kg
+        )
+    )
+    print(
+        ratio_line(
+            "Kogitune get / raw libp2p 3 servers (both incl. connect)", times["raw libp2p 3 servers (+connect)"], kg
+        )
+    )
     print(ratio_line("Kogitune fetch / raw libp2p 3 servers (transfer only)", times["  transfer "], kg_fetch))
     print(ratio_line("Kogitune get / HTTP", times["http (1 mirror)"], kg))
     print(ratio_line("Kogitune fetch / HTTP", times["http (1 mirror)"], kg_fetch))
@@ -518,9 +604,11 @@ def main() -> None:
         served = repeated_kjv_tensor(work, work / "served", args.size_mb)
         files = [MANIFEST_FILE] + shard_files(served)
         total = sum((served.path / p).stat().st_size for p in files)
-        print(f"tensor: {len(served.shards)} shards of {served.shards[0].size / MiB:.0f} MiB, "
-              f"{served.manifest.piece_size // 1024} KiB pieces; {total / MiB:.1f} MiB in {len(files)} files",
-              flush=True)
+        print(
+            f"tensor: {len(served.shards)} shards of {served.shards[0].size / MiB:.0f} MiB, "
+            f"{served.manifest.piece_size // 1024} KiB pieces; {total / MiB:.1f} MiB in {len(files)} files",
+            flush=True,
+        )
 
         started = time.perf_counter()
         a = start_nodes([work / "a"], [[]], nodes)[0]
@@ -528,8 +616,10 @@ def main() -> None:
         b, c = start_nodes([work / "b", work / "c"], [[a.address]] * 2, nodes)
         for replica in (b, c):
             replica.call("get", id=dataset_id)
-        print(f"network: A published {dataset_id}, B and C replicated it; {time.perf_counter() - started:.1f} s",
-              flush=True)
+        print(
+            f"network: A published {dataset_id}, B and C replicated it; {time.perf_counter() - started:.1f} s",
+            flush=True,
+        )
 
         raw = RawServers(served.path, 3)
         with mirrors(served.path, 1) as urls:

@@ -34,10 +34,16 @@ TRAIN_CHAPTERS = 1000
 
 
 def specs(mask_id: int) -> dict[str, PerturbSpec | None]:
-    return {"clean": None, "krr eps=16": PerturbSpec(epsilon=16.0), "krr eps=13": PerturbSpec(epsilon=13.0),
-            "krr eps=11": PerturbSpec(epsilon=11.0), "krr eps=8": PerturbSpec(epsilon=8.0),
-            "mask 10%": PerturbSpec(mask=0.1, mask_id=mask_id), "drop 10%": PerturbSpec(drop=0.1),
-            "drop 30%": PerturbSpec(drop=0.3)}
+    return {
+        "clean": None,
+        "krr eps=16": PerturbSpec(epsilon=16.0),
+        "krr eps=13": PerturbSpec(epsilon=13.0),
+        "krr eps=11": PerturbSpec(epsilon=11.0),
+        "krr eps=8": PerturbSpec(epsilon=8.0),
+        "mask 10%": PerturbSpec(mask=0.1, mask_id=mask_id),
+        "drop 10%": PerturbSpec(drop=0.1),
+        "drop 30%": PerturbSpec(drop=0.3),
+    }
 
 
 def split_corpus(directory: Path) -> tuple[Path, Path]:
@@ -50,10 +56,12 @@ def split_corpus(directory: Path) -> tuple[Path, Path]:
 
 def distribution_distance(tokens: np.ndarray, clean: np.ndarray, order: int) -> float:
     """Total variation distance between the n-gram (n = `order`) frequency distributions of two token streams."""
+
     def frequencies(stream):
-        grams = Counter(zip(*(stream[i:len(stream) - order + 1 + i].tolist() for i in range(order))))
+        grams = Counter(zip(*(stream[i : len(stream) - order + 1 + i].tolist() for i in range(order))))
         total = sum(grams.values())
         return {gram: count / total for gram, count in grams.items()}
+
     p, q = frequencies(tokens), frequencies(clean)
     return 0.5 * sum(abs(p.get(gram, 0.0) - q.get(gram, 0.0)) for gram in p.keys() | q.keys())
 
@@ -100,10 +108,12 @@ def main() -> None:
         compact = np.zeros(tok.vocab_size, dtype=np.int64)
         compact[used] = np.arange(1, len(used) + 1)
         held_samples = compact_blocks(held.tokens(), compact, limit=500)
-        print(f"{TRAIN_CHAPTERS} KJV chapters, GPT-2 tokenizer (k = {tok.vocab_size:,}); tiny GPT-2, {args.steps} "
-              f"steps of 8 x {BLOCK} tokens over {len(used) + 1:,} compact ids; held-out loss on "
-              f"{len(held_samples) * BLOCK:,} clean tokens; "
-              f"masks use id {unused}, which the text never uses\n")
+        print(
+            f"{TRAIN_CHAPTERS} KJV chapters, GPT-2 tokenizer (k = {tok.vocab_size:,}); tiny GPT-2, {args.steps} "
+            f"steps of 8 x {BLOCK} tokens over {len(used) + 1:,} compact ids; held-out loss on "
+            f"{len(held_samples) * BLOCK:,} clean tokens; "
+            f"masks use id {unused}, which the text never uses\n"
+        )
         print("| tensor | keep prob. | tokens changed | tokens dropped | unigram TV | bigram TV | held-out loss |")
         print("|---|---|---|---|---|---|---|")
         for name, spec in specs(mask_id=unused).items():
@@ -116,14 +126,20 @@ def main() -> None:
             changed = np.mean(tokens != clean_tokens) if same_length else float("nan")
             dropped = 1 - len(tokens) / len(clean_tokens)
             model = tiny_gpt2(len(used) + 1, block_size=BLOCK)
-            train_steps(model, compact_blocks(tokens, compact), tok.to_hf(), str(root / "run"), steps=args.steps,
-                        batch_size=8)
+            train_steps(
+                model, compact_blocks(tokens, compact), tok.to_hf(), str(root / "run"), steps=args.steps, batch_size=8
+            )
             loss = held_out_loss(model, held_samples)
-            print(f"| {name} | {keep:.3f} | {changed:.3f} | {dropped:.3f} | "
-                  f"{distribution_distance(tokens, clean_tokens, 1):.3f} | "
-                  f"{distribution_distance(tokens, clean_tokens, 2):.3f} | {loss:.3f} |", flush=True)
-    print(f"\n(per-document epsilon of k-RR is n x eps for a document of n tokens; ln k = {math.log(tok.vocab_size):.1f})"
-          f"\n(total {time.perf_counter() - started:.0f} s)")
+            print(
+                f"| {name} | {keep:.3f} | {changed:.3f} | {dropped:.3f} | "
+                f"{distribution_distance(tokens, clean_tokens, 1):.3f} | "
+                f"{distribution_distance(tokens, clean_tokens, 2):.3f} | {loss:.3f} |",
+                flush=True,
+            )
+    print(
+        f"\n(per-document epsilon of k-RR is n x eps for a document of n tokens; ln k = {math.log(tok.vocab_size):.1f})"
+        f"\n(total {time.perf_counter() - started:.0f} s)"
+    )
 
 
 if __name__ == "__main__":

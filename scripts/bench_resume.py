@@ -40,7 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
 from bench_fetch import MiB, load_note, summary, write_tensor  # noqa: E402
 
 from kogitune.protocol.manifest import TokenizerInfo  # noqa: E402
@@ -72,8 +71,16 @@ def random_tensor(out: Path, shards: int) -> None:
     per_shard = 32 * MiB // 2
     tokens = np.random.default_rng(0).integers(0, tok.vocab_size, size=per_shard, dtype=np.uint16)
     lengths = np.full(per_shard // DOCUMENT, DOCUMENT, dtype=np.int64)
-    write_tensor(out, info, "uint16", ((tokens, lengths) for _ in range(shards)), STORED_BLOCK, 32 * MiB, MiB,
-                 f"uniform random gpt2 ids, {shards} x {per_shard} tokens, seed 0")
+    write_tensor(
+        out,
+        info,
+        "uint16",
+        ((tokens, lengths) for _ in range(shards)),
+        STORED_BLOCK,
+        32 * MiB,
+        MiB,
+        f"uniform random gpt2 ids, {shards} x {per_shard} tokens, seed 0",
+    )
 
 
 def raw_memmap(path: Path, sample: int, block_size: int) -> tuple[float, np.ndarray]:
@@ -82,7 +89,7 @@ def raw_memmap(path: Path, sample: int, block_size: int) -> tuple[float, np.ndar
     token = sample * block_size
     tokens = np.memmap(path / "shards" / f"{token // shard_tokens:05d}.tokens", dtype="<u2", mode="r")
     at = token % shard_tokens
-    sample_ids = torch.from_numpy(tokens[at:at + block_size].astype(np.int64))
+    sample_ids = torch.from_numpy(tokens[at : at + block_size].astype(np.int64))
     return time.perf_counter() - started, sample_ids
 
 
@@ -121,17 +128,31 @@ def main() -> None:
         random_tensor(path, args.shards)
         dataset = DatasetRecipe([str(path)]).get_train_dataset(block_size=args.block_size)
         if len(dataset) <= args.sample:
-            raise SystemExit(f"the dataset has {len(dataset):,} samples, not more than --sample {args.sample:,}: "
-                             "raise --shards or lower --block-size")
+            raise SystemExit(
+                f"the dataset has {len(dataset):,} samples, not more than --sample {args.sample:,}: "
+                "raise --shards or lower --block-size"
+            )
         steps = args.sample // args.batch
-        print(f"tensor: {args.shards} shards of 32 MiB ({args.shards * 32} MiB), {len(dataset):,} samples of "
-              f"{args.block_size} tokens, {len(dataset._segments)} segments in windows of {dataset.window}; "
-              f"resume at sample {args.sample:,} = batch {steps:,} of {args.batch}; built in "
-              f"{time.perf_counter() - started:.1f} s")
+        print(
+            f"tensor: {args.shards} shards of 32 MiB ({args.shards * 32} MiB), {len(dataset):,} samples of "
+            f"{args.block_size} tokens, {len(dataset._segments)} segments in windows of {dataset.window}; "
+            f"resume at sample {args.sample:,} = batch {steps:,} of {args.batch}; built in "
+            f"{time.perf_counter() - started:.1f} s"
+        )
 
-        times: dict[str, list[float]] = {name: [] for name in (
-            "raw memmap (baseline)", "dataset[i] resume", "  construct", "  set_epoch", "  dataset[i]",
-            "skip_first_batches seq", "skip_first_batches random", "offset sampler (sketch)")}
+        times: dict[str, list[float]] = {
+            name: []
+            for name in (
+                "raw memmap (baseline)",
+                "dataset[i] resume",
+                "  construct",
+                "  set_epoch",
+                "  dataset[i]",
+                "skip_first_batches seq",
+                "skip_first_batches random",
+                "offset sampler (sketch)",
+            )
+        }
         expected = None
         for run in range(args.repeat):
             seconds, sample_ids = raw_memmap(path, args.sample, args.block_size)
@@ -143,23 +164,30 @@ def main() -> None:
             times["  dataset[i]"].append(item)
             dataset.set_epoch(0)  # each variant starts with no window permutation cached
             times["skip_first_batches seq"].append(
-                skip_resume(dataset, torch.utils.data.SequentialSampler(dataset), steps, args.batch))
+                skip_resume(dataset, torch.utils.data.SequentialSampler(dataset), steps, args.batch)
+            )
             dataset.set_epoch(0)
             generator = torch.Generator().manual_seed(42)
             times["skip_first_batches random"].append(
-                skip_resume(dataset, torch.utils.data.RandomSampler(dataset, generator=generator), steps, args.batch))
+                skip_resume(dataset, torch.utils.data.RandomSampler(dataset, generator=generator), steps, args.batch)
+            )
             dataset.set_epoch(0)
             offset = time.perf_counter()
-            loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch,
-                                                 sampler=range(steps * args.batch, len(dataset)))
+            loader = torch.utils.data.DataLoader(
+                dataset, batch_size=args.batch, sampler=range(steps * args.batch, len(dataset))
+            )
             first = next(iter(loader))
             times["offset sampler (sketch)"].append(time.perf_counter() - offset)
             if expected is None:  # the sketch resumes at the very sample the skip reaches (sequential order)
                 expected = dataset[steps * args.batch]["input_ids"]
             assert torch.equal(first["input_ids"][0], expected)
-            print(f"  run {run + 1}/{args.repeat}: " + ", ".join(
-                f"{name.strip()} {values[-1]:.4f} s" for name, values in times.items() if not name.startswith(" ")),
-                flush=True)
+            print(
+                f"  run {run + 1}/{args.repeat}: "
+                + ", ".join(
+                    f"{name.strip()} {values[-1]:.4f} s" for name, values in times.items() if not name.startswith(" ")
+                ),
+                flush=True,
+            )
 
         print(f"\n{'':<28}{'best s':>10}{'median s':>10}{'spread':>8}{'vs raw':>10}")
         base = min(times["raw memmap (baseline)"])
@@ -171,18 +199,22 @@ def main() -> None:
         size = dataset._window_start[window + 1] - dataset._window_start[window]
         started = time.perf_counter()
         dataset._permutation(window)
-        print(f"dataset[i] is two bisects, one memory map and the permutation of the sample's shuffle window "
-              f"({size:,} samples here: {time.perf_counter() - started:.4f} s on its own): O(window), not O(i)")
+        print(
+            f"dataset[i] is two bisects, one memory map and the permutation of the sample's shuffle window "
+            f"({size:,} samples here: {time.perf_counter() - started:.4f} s on its own): O(window), not O(i)"
+        )
         resume = statistics.median(times["dataset[i] resume"])
         skip_seq = statistics.median(times["skip_first_batches seq"])
         skip_random = statistics.median(times["skip_first_batches random"])
         verdict = "met" if resume < 1 else "NOT met"
-        print(f"\nGoal \"resuming at sample {args.sample:,} takes under a second\":")
+        print(f'\nGoal "resuming at sample {args.sample:,} takes under a second":')
         print(f"  Kogitune dataset[i] (construct + set_epoch + item): {resume:.3f} s median: {verdict}.")
         for name, value in (("SequentialSampler", skip_seq), ("RandomSampler", skip_random)):
             state = "under" if value < 1 else "OVER"
-            print(f"  HF Trainer resume (accelerate.skip_first_batches, {name}): {value:.2f} s median, {state} a "
-                  f"second; it is O(samples skipped): about {value / max(args.sample, 1) * 1e9:.0f} ns a sample.")
+            print(
+                f"  HF Trainer resume (accelerate.skip_first_batches, {name}): {value:.2f} s median, {state} a "
+                f"second; it is O(samples skipped): about {value / max(args.sample, 1) * 1e9:.0f} ns a sample."
+            )
         print(f"bench_resume: {load_note()} (end)")
     finally:
         shutil.rmtree(work, ignore_errors=True)

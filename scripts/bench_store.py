@@ -51,10 +51,14 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mb", type=float, default=40, help="corpus size in MB (default: 40)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each variant; the best counts (default: 3)")
-    parser.add_argument("--workers", default="0,2",
-                        help="comma-separated store worker counts; 0 is the default (default: 0,2)")
-    parser.add_argument("--profile", action="store_true",
-                        help="also cProfile the store's per-batch work (JSON, tokenizing, packing ids)")
+    parser.add_argument(
+        "--workers", default="0,2", help="comma-separated store worker counts; 0 is the default (default: 0,2)"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also cProfile the store's per-batch work (JSON, tokenizing, packing ids)",
+    )
     return parser.parse_args()
 
 
@@ -115,8 +119,9 @@ def run_variant(name: str, corpus: Path) -> tuple[float, float, int]:
     output = corpus.parent / "out"
 
     def run() -> int:
-        report = store([corpus], TOKENIZER, output=output, options=StoreOptions(workers=workers, overwrite=True),
-                       progress=False)
+        report = store(
+            [corpus], TOKENIZER, output=output, options=StoreOptions(workers=workers, overwrite=True), progress=False
+        )
         return report.tokens - report.documents  # text tokens, EOS excluded, as in the baseline
 
     try:
@@ -142,8 +147,11 @@ def run_all(corpus: Path, workers: list[int], repeat: int) -> dict[str, list]:
         for name in names[shift:] + names[:shift]:
             load = os.getloadavg()[0]
             runs[name].append((*in_fresh_process(name, corpus), load))
-        print(f"  round {round_ + 1}/{repeat}: " +
-              ", ".join(f"{n} {r[-1][0]:.2f} s (load {r[-1][3]:.1f})" for n, r in runs.items()), flush=True)
+        print(
+            f"  round {round_ + 1}/{repeat}: "
+            + ", ".join(f"{n} {r[-1][0]:.2f} s (load {r[-1][3]:.1f})" for n, r in runs.items()),
+            flush=True,
+        )
     return runs
 
 
@@ -152,18 +160,21 @@ def print_table(runs: dict[str, list], text_mb: float) -> None:
     median = {name: statistics.median(run[0] for run in r) for name, r in runs.items()}
     raw_name = min((n for n in best if n.startswith("raw")), key=best.get)
     raw_wall = best[raw_name][0]
-    print(f"\n{'variant':<24} {'best s':>7} {'MB/s':>6} {'M tok/s':>8} {'spread s':>13} {'vs raw':>7} {'CPU s':>6} "
-          f"{'load':>9}")
+    print(
+        f"\n{'variant':<24} {'best s':>7} {'MB/s':>6} {'M tok/s':>8} {'spread s':>13} {'vs raw':>7} {'CPU s':>6} "
+        f"{'load':>9}"
+    )
     for name, r in runs.items():
         wall, cpu, tokens, _ = best[name]
         walls, loads = [run[0] for run in r], [run[3] for run in r]
-        print(f"{name:<24} {wall:>7.2f} {text_mb / wall:>6.2f} {tokens / wall / 1e6:>8.3f} "
-              f"{min(walls):>6.2f}-{max(walls):<6.2f} {raw_wall / wall:>6.2f}x {cpu:>6.1f} "
-              f"{min(loads):>4.1f}-{max(loads):<4.1f}")
+        print(
+            f"{name:<24} {wall:>7.2f} {text_mb / wall:>6.2f} {tokens / wall / 1e6:>8.3f} "
+            f"{min(walls):>6.2f}-{max(walls):<6.2f} {raw_wall / wall:>6.2f}x {cpu:>6.1f} "
+            f"{min(loads):>4.1f}-{max(loads):<4.1f}"
+        )
     stores = [n for n in best if n.startswith("store")]
     fastest = min(stores, key=best.get)
-    print(f"\nbaseline: {raw_name}; best store: {fastest}; median to median: "
-          f"{median[raw_name] / median[fastest]:.3f}x")
+    print(f"\nbaseline: {raw_name}; best store: {fastest}; median to median: {median[raw_name] / median[fastest]:.3f}x")
     print(f"store/raw ratio: {raw_wall / best[fastest][0]:.3f}x (goal >= 0.9x)")
 
 
@@ -195,8 +206,10 @@ def main() -> None:
         batches = read_batches(corpus)
         text_mb = sum(len(t.encode("utf-8")) for texts in batches for t in texts) / 1e6
         docs = sum(map(len, batches))
-        print(f"corpus: {corpus.stat().st_size / 1e6:.1f} MB JSONL, {docs:,} documents, {text_mb:.1f} MB of text "
-              f"in {len(batches)} batches; {os.cpu_count()} cores; tokenizer {TOKENIZER}")
+        print(
+            f"corpus: {corpus.stat().st_size / 1e6:.1f} MB JSONL, {docs:,} documents, {text_mb:.1f} MB of text "
+            f"in {len(batches)} batches; {os.cpu_count()} cores; tokenizer {TOKENIZER}"
+        )
         del batches
         runs = run_all(corpus, workers, args.repeat)
         check_same_tokens(runs)

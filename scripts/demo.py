@@ -48,8 +48,13 @@ def main() -> None:
     corpus = write_kjv_chapters(workdir / "kjv.jsonl")
     print(f"[1/4] corpus: {corpus} ({corpus.stat().st_size / 1e6:.1f} MB, King James Bible, one chapter per line)")
     print("[2/4] kogitune store (offline GPT-2 tokenizer; 256 KiB shards of 64 KiB pieces, to spread over peers)")
-    report = store_cli(files=[str(corpus)], tokenizer="gpt2", output=str(workdir / "gpt2" / "kjv"),
-                       shard_size=256 << 10, piece_size=64 << 10)
+    report = store_cli(
+        files=[str(corpus)],
+        tokenizer="gpt2",
+        output=str(workdir / "gpt2" / "kjv"),
+        shard_size=256 << 10,
+        piece_size=64 << 10,
+    )
 
     homes = {name: workdir / "nodes" / name for name in "abc"}
     try:
@@ -87,18 +92,25 @@ def train(dataset_id: str, peers: dict[str, str], args) -> None:
         tensor.shard_tokens(index)
     names = {f"peer {peer}": name.upper() for name, peer in peers.items()}
     fetched = embedded_node().source_bytes(dataset_id)
-    print(f"[4/4] trainer resolved {dataset_id} on the DHT and fetched {len(tensor.shards)} shards in "
-          f"{time.perf_counter() - started:.2f} s; verified bytes per peer: "
-          + ", ".join(f"{names.get(source, source)} {count / 1e6:.2f} MB" for source, count in fetched.items()))
+    print(
+        f"[4/4] trainer resolved {dataset_id} on the DHT and fetched {len(tensor.shards)} shards in "
+        f"{time.perf_counter() - started:.2f} s; verified bytes per peer: "
+        + ", ".join(f"{names.get(source, source)} {count / 1e6:.2f} MB" for source, count in fetched.items())
+    )
     print("      every piece matched the manifest, the manifest hashes to the ID and carries A's signature")
     tokenizer = load_tokenizer("gpt2")
-    print(f"      training a tiny GPT-2 for {args.steps} steps on {len(train_dataset):,} samples of "
-          f"{args.block_size} tokens (HF Trainer, CPU)")
+    print(
+        f"      training a tiny GPT-2 for {args.steps} steps on {len(train_dataset):,} samples of "
+        f"{args.block_size} tokens (HF Trainer, CPU)"
+    )
     model = tiny_gpt2(tokenizer.vocab_size, args.block_size)
-    losses = train_steps(model, train_dataset, tokenizer.to_hf(), str(Path(os.environ["KOGITUNE_HOME"]) / "run"),
-                         steps=args.steps)
-    print(f"      loss: first {losses[0]:.2f} -> last {losses[-1]:.2f} "
-          f"(mean of first 5: {sum(losses[:5]) / 5:.2f}, last 5: {sum(losses[-5:]) / 5:.2f})")
+    losses = train_steps(
+        model, train_dataset, tokenizer.to_hf(), str(Path(os.environ["KOGITUNE_HOME"]) / "run"), steps=args.steps
+    )
+    print(
+        f"      loss: first {losses[0]:.2f} -> last {losses[-1]:.2f} "
+        f"(mean of first 5: {sum(losses[:5]) / 5:.2f}, last 5: {sum(losses[-5:]) / 5:.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Set up ./.venv if needed, then run the test suite. Extra arguments go to pytest.
+# Set up ./.venv if needed, lint and format-check the code (ruff), then run the test suite.
+# Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
+ruff check --quiet .
+ruff format --check --quiet .
 exec python -m pytest "$@"

@@ -30,6 +30,7 @@ OPTIONS = StoreOptions(block_size=BLOCK, shard_size=SHARD, piece_size=PIECE, wor
 
 # ---- helpers ----------------------------------------------------------------------------------------------------
 
+
 @functools.cache
 def gpt2_tokenizer():
     """The built-in offline gpt2, loaded once per process."""
@@ -115,6 +116,7 @@ def file_states(directory: Path) -> dict[str, tuple[int, int, int]]:
 
 # ---- fixtures ---------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="session")
 def gpt2():
     return gpt2_tokenizer()
@@ -180,8 +182,12 @@ def tiny_tokenizer(tmp_path_factory, kjv_texts) -> Path:
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=[EOS_TEXT], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=[EOS_TEXT],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     backend.train_from_iterator(kjv_texts[:20], trainer)
     directory = tmp_path_factory.mktemp("tokenizers") / "kjvbpe"
     directory.mkdir()

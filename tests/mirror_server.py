@@ -63,15 +63,14 @@ class MirrorHandler(SimpleHTTPRequestHandler):
     def _range_start(self):
         header = self.headers.get("Range", "")
         if header.startswith("bytes=") and header.endswith("-"):
-            return int(header[len("bytes="):-1])
+            return int(header[len("bytes=") : -1])
         return None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("directory")
-    parser.add_argument("--mode", default="ok",
-                        choices=["ok", "no-range", "corrupt", "die", "hang", "not-found"])
+    parser.add_argument("--mode", default="ok", choices=["ok", "no-range", "corrupt", "die", "hang", "not-found"])
     args = parser.parse_args()
     MirrorHandler.mode = args.mode
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(MirrorHandler, directory=args.directory))

@@ -17,8 +17,9 @@ def server_processes(commands, quiet: bool = False):
     try:
         urls = []
         for command in commands:
-            proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL if quiet else None,
-                                    text=True)
+            proc = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL if quiet else None, text=True
+            )
             procs.append(proc)
             line = proc.stdout.readline()
             if not line.startswith("PORT "):
@@ -42,13 +43,22 @@ def mirrors(directory, *modes):
 @contextmanager
 def stdlib_http_server(directory):
     """`python -m http.server` itself (no Range support) on a free port."""
-    proc = subprocess.Popen([sys.executable, "-u", "-c",
-                             "import http.server, functools, sys\n"
-                             "h = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1])\n"
-                             "s = http.server.ThreadingHTTPServer(('127.0.0.1', 0), h)\n"
-                             "print('PORT', s.server_address[1], flush=True)\n"
-                             "s.serve_forever()\n", str(directory)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-u",
+            "-c",
+            "import http.server, functools, sys\n"
+            "h = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1])\n"
+            "s = http.server.ThreadingHTTPServer(('127.0.0.1', 0), h)\n"
+            "print('PORT', s.server_address[1], flush=True)\n"
+            "s.serve_forever()\n",
+            str(directory),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         yield f"http://127.0.0.1:{int(line.split()[1])}"

@@ -25,8 +25,9 @@ class NodeProcess:
         self.peer_id, self.address = line[2], line[-1]
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run([KOGITUNE, *args, "--home", str(self.home)], capture_output=True, text=True,
-                                timeout=120, env=self.env)
+        result = subprocess.run(
+            [KOGITUNE, *args, "--home", str(self.home)], capture_output=True, text=True, timeout=120, env=self.env
+        )
         if check and result.returncode:
             raise AssertionError(f"kogitune {' '.join(args)} failed: {result.stderr}")
         return result

@@ -11,8 +11,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import zstandard
-
 from conftest import expected_tokens, json_line, store_quietly, write_lines, write_texts
+
 from kogitune.cli import main
 from kogitune.errors import BadInputError, ManifestError, TensorError
 from kogitune.store import BATCH_BYTES, StoreOptions
@@ -70,7 +70,7 @@ def test_bad_line_on_the_command_line_exits_2(tmp_path, small_texts, capsys, bad
 def test_bad_lines_are_skipped_and_counted(tmp_path, small_texts, gpt2):
     """With skip_bad_lines every kind of bad line is skipped, counted in the report and the provenance, and
     the good lines are stored exactly."""
-    good = small_texts[:len(BAD_LINES)]
+    good = small_texts[: len(BAD_LINES)]
     lines = []
     for text, (bad, _) in zip(good, BAD_LINES.values()):
         lines += [json_line(text), bad]
@@ -78,8 +78,11 @@ def test_bad_lines_are_skipped_and_counted(tmp_path, small_texts, gpt2):
     assert report.bad_lines == len(BAD_LINES) and report.documents == len(good)
     assert f"skipped {len(BAD_LINES)} bad lines" in report.summary()
     tensor = DataTensor(report.path)
-    assert tensor.manifest.provenance["skipped"] == {"bad_lines": len(BAD_LINES), "empty_documents": 0,
-                                                     "empty_files": 0}
+    assert tensor.manifest.provenance["skipped"] == {
+        "bad_lines": len(BAD_LINES),
+        "empty_documents": 0,
+        "empty_files": 0,
+    }
     assert tensor.manifest.provenance["options"]["skip_bad_lines"] is True
     np.testing.assert_array_equal(tensor.tokens(), expected_tokens(gpt2, good))
 
@@ -127,6 +130,7 @@ def test_bad_line_in_a_worker_process(tmp_path, small_texts):
 
 # ---- empty, missing and damaged files ---------------------------------------------------------------------------
 
+
 def test_empty_file_is_an_error(tmp_path, capsys):
     empty = write_lines(tmp_path / "empty.jsonl", [])
     with pytest.raises(BadInputError, match=starting(f"{empty}: the file is empty")):
@@ -146,8 +150,9 @@ def test_empty_file_is_skipped_and_counted(tmp_path, small_texts, gpt2):
     np.testing.assert_array_equal(tensor.tokens(), expected_tokens(gpt2, small_texts[:2]))
 
 
-@pytest.mark.parametrize("lines", [[], [b"", b"  "], [b"{oops"], [json_line("")]],
-                         ids=["empty", "blank", "all-bad", "empty-text"])
+@pytest.mark.parametrize(
+    "lines", [[], [b"", b"  "], [b"{oops"], [json_line("")]], ids=["empty", "blank", "all-bad", "empty-text"]
+)
 def test_inputs_without_text_are_an_error(tmp_path, lines):
     """Even when skipping, inputs that hold no text at all make no tensor."""
     corpus = write_lines(tmp_path / "none.jsonl", lines)
@@ -166,16 +171,20 @@ def test_nonexistent_input_file(tmp_path, capsys):
 
 
 def truncated(data: bytes) -> bytes:
-    return data[:len(data) // 2]
+    return data[: len(data) // 2]
 
 
-@pytest.mark.parametrize("suffix, make", [
-    (".jsonl.gz", lambda raw: truncated(gzip.compress(raw))),
-    (".jsonl.zst", lambda raw: truncated(zstandard.ZstdCompressor().compress(raw))),
-    (".jsonl.zst", lambda raw: zstandard.ZstdCompressor().compress(raw)[:-1]),
-    (".jsonl.gz", lambda raw: b"not gzip at all\n" * 10),
-    (".jsonl.zst", lambda raw: b"not zstd at all\n" * 10),
-], ids=["gzip-truncated", "zstd-truncated", "zstd-last-byte-missing", "gzip-garbage", "zstd-garbage"])
+@pytest.mark.parametrize(
+    "suffix, make",
+    [
+        (".jsonl.gz", lambda raw: truncated(gzip.compress(raw))),
+        (".jsonl.zst", lambda raw: truncated(zstandard.ZstdCompressor().compress(raw))),
+        (".jsonl.zst", lambda raw: zstandard.ZstdCompressor().compress(raw)[:-1]),
+        (".jsonl.gz", lambda raw: b"not gzip at all\n" * 10),
+        (".jsonl.zst", lambda raw: b"not zstd at all\n" * 10),
+    ],
+    ids=["gzip-truncated", "zstd-truncated", "zstd-last-byte-missing", "gzip-garbage", "zstd-garbage"],
+)
 def test_damaged_compressed_input(tmp_path, small_corpus, capsys, suffix, make):
     """A truncated or corrupt compressed file is an error, never a silently shorter tensor."""
     damaged = tmp_path / ("kjv" + suffix)
@@ -206,10 +215,14 @@ def test_a_hub_name_out_of_reach_fails_at_once(tmp_path, small_corpus, capsys, m
         monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed.getsockname()[1]}")
         why = f"the hub (127.0.0.1:{closed.getsockname()[1]}) cannot be reached from here (ConnectionRefusedError"
     with closed:
-        code, _, err = run_cli(capsys, "store", small_corpus, "-o", tmp_path / "out", "--tokenizer", "nobody/typo",
-                               *CLI_STORE)
-    assert code == 2 and "could not load tokenizer 'nobody/typo': it is not a local path, not in the Hugging " \
-                         f"Face cache, and {why}" in err
+        code, _, err = run_cli(
+            capsys, "store", small_corpus, "-o", tmp_path / "out", "--tokenizer", "nobody/typo", *CLI_STORE
+        )
+    assert (
+        code == 2
+        and f"could not load tokenizer 'nobody/typo': it is not a local path, not in the Hugging Face cache, and {why}"
+        in err
+    )
 
 
 def test_tokenizer_file_that_is_not_one(tmp_path, small_corpus, capsys):
@@ -229,15 +242,18 @@ def test_output_that_is_a_file(tmp_path, small_corpus, capsys):
 
 # ---- directories that are not tensors ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("command", ["verify", "info", "head"])
 def test_not_a_tensor_directory_exits_2(tmp_path, capsys, command):
     plain = tmp_path / "plain"
     plain.mkdir()
     (plain / "notes.txt").write_text("hello")
     nowhere, dataset_id = tmp_path / "nowhere", "kg1-" + "a" * 52
-    for directory, message in [(plain, f"{plain} is not a data tensor: it has no manifest.json"),
-                               (nowhere, f"{nowhere}: no such directory"),
-                               (dataset_id, f"{dataset_id} is a dataset ID, not a directory: `kogitune get")]:
+    for directory, message in [
+        (plain, f"{plain} is not a data tensor: it has no manifest.json"),
+        (nowhere, f"{nowhere}: no such directory"),
+        (dataset_id, f"{dataset_id} is a dataset ID, not a directory: `kogitune get"),
+    ]:
         code, out, err = run_cli(capsys, command, directory)
         assert code == 2 and out == ""
         assert err.startswith(f"kogitune {command}: error: {message}")
@@ -251,10 +267,14 @@ def test_interrupted_store_is_named_as_such(tmp_path, capsys):
     assert code == 2 and "a store into it is unfinished or was interrupted" in err
 
 
-@pytest.mark.parametrize("manifest, message", [
-    (b"{not json", "not valid UTF-8 JSON"),
-    (b'{"format": "kogitune-tensor/1"}', "manifest lacks"),
-], ids=["not-json", "incomplete"])
+@pytest.mark.parametrize(
+    "manifest, message",
+    [
+        (b"{not json", "not valid UTF-8 JSON"),
+        (b'{"format": "kogitune-tensor/1"}', "manifest lacks"),
+    ],
+    ids=["not-json", "incomplete"],
+)
 @pytest.mark.parametrize("command", ["verify", "info", "head"])
 def test_broken_manifest_exits_2(tmp_path, capsys, command, manifest, message):
     (tmp_path / "t").mkdir()
@@ -263,7 +283,6 @@ def test_broken_manifest_exits_2(tmp_path, capsys, command, manifest, message):
     assert code == 2 and f"{tmp_path / 't' / MANIFEST_FILE}: " in err and message in err
     with pytest.raises(ManifestError):
         DataTensor(tmp_path / "t")
-
 
 
 def test_a_byte_order_mark_at_the_start_of_a_file_is_not_a_bad_line(tmp_path):
@@ -276,8 +295,17 @@ def test_a_byte_order_mark_at_the_start_of_a_file_is_not_a_bad_line(tmp_path):
     assert report.documents == 2 and report.bad_lines == 0
 
 
-@pytest.mark.parametrize("option", [{"block_size": 0}, {"block_size": 2 << 20}, {"piece_size": 100},
-                                    {"piece_size": 32 << 20}, {"shard_size": -1}, {"workers": -1}])
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"block_size": 0},
+        {"block_size": 2 << 20},
+        {"piece_size": 100},
+        {"piece_size": 32 << 20},
+        {"shard_size": -1},
+        {"workers": -1},
+    ],
+)
 def test_store_options_that_make_an_unreadable_tensor_are_refused(option):
     from kogitune.errors import KogituneError
     from kogitune.store import StoreOptions

@@ -8,12 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
+from mirrors import mirrors
 
 from kogitune.cache import ContentStore
 from kogitune.cli import main
 from kogitune.client import open_mirrors
-from mirrors import mirrors
 
 READER = Path(__file__).with_name("cache_reader.py")
 RUNS = 3
@@ -34,15 +33,33 @@ def test_two_trainers_on_a_tiny_cache_limit_read_every_byte(kjv_tensor, tmp_path
     """Two trainer processes share a store whose limit holds one shard, so that every fetch evicts; each reads
     shards in its own random order, each read through a fresh DataTensor (as a new worker would), and must get
     every byte right, never a FileNotFoundError."""
-    shard_bytes = sum((kjv_tensor.path / name).stat().st_size for shard in kjv_tensor.shards[:1]
-                      for name in (shard.tokens_path, shard.pieces_path, shard.docs_path))
+    shard_bytes = sum(
+        (kjv_tensor.path / name).stat().st_size
+        for shard in kjv_tensor.shards[:1]
+        for name in (shard.tokens_path, shard.pieces_path, shard.docs_path)
+    )
     env = {**os.environ, "KOGITUNE_CACHE_LIMIT": f"{shard_bytes * 1.2 / 1e9:.9f}"}
     with mirrors(kjv_tensor.path, "ok") as urls:
         for run in range(RUNS):
             home = tmp_path / f"run{run}"
-            trainers = [subprocess.Popen([sys.executable, str(READER), str(home), urls[0], str(kjv_tensor.path),
-                                          str(READS), str(2 * run + seed)], env=env, text=True,
-                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE) for seed in (0, 1)]
+            trainers = [
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        str(READER),
+                        str(home),
+                        urls[0],
+                        str(kjv_tensor.path),
+                        str(READS),
+                        str(2 * run + seed),
+                    ],
+                    env=env,
+                    text=True,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                )
+                for seed in (0, 1)
+            ]
             results = [(trainer.communicate(timeout=120), trainer.returncode) for trainer in trainers]
             for (out, err), code in results:
                 assert code == 0 and out.split() == ["OK", str(READS)], f"run {run}: {err[-2000:]}"
@@ -97,7 +114,7 @@ def test_gc_removes_an_abandoned_partial_file_but_not_a_live_fetchs(kjv_tensor, 
     with mirrors(kjv_tensor.path, "hang") as urls:
         tensor = open_mirrors(urls, content)
         abandoned = tensor.path / f"{first.tokens_path}.partial"
-        abandoned.write_bytes((kjv_tensor.path / first.tokens_path).read_bytes()[:kjv_tensor.manifest.piece_size])
+        abandoned.write_bytes((kjv_tensor.path / first.tokens_path).read_bytes()[: kjv_tensor.manifest.piece_size])
         live = tensor.path / f"{second.tokens_path}.partial"
         tensor.prefetch([1])
         deadline = time.monotonic() + 30

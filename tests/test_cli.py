@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import copy_tensor, flip_byte, store_quietly
+
 from kogitune.cli import build_parser, main, store_cli
 from kogitune.store import StoreOptions
 from kogitune.tensor import DataTensor
@@ -75,12 +75,14 @@ def test_info(tensor, capsys, small_corpus):
     m = tensor.manifest
     assert code == 0
     lines = out.splitlines()
-    for expected in (f"dataset id  {tensor.dataset_id}",
-                     f"path        {tensor.path}",
-                     f"tokenizer   gpt2 ({m.tokenizer.id}, vocab 50,257, eos 50256)",
-                     f"tokens      {m.tokens:,} in {m.blocks:,} blocks of 64 (uint16)",
-                     "documents   40",
-                     f"inputs      kjv.jsonl ({small_corpus.stat().st_size:,} B)"):
+    for expected in (
+        f"dataset id  {tensor.dataset_id}",
+        f"path        {tensor.path}",
+        f"tokenizer   gpt2 ({m.tokenizer.id}, vocab 50,257, eos 50256)",
+        f"tokens      {m.tokens:,} in {m.blocks:,} blocks of 64 (uint16)",
+        "documents   40",
+        f"inputs      kjv.jsonl ({small_corpus.stat().st_size:,} B)",
+    ):
         assert expected in lines
 
 
@@ -139,12 +141,12 @@ def test_console_script(tensor):
     assert help_run.returncode == 0
     for command in ("store", "verify", "info", "head"):
         assert command in help_run.stdout
-    info_run = subprocess.run([console_script(), "info", str(tensor.path)], capture_output=True, text=True,
-                              timeout=120)
+    info_run = subprocess.run([console_script(), "info", str(tensor.path)], capture_output=True, text=True, timeout=120)
     assert info_run.returncode == 0, info_run.stderr
     assert f"dataset id  {tensor.dataset_id}\n" in info_run.stdout
-    bad_run = subprocess.run([console_script(), "verify", str(tensor.path / "shards")], capture_output=True,
-                             text=True, timeout=120)
+    bad_run = subprocess.run(
+        [console_script(), "verify", str(tensor.path / "shards")], capture_output=True, text=True, timeout=120
+    )
     assert bad_run.returncode == 2 and "is not a data tensor" in bad_run.stderr
 
 

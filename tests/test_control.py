@@ -31,9 +31,13 @@ ROOT = Path(__file__).resolve().parent.parent
 GROUP_NAMES = {"BaseExceptionGroup", "ExceptionGroup"}
 
 
-def serve(line: bytes, node=SimpleNamespace(get=None)) -> dict:
+UNREACHED_NODE = SimpleNamespace(get=None)
+
+
+def serve(line: bytes, node=UNREACHED_NODE) -> dict:
     """Send `line` to one control connection served by `node` (by default one that is never reached: the request
     fails first); the decoded reply."""
+
     async def main() -> bytes:
         ours, theirs = trio.testing.memory_stream_pair()
         reply = bytearray()
@@ -52,15 +56,18 @@ def failures(caplog) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == "kogitune.node" and "control request failed" in r.getMessage()]
 
 
-@pytest.mark.parametrize("line, message", [
-    (b"[" * 100_000 + b"\n", f"nested deeper than {MAX_JSON_DEPTH}"),
-    (b'{"op": "status", "x": ' + b"[" * 65 + b"]" * 65 + b"}\n", f"nested deeper than {MAX_JSON_DEPTH}"),
-    (b"not json\n", "not valid JSON"),
-    (b'"status"\n', "a JSON str, not an object"),
-    (b'{"op": "statsu"}\n', "unknown control operation 'statsu'"),
-    (b'{"op": "get", "id": "kg1-typo"}\n', "'kg1-typo' is not a dataset ID"),
-    (b"x" * (control.MAX_LINE + 1), f"longer than {control.MAX_LINE} bytes"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        (b"[" * 100_000 + b"\n", f"nested deeper than {MAX_JSON_DEPTH}"),
+        (b'{"op": "status", "x": ' + b"[" * 65 + b"]" * 65 + b"}\n", f"nested deeper than {MAX_JSON_DEPTH}"),
+        (b"not json\n", "not valid JSON"),
+        (b'"status"\n', "a JSON str, not an object"),
+        (b'{"op": "statsu"}\n', "unknown control operation 'statsu'"),
+        (b'{"op": "get", "id": "kg1-typo"}\n', "'kg1-typo' is not a dataset ID"),
+        (b"x" * (control.MAX_LINE + 1), f"longer than {control.MAX_LINE} bytes"),
+    ],
+)
 def test_a_bad_request_is_a_node_error_logged_in_one_line(caplog, line, message):
     """Before: a deep request came back as RecursionError, a non-object as AttributeError, and every failed request
     (a typo too) put a traceback into node.log."""
@@ -89,16 +96,27 @@ def test_the_first_error_inside_exception_groups_is_reported(caplog):
     assert failures(caplog)[0].exc_info is None
 
 
-@pytest.mark.parametrize("path", sorted(p.relative_to(ROOT) for folder in ("kogitune", "node", "protocol", "tests")
-                                         for p in (ROOT / folder).rglob("*.py")), ids=str)
+@pytest.mark.parametrize(
+    "path",
+    sorted(
+        p.relative_to(ROOT)
+        for folder in ("kogitune", "node", "protocol", "tests")
+        for p in (ROOT / folder).rglob("*.py")
+    ),
+    ids=str,
+)
 def test_exception_groups_come_from_the_backport_before_python_3_11(path):
     """Python 3.10 (which pyproject.toml supports) has no builtin (Base)ExceptionGroup: a module that names one
     without importing it from the `exceptiongroup` backport (trio's dependency there) dies with NameError on 3.10,
     as node/control.py did whenever a control request failed."""
     tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
     named = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and node.id in GROUP_NAMES}
-    imported = {alias.asname or alias.name for node in ast.walk(tree)
-                if isinstance(node, ast.ImportFrom) and node.module == "exceptiongroup" for alias in node.names}
+    imported = {
+        alias.asname or alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module == "exceptiongroup"
+        for alias in node.names
+    }
     assert named <= imported, f"{path} names {sorted(named - imported)} without the exceptiongroup backport"
 
 
@@ -129,7 +147,7 @@ class Dribble:
         self.data, self.size, self.at = data, size, 0
 
     async def receive_some(self, max_bytes=None) -> bytes:
-        chunk = self.data[self.at:self.at + self.size]
+        chunk = self.data[self.at : self.at + self.size]
         self.at += len(chunk)
         return chunk
 
@@ -151,9 +169,11 @@ def test_user_typos_put_no_traceback_into_node_log(tmp_path):
     (tmp_path / "file.txt").write_text("hello")
     node = NodeProcess(tmp_path / "home")
     try:
-        typos = [(("publish", str(tmp_path / "nope")), f"{tmp_path / 'nope'}: no such directory"),
-                 (("publish", str(tmp_path / "file.txt")), "is not a data tensor"),
-                 (("get", "kg1-typo"), "'kg1-typo' is not a dataset ID")]
+        typos = [
+            (("publish", str(tmp_path / "nope")), f"{tmp_path / 'nope'}: no such directory"),
+            (("publish", str(tmp_path / "file.txt")), "is not a data tensor"),
+            (("get", "kg1-typo"), "'kg1-typo' is not a dataset ID"),
+        ]
         for args, message in typos:
             result = node.cli(*args, check=False)
             assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
@@ -165,7 +185,8 @@ def test_user_typos_put_no_traceback_into_node_log(tmp_path):
         f"control request failed: {tmp_path / 'nope'}: no such directory",
         f"control request failed: {tmp_path / 'file.txt'} is not a data tensor: it has no manifest.json. "
         "Create one with `kogitune store FILE.jsonl`.",
-        "control request failed: 'kg1-typo' is not a dataset ID"]
+        "control request failed: 'kg1-typo' is not a dataset ID",
+    ]
 
 
 @pytest.mark.parametrize("config", [b'{"bootstrap": ' + b"[" * 100_000, b'{"bootstrap": 5}', b'["x"]', b"{oops"])
@@ -181,6 +202,7 @@ def test_a_bad_config_json_is_a_node_error(tmp_path, config):
 
 # ---- the client side --------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def fake_daemon(tmp_path):
     """A control socket in `tmp_path` that answers one request with the bytes given to `answer`."""
@@ -195,6 +217,7 @@ def fake_daemon(tmp_path):
             with conn:
                 conn.recv(1 << 16)
                 conn.sendall(reply)
+
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
         threads.append(thread)
@@ -206,9 +229,16 @@ def fake_daemon(tmp_path):
         thread.join(timeout=10)
 
 
-@pytest.mark.parametrize("kind, cls", [("FetchError", FetchError), ("NodeError", NodeError),
-                                       ("IntegrityError", IntegrityError), ("ZeroDivisionError", KogituneError),
-                                       (None, KogituneError)])
+@pytest.mark.parametrize(
+    "kind, cls",
+    [
+        ("FetchError", FetchError),
+        ("NodeError", NodeError),
+        ("IntegrityError", IntegrityError),
+        ("ZeroDivisionError", KogituneError),
+        (None, KogituneError),
+    ],
+)
 def test_the_client_raises_the_class_the_node_named(fake_daemon, kind, cls):
     """Before, every failure came back as a bare KogituneError, whatever the node raised."""
     reply = {"ok": False, "error": "what happened", **({"type": kind} if kind else {})}
@@ -217,11 +247,14 @@ def test_the_client_raises_the_class_the_node_named(fake_daemon, kind, cls):
     assert type(caught.value) is cls
 
 
-@pytest.mark.parametrize("reply, message", [
-    (b"[" * 100_000 + b"\n", f"nested deeper than {MAX_JSON_DEPTH}"),
-    (b"[1]\n", "not an object"),
-    (b"{oops\n", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "reply, message",
+    [
+        (b"[" * 100_000 + b"\n", f"nested deeper than {MAX_JSON_DEPTH}"),
+        (b"[1]\n", "not an object"),
+        (b"{oops\n", "not valid JSON"),
+    ],
+)
 def test_a_bad_reply_is_a_kogitune_error(fake_daemon, reply, message):
     with pytest.raises(KogituneError, match=message):
         fake_daemon(reply).call("status", timeout=10)

@@ -31,7 +31,7 @@ def chapters(tmp_path_factory):
 
 def word_grams(text, n=5):
     words = simplify_for_shingles(text).split()
-    return {tuple(words[i:i + n]) for i in range(max(1, len(words) - n + 1))}
+    return {tuple(words[i : i + n]) for i in range(max(1, len(words) - n + 1))}
 
 
 def jaccard(a, b):
@@ -48,10 +48,12 @@ def test_exact_dedup_keeps_one_of_each_normalized_text(verses):
     kept = [v for v in verses if dedup.apply(v).text is not None]
     assert len(kept) == len({normalize_for_exact(v) for v in verses}) < len(verses)
 
-    variants = ["In the beginning God created the heaven and the earth.",
-                "IN THE BEGINNING  God created the heaven\nand the earth.",
-                "\uff29n the beginning God created the heaven and the earth.",  # fullwidth I, NFKC makes it I
-                "  in the beginning god created the heaven and the earth.\t"]
+    variants = [
+        "In the beginning God created the heaven and the earth.",
+        "IN THE BEGINNING  God created the heaven\nand the earth.",
+        "\uff29n the beginning God created the heaven and the earth.",  # fullwidth I, NFKC makes it I
+        "  in the beginning god created the heaven and the earth.\t",
+    ]
     fresh = build_filter("exact_dedup")
     results = [fresh.apply(v) for v in variants]
     assert results[0].text == variants[0]
@@ -98,7 +100,7 @@ def test_minhash_character_shingles_catch_copies_without_word_boundaries(chapter
     dedup = build_filter("minhash_dedup", shingle="char", ngram=5)
     squeezed = [c.replace(" ", "") for c in chapters[:100]]
     assert all(dedup.apply(text).text is not None for text in squeezed)
-    edited = [text[:len(text) // 2] + "X" + text[len(text) // 2:] for text in squeezed]
+    edited = [text[: len(text) // 2] + "X" + text[len(text) // 2 :] for text in squeezed]
     assert sum(dedup.apply(text).reason == "near_duplicate" for text in edited) >= 98
 
 
@@ -149,8 +151,9 @@ def test_key_index_agrees_with_a_dict_across_many_merges():
         values = rng.integers(0, 1000, size=7, dtype=np.uint64)
         index.add(keys, values)
         reference.update(zip(keys.tolist(), values.tolist()))
-    probe = np.concatenate((np.array(list(reference), dtype=np.uint64)[::3],
-                            rng.integers(0, 2**64 - 1, size=50, dtype=np.uint64)))
+    probe = np.concatenate(
+        (np.array(list(reference), dtype=np.uint64)[::3], rng.integers(0, 2**64 - 1, size=50, dtype=np.uint64))
+    )
     expected = [reference.get(k, int(MISSING)) for k in probe.tolist()]
     assert index.get(probe).tolist() == expected
     assert len(index._runs) < 8, "runs are merged, not kept one per flush"
@@ -194,13 +197,19 @@ def check_merge(old_keys, new_keys, chunk):
     assert [v for _, values in chunks for v in values.tolist()] == both_values[order].tolist()
 
 
-@pytest.mark.parametrize("old, new", [
-    ([5, 5, 5, 5, 5], [5, 5, 5]),                      # equal keys across runs and across chunk boundaries
-    ([1, 2, 2, 2, 2, 2, 2, 9], [2, 2, 2, 3]),          # a run of equal keys longer than a chunk in both
-    ([], [1, 2, 3]), ([1, 2, 3], []), ([], []),        # one run empty, or both
-    ([7, 8, 9], [1, 2, 3]), ([1, 2, 3], [7, 8, 9]),    # one run entirely after the other
-    ([0, 2**64 - 1], [2**64 - 1, 2**64 - 1]),          # the largest key (MISSING as a key)
-])
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ([5, 5, 5, 5, 5], [5, 5, 5]),  # equal keys across runs and across chunk boundaries
+        ([1, 2, 2, 2, 2, 2, 2, 9], [2, 2, 2, 3]),  # a run of equal keys longer than a chunk in both
+        ([], [1, 2, 3]),
+        ([1, 2, 3], []),
+        ([], []),  # one run empty, or both
+        ([7, 8, 9], [1, 2, 3]),
+        ([1, 2, 3], [7, 8, 9]),  # one run entirely after the other
+        ([0, 2**64 - 1], [2**64 - 1, 2**64 - 1]),  # the largest key (MISSING as a key)
+    ],
+)
 @pytest.mark.parametrize("chunk", [1, 2, 3, 100])
 def test_merged_chunks_equal_a_stable_sort_of_both_runs(old, new, chunk):
     check_merge(old, new, chunk)
@@ -246,8 +255,11 @@ def test_unwritable_spill_dir_gives_a_filter_error(verses, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     dedup = build_filter("exact_dedup", max_index_mb=0.01, spill_dir=str(blocker / "spill"))
-    with pytest.raises(FilterError, match=rf"cannot write the dedup index to {re.escape(str(blocker / 'spill'))} "
-                                          r"\(Not a directory\).*set spill_dir to a writable directory"):
+    with pytest.raises(
+        FilterError,
+        match=rf"cannot write the dedup index to {re.escape(str(blocker / 'spill'))} "
+        r"\(Not a directory\).*set spill_dir to a writable directory",
+    ):
         for text in verses[:2000]:
             dedup.apply(text)
     with pytest.raises(FilterError, match="max_index_mb must be 0"):
@@ -278,8 +290,12 @@ def test_filter_files_with_a_spilling_dedup_writes_the_same_output_and_cleans_up
             f.write(json.dumps({"id": number, "text": text}) + "\n")
     outputs = []
     for name, budget in (("memory", 0), ("spill", 0.02)):
-        config = {"filters": [{"name": "exact_dedup", "max_index_mb": budget, "spill_dir": str(tmp_path / name)},
-                              {"name": "minhash_dedup", "max_index_mb": budget, "spill_dir": str(tmp_path / name)}]}
+        config = {
+            "filters": [
+                {"name": "exact_dedup", "max_index_mb": budget, "spill_dir": str(tmp_path / name)},
+                {"name": "minhash_dedup", "max_index_mb": budget, "spill_dir": str(tmp_path / name)},
+            ]
+        }
         report = filter_files([corpus], tmp_path / f"{name}.jsonl", config, FilterOptions(workers=1), progress=False)
         outputs.append((tmp_path / f"{name}.jsonl").read_bytes())
         assert report.filters[0].dropped >= 300 and report.filters[1].dropped >= 250
@@ -290,12 +306,20 @@ def test_filter_files_with_a_spilling_dedup_writes_the_same_output_and_cleans_up
 
 
 def test_pipeline_from_config_names_the_dropping_filter(verses):
-    pipeline = Pipeline.from_config({"filters": [{"name": "exact_dedup"},
-                                                 {"name": "minhash_dedup", "bands": 20, "rows": 5}]})
+    pipeline = Pipeline.from_config(
+        {"filters": [{"name": "exact_dedup"}, {"name": "minhash_dedup", "bands": 20, "rows": 5}]}
+    )
     assert pipeline.stateful
-    assert pipeline.to_config()["filters"][1] == {"name": "minhash_dedup", "shingle": "word", "ngram": 5,
-                                                  "bands": 20, "rows": 5, "seed": 1, "max_index_mb": 512.0,
-                                                  "spill_dir": ""}
+    assert pipeline.to_config()["filters"][1] == {
+        "name": "minhash_dedup",
+        "shingle": "word",
+        "ngram": 5,
+        "bands": 20,
+        "rows": 5,
+        "seed": 1,
+        "max_index_mb": 512.0,
+        "spill_dir": "",
+    }
     text = verses[100]
     assert pipeline.apply(text).text == text
     assert pipeline.apply(text.upper()).reason == "exact_dedup:duplicate"

@@ -19,8 +19,21 @@ from kogitune.filters.repetition import WordArrays, ngram_repeats
 from kogitune.filters.samples import CHINESE, ENGLISH, JAPANESE, KOREAN, SHORT, labelled_paragraphs
 from kogitune.filters.text import class_fraction, words
 
-BUILTIN = {"nfkc", "whitespace", "length", "token_length", "char_fraction", "compression", "gopher_repetition",
-           "gopher_quality", "stop_words", "c4_lines", "language", "pii", "wikipedia_trim"}
+BUILTIN = {
+    "nfkc",
+    "whitespace",
+    "length",
+    "token_length",
+    "char_fraction",
+    "compression",
+    "gopher_repetition",
+    "gopher_quality",
+    "stop_words",
+    "c4_lines",
+    "language",
+    "pii",
+    "wikipedia_trim",
+}
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +86,15 @@ def test_parameter_types_are_checked_and_whole_floats_become_ints():
 
 
 def test_pipeline_stops_at_the_first_drop_and_prefixes_the_reason():
-    pipeline = Pipeline.from_config({"filters": [{"name": "whitespace"}, {"name": "length", "min_chars": 10},
-                                                 {"name": "language", "languages": ["ja"]}]})
+    pipeline = Pipeline.from_config(
+        {
+            "filters": [
+                {"name": "whitespace"},
+                {"name": "length", "min_chars": 10},
+                {"name": "language", "languages": ["ja"]},
+            ]
+        }
+    )
     result, steps = pipeline.trace("  short  ")
     assert result == FilterResult(None, 5.0, "length:too_few_chars")
     assert [s.text for s in steps] == ["short", None]
@@ -83,14 +103,26 @@ def test_pipeline_stops_at_the_first_drop_and_prefixes_the_reason():
 
 
 def test_config_round_trips_through_json_and_files(tmp_path):
-    config = {"filters": [{"name": "nfkc"}, {"name": "length", "min_chars": 50, "max_bytes": 10_000},
-                          {"name": "pii", "replace": ["email"], "placeholders": {"email": "[mail]"}},
-                          {"name": "gopher_repetition", "top_ngram_fracs": [[2, 0.25]]}]}
+    config = {
+        "filters": [
+            {"name": "nfkc"},
+            {"name": "length", "min_chars": 50, "max_bytes": 10_000},
+            {"name": "pii", "replace": ["email"], "placeholders": {"email": "[mail]"}},
+            {"name": "gopher_repetition", "top_ngram_fracs": [[2, 0.25]]},
+        ]
+    }
     pipeline = Pipeline.from_config(config)
     saved = pipeline.to_config()
     assert json.loads(json.dumps(saved)) == saved
-    assert saved["filters"][1] == {"name": "length", "min_chars": 50, "max_chars": None, "min_bytes": None,
-                                   "max_bytes": 10_000, "min_words": None, "max_words": None}
+    assert saved["filters"][1] == {
+        "name": "length",
+        "min_chars": 50,
+        "max_chars": None,
+        "min_bytes": None,
+        "max_bytes": 10_000,
+        "min_words": None,
+        "max_words": None,
+    }
     assert saved["filters"][3]["top_ngram_fracs"] == [[2, 0.25]]
     path = tmp_path / "filters.json"
     path.write_text(json.dumps(config))
@@ -129,12 +161,15 @@ def test_yaml_config_when_pyyaml_is_installed_and_a_clear_error_when_not(tmp_pat
         Pipeline.from_config(path)
 
 
-@pytest.mark.parametrize("config, message", [
-    ([], "must be an object with a list"),
-    ({"filter": []}, "must be an object with a list"),
-    ({"filters": ["nfkc"]}, "filter 1 of the config is 'nfkc'"),
-    ({"filters": [{"min_chars": 3}]}, "must be an object with a \"name\""),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ([], "must be an object with a list"),
+        ({"filter": []}, "must be an object with a list"),
+        ({"filters": ["nfkc"]}, "filter 1 of the config is 'nfkc'"),
+        ({"filters": [{"min_chars": 3}]}, 'must be an object with a "name"'),
+    ],
+)
 def test_malformed_configs_say_what_is_wrong(config, message):
     with pytest.raises(FilterError, match=message):
         Pipeline.from_config(config)
@@ -159,8 +194,11 @@ def test_the_example_configs_in_the_docs_build():
 
 def test_command_line_filter_specs():
     assert parse_filter_spec("nfkc") == {"name": "nfkc"}
-    assert parse_filter_spec("length:min_chars=200,max_chars=null") == {"name": "length", "min_chars": 200,
-                                                                        "max_chars": None}
+    assert parse_filter_spec("length:min_chars=200,max_chars=null") == {
+        "name": "length",
+        "min_chars": 200,
+        "max_chars": None,
+    }
     spec = parse_filter_spec('language:languages=["ja","en"],min_confidence=0.6')
     assert spec == {"name": "language", "languages": ["ja", "en"], "min_confidence": 0.6}
     assert build_filter(**parse_filter_spec("language:languages=ja")).languages == ("ja",)
@@ -215,7 +253,9 @@ def test_whitespace_cleanup():
     assert clean.apply("a\r\nb\rc\u2028d").text == "a\nb\nc\nd"
     assert clean.apply(ADVERSARIAL["control_chars"]).text == "abcdefgh"
     assert clean.apply(ADVERSARIAL["lone_surrogates"]).text == "before middle after"
-    assert clean.apply("全角\u3000スペース  と\t\tタブ  \n\n\n\n次の段落   ").text == "全角 スペース と タブ\n\n次の段落"
+    assert (
+        clean.apply("全角\u3000スペース  と\t\tタブ  \n\n\n\n次の段落   ").text == "全角 スペース と タブ\n\n次の段落"
+    )
     assert clean.apply("👨‍👩‍👧 ok").text == "👨‍👩‍👧 ok", "the zero-width joiner inside emoji stays"
     assert clean.apply(ADVERSARIAL["whitespace_only"]) == FilterResult(None, 1.0, "empty")
     assert build_filter("whitespace", max_blank_lines=0).apply("a\n\n\nb").text == "a\nb"
@@ -286,7 +326,7 @@ def test_compression_ratio(kjv):
 
 def _reference_repeats(word_list, n):
     """ngram_repeats written the slow, obvious way."""
-    grams = [tuple(word_list[i:i + n]) for i in range(len(word_list) - n + 1)]
+    grams = [tuple(word_list[i : i + n]) for i in range(len(word_list) - n + 1)]
     counts = Counter(grams)
     top = max(counts.values(), default=0)
     top_chars = 0
@@ -314,7 +354,15 @@ def test_ngram_repeats_on_a_known_example_and_against_a_slow_reference(kjv):
 
 
 def test_words_follow_scripts():
-    assert words("Don't stop: 東京には住んでいます。カタカナ") == ["Don't", "stop", "東京", "には", "住", "んでいます", "カタカナ"]
+    assert words("Don't stop: 東京には住んでいます。カタカナ") == [
+        "Don't",
+        "stop",
+        "東京",
+        "には",
+        "住",
+        "んでいます",
+        "カタカナ",
+    ]
 
 
 def test_gopher_repetition(kjv):
@@ -364,9 +412,11 @@ def test_stop_words_in_english_and_japanese(kjv):
 
 def test_c4_lines():
     c4 = build_filter("c4_lines")
-    page = ("Home | About | Contact\nThe council met on Tuesday to discuss the new library.\n"
-            "Please enable JavaScript to view this page.\nこの図書館は百年の歴史を持つ。\n"
-            "Read our privacy policy before you continue.\nShare")
+    page = (
+        "Home | About | Contact\nThe council met on Tuesday to discuss the new library.\n"
+        "Please enable JavaScript to view this page.\nこの図書館は百年の歴史を持つ。\n"
+        "Read our privacy policy before you continue.\nShare"
+    )
     result = c4.apply(page)
     assert result.text == "The council met on Tuesday to discuss the new library.\nこの図書館は百年の歴史を持つ。"
     assert result.score == pytest.approx(4 / 6)
@@ -386,7 +436,7 @@ def test_language_id_on_the_labelled_paragraphs_and_short_sentences():
 
 
 def test_language_id_on_kjv_chapters_and_odd_input(kjv):
-    assert all(detect_language(text) .language == "en" for text in kjv)
+    assert all(detect_language(text).language == "en" for text in kjv)
     assert detect_language("").language == "und"
     assert detect_language("🦊🎉 12345 !!!").language == "und"
     assert detect_language("Привет, как дела? Это русский текст.").language == "ru"
@@ -412,26 +462,39 @@ def test_luhn():
     assert not luhn_valid("4111111111111112")
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("連絡先: taro.yamada@example.co.jp までどうぞ", "連絡先: <EMAIL> までどうぞ"),
-    ("Write to first.last+tag@mail.example.org.", "Write to <EMAIL>."),
-    ("連絡先taro@example.jpまで", "連絡先<EMAIL>まで"),
-    ("電話は03-1234-5678、携帯は090-1234-5678です。", "電話は<PHONE>、携帯は<PHONE>です。"),
-    ("代表 (06) 6123-4567 / 09012345678", "代表 <PHONE> / <PHONE>"),
-    ("Call +81 3-1234-5678 or +1 (555) 123-4567 or (555) 987-6543.", "Call <PHONE> or <PHONE> or <PHONE>."),
-    ("Pay with 4111 1111 1111 1111 or 3782-822463-10005.", "Pay with <CREDIT_CARD> or <CREDIT_CARD>."),
-    ("Servers 192.168.0.1, 10.0.0.254. and 2001:db8::8a2e:370:7334 or fe80::1%eth0.",
-     "Servers <IP>, <IP>. and <IP> or <IP>."),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("連絡先: taro.yamada@example.co.jp までどうぞ", "連絡先: <EMAIL> までどうぞ"),
+        ("Write to first.last+tag@mail.example.org.", "Write to <EMAIL>."),
+        ("連絡先taro@example.jpまで", "連絡先<EMAIL>まで"),
+        ("電話は03-1234-5678、携帯は090-1234-5678です。", "電話は<PHONE>、携帯は<PHONE>です。"),
+        ("代表 (06) 6123-4567 / 09012345678", "代表 <PHONE> / <PHONE>"),
+        ("Call +81 3-1234-5678 or +1 (555) 123-4567 or (555) 987-6543.", "Call <PHONE> or <PHONE> or <PHONE>."),
+        ("Pay with 4111 1111 1111 1111 or 3782-822463-10005.", "Pay with <CREDIT_CARD> or <CREDIT_CARD>."),
+        (
+            "Servers 192.168.0.1, 10.0.0.254. and 2001:db8::8a2e:370:7334 or fe80::1%eth0.",
+            "Servers <IP>, <IP>. and <IP> or <IP>.",
+        ),
+    ],
+)
 def test_pii_is_replaced(text, expected):
     assert build_filter("pii").apply(text).text == expected
 
 
-@pytest.mark.parametrize("text", [
-    "John 3:16 and Genesis 1:1-3 are verses.", "The meeting is at 12:30:45 on 2023-01-15.",
-    "Card 4111 1111 1111 1112 fails Luhn.", "Version 256.1.1.1 is not an address.", "std::vector<int> v;",
-    "ISBN 978-4-00-310101-8", "Population 127,000,000 in 2020.", "@mention and user@ and @example.com",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "John 3:16 and Genesis 1:1-3 are verses.",
+        "The meeting is at 12:30:45 on 2023-01-15.",
+        "Card 4111 1111 1111 1112 fails Luhn.",
+        "Version 256.1.1.1 is not an address.",
+        "std::vector<int> v;",
+        "ISBN 978-4-00-310101-8",
+        "Population 127,000,000 in 2020.",
+        "@mention and user@ and @example.com",
+    ],
+)
 def test_pii_leaves_look_alikes_alone(text):
     assert build_filter("pii").apply(text) == FilterResult(text, 0.0)
 
@@ -450,12 +513,17 @@ def test_pii_urls_and_placeholders_are_configurable():
 
 def test_wikipedia_trim_japanese_and_english():
     trim = build_filter("wikipedia_trim")
-    article = ("富士山\n\n富士山は日本最高峰の山である[1]。古くから信仰の対象とされた[要出典]。"
-               "標高は三七七六メートル[注 2]。\n\n== 脚注 ==\n1. 国土地理院\n\n関連項目\n- 富士五湖")
-    assert trim.apply(article).text == ("富士山\n\n富士山は日本最高峰の山である。古くから信仰の対象とされた。"
-                                        "標高は三七七六メートル。")
-    english = ("Mount Fuji\nMount Fuji is the highest mountain in Japan.[1][a][citation needed]\n\n"
-               "See also\n\n* Fuji Five Lakes")
+    article = (
+        "富士山\n\n富士山は日本最高峰の山である[1]。古くから信仰の対象とされた[要出典]。"
+        "標高は三七七六メートル[注 2]。\n\n== 脚注 ==\n1. 国土地理院\n\n関連項目\n- 富士五湖"
+    )
+    assert trim.apply(article).text == (
+        "富士山\n\n富士山は日本最高峰の山である。古くから信仰の対象とされた。標高は三七七六メートル。"
+    )
+    english = (
+        "Mount Fuji\nMount Fuji is the highest mountain in Japan.[1][a][citation needed]\n\n"
+        "See also\n\n* Fuji Five Lakes"
+    )
     assert trim.apply(english).text == "Mount Fuji\nMount Fuji is the highest mountain in Japan."
     assert trim.apply("Notes\nNotes is a 1975 song.").text == "Notes\nNotes is a 1975 song.", "titles stay"
     assert trim.apply("Title\n参考文献\n本").text == "Title"

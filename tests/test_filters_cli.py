@@ -16,10 +16,16 @@ from kogitune.filters.samples import CHINESE, JAPANESE
 from kogitune.store import StoreOptions, store
 from kogitune.tensor import DataTensor
 
-CONFIG = {"filters": [
-    {"name": "nfkc"}, {"name": "whitespace"}, {"name": "length", "min_chars": 50},
-    {"name": "language", "languages": ["en", "ja"]}, {"name": "pii"}, {"name": "exact_dedup"},
-]}
+CONFIG = {
+    "filters": [
+        {"name": "nfkc"},
+        {"name": "whitespace"},
+        {"name": "length", "min_chars": 50},
+        {"name": "language", "languages": ["en", "ja"]},
+        {"name": "pii"},
+        {"name": "exact_dedup"},
+    ]
+}
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +64,15 @@ def test_filter_writes_kept_documents_and_a_report(corpus, tmp_path):
     pii = kept[-1]["text"]
     assert pii.startswith("mail: <EMAIL>、電話 <PHONE>。"), "NFKC runs first, so full-width text is caught too"
     saved = json.loads(report_path(out).read_text(encoding="utf-8"))
-    assert saved["config"]["filters"][2] == {"name": "length", "min_chars": 50, "max_chars": None,
-                                             "min_bytes": None, "max_bytes": None, "min_words": None,
-                                             "max_words": None}
+    assert saved["config"]["filters"][2] == {
+        "name": "length",
+        "min_chars": 50,
+        "max_chars": None,
+        "min_bytes": None,
+        "max_bytes": None,
+        "min_words": None,
+        "max_words": None,
+    }
     by_name = {f["name"]: f for f in saved["filters"]}
     assert by_name["whitespace"]["reasons"] == {"empty": 1}
     assert by_name["length"]["reasons"] == {"too_few_chars": 1}
@@ -132,14 +144,19 @@ def test_cli_filter_and_its_errors(corpus, tmp_path, capsys):
 
 
 def test_store_with_filters_records_them_and_refuses_dedup(corpus, tmp_path):
-    config = {"filters": [{"name": "nfkc"}, {"name": "length", "min_chars": 100},
-                          {"name": "language", "languages": ["ja"]}]}
+    config = {
+        "filters": [{"name": "nfkc"}, {"name": "length", "min_chars": 100}, {"name": "language", "languages": ["ja"]}]
+    }
     options = StoreOptions(block_size=128, workers=2, filters=config)
     report = store([corpus], "gpt2", tmp_path / "ja", options, progress=False)
     assert report.documents == 10 and report.filtered_documents == 157
     provenance = DataTensor(tmp_path / "ja").manifest.provenance
-    assert provenance["filters"]["filters"][2] == {"name": "language", "languages": ["ja"], "min_confidence": "0.5",
-                                                   "max_chars": 2000}
+    assert provenance["filters"]["filters"][2] == {
+        "name": "language",
+        "languages": ["ja"],
+        "min_confidence": "0.5",
+        "max_chars": 2000,
+    }
     assert Pipeline.from_config(provenance["filters"]).to_config()["filters"][2]["min_confidence"] == 0.5
     assert provenance["skipped"]["filtered_documents"] == 157
     with pytest.raises(FilterError, match="cannot run exact_dedup.*kogitune filter"):

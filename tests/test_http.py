@@ -37,9 +37,11 @@ DATA = bytes(range(256)) * 64
 
 def run(main) -> None:
     """trio.run(main), failing if it takes longer than BOUND."""
+
     async def bounded():
         with trio.fail_after(BOUND):
             await main()
+
     trio.run(bounded)
 
 
@@ -52,6 +54,7 @@ def no_proxy_in_environment(monkeypatch):
 
 
 # ---- servers ----------------------------------------------------------------------------------------------------
+
 
 class Server:
     """What a served port saw: the number of connections and each request head."""
@@ -99,11 +102,13 @@ async def read_head(stream: trio.abc.Stream) -> bytes:
 
 def answer(*parts: bytes, hang: bool = False):
     """A reply that sends `parts` one after the other, then closes the connection or hangs."""
+
     async def reply(stream, head):
         for part in parts:
             await stream.send_all(part)
         if hang:
             await trio.sleep_forever()
+
     return reply
 
 
@@ -117,8 +122,10 @@ def redirect(location: str):
 
 def by_path(replies: dict):
     """A reply chosen by the request target."""
+
     async def reply(stream, head):
         await replies[head.split(b" ")[1].decode()](stream, head)
+
     return reply
 
 
@@ -139,8 +146,11 @@ def refused_port() -> socket.socket:
 
 FRAMINGS = {
     "content-length": [b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n", b"hello", b" world"],
-    "chunked": [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel", b"lo\r\n6\r\n world\r\n",
-                b"0\r\n\r\n"],
+    "chunked": [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+        b"lo\r\n6\r\n world\r\n",
+        b"0\r\n\r\n",
+    ],
     "after 100 Continue": [b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello world"],
     "content-length, more bytes after": [b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello", b" world and more"],
 }
@@ -149,6 +159,7 @@ FRAMINGS = {
 @pytest.mark.parametrize("framing", FRAMINGS)
 def test_body_ends_where_the_framing_says(framing):
     """The body is complete at its framed end, while the server still holds the connection open."""
+
     async def main():
         async with serving(answer(*FRAMINGS[framing], hang=True)) as server:
             response, body = await fetch(f"{server.url}/a/b?c=1")
@@ -156,12 +167,14 @@ def test_body_ends_where_the_framing_says(framing):
         request_line, *fields = server.heads[0].split(b"\r\n")
         assert request_line == b"GET /a/b?c=1 HTTP/1.1"
         assert {b"host: 127.0.0.1:%d" % server.port, b"connection: close"} <= {f.lower() for f in fields}
+
     run(main)
 
 
 @pytest.mark.parametrize("framing", FRAMINGS)
 def test_body_into_small_buffers(framing):
     """receive_into fills at most the buffer it is given, however the bytes arrived."""
+
     async def main():
         async with serving(answer(*FRAMINGS[framing], hang=True)) as server:
             async with HttpClient(TIMEOUT).get(server.url) as response:
@@ -172,6 +185,7 @@ def test_body_into_small_buffers(framing):
         assert max(map(len, parts)) <= 4
         with pytest.raises(ValueError, match="non-empty buffer"):
             await response.body.receive_into(memoryview(bytearray()))
+
     run(main)
 
 
@@ -180,25 +194,32 @@ def test_body_until_close_without_framing():
         async with serving(answer(b"HTTP/1.1 200 OK\r\n\r\n", DATA[:1000], DATA[1000:])) as server:
             _, body = await fetch(server.url)
         assert body == DATA
+
     run(main)
 
 
 def test_range_gives_206_and_the_offset():
     """HttpSource asks for `Range: bytes=START-` and returns the Content-Range start as the offset."""
+
     async def ranged(stream, head):
         start = int(re.search(rb"\r\nrange: bytes=(\d+)-", head, re.IGNORECASE).group(1))
-        await stream.send_all(b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes %d-%d/%d\r\n"
-                              b"Content-Length: %d\r\n\r\n" % (start, len(DATA) - 1, len(DATA), len(DATA) - start))
+        await stream.send_all(
+            b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes %d-%d/%d\r\n"
+            b"Content-Length: %d\r\n\r\n" % (start, len(DATA) - 1, len(DATA), len(DATA) - start)
+        )
         await stream.send_all(DATA[start:])
 
     async def main():
         async with serving(ranged) as server:
             async with HttpSource(f"{server.url}/tensor/", TIMEOUT).stream("shards/00000.tokens", 4096) as (
-                    offset, body):
+                offset,
+                body,
+            ):
                 body = await body.read_all(len(DATA), "tokens")
         assert (offset, body) == (4096, DATA[4096:])
         assert server.heads[0].startswith(b"GET /tensor/shards/00000.tokens HTTP/1.1\r\n")
         assert b"\r\nAccept-Encoding: identity" in server.heads[0]
+
     run(main)
 
 
@@ -208,6 +229,7 @@ def test_unreadable_content_range_is_a_source_error():
         async with serving(reply) as server:
             with pytest.raises(SourceError, match=re.escape(f"{server.url}/f: unreadable Content-Range")):
                 await HttpSource(server.url, TIMEOUT).read_all("f", 100)
+
     run(main)
 
 
@@ -216,13 +238,16 @@ def test_404_names_the_url_and_status():
         async with serving(answer(b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found")) as server:
             with pytest.raises(SourceError, match=re.escape(f"{server.url}/manifest.json: HTTP 404")):
                 await HttpSource(server.url, TIMEOUT).read_all("manifest.json", 1000)
+
     run(main)
 
 
 # ---- redirects ---------------------------------------------------------------------------------------------------
 
+
 def test_redirects_relative_and_absolute_are_followed():
     """A relative Location, then an absolute one to another server, then one that needs percent-encoding."""
+
     async def main():
         async with serving(by_path({"/x": redirect("/final ü"), "/final%20%C3%BC": ok(b"there")})) as second:
             first_reply = by_path({"/start": redirect("moved"), "/moved": redirect(f"{second.url}/x")})
@@ -231,6 +256,7 @@ def test_redirects_relative_and_absolute_are_followed():
         assert (response.url, response.status, body) == (f"{second.url}/final%20%C3%BC", 200, b"there")
         assert [h.split(b"\r\n")[0] for h in first.heads] == [b"GET /start HTTP/1.1", b"GET /moved HTTP/1.1"]
         assert [h.split(b"\r\n")[0] for h in second.heads] == [b"GET /x HTTP/1.1", b"GET /final%20%C3%BC HTTP/1.1"]
+
     run(main)
 
 
@@ -240,17 +266,24 @@ def test_redirect_loop_is_a_source_error():
             with pytest.raises(SourceError, match=f"more than {MAX_REDIRECTS} redirects"):
                 await fetch(f"{server.url}/loop")
         assert len(server.heads) == MAX_REDIRECTS + 1
+
     run(main)
 
 
-@pytest.mark.parametrize("location, message", [("ftp://127.0.0.1/x", "not an http:// or https:// URL"),
-                                               ("http://[::1/x", "redirect to an invalid URL"),
-                                               ("http://127.0.0.1:99999/x", "not a valid URL")])
+@pytest.mark.parametrize(
+    "location, message",
+    [
+        ("ftp://127.0.0.1/x", "not an http:// or https:// URL"),
+        ("http://[::1/x", "redirect to an invalid URL"),
+        ("http://127.0.0.1:99999/x", "not a valid URL"),
+    ],
+)
 def test_redirect_to_a_bad_url_is_a_source_error(location, message):
     async def main():
         async with serving(redirect(location)) as server:
             with pytest.raises(SourceError, match=re.escape(message)):
                 await fetch(server.url)
+
     run(main)
 
 
@@ -258,18 +291,27 @@ def test_redirect_to_a_bad_url_is_a_source_error(location, message):
 
 HOSTILE = {
     "garbage status line": ([b"SSH-2.0-OpenSSH_9.6\r\n\r\n"], True, "not valid HTTP/1.1"),
-    "body shorter than Content-Length": ([b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n", b"x" * 50], False,
-                                         "connection closed after 50 of 100 body bytes"),
-    "chunked body cut off": ([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel"], False,
-                             "not valid HTTP/1.1"),
+    "body shorter than Content-Length": (
+        [b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n", b"x" * 50],
+        False,
+        "connection closed after 50 of 100 body bytes",
+    ),
+    "chunked body cut off": (
+        [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel"],
+        False,
+        "not valid HTTP/1.1",
+    ),
     "bad chunk size": ([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"], True, "not valid HTTP/1.1"),
     "negative Content-Length": ([b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n"], True, "not valid HTTP/1.1"),
     "head cut off": ([b"HTTP/1.1 200 OK\r\nContent-Le"], False, "connection closed before the response"),
     "closed without an answer": ([], False, "connection closed before the response"),
     "silent": ([], True, f"no data for {TIMEOUT:g} s"),
     "headers, then nothing": ([b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"], True, f"no data for {TIMEOUT:g} s"),
-    "half the body, then nothing": ([b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n", b"x" * 50], True,
-                                    f"no data for {TIMEOUT:g} s"),
+    "half the body, then nothing": (
+        [b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n", b"x" * 50],
+        True,
+        f"no data for {TIMEOUT:g} s",
+    ),
 }
 
 
@@ -284,6 +326,7 @@ def test_broken_answers_are_source_errors(case):
                 with pytest.raises(SourceError, match=re.escape(message)) as caught:
                     await HttpSource(server.url, TIMEOUT).read_all("f", len(DATA))
         assert str(caught.value).startswith(f"{server.url}/f: ")
+
     run(main)
 
 
@@ -296,12 +339,14 @@ def test_head_under_64_kib_is_waited_for():
         async with serving(answer(b"HTTP/1.1 200 OK\r\n", filler, hang=True)) as server:
             with pytest.raises(SourceError, match=f"no data for {TIMEOUT:g} s"):
                 await fetch(server.url)
+
     run(main)
 
 
 def test_endless_headers_are_refused_not_buffered():
     """A server that sends header lines for ever: the client gives up once the head passes 64 KiB, instead of
     buffering until memory runs out."""
+
     async def endless(stream, head):
         await stream.send_all(b"HTTP/1.1 200 OK\r\n")
         while True:
@@ -311,6 +356,7 @@ def test_endless_headers_are_refused_not_buffered():
         async with serving(endless) as server:
             with pytest.raises(SourceError, match="not valid HTTP/1.1: Receive buffer too long"):
                 await fetch(server.url)
+
     run(main)
 
 
@@ -320,6 +366,7 @@ def test_connection_refused():
             url = f"http://127.0.0.1:{sock.getsockname()[1]}/f"
             with pytest.raises(SourceError, match=re.escape(f"{url}: cannot connect: ")):
                 await fetch(url)
+
     run(main)
 
 
@@ -328,24 +375,43 @@ def test_not_an_http_url(url):
     async def main():
         with pytest.raises(SourceError, match=re.escape(f"{url}: not an http:// or https:// URL")):
             await fetch(url)
+
     run(main)
 
 
 # ---- TLS ---------------------------------------------------------------------------------------------------------
 
+
 def certificate_authority(name: str):
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
     return key, cert
 
 
@@ -353,15 +419,20 @@ def server_certificate(ca_key, ca_cert):
     """A certificate for 127.0.0.1 signed by the CA."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mirror")]))
-            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mirror")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     return key, cert
 
 
@@ -378,8 +449,10 @@ def pki(tmp_path_factory):
     key, cert = server_certificate(ca_key, ca_cert)
     (root / "ca.pem").write_bytes(pem(ca_cert))
     (root / "other-ca.pem").write_bytes(pem(certificate_authority("another CA")[1]))
-    (root / "server.pem").write_bytes(pem(cert) + key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (root / "server.pem").write_bytes(
+        pem(cert)
+        + key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server.load_cert_chain(root / "server.pem")
     return root / "ca.pem", root / "other-ca.pem", server
@@ -395,6 +468,7 @@ def test_https_with_a_trusted_ca(pki, monkeypatch):
         async with serving(ok(hang=True), server_tls) as server:
             response, body = await fetch(f"{server.url}/f")
         assert (response.status, body) == (200, DATA)
+
     run(main)
 
 
@@ -404,10 +478,12 @@ def test_https_with_an_untrusted_certificate_is_refused(pki, monkeypatch):
 
     async def main():
         async with serving(ok(), server_tls) as server:
-            with pytest.raises(SourceError, match=re.escape(f"{server.url}/f: TLS handshake failed: "
-                                                            "SSLCertVerificationError")):
+            with pytest.raises(
+                SourceError, match=re.escape(f"{server.url}/f: TLS handshake failed: SSLCertVerificationError")
+            ):
                 await fetch(f"{server.url}/f")
         assert server.heads == []
+
     run(main)
 
 
@@ -416,21 +492,25 @@ def test_https_to_a_server_that_does_not_speak_tls():
         async with serving(answer(hang=True)) as silent:
             with pytest.raises(SourceError, match=f"no TLS handshake within {TIMEOUT:g} s"):
                 await fetch(f"https://127.0.0.1:{silent.port}/f")
+
     run(main)
 
 
 # ---- proxies -----------------------------------------------------------------------------------------------------
 
+
 def proxying(credentials: str | None = None):
     """A forwarding proxy: CONNECT opens a tunnel; an absolute-form request goes on in origin form. With
     `credentials` ("user:password") it answers 407 to requests without them."""
+
     async def reply(stream, head):
         request_line, *fields = head.split(b"\r\n")
         method, target, _ = request_line.split(b" ")
         given = {name.lower(): value.strip() for name, _, value in (f.partition(b":") for f in fields)}
         if credentials and given.get(b"proxy-authorization") != b"Basic " + base64.b64encode(credentials.encode()):
-            await stream.send_all(b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\n"
-                                  b"Content-Length: 0\r\n\r\n")
+            await stream.send_all(
+                b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\nContent-Length: 0\r\n\r\n"
+            )
             return
         if method == b"CONNECT":
             host, _, port = target.decode().rpartition(":")
@@ -444,11 +524,13 @@ def proxying(credentials: str | None = None):
             await upstream.send_all(b"\r\n".join([b"%s %s HTTP/1.1" % (method, origin), *kept]) + b"\r\n\r\n")
         async with upstream:
             await relay(stream, upstream)
+
     return reply
 
 
 async def relay(a: trio.abc.Stream, b: trio.abc.Stream) -> None:
     """Copy bytes both ways until either side ends."""
+
     async def copy(source, sink):
         with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             while data := await source.receive_some(1 << 16):
@@ -470,6 +552,7 @@ def use_proxy(monkeypatch, proxy_url: str, no_proxy: str = "") -> None:
 
 def test_http_through_a_proxy(monkeypatch):
     """The request goes to the proxy with the absolute URL as its target."""
+
     async def main():
         async with serving(ok(hang=True)) as mirror, serving(proxying()) as proxy:
             use_proxy(monkeypatch, proxy.url)
@@ -477,6 +560,7 @@ def test_http_through_a_proxy(monkeypatch):
         assert (response.status, body) == (200, DATA)
         assert proxy.heads[0].startswith(b"GET %s/d/f?x=1 HTTP/1.1\r\n" % mirror.url.encode())
         assert mirror.heads[0].startswith(b"GET /d/f?x=1 HTTP/1.1\r\n")
+
     run(main)
 
 
@@ -492,6 +576,7 @@ def test_https_through_a_connect_tunnel(pki, monkeypatch):
         assert (response.status, body) == (200, DATA)
         assert proxy.heads == [b"CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: 127.0.0.1:%d" % (mirror.port, mirror.port)]
         assert mirror.heads[0].startswith(b"GET /f HTTP/1.1\r\n")
+
     run(main)
 
 
@@ -502,6 +587,7 @@ def test_no_proxy_bypasses_the_proxy(monkeypatch):
             _, body = await fetch(f"{mirror.url}/f")
         assert body == DATA
         assert proxy.connections == 0 and mirror.connections == 1
+
     run(main)
 
 
@@ -518,12 +604,14 @@ def test_proxy_credentials_from_the_proxy_url(scheme, pki, monkeypatch):
             _, body = await fetch(f"{mirror.url}/f")
         assert body == DATA
         assert b"Proxy-Authorization" not in mirror.heads[0]
+
     run(main)
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
 def test_proxy_refusal_names_the_proxy_and_status(scheme, monkeypatch):
     """A 407 is a SourceError naming the proxy (without the password given) and the status."""
+
     async def main():
         async with serving(answer(hang=True)) as mirror, serving(proxying("kogi:p@ss")) as proxy:
             use_proxy(monkeypatch, f"http://kogi:wrong@127.0.0.1:{proxy.port}")
@@ -531,26 +619,31 @@ def test_proxy_refusal_names_the_proxy_and_status(scheme, monkeypatch):
                 await fetch(f"{scheme}://127.0.0.1:{mirror.port}/f")
         assert "wrong" not in str(caught.value)
         assert mirror.connections == 0
+
     run(main)
 
 
 def test_unreachable_proxy(monkeypatch):
     """A proxy setting without a scheme is taken as http://; a proxy that is down is named in the error."""
+
     async def main():
         with refused_port() as sock:
             use_proxy(monkeypatch, f"127.0.0.1:{sock.getsockname()[1]}")
             with pytest.raises(SourceError, match=f"cannot connect to proxy 127.0.0.1:{sock.getsockname()[1]}: "):
                 await fetch("https://127.0.0.1:1/f")
+
     run(main)
 
 
 def test_proxy_that_talks_into_the_tunnel(monkeypatch):
     """Bytes after the CONNECT answer, before TLS started, can only come from the proxy."""
+
     async def main():
         async with serving(answer(b"HTTP/1.1 200 OK\r\n\r\nHELLO", hang=True)) as proxy:
             use_proxy(monkeypatch, proxy.url)
             with pytest.raises(SourceError, match="sent bytes of its own into the tunnel"):
                 await fetch("https://127.0.0.1:1/f")
+
     run(main)
 
 
@@ -560,4 +653,5 @@ def test_socks_proxy_is_not_supported(monkeypatch):
     async def main():
         with pytest.raises(SourceError, match="https_proxy setting is not an http://host:port proxy URL"):
             await fetch("https://127.0.0.1:1/f")
+
     run(main)

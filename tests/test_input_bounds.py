@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zstandard
+from conftest import OPTIONS, expected_tokens, json_line, store_quietly, write_lines
 
 import kogitune.store as store_module
-from conftest import OPTIONS, expected_tokens, json_line, store_quietly, write_lines
 from kogitune.cli import MAX_DOCUMENT_HELP, main
 from kogitune.errors import BadInputError, DiskFullError
 from kogitune.filters.run import FilterOptions, filter_files
@@ -44,7 +44,7 @@ def write_repeated(f, byte: bytes, size: int, chunk: int = 16 << 20) -> None:
     """Write `size` copies of `byte` to the open file `f`, never holding more than `chunk` of them."""
     block = byte * chunk
     while size > 0:
-        f.write(block[:min(size, chunk)])
+        f.write(block[: min(size, chunk)])
         size -= chunk
 
 
@@ -65,17 +65,36 @@ sys.exit(code)
 
 def store_in_child(tmp_path: Path, corpus: Path, *args: str) -> tuple[int, str, int]:
     """(exit status, stderr, peak RSS in bytes, 0 if it died) of `kogitune store` on `corpus` in a child process."""
+
     def limit_memory():
         resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_LIMIT, ADDRESS_SPACE_LIMIT))
 
     peak = tmp_path / "peak-kib.txt"
-    child = subprocess.run([sys.executable, "-c", STORE_AND_REPORT_PEAK, str(peak), "store", str(corpus), "-o",
-                            str(tmp_path / "out"), "--workers", "1", "-q", *args],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=limit_memory, timeout=120)
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            STORE_AND_REPORT_PEAK,
+            str(peak),
+            "store",
+            str(corpus),
+            "-o",
+            str(tmp_path / "out"),
+            "--workers",
+            "1",
+            "-q",
+            *args,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=limit_memory,
+        timeout=120,
+    )
     return child.returncode, child.stderr.decode(errors="replace"), int(peak.read_text()) * 1024 if peak.exists() else 0
 
 
 # ---- memory: over-long lines, compression bombs -----------------------------------------------------------------
+
 
 def test_a_100_mb_line_is_an_error_naming_file_and_line_in_bounded_memory(tmp_path):
     """Before: 11 GB RSS and a Rust abort (under this test's 3 GB limit: SIGABRT)."""
@@ -86,8 +105,10 @@ def test_a_100_mb_line_is_an_error_naming_file_and_line_in_bounded_memory(tmp_pa
         f.write(b'"}\n')
     code, err, peak = store_in_child(tmp_path, corpus)
     assert code == 2, err
-    assert err.startswith(f"kogitune store: error: {corpus}, line 2: 104,857,612 bytes, longer than the maximum "
-                          f"document size ({MAX_DOCUMENT_BYTES:,} bytes; change it with --max-document-size)"), err
+    assert err.startswith(
+        f"kogitune store: error: {corpus}, line 2: 104,857,612 bytes, longer than the maximum "
+        f"document size ({MAX_DOCUMENT_BYTES:,} bytes; change it with --max-document-size)"
+    ), err
     assert peak < PEAK_RSS_LIMIT, f"peak RSS {peak / 1e6:.0f} MB"
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
@@ -117,6 +138,7 @@ def test_a_compression_bomb_is_skipped_in_bounded_memory(tmp_path, suffix, size)
 
 # ---- over-long lines in process: numbering, skipping, filter --------------------------------------------------------
 
+
 def long_line_corpus(tmp_path, texts) -> Path:
     """Line 1 good, line 2 five times the limit, line 3 good, line 4 not JSON, then good lines."""
     lines = [json_line(texts[0]), json_line("x" * 5 * LIMIT), json_line(texts[1]), b"{oops"]
@@ -124,11 +146,12 @@ def long_line_corpus(tmp_path, texts) -> Path:
 
 
 def test_a_line_longer_than_the_limit_is_a_bad_line(tmp_path, small_texts, gpt2):
-    texts = [t[:LIMIT // 2] for t in small_texts[:4]]
+    texts = [t[: LIMIT // 2] for t in small_texts[:4]]
     corpus = long_line_corpus(tmp_path, texts)
     options = replace(OPTIONS, max_document_bytes=LIMIT)
-    with pytest.raises(BadInputError, match=f"^{corpus}, line 2: 5,012 bytes, longer than the maximum document "
-                                            f"size \\(1,000 bytes"):
+    with pytest.raises(
+        BadInputError, match=f"^{corpus}, line 2: 5,012 bytes, longer than the maximum document size \\(1,000 bytes"
+    ):
         store_quietly(corpus, tmp_path / "out", options)
     report = store_quietly(corpus, tmp_path / "out", replace(options, skip_bad_lines=True))
     assert (report.documents, report.bad_lines) == (4, 2)
@@ -138,32 +161,74 @@ def test_a_line_longer_than_the_limit_is_a_bad_line(tmp_path, small_texts, gpt2)
 def test_a_line_of_exactly_the_limit_is_read(tmp_path, small_texts):
     line = json_line("y" * (LIMIT - 12))
     assert len(line) == LIMIT
-    corpus = write_lines(tmp_path / "exact.jsonl", [line, json_line(small_texts[0][:LIMIT // 2])])
+    corpus = write_lines(tmp_path / "exact.jsonl", [line, json_line(small_texts[0][: LIMIT // 2])])
     assert store_quietly(corpus, tmp_path / "out", replace(OPTIONS, max_document_bytes=LIMIT)).documents == 2
-    with pytest.raises(BadInputError, match=f"line 1: {LIMIT:,} bytes, longer than the maximum document size "
-                                            f"\\({LIMIT - 1:,} bytes"):
+    with pytest.raises(
+        BadInputError, match=f"line 1: {LIMIT:,} bytes, longer than the maximum document size \\({LIMIT - 1:,} bytes"
+    ):
         store_quietly(corpus, tmp_path / "out2", replace(OPTIONS, max_document_bytes=LIMIT - 1))
 
 
 def test_filter_reads_lines_up_to_the_limit(tmp_path, small_texts, capsys):
-    corpus = long_line_corpus(tmp_path, [t[:LIMIT // 2] for t in small_texts[:4]])
+    corpus = long_line_corpus(tmp_path, [t[: LIMIT // 2] for t in small_texts[:4]])
     config = {"filters": [{"name": "length", "min_chars": 1}]}
     with pytest.raises(BadInputError, match=f"^{corpus}, line 2: 5,012 bytes, longer than the maximum"):
-        filter_files([corpus], tmp_path / "out.jsonl", config, FilterOptions(workers=1, max_document_bytes=LIMIT),
-                     progress=False)
-    code = main(["filter", str(corpus), "-o", str(tmp_path / "out.jsonl"), "-f", "length:min_chars=1", "-q",
-                 "--workers", "1", "--skip-bad-lines", "--max-document-size", str(LIMIT / (1 << 20))])
+        filter_files(
+            [corpus], tmp_path / "out.jsonl", config, FilterOptions(workers=1, max_document_bytes=LIMIT), progress=False
+        )
+    code = main(
+        [
+            "filter",
+            str(corpus),
+            "-o",
+            str(tmp_path / "out.jsonl"),
+            "-f",
+            "length:min_chars=1",
+            "-q",
+            "--workers",
+            "1",
+            "--skip-bad-lines",
+            "--max-document-size",
+            str(LIMIT / (1 << 20)),
+        ]
+    )
     assert code == 0 and "skipped 2 bad lines" in capsys.readouterr().out
     assert len((tmp_path / "out.jsonl").read_bytes().splitlines()) == 4
 
 
 def test_the_store_command_takes_the_limit(tmp_path, small_texts, capsys):
-    corpus = long_line_corpus(tmp_path, [t[:LIMIT // 2] for t in small_texts[:4]])
-    code = main(["store", str(corpus), "-o", str(tmp_path / "out"), "-q", "--workers", "1",
-                 "--max-document-size", str(LIMIT / (1 << 20))])
+    corpus = long_line_corpus(tmp_path, [t[: LIMIT // 2] for t in small_texts[:4]])
+    code = main(
+        [
+            "store",
+            str(corpus),
+            "-o",
+            str(tmp_path / "out"),
+            "-q",
+            "--workers",
+            "1",
+            "--max-document-size",
+            str(LIMIT / (1 << 20)),
+        ]
+    )
     assert code == 2 and "line 2: 5,012 bytes, longer than the maximum document size" in capsys.readouterr().err
-    assert main(["store", str(corpus), "-o", str(tmp_path / "out"), "-q", "--workers", "1", "--skip-bad-lines",
-                 "--max-document-size", "0.001"]) == 0  # 1,048 bytes
+    assert (
+        main(
+            [
+                "store",
+                str(corpus),
+                "-o",
+                str(tmp_path / "out"),
+                "-q",
+                "--workers",
+                "1",
+                "--skip-bad-lines",
+                "--max-document-size",
+                "0.001",
+            ]
+        )
+        == 0
+    )  # 1,048 bytes
     assert DataTensor(tmp_path / "out").manifest.provenance["skipped"]["bad_lines"] == 2
     assert f"(default: {MAX_DOCUMENT_BYTES >> 20}," in MAX_DOCUMENT_HELP
 
@@ -196,12 +261,18 @@ def test_json_python_cannot_parse_is_a_bad_line(tmp_path, small_texts, gpt2, cap
     report = store_quietly(corpus, tmp_path / "out", replace(OPTIONS, skip_bad_lines=True))
     assert (report.documents, report.bad_lines) == (2, 1)
     np.testing.assert_array_equal(DataTensor(report.path).tokens(), expected_tokens(gpt2, small_texts[:2]))
-    filtered = filter_files([corpus], tmp_path / "out.jsonl", {"filters": [{"name": "length", "min_chars": 1}]},
-                            FilterOptions(workers=1, skip_bad_lines=True), progress=False)
+    filtered = filter_files(
+        [corpus],
+        tmp_path / "out.jsonl",
+        {"filters": [{"name": "length", "min_chars": 1}]},
+        FilterOptions(workers=1, skip_bad_lines=True),
+        progress=False,
+    )
     assert (filtered.kept, filtered.bad_lines) == (2, 1)
 
 
 # ---- a full disk --------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def small_file_system(tmp_path):
@@ -209,11 +280,13 @@ def small_file_system(tmp_path):
     grows it."""
     mount_point = tmp_path / "small"
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
     if mounted.returncode:
-        pytest.skip(f"a full file system needs a small tmpfs, and mounting one is not permitted here "
-                    f"({mounted.stderr.strip()})")
+        pytest.skip(
+            f"a full file system needs a small tmpfs, and mounting one is not permitted here ({mounted.stderr.strip()})"
+        )
 
     def grow(size: str) -> None:
         subprocess.run(["mount", "-o", f"remount,size={size}", str(mount_point)], check=True)
@@ -224,16 +297,20 @@ def small_file_system(tmp_path):
         subprocess.run(["umount", "-l", str(mount_point)], check=True)
 
 
-def test_a_full_disk_keeps_the_checkpoint_and_the_same_command_goes_on(small_file_system, kjv_corpus, kjv_report,
-                                                                        monkeypatch):
+def test_a_full_disk_keeps_the_checkpoint_and_the_same_command_goes_on(
+    small_file_system, kjv_corpus, kjv_report, monkeypatch
+):
     """Before: OSError "[Errno 28] No space left on device", naming no path and not what was kept."""
     mount_point, grow = small_file_system
     monkeypatch.setattr(store_module, "BATCH_BYTES", 64 << 10)
     monkeypatch.setattr(store_module, "CHECKPOINT_SECONDS", 0.0)
     out = mount_point / "kjv"
-    with pytest.raises(DiskFullError, match=f"^{out}.partial: No space left on device. Kept {out}.partial "
-                                            r"\([0-9.]+ MB: [0-9]+ finished shards and a checkpoint at [0-9,]+ "
-                                            "tokens\\). Free space there and run the same command again"):
+    with pytest.raises(
+        DiskFullError,
+        match=f"^{out}.partial: No space left on device. Kept {out}.partial "
+        r"\([0-9.]+ MB: [0-9]+ finished shards and a checkpoint at [0-9,]+ "
+        "tokens\\). Free space there and run the same command again",
+    ):
         store_quietly(kjv_corpus, out, OPTIONS)
     assert (mount_point / "kjv.partial" / store_module.CHECKPOINT_FILE).is_file()
     grow("4m")
@@ -247,8 +324,9 @@ def test_a_full_disk_before_the_first_checkpoint_gives_the_space_back(small_file
     out = mount_point / "kjv"
     code = main(["store", str(kjv_corpus), "-o", str(out), "-q", "--workers", "1", "--block-size", "128"])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith(f"kogitune store: error: {out}.partial: No space left on device. Nothing "
-                                        f"was kept"), err
+    assert code == 2 and err.startswith(
+        f"kogitune store: error: {out}.partial: No space left on device. Nothing was kept"
+    ), err
     assert "Traceback" not in err
     assert not (mount_point / "kjv.partial").exists()
     assert os.statvfs(mount_point).f_bfree == os.statvfs(mount_point).f_blocks, "the space was not given back"
@@ -260,6 +338,7 @@ def test_a_full_disk_under_filter_names_the_output_and_leaves_nothing(small_file
     out = mount_point / "kjv.jsonl"
     code = main(["filter", str(kjv_corpus), "-o", str(out), "-f", "nfkc", "-q", "--workers", "1"])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith(f"kogitune filter: error: {out}: No space left on device. Nothing was "
-                                        "kept"), err
+    assert code == 2 and err.startswith(f"kogitune filter: error: {out}: No space left on device. Nothing was kept"), (
+        err
+    )
     assert list(mount_point.iterdir()) == []

@@ -11,6 +11,8 @@ os.environ.setdefault("KOGITUNE_READ_TIMEOUT", "2")
 import numpy as np
 import pytest
 import torch
+from conftest import copy_tensor
+from mirrors import mirrors, stdlib_http_server
 
 from kogitune.cache import ContentStore
 from kogitune.client import embedded_node, open_mirrors
@@ -19,8 +21,6 @@ from kogitune.node.errors import FetchError
 from kogitune.store import StoreOptions, store
 from kogitune.tensor import MARKS_FILE, DataTensor
 from kogitune.trainers import DatasetRecipe
-from conftest import copy_tensor
-from mirrors import mirrors, stdlib_http_server
 
 BLOCK = 64
 
@@ -31,8 +31,13 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("served")
     corpus = write_kjv_chapters(root / "kjv.jsonl", limit=300)
     tensor = root / "tensor"
-    store([corpus], "gpt2", tensor, StoreOptions(block_size=BLOCK, piece_size=64 << 10, shard_size=256 << 10,
-                                                 workers=1), progress=False)
+    store(
+        [corpus],
+        "gpt2",
+        tensor,
+        StoreOptions(block_size=BLOCK, piece_size=64 << 10, shard_size=256 << 10, workers=1),
+        progress=False,
+    )
     local = DataTensor(tensor)
     assert len(local.shards) >= 3 and local.manifest.pieces_in(local.shards[0]) == 4
     return local
@@ -98,8 +103,9 @@ def test_a_mirror_with_a_broken_manifest_is_named_with_the_reason(served, tmp_pa
     with mirrors(broken, "ok") as urls:
         with pytest.raises(FetchError) as caught:
             open_mirrors(urls, ContentStore(tmp_path / "store"))
-    assert (f"{urls[0]}: dropped, manifest.json is not a valid manifest: manifest format is 'kogitune-tensor/9'"
-            in str(caught.value))
+    assert f"{urls[0]}: dropped, manifest.json is not a valid manifest: manifest format is 'kogitune-tensor/9'" in str(
+        caught.value
+    )
 
 
 @pytest.mark.parametrize("kind", ["pieces", "docs"])
@@ -127,7 +133,7 @@ def test_partial_shard_resumes(served, tmp_path):
         original = (served.path / shard.tokens_path).read_bytes()
         piece = tensor.manifest.piece_size
         partial = tensor.path / (shard.tokens_path + ".partial")
-        partial.write_bytes(original[:piece * 3] + b"\0" * (len(original) - piece * 3))
+        partial.write_bytes(original[: piece * 3] + b"\0" * (len(original) - piece * 3))
         tensor.shard_tokens(0)
         fetched = embedded_node().source_bytes(urls)[urls[0]]
     assert (tensor.path / shard.tokens_path).read_bytes() == original
@@ -155,7 +161,7 @@ def test_resuming_hashes_the_partial_file_a_piece_at_a_time(served, tmp_path):
     partial = tmp_path / (shard.tokens_path + ".partial")
     partial.write_bytes(damaged)
     fetch = ShardFetch(tmp_path, served.manifest, shard, SourcePool([HttpSource("http://127.0.0.1:9")]))
-    fetch.expected = b"".join(hashlib.sha256(original[i:i + piece]).digest() for i in range(0, shard.size, piece))
+    fetch.expected = b"".join(hashlib.sha256(original[i : i + piece]).digest() for i in range(0, shard.size, piece))
     fetch._fd = os.open(partial, os.O_RDWR)
     tracemalloc.start()  # traces every thread: earlier tests' background tasks add a little
     try:
@@ -174,8 +180,9 @@ def small_disk(tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()
     try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(disk)], check=True,
-                       capture_output=True, timeout=30)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(disk)], check=True, capture_output=True, timeout=30
+        )
     except (OSError, subprocess.CalledProcessError) as exc:
         pytest.skip(f"cannot mount a small tmpfs to fill (needs root and mount): {exc}")
     try:
@@ -246,6 +253,7 @@ def test_a_fetched_shard_is_recorded_as_verified_once_synced(served, tmp_path):
             async with trio.open_nursery() as nursery:
                 await nursery.start(fetch.run)
                 assert (tmp_path / shard.tokens_path).read_bytes() == (served.path / shard.tokens_path).read_bytes()
+
         trio.run(main)
         assert len(os.listdir("/proc/self/fd")) == open_before
     marks = json.loads((tmp_path / MARKS_FILE).read_bytes())
@@ -269,9 +277,10 @@ def test_several_good_mirrors_share_a_shard_without_sending_a_piece_twice(served
         for shard in served.shards:
             fetch = ShardFetch(tmp_path, served.manifest, shard, SourcePool([HttpSource(url) for url in urls]))
 
-            async def main():
+            async def main(fetch: ShardFetch = fetch) -> None:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(fetch.run)
+
             trio.run(main)
             assert fetch.bytes_received == shard.size
     assert DataTensor(tmp_path).verify() == []
@@ -291,7 +300,7 @@ def test_cache_evicts_least_recently_used_unpinned_shards(served, tmp_path):
         assert content.gc(limit_bytes=0) == []
         tensor = open_mirrors(urls, content)  # the first tensor and its maps are gone
         evicted = content.gc(limit_bytes=shard_size * 2)
-        assert [s.name for s in evicted] == [s.name for s in tensor.shards[:len(tensor.shards) - 2]]
+        assert [s.name for s in evicted] == [s.name for s in tensor.shards[: len(tensor.shards) - 2]]
         assert {s.name for s in content.shards()} == {s.name for s in tensor.shards[-2:]}
         content.pin(tensor.dataset_id)
         assert content.gc(limit_bytes=0) == []
@@ -307,5 +316,8 @@ def test_dataloader_workers_over_a_mirror_see_every_sample_once(served, tmp_path
         seen = torch.cat([batch["input_ids"] for batch in loader]).numpy()
     expected = expected_samples(served)
     assert len(seen) == len(expected)
-    as_rows = lambda a: sorted(map(bytes, a.astype(np.int64)))
+
+    def as_rows(a):
+        return sorted(map(bytes, a.astype(np.int64)))
+
     assert as_rows(seen) == as_rows(expected)

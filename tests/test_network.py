@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from netnodes import ENV, KOGITUNE, NodeProcess
 
 from kogitune.corpora import write_kjv_chapters
 from kogitune.store import StoreOptions, store
 from kogitune.tensor import DataTensor
-from netnodes import ENV, KOGITUNE, NodeProcess
 
 BLOCK = 64
 TRAIN_SCRIPT = """
@@ -29,8 +29,13 @@ np.save(sys.argv[3], np.stack([dataset[i]["input_ids"].numpy() for i in range(le
 def tensor(tmp_path_factory) -> DataTensor:
     root = tmp_path_factory.mktemp("published")
     corpus = write_kjv_chapters(root / "kjv.jsonl", limit=120)
-    store([corpus], "gpt2", root / "kjv", StoreOptions(block_size=BLOCK, piece_size=64 << 10, shard_size=128 << 10,
-                                                        workers=1), progress=False)
+    store(
+        [corpus],
+        "gpt2",
+        root / "kjv",
+        StoreOptions(block_size=BLOCK, piece_size=64 << 10, shard_size=128 << 10, workers=1),
+        progress=False,
+    )
     return DataTensor(root / "kjv")
 
 
@@ -38,8 +43,9 @@ def train_by_id(tmp_path: Path, dataset_id: str, bootstrap: str) -> np.ndarray:
     """A training process with no daemon: an embedded client-mode node resolves the ID and fetches."""
     out = tmp_path / "seen.npy"
     env = {**ENV, "KOGITUNE_HOME": str(tmp_path / "trainer"), "KOGITUNE_BOOTSTRAP": bootstrap}
-    subprocess.run([sys.executable, "-c", TRAIN_SCRIPT, dataset_id, str(BLOCK), str(out)], check=True, env=env,
-                   timeout=180)
+    subprocess.run(
+        [sys.executable, "-c", TRAIN_SCRIPT, dataset_id, str(BLOCK), str(out)], check=True, env=env, timeout=180
+    )
     return np.load(out)
 
 
@@ -102,8 +108,14 @@ def test_private_dataset_is_served_only_to_its_allow_list_also_by_replicas(tenso
     b.cli("get", dataset_id)
     assert DataTensor(b.home / "datasets" / dataset_id).verify() == []
     assert (b.home / "datasets" / dataset_id / "allow").read_text() == f"{b.peer_id}\n"
-    info = subprocess.run([KOGITUNE, "info", str(b.home / "datasets" / dataset_id)], capture_output=True, text=True,
-                          timeout=60, env=ENV, check=True).stdout
+    info = subprocess.run(
+        [KOGITUNE, "info", str(b.home / "datasets" / dataset_id)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=ENV,
+        check=True,
+    ).stdout
     assert f"dataset id  {dataset_id}" in info and f"access      private, published by {a.peer_id}" in info
     refused = c.cli("get", dataset_id, check=False)
     assert refused.returncode != 0
@@ -151,7 +163,8 @@ def test_only_the_publisher_republishes_a_private_dataset(tensor, nodes):
     assert public.stat().st_ino == private.stat().st_ino == (tensor.path / shard).stat().st_ino
     assert a.cli("publish", str(tensor.path), "--allow", b.peer_id, "--allow", a.peer_id).stdout.strip() == dataset_id
     assert (a.home / "datasets" / dataset_id / "allow").read_text() == "".join(
-        f"{p}\n" for p in sorted([a.peer_id, b.peer_id]))
+        f"{p}\n" for p in sorted([a.peer_id, b.peer_id])
+    )
 
 
 def test_publish_refuses_an_allow_entry_that_is_not_a_peer_id(tensor, nodes):
@@ -212,8 +225,9 @@ def test_status_on_the_publisher_lists_itself(tensor, nodes):
 
 
 def start_node(home: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([KOGITUNE, "node", "start", "--home", str(home), *args], capture_output=True, text=True,
-                          timeout=60, env=ENV)
+    return subprocess.run(
+        [KOGITUNE, "node", "start", "--home", str(home), *args], capture_output=True, text=True, timeout=60, env=ENV
+    )
 
 
 def test_a_second_node_on_a_home_or_a_port_is_refused_and_the_first_keeps_running(nodes, tmp_path):
@@ -229,12 +243,15 @@ def test_a_second_node_on_a_home_or_a_port_is_refused_and_the_first_keeps_runnin
     assert a.cli("node", "status").stdout.startswith(f"peer id     {a.peer_id}")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--listen", "127.0.0.1:4011"], "is not a TCP multiaddr"),
-    (["--listen", "/ip4/127.0.0.1/tcp/99999"], "is not a TCP multiaddr"),
-    (["--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap", "garbage"], "is not a multiaddr ending in /p2p/"),
-    (["--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap", "/ip4/127.0.0.1/tcp/4011"], "ending in /p2p/"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--listen", "127.0.0.1:4011"], "is not a TCP multiaddr"),
+        (["--listen", "/ip4/127.0.0.1/tcp/99999"], "is not a TCP multiaddr"),
+        (["--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap", "garbage"], "is not a multiaddr ending in /p2p/"),
+        (["--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap", "/ip4/127.0.0.1/tcp/4011"], "ending in /p2p/"),
+    ],
+)
 def test_bad_node_addresses_are_refused_before_the_node_starts(tmp_path, args, message):
     refused = start_node(tmp_path / "n", *args)
     assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr

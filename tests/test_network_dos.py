@@ -26,6 +26,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trio
+from netnodes import ENV, KOGITUNE, NodeProcess
+from test_network_hostile import (
+    CONNECT_TIMEOUT,
+    STREAM_TIMEOUT,
+    Outcome,
+    _peer_info,
+    _reset,
+    noise_peer,
+    open_stream,
+    read_to_end,
+    running,
+)
 
 from kogitune.client import DaemonClient
 from kogitune.corpora import write_kjv_chapters
@@ -35,9 +47,6 @@ from kogitune.protocol import wire
 from kogitune.protocol.ids import dataset_id_digest
 from kogitune.store import StoreOptions, store
 from kogitune.tensor import DataTensor
-from netnodes import ENV, KOGITUNE, NodeProcess
-from test_network_hostile import (CONNECT_TIMEOUT, STREAM_TIMEOUT, Outcome, _peer_info, _reset, noise_peer, open_stream,
-                                  read_to_end, running)
 
 LIMITS = ServerLimits()  # the node process runs with the defaults
 HONEST_SECONDS = 20.0
@@ -58,14 +67,20 @@ def hostile_ip(index: int) -> str:
 
 # ---- fixtures ---------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tensor(tmp_path_factory) -> DataTensor:
     """400 KJV chapters in shards of 256 KiB of tokens: bigger than a Yamux window, so a reader that stops holds
     the node's write."""
     root = tmp_path_factory.mktemp("dos")
     corpus = write_kjv_chapters(root / "kjv.jsonl", limit=400)
-    store([corpus], "gpt2", root / "kjv", StoreOptions(block_size=64, piece_size=64 << 10, shard_size=384 << 10,
-                                                        workers=1), progress=False)
+    store(
+        [corpus],
+        "gpt2",
+        root / "kjv",
+        StoreOptions(block_size=64, piece_size=64 << 10, shard_size=384 << 10, workers=1),
+        progress=False,
+    )
     tensor = DataTensor(root / "kjv")
     assert len(tensor.shards) >= 2 and tensor.shards[0].size > 256 << 10
     return tensor
@@ -102,14 +117,20 @@ def publisher(tensor, tmp_path):
 
 # ---- the honest side --------------------------------------------------------------------------------------------
 
+
 def honest_get(home: Path, publisher: NodeProcess, dataset_id: str) -> float:
     """Start a node in `home` bootstrapped on the publisher, `kogitune get` the dataset with it, check the copy;
     return how long the get took (seconds)."""
     node = NodeProcess(home, [publisher.address])
     try:
         started = time.monotonic()
-        result = subprocess.run([KOGITUNE, "get", dataset_id, "--home", str(home), "--quiet"], capture_output=True,
-                                text=True, timeout=HONEST_SECONDS * 2, env=ENV)
+        result = subprocess.run(
+            [KOGITUNE, "get", dataset_id, "--home", str(home), "--quiet"],
+            capture_output=True,
+            text=True,
+            timeout=HONEST_SECONDS * 2,
+            env=ENV,
+        )
         seconds = time.monotonic() - started
         assert result.returncode == 0, f"the honest get failed after {seconds:.1f} s: {result.stderr[-2000:]}"
         assert DataTensor(home / "datasets" / dataset_id).verify() == []
@@ -145,8 +166,13 @@ def honest_trainer(home: Path, publisher: NodeProcess, tensor: DataTensor) -> fl
     out = home / "samples.npy"
     env = {**ENV, "KOGITUNE_HOME": str(home), "KOGITUNE_BOOTSTRAP": publisher.address}
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-c", TRAINER, tensor.dataset_id, str(out)], capture_output=True,
-                            text=True, timeout=HONEST_SECONDS * 2, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", TRAINER, tensor.dataset_id, str(out)],
+        capture_output=True,
+        text=True,
+        timeout=HONEST_SECONDS * 2,
+        env=env,
+    )
     seconds = time.monotonic() - started
     assert result.returncode == 0, f"the honest trainer failed after {seconds:.1f} s: {result.stderr[-2000:]}"
     local = DatasetRecipe([str(tensor.path)], shuffle=False).get_train_dataset(64)
@@ -165,6 +191,7 @@ async def wait_for(condition, what: str, seconds: float = READY_SECONDS) -> None
 
 def run_bounded(main) -> None:
     """trio.run(main), failing if the attack and the honest side (a get, a trainer) outlast their bounds."""
+
     async def bounded() -> None:
         with trio.fail_after(READY_SECONDS + HONEST_SECONDS * 3 + 10):
             await main()
@@ -177,6 +204,7 @@ def node_stats(node: NodeProcess) -> dict:
 
 
 # ---- attackers --------------------------------------------------------------------------------------------------
+
 
 async def idle_streams(address: str, ip: str, streams: int, held: Counter, payload: bytes = b"") -> None:
     """One identity from `ip` holding `streams` streams: each sends `payload` (nothing: an idle stream; a read
@@ -271,6 +299,7 @@ def port_of(address: str) -> int:
 
 # ---- 0. fair sharing, alone -------------------------------------------------------------------------------------
 
+
 def test_fair_slots_push_the_heaviest_address_back_to_its_share():
     from kogitune.node.host import FairSlots, ip_key  # imported here: the network tests also run against main
 
@@ -331,18 +360,22 @@ def test_identities_holding_every_slot_with_idle_streams_leave_an_honest_get_its
         held: Counter = Counter()
         async with trio.open_nursery() as attack:
             for i in range(IDLE_IDENTITIES):
-                attack.start_soon(idle_streams, publisher.address, hostile_ip(i % IDLE_IPS), LIMITS.streams_per_peer,
-                                  held)
-            await wait_for(lambda: sum(held.values()) >= LIMITS.streams_total,
-                           f"{sum(held.values())} of {LIMITS.streams_total} idle streams open")
+                attack.start_soon(
+                    idle_streams, publisher.address, hostile_ip(i % IDLE_IPS), LIMITS.streams_per_peer, held
+                )
+            await wait_for(
+                lambda: sum(held.values()) >= LIMITS.streams_total,
+                f"{sum(held.values())} of {LIMITS.streams_total} idle streams open",
+            )
             result["held"] = sum(held.values())
             result["seconds"] = await honest_get_under_attack(tmp_path / "honest", publisher, tensor.dataset_id)
             attack.cancel_scope.cancel()
 
     run_bounded(main)
     assert result["held"] >= LIMITS.streams_total
-    assert result["seconds"] <= max(3 * baseline, baseline + 5), \
+    assert result["seconds"] <= max(3 * baseline, baseline + 5), (
         f"the honest get took {result['seconds']:.1f} s under attack, {baseline:.1f} s alone"
+    )
     refused = node_stats(publisher)["refused"]
     assert refused.get("evicted", 0) > 0, refused  # the honest node took attackers' slots, not free ones
     assert publisher.proc.poll() is None
@@ -364,8 +397,10 @@ def test_connections_that_never_finish_the_handshake_leave_an_honest_node_its_lo
         async with trio.open_nursery() as attack:
             for i in range(STALL_IPS):
                 attack.start_soon(stalled_handshakes, port, hostile_ip(i), STALLED_SOCKETS // STALL_IPS, connects)
-            await wait_for(lambda: sum(connects.values()) >= STALLED_SOCKETS,
-                           f"{sum(connects.values())} of {STALLED_SOCKETS} sockets connected")
+            await wait_for(
+                lambda: sum(connects.values()) >= STALLED_SOCKETS,
+                f"{sum(connects.values())} of {STALLED_SOCKETS} sockets connected",
+            )
             await honest_get_and_trainer(tmp_path, publisher, tensor, result)
             attack.cancel_scope.cancel()
 
@@ -392,8 +427,10 @@ async def churn(address: str, ip: str, count: int, done: Counter) -> None:
                 with trio.fail_after(CONNECT_TIMEOUT):
                     await host.connect(info)
             except Exception as exc:
-                pytest.fail(f"the node refused a connection after {sum(done.values())} came and went: "
-                            f"{type(exc).__name__}", pytrace=False)
+                pytest.fail(
+                    f"the node refused a connection after {sum(done.values())} came and went: {type(exc).__name__}",
+                    pytrace=False,
+                )
             await host.disconnect(info.peer_id)
             done[ip] += 1
 
@@ -405,8 +442,9 @@ def test_connections_that_come_and_go_do_not_use_up_the_node(publisher, tensor, 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             for i in range(peers):
-                nursery.start_soon(churn, publisher.address, hostile_ip(i % CHURN_IPS), -(-CHURN_CONNECTIONS // peers),
-                                   done)
+                nursery.start_soon(
+                    churn, publisher.address, hostile_ip(i % CHURN_IPS), -(-CHURN_CONNECTIONS // peers), done
+                )
 
     run_bounded(main)
     assert sum(done.values()) >= CHURN_CONNECTIONS
@@ -415,13 +453,17 @@ def test_connections_that_come_and_go_do_not_use_up_the_node(publisher, tensor, 
 
 # ---- 4. the stress test: every kind of hostile peer at once ----------------------------------------------------
 
-def test_stress_many_hostile_peers_against_one_node_while_an_honest_node_and_a_trainer_fetch(publisher, tensor, tmp_path):
+
+def test_stress_many_hostile_peers_against_one_node_while_an_honest_node_and_a_trainer_fetch(
+    publisher, tensor, tmp_path
+):
     """Idle-stream identities and slow readers holding every serving slot, garbage requests, garbage and silent TCP
     connections beyond py-libp2p's 250 slots, all at once from 10 addresses against one node; an honest node
     started in the middle of it gets the dataset, and then a training process reads every sample by ID."""
     shard = tensor.shards[0]
-    read_shard = wire.encode_request(wire.ReadRequest(dataset_id_digest(tensor.dataset_id), shard.name, "tokens", 0,
-                                                      shard.size))
+    read_shard = wire.encode_request(
+        wire.ReadRequest(dataset_id_digest(tensor.dataset_id), shard.name, "tokens", 0, shard.size)
+    )
     identities = LIMITS.streams_total // LIMITS.streams_per_peer // 2
     result = {}
 
@@ -432,16 +474,19 @@ def test_stress_many_hostile_peers_against_one_node_while_an_honest_node_and_a_t
             for i in range(identities):  # half the serving slots held by idle streams, from two addresses
                 attack.start_soon(idle_streams, address, hostile_ip(i % 2), LIMITS.streams_per_peer, held)
             for i in range(identities):  # the other half by slow readers of a whole shard, from two others
-                attack.start_soon(idle_streams, address, hostile_ip(2 + i % 2), LIMITS.streams_per_peer, held,
-                                  read_shard)
+                attack.start_soon(
+                    idle_streams, address, hostile_ip(2 + i % 2), LIMITS.streams_per_peer, held, read_shard
+                )
             for i in range(2):
                 attack.start_soon(garbage_requests, address, hostile_ip(4), i, garbage)
             attack.start_soon(stalled_handshakes, port, hostile_ip(4), 20, connects, True)
             for i in range(5, 10):  # 300 silent connections
                 attack.start_soon(stalled_handshakes, port, hostile_ip(i), 60, connects)
-            await wait_for(lambda: sum(held.values()) >= LIMITS.streams_total - 8 and sum(connects.values()) >= 320
-                           and garbage, f"{sum(held.values())} of {LIMITS.streams_total} streams, "
-                           f"{sum(connects.values())} of 320 sockets, {sum(garbage.values())} garbage requests")
+            await wait_for(
+                lambda: sum(held.values()) >= LIMITS.streams_total - 8 and sum(connects.values()) >= 320 and garbage,
+                f"{sum(held.values())} of {LIMITS.streams_total} streams, "
+                f"{sum(connects.values())} of 320 sockets, {sum(garbage.values())} garbage requests",
+            )
             await honest_get_and_trainer(tmp_path, publisher, tensor, result)
             attack.cancel_scope.cancel()
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import msgpack
 import pytest
 import trio
+from netnodes import NodeProcess
 
 from kogitune.client import DaemonClient
 from kogitune.corpora import write_kjv_chapters
@@ -31,7 +32,6 @@ from kogitune.protocol.manifest import parse_manifest
 from kogitune.protocol.signing import peer_id_from_public_key, verify_dataset
 from kogitune.store import StoreOptions, store
 from kogitune.tensor import DataTensor
-from netnodes import NodeProcess
 
 SEED = 20240917
 FUZZ_STREAMS = 2000
@@ -47,13 +47,19 @@ LISTEN = "/ip4/127.0.0.1/tcp/0"
 
 # ---- fixtures ---------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tensor(tmp_path_factory) -> DataTensor:
     """40 KJV chapters in two shards (64 KiB and 10 KiB of tokens)."""
     root = tmp_path_factory.mktemp("hostile")
     corpus = write_kjv_chapters(root / "kjv.jsonl", limit=40)
-    store([corpus], "gpt2", root / "kjv", StoreOptions(block_size=64, piece_size=64 << 10, shard_size=64 << 10,
-                                                        workers=1), progress=False)
+    store(
+        [corpus],
+        "gpt2",
+        root / "kjv",
+        StoreOptions(block_size=64, piece_size=64 << 10, shard_size=64 << 10, workers=1),
+        progress=False,
+    )
     tensor = DataTensor(root / "kjv")
     assert len(tensor.shards) >= 2
     return tensor
@@ -92,6 +98,7 @@ def published(tensor, tmp_path):
 
 
 # ---- a peer in the test process ---------------------------------------------------------------------------------
+
 
 def _peer_info(address: str):
     from libp2p.peer.peerinfo import info_from_p2p_addr
@@ -198,8 +205,9 @@ def request(obj: dict) -> bytes:
 
 def expect_error(outcome: Outcome, code: str, what: str) -> None:
     frame, rest = outcome.frame()
-    assert frame is not None, f"{what}: no response frame, the stream ended by {outcome.ended} " \
-                              f"after {len(outcome.data)} bytes"
+    assert frame is not None, (
+        f"{what}: no response frame, the stream ended by {outcome.ended} after {len(outcome.data)} bytes"
+    )
     assert frame.get("ok") is False, f"{what}: the node answered a bad request with success: {frame!r:.300}"
     response = wire.parse_response(frame, wire.ErrorResponse)
     assert response.code == code, f"{what}: expected {code}, got {response.code}: {response.message}"
@@ -244,6 +252,7 @@ def file_sizes(tensor: DataTensor) -> dict[tuple[str, str], tuple[str, int]]:
 
 # ---- hostile payloads -------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Case:
     label: str
@@ -261,17 +270,38 @@ class Payloads:
         self.digest = dataset_id_digest(tensor.dataset_id)
         self.sizes = file_sizes(tensor)
         self.shards = [s.name for s in tensor.shards]
-        self.kinds = [self.random_bytes, self.truncated_varint, self.huge_announcement, self.bad_varint,
-                      self.truncated_frame, self.not_a_map, self.wrong_type, self.extra_or_missing_key,
-                      self.unknown_op, self.oversized, self.bad_encoding, self.huge_read, self.beyond_file,
-                      self.unknown_shard, self.not_held, self.nothing]
+        self.kinds = [
+            self.random_bytes,
+            self.truncated_varint,
+            self.huge_announcement,
+            self.bad_varint,
+            self.truncated_frame,
+            self.not_a_map,
+            self.wrong_type,
+            self.extra_or_missing_key,
+            self.unknown_op,
+            self.oversized,
+            self.bad_encoding,
+            self.huge_read,
+            self.beyond_file,
+            self.unknown_shard,
+            self.not_held,
+            self.nothing,
+        ]
 
     def valid_read(self) -> dict:
         shard, kind = self.rng.choice([key for key, (_, size) in self.sizes.items() if size])
         size = self.sizes[shard, kind][1]
         offset = self.rng.randrange(size)
-        return {"v": 1, "op": "read", "dataset": self.digest, "shard": shard, "file": kind, "offset": offset,
-                "length": self.rng.randint(1, size - offset)}
+        return {
+            "v": 1,
+            "op": "read",
+            "dataset": self.digest,
+            "shard": shard,
+            "file": kind,
+            "offset": offset,
+            "length": self.rng.randint(1, size - offset),
+        }
 
     def valid_request(self) -> dict:
         op = self.rng.choice(["manifest", "have", "read"])
@@ -285,8 +315,9 @@ class Payloads:
     def control(self) -> Case:
         """A valid request among the hostile ones: the node keeps serving, and a success can be seen."""
         if self.rng.random() < 0.3:
-            return Case("valid manifest", wire.encode_request(wire.ManifestRequest(self.digest)), "ok",
-                        valid=("manifest",))
+            return Case(
+                "valid manifest", wire.encode_request(wire.ManifestRequest(self.digest)), "ok", valid=("manifest",)
+            )
         obj = self.valid_read()
         path = self.sizes[obj["shard"], obj["file"]][0]
         return Case("valid read", request(obj), "ok", valid=("read", path, obj["offset"], obj["length"]))
@@ -304,17 +335,32 @@ class Payloads:
         return Case("huge announced length", wire.encode_varint(length), "bad_request", half_close=False)
 
     def bad_varint(self) -> Case:
-        data = self.rng.choice([b"\x80" * 10 + b"\x01", b"\xff" * 12, b"\x83\x00" + b"\x00" * 3,
-                                b"\x80\x80\x00" + b"\x00" * 200])
+        data = self.rng.choice(
+            [b"\x80" * 10 + b"\x01", b"\xff" * 12, b"\x83\x00" + b"\x00" * 3, b"\x80\x80\x00" + b"\x00" * 200]
+        )
         return Case("overlong or redundant varint", data, "bad_request", half_close=self.rng.random() < 0.5)
 
     def truncated_frame(self) -> Case:
         frame = request(self.valid_request())
-        return Case("truncated frame", frame[:self.rng.randrange(1, len(frame))], "bad_request")
+        return Case("truncated frame", frame[: self.rng.randrange(1, len(frame))], "bad_request")
 
     def not_a_map(self) -> Case:
-        value = self.rng.choice([0, -1, 1 << 63, 1.5, None, True, "manifest", b"\x00" * 32, [1, 2, 3], [],
-                                 [{"v": 1}], {"v": 1, "op": "manifest", "dataset": [self.digest]}])
+        value = self.rng.choice(
+            [
+                0,
+                -1,
+                1 << 63,
+                1.5,
+                None,
+                True,
+                "manifest",
+                b"\x00" * 32,
+                [1, 2, 3],
+                [],
+                [{"v": 1}],
+                {"v": 1, "op": "manifest", "dataset": [self.digest]},
+            ]
+        )
         body = msgpack.packb(value, use_bin_type=True)
         if self.rng.random() < 0.3:  # an empty frame, or a deeply nested map
             body = self.rng.choice([b"", b"\x81\xa1a" * 1200 + b"\xc0"])
@@ -415,11 +461,12 @@ def check_case(case: Case, outcome: Outcome, published: Published) -> None:
         expect_manifest(outcome, published, what)
     else:
         _, path, offset, length = case.valid
-        expected = (published.tensor.path / path).read_bytes()[offset:offset + length]
+        expected = (published.tensor.path / path).read_bytes()[offset : offset + length]
         expect_bytes(outcome, expected, what)
 
 
 # ---- 1. fuzzing a running node ----------------------------------------------------------------------------------
+
 
 def test_fuzzed_requests_are_refused_and_the_node_keeps_serving(published):
     rng = random.Random(SEED)
@@ -466,11 +513,15 @@ def test_fuzzed_requests_are_refused_and_the_node_keeps_serving(published):
             rss["before"] = published.rss()
             async with trio.open_nursery() as hangs:
                 for i in range(HANGING_STREAMS):
-                    hangs.start_soon(hang, hanger, peer, full[:i * len(full) // HANGING_STREAMS])
+                    hangs.start_soon(hang, hanger, peer, full[: i * len(full) // HANGING_STREAMS])
                 # the hanging streams do not block the peer that holds them, nor anyone else
                 expect_manifest(await exchange(hanger, peer, full), published, "manifest next to hanging streams")
-                async with noise_peer(address) as (a, _), noise_peer(address) as (b, _), \
-                        noise_peer(address) as (c, _), noise_peer(address) as (d, _):
+                async with (
+                    noise_peer(address) as (a, _),
+                    noise_peer(address) as (b, _),
+                    noise_peer(address) as (c, _),
+                    noise_peer(address) as (d, _),
+                ):
                     fuzzers = [(host, trio.CapacityLimiter(STREAMS_PER_FUZZ_PEER)) for host in (a, b, c, d)]
                     assert len(fuzzers) == FUZZ_PEERS
                     async with trio.open_nursery() as nursery:
@@ -497,8 +548,9 @@ def test_fuzzed_requests_are_refused_and_the_node_keeps_serving(published):
     if failures:
         kinds = Counter(failure.split(":")[0] for failure in failures)
         examples = {failure.split(":")[0]: failure for failure in failures}
-        pytest.fail(f"{len(failures)} hostile streams misbehaved: {dict(kinds)}\n"
-                    + "\n".join(examples.values()), pytrace=False)
+        pytest.fail(
+            f"{len(failures)} hostile streams misbehaved: {dict(kinds)}\n" + "\n".join(examples.values()), pytrace=False
+        )
     assert published.node.proc.poll() is None, "the node process died"
     # the node timed out every hanging stream: no response, no earlier than its request timeout, and not much later
     assert len(hanging) == HANGING_STREAMS
@@ -523,6 +575,7 @@ def test_fuzzed_requests_are_refused_and_the_node_keeps_serving(published):
 
 # ---- 2. plaintext ------------------------------------------------------------------------------------------------
 
+
 def plaintext_host():
     """A py-libp2p host whose only security transport is plaintext (/plaintext/2.0.0)."""
     import logging
@@ -533,8 +586,9 @@ def plaintext_host():
 
     logging.getLogger("libp2p").addHandler(logging.NullHandler())
     key_pair = create_new_key_pair(os.urandom(32))
-    return new_host(key_pair=key_pair, sec_opt={PLAINTEXT_PROTOCOL_ID: InsecureTransport(key_pair)},
-                    muxer_preference="YAMUX")
+    return new_host(
+        key_pair=key_pair, sec_opt={PLAINTEXT_PROTOCOL_ID: InsecureTransport(key_pair)}, muxer_preference="YAMUX"
+    )
 
 
 def test_plaintext_dialer_is_refused(published):
@@ -572,6 +626,7 @@ def test_plaintext_dialer_is_refused(published):
 
 # ---- 3. per-peer stream limit -----------------------------------------------------------------------------------
 
+
 def test_streams_over_the_per_peer_limit_are_busy_while_other_peers_are_served(published):
     limit = LIMITS.streams_per_peer
     excess = 3
@@ -581,8 +636,10 @@ def test_streams_over_the_per_peer_limit_are_busy_while_other_peers_are_served(p
     shard_bytes = (published.tensor.path / shard.tokens_path).read_bytes()
 
     async def main() -> None:
-        async with noise_peer(published.node.address) as (greedy, peer), \
-                noise_peer(published.node.address) as (other, _):
+        async with (
+            noise_peer(published.node.address) as (greedy, peer),
+            noise_peer(published.node.address) as (other, _),
+        ):
             # the greedy peer holds `limit` streams, each with half a request sent
             holders = []
             try:
@@ -596,8 +653,9 @@ def test_streams_over_the_per_peer_limit_are_busy_while_other_peers_are_served(p
                     expect_error(await exchange(greedy, peer, full, half_close=i % 2 == 0), "busy", f"excess {i}")
                 # another peer is served meanwhile: the manifest and a whole shard
                 expect_manifest(await exchange(other, peer, full), published, "other peer's manifest")
-                outcome = await exchange(other, peer, read_request(published.digest, shard.name, "tokens", 0,
-                                                                   shard.size))
+                outcome = await exchange(
+                    other, peer, read_request(published.digest, shard.name, "tokens", 0, shard.size)
+                )
                 expect_bytes(outcome, shard_bytes, "other peer's shard")
                 # the held streams were not dropped: they finish their requests and get their answers
                 for stream in holders:

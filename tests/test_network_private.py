@@ -13,19 +13,34 @@ import os
 import stat
 from pathlib import Path
 
-import pytest
+import test_network_hostile
 import trio
+from netnodes import NodeProcess
+from test_network_hostile import (
+    CONNECT_TIMEOUT,
+    STREAM_TIMEOUT,
+    exchange,
+    expect_bytes,
+    file_sizes,
+    noise_peer,
+    read_request,
+    running,
+)
 
 from kogitune.node.host import new_kogitune_host
 from kogitune.protocol import wire
 from kogitune.protocol.ids import dataset_id_digest
 from kogitune.protocol.manifest import parse_manifest
-from kogitune.protocol.signing import (peer_id_from_public_key, public_key_from_seed, sign_allow_list, sign_dataset,
-                                       verify_dataset)
+from kogitune.protocol.signing import (
+    peer_id_from_public_key,
+    public_key_from_seed,
+    sign_allow_list,
+    sign_dataset,
+    verify_dataset,
+)
 from kogitune.tensor import DataTensor
-from netnodes import NodeProcess
-from test_network_hostile import (CONNECT_TIMEOUT, STREAM_TIMEOUT, expect_bytes, exchange, file_sizes, noise_peer,
-                                  read_request, running, tensor)  # noqa: F401 (tensor is a fixture)
+
+tensor = test_network_hostile.tensor  # the fixture: 40 KJV chapters in two shards
 
 GET_TIMEOUT = 60.0
 
@@ -39,6 +54,7 @@ def manifest_of(outcome) -> wire.ManifestResponse:
 
 
 # ---- a peer cannot restrict a public dataset ----------------------------------------------------------------------
+
 
 class Hijacker:
     """A peer that holds a public dataset and serves it as its own: the manifest signed with its key, and an
@@ -54,9 +70,15 @@ class Hijacker:
     def manifest_response(self, peer_id: str) -> bytes:
         signature, public_key = sign_dataset(self.seed, self.dataset_id)
         allow = (peer_id,)
-        return wire.encode_response(wire.ManifestResponse(
-            (self.tensor.path / "manifest.json").read_bytes(), signature, public_key, allow,
-            sign_allow_list(self.seed, self.dataset_id, allow)))
+        return wire.encode_response(
+            wire.ManifestResponse(
+                (self.tensor.path / "manifest.json").read_bytes(),
+                signature,
+                public_key,
+                allow,
+                sign_allow_list(self.seed, self.dataset_id, allow),
+            )
+        )
 
     async def handle(self, stream) -> None:
         """Answer one request: the forged manifest response, a full have-map, or the bytes asked for."""
@@ -130,6 +152,7 @@ def test_a_peer_cannot_make_a_public_dataset_private(tensor, tmp_path):
 
 # ---- a private dataset: owner-only replicas, refusals that look like "not held" -----------------------------------
 
+
 def modes_under(directory: Path) -> dict[str, int]:
     """Permission bits of `directory` and of everything under it, by relative path."""
     found = {".": stat.S_IMODE(directory.stat().st_mode)}
@@ -153,8 +176,7 @@ def test_a_private_replica_is_owner_only_and_refuses_like_a_node_that_lacks_it(t
     modes = modes_under(replica)
     assert {"shards", "allow", "allow.signature", "signature", "manifest.json"} <= modes.keys()
     assert any(name.endswith(".tokens") for name in modes)
-    wrong = {name: oct(mode) for name, mode in modes.items()
-             if mode != (0o700 if (replica / name).is_dir() else 0o600)}
+    wrong = {name: oct(mode) for name, mode in modes.items() if mode != (0o700 if (replica / name).is_dir() else 0o600)}
     assert not wrong, f"not owner-only in B's replica: {wrong}"
     published = a.home / "datasets" / private_id
     assert stat.S_IMODE(published.stat().st_mode) == stat.S_IMODE((published / "shards").stat().st_mode) == 0o700
@@ -163,14 +185,19 @@ def test_a_private_replica_is_owner_only_and_refuses_like_a_node_that_lacks_it(t
 
     digest = dataset_id_digest(private_id)
     shard = tensor.shards[0]
-    requests = {"manifest": wire.encode_request(wire.ManifestRequest(digest)),
-                "have": wire.encode_request(wire.HaveRequest(digest)),
-                "read": read_request(digest, shard.name, "tokens", 0, shard.size)}
+    requests = {
+        "manifest": wire.encode_request(wire.ManifestRequest(digest)),
+        "have": wire.encode_request(wire.HaveRequest(digest)),
+        "read": read_request(digest, shard.name, "tokens", 0, shard.size),
+    }
     answers = {}
 
     async def main() -> None:
-        async with noise_peer(a.address) as (ca, pa), noise_peer(b.address) as (cb, pb), \
-                noise_peer(e.address) as (ce, pe):
+        async with (
+            noise_peer(a.address) as (ca, pa),
+            noise_peer(b.address) as (cb, pb),
+            noise_peer(e.address) as (ce, pe),
+        ):
             for op, payload in requests.items():
                 for name, (host, peer) in {"a": (ca, pa), "b": (cb, pb), "e": (ce, pe)}.items():
                     answers[op, name] = (await exchange(host, peer, payload)).data

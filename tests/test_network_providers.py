@@ -24,6 +24,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
+from netnodes import ENV, KOGITUNE
 from trio.testing import MockClock
 
 from kogitune.corpora import write_kjv_chapters
@@ -35,7 +36,6 @@ from kogitune.protocol.ids import dataset_id_digest
 from kogitune.protocol.signing import sign_dataset
 from kogitune.store import StoreOptions, store
 from kogitune.tensor import DataTensor
-from netnodes import ENV, KOGITUNE
 
 LISTEN = "/ip4/127.0.0.1/tcp/0"
 CONNECT_TIMEOUT = 10.0
@@ -49,14 +49,20 @@ def tensor(tmp_path_factory) -> DataTensor:
     """120 KJV chapters in a few 128 KiB shards of 64 KiB pieces."""
     root = tmp_path_factory.mktemp("providers")
     corpus = write_kjv_chapters(root / "kjv.jsonl", limit=120)
-    store([corpus], "gpt2", root / "kjv", StoreOptions(block_size=64, piece_size=64 << 10, shard_size=128 << 10,
-                                                        workers=1), progress=False)
+    store(
+        [corpus],
+        "gpt2",
+        root / "kjv",
+        StoreOptions(block_size=64, piece_size=64 << 10, shard_size=128 << 10, workers=1),
+        progress=False,
+    )
     tensor = DataTensor(root / "kjv")
     assert len(tensor.shards) >= 2
     return tensor
 
 
 # ---- bad providers in this process ------------------------------------------------------------------------------
+
 
 def _peer_info(address: str):
     from libp2p.peer.peerinfo import info_from_p2p_addr
@@ -81,8 +87,11 @@ class BadProvider:
 
     @property
     def address(self) -> str:
-        return f"{self.host.get_addrs()[0]}/p2p/{self.peer_id}" if "/p2p/" not in str(self.host.get_addrs()[0]) \
+        return (
+            f"{self.host.get_addrs()[0]}/p2p/{self.peer_id}"
+            if "/p2p/" not in str(self.host.get_addrs()[0])
             else str(self.host.get_addrs()[0])
+        )
 
     @asynccontextmanager
     async def running(self, bootstrap: str):
@@ -129,7 +138,7 @@ class BadProvider:
                 await trio.sleep_forever()
             shard = next(s for s in self.tensor.shards if s.name == request.shard)
             path = {"tokens": shard.tokens_path, "pieces": shard.pieces_path, "docs": shard.docs_path}[request.file]
-            data = (self.tensor.path / path).read_bytes()[request.offset:request.offset + request.length]
+            data = (self.tensor.path / path).read_bytes()[request.offset : request.offset + request.length]
             for byte in data:  # one byte a second: never slow enough for a per-read timeout
                 await stream.write(bytes([byte]))
                 await trio.sleep(1)
@@ -161,12 +170,14 @@ async def bad_providers(kinds: list[str], tensor: DataTensor, bootstrap: str):
 async def run(args: list[str], env: dict, timeout: float) -> tuple[subprocess.CompletedProcess, float]:
     """A CLI command in a thread (the trio loop keeps serving the bad providers); (result, seconds)."""
     started = time.monotonic()
-    result = await trio.to_thread.run_sync(lambda: subprocess.run(
-        [KOGITUNE, *args], capture_output=True, text=True, timeout=timeout, env=env))
+    result = await trio.to_thread.run_sync(
+        lambda: subprocess.run([KOGITUNE, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    )
     return result, time.monotonic() - started
 
 
 # ---- tests ------------------------------------------------------------------------------------------------------
+
 
 def test_silent_and_dripping_providers_beside_an_honest_one_cost_seconds(tensor, nodes):
     """A publishes; R1 and R2 replicate it and are then frozen (SIGSTOP: TCP connects, nothing answers); 8 silent
@@ -187,8 +198,9 @@ def test_silent_and_dripping_providers_beside_an_honest_one_cost_seconds(tensor,
             b = await trio.to_thread.run_sync(lambda: nodes("b", bootstrap, DEFAULT_TIMEOUTS))
             for replica in frozen:
                 replica.signal(signal.SIGSTOP)
-            outcome["get"] = await run(["get", dataset_id, "--quiet", "--home", str(b.home)], DEFAULT_TIMEOUTS,
-                                       GET_BUDGET * 3)
+            outcome["get"] = await run(
+                ["get", dataset_id, "--quiet", "--home", str(b.home)], DEFAULT_TIMEOUTS, GET_BUDGET * 3
+            )
             outcome["status"] = await run(["status", dataset_id, "--home", str(b.home)], DEFAULT_TIMEOUTS, 60)
             outcome["b"] = b
 
@@ -231,13 +243,21 @@ def test_a_fetch_started_before_the_dataset_is_announced_finds_it(tensor, nodes)
     deterministic: B asks for the ID before A has published it, and the lookup, retried with backoff, finds A."""
     a = nodes("a")
     b = nodes("b", [a.address])
-    getting = subprocess.Popen([KOGITUNE, "get", tensor.dataset_id, "--quiet", "--home", str(b.home)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    getting = subprocess.Popen(
+        [KOGITUNE, "get", tensor.dataset_id, "--quiet", "--home", str(b.home)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     try:
         log = b.home / "node.log"
         deadline = time.monotonic() + 30
-        while getting.poll() is None and time.monotonic() < deadline and \
-                "no provider of" not in (log.read_text() if log.exists() else ""):
+        while (
+            getting.poll() is None
+            and time.monotonic() < deadline
+            and "no provider of" not in (log.read_text() if log.exists() else "")
+        ):
             time.sleep(0.05)  # polling B's log (bounded) for its first lookup that found nothing
         assert a.cli("publish", str(tensor.path)).stdout.strip() == tensor.dataset_id
         out, err = getting.communicate(timeout=60)
@@ -250,6 +270,7 @@ def test_a_fetch_started_before_the_dataset_is_announced_finds_it(tensor, nodes)
 
 
 # ---- the rules alone, on trio's virtual clock -------------------------------------------------------------------
+
 
 class Drip(Body):
     """A body that sends `total` bytes, one every `every` seconds (of trio's clock)."""

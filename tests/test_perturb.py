@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kogitune.corpora import kjv_verses, write_kjv_chapters
-from kogitune.perturb import PerturbError, Perturber, PerturbSpec, keep_probability
+from kogitune.perturb import Perturber, PerturbError, PerturbSpec, keep_probability
 from kogitune.store import StoreOptions, store
 from kogitune.tensor import DataTensor
 from kogitune.tokenizer import load_tokenizer
@@ -52,8 +52,9 @@ def test_randomized_response_keeps_tokens_at_the_stated_rate(verses):
     assert np.all(out[ends(lengths)] == EOS), "the separators between documents are not perturbed"
     replaced = out[content][out[content] != tokens[content]]
     assert replaced.max() < VOCAB
-    assert abs(replaced.mean() - (VOCAB - 1) / 2) < 5 * VOCAB / math.sqrt(12 * len(replaced)), \
+    assert abs(replaced.mean() - (VOCAB - 1) / 2) < 5 * VOCAB / math.sqrt(12 * len(replaced)), (
         "replacements are uniform over the vocabulary, not near the true token"
+    )
 
 
 def test_masking_and_dropping_rates_and_document_lengths(verses):
@@ -85,8 +86,14 @@ def test_same_seed_same_output_and_batches_do_not_matter(verses):
 def test_spec_parsing_and_errors():
     spec = PerturbSpec.parse("krr=2.5, drop=0.1,seed=9")
     assert spec == PerturbSpec(epsilon=2.5, drop=0.1, seed=9)
-    for bad, words in [("mask=0.1", "mask_id"), ("drop=1.5", "probability"), ("krr=abc", "float"),
-                       ("size=3", "cannot read"), ("seed=1", "at least one"), ("krr=-1", ">= 0")]:
+    for bad, words in [
+        ("mask=0.1", "mask_id"),
+        ("drop=1.5", "probability"),
+        ("krr=abc", "float"),
+        ("size=3", "cannot read"),
+        ("seed=1", "at least one"),
+        ("krr=-1", ">= 0"),
+    ]:
         with pytest.raises(PerturbError, match=words):
             PerturbSpec.parse(bad)
     with pytest.raises(PerturbError, match="outside the vocabulary"):
@@ -97,10 +104,12 @@ def test_store_records_the_perturbation_and_does_not_depend_on_workers(tmp_path)
     corpus = write_kjv_chapters(tmp_path / "kjv.jsonl", limit=120)
     spec = PerturbSpec(epsilon=12.0, drop=0.05, seed=11)
     clean = store([corpus], "gpt2", tmp_path / "clean", StoreOptions(block_size=256, workers=1), progress=False)
-    one = store([corpus], "gpt2", tmp_path / "one", StoreOptions(block_size=256, workers=1, perturb=spec),
-                progress=False)
-    two = store([corpus], "gpt2", tmp_path / "two", StoreOptions(block_size=256, workers=2, perturb=spec),
-                progress=False)
+    one = store(
+        [corpus], "gpt2", tmp_path / "one", StoreOptions(block_size=256, workers=1, perturb=spec), progress=False
+    )
+    two = store(
+        [corpus], "gpt2", tmp_path / "two", StoreOptions(block_size=256, workers=2, perturb=spec), progress=False
+    )
     assert one.dataset_id == two.dataset_id != clean.dataset_id
     assert one.documents == clean.documents == 120 and one.tokens < clean.tokens
 

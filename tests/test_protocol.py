@@ -13,8 +13,7 @@ from kogitune.protocol.errors import IntegrityError, KogituneError, ManifestErro
 from kogitune.protocol.ids import dataset_id_digest, dataset_id_from_digest, is_dataset_id
 from kogitune.protocol.jsonlimits import MAX_JSON_DEPTH
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, ShardInfo, canonical_encoding, parse_manifest
-from kogitune.protocol.pieces import (PieceHasher, check_piece, check_pieces_file, piece_digests, piece_span,
-                                      root_of)
+from kogitune.protocol.pieces import PieceHasher, check_piece, check_pieces_file, piece_digests, piece_span, root_of
 
 # The ID of manifest_dict() below. It pins the canonical encoding and the ID scheme: if this changes, every
 # dataset ID ever published changes with it.
@@ -25,8 +24,13 @@ def manifest_dict() -> dict:
     """A small valid manifest: 10 uint16 tokens in 3 blocks of 4, in two shards (keys deliberately unsorted)."""
     return {
         "format": "kogitune-tensor/1",
-        "tokenizer": {"name": "gpt2", "id": "gpt2-f04f", "fingerprint": "ab" * 32, "vocab_size": 50257,
-                      "eos_id": 50256},
+        "tokenizer": {
+            "name": "gpt2",
+            "id": "gpt2-f04f",
+            "fingerprint": "ab" * 32,
+            "vocab_size": 50257,
+            "eos_id": 50256,
+        },
         "dtype": "uint16",
         "block_size": 4,
         "piece_size": 65536,
@@ -44,6 +48,7 @@ def encoded(obj) -> bytes:
 
 
 # ---- dataset IDs ------------------------------------------------------------------------------------------------
+
 
 def test_dataset_id_round_trips_through_its_digest():
     """Any 32-byte digest becomes `kg1-` + 52 base32 characters, and the ID gives back exactly that digest."""
@@ -65,20 +70,23 @@ def test_dataset_ids_of_known_digests():
     assert dataset_id_from_digest(empty) == "kg1-4oymiquy7qobjgx36tejs35zeqt24qpemsnzgtfeswmrw6csxbkq"
 
 
-@pytest.mark.parametrize("text", [
-    "",
-    "kg1-",
-    "kg1-" + "a" * 51,
-    "kg1-" + "a" * 53,
-    "KG1-" + "a" * 52,
-    "kg1-" + "A" * 52,
-    "kg2-" + "a" * 52,
-    "kg1-" + "a" * 51 + "1",
-    "kg1-" + "a" * 51 + "8",
-    "kg1-" + "a" * 52 + "\n",
-    " kg1-" + "a" * 52,
-    "kg1-" + "a" * 51 + "b",  # decodes to the digest of "a" * 52: one digest must have one ID
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "kg1-",
+        "kg1-" + "a" * 51,
+        "kg1-" + "a" * 53,
+        "KG1-" + "a" * 52,
+        "kg1-" + "A" * 52,
+        "kg2-" + "a" * 52,
+        "kg1-" + "a" * 51 + "1",
+        "kg1-" + "a" * 51 + "8",
+        "kg1-" + "a" * 52 + "\n",
+        " kg1-" + "a" * 52,
+        "kg1-" + "a" * 51 + "b",  # decodes to the digest of "a" * 52: one digest must have one ID
+    ],
+)
 def test_malformed_dataset_ids_are_refused(text):
     """Only the exact form that dataset_id_from_digest writes is a dataset ID."""
     assert not is_dataset_id(text)
@@ -93,24 +101,28 @@ def test_dataset_id_needs_a_32_byte_digest():
 
 # ---- canonical encoding -----------------------------------------------------------------------------------------
 
+
 def test_canonical_encoding_sorts_keys_and_drops_spaces():
     """Key order does not matter; the bytes are compact UTF-8 JSON with sorted keys."""
     one = {"b": 1, "a": {"d": [True, None, "x"], "c": -3}, "é": "ü"}
     two = {"é": "ü", "a": {"c": -3, "d": [True, None, "x"]}, "b": 1}
     assert canonical_encoding(one) == canonical_encoding(two)
-    assert canonical_encoding(one) == '{"a":{"c":-3,"d":[true,null,"x"]},"b":1,"é":"ü"}'.encode("utf-8")
+    assert canonical_encoding(one) == '{"a":{"c":-3,"d":[true,null,"x"]},"b":1,"é":"ü"}'.encode()
 
 
-@pytest.mark.parametrize("value, message", [
-    ({"a": [1, {"b": 0.5}]}, r"manifest\.a\[1\]\.b: floats are not allowed"),
-    ({"a": 1.0}, "floats are not allowed"),
-    ({1: "one"}, "key 1 is not a string"),
-    ({"a": {(1, 2): "x"}}, "is not a string"),
-    ({"a": 1 << 63}, "outside the 64-bit range"),
-    ({"a": -(1 << 63)}, "outside the 64-bit range"),
-    ({"a": b"bytes"}, "bytes cannot be encoded"),
-    ({"a": {1, 2}}, "set cannot be encoded"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ({"a": [1, {"b": 0.5}]}, r"manifest\.a\[1\]\.b: floats are not allowed"),
+        ({"a": 1.0}, "floats are not allowed"),
+        ({1: "one"}, "key 1 is not a string"),
+        ({"a": {(1, 2): "x"}}, "is not a string"),
+        ({"a": 1 << 63}, "outside the 64-bit range"),
+        ({"a": -(1 << 63)}, "outside the 64-bit range"),
+        ({"a": b"bytes"}, "bytes cannot be encoded"),
+        ({"a": {1, 2}}, "set cannot be encoded"),
+    ],
+)
 def test_canonical_encoding_refuses_what_has_no_canonical_form(value, message):
     with pytest.raises(ManifestError, match=message):
         canonical_encoding(value)
@@ -121,6 +133,7 @@ def test_canonical_encoding_accepts_the_64_bit_range():
 
 
 # ---- manifests --------------------------------------------------------------------------------------------------
+
 
 def test_fixed_dataset_id_vector():
     """A literal manifest has a literal ID: the canonical encoding and the ID scheme have not changed."""
@@ -169,12 +182,15 @@ def test_to_dict_returns_a_copy():
     assert manifest.dataset_id == FIXED_DATASET_ID
 
 
-@pytest.mark.parametrize("path, value", [
-    (("provenance", "inputs", 0, "size"), 124),
-    (("shards", 1, "root"), "34" * 32),
-    (("tokenizer", "fingerprint"), "ac" * 32),
-    (("provenance", "note"), "any change"),
-])
+@pytest.mark.parametrize(
+    "path, value",
+    [
+        (("provenance", "inputs", 0, "size"), 124),
+        (("shards", 1, "root"), "34" * 32),
+        (("tokenizer", "fingerprint"), "ac" * 32),
+        (("provenance", "note"), "any change"),
+    ],
+)
 def test_any_change_changes_the_dataset_id(path, value):
     changed = manifest_dict()
     set_field(changed, path, value)
@@ -193,40 +209,43 @@ def set_field(obj, path: tuple, value) -> None:
         obj[path[-1]] = value
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({("format",): "kogitune-tensor/2"}, "this Kogitune reads 'kogitune-tensor/1'"),
-    ({("extra",): 1}, "manifest has unknown fields extra"),
-    ({("provenance",): DELETE}, "manifest lacks provenance"),
-    ({("tokenizer", "colour"): "red"}, "tokenizer has unknown fields colour"),
-    ({("counts", "tokens"): DELETE}, "counts lacks tokens"),
-    ({("shards", 0, "root"): DELETE}, r"shards\[0\] lacks root"),
-    ({("shards", 0, "size"): 15}, r"shards\[0\].size 15 is not blocks x block bytes \(2 x 8\)"),
-    ({("shards", 1, "size"): 16}, r"shards\[1\].size 16 is not blocks x block bytes"),
-    ({("counts", "blocks"): 4, ("counts", "tokens"): 13}, "the shards hold 3 blocks, counts.blocks says 4"),
-    ({("counts", "documents"): 4}, "the shards hold 3 documents, counts.documents says 4"),
-    ({("counts", "tokens"): 8}, "does not fill counts.blocks 3 of 4 tokens"),
-    ({("counts", "tokens"): 13}, "does not fill counts.blocks 3 of 4 tokens"),
-    ({("dtype",): "uint32"}, "dtype 'uint32' does not fit vocab_size 50257"),
-    ({("tokenizer", "vocab_size"): 70000}, "dtype 'uint16' does not fit vocab_size 70000"),
-    ({("dtype",): "int16"}, "does not fit"),
-    ({("piece_size",): 3 << 16}, "piece_size 196608 is not a power of two"),
-    ({("piece_size",): 1 << 15}, "piece_size must be an integer from 65536"),
-    ({("block_size",): 4.0}, "floats are not allowed"),
-    ({("block_size",): True}, "block_size must be an integer"),
-    ({("block_size",): "4"}, "block_size must be an integer"),
-    ({("tokenizer", "id"): "GPT2"}, "is not of the form"),
-    ({("tokenizer", "eos_id"): 50257}, "outside the vocabulary"),
-    ({("tokenizer", "name"): ""}, "tokenizer.name must be a string"),
-    ({("tokenizer", "fingerprint"): "ab" * 31}, "tokenizer.fingerprint must be 64 lowercase hex"),
-    ({("tokenizer",): "gpt2"}, "tokenizer must be an object"),
-    ({("shards", 1, "name"): "00000"}, "two shards have the same name"),
-    ({("shards", 0, "name"): "0"}, "is not 5 to 9 digits"),
-    ({("shards", 0, "name"): "../x0"}, "is not 5 to 9 digits"),
-    ({("shards", 0, "root"): "AB" * 32}, "64 lowercase hex"),
-    ({("shards", 0, "blocks"): 0}, "must be an integer from 1"),
-    ({("shards",): []}, "shards must be a list of 1"),
-    ({("provenance",): []}, "provenance must be an object"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({("format",): "kogitune-tensor/2"}, "this Kogitune reads 'kogitune-tensor/1'"),
+        ({("extra",): 1}, "manifest has unknown fields extra"),
+        ({("provenance",): DELETE}, "manifest lacks provenance"),
+        ({("tokenizer", "colour"): "red"}, "tokenizer has unknown fields colour"),
+        ({("counts", "tokens"): DELETE}, "counts lacks tokens"),
+        ({("shards", 0, "root"): DELETE}, r"shards\[0\] lacks root"),
+        ({("shards", 0, "size"): 15}, r"shards\[0\].size 15 is not blocks x block bytes \(2 x 8\)"),
+        ({("shards", 1, "size"): 16}, r"shards\[1\].size 16 is not blocks x block bytes"),
+        ({("counts", "blocks"): 4, ("counts", "tokens"): 13}, "the shards hold 3 blocks, counts.blocks says 4"),
+        ({("counts", "documents"): 4}, "the shards hold 3 documents, counts.documents says 4"),
+        ({("counts", "tokens"): 8}, "does not fill counts.blocks 3 of 4 tokens"),
+        ({("counts", "tokens"): 13}, "does not fill counts.blocks 3 of 4 tokens"),
+        ({("dtype",): "uint32"}, "dtype 'uint32' does not fit vocab_size 50257"),
+        ({("tokenizer", "vocab_size"): 70000}, "dtype 'uint16' does not fit vocab_size 70000"),
+        ({("dtype",): "int16"}, "does not fit"),
+        ({("piece_size",): 3 << 16}, "piece_size 196608 is not a power of two"),
+        ({("piece_size",): 1 << 15}, "piece_size must be an integer from 65536"),
+        ({("block_size",): 4.0}, "floats are not allowed"),
+        ({("block_size",): True}, "block_size must be an integer"),
+        ({("block_size",): "4"}, "block_size must be an integer"),
+        ({("tokenizer", "id"): "GPT2"}, "is not of the form"),
+        ({("tokenizer", "eos_id"): 50257}, "outside the vocabulary"),
+        ({("tokenizer", "name"): ""}, "tokenizer.name must be a string"),
+        ({("tokenizer", "fingerprint"): "ab" * 31}, "tokenizer.fingerprint must be 64 lowercase hex"),
+        ({("tokenizer",): "gpt2"}, "tokenizer must be an object"),
+        ({("shards", 1, "name"): "00000"}, "two shards have the same name"),
+        ({("shards", 0, "name"): "0"}, "is not 5 to 9 digits"),
+        ({("shards", 0, "name"): "../x0"}, "is not 5 to 9 digits"),
+        ({("shards", 0, "root"): "AB" * 32}, "64 lowercase hex"),
+        ({("shards", 0, "blocks"): 0}, "must be an integer from 1"),
+        ({("shards",): []}, "shards must be a list of 1"),
+        ({("provenance",): []}, "provenance must be an object"),
+    ],
+)
 def test_parse_manifest_rejects(changes, message):
     """Each schema rule is enforced, with a message that says which rule was broken."""
     broken = manifest_dict()
@@ -236,13 +255,16 @@ def test_parse_manifest_rejects(changes, message):
         parse_manifest(encoded(broken))
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"\xff\xfe" + encoded(manifest_dict()), "not valid UTF-8 JSON"),
-    (encoded(manifest_dict())[:-1], "not valid UTF-8 JSON"),
-    (b"", "not valid UTF-8 JSON"),
-    (b"[]", "manifest must be an object"),
-    (b'"kogitune-tensor/1"', "manifest must be an object"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"\xff\xfe" + encoded(manifest_dict()), "not valid UTF-8 JSON"),
+        (encoded(manifest_dict())[:-1], "not valid UTF-8 JSON"),
+        (b"", "not valid UTF-8 JSON"),
+        (b"[]", "manifest must be an object"),
+        (b'"kogitune-tensor/1"', "manifest must be an object"),
+    ],
+)
 def test_parse_manifest_rejects_bytes_that_are_no_manifest(data, message):
     with pytest.raises(ManifestError, match=message):
         parse_manifest(data)
@@ -280,9 +302,10 @@ def test_oversized_manifest_is_rejected_before_parsing():
 
 # ---- pieces -----------------------------------------------------------------------------------------------------
 
+
 def test_piece_digests_are_the_sha256_of_each_piece():
     data = bytes(range(256)) * 3  # 768 bytes: pieces of 256, 256, 256
-    assert piece_digests(data, 256) == b"".join(hashlib.sha256(data[i:i + 256]).digest() for i in (0, 256, 512))
+    assert piece_digests(data, 256) == b"".join(hashlib.sha256(data[i : i + 256]).digest() for i in (0, 256, 512))
     assert piece_digests(data, 500) == hashlib.sha256(data[:500]).digest() + hashlib.sha256(data[500:]).digest()
     assert piece_digests(b"", 64) == b"" == PieceHasher(64).finish()
 
@@ -315,8 +338,7 @@ def pieced():
     """Random shard bytes (3.5 pieces of 64 bytes), their `.pieces` list and a ShardInfo committing to it."""
     data = random.Random(5).randbytes(224)
     pieces = piece_digests(data, 64)
-    shard = ShardInfo(name="00007", blocks=1, size=len(data), root=root_of(pieces), documents=0,
-                      docs_sha256="00" * 32)
+    shard = ShardInfo(name="00007", blocks=1, size=len(data), root=root_of(pieces), documents=0, docs_sha256="00" * 32)
     return data, pieces, shard
 
 
@@ -324,8 +346,8 @@ def test_check_piece_accepts_each_intact_piece_and_rejects_a_wrong_byte(pieced):
     data, pieces, shard = pieced
     for index in range(4):
         start, length = piece_span(shard, index, 64)
-        check_piece(pieces, index, data[start:start + length])
-        damaged = bytearray(data[start:start + length])
+        check_piece(pieces, index, data[start : start + length])
+        damaged = bytearray(data[start : start + length])
         damaged[length // 2] ^= 1
         with pytest.raises(IntegrityError, match=f"piece {index} does not match"):
             check_piece(pieces, index, bytes(damaged))

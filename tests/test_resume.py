@@ -36,13 +36,24 @@ def test_resume_from_checkpoint_replays_nothing_and_skips_nothing(tmp_path, samp
 
     def train(max_steps: int, output: str, resume: str | None = None) -> list[str]:
         seen: list[str] = []
-        args = TrainingArguments(output_dir=str(tmp_path / output), max_steps=max_steps,
-                                 per_device_train_batch_size=4, save_strategy="steps", save_steps=3,
-                                 report_to=[], use_cpu=True, seed=3, disable_tqdm=True,
-                                 train_sampling_strategy=sampling)
-        trainer = Trainer(model=tiny_gpt2(tokenizer.vocab_size, BLOCK), args=args,
-                          train_dataset=DatasetRecipe([str(tensor)]).get_train_dataset(BLOCK),
-                          data_collator=RecordingCollator(tokenizer.to_hf(), seen))
+        args = TrainingArguments(
+            output_dir=str(tmp_path / output),
+            max_steps=max_steps,
+            per_device_train_batch_size=4,
+            save_strategy="steps",
+            save_steps=3,
+            report_to=[],
+            use_cpu=True,
+            seed=3,
+            disable_tqdm=True,
+            train_sampling_strategy=sampling,
+        )
+        trainer = Trainer(
+            model=tiny_gpt2(tokenizer.vocab_size, BLOCK),
+            args=args,
+            train_dataset=DatasetRecipe([str(tensor)]).get_train_dataset(BLOCK),
+            data_collator=RecordingCollator(tokenizer.to_hf(), seen),
+        )
         trainer.train(resume_from_checkpoint=resume)
         return seen
 

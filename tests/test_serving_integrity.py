@@ -16,6 +16,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trio
+from netnodes import NodeProcess
+from test_network_hostile import (
+    CONNECT_TIMEOUT,
+    STREAM_TIMEOUT,
+    Outcome,
+    _peer_info,
+    _reset,
+    exchange,
+    noise_peer,
+    open_stream,
+    read_request,
+    read_to_end,
+    running,
+)
 
 from kogitune.client import DaemonClient
 from kogitune.corpora import write_kjv_chapters
@@ -29,9 +43,6 @@ from kogitune.protocol.ids import dataset_id_digest
 from kogitune.protocol.manifest import Manifest, canonical_encoding, parse_manifest
 from kogitune.store import StoreOptions, TensorWriter, store
 from kogitune.tensor import MANIFEST_FILE, DataTensor
-from netnodes import NodeProcess
-from test_network_hostile import (CONNECT_TIMEOUT, STREAM_TIMEOUT, Outcome, _peer_info, _reset, exchange, noise_peer,
-                                  open_stream, read_request, read_to_end, running)
 
 SECRET = b"this was never published: it must not leave the node"
 BIG_SHARD_BYTES = 16 << 20
@@ -44,8 +55,13 @@ def stored(tmp_path_factory) -> Path:
     """20 KJV chapters in a few small shards, stored once for the module."""
     root = tmp_path_factory.mktemp("integrity")
     corpus = write_kjv_chapters(root / "kjv.jsonl", limit=20)
-    store([corpus], "gpt2", root / "kjv", StoreOptions(block_size=64, piece_size=64 << 10, shard_size=64 << 10,
-                                                        workers=1), progress=False)
+    store(
+        [corpus],
+        "gpt2",
+        root / "kjv",
+        StoreOptions(block_size=64, piece_size=64 << 10, shard_size=64 << 10, workers=1),
+        progress=False,
+    )
     return root / "kjv"
 
 
@@ -67,6 +83,7 @@ def node(tmp_path):
 
 def ask(node: NodeProcess, *requests: bytes) -> list[Outcome]:
     """Send each request on its own stream from a fresh peer; what the node answered to each."""
+
     async def main() -> list[Outcome]:
         async with noise_peer(node.address) as (host, peer):
             return [await exchange(host, peer, request) for request in requests]
@@ -110,9 +127,11 @@ def poll(condition, what: str, seconds: float = RECHECK_SECONDS):
 
 def served_again(node: NodeProcess, tensor: DataTensor, index: int = 0) -> bytes:
     """The shard's tokens, asked for until the node serves them again (once its background re-check passed)."""
+
     def served():
         response, data = read_tokens(node, tensor, index)
         return isinstance(response, wire.ReadResponse) and data
+
     return poll(served, f"shard {tensor.shards[index].name} served again")
 
 
@@ -145,7 +164,7 @@ def test_a_shard_edited_through_the_users_hard_link_is_withheld(mine, node):
     assert len(log_lines) == 1 and shard.name in log_lines[0], log_lines
 
     with open(users_file, "r+b") as f:  # undone: the next request checks the shard again, then it is served
-        f.write(original[:len(SECRET)])
+        f.write(original[: len(SECRET)])
     assert served_again(node, mine) == original
     assert damaged(node) == []
 
@@ -161,11 +180,12 @@ def test_a_changed_shard_is_checked_again_in_the_background_not_while_the_reques
     with open(stored_file, "r+b") as f:  # edited and undone: the same bytes, a new ctime
         f.write(SECRET)
     with open(stored_file, "r+b") as f:
-        f.write(original[:len(SECRET)])
+        f.write(original[: len(SECRET)])
 
     response, data = read_tokens(node, mine)
-    assert isinstance(response, wire.ErrorResponse) and response.code == "not_found", \
+    assert isinstance(response, wire.ErrorResponse) and response.code == "not_found", (
         "the request waited for the re-check of the changed shard"
+    )
     assert served_again(node, mine) == original
     assert damaged(node) == []
 
@@ -176,13 +196,20 @@ def big_tensor(stored: Path, out: Path) -> DataTensor:
     manifest = small.manifest
     tokens = np.resize(np.asarray(small.tokens()), BIG_SHARD_BYTES // manifest.itemsize)
     out.mkdir()
-    writer = TensorWriter(out, manifest.dtype, manifest.block_size, BIG_SHARD_BYTES, 1 << 20,
-                          manifest.tokenizer.eos_id)
+    writer = TensorWriter(out, manifest.dtype, manifest.block_size, BIG_SHARD_BYTES, 1 << 20, manifest.tokenizer.eos_id)
     writer.add(tokens, np.array([len(tokens)]))
     shards = writer.finish()
-    big = Manifest(tokenizer=manifest.tokenizer, dtype=manifest.dtype, block_size=manifest.block_size,
-                   piece_size=1 << 20, documents=writer.documents, tokens=writer.tokens,
-                   blocks=sum(s.blocks for s in shards), shards=shards, provenance={"test": "big shard"})
+    big = Manifest(
+        tokenizer=manifest.tokenizer,
+        dtype=manifest.dtype,
+        block_size=manifest.block_size,
+        piece_size=1 << 20,
+        documents=writer.documents,
+        tokens=writer.tokens,
+        blocks=sum(s.blocks for s in shards),
+        shards=shards,
+        provenance={"test": "big shard"},
+    )
     write_atomic(out / MANIFEST_FILE, canonical_encoding(big.to_dict()))
     return DataTensor(out)
 
@@ -200,8 +227,7 @@ def test_a_shard_edited_while_it_is_being_served_is_cut_before_the_edit(stored, 
             stream = await open_stream(host, peer)
             try:
                 with trio.fail_after(STREAM_TIMEOUT):
-                    await stream.write(read_request(dataset_id_digest(dataset_id), shard.name, "tokens", 0,
-                                                    shard.size))
+                    await stream.write(read_request(dataset_id_digest(dataset_id), shard.name, "tokens", 0, shard.size))
                     await stream.close()
                     first = await read_to_end(stream, cap=256 << 10)
                 assert first.ended == "cap"
@@ -219,7 +245,7 @@ def test_a_shard_edited_while_it_is_being_served_is_cut_before_the_edit(stored, 
     assert isinstance(response, wire.ReadResponse)
     assert SECRET not in data, "the node sent bytes written into the file while it was serving it"
     assert len(data) < shard.size, "the stream was not cut"  # py-libp2p may show the reset as an EOF
-    assert data == users_file.read_bytes()[:len(data)]
+    assert data == users_file.read_bytes()[: len(data)]
     assert damaged(node) == []  # not known to be damaged: changed, and not checked again yet
     [entry] = changed(node)
     assert entry["shard"] == shard.name
@@ -248,9 +274,12 @@ def test_a_tensor_with_a_symlink_is_refused_and_the_target_never_served(mine, no
     assert links == [], f"the store holds symbolic links: {links}"
     target.write_bytes(SECRET)
     digest = dataset_id_digest(mine.dataset_id)
-    outcomes = ask(node, read_request(digest, shard.name, "tokens", 0, shard.size),
-                   read_request(digest, shard.name, "docs", 0, shard.docs_size),
-                   wire.encode_request(wire.ManifestRequest(digest)))
+    outcomes = ask(
+        node,
+        read_request(digest, shard.name, "tokens", 0, shard.size),
+        read_request(digest, shard.name, "docs", 0, shard.docs_size),
+        wire.encode_request(wire.ManifestRequest(digest)),
+    )
     for outcome in outcomes:
         assert SECRET not in outcome.data
         response, _ = answer(outcome, wire.ErrorResponse)
@@ -268,13 +297,20 @@ def test_a_replaced_manifest_is_not_served(mine, node):
 
     digest = dataset_id_digest(dataset_id)
     shard = mine.shards[0]
-    for outcome in ask(node, wire.encode_request(wire.ManifestRequest(digest)),
-                       read_request(digest, shard.name, "tokens", 0, shard.size)):
+    for outcome in ask(
+        node,
+        wire.encode_request(wire.ManifestRequest(digest)),
+        read_request(digest, shard.name, "tokens", 0, shard.size),
+    ):
         assert SECRET not in outcome.data
         response, _ = answer(outcome, wire.ErrorResponse)
         assert isinstance(response, wire.ErrorResponse) and response.code == "not_found", response
-    assert {"dataset": dataset_id, "shard": "manifest.json", "file": "manifest.json",
-            "problem": "it does not hash to the dataset ID"} in damaged(node)
+    assert {
+        "dataset": dataset_id,
+        "shard": "manifest.json",
+        "file": "manifest.json",
+        "problem": "it does not hash to the dataset ID",
+    } in damaged(node)
 
 
 def test_a_damaged_docs_file_is_named_by_status_and_cleared_once_repaired(mine, node):
@@ -293,8 +329,10 @@ def test_a_damaged_docs_file_is_named_by_status_and_cleared_once_repaired(mine, 
     assert isinstance(response, wire.ErrorResponse) and response.code == "not_found", response
     entries = [e for e in damaged(node) if e["file"] == shard.docs_path]
     assert [e["problem"] for e in entries] == [f"{shard.docs_path} does not match the manifest"], damaged(node)
-    assert f"{dataset_id} shard {shard.name} ({shard.docs_path}): {shard.docs_path} does not match" \
+    assert (
+        f"{dataset_id} shard {shard.name} ({shard.docs_path}): {shard.docs_path} does not match"
         in node.cli("node", "status").stdout
+    )
 
     stored_docs.write_bytes(original)  # repaired
     [outcome] = ask(node, read_docs)
@@ -321,15 +359,17 @@ def test_a_peer_that_dies_in_the_middle_of_a_file_is_a_failure_not_a_liar(mine, 
         while (frame := decoder.next_frame()) is None:
             decoder.feed(await stream.read(4096))
         request = wire.parse_request(frame)
-        data = (mine.path / paths[request.file]).read_bytes()[request.offset:request.offset + request.length]
+        data = (mine.path / paths[request.file]).read_bytes()[request.offset : request.offset + request.length]
         if request.file == cut:
-            data = data[:len(data) // 2]
+            data = data[: len(data) // 2]
         await stream.write(wire.encode_response(wire.ReadResponse(request.length)) + data)
         await stream.close()
 
     async def main() -> SourcePool:
-        async with running(new_kogitune_host(os.urandom(32))) as dying, \
-                running(new_kogitune_host(os.urandom(32))) as fetcher:
+        async with (
+            running(new_kogitune_host(os.urandom(32))) as dying,
+            running(new_kogitune_host(os.urandom(32))) as fetcher,
+        ):
             dying.set_stream_handler(TProtocol(wire.PROTOCOL_ID), serve)
             with trio.fail_after(CONNECT_TIMEOUT):
                 await fetcher.connect(_peer_info(f"{dying.get_addrs()[0]}/p2p/{dying.get_id()}"))
@@ -369,8 +409,10 @@ def test_a_slow_but_honest_reader_is_not_cut(stored, node, tmp_path):
     assert SLOW_READER_RATE >= 4 * WRITE_BYTES / SLOW_WRITE_TIMEOUT
 
     async def main() -> tuple[bytes, str]:
-        async with running(new_kogitune_host(os.urandom(32))) as serving, \
-                running(new_kogitune_host(os.urandom(32))) as reader:
+        async with (
+            running(new_kogitune_host(os.urandom(32))) as serving,
+            running(new_kogitune_host(os.urandom(32))) as reader,
+        ):
             serving.set_stream_handler(TProtocol(wire.PROTOCOL_ID), server.handle)
             with trio.fail_after(CONNECT_TIMEOUT):
                 await reader.connect(_peer_info(f"{serving.get_addrs()[0]}/p2p/{serving.get_id()}"))
@@ -378,8 +420,7 @@ def test_a_slow_but_honest_reader_is_not_cut(stored, node, tmp_path):
             data, ended = bytearray(), "cap"
             try:
                 with trio.fail_after(STREAM_TIMEOUT + SLOW_READ_BYTES / SLOW_READER_RATE):
-                    await stream.write(read_request(dataset_id_digest(dataset_id), shard.name, "tokens", 0,
-                                                    shard.size))
+                    await stream.write(read_request(dataset_id_digest(dataset_id), shard.name, "tokens", 0, shard.size))
                     await stream.close()
                     started = trio.current_time()
                     while len(data) < SLOW_READ_BYTES:  # paced: never ahead of SLOW_READER_RATE
@@ -401,4 +442,4 @@ def test_a_slow_but_honest_reader_is_not_cut(stored, node, tmp_path):
     response, body = answer(Outcome(data, ended), wire.ReadResponse)
     assert isinstance(response, wire.ReadResponse)
     assert ended == "cap", f"the server cut a reader at {SLOW_READER_RATE >> 10} KiB/s after {len(body)} bytes: {ended}"
-    assert body == (tensor.path / shard.tokens_path).read_bytes()[:len(body)]
+    assert body == (tensor.path / shard.tokens_path).read_bytes()[: len(body)]

@@ -7,22 +7,34 @@ import json
 import random
 
 import pytest
+from test_protocol import manifest_dict
 
 from kogitune.protocol.errors import IntegrityError, KogituneError, ManifestError
 from kogitune.protocol.ids import dataset_id_from_digest
 from kogitune.protocol.manifest import parse_manifest
-from kogitune.protocol.signing import (SIGNING_CONTEXT, base58btc, check_signed_manifest, peer_id_from_public_key,
-                                       public_key_from_seed, sign_dataset, signing_payload, verify_dataset)
-from test_protocol import manifest_dict
+from kogitune.protocol.signing import (
+    SIGNING_CONTEXT,
+    base58btc,
+    check_signed_manifest,
+    peer_id_from_public_key,
+    public_key_from_seed,
+    sign_dataset,
+    signing_payload,
+    verify_dataset,
+)
 
 # The signing vector: these exact strings are in docs/protocol.md ("Test vectors"); change both or neither.
 SEED = b"\x01" * 32
 DATASET_ID = "kg1-aaaqeayeaudaocajbifqydiob4ibceqtcqkrmfyydenbwha5dypq"  # the digest 00 01 02 ... 1f
-PAYLOAD_HEX = ("6b6f676974756e652f6d616e69666573742f7631"  # "kogitune/manifest/v1"
-               "00000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")
+PAYLOAD_HEX = (
+    "6b6f676974756e652f6d616e69666573742f7631"  # "kogitune/manifest/v1"
+    "00000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+)
 PUBLIC_KEY_HEX = "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c"
-SIGNATURE_HEX = ("d40650c8b121556f1f36cfc72b9518784a5864e2aa24ac24d551ca4e2b7253c5"
-                 "cd9a3d97cdc2961ce9d99fc6ba8d44b1c34b7e18c55a4c846843f3badbddb30c")
+SIGNATURE_HEX = (
+    "d40650c8b121556f1f36cfc72b9518784a5864e2aa24ac24d551ca4e2b7253c5"
+    "cd9a3d97cdc2961ce9d99fc6ba8d44b1c34b7e18c55a4c846843f3badbddb30c"
+)
 PEER_ID = "12D3KooWK99VoVxNE7XzyBwXEzW7xhK7Gpv85r9F3V3fyKSUKPH5"
 
 
@@ -45,6 +57,7 @@ def test_the_signing_vector():
 
 def test_the_signing_vector_is_in_the_docs():
     from pathlib import Path
+
     text = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text(encoding="utf-8")
     for value in [DATASET_ID, PAYLOAD_HEX, PUBLIC_KEY_HEX, SIGNATURE_HEX, PEER_ID]:
         assert value in text
@@ -73,9 +86,15 @@ def test_wrong_id_key_or_signature_is_an_integrity_error():
         bad[i] ^= 1 << (i % 8)
         with pytest.raises(IntegrityError):
             verify_dataset(DATASET_ID, public_key, bytes(bad))
-    for bad_key, bad_signature in [(public_key[:31], signature), (public_key + b"\x00", signature),
-                                   (public_key, signature[:63]), (public_key, b""), (bytes(32), signature),
-                                   (b"\xff" * 32, signature), (public_key.hex(), signature)]:
+    for bad_key, bad_signature in [
+        (public_key[:31], signature),
+        (public_key + b"\x00", signature),
+        (public_key, signature[:63]),
+        (public_key, b""),
+        (bytes(32), signature),
+        (b"\xff" * 32, signature),
+        (public_key.hex(), signature),
+    ]:
         with pytest.raises(IntegrityError):
             verify_dataset(DATASET_ID, bad_key, bad_signature)
 
@@ -83,6 +102,7 @@ def test_wrong_id_key_or_signature_is_an_integrity_error():
 def test_the_signature_covers_the_context():
     """A signature of the bare digest (or of any other context) is not a manifest signature."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = Ed25519PrivateKey.from_private_bytes(SEED)
     with pytest.raises(IntegrityError):
         verify_dataset(DATASET_ID, bytes.fromhex(PUBLIC_KEY_HEX), key.sign(bytes(range(32))))
@@ -168,15 +188,21 @@ def test_peer_ids_match_py_libp2p():
 def test_protocol_does_not_import_libp2p_or_io():
     import ast
     from pathlib import Path
+
     for name in ["wire.py", "signing.py"]:
         tree = ast.parse((Path(__file__).resolve().parents[1] / "protocol" / name).read_text())
-        imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                    for alias in node.names}
-        imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-                     if isinstance(node, ast.ImportFrom) and node.module and not node.level}
+        imported = {
+            alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+        }
+        imported |= {
+            node.module.split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level
+        }
         assert imported <= {"__future__", "re", "dataclasses", "typing", "msgpack", "cryptography"}, imported
-        calls = {node.func.id for node in ast.walk(tree)
-                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
+        calls = {
+            node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+        }
         assert "open" not in calls
 
 
@@ -190,16 +216,20 @@ PRIVATE_WORKED_EXAMPLE_SHA256 = "ae92e0e908246b1cfef4404b9df09c8907708a592100f25
 ACCESS_TEXT = '{"access":{"private":true,"publisher":"12D3KooWK99VoVxNE7XzyBwXEzW7xhK7Gpv85r9F3V3fyKSUKPH5"},'
 OTHER_SEED = b"\x02" * 32
 OTHER_PEER_ID = "12D3KooWJWoaqZhDaoEFshF7Rh1bpY9ohihFhzcW6d69Lr2NASuq"
-ALLOW_PAYLOAD_HEX = ("6b6f676974756e652f616c6c6f772f7631"  # "kogitune/allow/v1"
-                     "00000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
-                     + OTHER_PEER_ID.encode().hex())
-ALLOW_SIGNATURE_HEX = ("798846cba47c884279618bd556c895dfec795a7e33a759df467d4fb5e3eab61f"
-                       "2554cd73381c330413963ee008dbeca2be1da4e013fc1b0c6b45f3245d05ac03")
+ALLOW_PAYLOAD_HEX = (
+    "6b6f676974756e652f616c6c6f772f7631"  # "kogitune/allow/v1"
+    "00000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f" + OTHER_PEER_ID.encode().hex()
+)
+ALLOW_SIGNATURE_HEX = (
+    "798846cba47c884279618bd556c895dfec795a7e33a759df467d4fb5e3eab61f"
+    "2554cd73381c330413963ee008dbeca2be1da4e013fc1b0c6b45f3245d05ac03"
+)
 
 
 def worked_example() -> bytes:
     """The canonical manifest of docs/format.md's worked example, as printed there."""
     from pathlib import Path
+
     text = (Path(__file__).resolve().parents[1] / "docs" / "format.md").read_text(encoding="utf-8")
     return next(line for line in text.splitlines() if line.startswith('{"block_size":8,')).encode()
 
@@ -231,9 +261,17 @@ def test_the_private_dataset_vectors():
 
 def test_the_private_dataset_vectors_are_in_the_docs():
     from pathlib import Path
+
     text = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text(encoding="utf-8")
-    for value in [WORKED_EXAMPLE_ID, PRIVATE_WORKED_EXAMPLE_ID, PRIVATE_WORKED_EXAMPLE_SHA256, ACCESS_TEXT, OTHER_PEER_ID, ALLOW_PAYLOAD_HEX,
-                  ALLOW_SIGNATURE_HEX]:
+    for value in [
+        WORKED_EXAMPLE_ID,
+        PRIVATE_WORKED_EXAMPLE_ID,
+        PRIVATE_WORKED_EXAMPLE_SHA256,
+        ACCESS_TEXT,
+        OTHER_PEER_ID,
+        ALLOW_PAYLOAD_HEX,
+        ALLOW_SIGNATURE_HEX,
+    ]:
         assert value in text, value
 
 
@@ -248,8 +286,9 @@ def test_a_private_manifest_is_valid_only_with_its_publishers_signature():
     hijack_id, _, hijack_signature, hijack_key = signed(OTHER_SEED, private)
     assert hijack_id == dataset_id
     verify_dataset(dataset_id, hijack_key, hijack_signature)  # a valid signature, of the wrong publisher
-    with pytest.raises(IntegrityError, match=f"private to its publisher {PEER_ID}, but this copy is signed by "
-                                             f"{OTHER_PEER_ID}"):
+    with pytest.raises(
+        IntegrityError, match=f"private to its publisher {PEER_ID}, but this copy is signed by {OTHER_PEER_ID}"
+    ):
         check_signed_manifest(dataset_id, data, hijack_key, hijack_signature)
     # re-signing the private manifest as another publisher is another manifest, so another ID
     assert public.made_private(OTHER_PEER_ID).dataset_id not in (dataset_id, public.dataset_id)
@@ -276,23 +315,31 @@ def test_only_the_named_publisher_decides_who_may_fetch():
     assert allowed_peers(private_id, private, allow, good) == frozenset(allow)
     assert allowed_peers(private_id, private, allow[::-1], good) == frozenset(allow)  # as read from a file
     # anything else: nobody (fail closed), never everyone
-    for bad_allow, bad_signature in [(allow, sign_allow_list(OTHER_SEED, private_id, allow)),  # another key
-                                     (allow[:1], good), (allow + (OTHER_PEER_ID[:-1] + "X",), good),  # altered
-                                     (allow, sign_allow_list(SEED, public_id, allow)),  # another dataset's list
-                                     (allow, good[:63]), (allow, b""), ((), b"")]:
+    for bad_allow, bad_signature in [
+        (allow, sign_allow_list(OTHER_SEED, private_id, allow)),  # another key
+        (allow[:1], good),
+        (allow + (OTHER_PEER_ID[:-1] + "X",), good),  # altered
+        (allow, sign_allow_list(SEED, public_id, allow)),  # another dataset's list
+        (allow, good[:63]),
+        (allow, b""),
+        ((), b""),
+    ]:
         assert allowed_peers(private_id, private, bad_allow, bad_signature) == frozenset()
 
 
-@pytest.mark.parametrize("access, message", [
-    ({"publisher": PEER_ID, "private": False}, "access.private must be true"),
-    ({"publisher": PEER_ID, "private": 1}, "access.private must be true"),
-    ({"publisher": PEER_ID}, "access lacks private"),
-    ({"publisher": PEER_ID, "private": True, "allow": []}, "access has unknown fields allow"),
-    ({"publisher": "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N", "private": True}, "Ed25519 key"),
-    ({"publisher": PEER_ID[:-1], "private": True}, "Ed25519 key"),
-    ({"publisher": 12, "private": True}, "Ed25519 key"),
-    ("private", "access must be an object"),
-])
+@pytest.mark.parametrize(
+    "access, message",
+    [
+        ({"publisher": PEER_ID, "private": False}, "access.private must be true"),
+        ({"publisher": PEER_ID, "private": 1}, "access.private must be true"),
+        ({"publisher": PEER_ID}, "access lacks private"),
+        ({"publisher": PEER_ID, "private": True, "allow": []}, "access has unknown fields allow"),
+        ({"publisher": "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N", "private": True}, "Ed25519 key"),
+        ({"publisher": PEER_ID[:-1], "private": True}, "Ed25519 key"),
+        ({"publisher": 12, "private": True}, "Ed25519 key"),
+        ("private", "access must be an object"),
+    ],
+)
 def test_malformed_access_fields_are_refused(access, message):
     with pytest.raises(ManifestError, match=message):
         parse_manifest(manifest_bytes(access=access))

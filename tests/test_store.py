@@ -17,15 +17,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zstandard
+from conftest import (
+    BLOCK,
+    EOS_TEXT,
+    OPTIONS,
+    SHARD,
+    expected_tokens,
+    file_states,
+    json_line,
+    store_quietly,
+    stored_tokens,
+    write_lines,
+    write_texts,
+)
 
-from conftest import (BLOCK, EOS_TEXT, OPTIONS, SHARD, expected_tokens, file_states, json_line,
-                      store_quietly, stored_tokens, write_lines, write_texts)
+import kogitune.store as store_module
 from kogitune.corpora import write_kjv_chapters
 from kogitune.errors import BadInputError, KogituneError, TensorError
-import kogitune.store as store_module
 from kogitune.perturb import PerturbSpec
-from kogitune.store import (BATCH_BYTES, DTYPES_NP, InputReader, StoreOptions, TensorWriter, pack_documents,
-                            worker_processes)
+from kogitune.store import (
+    BATCH_BYTES,
+    DTYPES_NP,
+    InputReader,
+    StoreOptions,
+    TensorWriter,
+    pack_documents,
+    worker_processes,
+)
 from kogitune.tensor import MANIFEST_FILE, DataTensor
 
 SMALL = StoreOptions(block_size=64, shard_size=64 << 10, workers=1)
@@ -44,6 +62,7 @@ def manifest_without_inputs(tensor: DataTensor) -> dict:
 
 
 # ---- what is stored ---------------------------------------------------------------------------------------------
+
 
 def test_tokens_are_the_documents_joined_with_eos(kjv_tensor, kjv_texts, kjv_expected, gpt2):
     """The token stream is each document's tokens then EOS, in input order, and decodes back to the text."""
@@ -77,7 +96,7 @@ def test_shards_are_full_and_padding_is_eos_in_the_last_block_only(kjv_report, k
     assert all(s.size == s.blocks * BLOCK * 2 for s in m.shards)
     raw = stored_tokens(kjv_tensor)
     assert len(raw) == m.blocks * BLOCK
-    padding = raw[m.tokens:]
+    padding = raw[m.tokens :]
     assert 0 < len(padding) < BLOCK and kjv_report.padding == len(padding)
     assert (padding == gpt2.eos_id).all()
 
@@ -92,8 +111,9 @@ def test_document_starts_point_at_each_documents_first_token(kjv_tensor, kjv_len
         found = kjv_tensor.document_starts(index)
         np.testing.assert_array_equal(found, expected)
         assert shard.documents == len(found)
-    assert any(kjv_tensor.document_starts(i)[0] > 0 for i in range(1, len(kjv_tensor.shards))), \
+    assert any(kjv_tensor.document_starts(i)[0] > 0 for i in range(1, len(kjv_tensor.shards))), (
         "some document should continue across a shard boundary"
+    )
 
 
 def test_several_inputs_are_one_stream_in_order(tmp_path, small_texts, gpt2):
@@ -105,20 +125,24 @@ def test_several_inputs_are_one_stream_in_order(tmp_path, small_texts, gpt2):
     np.testing.assert_array_equal(tensor.tokens(), expected_tokens(gpt2, small_texts[:20]))
     assert tensor.manifest.documents == 20
     assert tensor.manifest.provenance["inputs"] == [
-        {"name": f.name, "size": f.stat().st_size, "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}
-        for f in files]
+        {"name": f.name, "size": f.stat().st_size, "sha256": hashlib.sha256(f.read_bytes()).hexdigest()} for f in files
+    ]
 
 
 def zstd_two_frames(data: bytes) -> bytes:
     compressor = zstandard.ZstdCompressor()
-    return compressor.compress(data[:len(data) // 3]) + compressor.compress(data[len(data) // 3:])
+    return compressor.compress(data[: len(data) // 3]) + compressor.compress(data[len(data) // 3 :])
 
 
-@pytest.mark.parametrize("suffix, compress", [
-    (".jsonl.gz", gzip.compress),
-    (".jsonl.zst", zstandard.ZstdCompressor().compress),
-    (".jsonl.zst", zstd_two_frames),
-], ids=["gzip", "zstd", "zstd-two-frames"])
+@pytest.mark.parametrize(
+    "suffix, compress",
+    [
+        (".jsonl.gz", gzip.compress),
+        (".jsonl.zst", zstandard.ZstdCompressor().compress),
+        (".jsonl.zst", zstd_two_frames),
+    ],
+    ids=["gzip", "zstd", "zstd-two-frames"],
+)
 def test_compressed_input_stores_the_same_tensor(tmp_path, small_corpus, small_tensor_path, suffix, compress):
     """A .gz or .zst input stores the same shards as the plain file; only the provenance differs: it records
     the compressed file as read (name, size, SHA-256), so the dataset ID commits to the exact input."""
@@ -131,7 +155,8 @@ def test_compressed_input_stores_the_same_tensor(tmp_path, small_corpus, small_t
     assert tensor.shards == plain.shards
     assert manifest_without_inputs(tensor) == manifest_without_inputs(plain)
     assert tensor.manifest.provenance["inputs"] == [
-        {"name": packed.name, "size": packed.stat().st_size, "sha256": hashlib.sha256(packed.read_bytes()).hexdigest()}]
+        {"name": packed.name, "size": packed.stat().st_size, "sha256": hashlib.sha256(packed.read_bytes()).hexdigest()}
+    ]
     assert tensor.dataset_id != plain.dataset_id
 
 
@@ -146,6 +171,7 @@ def test_text_key_chooses_the_field(tmp_path, small_texts, gpt2):
 
 
 # ---- the dataset ID does not depend on where or how ---------------------------------------------------------------
+
 
 def test_same_input_same_id_in_another_directory(small_corpus, small_tensor_path, tmp_path):
     """Storing the same file again elsewhere gives byte-identical manifest and shards, so the same ID."""
@@ -200,6 +226,7 @@ def test_pack_documents_joins_ids_with_eos_in_either_dtype(gpt2, small_texts):
 
 
 # ---- re-running, overwriting, interruptions -----------------------------------------------------------------------
+
 
 def test_storing_again_reports_already_stored_and_writes_nothing(tmp_path, small_corpus):
     first = store_quietly(small_corpus, tmp_path / "out", SMALL)
@@ -266,9 +293,11 @@ def shard_bytes(path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((path / "shards").iterdir())}
 
 
-@pytest.mark.parametrize("options", [OPTIONS, replace(OPTIONS, perturb=PerturbSpec(mask=0.2, mask_id=7, drop=0.1,
-                                                                                  seed=3))],
-                         ids=["plain", "perturbed"])
+@pytest.mark.parametrize(
+    "options",
+    [OPTIONS, replace(OPTIONS, perturb=PerturbSpec(mask=0.2, mask_id=7, drop=0.1, seed=3))],
+    ids=["plain", "perturbed"],
+)
 def test_an_interrupted_store_goes_on_from_its_checkpoint(tmp_path, kjv_corpus, monkeypatch, options):
     """Interrupted after 7 of ~14 batches, run again: it restores the checkpoint (6 batches, a shard cut back to
     what they wrote) instead of starting over, and makes the tensor an uninterrupted store makes, byte for byte."""
@@ -287,8 +316,11 @@ def test_an_interrupted_store_goes_on_from_its_checkpoint(tmp_path, kjv_corpus, 
     report = store_quietly(kjv_corpus, tmp_path / "out", options)
     assert restored == [1]
     assert report.dataset_id == reference.dataset_id
-    assert (report.documents, report.tokens, report.text_bytes) == (reference.documents, reference.tokens,
-                                                                    reference.text_bytes)
+    assert (report.documents, report.tokens, report.text_bytes) == (
+        reference.documents,
+        reference.tokens,
+        reference.text_bytes,
+    )
     assert shard_bytes(report.path) == shard_bytes(reference.path)
     assert not (tmp_path / "out.partial").exists() and DataTensor(report.path).verify() == []
     assert not (report.path / store_module.CHECKPOINT_FILE).exists()
@@ -324,8 +356,11 @@ def test_a_store_killed_with_sigkill_goes_on_from_its_checkpoint(tmp_path, worke
     assert proc.wait(timeout=60) == -signal.SIGKILL, "the store ended before it could be killed"
     deadline = time.monotonic() + 30
     while workers_left and time.monotonic() < deadline:  # orphaned workers must not block forever on a full pipe
-        workers_left = [pid for pid in workers_left if Path(f"/proc/{pid}").exists()
-                        and Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"]
+        workers_left = [
+            pid
+            for pid in workers_left
+            if Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+        ]
         time.sleep(0.05)
     assert not workers_left, f"worker processes {workers_left} outlived the killed store"
     assert 10 <= json.loads(checkpoint.read_bytes())["batches"] < 60
@@ -343,9 +378,11 @@ def test_a_script_without_a_main_guard_gets_a_clear_error_not_a_hang(tmp_path, s
     """Spawned workers import the script, which stores again and dies; the store must say why, not hang (it did,
     while the tokenizer travelled to the workers through a pipe that outgrew its buffer)."""
     script = tmp_path / "unguarded.py"
-    script.write_text("from kogitune.store import StoreOptions, store\n"
-                      f"store([{str(small_corpus)!r}], 'gpt2', {str(tmp_path / 'out')!r}, StoreOptions(workers=2), "
-                      "progress=False)\n")
+    script.write_text(
+        "from kogitune.store import StoreOptions, store\n"
+        f"store([{str(small_corpus)!r}], 'gpt2', {str(tmp_path / 'out')!r}, StoreOptions(workers=2), "
+        "progress=False)\n"
+    )
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert 'put the call under `if __name__ == "__main__":`' in result.stderr
@@ -428,7 +465,7 @@ def test_a_damaged_checkpoint_makes_the_store_start_afresh(tmp_path, kjv_corpus,
             store_quietly(kjv_corpus, tmp_path / "out", OPTIONS)
     path = tmp_path / "out.partial" / store_module.CHECKPOINT_FILE
     checkpoint = json.loads(path.read_bytes())
-    checkpoint["writer"]["in_shard"] = 10 ** 9
+    checkpoint["writer"]["in_shard"] = 10**9
     path.write_text(json.dumps(checkpoint))
     monkeypatch.setattr(TensorWriter, "restore", lambda self, state: pytest.fail("restored a damaged checkpoint"))
     report = store_quietly(kjv_corpus, tmp_path / "out", OPTIONS)

@@ -12,10 +12,9 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from conftest import BLOCK, EOS_TEXT, PIECE, copy_tensor, expected_tokens, flip_byte, store_quietly, stored_tokens
 from torch.utils.data import DataLoader
 
-from conftest import (BLOCK, EOS_TEXT, PIECE, copy_tensor, expected_tokens, flip_byte, store_quietly,
-                      stored_tokens)
 import kogitune.tensor as tensor_module
 from kogitune.datasets import TokenBlockDataset
 from kogitune.errors import IntegrityError, RecipeError, TokenizerError
@@ -47,6 +46,7 @@ def piece_problem(tensor: DataTensor, shard_index: int, offset: int) -> str:
 
 # ---- the stored layout ------------------------------------------------------------------------------------------
 
+
 def test_main_tensor_has_several_shards_of_several_pieces(kjv_tensor):
     """The layout the damage tests rely on: 3 shards; 3 pieces each (the last one short), 2 in the last shard."""
     m = kjv_tensor.manifest
@@ -74,6 +74,7 @@ def test_blocks_are_the_stored_blocks(kjv_tensor):
 
 # ---- verify -----------------------------------------------------------------------------------------------------
 
+
 def test_intact_tensor_verifies_and_is_marked(damaged):
     assert problems_of(damaged) == []
     marks = json.loads((damaged / MARKS_FILE).read_bytes())
@@ -81,8 +82,11 @@ def test_intact_tensor_verifies_and_is_marked(damaged):
     assert sorted(marks["shards"]) == ["00000", "00001", "00002"]
 
 
-@pytest.mark.parametrize("shard_index, offset", [(0, 0), (1, PIECE + 999), (0, -1), (2, PIECE), (2, -1)],
-                         ids=["first-byte", "middle-piece", "short-last-piece", "last-shard", "last-byte"])
+@pytest.mark.parametrize(
+    "shard_index, offset",
+    [(0, 0), (1, PIECE + 999), (0, -1), (2, PIECE), (2, -1)],
+    ids=["first-byte", "middle-piece", "short-last-piece", "last-shard", "last-byte"],
+)
 def test_flipped_byte_is_named_by_shard_and_piece(kjv_tensor, damaged, shard_index, offset):
     """verify names exactly the damaged shard and piece, with the piece's byte range."""
     shard = kjv_tensor.shards[shard_index]
@@ -95,32 +99,43 @@ def test_several_damaged_pieces_are_all_named(kjv_tensor, damaged):
     flip_byte(damaged / "shards/00000.tokens", 5)
     flip_byte(damaged / "shards/00000.tokens", 2 * PIECE + 5)
     flip_byte(damaged / "shards/00002.tokens", PIECE + 5)
-    assert problems_of(damaged) == [piece_problem(kjv_tensor, 0, 5), piece_problem(kjv_tensor, 0, 2 * PIECE + 5),
-                                    piece_problem(kjv_tensor, 2, PIECE + 5)]
+    assert problems_of(damaged) == [
+        piece_problem(kjv_tensor, 0, 5),
+        piece_problem(kjv_tensor, 0, 2 * PIECE + 5),
+        piece_problem(kjv_tensor, 2, PIECE + 5),
+    ]
 
 
-@pytest.mark.parametrize("change, found", [
-    (lambda path: os.truncate(path, path.stat().st_size - 2), "has 163838 bytes, the manifest says 163840"),
-    (lambda path: path.open("ab").write(b"\0\0"), "has 163842 bytes, the manifest says 163840"),
-    (lambda path: path.unlink(), "missing"),
-], ids=["truncated", "extended", "missing"])
+@pytest.mark.parametrize(
+    "change, found",
+    [
+        (lambda path: os.truncate(path, path.stat().st_size - 2), "has 163838 bytes, the manifest says 163840"),
+        (lambda path: path.open("ab").write(b"\0\0"), "has 163842 bytes, the manifest says 163840"),
+        (lambda path: path.unlink(), "missing"),
+    ],
+    ids=["truncated", "extended", "missing"],
+)
 def test_wrong_size_or_missing_shard_is_reported(damaged, change, found):
     change(damaged / "shards/00001.tokens")
-    assert problems_of(damaged) == [f"shard 00001: shards/00001.tokens: {found}" +
-                                    (" (truncated or extended)" if "bytes" in found else "")]
+    assert problems_of(damaged) == [
+        f"shard 00001: shards/00001.tokens: {found}" + (" (truncated or extended)" if "bytes" in found else "")
+    ]
 
 
 def test_damaged_pieces_file_with_intact_tokens(damaged):
     flip_byte(damaged / "shards/00001.pieces", 40)
-    assert problems_of(damaged) == ["shard 00001: shards/00001.pieces: missing or does not match the root in the "
-                                    "manifest (the tokens are intact)"]
+    assert problems_of(damaged) == [
+        "shard 00001: shards/00001.pieces: missing or does not match the root in the manifest (the tokens are intact)"
+    ]
 
 
 def test_damaged_tokens_and_pieces_together(damaged):
     flip_byte(damaged / "shards/00000.pieces", 0)
     flip_byte(damaged / "shards/00000.tokens", 0)
-    assert problems_of(damaged) == ["shard 00000: shards/00000.tokens: does not match the root in the manifest "
-                                    "(and the .pieces file is damaged too)"]
+    assert problems_of(damaged) == [
+        "shard 00000: shards/00000.tokens: does not match the root in the manifest "
+        "(and the .pieces file is damaged too)"
+    ]
 
 
 def test_damaged_docs_file(damaged):
@@ -138,11 +153,14 @@ def test_edited_manifest_is_a_different_tensor(kjv_tensor, damaged):
     manifest["shards"][1]["root"] = "0" * 64
     (damaged / MANIFEST_FILE).write_text(json.dumps(manifest))
     assert DataTensor(damaged).dataset_id != kjv_tensor.dataset_id
-    assert problems_of(damaged) == ["shard 00001: shards/00001.tokens: does not match the root in the manifest "
-                                    "(and the .pieces file is damaged too)"]
+    assert problems_of(damaged) == [
+        "shard 00001: shards/00001.tokens: does not match the root in the manifest "
+        "(and the .pieces file is damaged too)"
+    ]
 
 
 # ---- the verification marks -------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("suffix", ["tokens", "pieces", "docs"])
 def test_opening_a_changed_shard_raises(damaged, suffix):
@@ -251,8 +269,13 @@ def test_a_huge_manifest_file_is_refused_without_reading_it_all(tmp_path):
     (tmp_path / "t").mkdir()
     with open(tmp_path / "t" / MANIFEST_FILE, "wb") as f:
         f.truncate(2 << 30)
-    result = subprocess.run([sys.executable, "-c", HUGE_MANIFEST, str(tmp_path / "t")], capture_output=True,
-                            text=True, timeout=120, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", HUGE_MANIFEST, str(tmp_path / "t")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     message, grown_mib = result.stdout.splitlines()
     assert int(grown_mib) < 4 * (MAX_MANIFEST_BYTES >> 20)
     assert f"{MANIFEST_FILE}: manifest has more than the limit of {MAX_MANIFEST_BYTES} bytes" in message
@@ -272,6 +295,7 @@ def test_only_the_last_shards_opened_stay_mapped(kjv_tensor, monkeypatch):
 
 
 # ---- the torch dataset ------------------------------------------------------------------------------------------
+
 
 def samples(dataset) -> np.ndarray:
     return np.stack([dataset[i]["input_ids"].numpy() for i in range(len(dataset))])
@@ -296,9 +320,10 @@ def test_dataset_at_a_divisor_block_size(kjv_tensor):
     tokens = kjv_tensor.manifest.tokens
     assert len(dataset) == -(-tokens // 32) < 4 * kjv_tensor.manifest.blocks
     raw = stored_tokens(kjv_tensor)
-    np.testing.assert_array_equal(samples(dataset), raw[:len(dataset) * 32].reshape(-1, 32))
-    np.testing.assert_array_equal(np.concatenate([dataset[i]["input_ids"].numpy() for i in range(2800, 2804)]),
-                                  kjv_tensor.block(700))
+    np.testing.assert_array_equal(samples(dataset), raw[: len(dataset) * 32].reshape(-1, 32))
+    np.testing.assert_array_equal(
+        np.concatenate([dataset[i]["input_ids"].numpy() for i in range(2800, 2804)]), kjv_tensor.block(700)
+    )
     np.testing.assert_array_equal(dataset[-1]["input_ids"].numpy(), dataset[len(dataset) - 1]["input_ids"].numpy())
     with pytest.raises(IndexError):
         dataset[len(dataset)]
@@ -339,8 +364,9 @@ def test_persistent_workers_follow_set_epoch(kjv_tensor, context):
     """HF and accelerate call set_epoch on the dataset of the main process; persistent workers hold copies made
     before, and must still walk the new epoch's order, not the old one again."""
     dataset = DatasetRecipe(str(kjv_tensor.path)).get_train_dataset(block_size=64)
-    loader = DataLoader(dataset, batch_size=256, num_workers=2, persistent_workers=True,
-                        multiprocessing_context=context)
+    loader = DataLoader(
+        dataset, batch_size=256, num_workers=2, persistent_workers=True, multiprocessing_context=context
+    )
     for epoch in range(3):
         dataset.set_epoch(epoch)
         seen = np.concatenate([batch["input_ids"].numpy() for batch in loader])
@@ -357,11 +383,12 @@ def test_dataloader_workers_see_every_sample_once(kjv_tensor):
     dataset = DatasetRecipe(str(kjv_tensor.path)).get_train_dataset(block_size=32)
     loader = DataLoader(dataset, batch_size=64, num_workers=2, multiprocessing_context="spawn")
     seen = np.concatenate([batch["input_ids"].numpy() for batch in loader])
-    expected = stored_tokens(kjv_tensor)[:len(dataset) * 32].reshape(-1, 32)
+    expected = stored_tokens(kjv_tensor)[: len(dataset) * 32].reshape(-1, 32)
     assert sorted_rows(seen) == sorted_rows(expected)
 
 
 # ---- several tensors --------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def small_gpt2_tensor(small_corpus, tmp_path_factory) -> DataTensor:
@@ -395,21 +422,27 @@ def test_mixing_tokenizers_is_refused(kjv_tensor, other_tokenizer_tensor, gpt2):
     with pytest.raises(TokenizerError) as caught:
         recipe.get_train_dataset()
     message = str(caught.value)
-    for name in (gpt2.short_id, other_tokenizer_tensor.manifest.tokenizer.id, str(kjv_tensor.path),
-                 str(other_tokenizer_tensor.path)):
+    for name in (
+        gpt2.short_id,
+        other_tokenizer_tensor.manifest.tokenizer.id,
+        str(kjv_tensor.path),
+        str(other_tokenizer_tensor.path),
+    ):
         assert name in message
 
 
 def test_tensors_of_one_tokenizer_make_one_dataset(kjv_tensor, small_gpt2_tensor):
     """Tensors of the same tokenizer (stored with other block sizes) concatenate at a common divisor."""
     dataset = DatasetRecipe([str(kjv_tensor.path), str(small_gpt2_tensor.path)]).get_train_dataset(
-        block_size=64, shuffle=False)
+        block_size=64, shuffle=False
+    )
     first = -(-kjv_tensor.manifest.tokens // 64)
     assert len(dataset) == first + -(-small_gpt2_tensor.manifest.tokens // 64)
     np.testing.assert_array_equal(dataset[first]["input_ids"].numpy(), small_gpt2_tensor.block(0))
 
 
 # ---- budgets and mixing -----------------------------------------------------------------------------------------
+
 
 def test_token_budgets_and_weights_set_each_sources_share(kjv_tensor, small_gpt2_tensor):
     """`?tokens=` repeats a small tensor (upsampling) and `weight` cuts a big one; the epoch holds exactly the
@@ -418,36 +451,50 @@ def test_token_budgets_and_weights_set_each_sources_share(kjv_tensor, small_gpt2
     natural_small = -(-small_gpt2_tensor.manifest.tokens // 64)
     natural_kjv = -(-kjv_tensor.manifest.tokens // 64)
     budget = 2 * natural_small * 64 + 640  # two copies and 10 more samples
-    dataset = DatasetRecipe([f"{small_gpt2_tensor.path}?tokens={budget}",
-                             {"sources": [str(kjv_tensor.path)], "weight": 0.25}]).get_train_dataset(block_size=64)
+    dataset = DatasetRecipe(
+        [f"{small_gpt2_tensor.path}?tokens={budget}", {"sources": [str(kjv_tensor.path)], "weight": 0.25}]
+    ).get_train_dataset(block_size=64)
     want_small, want_kjv = 2 * natural_small + 10, round(natural_kjv * 0.25)
     assert len(dataset) == want_small + want_kjv
-    assert [(m.samples, m.natural_samples) for m in dataset.mixture] == [(want_small, natural_small),
-                                                                        (want_kjv, natural_kjv)]
+    assert [(m.samples, m.natural_samples) for m in dataset.mixture] == [
+        (want_small, natural_small),
+        (want_kjv, natural_kjv),
+    ]
     assert "3.00x" not in dataset.describe_mixture() and "0.25x its data" in dataset.describe_mixture()
-    upsampled = Counter(map(tuple, samples(DatasetRecipe(f"{small_gpt2_tensor.path}?tokens={budget}")
-                                           .get_train_dataset(block_size=64)).tolist()))
-    small_rows = Counter(map(tuple, samples(DatasetRecipe(str(small_gpt2_tensor.path)).get_train_dataset(
-        block_size=64)).tolist()))
+    upsampled = Counter(
+        map(
+            tuple,
+            samples(
+                DatasetRecipe(f"{small_gpt2_tensor.path}?tokens={budget}").get_train_dataset(block_size=64)
+            ).tolist(),
+        )
+    )
+    small_rows = Counter(
+        map(tuple, samples(DatasetRecipe(str(small_gpt2_tensor.path)).get_train_dataset(block_size=64)).tolist())
+    )
     assert sum(upsampled.values()) == want_small and upsampled.keys() == small_rows.keys()
     assert all(2 * small_rows[row] <= count <= 3 * small_rows[row] for row, count in upsampled.items())
-    cut = Counter(map(tuple, samples(DatasetRecipe(f"{kjv_tensor.path}?weight=0.25")
-                                     .get_train_dataset(block_size=64)).tolist()))
-    kjv_rows = Counter(map(tuple, stored_tokens(kjv_tensor)[:natural_kjv * 64].reshape(-1, 64).tolist()))
+    cut = Counter(
+        map(tuple, samples(DatasetRecipe(f"{kjv_tensor.path}?weight=0.25").get_train_dataset(block_size=64)).tolist())
+    )
+    kjv_rows = Counter(map(tuple, stored_tokens(kjv_tensor)[: natural_kjv * 64].reshape(-1, 64).tolist()))
     assert sum(cut.values()) == want_kjv and all(count <= kjv_rows[row] for row, count in cut.items())
 
 
-@pytest.mark.parametrize("entry, message", [
-    ("{path}?tokens=0", "leaves nothing to train on"),
-    ("{path}?weight=0", "must be a positive number"),
-    ("{path}?weight=-1", "must be a positive number"),
-    ("{path}?weight=nan", "must be a positive number"),
-    ("{path}?weight=inf", "must be a positive number"),
-    ("{path}?weight=1e400", "must be a positive number"),
-    ("{path}?weight=x", "is not a number"),
-    ("{path}?tokens=1M&tokens=5", "tokens is given twice"),
-    ("{path}?tokens=1M&weight=2", "give tokens or weight, not both"),
-])
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ("{path}?tokens=0", "leaves nothing to train on"),
+        ("{path}?weight=0", "must be a positive number"),
+        ("{path}?weight=-1", "must be a positive number"),
+        ("{path}?weight=nan", "must be a positive number"),
+        ("{path}?weight=inf", "must be a positive number"),
+        ("{path}?weight=1e400", "must be a positive number"),
+        ("{path}?weight=x", "is not a number"),
+        ("{path}?tokens=1M&tokens=5", "tokens is given twice"),
+        ("{path}?tokens=1M&weight=2", "give tokens or weight, not both"),
+    ],
+)
 def test_bad_budgets_are_recipe_errors(kjv_tensor, entry, message):
     with pytest.raises(RecipeError, match=message):
         DatasetRecipe(entry.format(path=kjv_tensor.path))

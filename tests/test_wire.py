@@ -9,17 +9,43 @@ import pytest
 
 from kogitune.protocol.errors import KogituneError
 from kogitune.protocol.ids import base58btc, is_peer_id
-from kogitune.protocol.wire import (ERROR_CODES, FILE_KINDS, MAX_ALLOW_CHARS, MAX_HEADER_BYTES, MAX_READ_BYTES, MAX_REQUEST_BYTES,
-                                    PROTOCOL_ID, WIRE_VERSION, ErrorResponse, FrameDecoder, HaveRequest, HaveResponse,
-                                    ManifestRequest, ManifestResponse, ReadRequest, ReadResponse, WireError,
-                                    encode_frame, encode_request, encode_response, encode_varint, expected_response,
-                                    have_bitmap, have_shards, parse_request, parse_response, response_limit,
-                                    unpack_body)
+from kogitune.protocol.wire import (
+    ERROR_CODES,
+    FILE_KINDS,
+    MAX_ALLOW_CHARS,
+    MAX_HEADER_BYTES,
+    MAX_READ_BYTES,
+    MAX_REQUEST_BYTES,
+    PROTOCOL_ID,
+    WIRE_VERSION,
+    ErrorResponse,
+    FrameDecoder,
+    HaveRequest,
+    HaveResponse,
+    ManifestRequest,
+    ManifestResponse,
+    ReadRequest,
+    ReadResponse,
+    WireError,
+    encode_frame,
+    encode_request,
+    encode_response,
+    encode_varint,
+    expected_response,
+    have_bitmap,
+    have_shards,
+    parse_request,
+    parse_response,
+    response_limit,
+    unpack_body,
+)
 
 DATASET = bytes(range(32))  # the digest behind kg1-aaaqeayeaudaocajbifqydiob4ibceqtcqkrmfyydenbwha5dypq
 # The signature and public key of test_signing.py's vector (seed 32 x 0x01 signs the ID of DATASET).
-SIGNATURE = bytes.fromhex("d40650c8b121556f1f36cfc72b9518784a5864e2aa24ac24d551ca4e2b7253c5"
-                          "cd9a3d97cdc2961ce9d99fc6ba8d44b1c34b7e18c55a4c846843f3badbddb30c")
+SIGNATURE = bytes.fromhex(
+    "d40650c8b121556f1f36cfc72b9518784a5864e2aa24ac24d551ca4e2b7253c5"
+    "cd9a3d97cdc2961ce9d99fc6ba8d44b1c34b7e18c55a4c846843f3badbddb30c"
+)
 PUBLIC_KEY = bytes.fromhex("8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c")
 
 # Byte-level vectors: these exact strings are in docs/protocol.md ("Test vectors"); change both or neither.
@@ -110,6 +136,7 @@ def assert_bad(call, *args):
 
 # ---- constants and vectors --------------------------------------------------------------------------------------
 
+
 def test_constants():
     assert PROTOCOL_ID == "/kogitune/data/1.1.0"
     assert WIRE_VERSION == 1
@@ -131,6 +158,7 @@ def test_vectors_encode_to_exact_bytes_and_back(name):
 def test_vectors_in_docs_are_the_tests_vectors():
     """docs/protocol.md shows every vector of this file, byte for byte."""
     from pathlib import Path
+
     docs = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
     text = "".join(docs.read_text(encoding="utf-8").split())  # the docs wrap long hex over lines
     for name, (_, hex_frame) in VECTORS.items():
@@ -151,6 +179,7 @@ def test_varint_encoding():
 
 # ---- round trips ------------------------------------------------------------------------------------------------
 
+
 def random_messages(rng: random.Random, count: int):
     for _ in range(count):
         dataset = rng.randbytes(32)
@@ -160,13 +189,22 @@ def random_messages(rng: random.Random, count: int):
         elif kind == 1:
             yield HaveRequest(dataset)
         elif kind == 2:
-            yield ReadRequest(dataset, str(rng.randrange(10 ** 9)).zfill(rng.randint(5, 9)), rng.choice(FILE_KINDS),
-                              rng.choice([0, rng.randrange(1 << 50), (1 << 63) - 1]),
-                              rng.choice([1, rng.randint(1, MAX_READ_BYTES), MAX_READ_BYTES]))
+            yield ReadRequest(
+                dataset,
+                str(rng.randrange(10**9)).zfill(rng.randint(5, 9)),
+                rng.choice(FILE_KINDS),
+                rng.choice([0, rng.randrange(1 << 50), (1 << 63) - 1]),
+                rng.choice([1, rng.randint(1, MAX_READ_BYTES), MAX_READ_BYTES]),
+            )
         elif kind == 3:
             allow = {random_peer_id(rng) for _ in range(rng.choice([0, 1, 20]))}
-            yield ManifestResponse(rng.randbytes(rng.randint(1, 3000)), rng.randbytes(64), rng.randbytes(32),
-                                   tuple(sorted(allow)), rng.randbytes(64) if allow else b"")
+            yield ManifestResponse(
+                rng.randbytes(rng.randint(1, 3000)),
+                rng.randbytes(64),
+                rng.randbytes(32),
+                tuple(sorted(allow)),
+                rng.randbytes(64) if allow else b"",
+            )
         elif kind == 4:
             count_shards = rng.randint(0, 100)
             yield HaveResponse(have_bitmap([rng.random() < 0.5 for _ in range(count_shards)]))
@@ -191,8 +229,9 @@ def test_a_big_manifest_response_round_trips():
         allow = allow[:-1]  # the longest allow-list there can be
     frame = encode_response(ManifestResponse(manifest, SIGNATURE, PUBLIC_KEY, allow, SIGNATURE))
     assert len(frame) <= MAX_HEADER_BYTES + 10
-    assert parse_response(decode_one(frame), ManifestResponse) == ManifestResponse(manifest, SIGNATURE, PUBLIC_KEY,
-                                                                                   allow, SIGNATURE)
+    assert parse_response(decode_one(frame), ManifestResponse) == ManifestResponse(
+        manifest, SIGNATURE, PUBLIC_KEY, allow, SIGNATURE
+    )
     with pytest.raises(ValueError):
         encode_response(ManifestResponse(manifest + b"x", SIGNATURE, PUBLIC_KEY))
 
@@ -204,8 +243,11 @@ def test_an_error_response_is_accepted_whatever_was_expected():
 
 
 def test_expected_response_and_limits():
-    for request, response in [(ManifestRequest(DATASET), ManifestResponse), (HaveRequest(DATASET), HaveResponse),
-                              (ReadRequest(DATASET, "00001", "docs", 0, 4), ReadResponse)]:
+    for request, response in [
+        (ManifestRequest(DATASET), ManifestResponse),
+        (HaveRequest(DATASET), HaveResponse),
+        (ReadRequest(DATASET, "00001", "docs", 0, 4), ReadResponse),
+    ]:
         assert expected_response(request) is response
         assert response_limit(request) <= MAX_HEADER_BYTES
     assert response_limit(ManifestRequest(DATASET)) == MAX_HEADER_BYTES
@@ -213,8 +255,12 @@ def test_expected_response_and_limits():
     biggest_have = encode_response(HaveResponse(have_bitmap([True] * (1 << 20))))
     assert parse_response(decode_one(biggest_have, response_limit(HaveRequest(DATASET))), HaveResponse)
     longest_error = encode_response(ErrorResponse("internal", "😀" * 1000))
-    assert parse_response(decode_one(longest_error, response_limit(ReadRequest(DATASET, "00000", "docs", 0, 1))),
-                          ReadResponse).message == "😀" * 1000
+    assert (
+        parse_response(
+            decode_one(longest_error, response_limit(ReadRequest(DATASET, "00000", "docs", 0, 1))), ReadResponse
+        ).message
+        == "😀" * 1000
+    )
 
 
 def test_error_messages_are_cut_and_cleaned_by_the_encoder():
@@ -225,13 +271,23 @@ def test_error_messages_are_cut_and_cleaned_by_the_encoder():
 
 
 def test_the_encoders_refuse_invalid_messages():
-    for bad in [ManifestRequest(DATASET[:31]), HaveRequest("x" * 32),
-                ReadRequest(DATASET, "abc", "tokens", 0, 1), ReadRequest(DATASET, "00000", "tokens", -1, 1),
-                ReadRequest(DATASET, "00000", "tokens", 0, 0), ReadRequest(DATASET, "00000", "blob", 0, 1)]:
+    for bad in [
+        ManifestRequest(DATASET[:31]),
+        HaveRequest("x" * 32),
+        ReadRequest(DATASET, "abc", "tokens", 0, 1),
+        ReadRequest(DATASET, "00000", "tokens", -1, 1),
+        ReadRequest(DATASET, "00000", "tokens", 0, 0),
+        ReadRequest(DATASET, "00000", "blob", 0, 1),
+    ]:
         with pytest.raises(ValueError):
             encode_request(bad)
-    for bad in [ManifestResponse(b"", SIGNATURE, PUBLIC_KEY), ManifestResponse(b"{}", SIGNATURE[:63], PUBLIC_KEY),
-                ReadResponse(0), ReadResponse(MAX_READ_BYTES + 1), ErrorResponse("teapot", "no")]:
+    for bad in [
+        ManifestResponse(b"", SIGNATURE, PUBLIC_KEY),
+        ManifestResponse(b"{}", SIGNATURE[:63], PUBLIC_KEY),
+        ReadResponse(0),
+        ReadResponse(MAX_READ_BYTES + 1),
+        ErrorResponse("teapot", "no"),
+    ]:
         with pytest.raises(ValueError):
             encode_response(bad)
     with pytest.raises(TypeError):
@@ -248,11 +304,13 @@ def test_wire_error_codes():
     with pytest.raises(ValueError):
         WireError("nope")
     import pickle
+
     copy = pickle.loads(pickle.dumps(WireError("not_found", "no such dataset")))
     assert (copy.code, copy.message) == ("not_found", "no such dataset")
 
 
 # ---- the frame decoder ------------------------------------------------------------------------------------------
+
 
 def all_vector_bytes() -> tuple[bytes, list[dict]]:
     frames = [bytes.fromhex(h) for _, h in VECTORS.values()]
@@ -297,7 +355,7 @@ def test_unused_bytes_after_a_read_header_are_the_raw_data():
         at = 0
         while True:
             step = rng.randint(1, 64)
-            decoder.feed(stream[at:at + step])
+            decoder.feed(stream[at : at + step])
             at += step
             frame = decoder.next_frame()
             if frame is not None:
@@ -319,12 +377,15 @@ def test_end_of_stream():
         decoder.feed(b"more")
 
 
-@pytest.mark.parametrize("data, why", [
-    (b"\x80", "ended inside a frame"),                                  # truncated varint
-    (b"\x80\x80", "ended inside a frame"),
-    (bytes.fromhex(VECTORS["have request"][1])[:-1], "ended inside a frame"),  # truncated body
-    (b"", "ended before a frame"),
-])
+@pytest.mark.parametrize(
+    "data, why",
+    [
+        (b"\x80", "ended inside a frame"),  # truncated varint
+        (b"\x80\x80", "ended inside a frame"),
+        (bytes.fromhex(VECTORS["have request"][1])[:-1], "ended inside a frame"),  # truncated body
+        (b"", "ended before a frame"),
+    ],
+)
 def test_a_stream_that_ends_inside_a_frame(data, why):
     decoder = FrameDecoder(MAX_REQUEST_BYTES)
     if data:
@@ -407,26 +468,29 @@ def test_an_incomplete_frame_never_holds_more_than_the_bound():
             assert decoder.buffered <= max_body + 10
 
 
-@pytest.mark.parametrize("body, why", [
-    (msgpack.packb({"v": 1}) + b"\x00", "ExtraData"),            # trailing garbage inside the body
-    (b"", "not one msgpack value"),                              # an empty body
-    (b"\xc1", "not one msgpack value"),                          # a byte msgpack never uses
-    (b"\x82\xa1v\x01", "not one msgpack value"),                 # a map that ends early
-    (b"\xa3abc", "not a map"),
-    (msgpack.packb(7), "not a map"),
-    (msgpack.packb(None), "not a map"),
-    (msgpack.packb([1, 2]), "not one msgpack value"),            # arrays are refused by the decoder's limits
-    (msgpack.packb({1: 2}), "not one msgpack value"),            # strict_map_key: only str or bin keys
-    (msgpack.packb({b"v": 1}, use_bin_type=True), "not a string"),
-    (msgpack.packb({str(i): i for i in range(17)}), "not one msgpack value"),  # more than 16 keys
-    (b"\xd4\x01\x00", "not one msgpack value"),                  # extension types are refused
-    (b"\x81\xa1v\xa2\xff\xfe", "not one msgpack value"),         # invalid UTF-8 in a string
-    (b"\xdf\xff\xff\xff\xff", "not one msgpack value"),          # a map that claims 4 billion entries
-    (b"\xc6\xff\xff\xff\xff", "not one msgpack value"),          # a bin that claims 4 GiB
-    (b"\x81\xa1v" * 2000, "not one msgpack value"),              # maps nested 2000 deep
-    (msgpack.packb({"v": {"v": 1}}), "nested map"),             # a map inside a map
-    (msgpack.packb({"v": []}), "holds an array"),               # an (empty) array as a value
-])
+@pytest.mark.parametrize(
+    "body, why",
+    [
+        (msgpack.packb({"v": 1}) + b"\x00", "ExtraData"),  # trailing garbage inside the body
+        (b"", "not one msgpack value"),  # an empty body
+        (b"\xc1", "not one msgpack value"),  # a byte msgpack never uses
+        (b"\x82\xa1v\x01", "not one msgpack value"),  # a map that ends early
+        (b"\xa3abc", "not a map"),
+        (msgpack.packb(7), "not a map"),
+        (msgpack.packb(None), "not a map"),
+        (msgpack.packb([1, 2]), "not one msgpack value"),  # arrays are refused by the decoder's limits
+        (msgpack.packb({1: 2}), "not one msgpack value"),  # strict_map_key: only str or bin keys
+        (msgpack.packb({b"v": 1}, use_bin_type=True), "not a string"),
+        (msgpack.packb({str(i): i for i in range(17)}), "not one msgpack value"),  # more than 16 keys
+        (b"\xd4\x01\x00", "not one msgpack value"),  # extension types are refused
+        (b"\x81\xa1v\xa2\xff\xfe", "not one msgpack value"),  # invalid UTF-8 in a string
+        (b"\xdf\xff\xff\xff\xff", "not one msgpack value"),  # a map that claims 4 billion entries
+        (b"\xc6\xff\xff\xff\xff", "not one msgpack value"),  # a bin that claims 4 GiB
+        (b"\x81\xa1v" * 2000, "not one msgpack value"),  # maps nested 2000 deep
+        (msgpack.packb({"v": {"v": 1}}), "nested map"),  # a map inside a map
+        (msgpack.packb({"v": []}), "holds an array"),  # an (empty) array as a value
+    ],
+)
 def test_malformed_bodies(body, why):
     decoder = FrameDecoder(MAX_HEADER_BYTES)
     decoder.feed(encode_varint(len(body)) + body)
@@ -474,59 +538,63 @@ def test_a_frame_of_nested_maps_costs_no_more_memory_than_its_bytes():
 
 # ---- malformed requests and responses ---------------------------------------------------------------------------
 
+
 def read_request(**changes) -> dict:
     obj = {"v": 1, "op": "read", "dataset": DATASET, "shard": "00000", "file": "tokens", "offset": 0, "length": 1}
     obj.update(changes)
     return {k: v for k, v in obj.items() if v is not ...}
 
 
-@pytest.mark.parametrize("obj", [
-    read_request(v=2),
-    read_request(v=0),
-    read_request(v="1"),
-    read_request(v=True),
-    read_request(v=1.0),
-    read_request(v=...),
-    read_request(op="write"),
-    read_request(op="READ"),
-    read_request(op=b"read"),
-    read_request(op=...),
-    read_request(dataset=DATASET[:31]),
-    read_request(dataset=DATASET + b"\x00"),
-    read_request(dataset=DATASET.hex()),
-    read_request(dataset=None),
-    read_request(dataset=...),
-    read_request(shard="abc"),
-    read_request(shard="1234"),
-    read_request(shard="1234567890"),
-    read_request(shard="00000\n"),
-    read_request(shard="٠٠٠٠٠"),  # Arabic-Indic digits are digits to str.isdigit, not to the protocol
-    read_request(shard=12345),
-    read_request(shard=...),
-    read_request(file="blob"),
-    read_request(file="../tokens"),
-    read_request(file=b"tokens"),
-    read_request(file=...),
-    read_request(offset=-1),
-    read_request(offset=1 << 63),
-    read_request(offset="0"),
-    read_request(offset=0.0),
-    read_request(offset=False),
-    read_request(offset=...),
-    read_request(length=0),
-    read_request(length=-5),
-    read_request(length=MAX_READ_BYTES + 1),
-    read_request(length=True),
-    read_request(length=...),
-    read_request(extra=1),
-    {"v": 1, "op": "manifest", "dataset": DATASET, "shard": "00000"},
-    {"v": 1, "op": "have", "dataset": DATASET, "x": None},
-    {"v": 1, "op": "have"},
-    {"v": 2, "op": "manifest", "dataset": DATASET},
-    {},
-    [],
-    "manifest",
-])
+@pytest.mark.parametrize(
+    "obj",
+    [
+        read_request(v=2),
+        read_request(v=0),
+        read_request(v="1"),
+        read_request(v=True),
+        read_request(v=1.0),
+        read_request(v=...),
+        read_request(op="write"),
+        read_request(op="READ"),
+        read_request(op=b"read"),
+        read_request(op=...),
+        read_request(dataset=DATASET[:31]),
+        read_request(dataset=DATASET + b"\x00"),
+        read_request(dataset=DATASET.hex()),
+        read_request(dataset=None),
+        read_request(dataset=...),
+        read_request(shard="abc"),
+        read_request(shard="1234"),
+        read_request(shard="1234567890"),
+        read_request(shard="00000\n"),
+        read_request(shard="٠٠٠٠٠"),  # Arabic-Indic digits are digits to str.isdigit, not to the protocol
+        read_request(shard=12345),
+        read_request(shard=...),
+        read_request(file="blob"),
+        read_request(file="../tokens"),
+        read_request(file=b"tokens"),
+        read_request(file=...),
+        read_request(offset=-1),
+        read_request(offset=1 << 63),
+        read_request(offset="0"),
+        read_request(offset=0.0),
+        read_request(offset=False),
+        read_request(offset=...),
+        read_request(length=0),
+        read_request(length=-5),
+        read_request(length=MAX_READ_BYTES + 1),
+        read_request(length=True),
+        read_request(length=...),
+        read_request(extra=1),
+        {"v": 1, "op": "manifest", "dataset": DATASET, "shard": "00000"},
+        {"v": 1, "op": "have", "dataset": DATASET, "x": None},
+        {"v": 1, "op": "have"},
+        {"v": 2, "op": "manifest", "dataset": DATASET},
+        {},
+        [],
+        "manifest",
+    ],
+)
 def test_malformed_requests(obj):
     assert_bad(parse_request, obj)
     if isinstance(obj, dict):  # the same through a frame
@@ -548,8 +616,18 @@ def test_peer_ids():
     real = peer_id_from_public_key(PUBLIC_KEY)
     assert real.startswith("12D3KooW") and is_peer_id(real)
     assert is_peer_id("QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N")
-    for bad in ["", "notapeer", "12D3KooWtypo", real[:-1], real + "1", real.replace("K", "0"), "Qm" + "1" * 44,
-                "x" * 129, None, real.encode()]:
+    for bad in [
+        "",
+        "notapeer",
+        "12D3KooWtypo",
+        real[:-1],
+        real + "1",
+        real.replace("K", "0"),
+        "Qm" + "1" * 44,
+        "x" * 129,
+        None,
+        real.encode(),
+    ]:
         assert not is_peer_id(bad), bad
 
 
@@ -559,46 +637,69 @@ def ok(**fields) -> dict:
 
 def manifest_ok(**changes) -> dict:
     """A valid manifest response with `changes` (None removes a key)."""
-    fields = {"manifest": b"{}", "signature": SIGNATURE, "public_key": PUBLIC_KEY, "allow": "", "allow_signature": b"",
-              **changes}
+    fields = {
+        "manifest": b"{}",
+        "signature": SIGNATURE,
+        "public_key": PUBLIC_KEY,
+        "allow": "",
+        "allow_signature": b"",
+        **changes,
+    }
     return ok(**{key: value for key, value in fields.items() if value is not None})
 
 
-@pytest.mark.parametrize("obj, expected", [
-    (manifest_ok(extra=1), ManifestResponse),
-    (manifest_ok(public_key=None), ManifestResponse),
-    (manifest_ok(allow_signature=None), ManifestResponse),
-    (manifest_ok(manifest=b""), ManifestResponse),
-    (manifest_ok(manifest="{}"), ManifestResponse),
-    (manifest_ok(signature=SIGNATURE[:63]), ManifestResponse),
-    (manifest_ok(public_key=PUBLIC_KEY + b"\x00"), ManifestResponse),
-    *[(manifest_ok(allow=allow, allow_signature=SIGNATURE), ManifestResponse) for allow in [
-        None, PEER_A.encode(), f"{PEER_B} {PEER_A}", f"{PEER_A} {PEER_A}", f"{PEER_A}  {PEER_B}", f" {PEER_A}",
-        f"{PEER_A}\n{PEER_B}", PEER_A[:-1], PEER_A + "1", "12D3KooW0", "x" * 129, f"{PEER_A} " * 1300]],
-    (manifest_ok(allow=PEER_A), ManifestResponse),  # a list without the publisher's signature
-    (manifest_ok(allow=PEER_A, allow_signature=SIGNATURE[:63]), ManifestResponse),
-    (manifest_ok(allow_signature=SIGNATURE), ManifestResponse),  # a signature without a list
-    (ok(shards=b"\x01"), ManifestResponse),  # a valid have response where a manifest was expected
-    (ok(length=5), HaveResponse),
-    (ok(shards=b"\x00" * (131072 + 1)), HaveResponse),
-    (ok(shards=[1]), HaveResponse),
-    (ok(length=0), ReadResponse),
-    (ok(length=MAX_READ_BYTES + 1), ReadResponse),
-    (ok(length="5"), ReadResponse),
-    (ok(length=5.0), ReadResponse),
-    ({"v": 2, "ok": True, "length": 5}, ReadResponse),
-    ({"v": 1, "length": 5}, ReadResponse),
-    ({"v": 1, "ok": 1, "length": 5}, ReadResponse),
-    ({"v": 1, "ok": None, "length": 5}, ReadResponse),
-    ({"v": 1, "ok": False, "code": "teapot", "message": ""}, ReadResponse),
-    ({"v": 1, "ok": False, "code": "busy", "message": "x" * 1001}, ReadResponse),
-    ({"v": 1, "ok": False, "code": "busy", "message": b"x"}, ReadResponse),
-    ({"v": 1, "ok": False, "code": "busy"}, ReadResponse),
-    ({"v": 1, "ok": False, "code": "busy", "message": "", "length": 5}, ReadResponse),
-    ({"v": 2, "ok": False, "code": "busy", "message": ""}, ReadResponse),
-    ({"v": 1, "ok": True, "code": "busy", "message": ""}, ErrorResponse),
-    ([], ReadResponse),
-])
+@pytest.mark.parametrize(
+    "obj, expected",
+    [
+        (manifest_ok(extra=1), ManifestResponse),
+        (manifest_ok(public_key=None), ManifestResponse),
+        (manifest_ok(allow_signature=None), ManifestResponse),
+        (manifest_ok(manifest=b""), ManifestResponse),
+        (manifest_ok(manifest="{}"), ManifestResponse),
+        (manifest_ok(signature=SIGNATURE[:63]), ManifestResponse),
+        (manifest_ok(public_key=PUBLIC_KEY + b"\x00"), ManifestResponse),
+        *[
+            (manifest_ok(allow=allow, allow_signature=SIGNATURE), ManifestResponse)
+            for allow in [
+                None,
+                PEER_A.encode(),
+                f"{PEER_B} {PEER_A}",
+                f"{PEER_A} {PEER_A}",
+                f"{PEER_A}  {PEER_B}",
+                f" {PEER_A}",
+                f"{PEER_A}\n{PEER_B}",
+                PEER_A[:-1],
+                PEER_A + "1",
+                "12D3KooW0",
+                "x" * 129,
+                f"{PEER_A} " * 1300,
+            ]
+        ],
+        (manifest_ok(allow=PEER_A), ManifestResponse),  # a list without the publisher's signature
+        (manifest_ok(allow=PEER_A, allow_signature=SIGNATURE[:63]), ManifestResponse),
+        (manifest_ok(allow_signature=SIGNATURE), ManifestResponse),  # a signature without a list
+        (ok(shards=b"\x01"), ManifestResponse),  # a valid have response where a manifest was expected
+        (ok(length=5), HaveResponse),
+        (ok(shards=b"\x00" * (131072 + 1)), HaveResponse),
+        (ok(shards=[1]), HaveResponse),
+        (ok(length=0), ReadResponse),
+        (ok(length=MAX_READ_BYTES + 1), ReadResponse),
+        (ok(length="5"), ReadResponse),
+        (ok(length=5.0), ReadResponse),
+        ({"v": 2, "ok": True, "length": 5}, ReadResponse),
+        ({"v": 1, "length": 5}, ReadResponse),
+        ({"v": 1, "ok": 1, "length": 5}, ReadResponse),
+        ({"v": 1, "ok": None, "length": 5}, ReadResponse),
+        ({"v": 1, "ok": False, "code": "teapot", "message": ""}, ReadResponse),
+        ({"v": 1, "ok": False, "code": "busy", "message": "x" * 1001}, ReadResponse),
+        ({"v": 1, "ok": False, "code": "busy", "message": b"x"}, ReadResponse),
+        ({"v": 1, "ok": False, "code": "busy"}, ReadResponse),
+        ({"v": 1, "ok": False, "code": "busy", "message": "", "length": 5}, ReadResponse),
+        ({"v": 2, "ok": False, "code": "busy", "message": ""}, ReadResponse),
+        ({"v": 1, "ok": True, "code": "busy", "message": ""}, ErrorResponse),
+        ([], ReadResponse),
+    ],
+)
 def test_malformed_responses(obj, expected):
     assert_bad(parse_response, obj, expected)
 
@@ -609,6 +710,7 @@ def test_parse_response_needs_a_response_class():
 
 
 # ---- have-maps --------------------------------------------------------------------------------------------------
+
 
 def test_have_bitmap_layout():
     assert have_bitmap([]) == b""
@@ -621,17 +723,24 @@ def test_have_bitmap_layout():
         assert have_shards(have_bitmap(complete), len(complete)) == complete
 
 
-@pytest.mark.parametrize("bitmap, count", [
-    (b"", 1), (b"\x00", 0), (b"\x00\x00", 8), (b"\x00", 9),
-    (b"\x02", 1),          # shard 1 of a 1-shard manifest
-    (b"\x00\x02", 9),      # shard 9 of 9
-    (b"\x80", 7),
-])
+@pytest.mark.parametrize(
+    "bitmap, count",
+    [
+        (b"", 1),
+        (b"\x00", 0),
+        (b"\x00\x00", 8),
+        (b"\x00", 9),
+        (b"\x02", 1),  # shard 1 of a 1-shard manifest
+        (b"\x00\x02", 9),  # shard 9 of 9
+        (b"\x80", 7),
+    ],
+)
 def test_have_shards_refuses_maps_that_do_not_fit(bitmap, count):
     assert_bad(have_shards, bitmap, count)
 
 
 # ---- fuzz -------------------------------------------------------------------------------------------------------
+
 
 def random_value(rng: random.Random, depth: int = 0):
     kind = rng.randrange(12)
@@ -657,8 +766,24 @@ def random_value(rng: random.Random, depth: int = 0):
 
 
 def random_key(rng: random.Random):
-    keys = ["v", "op", "ok", "dataset", "shard", "file", "offset", "length", "manifest", "signature", "public_key",
-            "shards", "code", "message", "extra", ""]
+    keys = [
+        "v",
+        "op",
+        "ok",
+        "dataset",
+        "shard",
+        "file",
+        "offset",
+        "length",
+        "manifest",
+        "signature",
+        "public_key",
+        "shards",
+        "code",
+        "message",
+        "extra",
+        "",
+    ]
     return rng.choice(keys) if rng.random() < 0.95 else rng.choice([1, b"v", None])
 
 
@@ -694,7 +819,7 @@ def fuzz_frame(rng: random.Random) -> bytes:
         if rng.random() < 0.5:
             frame[at:at] = rng.randbytes(rng.randint(1, 8))
         else:
-            del frame[at:at + rng.randint(1, 8)]
+            del frame[at : at + rng.randint(1, 8)]
     elif kind == 4:  # a mutated body with a length that matches it
         body = bytearray(frame[1:] if frame[0] < 0x80 else frame[2:])
         body[rng.randrange(len(body))] = rng.randrange(256)
@@ -721,8 +846,8 @@ def test_fuzz_frames_parse_or_raise_wire_error():
             frames = []
             while at < len(data):
                 step = rng.randint(1, 80) if rng.random() < 0.8 else rng.randint(1, 5000)
-                decoder.feed(data[at:at + step])
-                assert decoder.buffered <= max_body + 10 + len(data[at:at + step])
+                decoder.feed(data[at : at + step])
+                assert decoder.buffered <= max_body + 10 + len(data[at : at + step])
                 at += step
                 while (frame := decoder.next_frame()) is not None:
                     frames.append(frame)
@@ -760,6 +885,7 @@ def test_fuzz_parsers_on_random_objects():
 
 # ---- a whole exchange, as the node does it ----------------------------------------------------------------------
 
+
 def test_a_read_exchange_bytes_in_bytes_out():
     """Client and server of one stream, with the wire carried in random pieces: the pattern the node follows."""
     rng = random.Random(7)
@@ -769,7 +895,7 @@ def test_a_read_exchange_bytes_in_bytes_out():
         at = 0
         while at < len(data):
             step = rng.randint(1, 70_000)
-            yield data[at:at + step]
+            yield data[at : at + step]
             at += step
 
     request = ReadRequest(DATASET, "00042", "tokens", 65536, 131072)
@@ -780,7 +906,7 @@ def test_a_read_exchange_bytes_in_bytes_out():
     server.feed_eof()
     received = parse_request(server.next_frame())
     assert received == request
-    reply = encode_response(ReadResponse(received.length)) + tokens[received.offset:received.offset + received.length]
+    reply = encode_response(ReadResponse(received.length)) + tokens[received.offset : received.offset + received.length]
     # Client: decode the header under response_limit(request), then the raw bytes it already has, then the rest.
     client = FrameDecoder(response_limit(request))
     pieces = chunks(reply)
@@ -791,4 +917,4 @@ def test_a_read_exchange_bytes_in_bytes_out():
     response = parse_response(header, expected_response(request))
     assert response == ReadResponse(request.length)
     body = client.unused() + b"".join(pieces)
-    assert len(body) == response.length and body == tokens[65536:65536 + 131072]
+    assert len(body) == response.length and body == tokens[65536 : 65536 + 131072]

@@ -9,8 +9,7 @@ from importlib.util import find_spec
 
 from .base import REGISTRY, Filter, FilterError, FilterResult, Pipeline, build_filter, parse_filter_spec, register
 
-BUILTIN_MODULES = ("normalize", "length", "charclass", "repetition", "quality", "language", "pii", "wikipedia",
-                   "dedup")
+BUILTIN_MODULES = ("normalize", "length", "charclass", "repetition", "quality", "language", "pii", "wikipedia", "dedup")
 
 
 def _import_builtin_modules() -> None:
@@ -22,5 +21,14 @@ def _import_builtin_modules() -> None:
 
 _import_builtin_modules()
 
-__all__ = ["BUILTIN_MODULES", "REGISTRY", "Filter", "FilterError", "FilterResult", "Pipeline", "build_filter",
-           "parse_filter_spec", "register"]
+__all__ = [
+    "BUILTIN_MODULES",
+    "REGISTRY",
+    "Filter",
+    "FilterError",
+    "FilterResult",
+    "Pipeline",
+    "build_filter",
+    "parse_filter_spec",
+    "register",
+]

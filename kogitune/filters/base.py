@@ -76,8 +76,9 @@ def build_filter(name: str, **params: Any) -> Filter:
     unknown = sorted(set(params) - set(defaults))
     if unknown:
         valid = ", ".join(f"{key} (default {_default_of(field)!r})" for key, field in defaults.items()) or "none"
-        raise FilterError(f"filter {name!r} has no parameter {', '.join(map(repr, unknown))}; its parameters are: "
-                          f"{valid}")
+        raise FilterError(
+            f"filter {name!r} has no parameter {', '.join(map(repr, unknown))}; its parameters are: {valid}"
+        )
     checked = {key: _checked(name, key, value, defaults[key]) for key, value in params.items()}
     try:
         return cls(**checked)
@@ -97,13 +98,17 @@ class Pipeline:
         if isinstance(config, (str, Path)):
             config = _read_config_file(Path(config))
         if not isinstance(config, dict) or not isinstance(config.get("filters"), list):
-            raise FilterError('a filter config must be an object with a list "filters", e.g. '
-                              '{"filters": [{"name": "nfkc"}, {"name": "length", "min_chars": 200}]}')
+            raise FilterError(
+                'a filter config must be an object with a list "filters", e.g. '
+                '{"filters": [{"name": "nfkc"}, {"name": "length", "min_chars": 200}]}'
+            )
         filters = []
         for position, entry in enumerate(config["filters"], 1):
             if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-                raise FilterError(f'filter {position} of the config is {entry!r}; each filter must be an object with '
-                                  'a "name", e.g. {"name": "length", "min_chars": 200}')
+                raise FilterError(
+                    f"filter {position} of the config is {entry!r}; each filter must be an object with "
+                    'a "name", e.g. {"name": "length", "min_chars": 200}'
+                )
             params = {key: value for key, value in entry.items() if key != "name"}
             filters.append(build_filter(entry["name"], **params))
         return cls(filters)
@@ -192,8 +197,9 @@ def _read_config_file(path: Path) -> Any:
         try:
             import yaml
         except ImportError:
-            raise FilterError(f"{path} is YAML but PyYAML is not installed; pip install pyyaml, or write the config "
-                              "as JSON") from None
+            raise FilterError(
+                f"{path} is YAML but PyYAML is not installed; pip install pyyaml, or write the config as JSON"
+            ) from None
         try:
             return yaml.safe_load(source)
         except yaml.YAMLError as exc:
@@ -201,8 +207,10 @@ def _read_config_file(path: Path) -> Any:
     try:
         return jsonlimits.loads(source)
     except json.JSONDecodeError as exc:
-        raise FilterError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
-                          "name the file .yaml if it is YAML") from None
+        raise FilterError(
+            f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
+            "name the file .yaml if it is YAML"
+        ) from None
     except ValueError as exc:  # nested too deeply
         raise FilterError(f"{path}: {exc}") from None
 
@@ -246,8 +254,9 @@ def _checked(filter_name: str, key: str, value: Any, field: dataclasses.Field) -
     else:
         ok = True
     if not ok:
-        raise FilterError(f"filter {filter_name!r}: parameter {key!r} must be like its default {default!r}, "
-                          f"got {value!r}")
+        raise FilterError(
+            f"filter {filter_name!r}: parameter {key!r} must be like its default {default!r}, got {value!r}"
+        )
     return _frozen(value)
 
 
@@ -290,4 +299,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     return value
-

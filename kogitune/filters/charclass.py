@@ -28,8 +28,9 @@ class CharFraction(Filter):
             classes = ", ".join(c for c in CLASS_PATTERNS if c != "whitespace")
             raise ValueError(f"char_class must be one of {classes}; got {self.char_class!r}")
         if not 0.0 <= self.min_fraction <= self.max_fraction <= 1.0:
-            raise ValueError(f"need 0 <= min_fraction <= max_fraction <= 1, got {self.min_fraction} and "
-                             f"{self.max_fraction}")
+            raise ValueError(
+                f"need 0 <= min_fraction <= max_fraction <= 1, got {self.min_fraction} and {self.max_fraction}"
+            )
 
     def apply(self, text: str) -> FilterResult:
         fraction = class_fraction(self.char_class, text)

@@ -17,9 +17,10 @@ import shutil
 import tempfile
 import unicodedata
 import weakref
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Iterable, Iterator, NamedTuple
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 
@@ -75,7 +76,7 @@ def merged_chunks(old: Run, new: Run, chunk_keys: int) -> Iterator[tuple[np.ndar
     """
     i = j = 0
     while i < len(old.keys) and j < len(new.keys):
-        a, b = old.keys[i:i + chunk_keys], new.keys[j:j + chunk_keys]
+        a, b = old.keys[i : i + chunk_keys], new.keys[j : j + chunk_keys]
         cut = min(a[-1], b[-1])
         take_a = int(np.searchsorted(a, cut, "right"))
         old_has_more_of_cut = i + take_a < len(old.keys) and old.keys[i + take_a] == cut
@@ -83,11 +84,11 @@ def merged_chunks(old: Run, new: Run, chunk_keys: int) -> Iterator[tuple[np.ndar
         take_b = int(np.searchsorted(b, cut, "left" if old_has_more_of_cut else "right"))
         keys = np.concatenate((a[:take_a], b[:take_b]))
         order = np.argsort(keys, kind="stable")
-        yield keys[order], np.concatenate((old.values[i:i + take_a], new.values[j:j + take_b]))[order]
+        yield keys[order], np.concatenate((old.values[i : i + take_a], new.values[j : j + take_b]))[order]
         i, j = i + take_a, j + take_b
     for run, start in ((old, i), (new, j)):
         for at in range(start, len(run.keys), chunk_keys):
-            yield run.keys[at:at + chunk_keys], run.values[at:at + chunk_keys]
+            yield run.keys[at : at + chunk_keys], run.values[at : at + chunk_keys]
 
 
 class KeyIndex:
@@ -105,8 +106,9 @@ class KeyIndex:
     is garbage-collected, or at exit.
     """
 
-    def __init__(self, buffer_keys: int = 1 << 16, memory_budget: int | None = None,
-                 spill_dir: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self, buffer_keys: int = 1 << 16, memory_budget: int | None = None, spill_dir: str | os.PathLike | None = None
+    ) -> None:
         if memory_budget is not None:
             buffer_keys = max(64, min(buffer_keys, memory_budget // 800))
         self.buffer_keys = max(1, buffer_keys)
@@ -181,7 +183,7 @@ class KeyIndex:
         keys, values = np.empty(count, dtype=np.uint64), np.empty(count, dtype=np.uint64)
         at = 0
         for chunk_keys, chunk_values in chunks:
-            keys[at:at + len(chunk_keys)], values[at:at + len(chunk_keys)] = chunk_keys, chunk_values
+            keys[at : at + len(chunk_keys)], values[at : at + len(chunk_keys)] = chunk_keys, chunk_values
             at += len(chunk_keys)
         return Run(keys, values)
 
@@ -223,9 +225,11 @@ class KeyIndex:
         return self._directory
 
     def _cannot_write(self, directory: Path, exc: OSError) -> str:
-        return (f"cannot write the dedup index to {directory} ({exc.strerror or exc}); it holds "
-                f"{self.nbytes / 1e6:.1f} MB and grows by 16 bytes per key: set spill_dir to a writable directory "
-                "with more free space, or raise max_index_mb to keep more of it in memory")
+        return (
+            f"cannot write the dedup index to {directory} ({exc.strerror or exc}); it holds "
+            f"{self.nbytes / 1e6:.1f} MB and grows by 16 bytes per key: set spill_dir to a writable directory "
+            "with more free space, or raise max_index_mb to keep more of it in memory"
+        )
 
 
 class _SpillingIndex:
@@ -305,7 +309,7 @@ class MinHasher:
         n = min(self.ngram, len(units))
         grams = units[: len(units) - n + 1] * self.gram_multipliers[0]
         for offset in range(1, n):
-            grams = grams + units[offset: len(units) - n + 1 + offset] * self.gram_multipliers[offset]
+            grams = grams + units[offset : len(units) - n + 1 + offset] * self.gram_multipliers[offset]
         return np.unique(mix64(grams) >> np.uint64(32)) % PRIME
 
     @staticmethod
@@ -322,7 +326,7 @@ class MinHasher:
         """The minimum of each permutation over the shingles: uint64 values below 2**32, `bands * rows` of them."""
         result = np.full(self.bands * self.rows, PRIME, dtype=np.uint64)
         for start in range(0, len(shingles), _SHINGLE_CHUNK):
-            chunk = shingles[start:start + _SHINGLE_CHUNK]
+            chunk = shingles[start : start + _SHINGLE_CHUNK]
             np.minimum(result, ((self.a * chunk + self.b) % PRIME).min(axis=1), out=result)
         return result
 

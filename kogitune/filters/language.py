@@ -35,14 +35,14 @@ SCRIPT_LANGUAGES = {
 
 STOP_WORDS = {
     "en": "the a and of to is in that it was for with as he on be at by this have from or had not but are they his "
-          "which you were we she her there been would their will what shall unto thou thee thy hath my me him all "
-          "said when who so if an do has our can its about into them than then where i",
+    "which you were we she her there been would their will what shall unto thou thee thy hath my me him all "
+    "said when who so if an do has our can its about into them than then where i",
     "fr": "le la les des du de et un une est que qui dans pour pas sur au aux avec ce il elle nous vous ne sont "
-          "mais ou où été leur leurs très je cette son ses sa plus fait",
+    "mais ou où été leur leurs très je cette son ses sa plus fait",
     "de": "der die das und ist nicht ein eine zu den dem mit sich auf für von auch es im ich sie wir werden wird "
-          "sind nach bei aus keine kein weil dass noch nur oder wie",
+    "sind nach bei aus keine kein weil dass noch nur oder wie",
     "es": "el la los las de que y en un una es por con para del se no al lo como más pero sus su ella si sé va "
-          "muy este esta cuando",
+    "muy este esta cuando",
     "it": "il lo la gli le di che e è un una per non con del della sono ma come anche questo questa nel alla",
     "pt": "o a os as de que e do da em um uma para com não por mais dos das se ao como mas foi são você",
     "nl": "de het een en van is dat niet op te zijn voor met ook er maar aan om dit wat bij ik je",
@@ -77,8 +77,9 @@ def detect_language(text: str, max_chars: int = 2000) -> Detection:
     if latin >= 0.5:
         language, share = _latin_language(sample)
         return Detection(language, latin * share)
-    language, matched = max(((lang, count_chars(pattern, sample)) for lang, pattern in SCRIPT_LANGUAGES.items()),
-                            key=lambda item: item[1])
+    language, matched = max(
+        ((lang, count_chars(pattern, sample)) for lang, pattern in SCRIPT_LANGUAGES.items()), key=lambda item: item[1]
+    )
     return Detection(language, matched / letters) if matched else Detection("und", 0.0)
 
 
@@ -86,8 +87,9 @@ def _latin_language(sample: str) -> tuple[str, float]:
     """The Latin-script language with most stop-word hits, and its share of all hits (English when none)."""
     lowered = sample.lower()
     frequencies = Counter(_LATIN_WORD.findall(lowered))
-    scores = {language: sum(frequencies[w] for w in stop_set & frequencies.keys())
-              for language, stop_set in STOP_SETS.items()}
+    scores = {
+        language: sum(frequencies[w] for w in stop_set & frequencies.keys()) for language, stop_set in STOP_SETS.items()
+    }
     for language, letters in ACCENTS.items():
         scores[language] += sum(lowered.count(letter) for letter in letters) / 2
     total = sum(scores.values())

@@ -30,8 +30,9 @@ class Nfkc(Filter):
 
 _LINE_BREAKS = re.compile("\r\n|[\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 _UNICODE_SPACES = re.compile("[\xa0\u1680\u2000-\u200a\u202f\u205f\u3000]")
-_INVISIBLE = re.compile("[\x00-\x08\x0e-\x1b\x1f\x7f-\x84\x86-\x9f\ud800-\udfff"
-                        "\xad\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
+_INVISIBLE = re.compile(
+    "[\x00-\x08\x0e-\x1b\x1f\x7f-\x84\x86-\x9f\ud800-\udfff\xad\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\ufeff]"
+)
 """Control characters (Unicode category Cc) other than tab and line breaks, unpaired surrogates (Cs), and
 invisible marks: soft hyphen, zero-width space, direction marks and overrides, word joiner, byte-order mark."""
 _SPACE_RUN = re.compile(r"\t[ \t]*| [ \t]+")
@@ -57,7 +58,7 @@ class Whitespace(Filter):
     def __post_init__(self) -> None:
         if self.max_blank_lines < 0:
             raise ValueError(f"max_blank_lines must be 0 or more, got {self.max_blank_lines}")
-        self._blank_run = re.compile(r"\n{%d,}" % (self.max_blank_lines + 2))
+        self._blank_run = re.compile(r"\n{" + str(self.max_blank_lines + 2) + ",}")
 
     def apply(self, text: str) -> FilterResult:
         cleaned = _INVISIBLE.sub("", _UNICODE_SPACES.sub(" ", _LINE_BREAKS.sub("\n", text)))
@@ -71,4 +72,3 @@ class Whitespace(Filter):
         if not cleaned:
             return FilterResult(None, removed, "empty")
         return FilterResult(cleaned, removed)
-

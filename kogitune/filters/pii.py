@@ -13,13 +13,23 @@ from dataclasses import dataclass, field
 from .base import Filter, FilterResult, register
 
 KINDS = ("email", "credit_card", "ip", "phone", "url")
-DEFAULT_PLACEHOLDERS = {"email": "<EMAIL>", "phone": "<PHONE>", "ip": "<IP>", "credit_card": "<CREDIT_CARD>",
-                        "url": "<URL>"}
+DEFAULT_PLACEHOLDERS = {
+    "email": "<EMAIL>",
+    "phone": "<PHONE>",
+    "ip": "<IP>",
+    "credit_card": "<CREDIT_CARD>",
+    "url": "<URL>",
+}
 
-_URL = re.compile(r"\b(?:https?|ftp)://[^\s<>\"'）」』、。，！？]+|\bwww\.[a-z0-9-]+(?:\.[a-z0-9-]+)+[^\s<>\"'）」』、。，！？]*",
-                  re.IGNORECASE)
-_EMAIL = re.compile(r"(?<![0-9A-Za-z._%+-])[a-z0-9][a-z0-9._%+-]{0,63}@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-                    r"(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*\.[a-z]{2,24}(?![a-z0-9-])", re.IGNORECASE)
+_URL = re.compile(
+    r"\b(?:https?|ftp)://[^\s<>\"'）」』、。，！？]+|\bwww\.[a-z0-9-]+(?:\.[a-z0-9-]+)+[^\s<>\"'）」』、。，！？]*",
+    re.IGNORECASE,
+)
+_EMAIL = re.compile(
+    r"(?<![0-9A-Za-z._%+-])[a-z0-9][a-z0-9._%+-]{0,63}@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+    r"(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*\.[a-z]{2,24}(?![a-z0-9-])",
+    re.IGNORECASE,
+)
 _CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _IPV4 = re.compile(rf"(?<![\d.])(?:{_OCTET}\.){{3}}{_OCTET}(?!\d|\.\d)")
@@ -30,13 +40,14 @@ _IPV6_HINT = re.compile(r"::|[0-9a-f]:[0-9a-f]", re.IGNORECASE)
 _IPV6 = re.compile(r"(?<![\w:])(?:[0-9a-f]{0,4}:){2,7}[0-9a-f]{0,4}(?:%\w+)?(?![\w:])", re.IGNORECASE)
 _PHONE = re.compile(
     r"(?<![0-9A-Za-z+])(?:"
-    r"\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4}){1,4}"   # international: +81 3-1234-5678
-    r"|\(0\d{1,4}\)[ -]?\d{1,4}[ -]\d{4}"                                   # Japanese: (03) 1234-5678
-    r"|0\d{1,4}[ -]\d{1,4}[ -]\d{4}"                                       # Japanese: 03-1234-5678, 090-1234-5678
-    r"|0[5789]0\d{8}"                                                      # Japanese mobile/IP phone: 09012345678
-    r"|\(\d{3}\)[ ]?\d{3}[ .-]\d{4}"                                        # North American: (555) 123-4567
-    r"|\d{3}[.-]\d{3}[.-]\d{4}"                                            # North American: 555-123-4567
-    r")(?![0-9A-Za-z-])")
+    r"\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4}){1,4}"  # international: +81 3-1234-5678
+    r"|\(0\d{1,4}\)[ -]?\d{1,4}[ -]\d{4}"  # Japanese: (03) 1234-5678
+    r"|0\d{1,4}[ -]\d{1,4}[ -]\d{4}"  # Japanese: 03-1234-5678, 090-1234-5678
+    r"|0[5789]0\d{8}"  # Japanese mobile/IP phone: 09012345678
+    r"|\(\d{3}\)[ ]?\d{3}[ .-]\d{4}"  # North American: (555) 123-4567
+    r"|\d{3}[.-]\d{3}[.-]\d{4}"  # North American: 555-123-4567
+    r")(?![0-9A-Za-z-])"
+)
 
 
 def luhn_valid(digits: str) -> bool:
@@ -86,7 +97,7 @@ def _replace_url(text: str, mark: str) -> tuple[str, int]:
     def url(match: re.Match) -> str:
         address = match.group()
         kept = address.rstrip(".,;:!?)]}'")
-        return mark + address[len(kept):]
+        return mark + address[len(kept) :]
 
     return _URL.subn(url, text)
 
@@ -146,5 +157,10 @@ def _replace_phone(text: str, mark: str) -> tuple[str, int]:
     return _PHONE.sub(phone, text), found
 
 
-_REPLACERS = {"url": _replace_url, "email": _replace_email, "credit_card": _replace_card, "ip": _replace_ip,
-              "phone": _replace_phone}
+_REPLACERS = {
+    "url": _replace_url,
+    "email": _replace_email,
+    "credit_card": _replace_card,
+    "ip": _replace_ip,
+    "phone": _replace_phone,
+}

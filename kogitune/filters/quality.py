@@ -104,9 +104,12 @@ class StopWords(Filter):
         return FilterResult(text, float(found))
 
 
-_TERMINAL = ('.', '!', '?', '"', "'", "”", "’", "。", "！", "？", "」", "』", "）", ")", "…")
-_POLICY = re.compile(r"terms of use|privacy policy|cookie policy|uses cookies|use of cookies|"
-                     r"利用規約|プライバシーポリシー|クッキー", re.IGNORECASE)
+_TERMINAL = (".", "!", "?", '"', "'", "”", "’", "。", "！", "？", "」", "』", "）", ")", "…")
+_POLICY = re.compile(
+    r"terms of use|privacy policy|cookie policy|uses cookies|use of cookies|"
+    r"利用規約|プライバシーポリシー|クッキー",
+    re.IGNORECASE,
+)
 
 
 @register

@@ -9,8 +9,9 @@ from __future__ import annotations
 import math
 import re
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -127,8 +128,11 @@ def ngram_repeats(words_: WordArrays, sizes: Iterable[int]) -> Iterator[NgramRep
         ordered = hashes[order]
         same = ordered[1:] == ordered[:-1]
         if n in wanted:
-            yield NgramRepeats(n, _top_chars(words_, n, candidates, order, same),
-                               _covered_chars(words_, n, candidates[order[1:][same]]))
+            yield NgramRepeats(
+                n,
+                _top_chars(words_, n, candidates, order, same),
+                _covered_chars(words_, n, candidates[order[1:][same]]),
+            )
         grouped = np.zeros(len(candidates), dtype=bool)
         grouped[order[1:][same]] = True
         grouped[order[:-1][same]] = True
@@ -144,14 +148,14 @@ def _top_chars(words_: WordArrays, n: int, candidates: np.ndarray, order: np.nda
     if top < 2:
         return 0
     first = int(candidates[order[starts[counts == top]]].min())
-    return int(words_.lengths[first:first + n].sum()) * top
+    return int(words_.lengths[first : first + n].sum()) * top
 
 
 def _covered_chars(words_: WordArrays, n: int, repeats: np.ndarray) -> int:
     if not len(repeats):
         return 0
     depth = np.bincount(repeats, minlength=len(words_) + n) - np.bincount(repeats + n, minlength=len(words_) + n)
-    covered = np.cumsum(depth[:len(words_)]) > 0
+    covered = np.cumsum(depth[: len(words_)]) > 0
     return int(words_.lengths[covered].sum())
 
 
@@ -177,8 +181,15 @@ class GopherRepetition(Filter):
     def __post_init__(self) -> None:
         for key in ("top_ngram_fracs", "duplicate_ngram_fracs"):
             pairs = getattr(self, key)
-            if not all(isinstance(p, (tuple, list)) and len(p) == 2 and isinstance(p[0], int) and p[0] >= 1
-                       and isinstance(p[1], (int, float)) and p[1] > 0 for p in pairs):
+            if not all(
+                isinstance(p, (tuple, list))
+                and len(p) == 2
+                and isinstance(p[0], int)
+                and p[0] >= 1
+                and isinstance(p[1], (int, float))
+                and p[1] > 0
+                for p in pairs
+            ):
                 raise ValueError(f"{key} must be a list of [n, limit] with n >= 1 and limit > 0, got {pairs!r}")
 
     def apply(self, text: str) -> FilterResult:

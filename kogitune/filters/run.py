@@ -14,9 +14,9 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 from ..errors import BadInputError, DiskFullError
 from ..files import write_atomic
@@ -76,23 +76,34 @@ class FilterStats:
             self.reasons[reason] = self.reasons.get(reason, 0) + n
         for reason, found in other.examples.items():
             kept = self.examples.setdefault(reason, [])
-            kept.extend(found[:max_examples - len(kept)])
+            kept.extend(found[: max_examples - len(kept)])
 
     def to_dict(self) -> dict:
         ordered = sorted(self.scores)
-        percentiles = {f"p{p}": ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-                       for p in PERCENTILES} if ordered else {}
-        return {"name": self.name, "documents": self.documents, "kept": self.documents - self.dropped,
-                "dropped": self.dropped, "changed": self.changed, "bytes_in": self.bytes_in,
-                "bytes_kept": self.bytes_out, "bytes_dropped": self.bytes_dropped,
-                "bytes_removed_by_changes": self.bytes_in - self.bytes_out - self.bytes_dropped,
-                "scores": {"count": self.scores_seen, "sampled": len(ordered) < self.scores_seen, **percentiles},
-                "reasons": dict(sorted(self.reasons.items(), key=lambda item: -item[1])),
-                "examples": self.examples}
+        percentiles = (
+            {f"p{p}": ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))] for p in PERCENTILES}
+            if ordered
+            else {}
+        )
+        return {
+            "name": self.name,
+            "documents": self.documents,
+            "kept": self.documents - self.dropped,
+            "dropped": self.dropped,
+            "changed": self.changed,
+            "bytes_in": self.bytes_in,
+            "bytes_kept": self.bytes_out,
+            "bytes_dropped": self.bytes_dropped,
+            "bytes_removed_by_changes": self.bytes_in - self.bytes_out - self.bytes_dropped,
+            "scores": {"count": self.scores_seen, "sampled": len(ordered) < self.scores_seen, **percentiles},
+            "reasons": dict(sorted(self.reasons.items(), key=lambda item: -item[1])),
+            "examples": self.examples,
+        }
 
 
-def run_filters(filters: Iterable, offset: int, text: str, size: int, stats: list[FilterStats], where: dict,
-                options: FilterOptions) -> tuple[str | None, int]:
+def run_filters(
+    filters: Iterable, offset: int, text: str, size: int, stats: list[FilterStats], where: dict, options: FilterOptions
+) -> tuple[str | None, int]:
     """Run `filters` (positions offset.. of the pipeline) on one document, counting into `stats`.
 
     Returns the kept text and its UTF-8 size, or (None, 0) when a filter dropped it.
@@ -110,7 +121,7 @@ def run_filters(filters: Iterable, offset: int, text: str, size: int, stats: lis
             stat.reasons[result.reason] = stat.reasons.get(result.reason, 0) + 1
             found = stat.examples.setdefault(result.reason, [])
             if len(found) < options.examples:
-                found.append({**where, "score": result.score, "text": text[:options.example_chars]})
+                found.append({**where, "score": result.score, "text": text[: options.example_chars]})
             return None, 0
         if result.text is not text:
             if result.text != text:
@@ -127,15 +138,20 @@ def _utf8_size(text: str) -> int:
 @dataclass
 class BatchResult:
     kept: list  # (line number, text, its UTF-8 size, output line bytes)
-    bad: list   # (line number, reason)
+    bad: list  # (line number, reason)
     empty: int
     documents: int
     text_bytes: int
     stats: list
 
 
-def filter_lines(pipeline: Pipeline, lines: list[bytes], first_line: int, path_name: str, options: FilterOptions,
-                 ) -> BatchResult:
+def filter_lines(
+    pipeline: Pipeline,
+    lines: list[bytes],
+    first_line: int,
+    path_name: str,
+    options: FilterOptions,
+) -> BatchResult:
     """Parse JSONL lines and run `pipeline` on their texts; kept documents come back as output lines."""
     stats = [FilterStats(f.name) for f in pipeline.filters]
     result = BatchResult([], [], 0, 0, 0, stats)
@@ -152,11 +168,18 @@ def filter_lines(pipeline: Pipeline, lines: list[bytes], first_line: int, path_n
         size = _utf8_size(text)
         result.documents += 1
         result.text_bytes += size
-        kept, kept_size = run_filters(pipeline.filters, 0, text, size, stats, {"file": path_name, "line": number},
-                                      options)
+        kept, kept_size = run_filters(
+            pipeline.filters, 0, text, size, stats, {"file": path_name, "line": number}, options
+        )
         if kept is not None:
-            result.kept.append((number, kept, kept_size, line.rstrip(b"\r\n") if kept == text
-                                else _dump(document, options.text_key, kept)))
+            result.kept.append(
+                (
+                    number,
+                    kept,
+                    kept_size,
+                    line.rstrip(b"\r\n") if kept == text else _dump(document, options.text_key, kept),
+                )
+            )
     return result
 
 
@@ -180,24 +203,38 @@ class FilterReport:
     filters: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"output": str(self.output) if self.output else None, "dry_run": self.dry_run, "config": self.config,
-                "inputs": self.inputs, "documents": self.documents, "kept": self.kept,
-                "dropped": self.documents - self.kept, "bytes_in": self.bytes_in, "bytes_kept": self.bytes_kept,
-                "bad_lines": self.bad_lines, "empty_documents": self.empty_documents,
-                "seconds": round(self.seconds, 3), "filters": [s.to_dict() for s in self.filters]}
+        return {
+            "output": str(self.output) if self.output else None,
+            "dry_run": self.dry_run,
+            "config": self.config,
+            "inputs": self.inputs,
+            "documents": self.documents,
+            "kept": self.kept,
+            "dropped": self.documents - self.kept,
+            "bytes_in": self.bytes_in,
+            "bytes_kept": self.bytes_kept,
+            "bad_lines": self.bad_lines,
+            "empty_documents": self.empty_documents,
+            "seconds": round(self.seconds, 3),
+            "filters": [s.to_dict() for s in self.filters],
+        }
 
     def summary(self) -> str:
         rate = self.bytes_in / 1e6 / max(self.seconds, 1e-9)
         where = "dry run, nothing written" if self.dry_run else f"wrote {self.output}"
-        lines = [f"{where}: kept {self.kept:,} of {self.documents:,} documents "
-                 f"({self.bytes_kept / 1e6:.1f} of {self.bytes_in / 1e6:.1f} MB of text) in {self.seconds:.1f} s "
-                 f"({rate:.1f} MB/s)"]
+        lines = [
+            f"{where}: kept {self.kept:,} of {self.documents:,} documents "
+            f"({self.bytes_kept / 1e6:.1f} of {self.bytes_in / 1e6:.1f} MB of text) in {self.seconds:.1f} s "
+            f"({rate:.1f} MB/s)"
+        ]
         if self.bad_lines or self.empty_documents:
             lines.append(f"  skipped {self.bad_lines} bad lines, {self.empty_documents} empty documents")
         for position, stat in enumerate(self.filters, 1):
             reasons = ", ".join(f"{reason} {n:,}" for reason, n in sorted(stat.reasons.items(), key=lambda r: -r[1]))
-            lines.append(f"  {position:2d}. {stat.name:<18} dropped {stat.dropped:>9,} of {stat.documents:>9,}"
-                         f"{'  (' + reasons + ')' if reasons else ''}")
+            lines.append(
+                f"  {position:2d}. {stat.name:<18} dropped {stat.dropped:>9,} of {stat.documents:>9,}"
+                f"{'  (' + reasons + ')' if reasons else ''}"
+            )
         return "\n".join(lines)
 
 
@@ -209,9 +246,13 @@ def report_path(output: Path) -> Path:
     return output.with_name(f"{name}.report.json")
 
 
-def filter_files(files: Iterable[str | os.PathLike], output: str | os.PathLike | None,
-                 config: dict | str | os.PathLike | Pipeline, options: FilterOptions | None = None,
-                 progress: bool = True) -> FilterReport:
+def filter_files(
+    files: Iterable[str | os.PathLike],
+    output: str | os.PathLike | None,
+    config: dict | str | os.PathLike | Pipeline,
+    options: FilterOptions | None = None,
+    progress: bool = True,
+) -> FilterReport:
     """Filter JSONL `files` into `output` (JSONL, or .jsonl.gz / .jsonl.zst) and write OUT.report.json beside it.
 
     With `options.dry_run` nothing but the report is written (and no report either when `output` is None).
@@ -230,14 +271,22 @@ def filter_files(files: Iterable[str | os.PathLike], output: str | os.PathLike |
         raise BadInputError("no output file given; pass -o OUT.jsonl, or --dry-run for a report only")
     out = Path(output) if output is not None else None
     started = time.perf_counter()
-    report = FilterReport(out, pipeline.to_config(), dry_run=options.dry_run,
-                          filters=[FilterStats(f.name) for f in pipeline.filters])
+    report = FilterReport(
+        out, pipeline.to_config(), dry_run=options.dry_run, filters=[FilterStats(f.name) for f in pipeline.filters]
+    )
     head, tail = pipeline.split_stateless_prefix()
     reader = InputReader(paths, options.skip_bad_lines, max_line_bytes=options.max_document_bytes)
     sampler = random.Random(0)
-    with _OutputFile(out, enabled=not options.dry_run) as sink, \
-            tqdm(total=sum(p.stat().st_size for p in paths), unit="B", unit_scale=True, desc="filter",
-                 disable=None if progress else True) as bar:
+    with (
+        _OutputFile(out, enabled=not options.dry_run) as sink,
+        tqdm(
+            total=sum(p.stat().st_size for p in paths),
+            unit="B",
+            unit_scale=True,
+            desc="filter",
+            disable=None if progress else True,
+        ) as bar,
+    ):
         for batch, result in _in_order(reader.batches(), head, options):
             report.bad_lines += len(batch.bad_lines(result.bad, options.skip_bad_lines))
             report.empty_documents += result.empty
@@ -248,8 +297,15 @@ def filter_files(files: Iterable[str | os.PathLike], output: str | os.PathLike |
             tail_stats = [FilterStats(f.name) for f in pipeline.filters]
             for number, text, size, line in result.kept:
                 if tail.filters:
-                    kept, size = run_filters(tail.filters, len(head), text, size, tail_stats,
-                                             {"file": batch.path.name, "line": number}, options)
+                    kept, size = run_filters(
+                        tail.filters,
+                        len(head),
+                        text,
+                        size,
+                        tail_stats,
+                        {"file": batch.path.name, "line": number},
+                        options,
+                    )
                     if kept is None:
                         continue
                     if kept != text:
@@ -257,7 +313,7 @@ def filter_files(files: Iterable[str | os.PathLike], output: str | os.PathLike |
                 report.kept += 1
                 report.bytes_kept += size
                 sink.write(line)
-            for total, part in zip(report.filters[len(head):], tail_stats[len(head):]):
+            for total, part in zip(report.filters[len(head) :], tail_stats[len(head) :]):
                 total.merge(part, sampler, options.examples)
             bar.update(reader.bytes_read - bar.n)
     report.inputs = reader.inputs
@@ -331,8 +387,10 @@ class _OutputFile:
                 raise
             exc = error
         if isinstance(exc, OSError) and exc.errno in DISK_FULL:
-            raise DiskFullError(f"{self.path}: {exc.strerror}. Nothing was kept (the partial output is removed); "
-                                "free space there or choose another output, and run again") from None
+            raise DiskFullError(
+                f"{self.path}: {exc.strerror}. Nothing was kept (the partial output is removed); "
+                "free space there or choose another output, and run again"
+            ) from None
 
     def _close(self, succeeded: bool) -> None:
         """Close the temporary file, and rename it over the output if the run `succeeded`; else remove it."""

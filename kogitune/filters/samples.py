@@ -122,6 +122,5 @@ SHORT = (
 
 def labelled_paragraphs() -> list[tuple[str, str]]:
     """(language, text) for every paragraph above."""
-    groups = {"ja": JAPANESE, "zh": CHINESE, "ko": KOREAN, "en": ENGLISH, "fr": FRENCH, "de": GERMAN,
-              "es": SPANISH}
+    groups = {"ja": JAPANESE, "zh": CHINESE, "ko": KOREAN, "en": ENGLISH, "fr": FRENCH, "de": GERMAN, "es": SPANISH}
     return [(language, text) for language, texts in groups.items() for text in texts]

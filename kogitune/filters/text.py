@@ -32,8 +32,7 @@ CLASS_PATTERNS = {
 """Character classes by name, as patterns of runs (see `count_chars`). Letters include kana, kanji and hangul;
 symbols are punctuation, emoji and `_`."""
 
-WORD = re.compile(f"[{KANJI}]+|[{HIRAGANA}]+|[{KATAKANA}]+|[{HANGUL}]+"
-                  f"|[^\\W_{_CJK}]+(?:['’][^\\W_{_CJK}]+)*")
+WORD = re.compile(f"[{KANJI}]+|[{HIRAGANA}]+|[{KATAKANA}]+|[{HANGUL}]+|[^\\W_{_CJK}]+(?:['’][^\\W_{_CJK}]+)*")
 _WORD_WITHOUT_CJK = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 """The same words for text without CJK characters, three times faster."""
 _ANY_CJK = re.compile(f"[{_CJK}]")
