@@ -30,9 +30,9 @@ def store_cli(
     max_document_bytes: int | None = None,
 ):
     """Python form of `kogitune store`: tokenize JSONL files into a data tensor, print a summary, return the report.
-    `max_document_bytes` None means kogitune.store.MAX_DOCUMENT_BYTES."""
+    `max_document_bytes` None means kogitune.write.MAX_DOCUMENT_BYTES."""
     from .perturb import PerturbSpec
-    from .store import StoreOptions, store
+    from .write import StoreOptions, store
 
     if isinstance(files, (str, os.PathLike)):
         files = [files]
@@ -103,7 +103,7 @@ def filter_cli(
     max_document_bytes: int | None = None,
 ):
     """Python form of `kogitune filter`: filter JSONL files into OUT.jsonl and OUT.report.json, print a summary.
-    `max_document_bytes` None means kogitune.store.MAX_DOCUMENT_BYTES."""
+    `max_document_bytes` None means kogitune.write.MAX_DOCUMENT_BYTES."""
     from .filters.run import FilterOptions, filter_files
 
     if isinstance(files, (str, os.PathLike)):
@@ -400,7 +400,7 @@ def _status(args) -> int:
 
 MAX_DOCUMENT_HELP = (
     "a longer input line (one JSON document) is a bad line, in MiB (default: 16, "
-    "kogitune.store.MAX_DOCUMENT_BYTES); no more than this of a line is held in memory"
+    "kogitune.write.MAX_DOCUMENT_BYTES); no more than this of a line is held in memory"
 )
 
 

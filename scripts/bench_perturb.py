@@ -25,9 +25,9 @@ import numpy as np
 
 from kogitune.corpora import write_kjv_chapters
 from kogitune.perturb import PerturbSpec, keep_probability
-from kogitune.store import StoreOptions, store
 from kogitune.tensor import DataTensor
 from kogitune.tokenizer import load_tokenizer
+from kogitune.write import StoreOptions, store
 
 BLOCK = 64
 TRAIN_CHAPTERS = 1000

@@ -18,9 +18,9 @@ from kogitune.cache import ContentStore
 from kogitune.client import embedded_node, open_mirrors
 from kogitune.corpora import write_kjv_chapters
 from kogitune.node.errors import FetchError
-from kogitune.store import StoreOptions, store
 from kogitune.tensor import MARKS_FILE, DataTensor
 from kogitune.trainers import DatasetRecipe
+from kogitune.write import StoreOptions, store
 
 BLOCK = 64
 

@@ -12,8 +12,8 @@ import pytest
 from netnodes import ENV, KOGITUNE, NodeProcess
 
 from kogitune.corpora import write_kjv_chapters
-from kogitune.store import StoreOptions, store
 from kogitune.tensor import DataTensor
+from kogitune.write import StoreOptions, store
 
 BLOCK = 64
 TRAIN_SCRIPT = """

@@ -45,8 +45,8 @@ from kogitune.node.host import new_kogitune_host
 from kogitune.node.server import ServerLimits
 from kogitune.protocol import wire
 from kogitune.protocol.ids import dataset_id_digest
-from kogitune.store import StoreOptions, store
 from kogitune.tensor import DataTensor
+from kogitune.write import StoreOptions, store
 
 LIMITS = ServerLimits()  # the node process runs with the defaults
 HONEST_SECONDS = 20.0

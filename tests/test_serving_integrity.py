@@ -41,8 +41,8 @@ from kogitune.node.peers import PeerSource
 from kogitune.protocol import wire
 from kogitune.protocol.ids import dataset_id_digest
 from kogitune.protocol.manifest import Manifest, canonical_encoding, parse_manifest
-from kogitune.store import StoreOptions, TensorWriter, store
 from kogitune.tensor import MANIFEST_FILE, DataTensor
+from kogitune.write import StoreOptions, TensorWriter, store
 
 SECRET = b"this was never published: it must not leave the node"
 BIG_SHARD_BYTES = 16 << 20
