@@ -1,6 +1,6 @@
 """Dataset recipes: name data tensors, get a PyTorch dataset for training.
 
-    from kogitune.trainers import DatasetRecipe
+    from kogitune import DatasetRecipe
     recipe = DatasetRecipe([
         "./gpt2-f04f/wiki2023_tiny",                                  # a local tensor directory
         "https://mirror.example/gpt2-f04f/kjv?tokens=10M",            # a web mirror; 10M tokens per epoch
@@ -139,8 +139,8 @@ class DatasetRecipe:
 
     def get_train_dataset(self, block_size: int | None = None, **options):
         """A map-style `torch.utils.data.Dataset` of `{"input_ids": LongTensor[block_size]}`, shard-aware
-        shuffled (see kogitune.datasets); `options` go to TokenBlockDataset (shuffle, seed, window, lookahead)."""
-        from .datasets import TokenBlockDataset
+        shuffled (see kogitune.dataset); `options` go to TokenBlockDataset (shuffle, seed, window, lookahead)."""
+        from .dataset import TokenBlockDataset
 
         tensors = self.tensors()
         block_size = block_size or self.block_size or tensors[0].manifest.block_size

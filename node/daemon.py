@@ -17,7 +17,7 @@ from pathlib import Path
 
 import trio
 
-from kogitune.cache import ContentStore
+from kogitune.content_store import ContentStore
 from kogitune.files import read_limited, write_atomic
 from kogitune.protocol import wire
 from kogitune.protocol.ids import dataset_id_digest, is_peer_id

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import trio
 
-from kogitune.cache import ContentStore
+from kogitune.content_store import ContentStore
 from kogitune.files import write_atomic
 from kogitune.protocol import wire
 from kogitune.protocol.errors import ManifestError

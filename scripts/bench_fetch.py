@@ -272,8 +272,8 @@ def kogitune_fetch(
 ) -> tuple[float, float, float, float]:
     """(manifest s, fetch s, fetch CPU s, open/verify s) of one verified fetch of the first `shards` shards (all by
     default) into a fresh store at `home`. CPU is this process's (the embedded node is a thread of it)."""
-    from kogitune.cache import ContentStore
     from kogitune.client import DEFAULT_FETCH_TIMEOUT, embedded_node, open_mirrors
+    from kogitune.content_store import ContentStore
 
     started = time.perf_counter()
     tensor = open_mirrors(urls, ContentStore(home))

@@ -46,10 +46,10 @@ from bench_fetch import (
     summary,
 )
 
-from kogitune.cache import ContentStore  # noqa: E402
 from kogitune.client import DEFAULT_FETCH_TIMEOUT, MirrorShards, embedded_node  # noqa: E402
+from kogitune.content_store import ContentStore  # noqa: E402
+from kogitune.recipe import DatasetRecipe  # noqa: E402
 from kogitune.tensor import MANIFEST_FILE, DataTensor  # noqa: E402
-from kogitune.trainers import DatasetRecipe  # noqa: E402
 
 BATCH = 8
 

@@ -43,8 +43,8 @@ import torch  # noqa: E402
 from bench_fetch import MiB, load_note, summary, write_tensor  # noqa: E402
 
 from kogitune.protocol.manifest import TokenizerInfo  # noqa: E402
+from kogitune.recipe import DatasetRecipe  # noqa: E402
 from kogitune.tokenizer import load_tokenizer  # noqa: E402
-from kogitune.trainers import DatasetRecipe  # noqa: E402
 
 STORED_BLOCK = 2048
 DOCUMENT = 1024  # tokens per (random) document

@@ -10,7 +10,7 @@ import numpy as np
 from mirrors import mirrors
 
 from kogitune.corpora import write_kjv_chapters
-from kogitune.trainers import DatasetRecipe
+from kogitune.recipe import DatasetRecipe
 from kogitune.write import StoreOptions, store
 
 BLOCK = 64

@@ -14,12 +14,12 @@ import torch
 from conftest import copy_tensor
 from mirrors import mirrors, stdlib_http_server
 
-from kogitune.cache import ContentStore
 from kogitune.client import embedded_node, open_mirrors
+from kogitune.content_store import ContentStore
 from kogitune.corpora import write_kjv_chapters
 from kogitune.node.errors import FetchError
+from kogitune.recipe import DatasetRecipe
 from kogitune.tensor import MARKS_FILE, DataTensor
-from kogitune.trainers import DatasetRecipe
 from kogitune.write import StoreOptions, store
 
 BLOCK = 64

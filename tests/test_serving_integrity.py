@@ -399,7 +399,7 @@ def test_a_slow_but_honest_reader_is_not_cut(stored, node, tmp_path):
     process. (With main's 10 s per 1 MiB write, a reader at a quarter of the floor would have been cut.)"""
     from libp2p.custom_types import TProtocol
 
-    from kogitune.cache import ContentStore
+    from kogitune.content_store import ContentStore
     from kogitune.node.server import WRITE_BYTES, DataServer, ServerLimits
 
     tensor = big_tensor(stored, tmp_path / "big")

@@ -16,13 +16,13 @@ from conftest import BLOCK, EOS_TEXT, PIECE, copy_tensor, expected_tokens, flip_
 from torch.utils.data import DataLoader
 
 import kogitune.tensor as tensor_module
-from kogitune.datasets import TokenBlockDataset
+from kogitune.dataset import TokenBlockDataset
 from kogitune.errors import IntegrityError, RecipeError, TokenizerError
 from kogitune.protocol.ids import dataset_id_from_digest, sha256
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, canonical_encoding
+from kogitune.recipe import DatasetRecipe
 from kogitune.tensor import MANIFEST_FILE, MARKS_FILE, DataTensor
 from kogitune.tokenizer import load_tokenizer
-from kogitune.trainers import DatasetRecipe
 from kogitune.write import StoreOptions
 
 

@@ -42,6 +42,6 @@ def at_least(low, kind):
 def home_of(args):
     from pathlib import Path
 
-    from ..cache import kogitune_home
+    from ..content_store import kogitune_home
 
     return Path(args.home).expanduser() if getattr(args, "home", None) else kogitune_home()

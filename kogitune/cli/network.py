@@ -81,7 +81,7 @@ def add_commands(commands) -> None:
 
 
 def _cache(args) -> int:
-    from ..cache import ContentStore, age, cache_limit_bytes
+    from ..content_store import ContentStore, age, cache_limit_bytes
 
     content = ContentStore(home_of(args))
     if args.action == "gc":
