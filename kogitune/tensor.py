@@ -257,6 +257,32 @@ class DataTensor:
         return signature is not None and is_marked(self.path, self.dataset_id, shard.name, signature)
 
 
+def verify(tensor: str | os.PathLike | DataTensor, home: str | os.PathLike | None = None) -> list[Problem]:
+    """Hash every piece of every shard of a data tensor and return what is wrong: an empty list when it is intact.
+    As `kogitune verify` does.
+
+        problems = kogitune.verify("gpt2-f04f/corpus")      # a tensor directory
+        problems = kogitune.verify("kg1-...")               # a dataset in the content store of `home`
+
+    `tensor`: a tensor directory, a DataTensor, or the ID of a dataset held in the content store of `home` (default:
+    $KOGITUNE_HOME; its missing shards are reported missing). Shards that pass are marked verified, so that
+    opening them later does not hash them again. Raises TensorError if it is not a data tensor at all.
+    """
+    if isinstance(tensor, DataTensor):
+        return tensor.verify()
+    if is_dataset_id(str(tensor)) and not Path(tensor).exists():
+        from .content_store import ContentStore
+
+        content = ContentStore(home)
+        directory = content.dataset_dir(str(tensor))
+        if not (directory / MANIFEST_FILE).is_file():
+            raise TensorError(
+                f"{tensor} is not in the content store {content.home}: fetch it with `kogitune get {tensor}`"
+            )
+        return DataTensor(directory).verify()
+    return DataTensor(tensor).verify()
+
+
 def _map_shared(path: Path, dtype: np.dtype) -> np.memmap:
     """`path` memory-mapped read-only, with a shared flock on it that lives exactly as long as the map: the map
     keeps a duplicate of the descriptor it was made from (mmap's default), and a flock belongs to the open file

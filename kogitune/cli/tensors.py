@@ -149,14 +149,15 @@ def store_cli(
     filters: str | os.PathLike | dict | None = None,
     max_document_bytes: int | None = None,
 ):
-    """Python form of `kogitune store`: tokenize JSONL files into a data tensor, print a summary, return the report.
-    `max_document_bytes` None means kogitune.write.MAX_DOCUMENT_BYTES."""
-    from ..perturb import PerturbSpec
-    from ..write import StoreOptions, store
+    """`kogitune store` from Python, as the original Kogitune's users call it: `kogitune.store` with the command's
+    defaults, which also prints the summary. `max_document_bytes` None means kogitune.write.MAX_DOCUMENT_BYTES."""
+    from ..write import store
 
-    if isinstance(files, (str, os.PathLike)):
-        files = [files]
-    options = StoreOptions(
+    report = store(
+        files,
+        tokenizer,
+        output,
+        progress=progress,
         block_size=block_size,
         text_key=text_key,
         shard_size=shard_size,
@@ -164,11 +165,10 @@ def store_cli(
         workers=workers,
         skip_bad_lines=skip_bad_lines,
         overwrite=overwrite,
-        perturb=PerturbSpec.parse(perturb) if perturb else None,
-        filters=_filter_config(filters) if filters is not None else None,
+        perturb=perturb,
+        filters=filters,
         **document_limit(max_document_bytes),
     )
-    report = store(files, tokenizer, output, options, progress=progress)
     print(report.summary())
     return report
 
@@ -193,13 +193,6 @@ def _store(args) -> int:
     return EXIT_OK
 
 
-def _filter_config(config: str | os.PathLike | dict) -> dict:
-    """A filter config file (JSON, or YAML with PyYAML) or dict, checked by building its pipeline."""
-    from ..filters import Pipeline
-
-    return Pipeline.from_config(config).to_config()
-
-
 def filter_cli(
     files,
     output: str | None,
@@ -213,13 +206,15 @@ def filter_cli(
     progress: bool = True,
     max_document_bytes: int | None = None,
 ):
-    """Python form of `kogitune filter`: filter JSONL files into OUT.jsonl and OUT.report.json, print a summary.
+    """`kogitune filter` from Python: `kogitune.filter` with the command's defaults, which also prints the summary.
     `max_document_bytes` None means kogitune.write.MAX_DOCUMENT_BYTES."""
-    from ..filters.run import FilterOptions, filter_files
+    from ..filters import filter
 
-    if isinstance(files, (str, os.PathLike)):
-        files = [files]
-    options = FilterOptions(
+    report = filter(
+        files,
+        output,
+        config,
+        progress=progress,
         text_key=text_key,
         workers=workers,
         skip_bad_lines=skip_bad_lines,
@@ -227,7 +222,6 @@ def filter_cli(
         examples=examples,
         **document_limit(max_document_bytes),
     )
-    report = filter_files(files, output, config, options, progress=progress)
     print(report.summary())
     return report
 

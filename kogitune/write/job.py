@@ -11,6 +11,7 @@ tensor, byte for byte, as an uninterrupted store would make.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -138,14 +139,29 @@ def default_output(tokenizer: Tokenizer, first_input: Path) -> Path:
 
 
 def store(
-    files: Iterable[str | os.PathLike],
+    inputs: str | os.PathLike | Iterable[str | os.PathLike],
     tokenizer: str | Tokenizer = DEFAULT_TOKENIZER,
     output: str | os.PathLike | None = None,
     options: StoreOptions | None = None,
     progress: bool = True,
+    **settings,
 ) -> StoreReport:
-    """Tokenize `files` (JSONL, optionally .gz or .zst) into a data tensor directory and return a report."""
-    options = options or StoreOptions()
+    """Tokenize JSONL `inputs` (one file or several; plain, .gz or .zst) into a data tensor directory; return a
+    StoreReport (its `path` and `dataset_id`, and what was stored and skipped). As `kogitune store` does.
+
+        report = kogitune.store("corpus.jsonl", "gpt2", "gpt2-f04f/corpus", block_size=1024)
+
+    `tokenizer`: "gpt2" (built in, offline), a tokenizer directory or tokenizer.json, a hub name, or a Tokenizer.
+    `output`: by default <tokenizer short id>/<name of the first input>; an existing tensor there is kept (the
+    report says `already_stored`) unless `overwrite=True`.
+    `settings` are StoreOptions fields (block_size, text_key, shard_size, piece_size, workers, skip_bad_lines,
+    overwrite, perturb, filters, max_document_bytes), applied over `options`; as keywords, `filters` may also be a
+    config file (JSON or YAML) and `perturb` a spec string ("krr=3.0"), as on the command line.
+    Raises KogituneError subclasses (BadInputError, TokenizerError, DiskFullError, ...). With worker processes
+    (the default with filters), call it under `if __name__ == "__main__":` in a script.
+    """
+    options = _with_settings(options or StoreOptions(), settings)
+    files = [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs
     paths = [Path(f) for f in files]
     if not paths:
         raise BadInputError("no input files given")
@@ -186,6 +202,18 @@ def store(
             raise _disk_full(exc, partial) from None
     report.path = out
     return report
+
+
+def _with_settings(options: StoreOptions, settings: dict) -> StoreOptions:
+    """`options` with the fields in `settings` replaced; a filter config file or a perturbation spec string is
+    read as the command line reads it."""
+    if isinstance(settings.get("filters"), (str, os.PathLike, dict)):
+        from ..filters import Pipeline
+
+        settings["filters"] = Pipeline.from_config(settings["filters"]).to_config()
+    if isinstance(settings.get("perturb"), str):
+        settings["perturb"] = PerturbSpec.parse(settings["perturb"]) if settings["perturb"] else None
+    return dataclasses.replace(options, **settings) if settings else options
 
 
 def _disk_full(exc: OSError, partial: Path) -> DiskFullError:
