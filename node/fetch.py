@@ -40,10 +40,10 @@ from pathlib import Path
 import trio
 
 from kogitune.files import file_mode_in, opener_like_folder, write_atomic
+from kogitune.marks import record_checked, record_verified
 from kogitune.protocol.errors import IntegrityError, ManifestError
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, ShardInfo, parse_manifest
 from kogitune.protocol.pieces import check_pieces_file
-from kogitune.tensor import record_checked, record_verified
 
 from .body import Body
 from .errors import FetchError, SourceError

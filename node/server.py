@@ -20,12 +20,12 @@ import trio
 
 from kogitune.content_store import ContentStore
 from kogitune.files import write_atomic
+from kogitune.marks import stat_signature
 from kogitune.protocol import wire
 from kogitune.protocol.errors import ManifestError
 from kogitune.protocol.ids import dataset_id_from_digest
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from kogitune.protocol.signing import allowed_peers
-from kogitune.tensor import stat_signature
 
 from .host import FairSlots, ip_key
 from .integrity import StoreGuard, open_served

@@ -17,9 +17,10 @@ from mirrors import mirrors, stdlib_http_server
 from kogitune.client import embedded_node, open_mirrors
 from kogitune.content_store import ContentStore
 from kogitune.corpora import write_kjv_chapters
+from kogitune.marks import MARKS_FILE
 from kogitune.node.errors import FetchError
 from kogitune.recipe import DatasetRecipe
-from kogitune.tensor import MARKS_FILE, DataTensor
+from kogitune.tensor import DataTensor
 from kogitune.write import StoreOptions, store
 
 BLOCK = 64

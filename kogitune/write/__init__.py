@@ -8,7 +8,7 @@ One module per job, in the order the bytes pass through them:
 - job.py: `store` itself: options, the report, the lock, the `.partial` directory and the atomic swap.
 """
 
-from .inputs import BATCH_BYTES, MAX_DOCUMENT_BYTES, InputReader, document_of
+from .inputs import BATCH_BYTES, MAX_DOCUMENT_BYTES, InputReader
 from .job import StoreOptions, StoreReport, store
 from .pack import pack_documents, tokenize_lines, worker_processes
 from .shards import DTYPES_NP, TensorWriter
@@ -21,7 +21,6 @@ __all__ = [
     "StoreOptions",
     "StoreReport",
     "TensorWriter",
-    "document_of",
     "pack_documents",
     "store",
     "tokenize_lines",

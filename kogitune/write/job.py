@@ -39,8 +39,9 @@ from kogitune.protocol.manifest import (
 from .. import __version__
 from ..errors import BadInputError, DiskFullError, KogituneError, TensorError
 from ..files import DISK_FULL, exclusive_lock, write_atomic
+from ..marks import record_verified
 from ..perturb import Perturber, PerturbSpec
-from ..tensor import MANIFEST_FILE, DataTensor, record_verified
+from ..tensor import MANIFEST_FILE, DataTensor
 from ..tokenizer import DEFAULT_TOKENIZER, Tokenizer, load_tokenizer
 from .checkpoint import (
     CHECKPOINT_FILE,
