@@ -27,9 +27,8 @@ log = logging.getLogger("kogitune.store")
 CHECKPOINT_FILE = "checkpoint.json"
 CHECKPOINT_SECONDS = 30.0
 """How often a store records how far it got (an fsync of the shard being written and a small JSON file)."""
-
-
 COUNTERS = ("bad_lines", "empty_documents", "filtered_documents", "text_bytes")
+"""The StoreReport counters a checkpoint carries (the rest of the report is counted again at the end)."""
 
 
 def job_description(paths: list[Path], tok: Tokenizer, options: StoreOptions, batch_bytes: int) -> dict:

@@ -19,8 +19,6 @@ from pathlib import Path
 from ..errors import BadInputError, KogituneError
 
 BATCH_BYTES = 1 << 20
-
-
 """Input bytes read into one batch (a batch is parsed and tokenized as one unit of work)."""
 MAX_DOCUMENT_BYTES = 16 << 20
 """Default limit on one input line (a JSON document, its newline not counted). A whole book is 1 to 5 MB of text,
@@ -34,8 +32,6 @@ ZSTD_INPUT_SLICE = 256
 as 4 bytes (an RLE block), so one slice inflates to at most 8 MiB: a small file that inflates to gigabytes never
 needs more memory than that. Slicing this fine costs about 10% of decompression speed (900 instead of 1,000 MB/s),
 far more than tokenizing consumes."""
-
-
 INPUT_SUFFIXES = (".gz", ".zst", ".jsonl", ".json", ".ndjson")
 """Suffixes of input files, dropped from an input's name to name the tensor stored from it."""
 

@@ -30,8 +30,6 @@ ENCODER_THREADS = 2
 """Threads that call the Rust encoder in the in-process pipeline; Rust shares all cores between their batches."""
 IN_FLIGHT = 6
 """Batches in flight in the in-process pipeline: being encoded, or parsed and waiting for an encoder."""
-
-
 _STRUCT_CODES = {2: "H", 4: "I"}
 
 
