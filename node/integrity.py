@@ -90,7 +90,7 @@ class StoreGuard:
         if fd is None:
             return None
         try:
-            opened = stat_signature(os.fstat(fd))
+            opened: list | None = stat_signature(os.fstat(fd))
             if self._trusted(directory, manifest, shard, opened):
                 return fd, opened
         except BaseException:
@@ -132,7 +132,7 @@ class StoreGuard:
             return None
         try:
             key = (directory.name, path)
-            opened = stat_signature(os.fstat(fd))
+            opened: list | None = stat_signature(os.fstat(fd))
             if self._small_checked.get(key) != opened:
                 opened, ok = await trio.to_thread.run_sync(_check_small_file, fd, size, matches)
                 if opened is None:  # changed while it was hashed: not served now, checked again next time
