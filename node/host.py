@@ -14,9 +14,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import trio
+
+if TYPE_CHECKING:  # libp2p loads when a host starts
+    from libp2p.abc import IHost
 
 IDENTITY_FILE = "identity.key"
 log = logging.getLogger("kogitune.node")
@@ -312,7 +315,7 @@ def keep_dht_clients_out(host, dht) -> None:
     host.get_network().register_notifee(DropClients())
 
 
-def new_kogitune_host(seed: bytes):
+def new_kogitune_host(seed: bytes) -> IHost:
     """A libp2p host that speaks only Noise (security) and Yamux (multiplexing)."""
     from libp2p import new_host
     from libp2p.crypto.ed25519 import create_new_key_pair
