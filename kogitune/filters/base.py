@@ -40,9 +40,8 @@ class Filter:
     """Base class of all filters. Subclasses are dataclasses whose init fields are their config parameters."""
 
     name: ClassVar[str]
-    __dataclass_fields__: ClassVar[
-        dict[str, dataclasses.Field[Any]]
-    ]  # declared for the type checker: subclasses are dataclasses
+    # Declared for the type checker (dataclasses.fields(self)): every subclass is a dataclass.
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
     stateful: ClassVar[bool] = False
     """True for filters that remember earlier documents (dedup): they run in one process, in input order."""
 
