@@ -30,19 +30,18 @@ ROOT = Path(__file__).resolve().parent.parent
 def sources() -> list[BuildSource]:
     """Every .py file of every package in [tool.setuptools.package-dir], named as it is once installed."""
     package_dirs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
-    found = {}
+    found = []
     for package, folder in package_dirs.items():
         for path in sorted((ROOT / folder).rglob("*.py")):
             parts = path.relative_to(ROOT / folder).with_suffix("").parts
             if parts[-1] == "__init__":
                 parts = parts[:-1]
-            module = ".".join((package, *parts))
-            found.setdefault(module, BuildSource(str(path.relative_to(ROOT)), module))
-    return list(found.values())
+            found.append(BuildSource(str(path.relative_to(ROOT)), ".".join((package, *parts))))
+    return found
 
 
 def main() -> int:
-    start = time.monotonic()
+    start = time.time()
     os.chdir(ROOT)  # mypy reads [tool.mypy] from ./pyproject.toml
     fscache = FileSystemCache()
     _, options = process_options(sys.argv[1:], require_targets=False, fscache=fscache)
@@ -50,7 +49,9 @@ def main() -> int:
     _, messages, blockers = run_build(files, options, fscache, start, sys.stdout, sys.stderr)
     errors = [line for line in messages if ": error:" in line]
     if errors:
-        print(f"Found {len(errors)} errors (checked {len(files)} source files)", file=sys.stderr)
+        print(
+            f"Found {len(errors)} error{'s' * (len(errors) != 1)} (checked {len(files)} source files)", file=sys.stderr
+        )
     else:
         print(f"Success: no issues found in {len(files)} source files")
     return 2 if blockers else 1 if errors else 0
