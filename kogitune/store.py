@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
@@ -54,6 +55,9 @@ from .parallel import in_order, ordered_map
 from .perturb import Perturber, PerturbSpec
 from .tensor import MANIFEST_FILE, DataTensor, record_verified
 from .tokenizer import DEFAULT_TOKENIZER, Tokenizer, load_tokenizer, tokenizer_from_json
+
+if TYPE_CHECKING:
+    from zstandard import ZstdDecompressionObj
 
 log = logging.getLogger("kogitune.store")
 BATCH_BYTES = 1 << 20
@@ -425,7 +429,7 @@ def _write_tensor(
                 _save_checkpoint(directory, job, number + 1, writer, perturber, report, reader)
                 next_checkpoint = time.monotonic() + CHECKPOINT_SECONDS
     shards = writer.finish()
-    provenance = {
+    provenance: dict[str, Any] = {
         "inputs": reader.inputs,
         "options": options.provenance(),
         "kogitune": __version__,
@@ -655,7 +659,7 @@ class _ZstdReader(io.RawIOBase):
         self._source = source
         self._new_frame = zstandard.ZstdDecompressor().decompressobj
         self._zstd_error = zstandard.ZstdError
-        self._frame = None
+        self._frame: ZstdDecompressionObj | None = None
         self._input = memoryview(b"")
         self._output = memoryview(b"")
 
@@ -772,6 +776,7 @@ def _init_worker(name: str, tokenizer_file: str, eos_id: int, filters: dict | No
 
 
 def _tokenize_in_worker(lines: list[bytes], first_line: int, text_key: str, dtype: str):
+    assert _worker_tokenizer is not None, "the pool runs _init_worker first"
     return tokenize_lines(_worker_tokenizer, lines, first_line, text_key, dtype, _worker_pipeline)
 
 
@@ -880,7 +885,7 @@ class TensorWriter:
         self.shards: list[ShardInfo] = []
         self.tokens = 0
         self.documents = 0
-        self._file = None
+        self._file: BinaryIO | None = None
         self._hasher: PieceHasher | None = None
         self._doc_starts: list[np.ndarray] = []
         self._in_shard = 0
@@ -965,12 +970,14 @@ class TensorWriter:
         self._doc_starts, self._in_shard = [], 0
 
     def _write(self, tokens: np.ndarray) -> None:
+        assert self._file is not None and self._hasher is not None  # a shard is open
         data = tokens.astype(self.dtype, copy=False).tobytes()
         self._file.write(data)
         self._hasher.update(data)
         self._in_shard += len(tokens)
 
     def _close_shard(self) -> None:
+        assert self._file is not None and self._hasher is not None  # a shard is open
         name = f"{len(self.shards):05d}"
         self._file.flush()
         os.fsync(self._file.fileno())

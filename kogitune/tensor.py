@@ -210,7 +210,7 @@ class DataTensor:
         piece_size = self.manifest.piece_size
         with open(tokens_path, "rb") as f:
             data = np.fromfile(f, dtype=np.uint8) if shard.size < piece_size else np.memmap(f, mode="r")
-            actual = piece_digests(memoryview(data), piece_size)
+            actual = piece_digests(data.data, piece_size)
         if root_of(actual) == shard.root:
             pieces_path = self.path / shard.pieces_path
             if pieces_path.is_file() and root_of(pieces_path.read_bytes()) == shard.root:
@@ -285,7 +285,7 @@ def _not_a_tensor(path: Path) -> str:
     return f"{path} is not a data tensor: it has no {MANIFEST_FILE}. Create one with `kogitune store FILE.jsonl`."
 
 
-_checked_here: dict[tuple[str, str], list] = {}
+_checked_here: dict[tuple[str, str], list | None] = {}
 """(directory, shard name) -> file signature of shards a fetcher in this process checked piece by piece: trusted
 while the files are unchanged, also before their record in the marks file (written after the fsync) exists."""
 
