@@ -133,7 +133,7 @@ class ContentStore:
         """Every complete shard in the store (last used: its last open or its fetch, whichever is later); with
         `partial`, also every `.tokens.partial` file (last used: its last write). A file that another process's gc
         removes meanwhile is left out."""
-        found = []
+        found: list[CachedShard] = []
         if not self.datasets.is_dir():
             return found
         for directory in sorted(self.datasets.iterdir()):

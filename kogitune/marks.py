@@ -30,7 +30,7 @@ check only starts once its files' last change is at least this old, so that any 
 their ctime past the one recorded: two changes within one tick would otherwise look like one."""
 
 
-_checked_here: dict[tuple[str, str], list] = {}
+_checked_here: dict[tuple[str, str], list | None] = {}
 """(directory, shard name) -> file signature of shards a fetcher in this process checked piece by piece: trusted
 while the files are unchanged, also before their record in the marks file (written after the fsync) exists."""
 

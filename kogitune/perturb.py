@@ -156,6 +156,7 @@ class Perturber:
         if self.spec.epsilon is not None:
             values = self._randomized_response(values)
         if self.spec.mask:
+            assert self.spec.mask_id is not None  # PerturbSpec requires it with mask
             values[self.rng.random(len(values)) < self.spec.mask] = self.spec.mask_id
         out = tokens.copy()
         out[at] = values

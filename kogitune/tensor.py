@@ -201,7 +201,7 @@ class DataTensor:
         piece_size = self.manifest.piece_size
         with open(tokens_path, "rb") as f:
             data = np.fromfile(f, dtype=np.uint8) if shard.size < piece_size else np.memmap(f, mode="r")
-            actual = piece_digests(memoryview(data), piece_size)
+            actual = piece_digests(data.data, piece_size)
         if root_of(actual) == shard.root:
             pieces_path = self.path / shard.pieces_path
             if pieces_path.is_file() and root_of(pieces_path.read_bytes()) == shard.root:

@@ -14,6 +14,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -30,6 +31,10 @@ from .host import keep_dht_clients_out, load_identity_seed, new_kogitune_host
 from .integrity import CHANGED, shard_paths
 from .peers import PeerSource, SignedManifest, fetch_have, fetch_signed_manifest
 from .server import SIGNATURE_FILE, DataServer, write_allow_files
+
+if TYPE_CHECKING:  # libp2p loads when the node runs
+    from libp2p.abc import IHost
+    from libp2p.kad_dht.kad_dht import KadDHT
 
 log = logging.getLogger("kogitune.node")
 DEFAULT_LISTEN = "/ip4/0.0.0.0/tcp/4011"
@@ -79,6 +84,11 @@ class OpenDataset:
 
 
 class Node:
+    host: IHost
+    """This node's libp2p host, from the start of run()."""
+    dht: KadDHT
+    """Its Kademlia DHT, from the start of run()."""
+
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.store = ContentStore(config.home)
@@ -89,8 +99,6 @@ class Node:
         self._stop = trio.Event()
         self._opening = trio.Lock()
         self._prefetch_limiter = trio.CapacityLimiter(PREFETCH_SHARDS)
-        self.host = None
-        self.dht = None
 
     @property
     def peer_id(self) -> str:
@@ -174,7 +182,9 @@ class Node:
     async def announce(self, dataset_id: str) -> None:
         try:
             with trio.fail_after(CONNECT_TIMEOUT * 3):
-                await self.dht.provide(dataset_id_digest(dataset_id))
+                # py-libp2p types the key str (hex or CID text, re-encoded); bytes pass through as they are, so the DHT
+                # key stays the raw digest that every Kogitune node uses.
+                await self.dht.provide(dataset_id_digest(dataset_id))  # type: ignore[arg-type]
         except Exception as exc:
             log.warning("announcing %s failed: %s", dataset_id, exc)
 
@@ -252,7 +262,7 @@ class Node:
 
         async def lookup() -> None:  # bounded by the deadline below
             try:
-                add(await self.dht.find_providers(key))
+                add(await self.dht.find_providers(key))  # type: ignore[arg-type]  # raw digest, as in announce()
             except Exception as exc:
                 log.debug("provider lookup failed: %s", exc)
 
@@ -517,7 +527,7 @@ def published_manifest(tensor_path: str, manifest: Manifest, publisher: str, all
     """The manifest that `publisher` publishes for a tensor: the tensor's own (public) one without `allow`, with it
     the tensor's private dataset (Manifest.made_private: a different ID, naming `publisher`). Only a dataset's
     publisher may publish it again, to change its allow-list."""
-    if not manifest.is_private:
+    if manifest.access is None:
         return manifest.made_private(publisher) if allow else manifest
     if manifest.access.publisher != publisher:
         raise NodeError(

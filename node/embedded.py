@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -19,6 +20,9 @@ from kogitune.protocol.manifest import Manifest
 from .errors import FetchError
 from .fetch import ShardFetch, SourcePool, fetch_manifest, prefetch_in_order
 from .sources import HttpSource
+
+if TYPE_CHECKING:
+    from .daemon import Node
 
 log = logging.getLogger("kogitune.fetch")
 PREFETCH_SHARDS = 1
@@ -33,7 +37,7 @@ class EmbeddedNode:
     def __init__(self, max_shards_in_flight: int = 4, read_timeout: float = 30.0, home: Path | None = None) -> None:
         self.read_timeout = read_timeout
         self.home = home
-        self._p2p = None
+        self._p2p: Node | None = None
         self._max_shards = max_shards_in_flight
         self._pools: dict[tuple[str, ...], SourcePool] = {}
         self._in_flight: dict[Path, trio.Event] = {}
@@ -65,6 +69,7 @@ class EmbeddedNode:
     def _pool_of(self, key) -> SourcePool:
         """The sources of a dataset: `key` is its ID (peers) or the tuple of its mirror URLs."""
         if isinstance(key, str):
+            assert self._p2p is not None  # a dataset ID is opened through the libp2p node
             return self._p2p._open[key].pool
         return self._pool(tuple(key))
 
@@ -151,8 +156,9 @@ class EmbeddedNode:
 
         trio.from_thread.run_sync(self._nursery.start_soon, prefetch, trio_token=self._token)
 
-    async def _p2p_node(self):
+    async def _p2p_node(self) -> Node:
         """The client-mode libp2p node of this process, started on first use with the configured bootstrap."""
+        assert self.home is not None, "peers need a Kogitune home: EmbeddedNode(home=...)"
         async with self._p2p_lock:
             if self._p2p is None:
                 from .daemon import Node, NodeConfig
@@ -165,7 +171,9 @@ class EmbeddedNode:
                     server=False,
                     read_timeout=self.read_timeout,
                 )
-                self._p2p = await self._nursery.start(Node(config).run)
+                node = Node(config)
+                await self._nursery.start(node.run)  # runs until this process ends
+                self._p2p = node
         return self._p2p
 
     async def _prefetch_in_order(self, directory, manifest, indexes, urls) -> None:

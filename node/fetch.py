@@ -506,6 +506,7 @@ class ShardFetch:
 
     def _progressed(self) -> None:
         """A verified byte arrived: the shard has `stall_timeout` more seconds to make progress again."""
+        assert self._stall is not None  # pieces arrive only inside the shard's stall scope
         if self.pool.limits.stall_timeout > 0:
             self._stall.deadline = trio.current_time() + self.pool.limits.stall_timeout
 
@@ -661,6 +662,7 @@ class ShardFetch:
                         holding = None
                         if self.board.hand_over(index):
                             await self._checks.acquire()
+                            assert self._nursery is not None  # workers run in it
                             self._nursery.start_soon(self._check, health, index, piece)
                             piece = self._spare.pop() if self._spare else bytearray(self.piece_size)
                     index += 1
@@ -681,6 +683,7 @@ class ShardFetch:
         """Hash and write a received piece on a worker thread (hashlib and pwrite release the GIL), so that
         checking overlaps receiving; a wrong hash bans the source that sent it."""
         length = self._piece_length(index)
+        assert self._nursery is not None  # checks run in the download nursery
         expected = self.expected[index * 32 : (index + 1) * 32]
         try:
             ok = await trio.to_thread.run_sync(self._check_and_write, piece, length, expected, index * self.piece_size)

@@ -11,10 +11,15 @@ import ipaddress
 import logging
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import trio
+
+if TYPE_CHECKING:  # libp2p loads when a host starts
+    from libp2p.abc import IHost
 
 IDENTITY_FILE = "identity.key"
 log = logging.getLogger("kogitune.node")
@@ -90,7 +95,10 @@ def ip_key(address) -> str:
     return str(ip)
 
 
-class FairSlots:
+Holder = TypeVar("Holder")
+
+
+class FairSlots(Generic[Holder]):
     """At most `total` slots, at most `per_key` of them for one key (a remote IP). When every slot is taken, a key
     holding fewer slots (after taking this one) than the key holding the most may take one of that key's slots:
     the caller ends the evicted holder. So a handful of keys that grab every slot first are pushed back to their
@@ -99,7 +107,7 @@ class FairSlots:
     def __init__(self, total: int, per_key: int) -> None:
         self.total = total
         self.per_key = per_key
-        self.held: dict[str, list] = {}
+        self.held: dict[str, list[Holder]] = {}
 
     def count(self, key: str) -> int:
         return len(self.held.get(key, ()))
@@ -107,7 +115,7 @@ class FairSlots:
     def __len__(self) -> int:
         return sum(len(holders) for holders in self.held.values())
 
-    def take(self, key: str, holder, rank=None) -> tuple[bool, object | None]:
+    def take(self, key: str, holder: Holder, rank: Callable[[Holder], Any] | None = None) -> tuple[bool, Holder | None]:
         """(admitted, evicted holder or None). `rank(holder)` orders the heaviest key's holders, the least worth
         keeping first (by default the oldest)."""
         if self.count(key) >= self.per_key:
@@ -122,7 +130,7 @@ class FairSlots:
         self.held.setdefault(key, []).append(holder)
         return True, evicted
 
-    def release(self, key: str, holder) -> None:
+    def release(self, key: str, holder: Holder) -> None:
         """Give back `holder`'s slot (nothing if it was evicted and already given back)."""
         holders = self.held.get(key, [])
         if holder in holders:
@@ -137,8 +145,8 @@ class InboundGate:
 
     def __init__(self, limits: HostLimits) -> None:
         self.limits = limits
-        self.handshakes = FairSlots(limits.handshakes_total, limits.handshakes_per_ip)
-        self.connections = FairSlots(limits.connections_total, limits.connections_per_ip)
+        self.handshakes: FairSlots[trio.CancelScope] = FairSlots(limits.handshakes_total, limits.handshakes_per_ip)
+        self.connections: FairSlots[object] = FairSlots(limits.connections_total, limits.connections_per_ip)
         self.waiting: Counter = Counter()
         self._freed = trio.Event()
 
@@ -253,7 +261,7 @@ def _work_around_libp2p_0_8_1() -> None:
     async def add_server_peer(self, peer_id, *, skip_server_mode_check: bool = False) -> bool:
         return await add_peer(self, peer_id, skip_server_mode_check=False)
 
-    KadDHT.add_peer = add_server_peer
+    KadDHT.add_peer = add_server_peer  # type: ignore[method-assign]  # the patches this function exists for
     write = SecureSession.write
 
     async def shielded_write(self, data: bytes) -> None:
@@ -261,8 +269,8 @@ def _work_around_libp2p_0_8_1() -> None:
             with trio.fail_after(_WRITE_DEADLINE):
                 await write(self, data)
 
-    SecureSession.write = shielded_write
-    Swarm._handle_inbound_connection = handle_inbound_connection
+    SecureSession.write = shielded_write  # type: ignore[method-assign]
+    Swarm._handle_inbound_connection = handle_inbound_connection  # type: ignore[method-assign, assignment]
     _patched = True
 
 
@@ -307,7 +315,7 @@ def keep_dht_clients_out(host, dht) -> None:
     host.get_network().register_notifee(DropClients())
 
 
-def new_kogitune_host(seed: bytes):
+def new_kogitune_host(seed: bytes) -> IHost:
     """A libp2p host that speaks only Noise (security) and Yamux (multiplexing)."""
     from libp2p import new_host
     from libp2p.crypto.ed25519 import create_new_key_pair

@@ -96,7 +96,7 @@ class DataServer:
         self.limits = limits or ServerLimits()
         self.stats = ServerStats()
         self._streams: Counter = Counter()
-        self._slots = FairSlots(self.limits.streams_total, self.limits.streams_per_ip)
+        self._slots: FairSlots[_Slot] = FairSlots(self.limits.streams_total, self.limits.streams_per_ip)
         self._manifests: dict[str, tuple[list, Manifest | None, bytes]] = {}
         """dataset ID -> (stat_signature of its manifest.json when read, the manifest or None if it did not hash to
         the ID, its bytes): read and checked again only when the file changes."""
@@ -242,13 +242,13 @@ class DataServer:
     def _audience(self, dataset_id: str, directory: Path, manifest: Manifest) -> Audience:
         """Who may fetch a dataset, read from its allow files and checked (signing.allowed_peers) once per change
         of those files."""
-        if not manifest.is_private:
+        if manifest.access is None:
             return PUBLIC
         stamp = (_stamp(directory / ALLOW_FILE), _stamp(directory / ALLOW_SIGNATURE_FILE))
         cached = self._audiences.get(dataset_id)
         if cached is None or cached[0] != stamp:
             allow, signature = read_allow_files(directory)
-            peers = allowed_peers(dataset_id, manifest, allow, signature)
+            peers = allowed_peers(dataset_id, manifest, allow, signature) or frozenset()  # None: a public manifest
             if not peers:
                 log.warning(
                     "%s is private but holds no allow-list signed by its publisher %s: served to nobody",

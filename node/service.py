@@ -169,6 +169,7 @@ def start_detached(home: Path, argv: list[str]) -> str:
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
+    assert proc.stdout is not None  # stdout=PIPE
     line = proc.stdout.readline().decode().strip()
     proc.stdout.close()
     if not line.startswith(READY_PREFIX):

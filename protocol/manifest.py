@@ -100,7 +100,7 @@ class Manifest:
     tokens: int
     blocks: int
     shards: tuple[ShardInfo, ...]
-    provenance: dict
+    provenance: dict[str, Any]
     access: Access | None = None
 
     @property
@@ -116,14 +116,10 @@ class Manifest:
     def itemsize(self) -> int:
         return DTYPES[self.dtype]
 
-    @property
-    def block_bytes(self) -> int:
-        return self.block_size * self.itemsize
-
     def pieces_in(self, shard: ShardInfo) -> int:
         return piece_count(shard.size, self.piece_size)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         access = {"access": vars(self.access).copy()} if self.access is not None else {}
         return {
             **access,
@@ -189,7 +185,7 @@ def parse_manifest(data: bytes) -> Manifest:
     return manifest_from_dict(obj)
 
 
-def _unique_keys(pairs: list) -> dict:
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """JSON objects with a repeated key are refused: another parser could keep the other value."""
     obj = dict(pairs)
     if len(obj) != len(pairs):
@@ -295,7 +291,7 @@ def _shard(obj: Any, index: int, block_bytes: int, itemsize: int) -> ShardInfo:
     return shard
 
 
-def _fields(obj: Any, where: str, names: set[str], optional: set[str] = frozenset()) -> dict:
+def _fields(obj: Any, where: str, names: set[str], optional: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise ManifestError(f"{where} must be an object")
     missing, extra = names - obj.keys(), obj.keys() - names - optional

@@ -15,8 +15,12 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import BadInputError, KogituneError
+
+if TYPE_CHECKING:
+    from zstandard import ZstdDecompressionObj
 
 BATCH_BYTES = 1 << 20
 """Input bytes read into one batch (a batch is parsed and tokenized as one unit of work)."""
@@ -197,7 +201,7 @@ class _ZstdReader(io.RawIOBase):
         self._source = source
         self._new_frame = zstandard.ZstdDecompressor().decompressobj
         self._zstd_error = zstandard.ZstdError
-        self._frame = None
+        self._frame: ZstdDecompressionObj | None = None
         self._input = memoryview(b"")
         self._output = memoryview(b"")
 

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -325,7 +326,7 @@ def _write_tensor(
                 save_checkpoint(directory, job, number + 1, writer, perturber, report, reader)
                 next_checkpoint = time.monotonic() + CHECKPOINT_SECONDS
     shards = writer.finish()
-    provenance = {
+    provenance: dict[str, Any] = {
         "inputs": reader.inputs,
         "options": options.provenance(),
         "kogitune": __version__,

@@ -127,6 +127,7 @@ def _init_worker(name: str, tokenizer_file: str, eos_id: int, filters: dict | No
 
 
 def _tokenize_in_worker(lines: list[bytes], first_line: int, text_key: str, dtype: str):
+    assert _worker_tokenizer is not None, "the pool runs _init_worker first"
     return tokenize_lines(_worker_tokenizer, lines, first_line, text_key, dtype, _worker_pipeline)
 
 

@@ -7,6 +7,7 @@ import hashlib
 import os
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -36,7 +37,7 @@ class TensorWriter:
         self.shards: list[ShardInfo] = []
         self.tokens = 0
         self.documents = 0
-        self._file = None
+        self._file: BinaryIO | None = None
         self._hasher: PieceHasher | None = None
         self._doc_starts: list[np.ndarray] = []
         self._in_shard = 0
@@ -121,12 +122,14 @@ class TensorWriter:
         self._doc_starts, self._in_shard = [], 0
 
     def _write(self, tokens: np.ndarray) -> None:
+        assert self._file is not None and self._hasher is not None  # a shard is open
         data = tokens.astype(self.dtype, copy=False).tobytes()
         self._file.write(data)
         self._hasher.update(data)
         self._in_shard += len(tokens)
 
     def _close_shard(self) -> None:
+        assert self._file is not None and self._hasher is not None  # a shard is open
         name = f"{len(self.shards):05d}"
         self._file.flush()
         os.fsync(self._file.fileno())
