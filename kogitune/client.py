@@ -21,11 +21,11 @@ from . import errors
 from .cache import ContentStore, kogitune_home
 from .errors import KogituneError, RecipeError
 from .files import read_limited
+from .layout import CONTROL_SOCKET_FILE, MANIFEST_FILE, read_signature
 from .tensor import DataTensor
 
 DEFAULT_FETCH_TIMEOUT = 300.0
 DEFAULT_READ_TIMEOUT = 30.0
-CONTROL_SOCKET = "control.sock"
 MAX_REPLY_BYTES = 16 << 20
 """A control reply longer than this is refused (the longest, `status`, takes about 60 bytes per dataset held)."""
 _lock = threading.Lock()
@@ -42,7 +42,7 @@ class DaemonClient:
 
     def __init__(self, home: Path | None = None) -> None:
         self.home = Path(home) if home is not None else kogitune_home()
-        self.socket_path = self.home / CONTROL_SOCKET
+        self.socket_path = self.home / CONTROL_SOCKET_FILE
 
     def call(self, op: str, timeout: float | None = DEFAULT_FETCH_TIMEOUT, **fields) -> dict:
         """One control operation; `timeout=None` waits as long as the node works on it."""
@@ -144,19 +144,16 @@ def _local_publisher(directory: Path, dataset_id: str) -> str | None:
     """The publisher of the copy of `dataset_id` in `directory` if its manifest hashes to the ID and its signature
     verifies, else None."""
     from kogitune.protocol.manifest import MAX_MANIFEST_BYTES
-    from kogitune.protocol.signing import PUBLIC_KEY_BYTES, check_signed_manifest, peer_id_from_public_key
+    from kogitune.protocol.signing import check_signed_manifest, peer_id_from_public_key
 
     try:
-        signed = (directory / "signature").read_bytes()
+        public_key, signature = read_signature(directory)
         check_signed_manifest(
-            dataset_id,
-            read_limited(directory / "manifest.json", MAX_MANIFEST_BYTES),
-            signed[:PUBLIC_KEY_BYTES],
-            signed[PUBLIC_KEY_BYTES:],
+            dataset_id, read_limited(directory / MANIFEST_FILE, MAX_MANIFEST_BYTES), public_key, signature
         )
     except (OSError, KogituneError, ValueError):
         return None
-    return peer_id_from_public_key(signed[:PUBLIC_KEY_BYTES])
+    return peer_id_from_public_key(public_key)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import trio
 
 from kogitune.cache import ContentStore
 from kogitune.files import read_limited, write_atomic
+from kogitune.layout import MANIFEST_FILE, SHARDS_DIR, SIGNATURE_FILE, write_signature
 from kogitune.protocol import wire
 from kogitune.protocol.ids import dataset_id_digest, is_peer_id
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
@@ -29,7 +30,7 @@ from .fetch import ShardFetch, SourcePool, first_answer, prefetch_in_order
 from .host import keep_dht_clients_out, load_identity_seed, new_kogitune_host
 from .integrity import CHANGED, shard_paths
 from .peers import PeerSource, SignedManifest, fetch_have, fetch_signed_manifest
-from .server import SIGNATURE_FILE, DataServer, write_allow_files
+from .server import DataServer, write_allow_files
 
 log = logging.getLogger("kogitune.node")
 DEFAULT_LISTEN = "/ip4/0.0.0.0/tcp/4011"
@@ -215,7 +216,7 @@ class Node:
         if allow:  # before the signature: a node serves a dataset once its manifest and signature are there
             write_allow_files(directory, allow, sign_allow_list(self.seed, dataset_id, allow))
         signature, public_key = sign_dataset(self.seed, dataset_id)
-        write_atomic(directory / SIGNATURE_FILE, public_key + signature)
+        write_signature(directory, public_key, signature)
         self.store.pin(dataset_id)
         await self.announce(dataset_id)
         return dataset_id
@@ -364,8 +365,8 @@ class Node:
         sources = [first] + [peer for peer in reachable if peer != first and str(peer) not in failed]
         directory = self.store.make_dataset_dir(dataset_id, signed.manifest.is_private)
         self._keep_allow_list(dataset_id, directory, signed)
-        write_atomic(directory / "manifest.json", signed.data)
-        write_atomic(directory / SIGNATURE_FILE, signed.public_key + signed.signature)
+        write_atomic(directory / MANIFEST_FILE, signed.data)
+        write_signature(directory, signed.public_key, signed.signature)
         pool = SourcePool(
             [PeerSource(self.host, peer, dataset_id, signed.manifest, self.config.read_timeout) for peer in sources]
         )
@@ -534,7 +535,7 @@ def published_manifest(tensor_path: str, manifest: Manifest, publisher: str, all
 
 def _load_manifest(directory: Path) -> Manifest | None:
     try:
-        return parse_manifest(read_limited(directory / "manifest.json", MAX_MANIFEST_BYTES))
+        return parse_manifest(read_limited(directory / MANIFEST_FILE, MAX_MANIFEST_BYTES))
     except Exception:
         return None
 
@@ -545,7 +546,7 @@ def _add_to_store(tensor, directory: Path, manifest: Manifest) -> list:
     copies; nothing is a symbolic link. Each shard is hashed as it is in the store and marked verified
     (`check_and_mark`), so that the server can tell when a file changes later, e.g. by an edit through the user's
     hard link."""
-    from kogitune.tensor import MANIFEST_FILE, DataTensor
+    from kogitune.tensor import DataTensor
 
     if manifest is tensor.manifest:
         manifest_bytes = _read_published(tensor.path / MANIFEST_FILE, MAX_MANIFEST_BYTES)
@@ -553,7 +554,7 @@ def _add_to_store(tensor, directory: Path, manifest: Manifest) -> list:
             raise NodeError(f"{tensor.path / MANIFEST_FILE} changed while it was being published; publish it again")
     else:  # the tensor's private dataset: its own manifest (published_manifest)
         manifest_bytes = manifest.canonical_bytes()
-    (directory / "shards").mkdir(parents=True, exist_ok=True)
+    (directory / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     for shard in tensor.shards:
         _link_or_copy(tensor.path / shard.tokens_path, directory / shard.tokens_path)
         for name, size in (

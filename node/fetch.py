@@ -40,6 +40,7 @@ from pathlib import Path
 import trio
 
 from kogitune.files import file_mode_in, opener_like_folder, write_atomic
+from kogitune.layout import MANIFEST_FILE, SHARDS_DIR, partial_path, shard_lock_path
 from kogitune.protocol.errors import IntegrityError, ManifestError
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, ShardInfo, parse_manifest
 from kogitune.protocol.pieces import check_pieces_file
@@ -305,13 +306,13 @@ async def fetch_manifest(pool: SourcePool, dataset_id: str | None = None) -> tup
         try:
             manifest = parse_manifest(data)
         except ManifestError as exc:
-            return f"manifest.json is not a valid manifest: {exc}"
+            return f"{MANIFEST_FILE} is not a valid manifest: {exc}"
         if dataset_id is not None and manifest.dataset_id != dataset_id:
-            return f"manifest.json is the manifest of {manifest.dataset_id}, not of {dataset_id}"
+            return f"{MANIFEST_FILE} is the manifest of {manifest.dataset_id}, not of {dataset_id}"
         parsed[data] = manifest
         return None
 
-    data = await fetch_small_file(pool, "manifest.json", MAX_MANIFEST_BYTES, problem)
+    data = await fetch_small_file(pool, MANIFEST_FILE, MAX_MANIFEST_BYTES, problem)
     return data, parsed[data]
 
 
@@ -465,7 +466,7 @@ class ShardFetch:
 
     async def _fetch_and_install(self) -> None:
         started = trio.current_time()
-        partial = self.target.with_name(self.target.name + ".partial")
+        partial = partial_path(self.target)
         with trio.CancelScope() as self._stall:
             self._progressed()
             self.expected = await fetch_small_file(
@@ -529,7 +530,7 @@ class ShardFetch:
         installed (on a thread: fsyncs take as long as the disk needs, and must not stall other fetches). Failing
         here loses only the record."""
         try:
-            for name in (self.shard.tokens_path, self.shard.pieces_path, self.shard.docs_path, "shards"):
+            for name in (self.shard.tokens_path, self.shard.pieces_path, self.shard.docs_path, SHARDS_DIR):
                 fd = os.open(self.directory / name, os.O_RDONLY)
                 try:
                     os.fsync(fd)
@@ -563,7 +564,7 @@ class ShardFetch:
     @asynccontextmanager
     async def _locked(self):
         """One process per shard at a time (ranks and DataLoader workers share the cache)."""
-        lock_path = self.directory / "shards" / f"{self.shard.name}.lock"
+        lock_path = shard_lock_path(self.directory, self.shard.name)
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         with open(lock_path, "a+b", opener=opener_like_folder) as lock:
             while True:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import trio
 
-IDENTITY_FILE = "identity.key"
+from kogitune.layout import IDENTITY_FILE
+
 log = logging.getLogger("kogitune.node")
 
 

@@ -20,6 +20,7 @@ import trio
 
 from kogitune.cache import ContentStore
 from kogitune.files import write_atomic
+from kogitune.layout import ALLOW_FILE, ALLOW_SIGNATURE_FILE, MANIFEST_FILE, SIGNATURE_FILE, read_signature
 from kogitune.protocol import wire
 from kogitune.protocol.errors import ManifestError
 from kogitune.protocol.ids import dataset_id_from_digest
@@ -31,9 +32,6 @@ from .host import FairSlots, ip_key
 from .integrity import StoreGuard, open_served
 
 log = logging.getLogger("kogitune.node")
-SIGNATURE_FILE = "signature"
-ALLOW_FILE = "allow"
-ALLOW_SIGNATURE_FILE = "allow.signature"
 CHUNK = 1 << 20
 """Bytes of a served file read (and checked unchanged, StoreGuard.check_unchanged) at once before they are sent."""
 WRITE_BYTES = CHUNK
@@ -172,14 +170,14 @@ class DataServer:
             log.debug("%s is private: not served to %s", dataset_id, peer)
             raise not_held(dataset_id)
         if isinstance(request, wire.ManifestRequest):
-            signature = (directory / SIGNATURE_FILE).read_bytes()
+            public_key, signature = read_signature(directory)
             await self._send(
                 stream,
                 wire.encode_response(
                     wire.ManifestResponse(
                         manifest_bytes,
-                        signature=signature[32:],
-                        public_key=signature[:32],
+                        signature=signature,
+                        public_key=public_key,
                         allow=audience.allow,
                         allow_signature=audience.allow_signature,
                     )
@@ -263,7 +261,7 @@ class DataServer:
 
     def _manifest(self, dataset_id: str, directory: Path) -> tuple[Manifest, bytes] | None:
         """The dataset's manifest, only if it hashes to `dataset_id` (a replaced manifest.json is withheld)."""
-        fd = open_served(directory / "manifest.json")
+        fd = open_served(directory / MANIFEST_FILE)
         if fd is None:
             return None
         with open(fd, "rb") as f:
@@ -279,11 +277,11 @@ class DataServer:
                     manifest = None
                 if manifest is None or manifest.dataset_id != dataset_id:
                     self.guard.note_damaged(
-                        dataset_id, "manifest.json", "manifest.json", "it does not hash to the dataset ID"
+                        dataset_id, MANIFEST_FILE, MANIFEST_FILE, "it does not hash to the dataset ID"
                     )
                     manifest, data = None, b""
                 else:
-                    self.guard.note_intact(dataset_id, "manifest.json")
+                    self.guard.note_intact(dataset_id, MANIFEST_FILE)
                 cached = self._manifests[dataset_id] = (signature, manifest, data)
         return None if cached[1] is None else (cached[1], cached[2])
 

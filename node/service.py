@@ -15,15 +15,13 @@ from pathlib import Path
 
 import trio
 
+from kogitune.layout import CONFIG_FILE, LOG_FILE, NODE_LOCK_FILE
 from kogitune.protocol.jsonlimits import loads
 
 from .control import serve_control
 from .daemon import DEFAULT_LISTEN, Node, NodeConfig
 from .errors import NodeError
 
-CONFIG_FILE = "config.json"
-LOG_FILE = "node.log"
-LOCK_FILE = "node.lock"
 READY_PREFIX = "kogitune node "
 
 
@@ -45,7 +43,7 @@ def node_lock(home: Path):
     """Held while a node runs on `home`: a second node there would share its identity and take over its control
     socket. The kernel drops the lock when the process ends, however it ends."""
     home.mkdir(parents=True, exist_ok=True)
-    with open(home / LOCK_FILE, "a+b") as lock:
+    with open(home / NODE_LOCK_FILE, "a+b") as lock:
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
