@@ -19,7 +19,7 @@ from kogitune.protocol.jsonlimits import MAX_JSON_DEPTH, loads
 
 from . import errors
 from .cache import ContentStore, kogitune_home
-from .errors import KogituneError, RecipeError
+from .errors import KogituneError, NodeNotRunning, RecipeError
 from .files import read_limited
 from .layout import CONTROL_SOCKET_FILE, MANIFEST_FILE, read_signature
 from .tensor import DataTensor
@@ -31,10 +31,6 @@ MAX_REPLY_BYTES = 16 << 20
 _lock = threading.Lock()
 _node = None
 _node_pid = 0
-
-
-class NodeNotRunning(KogituneError):
-    """No node daemon answers on the control socket of this home."""
 
 
 class DaemonClient:
@@ -72,7 +68,7 @@ class DaemonClient:
         if not isinstance(result, dict):
             raise KogituneError(f"the node's reply to {op!r} is a JSON {type(result).__name__}, not an object")
         if not result.pop("ok", False):
-            raise _error_class(result.get("type"))(f"node: {result.get('error', 'unknown error')}")
+            raise errors.error_from_reply(result)
         return result
 
     def running(self) -> bool:
@@ -94,20 +90,6 @@ def _read_reply(sock: socket.socket, op: str) -> bytes:
         if len(reply) > MAX_REPLY_BYTES:
             raise KogituneError(f"the node's reply to {op!r} is longer than {MAX_REPLY_BYTES} bytes")
     return bytes(reply)
-
-
-def _error_class(name) -> type[KogituneError]:
-    """The Kogitune error class that the node named in a failed reply (its `type`), KogituneError for others: a
-    caller catches FetchError or IntegrityError from the daemon as from the embedded node."""
-    from kogitune.node import errors as node_errors  # light: no trio, no libp2p
-
-    known = {
-        cls.__name__: cls
-        for module in (errors, node_errors)
-        for cls in vars(module).values()
-        if isinstance(cls, type) and issubclass(cls, KogituneError)
-    }
-    return known.get(name, KogituneError)
 
 
 def embedded_node():

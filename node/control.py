@@ -16,13 +16,12 @@ from pathlib import Path
 
 import trio
 
+from kogitune.errors import KogituneError, NodeError, error_reply
 from kogitune.layout import CONTROL_SOCKET_FILE
-from kogitune.protocol.errors import KogituneError
 from kogitune.protocol.ids import is_dataset_id
 from kogitune.protocol.jsonlimits import MAX_JSON_DEPTH, loads
 
 from .daemon import Node
-from .errors import NodeError
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup  # the backport that trio depends on
@@ -69,7 +68,7 @@ async def _serve_one(node: Node, stream) -> None:
                 log.info("control request failed: %s", cause)
             else:
                 log.warning("control request failed with an unexpected error", exc_info=True)
-            reply = {"ok": False, "error": str(cause), "type": type(cause).__name__}
+            reply = {"ok": False, **error_reply(cause)}
         try:
             await stream.send_all(json.dumps(reply).encode() + b"\n")
         except trio.BrokenResourceError:

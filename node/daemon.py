@@ -18,6 +18,7 @@ from pathlib import Path
 import trio
 
 from kogitune.cache import ContentStore
+from kogitune.errors import FetchError, NodeError, SourceError
 from kogitune.files import read_limited, write_atomic
 from kogitune.layout import MANIFEST_FILE, SHARDS_DIR, SIGNATURE_FILE, write_signature
 from kogitune.protocol import wire
@@ -25,7 +26,6 @@ from kogitune.protocol.ids import dataset_id_digest, is_peer_id
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from kogitune.protocol.signing import allowed_peers, sign_allow_list, sign_dataset
 
-from .errors import FetchError, NodeError, SourceError
 from .fetch import ShardFetch, SourcePool, first_answer, prefetch_in_order
 from .host import keep_dht_clients_out, load_identity_seed, new_kogitune_host
 from .integrity import CHANGED, shard_paths

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import trio
 
+from kogitune.errors import FetchError
 from kogitune.protocol.manifest import Manifest
 
-from .errors import FetchError
 from .fetch import ShardFetch, SourcePool, fetch_manifest, prefetch_in_order
 from .sources import HttpSource
 

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import trio
 
+from kogitune.errors import FetchError, SourceError
 from kogitune.files import file_mode_in, opener_like_folder, write_atomic
 from kogitune.layout import MANIFEST_FILE, SHARDS_DIR, partial_path, shard_lock_path
 from kogitune.protocol.errors import IntegrityError, ManifestError
@@ -47,7 +48,6 @@ from kogitune.protocol.pieces import check_pieces_file
 from kogitune.tensor import record_checked, record_verified
 
 from .body import Body
-from .errors import FetchError, SourceError
 from .sources import Source
 
 log = logging.getLogger("kogitune.fetch")

@@ -40,7 +40,7 @@ def load_identity_seed(home: Path) -> bytes:
             tmp.unlink()
     seed = path.read_bytes()
     if len(seed) != 32:
-        from .errors import NodeError
+        from kogitune.errors import NodeError
 
         raise NodeError(f"{path} is not a Kogitune identity (32 bytes); move it away to create a new one")
     return seed

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import trio
 
+from kogitune.errors import NodeError
 from kogitune.layout import CONFIG_FILE, LOG_FILE, NODE_LOCK_FILE
 from kogitune.protocol.jsonlimits import loads
 
 from .control import serve_control
 from .daemon import DEFAULT_LISTEN, Node, NodeConfig
-from .errors import NodeError
 
 READY_PREFIX = "kogitune node "
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from .errors import SourceError
+from kogitune.errors import SourceError
+
 from .http import HttpClient
 
 DEFAULT_READ_TIMEOUT = 30.0

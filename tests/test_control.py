@@ -19,10 +19,9 @@ import trio.testing
 
 import kogitune.client as client_module
 from kogitune.client import DaemonClient
-from kogitune.errors import IntegrityError, KogituneError
+from kogitune.errors import FetchError, IntegrityError, KogituneError, NodeError
 from kogitune.layout import CONTROL_SOCKET_FILE
 from kogitune.node import control
-from kogitune.node.errors import FetchError, NodeError
 from kogitune.protocol.jsonlimits import MAX_JSON_DEPTH
 
 if sys.version_info < (3, 11):

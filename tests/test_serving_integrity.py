@@ -33,9 +33,9 @@ from test_network_hostile import (
 
 from kogitune.client import DaemonClient
 from kogitune.corpora import write_kjv_chapters
+from kogitune.errors import FetchError
 from kogitune.files import write_atomic
 from kogitune.layout import MANIFEST_FILE
-from kogitune.node.errors import FetchError
 from kogitune.node.fetch import ShardFetch, SourcePool
 from kogitune.node.host import new_kogitune_host
 from kogitune.node.peers import PeerSource
