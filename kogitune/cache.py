@@ -33,7 +33,6 @@ from .errors import KogituneError
 from .files import file_mode_in, make_folders, opener_like_folder, write_atomic
 from .layout import DATASETS_DIR, LOCK, MANIFEST_FILE, PARTIAL, PINNED_FILE, SHARDS_DIR, TOKENS, USED, shard_file
 
-DEFAULT_LIMIT_BYTES = 50 * 10**9
 PARTIAL_SUFFIX = f"{TOKENS}.{PARTIAL}"
 """`<shard>.tokens.partial`: the verified pieces of an unfinished fetch (see kogitune.node.fetch)."""
 LOCK_SUFFIXES = (LOCK, USED)
@@ -50,14 +49,10 @@ def kogitune_home() -> Path:
 
 
 def cache_limit_bytes() -> int:
-    """`$KOGITUNE_CACHE_LIMIT` in GB (decimal; e.g. 100 or 0.5), default 50 GB."""
-    value = os.environ.get("KOGITUNE_CACHE_LIMIT")
-    if not value:
-        return DEFAULT_LIMIT_BYTES
-    try:
-        return int(float(value) * 1e9)
-    except ValueError:
-        raise KogituneError(f"KOGITUNE_CACHE_LIMIT={value!r} is not a number of GB") from None
+    """The setting cache_limit (kogitune.settings; `$KOGITUNE_CACHE_LIMIT`), given in GB (decimal), in bytes."""
+    from .settings import settings
+
+    return int(settings().cache_limit * 1e9)
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,10 @@ from .cache import ContentStore, kogitune_home
 from .errors import KogituneError, NodeNotRunning, RecipeError
 from .files import read_limited
 from .layout import CONTROL_SOCKET_FILE, MANIFEST_FILE, read_signature
+from .settings import settings
 from .tensor import DataTensor
 
-DEFAULT_FETCH_TIMEOUT = 300.0
-DEFAULT_READ_TIMEOUT = 30.0
+DEFAULT_FETCH_TIMEOUT = settings().fetch_timeout
 MAX_REPLY_BYTES = 16 << 20
 """A control reply longer than this is refused (the longest, `status`, takes about 60 bytes per dataset held)."""
 _lock = threading.Lock()
@@ -99,7 +99,7 @@ def embedded_node():
         if _node is None or _node_pid != os.getpid() or not _node.alive:
             from kogitune.node.embedded import EmbeddedNode
 
-            read_timeout = float(os.environ.get("KOGITUNE_READ_TIMEOUT", DEFAULT_READ_TIMEOUT))
+            read_timeout = settings().read_timeout
             _node, _node_pid = EmbeddedNode(read_timeout=read_timeout, home=kogitune_home()), os.getpid()
         return _node
 

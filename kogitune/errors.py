@@ -16,6 +16,7 @@ errors, since it imports nothing from here; they are re-exported below, so that 
     ├── RecipeError             a dataset recipe names something that cannot be used for training
     ├── PerturbError            a --perturb spec is malformed or does not fit the tokenizer
     ├── FilterError             a filter config names an unknown filter or parameter, or a value it cannot take
+    ├── SettingsError           a setting (config file, environment variable, flag) has a bad value
     ├── FetchError              a dataset, shard or file could not be fetched from any of its sources
     │   └── SourceError         one source failed one request; the others may still deliver
     │       └── SourceBusy      one source is alive and honest, but its serving slots are taken
@@ -63,6 +64,11 @@ class PerturbError(KogituneError):
 class FilterError(KogituneError):
     """Raised when a filter config names an unknown filter or parameter, or gives a parameter a value it cannot
     take."""
+
+
+class SettingsError(KogituneError):
+    """Raised when a setting (kogitune.settings) in the home's config.json, a KOGITUNE_* environment variable or a
+    flag has a bad value; the message names the key, where it came from and what it should be."""
 
 
 class FetchError(KogituneError):
@@ -144,6 +150,7 @@ __all__ = [
     "PerturbError",
     "RecipeError",
     "SourceBusy",
+    "SettingsError",
     "SourceError",
     "TensorError",
     "TokenizerError",

@@ -25,6 +25,7 @@ from kogitune.protocol import wire
 from kogitune.protocol.ids import dataset_id_digest, is_peer_id
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from kogitune.protocol.signing import allowed_peers, sign_allow_list, sign_dataset
+from kogitune.settings import settings
 
 from .fetch import ShardFetch, SourcePool, first_answer, prefetch_in_order
 from .host import keep_dht_clients_out, load_identity_seed, new_kogitune_host
@@ -34,9 +35,9 @@ from .server import DataServer, write_allow_files
 
 log = logging.getLogger("kogitune.node")
 DEFAULT_LISTEN = "/ip4/0.0.0.0/tcp/4011"
-DEFAULT_REPROVIDE_SECONDS = 6 * 3600
-CONNECT_TIMEOUT = 10.0
-LOOKUP_DEADLINE = 30.0
+DEFAULT_REPROVIDE_SECONDS = settings().reprovide_interval
+CONNECT_TIMEOUT = settings().connect_timeout
+LOOKUP_DEADLINE = settings().lookup_deadline
 """How long `find_providers` keeps looking before it returns none (then: "no peer provides"). Meanwhile it asks the
 connected peers again and again, after LOOKUP_BACKOFF_SECONDS, doubling up to LOOKUP_BACKOFF_MAX, reconnecting to
 the bootstrap peers when none is connected: when many fetchers start at once, a busy publisher or bootstrap node
@@ -57,7 +58,7 @@ a provider that has not answered by then is listed as silent."""
 LATE_PROVIDER_SECONDS = 0.5
 """Once one provider is connected, how much longer the others may take: a stale provider record (a node that
 left) must not hold up the open for a whole connect timeout."""
-PREFETCH_SHARDS = 2
+PREFETCH_SHARDS = settings().peer_prefetch_shards
 
 
 @dataclass
@@ -67,7 +68,7 @@ class NodeConfig:
     bootstrap: list[str]
     server: bool = True
     reprovide_interval: float = DEFAULT_REPROVIDE_SECONDS
-    read_timeout: float = 30.0
+    read_timeout: float = settings().read_timeout
 
 
 @dataclass
@@ -416,7 +417,7 @@ class Node:
     async def get(self, dataset_id: str) -> OpenDataset:
         """Fetch a whole dataset into the store, then provide it too (the announcement goes on after the return)."""
         opened = await self.open_dataset(dataset_id)
-        limiter = trio.CapacityLimiter(4)
+        limiter = trio.CapacityLimiter(settings().shards_at_once)
 
         async def one(index: int) -> None:
             async with limiter:

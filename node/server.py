@@ -26,6 +26,7 @@ from kogitune.protocol.errors import ManifestError
 from kogitune.protocol.ids import dataset_id_from_digest
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from kogitune.protocol.signing import allowed_peers
+from kogitune.settings import settings
 from kogitune.tensor import stat_signature
 
 from .host import FairSlots, ip_key
@@ -39,7 +40,7 @@ WRITE_BYTES = CHUNK
 deadline be shorter for the same floor, but they cost the receiver: with 64 KiB writes a `get` from 3 peers took
 about 25% more CPU in the fetching process (bench_network.py, 2026-12-03), from more Yamux frames and window
 updates."""
-WRITE_TIMEOUT_SECONDS = 32.0
+WRITE_TIMEOUT_SECONDS = settings().server_write_timeout
 """Seconds one write of WRITE_BYTES may take to leave (ServerLimits.write_timeout)."""
 MIN_READER_RATE = WRITE_BYTES / WRITE_TIMEOUT_SECONDS
 """Bytes per second (32 KiB/s) below which a reader's stream is cut by the server, which frees its slot for others.
@@ -56,17 +57,17 @@ class ServerLimits:
     holding fewer streams than the IP holding the most takes one of that IP's streams (its idle ones first), so a
     few identities that grab every slot are pushed back to their fair share as soon as anyone else asks."""
 
-    request_timeout: float = 5.0
+    request_timeout: float = settings().server_request_timeout
     """Seconds a stream has, once open, to deliver its whole request (a fetcher sends it at once): a stream left
     idle is ended after this."""
     write_timeout: float = WRITE_TIMEOUT_SECONDS
     """Seconds one write of a response (WRITE_BYTES, 1 MiB) may take to leave: a reader that stops consuming, or
     drains slower than MIN_READER_RATE, is cut."""
-    streams_per_peer: int = 8
+    streams_per_peer: int = settings().server_streams_per_peer
     """Streams one peer identity may have served at once."""
-    streams_per_ip: int = 64
+    streams_per_ip: int = settings().server_streams_per_ip
     """Streams all the identities behind one IP may have served at once (identities cost nothing to make)."""
-    streams_total: int = 128
+    streams_total: int = settings().server_streams_total
     """Streams served at once by this node, shared fairly between IPs when full."""
 
 

@@ -18,6 +18,7 @@ import trio
 from kogitune.errors import NodeError
 from kogitune.layout import CONFIG_FILE, LOG_FILE, NODE_LOCK_FILE
 from kogitune.protocol.jsonlimits import loads
+from kogitune.settings import settings
 
 from .control import serve_control
 from .daemon import DEFAULT_LISTEN, Node, NodeConfig
@@ -122,7 +123,7 @@ def run_node(home: Path, listen: list[str], bootstrap: list[str], reprovide_inte
             listen=listen,
             bootstrap=bootstrap_peers(home, bootstrap),
             reprovide_interval=reprovide_interval,
-            read_timeout=float(os.environ.get("KOGITUNE_READ_TIMEOUT", 30)),
+            read_timeout=settings().read_timeout,
         )
         if not trio.run(_serve, Node(config)):
             raise NodeError(f"the node could not listen on {' '.join(listen)}; see {home / LOG_FILE}")
