@@ -96,7 +96,7 @@ class NodeNotRunning(NodeError):
     node start`."""
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> type[KogituneError]:
     """WireError lives with the wire format (kogitune.protocol.wire, which imports msgpack): imported on first use,
     so that `import kogitune` stays light."""
     if name == "WireError":
@@ -119,12 +119,13 @@ def error_from_reply(reply: dict) -> KogituneError:
     """The error a node daemon reported in a failed control reply (`error_reply`), as the class it named; a name
     that is not a class of this tree (a bug in the node: ZeroDivisionError, OSError, ...) becomes a KogituneError."""
     message = f"node: {reply.get('error', 'unknown error')}"
-    cls = error_classes().get(reply.get("type"), KogituneError)
+    name = reply.get("type")
+    cls = error_classes().get(name, KogituneError) if isinstance(name, str) else KogituneError
     if cls.__name__ == "WireError":
-        from kogitune.protocol.wire import ERROR_CODES
+        from kogitune.protocol.wire import ERROR_CODES, WireError
 
         code = reply.get("code")
-        return cls(code, message) if code in ERROR_CODES else KogituneError(message)
+        return WireError(code, message) if code in ERROR_CODES else KogituneError(message)
     return cls(message)
 
 
@@ -133,7 +134,9 @@ def error_classes() -> dict[str, type[KogituneError]]:
     classes = {
         cls.__name__: cls for cls in globals().values() if isinstance(cls, type) and issubclass(cls, KogituneError)
     }
-    classes["WireError"] = __getattr__("WireError")
+    from kogitune.protocol.wire import WireError
+
+    classes["WireError"] = WireError
     return classes
 
 
