@@ -51,9 +51,10 @@ from kogitune.protocol.pieces import PieceHasher, root_of
 from . import __version__
 from .errors import BadInputError, DiskFullError, KogituneError, TensorError
 from .files import exclusive_lock, write_atomic
+from .layout import DOCS, MANIFEST_FILE, PIECES, SHARDS_DIR, TOKENS, partial_path, shard_file, store_lock_path
 from .parallel import in_order, ordered_map
 from .perturb import Perturber, PerturbSpec
-from .tensor import MANIFEST_FILE, DataTensor, record_verified
+from .tensor import DataTensor, record_verified
 from .tokenizer import DEFAULT_TOKENIZER, Tokenizer, load_tokenizer, tokenizer_from_json
 
 if TYPE_CHECKING:
@@ -196,7 +197,7 @@ def store(
         _stateless_pipeline(options.filters)
     tok = load_tokenizer(tokenizer)
     out = Path(output) if output is not None else default_output(tok, paths[0])
-    with exclusive_lock(out.parent / f".{out.name}.lock", f"storing into {out}"):
+    with exclusive_lock(store_lock_path(out), f"storing into {out}"):
         _settle_replace(out)
         if (out / MANIFEST_FILE).exists() and not options.overwrite:
             return StoreReport(out, DataTensor(out).dataset_id, already_stored=True)
@@ -204,7 +205,7 @@ def store(
             raise TensorError(
                 f"{out} exists and is not a data tensor (it has no {MANIFEST_FILE}); choose another output or remove it"
             )
-        partial = out.parent / f"{out.name}.partial"
+        partial = partial_path(out)
         checkpoint = _usable_checkpoint(partial, paths, tok, options)
         if checkpoint is None:
             shutil.rmtree(partial, ignore_errors=True)
@@ -321,7 +322,7 @@ def _checkpoint_fits(checkpoint: dict, partial: Path, itemsize: int) -> bool:
         ):
             return False
         files = [partial / name for shard in shards for name in (shard.tokens_path, shard.pieces_path, shard.docs_path)]
-        current = partial / "shards" / f"{len(shards):05d}.tokens"
+        current = shard_file(partial, f"{len(shards):05d}", TOKENS)
         return (
             all(f.is_file() for f in files)
             and all((partial / shard.tokens_path).stat().st_size == shard.size for shard in shards)
@@ -889,7 +890,7 @@ class TensorWriter:
         self._hasher: PieceHasher | None = None
         self._doc_starts: list[np.ndarray] = []
         self._in_shard = 0
-        (directory / "shards").mkdir(exist_ok=True)
+        (directory / SHARDS_DIR).mkdir(exist_ok=True)
 
     def add(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
         if not len(lengths):
@@ -955,7 +956,7 @@ class TensorWriter:
         in_shard = int(state["in_shard"])
         if in_shard:
             name = f"{len(self.shards):05d}"
-            self._file = open(self.directory / "shards" / f"{name}.tokens", "r+b")
+            self._file = open(shard_file(self.directory, name, TOKENS), "r+b")
             self._file.truncate(in_shard * self.dtype.itemsize)
             self._hasher = PieceHasher(self.piece_size)
             while chunk := self._file.read(1 << 20):
@@ -965,7 +966,7 @@ class TensorWriter:
 
     def _open_shard(self) -> None:
         name = f"{len(self.shards):05d}"
-        self._file = open(self.directory / "shards" / f"{name}.tokens", "wb")
+        self._file = open(shard_file(self.directory, name, TOKENS), "wb")
         self._hasher = PieceHasher(self.piece_size)
         self._doc_starts, self._in_shard = [], 0
 
@@ -985,8 +986,8 @@ class TensorWriter:
         self._file = None
         pieces = self._hasher.finish()
         docs = np.concatenate(self._doc_starts).astype("<u4").tobytes() if self._doc_starts else b""
-        write_atomic(self.directory / "shards" / f"{name}.pieces", pieces)
-        write_atomic(self.directory / "shards" / f"{name}.docs", docs)
+        write_atomic(shard_file(self.directory, name, PIECES), pieces)
+        write_atomic(shard_file(self.directory, name, DOCS), docs)
         self.shards.append(
             ShardInfo(
                 name=name,

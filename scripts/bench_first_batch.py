@@ -48,7 +48,8 @@ from bench_fetch import (
 
 from kogitune.cache import ContentStore  # noqa: E402
 from kogitune.client import DEFAULT_FETCH_TIMEOUT, MirrorShards, embedded_node  # noqa: E402
-from kogitune.tensor import MANIFEST_FILE, DataTensor  # noqa: E402
+from kogitune.layout import MANIFEST_FILE  # noqa: E402
+from kogitune.tensor import DataTensor  # noqa: E402
 from kogitune.trainers import DatasetRecipe  # noqa: E402
 
 BATCH = 8
