@@ -19,8 +19,8 @@ from kogitune.protocol.jsonlimits import loads
 from kogitune.protocol.manifest import MAX_SHARDS, Manifest, ShardInfo
 
 from .files import opener_like_folder, read_limited, write_atomic
+from .layout import MARKS_FILE, MARKS_LOCK_FILE
 
-MARKS_FILE = ".kogitune-verified"
 MAX_MARKS_BYTES = MAX_SHARDS * 256
 """A marks file longer than this (about 100 bytes a shard are written) is not read: its shards are hashed again."""
 MAX_OPEN_SHARDS = 64
@@ -90,7 +90,7 @@ def forget_verified(directory: Path, shards) -> None:
 def _marks_locked(directory: Path):
     """Serialize read-modify-write of the marks file: shards of one tensor finish in parallel threads and processes."""
     try:
-        lock = open(directory / (MARKS_FILE + ".lock"), "a+b", opener=opener_like_folder)
+        lock = open(directory / MARKS_LOCK_FILE, "a+b", opener=opener_like_folder)
     except OSError:
         yield
         return

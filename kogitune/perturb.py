@@ -17,12 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import KogituneError
-
-
-class PerturbError(KogituneError):
-    """A --perturb spec is malformed or cannot be applied to the tokenizer."""
-
+from .errors import PerturbError
 
 SPEC_HELP = (
     "comma-separated key=value: krr=EPSILON (k-ary randomized response over the vocabulary), "

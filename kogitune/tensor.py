@@ -28,9 +28,9 @@ from kogitune.protocol.pieces import piece_digests, piece_span, root_of
 
 from .errors import TensorError
 from .files import opener_like_folder, read_limited
+from .layout import MANIFEST_FILE, partial_path, shard_lock_path
 from .marks import file_signature, forget_verified, is_marked, record_checked, record_verified, settled_signature
 
-MANIFEST_FILE = "manifest.json"
 MAX_OPEN_SHARDS = 64
 log = logging.getLogger("kogitune.tensor")
 
@@ -119,7 +119,7 @@ class DataTensor:
         lock, and only if the files are still those that failed: another process may have fetched it meanwhile."""
         log.warning("%s: %s; fetching shard %s again", self.path, problem, shard.name)
         failed = file_signature(self.path, shard)
-        with open(self.path / "shards" / f"{shard.name}.lock", "a+b", opener=opener_like_folder) as lock:
+        with open(shard_lock_path(self.path, shard.name), "a+b", opener=opener_like_folder) as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
             if file_signature(self.path, shard) == failed:
                 forget_verified(self.path, [shard])
@@ -292,7 +292,7 @@ def _not_a_tensor(path: Path) -> str:
             f"{path} is a dataset ID, not a directory: `kogitune get {path}` fetches it into "
             f"$KOGITUNE_HOME/datasets/{path}, and a recipe can name the ID itself"
         )
-    if path.with_name(path.name + ".partial").exists():
+    if partial_path(path).exists():
         return (
             f"{path} is not a data tensor: it has no {MANIFEST_FILE} (a store into it is unfinished or was "
             "interrupted; run it again)"

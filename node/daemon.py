@@ -19,18 +19,20 @@ from typing import TYPE_CHECKING
 import trio
 
 from kogitune.content_store import ContentStore
+from kogitune.errors import FetchError, NodeError, SourceError
 from kogitune.files import read_limited, write_atomic
+from kogitune.layout import MANIFEST_FILE, SHARDS_DIR, SIGNATURE_FILE, write_signature
 from kogitune.protocol import wire
 from kogitune.protocol.ids import dataset_id_digest, is_peer_id
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from kogitune.protocol.signing import allowed_peers, sign_allow_list, sign_dataset
+from kogitune.settings import settings
 
-from .errors import FetchError, NodeError, SourceError
 from .fetch import ShardFetch, SourcePool, first_answer, prefetch_in_order
 from .host import keep_dht_clients_out, load_identity_seed, new_kogitune_host
 from .integrity import CHANGED, shard_paths
 from .peers import PeerSource, SignedManifest, fetch_have, fetch_signed_manifest
-from .server import SIGNATURE_FILE, DataServer, write_allow_files
+from .server import DataServer, write_allow_files
 
 if TYPE_CHECKING:  # libp2p loads when the node runs
     from libp2p.abc import IHost
@@ -38,9 +40,9 @@ if TYPE_CHECKING:  # libp2p loads when the node runs
 
 log = logging.getLogger("kogitune.node")
 DEFAULT_LISTEN = "/ip4/0.0.0.0/tcp/4011"
-DEFAULT_REPROVIDE_SECONDS = 6 * 3600
-CONNECT_TIMEOUT = 10.0
-LOOKUP_DEADLINE = 30.0
+DEFAULT_REPROVIDE_SECONDS = settings().reprovide_interval
+CONNECT_TIMEOUT = settings().connect_timeout
+LOOKUP_DEADLINE = settings().lookup_deadline
 """How long `find_providers` keeps looking before it returns none (then: "no peer provides"). Meanwhile it asks the
 connected peers again and again, after LOOKUP_BACKOFF_SECONDS, doubling up to LOOKUP_BACKOFF_MAX, reconnecting to
 the bootstrap peers when none is connected: when many fetchers start at once, a busy publisher or bootstrap node
@@ -61,7 +63,7 @@ a provider that has not answered by then is listed as silent."""
 LATE_PROVIDER_SECONDS = 0.5
 """Once one provider is connected, how much longer the others may take: a stale provider record (a node that
 left) must not hold up the open for a whole connect timeout."""
-PREFETCH_SHARDS = 2
+PREFETCH_SHARDS = settings().peer_prefetch_shards
 
 
 @dataclass
@@ -71,7 +73,7 @@ class NodeConfig:
     bootstrap: list[str]
     server: bool = True
     reprovide_interval: float = DEFAULT_REPROVIDE_SECONDS
-    read_timeout: float = 30.0
+    read_timeout: float = settings().read_timeout
 
 
 @dataclass
@@ -225,7 +227,7 @@ class Node:
         if allow:  # before the signature: a node serves a dataset once its manifest and signature are there
             write_allow_files(directory, allow, sign_allow_list(self.seed, dataset_id, allow))
         signature, public_key = sign_dataset(self.seed, dataset_id)
-        write_atomic(directory / SIGNATURE_FILE, public_key + signature)
+        write_signature(directory, public_key, signature)
         self.store.pin(dataset_id)
         await self.announce(dataset_id)
         return dataset_id
@@ -374,8 +376,8 @@ class Node:
         sources = [first] + [peer for peer in reachable if peer != first and str(peer) not in failed]
         directory = self.store.make_dataset_dir(dataset_id, signed.manifest.is_private)
         self._keep_allow_list(dataset_id, directory, signed)
-        write_atomic(directory / "manifest.json", signed.data)
-        write_atomic(directory / SIGNATURE_FILE, signed.public_key + signed.signature)
+        write_atomic(directory / MANIFEST_FILE, signed.data)
+        write_signature(directory, signed.public_key, signed.signature)
         pool = SourcePool(
             [PeerSource(self.host, peer, dataset_id, signed.manifest, self.config.read_timeout) for peer in sources]
         )
@@ -425,7 +427,7 @@ class Node:
     async def get(self, dataset_id: str) -> OpenDataset:
         """Fetch a whole dataset into the store, then provide it too (the announcement goes on after the return)."""
         opened = await self.open_dataset(dataset_id)
-        limiter = trio.CapacityLimiter(4)
+        limiter = trio.CapacityLimiter(settings().shards_at_once)
 
         async def one(index: int) -> None:
             async with limiter:
@@ -544,7 +546,7 @@ def published_manifest(tensor_path: str, manifest: Manifest, publisher: str, all
 
 def _load_manifest(directory: Path) -> Manifest | None:
     try:
-        return parse_manifest(read_limited(directory / "manifest.json", MAX_MANIFEST_BYTES))
+        return parse_manifest(read_limited(directory / MANIFEST_FILE, MAX_MANIFEST_BYTES))
     except Exception:
         return None
 
@@ -555,7 +557,7 @@ def _add_to_store(tensor, directory: Path, manifest: Manifest) -> list:
     copies; nothing is a symbolic link. Each shard is hashed as it is in the store and marked verified
     (`check_and_mark`), so that the server can tell when a file changes later, e.g. by an edit through the user's
     hard link."""
-    from kogitune.tensor import MANIFEST_FILE, DataTensor
+    from kogitune.tensor import DataTensor
 
     if manifest is tensor.manifest:
         manifest_bytes = _read_published(tensor.path / MANIFEST_FILE, MAX_MANIFEST_BYTES)
@@ -563,7 +565,7 @@ def _add_to_store(tensor, directory: Path, manifest: Manifest) -> list:
             raise NodeError(f"{tensor.path / MANIFEST_FILE} changed while it was being published; publish it again")
     else:  # the tensor's private dataset: its own manifest (published_manifest)
         manifest_bytes = manifest.canonical_bytes()
-    (directory / "shards").mkdir(parents=True, exist_ok=True)
+    (directory / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     for shard in tensor.shards:
         _link_or_copy(tensor.path / shard.tokens_path, directory / shard.tokens_path)
         for name, size in (

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from kogitune.errors import FetchError
 from kogitune.protocol.manifest import Manifest
+from kogitune.settings import settings
 
-from .errors import FetchError
 from .fetch import ShardFetch, SourcePool, fetch_manifest, prefetch_in_order
 from .sources import HttpSource
 
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from .daemon import Node
 
 log = logging.getLogger("kogitune.fetch")
-PREFETCH_SHARDS = 1
+PREFETCH_SHARDS = settings().mirror_prefetch_shards
 """Mirror shards fetched ahead of need at once. One shard already streams from every mirror; a second would only
 halve the bandwidth of the shard a trainer waits for (at a cold start the first shard is prefetched first, so
 the first batch waits for one shard, not four)."""
@@ -34,7 +35,12 @@ the first batch waits for one shard, not four)."""
 class EmbeddedNode:
     """Runs the fetcher in a daemon thread; all public methods are called from ordinary (sync) threads."""
 
-    def __init__(self, max_shards_in_flight: int = 4, read_timeout: float = 30.0, home: Path | None = None) -> None:
+    def __init__(
+        self,
+        max_shards_in_flight: int = settings().shards_at_once,
+        read_timeout: float = settings().read_timeout,
+        home: Path | None = None,
+    ) -> None:
         self.read_timeout = read_timeout
         self.home = home
         self._p2p: Node | None = None

@@ -39,14 +39,16 @@ from pathlib import Path
 
 import trio
 
+from kogitune.errors import FetchError, SourceError
 from kogitune.files import file_mode_in, opener_like_folder, write_atomic
+from kogitune.layout import MANIFEST_FILE, SHARDS_DIR, partial_path, shard_lock_path
 from kogitune.marks import record_checked, record_verified
 from kogitune.protocol.errors import IntegrityError, ManifestError
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, ShardInfo, parse_manifest
 from kogitune.protocol.pieces import check_pieces_file
+from kogitune.settings import settings
 
 from .body import Body
-from .errors import FetchError, SourceError
 from .sources import Source
 
 log = logging.getLogger("kogitune.fetch")
@@ -60,14 +62,14 @@ SYNC_THREADS = 2
 """Threads of one trio run that fsync finished shards: on a slow disk, syncing shards wait their turn instead of
 taking the threads that check pieces."""
 _sync_limiter: trio.lowlevel.RunVar = trio.lowlevel.RunVar("kogitune_sync_limiter")
-MIN_SOURCE_RATE = 1024.0
+MIN_SOURCE_RATE = settings().min_rate
 """Bytes per second below which a source's stream counts as failed (`KOGITUNE_MIN_RATE`), measured over windows of
 RATE_WINDOW_SECONDS of waiting for it: a peer that drips a byte a second is dropped from that stream after one
 window, and its pieces go to the other sources. Low on purpose: many streams share one link, and a slow but honest
 source still helps; the endgame already routes around a source that is merely slower than the others."""
-RATE_WINDOW_SECONDS = 10.0
+RATE_WINDOW_SECONDS = settings().rate_window
 """The window over which a stream must deliver MIN_SOURCE_RATE (`KOGITUNE_RATE_WINDOW`)."""
-STALL_SECONDS = 60.0
+STALL_SECONDS = settings().stall_timeout
 """A shard fetch with no verified byte (piece, .pieces or .docs file) for this long fails with a FetchError naming
 what each source did (`KOGITUNE_STALL_TIMEOUT`): sources that all hang, drip or fail and back off cannot hold a
 trainer for minutes."""
@@ -80,30 +82,17 @@ this long, not a read timeout. The first valid answer wins; the others are cance
 @dataclass(frozen=True)
 class FetchLimits:
     """How long a fetch puts up with sources that do not deliver. Defaults above; a user changes them with the
-    environment variables KOGITUNE_MIN_RATE (bytes/s), KOGITUNE_RATE_WINDOW and KOGITUNE_STALL_TIMEOUT (seconds),
-    read when a SourcePool is made."""
+    settings min_rate (bytes/s), rate_window and stall_timeout (seconds; kogitune.settings: config.json or
+    KOGITUNE_MIN_RATE, KOGITUNE_RATE_WINDOW, KOGITUNE_STALL_TIMEOUT), read when a SourcePool is made."""
 
     min_rate: float = MIN_SOURCE_RATE
     rate_window: float = RATE_WINDOW_SECONDS
     stall_timeout: float = STALL_SECONDS
 
     @classmethod
-    def from_env(cls) -> FetchLimits:
-        def number(name: str, default: float) -> float:
-            text = os.environ.get(name, "")
-            try:
-                value = float(text) if text else default
-            except ValueError:
-                raise FetchError(f"${name}={text!r} is not a number") from None
-            if not value >= 0:
-                raise FetchError(f"${name}={text!r} must be zero or more")
-            return value
-
-        return cls(
-            number("KOGITUNE_MIN_RATE", MIN_SOURCE_RATE),
-            number("KOGITUNE_RATE_WINDOW", RATE_WINDOW_SECONDS),
-            number("KOGITUNE_STALL_TIMEOUT", STALL_SECONDS),
-        )
+    def from_settings(cls) -> FetchLimits:
+        current = settings()
+        return cls(current.min_rate, current.rate_window, current.stall_timeout)
 
 
 @dataclass
@@ -135,7 +124,7 @@ class SourcePool:
     sources: list[Source]
     max_failures: int = 4
     backoff_seconds: float = 0.25
-    limits: FetchLimits = field(default_factory=FetchLimits.from_env)
+    limits: FetchLimits = field(default_factory=FetchLimits.from_settings)
     health: list[SourceHealth] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -305,13 +294,13 @@ async def fetch_manifest(pool: SourcePool, dataset_id: str | None = None) -> tup
         try:
             manifest = parse_manifest(data)
         except ManifestError as exc:
-            return f"manifest.json is not a valid manifest: {exc}"
+            return f"{MANIFEST_FILE} is not a valid manifest: {exc}"
         if dataset_id is not None and manifest.dataset_id != dataset_id:
-            return f"manifest.json is the manifest of {manifest.dataset_id}, not of {dataset_id}"
+            return f"{MANIFEST_FILE} is the manifest of {manifest.dataset_id}, not of {dataset_id}"
         parsed[data] = manifest
         return None
 
-    data = await fetch_small_file(pool, "manifest.json", MAX_MANIFEST_BYTES, problem)
+    data = await fetch_small_file(pool, MANIFEST_FILE, MAX_MANIFEST_BYTES, problem)
     return data, parsed[data]
 
 
@@ -465,7 +454,7 @@ class ShardFetch:
 
     async def _fetch_and_install(self) -> None:
         started = trio.current_time()
-        partial = self.target.with_name(self.target.name + ".partial")
+        partial = partial_path(self.target)
         with trio.CancelScope() as self._stall:
             self._progressed()
             self.expected = await fetch_small_file(
@@ -530,7 +519,7 @@ class ShardFetch:
         installed (on a thread: fsyncs take as long as the disk needs, and must not stall other fetches). Failing
         here loses only the record."""
         try:
-            for name in (self.shard.tokens_path, self.shard.pieces_path, self.shard.docs_path, "shards"):
+            for name in (self.shard.tokens_path, self.shard.pieces_path, self.shard.docs_path, SHARDS_DIR):
                 fd = os.open(self.directory / name, os.O_RDONLY)
                 try:
                     os.fsync(fd)
@@ -564,7 +553,7 @@ class ShardFetch:
     @asynccontextmanager
     async def _locked(self):
         """One process per shard at a time (ranks and DataLoader workers share the cache)."""
-        lock_path = self.directory / "shards" / f"{self.shard.name}.lock"
+        lock_path = shard_lock_path(self.directory, self.shard.name)
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         with open(lock_path, "a+b", opener=opener_like_folder) as lock:
             while True:

@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import trio
 
+from kogitune.layout import IDENTITY_FILE
+from kogitune.settings import settings
+
 if TYPE_CHECKING:  # libp2p loads when a host starts
     from libp2p.abc import IHost
 
-IDENTITY_FILE = "identity.key"
 log = logging.getLogger("kogitune.node")
 
 
@@ -44,7 +46,7 @@ def load_identity_seed(home: Path) -> bytes:
             tmp.unlink()
     seed = path.read_bytes()
     if len(seed) != 32:
-        from .errors import NodeError
+        from kogitune.errors import NodeError
 
         raise NodeError(f"{path} is not a Kogitune identity (32 bytes); move it away to create a new one")
     return seed
@@ -60,21 +62,21 @@ class HostLimits:
     /64: one host gets a whole /64). Several identities from one IP share that IP's budget: identities cost
     nothing to make, addresses do."""
 
-    handshake_timeout: float = 5.0
+    handshake_timeout: float = settings().host_handshake_timeout
     """Seconds an incoming connection has to finish its security handshake (Noise) and muxer negotiation (Yamux);
     a loopback handshake takes milliseconds, one across the world a second."""
-    handshakes_per_ip: int = 8
+    handshakes_per_ip: int = settings().host_handshakes_per_ip
     """Incoming connections from one IP that may be in their handshake at once; more wait for a slot."""
-    handshakes_total: int = 64
+    handshakes_total: int = settings().host_handshakes_total
     """Incoming connections in their handshake at once; when all are taken, a connection from an IP holding fewer
     than the IP holding the most takes the oldest of that IP's slots (fair sharing), else it waits for a slot."""
-    handshakes_waiting_per_ip: int = 64
+    handshakes_waiting_per_ip: int = settings().host_handshakes_waiting_per_ip
     """Incoming connections from one IP that may wait for a handshake slot (within their handshake_timeout, which
     counts from the accept), so that many trainers behind one address starting at once all get in; more are
     closed at accept."""
-    connections_per_ip: int = 64
+    connections_per_ip: int = settings().host_connections_per_ip
     """Established incoming connections from one IP (an organisation behind one NAT shares it)."""
-    connections_total: int = 200
+    connections_total: int = settings().host_connections_total
     """Established incoming connections in all (py-libp2p's own cap, 300 with outgoing ones, stays on top); when
     full, shared fairly between IPs as the handshakes are."""
 

@@ -23,8 +23,9 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 import h11
 import trio
 
+from kogitune.errors import SourceError
+
 from .body import Body
-from .errors import SourceError
 
 READ_BYTES = 1 << 20
 MAX_HEAD_BYTES = 64 << 10

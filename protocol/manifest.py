@@ -50,6 +50,11 @@ class TokenizerInfo:
     eos_id: int
 
 
+SHARDS_DIR = "shards"
+"""The folder of a data tensor that holds its shards' files; `ShardInfo.tokens_path` and its siblings are relative to
+the tensor's directory, and so are the file paths of the wire protocol's data requests."""
+
+
 @dataclass(frozen=True)
 class ShardInfo:
     """One shard: `shards/<name>.tokens` (flat tokens), `.pieces` (piece digests) and `.docs` (document starts)."""
@@ -63,15 +68,15 @@ class ShardInfo:
 
     @property
     def tokens_path(self) -> str:
-        return f"shards/{self.name}.tokens"
+        return f"{SHARDS_DIR}/{self.name}.tokens"
 
     @property
     def pieces_path(self) -> str:
-        return f"shards/{self.name}.pieces"
+        return f"{SHARDS_DIR}/{self.name}.pieces"
 
     @property
     def docs_path(self) -> str:
-        return f"shards/{self.name}.docs"
+        return f"{SHARDS_DIR}/{self.name}.docs"
 
     @property
     def docs_size(self) -> int:

@@ -48,8 +48,9 @@ from bench_fetch import (
 
 from kogitune.client import DEFAULT_FETCH_TIMEOUT, MirrorShards, embedded_node  # noqa: E402
 from kogitune.content_store import ContentStore  # noqa: E402
+from kogitune.layout import MANIFEST_FILE  # noqa: E402
 from kogitune.recipe import DatasetRecipe  # noqa: E402
-from kogitune.tensor import MANIFEST_FILE, DataTensor  # noqa: E402
+from kogitune.tensor import DataTensor  # noqa: E402
 
 BATCH = 8
 

@@ -15,7 +15,8 @@ from conftest import expected_tokens, json_line, store_quietly, write_lines, wri
 
 from kogitune.cli import main
 from kogitune.errors import BadInputError, ManifestError, TensorError
-from kogitune.tensor import MANIFEST_FILE, DataTensor
+from kogitune.layout import MANIFEST_FILE
+from kogitune.tensor import DataTensor
 from kogitune.write import BATCH_BYTES, StoreOptions
 
 OPTIONS = StoreOptions(block_size=64, workers=1)

@@ -17,8 +17,8 @@ from mirrors import mirrors, stdlib_http_server
 from kogitune.client import embedded_node, open_mirrors
 from kogitune.content_store import ContentStore
 from kogitune.corpora import write_kjv_chapters
-from kogitune.marks import MARKS_FILE
-from kogitune.node.errors import FetchError
+from kogitune.errors import FetchError
+from kogitune.layout import MARKS_FILE
 from kogitune.recipe import DatasetRecipe
 from kogitune.tensor import DataTensor
 from kogitune.write import StoreOptions, store

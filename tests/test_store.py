@@ -34,8 +34,9 @@ from conftest import (
 import kogitune.write.job as store_module
 from kogitune.corpora import write_kjv_chapters
 from kogitune.errors import BadInputError, KogituneError, TensorError
+from kogitune.layout import MANIFEST_FILE
 from kogitune.perturb import PerturbSpec
-from kogitune.tensor import MANIFEST_FILE, DataTensor
+from kogitune.tensor import DataTensor
 from kogitune.write import (
     BATCH_BYTES,
     DTYPES_NP,

@@ -19,11 +19,11 @@ import kogitune.marks as marks_module
 import kogitune.tensor as tensor_module
 from kogitune.dataset import TokenBlockDataset
 from kogitune.errors import IntegrityError, RecipeError, TokenizerError
-from kogitune.marks import MARKS_FILE
+from kogitune.layout import MANIFEST_FILE, MARKS_FILE
 from kogitune.protocol.ids import dataset_id_from_digest, sha256
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, canonical_encoding
 from kogitune.recipe import DatasetRecipe
-from kogitune.tensor import MANIFEST_FILE, DataTensor
+from kogitune.tensor import DataTensor
 from kogitune.tokenizer import load_tokenizer
 from kogitune.write import StoreOptions
 

@@ -13,12 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
-from ..errors import KogituneError
+from ..errors import FilterError, KogituneError
 from ..protocol import jsonlimits
-
-
-class FilterError(KogituneError):
-    """A filter config names an unknown filter or parameter, or gives a parameter a value it cannot take."""
 
 
 class FilterResult(NamedTuple):

@@ -15,6 +15,7 @@ from kogitune.protocol.manifest import ShardInfo, dtype_for_vocab
 
 from .. import __version__
 from ..files import write_atomic
+from ..layout import TOKENS, shard_file
 from ..perturb import Perturber
 from ..tokenizer import Tokenizer
 from .inputs import InputReader
@@ -107,7 +108,7 @@ def _checkpoint_fits(checkpoint: dict, partial: Path, itemsize: int) -> bool:
         ):
             return False
         files = [partial / name for shard in shards for name in (shard.tokens_path, shard.pieces_path, shard.docs_path)]
-        current = partial / "shards" / f"{len(shards):05d}.tokens"
+        current = shard_file(partial, f"{len(shards):05d}", TOKENS)
         return (
             all(f.is_file() for f in files)
             and all((partial / shard.tokens_path).stat().st_size == shard.size for shard in shards)

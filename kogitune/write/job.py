@@ -40,9 +40,10 @@ from kogitune.protocol.manifest import (
 from .. import __version__
 from ..errors import BadInputError, DiskFullError, KogituneError, TensorError
 from ..files import DISK_FULL, exclusive_lock, write_atomic
+from ..layout import MANIFEST_FILE, partial_path, store_lock_path
 from ..marks import record_verified
 from ..perturb import Perturber, PerturbSpec
-from ..tensor import MANIFEST_FILE, DataTensor
+from ..tensor import DataTensor
 from ..tokenizer import DEFAULT_TOKENIZER, Tokenizer, load_tokenizer
 from .checkpoint import (
     CHECKPOINT_FILE,
@@ -176,7 +177,7 @@ def store(
         stateless_pipeline(options.filters)
     tok = load_tokenizer(tokenizer)
     out = Path(output) if output is not None else default_output(tok, paths[0])
-    with exclusive_lock(out.parent / f".{out.name}.lock", f"storing into {out}"):
+    with exclusive_lock(store_lock_path(out), f"storing into {out}"):
         _settle_replace(out)
         if (out / MANIFEST_FILE).exists() and not options.overwrite:
             return StoreReport(out, DataTensor(out).dataset_id, already_stored=True)
@@ -184,7 +185,7 @@ def store(
             raise TensorError(
                 f"{out} exists and is not a data tensor (it has no {MANIFEST_FILE}); choose another output or remove it"
             )
-        partial = out.parent / f"{out.name}.partial"
+        partial = partial_path(out)
         checkpoint = usable_checkpoint(partial, paths, tok, options, BATCH_BYTES)
         if checkpoint is None:
             shutil.rmtree(partial, ignore_errors=True)

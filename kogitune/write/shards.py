@@ -16,6 +16,7 @@ from kogitune.protocol.pieces import PieceHasher, root_of
 
 from ..errors import BadInputError, KogituneError
 from ..files import write_atomic
+from ..layout import DOCS, PIECES, SHARDS_DIR, TOKENS, shard_file
 
 DTYPES_NP = {name: np.dtype(f"<u{size}") for name, size in DTYPES.items()}
 
@@ -41,7 +42,7 @@ class TensorWriter:
         self._hasher: PieceHasher | None = None
         self._doc_starts: list[np.ndarray] = []
         self._in_shard = 0
-        (directory / "shards").mkdir(exist_ok=True)
+        (directory / SHARDS_DIR).mkdir(exist_ok=True)
 
     def add(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
         if not len(lengths):
@@ -107,7 +108,7 @@ class TensorWriter:
         in_shard = int(state["in_shard"])
         if in_shard:
             name = f"{len(self.shards):05d}"
-            self._file = open(self.directory / "shards" / f"{name}.tokens", "r+b")
+            self._file = open(shard_file(self.directory, name, TOKENS), "r+b")
             self._file.truncate(in_shard * self.dtype.itemsize)
             self._hasher = PieceHasher(self.piece_size)
             while chunk := self._file.read(1 << 20):
@@ -117,7 +118,7 @@ class TensorWriter:
 
     def _open_shard(self) -> None:
         name = f"{len(self.shards):05d}"
-        self._file = open(self.directory / "shards" / f"{name}.tokens", "wb")
+        self._file = open(shard_file(self.directory, name, TOKENS), "wb")
         self._hasher = PieceHasher(self.piece_size)
         self._doc_starts, self._in_shard = [], 0
 
@@ -137,8 +138,8 @@ class TensorWriter:
         self._file = None
         pieces = self._hasher.finish()
         docs = np.concatenate(self._doc_starts).astype("<u4").tobytes() if self._doc_starts else b""
-        write_atomic(self.directory / "shards" / f"{name}.pieces", pieces)
-        write_atomic(self.directory / "shards" / f"{name}.docs", docs)
+        write_atomic(shard_file(self.directory, name, PIECES), pieces)
+        write_atomic(shard_file(self.directory, name, DOCS), docs)
         self.shards.append(
             ShardInfo(
                 name=name,
