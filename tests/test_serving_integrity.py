@@ -35,7 +35,8 @@ from kogitune.client import DaemonClient
 from kogitune.corpora import write_kjv_chapters
 from kogitune.files import write_atomic
 from kogitune.node.errors import FetchError
-from kogitune.node.fetch import ShardFetch, SourcePool
+from kogitune.node.fetch import ShardFetch
+from kogitune.node.pool import SourcePool
 from kogitune.node.host import new_kogitune_host
 from kogitune.node.peers import PeerSource
 from kogitune.protocol import wire
