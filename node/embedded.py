@@ -118,6 +118,16 @@ class EmbeddedNode:
 
         return trio.from_thread.run_sync(find, trio_token=self._token)
 
+    def report(self, dataset_id: str) -> str:
+        """What each source of a dataset did (SourcePool.report: bytes verified, failures, why it was dropped)."""
+
+        def find() -> str:
+            return "; ".join(
+                s.opened[dataset_id].pool.report() for s in self._swarms.values() if dataset_id in s.opened
+            )
+
+        return trio.from_thread.run_sync(find, trio_token=self._token)
+
     async def _p2p_node(self, optional: bool = False):
         """The client-mode libp2p node of this process, started on first use with the configured bootstrap; None
         when `optional` and no bootstrap peer is configured (it would find nobody). It starts in a task of its own:

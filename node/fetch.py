@@ -247,6 +247,7 @@ class ShardFetch:
                 for health in self.pool.usable():
                     nursery.start_soon(self._worker, health)
                 self.pool.joined.add(joined)
+                nursery.start_soon(self._wait_for_lookups)
         finally:  # no checkpoint since the nursery closed: nothing was added to it closed
             self.pool.joined.discard(joined)
         if self._write_error is not None:
@@ -257,6 +258,12 @@ class ShardFetch:
                 "be fetched "
                 f"from any source: {self.pool.report()}"
             )
+
+    async def _wait_for_lookups(self) -> None:
+        """Keep the shard open while a lookup for more sources runs (a dataset whose mirrors all failed before
+        its peers were found): the sources it finds join through `pool.joined`."""
+        while await self.pool.more_sources():
+            pass
 
     async def _worker(self, health: SourceHealth) -> None:
         while not self.board.complete:

@@ -99,6 +99,8 @@ class SourcePool:
     limits: FetchLimits = field(default_factory=FetchLimits.from_env)
     health: list[SourceHealth] = field(init=False)
 
+    searching: int = field(init=False, default=0)
+    _change: trio.Event = field(init=False, default_factory=trio.Event)
     joined: set = field(init=False, default_factory=set)
     """Callbacks `joined(health)` of the shard fetches running now, told of each source that joins."""
 
@@ -118,9 +120,30 @@ class SourcePool:
         self.health.append(health)
         for joined in list(self.joined):
             joined(health)
+        self._changed()
 
     def names(self) -> set[str]:
         return {h.source.name for h in self.health}
+
+    def search_started(self) -> None:
+        """A lookup for more sources (peers on the DHT) is running: a fetch that has no usable source left waits
+        for it (`more_sources`) instead of failing."""
+        self.searching += 1
+
+    def search_ended(self) -> None:
+        self.searching -= 1
+        self._changed()
+
+    async def more_sources(self) -> bool:
+        """Wait until a source joins or a lookup ends; False at once when no lookup is running."""
+        if not self.searching:
+            return False
+        await self._change.wait()
+        return True
+
+    def _changed(self) -> None:
+        self._change.set()
+        self._change = trio.Event()
 
     def usable(self) -> list[SourceHealth]:
         return [h for h in self.health if not h.banned and h.failures < self.max_failures]
@@ -269,10 +292,14 @@ async def fetch_small_file(pool: SourcePool, path: str, limit: int, problem, exa
         health.files_verified += 1
         return data
 
-    while candidates := pool.in_order_of_health():
-        data = await first_answer(candidates, ask)
-        if data is not None:
-            return data
+    while True:
+        candidates = pool.in_order_of_health()
+        if candidates:
+            data = await first_answer(candidates, ask)
+            if data is not None:
+                return data
+        elif not await pool.more_sources():
+            break
     raise FetchError(f"no source could deliver a valid {path}: {pool.report()}")
 
 

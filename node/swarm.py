@@ -302,7 +302,10 @@ class Swarm:
                     )
             except Exception as exc:  # the mirrors serve the dataset; peers are a bonus
                 log.info("looking for peers of %s failed: %s", opened.dataset_id, exc)
+            finally:
+                opened.pool.search_ended()
 
+        opened.pool.search_started()
         self.nursery.start_soon(look)
 
     async def _host(self):
