@@ -74,6 +74,7 @@ class OpenDataset:
     manifest: Manifest
     publisher: str | None
     pool: SourcePool
+    copy: _Copy
     looking_for_peers: bool = False
 
     def trusted_by(self, trusted: frozenset[str] | None) -> bool:
@@ -148,6 +149,8 @@ class Swarm:
             opened = self.opened.get(dataset_id)
             if opened is None or not opened.trusted_by(trusted):
                 opened = self.opened[dataset_id] = await self._resolve(dataset_id, mirrors, trusted, peers)
+            elif not (opened.directory / "manifest.json").exists():  # the store was removed or evicted meanwhile
+                self._store_copy(dataset_id, opened.copy)
             for url in mirrors:
                 opened.pool.add(HttpSource(url, self.read_timeout))
             if peers and not opened.looking_for_peers and mirrors:
@@ -163,8 +166,9 @@ class Swarm:
         dataset_id = manifest.dataset_id
         async with self._opening[dataset_id]:
             if dataset_id not in self.opened:
-                directory = self._store_copy(dataset_id, _Copy(data, manifest))
-                self.opened[dataset_id] = OpenDataset(dataset_id, directory, manifest, None, pool)
+                copy = _Copy(data, manifest)
+                directory = self._store_copy(dataset_id, copy)
+                self.opened[dataset_id] = OpenDataset(dataset_id, directory, manifest, None, pool, copy)
                 return self.opened[dataset_id]
         return await self.open(dataset_id, [h.source.name for h in pool.health], peers=False)
 
@@ -184,7 +188,8 @@ class Swarm:
             if race.copy is None:
                 raise FetchError(f"no source gave a valid manifest of {dataset_id}: {'; '.join(race.why)}")
             copy = race.copy
-        opened = OpenDataset(dataset_id, self._store_copy(dataset_id, copy), copy.manifest, copy.publisher, pool)
+        directory = self._store_copy(dataset_id, copy)
+        opened = OpenDataset(dataset_id, directory, copy.manifest, copy.publisher, pool, copy)
         if copy.first_peer is not None:
             opened.pool.add(
                 PeerSource(await self._host(), copy.first_peer, dataset_id, copy.manifest, self.read_timeout)
@@ -211,7 +216,7 @@ class Swarm:
         pool = SourcePool(
             [PeerSource(network.host, peer, dataset_id, copy.manifest, self.read_timeout) for peer in sources]
         )
-        return OpenDataset(dataset_id, directory, copy.manifest, copy.publisher, pool)
+        return OpenDataset(dataset_id, directory, copy.manifest, copy.publisher, pool, copy)
 
     async def _first_signed_manifest(self, network, dataset_id: str, peers: list, trusted, failed: dict[str, str]):
         """The copy from the first provider that serves a valid, trusted, signed manifest, asking MANIFEST_AT_ONCE

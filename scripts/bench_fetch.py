@@ -292,6 +292,13 @@ def kogitune_fetch(
     return fetched - started, done - fetched, cpu, opened - done
 
 
+def fresh_store(work: Path) -> Path:
+    """A store directory never used before in this process: a fetch service keeps what it learned about a
+    store's datasets (their sources, added up across opens) for as long as the process runs."""
+    fresh_store.count = getattr(fresh_store, "count", 0) + 1
+    return work / f"run{fresh_store.count}"
+
+
 class Runs:
     """Seconds (wall and CPU) of every run of every variant."""
 
@@ -354,7 +361,7 @@ def main() -> None:
             shutil.rmtree(work / "warmup")
             for run in range(args.repeat):
                 for variant in ["plain", "plain+fsync", "kogitune seq", "kogitune prefetch", multi]:
-                    target = work / "run"
+                    target = fresh_store(work)
                     try:
                         if variant.startswith("plain"):
                             run_plain(runs, variant, urls[0], paths, target, total, fsync=variant.endswith("fsync"))
@@ -401,7 +408,7 @@ def main() -> None:
             with mirrors(served.path, args.mirrors, rate_mib=args.rate) as urls:
                 for run in range(args.repeat):
                     for variant in ["plain", one, many]:
-                        target = work / "run"
+                        target = fresh_store(work)
                         try:
                             if variant == "plain":
                                 run_plain(slow, variant, urls[0], some, target, size)

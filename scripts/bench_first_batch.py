@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from bench_fetch import (
     MiB,
+    fresh_store,
     load_note,
     mirrors,
     plain_download,
@@ -46,8 +47,8 @@ from bench_fetch import (
     summary,
 )
 
-from kogitune.cache import ContentStore  # noqa: E402
 from kogitune import client  # noqa: E402
+from kogitune.cache import ContentStore  # noqa: E402
 from kogitune.tensor import MANIFEST_FILE, DataTensor  # noqa: E402
 from kogitune.trainers import DatasetRecipe  # noqa: E402
 
@@ -143,7 +144,7 @@ def measure(url: str, served: DataTensor, work: Path, args, label: str) -> dict[
         "    in verify_shard": [],
     }
     for run in range(args.repeat):
-        target = work / "run"
+        target = fresh_store(work)
         try:
             started = time.perf_counter()
             plain_download(url, paths, target)
