@@ -277,14 +277,19 @@ class Swarm:
         return (signed[:PUBLIC_KEY_BYTES], signed[PUBLIC_KEY_BYTES:]) if signed else (b"", b"")
 
     async def _manifest_from_peers(self, race: _Race, dataset_id: str, trusted) -> None:
-        network = await self.network(optional=True)
-        if network is None:
-            race.lost("no peer to ask (no bootstrap peer)")
+        """The peers' side of the race: providers, then the first valid signed manifest (MANIFEST_AT_ONCE)."""
+        try:
+            network = await self.network(optional=True)
+            if network is None:
+                race.lost("no peer to ask (no bootstrap peer)")
+                return
+            providers = await network.find_providers(dataset_id)
+            failed: dict[str, str] = {}
+            reachable = await connect_providers(network, providers, failed) if providers else []
+            copy = await self._first_signed_manifest(network, dataset_id, reachable, trusted, failed)
+        except Exception as exc:  # whatever the peers' side meets, the mirrors may still answer
+            race.lost(f"peers: {type(exc).__name__}: {exc}")
             return
-        providers = await network.find_providers(dataset_id)
-        failed: dict[str, str] = {}
-        reachable = await connect_providers(network, providers, failed) if providers else []
-        copy = await self._first_signed_manifest(network, dataset_id, reachable, trusted, failed)
         if copy is None:
             race.lost(f"no provider gave a valid manifest ({'; '.join(failed.values()) or 'none found'})")
         else:
