@@ -31,12 +31,11 @@ from kogitune.protocol.manifest import parse_manifest
 
 from .errors import KogituneError
 from .files import file_mode_in, make_folders, opener_like_folder, write_atomic
+from .layout import DATASETS_DIR, LOCK, MANIFEST_FILE, PARTIAL, PINNED_FILE, SHARDS_DIR, TOKENS, USED, shard_file
 
-DEFAULT_LIMIT_BYTES = 50 * 10**9
-PINNED_FILE = "pinned"
-PARTIAL_SUFFIX = "tokens.partial"
+PARTIAL_SUFFIX = f"{TOKENS}.{PARTIAL}"
 """`<shard>.tokens.partial`: the verified pieces of an unfinished fetch (see kogitune.node.fetch)."""
-LOCK_SUFFIXES = ("lock", "used")
+LOCK_SUFFIXES = (LOCK, USED)
 """`<shard>.lock` and `<shard>.used`, which gc never removes: the fetch lock and the readers' lock."""
 
 
@@ -50,14 +49,10 @@ def kogitune_home() -> Path:
 
 
 def cache_limit_bytes() -> int:
-    """`$KOGITUNE_CACHE_LIMIT` in GB (decimal; e.g. 100 or 0.5), default 50 GB."""
-    value = os.environ.get("KOGITUNE_CACHE_LIMIT")
-    if not value:
-        return DEFAULT_LIMIT_BYTES
-    try:
-        return int(float(value) * 1e9)
-    except ValueError:
-        raise KogituneError(f"KOGITUNE_CACHE_LIMIT={value!r} is not a number of GB") from None
+    """The setting cache_limit (kogitune.settings; `$KOGITUNE_CACHE_LIMIT`), given in GB (decimal), in bytes."""
+    from .settings import settings
+
+    return int(settings().cache_limit * 1e9)
 
 
 @dataclass(frozen=True)
@@ -76,7 +71,7 @@ class ContentStore:
 
     def __init__(self, home: str | os.PathLike | None = None) -> None:
         self.home = Path(home) if home is not None else kogitune_home()
-        self.datasets = self.home / "datasets"
+        self.datasets = self.home / DATASETS_DIR
 
     def dataset_dir(self, dataset_id: str) -> Path:
         if not is_dataset_id(dataset_id):
@@ -88,20 +83,20 @@ class ContentStore:
         (its manifest has `access`) are owner-only, and so is every file created in them (files.file_mode_in):
         other users of the machine can neither list nor read a private dataset."""
         directory = self.dataset_dir(dataset_id)
-        make_folders([directory, directory / "shards"], owner_only=private)
+        make_folders([directory, directory / SHARDS_DIR], owner_only=private)
         return directory
 
     def add_manifest(self, manifest_bytes: bytes) -> Path:
         """Record a dataset by its manifest (checked) and return its directory."""
         manifest = parse_manifest(manifest_bytes)
         directory = self.make_dataset_dir(manifest.dataset_id, manifest.is_private)
-        if not (directory / "manifest.json").exists():
-            write_atomic(directory / "manifest.json", manifest_bytes)
+        if not (directory / MANIFEST_FILE).exists():
+            write_atomic(directory / MANIFEST_FILE, manifest_bytes)
         return directory
 
     def touch(self, dataset_dir: Path, shard_name: str) -> None:
         """Note that a shard was just used (for eviction order)."""
-        used = dataset_dir / "shards" / f"{shard_name}.used"
+        used = shard_file(dataset_dir, shard_name, USED)
         try:
             used.touch(mode=file_mode_in(used.parent))
         except OSError:
@@ -113,7 +108,7 @@ class ContentStore:
         `.used` file, which gc cannot take. The fetch itself, in this process or a daemon's, locks `.lock`, so the
         two never wait for each other. Once mapped, the map's own lock on the tokens file protects the shard."""
         try:
-            lock = open(dataset_dir / "shards" / f"{shard_name}.used", "a+b", opener=opener_like_folder)
+            lock = open(shard_file(dataset_dir, shard_name, USED), "a+b", opener=opener_like_folder)
         except OSError:  # a store this process may not write to (read-only): it neither fetches nor evicts there
             yield
             return
@@ -133,15 +128,15 @@ class ContentStore:
         """Every complete shard in the store (last used: its last open or its fetch, whichever is later); with
         `partial`, also every `.tokens.partial` file (last used: its last write). A file that another process's gc
         removes meanwhile is left out."""
-        found = []
+        found: list[CachedShard] = []
         if not self.datasets.is_dir():
             return found
         for directory in sorted(self.datasets.iterdir()):
             if not is_dataset_id(directory.name):
                 continue
             pinned = (directory / PINNED_FILE).exists()
-            for name, files in sorted(_shard_files(directory / "shards").items()):
-                tokens, used, unfinished = files.get("tokens"), files.get("used"), files.get(PARTIAL_SUFFIX)
+            for name, files in sorted(_shard_files(directory / SHARDS_DIR).items()):
+                tokens, used, unfinished = files.get(TOKENS), files.get(USED), files.get(PARTIAL_SUFFIX)
                 if tokens is not None:
                     size = sum(st.st_size for suffix, st in files.items() if suffix != PARTIAL_SUFFIX)
                     stamp = max(tokens.st_mtime, used.st_mtime if used is not None else 0.0)
@@ -171,16 +166,16 @@ class ContentStore:
     def _evict(self, shard: CachedShard) -> bool:
         """Remove a shard's files (the tokens first: their presence means complete), or its partial file, if no
         process fetches, opens or maps it; return whether it was removed."""
-        shard_dir = self.datasets / shard.dataset_id / "shards"
-        with _exclusive_now(shard_dir / f"{shard.name}.lock") as no_fetch:
+        shard_dir = self.datasets / shard.dataset_id / SHARDS_DIR
+        with _exclusive_now(shard_dir / f"{shard.name}.{LOCK}") as no_fetch:
             if not no_fetch:
                 return False
             if shard.partial:
                 (shard_dir / f"{shard.name}.{PARTIAL_SUFFIX}").unlink(missing_ok=True)
                 return True
-            tokens = shard_dir / f"{shard.name}.tokens"
+            tokens = shard_dir / f"{shard.name}.{TOKENS}"
             with (
-                _exclusive_now(shard_dir / f"{shard.name}.used") as no_reader,
+                _exclusive_now(shard_dir / f"{shard.name}.{USED}") as no_reader,
                 _exclusive_now(tokens, create=False) as no_map,
             ):
                 if not (no_reader and no_map):

@@ -269,19 +269,21 @@ def _home(args):
 
 def _node(args) -> int:
     from .client import DaemonClient
+    from .settings import configure, settings
 
     home = _home(args)
     if args.action == "start":
+        configure(home, {"reprovide_interval": args.reprovide_interval})  # before the node's modules read them
         from kogitune.node.service import check_start, run_node, start_detached
 
         if args.detach:
             check_start(home, args.listen or [], args.bootstrap or [])
-            argv = ["node", "start", "--home", str(home), "--reprovide-interval", str(args.reprovide_interval)]
+            argv = ["node", "start", "--home", str(home), "--reprovide-interval", str(settings().reprovide_interval)]
             argv += [x for a in args.listen or [] for x in ("--listen", a)]
             argv += [x for b in args.bootstrap or [] for x in ("--bootstrap", b)]
             print(start_detached(home, argv))
             return EXIT_OK
-        run_node(home, args.listen or [], args.bootstrap or [], args.reprovide_interval)
+        run_node(home, args.listen or [], args.bootstrap or [], settings().reprovide_interval)
         return EXIT_OK
     client = DaemonClient(home)
     if args.action == "stop":
@@ -575,9 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument(
         "--reprovide-interval",
         type=_at_least(1, float),
-        default=6 * 3600,
         metavar="SECONDS",
-        help="announce the datasets again this often (default: 21600; DHT records expire after 48 h)",
+        help="announce the datasets again this often (default: the setting reprovide_interval, 21600; DHT records "
+        "expire after 48 h)",
     )
     node.add_argument("--detach", action="store_true", help="with start: run in the background, print its address")
     node.set_defaults(run=_node)

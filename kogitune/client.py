@@ -19,13 +19,13 @@ from kogitune.protocol.jsonlimits import MAX_JSON_DEPTH, loads
 
 from . import errors
 from .cache import ContentStore, kogitune_home
-from .errors import KogituneError, RecipeError
+from .errors import KogituneError, NodeNotRunning, RecipeError
 from .files import read_limited
+from .layout import CONTROL_SOCKET_FILE, MANIFEST_FILE, read_signature
+from .settings import settings
 from .tensor import DataTensor
 
-DEFAULT_FETCH_TIMEOUT = 300.0
-DEFAULT_READ_TIMEOUT = 30.0
-CONTROL_SOCKET = "control.sock"
+DEFAULT_FETCH_TIMEOUT = settings().fetch_timeout
 MAX_REPLY_BYTES = 16 << 20
 """A control reply longer than this is refused (the longest, `status`, takes about 60 bytes per dataset held)."""
 _lock = threading.Lock()
@@ -33,16 +33,12 @@ _node = None
 _node_pid = 0
 
 
-class NodeNotRunning(KogituneError):
-    """No node daemon answers on the control socket of this home."""
-
-
 class DaemonClient:
     """Sends control requests to the node daemon of `home` (one JSON line each way over a Unix socket)."""
 
     def __init__(self, home: Path | None = None) -> None:
         self.home = Path(home) if home is not None else kogitune_home()
-        self.socket_path = self.home / CONTROL_SOCKET
+        self.socket_path = self.home / CONTROL_SOCKET_FILE
 
     def call(self, op: str, timeout: float | None = DEFAULT_FETCH_TIMEOUT, **fields) -> dict:
         """One control operation; `timeout=None` waits as long as the node works on it."""
@@ -72,7 +68,7 @@ class DaemonClient:
         if not isinstance(result, dict):
             raise KogituneError(f"the node's reply to {op!r} is a JSON {type(result).__name__}, not an object")
         if not result.pop("ok", False):
-            raise _error_class(result.get("type"))(f"node: {result.get('error', 'unknown error')}")
+            raise errors.error_from_reply(result)
         return result
 
     def running(self) -> bool:
@@ -96,20 +92,6 @@ def _read_reply(sock: socket.socket, op: str) -> bytes:
     return bytes(reply)
 
 
-def _error_class(name) -> type[KogituneError]:
-    """The Kogitune error class that the node named in a failed reply (its `type`), KogituneError for others: a
-    caller catches FetchError or IntegrityError from the daemon as from the embedded node."""
-    from kogitune.node import errors as node_errors  # light: no trio, no libp2p
-
-    known = {
-        cls.__name__: cls
-        for module in (errors, node_errors)
-        for cls in vars(module).values()
-        if isinstance(cls, type) and issubclass(cls, KogituneError)
-    }
-    return known.get(name, KogituneError)
-
-
 def embedded_node():
     """This process's embedded node (created on first use, and anew after a fork)."""
     global _node, _node_pid
@@ -117,7 +99,7 @@ def embedded_node():
         if _node is None or _node_pid != os.getpid() or not _node.alive:
             from kogitune.node.embedded import EmbeddedNode
 
-            read_timeout = float(os.environ.get("KOGITUNE_READ_TIMEOUT", DEFAULT_READ_TIMEOUT))
+            read_timeout = settings().read_timeout
             _node, _node_pid = EmbeddedNode(read_timeout=read_timeout, home=kogitune_home()), os.getpid()
         return _node
 
@@ -168,20 +150,20 @@ def _local_copy(directory: Path, dataset_id: str) -> tuple[bool, str | None]:
     """(whether the manifest in `directory` hashes to `dataset_id`, the publisher whose signature of it verifies
     or None)."""
     from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, parse_manifest
-    from kogitune.protocol.signing import PUBLIC_KEY_BYTES, check_signed_manifest, peer_id_from_public_key
+    from kogitune.protocol.signing import check_signed_manifest, peer_id_from_public_key
 
     try:
-        manifest = read_limited(directory / "manifest.json", MAX_MANIFEST_BYTES)
+        manifest = read_limited(directory / MANIFEST_FILE, MAX_MANIFEST_BYTES)
         if parse_manifest(manifest).dataset_id != dataset_id:
             return False, None
     except (OSError, KogituneError, ValueError):
         return False, None
     try:
-        signed = (directory / "signature").read_bytes()
-        check_signed_manifest(dataset_id, manifest, signed[:PUBLIC_KEY_BYTES], signed[PUBLIC_KEY_BYTES:])
+        public_key, signature = read_signature(directory)
+        check_signed_manifest(dataset_id, manifest, public_key, signature)
     except (OSError, KogituneError, ValueError):
         return True, None
-    return True, peer_id_from_public_key(signed[:PUBLIC_KEY_BYTES])
+    return True, peer_id_from_public_key(public_key)
 
 
 def open_mirrors(
@@ -190,15 +172,15 @@ def open_mirrors(
     """Open a dataset served by web mirrors alone: fetch and check its manifest (its hash is the dataset's ID);
     shards follow on demand, from the mirrors (no peer is looked for)."""
     store = store or ContentStore()
-    urls = tuple(urls)
+    mirrors = tuple(urls)
     daemon = _daemon_for(store)
     if daemon is not None:
-        reply = daemon.call("open", timeout, mirrors=list(urls))
+        reply = daemon.call("open", timeout, mirrors=list(mirrors))
         directory, dataset_id = Path(reply["directory"]), reply["id"]
     else:
-        directory, dataset_id = embedded_node().open_mirrors(store.home, urls, timeout)
+        directory, dataset_id = embedded_node().open_mirrors(store.home, mirrors, timeout)
     home = str(daemon.home) if daemon is not None else None
-    remote = RemoteShards(dataset_id, str(store.home), urls, False, home, timeout)
+    remote = RemoteShards(dataset_id, str(store.home), mirrors, False, home, timeout)
     return DataTensor(directory, remote=remote, store=store)
 
 

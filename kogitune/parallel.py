@@ -10,13 +10,17 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from typing import TypeVar
 
 from .errors import KogituneError
 
+Key = TypeVar("Key")
+Result = TypeVar("Result")
+
 
 def in_order(
-    pool: Executor, fn: Callable, jobs: Iterable[tuple[object, tuple]], in_flight: int
-) -> Iterator[tuple[object, object]]:
+    pool: Executor, fn: Callable[..., Result], jobs: Iterable[tuple[Key, tuple]], in_flight: int
+) -> Iterator[tuple[Key, Result]]:
     """Yield (key, fn(*args)) for each (key, args) of `jobs`, in input order, with at most `in_flight` jobs
     submitted and not yet yielded (bounded memory)."""
     pending: deque = deque()
@@ -31,8 +35,8 @@ def in_order(
 
 
 def ordered_map(
-    fn: Callable, jobs: Iterable[tuple[object, tuple]], workers: int, initializer: Callable, initargs: tuple
-) -> Iterator[tuple[object, object]]:
+    fn: Callable[..., Result], jobs: Iterable[tuple[Key, tuple]], workers: int, initializer: Callable, initargs: tuple
+) -> Iterator[tuple[Key, Result]]:
     """`in_order` on `workers` spawned processes, 2 jobs per worker in flight. A worker that dies (killed, out of
     memory, or a script without an `if __name__ == "__main__":` guard) raises instead of hanging, provided
     `initargs` stay small: multiprocessing writes them to the new process through a pipe while it still holds the

@@ -17,12 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import KogituneError
-
-
-class PerturbError(KogituneError):
-    """A --perturb spec is malformed or cannot be applied to the tokenizer."""
-
+from .errors import PerturbError
 
 SPEC_HELP = (
     "comma-separated key=value: krr=EPSILON (k-ary randomized response over the vocabulary), "
@@ -156,6 +151,7 @@ class Perturber:
         if self.spec.epsilon is not None:
             values = self._randomized_response(values)
         if self.spec.mask:
+            assert self.spec.mask_id is not None  # PerturbSpec requires it with mask
             values[self.rng.random(len(values)) < self.spec.mask] = self.spec.mask_id
         out = tokens.copy()
         out[at] = values

@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
@@ -50,10 +51,14 @@ from kogitune.protocol.pieces import PieceHasher, root_of
 from . import __version__
 from .errors import BadInputError, DiskFullError, KogituneError, TensorError
 from .files import exclusive_lock, write_atomic
+from .layout import DOCS, MANIFEST_FILE, PIECES, SHARDS_DIR, TOKENS, partial_path, shard_file, store_lock_path
 from .parallel import in_order, ordered_map
 from .perturb import Perturber, PerturbSpec
-from .tensor import MANIFEST_FILE, DataTensor, record_verified
+from .tensor import DataTensor, record_verified
 from .tokenizer import DEFAULT_TOKENIZER, Tokenizer, load_tokenizer, tokenizer_from_json
+
+if TYPE_CHECKING:
+    from zstandard import ZstdDecompressionObj
 
 log = logging.getLogger("kogitune.store")
 BATCH_BYTES = 1 << 20
@@ -192,7 +197,7 @@ def store(
         _stateless_pipeline(options.filters)
     tok = load_tokenizer(tokenizer)
     out = Path(output) if output is not None else default_output(tok, paths[0])
-    with exclusive_lock(out.parent / f".{out.name}.lock", f"storing into {out}"):
+    with exclusive_lock(store_lock_path(out), f"storing into {out}"):
         _settle_replace(out)
         if (out / MANIFEST_FILE).exists() and not options.overwrite:
             return StoreReport(out, DataTensor(out).dataset_id, already_stored=True)
@@ -200,7 +205,7 @@ def store(
             raise TensorError(
                 f"{out} exists and is not a data tensor (it has no {MANIFEST_FILE}); choose another output or remove it"
             )
-        partial = out.parent / f"{out.name}.partial"
+        partial = partial_path(out)
         checkpoint = _usable_checkpoint(partial, paths, tok, options)
         if checkpoint is None:
             shutil.rmtree(partial, ignore_errors=True)
@@ -317,7 +322,7 @@ def _checkpoint_fits(checkpoint: dict, partial: Path, itemsize: int) -> bool:
         ):
             return False
         files = [partial / name for shard in shards for name in (shard.tokens_path, shard.pieces_path, shard.docs_path)]
-        current = partial / "shards" / f"{len(shards):05d}.tokens"
+        current = shard_file(partial, f"{len(shards):05d}", TOKENS)
         return (
             all(f.is_file() for f in files)
             and all((partial / shard.tokens_path).stat().st_size == shard.size for shard in shards)
@@ -425,7 +430,7 @@ def _write_tensor(
                 _save_checkpoint(directory, job, number + 1, writer, perturber, report, reader)
                 next_checkpoint = time.monotonic() + CHECKPOINT_SECONDS
     shards = writer.finish()
-    provenance = {
+    provenance: dict[str, Any] = {
         "inputs": reader.inputs,
         "options": options.provenance(),
         "kogitune": __version__,
@@ -655,7 +660,7 @@ class _ZstdReader(io.RawIOBase):
         self._source = source
         self._new_frame = zstandard.ZstdDecompressor().decompressobj
         self._zstd_error = zstandard.ZstdError
-        self._frame = None
+        self._frame: ZstdDecompressionObj | None = None
         self._input = memoryview(b"")
         self._output = memoryview(b"")
 
@@ -772,6 +777,7 @@ def _init_worker(name: str, tokenizer_file: str, eos_id: int, filters: dict | No
 
 
 def _tokenize_in_worker(lines: list[bytes], first_line: int, text_key: str, dtype: str):
+    assert _worker_tokenizer is not None, "the pool runs _init_worker first"
     return tokenize_lines(_worker_tokenizer, lines, first_line, text_key, dtype, _worker_pipeline)
 
 
@@ -880,11 +886,11 @@ class TensorWriter:
         self.shards: list[ShardInfo] = []
         self.tokens = 0
         self.documents = 0
-        self._file = None
+        self._file: BinaryIO | None = None
         self._hasher: PieceHasher | None = None
         self._doc_starts: list[np.ndarray] = []
         self._in_shard = 0
-        (directory / "shards").mkdir(exist_ok=True)
+        (directory / SHARDS_DIR).mkdir(exist_ok=True)
 
     def add(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
         if not len(lengths):
@@ -950,7 +956,7 @@ class TensorWriter:
         in_shard = int(state["in_shard"])
         if in_shard:
             name = f"{len(self.shards):05d}"
-            self._file = open(self.directory / "shards" / f"{name}.tokens", "r+b")
+            self._file = open(shard_file(self.directory, name, TOKENS), "r+b")
             self._file.truncate(in_shard * self.dtype.itemsize)
             self._hasher = PieceHasher(self.piece_size)
             while chunk := self._file.read(1 << 20):
@@ -960,17 +966,19 @@ class TensorWriter:
 
     def _open_shard(self) -> None:
         name = f"{len(self.shards):05d}"
-        self._file = open(self.directory / "shards" / f"{name}.tokens", "wb")
+        self._file = open(shard_file(self.directory, name, TOKENS), "wb")
         self._hasher = PieceHasher(self.piece_size)
         self._doc_starts, self._in_shard = [], 0
 
     def _write(self, tokens: np.ndarray) -> None:
+        assert self._file is not None and self._hasher is not None  # a shard is open
         data = tokens.astype(self.dtype, copy=False).tobytes()
         self._file.write(data)
         self._hasher.update(data)
         self._in_shard += len(tokens)
 
     def _close_shard(self) -> None:
+        assert self._file is not None and self._hasher is not None  # a shard is open
         name = f"{len(self.shards):05d}"
         self._file.flush()
         os.fsync(self._file.fileno())
@@ -978,8 +986,8 @@ class TensorWriter:
         self._file = None
         pieces = self._hasher.finish()
         docs = np.concatenate(self._doc_starts).astype("<u4").tobytes() if self._doc_starts else b""
-        write_atomic(self.directory / "shards" / f"{name}.pieces", pieces)
-        write_atomic(self.directory / "shards" / f"{name}.docs", docs)
+        write_atomic(shard_file(self.directory, name, PIECES), pieces)
+        write_atomic(shard_file(self.directory, name, DOCS), docs)
         self.shards.append(
             ShardInfo(
                 name=name,

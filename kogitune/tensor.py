@@ -31,9 +31,8 @@ from kogitune.protocol.pieces import piece_digests, piece_span, root_of
 
 from .errors import TensorError
 from .files import opener_like_folder, read_limited, write_atomic
+from .layout import MANIFEST_FILE, MARKS_FILE, MARKS_LOCK_FILE, partial_path, shard_lock_path
 
-MANIFEST_FILE = "manifest.json"
-MARKS_FILE = ".kogitune-verified"
 MAX_MARKS_BYTES = MAX_SHARDS * 256
 """A marks file longer than this (about 100 bytes a shard are written) is not read: its shards are hashed again."""
 MAX_OPEN_SHARDS = 64
@@ -128,7 +127,7 @@ class DataTensor:
         lock, and only if the files are still those that failed: another process may have fetched it meanwhile."""
         log.warning("%s: %s; fetching shard %s again", self.path, problem, shard.name)
         failed = file_signature(self.path, shard)
-        with open(self.path / "shards" / f"{shard.name}.lock", "a+b", opener=opener_like_folder) as lock:
+        with open(shard_lock_path(self.path, shard.name), "a+b", opener=opener_like_folder) as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
             if file_signature(self.path, shard) == failed:
                 forget_verified(self.path, [shard])
@@ -210,7 +209,7 @@ class DataTensor:
         piece_size = self.manifest.piece_size
         with open(tokens_path, "rb") as f:
             data = np.fromfile(f, dtype=np.uint8) if shard.size < piece_size else np.memmap(f, mode="r")
-            actual = piece_digests(memoryview(data), piece_size)
+            actual = piece_digests(data.data, piece_size)
         if root_of(actual) == shard.root:
             pieces_path = self.path / shard.pieces_path
             if pieces_path.is_file() and root_of(pieces_path.read_bytes()) == shard.root:
@@ -275,7 +274,7 @@ def _not_a_tensor(path: Path) -> str:
             f"{path} is a dataset ID, not a directory: `kogitune get {path}` fetches it into "
             f"$KOGITUNE_HOME/datasets/{path}, and a recipe can name the ID itself"
         )
-    if path.with_name(path.name + ".partial").exists():
+    if partial_path(path).exists():
         return (
             f"{path} is not a data tensor: it has no {MANIFEST_FILE} (a store into it is unfinished or was "
             "interrupted; run it again)"
@@ -285,7 +284,7 @@ def _not_a_tensor(path: Path) -> str:
     return f"{path} is not a data tensor: it has no {MANIFEST_FILE}. Create one with `kogitune store FILE.jsonl`."
 
 
-_checked_here: dict[tuple[str, str], list] = {}
+_checked_here: dict[tuple[str, str], list | None] = {}
 """(directory, shard name) -> file signature of shards a fetcher in this process checked piece by piece: trusted
 while the files are unchanged, also before their record in the marks file (written after the fsync) exists."""
 
@@ -353,7 +352,7 @@ def forget_verified(directory: Path, shards) -> None:
 def _marks_locked(directory: Path):
     """Serialize read-modify-write of the marks file: shards of one tensor finish in parallel threads and processes."""
     try:
-        lock = open(directory / (MARKS_FILE + ".lock"), "a+b", opener=opener_like_folder)
+        lock = open(directory / MARKS_LOCK_FILE, "a+b", opener=opener_like_folder)
     except OSError:
         yield
         return

@@ -16,9 +16,13 @@ import urllib.request
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from .errors import TokenizerError
+
+if TYPE_CHECKING:  # the Rust library loads when a tokenizer does
+    from tokenizers import Tokenizer as Backend
 
 DEFAULT_TOKENIZER = "gpt2"
 HUB_PROBE_SECONDS = 3.0
@@ -30,7 +34,7 @@ class Tokenizer:
     """A fast tokenizer plus what a data tensor records about it."""
 
     name: str
-    backend: object = field(repr=False)
+    backend: Backend = field(repr=False)
     eos_id: int
 
     @property
@@ -127,7 +131,9 @@ def _builtin_gpt2() -> Tokenizer:
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens([AddedToken("<|endoftext|>", special=True)])
-    return Tokenizer(DEFAULT_TOKENIZER, backend, backend.token_to_id("<|endoftext|>"))
+    eos_id = backend.token_to_id("<|endoftext|>")
+    assert eos_id is not None  # added just above
+    return Tokenizer(DEFAULT_TOKENIZER, backend, eos_id)
 
 
 def _load_path(path: Path) -> Tokenizer:

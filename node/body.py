@@ -7,7 +7,7 @@ costs one.
 
 from __future__ import annotations
 
-from .errors import SourceError
+from kogitune.errors import SourceError
 
 READ_ALL_CHUNK = 1 << 20
 

@@ -16,24 +16,23 @@ from pathlib import Path
 
 import trio
 
-from kogitune.protocol.errors import KogituneError
+from kogitune.errors import KogituneError, NodeError, error_reply
+from kogitune.layout import CONTROL_SOCKET_FILE
 from kogitune.protocol.ids import is_dataset_id
 from kogitune.protocol.jsonlimits import MAX_JSON_DEPTH, loads
 
 from .daemon import Node
-from .errors import NodeError
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup  # the backport that trio depends on
 
 log = logging.getLogger("kogitune.node")
-SOCKET_FILE = "control.sock"
 MAX_LINE = 1 << 20
 REQUEST_TIMEOUT = 10.0
 
 
 async def serve_control(node: Node, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    path = Path(node.config.home) / SOCKET_FILE
+    path = Path(node.config.home) / CONTROL_SOCKET_FILE
     path.unlink(missing_ok=True)
     sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
@@ -69,7 +68,7 @@ async def _serve_one(node: Node, stream) -> None:
                 log.info("control request failed: %s", cause)
             else:
                 log.warning("control request failed with an unexpected error", exc_info=True)
-            reply = {"ok": False, "error": str(cause), "type": type(cause).__name__}
+            reply = {"ok": False, **error_reply(cause)}
         try:
             await stream.send_all(json.dumps(reply).encode() + b"\n")
         except trio.BrokenResourceError:

@@ -13,23 +13,30 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
 from kogitune.cache import ContentStore
+from kogitune.layout import SIGNATURE_FILE
 from kogitune.protocol import wire
 from kogitune.protocol.ids import dataset_id_digest
+from kogitune.settings import settings
 
 from . import providers, publish
 from .host import keep_dht_clients_out, load_identity_seed, new_kogitune_host
 from .integrity import CHANGED, shard_paths
 from .providers import CONNECT_TIMEOUT, LOOKUP_DEADLINE, load_manifest
-from .server import SIGNATURE_FILE, DataServer
+from .server import DataServer
 from .swarm import OpenDataset, Swarm
+
+if TYPE_CHECKING:  # libp2p loads when the node runs
+    from libp2p.abc import IHost
+    from libp2p.kad_dht.kad_dht import KadDHT
 
 log = logging.getLogger("kogitune.node")
 DEFAULT_LISTEN = "/ip4/0.0.0.0/tcp/4011"
-DEFAULT_REPROVIDE_SECONDS = 6 * 3600
+DEFAULT_REPROVIDE_SECONDS = settings().reprovide_interval
 RECONNECT_CHECK = 60.0
 
 
@@ -40,20 +47,23 @@ class NodeConfig:
     bootstrap: list[str]
     server: bool = True
     reprovide_interval: float = DEFAULT_REPROVIDE_SECONDS
-    read_timeout: float = 30.0
+    read_timeout: float = settings().read_timeout
 
 
 class Node:
+    host: IHost
+    """This node's libp2p host, from the start of run()."""
+    dht: KadDHT
+    """Its Kademlia DHT, from the start of run()."""
+    swarm: Swarm
+    """Its fetch service (on this node's store), from the start of run()."""
     lookup_deadline = LOOKUP_DEADLINE
 
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.store = ContentStore(config.home)
         self.server = DataServer(self.store)
-        self.swarm: Swarm | None = None
         self._stop = trio.Event()
-        self.host = None
-        self.dht = None
 
     @property
     def peer_id(self) -> str:
@@ -138,7 +148,9 @@ class Node:
     async def announce(self, dataset_id: str) -> None:
         try:
             with trio.fail_after(CONNECT_TIMEOUT * 3):
-                await self.dht.provide(dataset_id_digest(dataset_id))
+                # py-libp2p types the key str (hex or CID text, re-encoded); bytes pass through as they are, so the DHT
+                # key stays the raw digest that every Kogitune node uses.
+                await self.dht.provide(dataset_id_digest(dataset_id))  # type: ignore[arg-type]
         except Exception as exc:
             log.warning("announcing %s failed: %s", dataset_id, exc)
 
@@ -169,7 +181,8 @@ class Node:
 
     @property
     def bytes_fetched(self) -> int:
-        return self.swarm.bytes_fetched if self.swarm is not None else 0
+        swarm = getattr(self, "swarm", None)
+        return swarm.bytes_fetched if swarm is not None else 0
 
     def complete_datasets(self) -> list[str]:
         found = []

@@ -11,23 +11,28 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from kogitune.cache import ContentStore
+from kogitune.errors import FetchError
+from kogitune.settings import settings
 
-from .errors import FetchError
 from .swarm import Swarm
+
+if TYPE_CHECKING:
+    from .daemon import Node
 
 
 class EmbeddedNode:
     """Runs the fetch service in a daemon thread; all public methods are called from ordinary (sync) threads.
     `store_home` names the content store (ContentStore(store_home)) a dataset is fetched into."""
 
-    def __init__(self, read_timeout: float = 30.0, home: Path | None = None) -> None:
+    def __init__(self, read_timeout: float = settings().read_timeout, home: Path | None = None) -> None:
         self.read_timeout = read_timeout
         self.home = home
-        self._p2p = None
+        self._p2p: Node | None = None
         self._p2p_starting: trio.Event | None = None
         self._p2p_error = ""
         self._swarms: dict[Path, Swarm] = {}
@@ -56,7 +61,7 @@ class EmbeddedNode:
             )
         return swarm
 
-    def _run(self, work, timeout: float, too_slow) -> object:
+    def _run(self, work, timeout: float, too_slow) -> Any:
         """`await work()` on the node's loop within `timeout` seconds; FetchError(too_slow()) after that."""
 
         async def run():
@@ -134,23 +139,24 @@ class EmbeddedNode:
         a caller that stops waiting (the mirrors answered first) does not stop the start."""
         from .service import bootstrap_peers
 
+        assert self.home is not None, "peers need a Kogitune home: EmbeddedNode(home=...)"
         if self._p2p is None and self._p2p_starting is None:
             bootstrap = bootstrap_peers(self.home)
             if optional and not bootstrap:
                 return None
             self._p2p_starting = trio.Event()
-            self._nursery.start_soon(self._start_p2p, bootstrap, self._p2p_starting)
-        if self._p2p is None:
+            self._nursery.start_soon(self._start_p2p, self.home, bootstrap, self._p2p_starting)
+        if self._p2p is None and self._p2p_starting is not None:
             await self._p2p_starting.wait()
         if self._p2p is None:
             raise FetchError(f"the libp2p client node did not start: {self._p2p_error}")
         return self._p2p
 
-    async def _start_p2p(self, bootstrap: list[str], started: trio.Event) -> None:
+    async def _start_p2p(self, home: Path, bootstrap: list[str], started: trio.Event) -> None:
         from .daemon import Node, NodeConfig
 
         config = NodeConfig(
-            home=self.home,
+            home=home,
             listen=["/ip4/127.0.0.1/tcp/0"],
             bootstrap=bootstrap,
             server=False,

@@ -38,13 +38,14 @@ from pathlib import Path
 
 import trio
 
+from kogitune.errors import FetchError, SourceError
 from kogitune.files import file_mode_in, opener_like_folder, write_atomic
+from kogitune.layout import SHARDS_DIR, partial_path, shard_lock_path
 from kogitune.protocol.errors import IntegrityError
 from kogitune.protocol.manifest import Manifest, ShardInfo
 from kogitune.protocol.pieces import check_pieces_file
 from kogitune.tensor import record_checked, record_verified
 
-from .errors import FetchError, SourceError
 from .piece_board import STALE_CLAIM_SECONDS, PieceBoard
 from .pool import MinRateBody, SourceHealth, SourcePool, fetch_small_file
 
@@ -106,7 +107,7 @@ class ShardFetch:
 
     async def _fetch_and_install(self) -> None:
         started = trio.current_time()
-        partial = self.target.with_name(self.target.name + ".partial")
+        partial = partial_path(self.target)
         with trio.CancelScope() as self._stall:
             self._progressed()
             self.expected = await fetch_small_file(
@@ -147,6 +148,7 @@ class ShardFetch:
 
     def _progressed(self) -> None:
         """A verified byte arrived: the shard has `stall_timeout` more seconds to make progress again."""
+        assert self._stall is not None  # pieces arrive only inside the shard's stall scope
         if self.pool.limits.stall_timeout > 0:
             self._stall.deadline = trio.current_time() + self.pool.limits.stall_timeout
 
@@ -170,7 +172,7 @@ class ShardFetch:
         installed (on a thread: fsyncs take as long as the disk needs, and must not stall other fetches). Failing
         here loses only the record."""
         try:
-            for name in (self.shard.tokens_path, self.shard.pieces_path, self.shard.docs_path, "shards"):
+            for name in (self.shard.tokens_path, self.shard.pieces_path, self.shard.docs_path, SHARDS_DIR):
                 fd = os.open(self.directory / name, os.O_RDONLY)
                 try:
                     os.fsync(fd)
@@ -204,7 +206,7 @@ class ShardFetch:
     @asynccontextmanager
     async def _locked(self):
         """One process per shard at a time (ranks and DataLoader workers share the cache)."""
-        lock_path = self.directory / "shards" / f"{self.shard.name}.lock"
+        lock_path = shard_lock_path(self.directory, self.shard.name)
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         with open(lock_path, "a+b", opener=opener_like_folder) as lock:
             while True:
@@ -317,6 +319,7 @@ class ShardFetch:
                         holding = None
                         if self.board.hand_over(index):
                             await self._checks.acquire()
+                            assert self._nursery is not None  # workers run in it
                             self._nursery.start_soon(self._check, health, index, piece)
                             piece = self._spare.pop() if self._spare else bytearray(self.piece_size)
                     index += 1
@@ -337,6 +340,7 @@ class ShardFetch:
         """Hash and write a received piece on a worker thread (hashlib and pwrite release the GIL), so that
         checking overlaps receiving; a wrong hash bans the source that sent it."""
         length = self._piece_length(index)
+        assert self._nursery is not None  # checks run in the download nursery
         expected = self.expected[index * 32 : (index + 1) * 32]
         try:
             ok = await trio.to_thread.run_sync(self._check_and_write, piece, length, expected, index * self.piece_size)

@@ -11,12 +11,19 @@ import ipaddress
 import logging
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import trio
 
-IDENTITY_FILE = "identity.key"
+from kogitune.layout import IDENTITY_FILE
+from kogitune.settings import settings
+
+if TYPE_CHECKING:  # libp2p loads when a host starts
+    from libp2p.abc import IHost
+
 log = logging.getLogger("kogitune.node")
 
 
@@ -39,7 +46,7 @@ def load_identity_seed(home: Path) -> bytes:
             tmp.unlink()
     seed = path.read_bytes()
     if len(seed) != 32:
-        from .errors import NodeError
+        from kogitune.errors import NodeError
 
         raise NodeError(f"{path} is not a Kogitune identity (32 bytes); move it away to create a new one")
     return seed
@@ -55,21 +62,21 @@ class HostLimits:
     /64: one host gets a whole /64). Several identities from one IP share that IP's budget: identities cost
     nothing to make, addresses do."""
 
-    handshake_timeout: float = 5.0
+    handshake_timeout: float = settings().host_handshake_timeout
     """Seconds an incoming connection has to finish its security handshake (Noise) and muxer negotiation (Yamux);
     a loopback handshake takes milliseconds, one across the world a second."""
-    handshakes_per_ip: int = 8
+    handshakes_per_ip: int = settings().host_handshakes_per_ip
     """Incoming connections from one IP that may be in their handshake at once; more wait for a slot."""
-    handshakes_total: int = 64
+    handshakes_total: int = settings().host_handshakes_total
     """Incoming connections in their handshake at once; when all are taken, a connection from an IP holding fewer
     than the IP holding the most takes the oldest of that IP's slots (fair sharing), else it waits for a slot."""
-    handshakes_waiting_per_ip: int = 64
+    handshakes_waiting_per_ip: int = settings().host_handshakes_waiting_per_ip
     """Incoming connections from one IP that may wait for a handshake slot (within their handshake_timeout, which
     counts from the accept), so that many trainers behind one address starting at once all get in; more are
     closed at accept."""
-    connections_per_ip: int = 64
+    connections_per_ip: int = settings().host_connections_per_ip
     """Established incoming connections from one IP (an organisation behind one NAT shares it)."""
-    connections_total: int = 200
+    connections_total: int = settings().host_connections_total
     """Established incoming connections in all (py-libp2p's own cap, 300 with outgoing ones, stays on top); when
     full, shared fairly between IPs as the handshakes are."""
 
@@ -90,7 +97,10 @@ def ip_key(address) -> str:
     return str(ip)
 
 
-class FairSlots:
+Holder = TypeVar("Holder")
+
+
+class FairSlots(Generic[Holder]):
     """At most `total` slots, at most `per_key` of them for one key (a remote IP). When every slot is taken, a key
     holding fewer slots (after taking this one) than the key holding the most may take one of that key's slots:
     the caller ends the evicted holder. So a handful of keys that grab every slot first are pushed back to their
@@ -99,7 +109,7 @@ class FairSlots:
     def __init__(self, total: int, per_key: int) -> None:
         self.total = total
         self.per_key = per_key
-        self.held: dict[str, list] = {}
+        self.held: dict[str, list[Holder]] = {}
 
     def count(self, key: str) -> int:
         return len(self.held.get(key, ()))
@@ -107,7 +117,7 @@ class FairSlots:
     def __len__(self) -> int:
         return sum(len(holders) for holders in self.held.values())
 
-    def take(self, key: str, holder, rank=None) -> tuple[bool, object | None]:
+    def take(self, key: str, holder: Holder, rank: Callable[[Holder], Any] | None = None) -> tuple[bool, Holder | None]:
         """(admitted, evicted holder or None). `rank(holder)` orders the heaviest key's holders, the least worth
         keeping first (by default the oldest)."""
         if self.count(key) >= self.per_key:
@@ -122,7 +132,7 @@ class FairSlots:
         self.held.setdefault(key, []).append(holder)
         return True, evicted
 
-    def release(self, key: str, holder) -> None:
+    def release(self, key: str, holder: Holder) -> None:
         """Give back `holder`'s slot (nothing if it was evicted and already given back)."""
         holders = self.held.get(key, [])
         if holder in holders:
@@ -137,8 +147,8 @@ class InboundGate:
 
     def __init__(self, limits: HostLimits) -> None:
         self.limits = limits
-        self.handshakes = FairSlots(limits.handshakes_total, limits.handshakes_per_ip)
-        self.connections = FairSlots(limits.connections_total, limits.connections_per_ip)
+        self.handshakes: FairSlots[trio.CancelScope] = FairSlots(limits.handshakes_total, limits.handshakes_per_ip)
+        self.connections: FairSlots[object] = FairSlots(limits.connections_total, limits.connections_per_ip)
         self.waiting: Counter = Counter()
         self._freed = trio.Event()
 
@@ -253,7 +263,7 @@ def _work_around_libp2p_0_8_1() -> None:
     async def add_server_peer(self, peer_id, *, skip_server_mode_check: bool = False) -> bool:
         return await add_peer(self, peer_id, skip_server_mode_check=False)
 
-    KadDHT.add_peer = add_server_peer
+    KadDHT.add_peer = add_server_peer  # type: ignore[method-assign]  # the patches this function exists for
     write = SecureSession.write
 
     async def shielded_write(self, data: bytes) -> None:
@@ -261,8 +271,8 @@ def _work_around_libp2p_0_8_1() -> None:
             with trio.fail_after(_WRITE_DEADLINE):
                 await write(self, data)
 
-    SecureSession.write = shielded_write
-    Swarm._handle_inbound_connection = handle_inbound_connection
+    SecureSession.write = shielded_write  # type: ignore[method-assign]
+    Swarm._handle_inbound_connection = handle_inbound_connection  # type: ignore[method-assign, assignment]
     _patched = True
 
 
@@ -307,7 +317,7 @@ def keep_dht_clients_out(host, dht) -> None:
     host.get_network().register_notifee(DropClients())
 
 
-def new_kogitune_host(seed: bytes):
+def new_kogitune_host(seed: bytes) -> IHost:
     """A libp2p host that speaks only Noise (security) and Yamux (multiplexing)."""
     from libp2p import new_host
     from libp2p.crypto.ed25519 import create_new_key_pair

@@ -23,8 +23,9 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 import h11
 import trio
 
+from kogitune.errors import SourceError
+
 from .body import Body
-from .errors import SourceError
 
 READ_BYTES = 1 << 20
 MAX_HEAD_BYTES = 64 << 10
@@ -168,7 +169,7 @@ class _Body(Body):
         self._ended = False
         if length is not None:
             self._pending = memoryview(connection.trailing_data[0])[:length]
-            self._left -= len(self._pending)
+            self._left = length - len(self._pending)
 
     async def receive_into(self, buffer: memoryview) -> int:
         if self._left is None or self._pending or not len(buffer):
@@ -189,6 +190,7 @@ class _Body(Body):
         except (OSError, trio.BrokenResourceError) as exc:
             raise SourceError(f"{self._url}: reading failed: {_why(exc)}") from None
         if not count:
+            assert self._length is not None  # _left is an int only when _length is
             raise SourceError(
                 f"{self._url}: connection closed after {self._length - self._left} of {self._length} body bytes"
             )

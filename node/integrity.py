@@ -134,18 +134,19 @@ class StoreGuard:
             key = (directory.name, path)
             opened = stat_signature(os.fstat(fd))
             if self._small_checked.get(key) != opened:
-                opened, ok = await trio.to_thread.run_sync(_check_small_file, fd, size, matches)
-                if opened is None:  # changed while it was hashed: not served now, checked again next time
+                checked, ok = await trio.to_thread.run_sync(_check_small_file, fd, size, matches)
+                if checked is None:  # changed while it was hashed: not served now, checked again next time
                     ok = False
                 elif ok:
-                    self._small_checked[key] = opened
+                    self._small_checked[key] = checked
                     self.note_intact(directory.name, path)
                 else:
                     self._small_checked.pop(key, None)
                     self.note_damaged(directory.name, shard.name, path, f"{path} does not match the manifest")
-                if not ok:
+                if checked is None or not ok:
                     os.close(fd)
                     return None
+                opened = checked
             return fd, opened
         except BaseException:
             os.close(fd)

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 import trio
 
+from kogitune.errors import SourceBusy, SourceError
 from kogitune.protocol import wire
 from kogitune.protocol.ids import dataset_id_digest
 from kogitune.protocol.manifest import Manifest
 from kogitune.protocol.signing import check_signed_manifest, peer_id_from_public_key
 
 from .body import Body
-from .errors import SourceBusy, SourceError
 from .sources import Source
 
 READ_CHUNK = 1 << 20

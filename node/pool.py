@@ -8,27 +8,28 @@ after the dataset was opened).
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 
 import trio
 
+from kogitune.errors import FetchError, SourceError
+from kogitune.layout import MANIFEST_FILE
 from kogitune.protocol.errors import ManifestError
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
+from kogitune.settings import settings
 
 from .body import Body
-from .errors import FetchError, SourceError
 from .sources import Source
 
 log = logging.getLogger("kogitune.fetch")
-MIN_SOURCE_RATE = 1024.0
+MIN_SOURCE_RATE = settings().min_rate
 """Bytes per second below which a source's stream counts as failed (`KOGITUNE_MIN_RATE`), measured over windows of
 RATE_WINDOW_SECONDS of waiting for it: a peer that drips a byte a second is dropped from that stream after one
 window, and its pieces go to the other sources. Low on purpose: many streams share one link, and a slow but honest
 source still helps; the endgame already routes around a source that is merely slower than the others."""
-RATE_WINDOW_SECONDS = 10.0
+RATE_WINDOW_SECONDS = settings().rate_window
 """The window over which a stream must deliver MIN_SOURCE_RATE (`KOGITUNE_RATE_WINDOW`)."""
-STALL_SECONDS = 60.0
+STALL_SECONDS = settings().stall_timeout
 """A shard fetch with no verified byte (piece, .pieces or .docs file) for this long fails with a FetchError naming
 what each source did (`KOGITUNE_STALL_TIMEOUT`): sources that all hang, drip or fail and back off cannot hold a
 trainer for minutes."""
@@ -41,30 +42,17 @@ this long, not a read timeout. The first valid answer wins; the others are cance
 @dataclass(frozen=True)
 class FetchLimits:
     """How long a fetch puts up with sources that do not deliver. Defaults above; a user changes them with the
-    environment variables KOGITUNE_MIN_RATE (bytes/s), KOGITUNE_RATE_WINDOW and KOGITUNE_STALL_TIMEOUT (seconds),
-    read when a SourcePool is made."""
+    settings min_rate (bytes/s), rate_window and stall_timeout (seconds; kogitune.settings: config.json or
+    KOGITUNE_MIN_RATE, KOGITUNE_RATE_WINDOW, KOGITUNE_STALL_TIMEOUT), read when a SourcePool is made."""
 
     min_rate: float = MIN_SOURCE_RATE
     rate_window: float = RATE_WINDOW_SECONDS
     stall_timeout: float = STALL_SECONDS
 
     @classmethod
-    def from_env(cls) -> FetchLimits:
-        def number(name: str, default: float) -> float:
-            text = os.environ.get(name, "")
-            try:
-                value = float(text) if text else default
-            except ValueError:
-                raise FetchError(f"${name}={text!r} is not a number") from None
-            if not value >= 0:
-                raise FetchError(f"${name}={text!r} must be zero or more")
-            return value
-
-        return cls(
-            number("KOGITUNE_MIN_RATE", MIN_SOURCE_RATE),
-            number("KOGITUNE_RATE_WINDOW", RATE_WINDOW_SECONDS),
-            number("KOGITUNE_STALL_TIMEOUT", STALL_SECONDS),
-        )
+    def from_settings(cls) -> FetchLimits:
+        current = settings()
+        return cls(current.min_rate, current.rate_window, current.stall_timeout)
 
 
 @dataclass
@@ -96,7 +84,7 @@ class SourcePool:
     sources: list[Source]
     max_failures: int = 4
     backoff_seconds: float = 0.25
-    limits: FetchLimits = field(default_factory=FetchLimits.from_env)
+    limits: FetchLimits = field(default_factory=FetchLimits.from_settings)
     health: list[SourceHealth] = field(init=False)
 
     searching: int = field(init=False, default=0)
@@ -311,11 +299,11 @@ async def fetch_manifest(pool: SourcePool, dataset_id: str | None = None) -> tup
         try:
             manifest = parse_manifest(data)
         except ManifestError as exc:
-            return f"manifest.json is not a valid manifest: {exc}"
+            return f"{MANIFEST_FILE} is not a valid manifest: {exc}"
         if dataset_id is not None and manifest.dataset_id != dataset_id:
-            return f"manifest.json is the manifest of {manifest.dataset_id}, not of {dataset_id}"
+            return f"{MANIFEST_FILE} is the manifest of {manifest.dataset_id}, not of {dataset_id}"
         parsed[data] = manifest
         return None
 
-    data = await fetch_small_file(pool, "manifest.json", MAX_MANIFEST_BYTES, problem)
+    data = await fetch_small_file(pool, MANIFEST_FILE, MAX_MANIFEST_BYTES, problem)
     return data, parsed[data]

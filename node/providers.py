@@ -10,17 +10,18 @@ from pathlib import Path
 
 import trio
 
+from kogitune.errors import SourceError
 from kogitune.files import read_limited
+from kogitune.layout import MANIFEST_FILE, SIGNATURE_FILE
 from kogitune.protocol.ids import dataset_id_digest
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
+from kogitune.settings import settings
 
-from .errors import SourceError
 from .peers import fetch_have
-from .server import SIGNATURE_FILE
 
 log = logging.getLogger("kogitune.node")
-CONNECT_TIMEOUT = 10.0
-LOOKUP_DEADLINE = 30.0
+CONNECT_TIMEOUT = settings().connect_timeout
+LOOKUP_DEADLINE = settings().lookup_deadline
 """How long `find_providers` keeps looking before it returns none (then: "no peer provides"). Meanwhile it asks the
 connected peers again and again, after LOOKUP_BACKOFF_SECONDS, doubling up to LOOKUP_BACKOFF_MAX, reconnecting to
 the bootstrap peers when none is connected: when many fetchers start at once, a busy publisher or bootstrap node
@@ -171,6 +172,6 @@ async def providers_status(node, dataset_id: str) -> list[dict]:
 def load_manifest(directory: Path) -> Manifest | None:
     """The manifest of a dataset directory in the store, None if it is missing or invalid."""
     try:
-        return parse_manifest(read_limited(directory / "manifest.json", MAX_MANIFEST_BYTES))
+        return parse_manifest(read_limited(directory / MANIFEST_FILE, MAX_MANIFEST_BYTES))
     except Exception:
         return None

@@ -11,14 +11,15 @@ from pathlib import Path
 
 import trio
 
+from kogitune.errors import NodeError
 from kogitune.files import read_limited, write_atomic
+from kogitune.layout import MANIFEST_FILE, SHARDS_DIR, write_signature
 from kogitune.protocol import wire
 from kogitune.protocol.ids import is_peer_id
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from kogitune.protocol.signing import sign_allow_list, sign_dataset
 
-from .errors import NodeError
-from .server import SIGNATURE_FILE, write_allow_files
+from .server import write_allow_files
 
 
 async def publish(node, tensor_path: str, allow: list[str] | None = None) -> str:
@@ -46,7 +47,7 @@ async def publish(node, tensor_path: str, allow: list[str] | None = None) -> str
     if allow:  # before the signature: a node serves a dataset once its manifest and signature are there
         write_allow_files(directory, allow, sign_allow_list(node.seed, dataset_id, allow))
     signature, public_key = sign_dataset(node.seed, dataset_id)
-    write_atomic(directory / SIGNATURE_FILE, public_key + signature)
+    write_signature(directory, public_key, signature)
     node.store.pin(dataset_id)
     await node.announce(dataset_id)
     return dataset_id
@@ -56,7 +57,7 @@ def published_manifest(tensor_path: str, manifest: Manifest, publisher: str, all
     """The manifest that `publisher` publishes for a tensor: the tensor's own (public) one without `allow`, with it
     the tensor's private dataset (Manifest.made_private: a different ID, naming `publisher`). Only a dataset's
     publisher may publish it again, to change its allow-list."""
-    if not manifest.is_private:
+    if manifest.access is None:
         return manifest.made_private(publisher) if allow else manifest
     if manifest.access.publisher != publisher:
         raise NodeError(
@@ -77,7 +78,7 @@ def _add_to_store(tensor, directory: Path, manifest: Manifest) -> list:
     copies; nothing is a symbolic link. Each shard is hashed as it is in the store and marked verified
     (`check_and_mark`), so that the server can tell when a file changes later, e.g. by an edit through the user's
     hard link."""
-    from kogitune.tensor import MANIFEST_FILE, DataTensor
+    from kogitune.tensor import DataTensor
 
     if manifest is tensor.manifest:
         manifest_bytes = _read_published(tensor.path / MANIFEST_FILE, MAX_MANIFEST_BYTES)
@@ -85,7 +86,7 @@ def _add_to_store(tensor, directory: Path, manifest: Manifest) -> list:
             raise NodeError(f"{tensor.path / MANIFEST_FILE} changed while it was being published; publish it again")
     else:  # the tensor's private dataset: its own manifest (published_manifest)
         manifest_bytes = manifest.canonical_bytes()
-    (directory / "shards").mkdir(parents=True, exist_ok=True)
+    (directory / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     for shard in tensor.shards:
         _link_or_copy(tensor.path / shard.tokens_path, directory / shard.tokens_path)
         for name, size in (

@@ -20,20 +20,19 @@ import trio
 
 from kogitune.cache import ContentStore
 from kogitune.files import write_atomic
+from kogitune.layout import ALLOW_FILE, ALLOW_SIGNATURE_FILE, MANIFEST_FILE, SIGNATURE_FILE, read_signature
 from kogitune.protocol import wire
 from kogitune.protocol.errors import ManifestError
 from kogitune.protocol.ids import dataset_id_from_digest
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from kogitune.protocol.signing import allowed_peers
+from kogitune.settings import settings
 from kogitune.tensor import stat_signature
 
 from .host import FairSlots, ip_key
 from .integrity import StoreGuard, open_served
 
 log = logging.getLogger("kogitune.node")
-SIGNATURE_FILE = "signature"
-ALLOW_FILE = "allow"
-ALLOW_SIGNATURE_FILE = "allow.signature"
 CHUNK = 1 << 20
 """Bytes of a served file read (and checked unchanged, StoreGuard.check_unchanged) at once before they are sent."""
 WRITE_BYTES = CHUNK
@@ -41,7 +40,7 @@ WRITE_BYTES = CHUNK
 deadline be shorter for the same floor, but they cost the receiver: with 64 KiB writes a `get` from 3 peers took
 about 25% more CPU in the fetching process (bench_network.py, 2026-12-03), from more Yamux frames and window
 updates."""
-WRITE_TIMEOUT_SECONDS = 32.0
+WRITE_TIMEOUT_SECONDS = settings().server_write_timeout
 """Seconds one write of WRITE_BYTES may take to leave (ServerLimits.write_timeout)."""
 MIN_READER_RATE = WRITE_BYTES / WRITE_TIMEOUT_SECONDS
 """Bytes per second (32 KiB/s) below which a reader's stream is cut by the server, which frees its slot for others.
@@ -58,17 +57,17 @@ class ServerLimits:
     holding fewer streams than the IP holding the most takes one of that IP's streams (its idle ones first), so a
     few identities that grab every slot are pushed back to their fair share as soon as anyone else asks."""
 
-    request_timeout: float = 5.0
+    request_timeout: float = settings().server_request_timeout
     """Seconds a stream has, once open, to deliver its whole request (a fetcher sends it at once): a stream left
     idle is ended after this."""
     write_timeout: float = WRITE_TIMEOUT_SECONDS
     """Seconds one write of a response (WRITE_BYTES, 1 MiB) may take to leave: a reader that stops consuming, or
     drains slower than MIN_READER_RATE, is cut."""
-    streams_per_peer: int = 8
+    streams_per_peer: int = settings().server_streams_per_peer
     """Streams one peer identity may have served at once."""
-    streams_per_ip: int = 64
+    streams_per_ip: int = settings().server_streams_per_ip
     """Streams all the identities behind one IP may have served at once (identities cost nothing to make)."""
-    streams_total: int = 128
+    streams_total: int = settings().server_streams_total
     """Streams served at once by this node, shared fairly between IPs when full."""
 
 
@@ -96,7 +95,7 @@ class DataServer:
         self.limits = limits or ServerLimits()
         self.stats = ServerStats()
         self._streams: Counter = Counter()
-        self._slots = FairSlots(self.limits.streams_total, self.limits.streams_per_ip)
+        self._slots: FairSlots[_Slot] = FairSlots(self.limits.streams_total, self.limits.streams_per_ip)
         self._manifests: dict[str, tuple[list, Manifest | None, bytes]] = {}
         """dataset ID -> (stat_signature of its manifest.json when read, the manifest or None if it did not hash to
         the ID, its bytes): read and checked again only when the file changes."""
@@ -172,14 +171,14 @@ class DataServer:
             log.debug("%s is private: not served to %s", dataset_id, peer)
             raise not_held(dataset_id)
         if isinstance(request, wire.ManifestRequest):
-            signature = (directory / SIGNATURE_FILE).read_bytes()
+            public_key, signature = read_signature(directory)
             await self._send(
                 stream,
                 wire.encode_response(
                     wire.ManifestResponse(
                         manifest_bytes,
-                        signature=signature[32:],
-                        public_key=signature[:32],
+                        signature=signature,
+                        public_key=public_key,
                         allow=audience.allow,
                         allow_signature=audience.allow_signature,
                     )
@@ -242,13 +241,13 @@ class DataServer:
     def _audience(self, dataset_id: str, directory: Path, manifest: Manifest) -> Audience:
         """Who may fetch a dataset, read from its allow files and checked (signing.allowed_peers) once per change
         of those files."""
-        if not manifest.is_private:
+        if manifest.access is None:
             return PUBLIC
         stamp = (_stamp(directory / ALLOW_FILE), _stamp(directory / ALLOW_SIGNATURE_FILE))
         cached = self._audiences.get(dataset_id)
         if cached is None or cached[0] != stamp:
             allow, signature = read_allow_files(directory)
-            peers = allowed_peers(dataset_id, manifest, allow, signature)
+            peers = allowed_peers(dataset_id, manifest, allow, signature) or frozenset()  # None: a public manifest
             if not peers:
                 log.warning(
                     "%s is private but holds no allow-list signed by its publisher %s: served to nobody",
@@ -263,7 +262,7 @@ class DataServer:
 
     def _manifest(self, dataset_id: str, directory: Path) -> tuple[Manifest, bytes] | None:
         """The dataset's manifest, only if it hashes to `dataset_id` (a replaced manifest.json is withheld)."""
-        fd = open_served(directory / "manifest.json")
+        fd = open_served(directory / MANIFEST_FILE)
         if fd is None:
             return None
         with open(fd, "rb") as f:
@@ -279,11 +278,11 @@ class DataServer:
                     manifest = None
                 if manifest is None or manifest.dataset_id != dataset_id:
                     self.guard.note_damaged(
-                        dataset_id, "manifest.json", "manifest.json", "it does not hash to the dataset ID"
+                        dataset_id, MANIFEST_FILE, MANIFEST_FILE, "it does not hash to the dataset ID"
                     )
                     manifest, data = None, b""
                 else:
-                    self.guard.note_intact(dataset_id, "manifest.json")
+                    self.guard.note_intact(dataset_id, MANIFEST_FILE)
                 cached = self._manifests[dataset_id] = (signature, manifest, data)
         return None if cached[1] is None else (cached[1], cached[2])
 

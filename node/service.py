@@ -15,15 +15,14 @@ from pathlib import Path
 
 import trio
 
+from kogitune.errors import NodeError
+from kogitune.layout import CONFIG_FILE, LOG_FILE, NODE_LOCK_FILE
 from kogitune.protocol.jsonlimits import loads
+from kogitune.settings import settings
 
 from .control import serve_control
 from .daemon import DEFAULT_LISTEN, Node, NodeConfig
-from .errors import NodeError
 
-CONFIG_FILE = "config.json"
-LOG_FILE = "node.log"
-LOCK_FILE = "node.lock"
 READY_PREFIX = "kogitune node "
 
 
@@ -45,7 +44,7 @@ def node_lock(home: Path):
     """Held while a node runs on `home`: a second node there would share its identity and take over its control
     socket. The kernel drops the lock when the process ends, however it ends."""
     home.mkdir(parents=True, exist_ok=True)
-    with open(home / LOCK_FILE, "a+b") as lock:
+    with open(home / NODE_LOCK_FILE, "a+b") as lock:
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -124,7 +123,7 @@ def run_node(home: Path, listen: list[str], bootstrap: list[str], reprovide_inte
             listen=listen,
             bootstrap=bootstrap_peers(home, bootstrap),
             reprovide_interval=reprovide_interval,
-            read_timeout=float(os.environ.get("KOGITUNE_READ_TIMEOUT", 30)),
+            read_timeout=settings().read_timeout,
         )
         if not trio.run(_serve, Node(config)):
             raise NodeError(f"the node could not listen on {' '.join(listen)}; see {home / LOG_FILE}")
@@ -169,6 +168,7 @@ def start_detached(home: Path, argv: list[str]) -> str:
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
+    assert proc.stdout is not None  # stdout=PIPE
     line = proc.stdout.readline().decode().strip()
     proc.stdout.close()
     if not line.startswith(READY_PREFIX):

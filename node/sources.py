@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from .errors import SourceError
+from kogitune.errors import SourceError
+from kogitune.settings import settings
+
 from .http import HttpClient
 
-DEFAULT_READ_TIMEOUT = 30.0
+DEFAULT_READ_TIMEOUT = settings().read_timeout
 
 
 class Source:

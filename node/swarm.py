@@ -31,8 +31,9 @@ from pathlib import Path
 import trio
 
 from kogitune.cache import ContentStore
+from kogitune.errors import FetchError, KogituneError, SourceError
 from kogitune.files import read_limited, write_atomic
-from kogitune.protocol.errors import KogituneError
+from kogitune.layout import MANIFEST_FILE, SIGNATURE_FILE, read_signature, write_signature
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from kogitune.protocol.signing import (
     PUBLIC_KEY_BYTES,
@@ -41,13 +42,13 @@ from kogitune.protocol.signing import (
     check_signed_manifest,
     peer_id_from_public_key,
 )
+from kogitune.settings import settings
 
-from .errors import FetchError, SourceError
 from .fetch import ShardFetch
 from .peers import PeerSource, fetch_signed_manifest
 from .pool import SourcePool, fetch_manifest, first_answer, prefetch_in_order
 from .providers import connect_providers
-from .server import SIGNATURE_FILE, write_allow_files
+from .server import write_allow_files
 from .sources import HttpSource
 
 log = logging.getLogger("kogitune.node")
@@ -56,9 +57,9 @@ MANIFEST_AT_ONCE = 3
 HEDGE_SECONDS go by without an answer as many more as are waiting (pool.first_answer). The first valid manifest
 wins and the other requests are cancelled. A provider that failed is not asked again while the dataset is opened,
 and is left out of its sources."""
-MAX_SHARDS_IN_FLIGHT = 4
+MAX_SHARDS_IN_FLIGHT = settings().shards_at_once
 """Shards this service fetches at once, whatever asks for them (a trainer's wait, a prefetch, `get`)."""
-PREFETCH_SHARDS = 1
+PREFETCH_SHARDS = settings().prefetch_shards
 """Shards fetched ahead of need at once. One shard already streams from every source; a second would only halve
 the bandwidth of the shard a trainer waits for (at a cold start the first shard is prefetched first, so the first
 batch waits for one shard, not four)."""
@@ -149,7 +150,7 @@ class Swarm:
             opened = self.opened.get(dataset_id)
             if opened is None or not opened.trusted_by(trusted):
                 opened = self.opened[dataset_id] = await self._resolve(dataset_id, mirrors, trusted, peers)
-            elif not (opened.directory / "manifest.json").exists():  # the store was removed or evicted meanwhile
+            elif not (opened.directory / MANIFEST_FILE).exists():  # the store was removed or evicted meanwhile
                 self._store_copy(dataset_id, opened.copy)
             for url in mirrors:
                 opened.pool.add(HttpSource(url, self.read_timeout))
@@ -325,18 +326,18 @@ class Swarm:
         """The manifest of `dataset_id` in the store if it hashes to the ID, with its signature if that verifies."""
         directory = self.store.dataset_dir(dataset_id)
         try:
-            data = read_limited(directory / "manifest.json", MAX_MANIFEST_BYTES)
+            data = read_limited(directory / MANIFEST_FILE, MAX_MANIFEST_BYTES)
             manifest = parse_manifest(data)
         except (OSError, KogituneError):
             return None
         if manifest.dataset_id != dataset_id:
             return None
         try:
-            signed = read_limited(directory / SIGNATURE_FILE, PUBLIC_KEY_BYTES + SIGNATURE_BYTES)
-            check_signed_manifest(dataset_id, data, signed[:PUBLIC_KEY_BYTES], signed[PUBLIC_KEY_BYTES:])
+            public_key, signature = read_signature(directory)
+            check_signed_manifest(dataset_id, data, public_key, signature)
         except (OSError, KogituneError, ValueError):
             return _Copy(data, manifest)
-        return _Copy(data, manifest, signed[:PUBLIC_KEY_BYTES], signed[PUBLIC_KEY_BYTES:])
+        return _Copy(data, manifest, public_key, signature)
 
     def _store_copy(self, dataset_id: str, copy: _Copy, own_peer_id: str = "") -> Path:
         """Write a checked manifest (and its signature, with which this node serves the dataset on) into the
@@ -356,11 +357,11 @@ class Swarm:
                 )
         stored = self._stored_copy(dataset_id)
         if stored is None or stored.data != copy.data:
-            write_atomic(directory / "manifest.json", copy.data)
+            write_atomic(directory / MANIFEST_FILE, copy.data)
         if copy.public_key and (
             stored is None or stored.public_key + stored.signature != copy.public_key + copy.signature
         ):
-            write_atomic(directory / SIGNATURE_FILE, copy.public_key + copy.signature)
+            write_signature(directory, copy.public_key, copy.signature)
         return directory
 
     # ---- fetching -----------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ URLs and file names.
 import base64
 import hashlib
 import re
+from typing import TypeGuard
 
 from .errors import KogituneError
 
@@ -51,7 +52,7 @@ def dataset_id_digest(dataset_id: str) -> bytes:
     return base64.b32decode(dataset_id[len(DATASET_ID_PREFIX) :].upper() + "====")
 
 
-def is_hex_digest(text: object) -> bool:
+def is_hex_digest(text: object) -> TypeGuard[str]:
     return isinstance(text, str) and bool(_HEX_DIGEST_RE.fullmatch(text))
 
 
@@ -74,7 +75,7 @@ def _base58btc_decode(text: str) -> bytes:
     return bytes(zeros) + number.to_bytes((number.bit_length() + 7) // 8, "big")
 
 
-def is_peer_id(text: object) -> bool:
+def is_peer_id(text: object) -> TypeGuard[str]:
     """Whether `text` is a libp2p peer ID as nodes print it: base58btc of a multihash, either the identity of a
     protobuf public key of at most MAX_INLINE_KEY_BYTES ("12D3KooW..." for Ed25519) or a SHA-256 ("Qm...")."""
     if not isinstance(text, str) or not _BASE58_RE.fullmatch(text):

@@ -10,6 +10,7 @@ one kind of error and can then walk the value freely. The caller bounds the size
 from __future__ import annotations
 
 import json
+from typing import Any
 
 MAX_JSON_DEPTH = 64
 """Arrays and objects nested inside each other, at most, in any JSON that Kogitune reads (manifests, control
@@ -17,7 +18,7 @@ requests and replies, marks and checkpoint files). Kogitune's own documents nest
 provenance (which holds a filter configuration) a few more."""
 
 
-def loads(data: bytes | str, max_depth: int = MAX_JSON_DEPTH, **options):
+def loads(data: bytes | str, max_depth: int = MAX_JSON_DEPTH, **options: Any) -> Any:
     """json.loads that raises ValueError (json.JSONDecodeError for bad syntax) for a document nested deeper than
     `max_depth`; `options` go to json.loads."""
     try:
@@ -29,7 +30,7 @@ def loads(data: bytes | str, max_depth: int = MAX_JSON_DEPTH, **options):
     return value
 
 
-def json_depth(value, stop_after: int) -> int:
+def json_depth(value: object, stop_after: int) -> int:
     """How deep lists and dicts nest in `value` (0 for a scalar), counted one level at a time without recursion;
     counting stops one level past `stop_after`."""
     level = [value] if isinstance(value, (list, dict)) else []

@@ -50,6 +50,11 @@ class TokenizerInfo:
     eos_id: int
 
 
+SHARDS_DIR = "shards"
+"""The folder of a data tensor that holds its shards' files; `ShardInfo.tokens_path` and its siblings are relative to
+the tensor's directory, and so are the file paths of the wire protocol's data requests."""
+
+
 @dataclass(frozen=True)
 class ShardInfo:
     """One shard: `shards/<name>.tokens` (flat tokens), `.pieces` (piece digests) and `.docs` (document starts)."""
@@ -63,15 +68,15 @@ class ShardInfo:
 
     @property
     def tokens_path(self) -> str:
-        return f"shards/{self.name}.tokens"
+        return f"{SHARDS_DIR}/{self.name}.tokens"
 
     @property
     def pieces_path(self) -> str:
-        return f"shards/{self.name}.pieces"
+        return f"{SHARDS_DIR}/{self.name}.pieces"
 
     @property
     def docs_path(self) -> str:
-        return f"shards/{self.name}.docs"
+        return f"{SHARDS_DIR}/{self.name}.docs"
 
     @property
     def docs_size(self) -> int:
@@ -100,7 +105,7 @@ class Manifest:
     tokens: int
     blocks: int
     shards: tuple[ShardInfo, ...]
-    provenance: dict
+    provenance: dict[str, Any]
     access: Access | None = None
 
     @property
@@ -116,14 +121,10 @@ class Manifest:
     def itemsize(self) -> int:
         return DTYPES[self.dtype]
 
-    @property
-    def block_bytes(self) -> int:
-        return self.block_size * self.itemsize
-
     def pieces_in(self, shard: ShardInfo) -> int:
         return piece_count(shard.size, self.piece_size)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         access = {"access": vars(self.access).copy()} if self.access is not None else {}
         return {
             **access,
@@ -189,7 +190,7 @@ def parse_manifest(data: bytes) -> Manifest:
     return manifest_from_dict(obj)
 
 
-def _unique_keys(pairs: list) -> dict:
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """JSON objects with a repeated key are refused: another parser could keep the other value."""
     obj = dict(pairs)
     if len(obj) != len(pairs):
@@ -295,7 +296,7 @@ def _shard(obj: Any, index: int, block_bytes: int, itemsize: int) -> ShardInfo:
     return shard
 
 
-def _fields(obj: Any, where: str, names: set[str], optional: set[str] = frozenset()) -> dict:
+def _fields(obj: Any, where: str, names: set[str], optional: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise ManifestError(f"{where} must be an object")
     missing, extra = names - obj.keys(), obj.keys() - names - optional

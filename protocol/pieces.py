@@ -39,13 +39,6 @@ def piece_span(shard: ShardInfo, index: int, piece_size: int) -> tuple[int, int]
     return start, min(piece_size, shard.size - start)
 
 
-def check_piece(pieces: bytes, index: int, data: bytes | memoryview) -> None:
-    """Raise IntegrityError unless `data` hashes to digest `index` of a verified `.pieces` list."""
-    expected = pieces[index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE]
-    if hashlib.sha256(data).digest() != expected:
-        raise IntegrityError(f"piece {index} does not match its hash")
-
-
 class PieceHasher:
     """Hashes a stream into piece digests as it is written, whatever the sizes of the chunks fed to it."""
 

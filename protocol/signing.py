@@ -13,6 +13,8 @@ peers of an allow-list that the same publisher signed. Pure functions; docs/prot
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -48,17 +50,17 @@ def sign_dataset(private_key_bytes: bytes, dataset_id: str) -> tuple[bytes, byte
     return signature, key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
-def allow_payload(dataset_id: str, allow) -> bytes:
+def allow_payload(dataset_id: str, allow: Iterable[str]) -> bytes:
     """The bytes a publisher signs to make `dataset_id` private to the peer IDs `allow` (in ascending order)."""
     return ALLOW_CONTEXT + dataset_id_digest(dataset_id) + " ".join(allow).encode("ascii")
 
 
-def sign_allow_list(private_key_bytes: bytes, dataset_id: str, allow) -> bytes:
+def sign_allow_list(private_key_bytes: bytes, dataset_id: str, allow: Iterable[str]) -> bytes:
     """The publisher's 64-byte signature of allow_payload: replicas pass the list on, and cannot change it."""
     return _private_key(private_key_bytes).sign(allow_payload(dataset_id, allow))
 
 
-def allow_list_verifies(dataset_id: str, allow, public_key: bytes, signature: bytes) -> bool:
+def allow_list_verifies(dataset_id: str, allow: Iterable[str], public_key: bytes, signature: bytes) -> bool:
     """Whether `signature` is `public_key`'s signature of the allow-list `allow` of `dataset_id`."""
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, allow_payload(dataset_id, allow))
@@ -92,7 +94,7 @@ def check_signed_manifest(dataset_id: str, manifest: bytes, public_key: bytes, s
     if dataset_id_digest(parsed.dataset_id) != expected:
         raise IntegrityError(f"the manifest received for {dataset_id} hashes to {parsed.dataset_id}")
     verify_dataset(dataset_id, public_key, signature)
-    if parsed.is_private and public_key != ed25519_key_of_peer_id(parsed.access.publisher):
+    if parsed.access is not None and public_key != ed25519_key_of_peer_id(parsed.access.publisher):
         raise IntegrityError(
             f"{dataset_id} is private to its publisher {parsed.access.publisher}, but this copy is "
             f"signed by {peer_id_from_public_key(public_key)}"
@@ -100,16 +102,18 @@ def check_signed_manifest(dataset_id: str, manifest: bytes, public_key: bytes, s
     return parsed
 
 
-def allowed_peers(dataset_id: str, manifest: Manifest, allow, allow_signature: bytes) -> frozenset[str] | None:
+def allowed_peers(
+    dataset_id: str, manifest: Manifest, allow: Iterable[str], allow_signature: bytes
+) -> frozenset[str] | None:
     """Who may fetch `dataset_id`, whose checked manifest is `manifest`: None (anyone) for a public manifest,
     whatever list comes with it; for a private one, the peers of `allow` if the publisher that the manifest names
     signed exactly that list, else nobody (an empty set: a replica that lost or never got the list fails closed)."""
-    if not manifest.is_private:
+    if manifest.access is None:
         return None
-    allow = tuple(sorted(set(allow)))  # the order the publisher signs
+    signed = tuple(sorted(set(allow)))  # the order the publisher signs
     publisher_key = ed25519_key_of_peer_id(manifest.access.publisher)
-    if allow and allow_list_verifies(dataset_id, allow, publisher_key, allow_signature):
-        return frozenset(allow)
+    if signed and publisher_key and allow_list_verifies(dataset_id, signed, publisher_key, allow_signature):
+        return frozenset(signed)
     return frozenset()
 
 

@@ -52,9 +52,10 @@ from mirrors import server_processes  # noqa: E402
 
 from kogitune.corpora import write_kjv_chapters  # noqa: E402
 from kogitune.files import write_atomic  # noqa: E402
+from kogitune.layout import MANIFEST_FILE  # noqa: E402
 from kogitune.protocol.manifest import Manifest, TokenizerInfo  # noqa: E402
 from kogitune.store import StoreOptions, TensorWriter, store  # noqa: E402
-from kogitune.tensor import MANIFEST_FILE, DataTensor, record_verified  # noqa: E402
+from kogitune.tensor import DataTensor, record_verified  # noqa: E402
 
 MiB = 1 << 20
 

@@ -49,7 +49,8 @@ from bench_fetch import (
 
 from kogitune import client  # noqa: E402
 from kogitune.cache import ContentStore  # noqa: E402
-from kogitune.tensor import MANIFEST_FILE, DataTensor  # noqa: E402
+from kogitune.layout import MANIFEST_FILE  # noqa: E402
+from kogitune.tensor import DataTensor  # noqa: E402
 from kogitune.trainers import DatasetRecipe  # noqa: E402
 
 BATCH = 8

@@ -383,7 +383,7 @@ def ratio_line(label: str, baseline: list[float], mine: list[float]) -> str:
 
 
 def cold_section(args, work: Path, url: str, served, dataset_id: str, a: NodeProcess, nodes: list):
-    from kogitune.tensor import MANIFEST_FILE
+    from kogitune.layout import MANIFEST_FILE
 
     first = served.shards[0]
     one_shard = [MANIFEST_FILE, first.tokens_path, first.pieces_path, first.docs_path]
@@ -592,7 +592,7 @@ def main() -> None:
     if args.raw_client:
         return raw_client(args.raw_client, args.peers.split(","), args.files.split(","), args.concurrent)
 
-    from kogitune.tensor import MANIFEST_FILE
+    from kogitune.layout import MANIFEST_FILE
 
     print(f"bench_network: {load_note()} (start)", flush=True)
     bench_started = time.perf_counter()

@@ -15,8 +15,9 @@ from conftest import expected_tokens, json_line, store_quietly, write_lines, wri
 
 from kogitune.cli import main
 from kogitune.errors import BadInputError, ManifestError, TensorError
+from kogitune.layout import MANIFEST_FILE
 from kogitune.store import BATCH_BYTES, StoreOptions
-from kogitune.tensor import MANIFEST_FILE, DataTensor
+from kogitune.tensor import DataTensor
 
 OPTIONS = StoreOptions(block_size=64, workers=1)
 SKIP = replace(OPTIONS, skip_bad_lines=True)

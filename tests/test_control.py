@@ -19,9 +19,9 @@ import trio.testing
 
 import kogitune.client as client_module
 from kogitune.client import DaemonClient
-from kogitune.errors import IntegrityError, KogituneError
+from kogitune.errors import FetchError, IntegrityError, KogituneError, NodeError
+from kogitune.layout import CONTROL_SOCKET_FILE
 from kogitune.node import control
-from kogitune.node.errors import FetchError, NodeError
 from kogitune.protocol.jsonlimits import MAX_JSON_DEPTH
 
 if sys.version_info < (3, 11):
@@ -193,7 +193,8 @@ def test_user_typos_put_no_traceback_into_node_log(tmp_path):
 def test_a_bad_config_json_is_a_node_error(tmp_path, config):
     """<home>/config.json is the user's: nested too deep (RecursionError before) or of the wrong shape (TypeError
     for a number), it is a NodeError that says what the file should hold."""
-    from kogitune.node.service import CONFIG_FILE, bootstrap_peers
+    from kogitune.layout import CONFIG_FILE
+    from kogitune.node.service import bootstrap_peers
 
     (tmp_path / CONFIG_FILE).write_bytes(config)
     with pytest.raises(NodeError, match="is not a JSON object like"):
@@ -207,7 +208,7 @@ def test_a_bad_config_json_is_a_node_error(tmp_path, config):
 def fake_daemon(tmp_path):
     """A control socket in `tmp_path` that answers one request with the bytes given to `answer`."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(tmp_path / client_module.CONTROL_SOCKET))
+    listener.bind(str(tmp_path / CONTROL_SOCKET_FILE))
     listener.listen(1)
     threads = []
 

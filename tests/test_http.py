@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from kogitune.node.errors import SourceError
+from kogitune.errors import SourceError
 from kogitune.node.http import MAX_REDIRECTS, HttpClient
 from kogitune.node.sources import HttpSource
 

@@ -19,7 +19,7 @@ from netnodes import ENV
 from kogitune.cache import ContentStore
 from kogitune.client import DaemonClient, open_dataset_id
 from kogitune.corpora import write_kjv_chapters
-from kogitune.node.errors import FetchError
+from kogitune.errors import FetchError
 from kogitune.protocol.signing import peer_id_from_public_key, sign_dataset
 from kogitune.store import StoreOptions, store
 from kogitune.tensor import DataTensor

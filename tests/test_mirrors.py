@@ -17,9 +17,10 @@ from mirrors import mirrors, stdlib_http_server
 from kogitune.cache import ContentStore
 from kogitune.client import embedded_node, open_mirrors
 from kogitune.corpora import write_kjv_chapters
-from kogitune.node.errors import FetchError
+from kogitune.errors import FetchError
+from kogitune.layout import MARKS_FILE
 from kogitune.store import StoreOptions, store
-from kogitune.tensor import MARKS_FILE, DataTensor
+from kogitune.tensor import DataTensor
 from kogitune.trainers import DatasetRecipe
 
 BLOCK = 64

@@ -28,8 +28,8 @@ from netnodes import ENV, KOGITUNE
 from trio.testing import MockClock
 
 from kogitune.corpora import write_kjv_chapters
+from kogitune.errors import SourceError
 from kogitune.node.body import Body
-from kogitune.node.errors import SourceError
 from kogitune.node.host import new_kogitune_host
 from kogitune.protocol import wire
 from kogitune.protocol.ids import dataset_id_digest

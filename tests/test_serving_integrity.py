@@ -33,17 +33,18 @@ from test_network_hostile import (
 
 from kogitune.client import DaemonClient
 from kogitune.corpora import write_kjv_chapters
+from kogitune.errors import FetchError
 from kogitune.files import write_atomic
-from kogitune.node.errors import FetchError
+from kogitune.layout import MANIFEST_FILE
 from kogitune.node.fetch import ShardFetch
-from kogitune.node.pool import SourcePool
 from kogitune.node.host import new_kogitune_host
 from kogitune.node.peers import PeerSource
+from kogitune.node.pool import SourcePool
 from kogitune.protocol import wire
 from kogitune.protocol.ids import dataset_id_digest
 from kogitune.protocol.manifest import Manifest, canonical_encoding, parse_manifest
 from kogitune.store import StoreOptions, TensorWriter, store
-from kogitune.tensor import MANIFEST_FILE, DataTensor
+from kogitune.tensor import DataTensor
 
 SECRET = b"this was never published: it must not leave the node"
 BIG_SHARD_BYTES = 16 << 20

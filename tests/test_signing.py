@@ -189,7 +189,7 @@ def test_protocol_does_not_import_libp2p_or_io():
     import ast
     from pathlib import Path
 
-    for name in ["wire.py", "signing.py"]:
+    for name in ["frames.py", "wire.py", "signing.py"]:
         tree = ast.parse((Path(__file__).resolve().parents[1] / "protocol" / name).read_text())
         imported = {
             alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
@@ -199,7 +199,9 @@ def test_protocol_does_not_import_libp2p_or_io():
             for node in ast.walk(tree)
             if isinstance(node, ast.ImportFrom) and node.module and not node.level
         }
-        assert imported <= {"__future__", "re", "dataclasses", "typing", "msgpack", "cryptography"}, imported
+        assert imported <= {"__future__", "collections", "re", "dataclasses", "typing", "msgpack", "cryptography"}, (
+            imported
+        )
         calls = {
             node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
         }

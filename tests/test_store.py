@@ -34,6 +34,7 @@ from conftest import (
 import kogitune.store as store_module
 from kogitune.corpora import write_kjv_chapters
 from kogitune.errors import BadInputError, KogituneError, TensorError
+from kogitune.layout import MANIFEST_FILE
 from kogitune.perturb import PerturbSpec
 from kogitune.store import (
     BATCH_BYTES,
@@ -44,7 +45,7 @@ from kogitune.store import (
     pack_documents,
     worker_processes,
 )
-from kogitune.tensor import MANIFEST_FILE, DataTensor
+from kogitune.tensor import DataTensor
 
 SMALL = StoreOptions(block_size=64, shard_size=64 << 10, workers=1)
 

@@ -18,10 +18,11 @@ from torch.utils.data import DataLoader
 import kogitune.tensor as tensor_module
 from kogitune.datasets import TokenBlockDataset
 from kogitune.errors import IntegrityError, RecipeError, TokenizerError
+from kogitune.layout import MANIFEST_FILE, MARKS_FILE
 from kogitune.protocol.ids import dataset_id_from_digest, sha256
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, canonical_encoding
 from kogitune.store import StoreOptions
-from kogitune.tensor import MANIFEST_FILE, MARKS_FILE, DataTensor
+from kogitune.tensor import DataTensor
 from kogitune.tokenizer import load_tokenizer
 from kogitune.trainers import DatasetRecipe
 

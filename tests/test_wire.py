@@ -8,6 +8,7 @@ import msgpack
 import pytest
 
 from kogitune.protocol.errors import KogituneError
+from kogitune.protocol.frames import encode_frame, unpack_body
 from kogitune.protocol.ids import base58btc, is_peer_id
 from kogitune.protocol.wire import (
     ERROR_CODES,
@@ -27,7 +28,6 @@ from kogitune.protocol.wire import (
     ReadRequest,
     ReadResponse,
     WireError,
-    encode_frame,
     encode_request,
     encode_response,
     encode_varint,
@@ -37,7 +37,6 @@ from kogitune.protocol.wire import (
     parse_request,
     parse_response,
     response_limit,
-    unpack_body,
 )
 
 DATASET = bytes(range(32))  # the digest behind kg1-aaaqeayeaudaocajbifqydiob4ibceqtcqkrmfyydenbwha5dypq

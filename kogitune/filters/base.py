@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
-from ..errors import KogituneError
+from ..errors import FilterError, KogituneError
 from ..protocol import jsonlimits
-
-
-class FilterError(KogituneError):
-    """A filter config names an unknown filter or parameter, or gives a parameter a value it cannot take."""
 
 
 class FilterResult(NamedTuple):
@@ -39,6 +36,8 @@ class Filter:
     """Base class of all filters. Subclasses are dataclasses whose init fields are their config parameters."""
 
     name: ClassVar[str]
+    # Declared for the type checker (dataclasses.fields(self)): every subclass is a dataclass.
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
     stateful: ClassVar[bool] = False
     """True for filters that remember earlier documents (dedup): they run in one process, in input order."""
 
@@ -93,9 +92,9 @@ class Pipeline:
         self.filters = tuple(filters)
 
     @classmethod
-    def from_config(cls, config: dict | str | Path) -> Pipeline:
+    def from_config(cls, config: dict | str | os.PathLike[str]) -> Pipeline:
         """A pipeline from `{"filters": [{"name": ..., param: value}, ...]}`, or from a .json/.yaml file of it."""
-        if isinstance(config, (str, Path)):
+        if isinstance(config, (str, os.PathLike)):
             config = _read_config_file(Path(config))
         if not isinstance(config, dict) or not isinstance(config.get("filters"), list):
             raise FilterError(

@@ -202,9 +202,9 @@ class KeyIndex:
                 at = 0
                 for keys, values in chunks:
                     f.seek(8 * at)
-                    f.write(np.ascontiguousarray(keys, dtype="<u8"))
+                    f.write(np.ascontiguousarray(keys, dtype="<u8").data)
                     f.seek(8 * (count + at))
-                    f.write(np.ascontiguousarray(values, dtype="<u8"))
+                    f.write(np.ascontiguousarray(values, dtype="<u8").data)
                     at += len(keys)
             os.replace(tmp, path)
         except OSError as exc:

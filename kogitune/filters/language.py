@@ -87,7 +87,7 @@ def _latin_language(sample: str) -> tuple[str, float]:
     """The Latin-script language with most stop-word hits, and its share of all hits (English when none)."""
     lowered = sample.lower()
     frequencies = Counter(_LATIN_WORD.findall(lowered))
-    scores = {
+    scores: dict[str, float] = {
         language: sum(frequencies[w] for w in stop_set & frequencies.keys()) for language, stop_set in STOP_SETS.items()
     }
     for language, letters in ACCENTS.items():
@@ -95,7 +95,7 @@ def _latin_language(sample: str) -> tuple[str, float]:
     total = sum(scores.values())
     if not total:
         return "en", 0.0
-    best = max(scores, key=scores.get)
+    best = max(scores, key=scores.__getitem__)
     return best, scores[best] / total
 
 

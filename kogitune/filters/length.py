@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .base import Filter, FilterResult, register
 from .text import words
+
+if TYPE_CHECKING:
+    from ..tokenizer import Tokenizer
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 """Unpaired surrogates, which the tokenizers library refuses; they are counted as one token each ("?")."""
@@ -76,7 +80,7 @@ class TokenLength(Filter):
 
     def __post_init__(self) -> None:
         _check_bounds(self.min_tokens, self.max_tokens, "tokens")
-        self._tokenizer = None
+        self._tokenizer: Tokenizer | None = None
 
     def apply(self, text: str) -> FilterResult:
         original = text

@@ -5,10 +5,13 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from typing import Literal
 
 from .base import Filter, FilterResult, register
 
-_FORMS = ("NFC", "NFKC", "NFD", "NFKD")
+_Form = Literal["NFC", "NFKC", "NFD", "NFKD"]
+
+_FORMS: tuple[_Form, ...] = ("NFC", "NFKC", "NFD", "NFKD")
 
 
 @register
@@ -17,7 +20,7 @@ class Nfkc(Filter):
     """Unicode normalization (NFKC by default): full-width ＡＢＣ１２３ become ABC123, half-width ｶﾅ become カナ."""
 
     name = "nfkc"
-    form: str = "NFKC"
+    form: _Form = "NFKC"
 
     def __post_init__(self) -> None:
         if self.form not in _FORMS:

@@ -17,12 +17,16 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import BadInputError, DiskFullError
 from ..files import write_atomic
 from ..parallel import ordered_map
 from ..store import DISK_FULL, MAX_DOCUMENT_BYTES, InputReader, check_max_document_bytes, document_of
 from .base import Pipeline
+
+if TYPE_CHECKING:
+    from zstandard import ZstdCompressionWriter
 
 PERCENTILES = (0, 1, 5, 10, 25, 50, 75, 90, 95, 99, 100)
 MAX_SCORES = 100_000
@@ -159,7 +163,7 @@ def filter_lines(
         if not line.strip():
             continue
         document, text, reason = document_of(line, options.text_key)
-        if reason:
+        if document is None:
             result.bad.append((number, reason))
             continue
         if not text:
@@ -344,6 +348,7 @@ def _init_worker(config: dict) -> None:
 
 
 def _filter_in_worker(lines: list[bytes], first_line: int, path_name: str, options: FilterOptions) -> BatchResult:
+    assert _worker_pipeline is not None, "the pool runs _init_worker first"
     return filter_lines(_worker_pipeline, lines, first_line, path_name, options)
 
 
@@ -353,8 +358,8 @@ class _OutputFile:
     def __init__(self, path: Path | None, enabled: bool) -> None:
         self.path = path if enabled else None
         self._tmp: str | None = None
-        self._raw = None
-        self._stream = None
+        self._raw: BinaryIO | None = None
+        self._stream: gzip.GzipFile | ZstdCompressionWriter | None = None
         self._write: Callable[[bytes], object] | None = None
 
     def __enter__(self) -> _OutputFile:
@@ -374,6 +379,7 @@ class _OutputFile:
     def write(self, line: bytes) -> None:
         if self.path is not None:
             target = self._stream or self._raw
+            assert target is not None  # opened by __enter__ whenever there is a path
             target.write(line)
             target.write(b"\n")
 
@@ -394,6 +400,7 @@ class _OutputFile:
 
     def _close(self, succeeded: bool) -> None:
         """Close the temporary file, and rename it over the output if the run `succeeded`; else remove it."""
+        assert self._raw is not None and self._tmp is not None and self.path is not None  # see __enter__
         try:
             if self._stream is not None:
                 self._stream.close()

@@ -1,0 +1,112 @@
+"""Every path inside a data tensor (dataset) directory and inside a node home, and nothing else.
+
+A data tensor directory (`kogitune store` writes one; a node keeps one per dataset under `<home>/datasets/<id>/`):
+
+    manifest.json              MANIFEST_FILE: what the dataset ID hashes (kogitune.protocol.manifest)
+    shards/                    SHARDS_DIR (named by the protocol: ShardInfo.tokens_path is `shards/<name>.tokens`)
+      <name>.tokens            the flat tokens; present only once complete and verified
+      <name>.pieces            the SHA-256 of each piece of the tokens file
+      <name>.docs              where each document starts
+      <name>.tokens.partial    the verified pieces of an unfinished fetch (partial_path of the tokens file)
+      <name>.lock              held by the process fetching the shard or replacing a damaged copy (shard_lock_path)
+      <name>.used              held shared by readers until they map the shard; its mtime is the last use
+    .kogitune-verified         MARKS_FILE: which shards passed a full check, as their files were then
+    .kogitune-verified.lock    MARKS_LOCK_FILE: taken while the marks file is rewritten
+    signature                  SIGNATURE_FILE: the publisher's public key and signature of the ID (a node's copy)
+    allow, allow.signature     ALLOW_FILE, ALLOW_SIGNATURE_FILE: a private dataset's allow-list, as its publisher
+                               signed it (a node's copy)
+    pinned                     PINNED_FILE: keeps the dataset from eviction (a node's copy)
+
+Beside a tensor that `kogitune store` writes to `<out>`: `<out>.partial/` (partial_path: the unfinished tensor, with
+its checkpoint) and `.<out>.lock` (store_lock_path: one store into `<out>` at a time).
+
+A node home (`$KOGITUNE_HOME`, see kogitune.cache.kogitune_home):
+
+    datasets/<id>/             DATASETS_DIR: the content store, one data tensor directory per dataset ID
+    identity.key               IDENTITY_FILE: the node's Ed25519 seed (owner-only); its peer ID
+    config.json                CONFIG_FILE: the user's settings (kogitune.settings) and bootstrap peers
+    control.sock               CONTROL_SOCKET_FILE: the running node's control socket (owner-only)
+    node.lock                  NODE_LOCK_FILE: held while a node runs on this home
+    node.log                   LOG_FILE: the node's log
+
+The names are relative; the functions join them to a directory. Nothing here touches the disk except the two that
+write and read the signature file, whose format (32 bytes of public key, then 64 of signature) is owned here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kogitune.protocol.manifest import SHARDS_DIR
+
+from .files import write_atomic
+
+MANIFEST_FILE = "manifest.json"
+MARKS_FILE = ".kogitune-verified"
+MARKS_LOCK_FILE = MARKS_FILE + ".lock"
+SIGNATURE_FILE = "signature"
+ALLOW_FILE = "allow"
+ALLOW_SIGNATURE_FILE = "allow.signature"
+PINNED_FILE = "pinned"
+
+TOKENS, PIECES, DOCS = "tokens", "pieces", "docs"
+"""The suffixes of a shard's three files (`shards/<name>.<suffix>`)."""
+LOCK, USED = "lock", "used"
+"""The suffixes of a shard's two lock files, which are never removed (a process holding a removed one would lock
+nothing)."""
+PARTIAL = "partial"
+"""Appended to a file or folder being written (`<path>.partial`) until it is complete and renamed into place."""
+
+DATASETS_DIR = "datasets"
+IDENTITY_FILE = "identity.key"
+CONFIG_FILE = "config.json"
+CONTROL_SOCKET_FILE = "control.sock"
+NODE_LOCK_FILE = "node.lock"
+LOG_FILE = "node.log"
+
+
+def shard_file(directory: Path, shard_name: str, suffix: str) -> Path:
+    """`<directory>/shards/<shard_name>.<suffix>` (for a ShardInfo, `directory / shard.tokens_path` is the same)."""
+    return Path(directory) / SHARDS_DIR / f"{shard_name}.{suffix}"
+
+
+def shard_lock_path(directory: Path, shard_name: str) -> Path:
+    """The lock held by the one process that fetches a shard (or replaces a damaged copy of it)."""
+    return shard_file(directory, shard_name, LOCK)
+
+
+def shard_used_path(directory: Path, shard_name: str) -> Path:
+    """The lock that readers hold shared until they have mapped a shard; its mtime says when it was last used."""
+    return shard_file(directory, shard_name, USED)
+
+
+def partial_path(path: Path) -> Path:
+    """`<path>.partial`: where `path` is written until it is complete (a shard's tokens file being fetched, a data
+    tensor being stored)."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.{PARTIAL}")
+
+
+def store_lock_path(out: Path) -> Path:
+    """`.<out>.lock` beside `out`: held by the one `kogitune store` writing into `out`."""
+    out = Path(out)
+    return out.parent / f".{out.name}.{LOCK}"
+
+
+def dataset_dir(home: Path, dataset_id: str) -> Path:
+    """`<home>/datasets/<dataset_id>`: a node home's copy of one dataset (the ID is not checked here)."""
+    return Path(home) / DATASETS_DIR / dataset_id
+
+
+def write_signature(directory: Path, public_key: bytes, signature: bytes) -> None:
+    """Store the publisher's public key and its signature of the dataset ID in a dataset directory (atomically)."""
+    write_atomic(Path(directory) / SIGNATURE_FILE, public_key + signature)
+
+
+def read_signature(directory: Path) -> tuple[bytes, bytes]:
+    """The (public key, signature) stored by `write_signature`; raises OSError if there is none. The lengths are
+    not checked here: kogitune.protocol.signing checks them with the signature."""
+    from kogitune.protocol.signing import PUBLIC_KEY_BYTES
+
+    data = (Path(directory) / SIGNATURE_FILE).read_bytes()
+    return data[:PUBLIC_KEY_BYTES], data[PUBLIC_KEY_BYTES:]
