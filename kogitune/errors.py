@@ -8,7 +8,7 @@ errors, since it imports nothing from here; they are re-exported below, so that 
     KogituneError               (protocol) the root
     ├── ManifestError           (protocol) a manifest does not follow the schema of docs/format.md
     ├── IntegrityError          (protocol) bytes or a signature do not match what a manifest or an ID commits to
-    ├── WireError               (protocol.wire) a malformed, oversized or unknown message on the wire; `.code`
+    ├── WireError               (protocol.frames) a malformed, oversized or unknown message on the wire; `.code`
     ├── BadInputError           input text (JSONL, Parquet, ...) cannot be read
     ├── DiskFullError           a file system is full or a quota reached while writing
     ├── TokenizerError          a tokenizer cannot be loaded, or two tensors use different ones
@@ -97,10 +97,10 @@ class NodeNotRunning(NodeError):
 
 
 def __getattr__(name: str) -> type[KogituneError]:
-    """WireError lives with the wire format (kogitune.protocol.wire, which imports msgpack): imported on first use,
+    """WireError lives with the wire format (kogitune.protocol.frames, which imports msgpack): imported on first use,
     so that `import kogitune` stays light."""
     if name == "WireError":
-        from kogitune.protocol.wire import WireError
+        from kogitune.protocol.frames import WireError
 
         return WireError
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -123,7 +123,7 @@ def error_from_reply(reply: dict) -> KogituneError:
     name = reply.get("type")
     cls = error_classes().get(name, KogituneError) if isinstance(name, str) else KogituneError
     if cls.__name__ == "WireError":
-        from kogitune.protocol.wire import ERROR_CODES, WireError
+        from kogitune.protocol.frames import ERROR_CODES, WireError
 
         code = reply.get("code")
         return WireError(code, message) if code in ERROR_CODES else KogituneError(message)
@@ -135,7 +135,7 @@ def error_classes() -> dict[str, type[KogituneError]]:
     classes = {
         cls.__name__: cls for cls in globals().values() if isinstance(cls, type) and issubclass(cls, KogituneError)
     }
-    from kogitune.protocol.wire import WireError
+    from kogitune.protocol.frames import WireError
 
     classes["WireError"] = WireError
     return classes

@@ -26,7 +26,7 @@ from kogitune.errors import (
 from kogitune.layout import MANIFEST_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFINED_IN = {"kogitune/errors.py", "protocol/errors.py", "protocol/wire.py"}
+DEFINED_IN = {"kogitune/errors.py", "protocol/errors.py", "protocol/frames.py"}
 """Where error classes may be defined: kogitune.errors, and the protocol (which imports nothing from kogitune)."""
 VALID_ID = "kg1-aaaqeayeaudaocajbifqydiob4ibceqtcqkrmfyydenbwha5dypq"
 
