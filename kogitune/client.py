@@ -105,88 +105,114 @@ def embedded_node():
 
 
 @dataclass(frozen=True)
-class MirrorShards:
-    """Fetches the missing shards of one stored dataset from its web mirrors. Picklable, for DataLoader workers."""
+class RemoteShards:
+    """Fetches the missing shards of one dataset, by ID, from its sources: the peers that provide it (unless
+    `peers` is False: a recipe entry of web mirror URLs alone) and its web `mirrors`, all at once. Through the node
+    daemon of `daemon_home` when one runs for the store (`store_home`), else through this process's embedded node,
+    which then trims the store to its size limit (least recently used shards first). Picklable, for DataLoader
+    workers: each worker's embedded node opens the dataset again from the manifest in the store."""
 
-    directory: str
-    urls: tuple[str, ...]
+    dataset_id: str
+    store_home: str
+    mirrors: tuple[str, ...] = ()
+    peers: bool = True
+    daemon_home: str | None = None
     timeout: float = DEFAULT_FETCH_TIMEOUT
 
     def ensure(self, manifest, index: int) -> None:
-        """Fetch the shard, then trim the store to its size limit (least recently used shards go first)."""
-        directory = Path(self.directory)
-        embedded_node().ensure_shard(directory, manifest, index, self.urls, self.timeout)
-        ContentStore(directory.parent.parent).gc()
+        if self.daemon_home is not None:
+            DaemonClient(Path(self.daemon_home)).call(
+                "shard", self.timeout, id=self.dataset_id, index=index, mirrors=list(self.mirrors)
+            )
+            return
+        node = embedded_node()
+        node.fetch_shard(self.store_home, self.dataset_id, index, self.mirrors, self.peers, self.timeout)
+        ContentStore(self.store_home).gc()
 
     def prefetch(self, manifest, indexes: list[int]) -> None:
-        embedded_node().prefetch(Path(self.directory), manifest, indexes, self.urls)
+        if self.daemon_home is not None:
+            DaemonClient(Path(self.daemon_home)).call(
+                "prefetch", self.timeout, id=self.dataset_id, indexes=list(indexes), mirrors=list(self.mirrors)
+            )
+        else:
+            embedded_node().prefetch(self.store_home, self.dataset_id, list(indexes), self.mirrors, self.peers)
 
 
-def _local_publisher(directory: Path, dataset_id: str) -> str | None:
-    """The publisher of the copy of `dataset_id` in `directory` if its manifest hashes to the ID and its signature
-    verifies, else None."""
-    from kogitune.protocol.manifest import MAX_MANIFEST_BYTES
+def _daemon_for(store: ContentStore) -> DaemonClient | None:
+    """The node daemon that fills `store`, if one runs (a daemon fills the store of its home)."""
+    daemon = DaemonClient()
+    if Path(store.home).resolve() != daemon.home.resolve():
+        return None
+    return daemon if daemon.running() else None
+
+
+def _local_copy(directory: Path, dataset_id: str) -> tuple[bool, str | None]:
+    """(whether the manifest in `directory` hashes to `dataset_id`, the publisher whose signature of it verifies
+    or None)."""
+    from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, parse_manifest
     from kogitune.protocol.signing import check_signed_manifest, peer_id_from_public_key
 
     try:
-        public_key, signature = read_signature(directory)
-        check_signed_manifest(
-            dataset_id, read_limited(directory / MANIFEST_FILE, MAX_MANIFEST_BYTES), public_key, signature
-        )
+        manifest = read_limited(directory / MANIFEST_FILE, MAX_MANIFEST_BYTES)
+        if parse_manifest(manifest).dataset_id != dataset_id:
+            return False, None
     except (OSError, KogituneError, ValueError):
-        return None
-    return peer_id_from_public_key(public_key)
-
-
-@dataclass(frozen=True)
-class PeerShards:
-    """Fetches the missing shards of a dataset named by ID from the peers that provide it, through the local
-    daemon when one runs (`home`), else through this process's embedded node. Picklable."""
-
-    dataset_id: str
-    home: str | None
-    timeout: float = DEFAULT_FETCH_TIMEOUT
-
-    def ensure(self, manifest, index: int) -> None:
-        if self.home is not None:
-            DaemonClient(Path(self.home)).call("shard", self.timeout, id=self.dataset_id, index=index)
-        else:
-            embedded_node().fetch_id_shard(self.dataset_id, index, self.timeout)
-
-    def prefetch(self, manifest, indexes: list[int]) -> None:
-        if self.home is not None:
-            DaemonClient(Path(self.home)).call("prefetch", self.timeout, id=self.dataset_id, indexes=list(indexes))
-        else:
-            embedded_node().prefetch_id(self.dataset_id, list(indexes))
+        return False, None
+    try:
+        public_key, signature = read_signature(directory)
+        check_signed_manifest(dataset_id, manifest, public_key, signature)
+    except (OSError, KogituneError, ValueError):
+        return True, None
+    return True, peer_id_from_public_key(public_key)
 
 
 def open_mirrors(
     urls: list[str], store: ContentStore | None = None, timeout: float = DEFAULT_FETCH_TIMEOUT
 ) -> DataTensor:
-    """Open a dataset served by web mirrors: fetch and check its manifest; shards follow on demand."""
+    """Open a dataset served by web mirrors alone: fetch and check its manifest (its hash is the dataset's ID);
+    shards follow on demand, from the mirrors (no peer is looked for)."""
     store = store or ContentStore()
-    data, _ = embedded_node().fetch_manifest(tuple(urls), timeout)
-    directory = store.add_manifest(data)
-    return DataTensor(directory, remote=MirrorShards(str(directory), tuple(urls), timeout), store=store)
+    mirrors = tuple(urls)
+    daemon = _daemon_for(store)
+    if daemon is not None:
+        reply = daemon.call("open", timeout, mirrors=list(mirrors))
+        directory, dataset_id = Path(reply["directory"]), reply["id"]
+    else:
+        directory, dataset_id = embedded_node().open_mirrors(store.home, mirrors, timeout)
+    home = str(daemon.home) if daemon is not None else None
+    remote = RemoteShards(dataset_id, str(store.home), mirrors, False, home, timeout)
+    return DataTensor(directory, remote=remote, store=store)
 
 
-def open_dataset_id(dataset_id: str, trusted_publishers=None, timeout: float = DEFAULT_FETCH_TIMEOUT) -> DataTensor:
-    """Open a dataset by ID: the manifest must hash to the ID and carry its publisher's signature (the publisher
-    on `trusted_publishers` when that is given). A copy already in the local store that passes opens without the
-    network, so a fetched dataset trains offline and a DataLoader worker starts no libp2p node for it; otherwise
-    providers come from the DHT. Shards missing locally follow on demand."""
+def open_dataset_id(
+    dataset_id: str,
+    trusted_publishers=None,
+    timeout: float = DEFAULT_FETCH_TIMEOUT,
+    mirrors=(),
+    store: ContentStore | None = None,
+) -> DataTensor:
+    """Open a dataset by ID: its manifest must hash to the ID, from whichever source it comes (peers found on the
+    DHT, or the web `mirrors` named for it, raced: with mirrors, a missing DHT holds nothing up). A copy from
+    peers carries its publisher's signature; one from mirrors carries it when the mirrors serve the published
+    directory's `signature` file, and must when `trusted_publishers` is given (the publisher must then be on it).
+    A copy already in the local store that passes opens without the network, so a fetched dataset trains offline
+    and a DataLoader worker starts no libp2p node for it. Shards missing locally follow on demand, from peers and
+    mirrors at once."""
     trusted = sorted(trusted_publishers) if trusted_publishers is not None else None
-    daemon = DaemonClient()
-    home = str(daemon.home) if daemon.running() else None
-    directory = ContentStore().dataset_dir(dataset_id)
-    publisher = _local_publisher(directory, dataset_id)
-    if publisher is None or (trusted is not None and publisher not in trusted):
-        if home is not None:
-            reply = daemon.call("open", timeout, id=dataset_id, trusted=trusted)
+    store = store or ContentStore()
+    mirrors = tuple(mirrors)
+    daemon = _daemon_for(store)
+    directory = store.dataset_dir(dataset_id)
+    hashes, publisher = _local_copy(directory, dataset_id)
+    usable = hashes and (publisher is not None or bool(mirrors)) and (trusted is None or publisher in trusted)
+    if not usable:
+        if daemon is not None:
+            reply = daemon.call("open", timeout, id=dataset_id, trusted=trusted, mirrors=list(mirrors))
             directory, publisher = Path(reply["directory"]), reply["publisher"]
         else:
-            directory, publisher = embedded_node().open_dataset_id(dataset_id, timeout, trusted)
+            directory, publisher = embedded_node().open(store.home, dataset_id, mirrors, trusted, True, timeout)
     if trusted_publishers is not None and publisher not in set(trusted_publishers):
         raise RecipeError(f"{dataset_id} is published by {publisher}, who is not in trusted_publishers")
-    store = ContentStore(directory.parent.parent)
-    return DataTensor(directory, remote=PeerShards(dataset_id, home, timeout), store=store)
+    home = str(daemon.home) if daemon is not None else None
+    remote = RemoteShards(dataset_id, str(store.home), mirrors, True, home, timeout)
+    return DataTensor(directory, remote=remote, store=ContentStore(directory.parent.parent))

@@ -6,6 +6,8 @@
         "https://mirror.example/gpt2-f04f/kjv?tokens=10M",            # a web mirror; 10M tokens per epoch
         ["https://a.example/x/cc", "https://b.example/x/cc"],         # one dataset, two mirrors
         {"sources": ["./gpt2-f04f/code"], "weight": 0.5},             # half of its data per epoch
+        {"id": "kg1-...", "mirrors": ["https://cdn.example/x/cc"]},   # by ID: from peers and a web seed at once
+        ["kg1-...", "https://a.example/x/cc"],                        # the same, as a list
     ])
     train_dataset = recipe.get_train_dataset(block_size=512)
 
@@ -31,7 +33,8 @@ _UNITS = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 
 @dataclass(frozen=True)
 class RecipeEntry:
-    """One dataset of a recipe: where it can be had, and how much of it an epoch takes."""
+    """One dataset of a recipe: where it can be had, and how much of it an epoch takes. `sources` holds at most one
+    dataset ID (first) and web mirror URLs, or one local path."""
 
     sources: tuple[str, ...]
     tokens: int | None = None
@@ -40,6 +43,20 @@ class RecipeEntry:
     @property
     def name(self) -> str:
         return self.sources[0]
+
+    @property
+    def dataset_id(self) -> str | None:
+        """The dataset ID the entry names (its mirrors then serve that dataset), or None."""
+        first = self.sources[0]
+        return first if is_dataset_id(first) and not Path(first).exists() else None
+
+    @property
+    def mirrors(self) -> tuple[str, ...]:
+        return tuple(s for s in self.sources if _is_url(s))
+
+
+def _is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
 
 
 def parse_token_count(text: str) -> int:
@@ -50,13 +67,22 @@ def parse_token_count(text: str) -> int:
 
 
 def parse_entry(entry) -> RecipeEntry:
-    """A recipe entry from a string (path, URL, dataset ID, with optional ?tokens=/?weight=), a list of
-    mirrors of one dataset, or a dict {"sources": [...], "tokens": ..., "weight": ...}."""
+    """A recipe entry from a string (path, URL, dataset ID, with optional ?tokens=/?weight=), a list of sources of
+    one dataset (mirror URLs, with at most one dataset ID among them), or a dict {"sources": [...]} or
+    {"id": "kg1-...", "mirrors": [...]} with optional "tokens" and "weight"."""
     if isinstance(entry, dict):
-        unknown = set(entry) - _BUDGET_KEYS - {"sources"}
-        if unknown or "sources" not in entry:
-            raise RecipeError(f"a recipe dict needs 'sources' and may have 'tokens' or 'weight'; got {sorted(entry)}")
-        sources = [entry["sources"]] if isinstance(entry["sources"], str) else list(entry["sources"])
+        named = {"sources"} if "sources" in entry else {"id", "mirrors"}
+        unknown = set(entry) - _BUDGET_KEYS - named
+        if unknown or not named & set(entry) or ("mirrors" in entry and "id" not in entry):
+            raise RecipeError(
+                "a recipe dict needs 'sources', or 'id' (and optional 'mirrors'), and may have 'tokens' or 'weight'; "
+                f"got {sorted(entry)}"
+            )
+        if "sources" in entry:
+            sources = [entry["sources"]] if isinstance(entry["sources"], str) else list(entry["sources"])
+        else:
+            mirrors = entry.get("mirrors") or []
+            sources = [entry["id"]] + ([mirrors] if isinstance(mirrors, str) else list(mirrors))
         options = {k: str(v) for k, v in entry.items() if k in _BUDGET_KEYS and v is not None}
     elif isinstance(entry, (list, tuple)):
         sources, options = list(entry), {}
@@ -74,6 +100,7 @@ def parse_entry(entry) -> RecipeEntry:
         cleaned.append(source)
     if not cleaned:
         raise RecipeError("a recipe entry has no sources")
+    cleaned = _dataset_id_first(cleaned)
     tokens = parse_token_count(options["tokens"]) if "tokens" in options else None
     if tokens == 0:
         raise RecipeError(f"{cleaned[0]}: tokens={options['tokens']} leaves nothing to train on; drop the entry")
@@ -89,6 +116,17 @@ def parse_entry(entry) -> RecipeEntry:
     if tokens is not None and weight is not None:
         raise RecipeError(f"{cleaned[0]}: give tokens or weight, not both")
     return RecipeEntry(tuple(cleaned), tokens, weight)
+
+
+def _dataset_id_first(sources: list[str]) -> list[str]:
+    """The sources of one entry with its dataset ID first; refused: two IDs, and an ID or URLs beside local paths."""
+    ids = [s for s in sources if is_dataset_id(s) and not Path(s).exists()]
+    urls = [s for s in sources if _is_url(s)]
+    if len(ids) > 1:
+        raise RecipeError(f"{ids[0]}: one entry names two dataset IDs ({ids[1]}); list each dataset as its own entry")
+    if len(ids) + len(urls) not in (0, len(sources)):
+        raise RecipeError(f"{sources[0]}: one entry mixes web mirrors or a dataset ID and local paths; list them apart")
+    return ids + [s for s in sources if s not in ids]
 
 
 def _split_budget(source: str) -> tuple[str, list[tuple[str, str]]]:
@@ -149,21 +187,17 @@ class DatasetRecipe:
         return TokenBlockDataset(tensors, block_size, budgets=budgets, names=[e.name for e in self.entries], **options)
 
     def _open(self, entry: RecipeEntry) -> DataTensor:
-        remote = [s for s in entry.sources if s.startswith(("http://", "https://"))]
-        if remote:
-            if len(remote) != len(entry.sources):
-                raise RecipeError(f"{entry.name}: one entry mixes web mirrors and local paths; list them apart")
-            from .client import open_mirrors
-
-            return open_mirrors(remote, self.store)
-        if len(entry.sources) > 1:
-            raise RecipeError(f"{entry.name}: several local paths in one entry; list each tensor as its own entry")
-        source = entry.sources[0]
-        if is_dataset_id(source) and not Path(source).exists():
+        if entry.dataset_id is not None:
             from .client import open_dataset_id
 
-            return open_dataset_id(source, self.trusted_publishers)
-        return DataTensor(source)
+            return open_dataset_id(entry.dataset_id, self.trusted_publishers, mirrors=entry.mirrors, store=self.store)
+        if entry.mirrors:
+            from .client import open_mirrors
+
+            return open_mirrors(list(entry.mirrors), self.store)
+        if len(entry.sources) > 1:
+            raise RecipeError(f"{entry.name}: several local paths in one entry; list each tensor as its own entry")
+        return DataTensor(entry.sources[0])
 
 
 def _budget(entry: RecipeEntry, tensor: DataTensor, block_size: int) -> int | None:

@@ -70,10 +70,11 @@ class Settings:
         flag="kogitune cache gc --limit",
     )
     shards_at_once: int = _setting(
-        4, "Shards fetched at once: by the node for a `get`, and from web mirrors by a training process."
+        4, "Shards the fetch service (a node's or a training process's) fetches at once, whatever asks for them."
     )
-    peer_prefetch_shards: int = _setting(2, "Shards of a dataset ID that the node fetches ahead of need at once.")
-    mirror_prefetch_shards: int = _setting(1, "Web-mirror shards that a training process fetches ahead at once.")
+    prefetch_shards: int = _setting(
+        1, "Shards of a dataset fetched ahead of need at once (each streams from every source)."
+    )
     # what the node's host admits (kogitune.node.host.HostLimits)
     host_handshake_timeout: float = _setting(5.0, "Seconds an incoming connection has for its Noise + Yamux setup.")
     host_handshakes_per_ip: int = _setting(8, "Incoming connections from one IP in their handshake at once.")

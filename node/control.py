@@ -113,6 +113,16 @@ def _dataset(request: dict) -> str:
     return dataset_id
 
 
+def _mirrors(request: dict) -> list[str]:
+    """The web mirrors a request names for its dataset ("mirrors": a list of http(s) URLs; none by default)."""
+    mirrors = request.get("mirrors") or []
+    if not isinstance(mirrors, list) or not all(
+        isinstance(url, str) and url.startswith(("http://", "https://")) for url in mirrors
+    ):
+        raise NodeError(f"mirrors must be a list of http(s) URLs, not {mirrors!r}")
+    return mirrors
+
+
 async def _dispatch(node: Node, request: dict) -> dict:
     op = request.get("op")
     if op == "status":
@@ -124,21 +134,26 @@ async def _dispatch(node: Node, request: dict) -> dict:
         allow = request.get("allow") or None
         return {"id": await node.publish(str(request["path"]), allow)}
     if op == "get":
-        opened = await node.get(_dataset(request))
+        opened = await node.get(_dataset(request), _mirrors(request))
         return {"directory": str(opened.directory), "sources": opened.pool.report()}
+    if op == "open" and "id" not in request:  # a dataset of web mirrors alone: its ID is its manifest's hash
+        opened = await node.swarm.open_mirrors(_mirrors(request))
+        return {"directory": str(opened.directory), "id": opened.dataset_id}
     if op == "open":
         trusted = request.get("trusted")
-        opened = await node.open_dataset(_dataset(request), frozenset(trusted) if trusted is not None else None)
-        return {"directory": str(opened.directory), "publisher": opened.signed.publisher}
+        opened = await node.swarm.open(
+            _dataset(request), _mirrors(request), frozenset(trusted) if trusted is not None else None
+        )
+        return {"directory": str(opened.directory), "publisher": opened.publisher}
     if op == "shard":
-        directory = await node.fetch_shard(_dataset(request), int(request["index"]))
+        directory = await node.swarm.fetch_shard(_dataset(request), int(request["index"]), _mirrors(request))
         return {"directory": str(directory)}
     if op == "prefetch":
         indexes = [int(index) for index in request.get("indexes", [])]
-        node.nursery.start_soon(node.prefetch_shards, _dataset(request), indexes)
+        node.nursery.start_soon(node.swarm.prefetch, _dataset(request), indexes, _mirrors(request))
         return {}
     if op == "progress":
-        return {"bytes_verified": node.bytes_verified(_dataset(request))}
+        return {"bytes_verified": node.swarm.bytes_verified(_dataset(request))}
     if op == "providers":
         return {"providers": await node.providers_status(_dataset(request))}
     raise NodeError(f"unknown control operation {op!r}")

@@ -34,376 +34,29 @@ import os
 import threading
 from collections import Counter
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
 from kogitune.errors import FetchError, SourceError
 from kogitune.files import file_mode_in, opener_like_folder, write_atomic
-from kogitune.layout import MANIFEST_FILE, SHARDS_DIR, partial_path, shard_lock_path
+from kogitune.layout import SHARDS_DIR, partial_path, shard_lock_path
 from kogitune.marks import record_checked, record_verified
-from kogitune.protocol.errors import IntegrityError, ManifestError
-from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, ShardInfo, parse_manifest
+from kogitune.protocol.errors import IntegrityError
+from kogitune.protocol.manifest import Manifest, ShardInfo
 from kogitune.protocol.pieces import check_pieces_file
-from kogitune.settings import settings
 
-from .body import Body
-from .sources import Source
+from .piece_board import STALE_CLAIM_SECONDS, PieceBoard
+from .pool import MinRateBody, SourceHealth, SourcePool, fetch_small_file
 
 log = logging.getLogger("kogitune.fetch")
 LOCK_POLL_SECONDS = 0.05
 MAX_PIECES_CHECKING = 4
 """Received pieces waiting for their hash check per shard: bounds memory to (this + sources) pieces."""
-STALE_CLAIM_SECONDS = 0.25
-"""A piece claimed this long ago and still not received whole may be streamed from a second source too (endgame):
-a hung or slow source then holds up a shard by at most this long, and sources that keep up never send a piece twice."""
 SYNC_THREADS = 2
 """Threads of one trio run that fsync finished shards: on a slow disk, syncing shards wait their turn instead of
 taking the threads that check pieces."""
 _sync_limiter: trio.lowlevel.RunVar = trio.lowlevel.RunVar("kogitune_sync_limiter")
-MIN_SOURCE_RATE = settings().min_rate
-"""Bytes per second below which a source's stream counts as failed (`KOGITUNE_MIN_RATE`), measured over windows of
-RATE_WINDOW_SECONDS of waiting for it: a peer that drips a byte a second is dropped from that stream after one
-window, and its pieces go to the other sources. Low on purpose: many streams share one link, and a slow but honest
-source still helps; the endgame already routes around a source that is merely slower than the others."""
-RATE_WINDOW_SECONDS = settings().rate_window
-"""The window over which a stream must deliver MIN_SOURCE_RATE (`KOGITUNE_RATE_WINDOW`)."""
-STALL_SECONDS = settings().stall_timeout
-"""A shard fetch with no verified byte (piece, .pieces or .docs file) for this long fails with a FetchError naming
-what each source did (`KOGITUNE_STALL_TIMEOUT`): sources that all hang, drip or fail and back off cannot hold a
-trainer for minutes."""
-HEDGE_SECONDS = 1.0
-"""How long the sources asked for a small file (a manifest, a .pieces or .docs file) may leave it unanswered before
-as many more are asked the same, without cancelling the first (`first_answer`): a silent or slow source costs about
-this long, not a read timeout. The first valid answer wins; the others are cancelled."""
-
-
-@dataclass(frozen=True)
-class FetchLimits:
-    """How long a fetch puts up with sources that do not deliver. Defaults above; a user changes them with the
-    settings min_rate (bytes/s), rate_window and stall_timeout (seconds; kogitune.settings: config.json or
-    KOGITUNE_MIN_RATE, KOGITUNE_RATE_WINDOW, KOGITUNE_STALL_TIMEOUT), read when a SourcePool is made."""
-
-    min_rate: float = MIN_SOURCE_RATE
-    rate_window: float = RATE_WINDOW_SECONDS
-    stall_timeout: float = STALL_SECONDS
-
-    @classmethod
-    def from_settings(cls) -> FetchLimits:
-        current = settings()
-        return cls(current.min_rate, current.rate_window, current.stall_timeout)
-
-
-@dataclass
-class SourceHealth:
-    """What the fetcher has learned about one source during this fetch."""
-
-    source: Source
-    failures: int = 0
-    banned: str = ""
-    retry_at: float = 0.0
-    last_error: str = ""
-    bytes_verified: int = 0
-    files_verified: int = 0
-
-    def describe(self) -> str:
-        if self.banned:
-            return f"{self.source.name}: dropped, {self.banned}"
-        if self.last_error:
-            return f"{self.source.name}: {self.failures} failure(s), last: {self.last_error}"
-        if not self.bytes_verified and not self.files_verified:
-            return f"{self.source.name}: nothing verified yet, no error"
-        return f"{self.source.name}: ok, {self.bytes_verified} bytes"
-
-
-@dataclass
-class SourcePool:
-    """The sources of one dataset and their health, shared by all shard fetches of that dataset."""
-
-    sources: list[Source]
-    max_failures: int = 4
-    backoff_seconds: float = 0.25
-    limits: FetchLimits = field(default_factory=FetchLimits.from_settings)
-    health: list[SourceHealth] = field(init=False)
-
-    def __post_init__(self) -> None:
-        if not self.sources:
-            raise FetchError("no sources to fetch from")
-        self.health = [SourceHealth(s) for s in self.sources]
-
-    def usable(self) -> list[SourceHealth]:
-        return [h for h in self.health if not h.banned and h.failures < self.max_failures]
-
-    def failed(self, health: SourceHealth, error: str) -> None:
-        health.failures += 1
-        health.last_error = error
-        health.retry_at = trio.current_time() + min(self.backoff_seconds * 2 ** (health.failures - 1), 10.0)
-        log.info("source failed (%d/%d): %s", health.failures, self.max_failures, error)
-
-    def ban(self, health: SourceHealth, reason: str) -> None:
-        health.banned = reason
-        log.warning("dropping source %s: %s", health.source.name, reason)
-
-    def succeeded(self, health: SourceHealth) -> None:
-        health.failures = 0
-
-    def report(self) -> str:
-        return "; ".join(h.describe() for h in self.health)
-
-    def in_order_of_health(self) -> list[SourceHealth]:
-        """The usable sources: ready now first, then those that have delivered verified bytes, fewer failures and
-        more bytes first (a source that has never delivered anything may be one that never answers)."""
-        now = trio.current_time()
-        return sorted(
-            self.usable(),
-            key=lambda h: (h.retry_at > now, not (h.bytes_verified or h.files_verified), h.failures, -h.bytes_verified),
-        )
-
-
-class MinRateBody(Body):
-    """A source's body that must deliver `limits.min_rate` bytes/s over each window of `limits.rate_window` seconds
-    spent waiting for it (time the fetcher spends elsewhere, e.g. waiting for hash checks, does not count against
-    the source). A stream that falls below ends with a SourceError when its window closes short: a peer that drips a
-    byte a second, which never trips a per-read timeout, costs one window. (A read that blocks outright is the
-    source's read timeout's business; this check costs two clock reads per receive, no cancel scope.)"""
-
-    def __init__(self, body: Body, limits: FetchLimits, name: str) -> None:
-        super().__init__()
-        self._body, self._name = body, name
-        self._window = limits.rate_window
-        self._need = limits.min_rate * limits.rate_window
-        self._waited = 0.0
-        self._in_window = 0
-
-    async def receive_into(self, buffer: memoryview) -> int:
-        if self._need <= 0:  # KOGITUNE_MIN_RATE=0 (or a zero window) turns the rule off
-            return await self._body.receive_into(buffer)
-        started = trio.current_time()
-        count = await self._body.receive_into(buffer)
-        self._waited += trio.current_time() - started
-        self._in_window += count  # before the check: a read that ends a long wait with data counts
-        if self._waited >= self._window:
-            if self._in_window < self._need:
-                raise SourceError(
-                    f"{self._name}: sent {self._in_window} bytes in {self._waited:.0f} s, below the "
-                    f"minimum rate of {self._need / self._window:.0f} B/s (KOGITUNE_MIN_RATE)"
-                )
-            self._waited, self._in_window = 0.0, 0
-        return count
-
-
-async def first_answer(candidates: list, ask, *, at_once: int = 1, hedge_after: float = HEDGE_SECONDS):
-    """`await ask(candidate)` for the first `at_once` candidates at once; each time one of them fails (returns None
-    or raises SourceError: `ask` records why) the next is asked, and each time `hedge_after` seconds go by with no
-    answer, as many more are asked as are already waiting (so ten silent candidates ahead of a good one cost about
-    four hedges, not ten). The first answer that is not None wins and every other request is cancelled; None when
-    every candidate failed."""
-    answers: list = []
-    finished = 0  # attempts that ended (counted, not signalled: several may end in one scheduler turn)
-    progress = trio.Event()
-
-    async def attempt(candidate, nursery: trio.Nursery) -> None:
-        nonlocal finished, progress
-        try:
-            answer = await ask(candidate)
-        except SourceError:
-            answer = None
-        if answer is not None and not answers:
-            answers.append(answer)
-            nursery.cancel_scope.cancel()
-        finished += 1
-        progress.set()
-        progress = trio.Event()
-
-    async with trio.open_nursery() as nursery:
-        allowed, seen = at_once, 0
-        for started, candidate in enumerate(candidates, 1):
-            nursery.start_soon(attempt, candidate, nursery)
-            if started >= allowed:
-                if finished == seen:
-                    with trio.move_on_after(hedge_after) as hedge:
-                        await progress.wait()
-                    if hedge.cancelled_caught:
-                        allowed = 2 * started
-                allowed += finished - seen  # each attempt that ended makes room for the next candidate
-                seen = finished
-    return answers[0] if answers else None
-
-
-async def prefetch_in_order(nursery: trio.Nursery, limiter: trio.CapacityLimiter, indexes, fetch) -> None:
-    """`await fetch(index)` for each shard index, started in this order (the order they will be needed: trio may
-    run tasks started together in any order), at most `limiter`'s total at a time. Prefetch failures only log;
-    the wait for the shard reports them."""
-
-    async def one(index: int, slot: object) -> None:
-        try:
-            await fetch(index)
-        except Exception as exc:
-            log.warning("prefetch of shard %d failed: %s", index, exc)
-        finally:
-            limiter.release_on_behalf_of(slot)
-
-    for index in indexes:
-        slot = object()
-        await limiter.acquire_on_behalf_of(slot)
-        nursery.start_soon(one, index, slot)
-
-
-async def fetch_small_file(pool: SourcePool, path: str, limit: int, problem, exact: bool = False) -> bytes:
-    """A small whole file (manifest, .pieces, .docs) from the first source whose bytes have no `problem`:
-    `problem(data)` says what is wrong with them (naming the file), or None. The healthiest source is asked first,
-    more when it fails or is slow (`first_answer`); a source that failed is asked again after its backoff, until
-    it has failed `max_failures` times (one busy or overloaded provider is not the end of a fetch). A source that
-    sends a wrong file is dropped, and the error, when no source is left, says what each one sent. With `exact`,
-    the file has `limit` bytes: a shorter one was cut off (a source that died), a failure rather than a lie."""
-
-    async def ask(health: SourceHealth) -> bytes | None:
-        await trio.sleep_until(health.retry_at)
-        try:
-            async with health.source.stream(path, 0) as (_, body):
-                data = await MinRateBody(body, pool.limits, health.source.name).read_all(
-                    limit, f"{health.source.name}: {path}"
-                )
-        except SourceError as exc:
-            pool.failed(health, str(exc))
-            return None
-        if exact and len(data) < limit:
-            pool.failed(health, f"{health.source.name}: {path} ended after {len(data)} of {limit} bytes")
-            return None
-        wrong = problem(data)
-        if wrong is not None:
-            pool.ban(health, wrong)
-            return None
-        pool.succeeded(health)
-        health.files_verified += 1
-        return data
-
-    while candidates := pool.in_order_of_health():
-        data = await first_answer(candidates, ask)
-        if data is not None:
-            return data
-    raise FetchError(f"no source could deliver a valid {path}: {pool.report()}")
-
-
-async def fetch_manifest(pool: SourcePool, dataset_id: str | None = None) -> tuple[bytes, Manifest]:
-    """The manifest from the first source that serves a valid one (hashing to `dataset_id` when given)."""
-    parsed: dict[bytes, Manifest] = {}
-
-    def problem(data: bytes) -> str | None:
-        try:
-            manifest = parse_manifest(data)
-        except ManifestError as exc:
-            return f"{MANIFEST_FILE} is not a valid manifest: {exc}"
-        if dataset_id is not None and manifest.dataset_id != dataset_id:
-            return f"{MANIFEST_FILE} is the manifest of {manifest.dataset_id}, not of {dataset_id}"
-        parsed[data] = manifest
-        return None
-
-    data = await fetch_small_file(pool, MANIFEST_FILE, MAX_MANIFEST_BYTES, problem)
-    return data, parsed[data]
-
-
-class PieceBoard:
-    """Which pieces of a shard are done or being checked, and which streams are reading each one (pure state; the
-    caller gives the time).
-
-    A piece is open when it is neither done, nor received and being checked, nor claimed. Workers start at the
-    longest run of open pieces (in its middle when a stream is already flowing into it). A piece whose latest claim
-    is `stale_after` seconds old may be claimed again: when nothing is open, idle workers take those (endgame), and
-    the first verified copy wins. A piece that fails its check opens again.
-    """
-
-    def __init__(self, count: int, stale_after: float = STALE_CLAIM_SECONDS) -> None:
-        self.done = bytearray(count)
-        self.checking = bytearray(count)
-        self.claims = [0] * count
-        self.claimed_at = [0.0] * count
-        self.stale_after = stale_after
-
-    def __len__(self) -> int:
-        return len(self.done)
-
-    @property
-    def complete(self) -> bool:
-        return all(self.done)
-
-    @property
-    def remaining(self) -> int:
-        return len(self.done) - sum(self.done)
-
-    def is_open(self, index: int) -> bool:
-        return not self.done[index] and not self.checking[index] and not self.claims[index]
-
-    def claimable(self, index: int, now: float) -> bool:
-        """Open, or claimed `stale_after` seconds ago and still not received."""
-        return (
-            index < len(self.done)
-            and not self.done[index]
-            and not self.checking[index]
-            and (not self.claims[index] or now - self.claimed_at[index] >= self.stale_after)
-        )
-
-    def claim(self, index: int, now: float) -> bool:
-        if not self.claimable(index, now):
-            return False
-        self.claims[index] += 1
-        self.claimed_at[index] = now
-        return True
-
-    def release(self, index: int) -> None:
-        self.claims[index] -= 1
-
-    def hand_over(self, index: int) -> bool:
-        """A stream received piece `index` whole: release its claim; True if it is the copy to check."""
-        self.claims[index] -= 1
-        if self.done[index] or self.checking[index]:
-            return False
-        self.checking[index] = 1
-        return True
-
-    def checked(self, index: int, ok: bool) -> None:
-        self.checking[index] = 0
-        if ok:
-            self.done[index] = 1
-
-    def finish(self, index: int) -> None:
-        self.done[index] = 1
-
-    def any_claimable_from(self, index: int, now: float) -> bool:
-        """Whether a stream that cannot seek should read on from `index`: a piece ahead is claimable."""
-        return any(self.claimable(i, now) for i in range(index, len(self.done)))
-
-    def pick_start(self, now: float) -> int | None:
-        """The first piece to stream: in the longest open run, else the first stale claim; None when there is none
-        (every piece done, checking, or claimed by a stream that keeps up)."""
-        best, best_len, index = None, 0, 0
-        while index < len(self.done):
-            if self.is_open(index):
-                end = index
-                while end < len(self.done) and self.is_open(end):
-                    end += 1
-                if end - index > best_len:
-                    best, best_len = index, end - index
-                index = end
-            else:
-                index += 1
-        if best is not None:
-            if best > 0 and self.claims[best - 1]:
-                best += best_len // 2
-            return best
-        return next((i for i in range(len(self.done)) if self.claimable(i, now)), None)
-
-    def next_stale_at(self) -> float:
-        """When the oldest claim of a piece not yet received turns stale (infinity when there is none)."""
-        return min(
-            (
-                self.claimed_at[i] + self.stale_after
-                for i in range(len(self.done))
-                if self.claims[i] and not self.done[i] and not self.checking[i]
-            ),
-            default=math.inf,
-        )
 
 
 class ShardFetch:
@@ -586,10 +239,19 @@ class ShardFetch:
     async def _download(self) -> None:
         if self.board.complete:
             return
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            for health in self.pool.usable():
-                nursery.start_soon(self._worker, health)
+
+        def joined(health: SourceHealth) -> None:  # a source that joins the pool gets a worker at once
+            nursery.start_soon(self._worker, health)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for health in self.pool.usable():
+                    nursery.start_soon(self._worker, health)
+                self.pool.joined.add(joined)
+                nursery.start_soon(self._wait_for_lookups)
+        finally:  # no checkpoint since the nursery closed: nothing was added to it closed
+            self.pool.joined.discard(joined)
         if self._write_error is not None:
             raise self._write_error
         if not self.board.complete:
@@ -598,6 +260,12 @@ class ShardFetch:
                 "be fetched "
                 f"from any source: {self.pool.report()}"
             )
+
+    async def _wait_for_lookups(self) -> None:
+        """Keep the shard open while a lookup for more sources runs (a dataset whose mirrors all failed before
+        its peers were found): the sources it finds join through `pool.joined`."""
+        while await self.pool.more_sources():
+            pass
 
     async def _worker(self, health: SourceHealth) -> None:
         while not self.board.complete:

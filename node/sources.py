@@ -32,9 +32,6 @@ class Source:
         async with self.stream(path, 0) as (_, body):
             return await body.read_all(limit, f"{self.name}: {path}")
 
-    async def aclose(self) -> None:
-        pass
-
 
 class HttpSource(Source):
     """A tensor directory on any static web server (nginx, `python -m http.server`); Range used when offered."""

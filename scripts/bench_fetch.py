@@ -9,11 +9,12 @@ one file after the other, streamed to disk; no hashing, no fsync. "plain+fsync" 
 file, shown because Kogitune fsyncs every shard before it renames it into place (durability it cannot skip).
 
 Kogitune: `kogitune.client.open_mirrors([url], ContentStore(tmp))` (manifest fetch, timed apart), then
-`embedded_node().ensure_shard(...)` for every shard: that is the verified fetch alone (every piece hashed against
-the manifest before it is written, .pieces and .docs checked, fsync, rename). Two ways:
-  seq       ensure_shard for shard 0, 1, 2, ... one at a time;
-  prefetch  embedded_node().prefetch(all shards) then ensure_shard each (the node runs up to 4 shards at once),
-            which is what the dataset's lookahead does.
+`tensor.remote.ensure(...)` for every shard (the embedded node's fetch, then the store's size check): that is the
+verified fetch alone (every piece hashed against the manifest before it is written, .pieces and .docs checked,
+fsync, rename). Two ways:
+  seq       ensure for shard 0, 1, 2, ... one at a time;
+  prefetch  tensor.remote.prefetch(all shards) then ensure each (the node prefetches one shard at a time while
+            it fetches the one waited for), which is what the dataset's lookahead does.
 Then `tensor.shard_tokens(i)` for every shard, timed apart ("open"): the verify-on-open that re-hashes a freshly
 fetched shard. N mirrors vs 1: the prefetch variant with --mirrors mirror processes serving the same directory.
 
@@ -274,23 +275,30 @@ def kogitune_fetch(
 ) -> tuple[float, float, float, float]:
     """(manifest s, fetch s, fetch CPU s, open/verify s) of one verified fetch of the first `shards` shards (all by
     default) into a fresh store at `home`. CPU is this process's (the embedded node is a thread of it)."""
-    from kogitune.client import DEFAULT_FETCH_TIMEOUT, embedded_node, open_mirrors
+    from kogitune.client import open_mirrors
     from kogitune.content_store import ContentStore
 
     started = time.perf_counter()
     tensor = open_mirrors(urls, ContentStore(home))
     fetched, cpu = time.perf_counter(), time.process_time()
-    node, indexes = embedded_node(), list(range(len(tensor.shards)))[:shards]
+    indexes = list(range(len(tensor.shards)))[:shards]
     if prefetch:
-        node.prefetch(tensor.path, tensor.manifest, indexes, tuple(urls))
+        tensor.remote.prefetch(tensor.manifest, indexes)
     for i in indexes:
-        node.ensure_shard(tensor.path, tensor.manifest, i, tuple(urls), DEFAULT_FETCH_TIMEOUT)
+        tensor.remote.ensure(tensor.manifest, i)
     done, cpu = time.perf_counter(), time.process_time() - cpu
     if open_shards:
         for i in indexes:
             tensor.shard_tokens(i)
     opened = time.perf_counter()
     return fetched - started, done - fetched, cpu, opened - done
+
+
+def fresh_store(work: Path) -> Path:
+    """A store directory never used before in this process: a fetch service keeps what it learned about a
+    store's datasets (their sources, added up across opens) for as long as the process runs."""
+    fresh_store.count = getattr(fresh_store, "count", 0) + 1
+    return work / f"run{fresh_store.count}"
 
 
 class Runs:
@@ -355,7 +363,7 @@ def main() -> None:
             shutil.rmtree(work / "warmup")
             for run in range(args.repeat):
                 for variant in ["plain", "plain+fsync", "kogitune seq", "kogitune prefetch", multi]:
-                    target = work / "run"
+                    target = fresh_store(work)
                     try:
                         if variant.startswith("plain"):
                             run_plain(runs, variant, urls[0], paths, target, total, fsync=variant.endswith("fsync"))
@@ -402,7 +410,7 @@ def main() -> None:
             with mirrors(served.path, args.mirrors, rate_mib=args.rate) as urls:
                 for run in range(args.repeat):
                     for variant in ["plain", one, many]:
-                        target = work / "run"
+                        target = fresh_store(work)
                         try:
                             if variant == "plain":
                                 run_plain(slow, variant, urls[0], some, target, size)

@@ -8,7 +8,7 @@ Kogitune ("first batch"): in a fresh, empty ContentStore,
     batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=8)))
 timed end to end and split into "open" (get_train_dataset: manifest fetch, dataset layout) and "batch" (the rest:
 the dataset asks for the shards of its first windows, waits for the shard of sample 0, verifies it on open).
-The breakdown also shows how long the batch waited inside MirrorShards.ensure (the fetch of the needed shard) and
+The breakdown also shows how long the batch waited inside the tensor's remote ensure (the fetch of the needed shard) and
 inside DataTensor.verify_shard (re-hashing it on open).
 
 Baseline ("plain first shard"): one httpx.Client downloading manifest.json and the first shard's files (.tokens,
@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from bench_fetch import (
     MiB,
+    fresh_store,
     load_note,
     mirrors,
     plain_download,
@@ -46,7 +47,7 @@ from bench_fetch import (
     summary,
 )
 
-from kogitune.client import DEFAULT_FETCH_TIMEOUT, MirrorShards, embedded_node  # noqa: E402
+from kogitune import client  # noqa: E402
 from kogitune.content_store import ContentStore  # noqa: E402
 from kogitune.layout import MANIFEST_FILE  # noqa: E402
 from kogitune.recipe import DatasetRecipe  # noqa: E402
@@ -56,14 +57,15 @@ BATCH = 8
 
 
 class Waits:
-    """Seconds spent inside MirrorShards.ensure and DataTensor.verify_shard in this process (num_workers=0)."""
+    """Seconds spent inside the remote shards' ensure and DataTensor.verify_shard in this process (num_workers=0)."""
 
     ensure = 0.0
     verify = 0.0
 
     @classmethod
     def install(cls) -> None:
-        ensure, verify = MirrorShards.ensure, DataTensor.verify_shard
+        remote = getattr(client, "RemoteShards", None) or client.MirrorShards  # MirrorShards: before issue 12
+        ensure, verify = remote.ensure, DataTensor.verify_shard
 
         def timed_ensure(self, manifest, index):
             started = time.perf_counter()
@@ -79,7 +81,7 @@ class Waits:
             finally:
                 cls.verify += time.perf_counter() - started
 
-        MirrorShards.ensure, DataTensor.verify_shard = timed_ensure, timed_verify
+        remote.ensure, DataTensor.verify_shard = timed_ensure, timed_verify
 
     @classmethod
     def reset(cls) -> None:
@@ -127,7 +129,7 @@ def first_batch(url: str, home: Path, block_size: int, workers: int, options: di
     del batches  # shuts DataLoader workers down
     tensor = dataset.tensors[0]
     for i in range(len(tensor.shards)):  # let background prefetches finish before the store is removed
-        embedded_node().ensure_shard(tensor.path, tensor.manifest, i, (url,), DEFAULT_FETCH_TIMEOUT)
+        tensor.remote.ensure(tensor.manifest, i)
     return opened - started, done - opened
 
 
@@ -143,7 +145,7 @@ def measure(url: str, served: DataTensor, work: Path, args, label: str) -> dict[
         "    in verify_shard": [],
     }
     for run in range(args.repeat):
-        target = work / "run"
+        target = fresh_store(work)
         try:
             started = time.perf_counter()
             plain_download(url, paths, target)

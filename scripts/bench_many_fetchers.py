@@ -33,14 +33,12 @@ from netnodes import KOGITUNE, NodeProcess  # noqa: E402
 
 FETCHER = """
 import sys, time
-from kogitune.client import embedded_node
-from kogitune.tensor import DataTensor
+from kogitune.client import open_dataset_id
 dataset_id, timeout = sys.argv[1], float(sys.argv[2])
-node = embedded_node()
-directory, _ = node.open_dataset_id(dataset_id, timeout)
-for index in range(len(DataTensor(directory).shards)):
-    node.fetch_id_shard(dataset_id, index, timeout)
-assert DataTensor(directory).verify() == []
+tensor = open_dataset_id(dataset_id, timeout=timeout)
+for index in range(len(tensor.shards)):
+    tensor.remote.ensure(tensor.manifest, index)
+assert tensor.verify() == []
 """
 
 

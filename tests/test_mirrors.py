@@ -149,7 +149,8 @@ def test_resuming_hashes_the_partial_file_a_piece_at_a_time(served, tmp_path):
     import hashlib
     import tracemalloc
 
-    from kogitune.node.fetch import ShardFetch, SourcePool
+    from kogitune.node.fetch import ShardFetch
+    from kogitune.node.pool import SourcePool
     from kogitune.node.sources import HttpSource
 
     piece = served.manifest.piece_size
@@ -241,7 +242,8 @@ def test_a_fetched_shard_is_recorded_as_verified_once_synced(served, tmp_path):
     without hashing), and the fetch left no file open and no partial file behind."""
     import trio
 
-    from kogitune.node.fetch import ShardFetch, SourcePool
+    from kogitune.node.fetch import ShardFetch
+    from kogitune.node.pool import SourcePool
     from kogitune.node.sources import HttpSource
 
     shard = served.shards[1]
@@ -268,7 +270,8 @@ def test_several_good_mirrors_share_a_shard_without_sending_a_piece_twice(served
     import trio
 
     from kogitune.node import fetch as fetch_module
-    from kogitune.node.fetch import ShardFetch, SourcePool
+    from kogitune.node.fetch import ShardFetch
+    from kogitune.node.pool import SourcePool
     from kogitune.node.sources import HttpSource
 
     monkeypatch.setattr(fetch_module, "STALE_CLAIM_SECONDS", 3600.0)

@@ -289,7 +289,7 @@ class Drip(Body):
 
 
 def test_a_stream_below_the_minimum_rate_fails_after_one_window():
-    from kogitune.node.fetch import FetchLimits, MinRateBody  # here: on the code before the rule, only this fails
+    from kogitune.node.pool import FetchLimits, MinRateBody  # here: on the code before the rule, only this fails
 
     limits = FetchLimits(min_rate=100, rate_window=10, stall_timeout=60)
     seen = {}
@@ -309,7 +309,7 @@ def test_a_stream_below_the_minimum_rate_fails_after_one_window():
 
 
 def test_first_answer_reaches_a_good_candidate_behind_ten_silent_ones_in_a_few_hedges():
-    from kogitune.node.fetch import first_answer
+    from kogitune.node.pool import first_answer
 
     asked = []
 
@@ -351,7 +351,7 @@ class OneLateRead(Body):
 def test_a_read_that_ends_a_long_wait_with_data_counts_toward_the_rate():
     """The bytes of the read that closes a window count in it: otherwise every read slower than the window (10 s)
     failed as "sent 0 bytes", making the window the read timeout."""
-    from kogitune.node.fetch import FetchLimits, MinRateBody
+    from kogitune.node.pool import FetchLimits, MinRateBody
 
     limits = FetchLimits(min_rate=100, rate_window=10, stall_timeout=60)
 
@@ -364,7 +364,7 @@ def test_a_read_that_ends_a_long_wait_with_data_counts_toward_the_rate():
 def test_first_answer_asks_the_next_at_once_when_several_fail_together():
     """Three candidates failing in one scheduler turn make room for three more at once (one wake-up was lost, and
     the good candidate behind a silent one waited for a hedge)."""
-    from kogitune.node.fetch import first_answer
+    from kogitune.node.pool import first_answer
 
     async def ask(candidate: str):
         if candidate == "fails":

@@ -2,7 +2,7 @@
 
 import math
 
-from kogitune.node.fetch import PieceBoard
+from kogitune.node.piece_board import PieceBoard
 
 STALE = 0.25
 

@@ -36,9 +36,10 @@ from kogitune.corpora import write_kjv_chapters
 from kogitune.errors import FetchError
 from kogitune.files import write_atomic
 from kogitune.layout import MANIFEST_FILE
-from kogitune.node.fetch import ShardFetch, SourcePool
+from kogitune.node.fetch import ShardFetch
 from kogitune.node.host import new_kogitune_host
 from kogitune.node.peers import PeerSource
+from kogitune.node.pool import SourcePool
 from kogitune.protocol import wire
 from kogitune.protocol.ids import dataset_id_digest
 from kogitune.protocol.manifest import Manifest, canonical_encoding, parse_manifest

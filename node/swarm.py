@@ -1,0 +1,414 @@
+"""The fetch service: datasets opened by ID, each with one pool of sources, filling one verified content store.
+
+A dataset's sources are the peers that provide it on the DHT and the web mirrors named for it (web seeds, as in
+BitTorrent's BEP 19), all in ONE SourcePool: one scheduler (node/fetch.py's ShardFetch: piece board, failover,
+bans, rate and stall rules, FetchLimits) reads each shard from all of them at once, and whatever a source did
+(a ban for a wrong hash, failures) holds for every shard of the dataset. The daemon (node/daemon.py) and the
+embedded node of a training process (node/embedded.py) run this same service; the sync world reaches it through
+kogitune/client.py.
+
+How a dataset is opened (`open`):
+- by ID alone: providers from the DHT (node/providers.py), then the signed manifest from the first that serves a
+  valid one (MANIFEST_AT_ONCE asked at once, `first_answer` hedging), as the hardening issue made it;
+- by ID with mirrors: the mirrors and the peers race. The mirrors' manifest must hash to the ID (a mirror serving
+  another is banned); their `signature` file (a published directory's) gives the publisher when it verifies, and
+  is required when `trusted` is given. Peers found at any time join the pool, so a missing DHT never holds up a
+  dataset that mirrors serve, and a dataset no node holds trains from its mirrors alone. A manifest already in the
+  store that hashes to the ID is used as it is (every DataLoader worker opens the dataset again);
+- by mirrors alone (`open_mirrors`): the same with no peers; the ID is the hash of the manifest they serve.
+
+One in-flight table (one fetch per shard at a time in this process; ShardFetch's lock file covers the others), at
+most MAX_SHARDS_IN_FLIGHT shards at once, and one prefetch rule (PREFETCH_SHARDS).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from kogitune.content_store import ContentStore
+from kogitune.errors import FetchError, KogituneError, SourceError
+from kogitune.files import read_limited, write_atomic
+from kogitune.layout import MANIFEST_FILE, SIGNATURE_FILE, read_signature, write_signature
+from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
+from kogitune.protocol.signing import (
+    PUBLIC_KEY_BYTES,
+    SIGNATURE_BYTES,
+    allowed_peers,
+    check_signed_manifest,
+    peer_id_from_public_key,
+)
+from kogitune.settings import settings
+
+from .fetch import ShardFetch
+from .peers import PeerSource, fetch_signed_manifest
+from .pool import SourcePool, fetch_manifest, first_answer, prefetch_in_order
+from .providers import connect_providers
+from .server import write_allow_files
+from .sources import HttpSource
+
+log = logging.getLogger("kogitune.node")
+MANIFEST_AT_ONCE = 3
+"""Providers asked for the signed manifest at once; one more is asked each time one fails, and each time
+HEDGE_SECONDS go by without an answer as many more as are waiting (pool.first_answer). The first valid manifest
+wins and the other requests are cancelled. A provider that failed is not asked again while the dataset is opened,
+and is left out of its sources."""
+MAX_SHARDS_IN_FLIGHT = settings().shards_at_once
+"""Shards this service fetches at once, whatever asks for them (a trainer's wait, a prefetch, `get`)."""
+PREFETCH_SHARDS = settings().prefetch_shards
+"""Shards fetched ahead of need at once. One shard already streams from every source; a second would only halve
+the bandwidth of the shard a trainer waits for (at a cold start the first shard is prefetched first, so the first
+batch waits for one shard, not four)."""
+
+
+@dataclass
+class OpenDataset:
+    """A dataset being fetched: its checked manifest, its publisher (None: an unsigned copy from web mirrors, which
+    this node does not serve on), and the shared health of its sources."""
+
+    dataset_id: str
+    directory: Path
+    manifest: Manifest
+    publisher: str | None
+    pool: SourcePool
+    copy: _Copy
+    looking_for_peers: bool = False
+
+    def trusted_by(self, trusted: frozenset[str] | None) -> bool:
+        return trusted is None or self.publisher in trusted
+
+
+@dataclass
+class _Copy:
+    """A manifest that hashes to the ID, from wherever it came, and the signature found for it."""
+
+    data: bytes
+    manifest: Manifest
+    public_key: bytes = b""
+    signature: bytes = b""
+    allow: tuple[str, ...] = ()
+    allow_signature: bytes = b""
+    first_peer: object = None
+
+    @property
+    def publisher(self) -> str | None:
+        return peer_id_from_public_key(self.public_key) if self.public_key else None
+
+
+@dataclass
+class _Race:
+    """The mirrors' and the peers' answers to one open: the first valid copy wins; `why` says what each side did."""
+
+    sides: int
+    copy: _Copy | None = None
+    why: list[str] = field(default_factory=list)
+    done: trio.Event = field(default_factory=trio.Event)
+
+    def won(self, copy: _Copy) -> None:
+        if self.copy is None:
+            self.copy = copy
+            self.done.set()
+
+    def lost(self, why: str) -> None:
+        self.why.append(why)
+        self.sides -= 1
+        if self.sides <= 0:
+            self.done.set()
+
+
+class Swarm:
+    """The fetch service of one content store. `network(optional)` gives the libp2p node that finds and reaches
+    peers (the daemon's own, or the embedded client node, started on first use); None when there is none to ask
+    (`optional`: the dataset has mirrors, and a node with no bootstrap peer would find nobody)."""
+
+    def __init__(self, store: ContentStore, network, nursery: trio.Nursery, read_timeout: float) -> None:
+        self.store = store
+        self.network = network
+        self.nursery = nursery
+        self.read_timeout = read_timeout
+        self.bytes_fetched = 0
+        self.opened: dict[str, OpenDataset] = {}
+        self._opening: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
+        self._fetching: dict[tuple[str, int], trio.Event] = {}
+        self._shards = trio.CapacityLimiter(MAX_SHARDS_IN_FLIGHT)
+        self._prefetch = trio.CapacityLimiter(PREFETCH_SHARDS)
+
+    # ---- opening ------------------------------------------------------------------------------------------------
+
+    async def open(
+        self, dataset_id: str, mirrors=(), trusted: frozenset[str] | None = None, peers: bool = True
+    ) -> OpenDataset:
+        """The dataset `dataset_id`, opened once per process and kept: its manifest checked, its sources in one
+        pool. `mirrors` join the pool of a dataset opened already; with `peers` False no peer is looked for (a
+        recipe entry of mirror URLs alone)."""
+        mirrors = tuple(dict.fromkeys(str(m).rstrip("/") for m in mirrors))
+        async with self._opening[dataset_id]:
+            opened = self.opened.get(dataset_id)
+            if opened is None or not opened.trusted_by(trusted):
+                opened = self.opened[dataset_id] = await self._resolve(dataset_id, mirrors, trusted, peers)
+            elif not (opened.directory / MANIFEST_FILE).exists():  # the store was removed or evicted meanwhile
+                self._store_copy(dataset_id, opened.copy)
+            for url in mirrors:
+                opened.pool.add(HttpSource(url, self.read_timeout))
+            if peers and not opened.looking_for_peers and mirrors:
+                self._look_for_peers(opened)
+            return opened
+
+    async def open_mirrors(self, mirrors) -> OpenDataset:
+        """A dataset that web mirrors serve, named by them alone: its ID is the hash of the manifest they serve
+        (the first valid one; a mirror serving another is then a failed source of this dataset). No peer is looked
+        for, and no signature: the copy is one the user chose by its URLs."""
+        pool = SourcePool([HttpSource(str(url).rstrip("/"), self.read_timeout) for url in mirrors])
+        data, manifest = await fetch_manifest(pool)
+        dataset_id = manifest.dataset_id
+        async with self._opening[dataset_id]:
+            if dataset_id not in self.opened:
+                copy = _Copy(data, manifest)
+                directory = self._store_copy(dataset_id, copy)
+                self.opened[dataset_id] = OpenDataset(dataset_id, directory, manifest, None, pool, copy)
+                return self.opened[dataset_id]
+        return await self.open(dataset_id, [h.source.name for h in pool.health], peers=False)
+
+    async def _resolve(self, dataset_id: str, mirrors, trusted, peers: bool) -> OpenDataset:
+        if not mirrors:
+            return await self._resolve_from_peers(dataset_id, trusted)
+        pool = SourcePool([HttpSource(url, self.read_timeout) for url in mirrors])
+        copy = self._stored_copy(dataset_id)
+        if copy is None or (trusted is not None and copy.publisher not in trusted):
+            race = _Race(sides=2 if peers else 1)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._manifest_from_mirrors, race, dataset_id, pool, trusted)
+                if peers:
+                    nursery.start_soon(self._manifest_from_peers, race, dataset_id, trusted)
+                await race.done.wait()
+                nursery.cancel_scope.cancel()
+            if race.copy is None:
+                raise FetchError(f"no source gave a valid manifest of {dataset_id}: {'; '.join(race.why)}")
+            copy = race.copy
+        directory = self._store_copy(dataset_id, copy)
+        opened = OpenDataset(dataset_id, directory, copy.manifest, copy.publisher, pool, copy)
+        if copy.first_peer is not None:
+            opened.pool.add(
+                PeerSource(await self._host(), copy.first_peer, dataset_id, copy.manifest, self.read_timeout)
+            )
+        return opened
+
+    async def _resolve_from_peers(self, dataset_id: str, trusted) -> OpenDataset:
+        """Providers from the DHT, connected at once, the signed manifest from the first that serves a valid one."""
+        network = await self.network(optional=False)
+        providers = await network.find_providers(dataset_id)
+        if not providers:
+            raise FetchError(
+                f"no peer provides {dataset_id} (asked the DHT through {len(network.host.get_connected_peers())}"
+                f" connected peer(s) for {network.lookup_deadline:.0f} s); is a node that holds it running and "
+                "bootstrapped?"
+            )
+        failed: dict[str, str] = {}
+        reachable = await connect_providers(network, providers, failed)
+        copy = await self._first_signed_manifest(network, dataset_id, reachable, trusted, failed)
+        if copy is None:
+            raise FetchError(f"no provider of {dataset_id} gave a valid manifest: {'; '.join(failed.values())}")
+        sources = [copy.first_peer] + [p for p in reachable if p != copy.first_peer and str(p) not in failed]
+        directory = self._store_copy(dataset_id, copy, network.peer_id)
+        pool = SourcePool(
+            [PeerSource(network.host, peer, dataset_id, copy.manifest, self.read_timeout) for peer in sources]
+        )
+        return OpenDataset(dataset_id, directory, copy.manifest, copy.publisher, pool, copy)
+
+    async def _first_signed_manifest(self, network, dataset_id: str, peers: list, trusted, failed: dict[str, str]):
+        """The copy from the first provider that serves a valid, trusted, signed manifest, asking MANIFEST_AT_ONCE
+        at a time (`first_answer`); None if none does. What each failed provider did goes into `failed`."""
+
+        async def ask(peer):
+            try:
+                signed = await fetch_signed_manifest(network.host, peer, dataset_id, self.read_timeout)
+            except Exception as exc:
+                failed[str(peer)] = str(exc) if isinstance(exc, SourceError) else f"{peer}: {exc}"
+                return None
+            if trusted is not None and signed.publisher not in trusted:
+                failed[str(peer)] = f"{peer}: serves a copy signed by {signed.publisher}, who is not trusted"
+                return None
+            return _Copy(
+                signed.data,
+                signed.manifest,
+                signed.public_key,
+                signed.signature,
+                signed.allow,
+                signed.allow_signature,
+                peer,
+            )
+
+        return await first_answer(peers, ask, at_once=MANIFEST_AT_ONCE)
+
+    async def _manifest_from_mirrors(self, race: _Race, dataset_id: str, pool: SourcePool, trusted) -> None:
+        try:
+            data, manifest = await fetch_manifest(pool, dataset_id)
+        except FetchError as exc:
+            race.lost(str(exc))
+            return
+        public_key, signature = await self._mirror_signature(pool, dataset_id, data)
+        copy = _Copy(data, manifest, public_key, signature)
+        if trusted is not None and copy.publisher not in trusted:
+            why = f"signed by {copy.publisher}" if copy.publisher else "with no valid signature file"
+            race.lost(f"the web mirrors serve {dataset_id} {why}, and trusted_publishers does not name it")
+            return
+        race.won(copy)
+
+    async def _mirror_signature(self, pool: SourcePool, dataset_id: str, data: bytes) -> tuple[bytes, bytes]:
+        """(public key, signature) from the `signature` file the mirrors serve beside the manifest (a published
+        directory has one), if one verifies; (b"", b"") if none does: the copy is then unsigned. Each mirror is
+        asked once, without counting against its health (a tensor directory from `kogitune store` has no
+        signature: a 404 here is no fault)."""
+        size = PUBLIC_KEY_BYTES + SIGNATURE_BYTES
+
+        async def ask(health):
+            try:
+                with trio.fail_after(self.read_timeout):
+                    signed = await health.source.read_all(SIGNATURE_FILE, size)
+                check_signed_manifest(dataset_id, data, signed[:PUBLIC_KEY_BYTES], signed[PUBLIC_KEY_BYTES:])
+            except (SourceError, KogituneError, ValueError, trio.TooSlowError):
+                return None
+            return signed
+
+        signed = await first_answer(pool.usable(), ask)
+        return (signed[:PUBLIC_KEY_BYTES], signed[PUBLIC_KEY_BYTES:]) if signed else (b"", b"")
+
+    async def _manifest_from_peers(self, race: _Race, dataset_id: str, trusted) -> None:
+        """The peers' side of the race: providers, then the first valid signed manifest (MANIFEST_AT_ONCE)."""
+        try:
+            network = await self.network(optional=True)
+            if network is None:
+                race.lost("no peer to ask (no bootstrap peer)")
+                return
+            providers = await network.find_providers(dataset_id)
+            failed: dict[str, str] = {}
+            reachable = await connect_providers(network, providers, failed) if providers else []
+            copy = await self._first_signed_manifest(network, dataset_id, reachable, trusted, failed)
+        except Exception as exc:  # whatever the peers' side meets, the mirrors may still answer
+            race.lost(f"peers: {type(exc).__name__}: {exc}")
+            return
+        if copy is None:
+            race.lost(f"no provider gave a valid manifest ({'; '.join(failed.values()) or 'none found'})")
+        else:
+            race.won(copy)
+
+    def _look_for_peers(self, opened: OpenDataset) -> None:
+        """In the background, providers of a dataset opened with mirrors join its pool as they are found."""
+        opened.looking_for_peers = True
+
+        async def look() -> None:
+            try:
+                network = await self.network(optional=True)
+                if network is None:
+                    return
+                providers = await network.find_providers(opened.dataset_id)
+                failed: dict[str, str] = {}
+                for peer in await connect_providers(network, providers, failed) if providers else []:
+                    opened.pool.add(
+                        PeerSource(network.host, peer, opened.dataset_id, opened.manifest, self.read_timeout)
+                    )
+            except Exception as exc:  # the mirrors serve the dataset; peers are a bonus
+                log.info("looking for peers of %s failed: %s", opened.dataset_id, exc)
+            finally:
+                opened.pool.search_ended()
+
+        opened.pool.search_started()
+        self.nursery.start_soon(look)
+
+    async def _host(self):
+        return (await self.network(optional=False)).host
+
+    def _stored_copy(self, dataset_id: str) -> _Copy | None:
+        """The manifest of `dataset_id` in the store if it hashes to the ID, with its signature if that verifies."""
+        directory = self.store.dataset_dir(dataset_id)
+        try:
+            data = read_limited(directory / MANIFEST_FILE, MAX_MANIFEST_BYTES)
+            manifest = parse_manifest(data)
+        except (OSError, KogituneError):
+            return None
+        if manifest.dataset_id != dataset_id:
+            return None
+        try:
+            public_key, signature = read_signature(directory)
+            check_signed_manifest(dataset_id, data, public_key, signature)
+        except (OSError, KogituneError, ValueError):
+            return _Copy(data, manifest)
+        return _Copy(data, manifest, public_key, signature)
+
+    def _store_copy(self, dataset_id: str, copy: _Copy, own_peer_id: str = "") -> Path:
+        """Write a checked manifest (and its signature, with which this node serves the dataset on) into the
+        store; keep the allow-list of a private dataset when the publisher it names signed it (written first, as
+        in publish, so the copy is never served without it). Any other list is dropped: a public dataset has none,
+        whoever signed one, and a replica never inherits a list its publisher did not sign. A list held already
+        is not dropped because another provider sent none."""
+        directory = self.store.make_dataset_dir(dataset_id, copy.manifest.is_private)
+        if copy.allow and copy.publisher != own_peer_id:
+            if allowed_peers(dataset_id, copy.manifest, copy.allow, copy.allow_signature):
+                write_allow_files(directory, copy.allow, copy.allow_signature)
+            else:
+                log.warning(
+                    "%s: a provider sent an allow-list with a public manifest, or one that the publisher the "
+                    "manifest names did not sign; ignored",
+                    dataset_id,
+                )
+        stored = self._stored_copy(dataset_id)
+        if stored is None or stored.data != copy.data:
+            write_atomic(directory / MANIFEST_FILE, copy.data)
+        if copy.public_key and (
+            stored is None or stored.public_key + stored.signature != copy.public_key + copy.signature
+        ):
+            write_signature(directory, copy.public_key, copy.signature)
+        return directory
+
+    # ---- fetching -----------------------------------------------------------------------------------------------
+
+    async def fetch_shard(self, dataset_id: str, index: int, mirrors=(), peers: bool = True) -> Path:
+        """Shard `index` of the dataset, verified in the store (fetched unless it is there); its directory."""
+        opened = await self.open(dataset_id, mirrors, peers=peers)
+        shard = opened.manifest.shards[index]
+        key = (dataset_id, index)
+        while key in self._fetching:
+            await self._fetching[key].wait()
+        if not (opened.directory / shard.tokens_path).exists():
+            self._fetching[key] = trio.Event()
+            try:
+                async with self._shards:
+                    fetch = ShardFetch(opened.directory, opened.manifest, shard, opened.pool)
+                    await self.nursery.start(fetch.run)
+                self.bytes_fetched += sum(fetch.bytes_by_source.values())
+            finally:
+                self._fetching.pop(key).set()
+        return opened.directory
+
+    async def prefetch(self, dataset_id: str, indexes: list[int], mirrors=(), peers: bool = True) -> None:
+        """Fetch shards ahead of need, in this order, at most PREFETCH_SHARDS at a time, so that a shard someone is
+        waiting for (fetch_shard) is not starved by look-ahead. Failures only log: the wait for the shard reports
+        them."""
+
+        async def fetch(index: int) -> None:
+            await self.fetch_shard(dataset_id, index, mirrors, peers)
+
+        await prefetch_in_order(self.nursery, self._prefetch, indexes, fetch)
+
+    async def get(self, dataset_id: str, mirrors=()) -> OpenDataset:
+        """Every shard of the dataset into the store (MAX_SHARDS_IN_FLIGHT at a time)."""
+        opened = await self.open(dataset_id, mirrors)
+        async with trio.open_nursery() as nursery:
+            for index in range(len(opened.manifest.shards)):
+                nursery.start_soon(self.fetch_shard, dataset_id, index)
+        return opened
+
+    def bytes_verified(self, dataset_id: str) -> int:
+        """Bytes of `dataset_id` fetched and verified since it was opened (0 if it is not): counted piece by piece,
+        so a progress bar moves while a shard arrives."""
+        opened = self.opened.get(dataset_id)
+        return sum(health.bytes_verified for health in opened.pool.health) if opened else 0
+
+    def source_bytes(self, dataset_id: str) -> dict[str, int]:
+        """Verified bytes of the dataset from each of its sources (by name: a mirror's URL, "peer <ID>")."""
+        opened = self.opened.get(dataset_id)
+        return {h.source.name: h.bytes_verified for h in opened.pool.health} if opened else {}
