@@ -18,7 +18,7 @@ from pathlib import Path
 from kogitune.protocol.jsonlimits import MAX_JSON_DEPTH, loads
 
 from . import errors
-from .cache import ContentStore, kogitune_home
+from .content_store import ContentStore, kogitune_home
 from .errors import KogituneError, NodeNotRunning, RecipeError
 from .files import read_limited
 from .layout import CONTROL_SOCKET_FILE, MANIFEST_FILE, read_signature

@@ -7,6 +7,7 @@ are) they are created owner-only (0600), elsewhere 0644. Create files with write
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import tempfile
@@ -18,6 +19,8 @@ from .errors import KogituneError
 OWNER_ONLY_FOLDER = 0o700
 OWNER_ONLY_FILE = 0o600
 SHARED_FILE = 0o644
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+"""The errors of a full file system (or of a user over quota)."""
 
 
 def file_mode_in(folder: Path) -> int:

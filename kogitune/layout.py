@@ -20,7 +20,7 @@ A data tensor directory (`kogitune store` writes one; a node keeps one per datas
 Beside a tensor that `kogitune store` writes to `<out>`: `<out>.partial/` (partial_path: the unfinished tensor, with
 its checkpoint) and `.<out>.lock` (store_lock_path: one store into `<out>` at a time).
 
-A node home (`$KOGITUNE_HOME`, see kogitune.cache.kogitune_home):
+A node home (`$KOGITUNE_HOME`, see kogitune.content_store.kogitune_home):
 
     datasets/<id>/             DATASETS_DIR: the content store, one data tensor directory per dataset ID
     identity.key               IDENTITY_FILE: the node's Ed25519 seed (owner-only); its peer ID

@@ -4,7 +4,7 @@
 
 1. its built-in default (below; `DEFAULTS`);
 2. the key of the same name in the home's config file, `<home>/config.json` (a JSON object; the home is
-   `kogitune node start --home`, else `$KOGITUNE_HOME`, see kogitune.cache.kogitune_home);
+   `kogitune node start --home`, else `$KOGITUNE_HOME`, see kogitune.content_store.kogitune_home);
 3. the environment variable `KOGITUNE_<NAME IN CAPITALS>` (e.g. `KOGITUNE_READ_TIMEOUT`);
 4. a command-line flag, where one exists (`FLAGS`; the CLI passes the flags it was given to `configure`).
 
@@ -136,7 +136,7 @@ def settings() -> Settings:
     """This process's settings: loaded on first use, and again only when the config file or the environment
     changed."""
     global _loaded
-    from .cache import kogitune_home
+    from .content_store import kogitune_home
 
     home = _home if _home is not None else kogitune_home()
     try:

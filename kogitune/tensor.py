@@ -3,7 +3,7 @@
 Verifying a shard means hashing every piece and comparing with the manifest (about 1.5 GB/s here). A shard that
 passed is recorded in `.kogitune-verified` in the tensor directory together with the size, mtime, inode and ctime
 of its files, so later opens skip the hashing while the files are unchanged; any change on disk voids the record (a
-write, truncate, chmod or new hard link always moves ctime, and nobody can set it back). A
+write, truncate, chmod or new hard link always moves ctime, and nobody can set it back): kogitune.marks. A
 shard that the fetcher brought in this process was checked piece by piece as it arrived and is not hashed again;
 a fetched shard that fails its check on a later open is fetched again rather than refused.
 """
@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import logging
 import os
-import time
 from collections import OrderedDict
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,21 +23,15 @@ import numpy as np
 
 from kogitune.protocol.errors import IntegrityError, ManifestError
 from kogitune.protocol.ids import DIGEST_SIZE, is_dataset_id
-from kogitune.protocol.jsonlimits import loads
-from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, MAX_SHARDS, Manifest, ShardInfo, parse_manifest
+from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, ShardInfo, parse_manifest
 from kogitune.protocol.pieces import piece_digests, piece_span, root_of
 
 from .errors import TensorError
-from .files import opener_like_folder, read_limited, write_atomic
-from .layout import MANIFEST_FILE, MARKS_FILE, MARKS_LOCK_FILE, partial_path, shard_lock_path
+from .files import opener_like_folder, read_limited
+from .layout import MANIFEST_FILE, partial_path, shard_lock_path
+from .marks import file_signature, forget_verified, is_marked, record_checked, record_verified, settled_signature
 
-MAX_MARKS_BYTES = MAX_SHARDS * 256
-"""A marks file longer than this (about 100 bytes a shard are written) is not read: its shards are hashed again."""
 MAX_OPEN_SHARDS = 64
-TIMESTAMP_GRANULARITY_NS = 20_000_000
-"""How coarse a file system's change times can be (Linux stamps them from a clock that ticks every 1-10 ms). A
-check only starts once its files' last change is at least this old, so that any write after the check began moves
-their ctime past the one recorded: two changes within one tick would otherwise look like one."""
 log = logging.getLogger("kogitune.tensor")
 
 
@@ -176,12 +168,12 @@ class DataTensor:
     def check_and_mark(self, shard: ShardInfo) -> list[Problem]:
         """Hash the shard's files and record the result: a mark if they passed and did not change while being
         hashed (none otherwise: the next open hashes them again), no mark if they failed. Returns the problems."""
-        before = _settled_signature(self.path, shard)
+        before = settled_signature(self.path, shard)
         problems = self.verify_shard(shard)
         if problems:
             forget_verified(self.path, [shard])
         elif before is not None and record_verified(self.path, self.manifest, [shard], checked_as=before):
-            _checked_here[(str(self.path), shard.name)] = before
+            record_checked(self.path, shard, before)
         return problems
 
     def verify_shard(self, shard: ShardInfo) -> list[Problem]:
@@ -256,6 +248,32 @@ class DataTensor:
         return signature is not None and is_marked(self.path, self.dataset_id, shard.name, signature)
 
 
+def verify(tensor: str | os.PathLike | DataTensor, home: str | os.PathLike | None = None) -> list[Problem]:
+    """Hash every piece of every shard of a data tensor and return what is wrong: an empty list when it is intact.
+    As `kogitune verify` does.
+
+        problems = kogitune.verify("gpt2-f04f/corpus")      # a tensor directory
+        problems = kogitune.verify("kg1-...")               # a dataset in the content store of `home`
+
+    `tensor`: a tensor directory, a DataTensor, or the ID of a dataset held in the content store of `home` (default:
+    $KOGITUNE_HOME; its missing shards are reported missing). Shards that pass are marked verified, so that
+    opening them later does not hash them again. Raises TensorError if it is not a data tensor at all.
+    """
+    if isinstance(tensor, DataTensor):
+        return tensor.verify()
+    if is_dataset_id(str(tensor)) and not Path(tensor).exists():
+        from .content_store import ContentStore
+
+        content = ContentStore(home)
+        directory = content.dataset_dir(str(tensor))
+        if not (directory / MANIFEST_FILE).is_file():
+            raise TensorError(
+                f"{tensor} is not in the content store {content.home}: fetch it with `kogitune get {tensor}`"
+            )
+        return DataTensor(directory).verify()
+    return DataTensor(tensor).verify()
+
+
 def _map_shared(path: Path, dtype: np.dtype) -> np.memmap:
     """`path` memory-mapped read-only, with a shared flock on it that lives exactly as long as the map: the map
     keeps a duplicate of the descriptor it was made from (mmap's default), and a flock belongs to the open file
@@ -284,11 +302,6 @@ def _not_a_tensor(path: Path) -> str:
     return f"{path} is not a data tensor: it has no {MANIFEST_FILE}. Create one with `kogitune store FILE.jsonl`."
 
 
-_checked_here: dict[tuple[str, str], list | None] = {}
-"""(directory, shard name) -> file signature of shards a fetcher in this process checked piece by piece: trusted
-while the files are unchanged, also before their record in the marks file (written after the fsync) exists."""
-
-
 def _read_manifest(path: Path) -> Manifest:
     manifest_path = path / MANIFEST_FILE
     if not manifest_path.is_file():
@@ -297,127 +310,3 @@ def _read_manifest(path: Path) -> Manifest:
         return parse_manifest(read_limited(manifest_path, MAX_MANIFEST_BYTES))
     except ManifestError as exc:
         raise ManifestError(f"{manifest_path}: {exc}") from None
-
-
-def is_marked(directory: Path, dataset_id: str, shard_name: str, signature: list) -> bool:
-    """Whether `signature` (see `file_signature`) is how the shard's files were when they last passed a check, in
-    this process or as recorded in the marks file (read again only when that file was replaced)."""
-    key = (str(directory), shard_name)
-    if _checked_here.get(key) == signature:
-        return True
-    marks = _cached_marks(directory)
-    if marks.get("dataset_id") == dataset_id and marks["shards"].get(shard_name) == signature:
-        _checked_here[key] = signature
-        return True
-    return False
-
-
-def record_checked(directory: Path, shard: ShardInfo) -> list | None:
-    """Remember, in this process only, that `shard` was just checked as its files are now; returns their signature."""
-    signature = file_signature(directory, shard)
-    _checked_here[(str(directory), shard.name)] = signature
-    return signature
-
-
-def record_verified(directory: Path, manifest: Manifest, shards, checked_as: list | None = None) -> bool:
-    """Remember that `shards` passed verification as their files are now (best effort: read-only dirs skip it).
-    With `checked_as` (the `file_signature` of the one shard when it was checked), only if its files are unchanged;
-    returns whether they were."""
-    with _marks_locked(directory):
-        marks = _read_marks(directory)
-        if marks.get("dataset_id") != manifest.dataset_id:
-            marks = {"dataset_id": manifest.dataset_id, "shards": {}}
-        for shard in shards:
-            signature = file_signature(directory, shard)
-            if checked_as is not None and signature != checked_as:
-                return False
-            marks["shards"][shard.name] = signature
-        _write_marks(directory, marks)
-    return True
-
-
-def forget_verified(directory: Path, shards) -> None:
-    """Drop the marks of `shards`, found damaged (e.g. by bit rot, which changes no size, mtime or inode), so
-    that opening them hashes them again."""
-    for shard in shards:
-        _checked_here.pop((str(directory), shard.name), None)
-    with _marks_locked(directory):
-        marks = _read_marks(directory)
-        dropped = [marks["shards"].pop(shard.name) for shard in shards if shard.name in marks.get("shards", {})]
-        if dropped:
-            _write_marks(directory, marks)
-
-
-@contextmanager
-def _marks_locked(directory: Path):
-    """Serialize read-modify-write of the marks file: shards of one tensor finish in parallel threads and processes."""
-    try:
-        lock = open(directory / MARKS_LOCK_FILE, "a+b", opener=opener_like_folder)
-    except OSError:
-        yield
-        return
-    with lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        yield
-
-
-def _write_marks(directory: Path, marks: dict) -> None:
-    try:
-        write_atomic(directory / MARKS_FILE, json.dumps(marks).encode())
-    except OSError:
-        pass
-
-
-def _read_marks(directory: Path) -> dict:
-    try:
-        data = read_limited(directory / MARKS_FILE, MAX_MARKS_BYTES)
-        marks = loads(data) if len(data) <= MAX_MARKS_BYTES else None
-    except (OSError, ValueError):  # missing, unreadable, not JSON, or nested too deep: no marks
-        return {}
-    return marks if isinstance(marks, dict) and isinstance(marks.get("shards"), dict) else {}
-
-
-_marks_read: dict[str, tuple[list, dict]] = {}
-"""directory -> (stat_signature of its marks file when read, its contents), for `is_marked`: a node asks on every
-request it serves. Read only: writers read the file afresh."""
-
-
-def _cached_marks(directory: Path) -> dict:
-    path = directory / MARKS_FILE
-    try:
-        identity = stat_signature(os.stat(path))
-    except OSError:
-        return {}
-    cached = _marks_read.get(str(directory))
-    if cached is None or cached[0] != identity:
-        cached = _marks_read[str(directory)] = (identity, _read_marks(directory))
-    return cached[1]
-
-
-def stat_signature(st: os.stat_result) -> list:
-    """What identifies one version of a file: size, mtime, inode and ctime (which every change moves)."""
-    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
-
-
-def file_signature(directory: Path, shard: ShardInfo) -> list | None:
-    """The `stat_signature` of the shard's three files: any change to them changes it."""
-    signature = []
-    for name in (shard.tokens_path, shard.pieces_path, shard.docs_path):
-        try:
-            st = os.stat(directory / name)
-        except OSError:
-            return None
-        signature.append(stat_signature(st))
-    return signature
-
-
-def _settled_signature(directory: Path, shard: ShardInfo) -> list | None:
-    """The shard's `file_signature` once its last change is TIMESTAMP_GRANULARITY_NS old (waiting if needed)."""
-    signature = file_signature(directory, shard)
-    if signature is None:
-        return None
-    wait_ns = max(entry[3] for entry in signature) + TIMESTAMP_GRANULARITY_NS - time.time_ns()
-    if wait_ns > 0:
-        time.sleep(wait_ns / 1e9)
-        signature = file_signature(directory, shard)
-    return signature

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from kogitune.cache import ContentStore
+from kogitune.content_store import ContentStore
 from kogitune.layout import SIGNATURE_FILE
 from kogitune.protocol import wire
 from kogitune.protocol.ids import dataset_id_digest

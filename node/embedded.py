@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from kogitune.cache import ContentStore
+from kogitune.content_store import ContentStore
 from kogitune.errors import FetchError
 from kogitune.settings import settings
 

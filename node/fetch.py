@@ -41,10 +41,10 @@ import trio
 from kogitune.errors import FetchError, SourceError
 from kogitune.files import file_mode_in, opener_like_folder, write_atomic
 from kogitune.layout import SHARDS_DIR, partial_path, shard_lock_path
+from kogitune.marks import record_checked, record_verified
 from kogitune.protocol.errors import IntegrityError
 from kogitune.protocol.manifest import Manifest, ShardInfo
 from kogitune.protocol.pieces import check_pieces_file
-from kogitune.tensor import record_checked, record_verified
 
 from .piece_board import STALE_CLAIM_SECONDS, PieceBoard
 from .pool import MinRateBody, SourceHealth, SourcePool, fetch_small_file

@@ -6,7 +6,7 @@ pass such bytes on (they may be anything the user wrote there). So, before a tok
 
 - it is opened without following symbolic links (the store holds none: `Node.publish` refuses them);
 - the `stat_signature` of the open file (size, mtime, inode, ctime: a write, truncate or chmod always moves ctime,
-  and nobody can set it back) must be the one recorded when the shard last passed a check (`tensor.is_marked`);
+  and nobody can set it back) must be the one recorded when the shard last passed a check (`marks.is_marked`);
 - it is compared again after every read and before that chunk is sent: Linux moves ctime before a write copies its
   data, so a chunk read while the signature still held is the verified one. A change mid-stream cuts the stream.
 
@@ -30,9 +30,10 @@ from pathlib import Path
 
 import trio
 
+from kogitune.marks import TIMESTAMP_GRANULARITY_NS, file_signature, is_marked, stat_signature
 from kogitune.protocol.manifest import Manifest, ShardInfo
 from kogitune.protocol.pieces import root_of
-from kogitune.tensor import TIMESTAMP_GRANULARITY_NS, DataTensor, Problem, file_signature, is_marked, stat_signature
+from kogitune.tensor import DataTensor, Problem
 
 log = logging.getLogger("kogitune.node")
 RECHECK_THREADS = 1

@@ -18,16 +18,16 @@ from pathlib import Path
 
 import trio
 
-from kogitune.cache import ContentStore
+from kogitune.content_store import ContentStore
 from kogitune.files import write_atomic
 from kogitune.layout import ALLOW_FILE, ALLOW_SIGNATURE_FILE, MANIFEST_FILE, SIGNATURE_FILE, read_signature
+from kogitune.marks import stat_signature
 from kogitune.protocol import wire
 from kogitune.protocol.errors import ManifestError
 from kogitune.protocol.ids import dataset_id_from_digest
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from kogitune.protocol.signing import allowed_peers
 from kogitune.settings import settings
-from kogitune.tensor import stat_signature
 
 from .host import FairSlots, ip_key
 from .integrity import StoreGuard, open_served

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import trio
 
-from kogitune.cache import ContentStore
+from kogitune.content_store import ContentStore
 from kogitune.errors import FetchError, KogituneError, SourceError
 from kogitune.files import read_limited, write_atomic
 from kogitune.layout import MANIFEST_FILE, SIGNATURE_FILE, read_signature, write_signature

@@ -231,8 +231,8 @@ def main() -> None:
         return client(args.client)
 
     from kogitune.corpora import write_kjv_chapters
-    from kogitune.store import StoreOptions, store
     from kogitune.tensor import DataTensor
+    from kogitune.write import StoreOptions, store
 
     print(f"bench_dht: {load_note()} (start)", flush=True)
     bench_started = time.perf_counter()

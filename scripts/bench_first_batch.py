@@ -48,10 +48,10 @@ from bench_fetch import (
 )
 
 from kogitune import client  # noqa: E402
-from kogitune.cache import ContentStore  # noqa: E402
+from kogitune.content_store import ContentStore  # noqa: E402
 from kogitune.layout import MANIFEST_FILE  # noqa: E402
+from kogitune.recipe import DatasetRecipe  # noqa: E402
 from kogitune.tensor import DataTensor  # noqa: E402
-from kogitune.trainers import DatasetRecipe  # noqa: E402
 
 BATCH = 8
 

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from kogitune.corpora import write_kjv_chapters
-from kogitune.datasets import TokenBlockDataset
-from kogitune.store import StoreOptions, store
-from kogitune.trainers import DatasetRecipe
+from kogitune.dataset import TokenBlockDataset
+from kogitune.recipe import DatasetRecipe
+from kogitune.write import StoreOptions, store
 
 BLOCK_SIZE = 2048
 SEED = 20261125

@@ -44,7 +44,7 @@ assert tensor.verify() == []
 
 def make_tensor(root: Path, chapters: int) -> Path:
     from kogitune.corpora import write_kjv_chapters
-    from kogitune.store import StoreOptions, store
+    from kogitune.write import StoreOptions, store
 
     corpus = write_kjv_chapters(root / "kjv.jsonl", limit=chapters)
     store(

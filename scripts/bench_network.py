@@ -307,7 +307,7 @@ TRAINER = r"""
 import json, os, sys, time
 started = time.perf_counter()
 import torch
-from kogitune.trainers import DatasetRecipe
+from kogitune.recipe import DatasetRecipe
 imported = time.perf_counter()
 dataset = DatasetRecipe([sys.argv[1]]).get_train_dataset(int(sys.argv[2]))
 opened = time.perf_counter()

@@ -5,7 +5,7 @@
 The first 1,000 KJV chapters are stored clean and with each perturbation; the last 189 chapters, stored clean,
 are held out. For each tensor: the fraction of tokens changed or dropped, the total variation distance of its
 unigram and bigram distributions from the clean tensor's, and the held-out loss of a tiny GPT-2 trained on it for
-the same number of steps (kogitune.training). Needs the `train` extra (torch, transformers).
+the same number of steps (kogitune.tiny_model). Needs the `train` extra (torch, transformers).
 
 To fit in a few minutes on 2 shared cores, the model's vocabulary is the ids the clean KJV uses plus one "other"
 id for every id it never uses (where almost all randomized-response replacements land), and torch uses one
@@ -25,9 +25,9 @@ import numpy as np
 
 from kogitune.corpora import write_kjv_chapters
 from kogitune.perturb import PerturbSpec, keep_probability
-from kogitune.store import StoreOptions, store
 from kogitune.tensor import DataTensor
 from kogitune.tokenizer import load_tokenizer
+from kogitune.write import StoreOptions, store
 
 BLOCK = 64
 TRAIN_CHAPTERS = 1000
@@ -90,7 +90,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from kogitune.training import tiny_gpt2, train_steps
+    from kogitune.tiny_model import tiny_gpt2, train_steps
 
     torch.set_num_threads(1)
     tok = load_tokenizer("gpt2")

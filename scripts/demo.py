@@ -81,9 +81,9 @@ def main() -> None:
 
 def train(dataset_id: str, peers: dict[str, str], args) -> None:
     from kogitune.client import embedded_node
+    from kogitune.recipe import DatasetRecipe
+    from kogitune.tiny_model import tiny_gpt2, train_steps
     from kogitune.tokenizer import load_tokenizer
-    from kogitune.trainers import DatasetRecipe
-    from kogitune.training import tiny_gpt2, train_steps
 
     started = time.perf_counter()
     train_dataset = DatasetRecipe([dataset_id]).get_train_dataset(block_size=args.block_size)

@@ -7,8 +7,8 @@ import random
 import sys
 from pathlib import Path
 
-from kogitune.cache import ContentStore
 from kogitune.client import open_mirrors
+from kogitune.content_store import ContentStore
 from kogitune.tensor import DataTensor
 
 

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from kogitune.corpora import write_kjv_chapters
-from kogitune.store import StoreOptions, StoreReport, store
 from kogitune.tensor import DataTensor
 from kogitune.tokenizer import load_tokenizer
+from kogitune.write import StoreOptions, StoreReport, store
 
 EOS_TEXT = "<|endoftext|>"
 BLOCK = 128

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from kogitune.cache import ContentStore
-from kogitune.trainers import DatasetRecipe
+from kogitune.content_store import ContentStore
+from kogitune.recipe import DatasetRecipe
 
 
 def main() -> None:

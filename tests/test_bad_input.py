@@ -16,8 +16,8 @@ from conftest import expected_tokens, json_line, store_quietly, write_lines, wri
 from kogitune.cli import main
 from kogitune.errors import BadInputError, ManifestError, TensorError
 from kogitune.layout import MANIFEST_FILE
-from kogitune.store import BATCH_BYTES, StoreOptions
 from kogitune.tensor import DataTensor
+from kogitune.write import BATCH_BYTES, StoreOptions
 
 OPTIONS = StoreOptions(block_size=64, workers=1)
 SKIP = replace(OPTIONS, skip_bad_lines=True)
@@ -288,7 +288,7 @@ def test_broken_manifest_exits_2(tmp_path, capsys, command, manifest, message):
 
 def test_a_byte_order_mark_at_the_start_of_a_file_is_not_a_bad_line(tmp_path):
     """Editors on Windows write a UTF-8 BOM before the first line; it is not part of the JSON."""
-    from kogitune.store import StoreOptions, store
+    from kogitune.write import StoreOptions, store
 
     path = tmp_path / "bom.jsonl"
     path.write_bytes(b'\xef\xbb\xbf{"text": "In the beginning"}\n{"text": "was the word"}\n')
@@ -309,7 +309,7 @@ def test_a_byte_order_mark_at_the_start_of_a_file_is_not_a_bad_line(tmp_path):
 )
 def test_store_options_that_make_an_unreadable_tensor_are_refused(option):
     from kogitune.errors import KogituneError
-    from kogitune.store import StoreOptions
+    from kogitune.write import StoreOptions
 
     with pytest.raises(KogituneError):
         StoreOptions(**option)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from mirrors import mirrors
 
-from kogitune.cache import ContentStore
 from kogitune.cli import main
 from kogitune.client import open_mirrors
+from kogitune.content_store import ContentStore
 
 READER = Path(__file__).with_name("cache_reader.py")
 RUNS = 3

@@ -11,8 +11,8 @@ import pytest
 from conftest import copy_tensor, flip_byte, store_quietly
 
 from kogitune.cli import build_parser, main, store_cli
-from kogitune.store import StoreOptions
 from kogitune.tensor import DataTensor
+from kogitune.write import StoreOptions
 
 # `--shard-size 0.0625` MiB is 64 KiB: the small corpus makes two shards of blocks of 64 tokens.
 CLI_OPTIONS = ["--block-size", "64", "--shard-size", "0.0625", "--workers", "1", "-q"]

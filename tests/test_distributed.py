@@ -10,8 +10,8 @@ import numpy as np
 from mirrors import mirrors
 
 from kogitune.corpora import write_kjv_chapters
-from kogitune.store import StoreOptions, store
-from kogitune.trainers import DatasetRecipe
+from kogitune.recipe import DatasetRecipe
+from kogitune.write import StoreOptions, store
 
 BLOCK = 64
 

@@ -13,8 +13,8 @@ from kogitune.errors import BadInputError
 from kogitune.filters import FilterError, Pipeline
 from kogitune.filters.run import FilterOptions, filter_files, report_path
 from kogitune.filters.samples import CHINESE, JAPANESE
-from kogitune.store import StoreOptions, store
 from kogitune.tensor import DataTensor
+from kogitune.write import StoreOptions, store
 
 CONFIG = {
     "filters": [

@@ -16,14 +16,14 @@ from conftest import copy_tensor
 from mirrors import mirrors
 from netnodes import ENV
 
-from kogitune.cache import ContentStore
 from kogitune.client import DaemonClient, open_dataset_id
+from kogitune.content_store import ContentStore
 from kogitune.corpora import write_kjv_chapters
 from kogitune.errors import FetchError
 from kogitune.protocol.signing import peer_id_from_public_key, sign_dataset
-from kogitune.store import StoreOptions, store
+from kogitune.recipe import DatasetRecipe, parse_entry
 from kogitune.tensor import DataTensor
-from kogitune.trainers import DatasetRecipe, parse_entry
+from kogitune.write import StoreOptions, store
 
 BLOCK = 64
 DEAD_BOOTSTRAP = "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWGzh9VdU5n2xJ6G3ZN1DXYZ9y4nrnD9eHCtQnBNpQdCPd"

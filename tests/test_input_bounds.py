@@ -22,12 +22,12 @@ import pytest
 import zstandard
 from conftest import OPTIONS, expected_tokens, json_line, store_quietly, write_lines
 
-import kogitune.store as store_module
+import kogitune.write.job as store_module
 from kogitune.cli import MAX_DOCUMENT_HELP, main
 from kogitune.errors import BadInputError, DiskFullError
 from kogitune.filters.run import FilterOptions, filter_files
-from kogitune.store import MAX_DOCUMENT_BYTES, StoreOptions
 from kogitune.tensor import DataTensor
+from kogitune.write import MAX_DOCUMENT_BYTES, StoreOptions
 
 ADDRESS_SPACE_LIMIT = 3 << 30
 """The child's address-space limit: far above what a bounded store needs, far below what an unbounded one took

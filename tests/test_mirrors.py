@@ -14,14 +14,14 @@ import torch
 from conftest import copy_tensor
 from mirrors import mirrors, stdlib_http_server
 
-from kogitune.cache import ContentStore
 from kogitune.client import embedded_node, open_mirrors
+from kogitune.content_store import ContentStore
 from kogitune.corpora import write_kjv_chapters
 from kogitune.errors import FetchError
 from kogitune.layout import MARKS_FILE
-from kogitune.store import StoreOptions, store
+from kogitune.recipe import DatasetRecipe
 from kogitune.tensor import DataTensor
-from kogitune.trainers import DatasetRecipe
+from kogitune.write import StoreOptions, store
 
 BLOCK = 64
 

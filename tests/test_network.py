@@ -12,14 +12,14 @@ import pytest
 from netnodes import ENV, KOGITUNE, NodeProcess
 
 from kogitune.corpora import write_kjv_chapters
-from kogitune.store import StoreOptions, store
 from kogitune.tensor import DataTensor
+from kogitune.write import StoreOptions, store
 
 BLOCK = 64
 TRAIN_SCRIPT = """
 import sys
 import numpy as np
-from kogitune.trainers import DatasetRecipe
+from kogitune.recipe import DatasetRecipe
 dataset = DatasetRecipe([sys.argv[1]], shuffle=False).get_train_dataset(int(sys.argv[2]))
 np.save(sys.argv[3], np.stack([dataset[i]["input_ids"].numpy() for i in range(len(dataset))]))
 """
@@ -50,7 +50,7 @@ def train_by_id(tmp_path: Path, dataset_id: str, bootstrap: str) -> np.ndarray:
 
 
 def local_samples(tensor: DataTensor) -> np.ndarray:
-    from kogitune.trainers import DatasetRecipe
+    from kogitune.recipe import DatasetRecipe
 
     dataset = DatasetRecipe([str(tensor.path)], shuffle=False).get_train_dataset(BLOCK)
     return np.stack([dataset[i]["input_ids"].numpy() for i in range(len(dataset))])

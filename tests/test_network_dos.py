@@ -45,8 +45,8 @@ from kogitune.node.host import new_kogitune_host
 from kogitune.node.server import ServerLimits
 from kogitune.protocol import wire
 from kogitune.protocol.ids import dataset_id_digest
-from kogitune.store import StoreOptions, store
 from kogitune.tensor import DataTensor
+from kogitune.write import StoreOptions, store
 
 LIMITS = ServerLimits()  # the node process runs with the defaults
 HONEST_SECONDS = 20.0
@@ -146,7 +146,7 @@ async def honest_get_under_attack(home: Path, publisher: NodeProcess, dataset_id
 TRAINER = """
 import sys
 import numpy as np
-from kogitune.trainers import DatasetRecipe
+from kogitune.recipe import DatasetRecipe
 dataset = DatasetRecipe([sys.argv[1]], shuffle=False).get_train_dataset(64)
 np.save(sys.argv[2], np.stack([dataset[i]["input_ids"].numpy() for i in range(len(dataset))]))
 """
@@ -161,7 +161,7 @@ async def honest_get_and_trainer(tmp_path: Path, publisher: NodeProcess, tensor:
 def honest_trainer(home: Path, publisher: NodeProcess, tensor: DataTensor) -> float:
     """A training process with no node of its own (it starts a client-mode node inside, bootstrapped on the
     publisher) reads every sample of the dataset by ID; check them against the local tensor; return its seconds."""
-    from kogitune.trainers import DatasetRecipe
+    from kogitune.recipe import DatasetRecipe
 
     out = home / "samples.npy"
     env = {**ENV, "KOGITUNE_HOME": str(home), "KOGITUNE_BOOTSTRAP": publisher.address}

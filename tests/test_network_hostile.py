@@ -30,8 +30,8 @@ from kogitune.protocol import wire
 from kogitune.protocol.ids import dataset_id_digest
 from kogitune.protocol.manifest import parse_manifest
 from kogitune.protocol.signing import peer_id_from_public_key, verify_dataset
-from kogitune.store import StoreOptions, store
 from kogitune.tensor import DataTensor
+from kogitune.write import StoreOptions, store
 
 SEED = 20240917
 FUZZ_STREAMS = 2000

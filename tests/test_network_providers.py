@@ -34,8 +34,8 @@ from kogitune.node.host import new_kogitune_host
 from kogitune.protocol import wire
 from kogitune.protocol.ids import dataset_id_digest
 from kogitune.protocol.signing import sign_dataset
-from kogitune.store import StoreOptions, store
 from kogitune.tensor import DataTensor
+from kogitune.write import StoreOptions, store
 
 LISTEN = "/ip4/127.0.0.1/tcp/0"
 CONNECT_TIMEOUT = 10.0

@@ -9,9 +9,9 @@ import pytest
 
 from kogitune.corpora import kjv_verses, write_kjv_chapters
 from kogitune.perturb import Perturber, PerturbError, PerturbSpec, keep_probability
-from kogitune.store import StoreOptions, store
 from kogitune.tensor import DataTensor
 from kogitune.tokenizer import load_tokenizer
+from kogitune.write import StoreOptions, store
 
 VOCAB = 50257
 EOS = 50256

@@ -6,10 +6,10 @@ import pytest
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
 from kogitune.corpora import write_kjv_chapters
-from kogitune.store import StoreOptions, store
+from kogitune.recipe import DatasetRecipe
+from kogitune.tiny_model import tiny_gpt2
 from kogitune.tokenizer import load_tokenizer
-from kogitune.trainers import DatasetRecipe
-from kogitune.training import tiny_gpt2
+from kogitune.write import StoreOptions, store
 
 BLOCK = 32
 

@@ -43,8 +43,8 @@ from kogitune.node.pool import SourcePool
 from kogitune.protocol import wire
 from kogitune.protocol.ids import dataset_id_digest
 from kogitune.protocol.manifest import Manifest, canonical_encoding, parse_manifest
-from kogitune.store import StoreOptions, TensorWriter, store
 from kogitune.tensor import DataTensor
+from kogitune.write import StoreOptions, TensorWriter, store
 
 SECRET = b"this was never published: it must not leave the node"
 BIG_SHARD_BYTES = 16 << 20
@@ -401,7 +401,7 @@ def test_a_slow_but_honest_reader_is_not_cut(stored, node, tmp_path):
     process. (With main's 10 s per 1 MiB write, a reader at a quarter of the floor would have been cut.)"""
     from libp2p.custom_types import TProtocol
 
-    from kogitune.cache import ContentStore
+    from kogitune.content_store import ContentStore
     from kogitune.node.server import WRITE_BYTES, DataServer, ServerLimits
 
     tensor = big_tensor(stored, tmp_path / "big")

@@ -31,12 +31,13 @@ from conftest import (
     write_texts,
 )
 
-import kogitune.store as store_module
+import kogitune.write.job as store_module
 from kogitune.corpora import write_kjv_chapters
 from kogitune.errors import BadInputError, KogituneError, TensorError
 from kogitune.layout import MANIFEST_FILE
 from kogitune.perturb import PerturbSpec
-from kogitune.store import (
+from kogitune.tensor import DataTensor
+from kogitune.write import (
     BATCH_BYTES,
     DTYPES_NP,
     InputReader,
@@ -45,7 +46,6 @@ from kogitune.store import (
     pack_documents,
     worker_processes,
 )
-from kogitune.tensor import DataTensor
 
 SMALL = StoreOptions(block_size=64, shard_size=64 << 10, workers=1)
 
@@ -329,7 +329,7 @@ def test_an_interrupted_store_goes_on_from_its_checkpoint(tmp_path, kjv_corpus, 
 
 KILLED_STORE = """
 import sys
-import kogitune.store as store
+import kogitune.write.job as store
 store.BATCH_BYTES, store.CHECKPOINT_SECONDS = 64 << 10, 0.0
 store.store([sys.argv[1]], "gpt2", sys.argv[2], store.StoreOptions(block_size=128, shard_size=256 << 10,
                                                                   workers=int(sys.argv[3])), progress=False)
@@ -380,7 +380,7 @@ def test_a_script_without_a_main_guard_gets_a_clear_error_not_a_hang(tmp_path, s
     while the tokenizer travelled to the workers through a pipe that outgrew its buffer)."""
     script = tmp_path / "unguarded.py"
     script.write_text(
-        "from kogitune.store import StoreOptions, store\n"
+        "from kogitune.write import StoreOptions, store\n"
         f"store([{str(small_corpus)!r}], 'gpt2', {str(tmp_path / 'out')!r}, StoreOptions(workers=2), "
         "progress=False)\n"
     )

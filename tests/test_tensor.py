@@ -15,16 +15,17 @@ import torch
 from conftest import BLOCK, EOS_TEXT, PIECE, copy_tensor, expected_tokens, flip_byte, store_quietly, stored_tokens
 from torch.utils.data import DataLoader
 
+import kogitune.marks as marks_module
 import kogitune.tensor as tensor_module
-from kogitune.datasets import TokenBlockDataset
+from kogitune.dataset import TokenBlockDataset
 from kogitune.errors import IntegrityError, RecipeError, TokenizerError
 from kogitune.layout import MANIFEST_FILE, MARKS_FILE
 from kogitune.protocol.ids import dataset_id_from_digest, sha256
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, canonical_encoding
-from kogitune.store import StoreOptions
+from kogitune.recipe import DatasetRecipe
 from kogitune.tensor import DataTensor
 from kogitune.tokenizer import load_tokenizer
-from kogitune.trainers import DatasetRecipe
+from kogitune.write import StoreOptions
 
 
 @pytest.fixture
@@ -236,13 +237,13 @@ def test_a_marks_file_over_its_limit_is_not_read(damaged, monkeypatch):
     """Only MAX_MARKS_BYTES of a marks file are read: a longer one vouches for nothing (its shards are hashed)."""
     assert problems_of(damaged) == []
     marks = (damaged / MARKS_FILE).read_bytes()
-    monkeypatch.setattr(tensor_module, "MAX_MARKS_BYTES", len(marks) + 10)
+    monkeypatch.setattr(marks_module, "MAX_MARKS_BYTES", len(marks) + 10)
     hashed = []
     digests = tensor_module.piece_digests
     monkeypatch.setattr(tensor_module, "piece_digests", lambda *args: hashed.append(1) or digests(*args))
 
     def opening_hashes() -> bool:
-        tensor_module._checked_here.clear()  # what this process checked itself is trusted without the file
+        marks_module._checked_here.clear()  # what this process checked itself is trusted without the file
         hashed.clear()
         DataTensor(damaged).shard_tokens(0)
         return bool(hashed)

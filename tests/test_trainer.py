@@ -3,10 +3,10 @@
 from statistics import mean
 
 from kogitune.corpora import write_kjv_chapters
-from kogitune.store import StoreOptions, store
+from kogitune.recipe import DatasetRecipe
+from kogitune.tiny_model import tiny_gpt2, train_steps
 from kogitune.tokenizer import load_tokenizer
-from kogitune.trainers import DatasetRecipe
-from kogitune.training import tiny_gpt2, train_steps
+from kogitune.write import StoreOptions, store
 
 
 def test_hf_trainer_loss_falls_on_a_stored_tensor(tmp_path):

@@ -21,6 +21,29 @@ def _import_builtin_modules() -> None:
 
 _import_builtin_modules()
 
+
+def filter(inputs, output, config, options=None, progress: bool = True, **settings):
+    """Run the filter pipeline `config` over JSONL `inputs` (one file or several; plain, .gz or .zst) into one
+    JSONL file `output` (.jsonl, .jsonl.gz or .jsonl.zst) and OUT.report.json beside it; return the FilterReport.
+    As `kogitune filter` does (docs/filters.md).
+
+        report = kogitune.filter("raw.jsonl", "clean.jsonl", {"filters": [{"name": "nfkc"}, {"name": "dedup"}]})
+
+    `config`: a dict, a config file (JSON, or YAML with PyYAML) or a Pipeline. `settings` are FilterOptions fields
+    (text_key, workers, skip_bad_lines, dry_run, examples, example_chars, max_document_bytes), applied over
+    `options`; with dry_run=True, `output` may be None (only the summary, no files). Raises KogituneError
+    subclasses (FilterError, BadInputError, DiskFullError, ...).
+    """
+    import dataclasses
+    import os
+
+    from .run import FilterOptions, filter_files
+
+    options = dataclasses.replace(options or FilterOptions(), **settings)
+    files = [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs
+    return filter_files(files, output, config, options, progress)
+
+
 __all__ = [
     "BUILTIN_MODULES",
     "REGISTRY",

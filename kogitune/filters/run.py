@@ -1,6 +1,6 @@
 """`kogitune filter`: run a filter pipeline over JSONL files into one JSONL file and a per-filter report.
 
-Input is read and checked as `kogitune store` reads it (kogitune.store.InputReader and document_of). The
+Input is read and checked as `kogitune store` reads it (kogitune.write.inputs). The
 stateless filters before the first stateful one run in worker processes; the rest (deduplication) run in the main
 process in input order, so the output does not depend on the number of workers. The output is written to a
 temporary file beside it and renamed only once complete.
@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import BadInputError, DiskFullError
-from ..files import write_atomic
+from ..files import DISK_FULL, write_atomic
 from ..parallel import ordered_map
-from ..store import DISK_FULL, MAX_DOCUMENT_BYTES, InputReader, check_max_document_bytes, document_of
+from ..write.inputs import MAX_DOCUMENT_BYTES, InputReader, check_max_document_bytes, document_of
 from .base import Pipeline
 
 if TYPE_CHECKING:

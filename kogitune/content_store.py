@@ -27,11 +27,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kogitune.protocol.ids import is_dataset_id
-from kogitune.protocol.manifest import parse_manifest
 
 from .errors import KogituneError
-from .files import file_mode_in, make_folders, opener_like_folder, write_atomic
-from .layout import DATASETS_DIR, LOCK, MANIFEST_FILE, PARTIAL, PINNED_FILE, SHARDS_DIR, TOKENS, USED, shard_file
+from .files import file_mode_in, make_folders, opener_like_folder
+from .layout import (
+    DATASETS_DIR,
+    LOCK,
+    PARTIAL,
+    PINNED_FILE,
+    SHARDS_DIR,
+    TOKENS,
+    USED,
+    shard_used_path,
+)
 
 PARTIAL_SUFFIX = f"{TOKENS}.{PARTIAL}"
 """`<shard>.tokens.partial`: the verified pieces of an unfinished fetch (see kogitune.node.fetch)."""
@@ -86,17 +94,9 @@ class ContentStore:
         make_folders([directory, directory / SHARDS_DIR], owner_only=private)
         return directory
 
-    def add_manifest(self, manifest_bytes: bytes) -> Path:
-        """Record a dataset by its manifest (checked) and return its directory."""
-        manifest = parse_manifest(manifest_bytes)
-        directory = self.make_dataset_dir(manifest.dataset_id, manifest.is_private)
-        if not (directory / MANIFEST_FILE).exists():
-            write_atomic(directory / MANIFEST_FILE, manifest_bytes)
-        return directory
-
     def touch(self, dataset_dir: Path, shard_name: str) -> None:
         """Note that a shard was just used (for eviction order)."""
-        used = shard_file(dataset_dir, shard_name, USED)
+        used = shard_used_path(dataset_dir, shard_name)
         try:
             used.touch(mode=file_mode_in(used.parent))
         except OSError:
@@ -108,7 +108,7 @@ class ContentStore:
         `.used` file, which gc cannot take. The fetch itself, in this process or a daemon's, locks `.lock`, so the
         two never wait for each other. Once mapped, the map's own lock on the tokens file protects the shard."""
         try:
-            lock = open(shard_file(dataset_dir, shard_name, USED), "a+b", opener=opener_like_folder)
+            lock = open(shard_used_path(dataset_dir, shard_name), "a+b", opener=opener_like_folder)
         except OSError:  # a store this process may not write to (read-only): it neither fetches nor evicts there
             yield
             return

@@ -1,0 +1,59 @@
+"""The `kogitune` command line: argparse and handlers, one module per command group.
+
+- tensors.py: `store`, `filter`, `verify`, `info`, `head`, and `store_cli` / `filter_cli`, their Python forms that
+  print a summary (kept for the original Kogitune's users; the Python API is `kogitune.store` and `kogitune.filter`);
+- network.py: `cache`, `node`, `publish`, `get`, `status`;
+- common.py: exit statuses and argparse helpers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from ..errors import KogituneError
+from . import network, tensors
+from .common import EXIT_BUG, EXIT_DAMAGED, EXIT_ERROR, EXIT_OK, MAX_DOCUMENT_HELP
+from .tensors import filter_cli, store_cli
+
+__all__ = [
+    "EXIT_BUG",
+    "EXIT_DAMAGED",
+    "EXIT_ERROR",
+    "EXIT_OK",
+    "MAX_DOCUMENT_HELP",
+    "build_parser",
+    "filter_cli",
+    "main",
+    "store_cli",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kogitune", description="Tokenize text once into content-addressed data tensors; share and train on them."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    tensors.add_commands(commands)
+    network.add_commands(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (KogituneError, OSError) as exc:
+        print(f"kogitune {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"kogitune {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print(
+            f"kogitune {args.command}: internal error (a bug in kogitune); please report the traceback above",
+            file=sys.stderr,
+        )
+        return EXIT_BUG

@@ -1,0 +1,251 @@
+"""Commands that talk to a node or its content store: `cache`, `node`, `publish`, `get`, `status`."""
+
+from __future__ import annotations
+
+from ..errors import KogituneError
+from .common import EXIT_OK, HOME_HELP, at_least, home_of
+
+
+def add_commands(commands) -> None:
+    """Add the node and content-store commands to the `commands` subparsers."""
+    cache = commands.add_parser(
+        "cache",
+        help="list or trim the local store of fetched datasets",
+        description="The local store ($KOGITUNE_HOME, default ~/.cache/kogitune) keeps fetched shards. "
+        "`ls` lists its datasets; `gc` evicts unpinned shards and the partial files of unfinished "
+        "fetches, least recently used first, until the store fits its limit ($KOGITUNE_CACHE_LIMIT in "
+        "GB, default 50 GB). It skips what a process is fetching or reading.",
+    )
+    cache.add_argument("action", choices=["ls", "gc"])
+    cache.add_argument(
+        "--limit", type=at_least(0, float), help="with gc: the size to trim to, in GB (default: the limit)"
+    )
+    cache.add_argument("--home", help=HOME_HELP)
+    cache.set_defaults(run=_cache)
+
+    node = commands.add_parser(
+        "node",
+        help="run or talk to a Kogitune node (libp2p host + DHT + data server)",
+        description="`start` runs a node in the foreground (`--detach`: in the background): a libp2p host (TCP, "
+        "Noise, Yamux) with a persistent identity, a Kademlia DHT in server mode, and the data server; "
+        "it announces every complete dataset in its store. `stop`, `status`, `peers` ask a running node.",
+    )
+    node.add_argument("action", choices=["start", "stop", "status", "peers"])
+    node.add_argument("--home", help=HOME_HELP)
+    node.add_argument(
+        "--listen",
+        action="append",
+        metavar="MULTIADDR",
+        help="address to listen on (default: /ip4/0.0.0.0/tcp/4011); repeatable",
+    )
+    node.add_argument(
+        "--bootstrap",
+        action="append",
+        metavar="MULTIADDR",
+        help="peer to join through, /ip4/.../tcp/.../p2p/<id>; repeatable; also from "
+        "<home>/config.json and $KOGITUNE_BOOTSTRAP",
+    )
+    node.add_argument(
+        "--reprovide-interval",
+        type=at_least(1, float),
+        metavar="SECONDS",
+        help="announce the datasets again this often (default: the setting reprovide_interval, 21600; DHT records "
+        "expire after 48 h)",
+    )
+    node.add_argument("--detach", action="store_true", help="with start: run in the background, print its address")
+    node.set_defaults(run=_node)
+
+    publish = commands.add_parser(
+        "publish",
+        help="verify a data tensor, add it to the node's store, sign and announce it; print its ID",
+        description="Needs a running node (`kogitune node start`). Files are hard-linked into the store where the "
+        "file system allows (no second copy). --allow publishes the tensor's private dataset instead: "
+        "another ID (printed), whose manifest names this node as its publisher, served only to the "
+        "listed peers; their nodes keep the list and serve their copies to the same peers only.",
+    )
+    publish.add_argument("directory", help="a data tensor directory (the one with manifest.json)")
+    publish.add_argument("--allow", action="append", metavar="PEER_ID", help="serve only to this peer; repeatable")
+    publish.add_argument("--home", help=HOME_HELP)
+    publish.set_defaults(run=_publish)
+
+    get = commands.add_parser("get", help="fetch a dataset by ID into the node's store; the node then provides it")
+    get.add_argument("dataset_id")
+    get.add_argument("--home", help=HOME_HELP)
+    get.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    get.set_defaults(run=_get)
+
+    status = commands.add_parser("status", help="providers of a dataset ID and how many shards each holds")
+    status.add_argument("dataset_id")
+    status.add_argument("--home", help=HOME_HELP)
+    status.set_defaults(run=_status)
+
+
+def _cache(args) -> int:
+    from ..content_store import ContentStore, age, cache_limit_bytes
+
+    content = ContentStore(home_of(args))
+    if args.action == "gc":
+        limit = int(args.limit * 1e9) if args.limit is not None else cache_limit_bytes()
+        evicted = content.gc(limit)
+        partials = sum(s.partial for s in evicted)
+        print(
+            f"evicted {len(evicted) - partials} shard(s) and {partials} partial file(s), "
+            f"{sum(s.size for s in evicted) / 1e6:.1f} MB; the store now holds "
+            f"{sum(s.size for s in content.shards(partial=True)) / 1e6:.1f} MB (limit {limit / 1e9:.1f} GB)"
+        )
+        return EXIT_OK
+    shards = content.shards(partial=True)
+    by_dataset: dict[str, list] = {}
+    for shard in shards:
+        by_dataset.setdefault(shard.dataset_id, []).append(shard)
+    print(
+        f"{content.home}: {len(by_dataset)} dataset(s), {sum(s.size for s in shards) / 1e6:.1f} MB "
+        f"(limit {cache_limit_bytes() / 1e9:.1f} GB)"
+    )
+    for dataset_id, held in by_dataset.items():
+        pinned = ", pinned" if held[0].pinned else ""
+        complete = [s for s in held if not s.partial]
+        partial = [s for s in held if s.partial]
+        unfinished = (
+            f"  {len(partial)} partial file(s) {sum(s.size for s in partial) / 1e6:.1f} MB (unfinished fetches)"
+            if partial
+            else ""
+        )
+        print(
+            f"{dataset_id}  {len(complete)} shard(s)  {sum(s.size for s in complete) / 1e6:.1f} MB{unfinished}  "
+            f"used {age(max(s.last_used for s in held))}{pinned}"
+        )
+    return EXIT_OK
+
+
+def _node(args) -> int:
+    from ..client import DaemonClient
+    from ..settings import configure, settings
+
+    home = home_of(args)
+    if args.action == "start":
+        configure(home, {"reprovide_interval": args.reprovide_interval})  # before the node's modules read them
+        from kogitune.node.service import check_start, run_node, start_detached
+
+        if args.detach:
+            check_start(home, args.listen or [], args.bootstrap or [])
+            argv = ["node", "start", "--home", str(home), "--reprovide-interval", str(settings().reprovide_interval)]
+            argv += [x for a in args.listen or [] for x in ("--listen", a)]
+            argv += [x for b in args.bootstrap or [] for x in ("--bootstrap", b)]
+            print(start_detached(home, argv))
+            return EXIT_OK
+        run_node(home, args.listen or [], args.bootstrap or [], settings().reprovide_interval)
+        return EXIT_OK
+    client = DaemonClient(home)
+    if args.action == "stop":
+        client.call("stop", timeout=30)
+        print(f"stopping the node of {home}")
+        return EXIT_OK
+    status = client.call("status", timeout=30)
+    if args.action == "peers":
+        for peer in status["connected_peers"]:
+            print(peer)
+        return EXIT_OK
+    print(f"peer id     {status['peer_id']}")
+    for address in status["addresses"]:
+        print(f"listening   {address}")
+    print(f"peers       {len(status['connected_peers'])} connected")
+    print(f"dht         {len(status['dht_peers'])} peers in the routing table")
+    print(f"datasets    {len(status['datasets'])}")
+    for dataset_id in status["datasets"]:
+        print(f"            {dataset_id}")
+    damaged = status.get("damaged", [])
+    if damaged:
+        print(f"damaged     {len(damaged)} withheld from peers")
+    for entry in damaged:
+        what = entry["shard"] if entry["shard"].endswith(".json") else f"shard {entry['shard']} ({entry['file']})"
+        print(f"            {entry['dataset']} {what}: {entry['problem']}")
+    changed = status.get("changed", [])
+    if changed:
+        print(
+            f"changed     {len(changed)} shards changed since verified, not checked again yet (withheld until a "
+            "peer's request has them re-checked; not known to be damaged)"
+        )
+    for entry in changed:
+        print(f"            {entry['dataset']} shard {entry['shard']}")
+    print(f"served      {status['bytes_served'] / 1e6:.1f} MB; fetched {status['bytes_fetched'] / 1e6:.1f} MB")
+    return EXIT_OK
+
+
+def _publish(args) -> int:
+    from pathlib import Path
+
+    from ..client import DaemonClient
+
+    reply = DaemonClient(home_of(args)).call("publish", path=str(Path(args.directory).resolve()), allow=args.allow)
+    print(reply["id"])
+    return EXIT_OK
+
+
+def _get(args) -> int:
+    """`open` first (lookup and signed manifest), then `get` on a thread with no time limit (a whole dataset can
+    take hours; the node gives up on a shard that makes no progress for its stall timeout) while a bar follows the
+    verified bytes (control op `progress`, piece by piece) and the complete shard files."""
+    import threading
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from ..client import DaemonClient
+    from ..tensor import DataTensor
+
+    client = DaemonClient(home_of(args))
+    directory = Path(client.call("open", id=args.dataset_id)["directory"])
+    shards = DataTensor(directory).shards
+    outcome: dict = {}
+
+    def get() -> None:
+        try:
+            outcome["reply"] = client.call("get", timeout=None, id=args.dataset_id)
+        except KogituneError as exc:
+            outcome["error"] = exc
+
+    def present() -> int:
+        return sum(s.size for s in shards if (directory / s.tokens_path).exists())
+
+    def verified() -> int:
+        try:
+            return client.call("progress", timeout=5, id=args.dataset_id)["bytes_verified"]
+        except KogituneError:
+            return 0
+
+    held_before = present()
+    verified_before = verified()
+    worker = threading.Thread(target=get, daemon=True)
+    worker.start()
+    with tqdm(
+        total=sum(s.size for s in shards),
+        initial=held_before,
+        unit="B",
+        unit_scale=True,
+        disable=args.quiet,
+        desc=args.dataset_id[:12],
+    ) as bar:
+        while worker.is_alive():
+            worker.join(0.5)
+            done = max(present(), held_before + verified() - verified_before)
+            bar.update(min(done, bar.total) - bar.n)
+    if "error" in outcome:
+        raise outcome["error"]
+    if held_before == bar.total:
+        print(f"{args.dataset_id} -> {outcome['reply']['directory']} (already complete here; nothing fetched)")
+    else:
+        print(f"{args.dataset_id} -> {outcome['reply']['directory']}\n  sources: {outcome['reply']['sources']}")
+    return EXIT_OK
+
+
+def _status(args) -> int:
+    from ..client import DaemonClient
+
+    reply = DaemonClient(home_of(args)).call("providers", id=args.dataset_id)
+    providers = reply["providers"]
+    print(f"{args.dataset_id}: {len(providers)} provider(s)")
+    for entry in providers:
+        held = f"{entry['shards']}/{entry['of']} shards" if "shards" in entry else f"error: {entry['error']}"
+        print(f"  {entry['peer']}  {held}{'  (this node)' if entry.get('this_node') else ''}")
+    return EXIT_OK

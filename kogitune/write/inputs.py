@@ -1,0 +1,275 @@
+"""Reading store and filter inputs: JSONL files, plain or compressed (.gz, .zst), streamed as batches of raw lines.
+
+Memory stays bounded whatever the input: a line longer than the maximum document size is skipped without being
+kept, and compressed input is inflated a bounded amount at a time. The reader hashes the raw bytes as it goes, for
+the manifest's provenance and for a resumed store to check that an input was not rewritten.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import BadInputError, KogituneError
+
+if TYPE_CHECKING:
+    from zstandard import ZstdDecompressionObj
+
+BATCH_BYTES = 1 << 20
+"""Input bytes read into one batch (a batch is parsed and tokenized as one unit of work)."""
+MAX_DOCUMENT_BYTES = 16 << 20
+"""Default limit on one input line (a JSON document, its newline not counted). A whole book is 1 to 5 MB of text,
+up to twice that as JSON with escaped non-ASCII characters; a longer line is a bad line, and no more than this of it
+is ever held in memory. Tokenizing a document takes about 120 bytes of memory per byte of text (16 MiB: 2 GB), so
+the limit also bounds a store's memory. Change it with StoreOptions.max_document_bytes / --max-document-size."""
+SKIP_CHUNK = 1 << 20
+"""Bytes read at a time while skipping the rest of an over-long line."""
+ZSTD_INPUT_SLICE = 256
+"""Compressed bytes given to the zstd decompressor at a time. A zstd block inflates to at most 128 KiB from as few
+as 4 bytes (an RLE block), so one slice inflates to at most 8 MiB: a small file that inflates to gigabytes never
+needs more memory than that. Slicing this fine costs about 10% of decompression speed (900 instead of 1,000 MB/s),
+far more than tokenizing consumes."""
+INPUT_SUFFIXES = (".gz", ".zst", ".jsonl", ".json", ".ndjson")
+"""Suffixes of input files, dropped from an input's name to name the tensor stored from it."""
+
+
+def check_max_document_bytes(limit: int) -> None:
+    if not isinstance(limit, int) or limit < 1:
+        raise KogituneError(f"the maximum document size must be a positive number of bytes, got {limit!r}")
+
+
+@dataclass
+class Batch:
+    path: Path
+    first_line: int
+    lines: list[bytes]
+    too_long: list[tuple[int, str]] = field(default_factory=list)
+    """(line number, reason) of the lines longer than the limit; `lines` holds b"" in their place."""
+
+    def bad_lines(self, parsed: list[tuple[int, str]], skip: bool) -> list[tuple[int, str]]:
+        """All bad lines of the batch, in order: those found `parsed` and those too long to read. Raises
+        BadInputError for the first one unless `skip`."""
+        bad = sorted(self.too_long + parsed) if self.too_long else parsed
+        if bad and not skip:
+            line, reason = bad[0]
+            raise BadInputError(
+                f"{self.path}, line {line}: {reason}. Fix the line, or pass --skip-bad-lines "
+                "to skip such lines and count them."
+            )
+        return bad
+
+
+class _HashingReader(io.RawIOBase):
+    """Counts and hashes the raw bytes of a file as a decompressor reads them."""
+
+    def __init__(self, raw) -> None:
+        self.raw = raw
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self.raw.readinto(buffer)
+        if n:
+            self.sha256.update(memoryview(buffer)[:n])
+            self.size += n
+        return n
+
+
+class InputReader:
+    """Streams input files as batches of raw lines and records their size and SHA-256 for the provenance.
+
+    Memory stays bounded whatever the input: a line is read up to `max_line_bytes` and the rest of a longer one is
+    skipped without being kept (the batch records it as too long); compressed input inflates a bounded amount at
+    a time (see ZSTD_INPUT_SLICE; gzip reads are bounded by the gzip module).
+    """
+
+    def __init__(
+        self,
+        paths: list[Path],
+        skip_bad_lines: bool,
+        batch_bytes: int | None = None,
+        max_line_bytes: int = MAX_DOCUMENT_BYTES,
+    ) -> None:
+        self.paths = paths
+        self.skip_bad_lines = skip_bad_lines
+        self.batch_bytes = batch_bytes or BATCH_BYTES
+        self.max_line_bytes = max_line_bytes
+        self.inputs: list[dict] = []
+        self.empty_files = 0
+        self._done_bytes = 0
+        self._current: _HashingReader | None = None
+
+    @property
+    def bytes_read(self) -> int:
+        return self._done_bytes + (self._current.size if self._current else 0)
+
+    def read_so_far(self) -> list[list]:
+        """[path, bytes read, SHA-256 of those bytes] for each input read from so far."""
+        read = [[str(path.resolve()), done["size"], done["sha256"]] for path, done in zip(self.paths, self.inputs)]
+        if self._current is not None:
+            read.append(
+                [
+                    str(self.paths[len(self.inputs)].resolve()),
+                    self._current.size,
+                    self._current.sha256.copy().hexdigest(),
+                ]
+            )
+        return read
+
+    def batches(self) -> Iterator[Batch]:
+        for path in self.paths:
+            with open(path, "rb", buffering=0) as raw:
+                self._current = hashing = _HashingReader(raw)
+                lines_seen = 0
+                for batch in self._line_batches(path, _decompressed(path, hashing)):
+                    lines_seen += len(batch.lines)
+                    yield batch
+                if not lines_seen:
+                    if not self.skip_bad_lines:
+                        raise BadInputError(
+                            f"{path}: the file is empty; remove it from the inputs, or pass --skip-bad-lines to skip it"
+                        )
+                    self.empty_files += 1
+                self.inputs.append({"name": path.name, "size": hashing.size, "sha256": hashing.sha256.hexdigest()})
+                self._done_bytes += hashing.size
+                self._current = None
+
+    def _line_batches(self, path: Path, stream) -> Iterator[Batch]:
+        limit = self.max_line_bytes
+        batch, size, number = Batch(path, 1, []), 0, 0
+        try:
+            while line := stream.readline(limit + 1):
+                number += 1
+                if len(line) > limit and not line.endswith(b"\n"):
+                    length = len(line) + _skip_rest_of_line(stream)
+                    batch.too_long.append(
+                        (
+                            number,
+                            f"{length:,} bytes, longer than the maximum document size "
+                            f"({limit:,} bytes; change it with --max-document-size)",
+                        )
+                    )
+                    line = b""
+                batch.lines.append(line)
+                size += len(line)
+                if size >= self.batch_bytes:
+                    yield batch
+                    batch, size = Batch(path, number + 1, []), 0
+        except (OSError, EOFError, ValueError) as exc:
+            raise BadInputError(f"{path}: cannot decompress ({exc})") from None
+        if batch.lines:
+            yield batch
+
+
+def _skip_rest_of_line(stream) -> int:
+    """Read past the end of the current line without keeping it; the bytes skipped, its newline not counted."""
+    skipped = 0
+    while chunk := stream.readline(SKIP_CHUNK):
+        if chunk.endswith(b"\n"):
+            return skipped + len(chunk.rstrip(b"\r\n"))
+        skipped += len(chunk)
+    return skipped
+
+
+def _decompressed(path: Path, raw: io.RawIOBase):
+    buffered = io.BufferedReader(raw, 1 << 20)
+    if path.name.endswith(".gz"):
+        return gzip.GzipFile(fileobj=buffered)
+    if path.name.endswith(".zst"):
+        return io.BufferedReader(_ZstdReader(buffered), 1 << 20)
+    return buffered
+
+
+class _ZstdReader(io.RawIOBase):
+    """Decompresses zstd frame after frame, ZSTD_INPUT_SLICE compressed bytes at a time (bounded memory: zstandard's
+    decompressobj inflates all it is given at once), and fails on a truncated file (zstandard's stream_reader ends
+    quietly in the middle of a frame, so part of a damaged file would be stored as if it were whole)."""
+
+    def __init__(self, source) -> None:
+        import zstandard
+
+        self._source = source
+        self._new_frame = zstandard.ZstdDecompressor().decompressobj
+        self._zstd_error = zstandard.ZstdError
+        self._frame: ZstdDecompressionObj | None = None
+        self._input = memoryview(b"")
+        self._output = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        filled = 0
+        while filled < len(buffer) and (self._output or self._inflate_slice()):
+            size = min(len(buffer) - filled, len(self._output))
+            buffer[filled : filled + size] = self._output[:size]
+            self._output = self._output[size:]
+            filled += size
+        return filled
+
+    def _inflate_slice(self) -> bool:
+        """Decompress the next slice of input into `_output`; False at the end of the file."""
+        while not self._output:
+            if not self._input:
+                self._input = memoryview(self._source.read(64 << 10))
+                if not self._input:
+                    if self._frame is not None:
+                        raise EOFError("the file ends in the middle of a zstd frame (truncated?)")
+                    return False
+            if self._frame is None:
+                self._frame = self._new_frame()
+            data, self._input = self._input[:ZSTD_INPUT_SLICE], self._input[ZSTD_INPUT_SLICE:]
+            try:
+                self._output = memoryview(self._frame.decompress(data))
+            except self._zstd_error as exc:
+                raise ValueError(f"not valid zstd data: {exc}") from None
+            if self._frame.eof:  # the next frame starts with what this one left over
+                self._input = memoryview(self._frame.unused_data + self._input)
+                self._frame = None
+        return True
+
+
+def document_of(line: bytes, key: str) -> tuple[dict | None, str, str]:
+    """(the JSON object of a JSONL line, its text under `key`, "") or (None, "", why the line is malformed)."""
+    try:
+        decoded = line.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        return None, "", f"not UTF-8 (byte {exc.start} is {line[exc.start]:#04x})"
+    try:
+        obj = json.loads(decoded)
+    except json.JSONDecodeError as exc:
+        return None, "", f"not valid JSON ({exc.msg} at column {exc.colno})"
+    except RecursionError:
+        return (
+            None,
+            "",
+            (
+                "arrays or objects nested too deeply for Python's JSON parser (the limit is about "
+                f"{sys.getrecursionlimit():,} levels)"
+            ),
+        )
+    except ValueError as exc:  # an integer of more than sys.get_int_max_str_digits() digits
+        return None, "", f"cannot be read ({str(exc).split(';')[0]})"
+    if not isinstance(obj, dict):
+        return None, "", f"not a JSON object (found {type(obj).__name__})"
+    if key not in obj:
+        keys = ", ".join(name if len(name) <= 40 else name[:40] + "..." for name in list(obj)[:5])
+        return None, "", f"has no key {key!r} (keys: {keys or 'none'}); choose the key with --text-key"
+    text = obj[key]
+    if not isinstance(text, str):
+        return None, "", f"{key!r} is {type(text).__name__}, not a string"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return None, "", f"{key!r} contains an unpaired surrogate at character {exc.start}"
+    return obj, text, ""
