@@ -1,4 +1,4 @@
-"""Peers as sources: requests over `/kogitune/data/1.1.0` streams, plugged into the fetcher as `PeerSource`.
+"""Peers as sources: requests over data protocol streams (`wire.PROTOCOL_ID`), plugged into the fetcher as `PeerSource`.
 
 Every network read is wrapped in `fail_after`; a peer that hangs (SIGSTOP) costs one timeout, a peer that dies
 mid-stream looks like an early end of data (py-libp2p reports a clean EOF), which becomes a SourceError: a
@@ -67,6 +67,11 @@ async def _open_once(host, peer_id, request: wire.Request, expected: type, timeo
     except trio.TooSlowError:
         raise SourceError(f"{peer_id}: no stream within {timeout:.0f} s") from None
     except Exception as exc:
+        older = older_protocol(host, peer_id)
+        if older is not None:
+            raise SourceError(
+                f"{peer_id} runs an older Kogitune: it speaks {older}, this node {wire.PROTOCOL_ID} (upgrade it)"
+            ) from None
         raise SourceError(f"{peer_id}: cannot open a stream ({type(exc).__name__}: {exc})") from None
     try:
         decoder = wire.FrameDecoder(max_header)
@@ -97,6 +102,17 @@ async def _open_once(host, peer_id, request: wire.Request, expected: type, timeo
     except BaseException:
         await _reset(stream)
         raise
+
+
+def older_protocol(host, peer_id) -> str | None:
+    """The older Kogitune data protocol that identify says `peer_id` speaks instead of this one's, if it does."""
+    try:
+        protocols = host.get_peerstore().get_protocols(peer_id)
+    except Exception:
+        return None
+    if wire.PROTOCOL_ID in protocols:
+        return None
+    return next((p for p in wire.OLDER_PROTOCOL_IDS if p in protocols), None)
 
 
 async def _read(stream, size: int) -> bytes:

@@ -31,8 +31,8 @@ from kogitune.corpora import write_kjv_chapters
 from kogitune.errors import SourceError
 from kogitune.node.body import Body
 from kogitune.node.host import new_kogitune_host
+from kogitune.node.providers import provide
 from kogitune.protocol import wire
-from kogitune.protocol.ids import dataset_id_digest
 from kogitune.protocol.signing import sign_dataset
 from kogitune.tensor import DataTensor
 from kogitune.write import StoreOptions, store
@@ -110,7 +110,7 @@ class BadProvider:
                     with trio.fail_after(CONNECT_TIMEOUT):
                         await self.host.connect(info)
                         await self.dht.add_peer(info.peer_id)
-                        await self.dht.provide(dataset_id_digest(self.tensor.dataset_id))
+                        await provide(self.dht, self.tensor.dataset_id)
                     yield self
         finally:
             with trio.move_on_after(10):

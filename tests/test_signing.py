@@ -200,9 +200,7 @@ def test_protocol_does_not_import_libp2p_or_io():
             if isinstance(node, ast.ImportFrom) and node.module and not node.level
         }
         pure = {"__future__", "collections", "re", "json", "dataclasses", "typing", "msgpack", "cryptography"}
-        assert imported <= pure, (
-            imported
-        )
+        assert imported <= pure, imported
         calls = {
             node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
         }

@@ -11,14 +11,14 @@ from kogitune.protocol.errors import KogituneError
 from kogitune.protocol.frames import encode_frame, unpack_body
 from kogitune.protocol.ids import base58btc, is_peer_id
 from kogitune.protocol.wire import (
+    DHT_PROTOCOL_ID,
     ERROR_CODES,
     FILE_KINDS,
     MAX_ALLOW_CHARS,
     MAX_HEADER_BYTES,
+    MAX_OFFSET,
     MAX_READ_BYTES,
     MAX_REQUEST_BYTES,
-    DHT_PROTOCOL_ID,
-    MAX_OFFSET,
     PROTOCOL_ID,
     WIRE_VERSION,
     ErrorResponse,
