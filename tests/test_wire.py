@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -626,6 +627,8 @@ def test_any_msgpack_form_of_a_value_is_accepted():
         "a764617461736574" + "c600000020" + DATASET.hex()  # "dataset", bin 32
     )
     body = bytes.fromhex(longest)
+    docs = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
+    assert longest.removesuffix(DATASET.hex()) in "".join(docs.read_text(encoding="utf-8").split())
     assert parse_request(decode_one(encode_varint(len(body)) + body, MAX_REQUEST_BYTES)) == ManifestRequest(DATASET)
     for two in ["d30000000000000002", "d10002", "cc02", "d002"]:  # int 64, int 16, uint 8, int 8
         body = bytes.fromhex("83a176" + two + "a26f70a472656164a66c656e677468d200010000")  # length as int 32
