@@ -67,7 +67,7 @@ async def _open_once(host, peer_id, request: wire.Request, expected: type, timeo
     except trio.TooSlowError:
         raise SourceError(f"{peer_id}: no stream within {timeout:.0f} s") from None
     except Exception as exc:
-        older = older_protocol(host, peer_id)
+        older = await older_protocol(host, peer_id, timeout)
         if older is not None:
             raise SourceError(
                 f"{peer_id} runs an older Kogitune: it speaks {older}, this node {wire.PROTOCOL_ID} (upgrade it)"
@@ -104,15 +104,20 @@ async def _open_once(host, peer_id, request: wire.Request, expected: type, timeo
         raise
 
 
-def older_protocol(host, peer_id) -> str | None:
-    """The older Kogitune data protocol that identify says `peer_id` speaks instead of this one's, if it does."""
-    try:
-        protocols = host.get_peerstore().get_protocols(peer_id)
-    except Exception:
-        return None
-    if wire.PROTOCOL_ID in protocols:
-        return None
-    return next((p for p in wire.OLDER_PROTOCOL_IDS if p in protocols), None)
+async def older_protocol(host, peer_id, timeout: float) -> str | None:
+    """The older Kogitune data protocol that `peer_id` speaks, if it refused this one's: asked by opening a stream
+    with one of wire.OLDER_PROTOCOL_IDS, reset at once (identify may not have told its protocols yet). None if it
+    speaks none of them or does not answer within `timeout`."""
+    from libp2p.custom_types import TProtocol
+
+    with trio.move_on_after(timeout):
+        try:
+            stream = await host.new_stream(peer_id, [TProtocol(p) for p in wire.OLDER_PROTOCOL_IDS])
+        except Exception:
+            return None
+        await _reset(stream)
+        return str(stream.get_protocol())
+    return None
 
 
 async def _read(stream, size: int) -> bytes:
