@@ -2,8 +2,8 @@
 asks of them.
 
 A node in server mode (the daemon, `kogitune node start`) serves its store and announces one provider record per
-dataset (keyed by ids.provider_key), again every `reprovide_interval` and after connecting to bootstrap peers. A node in
-client mode (embedded in a training process when no daemon runs) only fetches: it neither serves nor announces.
+dataset (under ids.provider_key), again every `reprovide_interval` and after connecting to bootstrap peers. A node
+in client mode (embedded in a training process when no daemon runs) only fetches: it neither serves nor announces.
 Everything fetched goes through the fetch service (node/swarm.py), which this node's `swarm` runs on its store;
 finding providers is node/providers.py, publishing node/publish.py.
 """

@@ -1,4 +1,5 @@
-"""Peers as sources: requests over data protocol streams (`wire.PROTOCOL_ID`), plugged into the fetcher as `PeerSource`.
+"""Peers as sources: requests on streams of the data protocol (`wire.PROTOCOL_ID`), plugged into the fetcher as
+`PeerSource`.
 
 Every network read is wrapped in `fail_after`; a peer that hangs (SIGSTOP) costs one timeout, a peer that dies
 mid-stream looks like an early end of data (py-libp2p reports a clean EOF), which becomes a SourceError: a

@@ -19,7 +19,7 @@ _DATASET_ID_RE = re.compile(r"kg1-[a-z2-7]{51}[aq]")
 _HEX_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 _BASE58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _BASE58_RE = re.compile(r"[1-9A-HJ-NP-Za-km-z]{1,128}")
-_IDENTITY_MULTIHASH, SHA256_MULTIHASH = 0x00, 0x12
+_IDENTITY_MULTIHASH, _SHA256_MULTIHASH = 0x00, 0x12
 """Multihash codes (multiformats table): the identity "hash", and SHA2-256."""
 ED25519_KEY_BYTES = 32
 # identity multihash (0x00) of 36 bytes, then the protobuf PublicKey {Type: Ed25519 (1), Data: 32 bytes} header
@@ -57,7 +57,7 @@ def provider_key(dataset_id: str) -> bytes:
     """The DHT key of a dataset's provider records: the SHA2-256 multihash of its digest, `12 20` and the 32 bytes
     (34 bytes). It is the multihash of the CIDv1 `raw` (`01 55 12 20` and the digest, "bafkrei..." in base32), so a
     standard Kademlia client that takes a CID finds the same records; `KogituneError` if it is not a dataset ID."""
-    return bytes([SHA256_MULTIHASH, DIGEST_SIZE]) + dataset_id_digest(dataset_id)
+    return bytes([_SHA256_MULTIHASH, DIGEST_SIZE]) + dataset_id_digest(dataset_id)
 
 
 def is_hex_digest(text: object) -> TypeGuard[str]:
@@ -100,7 +100,7 @@ def is_peer_id(text: object) -> TypeGuard[str]:
             and data[4] == 0x12
             and data[5] == len(data) - 6
         )
-    return data[0] == SHA256_MULTIHASH and data[1] == DIGEST_SIZE
+    return data[0] == _SHA256_MULTIHASH and data[1] == DIGEST_SIZE
 
 
 def ed25519_key_of_peer_id(text: object) -> bytes | None:
