@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import trio
 
@@ -18,9 +17,10 @@ from kogitune.errors import SourceBusy, SourceError
 from kogitune.protocol import wire
 from kogitune.protocol.ids import dataset_id_digest
 from kogitune.protocol.manifest import Manifest
-from kogitune.protocol.signing import check_signed_manifest, peer_id_from_public_key
+from kogitune.protocol.signing import check_signed_manifest
 
 from .body import Body
+from .copies import ManifestCopy
 from .sources import Source
 
 READ_CHUNK = 1 << 20
@@ -30,20 +30,6 @@ on a new stream, before the busy answer counts as a failure of that peer."""
 BUSY_BACKOFF_SECONDS = 0.1
 """The pause before asking a busy peer again, doubled at each retry and times a random 1 to 2 (so that the fetchers
 a full node turned away do not all come back at the same moment): 4 retries wait 1.5 to 3 s in all."""
-
-
-@dataclass(frozen=True)
-class SignedManifest:
-    data: bytes
-    manifest: Manifest
-    signature: bytes
-    public_key: bytes
-    allow: tuple[str, ...] = ()
-    allow_signature: bytes = b""
-
-    @property
-    def publisher(self) -> str:
-        return peer_id_from_public_key(self.public_key)
 
 
 async def _open(host, peer_id, request: wire.Request, expected: type, timeout: float, max_header: int):
@@ -117,7 +103,7 @@ async def _reset(stream) -> None:
         pass
 
 
-async def fetch_signed_manifest(host, peer_id, dataset_id: str, timeout: float) -> SignedManifest:
+async def fetch_signed_manifest(host, peer_id, dataset_id: str, timeout: float) -> ManifestCopy:
     """The manifest of `dataset_id` from one peer, checked against the ID and the publisher's signature."""
     stream, response, _ = await _open(
         host,
@@ -129,8 +115,14 @@ async def fetch_signed_manifest(host, peer_id, dataset_id: str, timeout: float) 
     )
     await _reset(stream)
     manifest = check_signed_manifest(dataset_id, response.manifest, response.public_key, response.signature)
-    return SignedManifest(
-        response.manifest, manifest, response.signature, response.public_key, response.allow, response.allow_signature
+    return ManifestCopy(
+        response.manifest,
+        manifest,
+        response.public_key,
+        response.signature,
+        response.allow,
+        response.allow_signature,
+        peer_id,
     )
 
 
