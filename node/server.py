@@ -38,7 +38,7 @@ from kogitune.settings import settings
 from .host import FairSlots, ip_key
 from .integrity import StoreGuard, open_served
 
-log = logging.getLogger("kogitune.node")
+log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 """Bytes of a served file read (and checked unchanged, StoreGuard.check_unchanged) at once before they are sent."""
 WRITE_BYTES = CHUNK

@@ -23,6 +23,7 @@ from kogitune.settings import settings
 from .control import serve_control
 from .daemon import DEFAULT_LISTEN, Node, NodeConfig
 
+log = logging.getLogger(__name__)
 READY_PREFIX = "kogitune node "
 
 
@@ -114,10 +115,10 @@ def run_node(home: Path, listen: list[str], bootstrap: list[str], reprovide_inte
         _check_addresses(home, listen, bootstrap)
         handler = logging.FileHandler(home / LOG_FILE)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        for name in ("kogitune",):
-            logging.getLogger(name).addHandler(handler)
-            logging.getLogger(name).setLevel(logging.INFO)
-            logging.getLogger(name).propagate = False
+        root = logging.getLogger("kogitune")  # every module logs to a logger named after it, under "kogitune"
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        root.propagate = False
         config = NodeConfig(
             home=home,
             listen=listen,
@@ -139,7 +140,7 @@ async def _serve(node: Node) -> bool:
         await nursery.start(serve_control, node)
         nursery.start_soon(_stop_on_signal, node)
         print(f"{READY_PREFIX}{node.peer_id} listening on {' '.join(_full(node))}", flush=True)
-        logging.getLogger("kogitune.node").info("started %s on %s", node.peer_id, _full(node))
+        log.info("started %s on %s", node.peer_id, _full(node))
         await node.wait_stopped()
         nursery.cancel_scope.cancel()
     return True
