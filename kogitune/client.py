@@ -2,8 +2,8 @@
 
 Two ways through it: a node daemon running under the same home (`kogitune node start`), reached over its control
 socket; else an embedded node, a trio loop in a background thread of this process, started on first use and
-started again in a forked or spawned DataLoader worker. `KOGITUNE_READ_TIMEOUT` (seconds, default 30) bounds
-every network read.
+started again in a forked or spawned DataLoader worker. The setting `read_timeout` (kogitune.settings) bounds every
+network read, `fetch_timeout` a wait for a shard or a reply of the daemon.
 """
 
 from __future__ import annotations

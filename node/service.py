@@ -18,10 +18,10 @@ import trio
 from kogitune.errors import NodeError
 from kogitune.layout import CONFIG_FILE, LOG_FILE, NODE_LOCK_FILE
 from kogitune.protocol.jsonlimits import loads
-from kogitune.settings import settings
+from kogitune.settings import DEFAULT_LISTEN, settings
 
 from .control import serve_control
-from .daemon import DEFAULT_LISTEN, Node, NodeConfig
+from .daemon import Node, NodeConfig
 
 log = logging.getLogger(__name__)
 READY_PREFIX = "kogitune node "
@@ -72,7 +72,7 @@ def _check_addresses(home: Path, listen: list[str], bootstrap: list[str]) -> Non
             host = next(parsed.value_for_protocol(p) for p in ("ip4", "ip6") if p in _protocols(parsed))
             port = int(parsed.value_for_protocol("tcp"))
         except Exception:
-            raise NodeError(f"--listen {address!r} is not a TCP multiaddr such as /ip4/0.0.0.0/tcp/4011") from None
+            raise NodeError(f"--listen {address!r} is not a TCP multiaddr such as {DEFAULT_LISTEN}") from None
         if port:
             _check_port_free(address, host, port)
     for address in bootstrap_peers(home, bootstrap):
