@@ -150,3 +150,14 @@ def test_a_daemon_serves_on_what_it_fetched_from_a_mirror(tensor, nodes):
     assert DataTensor(e.home / "datasets" / dataset_id).verify() == []
     served = DaemonClient(d.home).call("status", 10)["bytes_served"]
     assert served >= sum(shard.size for shard in tensor.shards)
+
+
+def test_get_with_a_mirror_and_no_peer(tensor, nodes):
+    """`kogitune get ID --mirror URL` on a daemon that knows no peer: every shard comes from the mirror, checked
+    against the ID. The copy (a `kogitune store` directory: no signature) is kept but not announced or served."""
+    d = nodes("d")
+    with mirrors(tensor.path, "ok") as urls:
+        got = d.cli("get", tensor.dataset_id, "--mirror", urls[0], "--quiet").stdout
+    assert f"{urls[0]}: ok" in got, got
+    assert DataTensor(d.home / "datasets" / tensor.dataset_id).verify() == []
+    assert tensor.dataset_id not in DaemonClient(d.home).call("status", 10)["datasets"]

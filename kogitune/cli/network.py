@@ -70,8 +70,20 @@ def add_commands(commands) -> None:
     publish.add_argument("--home", help=HOME_HELP)
     publish.set_defaults(run=_publish)
 
-    get = commands.add_parser("get", help="fetch a dataset by ID into the node's store; the node then provides it")
+    get = commands.add_parser(
+        "get",
+        help="fetch a dataset by ID into the node's store; the node then provides it",
+        description="Fetches every shard from the peers that provide the ID and from the web mirrors named with "
+        "--mirror, all at once; every piece is checked against the ID. The node provides the dataset once it holds "
+        "it, if the copy carries its publisher's signature (a mirror of a published directory serves one).",
+    )
     get.add_argument("dataset_id")
+    get.add_argument(
+        "--mirror",
+        action="append",
+        metavar="URL",
+        help="a web mirror of the dataset (http(s) URL of a data tensor directory), used beside the peers; repeatable",
+    )
     get.add_argument("--home", help=HOME_HELP)
     get.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     get.set_defaults(run=_get)
@@ -197,13 +209,14 @@ def _get(args) -> int:
     from ..tensor import DataTensor
 
     client = DaemonClient(home_of(args))
-    directory = Path(client.call("open", id=args.dataset_id)["directory"])
+    mirrors = args.mirror or []
+    directory = Path(client.call("open", id=args.dataset_id, mirrors=mirrors)["directory"])
     shards = DataTensor(directory).shards
     outcome: dict = {}
 
     def get() -> None:
         try:
-            outcome["reply"] = client.call("get", timeout=None, id=args.dataset_id)
+            outcome["reply"] = client.call("get", timeout=None, id=args.dataset_id, mirrors=mirrors)
         except KogituneError as exc:
             outcome["error"] = exc
 
