@@ -105,11 +105,15 @@ def write_signature(directory: Path, public_key: bytes, signature: bytes) -> Non
 
 
 def read_signature(directory: Path) -> tuple[bytes, bytes]:
-    """The (public key, signature) stored by `write_signature`; raises OSError if there is none. The lengths are
-    not checked here: kogitune.protocol.signing checks them with the signature."""
+    """The (public key, signature) stored by `write_signature`; raises OSError if there is none."""
+    return split_signature((Path(directory) / SIGNATURE_FILE).read_bytes())
+
+
+def split_signature(data: bytes) -> tuple[bytes, bytes]:
+    """The (public key, signature) in the bytes of a signature file (read from disk, or from a web mirror). The
+    lengths are not checked here: kogitune.protocol.signing checks them with the signature."""
     from kogitune.protocol.signing import PUBLIC_KEY_BYTES
 
-    data = (Path(directory) / SIGNATURE_FILE).read_bytes()
     return data[:PUBLIC_KEY_BYTES], data[PUBLIC_KEY_BYTES:]
 
 

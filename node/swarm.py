@@ -32,7 +32,7 @@ import trio
 
 from kogitune.content_store import ContentStore
 from kogitune.errors import FetchError, KogituneError, SourceError
-from kogitune.layout import MANIFEST_FILE, SIGNATURE_FILE
+from kogitune.layout import MANIFEST_FILE, SIGNATURE_FILE, split_signature
 from kogitune.protocol.manifest import Manifest
 from kogitune.protocol.signing import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, check_signed_manifest
 from kogitune.settings import settings
@@ -235,13 +235,13 @@ class Swarm:
             try:
                 with trio.fail_after(self.read_timeout):
                     signed = await health.source.read_all(SIGNATURE_FILE, size)
-                check_signed_manifest(dataset_id, data, signed[:PUBLIC_KEY_BYTES], signed[PUBLIC_KEY_BYTES:])
+                check_signed_manifest(dataset_id, data, *split_signature(signed))
             except (SourceError, KogituneError, ValueError, trio.TooSlowError):
                 return None
             return signed
 
         signed = await first_answer(pool.usable(), ask)
-        return (signed[:PUBLIC_KEY_BYTES], signed[PUBLIC_KEY_BYTES:]) if signed else (b"", b"")
+        return split_signature(signed) if signed else (b"", b"")
 
     async def _manifest_from_peers(self, race: _Race, dataset_id: str, trusted) -> None:
         """The peers' side of the race: providers, then the first valid signed manifest (MANIFEST_AT_ONCE)."""
