@@ -177,12 +177,12 @@ def open_dataset_id(
     A copy already in the local store that passes opens without the network, so a fetched dataset trains offline
     and a DataLoader worker starts no libp2p node for it. Shards missing locally follow on demand, from peers and
     mirrors at once."""
+    from kogitune.node.copies import stored_copy  # files only: no trio or libp2p
+
     trusted = sorted(trusted_publishers) if trusted_publishers is not None else None
     store = store or ContentStore()
     mirrors = tuple(mirrors)
     daemon = _daemon_for(store)
-    from kogitune.node.copies import stored_copy
-
     directory = store.dataset_dir(dataset_id)
     copy = stored_copy(store, dataset_id)
     publisher = copy.publisher if copy is not None else None
