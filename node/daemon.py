@@ -2,8 +2,8 @@
 asks of them.
 
 A node in server mode (the daemon, `kogitune node start`) serves its store and announces one provider record per
-dataset (its ID digest), again every `reprovide_interval` and after connecting to bootstrap peers. A node in
-client mode (embedded in a training process when no daemon runs) only fetches: it neither serves nor announces.
+dataset (under ids.provider_key), again every `reprovide_interval` and after connecting to bootstrap peers. A node
+in client mode (embedded in a training process when no daemon runs) only fetches: it neither serves nor announces.
 Everything fetched goes through the fetch service (node/swarm.py), which this node's `swarm` runs on its store;
 finding providers is node/providers.py, publishing node/publish.py.
 """
@@ -20,7 +20,6 @@ import trio
 from kogitune.content_store import ContentStore
 from kogitune.layout import SIGNATURE_FILE
 from kogitune.protocol import wire
-from kogitune.protocol.ids import dataset_id_digest
 from kogitune.settings import settings
 
 from . import providers, publish
@@ -147,9 +146,7 @@ class Node:
     async def announce(self, dataset_id: str) -> None:
         try:
             with trio.fail_after(CONNECT_TIMEOUT * 3):
-                # py-libp2p types the key str (hex or CID text, re-encoded); bytes pass through as they are, so the DHT
-                # key stays the raw digest that every Kogitune node uses.
-                await self.dht.provide(dataset_id_digest(dataset_id))  # type: ignore[arg-type]
+                await providers.provide(self.dht, dataset_id)
         except Exception as exc:
             log.warning("announcing %s failed: %s", dataset_id, exc)
 

@@ -1,8 +1,10 @@
-"""The libp2p host: TCP + Noise + Yamux only, with a persistent Ed25519 identity.
+"""The libp2p host: TCP + Noise + Yamux only, with a persistent Ed25519 identity, and its DHT's protocol ID.
 
 py-libp2p's default `new_host()` also accepts plaintext and secio; Kogitune passes Noise as the only security
 transport, so a plaintext dialer is refused at negotiation. The identity is a 32-byte Ed25519 seed in
-`<home>/identity.key` (mode 0600), so the peer ID survives restarts.
+`<home>/identity.key` (mode 0600), so the peer ID survives restarts. Every Kademlia DHT in a process that made a
+Kogitune host speaks `/kogitune/kad/1.0.0` (wire.DHT_PROTOCOL_ID, set by `_work_around_libp2p_0_8_1`), not the
+public IPFS DHT's `/ipfs/kad/1.0.0`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import trio
 
 from kogitune.layout import IDENTITY_FILE
+from kogitune.protocol.wire import DHT_PROTOCOL_ID
 from kogitune.settings import settings
 
 if TYPE_CHECKING:  # libp2p loads when a host starts
@@ -231,7 +234,7 @@ async def handle_inbound_connection(swarm, read_write_closer, maddr) -> None:
 
 def _work_around_libp2p_0_8_1() -> None:
     """Four py-libp2p 0.8.1 traps, measured by scripts/bench_network.py and bench_dht.py (docs/benchmarks.md) and,
-    the last one, by tests/test_network_dos.py:
+    the fourth, by tests/test_network_dos.py, and one missing option:
 
     - Noise encrypts (uses up a nonce) before it sends, so a write cancelled by a cancel scope leaves the peer one
       nonce behind: it fails the next frame and drops the connection with every stream on it. Kogitune cancels
@@ -248,15 +251,34 @@ def _work_around_libp2p_0_8_1() -> None:
       start their Noise handshake hold every slot for the 10 s upgrade timeout, and reconnect. Here
       `handle_inbound_connection` admits connections by remote IP (HostLimits), bounds the handshake, and gives
       the slot back when the connection closes.
+    - The DHT's protocol ID is the constant `libp2p.kad_dht.common.PROTOCOL_ID` (`/ipfs/kad/1.0.0`), which four
+      modules copy at import (`from .common import PROTOCOL_ID`); KadDHT's `protocol_prefix` argument is stored and
+      never used. Here all five names become DHT_PROTOCOL_ID, before any KadDHT exists (a host comes first), so a
+      Kogitune node registers, dials and checks peers for `/kogitune/kad/1.0.0` only and answers "na" to
+      `/ipfs/kad/1.0.0` (tests/test_conformance.py). The whole process speaks it: a Kogitune process has one DHT.
     """
     global _patched
     if _patched:
         return
+    import libp2p.kad_dht.common
+    import libp2p.kad_dht.kad_dht
+    import libp2p.kad_dht.peer_routing
+    import libp2p.kad_dht.provider_store
+    import libp2p.kad_dht.value_store
     import libp2p.network.swarm as swarm
+    from libp2p.custom_types import TProtocol
     from libp2p.kad_dht.kad_dht import KadDHT
     from libp2p.network.swarm import Swarm
     from libp2p.security.secure_session import SecureSession
 
+    for module in (
+        libp2p.kad_dht.common,  # routing_table.py imports it from here when it checks a peer's protocols
+        libp2p.kad_dht.kad_dht,
+        libp2p.kad_dht.peer_routing,
+        libp2p.kad_dht.provider_store,
+        libp2p.kad_dht.value_store,
+    ):
+        module.PROTOCOL_ID = TProtocol(DHT_PROTOCOL_ID)  # type: ignore[attr-defined]
     swarm._HAPPY_EYEBALLS_DELAY = 0.0
     add_peer = KadDHT.add_peer
 
@@ -277,15 +299,13 @@ def _work_around_libp2p_0_8_1() -> None:
 
 
 def is_dht_client(host, peer_id) -> bool:
-    """Whether identify has shown `peer_id` to be a DHT client (protocols known, the Kademlia protocol not among
-    them)."""
-    from libp2p.kad_dht.common import PROTOCOL_ID
-
+    """Whether identify has shown `peer_id` to be a DHT client (protocols known, Kogitune's Kademlia protocol not
+    among them)."""
     try:
         protocols = host.get_peerstore().get_protocols(peer_id)
     except Exception:
         return False
-    return bool(protocols) and str(PROTOCOL_ID) not in protocols
+    return bool(protocols) and DHT_PROTOCOL_ID not in protocols
 
 
 def keep_dht_clients_out(host, dht) -> None:

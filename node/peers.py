@@ -1,4 +1,5 @@
-"""Peers as sources: requests over `/kogitune/data/1.1.0` streams, plugged into the fetcher as `PeerSource`.
+"""Peers as sources: requests on streams of the data protocol (`wire.PROTOCOL_ID`), plugged into the fetcher as
+`PeerSource`.
 
 Every network read is wrapped in `fail_after`; a peer that hangs (SIGSTOP) costs one timeout, a peer that dies
 mid-stream looks like an early end of data (py-libp2p reports a clean EOF), which becomes a SourceError: a
@@ -54,6 +55,11 @@ async def _open_once(host, peer_id, request: wire.Request, timeout: float):
     except trio.TooSlowError:
         raise SourceError(f"{peer_id}: no stream within {timeout:.0f} s") from None
     except Exception as exc:
+        older = await older_protocol(host, peer_id, timeout)
+        if older is not None:
+            raise SourceError(
+                f"{peer_id} runs an older Kogitune: it speaks {older}, this node {wire.PROTOCOL_ID} (upgrade it)"
+            ) from None
         raise SourceError(f"{peer_id}: cannot open a stream ({type(exc).__name__}: {exc})") from None
     try:
         decoder = wire.FrameDecoder(wire.response_limit(request))
@@ -84,6 +90,22 @@ async def _open_once(host, peer_id, request: wire.Request, timeout: float):
     except BaseException:
         await _reset(stream)
         raise
+
+
+async def older_protocol(host, peer_id, timeout: float) -> str | None:
+    """The older Kogitune data protocol that `peer_id` speaks, if it refused this one's: asked by opening a stream
+    with one of wire.OLDER_PROTOCOL_IDS, reset at once (identify may not have told its protocols yet). None if it
+    speaks none of them or does not answer within `timeout`."""
+    from libp2p.custom_types import TProtocol
+
+    with trio.move_on_after(timeout):
+        try:
+            stream = await host.new_stream(peer_id, [TProtocol(p) for p in wire.OLDER_PROTOCOL_IDS])
+        except Exception:
+            return None
+        await _reset(stream)
+        return str(stream.get_protocol())
+    return None
 
 
 async def _read(stream, size: int) -> bytes:

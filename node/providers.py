@@ -1,6 +1,11 @@
-"""Providers of a dataset on the DHT: finding them (asking the neighbours directly while the Kademlia lookup runs,
-with backoff, within a deadline), dialing them at once, and asking each which shards it holds (`kogitune status ID`).
-`node` is a running Node (node/daemon.py): its host, DHT, configuration and bootstrap peers.
+"""Providers of a dataset on the DHT: announcing this node as one, finding them (asking the neighbours directly
+while the Kademlia lookup runs, with backoff, within a deadline), dialing them at once, and asking each which shards
+it holds (`kogitune status ID`). `node` is a running Node (node/daemon.py): its host, DHT, configuration and
+bootstrap peers.
+
+Provider records are keyed by `ids.provider_key` (the dataset digest as a SHA2-256 multihash, what any Kademlia
+client derives from a CID). py-libp2p's `KadDHT.provide` and `find_providers` take a str and guess its encoding (CID
+text, else hex, else UTF-8), so the key goes to its provider store as bytes, exactly as it goes on the wire.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import trio
 from kogitune.errors import SourceError
 from kogitune.files import read_limited
 from kogitune.layout import MANIFEST_FILE, SIGNATURE_FILE
-from kogitune.protocol.ids import dataset_id_digest
+from kogitune.protocol.ids import provider_key
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from kogitune.settings import settings
 
@@ -38,6 +43,12 @@ LATE_PROVIDER_SECONDS = 0.5
 left) must not hold up the open for a whole connect timeout."""
 
 
+async def provide(dht, dataset_id: str) -> bool:
+    """Announce the DHT's own node as a provider of `dataset_id` to the peers closest to its key (and store the
+    record locally); False when no peer took it. `dht`: a py-libp2p KadDHT."""
+    return await dht.provider_store.provide(provider_key(dataset_id))
+
+
 async def find_providers(node, dataset_id: str, deadline: float = LOOKUP_DEADLINE) -> list:
     """Providers of a dataset: each connected peer is asked directly (fast in a small swarm, and when a
     bootstrap peer holds the record; peers the lookup connects to are asked too) while the full Kademlia lookup
@@ -47,7 +58,7 @@ async def find_providers(node, dataset_id: str, deadline: float = LOOKUP_DEADLIN
     answered yet get LATE_PROVIDER_SECONDS more; after `deadline` seconds, none is found, and at once when
     there is nobody to ask (no connected peer and no bootstrap peer). (py-libp2p's
     lookup alone returns only local records when there are any.)"""
-    key = dataset_id_digest(dataset_id)
+    key = provider_key(dataset_id)
     found: dict = {}
     asked: set = set()
     answered: set = set()
@@ -70,7 +81,7 @@ async def find_providers(node, dataset_id: str, deadline: float = LOOKUP_DEADLIN
 
     async def lookup() -> None:  # bounded by the deadline below
         try:
-            add(await node.dht.find_providers(key))
+            add(await node.dht.provider_store.find_providers(key))
         except Exception as exc:
             log.debug("provider lookup failed: %s", exc)
 

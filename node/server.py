@@ -1,4 +1,4 @@
-"""Serving datasets to peers: the `/kogitune/data/1.1.0` stream handler.
+"""Serving datasets to peers: the stream handler of the data protocol (`wire.PROTOCOL_ID`).
 
 One request per stream, answered from the node's content store. Every read from a peer is bounded in time and
 size; each peer may hold only a few streams at once; a private dataset answers only the peers on the allow-list

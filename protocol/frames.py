@@ -5,10 +5,13 @@ msgpack holding one flat map with string keys. This module builds frames and dec
 that arrive in pieces of any size; it knows nothing of what the maps mean.
 
 Anything malformed, oversized or unknown raises WireError (code "bad_request"); nothing else escapes the parsers.
+Error messages travel to peers written in any language, so they name values in msgpack's terms (`describe`), never
+as Python reprs.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, NoReturn
 
 import msgpack
@@ -37,6 +40,28 @@ class WireError(KogituneError):
 def bad_request(message: str) -> WireError:
     """The error for input that breaks a rule of the protocol."""
     return WireError("bad_request", message)
+
+
+def describe(value: Any) -> str:
+    """A decoded msgpack value as an error message shows it: a string as JSON (its first 40 characters), an integer
+    in decimal, true, false or nil, and any other value by its msgpack type and size ("binary of 3 bytes")."""
+    if value is None:
+        return "nil"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value[:40]) + ("..." if len(value) > 40 else "")
+    if isinstance(value, (bytes, bytearray)):
+        return f"binary of {len(value)} bytes"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, dict):
+        return f"a map of {len(value)} entries"
+    if isinstance(value, (list, tuple)):
+        return f"an array of {len(value)} items"
+    return "an extension type"
 
 
 def encode_varint(value: int) -> bytes:
@@ -70,11 +95,14 @@ def unpack_body(body: bytes, max_body: int) -> dict[str, Any]:
         nonlocal maps
         maps += 1  # an inner map completes before the one around it: only the top map may be the first
         if maps > 1:
-            raise ValueError("it holds a nested map; every value of a message is a scalar")
-        return dict(pairs)
+            raise _Refused("it holds a nested map; every value of a message is a scalar")
+        obj = dict(pairs)
+        if len(obj) != len(pairs):  # decoders differ on which value of a repeated key they keep
+            raise _Refused("its map repeats a key")
+        return obj
 
     def no_array(items: list[Any]) -> NoReturn:
-        raise ValueError("it holds an array; no message has one")
+        raise _Refused("it holds an array; no message has one")
 
     try:
         obj = msgpack.unpackb(
@@ -89,15 +117,24 @@ def unpack_body(body: bytes, max_body: int) -> dict[str, Any]:
             max_map_len=MAX_MAP_KEYS,
             max_ext_len=0,
         )
-    except Exception as exc:  # msgpack raises several types (ExtraData, FormatError, ValueError, ...): all malformed
+    except _Refused as exc:
+        raise bad_request(f"frame body refused: {exc}") from None
+    except msgpack.ExtraData:
+        raise bad_request("frame body holds bytes after its map") from None
+    except Exception:  # msgpack raises several types (FormatError, StackError, ValueError, ...): all malformed
         raise bad_request(
-            f"frame body is not one msgpack value within the limits: {type(exc).__name__}: {exc}"
+            f"frame body is not one msgpack map within the limits (strings and binaries of at most {max_body} bytes, "
+            f"at most {MAX_MAP_KEYS} entries, string keys, no extension types, valid UTF-8 in strings)"
         ) from None
     if not isinstance(obj, dict):
-        raise bad_request(f"frame body is a msgpack {type(obj).__name__}, not a map")
+        raise bad_request(f"frame body is {describe(obj)}, not a map")
     if not all(isinstance(key, str) for key in obj):
         raise bad_request("frame body has a key that is not a string")
     return obj
+
+
+class _Refused(ValueError):
+    """A rule of unpack_body broken inside msgpack's hooks (its message is the reason)."""
 
 
 class FrameDecoder:

@@ -2,7 +2,7 @@
 
 Every hash in Kogitune is SHA-256. A dataset ID is the SHA-256 of the manifest's canonical encoding, written as
 ``kg1-`` followed by 52 lowercase base32 characters: the prefix versions the scheme, base32 survives copy-paste,
-URLs and file names.
+URLs and file names. On the DHT the same digest is a multihash (`provider_key`), the key any Kademlia client uses.
 """
 
 import base64
@@ -20,6 +20,7 @@ _HEX_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 _BASE58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _BASE58_RE = re.compile(r"[1-9A-HJ-NP-Za-km-z]{1,128}")
 _IDENTITY_MULTIHASH, _SHA256_MULTIHASH = 0x00, 0x12
+"""Multihash codes (multiformats table): the identity "hash", and SHA2-256."""
 ED25519_KEY_BYTES = 32
 # identity multihash (0x00) of 36 bytes, then the protobuf PublicKey {Type: Ed25519 (1), Data: 32 bytes} header
 _ED25519_PEER_ID_PREFIX = bytes([_IDENTITY_MULTIHASH, 36, 0x08, 0x01, 0x12, 0x20])
@@ -43,13 +44,20 @@ def is_dataset_id(text: str) -> bool:
 
 
 def dataset_id_digest(dataset_id: str) -> bytes:
-    """The 32-byte digest behind a dataset ID (the key that the DHT announces)."""
+    """The 32-byte digest behind a dataset ID (the wire's `dataset` field; the DHT key is `provider_key`)."""
     if not is_dataset_id(dataset_id):
         raise KogituneError(
             f"{dataset_id!r} is not a dataset ID: expected 'kg1-' and 52 characters a-z, 2-7 "
             "(as printed by `kogitune info` or `kogitune publish`)"
         )
     return base64.b32decode(dataset_id[len(DATASET_ID_PREFIX) :].upper() + "====")
+
+
+def provider_key(dataset_id: str) -> bytes:
+    """The DHT key of a dataset's provider records: the SHA2-256 multihash of its digest, `12 20` and the 32 bytes
+    (34 bytes). It is the multihash of the CIDv1 `raw` (`01 55 12 20` and the digest, "bafkrei..." in base32), so a
+    standard Kademlia client that takes a CID finds the same records; `KogituneError` if it is not a dataset ID."""
+    return bytes([_SHA256_MULTIHASH, DIGEST_SIZE]) + dataset_id_digest(dataset_id)
 
 
 def is_hex_digest(text: object) -> TypeGuard[str]:

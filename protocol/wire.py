@@ -1,9 +1,10 @@
 """The wire protocol between Kogitune nodes, sans-I/O: its messages, their limits, and have-maps.
 
 One libp2p protocol, PROTOCOL_ID; a stream carries one request and one response. Every message is a frame
-(frames.py): an unsigned LEB128 varint length, then that many bytes of msgpack holding a map with string keys. After
-a ReadResponse header exactly `length` raw bytes follow on the stream, unframed. docs/protocol.md is the
-specification; this module checks and builds the messages and never touches a socket.
+(frames.py): an unsigned LEB128 varint length, then that many bytes of msgpack holding a map with string keys, whose
+`op` names the message. After a ReadResponse header exactly `length` raw bytes follow on the stream, unframed.
+Providers are found on a Kademlia DHT of Kogitune's own, DHT_PROTOCOL_ID, under ids.provider_key. docs/protocol.md
+is the specification; this module checks and builds the messages and never touches a socket.
 
 Anything malformed, oversized or unknown raises WireError (code "bad_request"); nothing else escapes the parsers.
 """
@@ -18,16 +19,23 @@ from typing import Any
 from .frames import ERROR_CODES as ERROR_CODES
 from .frames import FrameDecoder as FrameDecoder
 from .frames import WireError as WireError
-from .frames import bad_request, encode_frame
+from .frames import bad_request, describe, encode_frame
 from .frames import encode_varint as encode_varint
 from .ids import DIGEST_SIZE, is_peer_id
 from .manifest import MAX_MANIFEST_BYTES, MAX_SHARDS
 
-PROTOCOL_ID = "/kogitune/data/1.1.0"
-"""1.1.0: the allow-list of a ManifestResponse counts only with a private manifest (docs/format.md `access`), and
-`forbidden` is gone (a refused peer is answered `not_found`). A 1.0.0 node would honour a list sent with a public
-manifest, and a 1.1.0 node would serve publicly a 1.0.0 node's private dataset: they must not talk."""
-WIRE_VERSION = 1
+PROTOCOL_ID = "/kogitune/data/2.0.0"
+"""2.0.0: every response names itself (`op`: the request's op, or "error"; 1.x had a boolean `ok` and the client
+knew the type from its request), `v` is 2, offsets stop at 2^53 - 1 (exact in every JSON and JavaScript number), a
+frame that repeats a key is refused, and the DHT is Kogitune's own (DHT_PROTOCOL_ID, keys ids.provider_key). 1.x
+peers cannot talk to 2.0.0 ones: libp2p's protocol negotiation answers "na"."""
+DHT_PROTOCOL_ID = "/kogitune/kad/1.0.0"
+"""The Kademlia DHT of the Kogitune network: the libp2p Kademlia protocol (the messages of `/ipfs/kad/1.0.0`) under
+its own ID, so Kogitune nodes form a network of their own and never join or answer the public IPFS DHT."""
+OLDER_PROTOCOL_IDS = ("/kogitune/data/1.0.0", "/kogitune/data/1.1.0")
+"""Data protocols of older Kogitune versions: a peer that offers one of them and not PROTOCOL_ID runs an older
+Kogitune, which a fetcher says rather than "cannot open a stream"."""
+WIRE_VERSION = 2
 MAX_REQUEST_BYTES = 4096
 MAX_ALLOW_CHARS = 64 << 10
 MAX_HEADER_BYTES = (64 << 20) + MAX_ALLOW_CHARS + 4096
@@ -35,7 +43,9 @@ MAX_READ_BYTES = 1 << 30
 FILE_KINDS = ("tokens", "pieces", "docs")
 
 MAX_MESSAGE_CHARS = 1000
-MAX_OFFSET = (1 << 63) - 1
+MAX_OFFSET = (1 << 53) - 1
+"""The largest offset of a read: every integer on the wire is below 2^53, so a decoder that holds numbers as IEEE
+doubles (JavaScript) reads each one exactly."""
 SIGNATURE_BYTES = 64
 PUBLIC_KEY_BYTES = 32
 MAX_BITMAP_BYTES = -(-MAX_SHARDS // 8)
@@ -104,42 +114,44 @@ _REQUEST_KEYS = {
     "have": ("v", "op", "dataset"),
     "read": ("v", "op", "dataset", "shard", "file", "offset", "length"),
 }
+_RESPONSE_OPS: dict[type, str] = {
+    ManifestResponse: "manifest",
+    HaveResponse: "have",
+    ReadResponse: "read",
+    ErrorResponse: "error",
+}
+"""The `op` of each response: the op of the request it answers, or "error"."""
 _RESPONSE_KEYS = {
-    ManifestResponse: ("v", "ok", "manifest", "signature", "public_key", "allow", "allow_signature"),
-    HaveResponse: ("v", "ok", "shards"),
-    ReadResponse: ("v", "ok", "length"),
-    ErrorResponse: ("v", "ok", "code", "message"),
+    ManifestResponse: ("v", "op", "manifest", "signature", "public_key", "allow", "allow_signature"),
+    HaveResponse: ("v", "op", "shards"),
+    ReadResponse: ("v", "op", "length"),
+    ErrorResponse: ("v", "op", "code", "message"),
 }
 
 
-def _keys(obj: Any, names: tuple[str, ...], what: str) -> None:
-    if not isinstance(obj, dict):
-        raise bad_request(f"{what} is not a map")
+def _keys(obj: dict[str, Any], names: tuple[str, ...], what: str) -> None:
     if obj.keys() != set(names):
-        missing = sorted(set(names) - obj.keys())
-        extra = sorted(repr(key)[:40] for key in obj.keys() - set(names))
-        raise bad_request(f"{what}: missing keys {missing}, unknown keys {extra}")
+        missing = ", ".join(sorted(set(names) - obj.keys())) or "none"
+        extra = ", ".join(sorted(describe(key) for key in obj.keys() - set(names))) or "none"
+        raise bad_request(f"{what}: missing keys: {missing}; unknown keys: {extra}")
 
 
 def _version(obj: dict[str, Any]) -> None:
     v = obj.get("v")
     if type(v) is not int or v != WIRE_VERSION:
-        raise bad_request(f"wire version is {v!r:.40}; this Kogitune speaks version {WIRE_VERSION}")
+        raise bad_request(f"wire version is {describe(v)}; this node speaks version {WIRE_VERSION} ({PROTOCOL_ID})")
 
 
 def _int(value: Any, name: str, low: int, high: int) -> int:
     if type(value) is not int or not low <= value <= high:
-        raise bad_request(f"{name} must be an integer from {low} to {high}, got {value!r:.40}")
+        raise bad_request(f"{name} must be an integer from {low} to {high}, got {describe(value)}")
     return value
 
 
 def _bin(value: Any, name: str, low: int, high: int) -> bytes:
     if type(value) is not bytes or not low <= len(value) <= high:
         size = f"{low}" if low == high else f"{low} to {high}"
-        raise bad_request(
-            f"{name} must be {size} bytes of binary, got {type(value).__name__}"
-            + (f" of {len(value)}" if isinstance(value, (bytes, str)) else "")
-        )
+        raise bad_request(f"{name} must be {size} bytes of binary, got {describe(value)}")
     return value
 
 
@@ -165,7 +177,7 @@ def parse_request(obj: dict[str, Any]) -> Request:
         raise bad_request("a request is not a map")
     op = obj.get("op")
     if type(op) is not str or op not in _REQUEST_KEYS:
-        raise bad_request(f"unknown op {op!r:.40}; expected one of {', '.join(_REQUEST_KEYS)}")
+        raise bad_request(f"unknown op {describe(op)}; a request's op is one of {', '.join(_REQUEST_KEYS)}")
     _keys(obj, _REQUEST_KEYS[op], f"{op} request")
     _version(obj)
     dataset = _bin(obj["dataset"], "dataset", DIGEST_SIZE, DIGEST_SIZE)
@@ -175,10 +187,10 @@ def parse_request(obj: dict[str, Any]) -> Request:
         return HaveRequest(dataset)
     shard = obj["shard"]
     if type(shard) is not str or not _SHARD_RE.fullmatch(shard):
-        raise bad_request(f"shard must be a name of 5 to 9 digits, got {shard!r:.40}")
+        raise bad_request(f"shard must be a name of 5 to 9 digits, got {describe(shard)}")
     file = obj["file"]
     if type(file) is not str or file not in FILE_KINDS:
-        raise bad_request(f"file must be one of {', '.join(FILE_KINDS)}, got {file!r:.40}")
+        raise bad_request(f"file must be one of {', '.join(FILE_KINDS)}, got {describe(file)}")
     offset = _int(obj["offset"], "offset", 0, MAX_OFFSET)
     length = _int(obj["length"], "length", 1, MAX_READ_BYTES)
     return ReadRequest(dataset, shard, file, offset, length)
@@ -213,23 +225,22 @@ def encode_request(request: Request) -> bytes:
 
 
 def parse_response(obj: dict[str, Any], expected: type[Response]) -> Response:
-    """Validate a decoded response frame: an ErrorResponse, or a response of the `expected` type; else WireError."""
+    """Validate a decoded response frame: an ErrorResponse, or a response of the `expected` type (its `op` says which
+    it is); else WireError."""
     if expected not in _RESPONSE_KEYS:
         raise TypeError(f"expected must be a response class, got {expected!r:.80}")
     if not isinstance(obj, dict):
         raise bad_request("a response is not a map")
-    ok = obj.get("ok")
-    if type(ok) is not bool:
-        raise bad_request(f"response field ok must be true or false, got {ok!r:.40}")
-    kind = expected if ok else ErrorResponse
-    if ok and expected is ErrorResponse:
-        raise bad_request("expected an error response, got ok=true")
-    _keys(obj, _RESPONSE_KEYS[kind], f"{kind.__name__}")
+    op = obj.get("op")
+    if op not in (_RESPONSE_OPS[expected], "error"):
+        raise bad_request(f"response op is {describe(op)}; expected {_RESPONSE_OPS[expected]} or error")
+    kind = ErrorResponse if op == "error" else expected
+    _keys(obj, _RESPONSE_KEYS[kind], f"{op} response")
     _version(obj)
     if kind is ErrorResponse:
         code = obj["code"]
         if type(code) is not str or code not in ERROR_CODES:
-            raise bad_request(f"unknown error code {code!r:.40}")
+            raise bad_request(f"unknown error code {describe(code)}; expected one of {', '.join(ERROR_CODES)}")
         return ErrorResponse(code, _str(obj["message"], "message", MAX_MESSAGE_CHARS))
     if kind is ManifestResponse:
         allow = _allow(_str(obj["allow"], "allow", MAX_ALLOW_CHARS))
@@ -250,7 +261,7 @@ def _response_dict(response: Response) -> dict[str, Any]:
     if isinstance(response, ManifestResponse):
         return {
             "v": WIRE_VERSION,
-            "ok": True,
+            "op": "manifest",
             "manifest": response.manifest,
             "signature": response.signature,
             "public_key": response.public_key,
@@ -258,13 +269,13 @@ def _response_dict(response: Response) -> dict[str, Any]:
             "allow_signature": response.allow_signature,
         }
     if isinstance(response, HaveResponse):
-        return {"v": WIRE_VERSION, "ok": True, "shards": response.shards}
+        return {"v": WIRE_VERSION, "op": "have", "shards": response.shards}
     if isinstance(response, ReadResponse):
-        return {"v": WIRE_VERSION, "ok": True, "length": response.length}
+        return {"v": WIRE_VERSION, "op": "read", "length": response.length}
     if isinstance(response, ErrorResponse):
         message = response.message if isinstance(response.message, str) else str(response.message)
         message = message[:MAX_MESSAGE_CHARS].encode("utf-8", "replace").decode("utf-8")
-        return {"v": WIRE_VERSION, "ok": False, "code": response.code, "message": message}
+        return {"v": WIRE_VERSION, "op": "error", "code": response.code, "message": message}
     raise TypeError(f"not a response: {response!r:.80}")
 
 

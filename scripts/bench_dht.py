@@ -80,7 +80,7 @@ def client(plan_path: str) -> None:
         from multiaddr import Multiaddr
 
         from kogitune.node.peers import fetch_have
-        from kogitune.protocol.ids import dataset_id_digest
+        from kogitune.protocol.ids import provider_key
 
         node = await fresh_node(Path(plan["work"]) / f"client{index}", item["bootstrap"])
         result = {
@@ -101,7 +101,7 @@ def client(plan_path: str) -> None:
                 if item["kind"] == "kogitune":
                     infos = await node.find_providers(item["id"])
                 else:
-                    infos = await node.dht.find_providers(dataset_id_digest(item["id"]))
+                    infos = await node.dht.provider_store.find_providers(provider_key(item["id"]))
                 result["seconds"] = trio.current_time() - started
                 result["found"] = sorted({str(i.peer_id) for i in infos})
             provider = item["providers"][0]
@@ -130,7 +130,7 @@ def client(plan_path: str) -> None:
         from libp2p.peer.peerinfo import info_from_p2p_addr
         from multiaddr import Multiaddr
 
-        from kogitune.protocol.ids import dataset_id_digest
+        from kogitune.protocol.ids import provider_key
 
         node = await fresh_node(Path(plan["work"]) / "client-spread", next(iter(plan["addresses"].values())))
         spread: dict = {d["id"]: {} for d in plan["datasets"]}
@@ -146,14 +146,14 @@ def client(plan_path: str) -> None:
                         for dataset in plan["datasets"]:
                             with trio.fail_after(10):
                                 providers, _ = await node.dht.provider_store._get_providers_from_peer_with_closers(
-                                    info.peer_id, dataset_id_digest(dataset["id"])
+                                    info.peer_id, provider_key(dataset["id"])
                                 )
                             spread[dataset["id"]][peer] = sorted({str(p.peer_id) for p in providers})
                         with trio.fail_after(10):  # what its routing table holds near one key (FIND_NODE)
                             closest[peer] = [
                                 str(p)
                                 for p in await node.dht.peer_routing._query_peer_for_closest(
-                                    info.peer_id, dataset_id_digest(plan["datasets"][0]["id"])
+                                    info.peer_id, provider_key(plan["datasets"][0]["id"])
                                 )
                             ]
                     except Exception as exc:

@@ -235,7 +235,7 @@ async def idle_streams(address: str, ip: str, streams: int, held: Counter, paylo
                 held[ip] -= 1
                 await _reset(stream)
             frame, _ = Outcome(first, "eof").frame()
-            if frame is not None and frame.get("ok") is False:
+            if frame is not None and frame.get("op") == "error":
                 await trio.sleep(RECONNECT_PACE)
 
     async with noise_peer(address) as (host, node), trio.open_nursery() as nursery:

@@ -1,7 +1,7 @@
 """Hostile peers against a running node process (`kogitune node start` on 127.0.0.1).
 
 The test process runs its own py-libp2p hosts inside trio (Noise + Yamux, like a real peer) and speaks
-`/kogitune/data/1.1.0` to the node: thousands of malformed and hostile requests, a plaintext dialer, a peer over
+the data protocol (`wire.PROTOCOL_ID`) to the node: thousands of malformed and hostile requests, a plaintext dialer, a peer over
 its stream limit. After each attack the node must still be alive, bounded in memory, and serve correct bytes.
 
 Every network wait is bounded (trio.fail_after, or move_on_after where running out of time is recorded as a
@@ -208,7 +208,7 @@ def expect_error(outcome: Outcome, code: str, what: str) -> None:
     assert frame is not None, (
         f"{what}: no response frame, the stream ended by {outcome.ended} after {len(outcome.data)} bytes"
     )
-    assert frame.get("ok") is False, f"{what}: the node answered a bad request with success: {frame!r:.300}"
+    assert frame.get("op") == "error", f"{what}: the node answered a bad request with success: {frame!r:.300}"
     response = wire.parse_response(frame, wire.ErrorResponse)
     assert response.code == code, f"{what}: expected {code}, got {response.code}: {response.message}"
     assert rest == b"", f"{what}: {len(rest)} bytes followed the error frame"
@@ -294,7 +294,7 @@ class Payloads:
         size = self.sizes[shard, kind][1]
         offset = self.rng.randrange(size)
         return {
-            "v": 1,
+            "v": wire.WIRE_VERSION,
             "op": "read",
             "dataset": self.digest,
             "shard": shard,
@@ -305,7 +305,7 @@ class Payloads:
 
     def valid_request(self) -> dict:
         op = self.rng.choice(["manifest", "have", "read"])
-        return self.valid_read() if op == "read" else {"v": 1, "op": op, "dataset": self.digest}
+        return self.valid_read() if op == "read" else {"v": wire.WIRE_VERSION, "op": op, "dataset": self.digest}
 
     def case(self) -> Case:
         if self.rng.random() < 0.05:
@@ -367,15 +367,19 @@ class Payloads:
         return Case("not a map", wire.encode_varint(len(body)) + body, "bad_request")
 
     def wrong_type(self) -> Case:
-        obj = self.valid_read() if self.rng.random() < 0.7 else {"v": 1, "op": "have", "dataset": self.digest}
+        obj = (
+            self.valid_read()
+            if self.rng.random() < 0.7
+            else {"v": wire.WIRE_VERSION, "op": "have", "dataset": self.digest}
+        )
         key = self.rng.choice(list(obj))
         wrong = {
-            "v": [0, 2, "1", 1.0, True, None, -1, (1 << 64) - 1, b"\x01"],
+            "v": [0, 1, 3, "2", 2.0, True, None, -1, (1 << 64) - 1, b"\x02"],
             "op": [1, b"read", "READ", "", "read\x00", "x" * 100, None],
             "dataset": [self.digest.hex(), self.digest[:31], self.digest + b"\x00", b"", 0, None, {"a": 1}],
             "shard": [12345, "1234", "1234567890", "abcde", "00000\n", "../00000", "０００００", b"00000", None],
             "file": ["TOKENS", "manifest.json", "../signature", "tokens\x00", b"tokens", "", "identity", None],
-            "offset": [-1, 1 << 63, (1 << 64) - 1, 1.0, "0", None, True, b"\x00"],
+            "offset": [-1, 1 << 53, 1 << 63, (1 << 64) - 1, 1.0, "0", None, True, b"\x00"],
             "length": [0, -1, wire.MAX_READ_BYTES + 1, (1 << 64) - 1, 1.5, "1", True, None],
         }[key]
         obj[key] = self.rng.choice(wrong)
@@ -392,7 +396,7 @@ class Payloads:
 
     def unknown_op(self) -> Case:
         op = self.rng.choice(["delete", "write", "publish", "list", "Manifest", "have ", "stop", "status"])
-        return Case("unknown op", request({"v": 1, "op": op, "dataset": self.digest}), "bad_request")
+        return Case("unknown op", request({"v": wire.WIRE_VERSION, "op": op, "dataset": self.digest}), "bad_request")
 
     def oversized(self) -> Case:
         """Frames above the 4096-byte request limit, sent whole; or maps of more than 16 keys."""
@@ -407,18 +411,22 @@ class Payloads:
         return Case("oversized field or map", request(obj), "bad_request")
 
     def bad_encoding(self) -> Case:
-        """Bodies that break the msgpack rules: non-string keys, extension types, invalid UTF-8, trailing bytes."""
-        choice = self.rng.randrange(5)
+        """Bodies that break the msgpack rules: non-string keys, extension types, invalid UTF-8, trailing bytes, a
+        repeated key."""
+        v = wire.WIRE_VERSION
+        choice = self.rng.randrange(6)
         if choice == 0:
             body = msgpack.packb({1: 1, "op": "manifest", "dataset": self.digest}, use_bin_type=True)
         elif choice == 1:
-            body = msgpack.packb({b"v": 1, b"op": "manifest", b"dataset": self.digest}, use_bin_type=True)
+            body = msgpack.packb({b"v": v, b"op": "manifest", b"dataset": self.digest}, use_bin_type=True)
         elif choice == 2:
-            body = msgpack.packb({"v": 1, "op": "manifest", "dataset": msgpack.ExtType(5, self.digest)})
+            body = msgpack.packb({"v": v, "op": "manifest", "dataset": msgpack.ExtType(5, self.digest)})
         elif choice == 3:  # "op" as a str of invalid UTF-8
-            body = b"\x83\xa1v\x01\xa2op\xa8\xff\xfeanifest\xa7dataset\xc4\x20" + self.digest
+            body = b"\x83\xa1v" + bytes([v]) + b"\xa2op\xa8\xff\xfeanifest\xa7dataset\xc4\x20" + self.digest
+        elif choice == 4:  # "op" twice: "read" (invalid without its keys), then "manifest"
+            body = b"\x84\xa1v" + bytes([v]) + b"\xa2op\xa4read\xa2op\xa8manifest\xa7dataset\xc4\x20" + self.digest
         else:  # a valid request with one more msgpack value after it, inside the frame
-            body = msgpack.packb({"v": 1, "op": "manifest", "dataset": self.digest}, use_bin_type=True) + b"\xc0"
+            body = msgpack.packb({"v": v, "op": "manifest", "dataset": self.digest}, use_bin_type=True) + b"\xc0"
         return Case("bad msgpack", wire.encode_varint(len(body)) + body, "bad_request")
 
     def huge_read(self) -> Case:

@@ -28,6 +28,7 @@ from test_network_hostile import (
 )
 
 from kogitune.node.host import new_kogitune_host
+from kogitune.node.providers import provide
 from kogitune.protocol import wire
 from kogitune.protocol.ids import dataset_id_digest
 from kogitune.protocol.manifest import parse_manifest
@@ -124,7 +125,7 @@ def test_a_peer_cannot_make_a_public_dataset_private(tensor, tmp_path):
             dht = KadDHT(host, DHTMode.SERVER)
             async with background_trio_service(dht):
                 with trio.fail_after(CONNECT_TIMEOUT):
-                    await dht.provide(digest)
+                    await provide(dht, tensor.dataset_id)
                 address = f"{host.get_addrs()[0]}/p2p/{host.get_id()}"
                 b = await trio.to_thread.run_sync(NodeProcess, tmp_path / "b", [address])
                 replicas.append(b)

@@ -3,12 +3,13 @@ the minimum-rate and hedging rules alone, on trio's virtual clock.
 
 Real node processes (`kogitune node start` on 127.0.0.1: a publisher A, a fetcher B) and, inside this test process,
 py-libp2p hosts that play bad providers: each is a Kademlia server that announces the dataset like a replica, then
-misbehaves on `/kogitune/data/1.0.0`:
+misbehaves on the data protocol (`wire.PROTOCOL_ID`):
 
 - silent: accepts the stream and never answers (what a frozen node looks like once connected);
 - mute: serves a valid signed manifest (signed with its own key: a trust list is not used here) and a full
   have-map, then never sends a byte of data;
-- drip: the same, but sends the bytes of a file one a second.
+- drip: the same, but sends the bytes of a file one a second;
+- and, without a DHT, a host that speaks only an older data protocol.
 
 The fetcher B runs with the default read timeout (30 s), so a rule that waited for a read timeout per bad provider
 would show as minutes. Every wait here is bounded (subprocess timeouts, trio.fail_after).
@@ -31,8 +32,8 @@ from kogitune.corpora import write_kjv_chapters
 from kogitune.errors import SourceError
 from kogitune.node.body import Body
 from kogitune.node.host import new_kogitune_host
+from kogitune.node.providers import provide
 from kogitune.protocol import wire
-from kogitune.protocol.ids import dataset_id_digest
 from kogitune.protocol.signing import sign_dataset
 from kogitune.tensor import DataTensor
 from kogitune.write import StoreOptions, store
@@ -110,7 +111,7 @@ class BadProvider:
                     with trio.fail_after(CONNECT_TIMEOUT):
                         await self.host.connect(info)
                         await self.dht.add_peer(info.peer_id)
-                        await self.dht.provide(dataset_id_digest(self.tensor.dataset_id))
+                        await provide(self.dht, self.tensor.dataset_id)
                     yield self
         finally:
             with trio.move_on_after(10):
@@ -286,6 +287,44 @@ class Drip(Body):
         self.left -= 1
         buffer[0] = 0
         return 1
+
+
+def test_a_peer_that_speaks_an_older_protocol_is_named_as_such(tensor):
+    """A Kogitune 1.1.0 node answers "na" to this version's data protocol; the fetcher's error says which version
+    the peer speaks rather than "cannot open a stream"."""
+    from libp2p.custom_types import TProtocol
+    from libp2p.peer.peerinfo import PeerInfo
+    from multiaddr import Multiaddr
+
+    from kogitune.node.peers import fetch_signed_manifest
+
+    async def main() -> None:
+        old, fetcher = new_kogitune_host(os.urandom(32)), new_kogitune_host(os.urandom(32))
+        try:
+            async with old.run([Multiaddr(LISTEN)]), fetcher.run([Multiaddr(LISTEN)]):
+
+                async def old_handler(stream) -> None:  # a 1.1.0 server waits for a request
+                    with trio.move_on_after(CONNECT_TIMEOUT):
+                        try:
+                            await stream.read(4096)
+                        except Exception:
+                            pass
+                    await stream.reset()
+
+                old.set_stream_handler(TProtocol("/kogitune/data/1.1.0"), old_handler)
+                with trio.fail_after(CONNECT_TIMEOUT):
+                    await fetcher.connect(PeerInfo(old.get_id(), old.get_addrs()))
+                    with pytest.raises(SourceError) as caught:
+                        await fetch_signed_manifest(fetcher, old.get_id(), tensor.dataset_id, CONNECT_TIMEOUT)
+                assert f"{old.get_id()} runs an older Kogitune: it speaks /kogitune/data/1.1.0, this node " in str(
+                    caught.value
+                )
+        finally:
+            with trio.move_on_after(10):
+                await old.close()
+                await fetcher.close()
+
+    trio.run(main)
 
 
 def test_a_stream_below_the_minimum_rate_fails_after_one_window():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from kogitune.protocol.errors import IntegrityError, KogituneError, ManifestError
-from kogitune.protocol.ids import dataset_id_digest, dataset_id_from_digest, is_dataset_id
+from kogitune.protocol.ids import dataset_id_digest, dataset_id_from_digest, is_dataset_id, provider_key
 from kogitune.protocol.jsonlimits import MAX_JSON_DEPTH
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, ShardInfo, canonical_encoding, parse_manifest
 from kogitune.protocol.pieces import PieceHasher, check_pieces_file, piece_digests, piece_span, root_of
@@ -92,6 +92,39 @@ def test_malformed_dataset_ids_are_refused(text):
     assert not is_dataset_id(text)
     with pytest.raises(KogituneError, match="is not a dataset ID"):
         dataset_id_digest(text)
+
+
+# The DHT key vectors of docs/protocol.md ("Test vectors"): dataset ID, provider key (hex), the CIDv1 (raw) of it.
+PROVIDER_KEY_VECTORS = [
+    (
+        "kg1-aaaqeayeaudaocajbifqydiob4ibceqtcqkrmfyydenbwha5dypq",
+        "1220000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+        "bafkreiaaaebagbafaydqqcikbmga2dqpcaireeyuculbogazdinryhi6d4",
+    ),
+    (
+        "kg1-t43i2wyjlzjobvj4yxxwmt46clslo5f6krknpqkk3fo4hrcw7ega",
+        "12209f368d5b095e52e0d53cc5ef664f9e12e4b774be5454d7c14ad95dc3c456f90c",
+        "bafkreie7g2gvwck6klqnkpgf55te7hqs4s3xjpsuktl4cswzlxb4ivxzbq",
+    ),
+]
+
+
+@pytest.mark.parametrize("dataset_id, key, cid", PROVIDER_KEY_VECTORS)
+def test_provider_keys_are_sha256_multihashes(dataset_id, key, cid):
+    """The DHT key is the multihash `12 20` + digest, which is what a CID-based Kademlia client puts on the wire
+    for the CIDv1 (raw codec 0x55) holding it; both are checked against docs/protocol.md and py-libp2p's CID code."""
+    import base64
+    from pathlib import Path
+
+    from libp2p.bitswap.cid import parse_cid
+
+    assert provider_key(dataset_id).hex() == key
+    assert "b" + base64.b32encode(bytes([0x01, 0x55]) + bytes.fromhex(key)).decode().rstrip("=").lower() == cid
+    assert parse_cid(cid).multihash == bytes.fromhex(key)
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text(encoding="utf-8")
+    assert dataset_id in docs and key in docs and cid in docs
+    with pytest.raises(KogituneError):
+        provider_key(dataset_id.upper())
 
 
 def test_dataset_id_needs_a_32_byte_digest():

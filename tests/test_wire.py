@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -11,10 +12,12 @@ from kogitune.protocol.errors import KogituneError
 from kogitune.protocol.frames import encode_frame, unpack_body
 from kogitune.protocol.ids import base58btc, is_peer_id
 from kogitune.protocol.wire import (
+    DHT_PROTOCOL_ID,
     ERROR_CODES,
     FILE_KINDS,
     MAX_ALLOW_CHARS,
     MAX_HEADER_BYTES,
+    MAX_OFFSET,
     MAX_READ_BYTES,
     MAX_REQUEST_BYTES,
     PROTOCOL_ID,
@@ -60,23 +63,23 @@ def random_peer_id(rng: random.Random) -> str:
 VECTORS = {
     "manifest request": (
         ManifestRequest(DATASET),
-        "3a83a17601a26f70a86d616e6966657374a764617461736574c420"
+        "3a83a17602a26f70a86d616e6966657374a764617461736574c420"
         "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
     ),
     "have request": (
         HaveRequest(DATASET),
-        "3683a17601a26f70a468617665a764617461736574c420"
+        "3683a17602a26f70a468617665a764617461736574c420"
         "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
     ),
     "read request": (
         ReadRequest(DATASET, "00000", "tokens", 65536, 65536),
-        "6687a17601a26f70a472656164a764617461736574c420"
+        "6687a17602a26f70a472656164a764617461736574c420"
         "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
         "a57368617264a53030303030a466696c65a6746f6b656e73a66f6666736574ce00010000a66c656e677468ce00010000",
     ),
     "manifest response": (
         ManifestResponse(b"{}", SIGNATURE, PUBLIC_KEY),
-        "a70187a17601a26f6bc3a86d616e6966657374c4027b7da97369676e6174757265c440"
+        "af0187a17602a26f70a86d616e6966657374a86d616e6966657374c4027b7da97369676e6174757265c440"
         "d40650c8b121556f1f36cfc72b9518784a5864e2aa24ac24d551ca4e2b7253c5"
         "cd9a3d97cdc2961ce9d99fc6ba8d44b1c34b7e18c55a4c846843f3badbddb30c"
         "aa7075626c69635f6b6579c420"
@@ -85,15 +88,15 @@ VECTORS = {
     ),
     "have response": (
         HaveResponse(bytes([0x0D, 0x01])),  # shards 0, 2, 3 and 8 of 9
-        "1383a17601a26f6bc3a6736861726473c4020d01",
+        "1783a17602a26f70a468617665a6736861726473c4020d01",
     ),
     "read response": (
         ReadResponse(65536),
-        "1483a17601a26f6bc3a66c656e677468ce00010000",
+        "1883a17602a26f70a472656164a66c656e677468ce00010000",
     ),
     "error response": (
         ErrorResponse("not_found", "no such dataset"),
-        "2f84a17601a26f6bc2a4636f6465a96e6f745f666f756e64a76d657373616765af6e6f20737563682064617461736574",
+        "3484a17602a26f70a56572726f72a4636f6465a96e6f745f666f756e64a76d657373616765af6e6f20737563682064617461736574",
     ),
 }
 REQUESTS = (ManifestRequest, HaveRequest, ReadRequest)
@@ -137,8 +140,10 @@ def assert_bad(call, *args):
 
 
 def test_constants():
-    assert PROTOCOL_ID == "/kogitune/data/1.1.0"
-    assert WIRE_VERSION == 1
+    assert PROTOCOL_ID == "/kogitune/data/2.0.0"
+    assert DHT_PROTOCOL_ID == "/kogitune/kad/1.0.0"
+    assert WIRE_VERSION == 2
+    assert MAX_OFFSET == (1 << 53) - 1
     assert MAX_REQUEST_BYTES == 4096
     assert MAX_HEADER_BYTES == 64 * 1024 * 1024 + 64 * 1024 + 4096
     assert MAX_READ_BYTES == 1 << 30
@@ -192,7 +197,7 @@ def random_messages(rng: random.Random, count: int):
                 dataset,
                 str(rng.randrange(10**9)).zfill(rng.randint(5, 9)),
                 rng.choice(FILE_KINDS),
-                rng.choice([0, rng.randrange(1 << 50), (1 << 63) - 1]),
+                rng.choice([0, rng.randrange(1 << 50), MAX_OFFSET]),
                 rng.choice([1, rng.randint(1, MAX_READ_BYTES), MAX_READ_BYTES]),
             )
         elif kind == 3:
@@ -369,7 +374,7 @@ def test_end_of_stream():
     decoder = FrameDecoder(100)
     decoder.feed(frame)
     decoder.feed(b"")  # feed(b"") is the end of the stream, like feed_eof()
-    assert decoder.next_frame() == {"v": 1, "ok": True, "length": 65536}
+    assert decoder.next_frame() == {"v": 2, "op": "read", "length": 65536}
     with pytest.raises(WireError, match="ended before a frame"):
         decoder.next_frame()
     with pytest.raises(ValueError):
@@ -435,7 +440,7 @@ def test_bytes_after_a_complete_frame():
     header = encode_response(ReadResponse(65536))
     decoder = FrameDecoder(100)
     decoder.feed(header + b"r" * 65536)  # one big read: the header and all its data
-    assert decoder.next_frame() == {"v": 1, "ok": True, "length": 65536}
+    assert decoder.next_frame() == {"v": 2, "op": "read", "length": 65536}
     assert decoder.unused() == b"r" * 65536
     decoder = FrameDecoder(100)
     decoder.feed(header + b"r" * 50)
@@ -470,22 +475,23 @@ def test_an_incomplete_frame_never_holds_more_than_the_bound():
 @pytest.mark.parametrize(
     "body, why",
     [
-        (msgpack.packb({"v": 1}) + b"\x00", "ExtraData"),  # trailing garbage inside the body
-        (b"", "not one msgpack value"),  # an empty body
-        (b"\xc1", "not one msgpack value"),  # a byte msgpack never uses
-        (b"\x82\xa1v\x01", "not one msgpack value"),  # a map that ends early
+        (msgpack.packb({"v": 1}) + b"\x00", "bytes after its map"),  # trailing garbage inside the body
+        (b"", "not one msgpack map"),  # an empty body
+        (b"\xc1", "not one msgpack map"),  # a byte msgpack never uses
+        (b"\x82\xa1v\x01", "not one msgpack map"),  # a map that ends early
+        (b"\x82\xa1v\x01\xa1v\x02", "repeats a key"),  # decoders differ on which value they would keep
         (b"\xa3abc", "not a map"),
         (msgpack.packb(7), "not a map"),
         (msgpack.packb(None), "not a map"),
-        (msgpack.packb([1, 2]), "not one msgpack value"),  # arrays are refused by the decoder's limits
-        (msgpack.packb({1: 2}), "not one msgpack value"),  # strict_map_key: only str or bin keys
+        (msgpack.packb([1, 2]), "not one msgpack map"),  # arrays are refused by the decoder's limits
+        (msgpack.packb({1: 2}), "not one msgpack map"),  # strict_map_key: only str or bin keys
         (msgpack.packb({b"v": 1}, use_bin_type=True), "not a string"),
-        (msgpack.packb({str(i): i for i in range(17)}), "not one msgpack value"),  # more than 16 keys
-        (b"\xd4\x01\x00", "not one msgpack value"),  # extension types are refused
-        (b"\x81\xa1v\xa2\xff\xfe", "not one msgpack value"),  # invalid UTF-8 in a string
-        (b"\xdf\xff\xff\xff\xff", "not one msgpack value"),  # a map that claims 4 billion entries
-        (b"\xc6\xff\xff\xff\xff", "not one msgpack value"),  # a bin that claims 4 GiB
-        (b"\x81\xa1v" * 2000, "not one msgpack value"),  # maps nested 2000 deep
+        (msgpack.packb({str(i): i for i in range(17)}), "not one msgpack map"),  # more than 16 keys
+        (b"\xd4\x01\x00", "not one msgpack map"),  # extension types are refused
+        (b"\x81\xa1v\xa2\xff\xfe", "not one msgpack map"),  # invalid UTF-8 in a string
+        (b"\xdf\xff\xff\xff\xff", "not one msgpack map"),  # a map that claims 4 billion entries
+        (b"\xc6\xff\xff\xff\xff", "not one msgpack map"),  # a bin that claims 4 GiB
+        (b"\x81\xa1v" * 2000, "not one msgpack map"),  # maps nested 2000 deep
         (msgpack.packb({"v": {"v": 1}}), "nested map"),  # a map inside a map
         (msgpack.packb({"v": []}), "holds an array"),  # an (empty) array as a value
     ],
@@ -539,7 +545,7 @@ def test_a_frame_of_nested_maps_costs_no_more_memory_than_its_bytes():
 
 
 def read_request(**changes) -> dict:
-    obj = {"v": 1, "op": "read", "dataset": DATASET, "shard": "00000", "file": "tokens", "offset": 0, "length": 1}
+    obj = {"v": 2, "op": "read", "dataset": DATASET, "shard": "00000", "file": "tokens", "offset": 0, "length": 1}
     obj.update(changes)
     return {k: v for k, v in obj.items() if v is not ...}
 
@@ -547,11 +553,12 @@ def read_request(**changes) -> dict:
 @pytest.mark.parametrize(
     "obj",
     [
-        read_request(v=2),
+        read_request(v=1),
+        read_request(v=3),
         read_request(v=0),
-        read_request(v="1"),
+        read_request(v="2"),
         read_request(v=True),
-        read_request(v=1.0),
+        read_request(v=2.0),
         read_request(v=...),
         read_request(op="write"),
         read_request(op="READ"),
@@ -574,6 +581,7 @@ def read_request(**changes) -> dict:
         read_request(file=b"tokens"),
         read_request(file=...),
         read_request(offset=-1),
+        read_request(offset=1 << 53),
         read_request(offset=1 << 63),
         read_request(offset="0"),
         read_request(offset=0.0),
@@ -585,10 +593,11 @@ def read_request(**changes) -> dict:
         read_request(length=True),
         read_request(length=...),
         read_request(extra=1),
-        {"v": 1, "op": "manifest", "dataset": DATASET, "shard": "00000"},
-        {"v": 1, "op": "have", "dataset": DATASET, "x": None},
-        {"v": 1, "op": "have"},
-        {"v": 2, "op": "manifest", "dataset": DATASET},
+        {"v": 2, "op": "manifest", "dataset": DATASET, "shard": "00000"},
+        {"v": 2, "op": "have", "dataset": DATASET, "x": None},
+        {"v": 2, "op": "have"},
+        {"v": 1, "op": "manifest", "dataset": DATASET},
+        {"v": 2, "op": "error", "dataset": DATASET},
         {},
         [],
         "manifest",
@@ -603,8 +612,51 @@ def test_malformed_requests(obj):
 
 
 def test_valid_request_edges():
-    assert parse_request(read_request(length=MAX_READ_BYTES, offset=(1 << 63) - 1, shard="999999999", file="docs"))
+    assert parse_request(read_request(length=MAX_READ_BYTES, offset=MAX_OFFSET, shard="999999999", file="docs"))
     assert parse_request(read_request(file="pieces")).file == "pieces"
+
+
+def test_any_msgpack_form_of_a_value_is_accepted():
+    """Frames are neither hashed nor signed, so a decoder takes every msgpack form of a value, not only the shortest
+    that Kogitune writes: an encoder in another language may write 2 as uint 64, a short string as str 8 or str 32,
+    a map as map 16."""
+    longest = (
+        "de0003"  # map 16 of 3 entries
+        "d90176" + "cf0000000000000002"  # "v" as str 8, 2 as uint 64
+        "db000000026f70" + "da00086d616e6966657374"  # "op" as str 32, "manifest" as str 16
+        "a764617461736574" + "c600000020" + DATASET.hex()  # "dataset", bin 32
+    )
+    body = bytes.fromhex(longest)
+    docs = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
+    assert longest.removesuffix(DATASET.hex()) in "".join(docs.read_text(encoding="utf-8").split())
+    assert parse_request(decode_one(encode_varint(len(body)) + body, MAX_REQUEST_BYTES)) == ManifestRequest(DATASET)
+    for two in ["d30000000000000002", "d10002", "cc02", "d002"]:  # int 64, int 16, uint 8, int 8
+        body = bytes.fromhex("83a176" + two + "a26f70a472656164a66c656e677468d200010000")  # length as int 32
+        assert parse_response(decode_one(encode_varint(len(body)) + body), ReadResponse) == ReadResponse(65536)
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        read_request(op=b"read"),
+        read_request(op=None),
+        read_request(v=True),
+        read_request(v=[1]),
+        read_request(shard=b"\x00\x01"),
+        read_request(file="it's"),
+        read_request(offset=-1),
+        read_request(length=1.5),
+        read_request(dataset="x" * 32),
+        read_request(dataset=...),
+        {"v": 2, "op": "have", "dataset": DATASET, "x": b"1"},
+    ],
+)
+def test_error_messages_show_values_in_msgpack_terms(obj):
+    """Error messages go to peers written in any language: values appear as JSON strings, integers, true, false,
+    nil or a msgpack type, never as Python reprs (b'..', None, True, ['..'])."""
+    message = str(assert_bad(parse_request, obj))
+    for python in ["b'", 'b"', "None", "True", "False", "['", "NoneType", "dict", "list"]:
+        assert python not in message, message
 
 
 def test_peer_ids():
@@ -630,8 +682,8 @@ def test_peer_ids():
         assert not is_peer_id(bad), bad
 
 
-def ok(**fields) -> dict:
-    return {"v": 1, "ok": True, **fields}
+def ok(op: str, **fields) -> dict:
+    return {"v": 2, "op": op, **fields}
 
 
 def manifest_ok(**changes) -> dict:
@@ -644,7 +696,7 @@ def manifest_ok(**changes) -> dict:
         "allow_signature": b"",
         **changes,
     }
-    return ok(**{key: value for key, value in fields.items() if value is not None})
+    return ok("manifest", **{key: value for key, value in fields.items() if value is not None})
 
 
 @pytest.mark.parametrize(
@@ -677,25 +729,30 @@ def manifest_ok(**changes) -> dict:
         (manifest_ok(allow=PEER_A), ManifestResponse),  # a list without the publisher's signature
         (manifest_ok(allow=PEER_A, allow_signature=SIGNATURE[:63]), ManifestResponse),
         (manifest_ok(allow_signature=SIGNATURE), ManifestResponse),  # a signature without a list
-        (ok(shards=b"\x01"), ManifestResponse),  # a valid have response where a manifest was expected
-        (ok(length=5), HaveResponse),
-        (ok(shards=b"\x00" * (131072 + 1)), HaveResponse),
-        (ok(shards=[1]), HaveResponse),
-        (ok(length=0), ReadResponse),
-        (ok(length=MAX_READ_BYTES + 1), ReadResponse),
-        (ok(length="5"), ReadResponse),
-        (ok(length=5.0), ReadResponse),
-        ({"v": 2, "ok": True, "length": 5}, ReadResponse),
-        ({"v": 1, "length": 5}, ReadResponse),
-        ({"v": 1, "ok": 1, "length": 5}, ReadResponse),
-        ({"v": 1, "ok": None, "length": 5}, ReadResponse),
-        ({"v": 1, "ok": False, "code": "teapot", "message": ""}, ReadResponse),
-        ({"v": 1, "ok": False, "code": "busy", "message": "x" * 1001}, ReadResponse),
-        ({"v": 1, "ok": False, "code": "busy", "message": b"x"}, ReadResponse),
-        ({"v": 1, "ok": False, "code": "busy"}, ReadResponse),
-        ({"v": 1, "ok": False, "code": "busy", "message": "", "length": 5}, ReadResponse),
-        ({"v": 2, "ok": False, "code": "busy", "message": ""}, ReadResponse),
-        ({"v": 1, "ok": True, "code": "busy", "message": ""}, ErrorResponse),
+        (ok("have", shards=b"\x01"), ManifestResponse),  # a valid have response where a manifest was expected
+        (ok("manifest", shards=b"\x01"), HaveResponse),  # a have response tagged as something else
+        (ok("read", length=5), HaveResponse),
+        (ok("have", length=5), HaveResponse),
+        (ok("have", shards=b"\x00" * (131072 + 1)), HaveResponse),
+        (ok("have", shards=[1]), HaveResponse),
+        (ok("read", length=0), ReadResponse),
+        (ok("read", length=MAX_READ_BYTES + 1), ReadResponse),
+        (ok("read", length="5"), ReadResponse),
+        (ok("read", length=5.0), ReadResponse),
+        (ok("READ", length=5), ReadResponse),
+        (ok(b"read", length=5), ReadResponse),
+        ({"v": 1, "op": "read", "length": 5}, ReadResponse),
+        ({"v": 2, "length": 5}, ReadResponse),
+        ({"v": 1, "ok": True, "length": 5}, ReadResponse),  # a 1.x response
+        ({"v": 2, "ok": True, "op": "read", "length": 5}, ReadResponse),
+        ({"v": 1, "ok": False, "code": "busy", "message": ""}, ReadResponse),
+        (ok("error", code="teapot", message=""), ReadResponse),
+        (ok("error", code="busy", message="x" * 1001), ReadResponse),
+        (ok("error", code="busy", message=b"x"), ReadResponse),
+        (ok("error", code="busy"), ReadResponse),
+        (ok("error", code="busy", message="", length=5), ReadResponse),
+        ({"v": 3, "op": "error", "code": "busy", "message": ""}, ReadResponse),
+        (ok("read", code="busy", message=""), ErrorResponse),
         ([], ReadResponse),
     ],
 )
@@ -705,7 +762,7 @@ def test_malformed_responses(obj, expected):
 
 def test_parse_response_needs_a_response_class():
     with pytest.raises(TypeError):
-        parse_response(ok(length=1), dict)
+        parse_response(ok("read", length=1), dict)
 
 
 # ---- have-maps --------------------------------------------------------------------------------------------------
@@ -754,7 +811,9 @@ def random_value(rng: random.Random, depth: int = 0):
     if kind == 4:
         return "".join(rng.choice("0123456789abc😀\x00") for _ in range(rng.randint(0, 12)))
     if kind == 5:
-        return rng.choice(["00000", "123456789", "tokens", "pieces", "docs", "manifest", "have", "read", *ERROR_CODES])
+        return rng.choice(
+            ["00000", "123456789", "tokens", "pieces", "docs", "manifest", "have", "read", "error", *ERROR_CODES]
+        )
     if kind == 6:
         return rng.randbytes(rng.choice([0, 1, 31, 32, 33, 63, 64, 65, rng.randint(0, 300)]))
     if kind == 7 and depth < 3:
@@ -769,6 +828,7 @@ def random_key(rng: random.Random):
         "v",
         "op",
         "ok",
+        "error",
         "dataset",
         "shard",
         "file",
