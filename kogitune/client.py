@@ -8,10 +8,12 @@ every network read.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,13 +23,16 @@ from . import errors
 from .content_store import ContentStore, kogitune_home
 from .errors import KogituneError, NodeNotRunning, RecipeError
 from .files import read_limited
-from .layout import CONTROL_SOCKET_FILE, MANIFEST_FILE, read_signature
+from .layout import CONTROL_SOCKET_FILE, LOG_FILE, MANIFEST_FILE, NODE_LOCK_FILE, read_signature
 from .settings import settings
 from .tensor import DataTensor
 
 DEFAULT_FETCH_TIMEOUT = settings().fetch_timeout
 MAX_REPLY_BYTES = 16 << 20
 """A control reply longer than this is refused (the longest, `status`, takes about 60 bytes per dataset held)."""
+STOP_WAIT = 30.0
+"""How long `kogitune node stop` waits for the node to have stopped."""
+STOP_POLL = 0.05
 _lock = threading.Lock()
 _node = None
 _node_pid = 0
@@ -70,6 +75,24 @@ class DaemonClient:
         if not result.pop("ok", False):
             raise errors.error_from_reply(result)
         return result
+
+    def stop(self, wait: float = STOP_WAIT) -> None:
+        """Ask the node to stop and return once it has: once it let go of its home's node lock, which it holds
+        until it has closed its host and is about to exit. NodeError if it still runs after `wait` seconds."""
+        self.call("stop", timeout=wait)
+        deadline = time.monotonic() + wait
+        with open(self.home / NODE_LOCK_FILE, "a+b") as lock:
+            while True:
+                try:
+                    fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise errors.NodeError(
+                            f"the node of {self.home} was asked to stop but still runs after {wait:.0f} s; see "
+                            f"{self.home / LOG_FILE}, or end its process (kill)"
+                        ) from None
+                    time.sleep(STOP_POLL)
 
     def running(self) -> bool:
         try:
@@ -164,6 +187,31 @@ def _local_copy(directory: Path, dataset_id: str) -> tuple[bool, str | None]:
     except (OSError, KogituneError, ValueError):
         return True, None
     return True, peer_id_from_public_key(public_key)
+
+
+def local_publisher(directory: Path, dataset_id: str) -> str | None:
+    """The publisher whose signature of `dataset_id` in `directory` verifies (None: unsigned, or not this ID)."""
+    return _local_copy(directory, dataset_id)[1]
+
+
+def remote_manifest(dataset_id: str, home: Path, timeout: float = DEFAULT_FETCH_TIMEOUT):
+    """(the manifest, its publisher) of a dataset, to look at: the signed manifest from the store or from its
+    providers, as the fetch service opens it (Swarm.peek), written nowhere and with no shard fetched. Through the
+    node daemon of `home` when one runs, else through a node started in this process for `home`."""
+    from kogitune.protocol.manifest import parse_manifest
+
+    daemon = DaemonClient(home)
+    if daemon.running():
+        reply = daemon.call("manifest", timeout, id=dataset_id)
+        data, publisher = reply["manifest"].encode(), reply["publisher"]
+    else:
+        from kogitune.node.embedded import EmbeddedNode
+
+        data, publisher = EmbeddedNode(settings().read_timeout, home).peek(home, dataset_id, timeout)
+    manifest = parse_manifest(data)
+    if manifest.dataset_id != dataset_id:
+        raise errors.IntegrityError(f"the manifest given for {dataset_id} hashes to {manifest.dataset_id}")
+    return manifest, publisher
 
 
 def open_mirrors(

@@ -2,7 +2,7 @@
 
 - tensors.py: `store`, `filter`, `verify`, `info`, `head`, and `store_cli` / `filter_cli`, their Python forms that
   print a summary (kept for the original Kogitune's users; the Python API is `kogitune.store` and `kogitune.filter`);
-- network.py: `cache`, `node`, `publish`, `get`, `status`;
+- network.py: `ls`, `rm`, `cache`, `node`, `publish`, `get`, `status`;
 - common.py: exit statuses and argparse helpers.
 """
 
@@ -34,10 +34,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kogitune", description="Tokenize text once into content-addressed data tensors; share and train on them."
     )
+    parser.add_argument("--version", action="version", version=f"kogitune {installed_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     tensors.add_commands(commands)
     network.add_commands(commands)
     return parser
+
+
+def installed_version() -> str:
+    """The version of the installed kogitune distribution (pyproject.toml's, as pip installed it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kogitune")
+    except PackageNotFoundError:
+        return "(not installed: run from a source tree without `pip install`)"
 
 
 def main(argv: list[str] | None = None) -> int:
