@@ -56,7 +56,7 @@ class HeldDataset:
 
 def held_datasets(store: ContentStore) -> list[HeldDataset]:
     """Every dataset of the store with a readable manifest that hashes to its directory's name, by ID."""
-    found = []
+    found: list[HeldDataset] = []
     if not store.datasets.is_dir():
         return found
     for directory in sorted(store.datasets.iterdir()):

@@ -132,6 +132,10 @@ def test_a_remote_dataset_from_info_to_rm(tensor, nodes):
     assert b.cli("verify", dataset_id).stdout.startswith("OK ")
     assert b.cli("head", dataset_id, "-n", "1").stdout.startswith("--- block 0 ---")
 
+    private_id = a.cli("publish", str(tensor.path), "--allow", b.peer_id).stdout.strip()
+    rows = {line.split()[0]: line.split()[-2:] for line in a.cli("ls").stdout.splitlines()[1:]}
+    assert rows == {dataset_id: ["public", "yes"], private_id: ["private", "yes"]}
+
     b.cli("rm", dataset_id)
     assert not (b.home / "datasets" / dataset_id).exists()
     assert DaemonClient(b.home).call("status")["datasets"] == []
