@@ -200,11 +200,10 @@ def remote_manifest(dataset_id: str, home: Path, timeout: float = DEFAULT_FETCH_
     node daemon of `home` when one runs, else through a node started in this process for `home`."""
     from kogitune.protocol.manifest import parse_manifest
 
-    daemon = DaemonClient(home)
-    if daemon.running():
-        reply = daemon.call("manifest", timeout, id=dataset_id)
+    try:
+        reply = DaemonClient(home).call("manifest", timeout, id=dataset_id)
         data, publisher = reply["manifest"].encode(), reply["publisher"]
-    else:
+    except NodeNotRunning:
         from kogitune.node.embedded import EmbeddedNode
 
         data, publisher = EmbeddedNode(settings().read_timeout, home).peek(home, dataset_id, timeout)

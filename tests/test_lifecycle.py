@@ -5,11 +5,12 @@ processes on 127.0.0.1 (tests/netnodes.py) where a node is involved."""
 import json
 import shutil
 import socket
+import subprocess
 import time
 from importlib.metadata import version
 
 import pytest
-from netnodes import NodeProcess
+from netnodes import ENV, KOGITUNE, NodeProcess
 
 from kogitune.cli import EXIT_ERROR, EXIT_OK, main
 from kogitune.client import DaemonClient
@@ -106,7 +107,7 @@ def test_version(capsys):
     assert exit.value.code == 0 and capsys.readouterr().out.strip() == f"kogitune {version('kogitune')}"
 
 
-def test_a_remote_dataset_from_info_to_rm(tensor, nodes):
+def test_a_remote_dataset_from_info_to_rm(tensor, nodes, tmp_path):
     """B looks at A's dataset (info, status: nothing written into B's store, B not listed as a provider), fetches
     it, lists it as announced, reads it by ID, removes it; `node peers` and `node stop` say what happened."""
     a = nodes("a")
@@ -123,6 +124,15 @@ def test_a_remote_dataset_from_info_to_rm(tensor, nodes):
         status = b.cli("status", dataset_id).stdout
         assert f"{a.peer_id}  {shards}/{shards} shards" in status and b.peer_id not in status
     assert not (b.home / "datasets" / dataset_id).exists()
+    no_node = subprocess.run(  # no node runs for this home: a client node in the command's process looks
+        [KOGITUNE, "info", dataset_id, "--home", str(tmp_path / "c")],
+        env={**ENV, "KOGITUNE_BOOTSTRAP": a.address},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert f"publisher   {a.peer_id}" in no_node.stdout, no_node.stderr
+    assert not (tmp_path / "c" / "datasets").exists()
     refused = b.cli("verify", dataset_id, check=False)
     assert refused.returncode == EXIT_ERROR and f"kogitune get {dataset_id}" in refused.stderr
 

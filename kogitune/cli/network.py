@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import KogituneError
+from ..errors import KogituneError, NodeNotRunning
 from .common import EXIT_OK, HOME_HELP, at_least, home_of
 
 
@@ -112,8 +112,10 @@ def _ls(args) -> int:
 
     home = home_of(args)
     datasets = held_datasets(ContentStore(home))
-    daemon = DaemonClient(home)
-    announced = set(daemon.call("status", timeout=30)["datasets"]) if daemon.running() else None
+    try:
+        announced: set[str] | None = set(DaemonClient(home).call("status", timeout=30)["datasets"])
+    except NodeNotRunning:
+        announced = None
     if args.json:
         is_announced = (lambda d: d.dataset_id in announced) if announced is not None else (lambda d: None)
         print(json.dumps([d.to_json(is_announced(d)) for d in datasets], indent=1))
@@ -130,11 +132,10 @@ def _rm(args) -> int:
     from ..content_store import ContentStore
 
     home = home_of(args)
-    daemon = DaemonClient(home)
-    if daemon.running():
-        daemon.call("remove", timeout=60, id=args.dataset_id, force=args.force)
+    try:
+        DaemonClient(home).call("remove", timeout=60, id=args.dataset_id, force=args.force)
         print(f"removed {args.dataset_id} from {home}; the node no longer serves or announces it")
-    else:
+    except NodeNotRunning:
         ContentStore(home).remove(args.dataset_id, args.force)
         print(f"removed {args.dataset_id} from {home}")
     return EXIT_OK
