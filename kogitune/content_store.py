@@ -38,6 +38,7 @@ from .layout import (
     LOCK,
     PARTIAL,
     PINNED_FILE,
+    REMOVING_PREFIX,
     SHARDS_DIR,
     TOKENS,
     USED,
@@ -46,9 +47,6 @@ from .layout import (
 
 PARTIAL_SUFFIX = f"{TOKENS}.{PARTIAL}"
 """`<shard>.tokens.partial`: the verified pieces of an unfinished fetch (see kogitune.node.fetch)."""
-REMOVING_PREFIX = ".removing-"
-"""`datasets/.removing-<id>.<pid>.<ns>`: a dataset directory being deleted by `remove` (not a dataset ID, so never
-listed, served or announced)."""
 LOCK_SUFFIXES = (LOCK, USED)
 """`<shard>.lock` and `<shard>.used`, which gc never removes: the fetch lock and the readers' lock."""
 
@@ -149,7 +147,7 @@ class ContentStore:
             doomed = self.datasets / f"{REMOVING_PREFIX}{dataset_id}.{os.getpid()}.{time.monotonic_ns()}"
             os.rename(directory, doomed)
         shutil.rmtree(doomed, ignore_errors=True)
-        for leftover in self.datasets.glob(f"{REMOVING_PREFIX}{dataset_id}.*"):  # of a removal interrupted earlier
+        for leftover in self.datasets.glob(f"{REMOVING_PREFIX}*"):  # of removals interrupted earlier
             shutil.rmtree(leftover, ignore_errors=True)
         return directory
 
