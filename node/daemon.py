@@ -113,22 +113,40 @@ class Node:
 
     async def connect_bootstrap(self) -> None:
         """Connect to every bootstrap peer at once (a hung one costs one timeout, not one each)."""
-        from libp2p.peer.peerinfo import info_from_p2p_addr
-        from multiaddr import Multiaddr
 
-        async def connect(address: str) -> None:
+        async def connect(address: str, info) -> None:
             try:
-                info = info_from_p2p_addr(Multiaddr(address))
-                if str(info.peer_id) == self.peer_id:
-                    return
-                await self.connect(info)
-                await self.dht.add_peer(info.peer_id)
+                await self.dial_bootstrap(info)
             except Exception as exc:
                 log.warning("bootstrap peer %s unreachable: %s", address, exc)
 
         async with trio.open_nursery() as nursery:
-            for address in self.config.bootstrap:
-                nursery.start_soon(connect, address)
+            for address, info in self.bootstrap_infos().items():
+                nursery.start_soon(connect, address, info)
+
+    def bootstrap_infos(self) -> dict:
+        """address -> PeerInfo of each bootstrap peer but this node (an address that does not parse is logged)."""
+        from libp2p.peer.peerinfo import info_from_p2p_addr
+        from multiaddr import Multiaddr
+
+        peers = {}
+        for address in self.config.bootstrap:
+            try:
+                info = info_from_p2p_addr(Multiaddr(address))
+            except Exception as exc:  # a daemon refuses these before it starts (service.check_start)
+                log.warning("bootstrap peer %s unreachable: %s", address, exc)
+                continue
+            if str(info.peer_id) != self.peer_id:
+                peers[address] = info
+        return peers
+
+    async def dial_bootstrap(self, info) -> None:
+        """Connect to a bootstrap peer and add it to the DHT. py-libp2p refuses for 60 s to dial a peer whose
+        addresses all failed (its negative cache); the callers' own backoff replaces that one, or a bootstrap peer
+        that restarts would wait a minute."""
+        self.host.get_network().unblock_peer(info.peer_id)  # type: ignore[attr-defined]  # libp2p's Swarm has it
+        await self.connect(info)
+        await self.dht.add_peer(info.peer_id)
 
     async def connect(self, info) -> None:
         with trio.fail_after(min(CONNECT_TIMEOUT, self.config.read_timeout)):
@@ -138,24 +156,13 @@ class Node:
         """Every RECONNECT_CHECK seconds, dial the bootstrap peers this node is not connected to (each with its own
         backoff, up to RECONNECT_BACKOFF_MAX, while it stays away); when the node had lost every peer and got one
         back, announce its datasets again at once."""
-        from libp2p.peer.peerinfo import info_from_p2p_addr
-        from multiaddr import Multiaddr
-
-        peers = {}
-        for address in self.config.bootstrap:
-            try:
-                info = info_from_p2p_addr(Multiaddr(address))
-            except Exception:  # refused when the node started (service.check_start); an embedded node logs it
-                continue
-            if str(info.peer_id) != self.peer_id:
-                peers[address] = info
+        peers = self.bootstrap_infos()
         backoff = dict.fromkeys(peers, RECONNECT_CHECK)
         next_try = dict.fromkeys(peers, 0.0)
 
         async def dial(address: str, info) -> None:
             try:
-                await self.connect(info)
-                await self.dht.add_peer(info.peer_id)
+                await self.dial_bootstrap(info)
                 backoff[address] = RECONNECT_CHECK
                 log.info("reconnected to bootstrap peer %s", address)
             except Exception as exc:
