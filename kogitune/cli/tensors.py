@@ -317,7 +317,7 @@ def _held(args, command: str):
 
 
 def _info(args) -> int:
-    from ..client import local_publisher, remote_manifest
+    from ..client import remote_manifest
     from ..tensor import DataTensor
 
     directory = _local(args)
@@ -328,7 +328,7 @@ def _info(args) -> int:
     else:
         tensor = DataTensor(directory)
         m, where, dataset_id = tensor.manifest, str(tensor.path), tensor.dataset_id
-        publisher = local_publisher(directory, dataset_id)
+        publisher = _publisher(args, dataset_id)
     print(f"dataset id  {dataset_id}")
     print(f"path        {where}")
     if publisher is not None:
@@ -346,6 +346,21 @@ def _info(args) -> int:
     if m.access is not None:
         print(f"access      private, published by {m.access.publisher} (served only to the peers it allows)")
     return EXIT_OK
+
+
+def _publisher(args, dataset_id: str) -> str | None:
+    """The publisher whose signature of `dataset_id` verifies in the content store (None for a tensor directory, an
+    unsigned copy, or an ID the store does not hold)."""
+    from pathlib import Path
+
+    from kogitune.node.copies import stored_copy  # files only: no trio or libp2p
+
+    from ..content_store import ContentStore
+
+    if Path(args.tensor).exists():
+        return None
+    copy = stored_copy(ContentStore(home_of(args)), dataset_id)
+    return copy.publisher if copy is not None else None
 
 
 def _head(args) -> int:
