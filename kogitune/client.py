@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kogitune.protocol.jsonlimits import MAX_JSON_DEPTH, loads
+from kogitune.protocol.manifest import MAX_MANIFEST_BYTES
 
 from . import errors
 from .content_store import ContentStore, kogitune_home
@@ -28,7 +29,10 @@ from .tensor import DataTensor
 
 DEFAULT_FETCH_TIMEOUT = settings().fetch_timeout
 MAX_REPLY_BYTES = 16 << 20
-"""A control reply longer than this is refused (the longest, `status`, takes about 60 bytes per dataset held)."""
+"""A control reply longer than this is refused (the longest, `status`, takes about 60 bytes per dataset held), but
+for `manifest` (MAX_MANIFEST_REPLY_BYTES)."""
+MAX_MANIFEST_REPLY_BYTES = 2 * MAX_MANIFEST_BYTES + 4096
+"""The reply to `manifest`: a manifest of up to MAX_MANIFEST_BYTES as a JSON string (escaping at most doubles it)."""
 STOP_WAIT = 30.0
 """How long `kogitune node stop` waits for the node to have stopped."""
 STOP_POLL = 0.05
@@ -44,14 +48,17 @@ class DaemonClient:
         self.home = Path(home) if home is not None else kogitune_home()
         self.socket_path = self.home / CONTROL_SOCKET_FILE
 
-    def call(self, op: str, timeout: float | None = DEFAULT_FETCH_TIMEOUT, **fields) -> dict:
-        """One control operation; `timeout=None` waits as long as the node works on it."""
+    def call(
+        self, op: str, timeout: float | None = DEFAULT_FETCH_TIMEOUT, max_reply: int | None = None, **fields
+    ) -> dict:
+        """One control operation; `timeout=None` waits as long as the node works on it; a reply longer than
+        `max_reply` bytes (default MAX_REPLY_BYTES) is refused."""
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(timeout)
                 sock.connect(str(self.socket_path))
                 sock.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
-                reply = _read_reply(sock, op)
+                reply = _read_reply(sock, op, MAX_REPLY_BYTES if max_reply is None else max_reply)
         except (FileNotFoundError, ConnectionRefusedError):
             raise NodeNotRunning(
                 f"no Kogitune node is running for {self.home}; start one with "
@@ -101,16 +108,16 @@ class DaemonClient:
         return True
 
 
-def _read_reply(sock: socket.socket, op: str) -> bytes:
-    """One reply line (up to the end of the stream if it has no newline), at most MAX_REPLY_BYTES."""
+def _read_reply(sock: socket.socket, op: str, limit: int) -> bytes:
+    """One reply line (up to the end of the stream if it has no newline), at most `limit` bytes."""
     reply = bytearray()
     while not reply.endswith(b"\n"):
         chunk = sock.recv(1 << 16)
         if not chunk:
             break
         reply += chunk
-        if len(reply) > MAX_REPLY_BYTES:
-            raise KogituneError(f"the node's reply to {op!r} is longer than {MAX_REPLY_BYTES} bytes")
+        if len(reply) > limit:
+            raise KogituneError(f"the node's reply to {op!r} is longer than {limit} bytes")
     return bytes(reply)
 
 
@@ -175,7 +182,7 @@ def remote_manifest(dataset_id: str, home: Path, timeout: float = DEFAULT_FETCH_
     from kogitune.protocol.manifest import parse_manifest
 
     try:
-        reply = DaemonClient(home).call("manifest", timeout, id=dataset_id)
+        reply = DaemonClient(home).call("manifest", timeout, MAX_MANIFEST_REPLY_BYTES, id=dataset_id)
         data, publisher = reply["manifest"].encode(), reply["publisher"]
     except NodeNotRunning:
         from kogitune.node.embedded import EmbeddedNode
