@@ -146,6 +146,11 @@ def test_a_remote_dataset_from_info_to_rm(tensor, nodes, tmp_path):
     rows = {line.split()[0]: line.split()[-2:] for line in a.cli("ls").stdout.splitlines()[1:]}
     assert rows == {dataset_id: ["public", "yes"], private_id: ["private", "yes"]}
 
+    reader = DataTensor(b.home / "datasets" / dataset_id, store=ContentStore(b.home))
+    reader.shard_tokens(0)  # a trainer's map of a shard: the node refuses to remove the dataset under it
+    refused = b.cli("rm", dataset_id, check=False)
+    assert refused.returncode == EXIT_ERROR and f"{dataset_id} is in use" in refused.stderr
+    del reader
     b.cli("rm", dataset_id)
     assert not (b.home / "datasets" / dataset_id).exists()
     assert DaemonClient(b.home).call("status")["datasets"] == []
