@@ -8,25 +8,34 @@ network read, `fetch_timeout` a wait for a shard or a reply of the daemon.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from kogitune.protocol.jsonlimits import MAX_JSON_DEPTH, loads
+from kogitune.protocol.manifest import MAX_MANIFEST_BYTES
 
 from . import errors
 from .content_store import ContentStore, kogitune_home
 from .errors import KogituneError, NodeNotRunning, RecipeError
-from .layout import CONTROL_SOCKET_FILE
+from .layout import CONTROL_SOCKET_FILE, LOG_FILE, NODE_LOCK_FILE
 from .settings import settings
 from .tensor import DataTensor
 
 DEFAULT_FETCH_TIMEOUT = settings().fetch_timeout
 MAX_REPLY_BYTES = 16 << 20
-"""A control reply longer than this is refused (the longest, `status`, takes about 60 bytes per dataset held)."""
+"""A control reply longer than this is refused (the longest, `status`, takes about 60 bytes per dataset held), but
+for `manifest` (MAX_MANIFEST_REPLY_BYTES)."""
+MAX_MANIFEST_REPLY_BYTES = 2 * MAX_MANIFEST_BYTES + 4096
+"""The reply to `manifest`: a manifest of up to MAX_MANIFEST_BYTES as a JSON string (escaping at most doubles it)."""
+STOP_WAIT = 30.0
+"""How long `kogitune node stop` waits for the node to have stopped."""
+STOP_POLL = 0.05
 _lock = threading.Lock()
 _node = None
 _node_pid = 0
@@ -39,14 +48,17 @@ class DaemonClient:
         self.home = Path(home) if home is not None else kogitune_home()
         self.socket_path = self.home / CONTROL_SOCKET_FILE
 
-    def call(self, op: str, timeout: float | None = DEFAULT_FETCH_TIMEOUT, **fields) -> dict:
-        """One control operation; `timeout=None` waits as long as the node works on it."""
+    def call(
+        self, op: str, timeout: float | None = DEFAULT_FETCH_TIMEOUT, max_reply: int | None = None, **fields
+    ) -> dict:
+        """One control operation; `timeout=None` waits as long as the node works on it; a reply longer than
+        `max_reply` bytes (default MAX_REPLY_BYTES) is refused."""
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(timeout)
                 sock.connect(str(self.socket_path))
                 sock.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
-                reply = _read_reply(sock, op)
+                reply = _read_reply(sock, op, MAX_REPLY_BYTES if max_reply is None else max_reply)
         except (FileNotFoundError, ConnectionRefusedError):
             raise NodeNotRunning(
                 f"no Kogitune node is running for {self.home}; start one with "
@@ -70,6 +82,24 @@ class DaemonClient:
             raise errors.error_from_reply(result)
         return result
 
+    def stop(self, wait: float = STOP_WAIT) -> None:
+        """Ask the node to stop and return once it has: once it let go of its home's node lock, which it holds
+        until it has closed its host and is about to exit. NodeError if it still runs after `wait` seconds."""
+        self.call("stop", timeout=wait)
+        deadline = time.monotonic() + wait
+        with open(self.home / NODE_LOCK_FILE, "a+b") as lock:
+            while True:
+                try:
+                    fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise errors.NodeError(
+                            f"the node of {self.home} was asked to stop but still runs after {wait:.0f} s; see "
+                            f"{self.home / LOG_FILE}, or end its process (kill)"
+                        ) from None
+                    time.sleep(STOP_POLL)
+
     def running(self) -> bool:
         try:
             self.call("status", timeout=5)
@@ -78,16 +108,16 @@ class DaemonClient:
         return True
 
 
-def _read_reply(sock: socket.socket, op: str) -> bytes:
-    """One reply line (up to the end of the stream if it has no newline), at most MAX_REPLY_BYTES."""
+def _read_reply(sock: socket.socket, op: str, limit: int) -> bytes:
+    """One reply line (up to the end of the stream if it has no newline), at most `limit` bytes."""
     reply = bytearray()
     while not reply.endswith(b"\n"):
         chunk = sock.recv(1 << 16)
         if not chunk:
             break
         reply += chunk
-        if len(reply) > MAX_REPLY_BYTES:
-            raise KogituneError(f"the node's reply to {op!r} is longer than {MAX_REPLY_BYTES} bytes")
+        if len(reply) > limit:
+            raise KogituneError(f"the node's reply to {op!r} is longer than {limit} bytes")
     return bytes(reply)
 
 
@@ -143,6 +173,25 @@ def _daemon_for(store: ContentStore) -> DaemonClient | None:
     if Path(store.home).resolve() != daemon.home.resolve():
         return None
     return daemon if daemon.running() else None
+
+
+def remote_manifest(dataset_id: str, home: Path, timeout: float = DEFAULT_FETCH_TIMEOUT):
+    """(the manifest, its publisher) of a dataset, to look at: the signed manifest from the store or from its
+    providers, as the fetch service opens it (Swarm.peek), written nowhere and with no shard fetched. Through the
+    node daemon of `home` when one runs, else through a node started in this process for `home`."""
+    from kogitune.protocol.manifest import parse_manifest
+
+    try:
+        reply = DaemonClient(home).call("manifest", timeout, MAX_MANIFEST_REPLY_BYTES, id=dataset_id)
+        data, publisher = reply["manifest"].encode(), reply["publisher"]
+    except NodeNotRunning:
+        from kogitune.node.embedded import EmbeddedNode
+
+        data, publisher = EmbeddedNode(settings().read_timeout, home).peek(home, dataset_id, timeout)
+    manifest = parse_manifest(data)
+    if manifest.dataset_id != dataset_id:
+        raise errors.IntegrityError(f"the manifest given for {dataset_id} hashes to {manifest.dataset_id}")
+    return manifest, publisher
 
 
 def open_mirrors(

@@ -12,7 +12,9 @@ each exclusively without waiting, skipping the shard if any is held:
 - `<name>.used`, held shared by a reader from before it asks for the shard until it has mapped it (see `using`):
   this covers the wait for a fetch and the moment between the fetch and the open, in whichever process fetches;
 - the tokens file itself, held shared by every memory map of it (kogitune.tensor), for as long as the map lives.
-Lock files are never removed (a process holding a removed one would lock nothing); they are empty.
+Lock files are never removed (a process holding a removed one would lock nothing); they are empty, except by
+`remove`, which takes all three of every shard, renames the dataset directory away while it holds them, and only
+then deletes it: a reader that comes later finds no dataset rather than part of one.
 A `<name>.tokens.partial` file holds the pieces of an unfinished fetch; the next fetch of the shard resumes from it.
 gc counts it like a shard and removes it, least recently written first, when no fetch holds the shard's lock.
 """
@@ -21,20 +23,22 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from kogitune.protocol.ids import is_dataset_id
 
-from .errors import KogituneError
+from .errors import KogituneError, TensorError
 from .files import file_mode_in, make_folders, opener_like_folder
 from .layout import (
     DATASETS_DIR,
     LOCK,
     PARTIAL,
     PINNED_FILE,
+    REMOVING_PREFIX,
     SHARDS_DIR,
     TOKENS,
     USED,
@@ -124,6 +128,29 @@ class ContentStore:
         else:
             marker.unlink(missing_ok=True)
 
+    def remove(self, dataset_id: str, force: bool = False) -> Path:
+        """Remove a dataset from the store (`kogitune rm`): refused (TensorError) while a process fetches, opens or
+        maps one of its shards, unless `force`. The directory is first renamed to a hidden name (REMOVING_PREFIX),
+        which no scan of the store takes for a dataset, then deleted: an interrupted removal never leaves a
+        directory that looks like a dataset, complete or not. Returns the directory it was."""
+        directory = self.dataset_dir(dataset_id)
+        if not directory.is_dir():
+            raise TensorError(f"{dataset_id} is not in the content store {self.home}")
+        with ExitStack() as locks:
+            if not force:
+                for path, create in _reader_locks(directory):
+                    if not locks.enter_context(_exclusive_now(path, create)) and (create or path.exists()):
+                        raise TensorError(
+                            f"{dataset_id} is in use: a process is reading or fetching {path.name}; stop it, or "
+                            "pass --force to remove the dataset anyway (that process then fails)"
+                        )
+            doomed = self.datasets / f"{REMOVING_PREFIX}{dataset_id}.{os.getpid()}.{time.monotonic_ns()}"
+            os.rename(directory, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+        for leftover in self.datasets.glob(f"{REMOVING_PREFIX}*"):  # of removals interrupted earlier
+            shutil.rmtree(leftover, ignore_errors=True)
+        return directory
+
     def shards(self, partial: bool = False) -> list[CachedShard]:
         """Every complete shard in the store (last used: its last open or its fetch, whichever is later); with
         `partial`, also every `.tokens.partial` file (last used: its last write). A file that another process's gc
@@ -203,6 +230,21 @@ def _exclusive_now(path: Path, create: bool = True):
         except BlockingIOError:
             got = False
         yield got
+
+
+def _reader_locks(directory: Path) -> list[tuple[Path, bool]]:
+    """(path, create) of every lock that says a process uses a shard of a dataset directory: each shard's fetch
+    lock and readers' lock (created if missing), and its tokens file, which every memory map of it locks shared."""
+    names = _shard_files(directory / SHARDS_DIR)
+    return [
+        (path, create)
+        for name in sorted(names)
+        for path, create in (
+            (directory / SHARDS_DIR / f"{name}.{LOCK}", True),
+            (directory / SHARDS_DIR / f"{name}.{USED}", True),
+            (directory / SHARDS_DIR / f"{name}.{TOKENS}", False),
+        )
+    ]
 
 
 def _shard_files(shards_dir: Path) -> dict[str, dict[str, os.stat_result]]:

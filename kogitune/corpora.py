@@ -29,3 +29,21 @@ def write_kjv_chapters(path: str | Path, limit: int | None = None) -> Path:
         for (book, chapter), verses in list(chapters.items())[:limit]:
             out.write(json.dumps({"text": f"{book} {chapter}\n\n" + " ".join(verses)}) + "\n")
     return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m kogitune.corpora OUT.jsonl [--limit N]`: write the sample corpus (KJV chapters) for a first try."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m kogitune.corpora", description="Write the KJV as JSONL, one chapter per document."
+    )
+    parser.add_argument("output", help="the JSONL file to write")
+    parser.add_argument("--limit", type=int, help="only the first N chapters (default: all 1,189)")
+    args = parser.parse_args(argv)
+    path = write_kjv_chapters(args.output, args.limit)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -23,6 +23,7 @@ its checkpoint) and `.<out>.lock` (store_lock_path: one store into `<out>` at a 
 A node home (`$KOGITUNE_HOME`, see kogitune.content_store.kogitune_home):
 
     datasets/<id>/             DATASETS_DIR: the content store, one data tensor directory per dataset ID
+    datasets/.removing-<id>.*  REMOVING_PREFIX: a dataset directory renamed away by `kogitune rm`, being deleted
     identity.key               IDENTITY_FILE: the node's Ed25519 seed (owner-only); its peer ID
     config.json                CONFIG_FILE: the user's settings (kogitune.settings) and bootstrap peers
     control.sock               CONTROL_SOCKET_FILE: the running node's control socket (owner-only)
@@ -59,6 +60,7 @@ PARTIAL = "partial"
 """Appended to a file or folder being written (`<path>.partial`) until it is complete and renamed into place."""
 
 DATASETS_DIR = "datasets"
+REMOVING_PREFIX = ".removing-"
 IDENTITY_FILE = "identity.key"
 CONFIG_FILE = "config.json"
 CONTROL_SOCKET_FILE = "control.sock"

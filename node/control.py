@@ -145,6 +145,11 @@ async def _dispatch(node: Node, request: dict) -> dict:
             _dataset(request), _mirrors(request), frozenset(trusted) if trusted is not None else None
         )
         return {"directory": str(opened.directory), "publisher": opened.publisher}
+    if op == "manifest":  # a look at a dataset: its signed manifest, from the store or its providers; no shard
+        copy = await node.swarm.peek(_dataset(request))
+        return {"manifest": copy.data.decode(), "publisher": copy.publisher}
+    if op == "remove":
+        return {"directory": await node.remove(_dataset(request), bool(request.get("force", False)))}
     if op == "shard":
         directory = await node.swarm.fetch_shard(_dataset(request), int(request["index"]), _mirrors(request))
         return {"directory": str(directory)}

@@ -35,7 +35,11 @@ if TYPE_CHECKING:  # libp2p loads when the node runs
 
 log = logging.getLogger(__name__)
 DEFAULT_REPROVIDE_SECONDS = settings().reprovide_interval
-RECONNECT_CHECK = 60.0
+RECONNECT_CHECK = 1.0
+"""How often a node checks that it is connected to each of its bootstrap peers (a look at its connection table:
+cheap). One it is not connected to is dialled, at most every RECONNECT_BACKOFF_MAX seconds while it stays away
+(RECONNECT_CHECK, doubling): a bootstrap peer that comes back is reconnected within that time."""
+RECONNECT_BACKOFF_MAX = 4.0
 
 
 @dataclass
@@ -62,6 +66,7 @@ class Node:
         self.store = ContentStore(config.home)
         self.server = DataServer(self.store)
         self._stop = trio.Event()
+        self._announce_now = trio.Event()
 
     @property
     def peer_id(self) -> str:
@@ -94,6 +99,8 @@ class Node:
                     self.nursery = nursery
                     self.swarm = Swarm(self.store, self._this_node, nursery, self.config.read_timeout)
                     await self.connect_bootstrap()
+                    if self.config.bootstrap:
+                        nursery.start_soon(self._reconnect_loop)
                     if self.config.server:
                         nursery.start_soon(self._reprovide_loop)
                     task_status.started(self)
@@ -104,40 +111,84 @@ class Node:
 
     async def connect_bootstrap(self) -> None:
         """Connect to every bootstrap peer at once (a hung one costs one timeout, not one each)."""
-        from libp2p.peer.peerinfo import info_from_p2p_addr
-        from multiaddr import Multiaddr
 
-        async def connect(address: str) -> None:
+        async def connect(address: str, info) -> None:
             try:
-                info = info_from_p2p_addr(Multiaddr(address))
-                if str(info.peer_id) == self.peer_id:
-                    return
-                await self.connect(info)
-                await self.dht.add_peer(info.peer_id)
+                await self.dial_bootstrap(info)
             except Exception as exc:
                 log.warning("bootstrap peer %s unreachable: %s", address, exc)
 
         async with trio.open_nursery() as nursery:
-            for address in self.config.bootstrap:
-                nursery.start_soon(connect, address)
+            for address, info in self.bootstrap_infos().items():
+                nursery.start_soon(connect, address, info)
+
+    def bootstrap_infos(self) -> dict:
+        """address -> PeerInfo of each bootstrap peer but this node (an address that does not parse is logged)."""
+        from libp2p.peer.peerinfo import info_from_p2p_addr
+        from multiaddr import Multiaddr
+
+        peers = {}
+        for address in self.config.bootstrap:
+            try:
+                info = info_from_p2p_addr(Multiaddr(address))
+            except Exception as exc:  # a daemon refuses these before it starts (service.check_start)
+                log.warning("bootstrap peer %s unreachable: %s", address, exc)
+                continue
+            if str(info.peer_id) != self.peer_id:
+                peers[address] = info
+        return peers
+
+    async def dial_bootstrap(self, info) -> None:
+        """Connect to a bootstrap peer and add it to the DHT. py-libp2p refuses for 60 s to dial a peer whose
+        addresses all failed (its negative cache); the callers' own backoff replaces that one, or a bootstrap peer
+        that restarts would wait a minute."""
+        self.host.get_network().unblock_peer(info.peer_id)  # type: ignore[attr-defined]  # libp2p's Swarm has it
+        await self.connect(info)
+        await self.dht.add_peer(info.peer_id)
 
     async def connect(self, info) -> None:
         with trio.fail_after(min(CONNECT_TIMEOUT, self.config.read_timeout)):
             await self.host.connect(info)
 
-    async def _reprovide_loop(self) -> None:
-        """Announce now, every `reprovide_interval`, and again whenever the node had lost every peer and got
-        one back through its bootstrap peers (checked every RECONNECT_CHECK seconds)."""
-        next_announce = trio.current_time()
+    async def _reconnect_loop(self) -> None:
+        """Every RECONNECT_CHECK seconds, dial the bootstrap peers this node is not connected to (each with its own
+        backoff, up to RECONNECT_BACKOFF_MAX, while it stays away); when the node had lost every peer and got one
+        back, announce its datasets again at once."""
+        peers = self.bootstrap_infos()
+        backoff = dict.fromkeys(peers, RECONNECT_CHECK)
+        next_try = dict.fromkeys(peers, 0.0)
+
+        async def dial(address: str, info) -> None:
+            try:
+                await self.dial_bootstrap(info)
+                backoff[address] = RECONNECT_CHECK
+                log.info("reconnected to bootstrap peer %s", address)
+            except Exception as exc:
+                log.debug("bootstrap peer %s still unreachable: %s", address, exc)
+                backoff[address] = min(2 * backoff[address], RECONNECT_BACKOFF_MAX)
+            next_try[address] = trio.current_time() + backoff[address]
+
         while True:
-            if not self.host.get_connected_peers() and self.config.bootstrap:
-                await self.connect_bootstrap()
-                if self.host.get_connected_peers():
-                    next_announce = trio.current_time()
-            if trio.current_time() >= next_announce:
-                await self.announce_all()
-                next_announce = trio.current_time() + self.config.reprovide_interval
-            await trio.sleep(min(RECONNECT_CHECK, max(0.0, next_announce - trio.current_time())))
+            await trio.sleep(RECONNECT_CHECK)
+            connected = set(self.host.get_connected_peers())
+            missing = [(a, info) for a, info in peers.items() if info.peer_id not in connected]
+            due = [(a, info) for a, info in missing if trio.current_time() >= next_try[a]]
+            if not due:
+                continue
+            async with trio.open_nursery() as nursery:
+                for address, info in due:
+                    nursery.start_soon(dial, address, info)
+            if not connected and self.host.get_connected_peers():
+                self._announce_now.set()
+
+    async def _reprovide_loop(self) -> None:
+        """Announce now, every `reprovide_interval`, and again when the reconnect loop asks (the node had lost
+        every peer and got one back)."""
+        while True:
+            await self.announce_all()
+            with trio.move_on_after(self.config.reprovide_interval):
+                await self._announce_now.wait()
+            self._announce_now = trio.Event()
 
     async def announce_all(self) -> None:
         for dataset_id in await trio.to_thread.run_sync(self.complete_datasets):
@@ -153,6 +204,14 @@ class Node:
     async def _this_node(self, optional: bool = False) -> Node:
         """The libp2p side the fetch service asks for peers: this node."""
         return self
+
+    async def remove(self, dataset_id: str, force: bool = False) -> str:
+        """Stop serving and announcing a dataset and remove it from the store (ContentStore.remove: refused while
+        a process reads or fetches it, unless `force`). Its provider records in the DHT expire by themselves (48 h;
+        Kademlia has no withdrawal); a peer that asks meanwhile is told it is not held. Returns its directory."""
+        removed = await trio.to_thread.run_sync(self.store.remove, dataset_id, force)
+        self.swarm.forget(dataset_id)
+        return str(removed)
 
     async def publish(self, tensor_path: str, allow: list[str] | None = None) -> str:
         """See node/publish.py."""

@@ -83,6 +83,15 @@ class EmbeddedNode:
 
         return self._run(work, timeout, lambda: f"{dataset_id} could not be resolved within {timeout:.0f} s")
 
+    def peek(self, store_home, dataset_id: str, timeout: float) -> tuple[bytes, str | None]:
+        """The signed manifest of a dataset and its publisher, written nowhere (see Swarm.peek)."""
+
+        async def work():
+            copy = await self._swarm(store_home).peek(dataset_id)
+            return copy.data, copy.publisher
+
+        return self._run(work, timeout, lambda: f"no manifest of {dataset_id} within {timeout:.0f} s")
+
     def open_mirrors(self, store_home, mirrors, timeout: float) -> tuple[Path, str]:
         """Open the dataset that these web mirrors serve; (its store directory, its ID)."""
 

@@ -150,17 +150,19 @@ async def connect_providers(node, providers: list, failed: dict[str, str]) -> li
 
 
 async def providers_status(node, dataset_id: str) -> list[dict]:
-    """Each provider and which shards it holds (its have-map); this node first when it holds the dataset.
-    Bounded: a dataset this node holds is not opened from the network, the lookup takes at most
-    STATUS_ANSWER_SECONDS, and so do the have-maps, asked of every provider at once."""
+    """Each provider and which shards it holds (its have-map); this node first when it serves at least one shard.
+    Writes nothing into the store: the manifest of a dataset this node does not hold is looked at (Swarm.peek),
+    not stored. Bounded: the lookup takes at most STATUS_ANSWER_SECONDS, and so do the have-maps, asked of every
+    provider at once."""
     report = []
     local = node.store.dataset_dir(dataset_id)
     manifest = load_manifest(local)
     if manifest is not None and manifest.dataset_id == dataset_id and (local / SIGNATURE_FILE).exists():
         held = sum((local / shard.tokens_path).exists() for shard in manifest.shards)
-        report.append({"peer": node.peer_id, "this_node": True, "shards": held, "of": len(manifest.shards)})
+        if held:
+            report.append({"peer": node.peer_id, "this_node": True, "shards": held, "of": len(manifest.shards)})
     else:
-        manifest = (await node.swarm.open(dataset_id)).manifest
+        manifest = (await node.swarm.peek(dataset_id)).manifest
     count = len(manifest.shards)
     answers: dict[str, dict] = {}
 

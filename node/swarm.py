@@ -171,8 +171,18 @@ class Swarm:
             opened.pool.add(PeerSource(await self._host(), copy.peer, dataset_id, copy.manifest, self.read_timeout))
         return opened
 
-    async def _resolve_from_peers(self, dataset_id: str, trusted) -> OpenDataset:
-        """Providers from the DHT, connected at once, the signed manifest from the first that serves a valid one."""
+    async def peek(self, dataset_id: str) -> ManifestCopy:
+        """The signed manifest of a dataset, to look at (`kogitune info ID`): the copy opened or stored here, else
+        one from its providers, as `open` gets it, but written nowhere and fetching no shard."""
+        opened = self.opened.get(dataset_id)
+        stored = opened.copy if opened is not None else stored_copy(self.store, dataset_id)
+        if stored is not None and stored.publisher is not None:
+            return stored
+        return (await self._signed_copy_from_peers(dataset_id, None))[1]
+
+    async def _signed_copy_from_peers(self, dataset_id: str, trusted):
+        """(the network, the signed manifest from the first provider that serves a valid one, the providers
+        connected, why the others failed): providers from the DHT, connected at once."""
         network = await self.network(optional=False)
         providers = await network.find_providers(dataset_id)
         if not providers:
@@ -186,6 +196,12 @@ class Swarm:
         copy = await self._first_signed_manifest(network, dataset_id, reachable, trusted, failed)
         if copy is None:
             raise FetchError(f"no provider of {dataset_id} gave a valid manifest: {'; '.join(failed.values())}")
+        return network, copy, reachable, failed
+
+    async def _resolve_from_peers(self, dataset_id: str, trusted) -> OpenDataset:
+        """The signed manifest from peers (_signed_copy_from_peers), stored; the providers that gave no bad answer
+        are its sources."""
+        network, copy, reachable, failed = await self._signed_copy_from_peers(dataset_id, trusted)
         sources = [copy.peer] + [p for p in reachable if p != copy.peer and str(p) not in failed]
         directory = store_copy(self.store, dataset_id, copy, network.peer_id)
         pool = SourcePool(
@@ -325,6 +341,10 @@ class Swarm:
             for index in range(len(opened.manifest.shards)):
                 nursery.start_soon(self.fetch_shard, dataset_id, index)
         return opened
+
+    def forget(self, dataset_id: str) -> None:
+        """Drop what this service keeps of a dataset removed from the store (its opened state and sources)."""
+        self.opened.pop(dataset_id, None)
 
     def bytes_verified(self, dataset_id: str) -> int:
         """Bytes of `dataset_id` fetched and verified since it was opened (0 if it is not): counted piece by piece,

@@ -253,9 +253,10 @@ def test_not_a_tensor_directory_exits_2(tmp_path, capsys, command):
     for directory, message in [
         (plain, f"{plain} is not a data tensor: it has no manifest.json"),
         (nowhere, f"{nowhere}: no such directory"),
-        (dataset_id, f"{dataset_id} is a dataset ID, not a directory: `kogitune get"),
+        # an ID the store does not hold: `info` looks for it on the network (no peer here), the others refuse
+        (dataset_id, f"no peer provides {dataset_id}" if command == "info" else f"{dataset_id} is not in the content"),
     ]:
-        code, out, err = run_cli(capsys, command, directory)
+        code, out, err = run_cli(capsys, command, directory, "--home", tmp_path / "home")
         assert code == 2 and out == ""
         assert err.startswith(f"kogitune {command}: error: {message}")
     with pytest.raises(TensorError):

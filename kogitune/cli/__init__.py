@@ -1,8 +1,9 @@
 """The `kogitune` command line: argparse and handlers, one module per command group.
 
-- tensors.py: `store`, `filter`, `verify`, `info`, `head`, and `store_cli` / `filter_cli`, their Python forms that
-  print a summary (kept for the original Kogitune's users; the Python API is `kogitune.store` and `kogitune.filter`);
-- network.py: `cache`, `node`, `publish`, `get`, `status`;
+- tensors.py: `store`, `filter`, and `store_cli` / `filter_cli`, their Python forms that print a summary (kept for
+  the original Kogitune's users; the Python API is `kogitune.store` and `kogitune.filter`);
+- look.py: `verify`, `info`, `head`, by a tensor's directory or a dataset ID;
+- network.py: `ls`, `rm`, `cache`, `node`, `publish`, `get`, `status`;
 - common.py: exit statuses and argparse helpers.
 """
 
@@ -13,7 +14,7 @@ import sys
 import traceback
 
 from ..errors import KogituneError
-from . import network, tensors
+from . import look, network, tensors
 from .common import EXIT_BUG, EXIT_DAMAGED, EXIT_ERROR, EXIT_OK, MAX_DOCUMENT_HELP, SETTINGS_HELP
 from .tensors import filter_cli, store_cli
 
@@ -36,10 +37,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Tokenize text once into content-addressed data tensors; share and train on them.",
         epilog=SETTINGS_HELP,
     )
+    parser.add_argument("--version", action="version", version=f"kogitune {installed_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     tensors.add_commands(commands)
+    look.add_commands(commands)
     network.add_commands(commands)
     return parser
+
+
+def installed_version() -> str:
+    """The version of the installed kogitune distribution (pyproject.toml's, as pip installed it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kogitune")
+    except PackageNotFoundError:
+        return "(not installed: run from a source tree without `pip install`)"
 
 
 def main(argv: list[str] | None = None) -> int:

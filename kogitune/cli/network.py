@@ -1,14 +1,37 @@
-"""Commands that talk to a node or its content store: `cache`, `node`, `publish`, `get`, `status`."""
+"""Commands that talk to a node or its content store: `ls`, `rm`, `cache`, `node`, `publish`, `get`, `status`."""
 
 from __future__ import annotations
 
-from ..errors import KogituneError
+from ..errors import KogituneError, NodeNotRunning
 from ..settings import DEFAULT_LISTEN, DEFAULTS
 from .common import EXIT_OK, HOME_HELP, SETTINGS_HELP, at_least, home_of
 
 
 def add_commands(commands) -> None:
     """Add the node and content-store commands to the `commands` subparsers."""
+    ls = commands.add_parser(
+        "ls",
+        help="list the datasets of the node's store: tokenizer, documents, tokens, size, complete, access",
+        description="Read from the content store of --home, so it works with no node running; with one running, "
+        "an ANNOUNCED column says which datasets it announces (complete and signed ones). Private datasets "
+        "(publish --allow) are listed, marked private.",
+    )
+    ls.add_argument("--home", help=HOME_HELP)
+    ls.add_argument("--json", action="store_true", help="one JSON list of objects instead of columns")
+    ls.set_defaults(run=_ls)
+
+    rm = commands.add_parser(
+        "rm",
+        help="stop announcing a dataset and remove it from the node's store",
+        description="Through the running node of --home (which then stops serving and announcing it), else "
+        "directly. Refused while a process of this machine reads or fetches the dataset, unless --force. "
+        "A published tensor's own directory (the one given to `publish`) is not touched.",
+    )
+    rm.add_argument("dataset_id")
+    rm.add_argument("--force", action="store_true", help="remove it even while a process reads or fetches it")
+    rm.add_argument("--home", help=HOME_HELP)
+    rm.set_defaults(run=_rm)
+
     cache = commands.add_parser(
         "cache",
         help="list or trim the local store of fetched datasets",
@@ -94,6 +117,44 @@ def add_commands(commands) -> None:
     status.set_defaults(run=_status)
 
 
+def _ls(args) -> int:
+    import json
+
+    from ..catalog import catalog_table, held_datasets
+    from ..client import DaemonClient
+    from ..content_store import ContentStore
+
+    home = home_of(args)
+    datasets = held_datasets(ContentStore(home))
+    try:
+        announced: set[str] | None = set(DaemonClient(home).call("status", timeout=30)["datasets"])
+    except NodeNotRunning:
+        announced = None
+    if args.json:
+        is_announced = (lambda d: d.dataset_id in announced) if announced is not None else (lambda d: None)
+        print(json.dumps([d.to_json(is_announced(d)) for d in datasets], indent=1))
+        return EXIT_OK
+    if not datasets:
+        print(f"no datasets in {home}")
+        return EXIT_OK
+    print("\n".join(catalog_table(datasets, announced)))
+    return EXIT_OK
+
+
+def _rm(args) -> int:
+    from ..client import DaemonClient
+    from ..content_store import ContentStore
+
+    home = home_of(args)
+    try:
+        DaemonClient(home).call("remove", timeout=60, id=args.dataset_id, force=args.force)
+        print(f"removed {args.dataset_id} from {home}; the node no longer serves or announces it")
+    except NodeNotRunning:
+        ContentStore(home).remove(args.dataset_id, args.force)
+        print(f"removed {args.dataset_id} from {home}")
+    return EXIT_OK
+
+
 def _cache(args) -> int:
     from ..content_store import ContentStore, age, cache_limit_bytes
 
@@ -152,12 +213,14 @@ def _node(args) -> int:
         return EXIT_OK
     client = DaemonClient(home)
     if args.action == "stop":
-        client.call("stop", timeout=30)
-        print(f"stopping the node of {home}")
+        client.stop()
+        print(f"stopped the node of {home}")
         return EXIT_OK
     status = client.call("status", timeout=30)
     if args.action == "peers":
-        for peer in status["connected_peers"]:
+        peers = status["connected_peers"]
+        print(f"{len(peers)} peer{'' if len(peers) == 1 else 's'}")
+        for peer in peers:
             print(peer)
         return EXIT_OK
     print(f"peer id     {status['peer_id']}")

@@ -1,11 +1,10 @@
-"""Commands on data tensors: `store`, `filter`, `verify`, `info`, `head`; and `store_cli`, `filter_cli`."""
+"""Commands that make data tensors: `store`, `filter`; and `store_cli`, `filter_cli`."""
 
 from __future__ import annotations
 
 import os
-import sys
 
-from .common import EXIT_DAMAGED, EXIT_OK, MAX_DOCUMENT_HELP, at_least, document_limit, mib
+from .common import EXIT_OK, MAX_DOCUMENT_HELP, at_least, document_limit, mib
 
 
 def add_commands(commands) -> None:
@@ -105,31 +104,6 @@ def add_commands(commands) -> None:
     filter_.add_argument("--examples", type=int, default=3, help="dropped examples kept per reason (default: 3)")
     filter_.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     filter_.set_defaults(run=_filter)
-
-    verify = commands.add_parser(
-        "verify",
-        help="check every piece of a data tensor against its manifest",
-        description="Hash every piece of every shard. Exit status 0: intact; 1: damaged "
-        "(each bad shard and piece is named); 2: not a readable tensor.",
-    )
-    verify.add_argument("directory", help="a data tensor directory (the one with manifest.json)")
-    verify.set_defaults(run=_verify)
-
-    info = commands.add_parser("info", help="show a data tensor's manifest summary and dataset ID")
-    info.add_argument("directory", help="a data tensor directory (the one with manifest.json)")
-    info.set_defaults(run=_info)
-
-    head = commands.add_parser("head", help="decode the first blocks of a data tensor")
-    head.add_argument("directory", help="a data tensor directory (the one with manifest.json)")
-    head.add_argument("-n", type=at_least(1, int), default=3, help="number of blocks (default: 3)")
-    head.add_argument(
-        "--chars",
-        type=at_least(0, int),
-        default=600,
-        help="cut each block's text after this many characters (0: no limit; default: 600)",
-    )
-    head.add_argument("--tokenizer", help="tokenizer to decode with (default: the one named in the manifest)")
-    head.set_defaults(run=_head)
 
 
 def store_cli(
@@ -247,65 +221,4 @@ def _filter(args) -> int:
         progress=not args.quiet,
         max_document_bytes=mib(args.max_document_size),
     )
-    return EXIT_OK
-
-
-def _verify(args) -> int:
-    from ..tensor import DataTensor
-
-    tensor = DataTensor(args.directory)
-    problems = tensor.verify()
-    for problem in problems:
-        print(f"BAD  {problem}")
-    if problems:
-        print(f"{tensor.path}: {len(problems)} problem(s); store or fetch the tensor again", file=sys.stderr)
-        return EXIT_DAMAGED
-    print(
-        f"OK   {tensor.path}: {len(tensor.shards)} shards, {tensor.manifest.tokens:,} tokens verified "
-        f"({tensor.dataset_id})"
-    )
-    return EXIT_OK
-
-
-def _info(args) -> int:
-    from ..tensor import DataTensor
-
-    tensor = DataTensor(args.directory)
-    m = tensor.manifest
-    print(f"dataset id  {tensor.dataset_id}")
-    print(f"path        {tensor.path}")
-    print(
-        f"tokenizer   {m.tokenizer.name} ({m.tokenizer.id}, vocab {m.tokenizer.vocab_size:,}, eos {m.tokenizer.eos_id})"
-    )
-    print(f"tokens      {m.tokens:,} in {m.blocks:,} blocks of {m.block_size} ({m.dtype})")
-    print(f"documents   {m.documents:,}")
-    print(
-        f"shards      {len(m.shards)} ({sum(s.size for s in m.shards) / 1e6:.1f} MB, pieces of {m.piece_size >> 10} KiB)"
-    )
-    inputs = ", ".join(f"{i['name']} ({i['size']:,} B)" for i in m.provenance.get("inputs", []))
-    print(f"inputs      {inputs or '-'}")
-    if m.access is not None:
-        print(f"access      private, published by {m.access.publisher} (served only to the peers it allows)")
-    return EXIT_OK
-
-
-def _head(args) -> int:
-    from ..errors import TokenizerError
-    from ..tensor import DataTensor
-    from ..tokenizer import load_tokenizer
-
-    tensor = DataTensor(args.directory)
-    info = tensor.manifest.tokenizer
-    tokenizer = load_tokenizer(args.tokenizer or info.name)
-    if tokenizer.fingerprint != info.fingerprint:
-        raise TokenizerError(
-            f"tokenizer {tokenizer.name!r} ({tokenizer.short_id}) is not the one this tensor was "
-            f"stored with ({info.id}); pass that one with --tokenizer"
-        )
-    count = min(args.n, tensor.manifest.blocks)
-    for index in range(count):
-        text = tokenizer.decode(tensor.block(index))
-        if args.chars and len(text) > args.chars:
-            text = text[: args.chars] + "…"
-        print(f"--- block {index} ---\n{text}")
     return EXIT_OK
