@@ -14,6 +14,12 @@ MAX_DOCUMENT_HELP = (
     "kogitune.write.MAX_DOCUMENT_BYTES); no more than this of a line is held in memory"
 )
 
+INPUTS_HELP = (
+    "input files: JSONL (one document per line; .jsonl, .jsonl.gz, .jsonl.zst), Parquet (.parquet), HF datasets "
+    "saved to disk (their directory), directories of such files, glob patterns"
+)
+TEXT_KEY_HELP = "JSON key, or Parquet / datasets column, holding the text (default: text)"
+
 
 def mib(size: float | None) -> int | None:
     return None if size is None else int(size * (1 << 20))

@@ -5,25 +5,26 @@ from __future__ import annotations
 import os
 import sys
 
-from .common import EXIT_DAMAGED, EXIT_OK, MAX_DOCUMENT_HELP, at_least, document_limit, mib
+from .common import EXIT_DAMAGED, EXIT_OK, INPUTS_HELP, MAX_DOCUMENT_HELP, TEXT_KEY_HELP, at_least, document_limit, mib
 
 
 def add_commands(commands) -> None:
     """Add the tensor commands to the `commands` subparsers."""
     store = commands.add_parser(
         "store",
-        help="tokenize JSONL files into a data tensor directory",
-        description="Tokenize JSONL files (.jsonl, .jsonl.gz, .jsonl.zst) into a data tensor directory "
-        "<tokenizer id>/<input name>. Documents are joined with EOS and packed into fixed-size blocks.",
+        help="tokenize JSONL or Parquet files into a data tensor directory",
+        description="Tokenize JSONL files (.jsonl, .jsonl.gz, .jsonl.zst), Parquet files and HF datasets saved "
+        "to disk into a data tensor directory <tokenizer id>/<input name>. Documents are joined with EOS and packed "
+        "into fixed-size blocks.",
     )
-    store.add_argument("files", nargs="+", help="input JSONL files, one document per line")
+    store.add_argument("files", nargs="+", help=INPUTS_HELP)
     store.add_argument(
         "--tokenizer",
         default="gpt2",
         help="built-in 'gpt2' (offline), a tokenizer directory or tokenizer.json, or a hub name (default: gpt2)",
     )
     store.add_argument("--output", "-o", help="output directory (default: <tokenizer id>/<name of first input>)")
-    store.add_argument("--text-key", default="text", help="JSON key holding the text (default: text)")
+    store.add_argument("--text-key", default="text", help=TEXT_KEY_HELP)
     store.add_argument("--block-size", type=int, default=2048, help="tokens per block (default: 2048)")
     store.add_argument("--shard-size", type=float, default=32, help="target shard size in MiB (default: 32)")
     store.add_argument(
@@ -74,7 +75,7 @@ def add_commands(commands) -> None:
         "report (documents and bytes kept and dropped, score percentiles, dropped examples) is written "
         "to OUT.report.json.",
     )
-    filter_.add_argument("files", nargs="+", help="input JSONL files, one document per line")
+    filter_.add_argument("files", nargs="+", help=INPUTS_HELP)
     filter_.add_argument("--output", "-o", help="output JSONL file (.jsonl, .jsonl.gz or .jsonl.zst)")
     filter_.add_argument("--config", "-c", help="filter pipeline config, .json or .yaml")
     filter_.add_argument(
@@ -86,7 +87,7 @@ def add_commands(commands) -> None:
         help="a filter to run after those of --config; repeat for more, e.g. -f nfkc "
         "-f length:min_chars=200 -f 'language:languages=[\"ja\"]' (values are JSON or text)",
     )
-    filter_.add_argument("--text-key", default="text", help="JSON key holding the text (default: text)")
+    filter_.add_argument("--text-key", default="text", help=TEXT_KEY_HELP)
     filter_.add_argument(
         "--workers",
         type=int,

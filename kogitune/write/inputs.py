@@ -1,4 +1,5 @@
-"""Reading store and filter inputs: JSONL files, plain or compressed (.gz, .zst), streamed as batches of raw lines.
+"""Reading store and filter inputs: JSONL files, plain or compressed (.gz, .zst), streamed as batches of raw lines;
+and a text column of Parquet and Arrow (HF `datasets`) files, each row as the JSON line of its text (tables.py).
 
 Memory stays bounded whatever the input: a line longer than the maximum document size is skipped without being
 kept, and compressed input is inflated a bounded amount at a time. The reader hashes the raw bytes as it goes, for
@@ -7,17 +8,20 @@ the manifest's provenance and for a resumed store to check that an input was not
 
 from __future__ import annotations
 
+import glob
 import gzip
 import hashlib
 import io
 import json
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import BadInputError, KogituneError
+from .tables import ARROW_SUFFIXES, PARQUET_SUFFIXES, TOO_LONG, hf_dataset_files, is_table, rows_as_lines, table_rows
 
 if TYPE_CHECKING:
     from zstandard import ZstdDecompressionObj
@@ -36,8 +40,37 @@ ZSTD_INPUT_SLICE = 256
 as 4 bytes (an RLE block), so one slice inflates to at most 8 MiB: a small file that inflates to gigabytes never
 needs more memory than that. Slicing this fine costs about 10% of decompression speed (900 instead of 1,000 MB/s),
 far more than tokenizing consumes."""
-INPUT_SUFFIXES = (".gz", ".zst", ".jsonl", ".json", ".ndjson")
-"""Suffixes of input files, dropped from an input's name to name the tensor stored from it."""
+INPUT_SUFFIXES = (".gz", ".zst", ".jsonl", ".json", ".ndjson", *PARQUET_SUFFIXES, *ARROW_SUFFIXES)
+"""Suffixes of input files: dropped from an input's name to name the tensor stored from it, and the files taken
+from a directory given as input."""
+
+
+def expand_inputs(items: Iterable[str | os.PathLike]) -> list[Path]:
+    """The input files that `items` name, in order: a file as such; a glob pattern (`*`, `?`, `[`) as the files it
+    matches, sorted; a `datasets.Dataset.save_to_disk` directory as its Arrow files, in the dataset's order; another
+    directory as the input files (by INPUT_SUFFIXES) under it, sorted by path."""
+    paths: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if not path.exists() and glob.has_magic(str(item)):
+            matches = sorted(Path(m) for m in glob.glob(str(item), recursive=True))
+            if not matches:
+                raise BadInputError(f"{item}: no file matches this pattern")
+            paths.extend(expand_inputs(matches))
+        elif path.is_dir():
+            files = hf_dataset_files(path)
+            if files is None:
+                files = sorted(p for p in path.rglob("*") if p.name.endswith(INPUT_SUFFIXES) and p.is_file())
+                if not files:
+                    raise BadInputError(f"{path}: a directory with no input files ({', '.join(INPUT_SUFFIXES)})")
+            paths.extend(files)
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise BadInputError(f"{path}: no such file")
+    if not paths:
+        raise BadInputError("no input files given")
+    return paths
 
 
 def check_max_document_bytes(limit: int) -> None:
@@ -52,6 +85,8 @@ class Batch:
     lines: list[bytes]
     too_long: list[tuple[int, str]] = field(default_factory=list)
     """(line number, reason) of the lines longer than the limit; `lines` holds b"" in their place."""
+    unit: str = "line"
+    """What a line is in the input: a "line" of JSONL, a "row" of a table."""
 
     def bad_lines(self, parsed: list[tuple[int, str]], skip: bool) -> list[tuple[int, str]]:
         """All bad lines of the batch, in order: those found `parsed` and those too long to read. Raises
@@ -60,8 +95,8 @@ class Batch:
         if bad and not skip:
             line, reason = bad[0]
             raise BadInputError(
-                f"{self.path}, line {line}: {reason}. Fix the line, or pass --skip-bad-lines "
-                "to skip such lines and count them."
+                f"{self.path}, {self.unit} {line}: {reason}. Fix the {self.unit}, or pass --skip-bad-lines "
+                f"to skip such {self.unit}s and count them."
             )
         return bad
 
@@ -99,8 +134,11 @@ class InputReader:
         skip_bad_lines: bool,
         batch_bytes: int | None = None,
         max_line_bytes: int = MAX_DOCUMENT_BYTES,
+        text_key: str = "text",
     ) -> None:
         self.paths = paths
+        self.text_key = text_key
+        """The column of table inputs to read (JSONL lines are parsed later, by the key given there)."""
         self.skip_bad_lines = skip_bad_lines
         self.batch_bytes = batch_bytes or BATCH_BYTES
         self.max_line_bytes = max_line_bytes
@@ -131,7 +169,13 @@ class InputReader:
             with open(path, "rb", buffering=0) as raw:
                 self._current = hashing = _HashingReader(raw)
                 lines_seen = 0
-                for batch in self._line_batches(path, _decompressed(path, hashing)):
+                if is_table(path):
+                    while hashing.read(1 << 20):  # hashed whole first: rows are read by pyarrow, not in file order
+                        pass
+                    batches = self._row_batches(path)
+                else:
+                    batches = self._line_batches(path, _decompressed(path, hashing))
+                for batch in batches:
                     lines_seen += len(batch.lines)
                     yield batch
                 if not lines_seen:
@@ -152,13 +196,7 @@ class InputReader:
                 number += 1
                 if len(line) > limit and not line.endswith(b"\n"):
                     length = len(line) + _skip_rest_of_line(stream)
-                    batch.too_long.append(
-                        (
-                            number,
-                            f"{length:,} bytes, longer than the maximum document size "
-                            f"({limit:,} bytes; change it with --max-document-size)",
-                        )
-                    )
+                    batch.too_long.append((number, TOO_LONG.format(length=length, limit=limit)))
                     line = b""
                 batch.lines.append(line)
                 size += len(line)
@@ -167,6 +205,24 @@ class InputReader:
                     batch, size = Batch(path, number + 1, []), 0
         except (OSError, EOFError, ValueError) as exc:
             raise BadInputError(f"{path}: cannot decompress ({exc})") from None
+        if batch.lines:
+            yield batch
+
+    def _row_batches(self, path: Path) -> Iterator[Batch]:
+        """The text column of a Parquet or Arrow file as batches of JSON lines, one a row."""
+        key, limit = self.text_key, self.max_line_bytes
+        batch, size, number = Batch(path, 1, [], unit="row"), 0, 0
+        for rows in table_rows(path, key):
+            for line in rows_as_lines(rows, key):
+                number += 1
+                if len(line) > limit:
+                    batch.too_long.append((number, TOO_LONG.format(length=len(line), limit=limit)))
+                    line = b""
+                batch.lines.append(line)
+                size += len(line)
+                if size >= self.batch_bytes:
+                    yield batch
+                    batch, size = Batch(path, number + 1, [], unit="row"), 0
         if batch.lines:
             yield batch
 

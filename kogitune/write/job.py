@@ -38,7 +38,7 @@ from kogitune.protocol.manifest import (
 )
 
 from .. import __version__
-from ..errors import BadInputError, DiskFullError, KogituneError, TensorError
+from ..errors import DiskFullError, KogituneError, TensorError
 from ..files import DISK_FULL, exclusive_lock, write_atomic
 from ..layout import MANIFEST_FILE, partial_path, store_lock_path
 from ..marks import record_verified
@@ -53,7 +53,14 @@ from .checkpoint import (
     save_checkpoint,
     usable_checkpoint,
 )
-from .inputs import BATCH_BYTES, INPUT_SUFFIXES, MAX_DOCUMENT_BYTES, InputReader, check_max_document_bytes
+from .inputs import (
+    BATCH_BYTES,
+    INPUT_SUFFIXES,
+    MAX_DOCUMENT_BYTES,
+    InputReader,
+    check_max_document_bytes,
+    expand_inputs,
+)
 from .pack import stateless_pipeline, tokenize_in_order
 from .shards import TensorWriter
 
@@ -149,7 +156,8 @@ def store(
     progress: bool = True,
     **settings,
 ) -> StoreReport:
-    """Tokenize JSONL `inputs` (one file or several; plain, .gz or .zst) into a data tensor directory; return a
+    """Tokenize `inputs` into a data tensor directory: JSONL files (plain, .gz or .zst), Parquet files, HF
+    `datasets` saved to disk, directories of such files and glob patterns (`kogitune.write.expand_inputs`); return a
     StoreReport (its `path` and `dataset_id`, and what was stored and skipped). As `kogitune store` does.
 
         report = kogitune.store("corpus.jsonl", "gpt2", "gpt2-f04f/corpus", block_size=1024)
@@ -164,15 +172,7 @@ def store(
     (the default with filters), call it under `if __name__ == "__main__":` in a script.
     """
     options = _with_settings(options or StoreOptions(), settings)
-    files = [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs
-    paths = [Path(f) for f in files]
-    if not paths:
-        raise BadInputError("no input files given")
-    for path in paths:
-        if path.is_dir():
-            raise BadInputError(f"{path} is a directory; give the JSONL files in it (e.g. {path}/*.jsonl)")
-        if not path.is_file():
-            raise BadInputError(f"{path}: no such file")
+    paths = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))
     if options.filters is not None:
         stateless_pipeline(options.filters)
     tok = load_tokenizer(tokenizer)
@@ -281,7 +281,7 @@ def _write_tensor(
     started = time.perf_counter()
     dtype = dtype_for_vocab(tok.vocab_size)
     writer = TensorWriter(directory, dtype, options.block_size, options.shard_size, options.piece_size, tok.eos_id)
-    reader = InputReader(paths, options.skip_bad_lines, BATCH_BYTES, options.max_document_bytes)
+    reader = InputReader(paths, options.skip_bad_lines, BATCH_BYTES, options.max_document_bytes, options.text_key)
     perturber = Perturber(options.perturb, tok.vocab_size) if options.perturb else None
     report = StoreReport(directory, "")
     done = 0
