@@ -153,6 +153,14 @@ class DataTensor:
             raise IntegrityError(f"{self.path}: shard {shard.name}: {shard.docs_path} does not match the manifest")
         return np.frombuffer(data, dtype="<u4")
 
+    def shard_token_counts(self) -> list[int]:
+        """The real tokens (padding excluded) of each shard, in order: the padding is at the end of the last."""
+        counts, left = [], self.manifest.tokens
+        for shard in self.shards:
+            counts.append(min(left, shard.blocks * self.manifest.block_size))
+            left -= counts[-1]
+        return counts
+
     def tokens(self) -> np.ndarray:
         """All real tokens (padding excluded) in one array; for inspection and tests, not for training."""
         stream = np.concatenate([self.shard_tokens(i) for i in range(len(self.shards))])

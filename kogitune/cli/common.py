@@ -45,6 +45,14 @@ def at_least(low, kind):
     return parse
 
 
+def task_of(text: str) -> tuple[int, int]:
+    """An argparse type: "I/N", part I (from 0) of N."""
+    index, slash, count = text.partition("/")
+    if not (slash and index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N (part I of N, from 0), got {text!r}")
+    return int(index), int(count)
+
+
 def home_of(args):
     from pathlib import Path
 

@@ -5,7 +5,18 @@ from __future__ import annotations
 import os
 import sys
 
-from .common import EXIT_DAMAGED, EXIT_OK, INPUTS_HELP, MAX_DOCUMENT_HELP, TEXT_KEY_HELP, at_least, document_limit, mib
+from ..errors import KogituneError
+from .common import (
+    EXIT_DAMAGED,
+    EXIT_OK,
+    INPUTS_HELP,
+    MAX_DOCUMENT_HELP,
+    TEXT_KEY_HELP,
+    at_least,
+    document_limit,
+    mib,
+    task_of,
+)
 
 
 def add_commands(commands) -> None:
@@ -64,8 +75,45 @@ def add_commands(commands) -> None:
         "tokenizing; stateless filters only (run dedup with `kogitune filter` first); "
         "recorded in the manifest",
     )
+    split = store.add_mutually_exclusive_group()
+    split.add_argument(
+        "--task",
+        type=task_of,
+        metavar="I/N",
+        help="store part I of N (I from 0) of the inputs into -o: a deterministic split (whole files, line-aligned "
+        "ranges of JSONL files, row groups of Parquet files), so N tasks anywhere make the N parts; then `kogitune "
+        "merge` them",
+    )
+    split.add_argument(
+        "--parts",
+        type=at_least(1, int),
+        metavar="N",
+        help="store the inputs as N parts (in -o/parts/) and merge them into a collection -o, with --executor",
+    )
+    store.add_argument(
+        "--executor",
+        default="local",
+        help="with --parts: 'local' processes (default), or 'ray', one Ray task per part (pip install 'kogitune[ray]')",
+    )
+    store.add_argument("--address", help="with --executor ray: the Ray cluster's address (default: a local Ray)")
+    store.add_argument(
+        "--slurm-array",
+        metavar="SCRIPT",
+        help="with --parts: write an sbatch job-array script (one task per part, then the merge) instead of running",
+    )
     store.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     store.set_defaults(run=_store)
+
+    merge = commands.add_parser(
+        "merge",
+        help="make one collection of data tensors (the parts of `store --task`), copying no bytes",
+        description="Write a collection (collection.json: its parts' dataset IDs, in order; and parts/, links to "
+        "them) into -o. Parts of one `store --task I/N` split are ordered by I and must all be there; other tensors "
+        "keep the order given. The collection has a dataset ID of its own and opens as one dataset.",
+    )
+    merge.add_argument("parts", nargs="+", help="data tensor directories")
+    merge.add_argument("--output", "-o", required=True, help="the collection directory to write")
+    merge.set_defaults(run=_merge)
 
     filter_ = commands.add_parser(
         "filter",
@@ -175,6 +223,10 @@ def store_cli(
 
 
 def _store(args) -> int:
+    if args.task is not None or args.parts is not None:
+        return _store_parts(args)
+    if args.slurm_array or args.executor != "local" or args.address:
+        raise KogituneError("--executor, --address and --slurm-array go with --parts N")
     store_cli(
         args.files,
         args.tokenizer,
@@ -191,6 +243,77 @@ def _store(args) -> int:
         filters=args.filters,
         max_document_bytes=mib(args.max_document_size),
     )
+    return EXIT_OK
+
+
+def _store_parts(args) -> int:
+    from ..write import StoreOptions
+    from ..write.job import _with_settings
+
+    if args.output is None:
+        raise KogituneError("--task and --parts need the output directory: -o DIR")
+    settings = {
+        "text_key": args.text_key,
+        "block_size": args.block_size,
+        "shard_size": int(args.shard_size * (1 << 20)),
+        "piece_size": args.piece_size << 10,
+        "workers": args.workers,
+        "skip_bad_lines": args.skip_bad_lines,
+        "overwrite": args.overwrite,
+        "perturb": args.perturb,
+        "filters": args.filters,
+        **document_limit(mib(args.max_document_size)),
+    }
+    if args.task is not None:
+        from ..write.parts import store_part
+
+        options = _with_settings(StoreOptions(), settings)
+        print(store_part(args.files, args.task, args.output, args.tokenizer, options, not args.quiet).summary())
+        return EXIT_OK
+    if args.slurm_array:
+        from pathlib import Path
+
+        from ..write.executors import slurm_array_script
+
+        script = Path(args.slurm_array)
+        script.write_text(slurm_array_script(args.files, args.parts, args.output, _store_flags(args), script))
+        script.chmod(0o755)
+        print(f"wrote {script}: {args.parts} array tasks, then the merge into {args.output}; submit with bash {script}")
+        return EXIT_OK
+    from ..write.executors import run_parts
+
+    options = _with_settings(StoreOptions(), settings)
+    reports, merged = run_parts(
+        args.files, args.parts, args.output, args.tokenizer, options, args.executor, args.address
+    )
+    done = sum(report.already_stored for report in reports)
+    print(f"{len(reports) - done} parts stored, {done} already stored\n{merged.summary()}")
+    return EXIT_OK
+
+
+def _store_flags(args) -> list[str]:
+    """The store options of `args` as command-line flags, for the tasks of a job array."""
+    flags = ["--tokenizer", args.tokenizer, "--text-key", args.text_key, "--block-size", str(args.block_size)]
+    flags += [
+        "--shard-size",
+        str(args.shard_size),
+        "--piece-size",
+        str(args.piece_size),
+        "--workers",
+        str(args.workers),
+    ]
+    flags += ["--skip-bad-lines"] if args.skip_bad_lines else []
+    flags += ["--overwrite"] if args.overwrite else []
+    flags += ["--max-document-size", str(args.max_document_size)] if args.max_document_size is not None else []
+    flags += ["--perturb", args.perturb] if args.perturb else []
+    flags += ["--filters", args.filters] if args.filters else []
+    return flags
+
+
+def _merge(args) -> int:
+    from ..write.parts import merge
+
+    print(merge(args.parts, args.output).summary())
     return EXIT_OK
 
 
@@ -252,9 +375,9 @@ def _filter(args) -> int:
 
 
 def _verify(args) -> int:
-    from ..tensor import DataTensor
+    from ..collection import open_local
 
-    tensor = DataTensor(args.directory)
+    tensor = open_local(args.directory)
     problems = tensor.verify()
     for problem in problems:
         print(f"BAD  {problem}")
@@ -269,9 +392,9 @@ def _verify(args) -> int:
 
 
 def _info(args) -> int:
-    from ..tensor import DataTensor
+    from ..collection import DataCollection, open_local
 
-    tensor = DataTensor(args.directory)
+    tensor = open_local(args.directory)
     m = tensor.manifest
     print(f"dataset id  {tensor.dataset_id}")
     print(f"path        {tensor.path}")
@@ -285,17 +408,19 @@ def _info(args) -> int:
     )
     inputs = ", ".join(f"{i['name']} ({i['size']:,} B)" for i in m.provenance.get("inputs", []))
     print(f"inputs      {inputs or '-'}")
+    if isinstance(tensor, DataCollection):
+        print(f"parts       {len(tensor.parts)}: " + ", ".join(part.dataset_id for part in tensor.parts))
     if m.access is not None:
         print(f"access      private, published by {m.access.publisher} (served only to the peers it allows)")
     return EXIT_OK
 
 
 def _head(args) -> int:
+    from ..collection import open_local
     from ..errors import TokenizerError
-    from ..tensor import DataTensor
     from ..tokenizer import load_tokenizer
 
-    tensor = DataTensor(args.directory)
+    tensor = open_local(args.directory)
     info = tensor.manifest.tokenizer
     tokenizer = load_tokenizer(args.tokenizer or info.name)
     if tokenizer.fingerprint != info.fingerprint:

@@ -15,7 +15,7 @@ import io
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -73,6 +73,41 @@ def expand_inputs(items: Iterable[str | os.PathLike]) -> list[Path]:
     return paths
 
 
+@dataclass(frozen=True)
+class Span:
+    """What one input of a store reads: a whole file, or part of one (kogitune.write.parts splits inputs so).
+
+    `start` and `stop` count bytes in a plain JSONL file (a line-aligned range: `start` and `stop` are line starts
+    or the file's end) and row groups in a Parquet file; `stop` None is the end of the file. Compressed JSONL and
+    Arrow files are read whole."""
+
+    path: Path
+    start: int = 0
+    stop: int | None = None
+
+    @property
+    def whole(self) -> bool:
+        return self.start == 0 and self.stop is None
+
+    def bytes(self) -> int:
+        """The bytes of the file that the span covers (of the whole file for a table): for progress bars."""
+        if is_table(self.path) or self.whole:
+            return self.path.stat().st_size
+        return (self.path.stat().st_size if self.stop is None else self.stop) - self.start
+
+    @property
+    def origin(self) -> str:
+        """Where line (row) numbers count from, in messages: "" for a whole file."""
+        if self.whole:
+            return ""
+        return f" (from row group {self.start})" if is_table(self.path) else f" (from byte {self.start})"
+
+
+def splits_by_bytes(path: Path) -> bool:
+    """Whether a file can be read from any line start: plain JSONL, neither compressed nor a table."""
+    return not path.name.endswith((".gz", ".zst")) and not is_table(path)
+
+
 def check_max_document_bytes(limit: int) -> None:
     if not isinstance(limit, int) or limit < 1:
         raise KogituneError(f"the maximum document size must be a positive number of bytes, got {limit!r}")
@@ -87,6 +122,8 @@ class Batch:
     """(line number, reason) of the lines longer than the limit; `lines` holds b"" in their place."""
     unit: str = "line"
     """What a line is in the input: a "line" of JSONL, a "row" of a table."""
+    origin: str = ""
+    """Where line numbers count from when the input is part of a file (Span.origin)."""
 
     def bad_lines(self, parsed: list[tuple[int, str]], skip: bool) -> list[tuple[int, str]]:
         """All bad lines of the batch, in order: those found `parsed` and those too long to read. Raises
@@ -95,24 +132,29 @@ class Batch:
         if bad and not skip:
             line, reason = bad[0]
             raise BadInputError(
-                f"{self.path}, {self.unit} {line}: {reason}. Fix the {self.unit}, or pass --skip-bad-lines "
+                f"{self.path}{self.origin}, {self.unit} {line}: {reason}. Fix the {self.unit}, or pass --skip-bad-lines "
                 f"to skip such {self.unit}s and count them."
             )
         return bad
 
 
 class _HashingReader(io.RawIOBase):
-    """Counts and hashes the raw bytes of a file as a decompressor reads them."""
+    """Counts and hashes the raw bytes of a file as a decompressor reads them, up to `limit` bytes if given."""
 
-    def __init__(self, raw) -> None:
+    def __init__(self, raw, limit: int | None = None) -> None:
         self.raw = raw
         self.sha256 = hashlib.sha256()
         self.size = 0
+        self.limit = limit
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
+        if self.limit is not None:
+            buffer = memoryview(buffer)[: self.limit - self.size]
+            if not len(buffer):
+                return 0
         n = self.raw.readinto(buffer)
         if n:
             self.sha256.update(memoryview(buffer)[:n])
@@ -130,13 +172,14 @@ class InputReader:
 
     def __init__(
         self,
-        paths: list[Path],
+        inputs: Sequence[Path | Span],
         skip_bad_lines: bool,
         batch_bytes: int | None = None,
         max_line_bytes: int = MAX_DOCUMENT_BYTES,
         text_key: str = "text",
     ) -> None:
-        self.paths = paths
+        self.spans = [span if isinstance(span, Span) else Span(Path(span)) for span in inputs]
+        self.paths = [span.path for span in self.spans]
         self.text_key = text_key
         """The column of table inputs to read (JSONL lines are parsed later, by the key given there)."""
         self.skip_bad_lines = skip_bad_lines
@@ -152,29 +195,32 @@ class InputReader:
         return self._done_bytes + (self._current.size if self._current else 0)
 
     def read_so_far(self) -> list[list]:
-        """[path, bytes read, SHA-256 of those bytes] for each input read from so far."""
-        read = [[str(path.resolve()), done["size"], done["sha256"]] for path, done in zip(self.paths, self.inputs)]
+        """[path, first byte, bytes read, SHA-256 of those bytes] for each input read from so far."""
+        read = [
+            [str(span.path.resolve()), _first_byte(span), done["size"], done["sha256"]]
+            for span, done in zip(self.spans, self.inputs)
+        ]
         if self._current is not None:
-            read.append(
-                [
-                    str(self.paths[len(self.inputs)].resolve()),
-                    self._current.size,
-                    self._current.sha256.copy().hexdigest(),
-                ]
-            )
+            span = self.spans[len(self.inputs)]
+            current = self._current
+            read.append([str(span.path.resolve()), _first_byte(span), current.size, current.sha256.copy().hexdigest()])
         return read
 
     def batches(self) -> Iterator[Batch]:
-        for path in self.paths:
+        for span in self.spans:
+            path = span.path
             with open(path, "rb", buffering=0) as raw:
-                self._current = hashing = _HashingReader(raw)
+                start = _first_byte(span)
+                raw.seek(start)
+                limit = None if span.stop is None or is_table(path) else span.stop - start
+                self._current = hashing = _HashingReader(raw, limit)
                 lines_seen = 0
                 if is_table(path):
                     while hashing.read(1 << 20):  # hashed whole first: rows are read by pyarrow, not in file order
                         pass
-                    batches = self._row_batches(path)
+                    batches = self._row_batches(span)
                 else:
-                    batches = self._line_batches(path, _decompressed(path, hashing))
+                    batches = self._line_batches(span, _decompressed(path, hashing))
                 for batch in batches:
                     lines_seen += len(batch.lines)
                     yield batch
@@ -184,13 +230,13 @@ class InputReader:
                             f"{path}: the file is empty; remove it from the inputs, or pass --skip-bad-lines to skip it"
                         )
                     self.empty_files += 1
-                self.inputs.append({"name": path.name, "size": hashing.size, "sha256": hashing.sha256.hexdigest()})
+                self.inputs.append(_provenance(span, hashing))
                 self._done_bytes += hashing.size
                 self._current = None
 
-    def _line_batches(self, path: Path, stream) -> Iterator[Batch]:
-        limit = self.max_line_bytes
-        batch, size, number = Batch(path, 1, []), 0, 0
+    def _line_batches(self, span: Span, stream) -> Iterator[Batch]:
+        path, limit = span.path, self.max_line_bytes
+        batch, size, number = Batch(path, 1, [], origin=span.origin), 0, 0
         try:
             while line := stream.readline(limit + 1):
                 number += 1
@@ -202,17 +248,18 @@ class InputReader:
                 size += len(line)
                 if size >= self.batch_bytes:
                     yield batch
-                    batch, size = Batch(path, number + 1, []), 0
+                    batch, size = Batch(path, number + 1, [], origin=span.origin), 0
         except (OSError, EOFError, ValueError) as exc:
             raise BadInputError(f"{path}: cannot decompress ({exc})") from None
         if batch.lines:
             yield batch
 
-    def _row_batches(self, path: Path) -> Iterator[Batch]:
+    def _row_batches(self, span: Span) -> Iterator[Batch]:
         """The text column of a Parquet or Arrow file as batches of JSON lines, one a row."""
-        key, limit = self.text_key, self.max_line_bytes
-        batch, size, number = Batch(path, 1, [], unit="row"), 0, 0
-        for rows in table_rows(path, key):
+        path, key, limit = span.path, self.text_key, self.max_line_bytes
+        batch, size, number = Batch(path, 1, [], unit="row", origin=span.origin), 0, 0
+        groups = None if span.whole else range(span.start, span.stop if span.stop is not None else 1 << 62)
+        for rows in table_rows(path, key, groups):
             for line in rows_as_lines(rows, key):
                 number += 1
                 if len(line) > limit:
@@ -222,9 +269,26 @@ class InputReader:
                 size += len(line)
                 if size >= self.batch_bytes:
                     yield batch
-                    batch, size = Batch(path, number + 1, [], unit="row"), 0
+                    batch, size = Batch(path, number + 1, [], unit="row", origin=span.origin), 0
         if batch.lines:
             yield batch
+
+
+def _first_byte(span: Span) -> int:
+    """The byte a span's reading starts at (a table is hashed whole, whatever row groups it reads)."""
+    return 0 if is_table(span.path) else span.start
+
+
+def _provenance(span: Span, hashing: _HashingReader) -> dict:
+    """The manifest's record of one input: its name, and the size and SHA-256 of the bytes read (of the whole file
+    for a table); for part of a file, which part ("bytes" or "row_groups", [start, stop])."""
+    entry = {"name": span.path.name, "size": hashing.size, "sha256": hashing.sha256.hexdigest()}
+    if not span.whole:
+        if is_table(span.path):
+            entry["row_groups"] = [span.start, span.stop]
+        else:
+            entry["bytes"] = [span.start, span.start + hashing.size]
+    return entry
 
 
 def _skip_rest_of_line(stream) -> int:

@@ -58,6 +58,7 @@ from .inputs import (
     INPUT_SUFFIXES,
     MAX_DOCUMENT_BYTES,
     InputReader,
+    Span,
     check_max_document_bytes,
     expand_inputs,
 )
@@ -177,6 +178,19 @@ def store(
         stateless_pipeline(options.filters)
     tok = load_tokenizer(tokenizer)
     out = Path(output) if output is not None else default_output(tok, paths[0])
+    return store_spans([Span(path) for path in paths], tok, out, options, progress)
+
+
+def store_spans(
+    spans: list[Span],
+    tok: Tokenizer,
+    out: Path,
+    options: StoreOptions,
+    progress: bool = True,
+    provenance: dict | None = None,
+) -> StoreReport:
+    """`store` of these spans of input files (kogitune.write.parts stores a part of its inputs so), with the
+    `provenance` entries given added to the manifest's."""
     with exclusive_lock(store_lock_path(out), f"storing into {out}"):
         _settle_replace(out)
         if (out / MANIFEST_FILE).exists() and not options.overwrite:
@@ -186,7 +200,7 @@ def store(
                 f"{out} exists and is not a data tensor (it has no {MANIFEST_FILE}); choose another output or remove it"
             )
         partial = partial_path(out)
-        checkpoint = usable_checkpoint(partial, paths, tok, options, BATCH_BYTES)
+        checkpoint = usable_checkpoint(partial, spans, tok, options, BATCH_BYTES)
         if checkpoint is None:
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
@@ -194,7 +208,7 @@ def store(
             for leftover in [*partial.glob(".*.tmp"), *partial.glob("shards/.*.tmp")]:
                 leftover.unlink()  # an atomic write the interruption cut short
         try:
-            report = _write_tensor(paths, tok, partial, options, progress, checkpoint)
+            report = _write_tensor(spans, tok, partial, options, progress, checkpoint, provenance or {})
             _replace_dir(partial, out)
         except KogituneError:
             shutil.rmtree(partial, ignore_errors=True)  # bad input: only other inputs can go on from here
@@ -269,19 +283,20 @@ def _settle_replace(target: Path) -> None:
 
 
 def _write_tensor(
-    paths: list[Path],
+    spans: list[Span],
     tok: Tokenizer,
     directory: Path,
     options: StoreOptions,
     progress: bool,
-    checkpoint: dict | None = None,
+    checkpoint: dict | None,
+    extra_provenance: dict,
 ) -> StoreReport:
     from tqdm import tqdm
 
     started = time.perf_counter()
     dtype = dtype_for_vocab(tok.vocab_size)
     writer = TensorWriter(directory, dtype, options.block_size, options.shard_size, options.piece_size, tok.eos_id)
-    reader = InputReader(paths, options.skip_bad_lines, BATCH_BYTES, options.max_document_bytes, options.text_key)
+    reader = InputReader(spans, options.skip_bad_lines, BATCH_BYTES, options.max_document_bytes, options.text_key)
     perturber = Perturber(options.perturb, tok.vocab_size) if options.perturb else None
     report = StoreReport(directory, "")
     done = 0
@@ -297,7 +312,7 @@ def _write_tensor(
     batches = itertools.islice(reader.batches(), done, None)
     with (
         tqdm(
-            total=sum(p.stat().st_size for p in paths),
+            total=sum(span.bytes() for span in spans),
             unit="B",
             unit_scale=True,
             desc="store",
@@ -322,7 +337,7 @@ def _write_tensor(
             bar.update(reader.bytes_read - bar.n)
             if time.monotonic() >= next_checkpoint:
                 job = job or job_description(
-                    paths, tok, options, BATCH_BYTES
+                    spans, tok, options, BATCH_BYTES
                 )  # not before: it needs the fingerprint, hashed meanwhile
                 save_checkpoint(directory, job, number + 1, writer, perturber, report, reader)
                 next_checkpoint = time.monotonic() + CHECKPOINT_SECONDS
@@ -330,6 +345,7 @@ def _write_tensor(
     provenance: dict[str, Any] = {
         "inputs": reader.inputs,
         "options": options.provenance(),
+        **extra_provenance,
         "kogitune": __version__,
         "skipped": {
             "bad_lines": report.bad_lines,

@@ -1,0 +1,168 @@
+"""Parts and collections: `store --task I/N`, `merge`, and a collection opened as one dataset.
+
+One collection ID whether the parts ran in this process or as separate task processes in any order, or again
+after a task was killed; its samples are those of one whole store of the same inputs, in order.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import OPTIONS, store_quietly
+
+from kogitune.cli import main
+from kogitune.collection import DataCollection, open_local
+from kogitune.errors import BadInputError, TensorError
+from kogitune.protocol.collection import MAX_PARTS, Collection, parse_collection
+from kogitune.protocol.errors import ManifestError
+from kogitune.protocol.ids import dataset_id_from_digest
+from kogitune.recipe import DatasetRecipe
+from kogitune.write.parts import merge, split_inputs, store_part
+
+FLAGS = ["--block-size", "128", "--shard-size", str(160 / 1024), "--piece-size", "64", "--quiet"]
+
+
+def cli(*argv) -> list[str]:
+    return [sys.executable, "-m", "kogitune.cli", *map(str, argv)]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, small_corpus) -> list[Path]:
+    """A Parquet file of 4 row groups (cut between them), a plain JSONL file (cut at line starts) and a small .gz
+    (whole only)."""
+    root = tmp_path_factory.mktemp("inputs")
+    lines = small_corpus.read_bytes().splitlines(keepends=True)
+    (root / "a.jsonl").write_bytes(b"".join(lines[:30]))
+    (root / "b.jsonl.gz").write_bytes(gzip.compress(b"".join(lines[30:33])))
+    texts = [json.loads(line)["text"] for line in lines[33:]]
+    pq.write_table(pa.table({"text": texts}), root / "c.parquet", row_group_size=2)
+    return [root / "c.parquet", root / "a.jsonl", root / "b.jsonl.gz"]
+
+
+@pytest.fixture(scope="module")
+def in_one_run(inputs, tmp_path_factory) -> DataCollection:
+    """`store --parts 4`: the four parts by local processes, then the merge."""
+    out = tmp_path_factory.mktemp("one-run") / "coll"
+    assert main(["store", *map(str, inputs), "--parts", "4", "-o", str(out), *FLAGS]) == 0
+    return DataCollection(out)
+
+
+def test_the_split_reads_every_input_once_in_order(inputs):
+    split = split_inputs(inputs, 4)
+    assert split == split_inputs(inputs, 4)  # deterministic
+    assert [[(s.path.name, s.start, s.stop) for s in spans] for spans in split] == [
+        [("c.parquet", 0, 3)],
+        [("c.parquet", 3, 4), ("a.jsonl", 0, 35119)],
+        [("a.jsonl", 35119, 83536)],
+        [("a.jsonl", 83536, None), ("b.jsonl.gz", 0, None)],
+    ]
+    assert {inputs[1].read_bytes()[cut - 1 : cut] for cut in (35119, 83536)} == {b"\n"}  # cut at line starts
+    with pytest.raises(BadInputError, match="cannot be split into 2 parts"):
+        split_inputs(inputs[2:], 2)
+
+
+def test_tasks_in_any_order_make_the_collection_of_one_run(inputs, in_one_run, tmp_path):
+    order = [2, 0, 3, 1]
+    tasks = [
+        subprocess.Popen(cli("store", *inputs, "--task", f"{i}/4", "-o", tmp_path / f"t{i}", *FLAGS)) for i in order
+    ]
+    assert [task.wait(timeout=120) for task in tasks] == [0] * 4
+    report = merge([tmp_path / f"t{i}" for i in order], tmp_path / "coll")
+    assert report.dataset_id == in_one_run.dataset_id
+    assert DataCollection(tmp_path / "coll").collection == in_one_run.collection
+
+
+def test_the_samples_are_those_of_one_whole_store(inputs, in_one_run, tmp_path):
+    whole = store_quietly(inputs, tmp_path / "whole")
+    assert np.array_equal(in_one_run.tokens(), open_local(whole.path).tokens())
+    recipe = DatasetRecipe([str(in_one_run.path)], shuffle=False)
+    dataset = recipe.get_train_dataset(block_size=64)
+    samples = np.concatenate([dataset[i]["input_ids"].numpy() for i in range(len(dataset))])
+    parts = [
+        np.concatenate([p.shard_tokens(s)[: -(-n // 64) * 64] for s, n in enumerate(p.shard_token_counts())])
+        for p in in_one_run.parts
+    ]
+    assert np.array_equal(samples, np.concatenate(parts))
+
+
+def test_a_task_killed_midway_and_run_again_makes_the_same_part(kjv_corpus, tmp_path):
+    reference = store_part(kjv_corpus, (0, 2), tmp_path / "reference", "gpt2", OPTIONS, progress=False)
+    part = tmp_path / "part"
+    task = subprocess.Popen(cli("store", kjv_corpus, "--task", "0/2", "-o", part, *FLAGS, "--workers", "1"))
+    deadline = time.monotonic() + 60
+    while not (part.with_name("part.partial") / "shards").exists() and task.poll() is None:
+        assert time.monotonic() < deadline, "the task never started writing"
+        time.sleep(0.005)
+    task.send_signal(signal.SIGKILL)
+    assert task.wait(timeout=30) == -signal.SIGKILL and not part.exists()
+    again = store_part(kjv_corpus, (0, 2), part, "gpt2", OPTIONS, progress=False)
+    assert again.dataset_id == reference.dataset_id
+
+
+def test_a_collection_in_info_verify_head(in_one_run, capsys):
+    capsys.readouterr()
+    assert main(["info", str(in_one_run.path)]) == 0
+    out = capsys.readouterr().out
+    assert f"dataset id  {in_one_run.dataset_id}" in out and "parts       4: kg1-" in out
+    assert main(["verify", str(in_one_run.path)]) == 0
+    assert in_one_run.dataset_id in capsys.readouterr().out
+    assert main(["head", str(in_one_run.path), "-n", "1"]) == 0
+    assert "--- block 0 ---" in capsys.readouterr().out
+
+
+def test_merge_refuses_an_incomplete_split(inputs, in_one_run, tmp_path):
+    parts = [in_one_run.path / "parts" / f"{i:05d}" for i in (0, 2, 3)]
+    with pytest.raises(TensorError, match=r"all 4 parts of the split exactly once; missing or repeated: \[1\]"):
+        merge(parts, tmp_path / "coll")
+
+
+def test_a_part_that_is_not_the_one_named_is_refused(in_one_run, tmp_path):
+    out = tmp_path / "coll"
+    merge([in_one_run.path / "parts" / f"{i:05d}" for i in range(4)], out)
+    (out / "parts" / "00001").unlink()
+    (out / "parts" / "00001").symlink_to((in_one_run.path / "parts" / "00002").resolve())
+    with pytest.raises(TensorError, match="but the collection names kg1-.* as part 1"):
+        DataCollection(out)
+
+
+def test_collection_test_vector():
+    """docs/format.md#collections: two parts, the first the protocol's test dataset."""
+    example = "kg1-t43i2wyjlzjobvj4yxxwmt46clslo5f6krknpqkk3fo4hrcw7ega"
+    collection = Collection((dataset_id_from_digest(bytes(range(32))), example))
+    assert collection.canonical_bytes() == (
+        b'{"format":"kogitune-collection/1","parts":["kg1-aaaqeayeaudaocajbifqydiob4ibceqtcqkrmfyydenbwha5dypq",'
+        b'"kg1-t43i2wyjlzjobvj4yxxwmt46clslo5f6krknpqkk3fo4hrcw7ega"]}'
+    )
+    assert collection.dataset_id == "kg1-benzfin6ttgpozshflh4ss4b4wa3zk6mge5nzlpyext2rugwfgsq"
+    assert parse_collection(json.dumps(collection.to_dict(), indent=3).encode()) == collection
+
+
+@pytest.mark.parametrize(
+    "obj, message",
+    [
+        ([], "a JSON object"),
+        ({"format": "kogitune-collection/1"}, "exactly the fields format and parts"),
+        ({"format": "kogitune-collection/2", "parts": ["kg1-" + "a" * 52]}, "unknown collection format"),
+        ({"format": "kogitune-collection/1", "parts": []}, "1 to 65536"),
+        ({"format": "kogitune-collection/1", "parts": ["kg1-" + "a" * 52] * 2}, "names a part twice"),
+        ({"format": "kogitune-collection/1", "parts": ["kg1-nope"]}, "part 0 of the collection is not a dataset ID"),
+        ({"format": "kogitune-collection/1", "parts": [f"kg1-{'a' * 51}a"] * (MAX_PARTS + 1)}, "1 to 65536"),
+    ],
+)
+def test_collection_manifests_are_bounded(obj, message):
+    with pytest.raises(ManifestError, match=message):
+        parse_collection(json.dumps(obj).encode())
+    with pytest.raises(ManifestError, match="repeats a key"):
+        parse_collection(b'{"format": "kogitune-collection/1", "format": 1, "parts": []}')
+    with pytest.raises(ManifestError, match="at most"):
+        parse_collection(b" " * (9 << 20))
