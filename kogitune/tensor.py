@@ -263,7 +263,7 @@ def verify(tensor: str | os.PathLike | DataTensor, home: str | os.PathLike | Non
         problems = kogitune.verify("gpt2-f04f/corpus")      # a tensor directory
         problems = kogitune.verify("kg1-...")               # a dataset in the content store of `home`
 
-    `tensor`: a tensor directory, a DataTensor, or the ID of a dataset held in the content store of `home` (default:
+    `tensor`: a tensor or collection directory, a DataTensor, or the ID of a dataset held in the content store of `home` (default:
     $KOGITUNE_HOME; its missing shards are reported missing). Shards that pass are marked verified, so that
     opening them later does not hash them again. Raises TensorError if it is not a data tensor at all.
     """
@@ -279,7 +279,9 @@ def verify(tensor: str | os.PathLike | DataTensor, home: str | os.PathLike | Non
                 f"{tensor} is not in the content store {content.home}: fetch it with `kogitune get {tensor}`"
             )
         return DataTensor(directory).verify()
-    return DataTensor(tensor).verify()
+    from .collection import open_local  # a collection directory too
+
+    return open_local(tensor).verify()
 
 
 def _map_shared(path: Path, dtype: np.dtype) -> np.memmap:

@@ -6,19 +6,14 @@ after a task was killed; its samples are those of one whole store of the same in
 
 from __future__ import annotations
 
-import gzip
 import json
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-from conftest import OPTIONS, store_quietly
+from conftest import OPTIONS, PARTS_FLAGS, cli, store_quietly
 
 from kogitune.cli import main
 from kogitune.collection import DataCollection, open_local
@@ -29,68 +24,42 @@ from kogitune.protocol.ids import dataset_id_from_digest
 from kogitune.recipe import DatasetRecipe
 from kogitune.write.parts import merge, split_inputs, store_part
 
-FLAGS = ["--block-size", "128", "--shard-size", str(160 / 1024), "--piece-size", "64", "--quiet"]
 
-
-def cli(*argv) -> list[str]:
-    return [sys.executable, "-m", "kogitune.cli", *map(str, argv)]
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory, small_corpus) -> list[Path]:
-    """A Parquet file of 4 row groups (cut between them), a plain JSONL file (cut at line starts) and a small .gz
-    (whole only)."""
-    root = tmp_path_factory.mktemp("inputs")
-    lines = small_corpus.read_bytes().splitlines(keepends=True)
-    (root / "a.jsonl").write_bytes(b"".join(lines[:30]))
-    (root / "b.jsonl.gz").write_bytes(gzip.compress(b"".join(lines[30:33])))
-    texts = [json.loads(line)["text"] for line in lines[33:]]
-    pq.write_table(pa.table({"text": texts}), root / "c.parquet", row_group_size=2)
-    return [root / "c.parquet", root / "a.jsonl", root / "b.jsonl.gz"]
-
-
-@pytest.fixture(scope="module")
-def in_one_run(inputs, tmp_path_factory) -> DataCollection:
-    """`store --parts 4`: the four parts by local processes, then the merge."""
-    out = tmp_path_factory.mktemp("one-run") / "coll"
-    assert main(["store", *map(str, inputs), "--parts", "4", "-o", str(out), *FLAGS]) == 0
-    return DataCollection(out)
-
-
-def test_the_split_reads_every_input_once_in_order(inputs):
-    split = split_inputs(inputs, 4)
-    assert split == split_inputs(inputs, 4)  # deterministic
+def test_the_split_reads_every_input_once_in_order(parts_inputs):
+    split = split_inputs(parts_inputs, 4)
+    assert split == split_inputs(parts_inputs, 4)  # deterministic
     assert [[(s.path.name, s.start, s.stop) for s in spans] for spans in split] == [
         [("c.parquet", 0, 3)],
         [("c.parquet", 3, 4), ("a.jsonl", 0, 35119)],
         [("a.jsonl", 35119, 83536)],
         [("a.jsonl", 83536, None), ("b.jsonl.gz", 0, None)],
     ]
-    assert {inputs[1].read_bytes()[cut - 1 : cut] for cut in (35119, 83536)} == {b"\n"}  # cut at line starts
+    assert {parts_inputs[1].read_bytes()[cut - 1 : cut] for cut in (35119, 83536)} == {b"\n"}  # cut at line starts
     with pytest.raises(BadInputError, match="cannot be split into 2 parts"):
-        split_inputs(inputs[2:], 2)
+        split_inputs(parts_inputs[2:], 2)
 
 
-def test_tasks_in_any_order_make_the_collection_of_one_run(inputs, in_one_run, tmp_path):
+def test_tasks_in_any_order_make_the_collection_of_one_run(parts_inputs, parts_collection, tmp_path):
     order = [2, 0, 3, 1]
     tasks = [
-        subprocess.Popen(cli("store", *inputs, "--task", f"{i}/4", "-o", tmp_path / f"t{i}", *FLAGS)) for i in order
+        subprocess.Popen(cli("store", *parts_inputs, "--task", f"{i}/4", "-o", tmp_path / f"t{i}", *PARTS_FLAGS))
+        for i in order
     ]
     assert [task.wait(timeout=120) for task in tasks] == [0] * 4
     report = merge([tmp_path / f"t{i}" for i in order], tmp_path / "coll")
-    assert report.dataset_id == in_one_run.dataset_id
-    assert DataCollection(tmp_path / "coll").collection == in_one_run.collection
+    assert report.dataset_id == parts_collection.dataset_id
+    assert DataCollection(tmp_path / "coll").collection == parts_collection.collection
 
 
-def test_the_samples_are_those_of_one_whole_store(inputs, in_one_run, tmp_path):
-    whole = store_quietly(inputs, tmp_path / "whole")
-    assert np.array_equal(in_one_run.tokens(), open_local(whole.path).tokens())
-    recipe = DatasetRecipe([str(in_one_run.path)], shuffle=False)
+def test_the_samples_are_those_of_one_whole_store(parts_inputs, parts_collection, tmp_path):
+    whole = store_quietly(parts_inputs, tmp_path / "whole")
+    assert np.array_equal(parts_collection.tokens(), open_local(whole.path).tokens())
+    recipe = DatasetRecipe([str(parts_collection.path)], shuffle=False)
     dataset = recipe.get_train_dataset(block_size=64)
     samples = np.concatenate([dataset[i]["input_ids"].numpy() for i in range(len(dataset))])
     parts = [
         np.concatenate([p.shard_tokens(s)[: -(-n // 64) * 64] for s, n in enumerate(p.shard_token_counts())])
-        for p in in_one_run.parts
+        for p in parts_collection.parts
     ]
     assert np.array_equal(samples, np.concatenate(parts))
 
@@ -98,7 +67,7 @@ def test_the_samples_are_those_of_one_whole_store(inputs, in_one_run, tmp_path):
 def test_a_task_killed_midway_and_run_again_makes_the_same_part(kjv_corpus, tmp_path):
     reference = store_part(kjv_corpus, (0, 2), tmp_path / "reference", "gpt2", OPTIONS, progress=False)
     part = tmp_path / "part"
-    task = subprocess.Popen(cli("store", kjv_corpus, "--task", "0/2", "-o", part, *FLAGS, "--workers", "1"))
+    task = subprocess.Popen(cli("store", kjv_corpus, "--task", "0/2", "-o", part, *PARTS_FLAGS, "--workers", "1"))
     deadline = time.monotonic() + 60
     while not (part.with_name("part.partial") / "shards").exists() and task.poll() is None:
         assert time.monotonic() < deadline, "the task never started writing"
@@ -109,28 +78,28 @@ def test_a_task_killed_midway_and_run_again_makes_the_same_part(kjv_corpus, tmp_
     assert again.dataset_id == reference.dataset_id
 
 
-def test_a_collection_in_info_verify_head(in_one_run, capsys):
+def test_a_collection_in_info_verify_head(parts_collection, capsys):
     capsys.readouterr()
-    assert main(["info", str(in_one_run.path)]) == 0
+    assert main(["info", str(parts_collection.path)]) == 0
     out = capsys.readouterr().out
-    assert f"dataset id  {in_one_run.dataset_id}" in out and "parts       4: kg1-" in out
-    assert main(["verify", str(in_one_run.path)]) == 0
-    assert in_one_run.dataset_id in capsys.readouterr().out
-    assert main(["head", str(in_one_run.path), "-n", "1"]) == 0
+    assert f"dataset id  {parts_collection.dataset_id}" in out and "parts       4: kg1-" in out
+    assert main(["verify", str(parts_collection.path)]) == 0
+    assert parts_collection.dataset_id in capsys.readouterr().out
+    assert main(["head", str(parts_collection.path), "-n", "1"]) == 0
     assert "--- block 0 ---" in capsys.readouterr().out
 
 
-def test_merge_refuses_an_incomplete_split(inputs, in_one_run, tmp_path):
-    parts = [in_one_run.path / "parts" / f"{i:05d}" for i in (0, 2, 3)]
+def test_merge_refuses_an_incomplete_split(parts_inputs, parts_collection, tmp_path):
+    parts = [parts_collection.path / "parts" / f"{i:05d}" for i in (0, 2, 3)]
     with pytest.raises(TensorError, match=r"all 4 parts of the split exactly once; missing or repeated: \[1\]"):
         merge(parts, tmp_path / "coll")
 
 
-def test_a_part_that_is_not_the_one_named_is_refused(in_one_run, tmp_path):
+def test_a_part_that_is_not_the_one_named_is_refused(parts_collection, tmp_path):
     out = tmp_path / "coll"
-    merge([in_one_run.path / "parts" / f"{i:05d}" for i in range(4)], out)
+    merge([parts_collection.path / "parts" / f"{i:05d}" for i in range(4)], out)
     (out / "parts" / "00001").unlink()
-    (out / "parts" / "00001").symlink_to((in_one_run.path / "parts" / "00002").resolve())
+    (out / "parts" / "00001").symlink_to((parts_collection.path / "parts" / "00002").resolve())
     with pytest.raises(TensorError, match="but the collection names kg1-.* as part 1"):
         DataCollection(out)
 
