@@ -92,3 +92,16 @@ def test_a_datasets_dict_names_its_splits(tmp_path):
     datasets.DatasetDict({"train": split, "test": split}).save_to_disk(str(tmp_path / "dd"))
     with pytest.raises(BadInputError, match="holds several splits \\(test, train\\); give one"):
         expand_inputs([tmp_path / "dd"])
+
+
+def test_an_arrow_file_in_either_ipc_format(tmp_path, texts):
+    """HF datasets write the IPC stream format; an IPC file (random access) is read too; a damaged table is named."""
+    table = pa.table({"text": texts})
+    with pa.ipc.new_file(tmp_path / "t.arrow", table.schema) as writer:
+        writer.write_table(table)
+    reference = store_quietly(write_texts(tmp_path / "t.jsonl", texts), tmp_path / "from-jsonl")
+    stored = store_quietly(tmp_path / "t.arrow", tmp_path / "from-arrow")
+    assert shard_contents(DataTensor(stored.path)) == shard_contents(DataTensor(reference.path))
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet")
+    with pytest.raises(BadInputError, match="bad.parquet: cannot be read as Parquet"):
+        store_quietly(tmp_path / "bad.parquet", tmp_path / "out")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import BadInputError, KogituneError
-from .tables import ARROW_SUFFIXES, PARQUET_SUFFIXES, TOO_LONG, hf_dataset_files, is_table, rows_as_lines, table_rows
+from .tables import ARROW_SUFFIXES, PARQUET_SUFFIXES, hf_dataset_files, is_table, rows_as_lines, table_rows
 
 if TYPE_CHECKING:
     from zstandard import ZstdDecompressionObj
@@ -33,6 +33,10 @@ MAX_DOCUMENT_BYTES = 16 << 20
 up to twice that as JSON with escaped non-ASCII characters; a longer line is a bad line, and no more than this of it
 is ever held in memory. Tokenizing a document takes about 120 bytes of memory per byte of text (16 MiB: 2 GB), so
 the limit also bounds a store's memory. Change it with StoreOptions.max_document_bytes / --max-document-size."""
+TOO_LONG = (
+    "{length:,} bytes, longer than the maximum document size ({limit:,} bytes; change it with --max-document-size)"
+)
+"""Why a row (as its JSON line) or a line is too long: the one wording for both."""
 SKIP_CHUNK = 1 << 20
 """Bytes read at a time while skipping the rest of an over-long line."""
 ZSTD_INPUT_SLICE = 256

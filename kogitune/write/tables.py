@@ -22,10 +22,6 @@ PARQUET_SUFFIXES = (".parquet",)
 ARROW_SUFFIXES = (".arrow",)
 ROWS_PER_READ = 256
 """Rows read from a Parquet row group at a time."""
-TOO_LONG = (
-    "{length:,} bytes, longer than the maximum document size ({limit:,} bytes; change it with --max-document-size)"
-)
-"""Why a row (as its JSON line) or a line is too long: the one wording for both."""
 
 
 def is_table(path: Path) -> bool:
