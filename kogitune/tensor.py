@@ -249,6 +249,10 @@ class DataTensor:
         data = path.read_bytes() if path.is_file() else b""
         return data if root_of(data) == shard.root else None
 
+    def is_verified(self) -> bool:
+        """Whether every shard's files are as they were when they last passed verification (no hashing: marks)."""
+        return all(self._is_marked(shard) for shard in self.shards)
+
     def _is_marked(self, shard: ShardInfo) -> bool:
         """Whether the shard's files are as they were when they last passed verification (a missing file never
         is); remembered in this process, so that opening the shard again reads no marks file."""

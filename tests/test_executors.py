@@ -50,6 +50,12 @@ def test_running_the_parts_again_stores_only_what_is_missing(parts_inputs, parts
     assert main(argv) == 0
     shutil.rmtree(out / "parts" / "00002")  # as if its task had died
     capsys.readouterr()
+    assert main([*argv, "--status"]) == 0
+    status = capsys.readouterr().out.splitlines()
+    assert status[0].startswith("part 00000  stored, verified  kg1-") and status[2] == "part 00002  not started"
+    assert status[4] == "collection  not merged (3 of 4 parts stored)"
     assert main(argv) == 0
     assert "1 parts stored, 3 already stored" in capsys.readouterr().out
     assert DataCollection(out).dataset_id == parts_collection.dataset_id
+    assert main([*argv, "--status"]) == 0
+    assert capsys.readouterr().out.splitlines()[4] == f"collection  merged  {parts_collection.dataset_id}"

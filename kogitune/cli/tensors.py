@@ -101,6 +101,9 @@ def add_commands(commands) -> None:
         metavar="SCRIPT",
         help="with --parts: write an sbatch job-array script (one task per part, then the merge) instead of running",
     )
+    store.add_argument(
+        "--status", action="store_true", help="with --parts: say which parts of -o are stored, and whether merged"
+    )
     store.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     store.set_defaults(run=_store)
 
@@ -225,8 +228,8 @@ def store_cli(
 def _store(args) -> int:
     if args.task is not None or args.parts is not None:
         return _store_parts(args)
-    if args.slurm_array or args.executor != "local" or args.address:
-        raise KogituneError("--executor, --address and --slurm-array go with --parts N")
+    if args.slurm_array or args.executor != "local" or args.address or args.status:
+        raise KogituneError("--executor, --address, --slurm-array and --status go with --parts N")
     store_cli(
         args.files,
         args.tokenizer,
@@ -264,6 +267,13 @@ def _store_parts(args) -> int:
         "filters": args.filters,
         **document_limit(mib(args.max_document_size)),
     }
+    if args.status:
+        from ..write.parts import parts_status
+
+        if args.parts is None:
+            raise KogituneError("--status goes with --parts N")
+        print("\n".join(parts_status(args.output, args.parts)))
+        return EXIT_OK
     if args.task is not None:
         from ..write.parts import store_part
 

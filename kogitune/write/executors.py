@@ -13,10 +13,12 @@ import os
 import shlex
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from ..errors import KogituneError
 from ..layout import part_path
+from ..parallel import follow_parent
 from .inputs import expand_inputs
 from .job import StoreOptions, StoreReport
 from .parts import MergeReport, merge, split_inputs, store_part
@@ -42,8 +44,16 @@ def run_parts(
     tasks = [(paths, (index, parts), part_path(out, index), tokenizer, options) for index in range(parts)]
     if executor == "local":
         processes = min(parts, os.cpu_count() or 1)
-        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-            reports = list(pool.map(_store_part_task, *zip(*tasks)))
+        spawn = multiprocessing.get_context("spawn")
+        try:
+            with ProcessPoolExecutor(processes, mp_context=spawn, initializer=follow_parent) as pool:
+                reports = list(pool.map(_store_part_task, *zip(*tasks)))
+        except BrokenProcessPool:
+            raise KogituneError(
+                "a part's process died. If this runs from a script, put the call under "
+                '`if __name__ == "__main__":` (the processes are spawned and import the script); else store one '
+                "part with --task I/N to see the error"
+            ) from None
     elif executor == "ray":
         reports = _run_on_ray(tasks, address)
     else:

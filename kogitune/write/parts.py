@@ -19,14 +19,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kogitune.protocol.collection import Collection, collection_file_bytes
+from kogitune.protocol.collection import Collection, collection_file_bytes, parse_collection
+from kogitune.protocol.errors import ManifestError
+from kogitune.protocol.jsonlimits import loads
 
 from ..collection import summarize_parts
 from ..errors import BadInputError, KogituneError, TensorError
 from ..files import write_atomic
-from ..layout import COLLECTION_FILE, PARTS_DIR, part_path
+from ..layout import COLLECTION_FILE, MANIFEST_FILE, PARTS_DIR, part_path, partial_path
 from ..tensor import DataTensor
 from ..tokenizer import DEFAULT_TOKENIZER, Tokenizer, load_tokenizer
+from .checkpoint import CHECKPOINT_FILE
 from .inputs import Span, expand_inputs, splits_by_bytes
 from .job import StoreOptions, StoreReport, _with_settings, store_spans
 from .tables import is_parquet, parquet_row_groups
@@ -182,6 +185,36 @@ def merge(part_dirs: Iterable[str | os.PathLike], output: str | os.PathLike) -> 
         sum(t.manifest.documents for t in tensors),
         sum(t.manifest.tokens for t in tensors),
     )
+
+
+def parts_status(output: str | os.PathLike, parts: int) -> list[str]:
+    """One line per part of a `store --parts` into `output` (stored and verified, interrupted and how far, or not
+    started) and one for the collection, as `kogitune store ... --parts N --status` prints them."""
+    out, lines, ids = Path(output), [], []
+    for index in range(parts):
+        place = part_path(out, index)
+        if (place / MANIFEST_FILE).is_file():
+            tensor = DataTensor(place)
+            ids.append(tensor.dataset_id)
+            checked = "verified" if tensor.is_verified() else "not verified since it changed (run kogitune verify)"
+            lines.append(f"part {index:05d}  stored, {checked}  {tensor.dataset_id}")
+        elif partial_path(place).exists():
+            try:
+                tokens = f" at {int(loads((partial_path(place) / CHECKPOINT_FILE).read_bytes())['writer']['tokens']):,} tokens"
+            except (OSError, ValueError, KeyError, TypeError):
+                tokens = " before its first checkpoint"
+            lines.append(f"part {index:05d}  interrupted or running{tokens}")
+        else:
+            lines.append(f"part {index:05d}  not started")
+    try:
+        collection = parse_collection((out / COLLECTION_FILE).read_bytes())
+    except (OSError, ManifestError):
+        collection = None
+    if collection is not None and list(collection.parts) == ids:
+        lines.append(f"collection  merged  {collection.dataset_id}")
+    else:
+        lines.append(f"collection  not merged ({len(ids)} of {parts} parts stored)")
+    return lines
 
 
 def _in_part_order(tensors: list[DataTensor]) -> list[DataTensor]:
