@@ -5,6 +5,8 @@ The same text stores the same tokens whatever holds it: a row is read as the JSO
 
 from __future__ import annotations
 
+import sys
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -83,6 +85,13 @@ def test_a_row_longer_than_the_limit_is_a_bad_row(tmp_path):
     limited = StoreOptions(**{**vars(OPTIONS), "max_document_bytes": 1000})
     with pytest.raises(BadInputError, match="row 2: 5,012 bytes, longer than the maximum document size"):
         store_quietly(tmp_path / "t.parquet", tmp_path / "out", limited)
+
+
+def test_without_pyarrow_the_error_says_what_to_install(tmp_path, monkeypatch):
+    pq.write_table(pa.table({"text": ["a"]}), tmp_path / "t.parquet")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if it were not installed: `import pyarrow` fails
+    with pytest.raises(BadInputError, match=r"needs pyarrow: pip install 'kogitune\[parquet\]'"):
+        store_quietly(tmp_path / "t.parquet", tmp_path / "out")
 
 
 def test_a_datasets_dict_names_its_splits(tmp_path):

@@ -262,7 +262,7 @@ class InputReader:
         """The text column of a Parquet or Arrow file as batches of JSON lines, one a row."""
         path, key, limit = span.path, self.text_key, self.max_line_bytes
         batch, size, number = Batch(path, 1, [], unit="row", origin=span.origin), 0, 0
-        groups = None if span.whole else range(span.start, span.stop if span.stop is not None else 1 << 62)
+        groups = None if span.whole else range(span.start, span.stop if span.stop is not None else sys.maxsize)
         for rows in table_rows(path, key, groups):
             for line in rows_as_lines(rows, key):
                 number += 1

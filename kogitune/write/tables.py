@@ -62,7 +62,8 @@ def table_rows(path: Path, key: str, row_groups: range | None = None) -> Iterato
         if path.name.endswith(PARQUET_SUFFIXES):
             parquet = pa.parquet.ParquetFile(path)
             _check_column(path, parquet.schema_arrow, key, pa)
-            groups = range(parquet.num_row_groups) if row_groups is None else row_groups
+            count = parquet.num_row_groups
+            groups = range(count) if row_groups is None else range(row_groups.start, min(row_groups.stop, count))
             if len(groups):
                 for batch in parquet.iter_batches(ROWS_PER_READ, row_groups=list(groups), columns=[key]):
                     yield batch.column(0).to_pylist()
