@@ -251,7 +251,7 @@ def _store(args) -> int:
 
 def _store_parts(args) -> int:
     from ..write import StoreOptions
-    from ..write.job import _with_settings
+    from ..write.job import options_with
 
     if args.output is None:
         raise KogituneError("--task and --parts need the output directory: -o DIR")
@@ -267,6 +267,7 @@ def _store_parts(args) -> int:
         "filters": args.filters,
         **document_limit(mib(args.max_document_size)),
     }
+    options = options_with(StoreOptions(), settings)
     if args.status:
         from ..write.parts import parts_status
 
@@ -277,7 +278,6 @@ def _store_parts(args) -> int:
     if args.task is not None:
         from ..write.parts import store_part
 
-        options = _with_settings(StoreOptions(), settings)
         print(store_part(args.files, args.task, args.output, args.tokenizer, options, not args.quiet).summary())
         return EXIT_OK
     if args.slurm_array:
@@ -292,7 +292,6 @@ def _store_parts(args) -> int:
         return EXIT_OK
     from ..write.executors import run_parts
 
-    options = _with_settings(StoreOptions(), settings)
     reports, merged = run_parts(
         args.files, args.parts, args.output, args.tokenizer, options, args.executor, args.address
     )

@@ -172,7 +172,7 @@ def store(
     Raises KogituneError subclasses (BadInputError, TokenizerError, DiskFullError, ...). With worker processes
     (the default with filters), call it under `if __name__ == "__main__":` in a script.
     """
-    options = _with_settings(options or StoreOptions(), settings)
+    options = options_with(options or StoreOptions(), settings)
     paths = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))
     if options.filters is not None:
         stateless_pipeline(options.filters)
@@ -221,7 +221,7 @@ def store_spans(
     return report
 
 
-def _with_settings(options: StoreOptions, settings: dict) -> StoreOptions:
+def options_with(options: StoreOptions, settings: dict) -> StoreOptions:
     """`options` with the fields in `settings` replaced; a filter config file or a perturbation spec string is
     read as the command line reads it."""
     if isinstance(settings.get("filters"), (str, os.PathLike, dict)):

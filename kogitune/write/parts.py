@@ -31,7 +31,7 @@ from ..tensor import DataTensor
 from ..tokenizer import DEFAULT_TOKENIZER, Tokenizer, load_tokenizer
 from .checkpoint import CHECKPOINT_FILE
 from .inputs import Span, expand_inputs, splits_by_bytes
-from .job import StoreOptions, StoreReport, _with_settings, store_spans
+from .job import StoreOptions, StoreReport, options_with, store_spans
 from .tables import is_parquet, parquet_row_groups
 
 FIND_LINE_CHUNK = 64 << 10
@@ -139,7 +139,7 @@ def store_part(
     index, parts = task
     if not 0 <= index < parts:
         raise KogituneError(f"task {index}/{parts}: the index runs from 0 to {parts - 1}")
-    options = _with_settings(options or StoreOptions(), settings)
+    options = options_with(options or StoreOptions(), settings)
     paths = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))
     split = split_inputs(paths, parts)
     part = {"index": index, "of": parts, "split": split_digest(split)}
