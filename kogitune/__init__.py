@@ -34,7 +34,7 @@ _PUBLIC = {
     "StoreReport": "write.job",
     "filter": "filters",
     "FilterOptions": "filters.run",
-    "FilterReport": "filters.run",
+    "FilterReport": "filters.report",
     "Pipeline": "filters",
     "load_tokenizer": "tokenizer",
 }

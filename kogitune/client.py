@@ -2,8 +2,8 @@
 
 Two ways through it: a node daemon running under the same home (`kogitune node start`), reached over its control
 socket; else an embedded node, a trio loop in a background thread of this process, started on first use and
-started again in a forked or spawned DataLoader worker. `KOGITUNE_READ_TIMEOUT` (seconds, default 30) bounds
-every network read.
+started again in a forked or spawned DataLoader worker. The setting `read_timeout` (kogitune.settings) bounds every
+network read, `fetch_timeout` a wait for a shard or a reply of the daemon.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from kogitune.protocol.jsonlimits import MAX_JSON_DEPTH, loads
 from . import errors
 from .content_store import ContentStore, kogitune_home
 from .errors import KogituneError, NodeNotRunning, RecipeError
-from .files import read_limited
-from .layout import CONTROL_SOCKET_FILE, MANIFEST_FILE, read_signature
+from .layout import CONTROL_SOCKET_FILE
 from .settings import settings
 from .tensor import DataTensor
 
@@ -146,26 +145,6 @@ def _daemon_for(store: ContentStore) -> DaemonClient | None:
     return daemon if daemon.running() else None
 
 
-def _local_copy(directory: Path, dataset_id: str) -> tuple[bool, str | None]:
-    """(whether the manifest in `directory` hashes to `dataset_id`, the publisher whose signature of it verifies
-    or None)."""
-    from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, parse_manifest
-    from kogitune.protocol.signing import check_signed_manifest, peer_id_from_public_key
-
-    try:
-        manifest = read_limited(directory / MANIFEST_FILE, MAX_MANIFEST_BYTES)
-        if parse_manifest(manifest).dataset_id != dataset_id:
-            return False, None
-    except (OSError, KogituneError, ValueError):
-        return False, None
-    try:
-        public_key, signature = read_signature(directory)
-        check_signed_manifest(dataset_id, manifest, public_key, signature)
-    except (OSError, KogituneError, ValueError):
-        return True, None
-    return True, peer_id_from_public_key(public_key)
-
-
 def open_mirrors(
     urls: list[str], store: ContentStore | None = None, timeout: float = DEFAULT_FETCH_TIMEOUT
 ) -> DataTensor:
@@ -198,13 +177,16 @@ def open_dataset_id(
     A copy already in the local store that passes opens without the network, so a fetched dataset trains offline
     and a DataLoader worker starts no libp2p node for it. Shards missing locally follow on demand, from peers and
     mirrors at once."""
+    from kogitune.node.copies import stored_copy  # files only: no trio or libp2p
+
     trusted = sorted(trusted_publishers) if trusted_publishers is not None else None
     store = store or ContentStore()
     mirrors = tuple(mirrors)
     daemon = _daemon_for(store)
     directory = store.dataset_dir(dataset_id)
-    hashes, publisher = _local_copy(directory, dataset_id)
-    usable = hashes and (publisher is not None or bool(mirrors)) and (trusted is None or publisher in trusted)
+    copy = stored_copy(store, dataset_id)
+    publisher = copy.publisher if copy is not None else None
+    usable = copy is not None and (publisher is not None or bool(mirrors)) and (trusted is None or publisher in trusted)
     if not usable:
         if daemon is not None:
             reply = daemon.call("open", timeout, id=dataset_id, trusted=trusted, mirrors=list(mirrors))

@@ -29,8 +29,9 @@ A node home (`$KOGITUNE_HOME`, see kogitune.content_store.kogitune_home):
     node.lock                  NODE_LOCK_FILE: held while a node runs on this home
     node.log                   LOG_FILE: the node's log
 
-The names are relative; the functions join them to a directory. Nothing here touches the disk except the two that
-write and read the signature file, whose format (32 bytes of public key, then 64 of signature) is owned here.
+The names are relative; the functions join them to a directory. Nothing here touches the disk except the functions
+that write and read the signature file and the allow files, whose formats are owned here: `signature` is 32 bytes of
+public key, then 64 of signature; `allow` is one peer ID a line, `allow.signature` the publisher's signature of it.
 """
 
 from __future__ import annotations
@@ -114,9 +115,29 @@ def write_signature(directory: Path, public_key: bytes, signature: bytes) -> Non
 
 
 def read_signature(directory: Path) -> tuple[bytes, bytes]:
-    """The (public key, signature) stored by `write_signature`; raises OSError if there is none. The lengths are
-    not checked here: kogitune.protocol.signing checks them with the signature."""
+    """The (public key, signature) stored by `write_signature`; raises OSError if there is none."""
+    return split_signature((Path(directory) / SIGNATURE_FILE).read_bytes())
+
+
+def split_signature(data: bytes) -> tuple[bytes, bytes]:
+    """The (public key, signature) in the bytes of a signature file (read from disk, or from a web mirror). The
+    lengths are not checked here: kogitune.protocol.signing checks them with the signature."""
     from kogitune.protocol.signing import PUBLIC_KEY_BYTES
 
-    data = (Path(directory) / SIGNATURE_FILE).read_bytes()
     return data[:PUBLIC_KEY_BYTES], data[PUBLIC_KEY_BYTES:]
+
+
+def write_allow_files(directory: Path, allow, signature: bytes) -> None:
+    """Store an allow-list (one peer ID a line) and the publisher's signature of it in a dataset directory."""
+    write_atomic(Path(directory) / ALLOW_FILE, "".join(f"{peer}\n" for peer in allow).encode())
+    write_atomic(Path(directory) / ALLOW_SIGNATURE_FILE, signature)
+
+
+def read_allow_files(directory: Path) -> tuple[tuple[str, ...], bytes]:
+    """The allow-list and its signature as `write_allow_files` stored them; empty if there are none."""
+    try:
+        lines = (Path(directory) / ALLOW_FILE).read_text(encoding="ascii", errors="replace").splitlines()
+        signature = (Path(directory) / ALLOW_SIGNATURE_FILE).read_bytes()
+    except FileNotFoundError:
+        return (), b""
+    return tuple(line.strip() for line in lines if line.strip()), signature

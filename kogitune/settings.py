@@ -25,6 +25,9 @@ from pathlib import Path
 from .errors import SettingsError
 from .layout import CONFIG_FILE
 
+DEFAULT_LISTEN = "/ip4/0.0.0.0/tcp/4011"
+"""Where a node listens unless `kogitune node start --listen` says otherwise (an address, so a flag, not a Settings
+field: settings are numbers)."""
 MAX_CONFIG_BYTES = 1 << 20
 """A config file longer than this is refused unread (it holds a few dozen numbers)."""
 OTHER_CONFIG_KEYS = {"bootstrap"}

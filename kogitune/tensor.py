@@ -32,7 +32,7 @@ from .layout import MANIFEST_FILE, partial_path, shard_lock_path
 from .marks import file_signature, forget_verified, is_marked, record_checked, record_verified, settled_signature
 
 MAX_OPEN_SHARDS = 64
-log = logging.getLogger("kogitune.tensor")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from .daemon import Node
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup  # the backport that trio depends on
 
-log = logging.getLogger("kogitune.node")
+log = logging.getLogger(__name__)
 MAX_LINE = 1 << 20
 REQUEST_TIMEOUT = 10.0
 

@@ -34,8 +34,7 @@ if TYPE_CHECKING:  # libp2p loads when the node runs
     from libp2p.abc import IHost
     from libp2p.kad_dht.kad_dht import KadDHT
 
-log = logging.getLogger("kogitune.node")
-DEFAULT_LISTEN = "/ip4/0.0.0.0/tcp/4011"
+log = logging.getLogger(__name__)
 DEFAULT_REPROVIDE_SECONDS = settings().reprovide_interval
 RECONNECT_CHECK = 60.0
 

@@ -49,7 +49,7 @@ from kogitune.protocol.pieces import check_pieces_file
 from .piece_board import STALE_CLAIM_SECONDS, PieceBoard
 from .pool import MinRateBody, SourceHealth, SourcePool, fetch_small_file
 
-log = logging.getLogger("kogitune.fetch")
+log = logging.getLogger(__name__)
 LOCK_POLL_SECONDS = 0.05
 MAX_PIECES_CHECKING = 4
 """Received pieces waiting for their hash check per shard: bounds memory to (this + sources) pieces."""

@@ -24,7 +24,7 @@ from kogitune.settings import settings
 if TYPE_CHECKING:  # libp2p loads when a host starts
     from libp2p.abc import IHost
 
-log = logging.getLogger("kogitune.node")
+log = logging.getLogger(__name__)
 
 
 def load_identity_seed(home: Path) -> bytes:

@@ -35,7 +35,7 @@ from kogitune.protocol.manifest import Manifest, ShardInfo
 from kogitune.protocol.pieces import root_of
 from kogitune.tensor import DataTensor, Problem
 
-log = logging.getLogger("kogitune.node")
+log = logging.getLogger(__name__)
 RECHECK_THREADS = 1
 """Shards a node hashes again at once (after their files changed): a background chore, it must not take the CPU
 that serving needs."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import trio
 
@@ -18,9 +17,10 @@ from kogitune.errors import SourceBusy, SourceError
 from kogitune.protocol import wire
 from kogitune.protocol.ids import dataset_id_digest
 from kogitune.protocol.manifest import Manifest
-from kogitune.protocol.signing import check_signed_manifest, peer_id_from_public_key
+from kogitune.protocol.signing import check_signed_manifest
 
 from .body import Body
+from .copies import ManifestCopy
 from .sources import Source
 
 READ_CHUNK = 1 << 20
@@ -32,33 +32,20 @@ BUSY_BACKOFF_SECONDS = 0.1
 a full node turned away do not all come back at the same moment): 4 retries wait 1.5 to 3 s in all."""
 
 
-@dataclass(frozen=True)
-class SignedManifest:
-    data: bytes
-    manifest: Manifest
-    signature: bytes
-    public_key: bytes
-    allow: tuple[str, ...] = ()
-    allow_signature: bytes = b""
-
-    @property
-    def publisher(self) -> str:
-        return peer_id_from_public_key(self.public_key)
-
-
-async def _open(host, peer_id, request: wire.Request, expected: type, timeout: float, max_header: int):
-    """Send one request; return (stream, response header, bytes already read past the header). A busy answer is
-    retried BUSY_RETRIES times after a short, growing, jittered pause, then raised as SourceBusy."""
+async def _open(host, peer_id, request: wire.Request, timeout: float):
+    """Send one request; return (stream, response header, bytes already read past the header). The response is
+    the kind that answers `request`, within its size limit (wire.expected_response, wire.response_limit). A busy
+    answer is retried BUSY_RETRIES times after a short, growing, jittered pause, then raised as SourceBusy."""
     for retry in range(BUSY_RETRIES + 1):
         try:
-            return await _open_once(host, peer_id, request, expected, timeout, max_header)
+            return await _open_once(host, peer_id, request, timeout)
         except SourceBusy:
             if retry == BUSY_RETRIES:
                 raise
         await trio.sleep(BUSY_BACKOFF_SECONDS * 2**retry * random.uniform(1, 2))
 
 
-async def _open_once(host, peer_id, request: wire.Request, expected: type, timeout: float, max_header: int):
+async def _open_once(host, peer_id, request: wire.Request, timeout: float):
     from libp2p.custom_types import TProtocol
 
     try:
@@ -69,7 +56,7 @@ async def _open_once(host, peer_id, request: wire.Request, expected: type, timeo
     except Exception as exc:
         raise SourceError(f"{peer_id}: cannot open a stream ({type(exc).__name__}: {exc})") from None
     try:
-        decoder = wire.FrameDecoder(max_header)
+        decoder = wire.FrameDecoder(wire.response_limit(request))
         with trio.fail_after(timeout):
             await stream.write(wire.encode_request(request))
             while (frame := decoder.next_frame()) is None:
@@ -77,7 +64,7 @@ async def _open_once(host, peer_id, request: wire.Request, expected: type, timeo
                 if not data:
                     raise SourceError(f"{peer_id}: stream ended before a response")
                 decoder.feed(data)
-        response = wire.parse_response(frame, expected)
+        response = wire.parse_response(frame, wire.expected_response(request))
         if isinstance(response, wire.ErrorResponse):
             error = SourceBusy if response.code == "busy" else SourceError
             raise error(f"{peer_id}: {response.code}: {response.message}")
@@ -117,32 +104,24 @@ async def _reset(stream) -> None:
         pass
 
 
-async def fetch_signed_manifest(host, peer_id, dataset_id: str, timeout: float) -> SignedManifest:
+async def fetch_signed_manifest(host, peer_id, dataset_id: str, timeout: float) -> ManifestCopy:
     """The manifest of `dataset_id` from one peer, checked against the ID and the publisher's signature."""
-    stream, response, _ = await _open(
-        host,
-        peer_id,
-        wire.ManifestRequest(dataset_id_digest(dataset_id)),
-        wire.ManifestResponse,
-        timeout,
-        wire.MAX_HEADER_BYTES,
-    )
+    stream, response, _ = await _open(host, peer_id, wire.ManifestRequest(dataset_id_digest(dataset_id)), timeout)
     await _reset(stream)
     manifest = check_signed_manifest(dataset_id, response.manifest, response.public_key, response.signature)
-    return SignedManifest(
-        response.manifest, manifest, response.signature, response.public_key, response.allow, response.allow_signature
+    return ManifestCopy(
+        response.manifest,
+        manifest,
+        response.public_key,
+        response.signature,
+        response.allow,
+        response.allow_signature,
+        peer_id,
     )
 
 
 async def fetch_have(host, peer_id, dataset_id: str, shard_count: int, timeout: float) -> list[bool]:
-    stream, response, _ = await _open(
-        host,
-        peer_id,
-        wire.HaveRequest(dataset_id_digest(dataset_id)),
-        wire.HaveResponse,
-        timeout,
-        wire.MAX_REQUEST_BYTES + shard_count // 8 + 64,
-    )
+    stream, response, _ = await _open(host, peer_id, wire.HaveRequest(dataset_id_digest(dataset_id)), timeout)
     await _reset(stream)
     try:
         return wire.have_shards(response.shards, shard_count)
@@ -175,9 +154,7 @@ class PeerSource(Source):
             yield start, Body()
             return
         request = wire.ReadRequest(self.digest, shard, kind, start, size - start)
-        stream, response, first = await _open(
-            self.host, self.peer_id, request, wire.ReadResponse, self.read_timeout, wire.MAX_REQUEST_BYTES
-        )
+        stream, response, first = await _open(self.host, self.peer_id, request, self.read_timeout)
         try:
             if response.length != size - start:
                 raise SourceError(f"{self.name}: offered {response.length} bytes of {path}, asked {size - start}")

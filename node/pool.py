@@ -21,7 +21,7 @@ from kogitune.settings import settings
 from .body import Body
 from .sources import Source
 
-log = logging.getLogger("kogitune.fetch")
+log = logging.getLogger(__name__)
 MIN_SOURCE_RATE = settings().min_rate
 """Bytes per second below which a source's stream counts as failed (`KOGITUNE_MIN_RATE`), measured over windows of
 RATE_WINDOW_SECONDS of waiting for it: a peer that drips a byte a second is dropped from that stream after one

@@ -19,7 +19,7 @@ from kogitune.settings import settings
 
 from .peers import fetch_have
 
-log = logging.getLogger("kogitune.node")
+log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = settings().connect_timeout
 LOOKUP_DEADLINE = settings().lookup_deadline
 """How long `find_providers` keeps looking before it returns none (then: "no peer provides"). Meanwhile it asks the

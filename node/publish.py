@@ -13,13 +13,11 @@ import trio
 
 from kogitune.errors import NodeError
 from kogitune.files import read_limited, write_atomic
-from kogitune.layout import MANIFEST_FILE, SHARDS_DIR, write_signature
+from kogitune.layout import MANIFEST_FILE, SHARDS_DIR, write_allow_files, write_signature
 from kogitune.protocol import wire
 from kogitune.protocol.ids import is_peer_id
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from kogitune.protocol.signing import sign_allow_list, sign_dataset
-
-from .server import write_allow_files
 
 
 async def publish(node, tensor_path: str, allow: list[str] | None = None) -> str:

@@ -19,8 +19,14 @@ from pathlib import Path
 import trio
 
 from kogitune.content_store import ContentStore
-from kogitune.files import write_atomic
-from kogitune.layout import ALLOW_FILE, ALLOW_SIGNATURE_FILE, MANIFEST_FILE, SIGNATURE_FILE, read_signature
+from kogitune.layout import (
+    ALLOW_FILE,
+    ALLOW_SIGNATURE_FILE,
+    MANIFEST_FILE,
+    SIGNATURE_FILE,
+    read_allow_files,
+    read_signature,
+)
 from kogitune.marks import stat_signature
 from kogitune.protocol import wire
 from kogitune.protocol.errors import ManifestError
@@ -32,7 +38,7 @@ from kogitune.settings import settings
 from .host import FairSlots, ip_key
 from .integrity import StoreGuard, open_served
 
-log = logging.getLogger("kogitune.node")
+log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 """Bytes of a served file read (and checked unchanged, StoreGuard.check_unchanged) at once before they are sent."""
 WRITE_BYTES = CHUNK
@@ -306,22 +312,6 @@ def not_held(dataset_id: str) -> wire.WireError:
     """The answer to a request for a dataset this node does not hold, and to a peer that may not fetch a private
     one: the same code and message, so that a refused peer cannot tell whether the node holds it."""
     return wire.WireError("not_found", f"this node does not hold {dataset_id}")
-
-
-def write_allow_files(directory: Path, allow, signature: bytes) -> None:
-    """Store an allow-list (one peer ID a line) and the publisher's signature of it in a dataset directory."""
-    write_atomic(directory / ALLOW_FILE, "".join(f"{peer}\n" for peer in allow).encode())
-    write_atomic(directory / ALLOW_SIGNATURE_FILE, signature)
-
-
-def read_allow_files(directory: Path) -> tuple[tuple[str, ...], bytes]:
-    """The allow-list (one peer ID a line) and its signature as stored in a dataset directory; empty if absent."""
-    try:
-        lines = (directory / ALLOW_FILE).read_text(encoding="ascii", errors="replace").splitlines()
-        signature = (directory / ALLOW_SIGNATURE_FILE).read_bytes()
-    except FileNotFoundError:
-        return (), b""
-    return tuple(line.strip() for line in lines if line.strip()), signature
 
 
 def _stamp(path: Path) -> tuple | None:

@@ -18,11 +18,12 @@ import trio
 from kogitune.errors import NodeError
 from kogitune.layout import CONFIG_FILE, LOG_FILE, NODE_LOCK_FILE
 from kogitune.protocol.jsonlimits import loads
-from kogitune.settings import settings
+from kogitune.settings import DEFAULT_LISTEN, settings
 
 from .control import serve_control
-from .daemon import DEFAULT_LISTEN, Node, NodeConfig
+from .daemon import Node, NodeConfig
 
+log = logging.getLogger(__name__)
 READY_PREFIX = "kogitune node "
 
 
@@ -71,7 +72,7 @@ def _check_addresses(home: Path, listen: list[str], bootstrap: list[str]) -> Non
             host = next(parsed.value_for_protocol(p) for p in ("ip4", "ip6") if p in _protocols(parsed))
             port = int(parsed.value_for_protocol("tcp"))
         except Exception:
-            raise NodeError(f"--listen {address!r} is not a TCP multiaddr such as /ip4/0.0.0.0/tcp/4011") from None
+            raise NodeError(f"--listen {address!r} is not a TCP multiaddr such as {DEFAULT_LISTEN}") from None
         if port:
             _check_port_free(address, host, port)
     for address in bootstrap_peers(home, bootstrap):
@@ -114,10 +115,10 @@ def run_node(home: Path, listen: list[str], bootstrap: list[str], reprovide_inte
         _check_addresses(home, listen, bootstrap)
         handler = logging.FileHandler(home / LOG_FILE)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        for name in ("kogitune",):
-            logging.getLogger(name).addHandler(handler)
-            logging.getLogger(name).setLevel(logging.INFO)
-            logging.getLogger(name).propagate = False
+        root = logging.getLogger("kogitune")  # every module logs to a logger named after it, under "kogitune"
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        root.propagate = False
         config = NodeConfig(
             home=home,
             listen=listen,
@@ -139,7 +140,7 @@ async def _serve(node: Node) -> bool:
         await nursery.start(serve_control, node)
         nursery.start_soon(_stop_on_signal, node)
         print(f"{READY_PREFIX}{node.peer_id} listening on {' '.join(_full(node))}", flush=True)
-        logging.getLogger("kogitune.node").info("started %s on %s", node.peer_id, _full(node))
+        log.info("started %s on %s", node.peer_id, _full(node))
         await node.wait_stopped()
         nursery.cancel_scope.cancel()
     return True

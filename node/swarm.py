@@ -32,26 +32,19 @@ import trio
 
 from kogitune.content_store import ContentStore
 from kogitune.errors import FetchError, KogituneError, SourceError
-from kogitune.files import read_limited, write_atomic
-from kogitune.layout import MANIFEST_FILE, SIGNATURE_FILE, read_signature, write_signature
-from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
-from kogitune.protocol.signing import (
-    PUBLIC_KEY_BYTES,
-    SIGNATURE_BYTES,
-    allowed_peers,
-    check_signed_manifest,
-    peer_id_from_public_key,
-)
+from kogitune.layout import MANIFEST_FILE, SIGNATURE_FILE, split_signature
+from kogitune.protocol.manifest import Manifest
+from kogitune.protocol.signing import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, check_signed_manifest
 from kogitune.settings import settings
 
+from .copies import ManifestCopy, store_copy, stored_copy
 from .fetch import ShardFetch
 from .peers import PeerSource, fetch_signed_manifest
 from .pool import SourcePool, fetch_manifest, first_answer, prefetch_in_order
 from .providers import connect_providers
-from .server import write_allow_files
 from .sources import HttpSource
 
-log = logging.getLogger("kogitune.node")
+log = logging.getLogger(__name__)
 MANIFEST_AT_ONCE = 3
 """Providers asked for the signed manifest at once; one more is asked each time one fails, and each time
 HEDGE_SECONDS go by without an answer as many more as are waiting (pool.first_answer). The first valid manifest
@@ -75,7 +68,7 @@ class OpenDataset:
     manifest: Manifest
     publisher: str | None
     pool: SourcePool
-    copy: _Copy
+    copy: ManifestCopy
     looking_for_peers: bool = False
 
     def trusted_by(self, trusted: frozenset[str] | None) -> bool:
@@ -83,32 +76,15 @@ class OpenDataset:
 
 
 @dataclass
-class _Copy:
-    """A manifest that hashes to the ID, from wherever it came, and the signature found for it."""
-
-    data: bytes
-    manifest: Manifest
-    public_key: bytes = b""
-    signature: bytes = b""
-    allow: tuple[str, ...] = ()
-    allow_signature: bytes = b""
-    first_peer: object = None
-
-    @property
-    def publisher(self) -> str | None:
-        return peer_id_from_public_key(self.public_key) if self.public_key else None
-
-
-@dataclass
 class _Race:
     """The mirrors' and the peers' answers to one open: the first valid copy wins; `why` says what each side did."""
 
     sides: int
-    copy: _Copy | None = None
+    copy: ManifestCopy | None = None
     why: list[str] = field(default_factory=list)
     done: trio.Event = field(default_factory=trio.Event)
 
-    def won(self, copy: _Copy) -> None:
+    def won(self, copy: ManifestCopy) -> None:
         if self.copy is None:
             self.copy = copy
             self.done.set()
@@ -151,7 +127,7 @@ class Swarm:
             if opened is None or not opened.trusted_by(trusted):
                 opened = self.opened[dataset_id] = await self._resolve(dataset_id, mirrors, trusted, peers)
             elif not (opened.directory / MANIFEST_FILE).exists():  # the store was removed or evicted meanwhile
-                self._store_copy(dataset_id, opened.copy)
+                store_copy(self.store, dataset_id, opened.copy)
             for url in mirrors:
                 opened.pool.add(HttpSource(url, self.read_timeout))
             if peers and not opened.looking_for_peers and mirrors:
@@ -167,8 +143,8 @@ class Swarm:
         dataset_id = manifest.dataset_id
         async with self._opening[dataset_id]:
             if dataset_id not in self.opened:
-                copy = _Copy(data, manifest)
-                directory = self._store_copy(dataset_id, copy)
+                copy = ManifestCopy(data, manifest)
+                directory = store_copy(self.store, dataset_id, copy)
                 self.opened[dataset_id] = OpenDataset(dataset_id, directory, manifest, None, pool, copy)
                 return self.opened[dataset_id]
         return await self.open(dataset_id, [h.source.name for h in pool.health], peers=False)
@@ -177,7 +153,7 @@ class Swarm:
         if not mirrors:
             return await self._resolve_from_peers(dataset_id, trusted)
         pool = SourcePool([HttpSource(url, self.read_timeout) for url in mirrors])
-        copy = self._stored_copy(dataset_id)
+        copy = stored_copy(self.store, dataset_id)
         if copy is None or (trusted is not None and copy.publisher not in trusted):
             race = _Race(sides=2 if peers else 1)
             async with trio.open_nursery() as nursery:
@@ -189,12 +165,10 @@ class Swarm:
             if race.copy is None:
                 raise FetchError(f"no source gave a valid manifest of {dataset_id}: {'; '.join(race.why)}")
             copy = race.copy
-        directory = self._store_copy(dataset_id, copy)
+        directory = store_copy(self.store, dataset_id, copy)
         opened = OpenDataset(dataset_id, directory, copy.manifest, copy.publisher, pool, copy)
-        if copy.first_peer is not None:
-            opened.pool.add(
-                PeerSource(await self._host(), copy.first_peer, dataset_id, copy.manifest, self.read_timeout)
-            )
+        if copy.peer is not None:
+            opened.pool.add(PeerSource(await self._host(), copy.peer, dataset_id, copy.manifest, self.read_timeout))
         return opened
 
     async def _resolve_from_peers(self, dataset_id: str, trusted) -> OpenDataset:
@@ -212,8 +186,8 @@ class Swarm:
         copy = await self._first_signed_manifest(network, dataset_id, reachable, trusted, failed)
         if copy is None:
             raise FetchError(f"no provider of {dataset_id} gave a valid manifest: {'; '.join(failed.values())}")
-        sources = [copy.first_peer] + [p for p in reachable if p != copy.first_peer and str(p) not in failed]
-        directory = self._store_copy(dataset_id, copy, network.peer_id)
+        sources = [copy.peer] + [p for p in reachable if p != copy.peer and str(p) not in failed]
+        directory = store_copy(self.store, dataset_id, copy, network.peer_id)
         pool = SourcePool(
             [PeerSource(network.host, peer, dataset_id, copy.manifest, self.read_timeout) for peer in sources]
         )
@@ -225,22 +199,14 @@ class Swarm:
 
         async def ask(peer):
             try:
-                signed = await fetch_signed_manifest(network.host, peer, dataset_id, self.read_timeout)
+                copy = await fetch_signed_manifest(network.host, peer, dataset_id, self.read_timeout)
             except Exception as exc:
                 failed[str(peer)] = str(exc) if isinstance(exc, SourceError) else f"{peer}: {exc}"
                 return None
-            if trusted is not None and signed.publisher not in trusted:
-                failed[str(peer)] = f"{peer}: serves a copy signed by {signed.publisher}, who is not trusted"
+            if trusted is not None and copy.publisher not in trusted:
+                failed[str(peer)] = f"{peer}: serves a copy signed by {copy.publisher}, who is not trusted"
                 return None
-            return _Copy(
-                signed.data,
-                signed.manifest,
-                signed.public_key,
-                signed.signature,
-                signed.allow,
-                signed.allow_signature,
-                peer,
-            )
+            return copy
 
         return await first_answer(peers, ask, at_once=MANIFEST_AT_ONCE)
 
@@ -251,7 +217,7 @@ class Swarm:
             race.lost(str(exc))
             return
         public_key, signature = await self._mirror_signature(pool, dataset_id, data)
-        copy = _Copy(data, manifest, public_key, signature)
+        copy = ManifestCopy(data, manifest, public_key, signature)
         if trusted is not None and copy.publisher not in trusted:
             why = f"signed by {copy.publisher}" if copy.publisher else "with no valid signature file"
             race.lost(f"the web mirrors serve {dataset_id} {why}, and trusted_publishers does not name it")
@@ -269,13 +235,13 @@ class Swarm:
             try:
                 with trio.fail_after(self.read_timeout):
                     signed = await health.source.read_all(SIGNATURE_FILE, size)
-                check_signed_manifest(dataset_id, data, signed[:PUBLIC_KEY_BYTES], signed[PUBLIC_KEY_BYTES:])
+                check_signed_manifest(dataset_id, data, *split_signature(signed))
             except (SourceError, KogituneError, ValueError, trio.TooSlowError):
                 return None
             return signed
 
         signed = await first_answer(pool.usable(), ask)
-        return (signed[:PUBLIC_KEY_BYTES], signed[PUBLIC_KEY_BYTES:]) if signed else (b"", b"")
+        return split_signature(signed) if signed else (b"", b"")
 
     async def _manifest_from_peers(self, race: _Race, dataset_id: str, trusted) -> None:
         """The peers' side of the race: providers, then the first valid signed manifest (MANIFEST_AT_ONCE)."""
@@ -321,48 +287,6 @@ class Swarm:
 
     async def _host(self):
         return (await self.network(optional=False)).host
-
-    def _stored_copy(self, dataset_id: str) -> _Copy | None:
-        """The manifest of `dataset_id` in the store if it hashes to the ID, with its signature if that verifies."""
-        directory = self.store.dataset_dir(dataset_id)
-        try:
-            data = read_limited(directory / MANIFEST_FILE, MAX_MANIFEST_BYTES)
-            manifest = parse_manifest(data)
-        except (OSError, KogituneError):
-            return None
-        if manifest.dataset_id != dataset_id:
-            return None
-        try:
-            public_key, signature = read_signature(directory)
-            check_signed_manifest(dataset_id, data, public_key, signature)
-        except (OSError, KogituneError, ValueError):
-            return _Copy(data, manifest)
-        return _Copy(data, manifest, public_key, signature)
-
-    def _store_copy(self, dataset_id: str, copy: _Copy, own_peer_id: str = "") -> Path:
-        """Write a checked manifest (and its signature, with which this node serves the dataset on) into the
-        store; keep the allow-list of a private dataset when the publisher it names signed it (written first, as
-        in publish, so the copy is never served without it). Any other list is dropped: a public dataset has none,
-        whoever signed one, and a replica never inherits a list its publisher did not sign. A list held already
-        is not dropped because another provider sent none."""
-        directory = self.store.make_dataset_dir(dataset_id, copy.manifest.is_private)
-        if copy.allow and copy.publisher != own_peer_id:
-            if allowed_peers(dataset_id, copy.manifest, copy.allow, copy.allow_signature):
-                write_allow_files(directory, copy.allow, copy.allow_signature)
-            else:
-                log.warning(
-                    "%s: a provider sent an allow-list with a public manifest, or one that the publisher the "
-                    "manifest names did not sign; ignored",
-                    dataset_id,
-                )
-        stored = self._stored_copy(dataset_id)
-        if stored is None or stored.data != copy.data:
-            write_atomic(directory / MANIFEST_FILE, copy.data)
-        if copy.public_key and (
-            stored is None or stored.public_key + stored.signature != copy.public_key + copy.signature
-        ):
-            write_signature(directory, copy.public_key, copy.signature)
-        return directory
 
     # ---- fetching -----------------------------------------------------------------------------------------------
 

@@ -53,7 +53,9 @@ def serve(line: bytes, node=UNREACHED_NODE) -> dict:
 
 
 def failures(caplog) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "kogitune.node" and "control request failed" in r.getMessage()]
+    return [
+        r for r in caplog.records if r.name == "kogitune.node.control" and "control request failed" in r.getMessage()
+    ]
 
 
 @pytest.mark.parametrize(

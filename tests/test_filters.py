@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from kogitune.corpora import write_kjv_chapters
-from kogitune.filters import REGISTRY, FilterError, FilterResult, Pipeline, build_filter, parse_filter_spec, run
+from kogitune.filters import REGISTRY, FilterError, FilterResult, Pipeline, build_filter, parse_filter_spec, report
 from kogitune.filters.language import detect_language
 from kogitune.filters.pii import luhn_valid
 from kogitune.filters.repetition import WordArrays, ngram_repeats
@@ -209,10 +209,10 @@ def test_command_line_filter_specs():
 
 
 def test_percentiles_come_from_a_bounded_seeded_sample(monkeypatch):
-    monkeypatch.setattr(run, "MAX_SCORES", 1000)
-    total, sampler = run.FilterStats("length"), random.Random(0)
+    monkeypatch.setattr(report, "MAX_SCORES", 1000)
+    total, sampler = report.FilterStats("length"), random.Random(0)
     for batch in range(10):
-        total.merge(run.FilterStats("length", scores=[float(batch * 1000 + i) for i in range(1000)]), sampler, 3)
+        total.merge(report.FilterStats("length", scores=[float(batch * 1000 + i) for i in range(1000)]), sampler, 3)
     summary = total.to_dict()["scores"]
     assert summary["count"] == 10_000 and summary["sampled"] and len(total.scores) == 1000
     assert 3500 < summary["p50"] < 6500 and summary["p0"] < 500 and summary["p100"] > 9500

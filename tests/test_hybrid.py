@@ -1,8 +1,9 @@
 """Hybrid recipe entries: a dataset ID with the web mirrors that host it (web seeds). Real processes: node processes
 (`kogitune node start` on 127.0.0.1), mirror servers (tests/mirror_server.py), trainers in fresh Python processes
 with no daemon (their embedded node). The trainer gets exactly the stored tokens from mirrors alone (no node
-anywhere, and a bootstrap peer that is down must not make it wait), from peers alone, and from both with a lying
-mirror, which is dropped; a daemon that fetched a dataset from a mirror serves it on to another node."""
+anywhere, and a bootstrap peer that is down must not make it wait), from peers alone, and from both with one source
+lying (a mirror, or a peer), which is dropped; a daemon that fetched a dataset from a mirror serves it on to another
+node, and `kogitune get --mirror` fetches from a mirror with no peer."""
 
 import json
 import os
@@ -12,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import copy_tensor
+from conftest import copy_tensor, flip_byte
 from mirrors import mirrors
 from netnodes import ENV
 
@@ -20,6 +21,7 @@ from kogitune.client import DaemonClient, open_dataset_id
 from kogitune.content_store import ContentStore
 from kogitune.corpora import write_kjv_chapters
 from kogitune.errors import FetchError
+from kogitune.marks import record_verified
 from kogitune.protocol.signing import peer_id_from_public_key, sign_dataset
 from kogitune.recipe import DatasetRecipe, parse_entry
 from kogitune.tensor import DataTensor
@@ -33,7 +35,9 @@ import json, sys
 import numpy as np
 from kogitune.client import embedded_node
 from kogitune.trainers import DatasetRecipe
-dataset = DatasetRecipe([json.loads(sys.argv[1])], shuffle=False).get_train_dataset(int(sys.argv[2]))
+trusted = json.loads(sys.argv[4]) if len(sys.argv) > 4 else None
+recipe = DatasetRecipe([json.loads(sys.argv[1])], shuffle=False, trusted_publishers=trusted)
+dataset = recipe.get_train_dataset(int(sys.argv[2]))
 np.save(sys.argv[3], np.stack([dataset[i]["input_ids"].numpy() for i in range(len(dataset))]))
 dataset_id = dataset.tensors[0].dataset_id
 print(json.dumps({"bytes": embedded_node().source_bytes(dataset_id), "report": embedded_node().report(dataset_id)}))
@@ -54,13 +58,14 @@ def expected(tensor: DataTensor) -> np.ndarray:
     return np.stack([dataset[i]["input_ids"].numpy() for i in range(len(dataset))])
 
 
-def train(tmp_path, entry, bootstrap: str = "") -> tuple[np.ndarray, dict, float]:
+def train(tmp_path, entry, bootstrap: str = "", trusted=None) -> tuple[np.ndarray, dict, float]:
     """A training process with no daemon (its embedded node): (samples, what its sources did, seconds)."""
     out = tmp_path / "seen.npy"
     env = {**ENV, "KOGITUNE_HOME": str(tmp_path / "trainer"), "KOGITUNE_BOOTSTRAP": bootstrap}
     started = time.monotonic()
+    trust = [json.dumps(trusted)] if trusted is not None else []
     result = subprocess.run(
-        [sys.executable, "-c", TRAIN_SCRIPT, json.dumps(entry), str(BLOCK), str(out)],
+        [sys.executable, "-c", TRAIN_SCRIPT, json.dumps(entry), str(BLOCK), str(out), *trust],
         capture_output=True,
         text=True,
         env=env,
@@ -133,6 +138,26 @@ def test_peers_and_a_lying_mirror(tensor, nodes, tmp_path):
     assert sources["bytes"][f"peer {a.peer_id}"] > 0
 
 
+def test_a_lying_peer_beside_an_honest_mirror(tensor, nodes, tmp_path):
+    """A peer process that serves wrong tokens (its store copy was changed in every piece, and its verification
+    marks forged so that its server sends the changed files as checked) and an honest mirror: the trainer gets
+    exactly the stored tokens, and the peer is dropped for a wrong hash. The trainer trusts only the peer's
+    signature, so the peer's signed manifest opens the dataset (the mirror's copy, from `kogitune store`, has no
+    signature) and the peer is in the pool from the first shard on."""
+    a = nodes("a")
+    dataset_id = a.cli("publish", str(copy_tensor(tensor, tmp_path / "published"))).stdout.strip()
+    held = DataTensor(a.home / "datasets" / dataset_id)
+    for shard in held.shards:
+        for offset in range(0, shard.size, held.manifest.piece_size):
+            flip_byte(held.path / shard.tokens_path, offset)
+    record_verified(held.path, held.manifest, held.shards)  # the lie
+    with mirrors(tensor.path, "ok") as urls:
+        seen, sources, _ = train(tmp_path, {"id": dataset_id, "mirrors": urls}, a.address, trusted=[a.peer_id])
+    np.testing.assert_array_equal(seen, expected(tensor))
+    assert f"peer {a.peer_id}: dropped, sent shard" in sources["report"] and "wrong hash" in sources["report"]
+    assert sources["bytes"][urls[0]] == sum(shard.size for shard in tensor.shards)
+
+
 def test_a_daemon_serves_on_what_it_fetched_from_a_mirror(tensor, nodes):
     """D fetches a published dataset from a web mirror of the publisher's directory (manifest, shards, signature)
     with no peer to ask; E, which knows only D, then gets it from D."""
@@ -150,3 +175,14 @@ def test_a_daemon_serves_on_what_it_fetched_from_a_mirror(tensor, nodes):
     assert DataTensor(e.home / "datasets" / dataset_id).verify() == []
     served = DaemonClient(d.home).call("status", 10)["bytes_served"]
     assert served >= sum(shard.size for shard in tensor.shards)
+
+
+def test_get_with_a_mirror_and_no_peer(tensor, nodes):
+    """`kogitune get ID --mirror URL` on a daemon that knows no peer: every shard comes from the mirror, checked
+    against the ID. The copy (a `kogitune store` directory: no signature) is kept but not announced or served."""
+    d = nodes("d")
+    with mirrors(tensor.path, "ok") as urls:
+        got = d.cli("get", tensor.dataset_id, "--mirror", urls[0], "--quiet").stdout
+    assert f"{urls[0]}: ok" in got, got
+    assert DataTensor(d.home / "datasets" / tensor.dataset_id).verify() == []
+    assert tensor.dataset_id not in DaemonClient(d.home).call("status", 10)["datasets"]

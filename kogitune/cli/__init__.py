@@ -14,7 +14,7 @@ import traceback
 
 from ..errors import KogituneError
 from . import network, tensors
-from .common import EXIT_BUG, EXIT_DAMAGED, EXIT_ERROR, EXIT_OK, MAX_DOCUMENT_HELP
+from .common import EXIT_BUG, EXIT_DAMAGED, EXIT_ERROR, EXIT_OK, MAX_DOCUMENT_HELP, SETTINGS_HELP
 from .tensors import filter_cli, store_cli
 
 __all__ = [
@@ -32,7 +32,9 @@ __all__ = [
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="kogitune", description="Tokenize text once into content-addressed data tensors; share and train on them."
+        prog="kogitune",
+        description="Tokenize text once into content-addressed data tensors; share and train on them.",
+        epilog=SETTINGS_HELP,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     tensors.add_commands(commands)

@@ -9,6 +9,10 @@ HOME_HELP = (
     "node home: identity, store, control socket, log (default: $KOGITUNE_HOME, else "
     "$XDG_CACHE_HOME/kogitune, else ~/.cache/kogitune)"
 )
+SETTINGS_HELP = (
+    "Timeouts, sizes and limits are settings; each is taken from the first of: its flag, $KOGITUNE_<NAME>, "
+    "<home>/config.json, its built-in default (docs/user-guide.md#settings)."
+)
 MAX_DOCUMENT_HELP = (
     "a longer input line (one JSON document) is a bad line, in MiB (default: 16, "
     "kogitune.write.MAX_DOCUMENT_BYTES); no more than this of a line is held in memory"

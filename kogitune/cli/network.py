@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..errors import KogituneError
-from .common import EXIT_OK, HOME_HELP, at_least, home_of
+from ..settings import DEFAULT_LISTEN, DEFAULTS
+from .common import EXIT_OK, HOME_HELP, SETTINGS_HELP, at_least, home_of
 
 
 def add_commands(commands) -> None:
@@ -13,8 +14,8 @@ def add_commands(commands) -> None:
         help="list or trim the local store of fetched datasets",
         description="The local store ($KOGITUNE_HOME, default ~/.cache/kogitune) keeps fetched shards. "
         "`ls` lists its datasets; `gc` evicts unpinned shards and the partial files of unfinished "
-        "fetches, least recently used first, until the store fits its limit ($KOGITUNE_CACHE_LIMIT in "
-        "GB, default 50 GB). It skips what a process is fetching or reading.",
+        "fetches, least recently used first, until the store fits its limit (the setting cache_limit, in GB, "
+        f"default {DEFAULTS.cache_limit:g} GB). It skips what a process is fetching or reading. {SETTINGS_HELP}",
     )
     cache.add_argument("action", choices=["ls", "gc"])
     cache.add_argument(
@@ -28,7 +29,8 @@ def add_commands(commands) -> None:
         help="run or talk to a Kogitune node (libp2p host + DHT + data server)",
         description="`start` runs a node in the foreground (`--detach`: in the background): a libp2p host (TCP, "
         "Noise, Yamux) with a persistent identity, a Kademlia DHT in server mode, and the data server; "
-        "it announces every complete dataset in its store. `stop`, `status`, `peers` ask a running node.",
+        "it announces every complete dataset in its store. `stop`, `status`, `peers` ask a running node. "
+        f"{SETTINGS_HELP}",
     )
     node.add_argument("action", choices=["start", "stop", "status", "peers"])
     node.add_argument("--home", help=HOME_HELP)
@@ -36,7 +38,7 @@ def add_commands(commands) -> None:
         "--listen",
         action="append",
         metavar="MULTIADDR",
-        help="address to listen on (default: /ip4/0.0.0.0/tcp/4011); repeatable",
+        help=f"address to listen on (default: {DEFAULT_LISTEN}); repeatable",
     )
     node.add_argument(
         "--bootstrap",
@@ -49,8 +51,8 @@ def add_commands(commands) -> None:
         "--reprovide-interval",
         type=at_least(1, float),
         metavar="SECONDS",
-        help="announce the datasets again this often (default: the setting reprovide_interval, 21600; DHT records "
-        "expire after 48 h)",
+        help="announce the datasets again this often (default: the setting reprovide_interval, "
+        f"{DEFAULTS.reprovide_interval:g}; DHT records expire after 48 h)",
     )
     node.add_argument("--detach", action="store_true", help="with start: run in the background, print its address")
     node.set_defaults(run=_node)
@@ -68,8 +70,20 @@ def add_commands(commands) -> None:
     publish.add_argument("--home", help=HOME_HELP)
     publish.set_defaults(run=_publish)
 
-    get = commands.add_parser("get", help="fetch a dataset by ID into the node's store; the node then provides it")
+    get = commands.add_parser(
+        "get",
+        help="fetch a dataset by ID into the node's store; the node then provides it",
+        description="Fetches every shard from the peers that provide the ID and from the web mirrors named with "
+        "--mirror, all at once; every piece is checked against the ID. The node provides the dataset once it holds "
+        "it, if the copy carries its publisher's signature (a mirror of a published directory serves one).",
+    )
     get.add_argument("dataset_id")
+    get.add_argument(
+        "--mirror",
+        action="append",
+        metavar="URL",
+        help="a web mirror of the dataset (http(s) URL of a data tensor directory), used beside the peers; repeatable",
+    )
     get.add_argument("--home", help=HOME_HELP)
     get.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     get.set_defaults(run=_get)
@@ -195,13 +209,14 @@ def _get(args) -> int:
     from ..tensor import DataTensor
 
     client = DaemonClient(home_of(args))
-    directory = Path(client.call("open", id=args.dataset_id)["directory"])
+    mirrors = args.mirror or []
+    directory = Path(client.call("open", id=args.dataset_id, mirrors=mirrors)["directory"])
     shards = DataTensor(directory).shards
     outcome: dict = {}
 
     def get() -> None:
         try:
-            outcome["reply"] = client.call("get", timeout=None, id=args.dataset_id)
+            outcome["reply"] = client.call("get", timeout=None, id=args.dataset_id, mirrors=mirrors)
         except KogituneError as exc:
             outcome["error"] = exc
 

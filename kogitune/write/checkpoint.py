@@ -24,7 +24,7 @@ from .shards import DTYPES_NP, TensorWriter
 if TYPE_CHECKING:
     from .job import StoreOptions, StoreReport
 
-log = logging.getLogger("kogitune.store")
+log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.json"
 CHECKPOINT_SECONDS = 30.0
 """How often a store records how far it got (an fsync of the shard being written and a small JSON file)."""

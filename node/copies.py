@@ -1,0 +1,84 @@
+"""A dataset's copy in a content store, besides its shards: the manifest that hashes to the dataset ID, the
+publisher's signature of that ID, and a private dataset's allow-list as its publisher signed it.
+
+The fetch service (node/swarm.py) writes a copy when it opens a dataset (`store_copy`) and reads it back when a
+dataset is opened again (`stored_copy`); a training process reads it too (kogitune/client.py), to open a dataset it
+already holds without the network. Files only: no trio, no libp2p.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from kogitune.content_store import ContentStore
+from kogitune.errors import KogituneError
+from kogitune.files import read_limited, write_atomic
+from kogitune.layout import MANIFEST_FILE, read_signature, write_allow_files, write_signature
+from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
+from kogitune.protocol.signing import allowed_peers, check_signed_manifest, peer_id_from_public_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ManifestCopy:
+    """A manifest that hashes to its dataset ID, from wherever it came (the store, a peer, a web mirror), with the
+    signature found for it: none for an unsigned copy from web mirrors, which a node does not serve on. `peer`: the
+    peer that served it, if one did (it is the first source of the dataset's pool)."""
+
+    data: bytes
+    manifest: Manifest
+    public_key: bytes = b""
+    signature: bytes = b""
+    allow: tuple[str, ...] = ()
+    allow_signature: bytes = b""
+    peer: object = None
+
+    @property
+    def publisher(self) -> str | None:
+        return peer_id_from_public_key(self.public_key) if self.public_key else None
+
+
+def stored_copy(store: ContentStore, dataset_id: str) -> ManifestCopy | None:
+    """The manifest of `dataset_id` in `store` if it hashes to the ID (else None), with its signature if that
+    verifies."""
+    directory = store.dataset_dir(dataset_id)
+    try:
+        data = read_limited(directory / MANIFEST_FILE, MAX_MANIFEST_BYTES)
+        manifest = parse_manifest(data)
+    except (OSError, KogituneError, ValueError):
+        return None
+    if manifest.dataset_id != dataset_id:
+        return None
+    try:
+        public_key, signature = read_signature(directory)
+        check_signed_manifest(dataset_id, data, public_key, signature)
+    except (OSError, KogituneError, ValueError):
+        return ManifestCopy(data, manifest)
+    return ManifestCopy(data, manifest, public_key, signature)
+
+
+def store_copy(store: ContentStore, dataset_id: str, copy: ManifestCopy, own_peer_id: str = "") -> Path:
+    """Write a checked manifest (and its signature, with which a node serves the dataset on) into `store`; keep the
+    allow-list of a private dataset when the publisher it names signed it (written first, as in publish, so the
+    copy is never served without it). Any other list is dropped: a public dataset has none, whoever signed one, and
+    a replica never inherits a list its publisher did not sign. A list held already is not dropped because another
+    provider sent none. Returns the dataset's directory."""
+    directory = store.make_dataset_dir(dataset_id, copy.manifest.is_private)
+    if copy.allow and copy.publisher != own_peer_id:
+        if allowed_peers(dataset_id, copy.manifest, copy.allow, copy.allow_signature):
+            write_allow_files(directory, copy.allow, copy.allow_signature)
+        else:
+            log.warning(
+                "%s: a provider sent an allow-list with a public manifest, or one that the publisher the "
+                "manifest names did not sign; ignored",
+                dataset_id,
+            )
+    stored = stored_copy(store, dataset_id)
+    if stored is None or stored.data != copy.data:
+        write_atomic(directory / MANIFEST_FILE, copy.data)
+    if copy.public_key and (stored is None or stored.public_key + stored.signature != copy.public_key + copy.signature):
+        write_signature(directory, copy.public_key, copy.signature)
+    return directory
