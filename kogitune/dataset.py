@@ -19,12 +19,16 @@ import operator
 from array import array
 from bisect import bisect_right
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .errors import RecipeError
 from .tensor import DataTensor
+
+if TYPE_CHECKING:
+    from .collection import DataCollection
 
 DEFAULT_WINDOW = 4
 DEFAULT_LOOKAHEAD = 2
@@ -58,7 +62,7 @@ class TokenBlockDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        tensors: list[DataTensor],
+        tensors: list[DataTensor | DataCollection],
         block_size: int | None = None,
         *,
         budgets=None,
@@ -96,19 +100,14 @@ class TokenBlockDataset(torch.utils.data.Dataset):
         self.__dict__.update(state)
         self._epoch_view = self._shared_epoch.numpy()
 
-    def _samples_per_shard(self, tensor: DataTensor) -> list[int]:
+    def _samples_per_shard(self, tensor: DataTensor | DataCollection) -> list[int]:
         stored = tensor.manifest.block_size
         if stored % self.block_size:
             raise RecipeError(
                 f"block size {self.block_size} does not divide the stored block size {stored} of "
                 f"{tensor.path}; choose a divisor of {stored}"
             )
-        counts, tokens_left = [], tensor.manifest.tokens
-        for shard in tensor.shards:
-            real = min(tokens_left, shard.blocks * stored)
-            tokens_left -= real
-            counts.append(-(-real // self.block_size))
-        return counts
+        return [-(-real // self.block_size) for real in tensor.shard_token_counts()]
 
     def set_epoch(self, epoch: int) -> None:
         """Lay out epoch `epoch` (HF Trainer and accelerate call this at each epoch). The epoch sits in shared

@@ -50,6 +50,11 @@ SIGNATURE_FILE = "signature"
 ALLOW_FILE = "allow"
 ALLOW_SIGNATURE_FILE = "allow.signature"
 PINNED_FILE = "pinned"
+COLLECTION_FILE = "collection.json"
+"""A collection's manifest (kogitune.protocol.collection), in a collection directory instead of manifest.json."""
+PARTS_DIR = "parts"
+"""Where a collection directory holds its parts: `parts/<index, 5 digits>`, a tensor directory or a symbolic link
+to one."""
 
 TOKENS, PIECES, DOCS = "tokens", "pieces", "docs"
 """The suffixes of a shard's three files (`shards/<name>.<suffix>`)."""
@@ -81,6 +86,11 @@ def shard_lock_path(directory: Path, shard_name: str) -> Path:
 def shard_used_path(directory: Path, shard_name: str) -> Path:
     """The lock that readers hold shared until they have mapped a shard; its mtime says when it was last used."""
     return shard_file(directory, shard_name, USED)
+
+
+def part_path(collection: Path, index: int) -> Path:
+    """`<collection>/parts/<index:05d>`: part `index` of a collection directory."""
+    return Path(collection) / PARTS_DIR / f"{index:05d}"
 
 
 def partial_path(path: Path) -> Path:

@@ -58,10 +58,15 @@ def ordered_map(
 def _start_worker(initializer: Callable, *initargs) -> None:
     """First thing in each worker: exit when the parent process dies (a SIGKILLed store would otherwise leave its
     workers blocked on a full pipe forever), then the caller's initializer."""
+    follow_parent()
+    initializer(*initargs)
+
+
+def follow_parent() -> None:
+    """In a process that multiprocessing started: exit as soon as the parent process dies."""
     parent = multiprocessing.parent_process()
     if parent is not None:
         threading.Thread(target=_exit_with_parent, args=(parent.sentinel,), daemon=True).start()
-    initializer(*initargs)
 
 
 def _exit_with_parent(sentinel: int) -> None:

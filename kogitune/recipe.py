@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from kogitune.protocol.ids import is_dataset_id
 
+from .collection import DataCollection, open_local
 from .errors import RecipeError, TokenizerError
 from .tensor import DataTensor
 
@@ -163,7 +164,7 @@ class DatasetRecipe:
         self.store = store
         self.trusted_publishers = trusted_publishers
 
-    def tensors(self) -> list[DataTensor]:
+    def tensors(self) -> list[DataTensor | DataCollection]:
         tensors = [self._open(entry) for entry in self.entries]
         first = tensors[0]
         for tensor in tensors[1:]:
@@ -186,7 +187,7 @@ class DatasetRecipe:
         options = {"shuffle": self.shuffle, "seed": self.seed, **options}
         return TokenBlockDataset(tensors, block_size, budgets=budgets, names=[e.name for e in self.entries], **options)
 
-    def _open(self, entry: RecipeEntry) -> DataTensor:
+    def _open(self, entry: RecipeEntry) -> DataTensor | DataCollection:
         if entry.dataset_id is not None:
             from .client import open_dataset_id
 
@@ -197,10 +198,10 @@ class DatasetRecipe:
             return open_mirrors(list(entry.mirrors), self.store)
         if len(entry.sources) > 1:
             raise RecipeError(f"{entry.name}: several local paths in one entry; list each tensor as its own entry")
-        return DataTensor(entry.sources[0])
+        return open_local(entry.sources[0])
 
 
-def _budget(entry: RecipeEntry, tensor: DataTensor, block_size: int) -> int | None:
+def _budget(entry: RecipeEntry, tensor: DataTensor | DataCollection, block_size: int) -> int | None:
     if entry.tokens is not None:
         return max(1, -(-entry.tokens // block_size))
     if entry.weight is not None:

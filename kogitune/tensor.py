@@ -153,6 +153,14 @@ class DataTensor:
             raise IntegrityError(f"{self.path}: shard {shard.name}: {shard.docs_path} does not match the manifest")
         return np.frombuffer(data, dtype="<u4")
 
+    def shard_token_counts(self) -> list[int]:
+        """The real tokens (padding excluded) of each shard, in order: the padding is at the end of the last."""
+        counts, left = [], self.manifest.tokens
+        for shard in self.shards:
+            counts.append(min(left, shard.blocks * self.manifest.block_size))
+            left -= counts[-1]
+        return counts
+
     def tokens(self) -> np.ndarray:
         """All real tokens (padding excluded) in one array; for inspection and tests, not for training."""
         stream = np.concatenate([self.shard_tokens(i) for i in range(len(self.shards))])
@@ -241,6 +249,10 @@ class DataTensor:
         data = path.read_bytes() if path.is_file() else b""
         return data if root_of(data) == shard.root else None
 
+    def is_verified(self) -> bool:
+        """Whether every shard's files are as they were when they last passed verification (no hashing: marks)."""
+        return all(self._is_marked(shard) for shard in self.shards)
+
     def _is_marked(self, shard: ShardInfo) -> bool:
         """Whether the shard's files are as they were when they last passed verification (a missing file never
         is); remembered in this process, so that opening the shard again reads no marks file."""
@@ -255,7 +267,7 @@ def verify(tensor: str | os.PathLike | DataTensor, home: str | os.PathLike | Non
         problems = kogitune.verify("gpt2-f04f/corpus")      # a tensor directory
         problems = kogitune.verify("kg1-...")               # a dataset in the content store of `home`
 
-    `tensor`: a tensor directory, a DataTensor, or the ID of a dataset held in the content store of `home` (default:
+    `tensor`: a tensor or collection directory, a DataTensor, or the ID of a dataset held in the content store of `home` (default:
     $KOGITUNE_HOME; its missing shards are reported missing). Shards that pass are marked verified, so that
     opening them later does not hash them again. Raises TensorError if it is not a data tensor at all.
     """
@@ -271,7 +283,9 @@ def verify(tensor: str | os.PathLike | DataTensor, home: str | os.PathLike | Non
                 f"{tensor} is not in the content store {content.home}: fetch it with `kogitune get {tensor}`"
             )
         return DataTensor(directory).verify()
-    return DataTensor(tensor).verify()
+    from .collection import open_local  # a collection directory too
+
+    return open_local(tensor).verify()
 
 
 def _map_shared(path: Path, dtype: np.dtype) -> np.memmap:

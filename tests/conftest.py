@@ -7,9 +7,11 @@ The expensive things (stores, a trained tokenizer) are session fixtures. Tests t
 from __future__ import annotations
 
 import functools
+import gzip
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +162,42 @@ def small_corpus(corpus_dir) -> Path:
 @pytest.fixture(scope="session")
 def small_texts(small_corpus) -> list[str]:
     return read_texts(small_corpus)
+
+
+PARTS_FLAGS = ["--block-size", str(BLOCK), "--shard-size", str(SHARD / (1 << 20)), "--piece-size", "64", "--quiet"]
+"""OPTIONS as `kogitune store` flags."""
+
+
+def cli(*argv) -> list[str]:
+    """The command line of `kogitune ARGV...` in a process of its own."""
+    return [sys.executable, "-m", "kogitune.cli", *map(str, argv)]
+
+
+@pytest.fixture(scope="session")
+def parts_inputs(tmp_path_factory, small_corpus) -> list[Path]:
+    """Inputs for parts: a Parquet file of 4 row groups (cut between them), a plain JSONL file (cut at line starts)
+    and a small .gz (whole only)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path_factory.mktemp("parts-inputs")
+    lines = small_corpus.read_bytes().splitlines(keepends=True)
+    (root / "a.jsonl").write_bytes(b"".join(lines[:30]))
+    (root / "b.jsonl.gz").write_bytes(gzip.compress(b"".join(lines[30:33])))
+    texts = [json.loads(line)["text"] for line in lines[33:]]
+    pq.write_table(pa.table({"text": texts}), root / "c.parquet", row_group_size=2)
+    return [root / "c.parquet", root / "a.jsonl", root / "b.jsonl.gz"]
+
+
+@pytest.fixture(scope="session")
+def parts_collection(parts_inputs, tmp_path_factory):
+    """`store --parts 4` of parts_inputs: the four parts by local processes, then the merge."""
+    from kogitune.cli import main
+    from kogitune.collection import DataCollection
+
+    out = tmp_path_factory.mktemp("parts-run") / "coll"
+    assert main(["store", *map(str, parts_inputs), "--parts", "4", "-o", str(out), *PARTS_FLAGS]) == 0
+    return DataCollection(out)
 
 
 @pytest.fixture(scope="session")

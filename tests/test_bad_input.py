@@ -197,9 +197,10 @@ def test_damaged_compressed_input(tmp_path, small_corpus, capsys, suffix, make):
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
-def test_a_directory_given_as_input(tmp_path, capsys):
+def test_a_directory_without_inputs(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not an input")
     code, _, err = run_cli(capsys, "store", tmp_path, "-o", tmp_path / "out", *CLI_STORE)
-    assert code == 2 and f"{tmp_path} is a directory; give the JSONL files in it" in err
+    assert code == 2 and f"{tmp_path}: a directory with no input files" in err
 
 
 @pytest.mark.parametrize("setting", ["HF_HUB_OFFLINE", "HF_ENDPOINT"])

@@ -18,6 +18,12 @@ MAX_DOCUMENT_HELP = (
     "kogitune.write.MAX_DOCUMENT_BYTES); no more than this of a line is held in memory"
 )
 
+INPUTS_HELP = (
+    "input files: JSONL (one document per line; .jsonl, .jsonl.gz, .jsonl.zst), Parquet (.parquet), HF datasets "
+    "saved to disk (their directory), directories of such files, glob patterns"
+)
+TEXT_KEY_HELP = "JSON key, or Parquet / datasets column, holding the text (default: text)"
+
 
 def mib(size: float | None) -> int | None:
     return None if size is None else int(size * (1 << 20))
@@ -41,6 +47,14 @@ def at_least(low, kind):
         return value
 
     return parse
+
+
+def task_of(text: str) -> tuple[int, int]:
+    """An argparse type: "I/N", part I (from 0) of N."""
+    index, slash, count = text.partition("/")
+    if not (slash and index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N (part I of N, from 0), got {text!r}")
+    return int(index), int(count)
 
 
 def home_of(args):

@@ -75,10 +75,10 @@ def _verify(args) -> int:
 
 
 def _open(directory):
-    """The tensor of a directory (the one place where these commands open one)."""
-    from ..tensor import DataTensor
+    """The tensor or collection of a directory (the one place where these commands open one)."""
+    from ..collection import open_local
 
-    return DataTensor(directory)
+    return open_local(directory)
 
 
 def _local(args):
@@ -113,6 +113,7 @@ def _held(args, command: str):
 
 def _info(args) -> int:
     from ..client import remote_manifest
+    from ..collection import DataCollection
 
     directory = _local(args)
     if directory is None:
@@ -137,6 +138,8 @@ def _info(args) -> int:
     )
     inputs = ", ".join(f"{i['name']} ({i['size']:,} B)" for i in m.provenance.get("inputs", []))
     print(f"inputs      {inputs or '-'}")
+    if directory is not None and isinstance(tensor, DataCollection):
+        print(f"parts       {len(tensor.parts)}: " + ", ".join(part.dataset_id for part in tensor.parts))
     if m.access is not None:
         print(f"access      private, published by {m.access.publisher} (served only to the peers it allows)")
     return EXIT_OK

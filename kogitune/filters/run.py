@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from ..errors import BadInputError, DiskFullError
 from ..files import DISK_FULL, write_atomic
 from ..parallel import ordered_map
-from ..write.inputs import MAX_DOCUMENT_BYTES, InputReader, check_max_document_bytes, document_of
+from ..write.inputs import MAX_DOCUMENT_BYTES, InputReader, check_max_document_bytes, document_of, expand_inputs
 from .base import Pipeline
 from .report import FilterReport, FilterStats, report_path
 
@@ -146,12 +146,7 @@ def filter_files(
 
     options = options or FilterOptions()
     pipeline = config if isinstance(config, Pipeline) else Pipeline.from_config(config)
-    paths = [Path(f) for f in files]
-    if not paths:
-        raise BadInputError("no input files given")
-    for path in paths:
-        if not path.is_file():
-            raise BadInputError(f"{path}: no such file")
+    paths = expand_inputs([files] if isinstance(files, (str, os.PathLike)) else list(files))
     if output is None and not options.dry_run:
         raise BadInputError("no output file given; pass -o OUT.jsonl, or --dry-run for a report only")
     out = Path(output) if output is not None else None
@@ -160,7 +155,9 @@ def filter_files(
         out, pipeline.to_config(), dry_run=options.dry_run, filters=[FilterStats(f.name) for f in pipeline.filters]
     )
     head, tail = pipeline.split_stateless_prefix()
-    reader = InputReader(paths, options.skip_bad_lines, max_line_bytes=options.max_document_bytes)
+    reader = InputReader(
+        paths, options.skip_bad_lines, max_line_bytes=options.max_document_bytes, text_key=options.text_key
+    )
     sampler = random.Random(0)
     with (
         _OutputFile(out, enabled=not options.dry_run) as sink,

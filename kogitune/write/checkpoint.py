@@ -18,7 +18,7 @@ from ..files import write_atomic
 from ..layout import TOKENS, shard_file
 from ..perturb import Perturber
 from ..tokenizer import Tokenizer
-from .inputs import InputReader
+from .inputs import InputReader, Span
 from .shards import DTYPES_NP, TensorWriter
 
 if TYPE_CHECKING:
@@ -32,12 +32,12 @@ COUNTERS = ("bad_lines", "empty_documents", "filtered_documents", "text_bytes")
 """The StoreReport counters a checkpoint carries (the rest of the report is counted again at the end)."""
 
 
-def job_description(paths: list[Path], tok: Tokenizer, options: StoreOptions, batch_bytes: int) -> dict:
+def job_description(spans: list[Span], tok: Tokenizer, options: StoreOptions, batch_bytes: int) -> dict:
     """What a checkpoint is valid for: going on from it must give the tensor that starting afresh would."""
     inputs = []
-    for path in paths:
-        st = path.stat()
-        inputs.append([str(path.resolve()), st.st_size, st.st_mtime_ns])
+    for span in spans:
+        st = span.path.stat()
+        inputs.append([str(span.path.resolve()), st.st_size, st.st_mtime_ns, span.start, span.stop])
     return {
         "kogitune": __version__,
         "tokenizer": tok.fingerprint,
@@ -51,7 +51,7 @@ def job_description(paths: list[Path], tok: Tokenizer, options: StoreOptions, ba
 
 
 def usable_checkpoint(
-    partial: Path, paths: list[Path], tok: Tokenizer, options: StoreOptions, batch_bytes: int
+    partial: Path, spans: list[Span], tok: Tokenizer, options: StoreOptions, batch_bytes: int
 ) -> dict | None:
     """The checkpoint an interrupted store of the same job left in `partial`, if any."""
     try:
@@ -59,7 +59,7 @@ def usable_checkpoint(
     except (OSError, ValueError):
         return None
     if not isinstance(checkpoint, dict) or checkpoint.get("job") != json.loads(
-        json.dumps(job_description(paths, tok, options, batch_bytes))
+        json.dumps(job_description(spans, tok, options, batch_bytes))
     ):
         log.info("%s: the inputs, tokenizer or options changed since the checkpoint; starting afresh", partial)
         return None
@@ -74,11 +74,12 @@ def usable_checkpoint(
 
 
 def _same_bytes_read(read) -> bool:
-    """Whether each input still starts with the bytes the checkpoint read from it ([path, count, SHA-256])."""
+    """Whether each input still holds the bytes the checkpoint read from it ([path, first byte, count, SHA-256])."""
     try:
-        for path, count, digest in read:
+        for path, start, count, digest in read:
             sha = hashlib.sha256()
             with open(path, "rb") as f:
+                f.seek(start)
                 left = count
                 while left and (chunk := f.read(min(left, 1 << 20))):
                     sha.update(chunk)

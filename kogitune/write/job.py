@@ -38,7 +38,7 @@ from kogitune.protocol.manifest import (
 )
 
 from .. import __version__
-from ..errors import BadInputError, DiskFullError, KogituneError, TensorError
+from ..errors import DiskFullError, KogituneError, TensorError
 from ..files import DISK_FULL, exclusive_lock, write_atomic
 from ..layout import MANIFEST_FILE, partial_path, store_lock_path
 from ..marks import record_verified
@@ -53,7 +53,15 @@ from .checkpoint import (
     save_checkpoint,
     usable_checkpoint,
 )
-from .inputs import BATCH_BYTES, INPUT_SUFFIXES, MAX_DOCUMENT_BYTES, InputReader, check_max_document_bytes
+from .inputs import (
+    BATCH_BYTES,
+    INPUT_SUFFIXES,
+    MAX_DOCUMENT_BYTES,
+    InputReader,
+    Span,
+    check_max_document_bytes,
+    expand_inputs,
+)
 from .pack import stateless_pipeline, tokenize_in_order
 from .shards import TensorWriter
 
@@ -149,7 +157,8 @@ def store(
     progress: bool = True,
     **settings,
 ) -> StoreReport:
-    """Tokenize JSONL `inputs` (one file or several; plain, .gz or .zst) into a data tensor directory; return a
+    """Tokenize `inputs` into a data tensor directory: JSONL files (plain, .gz or .zst), Parquet files, HF
+    `datasets` saved to disk, directories of such files and glob patterns (`kogitune.write.expand_inputs`); return a
     StoreReport (its `path` and `dataset_id`, and what was stored and skipped). As `kogitune store` does.
 
         report = kogitune.store("corpus.jsonl", "gpt2", "gpt2-f04f/corpus", block_size=1024)
@@ -163,20 +172,25 @@ def store(
     Raises KogituneError subclasses (BadInputError, TokenizerError, DiskFullError, ...). With worker processes
     (the default with filters), call it under `if __name__ == "__main__":` in a script.
     """
-    options = _with_settings(options or StoreOptions(), settings)
-    files = [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs
-    paths = [Path(f) for f in files]
-    if not paths:
-        raise BadInputError("no input files given")
-    for path in paths:
-        if path.is_dir():
-            raise BadInputError(f"{path} is a directory; give the JSONL files in it (e.g. {path}/*.jsonl)")
-        if not path.is_file():
-            raise BadInputError(f"{path}: no such file")
+    options = options_with(options or StoreOptions(), settings)
+    paths = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))
     if options.filters is not None:
         stateless_pipeline(options.filters)
     tok = load_tokenizer(tokenizer)
     out = Path(output) if output is not None else default_output(tok, paths[0])
+    return store_spans([Span(path) for path in paths], tok, out, options, progress)
+
+
+def store_spans(
+    spans: list[Span],
+    tok: Tokenizer,
+    out: Path,
+    options: StoreOptions,
+    progress: bool = True,
+    provenance: dict | None = None,
+) -> StoreReport:
+    """`store` of these spans of input files (kogitune.write.parts stores a part of its inputs so), with the
+    `provenance` entries given added to the manifest's."""
     with exclusive_lock(store_lock_path(out), f"storing into {out}"):
         _settle_replace(out)
         if (out / MANIFEST_FILE).exists() and not options.overwrite:
@@ -186,7 +200,7 @@ def store(
                 f"{out} exists and is not a data tensor (it has no {MANIFEST_FILE}); choose another output or remove it"
             )
         partial = partial_path(out)
-        checkpoint = usable_checkpoint(partial, paths, tok, options, BATCH_BYTES)
+        checkpoint = usable_checkpoint(partial, spans, tok, options, BATCH_BYTES)
         if checkpoint is None:
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
@@ -194,7 +208,7 @@ def store(
             for leftover in [*partial.glob(".*.tmp"), *partial.glob("shards/.*.tmp")]:
                 leftover.unlink()  # an atomic write the interruption cut short
         try:
-            report = _write_tensor(paths, tok, partial, options, progress, checkpoint)
+            report = _write_tensor(spans, tok, partial, options, progress, checkpoint, provenance or {})
             _replace_dir(partial, out)
         except KogituneError:
             shutil.rmtree(partial, ignore_errors=True)  # bad input: only other inputs can go on from here
@@ -207,7 +221,7 @@ def store(
     return report
 
 
-def _with_settings(options: StoreOptions, settings: dict) -> StoreOptions:
+def options_with(options: StoreOptions, settings: dict) -> StoreOptions:
     """`options` with the fields in `settings` replaced; a filter config file or a perturbation spec string is
     read as the command line reads it."""
     if isinstance(settings.get("filters"), (str, os.PathLike, dict)):
@@ -269,19 +283,20 @@ def _settle_replace(target: Path) -> None:
 
 
 def _write_tensor(
-    paths: list[Path],
+    spans: list[Span],
     tok: Tokenizer,
     directory: Path,
     options: StoreOptions,
     progress: bool,
-    checkpoint: dict | None = None,
+    checkpoint: dict | None,
+    extra_provenance: dict,
 ) -> StoreReport:
     from tqdm import tqdm
 
     started = time.perf_counter()
     dtype = dtype_for_vocab(tok.vocab_size)
     writer = TensorWriter(directory, dtype, options.block_size, options.shard_size, options.piece_size, tok.eos_id)
-    reader = InputReader(paths, options.skip_bad_lines, BATCH_BYTES, options.max_document_bytes)
+    reader = InputReader(spans, options.skip_bad_lines, BATCH_BYTES, options.max_document_bytes, options.text_key)
     perturber = Perturber(options.perturb, tok.vocab_size) if options.perturb else None
     report = StoreReport(directory, "")
     done = 0
@@ -297,7 +312,7 @@ def _write_tensor(
     batches = itertools.islice(reader.batches(), done, None)
     with (
         tqdm(
-            total=sum(p.stat().st_size for p in paths),
+            total=sum(span.bytes() for span in spans),
             unit="B",
             unit_scale=True,
             desc="store",
@@ -322,7 +337,7 @@ def _write_tensor(
             bar.update(reader.bytes_read - bar.n)
             if time.monotonic() >= next_checkpoint:
                 job = job or job_description(
-                    paths, tok, options, BATCH_BYTES
+                    spans, tok, options, BATCH_BYTES
                 )  # not before: it needs the fingerprint, hashed meanwhile
                 save_checkpoint(directory, job, number + 1, writer, perturber, report, reader)
                 next_checkpoint = time.monotonic() + CHECKPOINT_SECONDS
@@ -330,6 +345,7 @@ def _write_tensor(
     provenance: dict[str, Any] = {
         "inputs": reader.inputs,
         "options": options.provenance(),
+        **extra_provenance,
         "kogitune": __version__,
         "skipped": {
             "bad_lines": report.bad_lines,
