@@ -75,6 +75,11 @@ class DataCollection:
     def shards(self) -> tuple[ShardInfo, ...]:
         return self.manifest.shards
 
+    def shard_path(self, index: int) -> Path:
+        """Where shard `index`'s tokens are: in the part that holds it."""
+        part, shard = self._part_of_shard[index]
+        return self.parts[part].shard_path(shard)
+
     def shard_tokens(self, index: int) -> np.ndarray:
         part, shard = self._part_of_shard[index]
         return self.parts[part].shard_tokens(shard)

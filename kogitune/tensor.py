@@ -76,6 +76,10 @@ class DataTensor:
     def shards(self) -> tuple[ShardInfo, ...]:
         return self.manifest.shards
 
+    def shard_path(self, index: int) -> Path:
+        """Where shard `index`'s tokens are (or will be, once fetched)."""
+        return self.path / self.shards[index].tokens_path
+
     def shard_tokens(self, index: int) -> np.ndarray:
         """The shard's tokens as a read-only memory map, verified the first time this process opens it. The last
         MAX_OPEN_SHARDS maps stay open (each holds a file descriptor, and keeps the cache from evicting the shard);

@@ -168,9 +168,7 @@ def _head(args) -> int:
     info = tensor.manifest.tokenizer
     count = min(args.n, tensor.manifest.blocks)
     needed = {int(tensor.shard_first_block.searchsorted(index, side="right")) - 1 for index in range(count)}
-    missing = [
-        tensor.shards[i].name for i in sorted(needed) if not (tensor.path / tensor.shards[i].tokens_path).exists()
-    ]
+    missing = [tensor.shards[i].name for i in sorted(needed) if not tensor.shard_path(i).exists()]
     if missing:
         raise TensorError(
             f"{tensor.path} lacks shard {missing[0]}, which holds the first blocks, and `head` reads only what is "
