@@ -11,15 +11,37 @@ in a collection.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import trio
 
 from kogitune.errors import NodeError
 from kogitune.protocol.collection import collection_file_bytes
 from kogitune.protocol.signing import sign_dataset
 
-from . import publish
 from .copies import CollectionCopy, store_collection, stored_collection
-from .swarm import OpenCollection
+
+
+@dataclass
+class OpenCollection:
+    """A collection opened by ID (Swarm.open): its checked, signed manifest in the store; its parts are opened as
+    datasets, each by its own ID."""
+
+    dataset_id: str
+    directory: Path
+    copy: CollectionCopy
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return self.copy.collection.parts
+
+    @property
+    def publisher(self) -> str | None:
+        return self.copy.publisher
+
+    def trusted_by(self, trusted: frozenset[str] | None) -> bool:
+        return trusted is None or self.publisher in trusted
 
 
 async def publish_collection(node, path: str, allow: list[str] | None = None) -> str:
@@ -34,7 +56,7 @@ async def publish_collection(node, path: str, allow: list[str] | None = None) ->
         )
     local = await trio.to_thread.run_sync(DataCollection, path)
     for part, part_id in zip(local.parts, local.collection.parts):
-        published = await publish.publish(node, str(part.path))
+        published = await node.publish(str(part.path))
         if published != part_id:
             raise NodeError(f"{part.path} changed while it was being published ({published}, not {part_id})")
     collection_id = local.dataset_id

@@ -21,8 +21,8 @@ from kogitune.layout import CONTROL_SOCKET_FILE
 from kogitune.protocol.ids import is_dataset_id
 from kogitune.protocol.jsonlimits import MAX_JSON_DEPTH, loads
 
+from .collection import OpenCollection
 from .daemon import Node
-from .swarm import OpenCollection
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup  # the backport that trio depends on

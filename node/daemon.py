@@ -23,11 +23,12 @@ from kogitune.protocol import wire
 from kogitune.settings import settings
 
 from . import collection, providers, publish
+from .collection import OpenCollection
 from .host import keep_dht_clients_out, load_identity_seed, new_kogitune_host
 from .integrity import CHANGED, shard_paths
 from .providers import CONNECT_TIMEOUT, LOOKUP_DEADLINE, load_manifest
 from .server import DataServer
-from .swarm import OpenCollection, OpenDataset, Swarm
+from .swarm import OpenDataset, Swarm
 
 if TYPE_CHECKING:  # libp2p loads when the node runs
     from libp2p.abc import IHost

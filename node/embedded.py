@@ -19,7 +19,8 @@ from kogitune.content_store import ContentStore
 from kogitune.errors import FetchError
 from kogitune.settings import settings
 
-from .swarm import OpenCollection, Swarm
+from .collection import OpenCollection
+from .swarm import Swarm
 
 if TYPE_CHECKING:
     from .daemon import Node

@@ -42,6 +42,7 @@ from kogitune.protocol.manifest import Manifest
 from kogitune.protocol.signing import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, check_signed_manifest
 from kogitune.settings import settings
 
+from .collection import OpenCollection
 from .copies import CollectionCopy, ManifestCopy, store_collection, store_copy, stored_collection, stored_copy
 from .fetch import ShardFetch
 from .peers import PeerSource, fetch_signed_manifest
@@ -75,26 +76,6 @@ class OpenDataset:
     pool: SourcePool
     copy: ManifestCopy
     looking_for_peers: bool = False
-
-    def trusted_by(self, trusted: frozenset[str] | None) -> bool:
-        return trusted is None or self.publisher in trusted
-
-
-@dataclass
-class OpenCollection:
-    """A collection opened by ID: its checked, signed manifest in the store; its parts are opened as datasets."""
-
-    dataset_id: str
-    directory: Path
-    copy: CollectionCopy
-
-    @property
-    def parts(self) -> tuple[str, ...]:
-        return self.copy.collection.parts
-
-    @property
-    def publisher(self) -> str | None:
-        return self.copy.publisher
 
     def trusted_by(self, trusted: frozenset[str] | None) -> bool:
         return trusted is None or self.publisher in trusted
