@@ -47,14 +47,13 @@ class DataCollection:
 
     def __init__(self, path: str | os.PathLike, open_part: Callable[[int, str], DataTensor] | None = None) -> None:
         self.path = Path(path)
-        self._open_part_by_id = open_part
         manifest_path = self.path / COLLECTION_FILE
         try:
             self.collection: Collection = parse_collection(read_limited(manifest_path, MAX_COLLECTION_BYTES))
         except ManifestError as exc:
             raise ManifestError(f"{manifest_path}: {exc}") from None
         self.dataset_id = self.collection.dataset_id
-        self.parts = [self._open_part(index, part_id) for index, part_id in enumerate(self.collection.parts)]
+        self.parts = [self._open_part(i, part_id, open_part) for i, part_id in enumerate(self.collection.parts)]
         self.manifest = summarize_parts(self.parts)
         self._part_of_shard = [(p, i) for p, part in enumerate(self.parts) for i in range(len(part.shards))]
         self.shard_first_block = np.cumsum([0] + [s.blocks for s in self.manifest.shards])
@@ -62,10 +61,10 @@ class DataCollection:
     def __repr__(self) -> str:
         return f"DataCollection({str(self.path)!r}, {self.dataset_id}, {len(self.parts)} parts)"
 
-    def _open_part(self, index: int, part_id: str) -> DataTensor:
+    def _open_part(self, index: int, part_id: str, open_part) -> DataTensor:
         place = part_path(self.path, index)
-        if self._open_part_by_id is not None:
-            tensor = self._open_part_by_id(index, part_id)
+        if open_part is not None:  # not kept: a DataLoader worker gets the opened parts, pickled
+            tensor = open_part(index, part_id)
         elif not place.exists():
             raise TensorError(f"{self.path}: part {index} ({part_id}) is missing: no tensor at {place}")
         else:

@@ -18,12 +18,14 @@ from kogitune.write.parts import merge, store_part
 BLOCK = 64
 PARTS = 3
 TRAIN_SCRIPT = """
+import pickle
 import sys
 import numpy as np
 from kogitune.recipe import DatasetRecipe
 tensors = DatasetRecipe([sys.argv[1]], shuffle=False).tensors()
 assert type(tensors[0]).__name__ == "DataCollection", tensors
 dataset = DatasetRecipe([sys.argv[1]], shuffle=False).get_train_dataset(int(sys.argv[2]))
+dataset = pickle.loads(pickle.dumps(dataset))  # as a spawned DataLoader worker gets it
 np.save(sys.argv[3], np.stack([dataset[i]["input_ids"].numpy() for i in range(len(dataset))]))
 """
 
