@@ -3,6 +3,8 @@ Prometheus exposition counts what a publish and a get between two node processes
 the dataset, and a slow, oversized or crowding client is cut within the limits."""
 
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -114,3 +116,34 @@ def hang_up(client: socket.socket) -> None:
     while client.recv(4096):
         pass
     client.close()
+
+
+WAIT_SCRIPT = """
+import sys
+from kogitune.recipe import DatasetRecipe
+dataset = DatasetRecipe([sys.argv[1]], shuffle=False).get_train_dataset(64)
+dataset[0]
+"""
+
+
+def test_a_training_process_waiting_for_a_shard_prints_its_progress_from_rank_0_only(tensor, tmp_path, monkeypatch):
+    """A mirror whose shards hang: the training process prints a progress line while it waits (every
+    progress_interval), then fails after the stall timeout. Another rank than 0 prints none."""
+    from mirrors import mirrors
+    from netnodes import ENV
+
+    from kogitune.progress import reports_progress
+
+    env = {**ENV, "KOGITUNE_HOME": str(tmp_path / "trainer"), "KOGITUNE_PROGRESS_INTERVAL": "0.2"}
+    env |= {"KOGITUNE_STALL_TIMEOUT": "1", "KOGITUNE_READ_TIMEOUT": "0.5"}
+    with mirrors(tensor.path, "hang") as (url,):
+        trainer = subprocess.run(
+            [sys.executable, "-c", WAIT_SCRIPT, url], env=env, capture_output=True, text=True, timeout=60
+        )
+    assert trainer.returncode and "FetchError" in trainer.stderr
+    assert f"kogitune: waiting for shard 0 of {tensor.dataset_id[:16]}... (" in trainer.stderr
+    assert "MB of the dataset verified" in trainer.stderr
+    monkeypatch.setenv("RANK", "1")
+    assert not reports_progress()
+    monkeypatch.setenv("RANK", "0")
+    assert reports_progress()
