@@ -113,7 +113,7 @@ class Reading:
         return sum(self.fetched.values())
 
 
-def fetched_total(node) -> int:
+def _fetched_now(node) -> int:
     """Verified bytes fetched by the node's open datasets, from every source (what the fetch rate follows)."""
     return sum(h.bytes_verified for opened in node.swarm.opened.values() for h in opened.pool.health)
 
@@ -121,7 +121,7 @@ def fetched_total(node) -> int:
 async def sample_rates(node, rates: Rates) -> None:
     """Sample the fetched and served totals every RATE_SAMPLE_SECONDS, for as long as the metrics are served."""
     while True:
-        rates.add(trio.current_time(), fetched_total(node), node.server.stats.bytes_served)
+        rates.add(trio.current_time(), _fetched_now(node), node.server.stats.bytes_served)
         await trio.sleep(RATE_SAMPLE_SECONDS)
 
 

@@ -91,7 +91,11 @@ async def serve_status(
         nursery.start_soon(sample_rates, node, rates)
 
         async def answer(stream: trio.SocketStream) -> None:
-            ip = ip_key(stream.socket.getpeername())
+            try:
+                ip = ip_key(stream.socket.getpeername())
+            except OSError:  # gone already
+                await trio.aclose_forcefully(stream)
+                return
             scope = trio.CancelScope()
             admitted, evicted = slots.take(ip, scope)
             if evicted is not None:
