@@ -25,6 +25,7 @@ from kogitune.settings import settings
 from . import providers, publish
 from .host import keep_dht_clients_out, load_identity_seed, new_kogitune_host
 from .integrity import CHANGED, shard_paths
+from .metrics import LOOKUP_BUCKETS, Timings
 from .providers import CONNECT_TIMEOUT, LOOKUP_DEADLINE, load_manifest
 from .server import DataServer
 from .swarm import OpenDataset, Swarm
@@ -67,6 +68,10 @@ class Node:
         self.server = DataServer(self.store)
         self._stop = trio.Event()
         self._announce_now = trio.Event()
+        self.lookup_timings = Timings(LOOKUP_BUCKETS)
+        """How long each provider lookup took, by outcome (found, none): node/metrics.py."""
+        self.metrics_url = ""
+        """Where the metrics and the status page are served (node/status_page.py), "" when they are not."""
 
     @property
     def peer_id(self) -> str:
@@ -218,8 +223,13 @@ class Node:
         return await publish.publish(self, tensor_path, allow)
 
     async def find_providers(self, dataset_id: str, deadline: float = LOOKUP_DEADLINE) -> list:
-        """See node/providers.py."""
-        return await providers.find_providers(self, dataset_id, deadline)
+        """See node/providers.py; timed (lookup_timings)."""
+        started, found = trio.current_time(), []
+        try:
+            found = await providers.find_providers(self, dataset_id, deadline)
+            return found
+        finally:
+            self.lookup_timings.observe("found" if found else "none", trio.current_time() - started)
 
     async def providers_status(self, dataset_id: str) -> list[dict]:
         """See node/providers.py (bounded by STATUS_ANSWER_SECONDS)."""
@@ -269,6 +279,7 @@ class Node:
             "refused": dict(self.server.stats.refused),
             "damaged": damaged,
             "changed": changed,
+            "metrics": self.metrics_url,
         }
 
     def _scan_store(self, damaged: set[tuple[str, str]]) -> tuple[list[str], list[dict]]:
