@@ -164,6 +164,15 @@ class DatasetRecipe:
         self.store = store
         self.trusted_publishers = trusted_publishers
 
+    @classmethod
+    def from_lock(cls, path, block_size: int | None = None, **options) -> DatasetRecipe:
+        """The recipe a lock file pins (`kogitune lock`, kogitune.lock): the same datasets, by ID, so the same
+        samples in the same order on any machine, wherever the data is found now (a local directory of the lock
+        that still holds the ID, the local store, peers, the lock's mirrors). `options` as for the constructor."""
+        from .lock import lock_entries, read_lock
+
+        return cls(lock_entries(read_lock(path)), block_size, **options)
+
     def tensors(self) -> list[DataTensor | DataCollection]:
         tensors = [self._open(entry) for entry in self.entries]
         first = tensors[0]
@@ -188,10 +197,11 @@ class DatasetRecipe:
         return TokenBlockDataset(tensors, block_size, budgets=budgets, names=[e.name for e in self.entries], **options)
 
     def _open(self, entry: RecipeEntry) -> DataTensor | DataCollection:
-        if entry.dataset_id is not None:
+        dataset_id = entry.dataset_id
+        if dataset_id is not None:
             from .client import open_dataset_id
 
-            return open_dataset_id(entry.dataset_id, self.trusted_publishers, mirrors=entry.mirrors, store=self.store)
+            return open_dataset_id(dataset_id, self.trusted_publishers, mirrors=entry.mirrors, store=self.store)
         if entry.mirrors:
             from .client import open_mirrors
 
