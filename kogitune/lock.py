@@ -38,6 +38,12 @@ def lock_recipe(entries, store: ContentStore | None = None) -> RecipeLock:
 def _locked(entry: RecipeEntry, store: ContentStore | None) -> LockedEntry:
     if entry.dataset_id is not None:
         return LockedEntry(entry.dataset_id, entry.tokens, entry.weight, entry.mirrors)
+    if entry.dataset_name is not None:
+        from .names import resolve_name
+
+        home = store.home if store is not None else None
+        dataset_id = resolve_name(entry.dataset_name, home)
+        return LockedEntry(dataset_id, entry.tokens, entry.weight, entry.mirrors, name=entry.dataset_name)
     if entry.mirrors:
         from .client import open_mirrors
 

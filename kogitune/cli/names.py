@@ -19,6 +19,22 @@ def add_commands(commands) -> None:
     lock.add_argument("-o", "--output", required=True, help="the lock file to write (e.g. RECIPE.lock.json)")
     lock.add_argument("--home", help=HOME_HELP)
     lock.set_defaults(run=_lock)
+    resolve = commands.add_parser(
+        "resolve",
+        help="print the dataset ID a name points to now",
+        description="NAME is <peer ID>/<name> (the newest valid record on the DHT, through the node of --home or "
+        "a node started for the lookup), or a bare name this node publishes (`publish --name`).",
+    )
+    resolve.add_argument("name", help="<peer ID>/<name>, or a name this node publishes")
+    resolve.add_argument("--home", help=HOME_HELP)
+    resolve.set_defaults(run=_resolve)
+
+
+def _resolve(args) -> int:
+    from ..names import resolve_name
+
+    print(resolve_name(args.name, home_of(args)))
+    return EXIT_OK
 
 
 def _lock(args) -> int:
