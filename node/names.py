@@ -12,7 +12,7 @@ import logging
 
 import trio
 
-from kogitune.errors import NodeError
+from kogitune.errors import IntegrityError, ManifestError, NodeError
 from kogitune.names import next_sequence, own_records, save_own_record
 from kogitune.protocol.names import (
     NAME_NAMESPACE,
@@ -27,6 +27,7 @@ from kogitune.protocol.names import (
 log = logging.getLogger(__name__)
 RESOLVE_DEADLINE = 10.0
 """Seconds a DHT lookup of a name may take before `resolve` says no record was found."""
+PEER_ANSWER_SECONDS = 3.0
 _KEY_PREFIX = f"/{NAME_NAMESPACE}/"
 
 
@@ -81,15 +82,53 @@ async def announce_names(node) -> None:
 
 
 async def resolve(node, name: str) -> NameRecord:
-    """The newest valid record of `name`: this node's own if it is the publisher, else from the DHT (validated and
-    selected by NameValidator); NodeError if none is found within RESOLVE_DEADLINE."""
+    """The newest valid record of `name`: this node's own if it is the publisher, else the winner of the records on
+    the DHT (validated and selected by NameValidator); NodeError if none is found within RESOLVE_DEADLINE.
+
+    py-libp2p's get_value answers from the node's own value store alone when that holds a record, which may be an
+    older version that reached this node before; so the closest peers are asked as well, and the newest wins."""
     publisher, _, short_name = name.partition("/")
     if publisher == node.peer_id:
         own = own_records(node.config.home).get(short_name)
         if own is not None:
             return own
+    key = record_key(name)
+    values: list[bytes] = []
     with trio.move_on_after(RESOLVE_DEADLINE):
-        value = await node.dht.get_value(record_key(name))
+        value = await node.dht.get_value(key)
         if value is not None:
-            return parse_record(value, name)
-    raise NodeError(f"no record of the name {name} was found on the DHT")
+            values.append(value)
+            values += await _ask_closest_peers(node, key)
+    records = []
+    for value in values:
+        try:
+            records.append(parse_record(value, name))
+        except (ManifestError, IntegrityError):
+            continue
+    if not records:
+        raise NodeError(f"no record of the name {name} was found on the DHT")
+    return records[select_record(records)]
+
+
+async def _ask_closest_peers(node, key: str) -> list[bytes]:
+    """The values the peers closest to `key` hold for it (each asked within PEER_ANSWER_SECONDS; failures skipped)."""
+    from libp2p.kad_dht.pb.kademlia_pb2 import Record
+
+    key_bytes = key.encode()
+    found: list[bytes] = []
+    peers = await node.dht.peer_routing.find_closest_peers_network(key_bytes)
+
+    async def ask(peer) -> None:
+        with trio.move_on_after(PEER_ANSWER_SECONDS):
+            try:
+                record = await node.dht.value_store._get_from_peer(peer, key_bytes, return_record=True)
+            except Exception:
+                return
+            if isinstance(record, Record) and record.value:
+                found.append(record.value)
+
+    async with trio.open_nursery() as nursery:
+        for peer in peers:
+            if str(peer) != node.peer_id:
+                nursery.start_soon(ask, peer)
+    return found
