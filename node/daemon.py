@@ -22,7 +22,7 @@ from kogitune.layout import SIGNATURE_FILE
 from kogitune.protocol import wire
 from kogitune.settings import settings
 
-from . import providers, publish
+from . import names, providers, publish
 from .host import keep_dht_clients_out, load_identity_seed, new_kogitune_host
 from .integrity import CHANGED, shard_paths
 from .metrics import LOOKUP_BUCKETS, Timings
@@ -100,6 +100,7 @@ class Node:
                     self.host.set_stream_handler(TProtocol(wire.PROTOCOL_ID), self.server.handle)
                 self.dht = KadDHT(self.host, DHTMode.SERVER if self.config.server else DHTMode.CLIENT)
                 keep_dht_clients_out(self.host, self.dht)
+                names.install(self.dht)
                 async with background_trio_service(self.dht), trio.open_nursery() as nursery:
                     self.nursery = nursery
                     self.swarm = Swarm(self.store, self._this_node, nursery, self.config.read_timeout)
@@ -198,6 +199,7 @@ class Node:
     async def announce_all(self) -> None:
         for dataset_id in await trio.to_thread.run_sync(self.complete_datasets):
             await self.announce(dataset_id)
+        await names.announce_names(self)
 
     async def announce(self, dataset_id: str) -> None:
         try:

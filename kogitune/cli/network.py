@@ -97,6 +97,12 @@ def add_commands(commands) -> None:
     )
     publish.add_argument("directory", help="a data tensor directory (the one with manifest.json)")
     publish.add_argument("--allow", action="append", metavar="PEER_ID", help="serve only to this peer; repeatable")
+    publish.add_argument(
+        "--name",
+        metavar="NAME",
+        help="also point the name <this node's peer ID>/NAME to the dataset: a signed record with a new version "
+        "number, announced on the DHT (the newest valid one wins); `kogitune resolve` reads it",
+    )
     publish.add_argument("--home", help=HOME_HELP)
     publish.set_defaults(run=_publish)
 
@@ -264,8 +270,11 @@ def _publish(args) -> int:
 
     from ..client import DaemonClient
 
-    reply = DaemonClient(home_of(args)).call("publish", path=str(Path(args.directory).resolve()), allow=args.allow)
+    path = str(Path(args.directory).resolve())
+    reply = DaemonClient(home_of(args)).call("publish", path=path, allow=args.allow, name=args.name)
     print(reply["id"])
+    if args.name is not None:
+        print(f"name {reply['name']} (version {reply['seq']})")
     return EXIT_OK
 
 
