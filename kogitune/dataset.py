@@ -194,6 +194,22 @@ class TokenBlockDataset(torch.utils.data.Dataset):
         return self._streams_total - self.start
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        source, position = self._order.locate(self._global_index(index))
+        stream = self._streams[source]
+        window, shard, sample = stream.locate(position)
+        if window != self._current_window[source] and self._remote[source]:
+            self._current_window[source] = window
+            self.tensors[source].prefetch(stream.shards_of_windows(window, window + 1 + self.lookahead))
+        first = sample * self.block_size
+        tokens = self.tensors[source].shard_tokens(shard)[first : first + self.block_size]
+        return {"input_ids": torch.from_numpy(tokens.astype(np.int64))}
+
+    def source_of(self, index: int) -> int:
+        """Which source (an index into the recipe's entries and `mixture`) item `index` comes from."""
+        return self._order.locate(self._global_index(index))[0]
+
+    def _global_index(self, index: int) -> int:
+        """Item `index` of the dataset as it stands: its place in the epoch's order (after the start)."""
         if type(index) is not int:
             try:
                 index = operator.index(index)
@@ -205,17 +221,7 @@ class TokenBlockDataset(torch.utils.data.Dataset):
         size = self._streams_total - start
         if not -size <= index < size:
             raise IndexError(f"sample {index} is out of range for a dataset of {size} samples")
-        if index < 0:
-            index += size
-        source, position = self._order.locate(start + index)
-        stream = self._streams[source]
-        window, shard, sample = stream.locate(position)
-        if window != self._current_window[source] and self._remote[source]:
-            self._current_window[source] = window
-            self.tensors[source].prefetch(stream.shards_of_windows(window, window + 1 + self.lookahead))
-        first = sample * self.block_size
-        tokens = self.tensors[source].shard_tokens(shard)[first : first + self.block_size]
-        return {"input_ids": torch.from_numpy(tokens.astype(np.int64))}
+        return start + index + (size if index < 0 else 0)
 
     def describe_mixture(self) -> str:
         return "\n".join(entry.describe(len(self), self.block_size) for entry in self.mixture)
