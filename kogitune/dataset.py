@@ -182,10 +182,10 @@ class TokenBlockDataset(torch.utils.data.Dataset):
         for stream in self._streams:
             stream.cache_limit = PERMUTATION_CACHE_ENTRIES // len(self._streams)
         self._streams_total = sum(self.budgets)
+        # The interleave's key ends in the number of sources, which no stream's key does; one source needs none.
+        mixed = self.shuffle and len(self.budgets) > 1
         self._order = (
-            Interleave(self.budgets, [self.seed, epoch, len(self.budgets)])
-            if self.shuffle
-            else Concatenation(self.budgets)
+            Interleave(self.budgets, [self.seed, epoch, len(self.budgets)]) if mixed else Concatenation(self.budgets)
         )
         self._current_window = [-1] * len(self._streams)
         self._remote = [t.remote is not None for t in self.tensors]
