@@ -1,0 +1,77 @@
+"""`kogitune filter --parts N`: exact and MinHash dedup in stages (signatures, buckets, decisions, write) keep
+exactly the documents that the sequential `kogitune filter` keeps, on local processes and on Ray."""
+
+import json
+import random
+
+import pytest
+
+from kogitune.corpora import kjv_verses
+from kogitune.filters.run import FilterOptions, filter_files
+from kogitune.filters.stages import filter_in_stages
+
+PIPELINE = {
+    "filters": [
+        {"name": "nfkc"},
+        {"name": "length", "min_chars": 60},
+        {"name": "exact_dedup"},
+        {"name": "pii"},
+        # loose bands, so that many documents share keys and the decisions replay long chains
+        {"name": "minhash_dedup", "bands": 20, "rows": 3, "ngram": 3},
+        {"name": "length", "max_chars": 600},
+    ]
+}
+
+
+@pytest.fixture(scope="module")
+def dedup_inputs(tmp_path_factory):
+    """Two JSONL files of 3-verse documents with exact copies (case and spacing changed) and edited copies."""
+    with open(kjv_verses(), encoding="utf-8") as f:
+        verses = [json.loads(line)["text"] for line in f][:6000]
+    rng = random.Random(5)
+    documents = [" ".join(verses[i : i + 3]) for i in range(0, len(verses), 3)]
+    for _ in range(600):
+        text = rng.choice(documents)
+        if rng.random() < 0.5:
+            text = text.upper() if rng.random() < 0.5 else text.replace(" ", "  ")
+        else:
+            words = text.split()
+            for _ in range(max(1, len(words) // 12)):
+                words[rng.randrange(len(words))] = rng.choice(words)
+            text = " ".join(words)
+        documents.insert(rng.randrange(len(documents)), text)
+    folder = tmp_path_factory.mktemp("dedup-inputs")
+    paths = [folder / "a.jsonl", folder / "b.jsonl"]
+    half = len(documents) * 2 // 3
+    for path, chunk in zip(paths, (documents[:half], documents[half:])):
+        path.write_text("".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(chunk)))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def sequential(dedup_inputs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sequential") / "out.jsonl"
+    report = filter_files(dedup_inputs, out, PIPELINE, FilterOptions(workers=1), progress=False)
+    return out.read_bytes(), report
+
+
+def parts_output(folder, parts):
+    return b"".join((folder / f"part-{part:05d}.jsonl").read_bytes() for part in range(parts))
+
+
+def test_three_parts_on_local_processes_keep_what_the_sequential_filter_keeps(dedup_inputs, sequential, tmp_path):
+    expected, report = sequential
+    by_name = {f.name: f.dropped for f in report.filters}
+    assert by_name["exact_dedup"] > 100 and by_name["minhash_dedup"] > 100  # both dedups have work to do
+    staged = filter_in_stages(dedup_inputs, tmp_path / "out", PIPELINE, parts=3, buckets=4)
+    assert parts_output(tmp_path / "out", 3) == expected
+    assert staged.kept == report.kept and staged.documents == report.documents
+    assert staged.deduplicated == {"exact_dedup": by_name["exact_dedup"], "minhash_dedup": by_name["minhash_dedup"]}
+    assert not (tmp_path / "out" / ".stages").exists()
+
+
+def test_exact_dedup_alone_in_parts_on_ray(dedup_inputs, tmp_path, local_ray):
+    config = {"filters": [{"name": "exact_dedup"}]}
+    filter_files(dedup_inputs, tmp_path / "seq.jsonl", config, FilterOptions(workers=1), progress=False)
+    filter_in_stages(dedup_inputs, tmp_path / "out", config, parts=3, buckets=2, executor="ray")
+    assert parts_output(tmp_path / "out", 3) == (tmp_path / "seq.jsonl").read_bytes()
