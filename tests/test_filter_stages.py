@@ -2,10 +2,13 @@
 exactly the documents that the sequential `kogitune filter` keeps, on local processes and on Ray."""
 
 import json
+import os
 import random
+import subprocess
 
 import pytest
 
+from kogitune.cli import main
 from kogitune.corpora import kjv_verses
 from kogitune.filters.run import FilterOptions, filter_files
 from kogitune.filters.stages import filter_in_stages
@@ -75,3 +78,19 @@ def test_exact_dedup_alone_in_parts_on_ray(dedup_inputs, tmp_path, local_ray):
     filter_files(dedup_inputs, tmp_path / "seq.jsonl", config, FilterOptions(workers=1), progress=False)
     filter_in_stages(dedup_inputs, tmp_path / "out", config, parts=3, buckets=2, executor="ray")
     assert parts_output(tmp_path / "out", 3) == (tmp_path / "seq.jsonl").read_bytes()
+
+
+def test_slurm_script_tasks_run_here_stage_by_stage_keep_the_same_documents(dedup_inputs, sequential, tmp_path):
+    script, out = tmp_path / "filter.sbatch", tmp_path / "out"
+    config = tmp_path / "pipeline.json"
+    config.write_text(json.dumps(PIPELINE))
+    argv = ["filter", *map(str, dedup_inputs), "-c", str(config), "--parts", "2", "--buckets", "1", "-o", str(out)]
+    assert main([*argv, "--slurm-array", str(script)]) == 0
+    text = script.read_text()
+    assert text.count("--dependency=afterok") == 4 and not out.exists()
+    for stage, count in (("signatures", 2), ("buckets", 2), ("decisions", 1), ("write", 2), ("finish", 1)):
+        env = [{**os.environ, "SLURM_ARRAY_TASK_ID": str(task)} for task in reversed(range(count))]
+        tasks = [subprocess.Popen(["bash", str(script), stage], env=e) for e in env]
+        assert [task.wait(timeout=120) for task in tasks] == [0] * count, stage
+    assert parts_output(out, 2) == sequential[0]
+    assert json.loads((out / "report.json").read_text())["kept"] == sequential[1].kept

@@ -44,6 +44,7 @@ PART_SHIFT = 40
 KEY_BUFFER = 1 << 18
 """Keys a signatures task holds before appending them to the bucket files (24 bytes each: key, document, value)."""
 STAGES = ("signatures", "buckets", "decisions", "write")
+"""The stages that run tasks; `finish` (one step) then writes the report."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ def signatures_task(job: StagedFilter, part: int) -> dict:
     keys.close()
     write_atomic(numbers_path, np.array(numbers, dtype="<u8").tobytes())
     counts["pending"] = len(numbers)
+    _write_counts(job, f"signatures-{part:05d}", counts)
     return counts
 
 
@@ -243,6 +245,7 @@ def decisions_task(job: StagedFilter) -> dict[int, int]:
         path = job.drops_file(part)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, mine.astype("<u8").tobytes())
+    _write_counts(job, "decisions", {str(at): n for at, n in counts.items()})
     return counts
 
 
@@ -255,7 +258,19 @@ def write_task(job: StagedFilter, part: int) -> int:
         for line, kept in zip(lines, keep.tolist()):
             if kept:
                 sink.write(line.rstrip(b"\n"))
+    _write_counts(job, f"write-{part:05d}", {"kept": int(keep.sum())})
     return int(keep.sum())
+
+
+def _write_counts(job: StagedFilter, name: str, counts: dict) -> None:
+    """A task's counts, for `finish` to sum into the report whichever machine ran the task."""
+    path = job.work / "counts" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(counts).encode())
+
+
+def _read_counts(job: StagedFilter, name: str) -> dict:
+    return json.loads((job.work / "counts" / f"{name}.json").read_bytes())
 
 
 @dataclass
@@ -281,6 +296,76 @@ class StagedReport:
         )
 
 
+def stage_tasks(job: StagedFilter, stage: str) -> int:
+    """How many tasks `stage` has: one per part, per dedup filter and bucket, or one."""
+    if stage in ("signatures", "write"):
+        return job.parts
+    if stage == "buckets":
+        return len(job.dedups()) * job.buckets
+    if stage in ("decisions", "finish"):
+        return 1
+    raise FilterError(f"unknown stage {stage!r}; the stages are {', '.join(STAGES)}")
+
+
+def run_task(job: StagedFilter, stage: str, task: int) -> None:
+    """Task `task` of `stage` (from 0 to stage_tasks - 1), as `kogitune filter --stage STAGE --task I/N` runs it.
+    Running a task again redoes it whole and gives the same files."""
+    count = stage_tasks(job, stage)
+    if not 0 <= task < count:
+        raise FilterError(f"stage {stage} has {count} tasks here; task {task} is not one of them")
+    if stage == "signatures":
+        signatures_task(job, task)
+    elif stage == "buckets":
+        bucket_task(job, job.dedups()[task // job.buckets], task % job.buckets)
+    elif stage == "decisions":
+        decisions_task(job)
+    elif stage == "write":
+        write_task(job, task)
+    else:
+        finish(job)
+
+
+def finish(job: StagedFilter) -> StagedReport:
+    """The last step: sum the tasks' counts into OUT/report.json, and remove the scratch files."""
+    filters = job.pipeline().filters
+    report = StagedReport(job.output, job.parts)
+    for part in range(job.parts):
+        counts = _read_counts(job, f"signatures-{part:05d}")
+        for key in ("documents", "empty_documents", "bad_lines"):
+            setattr(report, key, getattr(report, key) + counts[key])
+        report.kept += _read_counts(job, f"write-{part:05d}")["kept"]
+    report.deduplicated = {filters[int(at)].name: n for at, n in _read_counts(job, "decisions").items()}
+    write_atomic(job.output / "report.json", json.dumps(report.to_dict(), indent=1).encode() + b"\n")
+    shutil.rmtree(job.work, ignore_errors=True)
+    return report
+
+
+def staged_job(
+    files: list[str | os.PathLike],
+    output: str | os.PathLike,
+    config: dict | str | os.PathLike | Pipeline,
+    parts: int,
+    buckets: int | None = None,
+    options: FilterOptions | None = None,
+) -> StagedFilter:
+    """The job of filtering `files` in `parts` parts into the directory `output`, dedup keys in `buckets` buckets
+    (default: as many as parts); checks the pipeline and the split once, here, rather than in every task."""
+    pipeline = config if isinstance(config, Pipeline) else Pipeline.from_config(config)
+    job = StagedFilter(
+        tuple(expand_inputs(list(files))),
+        parts,
+        buckets or parts,
+        pipeline.to_config(),
+        Path(output),
+        options or FilterOptions(),
+    )
+    if job.buckets < 1:
+        raise FilterError(f"buckets must be 1 or more, got {job.buckets}")
+    job.pipeline()  # refuses a stateful filter other than the dedup filters
+    split_inputs(list(job.paths), parts)  # and inputs that cannot make `parts` parts
+    return job
+
+
 def filter_in_stages(
     files: list[str | os.PathLike],
     output: str | os.PathLike,
@@ -291,32 +376,13 @@ def filter_in_stages(
     executor: str = "local",
     address: str | None = None,
 ) -> StagedReport:
-    """Filter `files` in `parts` parts into the directory `output` (part-00000.jsonl, ...), dedup in stages over
-    `buckets` buckets (default: as many as parts), each stage's tasks on `executor` ("local" or "ray")."""
+    """Filter `files` in `parts` parts into the directory `output` (part-00000.jsonl, ...; report.json), running
+    each stage's tasks on `executor` ("local" processes or "ray", at `address`), one stage after the other."""
     from ..write.executors import run_tasks
 
-    pipeline = config if isinstance(config, Pipeline) else Pipeline.from_config(config)
-    job = StagedFilter(
-        tuple(expand_inputs(list(files))),
-        parts,
-        buckets or parts,
-        pipeline.to_config(),
-        Path(output),
-        options or FilterOptions(),
-    )
-    job.pipeline()  # refuses a stateful filter other than the dedup filters, here rather than in every task
-    split_inputs(list(job.paths), parts)  # and inputs that cannot make `parts` parts
-    filters = pipeline.filters
-    report = StagedReport(job.output, parts)
-    for counts in run_tasks(signatures_task, [(job, part) for part in range(parts)], executor, address):
-        for key in ("documents", "empty_documents", "bad_lines"):
-            setattr(report, key, getattr(report, key) + counts[key])
-    bucket_tasks = [(job, at, bucket) for at in job.dedups() for bucket in range(job.buckets)]
-    if bucket_tasks:
-        run_tasks(bucket_task, bucket_tasks, executor, address)
-    (dropped,) = run_tasks(decisions_task, [(job,)], executor, address)
-    report.deduplicated = {filters[at].name: n for at, n in dropped.items()}
-    report.kept = sum(run_tasks(write_task, [(job, part) for part in range(parts)], executor, address))
-    shutil.rmtree(job.work, ignore_errors=True)
-    write_atomic(job.output / "report.json", json.dumps(report.to_dict(), indent=1).encode() + b"\n")
-    return report
+    job = staged_job(files, output, config, parts, buckets, options)
+    for stage in STAGES:
+        tasks = [(job, stage, task) for task in range(stage_tasks(job, stage))]
+        if tasks:
+            run_tasks(run_task, tasks, executor, address)
+    return finish(job)
