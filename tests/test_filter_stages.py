@@ -10,6 +10,7 @@ import pytest
 
 from kogitune.cli import main
 from kogitune.corpora import kjv_verses
+from kogitune.filters import stages
 from kogitune.filters.run import FilterOptions, filter_files
 from kogitune.filters.stages import filter_in_stages
 
@@ -94,3 +95,17 @@ def test_slurm_script_tasks_run_here_stage_by_stage_keep_the_same_documents(dedu
         assert [task.wait(timeout=120) for task in tasks] == [0] * count, stage
     assert parts_output(out, 2) == sequential[0]
     assert json.loads((out / "report.json").read_text())["kept"] == sequential[1].kept
+
+
+def test_tasks_in_one_process_with_a_tiny_key_buffer_keep_the_same_documents(
+    dedup_inputs, sequential, tmp_path, monkeypatch
+):
+    """Each task alone, in shuffled order within a stage; the key buffer is flushed every 50 keys."""
+    monkeypatch.setattr(stages, "KEY_BUFFER", 50)
+    job = stages.staged_job(dedup_inputs, tmp_path / "out", PIPELINE, parts=3, buckets=3)
+    for stage in stages.STAGES:
+        count = stages.stage_tasks(job, stage)
+        for task in random.Random(stage).sample(range(count), count):
+            stages.run_task(job, stage, task)
+    report = stages.finish(job)
+    assert parts_output(tmp_path / "out", 3) == sequential[0] and report.kept == sequential[1].kept

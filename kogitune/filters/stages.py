@@ -41,8 +41,9 @@ from .run import FilterOptions, OutputFile, dump_line, filter_lines, run_filters
 
 PART_SHIFT = 40
 """A document's number is part << PART_SHIFT | its position in the part: 2**40 documents per part, 2**24 parts."""
-KEY_BUFFER = 1 << 18
-"""Keys a signatures task holds before appending them to the bucket files (24 bytes each: key, document, value)."""
+KEY_BUFFER = 1 << 17
+"""Keys a signatures task holds per dedup filter before appending them to the bucket files (24 bytes each: key,
+document, value; 3 MB)."""
 STAGES = ("signatures", "buckets", "decisions", "write")
 """The stages that run tasks; `finish` (one step) then writes the report."""
 
@@ -149,12 +150,13 @@ def _pass_tail(filters, start, text, size, stats, keys, document, options) -> st
 
 
 class KeyFiles:
-    """A signatures task's keys, buffered and appended to one file per dedup filter and bucket."""
+    """A signatures task's keys, in a fixed buffer per dedup filter (rows of key, document, value), appended to one
+    file per dedup filter and bucket whenever the buffer is full."""
 
     def __init__(self, job: StagedFilter, part: int, dedups: list[int]) -> None:
         self.job, self.part = job, part
-        self.buffers: dict[int, list[tuple[int, int, int]]] = {at: [] for at in dedups}
-        self.held = 0
+        self.buffers = {at: np.empty((KEY_BUFFER, 3), dtype=np.uint64) for at in dedups}
+        self.held = dict.fromkeys(dedups, 0)
         for at in dedups:
             for bucket in range(job.buckets):
                 path = job.keys_file(at, bucket, part)
@@ -164,30 +166,27 @@ class KeyFiles:
     def add(self, at: int, dedup: Filter, text: str, document: int) -> None:
         if isinstance(dedup, ExactDedup):
             high, low = dedup.digest(text)
-            self.buffers[at].append((int(high), document, int(low)))
-            self.held += 1
+            keys, value = np.array([high], dtype=np.uint64), low
         else:
             assert isinstance(dedup, MinHashDedup)
-            band_keys = dedup.band_keys(text).tolist()
-            self.buffers[at].extend((key, document, 0) for key in band_keys)
-            self.held += len(band_keys)
-        if self.held >= KEY_BUFFER:
-            self.flush()
+            keys, value = dedup.band_keys(text), np.uint64(0)
+        if self.held[at] + len(keys) > KEY_BUFFER:
+            self.flush(at)
+        rows = self.buffers[at][self.held[at] : self.held[at] + len(keys)]
+        rows[:, 0], rows[:, 1], rows[:, 2] = keys, document, value
+        self.held[at] += len(keys)
 
-    def flush(self) -> None:
-        for at, rows in self.buffers.items():
-            if not rows:
-                continue
-            table = np.array(rows, dtype=np.uint64)
-            bucket_of = table[:, 0] % np.uint64(self.job.buckets)
-            for bucket in np.unique(bucket_of).tolist():
-                with open(self.job.keys_file(at, bucket, self.part), "ab") as f:
-                    f.write(table[bucket_of == bucket].astype("<u8").tobytes())
-            rows.clear()
-        self.held = 0
+    def flush(self, at: int) -> None:
+        table = self.buffers[at][: self.held[at]]
+        bucket_of = table[:, 0] % np.uint64(self.job.buckets)
+        for bucket in np.unique(bucket_of).tolist():
+            with open(self.job.keys_file(at, bucket, self.part), "ab") as f:
+                f.write(table[bucket_of == bucket].astype("<u8").tobytes())
+        self.held[at] = 0
 
     def close(self) -> None:
-        self.flush()
+        for at in self.buffers:
+            self.flush(at)
 
 
 def bucket_task(job: StagedFilter, dedup: int, bucket: int) -> int:
