@@ -35,7 +35,7 @@ from ..files import write_atomic
 from ..write.inputs import InputReader, expand_inputs
 from ..write.parts import split_inputs
 from .base import Filter, Pipeline
-from .dedup import ExactDedup, MinHashDedup
+from .dedup import MISSING, ExactDedup, MinHashDedup
 from .report import FilterStats
 from .run import FilterOptions, OutputFile, dump_line, filter_lines, run_filters
 
@@ -77,8 +77,8 @@ class StagedFilter:
     def keys_file(self, dedup: int, bucket: int, part: int) -> Path:
         return self.work / "keys" / f"f{dedup:03d}" / f"b{bucket:05d}" / f"p{part:05d}.u64"
 
-    def groups_file(self, dedup: int, bucket: int) -> Path:
-        return self.work / "groups" / f"f{dedup:03d}" / f"b{bucket:05d}.u64"
+    def groups_file(self, dedup: int, bucket: int, part: int) -> Path:
+        return self.work / "groups" / f"f{dedup:03d}" / f"b{bucket:05d}" / f"p{part:05d}.u64"
 
     def pending(self, part: int) -> tuple[Path, Path]:
         """The part's lines kept by all but the dedup filters, and their document numbers."""
@@ -191,61 +191,66 @@ class KeyFiles:
 
 def bucket_task(job: StagedFilter, dedup: int, bucket: int) -> int:
     """Stage 2 for one bucket of one dedup filter: the rows (key, document, value) of the keys that more than one
-    document has, sorted by key then document; returns how many."""
+    document has, one file per part of the documents, sorted by document; returns how many."""
     tables = [np.fromfile(job.keys_file(dedup, bucket, part), dtype="<u8") for part in range(job.parts)]
     table = np.concatenate(tables).reshape(-1, 3)
-    order = np.lexsort((table[:, 1], table[:, 0]))
-    table = table[order]
+    table = table[np.lexsort((table[:, 1], table[:, 0]))]
     shared = np.zeros(len(table), dtype=bool)
     if len(table) > 1:
         same = table[1:, 0] == table[:-1, 0]
         shared[1:] |= same
         shared[:-1] |= same
-    path = job.groups_file(dedup, bucket)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, table[shared].astype("<u8").tobytes())
-    return int(shared.sum())
+    table = table[shared]
+    table = table[np.argsort(table[:, 1], kind="stable")]
+    parts = table[:, 1] >> np.uint64(PART_SHIFT)
+    for part in range(job.parts):
+        path = job.groups_file(dedup, bucket, part)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, table[parts == part].astype("<u8").tobytes())
+    return len(table)
 
 
 def decisions_task(job: StagedFilter) -> dict[int, int]:
-    """Stage 3: replay each dedup filter's rule, in pipeline order, over the documents that share a key; write one
-    drop list per part. Returns the documents each dedup filter (by position) dropped."""
+    """Stage 3: replay each dedup filter's rule, in pipeline order, over the documents that share a key, a part at
+    a time in input order, with the filter's own index (KeyIndex: within its max_index_mb, spilling to its
+    spill_dir); append each part's drops to its drop list. Returns the documents each dedup filter dropped."""
     filters = job.pipeline().filters
-    dropped: set[int] = set()
+    for part in range(job.parts):
+        job.drops_file(part).parent.mkdir(parents=True, exist_ok=True)
+        job.drops_file(part).write_bytes(b"")
     counts = {}
     for at in job.dedups():
-        tables = [np.fromfile(job.groups_file(at, b), dtype="<u8").reshape(-1, 3) for b in range(job.buckets)]
-        table = np.concatenate(tables) if tables else np.empty((0, 3), dtype=np.uint64)
-        table = table[np.argsort(table[:, 1], kind="stable")]
-        exact = isinstance(filters[at], ExactDedup)
-        claimed: dict[int, int] = {}
-        before = len(dropped)
-        documents = table[:, 1]
-        starts = np.flatnonzero(np.r_[True, documents[1:] != documents[:-1]]) if len(table) else []
-        for start, end in zip(starts, [*starts[1:], len(table)]):
-            document = int(documents[start])
-            if document in dropped:
-                continue
-            rows = table[start:end].tolist()
-            if exact:
-                key, _, low = rows[0]
-                if key not in claimed:
-                    claimed[key] = low
-                elif claimed[key] == low:
-                    dropped.add(document)
-            elif any(key in claimed for key, _, _ in rows):
-                dropped.add(document)
-            else:
-                claimed.update((key, document) for key, _, _ in rows)
-        counts[at] = len(dropped) - before
-    numbers = np.array(sorted(dropped), dtype=np.uint64)
-    for part in range(job.parts):
-        mine = numbers[(numbers >> np.uint64(PART_SHIFT)) == part]
-        path = job.drops_file(part)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, mine.astype("<u8").tobytes())
+        dedup = filters[at]
+        assert isinstance(dedup, (ExactDedup, MinHashDedup))
+        counts[at] = sum(_decide_part(job, at, dedup, part) for part in range(job.parts))
+        dedup.close()
     _write_counts(job, "decisions", {str(at): n for at, n in counts.items()})
     return counts
+
+
+def _decide_part(job: StagedFilter, at: int, dedup: ExactDedup | MinHashDedup, part: int) -> int:
+    """The decisions of dedup filter `at` on part `part`'s documents that share a key, given its index of the keys
+    of the documents it kept in the parts before; returns how many it dropped."""
+    table = np.concatenate([np.fromfile(job.groups_file(at, b, part), dtype="<u8") for b in range(job.buckets)])
+    table = table.reshape(-1, 3)
+    table = table[np.argsort(table[:, 1], kind="stable")]
+    earlier = set(np.fromfile(job.drops_file(part), dtype="<u8").tolist())  # dropped by an earlier dedup filter
+    index, exact, dropped = dedup.index, isinstance(dedup, ExactDedup), []
+    documents = table[:, 1]
+    starts = np.flatnonzero(np.r_[True, documents[1:] != documents[:-1]]) if len(table) else np.empty(0, int)
+    for start, end in zip(starts.tolist(), [*starts[1:].tolist(), len(table)]):
+        document = int(documents[start])
+        if document in earlier:
+            continue
+        keys, values = table[start:end, 0], table[start:end, 2 if exact else 1]
+        found = index.get(keys)
+        if exact and found[0] == MISSING or not exact and (found == MISSING).all():
+            index.add(keys, values)
+        elif not exact or found[0] == values[0]:
+            dropped.append(document)
+    with open(job.drops_file(part), "ab") as f:
+        f.write(np.array(dropped, dtype="<u8").tobytes())
+    return len(dropped)
 
 
 def write_task(job: StagedFilter, part: int) -> int:
