@@ -58,7 +58,10 @@ def floor_mb() -> float:
 
 def bench(count: int, parts: int, buckets: int, folder: Path) -> None:
     source, config = folder / f"in-{count}.jsonl", folder / "pipeline.json"
-    write_input(source, count)
+    # Written by a child process: a forked child starts with its parent's resident memory, and Linux keeps
+    # ru_maxrss across exec, so this process must stay small for its children's figures to be theirs.
+    code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_staged_dedup as b; "
+    subprocess.run([sys.executable, "-c", code + f"b.write_input(b.Path({str(source)!r}), {count})"], check=True)
     config.write_text(json.dumps(PIPELINE))
     size = source.stat().st_size / 1e6
     sequential_mb, sequential_s = run(["filter", str(source), "-c", str(config), "-o", str(folder / "seq.jsonl"), "-q"])
