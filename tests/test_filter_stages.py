@@ -95,6 +95,8 @@ def test_slurm_script_tasks_run_here_stage_by_stage_keep_the_same_documents(dedu
         assert [task.wait(timeout=120) for task in tasks] == [0] * count, stage
     assert parts_output(out, 2) == sequential[0]
     assert json.loads((out / "report.json").read_text())["kept"] == sequential[1].kept
+    assert main([*argv[:-1], str(tmp_path / "again"), "-q"]) == 0  # all stages from the command, local processes
+    assert parts_output(tmp_path / "again", 2) == sequential[0]
 
 
 def test_tasks_in_one_process_with_a_tiny_key_buffer_keep_the_same_documents(

@@ -99,7 +99,6 @@ def signatures_task(job: StagedFilter, part: int) -> dict:
     dedups = job.dedups()
     keys = KeyFiles(job, part, dedups)
     options = job.options
-    stats = [FilterStats(f.name) for f in filters]
     counts = {"documents": 0, "empty_documents": 0, "bad_lines": 0, "pending": 0}
     reader = InputReader(
         split_inputs(list(job.paths), job.parts)[part],
@@ -109,14 +108,15 @@ def signatures_task(job: StagedFilter, part: int) -> dict:
     )
     lines_path, numbers_path = job.pending(part)
     lines_path.parent.mkdir(parents=True, exist_ok=True)
-    numbers: list[int] = []
     position = 0
-    with open(lines_path, "wb") as pending:
+    with open(lines_path, "wb") as pending, open(numbers_path, "wb") as numbers:
         for batch in reader.batches():
             result = filter_lines(head, batch.lines, batch.first_line, batch.path.name, options)
             counts["bad_lines"] += len(batch.bad_lines(result.bad, options.skip_bad_lines))
             counts["empty_documents"] += result.empty
             counts["documents"] += result.documents
+            stats = [FilterStats(f.name) for f in filters]  # run_filters counts into them; a staged run reports none
+            kept = []
             for _, text, size, line in result.kept:
                 document = part << PART_SHIFT | position
                 position += 1
@@ -126,10 +126,10 @@ def signatures_task(job: StagedFilter, part: int) -> dict:
                 if survived != text:
                     line = dump_line(json.loads(line), options.text_key, survived)
                 pending.write(line + b"\n")
-                numbers.append(document)
+                kept.append(document)
+            numbers.write(np.array(kept, dtype="<u8").tobytes())
+            counts["pending"] += len(kept)
     keys.close()
-    write_atomic(numbers_path, np.array(numbers, dtype="<u8").tobytes())
-    counts["pending"] = len(numbers)
     _write_counts(job, f"signatures-{part:05d}", counts)
     return counts
 
