@@ -24,6 +24,7 @@ from . import errors
 from .content_store import ContentStore, kogitune_home
 from .errors import KogituneError, NodeNotRunning, RecipeError
 from .layout import CONTROL_SOCKET_FILE, LOG_FILE, NODE_LOCK_FILE
+from .progress import waiting_for
 from .settings import settings
 from .tensor import DataTensor
 
@@ -149,13 +150,16 @@ class RemoteShards:
     timeout: float = DEFAULT_FETCH_TIMEOUT
 
     def ensure(self, manifest, index: int) -> None:
+        """Block until shard `index` is in the store (kogitune.progress prints lines while the wait goes on)."""
+        what = f"shard {index} of {self.dataset_id[:16]}... ({manifest.shards[index].size / 1e6:.1f} MB)"
         if self.daemon_home is not None:
-            DaemonClient(Path(self.daemon_home)).call(
-                "shard", self.timeout, id=self.dataset_id, index=index, mirrors=list(self.mirrors)
-            )
+            daemon = DaemonClient(Path(self.daemon_home))
+            with waiting_for(what, lambda: daemon.call("progress", 5, id=self.dataset_id)["bytes_verified"]):
+                daemon.call("shard", self.timeout, id=self.dataset_id, index=index, mirrors=list(self.mirrors))
             return
         node = embedded_node()
-        node.fetch_shard(self.store_home, self.dataset_id, index, self.mirrors, self.peers, self.timeout)
+        with waiting_for(what, lambda: sum(node.source_bytes(self.dataset_id).values())):
+            node.fetch_shard(self.store_home, self.dataset_id, index, self.mirrors, self.peers, self.timeout)
         ContentStore(self.store_home).gc()
 
     def prefetch(self, manifest, indexes: list[int]) -> None:

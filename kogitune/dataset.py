@@ -1,11 +1,10 @@
-"""PyTorch datasets over data tensors, in a shard-aware shuffled order that streams.
+"""PyTorch datasets over data tensors, in a shard-aware shuffled order that streams, with sources mixed finely.
 
 A sample is `block_size` consecutive tokens of one shard (samples never cross shards, so one sample is one slice
-of one memory map). An epoch is a list of segments (runs of samples of one shard; a source with a token budget
-contributes its shards repeated or cut to fit). With `shuffle`, the segments are shuffled, grouped into windows
-of `window` segments (the first windows smaller: 1, 2, 4...), and the samples inside each window are shuffled: a
-sampler that walks indices in order then touches a few shards at a time, and the next windows' shards are
-prefetched while the current one trains.
+of one memory map). Each source of a recipe (a tensor with its budget) is a stream of its own, shard-aware: its
+segments are shuffled and read a few shards at a time, and the next windows' shards are prefetched while the
+current ones train. With `shuffle`, the streams are interleaved finely, each source at evenly spaced places of
+the epoch (kogitune.mixing has the rule). `set_start` and `state_dict`/`load_state_dict` resume mid-epoch.
 
 The trap this avoids: HF `Trainer` wraps a map-style dataset in a RandomSampler, so uniformly random indices touch
 every shard at once and defeat streaming. Here the dataset owns the shuffle; use a sequential sampler
@@ -15,9 +14,9 @@ A RandomSampler still gives correct results (every sample once per epoch), fetch
 
 from __future__ import annotations
 
+import hashlib
+import json
 import operator
-from array import array
-from bisect import bisect_right
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from .errors import RecipeError
+from .mixing import PERMUTATION_CACHE_ENTRIES, Concatenation, Interleave, SourceStream
 from .tensor import DataTensor
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 DEFAULT_WINDOW = 4
 DEFAULT_LOOKAHEAD = 2
-PERMUTATION_CACHE_ENTRIES = 1 << 23
+STATE_FORMAT = "kogitune-dataset-state/1"
 
 
 @dataclass(frozen=True)
@@ -87,18 +87,18 @@ class TokenBlockDataset(torch.utils.data.Dataset):
         self.budgets = list(budgets) if budgets is not None else natural
         self.budgets = [natural[i] if b is None else int(b) for i, b in enumerate(self.budgets)]
         self.mixture = [MixEntry(self.names[i], self.budgets[i], natural[i]) for i in range(len(tensors))]
-        self._shared_epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-        self._epoch_view = self._shared_epoch.numpy()
+        self._shared = torch.zeros(2, dtype=torch.int64).share_memory_()  # epoch, start
+        self._shared_view = self._shared.numpy()
         self._lay_out(0)
 
     def __getstate__(self) -> dict:
-        """Pickled (by DataLoader workers) with the shared epoch tensor, which torch passes as shared memory; the
-        numpy view of it, which is faster to read in `__getitem__`, is made again on the other side."""
-        return {key: value for key, value in self.__dict__.items() if key != "_epoch_view"}
+        """Pickled (by DataLoader workers) with the shared (epoch, start) tensor, which torch passes as shared
+        memory; the numpy view of it, which is faster to read in `__getitem__`, is made again on the other side."""
+        return {key: value for key, value in self.__dict__.items() if key != "_shared_view"}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._epoch_view = self._shared_epoch.numpy()
+        self._shared_view = self._shared.numpy()
 
     def _samples_per_shard(self, tensor: DataTensor | DataCollection) -> list[int]:
         stored = tensor.manifest.block_size
@@ -112,102 +112,116 @@ class TokenBlockDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         """Lay out epoch `epoch` (HF Trainer and accelerate call this at each epoch). The epoch sits in shared
         memory: persistent DataLoader workers hold copies of this dataset made before the call, and they see it
-        at their next item."""
-        self._shared_epoch.fill_(epoch)
+        at their next item. Another epoch than the current one starts at its first sample (see `set_start`)."""
+        if epoch != int(self._shared[0]):
+            self._shared[1] = 0
+        self._shared[0] = epoch
         self._lay_out(epoch)
+
+    def set_start(self, index: int) -> None:
+        """Begin the current epoch at its global sample `index`: from now on `len(self)` is the rest of the epoch
+        and item i is the epoch's sample `index + i`, so a sampler that starts at 0 resumes where a job stopped,
+        on any world size, without reading or replaying what came before. Shared with DataLoader workers like the
+        epoch; `set_epoch` to another epoch goes back to 0."""
+        total = self._streams_total
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index <= total:
+            raise RecipeError(f"a start index is a sample of the epoch, 0 to {total}, not {index!r}")
+        self._shared[1] = int(index)
+
+    @property
+    def start(self) -> int:
+        return int(self._shared[1])
+
+    def state_dict(self, consumed: int = 0) -> dict:
+        """Where an epoch stands, as a small JSON-able dict: the recipe's fingerprint, seed, epoch, and `index`,
+        the global sample index reached (the samples [0, index) of the epoch's order are used). `consumed` is how
+        many items of this dataset as it stands (after `set_start`) the job has used, over all ranks: with
+        `DistributedSampler(shuffle=False)` and world size W, W times the samples each rank took."""
+        index = self.start + int(consumed)
+        if not 0 <= index <= self._streams_total:
+            raise RecipeError(f"consumed={consumed!r} is more than the {len(self)} samples left in the epoch")
+        return {
+            "format": STATE_FORMAT,
+            "recipe": self.fingerprint(),
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "index": index,
+            "samples": self._streams_total,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from `state_dict()`'s state: the same epoch, starting at its `index`. Refused (RecipeError)
+        when the recipe, block size, shuffle or seed differ: the order would not be the one the state counts."""
+        if state.get("format") != STATE_FORMAT:
+            raise RecipeError(f"not a dataset state of this version ({STATE_FORMAT}): {state.get('format')!r}")
+        if state["recipe"] != self.fingerprint() or state["seed"] != self.seed:
+            raise RecipeError(
+                f"the state was saved for recipe {state['recipe']} with seed {state['seed']}, but this dataset is "
+                f"{self.fingerprint()} with seed {self.seed}: its order would differ"
+            )
+        self.set_epoch(int(state["epoch"]))
+        self.set_start(int(state["index"]))
+
+    def fingerprint(self) -> str:
+        """What fixes the order besides seed and epoch: each source's dataset ID and budget, block size, shuffle
+        and window (not paths, so a job may move to another machine)."""
+        facts = {
+            "sources": [[t.dataset_id, budget] for t, budget in zip(self.tensors, self.budgets)],
+            "block_size": self.block_size,
+            "shuffle": self.shuffle,
+            "window": self.window,
+        }
+        return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:32]
 
     def _lay_out(self, epoch: int) -> None:
         self.epoch = epoch
-        rng = np.random.default_rng([self.seed, epoch])
-        segments = []
-        for tensor_index, budget in enumerate(self.budgets):
-            segments.extend(self._segments_of(tensor_index, budget, rng))
-        if self.shuffle:
-            segments = [segments[i] for i in rng.permutation(len(segments))]
-        self._segments = segments
-        self._segment_start = np.cumsum([0] + [count for *_, count in segments]).tolist()
-        self._window_bounds = _window_bounds(len(segments), self.window)
-        self._window_start = [self._segment_start[b] for b in self._window_bounds]
-        self._perms: dict[int, array] = {}
-        self._perm_entries = 0
-        self._current_window = -1
-        self._streams = any(t.remote is not None for t in self.tensors)
-
-    def _segments_of(self, tensor_index: int, budget: int, rng) -> list[tuple[int, int, int, int]]:
-        counts = self.shard_samples[tensor_index]
-        whole = [(tensor_index, shard, 0, n) for shard, n in enumerate(counts) if n]
-        repeats, rest = divmod(budget, sum(counts))
-        segments = whole * repeats
-        order = rng.permutation(len(whole)) if self.shuffle else range(len(whole))
-        for i in order:
-            if rest <= 0:
-                break
-            tensor, shard, first, n = whole[i]
-            segments.append((tensor, shard, first, min(n, rest)))
-            rest -= n
-        return segments
+        self._streams = [
+            SourceStream(counts, budget, shuffle=self.shuffle, window=self.window, key=[self.seed, epoch, source_index])
+            for source_index, (counts, budget) in enumerate(zip(self.shard_samples, self.budgets))
+        ]
+        for stream in self._streams:
+            stream.cache_limit = PERMUTATION_CACHE_ENTRIES // len(self._streams)
+        self._streams_total = sum(self.budgets)
+        # The interleave's key ends in the number of sources, which no stream's key does; one source needs none.
+        mixed = self.shuffle and len(self.budgets) > 1
+        self._order = (
+            Interleave(self.budgets, [self.seed, epoch, len(self.budgets)]) if mixed else Concatenation(self.budgets)
+        )
+        self._current_window = [-1] * len(self._streams)
+        self._remote = [t.remote is not None for t in self.tensors]
 
     def __len__(self) -> int:
-        return self._segment_start[-1]
+        return self._streams_total - self.start
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        source, position = self._order.locate(self._global_index(index))
+        stream = self._streams[source]
+        window, shard, sample = stream.locate(position)
+        if window != self._current_window[source] and self._remote[source]:
+            self._current_window[source] = window
+            self.tensors[source].prefetch(stream.shards_of_windows(window, window + 1 + self.lookahead))
+        first = sample * self.block_size
+        tokens = self.tensors[source].shard_tokens(shard)[first : first + self.block_size]
+        return {"input_ids": torch.from_numpy(tokens.astype(np.int64))}
+
+    def source_of(self, index: int) -> int:
+        """Which source (an index into the recipe's entries and `mixture`) item `index` comes from."""
+        return self._order.locate(self._global_index(index))[0]
+
+    def _global_index(self, index: int) -> int:
+        """Item `index` of the dataset as it stands: its place in the epoch's order (after the start)."""
         if type(index) is not int:
             try:
                 index = operator.index(index)
             except TypeError:
                 raise TypeError(f"a sample index is an integer, not {type(index).__name__}") from None
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"sample {index} is out of range for a dataset of {len(self)} samples")
-        if index < 0:
-            index += len(self)
-        epoch = self._epoch_view.item()
+        epoch, start = self._shared_view.tolist()
         if epoch != self.epoch:
             self._lay_out(epoch)
-        window = bisect_right(self._window_start, index) - 1
-        window_start = self._window_start[window]
-        if window != self._current_window and self._streams:
-            self._current_window = window
-            self._prefetch(window, window + 1 + self.lookahead)
-        position = window_start + self._permutation(window)[index - window_start] if self.shuffle else index
-        segment = bisect_right(self._segment_start, position) - 1
-        tensor_index, shard, first, _ = self._segments[segment]
-        start = (first + position - self._segment_start[segment]) * self.block_size
-        tokens = self.tensors[tensor_index].shard_tokens(shard)[start : start + self.block_size]
-        return {"input_ids": torch.from_numpy(tokens.astype(np.int64))}
-
-    def _permutation(self, window: int) -> array:
-        """The sample order inside a window (uint32), kept in a least-recently-used cache of at most
-        PERMUTATION_CACHE_ENTRIES samples: in-order access builds each once, random access rarely more."""
-        perm = self._perms.pop(window, None)
-        if perm is None:
-            size = self._window_start[window + 1] - self._window_start[window]
-            order = np.random.default_rng([self.seed, self.epoch, window]).permutation(size).astype(np.uint32)
-            perm = array("I", order.tobytes())
-            self._perm_entries += size
-            while self._perm_entries > PERMUTATION_CACHE_ENTRIES and self._perms:
-                self._perm_entries -= len(self._perms.pop(next(iter(self._perms))))
-        self._perms[window] = perm
-        return perm
-
-    def _prefetch(self, first_window: int, end_window: int) -> None:
-        """Ask remote tensors for the shards of these windows (no-op for local tensors)."""
-        last = min(end_window, len(self._window_bounds) - 1)
-        wanted: dict[int, list[int]] = {}
-        for tensor_index, shard, _, _ in self._segments[self._window_bounds[first_window] : self._window_bounds[last]]:
-            if self.tensors[tensor_index].remote is not None:
-                wanted.setdefault(tensor_index, []).append(shard)
-        for tensor_index, shards in wanted.items():
-            self.tensors[tensor_index].prefetch(list(dict.fromkeys(shards)))  # in the order they are needed
+        size = self._streams_total - start
+        if not -size <= index < size:
+            raise IndexError(f"sample {index} is out of range for a dataset of {size} samples")
+        return start + index + (size if index < 0 else 0)
 
     def describe_mixture(self) -> str:
         return "\n".join(entry.describe(len(self), self.block_size) for entry in self.mixture)
-
-
-def _window_bounds(segments: int, window: int) -> list[int]:
-    """Segment indexes where windows begin, and the end. The first windows hold 1, 2, 4... segments up to
-    `window`, so the first batch waits for one shard, not a whole window."""
-    bounds, size = [0], 1
-    while bounds[-1] < segments:
-        bounds.append(min(segments, bounds[-1] + size))
-        size = min(window, size * 2)
-    return bounds

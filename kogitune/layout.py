@@ -71,6 +71,8 @@ CONFIG_FILE = "config.json"
 CONTROL_SOCKET_FILE = "control.sock"
 NODE_LOCK_FILE = "node.lock"
 LOG_FILE = "node.log"
+NAMES_FILE = "names.json"
+"""The names this node publishes: {short name: its newest record, as text} (kogitune.names)."""
 
 
 def shard_file(directory: Path, shard_name: str, suffix: str) -> Path:

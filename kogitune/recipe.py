@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
 from kogitune.protocol.ids import is_dataset_id
+from kogitune.protocol.names import is_dataset_name
 
 from .collection import DataCollection, open_local
 from .errors import RecipeError, TokenizerError
@@ -50,6 +51,13 @@ class RecipeEntry:
         """The dataset ID the entry names (its mirrors then serve that dataset), or None."""
         first = self.sources[0]
         return first if is_dataset_id(first) and not Path(first).exists() else None
+
+    @property
+    def dataset_name(self) -> str | None:
+        """The name (`<peer ID>/name`, kogitune.protocol.names) the entry names (resolved to an ID when opened), or
+        None."""
+        first = self.sources[0]
+        return first if is_dataset_name(first) and not Path(first).exists() else None
 
     @property
     def mirrors(self) -> tuple[str, ...]:
@@ -121,10 +129,12 @@ def parse_entry(entry) -> RecipeEntry:
 
 def _dataset_id_first(sources: list[str]) -> list[str]:
     """The sources of one entry with its dataset ID first; refused: two IDs, and an ID or URLs beside local paths."""
-    ids = [s for s in sources if is_dataset_id(s) and not Path(s).exists()]
+    ids = [s for s in sources if (is_dataset_id(s) or is_dataset_name(s)) and not Path(s).exists()]
     urls = [s for s in sources if _is_url(s)]
     if len(ids) > 1:
-        raise RecipeError(f"{ids[0]}: one entry names two dataset IDs ({ids[1]}); list each dataset as its own entry")
+        raise RecipeError(
+            f"{ids[0]}: one entry names two dataset IDs or names ({ids[1]}); list each dataset as its own entry"
+        )
     if len(ids) + len(urls) not in (0, len(sources)):
         raise RecipeError(f"{sources[0]}: one entry mixes web mirrors or a dataset ID and local paths; list them apart")
     return ids + [s for s in sources if s not in ids]
@@ -164,6 +174,15 @@ class DatasetRecipe:
         self.store = store
         self.trusted_publishers = trusted_publishers
 
+    @classmethod
+    def from_lock(cls, path, block_size: int | None = None, **options) -> DatasetRecipe:
+        """The recipe a lock file pins (`kogitune lock`, kogitune.lock): the same datasets, by ID, so the same
+        samples in the same order on any machine, wherever the data is found now (a local directory of the lock
+        that still holds the ID, the local store, peers, the lock's mirrors). `options` as for the constructor."""
+        from .lock import lock_entries, read_lock
+
+        return cls(lock_entries(read_lock(path)), block_size, **options)
+
     def tensors(self) -> list[DataTensor | DataCollection]:
         tensors = [self._open(entry) for entry in self.entries]
         first = tensors[0]
@@ -188,10 +207,15 @@ class DatasetRecipe:
         return TokenBlockDataset(tensors, block_size, budgets=budgets, names=[e.name for e in self.entries], **options)
 
     def _open(self, entry: RecipeEntry) -> DataTensor | DataCollection:
-        if entry.dataset_id is not None:
+        dataset_id = entry.dataset_id
+        if entry.dataset_name is not None:
+            from .names import resolve_name
+
+            dataset_id = resolve_name(entry.dataset_name, self.store.home if self.store is not None else None)
+        if dataset_id is not None:
             from .client import open_dataset_id
 
-            return open_dataset_id(entry.dataset_id, self.trusted_publishers, mirrors=entry.mirrors, store=self.store)
+            return open_dataset_id(dataset_id, self.trusted_publishers, mirrors=entry.mirrors, store=self.store)
         if entry.mirrors:
             from .client import open_mirrors
 

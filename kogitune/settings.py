@@ -93,6 +93,18 @@ class Settings:
     server_streams_per_peer: int = _setting(8, "Streams one peer identity may have served at once.")
     server_streams_per_ip: int = _setting(64, "Streams all the identities behind one IP may have served at once.")
     server_streams_total: int = _setting(128, "Streams served at once, shared fairly between IPs when full.")
+    # monitoring (kogitune.progress, kogitune.node.status_page)
+    progress_interval: float = _setting(
+        10.0,
+        "Seconds between the lines a training process (rank 0) prints while it waits for a shard (0: none).",
+        zero_ok=True,
+    )
+    metrics_port: int = _setting(
+        0,
+        "Port on 127.0.0.1 where a node serves Prometheus metrics (/metrics) and a status page (/) (0: off).",
+        zero_ok=True,
+        flag="kogitune node start --metrics",
+    )
 
 
 DEFAULTS = Settings()

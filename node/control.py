@@ -20,7 +20,9 @@ from kogitune.errors import KogituneError, NodeError, error_reply
 from kogitune.layout import CONTROL_SOCKET_FILE
 from kogitune.protocol.ids import is_dataset_id
 from kogitune.protocol.jsonlimits import MAX_JSON_DEPTH, loads
+from kogitune.protocol.names import is_dataset_name, is_short_name
 
+from . import names
 from .daemon import Node
 
 if sys.version_info < (3, 11):
@@ -131,8 +133,21 @@ async def _dispatch(node: Node, request: dict) -> dict:
         node.stop()
         return {}
     if op == "publish":
-        allow = request.get("allow") or None
-        return {"id": await node.publish(str(request["path"]), allow)}
+        allow, name = request.get("allow") or None, request.get("name")
+        if name is not None and not is_short_name(name):
+            raise NodeError(
+                f"--name {str(name)[:200]!r}: a name is 1 to 100 of A-Z a-z 0-9 . _ -, not starting with . _ -"
+            )
+        dataset_id = await node.publish(str(request["path"]), allow)
+        if request.get("name") is None:
+            return {"id": dataset_id}
+        record = await names.publish_name(node, str(name), dataset_id)
+        return {"id": dataset_id, "name": record.name, "seq": record.sequence}
+    if op == "resolve":
+        name = request.get("name")
+        if not isinstance(name, str) or not is_dataset_name(name):
+            raise NodeError(f"{str(name)[:200]!r} is not a dataset name (<peer ID>/<name>)")
+        return {"record": (await names.resolve(node, str(name))).to_bytes().decode()}
     if op == "get":
         opened = await node.get(_dataset(request), _mirrors(request))
         return {"directory": str(opened.directory), "sources": opened.pool.report()}

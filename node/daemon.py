@@ -22,9 +22,10 @@ from kogitune.layout import SIGNATURE_FILE
 from kogitune.protocol import wire
 from kogitune.settings import settings
 
-from . import providers, publish
+from . import names, providers, publish
 from .host import keep_dht_clients_out, load_identity_seed, new_kogitune_host
 from .integrity import CHANGED, shard_paths
+from .metrics import LOOKUP_BUCKETS, Timings
 from .providers import CONNECT_TIMEOUT, LOOKUP_DEADLINE, load_manifest
 from .server import DataServer
 from .swarm import OpenDataset, Swarm
@@ -67,6 +68,10 @@ class Node:
         self.server = DataServer(self.store)
         self._stop = trio.Event()
         self._announce_now = trio.Event()
+        self.lookup_timings = Timings(LOOKUP_BUCKETS)
+        """How long each provider lookup took, by outcome (found, none): node/metrics.py."""
+        self.metrics_url = ""
+        """Where the metrics and the status page are served (node/status_page.py), "" when they are not."""
 
     @property
     def peer_id(self) -> str:
@@ -95,6 +100,7 @@ class Node:
                     self.host.set_stream_handler(TProtocol(wire.PROTOCOL_ID), self.server.handle)
                 self.dht = KadDHT(self.host, DHTMode.SERVER if self.config.server else DHTMode.CLIENT)
                 keep_dht_clients_out(self.host, self.dht)
+                names.install(self.dht)
                 async with background_trio_service(self.dht), trio.open_nursery() as nursery:
                     self.nursery = nursery
                     self.swarm = Swarm(self.store, self._this_node, nursery, self.config.read_timeout)
@@ -193,6 +199,7 @@ class Node:
     async def announce_all(self) -> None:
         for dataset_id in await trio.to_thread.run_sync(self.complete_datasets):
             await self.announce(dataset_id)
+        await names.announce_names(self)
 
     async def announce(self, dataset_id: str) -> None:
         try:
@@ -218,8 +225,13 @@ class Node:
         return await publish.publish(self, tensor_path, allow)
 
     async def find_providers(self, dataset_id: str, deadline: float = LOOKUP_DEADLINE) -> list:
-        """See node/providers.py."""
-        return await providers.find_providers(self, dataset_id, deadline)
+        """See node/providers.py; timed (lookup_timings)."""
+        started, found = trio.current_time(), []
+        try:
+            found = await providers.find_providers(self, dataset_id, deadline)
+            return found
+        finally:
+            self.lookup_timings.observe("found" if found else "none", trio.current_time() - started)
 
     async def providers_status(self, dataset_id: str) -> list[dict]:
         """See node/providers.py (bounded by STATUS_ANSWER_SECONDS)."""
@@ -269,6 +281,7 @@ class Node:
             "refused": dict(self.server.stats.refused),
             "damaged": damaged,
             "changed": changed,
+            "metrics": self.metrics_url,
         }
 
     def _scan_store(self, damaged: set[tuple[str, str]]) -> tuple[list[str], list[dict]]:

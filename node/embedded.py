@@ -101,6 +101,15 @@ class EmbeddedNode:
 
         return self._run(work, timeout, lambda: f"no manifest from {', '.join(mirrors)} within {timeout:.0f} s")
 
+    def resolve(self, name: str, timeout: float) -> bytes:
+        """The newest valid record of a dataset name from the DHT, as bytes (see node/names.py)."""
+        from .names import resolve
+
+        async def work():
+            return (await resolve(await self._p2p_node(), name)).to_bytes()
+
+        return self._run(work, timeout, lambda: f"no record of the name {name} within {timeout:.0f} s")
+
     def fetch_shard(self, store_home, dataset_id: str, index: int, mirrors, peers: bool, timeout: float) -> None:
         """Block until shard `index` is verified in the store, fetching it if needed."""
         swarm = self._swarm(store_home)

@@ -354,9 +354,11 @@ class ShardFetch:
         self._spare.append(piece)
         if ok:
             health.bytes_verified += length
+            health.pieces_verified += 1
             self.bytes_by_source[health.source.name] += length
             self._progressed()
         else:
+            health.pieces_rejected += 1
             self.pool.ban(health, f"sent shard {self.shard.name} piece {index} with a wrong hash")
         self._progress.set()
         self._progress = trio.Event()

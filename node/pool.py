@@ -66,6 +66,8 @@ class SourceHealth:
     last_error: str = ""
     bytes_verified: int = 0
     files_verified: int = 0
+    pieces_verified: int = 0
+    pieces_rejected: int = 0
 
     def describe(self) -> str:
         if self.banned:

@@ -88,9 +88,16 @@ class _Slot:
 
 @dataclass
 class ServerStats:
-    bytes_served: int = 0
+    """What the data server has done since the node started (`kogitune node status`, node/metrics.py)."""
+
+    served: Counter = field(default_factory=Counter)
+    """dataset ID -> bytes of its files sent (tokens ranges, .pieces and .docs, each checked before it left)."""
     requests: Counter = field(default_factory=Counter)
     refused: Counter = field(default_factory=Counter)
+
+    @property
+    def bytes_served(self) -> int:
+        return sum(self.served.values())
 
 
 class DataServer:
@@ -107,6 +114,11 @@ class DataServer:
         the ID, its bytes): read and checked again only when the file changes."""
         self._audiences: dict[str, tuple[tuple, Audience]] = {}
         self.guard = StoreGuard()
+
+    @property
+    def streams_in_use(self) -> int:
+        """Streams holding a serving slot now (ServerLimits.streams_total in all)."""
+        return len(self._slots)
 
     async def handle(self, stream) -> None:
         peer = str(stream.muxed_conn.peer_id)
@@ -197,9 +209,11 @@ class DataServer:
             ]
             await self._send(stream, wire.encode_response(wire.HaveResponse(wire.have_bitmap(complete))))
         else:
-            await self._send_range(stream, directory, manifest, request)
+            await self._send_range(stream, dataset_id, directory, manifest, request)
 
-    async def _send_range(self, stream, directory: Path, manifest: Manifest, request: wire.ReadRequest) -> None:
+    async def _send_range(
+        self, stream, dataset_id: str, directory: Path, manifest: Manifest, request: wire.ReadRequest
+    ) -> None:
         shard = next((s for s in manifest.shards if s.name == request.shard), None)
         if shard is None:
             raise wire.WireError("bad_request", f"no shard {request.shard} in this dataset")
@@ -227,7 +241,7 @@ class DataServer:
                     raise OSError(f"{path} is shorter than the manifest says")
                 await self._send(stream, chunk)
                 offset += len(chunk)
-                self.stats.bytes_served += len(chunk)
+                self.stats.served[dataset_id] += len(chunk)
         finally:
             os.close(fd)
 

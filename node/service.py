@@ -22,6 +22,7 @@ from kogitune.settings import DEFAULT_LISTEN, settings
 
 from .control import serve_control
 from .daemon import Node, NodeConfig
+from .status_page import metrics_address, serve_status
 
 log = logging.getLogger(__name__)
 READY_PREFIX = "kogitune node "
@@ -56,15 +57,20 @@ def node_lock(home: Path):
         yield
 
 
-def check_start(home: Path, listen: list[str], bootstrap: list[str]) -> None:
+def check_start(home: Path, listen: list[str], bootstrap: list[str], metrics: str | None = None) -> None:
     """Refuse, before anything starts, what would make a node start wrong: a node already running on `home`, a
-    listen address that does not parse or whose port is taken, a bootstrap address without its peer ID."""
+    listen address that does not parse or whose port is taken, a bootstrap address without its peer ID, a metrics
+    address (`--metrics`) that does not parse or whose port is taken."""
     with node_lock(home):
-        _check_addresses(home, listen, bootstrap)
+        _check_addresses(home, listen, bootstrap, metrics)
 
 
-def _check_addresses(home: Path, listen: list[str], bootstrap: list[str]) -> None:
+def _check_addresses(home: Path, listen: list[str], bootstrap: list[str], metrics: str | None) -> None:
     from multiaddr import Multiaddr
+
+    served = metrics_address(metrics)
+    if served is not None and served[1]:
+        _check_port_free(f"--metrics {served[0]}:{served[1]}", *served)
 
     for address in listen or [DEFAULT_LISTEN]:
         try:
@@ -74,7 +80,7 @@ def _check_addresses(home: Path, listen: list[str], bootstrap: list[str]) -> Non
         except Exception:
             raise NodeError(f"--listen {address!r} is not a TCP multiaddr such as {DEFAULT_LISTEN}") from None
         if port:
-            _check_port_free(address, host, port)
+            _check_port_free(f"--listen {address}", host, port)
     for address in bootstrap_peers(home, bootstrap):
         try:
             ok = "p2p" in _protocols(Multiaddr(address))
@@ -103,16 +109,19 @@ def _check_port_free(address: str, host: str, port: int) -> None:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise NodeError(
-                    f"--listen {address}: port {port} is already in use (another node or program); pick another port"
+                    f"{address}: port {port} is already in use (another node or program); pick another port"
                 ) from None
-            raise NodeError(f"--listen {address}: cannot listen there ({exc.strerror})") from None
+            raise NodeError(f"{address}: cannot listen there ({exc.strerror})") from None
 
 
-def run_node(home: Path, listen: list[str], bootstrap: list[str], reprovide_interval: float) -> None:
-    """Run the daemon in the foreground until `node stop`, SIGINT or SIGTERM."""
+def run_node(
+    home: Path, listen: list[str], bootstrap: list[str], reprovide_interval: float, metrics: str | None = None
+) -> None:
+    """Run the daemon in the foreground until `node stop`, SIGINT or SIGTERM; with `metrics` ([HOST:]PORT) or the
+    setting metrics_port, serve its metrics and status page too (node/status_page.py)."""
     listen = listen or [DEFAULT_LISTEN]
     with node_lock(home):
-        _check_addresses(home, listen, bootstrap)
+        _check_addresses(home, listen, bootstrap, metrics)
         handler = logging.FileHandler(home / LOG_FILE)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root = logging.getLogger("kogitune")  # every module logs to a logger named after it, under "kogitune"
@@ -126,17 +135,20 @@ def run_node(home: Path, listen: list[str], bootstrap: list[str], reprovide_inte
             reprovide_interval=reprovide_interval,
             read_timeout=settings().read_timeout,
         )
-        if not trio.run(_serve, Node(config)):
+        if not trio.run(_serve, Node(config), metrics_address(metrics)):
             raise NodeError(f"the node could not listen on {' '.join(listen)}; see {home / LOG_FILE}")
 
 
-async def _serve(node: Node) -> bool:
-    """Run the node until it stops; False if it could not listen anywhere."""
+async def _serve(node: Node, metrics: tuple[str, int] | None) -> bool:
+    """Run the node until it stops (and its metrics port, if `metrics` gives one); False if it could not listen
+    anywhere."""
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)
         if not node.addresses():
             node.stop()
             return False
+        if metrics is not None:
+            node.metrics_url = await nursery.start(serve_status, node, *metrics)
         await nursery.start(serve_control, node)
         nursery.start_soon(_stop_on_signal, node)
         print(f"{READY_PREFIX}{node.peer_id} listening on {' '.join(_full(node))}", flush=True)

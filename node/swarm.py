@@ -39,6 +39,7 @@ from kogitune.settings import settings
 
 from .copies import ManifestCopy, store_copy, stored_copy
 from .fetch import ShardFetch
+from .metrics import SHARD_FETCH_BUCKETS, Timings
 from .peers import PeerSource, fetch_signed_manifest
 from .pool import SourcePool, fetch_manifest, first_answer, prefetch_in_order
 from .providers import connect_providers
@@ -107,6 +108,8 @@ class Swarm:
         self.nursery = nursery
         self.read_timeout = read_timeout
         self.bytes_fetched = 0
+        self.shard_timings = Timings(SHARD_FETCH_BUCKETS)
+        """How long each shard fetch took, by outcome (ok, failed): node/metrics.py."""
         self.opened: dict[str, OpenDataset] = {}
         self._opening: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
         self._fetching: dict[tuple[str, int], trio.Event] = {}
@@ -317,12 +320,21 @@ class Swarm:
             self._fetching[key] = trio.Event()
             try:
                 async with self._shards:
-                    fetch = ShardFetch(opened.directory, opened.manifest, shard, opened.pool)
-                    await self.nursery.start(fetch.run)
-                self.bytes_fetched += sum(fetch.bytes_by_source.values())
+                    await self._fetch(opened, shard)
             finally:
                 self._fetching.pop(key).set()
         return opened.directory
+
+    async def _fetch(self, opened: OpenDataset, shard) -> None:
+        """One shard into the store, timed (shard_timings: "ok", or "failed" when it raised or was cancelled)."""
+        started, outcome = trio.current_time(), "failed"
+        try:
+            fetch = ShardFetch(opened.directory, opened.manifest, shard, opened.pool)
+            await self.nursery.start(fetch.run)
+            outcome = "ok"
+        finally:
+            self.shard_timings.observe(outcome, trio.current_time() - started)
+        self.bytes_fetched += sum(fetch.bytes_by_source.values())
 
     async def prefetch(self, dataset_id: str, indexes: list[int], mirrors=(), peers: bool = True) -> None:
         """Fetch shards ahead of need, in this order, at most PREFETCH_SHARDS at a time, so that a shard someone is

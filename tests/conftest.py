@@ -235,14 +235,14 @@ def tiny_tokenizer(tmp_path_factory, kjv_texts) -> Path:
 
 @pytest.fixture
 def nodes(tmp_path):
-    """start(name, bootstrap=(), env=None): a node process (netnodes.NodeProcess) in tmp_path/name, closed after
-    the test."""
+    """start(name, bootstrap=(), env=None, flags=()): a node process (netnodes.NodeProcess) in tmp_path/name, closed
+    after the test; `flags` go to `kogitune node start`."""
     from netnodes import NodeProcess
 
     started = []
 
-    def start(name: str, bootstrap=(), env=None):
-        node = NodeProcess(tmp_path / name, bootstrap, env)
+    def start(name: str, bootstrap=(), env=None, flags=()):
+        node = NodeProcess(tmp_path / name, bootstrap, env, flags=flags)
         started.append(node)
         return node
 

@@ -14,11 +14,16 @@ class NodeProcess:
     """`kogitune node start` in its own home; the ready line gives its peer ID and address."""
 
     def __init__(
-        self, home: Path, bootstrap: list[str] = (), env: dict | None = None, listen: str = "/ip4/127.0.0.1/tcp/0"
+        self,
+        home: Path,
+        bootstrap: list[str] = (),
+        env: dict | None = None,
+        listen: str = "/ip4/127.0.0.1/tcp/0",
+        flags: list[str] = (),
     ) -> None:
         self.home = Path(home)
         self.env = env or ENV
-        args = [KOGITUNE, "node", "start", "--home", str(self.home), "--listen", listen]
+        args = [KOGITUNE, "node", "start", "--home", str(self.home), "--listen", listen, *flags]
         for address in bootstrap:
             args += ["--bootstrap", address]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=self.env)

@@ -4,6 +4,7 @@
   the original Kogitune's users; the Python API is `kogitune.store` and `kogitune.filter`);
 - look.py: `verify`, `info`, `head`, by a tensor's directory or a dataset ID;
 - network.py: `ls`, `rm`, `cache`, `node`, `publish`, `get`, `status`;
+- names.py: `lock`, `resolve`;
 - common.py: exit statuses and argparse helpers.
 """
 
@@ -14,7 +15,7 @@ import sys
 import traceback
 
 from ..errors import KogituneError
-from . import look, network, tensors
+from . import look, names, network, tensors
 from .common import EXIT_BUG, EXIT_DAMAGED, EXIT_ERROR, EXIT_OK, MAX_DOCUMENT_HELP, SETTINGS_HELP
 from .tensors import filter_cli, store_cli
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     tensors.add_commands(commands)
     look.add_commands(commands)
     network.add_commands(commands)
+    names.add_commands(commands)
     return parser
 
 

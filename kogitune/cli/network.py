@@ -77,6 +77,13 @@ def add_commands(commands) -> None:
         help="announce the datasets again this often (default: the setting reprovide_interval, "
         f"{DEFAULTS.reprovide_interval:g}; DHT records expire after 48 h)",
     )
+    node.add_argument(
+        "--metrics",
+        metavar="[HOST:]PORT",
+        help="with start: serve Prometheus metrics at /metrics and a status page at / on this address (HOST "
+        "defaults to 127.0.0.1; port 0: any free one, shown by `node status`); default: the setting metrics_port "
+        "(0: off)",
+    )
     node.add_argument("--detach", action="store_true", help="with start: run in the background, print its address")
     node.set_defaults(run=_node)
 
@@ -90,6 +97,12 @@ def add_commands(commands) -> None:
     )
     publish.add_argument("directory", help="a data tensor directory (the one with manifest.json)")
     publish.add_argument("--allow", action="append", metavar="PEER_ID", help="serve only to this peer; repeatable")
+    publish.add_argument(
+        "--name",
+        metavar="NAME",
+        help="also point the name <this node's peer ID>/NAME to the dataset: a signed record with a new version "
+        "number, announced on the DHT (the newest valid one wins); `kogitune resolve` reads it",
+    )
     publish.add_argument("--home", help=HOME_HELP)
     publish.set_defaults(run=_publish)
 
@@ -203,13 +216,14 @@ def _node(args) -> int:
         from kogitune.node.service import check_start, run_node, start_detached
 
         if args.detach:
-            check_start(home, args.listen or [], args.bootstrap or [])
+            check_start(home, args.listen or [], args.bootstrap or [], args.metrics)
             argv = ["node", "start", "--home", str(home), "--reprovide-interval", str(settings().reprovide_interval)]
             argv += [x for a in args.listen or [] for x in ("--listen", a)]
             argv += [x for b in args.bootstrap or [] for x in ("--bootstrap", b)]
+            argv += ["--metrics", args.metrics] if args.metrics is not None else []
             print(start_detached(home, argv))
             return EXIT_OK
-        run_node(home, args.listen or [], args.bootstrap or [], settings().reprovide_interval)
+        run_node(home, args.listen or [], args.bootstrap or [], settings().reprovide_interval, args.metrics)
         return EXIT_OK
     client = DaemonClient(home)
     if args.action == "stop":
@@ -246,6 +260,8 @@ def _node(args) -> int:
     for entry in changed:
         print(f"            {entry['dataset']} shard {entry['shard']}")
     print(f"served      {status['bytes_served'] / 1e6:.1f} MB; fetched {status['bytes_fetched'] / 1e6:.1f} MB")
+    if status.get("metrics"):
+        print(f"metrics     {status['metrics']}metrics (Prometheus); status page {status['metrics']}")
     return EXIT_OK
 
 
@@ -254,8 +270,11 @@ def _publish(args) -> int:
 
     from ..client import DaemonClient
 
-    reply = DaemonClient(home_of(args)).call("publish", path=str(Path(args.directory).resolve()), allow=args.allow)
+    path = str(Path(args.directory).resolve())
+    reply = DaemonClient(home_of(args)).call("publish", path=path, allow=args.allow, name=args.name)
     print(reply["id"])
+    if args.name is not None:
+        print(f"name {reply['name']} (version {reply['seq']})")
     return EXIT_OK
 
 
