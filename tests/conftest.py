@@ -249,3 +249,12 @@ def nodes(tmp_path):
     yield start
     for node in started:
         node.close()
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray instance for the session (starting one takes about 5 s)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

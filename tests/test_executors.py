@@ -7,21 +7,11 @@ import os
 import shutil
 import subprocess
 
-import pytest
 from conftest import OPTIONS, PARTS_FLAGS
 
 from kogitune.cli import main
 from kogitune.collection import DataCollection
 from kogitune.write.executors import run_parts
-
-
-@pytest.fixture(scope="session")
-def local_ray():
-    """One local Ray instance for the session (starting one takes about 5 s)."""
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray
-    ray.shutdown()
 
 
 def test_ray_tasks_make_the_same_collection(parts_inputs, parts_collection, tmp_path, local_ray):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from ..errors import KogituneError
+from . import stages
 from .common import (
     EXIT_OK,
     INPUTS_HELP,
@@ -154,6 +155,7 @@ def add_commands(commands) -> None:
     )
     filter_.add_argument("--examples", type=int, default=3, help="dropped examples kept per reason (default: 3)")
     filter_.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    stages.add_arguments(filter_)
     filter_.set_defaults(run=_filter)
 
 
@@ -341,6 +343,10 @@ def _filter(args) -> int:
         )
     config = Pipeline.from_config(args.config).to_config() if args.config else {"filters": []}
     config["filters"] += [parse_filter_spec(spec) for spec in args.filter]
+    if args.parts is not None:
+        return stages.filter_in_parts(args, config)
+    if args.slurm_array or args.executor != "local" or args.address or args.stage or args.task or args.buckets:
+        raise KogituneError("--buckets, --executor, --address, --slurm-array, --stage and --task go with --parts N")
     filter_cli(
         args.files,
         args.output,

@@ -267,10 +267,15 @@ class ExactDedup(_SpillingIndex, Filter):
     index: KeyIndex = field(init=False, repr=False)
     kept: int = field(init=False, default=0)
 
-    def apply(self, text: str) -> FilterResult:
+    def digest(self, text: str) -> tuple[np.uint64, np.uint64]:
+        """The 128-bit digest of the (normalized) text as two uint64: the index's key and the value beside it."""
         key = normalize_for_exact(text) if self.normalize else text
         digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
         high, low = np.frombuffer(digest, dtype="<u8")
+        return high, low
+
+    def apply(self, text: str) -> FilterResult:
+        high, low = self.digest(text)
         keys = np.array([high], dtype=np.uint64)
         if self.index.get(keys)[0] == low:
             return FilterResult(None, 1.0, "duplicate")
@@ -369,11 +374,17 @@ class MinHashDedup(_SpillingIndex, Filter):
         super().__post_init__()
         self.hasher = MinHasher(self.shingle, self.ngram, self.bands, self.rows, self.seed)
 
-    def apply(self, text: str) -> FilterResult:
+    def band_keys(self, text: str) -> np.ndarray:
+        """The text's `bands` LSH keys; none for a text without shingles (never a near-duplicate)."""
         shingles = self.hasher.shingles(text)
         if not len(shingles):
+            return np.empty(0, dtype=np.uint64)
+        return self.hasher.band_keys(self.hasher.signature(shingles))
+
+    def apply(self, text: str) -> FilterResult:
+        keys = self.band_keys(text)
+        if not len(keys):
             return FilterResult(text)
-        keys = self.hasher.band_keys(self.hasher.signature(shingles))
         matches = self.index.get(keys)
         matches = matches[matches != MISSING]
         if len(matches):

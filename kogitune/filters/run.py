@@ -121,13 +121,13 @@ def filter_lines(
                     number,
                     kept,
                     kept_size,
-                    line.rstrip(b"\r\n") if kept == text else _dump(document, options.text_key, kept),
+                    line.rstrip(b"\r\n") if kept == text else dump_line(document, options.text_key, kept),
                 )
             )
     return result
 
 
-def _dump(document: dict, key: str, text: str) -> bytes:
+def dump_line(document: dict, key: str, text: str) -> bytes:
     return json.dumps({**document, key: text}, ensure_ascii=False).encode("utf-8", "surrogatepass")
 
 
@@ -160,7 +160,7 @@ def filter_files(
     )
     sampler = random.Random(0)
     with (
-        _OutputFile(out, enabled=not options.dry_run) as sink,
+        OutputFile(out, enabled=not options.dry_run) as sink,
         tqdm(
             total=sum(p.stat().st_size for p in paths),
             unit="B",
@@ -191,7 +191,7 @@ def filter_files(
                     if kept is None:
                         continue
                     if kept != text:
-                        line = _dump(json.loads(line), options.text_key, kept)
+                        line = dump_line(json.loads(line), options.text_key, kept)
                 report.kept += 1
                 report.bytes_kept += size
                 sink.write(line)
@@ -230,7 +230,7 @@ def _filter_in_worker(lines: list[bytes], first_line: int, path_name: str, optio
     return filter_lines(_worker_pipeline, lines, first_line, path_name, options)
 
 
-class _OutputFile:
+class OutputFile:
     """Kept lines go to a temporary file beside the output, renamed over it only when everything succeeded."""
 
     def __init__(self, path: Path | None, enabled: bool) -> None:
@@ -240,7 +240,7 @@ class _OutputFile:
         self._stream: gzip.GzipFile | ZstdCompressionWriter | None = None
         self._write: Callable[[bytes], object] | None = None
 
-    def __enter__(self) -> _OutputFile:
+    def __enter__(self) -> OutputFile:
         if self.path is None:
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -42,22 +43,7 @@ def run_parts(
     split_inputs(paths, parts)  # fails here, at once, rather than in every task
     out = Path(output)
     tasks = [(paths, (index, parts), part_path(out, index), tokenizer, options) for index in range(parts)]
-    if executor == "local":
-        processes = min(parts, os.cpu_count() or 1)
-        spawn = multiprocessing.get_context("spawn")
-        try:
-            with ProcessPoolExecutor(processes, mp_context=spawn, initializer=follow_parent) as pool:
-                reports = list(pool.map(_store_part_task, *zip(*tasks)))
-        except BrokenProcessPool:
-            raise KogituneError(
-                "a part's process died. If this runs from a script, put the call under "
-                '`if __name__ == "__main__":` (the processes are spawned and import the script); else store one '
-                "part with --task I/N to see the error"
-            ) from None
-    elif executor == "ray":
-        reports = _run_on_ray(tasks, address)
-    else:
-        raise KogituneError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    reports = run_tasks(_store_part_task, tasks, executor, address)
     return reports, merge([part_path(out, index) for index in range(parts)], out)
 
 
@@ -65,14 +51,35 @@ def _store_part_task(paths, task, output, tokenizer, options) -> StoreReport:
     return store_part(paths, task, output, tokenizer, options, progress=False)
 
 
-def _run_on_ray(tasks: list[tuple], address: str | None) -> list[StoreReport]:
+def run_tasks(function: Callable, tasks: list[tuple], executor: str = "local", address: str | None = None) -> list:
+    """`function(*task)` for every task, in parallel on `executor` ("local": up to one spawned process per core;
+    "ray": one Ray task each, on the cluster at `address` or a local Ray instance); the results in task order.
+    `function` must be importable by name (a module's top-level function), as the processes import it."""
+    if executor == "local":
+        processes = min(len(tasks), os.cpu_count() or 1)
+        spawn = multiprocessing.get_context("spawn")
+        try:
+            with ProcessPoolExecutor(processes, mp_context=spawn, initializer=follow_parent) as pool:
+                return list(pool.map(function, *zip(*tasks)))
+        except BrokenProcessPool:
+            raise KogituneError(
+                "a task's process died. If this runs from a script, put the call under "
+                '`if __name__ == "__main__":` (the processes are spawned and import the script); else run one '
+                "task with --task I/N to see the error"
+            ) from None
+    if executor == "ray":
+        return _run_on_ray(function, tasks, address)
+    raise KogituneError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+
+
+def _run_on_ray(function: Callable, tasks: list[tuple], address: str | None) -> list:
     try:
         import ray
     except ImportError:
         raise KogituneError("--executor ray needs Ray: pip install 'kogitune[ray]'") from None
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False)
-    remote = ray.remote(num_cpus=1)(_store_part_task)
+    remote = ray.remote(num_cpus=1)(function)
     return ray.get([remote.remote(*task) for task in tasks])
 
 

@@ -1,0 +1,100 @@
+"""Benchmark dedup in stages (`kogitune filter --parts N`) against the sequential filter: peak memory per task.
+
+    python scripts/bench_staged_dedup.py [--documents 20000 80000] [--parts 3] [--buckets 4]
+
+Input: documents of 3 random KJV verses (about 420 bytes each), a tenth of them repeated (half exact copies,
+half with a few words changed), as one JSONL file; the pipeline is exact_dedup then minhash_dedup (14 x 8).
+Every run is its own process, started as the Slurm script's tasks start (`python -m kogitune.cli filter ...`), and
+its peak resident memory is its ru_maxrss from os.wait4: the sequential `kogitune filter`, and each task of each
+stage of the staged run. The command doing nothing (`kogitune filter --help`) is the floor. The staged output is
+checked to be the sequential output, byte for byte.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from kogitune.corpora import kjv_verses
+
+PIPELINE = {"filters": [{"name": "exact_dedup"}, {"name": "minhash_dedup"}]}
+
+
+def write_input(path: Path, count: int, seed: int = 0) -> None:
+    with open(kjv_verses(), encoding="utf-8") as f:
+        verses = [json.loads(line)["text"] for line in f]
+    rng = random.Random(seed)
+    documents = [" ".join(rng.sample(verses, 3)) for _ in range(count)]
+    for _ in range(count // 10):
+        words = rng.choice(documents).split()
+        if rng.random() < 0.5:
+            words[rng.randrange(len(words))] = rng.choice(words)
+        documents.insert(rng.randrange(len(documents)), " ".join(words))
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in documents))
+
+
+def run(argv: list[str]) -> tuple[float, float]:
+    """Run `python -m kogitune.cli ARGV` in its own process: (its peak RSS in MB, seconds)."""
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "kogitune.cli", *argv], stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        raise SystemExit(f"{argv[:1]} failed with exit code {process.returncode}")
+    return usage.ru_maxrss / 1024, time.perf_counter() - started
+
+
+def floor_mb() -> float:
+    """The peak RSS of the command doing nothing: `kogitune filter --help`."""
+    return run(["filter", "--help"])[0]
+
+
+def bench(count: int, parts: int, buckets: int, folder: Path) -> None:
+    source, config = folder / f"in-{count}.jsonl", folder / "pipeline.json"
+    # Written by a child process: a forked child starts with its parent's resident memory, and Linux keeps
+    # ru_maxrss across exec, so this process must stay small for its children's figures to be theirs.
+    code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_staged_dedup as b; "
+    subprocess.run([sys.executable, "-c", code + f"b.write_input(b.Path({str(source)!r}), {count})"], check=True)
+    config.write_text(json.dumps(PIPELINE))
+    size = source.stat().st_size / 1e6
+    sequential_mb, sequential_s = run(["filter", str(source), "-c", str(config), "-o", str(folder / "seq.jsonl"), "-q"])
+    out = folder / f"staged-{count}"
+    flags = [str(source), "-c", str(config), "--parts", str(parts), "--buckets", str(buckets), "-o", str(out)]
+    stage_tasks = {"signatures": parts, "buckets": 2 * buckets, "decisions": 1, "write": parts, "finish": 1}
+    print(f"\n{count + count // 10:,} documents, {size:.1f} MB; {parts} parts, {buckets} buckets")
+    print(f"  sequential kogitune filter (1 process)  peak RSS {sequential_mb:6.1f} MB  {sequential_s:5.1f} s")
+    total = 0.0
+    for stage, tasks in stage_tasks.items():
+        measured = [run(["filter", *flags, "--stage", stage, "--task", f"{i}/{tasks}", "-q"]) for i in range(tasks)]
+        peaks = [mb for mb, _ in measured]
+        total += sum(seconds for _, seconds in measured)
+        print(
+            f"  {stage:<11} {tasks:2d} tasks  peak RSS per task: max {max(peaks):6.1f} MB, "
+            f"min {min(peaks):6.1f} MB  ({sum(s for _, s in measured):5.1f} s in all)"
+        )
+    staged = b"".join((out / f"part-{p:05d}.jsonl").read_bytes() for p in range(parts))
+    same = staged == (folder / "seq.jsonl").read_bytes()
+    print(f"  staged total {total:5.1f} s of task processes; same output as sequential: {'yes' if same else 'NO'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--documents", type=int, nargs="+", default=[20_000, 80_000])
+    parser.add_argument("--parts", type=int, default=3)
+    parser.add_argument("--buckets", type=int, default=4)
+    args = parser.parse_args()
+    print(f"floor: `kogitune filter --help` in its own process, peak RSS {floor_mb():.1f} MB")
+    with tempfile.TemporaryDirectory() as folder:
+        for count in args.documents:
+            bench(count, args.parts, args.buckets, Path(folder))
+
+
+if __name__ == "__main__":
+    main()
