@@ -21,6 +21,7 @@ from kogitune.protocol.jsonlimits import MAX_JSON_DEPTH, loads
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES
 
 from . import errors
+from .collection import DataCollection
 from .content_store import ContentStore, kogitune_home
 from .errors import KogituneError, NodeNotRunning, RecipeError
 from .layout import CONTROL_SOCKET_FILE, LOG_FILE, NODE_LOCK_FILE
@@ -181,9 +182,10 @@ def _daemon_for(store: ContentStore) -> DaemonClient | None:
 
 def remote_manifest(dataset_id: str, home: Path, timeout: float = DEFAULT_FETCH_TIMEOUT):
     """(the manifest, its publisher) of a dataset, to look at: the signed manifest from the store or from its
-    providers, as the fetch service opens it (Swarm.peek), written nowhere and with no shard fetched. Through the
-    node daemon of `home` when one runs, else through a node started in this process for `home`."""
-    from kogitune.protocol.manifest import parse_manifest
+    providers, as the fetch service opens it (Swarm.peek), written nowhere and with no shard fetched; a collection's
+    manifest for a collection ID. Through the node daemon of `home` when one runs, else through a node started in
+    this process for `home`."""
+    from kogitune.protocol.collection import parse_manifest_or_collection
 
     try:
         reply = DaemonClient(home).call("manifest", timeout, MAX_MANIFEST_REPLY_BYTES, id=dataset_id)
@@ -192,7 +194,7 @@ def remote_manifest(dataset_id: str, home: Path, timeout: float = DEFAULT_FETCH_
         from kogitune.node.embedded import EmbeddedNode
 
         data, publisher = EmbeddedNode(settings().read_timeout, home).peek(home, dataset_id, timeout)
-    manifest = parse_manifest(data)
+    manifest = parse_manifest_or_collection(data)
     if manifest.dataset_id != dataset_id:
         raise errors.IntegrityError(f"the manifest given for {dataset_id} hashes to {manifest.dataset_id}")
     return manifest, publisher
@@ -222,32 +224,43 @@ def open_dataset_id(
     timeout: float = DEFAULT_FETCH_TIMEOUT,
     mirrors=(),
     store: ContentStore | None = None,
-) -> DataTensor:
+) -> DataTensor | DataCollection:
     """Open a dataset by ID: its manifest must hash to the ID, from whichever source it comes (peers found on the
     DHT, or the web `mirrors` named for it, raced: with mirrors, a missing DHT holds nothing up). A copy from
     peers carries its publisher's signature; one from mirrors carries it when the mirrors serve the published
     directory's `signature` file, and must when `trusted_publishers` is given (the publisher must then be on it).
     A copy already in the local store that passes opens without the network, so a fetched dataset trains offline
     and a DataLoader worker starts no libp2p node for it. Shards missing locally follow on demand, from peers and
-    mirrors at once."""
-    from kogitune.node.copies import stored_copy  # files only: no trio or libp2p
+    mirrors at once. A collection ID opens as a DataCollection whose parts are opened so, each by its own ID (and
+    its publisher checked against `trusted_publishers` too)."""
+    from kogitune.node.copies import CollectionCopy, stored_collection, stored_copy  # files only: no trio, libp2p
 
     trusted = sorted(trusted_publishers) if trusted_publishers is not None else None
     store = store or ContentStore()
     mirrors = tuple(mirrors)
     daemon = _daemon_for(store)
     directory = store.dataset_dir(dataset_id)
-    copy = stored_copy(store, dataset_id)
+    copy = stored_copy(store, dataset_id) or stored_collection(store, dataset_id)
     publisher = copy.publisher if copy is not None else None
+    parts = copy.collection.parts if isinstance(copy, CollectionCopy) else None
     usable = copy is not None and (publisher is not None or bool(mirrors)) and (trusted is None or publisher in trusted)
     if not usable:
         if daemon is not None:
             reply = daemon.call("open", timeout, id=dataset_id, trusted=trusted, mirrors=list(mirrors))
-            directory, publisher = Path(reply["directory"]), reply["publisher"]
+            directory, publisher, parts = Path(reply["directory"]), reply["publisher"], reply.get("parts")
         else:
-            directory, publisher = embedded_node().open(store.home, dataset_id, mirrors, trusted, True, timeout)
+            directory, publisher, parts = embedded_node().open(store.home, dataset_id, mirrors, trusted, True, timeout)
     if trusted_publishers is not None and publisher not in set(trusted_publishers):
         raise RecipeError(f"{dataset_id} is published by {publisher}, who is not in trusted_publishers")
+    if parts is not None:
+
+        def open_part(index: int, part_id: str) -> DataTensor:
+            opened = open_dataset_id(part_id, trusted_publishers, timeout, store=store)
+            if not isinstance(opened, DataTensor):
+                raise RecipeError(f"part {index} of the collection {dataset_id} is itself a collection ({part_id})")
+            return opened
+
+        return DataCollection(directory, open_part)
     home = str(daemon.home) if daemon is not None else None
     remote = RemoteShards(dataset_id, str(store.home), mirrors, True, home, timeout)
     return DataTensor(directory, remote=remote, store=ContentStore(directory.parent.parent))

@@ -4,12 +4,15 @@ A collection directory holds `collection.json` (kogitune.protocol.collection: th
 `parts/<index>`, each a data tensor directory or a link to one. `DataCollection` opens every part (each verified
 by its own manifest and checked to have the ID the collection names) and reads them as one tensor: the shards of
 part 0, then those of part 1, and so on. `open_local` opens a directory as a DataTensor or a DataCollection,
-whichever it holds: recipes and the `info`, `verify` and `head` commands open local paths through it.
+whichever it holds: recipes and the `info`, `verify` and `head` commands open local paths through it. A collection
+opened by ID (kogitune.client.open_dataset_id) opens its parts by their IDs instead (`open_part`): each part is then
+a dataset of the content store, its shards fetched on demand.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,14 +39,13 @@ def open_local(path: str | os.PathLike) -> DataTensor | DataCollection:
 class DataCollection:
     """A collection directory opened for reading: its parts' samples, in order, as one tensor.
 
-    It reads as a DataTensor does (`shards`, `shard_tokens`, `block`, `tokens`, `verify`, `shard_token_counts`),
-    with the shards of all parts in order. `manifest` sums the parts up for display and checks (tokenizer, block
-    size, counts, the shards in order); it is no tensor's manifest: the collection's ID is `dataset_id`.
+    It reads as a DataTensor does (`shards`, `shard_tokens`, `block`, `tokens`, `verify`, `shard_token_counts`,
+    `prefetch`), with the shards of all parts in order. `manifest` sums the parts up for display and checks
+    (tokenizer, block size, counts, the shards in order); it is no tensor's manifest: the collection's ID is
+    `dataset_id`. `open_part(index, part_id)` opens a part (default: the tensor at `parts/<index>`).
     """
 
-    remote = None
-
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, open_part: Callable[[int, str], DataTensor] | None = None) -> None:
         self.path = Path(path)
         manifest_path = self.path / COLLECTION_FILE
         try:
@@ -51,7 +53,7 @@ class DataCollection:
         except ManifestError as exc:
             raise ManifestError(f"{manifest_path}: {exc}") from None
         self.dataset_id = self.collection.dataset_id
-        self.parts = [self._open_part(index, part_id) for index, part_id in enumerate(self.collection.parts)]
+        self.parts = [self._open_part(i, part_id, open_part) for i, part_id in enumerate(self.collection.parts)]
         self.manifest = summarize_parts(self.parts)
         self._part_of_shard = [(p, i) for p, part in enumerate(self.parts) for i in range(len(part.shards))]
         self.shard_first_block = np.cumsum([0] + [s.blocks for s in self.manifest.shards])
@@ -59,17 +61,25 @@ class DataCollection:
     def __repr__(self) -> str:
         return f"DataCollection({str(self.path)!r}, {self.dataset_id}, {len(self.parts)} parts)"
 
-    def _open_part(self, index: int, part_id: str) -> DataTensor:
+    def _open_part(self, index: int, part_id: str, open_part) -> DataTensor:
         place = part_path(self.path, index)
-        if not place.exists():
+        if open_part is not None:  # not kept: a DataLoader worker gets the opened parts, pickled
+            tensor = open_part(index, part_id)
+        elif not place.exists():
             raise TensorError(f"{self.path}: part {index} ({part_id}) is missing: no tensor at {place}")
-        tensor = DataTensor(place)
+        else:
+            tensor = DataTensor(place)
         if tensor.dataset_id != part_id:
             raise TensorError(
                 f"{place} is {tensor.dataset_id}, but the collection names {part_id} as part {index}: "
                 "merge the parts again"
             )
         return tensor
+
+    @property
+    def remote(self):
+        """Truthy when a part fetches missing shards (the dataset then prefetches ahead of need)."""
+        return next((part.remote for part in self.parts if part.remote is not None), None)
 
     @property
     def shards(self) -> tuple[ShardInfo, ...]:
@@ -89,7 +99,13 @@ class DataCollection:
         return [count for part in self.parts for count in part.shard_token_counts()]
 
     def prefetch(self, indexes) -> None:
-        """Local parts need no prefetch."""
+        """Ask the parts for these shards (the collection's indexes), in this order."""
+        wanted: dict[int, list[int]] = {}
+        for index in indexes:
+            part, shard = self._part_of_shard[index]
+            wanted.setdefault(part, []).append(shard)
+        for part, shards in wanted.items():
+            self.parts[part].prefetch(shards)
 
     def block(self, index: int) -> np.ndarray:
         if not 0 <= index < self.manifest.blocks:

@@ -23,6 +23,7 @@ from kogitune.protocol.jsonlimits import MAX_JSON_DEPTH, loads
 from kogitune.protocol.names import is_dataset_name, is_short_name
 
 from . import names
+from .collection import OpenCollection
 from .daemon import Node
 
 if sys.version_info < (3, 11):
@@ -150,6 +151,8 @@ async def _dispatch(node: Node, request: dict) -> dict:
         return {"record": (await names.resolve(node, str(name))).to_bytes().decode()}
     if op == "get":
         opened = await node.get(_dataset(request), _mirrors(request))
+        if isinstance(opened, OpenCollection):
+            return {"directory": str(opened.directory), "sources": f"the {len(opened.parts)} parts' own"}
         return {"directory": str(opened.directory), "sources": opened.pool.report()}
     if op == "open" and "id" not in request:  # a dataset of web mirrors alone: its ID is its manifest's hash
         opened = await node.swarm.open_mirrors(_mirrors(request))
@@ -159,7 +162,8 @@ async def _dispatch(node: Node, request: dict) -> dict:
         opened = await node.swarm.open(
             _dataset(request), _mirrors(request), frozenset(trusted) if trusted is not None else None
         )
-        return {"directory": str(opened.directory), "publisher": opened.publisher}
+        parts = list(opened.parts) if isinstance(opened, OpenCollection) else None
+        return {"directory": str(opened.directory), "publisher": opened.publisher, "parts": parts}
     if op == "manifest":  # a look at a dataset: its signed manifest, from the store or its providers; no shard
         copy = await node.swarm.peek(_dataset(request))
         return {"manifest": copy.data.decode(), "publisher": copy.publisher}

@@ -5,7 +5,7 @@ A node in server mode (the daemon, `kogitune node start`) serves its store and a
 dataset (under ids.provider_key), again every `reprovide_interval` and after connecting to bootstrap peers. A node
 in client mode (embedded in a training process when no daemon runs) only fetches: it neither serves nor announces.
 Everything fetched goes through the fetch service (node/swarm.py), which this node's `swarm` runs on its store;
-finding providers is node/providers.py, publishing node/publish.py.
+finding providers is node/providers.py, publishing node/publish.py, collections node/collection.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from kogitune.layout import SIGNATURE_FILE
 from kogitune.protocol import wire
 from kogitune.settings import settings
 
-from . import names, providers, publish
+from . import collection, names, providers, publish
+from .collection import OpenCollection
 from .host import keep_dht_clients_out, load_identity_seed, new_kogitune_host
 from .integrity import CHANGED, shard_paths
 from .metrics import LOOKUP_BUCKETS, Timings
@@ -221,7 +222,11 @@ class Node:
         return str(removed)
 
     async def publish(self, tensor_path: str, allow: list[str] | None = None) -> str:
-        """See node/publish.py."""
+        """See node/publish.py, and node/collection.py for a collection directory."""
+        from kogitune.collection import is_collection_dir
+
+        if is_collection_dir(tensor_path):
+            return await collection.publish_collection(self, tensor_path, allow)
         return await publish.publish(self, tensor_path, allow)
 
     async def find_providers(self, dataset_id: str, deadline: float = LOOKUP_DEADLINE) -> list:
@@ -237,10 +242,16 @@ class Node:
         """See node/providers.py (bounded by STATUS_ANSWER_SECONDS)."""
         return await providers.providers_status(self, dataset_id)
 
-    async def get(self, dataset_id: str, mirrors=()) -> OpenDataset:
+    async def get(self, dataset_id: str, mirrors=()) -> OpenDataset | OpenCollection:
         """Fetch a whole dataset into the store, then provide it too when this node can serve it (it holds the
         publisher's signature; an unsigned copy from web mirrors is not served). The announcement goes on after
-        the return: the data is here, and a slow DHT must not hold up the caller."""
+        the return: the data is here, and a slow DHT must not hold up the caller. A collection: each of its parts
+        so (node/collection.py), then the collection."""
+        if not mirrors:
+            found = await self.swarm.open(dataset_id)
+            if isinstance(found, OpenCollection):
+                await collection.get_collection(self, found)
+                return found
         opened = await self.swarm.get(dataset_id, mirrors)
         if self.config.server and opened.publisher is not None:
             self.nursery.start_soon(self.announce, dataset_id)
@@ -261,7 +272,7 @@ class Node:
                 and all((directory / s.tokens_path).exists() for s in manifest.shards)
             ):
                 found.append(directory.name)
-        return found
+        return found + collection.complete_collections(self, set(found))
 
     async def status(self) -> dict:
         """What `kogitune node status` shows. The store is scanned (every manifest parsed, every shard's files

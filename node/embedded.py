@@ -19,6 +19,7 @@ from kogitune.content_store import ContentStore
 from kogitune.errors import FetchError
 from kogitune.settings import settings
 
+from .collection import OpenCollection
 from .swarm import Swarm
 
 if TYPE_CHECKING:
@@ -73,13 +74,15 @@ class EmbeddedNode:
         return trio.from_thread.run(run, trio_token=self._token)
 
     def open(self, store_home, dataset_id: str, mirrors, trusted, peers: bool, timeout: float):
-        """Open a dataset by ID (see Swarm.open); (its store directory, its publisher or None)."""
+        """Open a dataset or collection by ID (see Swarm.open); (its store directory, its publisher or None, a
+        collection's parts or None)."""
 
         async def work():
             opened = await self._swarm(store_home).open(
                 dataset_id, mirrors, frozenset(trusted) if trusted is not None else None, peers
             )
-            return opened.directory, opened.publisher
+            parts = list(opened.parts) if isinstance(opened, OpenCollection) else None
+            return opened.directory, opened.publisher, parts
 
         return self._run(work, timeout, lambda: f"{dataset_id} could not be resolved within {timeout:.0f} s")
 

@@ -16,12 +16,13 @@ import trio
 
 from kogitune.errors import SourceBusy, SourceError
 from kogitune.protocol import wire
+from kogitune.protocol.collection import Collection
 from kogitune.protocol.ids import dataset_id_digest
 from kogitune.protocol.manifest import Manifest
-from kogitune.protocol.signing import check_signed_manifest
+from kogitune.protocol.signing import check_signed
 
 from .body import Body
-from .copies import ManifestCopy
+from .copies import CollectionCopy, ManifestCopy
 from .sources import Source
 
 READ_CHUNK = 1 << 20
@@ -126,11 +127,14 @@ async def _reset(stream) -> None:
         pass
 
 
-async def fetch_signed_manifest(host, peer_id, dataset_id: str, timeout: float) -> ManifestCopy:
-    """The manifest of `dataset_id` from one peer, checked against the ID and the publisher's signature."""
+async def fetch_signed_manifest(host, peer_id, dataset_id: str, timeout: float) -> ManifestCopy | CollectionCopy:
+    """The manifest of `dataset_id` from one peer, checked against the ID and the publisher's signature: a data
+    tensor's, or a collection's when the ID names a collection (its manifest comes in the same response)."""
     stream, response, _ = await _open(host, peer_id, wire.ManifestRequest(dataset_id_digest(dataset_id)), timeout)
     await _reset(stream)
-    manifest = check_signed_manifest(dataset_id, response.manifest, response.public_key, response.signature)
+    manifest = check_signed(dataset_id, response.manifest, response.public_key, response.signature)
+    if isinstance(manifest, Collection):
+        return CollectionCopy(response.manifest, manifest, response.public_key, response.signature, peer_id)
     return ManifestCopy(
         response.manifest,
         manifest,

@@ -22,6 +22,7 @@ from kogitune.protocol.ids import provider_key
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from kogitune.settings import settings
 
+from .copies import CollectionCopy
 from .peers import fetch_have
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,12 @@ async def providers_status(node, dataset_id: str) -> list[dict]:
         if held:
             report.append({"peer": node.peer_id, "this_node": True, "shards": held, "of": len(manifest.shards)})
     else:
-        manifest = (await node.swarm.peek(dataset_id)).manifest
+        copy = await node.swarm.peek(dataset_id)
+        if isinstance(copy, CollectionCopy):  # a collection: its providers, then each part's (node/collection.py)
+            from .collection import collection_status
+
+            return await collection_status(node, dataset_id, copy.collection.parts)
+        manifest = copy.manifest
     count = len(manifest.shards)
     answers: dict[str, dict] = {}
 

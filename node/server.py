@@ -5,7 +5,9 @@ size; each peer may hold only a few streams at once; a private dataset answers o
 that its publisher signed, and every other peer gets the very answer of a dataset this node does not hold.
 Fetchers verify every byte, but a node also sends only what it has checked (see kogitune.node.integrity): a
 manifest that hashes to the ID it is served as, .pieces and .docs files that match it, and tokens files unchanged
-since they passed a check. Anything else is withheld and answered like a missing file.
+since they passed a check. Anything else is withheld and answered like a missing file. A collection ID's manifest request is answered with the
+signed collection manifest (one that hashes to the ID), in the same ManifestResponse; a collection has no shards,
+so its have and read requests get the answer of an ID not held.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from kogitune.content_store import ContentStore
 from kogitune.layout import (
     ALLOW_FILE,
     ALLOW_SIGNATURE_FILE,
+    COLLECTION_FILE,
     MANIFEST_FILE,
     SIGNATURE_FILE,
     read_allow_files,
@@ -29,6 +32,7 @@ from kogitune.layout import (
 )
 from kogitune.marks import stat_signature
 from kogitune.protocol import wire
+from kogitune.protocol.collection import MAX_COLLECTION_BYTES, parse_collection
 from kogitune.protocol.errors import ManifestError
 from kogitune.protocol.ids import dataset_id_from_digest
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
@@ -113,6 +117,9 @@ class DataServer:
         """dataset ID -> (stat_signature of its manifest.json when read, the manifest or None if it did not hash to
         the ID, its bytes): read and checked again only when the file changes."""
         self._audiences: dict[str, tuple[tuple, Audience]] = {}
+        self._collections: dict[str, tuple[list, bytes]] = {}
+        """collection ID -> (stat_signature of its collection.json when read, its bytes, or b"" if they did not
+        hash to the ID)."""
         self.guard = StoreGuard()
 
     @property
@@ -181,6 +188,13 @@ class DataServer:
         dataset_id = dataset_id_from_digest(request.dataset)
         directory = self.store.dataset_dir(dataset_id)
         loaded = self._manifest(dataset_id, directory)
+        if loaded is None and isinstance(request, wire.ManifestRequest):
+            collection = self._collection(dataset_id, directory)
+            if collection:
+                public_key, signature = read_signature(directory)
+                response = wire.ManifestResponse(collection, signature=signature, public_key=public_key)
+                await self._send(stream, wire.encode_response(response))
+                return
         if loaded is None:
             raise not_held(dataset_id)
         manifest, manifest_bytes = loaded
@@ -278,6 +292,25 @@ class DataServer:
                 stamp,
                 Audience(peers, tuple(sorted(peers)), signature if peers else b""),
             )
+        return cached[1]
+
+    def _collection(self, collection_id: str, directory: Path) -> bytes:
+        """The signed collection manifest of `collection_id`, only if it hashes to the ID (else b"")."""
+        fd = open_served(directory / COLLECTION_FILE)
+        if fd is None:
+            return b""
+        with open(fd, "rb") as f:
+            signature = stat_signature(os.fstat(f.fileno()))
+            if not (directory / SIGNATURE_FILE).exists():
+                return b""
+            cached = self._collections.get(collection_id)
+            if cached is None or cached[0] != signature:
+                data = f.read(MAX_COLLECTION_BYTES + 1)
+                try:
+                    valid = parse_collection(data).dataset_id == collection_id
+                except ManifestError:
+                    valid = False
+                cached = self._collections[collection_id] = (signature, data if valid else b"")
         return cached[1]
 
     def _manifest(self, dataset_id: str, directory: Path) -> tuple[Manifest, bytes] | None:

@@ -17,6 +17,11 @@ How a dataset is opened (`open`):
   store that hashes to the ID is used as it is (every DataLoader worker opens the dataset again);
 - by mirrors alone (`open_mirrors`): the same with no peers; the ID is the hash of the manifest they serve.
 
+A collection ID (kogitune.protocol.collection) opens from the store or from its providers like a dataset ID: its
+providers answer the manifest request with the signed collection manifest, which is stored as a collection
+directory (copies.store_collection), and `open` returns an OpenCollection; its parts are datasets, each opened
+and fetched by its own ID (a collection has no shards of its own, and no mirrors).
+
 One in-flight table (one fetch per shard at a time in this process; ShardFetch's lock file covers the others), at
 most MAX_SHARDS_IN_FLIGHT shards at once, and one prefetch rule (PREFETCH_SHARDS).
 """
@@ -37,7 +42,8 @@ from kogitune.protocol.manifest import Manifest
 from kogitune.protocol.signing import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, check_signed_manifest
 from kogitune.settings import settings
 
-from .copies import ManifestCopy, store_copy, stored_copy
+from .collection import OpenCollection
+from .copies import CollectionCopy, ManifestCopy, store_collection, store_copy, stored_collection, stored_copy
 from .fetch import ShardFetch
 from .metrics import SHARD_FETCH_BUCKETS, Timings
 from .peers import PeerSource, fetch_signed_manifest
@@ -111,6 +117,7 @@ class Swarm:
         self.shard_timings = Timings(SHARD_FETCH_BUCKETS)
         """How long each shard fetch took, by outcome (ok, failed): node/metrics.py."""
         self.opened: dict[str, OpenDataset] = {}
+        self.collections: dict[str, OpenCollection] = {}
         self._opening: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
         self._fetching: dict[tuple[str, int], trio.Event] = {}
         self._shards = trio.CapacityLimiter(MAX_SHARDS_IN_FLIGHT)
@@ -120,15 +127,23 @@ class Swarm:
 
     async def open(
         self, dataset_id: str, mirrors=(), trusted: frozenset[str] | None = None, peers: bool = True
-    ) -> OpenDataset:
-        """The dataset `dataset_id`, opened once per process and kept: its manifest checked, its sources in one
-        pool. `mirrors` join the pool of a dataset opened already; with `peers` False no peer is looked for (a
-        recipe entry of mirror URLs alone)."""
+    ) -> OpenDataset | OpenCollection:
+        """The dataset or collection `dataset_id`, opened once per process and kept: its manifest checked, a
+        dataset's sources in one pool. `mirrors` join the pool of a dataset opened already; with `peers` False no
+        peer is looked for (a recipe entry of mirror URLs alone)."""
         mirrors = tuple(dict.fromkeys(str(m).rstrip("/") for m in mirrors))
         async with self._opening[dataset_id]:
+            collection = self.collections.get(dataset_id) or self._stored_collection(dataset_id)
+            if collection is not None and collection.trusted_by(trusted):
+                self.collections[dataset_id] = collection
+                return collection
             opened = self.opened.get(dataset_id)
             if opened is None or not opened.trusted_by(trusted):
-                opened = self.opened[dataset_id] = await self._resolve(dataset_id, mirrors, trusted, peers)
+                resolved = await self._resolve(dataset_id, mirrors, trusted, peers)
+                if isinstance(resolved, OpenCollection):
+                    self.collections[dataset_id] = resolved
+                    return resolved
+                opened = self.opened[dataset_id] = resolved
             elif not (opened.directory / MANIFEST_FILE).exists():  # the store was removed or evicted meanwhile
                 store_copy(self.store, dataset_id, opened.copy)
             for url in mirrors:
@@ -136,6 +151,20 @@ class Swarm:
             if peers and not opened.looking_for_peers and mirrors:
                 self._look_for_peers(opened)
             return opened
+
+    async def open_dataset(self, dataset_id: str, mirrors=(), peers: bool = True) -> OpenDataset:
+        """`open`, for what needs a dataset's shards: a collection is refused (its parts are datasets)."""
+        opened = await self.open(dataset_id, mirrors, peers=peers)
+        if isinstance(opened, OpenCollection):
+            raise FetchError(f"{dataset_id} is a collection of {len(opened.parts)} parts: open its parts by their IDs")
+        return opened
+
+    def _stored_collection(self, collection_id: str) -> OpenCollection | None:
+        """The signed collection of this ID in the store, if there is one."""
+        copy = stored_collection(self.store, collection_id)
+        if copy is None or copy.publisher is None:
+            return None
+        return OpenCollection(collection_id, self.store.dataset_dir(collection_id), copy)
 
     async def open_mirrors(self, mirrors) -> OpenDataset:
         """A dataset that web mirrors serve, named by them alone: its ID is the hash of the manifest they serve
@@ -150,9 +179,9 @@ class Swarm:
                 directory = store_copy(self.store, dataset_id, copy)
                 self.opened[dataset_id] = OpenDataset(dataset_id, directory, manifest, None, pool, copy)
                 return self.opened[dataset_id]
-        return await self.open(dataset_id, [h.source.name for h in pool.health], peers=False)
+        return await self.open_dataset(dataset_id, [h.source.name for h in pool.health], peers=False)
 
-    async def _resolve(self, dataset_id: str, mirrors, trusted, peers: bool) -> OpenDataset:
+    async def _resolve(self, dataset_id: str, mirrors, trusted, peers: bool) -> OpenDataset | OpenCollection:
         if not mirrors:
             return await self._resolve_from_peers(dataset_id, trusted)
         pool = SourcePool([HttpSource(url, self.read_timeout) for url in mirrors])
@@ -174,9 +203,12 @@ class Swarm:
             opened.pool.add(PeerSource(await self._host(), copy.peer, dataset_id, copy.manifest, self.read_timeout))
         return opened
 
-    async def peek(self, dataset_id: str) -> ManifestCopy:
-        """The signed manifest of a dataset, to look at (`kogitune info ID`): the copy opened or stored here, else
-        one from its providers, as `open` gets it, but written nowhere and fetching no shard."""
+    async def peek(self, dataset_id: str) -> ManifestCopy | CollectionCopy:
+        """The signed manifest of a dataset or collection, to look at (`kogitune info ID`): the copy opened or
+        stored here, else one from its providers, as `open` gets it, but written nowhere and fetching no shard."""
+        collection = self.collections.get(dataset_id) or self._stored_collection(dataset_id)
+        if collection is not None:
+            return collection.copy
         opened = self.opened.get(dataset_id)
         stored = opened.copy if opened is not None else stored_copy(self.store, dataset_id)
         if stored is not None and stored.publisher is not None:
@@ -201,10 +233,12 @@ class Swarm:
             raise FetchError(f"no provider of {dataset_id} gave a valid manifest: {'; '.join(failed.values())}")
         return network, copy, reachable, failed
 
-    async def _resolve_from_peers(self, dataset_id: str, trusted) -> OpenDataset:
+    async def _resolve_from_peers(self, dataset_id: str, trusted) -> OpenDataset | OpenCollection:
         """The signed manifest from peers (_signed_copy_from_peers), stored; the providers that gave no bad answer
-        are its sources."""
+        are its sources. A collection's manifest is stored as a collection directory."""
         network, copy, reachable, failed = await self._signed_copy_from_peers(dataset_id, trusted)
+        if isinstance(copy, CollectionCopy):
+            return OpenCollection(dataset_id, store_collection(self.store, dataset_id, copy), copy)
         sources = [copy.peer] + [p for p in reachable if p != copy.peer and str(p) not in failed]
         directory = store_copy(self.store, dataset_id, copy, network.peer_id)
         pool = SourcePool(
@@ -276,7 +310,9 @@ class Swarm:
         except Exception as exc:  # whatever the peers' side meets, the mirrors may still answer
             race.lost(f"peers: {type(exc).__name__}: {exc}")
             return
-        if copy is None:
+        if isinstance(copy, CollectionCopy):
+            race.lost(f"peers: {dataset_id} is a collection, which has no web mirrors (its parts may)")
+        elif copy is None:
             race.lost(f"no provider gave a valid manifest ({'; '.join(failed.values()) or 'none found'})")
         else:
             race.won(copy)
@@ -311,7 +347,7 @@ class Swarm:
 
     async def fetch_shard(self, dataset_id: str, index: int, mirrors=(), peers: bool = True) -> Path:
         """Shard `index` of the dataset, verified in the store (fetched unless it is there); its directory."""
-        opened = await self.open(dataset_id, mirrors, peers=peers)
+        opened = await self.open_dataset(dataset_id, mirrors, peers=peers)
         shard = opened.manifest.shards[index]
         key = (dataset_id, index)
         while key in self._fetching:
@@ -348,7 +384,7 @@ class Swarm:
 
     async def get(self, dataset_id: str, mirrors=()) -> OpenDataset:
         """Every shard of the dataset into the store (MAX_SHARDS_IN_FLIGHT at a time)."""
-        opened = await self.open(dataset_id, mirrors)
+        opened = await self.open_dataset(dataset_id, mirrors)
         async with trio.open_nursery() as nursery:
             for index in range(len(opened.manifest.shards)):
                 nursery.start_soon(self.fetch_shard, dataset_id, index)
@@ -357,6 +393,7 @@ class Swarm:
     def forget(self, dataset_id: str) -> None:
         """Drop what this service keeps of a dataset removed from the store (its opened state and sources)."""
         self.opened.pop(dataset_id, None)
+        self.collections.pop(dataset_id, None)
 
     def bytes_verified(self, dataset_id: str) -> int:
         """Bytes of `dataset_id` fetched and verified since it was opened (0 if it is not): counted piece by piece,

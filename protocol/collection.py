@@ -17,7 +17,7 @@ from typing import Any
 from .errors import ManifestError
 from .ids import dataset_id_from_digest, is_dataset_id, sha256
 from .jsonlimits import loads
-from .manifest import canonical_encoding
+from .manifest import Manifest, canonical_encoding, parse_manifest
 
 COLLECTION_FORMAT = "kogitune-collection/1"
 MAX_COLLECTION_BYTES = 8 << 20
@@ -72,6 +72,20 @@ def parse_collection(data: bytes) -> Collection:
     except (UnicodeDecodeError, ValueError) as exc:
         raise ManifestError(f"a collection manifest is UTF-8 JSON: {exc}") from None
     return collection_from_dict(obj)
+
+
+def parse_manifest_or_collection(data: bytes) -> Manifest | Collection:
+    """What an ID names, from its manifest's bytes: a data tensor's manifest, or a collection's (the answer to a
+    manifest request, or `kogitune info ID`). The error is the tensor manifest's when the bytes are neither."""
+    try:
+        return parse_manifest(data)
+    except ManifestError as exc:
+        if len(data) > MAX_COLLECTION_BYTES:
+            raise
+        try:
+            return parse_collection(data)
+        except ManifestError:
+            raise exc from None
 
 
 def collection_file_bytes(collection: Collection) -> bytes:

@@ -19,6 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from .collection import Collection, parse_manifest_or_collection
 from .errors import IntegrityError
 from .ids import base58btc, dataset_id_digest, ed25519_key_of_peer_id
 from .manifest import Manifest, parse_manifest
@@ -99,6 +100,19 @@ def check_signed_manifest(dataset_id: str, manifest: bytes, public_key: bytes, s
             f"{dataset_id} is private to its publisher {parsed.access.publisher}, but this copy is "
             f"signed by {peer_id_from_public_key(public_key)}"
         )
+    return parsed
+
+
+def check_signed(dataset_id: str, data: bytes, public_key: bytes, signature: bytes) -> Manifest | Collection:
+    """check_signed_manifest for an ID that may name a collection: the bytes are a tensor's manifest (checked as
+    there) or a collection manifest, which must hash to `dataset_id` and carry a valid signature of it (a
+    collection is public: any valid signature, like a public dataset's)."""
+    parsed = parse_manifest_or_collection(data)
+    if isinstance(parsed, Manifest):
+        return check_signed_manifest(dataset_id, data, public_key, signature)
+    if dataset_id_digest(parsed.dataset_id) != dataset_id_digest(dataset_id):
+        raise IntegrityError(f"the collection manifest received for {dataset_id} hashes to {parsed.dataset_id}")
+    verify_dataset(dataset_id, public_key, signature)
     return parsed
 
 

@@ -89,12 +89,13 @@ def _local(args):
     from kogitune.protocol.ids import is_dataset_id
 
     from ..content_store import ContentStore
-    from ..layout import MANIFEST_FILE
+    from ..layout import COLLECTION_FILE, MANIFEST_FILE
 
     if Path(args.tensor).exists() or not is_dataset_id(args.tensor):
         return Path(args.tensor)
     directory = ContentStore(home_of(args)).dataset_dir(args.tensor)
-    return directory if (directory / MANIFEST_FILE).is_file() else None
+    held = (directory / MANIFEST_FILE).is_file() or (directory / COLLECTION_FILE).is_file()
+    return directory if held else None
 
 
 def _held(args, command: str):
@@ -112,6 +113,8 @@ def _held(args, command: str):
 
 
 def _info(args) -> int:
+    from kogitune.protocol.collection import Collection
+
     from ..client import remote_manifest
     from ..collection import DataCollection
 
@@ -120,6 +123,10 @@ def _info(args) -> int:
         m, publisher = remote_manifest(args.tensor, home_of(args))
         where = f"not in the content store {home_of(args)} (manifest from its providers; no shard fetched)"
         dataset_id = args.tensor
+        if isinstance(m, Collection):
+            print(f"dataset id  {dataset_id}\npath        {where}\npublisher   {publisher}")
+            print(f"parts       {len(m.parts)}: " + ", ".join(m.parts) + " (`kogitune info PART` for each)")
+            return EXIT_OK
     else:
         tensor = _open(directory)
         m, where, dataset_id = tensor.manifest, str(tensor.path), tensor.dataset_id
@@ -150,13 +157,14 @@ def _publisher(args, dataset_id: str) -> str | None:
     unsigned copy, or an ID the store does not hold)."""
     from pathlib import Path
 
-    from kogitune.node.copies import stored_copy  # files only: no trio or libp2p
+    from kogitune.node.copies import stored_collection, stored_copy  # files only: no trio or libp2p
 
     from ..content_store import ContentStore
 
     if Path(args.tensor).exists():
         return None
-    copy = stored_copy(ContentStore(home_of(args)), dataset_id)
+    store = ContentStore(home_of(args))
+    copy = stored_copy(store, dataset_id) or stored_collection(store, dataset_id)
     return copy.publisher if copy is not None else None
 
 

@@ -95,7 +95,11 @@ def add_commands(commands) -> None:
         "another ID (printed), whose manifest names this node as its publisher, served only to the "
         "listed peers; their nodes keep the list and serve their copies to the same peers only.",
     )
-    publish.add_argument("directory", help="a data tensor directory (the one with manifest.json)")
+    publish.add_argument(
+        "directory",
+        help="a data tensor directory (the one with manifest.json), or a collection directory (collection.json; "
+        "each part is published too)",
+    )
     publish.add_argument("--allow", action="append", metavar="PEER_ID", help="serve only to this peer; repeatable")
     publish.add_argument(
         "--name",
@@ -108,10 +112,12 @@ def add_commands(commands) -> None:
 
     get = commands.add_parser(
         "get",
-        help="fetch a dataset by ID into the node's store; the node then provides it",
+        help="fetch a dataset or collection by ID into the node's store; the node then provides it",
         description="Fetches every shard from the peers that provide the ID and from the web mirrors named with "
         "--mirror, all at once; every piece is checked against the ID. The node provides the dataset once it holds "
-        "it, if the copy carries its publisher's signature (a mirror of a published directory serves one).",
+        "it, if the copy carries its publisher's signature (a mirror of a published directory serves one). A "
+        "collection ID: its signed collection manifest, then each part by its own ID, then the node provides the "
+        "collection too.",
     )
     get.add_argument("dataset_id")
     get.add_argument(
@@ -124,7 +130,9 @@ def add_commands(commands) -> None:
     get.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     get.set_defaults(run=_get)
 
-    status = commands.add_parser("status", help="providers of a dataset ID and how many shards each holds")
+    status = commands.add_parser(
+        "status", help="providers of a dataset ID and how many shards each holds (of a collection: of each part)"
+    )
     status.add_argument("dataset_id")
     status.add_argument("--home", help=HOME_HELP)
     status.set_defaults(run=_status)
@@ -281,24 +289,39 @@ def _publish(args) -> int:
 def _get(args) -> int:
     """`open` first (lookup and signed manifest), then `get` on a thread with no time limit (a whole dataset can
     take hours; the node gives up on a shard that makes no progress for its stall timeout) while a bar follows the
-    verified bytes (control op `progress`, piece by piece) and the complete shard files."""
-    import threading
+    verified bytes (control op `progress`, piece by piece) and the complete shard files. A collection: each part
+    so, then the collection (its manifest is then in the store, and the node provides it)."""
     from pathlib import Path
 
-    from tqdm import tqdm
-
     from ..client import DaemonClient
-    from ..tensor import DataTensor
 
     client = DaemonClient(home_of(args))
     mirrors = args.mirror or []
-    directory = Path(client.call("open", id=args.dataset_id, mirrors=mirrors)["directory"])
+    opened = client.call("open", id=args.dataset_id, mirrors=mirrors)
+    if opened.get("parts") is not None:  # a collection: each part as a dataset, then the collection itself
+        for index, part_id in enumerate(opened["parts"]):
+            print(f"part {index:05d} of {len(opened['parts'])}:")
+            _get_one(args, client, part_id, Path(client.call("open", id=part_id)["directory"]), [])
+        reply = client.call("get", timeout=None, id=args.dataset_id)
+        print(f"{args.dataset_id} -> {reply['directory']} (a collection of {len(opened['parts'])} parts)")
+        return EXIT_OK
+    return _get_one(args, client, args.dataset_id, Path(opened["directory"]), mirrors)
+
+
+def _get_one(args, client, dataset_id: str, directory, mirrors: list[str]) -> int:
+    """Fetch one dataset whose manifest the node opened into `directory`, with a progress bar."""
+    import threading
+
+    from tqdm import tqdm
+
+    from ..tensor import DataTensor
+
     shards = DataTensor(directory).shards
     outcome: dict = {}
 
     def get() -> None:
         try:
-            outcome["reply"] = client.call("get", timeout=None, id=args.dataset_id, mirrors=mirrors)
+            outcome["reply"] = client.call("get", timeout=None, id=dataset_id, mirrors=mirrors)
         except KogituneError as exc:
             outcome["error"] = exc
 
@@ -307,7 +330,7 @@ def _get(args) -> int:
 
     def verified() -> int:
         try:
-            return client.call("progress", timeout=5, id=args.dataset_id)["bytes_verified"]
+            return client.call("progress", timeout=5, id=dataset_id)["bytes_verified"]
         except KogituneError:
             return 0
 
@@ -321,7 +344,7 @@ def _get(args) -> int:
         unit="B",
         unit_scale=True,
         disable=args.quiet,
-        desc=args.dataset_id[:12],
+        desc=dataset_id[:12],
     ) as bar:
         while worker.is_alive():
             worker.join(0.5)
@@ -330,9 +353,9 @@ def _get(args) -> int:
     if "error" in outcome:
         raise outcome["error"]
     if held_before == bar.total:
-        print(f"{args.dataset_id} -> {outcome['reply']['directory']} (already complete here; nothing fetched)")
+        print(f"{dataset_id} -> {outcome['reply']['directory']} (already complete here; nothing fetched)")
     else:
-        print(f"{args.dataset_id} -> {outcome['reply']['directory']}\n  sources: {outcome['reply']['sources']}")
+        print(f"{dataset_id} -> {outcome['reply']['directory']}\n  sources: {outcome['reply']['sources']}")
     return EXIT_OK
 
 
@@ -341,8 +364,16 @@ def _status(args) -> int:
 
     reply = DaemonClient(home_of(args)).call("providers", id=args.dataset_id)
     providers = reply["providers"]
-    print(f"{args.dataset_id}: {len(providers)} provider(s)")
+    whole = [entry for entry in providers if entry.get("collection")]
+    if whole or any("part" in entry for entry in providers):
+        print(f"{args.dataset_id}: a collection; {len(whole)} provider(s) of all its parts")
+        for entry in whole:
+            print(f"  {entry['peer']}{'  (this node)' if entry.get('this_node') else ''}")
+        providers = [entry for entry in providers if not entry.get("collection")]
+    else:
+        print(f"{args.dataset_id}: {len(providers)} provider(s)")
     for entry in providers:
         held = f"{entry['shards']}/{entry['of']} shards" if "shards" in entry else f"error: {entry['error']}"
-        print(f"  {entry['peer']}  {held}{'  (this node)' if entry.get('this_node') else ''}")
+        part = f"part {entry['part']:05d} {entry['part_id']}  " if "part" in entry else ""
+        print(f"  {part}{entry['peer']}  {held}{'  (this node)' if entry.get('this_node') else ''}")
     return EXIT_OK
