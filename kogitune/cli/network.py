@@ -97,8 +97,9 @@ def add_commands(commands) -> None:
     )
     publish.add_argument(
         "directory",
-        help="a data tensor directory (the one with manifest.json), or a collection directory (collection.json; "
-        "each part is published too)",
+        help="a data tensor directory (the one with manifest.json), a collection directory (collection.json; "
+        "each part is published too), or a lock file (`kogitune lock`): its recipe ID is printed and "
+        'DatasetRecipe(["kgr1-..."]) then opens it on any machine',
     )
     publish.add_argument("--allow", action="append", metavar="PEER_ID", help="serve only to this peer; repeatable")
     publish.add_argument(
@@ -279,10 +280,26 @@ def _publish(args) -> int:
     from ..client import DaemonClient
 
     path = str(Path(args.directory).resolve())
+    if Path(path).is_file():
+        return _publish_lock(args, path)
     reply = DaemonClient(home_of(args)).call("publish", path=path, allow=args.allow, name=args.name)
     print(reply["id"])
     if args.name is not None:
         print(f"name {reply['name']} (version {reply['seq']})")
+    return EXIT_OK
+
+
+def _publish_lock(args, path: str) -> int:
+    from kogitune.protocol.lock import published_lock_bytes
+
+    from ..client import DaemonClient
+    from ..errors import RecipeError
+    from ..lock import read_lock
+
+    if args.allow or args.name is not None:
+        raise RecipeError(f"{path}: a lock file is published as it is; --allow and --name are for datasets")
+    data = published_lock_bytes(read_lock(path))
+    print(DaemonClient(home_of(args)).call("publish_lock", lock=data.decode())["id"])
     return EXIT_OK
 
 
