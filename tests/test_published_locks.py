@@ -75,6 +75,8 @@ def test_a_published_lock_gives_the_same_samples_on_another_machine(nodes, tenso
     # a training process on B's machine: B's daemon fetches the lock from the DHT, then the data from A
     monkeypatch.setenv("KOGITUNE_HOME", str(b.home))
     np.testing.assert_array_equal(samples(DatasetRecipe([recipe_id], seed=1)), expected)
+    beside = DatasetRecipe([recipe_id, str(tensor)]).entries  # a recipe ID among other entries: its lock's entries
+    assert [(e.dataset_id, e.tokens) for e in beside] == [(read_lock(lock).entries[0].dataset_id, 20000), (None, None)]
     # a training process with no daemon: its embedded node, bootstrapped through B
     out = tmp_path / "seen.npy"
     env = {**ENV, "KOGITUNE_HOME": str(tmp_path / "trainer"), "KOGITUNE_BOOTSTRAP": b.address}

@@ -278,28 +278,16 @@ def _publish(args) -> int:
     from pathlib import Path
 
     from ..client import DaemonClient
+    from .names import lock_file, publish_lock
 
     path = str(Path(args.directory).resolve())
-    if Path(path).is_file():
-        return _publish_lock(args, path)
+    lock = lock_file(path)
+    if lock is not None:
+        return publish_lock(args, lock)
     reply = DaemonClient(home_of(args)).call("publish", path=path, allow=args.allow, name=args.name)
     print(reply["id"])
     if args.name is not None:
         print(f"name {reply['name']} (version {reply['seq']})")
-    return EXIT_OK
-
-
-def _publish_lock(args, path: str) -> int:
-    from kogitune.protocol.lock import published_lock_bytes
-
-    from ..client import DaemonClient
-    from ..errors import RecipeError
-    from ..lock import read_lock
-
-    if args.allow or args.name is not None:
-        raise RecipeError(f"{path}: a lock file is published as it is; --allow and --name are for datasets")
-    data = published_lock_bytes(read_lock(path))
-    print(DaemonClient(home_of(args)).call("publish_lock", lock=data.decode())["id"])
     return EXIT_OK
 
 
