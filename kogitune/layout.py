@@ -29,6 +29,8 @@ A node home (`$KOGITUNE_HOME`, see kogitune.content_store.kogitune_home):
     control.sock               CONTROL_SOCKET_FILE: the running node's control socket (owner-only)
     node.lock                  NODE_LOCK_FILE: held while a node runs on this home
     node.log                   LOG_FILE: the node's log
+    names.json                 NAMES_FILE: the names this node publishes
+    locks/<recipe ID>          LOCKS_DIR: the recipe locks this node publishes
 
 The names are relative; the functions join them to a directory. Nothing here touches the disk except the functions
 that write and read the signature file and the allow files, whose formats are owned here: `signature` is 32 bytes of
@@ -73,6 +75,8 @@ NODE_LOCK_FILE = "node.lock"
 LOG_FILE = "node.log"
 NAMES_FILE = "names.json"
 """The names this node publishes: {short name: its newest record, as text} (kogitune.names)."""
+LOCKS_DIR = "locks"
+"""The recipe locks this node publishes: `locks/<recipe ID>`, each its published bytes (kogitune.lock)."""
 
 
 def shard_file(directory: Path, shard_name: str, suffix: str) -> Path:

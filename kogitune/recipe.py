@@ -9,6 +9,7 @@
         {"id": "kg1-...", "mirrors": ["https://cdn.example/x/cc"]},   # by ID: from peers and a web seed at once
         ["kg1-...", "https://a.example/x/cc"],                        # the same, as a list
     ])
+    DatasetRecipe(["kgr1-..."])     # a published lock's recipe: its datasets, by ID, in its order (kogitune.lock)
     train_dataset = recipe.get_train_dataset(block_size=512)
 
 Budget suffixes: `?tokens=N` (N with K, M, B or T: 1B = 10^9 tokens; more than the data repeats it, less cuts it)
@@ -23,6 +24,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
 from kogitune.protocol.ids import is_dataset_id
+from kogitune.protocol.lock import is_recipe_id
 from kogitune.protocol.names import is_dataset_name
 
 from .collection import DataCollection, open_local
@@ -167,11 +169,11 @@ class DatasetRecipe:
         entries = [url_list] if isinstance(url_list, (str, Path)) else list(url_list)
         if not entries:
             raise RecipeError("a recipe needs at least one dataset (a path or URL)")
-        self.entries = [parse_entry(e) for e in entries]
+        self.store = store
+        self.entries = [parse_entry(e) for e in self._without_recipe_ids(entries)]
         self.block_size = block_size
         self.seed = seed
         self.shuffle = shuffle
-        self.store = store
         self.trusted_publishers = trusted_publishers
 
     @classmethod
@@ -182,6 +184,20 @@ class DatasetRecipe:
         from .lock import lock_entries, read_lock
 
         return cls(lock_entries(read_lock(path)), block_size, **options)
+
+    def _without_recipe_ids(self, entries: list) -> list:
+        """The entries, each recipe ID (`kgr1-...`, a published lock) replaced by the entries of its lock, fetched
+        now from this node's own locks or the DHT and checked against the ID (kogitune.lock.fetch_lock)."""
+        if not any(is_recipe_id(e) and not Path(e).exists() for e in entries):
+            return entries
+        from .lock import fetch_lock, lock_entries
+
+        home = self.store.home if self.store is not None else None
+        expanded: list = []
+        for entry in entries:
+            is_lock = is_recipe_id(entry) and not Path(entry).exists()
+            expanded += lock_entries(fetch_lock(entry, home)) if is_lock else [entry]
+        return expanded
 
     def tensors(self) -> list[DataTensor | DataCollection]:
         tensors = [self._open(entry) for entry in self.entries]

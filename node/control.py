@@ -20,9 +20,10 @@ from kogitune.errors import KogituneError, NodeError, error_reply
 from kogitune.layout import CONTROL_SOCKET_FILE
 from kogitune.protocol.ids import is_dataset_id
 from kogitune.protocol.jsonlimits import MAX_JSON_DEPTH, loads
+from kogitune.protocol.lock import is_recipe_id
 from kogitune.protocol.names import is_dataset_name, is_short_name
 
-from . import names
+from . import locks, names
 from .collection import OpenCollection
 from .daemon import Node
 
@@ -149,6 +150,13 @@ async def _dispatch(node: Node, request: dict) -> dict:
         if not isinstance(name, str) or not is_dataset_name(name):
             raise NodeError(f"{str(name)[:200]!r} is not a dataset name (<peer ID>/<name>)")
         return {"record": (await names.resolve(node, str(name))).to_bytes().decode()}
+    if op == "publish_lock":  # a lock's published bytes (kogitune.protocol.lock)
+        return {"id": await locks.publish_lock(node, str(request.get("lock", "")).encode())}
+    if op == "lock":
+        recipe_id = request.get("id")
+        if not is_recipe_id(recipe_id):
+            raise NodeError(f"{str(recipe_id)[:200]!r} is not a recipe ID (kgr1-...)")
+        return {"lock": (await locks.fetch_lock(node, str(recipe_id))).decode()}
     if op == "get":
         opened = await node.get(_dataset(request), _mirrors(request))
         if isinstance(opened, OpenCollection):

@@ -22,7 +22,7 @@ from kogitune.layout import SIGNATURE_FILE
 from kogitune.protocol import wire
 from kogitune.settings import settings
 
-from . import collection, names, providers, publish
+from . import collection, locks, names, providers, publish
 from .collection import OpenCollection
 from .host import keep_dht_clients_out, load_identity_seed, new_kogitune_host
 from .integrity import CHANGED, shard_paths
@@ -102,6 +102,7 @@ class Node:
                 self.dht = KadDHT(self.host, DHTMode.SERVER if self.config.server else DHTMode.CLIENT)
                 keep_dht_clients_out(self.host, self.dht)
                 names.install(self.dht)
+                locks.install(self.dht)
                 async with background_trio_service(self.dht), trio.open_nursery() as nursery:
                     self.nursery = nursery
                     self.swarm = Swarm(self.store, self._this_node, nursery, self.config.read_timeout)
@@ -201,6 +202,7 @@ class Node:
         for dataset_id in await trio.to_thread.run_sync(self.complete_datasets):
             await self.announce(dataset_id)
         await names.announce_names(self)
+        await locks.announce_locks(self)
 
     async def announce(self, dataset_id: str) -> None:
         try:

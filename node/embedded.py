@@ -113,6 +113,15 @@ class EmbeddedNode:
 
         return self._run(work, timeout, lambda: f"no record of the name {name} within {timeout:.0f} s")
 
+    def fetch_lock(self, recipe_id: str, timeout: float) -> bytes:
+        """The published bytes of a recipe lock from the DHT (see node/locks.py)."""
+        from .locks import fetch_lock
+
+        async def work():
+            return await fetch_lock(await self._p2p_node(), recipe_id)
+
+        return self._run(work, timeout, lambda: f"no published lock {recipe_id} within {timeout:.0f} s")
+
     def fetch_shard(self, store_home, dataset_id: str, index: int, mirrors, peers: bool, timeout: float) -> None:
         """Block until shard `index` is verified in the store, fetching it if needed."""
         swarm = self._swarm(store_home)

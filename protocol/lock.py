@@ -5,6 +5,10 @@ its budget (`tokens` or `weight`) and hints of where to find it (`mirrors`, the 
 locked from). The **recipe ID** (`kgr1-...`) is the SHA-256 of the canonical encoding of what decides the samples
 (format, and per entry the ID and the budget), so moving a mirror or a folder does not change it, while any other
 dataset, order or budget does.
+
+A **published lock** is exactly those canonical bytes, put on the DHT under `/kogitune-lock/<recipe ID>` (lock_key):
+content-addressed, so any node may store and serve it, and a node accepts one only if it hashes to the ID in its
+key (parse_published_lock).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from .errors import ManifestError
+from .errors import IntegrityError, ManifestError
 from .ids import is_dataset_id, sha256
 from .jsonlimits import loads
 from .manifest import canonical_encoding
@@ -26,6 +30,10 @@ LOCK_FORMAT = "kogitune-lock/1"
 RECIPE_ID_PREFIX = "kgr1-"
 MAX_LOCK_BYTES = 8 << 20
 MAX_LOCK_ENTRIES = 1 << 16
+LOCK_NAMESPACE = "kogitune-lock"
+"""The DHT record namespace of published locks: a lock's key is `/kogitune-lock/<recipe ID>`."""
+MAX_PUBLISHED_LOCK_BYTES = 64 << 10
+"""The largest published lock (its canonical bytes), about 700 entries; a larger lock is shared as a file."""
 _RECIPE_ID_RE = re.compile(r"kgr1-[a-z2-7]{51}[aq]")
 _HINTS = {"mirrors", "path", "name"}
 _BUDGETS = {"tokens", "weight"}
@@ -148,3 +156,30 @@ def parse_lock(data: bytes) -> RecipeLock:
 def lock_file_bytes(lock: RecipeLock) -> bytes:
     """How `kogitune lock` lays out a lock file: indented, sorted keys, a final newline."""
     return json.dumps(lock.to_dict(), indent=1, sort_keys=True).encode("utf-8") + b"\n"
+
+
+def lock_key(recipe_id: str) -> str:
+    """The DHT key of a published lock, `/kogitune-lock/<recipe ID>` (its UTF-8 bytes on the wire)."""
+    if not is_recipe_id(recipe_id):
+        raise ManifestError(f"{str(recipe_id)[:200]!r} is not a recipe ID (kgr1-...)")
+    return f"/{LOCK_NAMESPACE}/{recipe_id}"
+
+
+def published_lock_bytes(lock: RecipeLock) -> bytes:
+    """What publishing a lock puts on the DHT: its canonical bytes without hints (ManifestError if too large)."""
+    data = lock.pinned_bytes()
+    if len(data) > MAX_PUBLISHED_LOCK_BYTES:
+        raise ManifestError(
+            f"a published lock is at most {MAX_PUBLISHED_LOCK_BYTES} bytes, this one {len(data)}; share the file"
+        )
+    return data
+
+
+def parse_published_lock(data: bytes, recipe_id: str) -> RecipeLock:
+    """The lock a published value holds, if it is one of at most MAX_PUBLISHED_LOCK_BYTES whose SHA-256 is
+    `recipe_id` (IntegrityError: another lock or any other bytes; ManifestError: too large)."""
+    if len(data) > MAX_PUBLISHED_LOCK_BYTES:
+        raise ManifestError(f"a published lock is at most {MAX_PUBLISHED_LOCK_BYTES} bytes, got {len(data)}")
+    if recipe_id_from_digest(sha256(data)) != recipe_id:
+        raise IntegrityError(f"the published lock does not hash to {recipe_id}")
+    return parse_lock(data)

@@ -1,5 +1,5 @@
-"""Commands that pin what a recipe means: `lock` (a recipe to a lock file of dataset IDs) and `resolve` (a name
-to the dataset ID it points to now)."""
+"""Commands that pin what a recipe means: `lock` (a recipe to a lock file of dataset IDs), `resolve` (a name to the
+dataset ID it points to now), and `publish LOCK` (a lock on the DHT under its recipe ID; `publish` is network.py's)."""
 
 from __future__ import annotations
 
@@ -54,4 +54,34 @@ def _lock(args) -> int:
     lock = lock_recipe(entries, ContentStore(home_of(args)))
     write_lock(lock, args.output)
     print(lock.recipe_id)
+    return EXIT_OK
+
+
+def lock_file(path: str):
+    """The recipe lock in `path` if it is a file holding one, else None (`publish` then hands the path to the node,
+    which says what it is not)."""
+    from pathlib import Path
+
+    from ..errors import ManifestError
+    from ..lock import read_lock
+
+    if not Path(path).is_file():
+        return None
+    try:
+        return read_lock(path)
+    except (ManifestError, OSError):
+        return None
+
+
+def publish_lock(args, lock) -> int:
+    """`kogitune publish LOCK`: the node keeps the lock and puts it on the DHT; prints the recipe ID."""
+    from kogitune.protocol.lock import published_lock_bytes
+
+    from ..client import DaemonClient
+    from ..errors import RecipeError
+
+    if args.allow or args.name is not None:
+        raise RecipeError("a lock file is published as it is; --allow and --name are for datasets")
+    data = published_lock_bytes(lock)
+    print(DaemonClient(home_of(args)).call("publish_lock", lock=data.decode())["id"])
     return EXIT_OK

@@ -97,8 +97,9 @@ def add_commands(commands) -> None:
     )
     publish.add_argument(
         "directory",
-        help="a data tensor directory (the one with manifest.json), or a collection directory (collection.json; "
-        "each part is published too)",
+        help="a data tensor directory (the one with manifest.json), a collection directory (collection.json; "
+        "each part is published too), or a lock file (`kogitune lock`): its recipe ID is printed and "
+        'DatasetRecipe(["kgr1-..."]) then opens it on any machine',
     )
     publish.add_argument("--allow", action="append", metavar="PEER_ID", help="serve only to this peer; repeatable")
     publish.add_argument(
@@ -277,8 +278,12 @@ def _publish(args) -> int:
     from pathlib import Path
 
     from ..client import DaemonClient
+    from .names import lock_file, publish_lock
 
     path = str(Path(args.directory).resolve())
+    lock = lock_file(path)
+    if lock is not None:
+        return publish_lock(args, lock)
     reply = DaemonClient(home_of(args)).call("publish", path=path, allow=args.allow, name=args.name)
     print(reply["id"])
     if args.name is not None:
