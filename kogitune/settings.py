@@ -167,6 +167,12 @@ def settings() -> Settings:
 
 def _read_config(path: Path) -> dict:
     """The settings in a config file (none if there is no file), its other keys left out."""
+    return {name: value for name, value in read_config(path).items() if name in FIELDS}
+
+
+def read_config(path: Path) -> dict:
+    """A config file's JSON object, every key checked ({} if there is no file): the one reader of config.json, for
+    the settings here and for `bootstrap` (kogitune.node.service)."""
     from kogitune.protocol.jsonlimits import loads
 
     from .files import read_limited
@@ -190,7 +196,7 @@ def _read_config(path: Path) -> dict:
         raise SettingsError(
             f"{path}: {unknown[0]!r} is not a setting; the settings are {', '.join(FIELDS)} (docs/user-guide.md)"
         )
-    return {name: value for name, value in config.items() if name in FIELDS}
+    return config
 
 
 def _parse(name: str, text: str, source: str):

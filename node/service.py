@@ -15,10 +15,9 @@ from pathlib import Path
 
 import trio
 
-from kogitune.errors import NodeError
+from kogitune.errors import NodeError, SettingsError
 from kogitune.layout import CONFIG_FILE, LOG_FILE, NODE_LOCK_FILE
-from kogitune.protocol.jsonlimits import loads
-from kogitune.settings import DEFAULT_LISTEN, settings
+from kogitune.settings import DEFAULT_LISTEN, read_config, settings
 
 from .control import serve_control
 from .daemon import Node, NodeConfig
@@ -30,13 +29,15 @@ READY_PREFIX = "kogitune node "
 
 def bootstrap_peers(home: Path, flags: list[str] | None = None) -> list[str]:
     """Bootstrap multiaddrs from flags, `<home>/config.json` ("bootstrap": [...]) and `$KOGITUNE_BOOTSTRAP`."""
-    peers = list(flags or [])
     config = Path(home) / CONFIG_FILE
-    if config.is_file():
-        try:
-            peers += list(loads(config.read_text()).get("bootstrap", []))
-        except (ValueError, AttributeError, TypeError):  # not JSON or too deep, not an object, not a list
-            raise NodeError(f'{config} is not a JSON object like {{"bootstrap": ["/ip4/.../p2p/..."]}}') from None
+    like = f'{config} is not a JSON object like {{"bootstrap": ["/ip4/.../p2p/..."]}}'
+    try:
+        listed = read_config(config).get("bootstrap", [])
+    except SettingsError as exc:  # not JSON, too deep or too long, not an object, an unknown key
+        raise NodeError(f"{like}: {exc}") from None
+    if not isinstance(listed, list) or not all(isinstance(peer, str) for peer in listed):
+        raise NodeError(f"{like}: its bootstrap is not a list of multiaddr strings")
+    peers = list(flags or []) + listed
     peers += os.environ.get("KOGITUNE_BOOTSTRAP", "").replace(",", " ").split()
     return list(dict.fromkeys(peers))
 
