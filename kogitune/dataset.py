@@ -194,10 +194,10 @@ class TokenBlockDataset(torch.utils.data.Dataset):
                 f"{self.fingerprint()} with seed {self.seed}: its order would differ"
             )
         if form == STATE_FORMAT:
-            self._shared[2] = _count(state["partitions"], "the state's partitions")
-            self._shared[3] = _count(state["turn"], "the state's turn")
+            order = [_count(state.get("partitions"), "the state's partitions"), _count(state.get("turn"), "its turn")]
         else:
-            self._shared[2:] = 1
+            order = [1, 1]
+        self._shared[2:] = torch.tensor(order)
         self.set_epoch(int(state["epoch"]))
         self.set_start(int(state["index"]))
 
@@ -259,6 +259,11 @@ class TokenBlockDataset(torch.utils.data.Dataset):
     def source_of(self, index: int) -> int:
         """Which source (an index into the recipe's entries and `mixture`) item `index` comes from."""
         return self._order.locate(self._global_index(index))[1]
+
+    def place_of(self, index: int) -> tuple[int, int, int]:
+        """Where item `index` is read: (source, shard of that source's tensor, sample within the shard)."""
+        _, source, position = self._order.locate(self._global_index(index))
+        return source, *self._order.streams[source].locate(position)[1:]
 
     def shards_for_rank(self, rank: int, world_size: int, epoch: int | None = None) -> set[tuple[int, int]]:
         """The (source, shard) pairs that rank `rank` of `world_size` reads or prefetches in `epoch` (None: the

@@ -134,7 +134,7 @@ def _window_bounds(segments: int, window: int, restarts: list[int]) -> list[int]
     """Segment indexes where windows begin, and the end. From each restart (0, and where a span begins) the first
     windows hold 1, 2, 4... segments up to `window`, so the first batch waits for one shard, not a whole window."""
     bounds = [0]
-    for begin, end in zip(restarts, [*restarts[1:], segments]):
+    for end in [*restarts[1:], segments]:
         size = 1
         while bounds[-1] < end:
             bounds.append(min(end, bounds[-1] + size))
