@@ -35,6 +35,9 @@ MAX_PARTITIONS = 1 << 16
 """At most this many partitions, and samples per turn (65,536 ranks; a state file is an input)."""
 SLOT_SAMPLES = 4096
 SLOTS_CACHED = 8
+"""Slots of the interleave a process keeps sorted, besides one per partition it reads (at most SPAN_SLOTS_CACHED
+more): a rank reading several spans at once moves through as many slots."""
+SPAN_SLOTS_CACHED = 256
 
 
 class SourceStream:
@@ -148,9 +151,9 @@ class Interleave:
 
     Time is cut into `slots` equal slots; source s puts its k-th sample at time (k + a_s / slots) / n_s, so the
     number of its samples before slot j is ceil((j * n_s - a_s) / slots), exactly, in integers. A slot's samples
-    are sorted by time when an index falls in it (the last SLOTS_CACHED slots are kept)."""
+    are sorted by time when an index falls in it (the last `cached_slots` slots are kept, as compact arrays)."""
 
-    def __init__(self, counts: list[int], key: list[int]) -> None:
+    def __init__(self, counts: list[int], key: list[int], cached_slots: int = SLOTS_CACHED) -> None:
         self.counts = np.asarray(counts, dtype=np.int64)
         total = int(self.counts.sum())
         self.slots = max(1, total // SLOT_SAMPLES)
@@ -159,7 +162,8 @@ class Interleave:
         numerator = j[None, :] * self.counts[:, None] - self.offsets[:, None]
         self.before = np.clip(-(-numerator // self.slots), 0, self.counts[:, None])  # (sources, slots + 1)
         self.slot_start = self.before.sum(axis=0).tolist()
-        self._cache: OrderedDict[int, tuple[list[int], list[int]]] = OrderedDict()
+        self.cached_slots = cached_slots
+        self._cache: OrderedDict[int, tuple[array, array]] = OrderedDict()
 
     def locate(self, index: int) -> tuple[int, int]:
         slot = bisect_right(self.slot_start, index) - 1
@@ -176,7 +180,7 @@ class Interleave:
             counts += np.bincount(sources, minlength=len(self.counts))
         return counts
 
-    def _slot(self, slot: int) -> tuple[list[int], list[int]]:
+    def _slot(self, slot: int) -> tuple[array, array]:
         found = self._cache.pop(slot, None)
         if found is None:
             first, end = self.before[:, slot], self.before[:, slot + 1]
@@ -184,8 +188,8 @@ class Interleave:
             sources = np.repeat(np.arange(len(self.counts)), end - first)
             times = (positions * self.slots + self.offsets[sources]) / (self.counts[sources] * self.slots)
             order = np.lexsort((sources, times))
-            found = (sources[order].tolist(), positions[order].tolist())
-            if len(self._cache) >= SLOTS_CACHED:
+            found = (array("i", sources[order].astype(np.int32).tobytes()), array("q", positions[order].tobytes()))
+            if len(self._cache) >= self.cached_slots:
                 self._cache.popitem(last=False)
         self._cache[slot] = found
         return found
@@ -248,7 +252,8 @@ class EpochOrder:
     ) -> None:
         # The interleave's key ends in the number of sources, which no stream's key does; one source needs none.
         mixed = shuffle and len(budgets) > 1
-        self.interleave = Interleave(budgets, [*key, len(budgets)]) if mixed else Concatenation(budgets)
+        cached = SLOTS_CACHED + min(partitions, SPAN_SLOTS_CACHED)
+        self.interleave = Interleave(budgets, [*key, len(budgets)], cached) if mixed else Concatenation(budgets)
         self.total = sum(budgets)
         self.partitions = Partitions(self.total, partitions, turn)
         # Where each span begins, in each source's stream (empty spans of a small source give repeated positions).
@@ -275,7 +280,7 @@ class EpochOrder:
             first, end = self.partitions.span(partition)
             ranges = zip(self.interleave.counts_before(first).tolist(), self.interleave.counts_before(end).tolist())
             found = [stream.window_of(b - 1) if b > a else -1 for stream, (a, b) in zip(self.streams, ranges)]
-            if len(self._last_windows) >= SLOTS_CACHED:
+            if len(self._last_windows) >= SLOTS_CACHED + SPAN_SLOTS_CACHED:
                 self._last_windows.popitem(last=False)
         self._last_windows[partition] = found
         return found[source]
