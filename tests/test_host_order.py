@@ -197,3 +197,25 @@ def test_partitions_turns_and_states_are_checked(shards, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "many")
     with pytest.raises(RecipeError, match="WORLD_SIZE"):
         TokenBlockDataset([shards], BLOCK)
+
+
+def test_hf_trainer_resumes_on_another_world_size_with_the_same_global_batch(shards):
+    """HF Trainer's own resume counts optimizer steps: it skips steps x accumulation batches on each rank. With the
+    order fixed (partitions and turn given) and the same samples per step (2 ranks x 8 x 3 accumulation, then
+    3 ranks x 8 x 2), its skip lands exactly after what the first run used (accelerate's sharding, as Trainer
+    builds it under torchrun; the step arithmetic is Trainer's, transformers 5.24)."""
+    from accelerate.data_loader import BatchSamplerShard
+
+    def rank_batches(world_size: int, rank: int) -> list[list[int]]:
+        batches = BatchSampler(SequentialSampler(dataset), 8, drop_last=False)
+        return list(BatchSamplerShard(batches, num_processes=world_size, process_index=rank))
+
+    dataset = TokenBlockDataset([shards], BLOCK, seed=4, partitions=6, turn=8)
+    steps = 50  # optimizer steps of the first run, within the first epoch
+    first = [i for rank in range(2) for batch in rank_batches(2, rank)[: steps * 3] for i in batch]
+    rest = [i for rank in range(3) for batch in rank_batches(3, rank)[steps * 2 :] for i in batch]
+    assert sorted(first) == list(range(steps * 48))
+    assert Counter(first + rest) - Counter(range(len(dataset))) == Counter(range(-len(dataset) % 24))  # the padding
+    assert {dataset.place_of(i)[:2] for batch in rank_batches(3, 1)[steps * 2 :] for i in batch} <= (
+        dataset.shards_for_rank(1, 3) | {dataset.place_of(i)[:2] for i in range(24)}
+    )
