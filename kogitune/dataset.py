@@ -11,8 +11,9 @@ spans of the shard-aware order, about 1/W of the shards (host-aware reading; doc
 
 The trap this avoids: HF `Trainer` wraps a map-style dataset in a RandomSampler, so uniformly random indices touch
 every shard at once and defeat streaming. Here the dataset owns the shuffle; use a sequential sampler
-(`TrainingArguments(train_sampling_strategy="sequential")`, or `DistributedSampler(shuffle=False)`) to stream.
-A RandomSampler still gives correct results (every sample once per epoch), fetching shards in random order.
+(`TrainingArguments(train_sampling_strategy="sequential")` with `turn=per_device_train_batch_size`, or
+`DistributedSampler(shuffle=False)`) to stream. A RandomSampler still gives correct results (every sample once per
+epoch), fetching shards in random order.
 """
 
 from __future__ import annotations
