@@ -93,6 +93,17 @@ class Settings:
     server_streams_per_peer: int = _setting(8, "Streams one peer identity may have served at once.")
     server_streams_per_ip: int = _setting(64, "Streams all the identities behind one IP may have served at once.")
     server_streams_total: int = _setting(128, "Streams served at once, shared fairly between IPs when full.")
+    # the data port: public datasets over HTTP (kogitune.node.dataport; its other limits are the server_* above)
+    data_port: int = _setting(
+        0,
+        "Port of the data port, on the host of the first --listen address (0: any free port, announced to peers).",
+        zero_ok=True,
+        flag="kogitune node start --data-listen",
+    )
+    data_port_on: int = _setting(
+        1, "1: a node serves its public datasets over HTTP on its data port; 0: it does not.", zero_ok=True
+    )
+    data_port_requests_per_connection: int = _setting(1000, "Requests one connection to the data port may make.")
     # monitoring (kogitune.progress, kogitune.node.status_page)
     progress_interval: float = _setting(
         10.0,
