@@ -74,10 +74,10 @@ def data_listen_address(flag: str | None, listen: list[str]) -> tuple[str, int] 
         return host.strip("[]") or _listen_host(listen), number
     if not settings().data_port_on:
         return None
-    port = settings().data_port
-    if port >= 65536:
-        raise NodeError(f"the setting data_port is {port}; a port is below 65536")
-    return _listen_host(listen), port
+    setting = settings().data_port
+    if setting >= 65536:
+        raise NodeError(f"the setting data_port is {setting}; a port is below 65536")
+    return _listen_host(listen), setting
 
 
 def _listen_host(listen: list[str]) -> str:
@@ -355,7 +355,8 @@ class DataPort:
             self.stats.served[dataset_id] += count
 
     async def _send_body(self, stream, http: h11.Connection, data: memoryview) -> None:
-        for piece in http.send_with_data_passthrough(h11.Data(data=data)):
+        framed = http.send_with_data_passthrough(h11.Data(data=data))  # type: ignore[arg-type]  # any buffer
+        for piece in framed or ():  # the body's bytes themselves, never copied (Content-Length framing)
             await self._send_all(stream, piece)
 
     async def _send_head(self, stream, http: h11.Connection, status: int, length: int, fields: list, last: bool):

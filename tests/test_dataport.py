@@ -303,3 +303,47 @@ def test_the_per_ip_cap_and_the_head_deadline_hold_while_an_honest_fetch_complet
         attacker.join(timeout=10)
     assert DataTensor(b.home / "datasets" / dataset_id).verify() == []
     assert f"http://127.0.0.1:{port}/{dataset_id}: ok" in got, got
+
+
+def test_the_have_answer_names_a_data_port_optionally_and_bounded():
+    have = wire.have_bitmap([True, False, True])
+    for port in (0, 1, 4012, 65535):
+        frame = wire.encode_response(wire.HaveResponse(have, port))
+        decoder = wire.FrameDecoder(wire.MAX_BITMAP_BYTES + 4096)
+        decoder.feed(frame)
+        assert wire.parse_response(decoder.next_frame(), wire.HaveResponse) == wire.HaveResponse(have, port)
+    for bad in (0, 65536, -1, "4012", 1.0):
+        obj = {"v": 2, "op": "have", "shards": have, "data_port": bad}
+        with pytest.raises(wire.WireError, match="data_port"):
+            wire.parse_response(obj, wire.HaveResponse)
+    assert b"data_port" not in wire.encode_response(wire.HaveResponse(have))  # 0: not sent
+    with pytest.raises(wire.WireError, match='unknown keys: "data_port"'):  # a manifest answer has no such key
+        wire.parse_response(
+            {
+                "v": 2,
+                "op": "manifest",
+                "manifest": b"{}",
+                "signature": bytes(64),
+                "public_key": bytes(32),
+                "allow": "",
+                "allow_signature": b"",
+                "data_port": 1,
+            },
+            wire.ManifestResponse,
+        )
+
+
+def test_where_the_data_port_listens():
+    from kogitune.errors import NodeError
+    from kogitune.node.dataport import data_listen_address
+
+    listen = ["/ip4/127.0.0.1/tcp/0"]
+    assert data_listen_address(None, listen) == ("127.0.0.1", 0)
+    assert data_listen_address(None, ["/ip6/::1/tcp/4011"]) == ("::1", 0)
+    assert data_listen_address("off", listen) is None
+    assert data_listen_address("4012", listen) == ("127.0.0.1", 4012)
+    assert data_listen_address("0.0.0.0:4012", listen) == ("0.0.0.0", 4012)
+    assert data_listen_address("[::]:4012", listen) == ("::", 4012)
+    for bad in ("x", "1.2.3.4:99999", "1.2.3.4:", ""):
+        with pytest.raises(NodeError, match="--data-listen"):
+            data_listen_address(bad, listen)
