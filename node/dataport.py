@@ -132,15 +132,6 @@ class DataPortStats:
         return sum(self.served.values())
 
 
-@dataclass(frozen=True)
-class _File:
-    """A file of a served dataset: how to open it (`kind`: manifest, signature, tokens, pieces, docs) and its
-    shard."""
-
-    kind: str
-    shard: object = None
-
-
 class DataPort:
     """Serves the public datasets of `server`'s store over HTTP, through `server`'s checks."""
 
@@ -151,6 +142,7 @@ class DataPort:
         self.port = 0
         """The port listened on, once `serve` has started (what the node announces)."""
         self._slots: FairSlots[_Connection] = FairSlots(self.limits.connections_total, self.limits.connections_per_ip)
+        self._files: dict[str, tuple] = {}
 
     @property
     def connections(self) -> int:
@@ -326,17 +318,28 @@ class DataPort:
             with open(fd, "rb") as f:
                 signature = f.read(SIGNATURE_FILE_BYTES + 1)
             return (dataset_id, signature, None, path, directory) if len(signature) == SIGNATURE_FILE_BYTES else None
-        for shard in manifest.shards:
-            if path == shard.tokens_path:
-                opened = self.server.guard.open_tokens(directory, manifest, shard)
-            elif path == shard.pieces_path:
-                opened = await self.server.guard.open_small_file(directory, manifest, shard, "pieces")
-            elif path == shard.docs_path:
-                opened = await self.server.guard.open_small_file(directory, manifest, shard, "docs")
-            else:
-                continue
-            return None if opened is None else (dataset_id, None, opened, path, directory)
-        return None
+        found = self._files_of(dataset_id, manifest).get(path)
+        if found is None:
+            return None
+        shard, kind = found
+        if kind == "tokens":
+            opened = self.server.guard.open_tokens(directory, manifest, shard)
+        else:
+            opened = await self.server.guard.open_small_file(directory, manifest, shard, kind)
+        return None if opened is None else (dataset_id, None, opened, path, directory)
+
+    def _files_of(self, dataset_id: str, manifest) -> dict:
+        """path in the dataset directory -> (shard, kind) of every shard file the manifest names (made once per
+        manifest: a request looks its path up, never joins it to a directory)."""
+        cached = self._files.get(dataset_id)
+        if cached is None or cached[0] is not manifest:
+            files = {}
+            for shard in manifest.shards:
+                files[shard.tokens_path] = (shard, "tokens")
+                files[shard.pieces_path] = (shard, "pieces")
+                files[shard.docs_path] = (shard, "docs")
+            cached = self._files[dataset_id] = (manifest, files)
+        return cached[1]
 
     async def _send_file(
         self, stream, http: h11.Connection, dataset_id: str, opened, directory, path: str, start: int, end: int
