@@ -347,3 +347,41 @@ def test_where_the_data_port_listens():
     for bad in ("x", "1.2.3.4:99999", "1.2.3.4:", ""):
         with pytest.raises(NodeError, match="--data-listen"):
             data_listen_address(bad, listen)
+
+
+def test_a_data_port_that_never_answers_holds_nothing_up(tensor, nodes, tmp_path):
+    """P serves honest bytes over libp2p and names a data port that accepts connections and never answers (as
+    behind a firewall that drops them, but faster to see): B, with P as its only provider, completes from P's
+    libp2p streams without waiting for the data port to fail out (its libp2p source stands by only for a data
+    port that has delivered)."""
+    from libp2p.custom_types import TProtocol
+    from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+    from libp2p.tools.anyio_service import background_trio_service
+
+    a = nodes("a")
+    dataset_id = a.cli("publish", str(tensor.path)).stdout.strip()
+    silent = socket.create_server(("127.0.0.1", 0))  # never accepts: the kernel completes handshakes, nobody answers
+    outcome = {}
+
+    async def main() -> None:
+        peer = LyingPeer(a.home / "datasets" / dataset_id, silent.getsockname()[1])
+        async with running(new_kogitune_host(peer.seed)) as host:
+            host.set_stream_handler(TProtocol(wire.PROTOCOL_ID), peer.handle)
+            dht = KadDHT(host, DHTMode.SERVER)
+            async with background_trio_service(dht):
+                with trio.fail_after(CONNECT_TIMEOUT):
+                    await provide(dht, dataset_id)
+                address = f"{host.get_addrs()[0]}/p2p/{host.get_id()}"
+                b = await trio.to_thread.run_sync(lambda: nodes("b", [address]))
+                started = time.monotonic()
+                with trio.fail_after(60):
+                    got = await trio.to_thread.run_sync(lambda: b.cli("get", dataset_id, "--quiet"))
+                outcome.update(b=b, got=got.stdout, peer=peer, seconds=time.monotonic() - started)
+
+    try:
+        trio.run(main)
+    finally:
+        silent.close()
+    assert DataTensor(outcome["b"].home / "datasets" / dataset_id).verify() == []
+    assert f"peer {outcome['peer'].peer_id}: ok" in outcome["got"], outcome["got"]
+    assert outcome["seconds"] < 2 * float(ENV["KOGITUNE_READ_TIMEOUT"])  # the data port fails out in 4 at least
