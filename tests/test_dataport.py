@@ -7,7 +7,6 @@ completes, and the per-IP cap and the head deadline hold while an honest fetch g
 from __future__ import annotations
 
 import http.client
-import re
 import socket
 import threading
 import time
@@ -29,7 +28,6 @@ from kogitune.tensor import DataTensor
 from kogitune.write import StoreOptions, store
 
 TIMEOUT = 20.0
-PORT_LINE = re.compile(r"^data port\s+(\d+)", re.M)
 HEAD_TIMEOUT = 2.0
 LIMITED = {**ENV, "KOGITUNE_SERVER_STREAMS_PER_IP": "6", "KOGITUNE_SERVER_REQUEST_TIMEOUT": str(HEAD_TIMEOUT)}
 """A node whose data port holds at most 6 connections from one IP and waits 2 s for a request head."""
@@ -42,11 +40,6 @@ def tensor(tmp_path_factory) -> DataTensor:
     options = StoreOptions(block_size=64, piece_size=64 << 10, shard_size=256 << 10, workers=1)
     store([corpus], "gpt2", root / "kjv", options, progress=False)
     return DataTensor(root / "kjv")
-
-
-def data_port(node) -> int:
-    """The node's data port, from `kogitune node status`."""
-    return int(PORT_LINE.search(node.cli("node", "status").stdout).group(1))
 
 
 def request(port: int, path: str, method: str = "GET", headers: dict | None = None):
@@ -63,7 +56,7 @@ def request(port: int, path: str, method: str = "GET", headers: dict | None = No
 def test_the_layout_and_ranges_of_a_web_mirror(tensor, nodes):
     a = nodes("a")
     dataset_id = a.cli("publish", str(tensor.path)).stdout.strip()
-    port = data_port(a)
+    port = a.data_port()
     status, _, body = request(port, f"/{dataset_id}/manifest.json")
     assert (status, body) == (200, (tensor.path / "manifest.json").read_bytes())
     status, _, body = request(port, f"/{dataset_id}/signature")
@@ -108,7 +101,7 @@ def test_a_private_dataset_and_odd_paths_are_404(tensor, nodes):
     private_id = a.cli("publish", str(tensor.path), "--allow", a.peer_id).stdout.strip()
     public_id = a.cli("publish", str(tensor.path)).stdout.strip()  # second: its files' links are the newest
     missing_id = "kg1-" + "a" * 52
-    port = data_port(a)
+    port = a.data_port()
     shard = tensor.shards[0]
     for dataset_id in (private_id, missing_id):
         for path in ("manifest.json", "signature", shard.tokens_path, shard.pieces_path, shard.docs_path, "allow"):
@@ -146,7 +139,7 @@ def test_get_by_id_reads_the_data_ports_in_a_mixed_swarm(tensor, nodes):
 
     a = nodes("a", flags=["--metrics", "127.0.0.1:0"])
     dataset_id = a.cli("publish", str(tensor.path)).stdout.strip()
-    a_port = f"http://127.0.0.1:{data_port(a)}/{dataset_id}"
+    a_port = f"http://127.0.0.1:{a.data_port()}/{dataset_id}"
     c = nodes("c", [a.address], flags=["--data-listen", "off"])
     got = c.cli("get", dataset_id, "--quiet").stdout
     assert f"{a_port}: ok" in got, got
@@ -258,7 +251,7 @@ def test_the_per_ip_cap_and_the_head_deadline_hold_while_an_honest_fetch_complet
 
     a = nodes("a", env=LIMITED)
     dataset_id = a.cli("publish", str(tensor.path)).stdout.strip()
-    port = data_port(a)
+    port = a.data_port()
 
     held = [slow_head(port) for _ in range(6)]
     started = time.monotonic()
