@@ -19,7 +19,8 @@ errors, since it imports nothing from here; they are re-exported below, so that 
     ├── SettingsError           a setting (config file, environment variable, flag) has a bad value
     ├── FetchError              a dataset, shard or file could not be fetched from any of its sources
     │   └── SourceError         one source failed one request; the others may still deliver
-    │       └── SourceBusy      one source is alive and honest, but its serving slots are taken
+    │       ├── SourceBusy      one source is alive and honest, but its serving slots are taken
+    │       └── SourceMissing   one source answered that it does not have the file (HTTP 404)
     └── NodeError               the node cannot start, refused a command, or a control request is malformed
         └── NodeNotRunning      no node answers on the control socket of a home
 
@@ -84,6 +85,11 @@ class SourceError(FetchError):
 class SourceBusy(SourceError):
     """Raised when a source answered "busy" (its serving slots are taken) again and again (kogitune.node.peers asks
     again after short pauses first): alive and honest, but full for now."""
+
+
+class SourceMissing(SourceError):
+    """Raised when a source answered that it does not have a file (HTTP 404 or 410): for an optional file, such as
+    a compressed sidecar (kogitune.sidecars), the fetcher takes it as "not offered" rather than as a failure."""
 
 
 class NodeError(KogituneError):
@@ -156,6 +162,7 @@ __all__ = [
     "SourceBusy",
     "SettingsError",
     "SourceError",
+    "SourceMissing",
     "TensorError",
     "TokenizerError",
     "WireError",  # noqa: F822 (imported on first use: see __getattr__)

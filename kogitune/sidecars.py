@@ -196,23 +196,29 @@ def sidecar_problems(directory: Path, manifest: Manifest, shard: ShardInfo) -> l
     path = Path(directory) / sidecar_path(shard)
     if not path.is_file():
         return []
-    piece_size = manifest.piece_size
-    pieces = manifest.pieces_in(shard)
     try:
         digests = (Path(directory) / shard.pieces_path).read_bytes()
-        check_pieces_file(shard, digests, piece_size)
+        check_pieces_file(shard, digests, manifest.piece_size)
     except (OSError, IntegrityError):
         return []  # the shard's own check reports it; the sidecar cannot be checked without it
+    with open(path, "rb") as f:
+        problem = sidecar_problem(f.fileno(), shard, manifest.piece_size, digests)
+    return [] if problem is None else [problem]
+
+
+def sidecar_problem(fd: int, shard: ShardInfo, piece_size: int, digests: bytes) -> str | None:
+    """What is wrong with the sidecar open on `fd`, or None when every frame decodes to its piece, whose hash is in
+    `digests` (the shard's checked `.pieces` bytes). Reads one frame at a time."""
+    pieces = len(digests) // DIGEST_SIZE
     try:
-        with open(path, "rb") as f:
-            index: SidecarIndex = parse_header(f.read(header_size(pieces)), shard, piece_size)
-            if os.fstat(f.fileno()).st_size != index.size:
-                return [f"has {os.fstat(f.fileno()).st_size} bytes, its header says {index.size}"]
-            for i in range(pieces):
-                at, length = index.frame(i)
-                piece = decode_piece(os.pread(f.fileno(), length, at), min(piece_size, shard.size - i * piece_size))
-                if hashlib.sha256(piece).digest() != digests[i * DIGEST_SIZE : (i + 1) * DIGEST_SIZE]:
-                    return [f"frame {i} decodes to bytes that do not match piece {i}'s hash"]
+        index: SidecarIndex = parse_header(os.pread(fd, header_size(pieces), 0), shard, piece_size)
+        if os.fstat(fd).st_size != index.size:
+            return f"has {os.fstat(fd).st_size} bytes, its header says {index.size}"
+        for i in range(pieces):
+            at, length = index.frame(i)
+            piece = decode_piece(os.pread(fd, length, at), min(piece_size, shard.size - i * piece_size))
+            if hashlib.sha256(piece).digest() != digests[i * DIGEST_SIZE : (i + 1) * DIGEST_SIZE]:
+                return f"frame {i} decodes to bytes that do not match piece {i}'s hash"
     except IntegrityError as exc:
-        return [str(exc)]
-    return []
+        return str(exc)
+    return None

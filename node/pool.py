@@ -68,6 +68,8 @@ class SourceHealth:
     files_verified: int = 0
     pieces_verified: int = 0
     pieces_rejected: int = 0
+    no_sidecars: bool = False
+    """The source answered 404 for a compressed sidecar: it is not asked for others (node/sidecar_fetch.py)."""
 
     def describe(self) -> str:
         if self.banned:

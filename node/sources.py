@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from kogitune.errors import SourceError
+from kogitune.errors import SourceError, SourceMissing
 from kogitune.settings import settings
 
 from .http import MAX_REDIRECTS, HttpClient
@@ -21,6 +21,7 @@ class Source:
     """A place that serves a data tensor's files."""
 
     name: str
+    offers_sidecars = False
     identity: str | None = None
     """The peer ID behind this source, if it is a peer (its libp2p streams, its data port): a wrong piece from one
     of a peer's sources bans them all (SourcePool.ban)."""
@@ -42,6 +43,10 @@ class Source:
 class HttpSource(Source):
     """A tensor directory on any static web server (nginx, `python -m http.server`); Range used when offered."""
 
+    offers_sidecars = True
+    """Whether the fetcher asks this source for compressed sidecars (`shards/<name>.tokens.zst`, kogitune.sidecars):
+    a web mirror or a node's data port may have them."""
+
     def __init__(self, base_url: str, read_timeout: float = DEFAULT_READ_TIMEOUT, redirects: int = MAX_REDIRECTS):
         self.base_url = base_url.rstrip("/")
         self.name = self.base_url
@@ -56,6 +61,8 @@ class HttpSource(Source):
                 offset = _content_range_start(response.headers.get("content-range", ""), url)
             elif response.status == 200:
                 offset = 0
+            elif response.status in (404, 410):
+                raise SourceMissing(f"{url}: HTTP {response.status}")
             else:
                 raise SourceError(f"{url}: HTTP {response.status}")
             yield offset, response.body

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fetch import fresh_store, kogitune_fetch, kjv_tensor, load_note, mirrors, repeated_kjv_tensor  # noqa: E402
+from bench_fetch import fresh_store, kjv_tensor, kogitune_fetch, load_note, mirrors, repeated_kjv_tensor  # noqa: E402
 
 from kogitune.protocol.compression import decode_piece, header_size, parse_header, sidecar_path  # noqa: E402
 from kogitune.sidecars import compress  # noqa: E402
@@ -66,7 +66,6 @@ def stdlib_corpus(path: Path, limit_mb: float) -> Path:
 
 def pydoc_corpus(path: Path) -> Path:
     import json
-
     from pydoc_data.topics import topics
 
     with open(path, "w", encoding="utf-8") as out:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import resource
 import struct
 import time
@@ -294,3 +295,216 @@ def test_compress_refuses_a_damaged_shard_and_verify_names_a_damaged_sidecar(kjv
     with pytest.raises(TensorError, match="piece 0 of shards/00001.tokens does not match its hash"):
         compress(directory, workers=1, overwrite=True)
     assert not list(directory.rglob("*.partial"))
+
+
+# ---- fetching: web mirrors and a node's data port with sidecars, honest and lying ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def compressed(kjv_tensor, tmp_path_factory):
+    """The KJV tensor (3 shards of 3 pieces of 64 KiB) with its sidecars."""
+    from conftest import copy_tensor
+
+    from kogitune.sidecars import compress
+    from kogitune.tensor import DataTensor
+
+    directory = copy_tensor(kjv_tensor, tmp_path_factory.mktemp("compressed") / "kjv")
+    compress(directory, workers=1)
+    return DataTensor(directory)
+
+
+def sidecars_only(tensor, directory):
+    """A copy of `tensor` without its flat tokens: a mirror of it can deliver shards through sidecars only."""
+    from conftest import copy_tensor
+
+    copy = copy_tensor(tensor, directory)
+    for shard in tensor.shards:
+        (copy / shard.tokens_path).unlink()
+    return copy
+
+
+def fetch_all(tensor, target, pool):
+    """Every shard of `tensor` fetched into `target` with ShardFetch from one SourcePool; the fetches."""
+    import trio
+
+    from kogitune.node.fetch import ShardFetch
+
+    (target / "shards").mkdir(parents=True)
+    (target / "manifest.json").write_bytes((tensor.path / "manifest.json").read_bytes())
+    fetches = [ShardFetch(target, tensor.manifest, shard, pool) for shard in tensor.shards]
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for fetch in fetches:
+                await nursery.start(fetch.run)
+
+    try:
+        trio.run(main)
+    except Exception as exc:  # a group of one, from the nursery: the fetch's own error
+        if len(getattr(exc, "exceptions", ())) == 1:
+            raise exc.exceptions[0] from None
+        raise
+    return fetches
+
+
+def assert_same_tokens(tensor, directory):
+    from kogitune.tensor import DataTensor
+
+    assert DataTensor(directory).verify() == []
+    for shard in tensor.shards:
+        assert (directory / shard.tokens_path).read_bytes() == (tensor.path / shard.tokens_path).read_bytes()
+
+
+def frames_bytes(tensor, shard) -> int:
+    size = (tensor.path / sidecar_path(shard)).stat().st_size
+    return size - header_size(tensor.manifest.pieces_in(shard))
+
+
+def test_a_mirror_with_sidecars_sends_the_frames_and_the_flat_verified_tokens_land(compressed, tmp_path):
+    """From a mirror that has both, the fetcher takes the frames (the bytes received are the frames', about half the
+    tokens), and what lands is the flat tokens, verified; a recipe over a mirror that has no flat tokens at all reads
+    the same samples (so the sidecars alone carried them); with compressed_transfer 0 the sidecars are ignored."""
+    from mirrors import mirrors, stdlib_http_server
+
+    from kogitune.client import open_mirrors
+    from kogitune.content_store import ContentStore
+    from kogitune.errors import FetchError
+    from kogitune.node.pool import SourcePool
+    from kogitune.node.sources import HttpSource
+
+    with mirrors(compressed.path, "ok") as urls:
+        fetches = fetch_all(compressed, tmp_path / "one", SourcePool([HttpSource(urls[0])]))
+    assert_same_tokens(compressed, tmp_path / "one")
+    for fetch, shard in zip(fetches, compressed.shards):
+        assert fetch.bytes_received == frames_bytes(compressed, shard) < 0.7 * shard.size
+    only = sidecars_only(compressed, tmp_path / "only")
+    with mirrors(only, "ok") as urls:
+        tensor = open_mirrors(urls, ContentStore(tmp_path / "store"))
+        for index in range(len(tensor.shards)):
+            tensor.shard_tokens(index)
+        assert_same_tokens(compressed, tensor.path)
+    with stdlib_http_server(only) as url:  # no Range: the index is read past, then the frames
+        fetch_all(compressed, tmp_path / "no-range", SourcePool([HttpSource(url)]))
+        assert_same_tokens(compressed, tmp_path / "no-range")
+    os.environ["KOGITUNE_COMPRESSED_TRANSFER"] = "0"
+    try:
+        with mirrors(only, "ok") as urls, pytest.raises(FetchError, match="HTTP 404"):
+            fetch_all(compressed, tmp_path / "off", SourcePool([HttpSource(urls[0])], max_failures=1))
+    finally:
+        del os.environ["KOGITUNE_COMPRESSED_TRANSFER"]
+
+
+def lie(kind: str, tensor, directory):
+    """A copy of `tensor` whose sidecars lie in one way (every frame, so that any frame the liar sends is a lie)."""
+    copy = sidecars_only(tensor, directory)
+    piece_size = tensor.manifest.piece_size
+    for shard in tensor.shards:
+        path = copy / sidecar_path(shard)
+        data = path.read_bytes()
+        n = tensor.manifest.pieces_in(shard)
+        index = parse_header(data[: header_size(n)], shard, piece_size)
+        frames = [data[at : at + length] for at, length in (index.frame(i) for i in range(n))]
+        if kind == "index":  # offsets one byte off: every frame starts in the wrong place
+            header = encode_header(piece_size, [len(f) for f in frames])
+            offsets = [o + 1 for o in struct.unpack_from(f"<{n + 1}Q", header, 24)]
+            header = header[:24] + struct.pack(f"<{n + 1}Q", *offsets)
+            path.write_bytes(header + b"\0" + b"".join(frames))
+            continue
+        if kind == "other-piece":  # valid frames of other bytes, each declaring its piece's length
+            compressor = piece_compressor(3)
+            frames = [
+                encode_piece(compressor, bytes(len(decode_piece(f, len_of(shard, i, piece_size)))))
+                for i, f in enumerate(frames)
+            ]
+        elif kind == "bomb":  # each frame a small frame of zeros declaring 1 TiB
+            frames = [
+                zstandard.ZstdCompressor().compress(b"\0" * 4096)[:4]
+                + b"\xc0\x50"
+                + struct.pack("<Q", 1 << 40)
+                + b"\x01\x00\x00"
+                for _ in frames
+            ]
+        elif kind == "garbage":
+            frames = [bytes(len(f)) for f in frames]
+        elif kind == "count":  # an index for one piece more than the shard has
+            path.write_bytes(encode_header(piece_size, [len(f) for f in frames] + [1]) + b"".join(frames) + b"\0")
+            continue
+        path.write_bytes(encode_header(piece_size, [len(f) for f in frames]) + b"".join(frames))
+    return copy
+
+
+def len_of(shard, index: int, piece_size: int) -> int:
+    return min(piece_size, shard.size - index * piece_size)
+
+
+@pytest.mark.parametrize("kind", ["other-piece", "bomb", "garbage", "index", "count"])
+def test_a_lying_sidecar_beside_an_honest_mirror_is_banned_and_the_dataset_completes(compressed, tmp_path, kind):
+    """The liar is the only source at first, so it must lie (no race decides who sends what); it is banned for what
+    it sent, the honest mirror then joins the same pool (as a late source does), and every shard completes,
+    byte-identical and verified: nothing the liar sent landed."""
+    from kogitune.node.pool import SourcePool
+    from kogitune.node.sources import HttpSource
+
+    liar = lie(kind, compressed, tmp_path / "liar")
+
+    class HonestJoinsAfterTheBan(SourcePool):
+        def ban(self, health, reason: str) -> None:
+            super().ban(health, reason)
+            self.add(HttpSource(honest_url))
+            self.search_ended()
+
+    with mirrors_of(liar, compressed) as (liar_url, honest_url):
+        pool = HonestJoinsAfterTheBan([HttpSource(liar_url)])
+        pool.search_started()  # the shard waits for a source to join rather than fail once the liar is gone
+        fetch_all(compressed, tmp_path / "fetched", pool)
+    assert_same_tokens(compressed, tmp_path / "fetched")
+    banned = pool.health[0]
+    assert banned.source.name == liar_url and banned.banned, pool.report()
+    assert ("sidecar index" if kind in ("index", "count") else "compressed frame") in banned.banned
+    assert banned.pieces_verified == 0
+
+
+def test_mirrors_with_a_liar_give_the_right_samples_through_the_public_path(compressed, tmp_path):
+    """open_mirrors over a lying sidecar mirror and an honest one with sidecars: the dataset is byte-identical."""
+    from kogitune.client import open_mirrors
+    from kogitune.content_store import ContentStore
+
+    liar = lie("other-piece", compressed, tmp_path / "liar")
+    with mirrors_of(liar, compressed.path) as urls:
+        tensor = open_mirrors(list(urls), ContentStore(tmp_path / "store"))
+        for index in range(len(tensor.shards)):
+            tensor.shard_tokens(index)
+    assert_same_tokens(compressed, tensor.path)
+
+
+def mirrors_of(*directories):
+    """One quiet "ok" mirror process per directory; yields their URLs."""
+    import sys
+
+    from mirrors import SERVER, server_processes
+
+    paths = [getattr(d, "path", d) for d in directories]
+    return server_processes([[sys.executable, str(SERVER), str(p)] for p in paths], quiet=True)
+
+
+def test_a_node_serves_the_sidecars_of_its_store_on_its_data_port(compressed, nodes, tmp_path):
+    """`kogitune compress` then `publish`: the node links the sidecars into its store, checks each before it serves
+    it, and a fetch from its data port moves the frames; a sidecar damaged in the store is withheld (404), and the
+    fetcher takes the flat tokens instead."""
+    from kogitune.node.pool import SourcePool
+    from kogitune.node.sources import HttpSource
+
+    a = nodes("a")
+    dataset_id = a.cli("publish", str(compressed.path)).stdout.strip()
+    url = f"http://127.0.0.1:{a.data_port()}/{dataset_id}"
+    fetches = fetch_all(compressed, tmp_path / "one", SourcePool([HttpSource(url)]))
+    assert_same_tokens(compressed, tmp_path / "one")
+    assert [f.bytes_received for f in fetches] == [frames_bytes(compressed, s) for s in compressed.shards]
+    stored = a.home / "datasets" / dataset_id
+    shard = compressed.shards[0]
+    (stored / sidecar_path(shard)).unlink()  # not the user's file: replaced by a damaged copy
+    damaged = (compressed.path / sidecar_path(shard)).read_bytes()
+    (stored / sidecar_path(shard)).write_bytes(damaged[:-5] + bytes(5))
+    fetches = fetch_all(compressed, tmp_path / "two", SourcePool([HttpSource(url)]))
+    assert_same_tokens(compressed, tmp_path / "two")
+    assert fetches[0].bytes_received == shard.size  # withheld: the flat tokens came instead
