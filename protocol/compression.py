@@ -86,7 +86,7 @@ def encode_header(piece_size: int, frame_lengths: list[int]) -> bytes:
     return head + struct.pack(f"<{len(offsets)}Q", *offsets)
 
 
-def parse_header(data: bytes | memoryview, shard: ShardInfo, piece_size: int) -> SidecarIndex:
+def parse_header(data: bytes | bytearray | memoryview, shard: ShardInfo, piece_size: int) -> SidecarIndex:
     """The index in the first `header_size(pieces)` bytes of a sidecar for `shard`; IntegrityError unless they
     are exactly a header for this shard's pieces at this piece size, with every frame between 1 byte and
     `compress_bound` of its piece. A sidecar whose index passes can still lie in its frames: `decode_piece` and
@@ -114,7 +114,7 @@ def parse_header(data: bytes | memoryview, shard: ShardInfo, piece_size: int) ->
     return SidecarIndex(piece_size, offsets)
 
 
-def decode_piece(frame: bytes | memoryview, length: int) -> bytes:
+def decode_piece(frame: bytes | bytearray | memoryview, length: int) -> bytes:
     """The `length` bytes that one zstd frame decodes to; IntegrityError for a frame that declares another size or
     none (checked before any allocation: a frame of a few bytes may declare terabytes), needs a dictionary or a
     window beyond MAX_WINDOW_SIZE, is not valid zstd, decodes to more or fewer bytes than it declares, or is

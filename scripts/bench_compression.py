@@ -16,11 +16,11 @@ A fetcher that keeps up moves min(link, raw) verified MB/s without sidecars and 
 per core: the table says up to which link speed the sidecar wins.
 
 Section 2: `kogitune.client.open_mirrors` + every shard fetched from one tests/mirror_server.py process limited to
---rate MiB/s (a token bucket on its writes, scripts/bench_fetch.py's mirrors), the KJV tokens repeated to
---size-mb MB, with compressed_transfer=1 (the mirror serves sidecars) and 0 (flat tokens), interleaved
---repeat times, each into a fresh store; the ratio of the medians.
+each of --rates MiB/s (a token bucket on its writes, scripts/bench_fetch.py's mirrors; 0: not limited, loopback at
+full speed), the KJV tokens repeated to --size-mb MB, with compressed_transfer=1 (the mirror serves sidecars) and 0
+(flat tokens), interleaved --repeat times, each into a fresh store; the ratio of the medians.
 
-    python scripts/bench_compression.py [--levels 1,3,9,19] [--rate 16] [--size-mb 48] [--repeat 3]
+    python scripts/bench_compression.py [--levels 1,3,9,19] [--rates 16,64,0] [--size-mb 64] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -110,7 +110,9 @@ def read_rates(tensor: DataTensor, rounds: int) -> tuple[float, float]:
 
 
 def size_and_speed(tensors: dict[str, DataTensor], levels: list[int], rounds: int) -> None:
-    print("| corpus | tokens MB | level | ratio | compress MB/s | raw read+verify MB/s | zstd read+decode+verify MB/s |")
+    print(
+        "| corpus | tokens MB | level | ratio | compress MB/s | raw read+verify MB/s | zstd read+decode+verify MB/s |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, tensor in tensors.items():
         size = sum(s.size for s in tensor.shards)
@@ -126,16 +128,22 @@ def size_and_speed(tensors: dict[str, DataTensor], levels: list[int], rounds: in
             )
 
 
-def fetch_over_slow_link(work: Path, size_mb: float, rate: float, level: int, repeat: int) -> None:
+def fetch_over_links(work: Path, size_mb: float, rates: list[float], level: int, repeat: int) -> None:
     tensor = repeated_kjv_tensor(work, work / "repeated", size_mb)
     report = compress(tensor.path, level=level)
     print(
         f"\n{len(tensor.shards)} shards, {report.tokens_bytes / 1e6:.1f} MB of tokens, sidecars {report.ratio:.2f}x "
-        f"smaller (level {level}); one mirror at {rate:g} MiB/s\n"
+        f"smaller (level {level})"
     )
+    for rate in rates:
+        fetch_at(work, tensor, report.tokens_bytes, rate, repeat)
+
+
+def fetch_at(work: Path, tensor: DataTensor, tokens_bytes: int, rate: float, repeat: int) -> None:
+    print(f"\none mirror {f'at {rate:g} MiB/s' if rate else 'at full speed (loopback, not limited)'}\n")
     times: dict[str, list[float]] = {"flat": [], "sidecars": []}
     cpu: dict[str, list[float]] = {"flat": [], "sidecars": []}
-    with mirrors(tensor.path, 1, rate) as urls:
+    with mirrors(tensor.path, 1, rate) as urls:  # rate 0: not limited
         for _ in range(repeat):
             for name, setting in (("flat", "0"), ("sidecars", "1")):
                 os.environ["KOGITUNE_COMPRESSED_TRANSFER"] = setting
@@ -148,7 +156,7 @@ def fetch_over_slow_link(work: Path, size_mb: float, rate: float, level: int, re
     for name in times:
         median = statistics.median(times[name])
         print(
-            f"| {name} | {median:.2f} | {min(times[name]):.2f} | {report.tokens_bytes / median / 1e6:.1f} | "
+            f"| {name} | {median:.2f} | {min(times[name]):.2f} | {tokens_bytes / median / 1e6:.1f} | "
             f"{statistics.median(cpu[name]):.2f} |"
         )
     print(f"\nsidecars / flat time: {statistics.median(times['sidecars']) / statistics.median(times['flat']):.2f}")
@@ -159,8 +167,10 @@ def main() -> None:
     parser.add_argument("--levels", default="1,3,9,19", help="zstd levels (default: 1,3,9,19)")
     parser.add_argument("--rounds", type=int, default=3, help="read passes per level, best taken (default: 3)")
     parser.add_argument("--stdlib-mb", type=float, default=8, help="MB of stdlib source text (default: 8)")
-    parser.add_argument("--rate", type=float, default=16, help="MiB/s of the slow mirror; 0 skips section 2")
-    parser.add_argument("--size-mb", type=float, default=48, help="MB of tokens fetched in section 2 (default: 48)")
+    parser.add_argument(
+        "--rates", default="16,64,0", help="MiB/s of the mirror in section 2, 0: not limited; empty: skip it"
+    )
+    parser.add_argument("--size-mb", type=float, default=64, help="MB of tokens fetched in section 2 (default: 64)")
     parser.add_argument("--level", type=int, default=3, help="zstd level of section 2 (default: 3)")
     parser.add_argument("--repeat", type=int, default=3, help="fetches of each kind in section 2 (default: 3)")
     args = parser.parse_args()
@@ -175,8 +185,9 @@ def main() -> None:
         }
         print()
         size_and_speed(tensors, levels, args.rounds)
-        if args.rate:
-            fetch_over_slow_link(work, args.size_mb, args.rate, args.level, args.repeat)
+        if args.rates:
+            rates = [float(x) for x in args.rates.split(",")]
+            fetch_over_links(work, args.size_mb, rates, args.level, args.repeat)
         print(f"\n{load_note()}")
 
 
