@@ -33,6 +33,12 @@ def add_arguments(filter_) -> None:
     )
     filter_.add_argument("--address", help="with --executor ray: the Ray cluster's address (default: a local Ray)")
     filter_.add_argument(
+        "--keep-lists",
+        action="store_true",
+        help="with --parts: write no JSONL, only the decisions: -o DIR gets keep/part-00000.u64 ... (the lines each "
+        "part keeps) and keep-lists.json, which `kogitune store INPUTS --keep-lists DIR` applies while it tokenizes",
+    )
+    filter_.add_argument(
         "--slurm-array",
         metavar="SCRIPT",
         help="with --parts: write an sbatch script (one job array per stage, each after the one before) instead",
@@ -61,13 +67,13 @@ def filter_in_parts(args, config: dict) -> int:
     if args.stage is not None:
         if args.task is None:
             raise KogituneError("--stage needs --task I/N")
-        job = staged_job(args.files, args.output, config, args.parts, args.buckets, options)
+        job = staged_job(args.files, args.output, config, args.parts, args.buckets, options, args.keep_lists)
         if args.task[1] != stage_tasks(job, args.stage):
             raise KogituneError(f"stage {args.stage} has {stage_tasks(job, args.stage)} tasks, not {args.task[1]}")
         run_task(job, args.stage, args.task[0])
         return EXIT_OK
     if args.slurm_array:
-        job = staged_job(args.files, args.output, config, args.parts, args.buckets, options)
+        job = staged_job(args.files, args.output, config, args.parts, args.buckets, options, args.keep_lists)
         script = Path(args.slurm_array)
         counts = {stage: stage_tasks(job, stage) for stage in STAGE_CHOICES}
         script.write_text(slurm_stages_script(args, config, counts, script))
@@ -75,7 +81,15 @@ def filter_in_parts(args, config: dict) -> int:
         print(f"wrote {script}: the stages of {args.parts} parts as dependent job arrays; submit with bash {script}")
         return EXIT_OK
     report = filter_in_stages(
-        args.files, args.output, config, args.parts, args.buckets, options, args.executor, args.address
+        args.files,
+        args.output,
+        config,
+        args.parts,
+        args.buckets,
+        options,
+        args.executor,
+        args.address,
+        args.keep_lists,
     )
     print(report.summary())
     return EXIT_OK
@@ -90,6 +104,7 @@ def slurm_stages_script(args, config: dict, counts: dict[str, int], script: Path
     flags = ["--parts", str(args.parts), "-o", str(args.output), "--text-key", args.text_key]
     flags += ["--buckets", str(args.buckets)] if args.buckets else []
     flags += ["--skip-bad-lines"] if args.skip_bad_lines else []
+    flags += ["--keep-lists"] if args.keep_lists else []
     flags += ["--max-document-size", str(args.max_document_size)] if args.max_document_size is not None else []
     config_file = script.with_suffix(".filters.json")
     config_file.write_text(json.dumps(config, ensure_ascii=False, indent=1) + "\n")

@@ -6,14 +6,16 @@ every stage is a list of tasks that an executor runs (local processes, Ray, a Sl
 1. **signatures** (one task per part): run the pipeline on the part with each dedup filter passing every document
    through, but recording the document's keys there (exact: its 128-bit digest as key and value; MinHash: its band
    keys) into B bucket files by key; the documents that every other filter keeps go to a pending file, by document
-   number (part << 40 | position in the part, so numbers sort in input order).
+   number (part << 40 | the number of its line in the part, so numbers sort in input order).
 2. **buckets** (one task per dedup filter and bucket): read the bucket's keys from all parts, sort them, and keep
    only the keys that more than one document has: the documents that may be duplicates.
 3. **decisions** (one task): replay each dedup filter's own rule over those documents only, in input order: a
    document is dropped when an earlier document that the filter kept (and that no earlier filter dropped) has an
    equal key (MinHash: any band; exact: the same digest). So the same documents are dropped as by the sequential
    filter, and this task's memory grows with the duplicated keys, not with the input. One drop list per part.
-4. **write** (one task per part): copy the part's pending lines, less its drop list, to OUT/part-NNNNN.jsonl.
+4. **write** (one task per part): copy the part's pending lines, less its drop list, to OUT/part-NNNNN.jsonl; or,
+   with `keep_lists`, write the numbers of the lines it keeps to OUT/keep/part-NNNNN.u64, for `kogitune store
+   --keep-lists OUT` to apply while it tokenizes the inputs (kogitune.filters.keep): no pending lines are written.
 
 The outputs, read in part order, are byte for byte the sequential `kogitune filter`'s output (tested). Every task
 holds one batch of documents, its key buffer (`KEY_BUFFER` keys) or one bucket at a time: memory per task is
@@ -33,14 +35,15 @@ import numpy as np
 from ..errors import FilterError
 from ..files import write_atomic
 from ..write.inputs import InputReader, expand_inputs
-from ..write.parts import split_inputs
+from ..write.parts import split_digest, split_inputs
 from .base import Filter, Pipeline
 from .dedup import MISSING, ExactDedup, MinHashDedup
+from .keep import keep_list_path, write_keep_lists
 from .report import FilterStats
 from .run import FilterOptions, OutputFile, dump_line, filter_lines, run_filters
 
 PART_SHIFT = 40
-"""A document's number is part << PART_SHIFT | its position in the part: 2**40 documents per part, 2**24 parts."""
+"""A document's number is part << PART_SHIFT | its line's number in the part: 2**40 lines per part, 2**24 parts."""
 KEY_BUFFER = 1 << 17
 """Keys a signatures task holds per dedup filter before appending them to the bucket files (24 bytes each: key,
 document, value; 3 MB)."""
@@ -58,6 +61,8 @@ class StagedFilter:
     config: dict
     output: Path
     options: FilterOptions = field(default_factory=FilterOptions)
+    keep_lists: bool = False
+    """Write keep lists (OUT/keep/, keep-lists.json) for `store --keep-lists` instead of the filtered JSONL."""
 
     @property
     def work(self) -> Path:
@@ -99,7 +104,7 @@ def signatures_task(job: StagedFilter, part: int) -> dict:
     dedups = job.dedups()
     keys = KeyFiles(job, part, dedups)
     options = job.options
-    counts = {"documents": 0, "empty_documents": 0, "bad_lines": 0, "pending": 0}
+    counts = {"documents": 0, "empty_documents": 0, "bad_lines": 0, "pending": 0, "lines": 0, "changed": 0}
     reader = InputReader(
         split_inputs(list(job.paths), job.parts)[part],
         options.skip_bad_lines,
@@ -108,8 +113,7 @@ def signatures_task(job: StagedFilter, part: int) -> dict:
     )
     lines_path, numbers_path = job.pending(part)
     lines_path.parent.mkdir(parents=True, exist_ok=True)
-    position = 0
-    with open(lines_path, "wb") as pending, open(numbers_path, "wb") as numbers:
+    with open(os.devnull if job.keep_lists else lines_path, "wb") as pending, open(numbers_path, "wb") as numbers:
         for batch in reader.batches():
             result = filter_lines(head, batch.lines, batch.first_line, batch.path.name, options)
             counts["bad_lines"] += len(batch.bad_lines(result.bad, options.skip_bad_lines))
@@ -117,18 +121,19 @@ def signatures_task(job: StagedFilter, part: int) -> dict:
             counts["documents"] += result.documents
             stats = [FilterStats(f.name) for f in filters]  # run_filters counts into them; a staged run reports none
             kept = []
-            for _, text, size, line in result.kept:
-                document = part << PART_SHIFT | position
-                position += 1
+            for number, text, size, line in result.kept:
+                document = part << PART_SHIFT | counts["lines"] + number - batch.first_line
                 survived = _pass_tail(filters, len(head), text, size, stats, keys, document, options)
                 if survived is None:
                     continue
-                if survived != text:
+                if survived != text and not job.keep_lists:
                     line = dump_line(json.loads(line), options.text_key, survived)
                 pending.write(line + b"\n")
                 kept.append(document)
             numbers.write(np.array(kept, dtype="<u8").tobytes())
             counts["pending"] += len(kept)
+            counts["lines"] += len(batch.lines)
+            counts["changed"] += sum(s.changed for s in [*result.stats, *stats])
     keys.close()
     _write_counts(job, f"signatures-{part:05d}", counts)
     return counts
@@ -254,10 +259,18 @@ def _decide_part(job: StagedFilter, at: int, dedup: ExactDedup | MinHashDedup, p
 
 
 def write_task(job: StagedFilter, part: int) -> int:
-    """Stage 4 for one part: its pending lines less its drop list, into OUT/part-NNNNN.jsonl; returns lines kept."""
+    """Stage 4 for one part: its pending lines less its drop list, into OUT/part-NNNNN.jsonl, or the numbers of the
+    lines it keeps into its keep list; returns lines kept."""
     lines_path, numbers_path = job.pending(part)
     numbers = np.fromfile(numbers_path, dtype="<u8")
     keep = ~np.isin(numbers, np.fromfile(job.drops_file(part), dtype="<u8"))
+    if job.keep_lists:
+        kept_lines = numbers[keep] & np.uint64((1 << PART_SHIFT) - 1)
+        path = keep_list_path(job.output, part)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, kept_lines.astype("<u8").tobytes())
+        _write_counts(job, f"write-{part:05d}", {"kept": int(keep.sum())})
+        return int(keep.sum())
     with open(lines_path, "rb") as lines, OutputFile(job.part_output(part), enabled=True) as sink:
         for line, kept in zip(lines, keep.tolist()):
             if kept:
@@ -288,15 +301,16 @@ class StagedReport:
     bad_lines: int = 0
     kept: int = 0
     deduplicated: dict = field(default_factory=dict)
+    keep_lists: bool = False
 
     def to_dict(self) -> dict:
         return {**self.__dict__, "output": str(self.output)}
 
     def summary(self) -> str:
         drops = ", ".join(f"{name} dropped {n:,}" for name, n in self.deduplicated.items()) or "no dedup"
+        written = f"keep lists in {self.output}/keep/" if self.keep_lists else f"{self.output}/part-*.jsonl"
         return (
-            f"filtered into {self.output}/part-*.jsonl ({self.parts} parts)\n  {self.documents:,} documents, "
-            f"kept {self.kept:,}; {drops}"
+            f"filtered into {written} ({self.parts} parts)\n  {self.documents:,} documents, kept {self.kept:,}; {drops}"
         )
 
 
@@ -332,13 +346,18 @@ def run_task(job: StagedFilter, stage: str, task: int) -> None:
 def finish(job: StagedFilter) -> StagedReport:
     """The last step: sum the tasks' counts into OUT/report.json, and remove the scratch files."""
     filters = job.pipeline().filters
-    report = StagedReport(job.output, job.parts)
-    for part in range(job.parts):
-        counts = _read_counts(job, f"signatures-{part:05d}")
+    report = StagedReport(job.output, job.parts, keep_lists=job.keep_lists)
+    signatures = [_read_counts(job, f"signatures-{part:05d}") for part in range(job.parts)]
+    for counts in signatures:
         for key in ("documents", "empty_documents", "bad_lines"):
             setattr(report, key, getattr(report, key) + counts[key])
-        report.kept += _read_counts(job, f"write-{part:05d}")["kept"]
+    report.kept = sum(_read_counts(job, f"write-{part:05d}")["kept"] for part in range(job.parts))
     report.deduplicated = {filters[int(at)].name: n for at, n in _read_counts(job, "decisions").items()}
+    if job.keep_lists:
+        split = split_digest(split_inputs(list(job.paths), job.parts))
+        changed = any(counts["changed"] for counts in signatures)
+        lines = [counts["lines"] for counts in signatures]
+        write_keep_lists(job.output, split, job.options.text_key, job.config, changed, lines)
     write_atomic(job.output / "report.json", json.dumps(report.to_dict(), indent=1).encode() + b"\n")
     shutil.rmtree(job.work, ignore_errors=True)
     return report
@@ -351,6 +370,7 @@ def staged_job(
     parts: int,
     buckets: int | None = None,
     options: FilterOptions | None = None,
+    keep_lists: bool = False,
 ) -> StagedFilter:
     """The job of filtering `files` in `parts` parts into the directory `output`, dedup keys in `buckets` buckets
     (default: as many as parts); checks the pipeline and the split once, here, rather than in every task."""
@@ -362,6 +382,7 @@ def staged_job(
         pipeline.to_config(),
         Path(output),
         options or FilterOptions(),
+        keep_lists,
     )
     if job.buckets < 1:
         raise FilterError(f"buckets must be 1 or more, got {job.buckets}")
@@ -379,12 +400,14 @@ def filter_in_stages(
     options: FilterOptions | None = None,
     executor: str = "local",
     address: str | None = None,
+    keep_lists: bool = False,
 ) -> StagedReport:
-    """Filter `files` in `parts` parts into the directory `output` (part-00000.jsonl, ...; report.json), running
-    each stage's tasks on `executor` ("local" processes or "ray", at `address`), one stage after the other."""
+    """Filter `files` in `parts` parts into the directory `output` (part-00000.jsonl, ...; or, with `keep_lists`,
+    keep/part-00000.u64, ... and keep-lists.json; report.json), running each stage's tasks on `executor` ("local"
+    processes or "ray", at `address`), one stage after the other."""
     from ..write.executors import run_tasks
 
-    job = staged_job(files, output, config, parts, buckets, options)
+    job = staged_job(files, output, config, parts, buckets, options, keep_lists)
     for stage in STAGES:
         tasks = [(job, stage, task) for task in range(stage_tasks(job, stage))]
         if tasks:
