@@ -10,9 +10,9 @@ import pytest
 
 from kogitune.cli import main
 from kogitune.corpora import kjv_verses
-from kogitune.filters import stages
+from kogitune.filters import staged_run, stages
 from kogitune.filters.run import FilterOptions, filter_files
-from kogitune.filters.stages import filter_in_stages
+from kogitune.filters.staged_run import filter_in_stages
 
 PIPELINE = {
     "filters": [
@@ -71,7 +71,7 @@ def test_three_parts_on_local_processes_keep_what_the_sequential_filter_keeps(de
     assert parts_output(tmp_path / "out", 3) == expected
     assert staged.kept == report.kept and staged.documents == report.documents
     assert staged.deduplicated == {"exact_dedup": by_name["exact_dedup"], "minhash_dedup": by_name["minhash_dedup"]}
-    assert not (tmp_path / "out" / ".stages").exists()
+    assert [p.name for p in (tmp_path / "out" / ".stages").iterdir()] == ["done"]  # the scratch files are removed
 
 
 def test_exact_dedup_alone_in_parts_on_ray(dedup_inputs, tmp_path, local_ray):
@@ -106,8 +106,8 @@ def test_tasks_in_one_process_with_a_tiny_key_buffer_keep_the_same_documents(
     monkeypatch.setattr(stages, "KEY_BUFFER", 50)
     job = stages.staged_job(dedup_inputs, tmp_path / "out", PIPELINE, parts=3, buckets=3)
     for stage in stages.STAGES:
-        count = stages.stage_tasks(job, stage)
+        count = staged_run.stage_tasks(job, stage)
         for task in random.Random(stage).sample(range(count), count):
-            stages.run_task(job, stage, task)
-    report = stages.finish(job)
+            staged_run.run_task(job, stage, task)
+    report = staged_run.finish(job)
     assert parts_output(tmp_path / "out", 3) == sequential[0] and report.kept == sequential[1].kept

@@ -12,7 +12,7 @@ from test_filter_stages import dedup_inputs as dedup_inputs  # a fixture
 from kogitune.cli import main
 from kogitune.errors import FilterError
 from kogitune.filters.run import FilterOptions, filter_files
-from kogitune.filters.stages import filter_in_stages
+from kogitune.filters.staged_run import filter_in_stages
 from kogitune.tensor import DataTensor
 from kogitune.write import store
 from kogitune.write.parts import store_part

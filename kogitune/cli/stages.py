@@ -47,12 +47,19 @@ def add_arguments(filter_) -> None:
         "--stage", choices=STAGE_CHOICES, help="with --parts and --task I/N: run only task I of this stage"
     )
     filter_.add_argument("--task", type=task_of, metavar="I/N", help="with --stage: the task to run")
+    filter_.add_argument(
+        "--status",
+        action="store_true",
+        help="with --parts (and the run's other flags): say which tasks of each stage are done (recorded for this "
+        "job, their files of the sizes recorded) and which are left; a run again skips the done ones",
+    )
 
 
 def filter_in_parts(args, config: dict) -> int:
     """Run `kogitune filter ... --parts N` as `args` say: all stages, one task, or write a Slurm script."""
     from ..filters.run import FilterOptions
-    from ..filters.stages import filter_in_stages, run_task, stage_tasks, staged_job
+    from ..filters.staged_run import filter_in_stages, run_task, stage_tasks, stages_status
+    from ..filters.stages import staged_job
     from .common import document_limit, mib
 
     if args.output is None or args.dry_run:
@@ -64,13 +71,18 @@ def filter_in_parts(args, config: dict) -> int:
         examples=args.examples,
         **document_limit(mib(args.max_document_size)),
     )
+    if args.status:
+        job = staged_job(args.files, args.output, config, args.parts, args.buckets, options, args.keep_lists)
+        print("\n".join(stages_status(job)))
+        return EXIT_OK
     if args.stage is not None:
         if args.task is None:
             raise KogituneError("--stage needs --task I/N")
         job = staged_job(args.files, args.output, config, args.parts, args.buckets, options, args.keep_lists)
         if args.task[1] != stage_tasks(job, args.stage):
             raise KogituneError(f"stage {args.stage} has {stage_tasks(job, args.stage)} tasks, not {args.task[1]}")
-        run_task(job, args.stage, args.task[0])
+        if not run_task(job, args.stage, args.task[0]) and not args.quiet:
+            print(f"{args.stage} task {args.task[0]}: done already (its record holds); skipped")
         return EXIT_OK
     if args.slurm_array:
         job = staged_job(args.files, args.output, config, args.parts, args.buckets, options, args.keep_lists)

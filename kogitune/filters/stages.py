@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,10 +34,10 @@ import numpy as np
 from ..errors import FilterError
 from ..files import write_atomic
 from ..write.inputs import InputReader, expand_inputs
-from ..write.parts import split_digest, split_inputs
+from ..write.parts import split_inputs
 from .base import Filter, Pipeline
 from .dedup import MISSING, ExactDedup, MinHashDedup
-from .keep import keep_list_path, write_keep_lists
+from .keep import keep_list_path
 from .report import FilterStats
 from .run import FilterOptions, OutputFile, dump_line, filter_lines, run_filters
 
@@ -135,7 +134,6 @@ def signatures_task(job: StagedFilter, part: int) -> dict:
             counts["lines"] += len(batch.lines)
             counts["changed"] += sum(s.changed for s in [*result.stats, *stats])
     keys.close()
-    _write_counts(job, f"signatures-{part:05d}", counts)
     return counts
 
 
@@ -194,9 +192,9 @@ class KeyFiles:
             self.flush(at)
 
 
-def bucket_task(job: StagedFilter, dedup: int, bucket: int) -> int:
+def bucket_task(job: StagedFilter, dedup: int, bucket: int) -> dict:
     """Stage 2 for one bucket of one dedup filter: the rows (key, document, value) of the keys that more than one
-    document has, one file per part of the documents, sorted by document; returns how many."""
+    document has, one file per part of the documents, sorted by document; returns how many ("shared")."""
     tables = [np.fromfile(job.keys_file(dedup, bucket, part), dtype="<u8") for part in range(job.parts)]
     table = np.concatenate(tables).reshape(-1, 3)
     table = table[np.lexsort((table[:, 1], table[:, 0]))]
@@ -212,13 +210,14 @@ def bucket_task(job: StagedFilter, dedup: int, bucket: int) -> int:
         path = job.groups_file(dedup, bucket, part)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, table[parts == part].astype("<u8").tobytes())
-    return len(table)
+    return {"shared": len(table)}
 
 
-def decisions_task(job: StagedFilter) -> dict[int, int]:
+def decisions_task(job: StagedFilter) -> dict[str, int]:
     """Stage 3: replay each dedup filter's rule, in pipeline order, over the documents that share a key, a part at
     a time in input order, with the filter's own index (KeyIndex: within its max_index_mb, spilling to its
-    spill_dir); append each part's drops to its drop list. Returns the documents each dedup filter dropped."""
+    spill_dir); append each part's drops to its drop list. Returns the documents each dedup filter dropped, by its
+    position in the pipeline."""
     filters = job.pipeline().filters
     for part in range(job.parts):
         job.drops_file(part).parent.mkdir(parents=True, exist_ok=True)
@@ -227,9 +226,8 @@ def decisions_task(job: StagedFilter) -> dict[int, int]:
     for at in job.dedups():
         dedup = filters[at]
         assert isinstance(dedup, (ExactDedup, MinHashDedup))
-        counts[at] = sum(_decide_part(job, at, dedup, part) for part in range(job.parts))
+        counts[str(at)] = sum(_decide_part(job, at, dedup, part) for part in range(job.parts))
         dedup.close()
-    _write_counts(job, "decisions", {str(at): n for at, n in counts.items()})
     return counts
 
 
@@ -258,9 +256,9 @@ def _decide_part(job: StagedFilter, at: int, dedup: ExactDedup | MinHashDedup, p
     return len(dropped)
 
 
-def write_task(job: StagedFilter, part: int) -> int:
+def write_task(job: StagedFilter, part: int) -> dict:
     """Stage 4 for one part: its pending lines less its drop list, into OUT/part-NNNNN.jsonl, or the numbers of the
-    lines it keeps into its keep list; returns lines kept."""
+    lines it keeps into its keep list; returns how many it kept ("kept")."""
     lines_path, numbers_path = job.pending(part)
     numbers = np.fromfile(numbers_path, dtype="<u8")
     keep = ~np.isin(numbers, np.fromfile(job.drops_file(part), dtype="<u8"))
@@ -269,98 +267,12 @@ def write_task(job: StagedFilter, part: int) -> int:
         path = keep_list_path(job.output, part)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, kept_lines.astype("<u8").tobytes())
-        _write_counts(job, f"write-{part:05d}", {"kept": int(keep.sum())})
-        return int(keep.sum())
+        return {"kept": int(keep.sum())}
     with open(lines_path, "rb") as lines, OutputFile(job.part_output(part), enabled=True) as sink:
         for line, kept in zip(lines, keep.tolist()):
             if kept:
                 sink.write(line.rstrip(b"\n"))
-    _write_counts(job, f"write-{part:05d}", {"kept": int(keep.sum())})
-    return int(keep.sum())
-
-
-def _write_counts(job: StagedFilter, name: str, counts: dict) -> None:
-    """A task's counts, for `finish` to sum into the report whichever machine ran the task."""
-    path = job.work / "counts" / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(counts).encode())
-
-
-def _read_counts(job: StagedFilter, name: str) -> dict:
-    return json.loads((job.work / "counts" / f"{name}.json").read_bytes())
-
-
-@dataclass
-class StagedReport:
-    """What a staged filter run did: documents read, kept, and dropped by each dedup filter."""
-
-    output: Path
-    parts: int
-    documents: int = 0
-    empty_documents: int = 0
-    bad_lines: int = 0
-    kept: int = 0
-    deduplicated: dict = field(default_factory=dict)
-    keep_lists: bool = False
-
-    def to_dict(self) -> dict:
-        return {**self.__dict__, "output": str(self.output)}
-
-    def summary(self) -> str:
-        drops = ", ".join(f"{name} dropped {n:,}" for name, n in self.deduplicated.items()) or "no dedup"
-        written = f"keep lists in {self.output}/keep/" if self.keep_lists else f"{self.output}/part-*.jsonl"
-        return (
-            f"filtered into {written} ({self.parts} parts)\n  {self.documents:,} documents, kept {self.kept:,}; {drops}"
-        )
-
-
-def stage_tasks(job: StagedFilter, stage: str) -> int:
-    """How many tasks `stage` has: one per part, per dedup filter and bucket, or one."""
-    if stage in ("signatures", "write"):
-        return job.parts
-    if stage == "buckets":
-        return len(job.dedups()) * job.buckets
-    if stage in ("decisions", "finish"):
-        return 1
-    raise FilterError(f"unknown stage {stage!r}; the stages are {', '.join(STAGES)}")
-
-
-def run_task(job: StagedFilter, stage: str, task: int) -> None:
-    """Task `task` of `stage` (from 0 to stage_tasks - 1), as `kogitune filter --stage STAGE --task I/N` runs it.
-    Running a task again redoes it whole and gives the same files."""
-    count = stage_tasks(job, stage)
-    if not 0 <= task < count:
-        raise FilterError(f"stage {stage} has {count} tasks here; task {task} is not one of them")
-    if stage == "signatures":
-        signatures_task(job, task)
-    elif stage == "buckets":
-        bucket_task(job, job.dedups()[task // job.buckets], task % job.buckets)
-    elif stage == "decisions":
-        decisions_task(job)
-    elif stage == "write":
-        write_task(job, task)
-    else:
-        finish(job)
-
-
-def finish(job: StagedFilter) -> StagedReport:
-    """The last step: sum the tasks' counts into OUT/report.json, and remove the scratch files."""
-    filters = job.pipeline().filters
-    report = StagedReport(job.output, job.parts, keep_lists=job.keep_lists)
-    signatures = [_read_counts(job, f"signatures-{part:05d}") for part in range(job.parts)]
-    for counts in signatures:
-        for key in ("documents", "empty_documents", "bad_lines"):
-            setattr(report, key, getattr(report, key) + counts[key])
-    report.kept = sum(_read_counts(job, f"write-{part:05d}")["kept"] for part in range(job.parts))
-    report.deduplicated = {filters[int(at)].name: n for at, n in _read_counts(job, "decisions").items()}
-    if job.keep_lists:
-        split = split_digest(split_inputs(list(job.paths), job.parts))
-        changed = any(counts["changed"] for counts in signatures)
-        lines = [counts["lines"] for counts in signatures]
-        write_keep_lists(job.output, split, job.options.text_key, job.config, changed, lines)
-    write_atomic(job.output / "report.json", json.dumps(report.to_dict(), indent=1).encode() + b"\n")
-    shutil.rmtree(job.work, ignore_errors=True)
-    return report
+    return {"kept": int(keep.sum())}
 
 
 def staged_job(
@@ -389,27 +301,3 @@ def staged_job(
     job.pipeline()  # refuses a stateful filter other than the dedup filters
     split_inputs(list(job.paths), parts)  # and inputs that cannot make `parts` parts
     return job
-
-
-def filter_in_stages(
-    files: list[str | os.PathLike],
-    output: str | os.PathLike,
-    config: dict | str | os.PathLike | Pipeline,
-    parts: int,
-    buckets: int | None = None,
-    options: FilterOptions | None = None,
-    executor: str = "local",
-    address: str | None = None,
-    keep_lists: bool = False,
-) -> StagedReport:
-    """Filter `files` in `parts` parts into the directory `output` (part-00000.jsonl, ...; or, with `keep_lists`,
-    keep/part-00000.u64, ... and keep-lists.json; report.json), running each stage's tasks on `executor` ("local"
-    processes or "ray", at `address`), one stage after the other."""
-    from ..write.executors import run_tasks
-
-    job = staged_job(files, output, config, parts, buckets, options, keep_lists)
-    for stage in STAGES:
-        tasks = [(job, stage, task) for task in range(stage_tasks(job, stage))]
-        if tasks:
-            run_tasks(run_task, tasks, executor, address)
-    return finish(job)
