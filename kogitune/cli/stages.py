@@ -10,7 +10,7 @@ from pathlib import Path
 from ..errors import KogituneError
 from .common import EXIT_OK, at_least, task_of
 
-STAGE_CHOICES = ("signatures", "buckets", "decisions", "write", "finish")
+STAGE_CHOICES = ("signatures", "buckets", "components", "decisions", "write", "finish")
 
 
 def add_arguments(filter_) -> None:
@@ -24,6 +24,13 @@ def add_arguments(filter_) -> None:
     )
     filter_.add_argument(
         "--buckets", type=at_least(1, int), metavar="B", help="with --parts: dedup keys in B buckets (default: N)"
+    )
+    filter_.add_argument(
+        "--decision-tasks",
+        type=at_least(1, int),
+        metavar="T",
+        help="with --parts: decide the dedup in T tasks, each the documents of some chains of shared keys, so each "
+        "holds about 1/T of the keys (default: N)",
     )
     filter_.add_argument(
         "--executor",
@@ -72,20 +79,26 @@ def filter_in_parts(args, config: dict) -> int:
         **document_limit(mib(args.max_document_size)),
     )
     if args.status:
-        job = staged_job(args.files, args.output, config, args.parts, args.buckets, options, args.keep_lists)
+        job = staged_job(
+            args.files, args.output, config, args.parts, args.buckets, options, args.keep_lists, args.decision_tasks
+        )
         print("\n".join(stages_status(job)))
         return EXIT_OK
     if args.stage is not None:
         if args.task is None:
             raise KogituneError("--stage needs --task I/N")
-        job = staged_job(args.files, args.output, config, args.parts, args.buckets, options, args.keep_lists)
+        job = staged_job(
+            args.files, args.output, config, args.parts, args.buckets, options, args.keep_lists, args.decision_tasks
+        )
         if args.task[1] != stage_tasks(job, args.stage):
             raise KogituneError(f"stage {args.stage} has {stage_tasks(job, args.stage)} tasks, not {args.task[1]}")
         if not run_task(job, args.stage, args.task[0]) and not args.quiet:
             print(f"{args.stage} task {args.task[0]}: done already (its record holds); skipped")
         return EXIT_OK
     if args.slurm_array:
-        job = staged_job(args.files, args.output, config, args.parts, args.buckets, options, args.keep_lists)
+        job = staged_job(
+            args.files, args.output, config, args.parts, args.buckets, options, args.keep_lists, args.decision_tasks
+        )
         script = Path(args.slurm_array)
         counts = {stage: stage_tasks(job, stage) for stage in STAGE_CHOICES}
         script.write_text(slurm_stages_script(args, config, counts, script))
@@ -102,6 +115,7 @@ def filter_in_parts(args, config: dict) -> int:
         args.executor,
         args.address,
         args.keep_lists,
+        args.decision_tasks,
     )
     print(report.summary())
     return EXIT_OK
@@ -115,6 +129,7 @@ def slurm_stages_script(args, config: dict, counts: dict[str, int], script: Path
 
     flags = ["--parts", str(args.parts), "-o", str(args.output), "--text-key", args.text_key]
     flags += ["--buckets", str(args.buckets)] if args.buckets else []
+    flags += ["--decision-tasks", str(args.decision_tasks)] if args.decision_tasks else []
     flags += ["--skip-bad-lines"] if args.skip_bad_lines else []
     flags += ["--keep-lists"] if args.keep_lists else []
     flags += ["--max-document-size", str(args.max_document_size)] if args.max_document_size is not None else []

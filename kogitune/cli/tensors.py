@@ -359,8 +359,8 @@ def _filter(args) -> int:
         return stages.filter_in_parts(args, config)
     if args.slurm_array or args.executor != "local" or args.address or args.stage or args.task or args.buckets:
         raise KogituneError("--buckets, --executor, --address, --slurm-array, --stage and --task go with --parts N")
-    if args.keep_lists or args.status:
-        raise KogituneError("--keep-lists and --status go with --parts N (the filter in stages)")
+    if args.keep_lists or args.status or args.decision_tasks:
+        raise KogituneError("--keep-lists, --status and --decision-tasks go with --parts N (the filter in stages)")
     filter_cli(
         args.files,
         args.output,

@@ -27,9 +27,10 @@ from ..errors import FilterError
 from ..files import read_limited, write_atomic
 from ..write.parts import split_digest, split_inputs
 from .base import Pipeline
+from .decisions import components_task, decisions_task
 from .keep import KEEP_LISTS_FILE, keep_list_path, write_keep_lists
 from .run import FilterOptions
-from .stages import STAGES, StagedFilter, bucket_task, decisions_task, signatures_task, staged_job, write_task
+from .stages import STAGES, StagedFilter, bucket_task, signatures_task, staged_job, write_task
 
 REPORT_FILE = "report.json"
 MAX_RECORD_BYTES = 64 << 20
@@ -73,7 +74,11 @@ def stage_tasks(job: StagedFilter, stage: str) -> int:
         return job.parts
     if stage == "buckets":
         return len(job.dedups()) * job.buckets
-    if stage in ("decisions", "finish"):
+    if stage == "components":
+        return 1 if job.decision_tasks > 1 else 0
+    if stage == "decisions":
+        return job.decision_tasks
+    if stage == "finish":
         return 1
     raise FilterError(f"unknown stage {stage!r}; the stages are {', '.join(STAGES)}, finish")
 
@@ -86,9 +91,11 @@ def task_outputs(job: StagedFilter, stage: str, task: int) -> list[Path]:
         return [*keys, numbers] if job.keep_lists else [*keys, lines, numbers]
     if stage == "buckets":
         at, bucket = job.dedups()[task // job.buckets], task % job.buckets
-        return [job.groups_file(at, bucket, part) for part in range(job.parts)]
+        return [*(job.groups_file(at, bucket, part) for part in range(job.parts)), job.edges_file(at, bucket)]
+    if stage == "components":
+        return [job.slice_file(at, t) for at in job.dedups() for t in range(job.decision_tasks)]
     if stage == "decisions":
-        return [job.drops_file(part) for part in range(job.parts)]
+        return [job.drops_file(task)]
     if stage == "write":
         return [keep_list_path(job.output, task) if job.keep_lists else job.part_output(task)]
     outputs = [path for part in range(job.parts) for path in task_outputs(job, "write", part)]
@@ -108,8 +115,10 @@ def run_task(job: StagedFilter, stage: str, task: int) -> bool:
         counts = signatures_task(job, task)
     elif stage == "buckets":
         counts = bucket_task(job, job.dedups()[task // job.buckets], task % job.buckets)
+    elif stage == "components":
+        counts = components_task(job)
     elif stage == "decisions":
-        counts = decisions_task(job)
+        counts = decisions_task(job, task)
     elif stage == "write":
         counts = write_task(job, task)
     else:
@@ -128,7 +137,8 @@ def finish(job: StagedFilter) -> StagedReport:
         for key in ("documents", "empty_documents", "bad_lines"):
             setattr(report, key, getattr(report, key) + counts[key])
     report.kept = sum(_counts(job, "write", part)["kept"] for part in range(job.parts))
-    report.deduplicated = {filters[int(at)].name: n for at, n in _counts(job, "decisions", 0).items()}
+    decided = [_counts(job, "decisions", task) for task in range(job.decision_tasks)]
+    report.deduplicated = {filters[int(at)].name: sum(counts[at] for counts in decided) for at in decided[0]}
     if job.keep_lists:
         split = split_digest(split_inputs(list(job.paths), job.parts))
         changed = any(counts["changed"] for counts in signatures)
@@ -152,6 +162,7 @@ def job_digest(job: StagedFilter) -> str:
         "config": job.config,
         "options": asdict(job.options),
         "keep_lists": job.keep_lists,
+        "decision_tasks": job.decision_tasks,
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
@@ -223,6 +234,7 @@ def filter_in_stages(
     executor: str = "local",
     address: str | None = None,
     keep_lists: bool = False,
+    decision_tasks: int | None = None,
 ) -> StagedReport:
     """Filter `files` in `parts` parts into the directory `output` (part-00000.jsonl, ...; or, with `keep_lists`,
     keep/part-00000.u64, ... and keep-lists.json; report.json), running each stage's tasks on `executor` ("local"
@@ -230,7 +242,7 @@ def filter_in_stages(
     finished job whose outputs still hash as recorded runs nothing."""
     from ..write.executors import run_tasks
 
-    job = staged_job(files, output, config, parts, buckets, options, keep_lists)
+    job = staged_job(files, output, config, parts, buckets, options, keep_lists, decision_tasks)
     if task_done(job, "finish", 0, job_digest(job)) is None:
         _record_path(job, "finish", 0).unlink(missing_ok=True)  # its outputs changed: the tasks check their own
     skipped = 0

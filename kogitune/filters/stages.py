@@ -9,10 +9,12 @@ every stage is a list of tasks that an executor runs (local processes, Ray, a Sl
    number (part << 40 | the number of its line in the part, so numbers sort in input order).
 2. **buckets** (one task per dedup filter and bucket): read the bucket's keys from all parts, sort them, and keep
    only the keys that more than one document has: the documents that may be duplicates.
-3. **decisions** (one task): replay each dedup filter's own rule over those documents only, in input order: a
-   document is dropped when an earlier document that the filter kept (and that no earlier filter dropped) has an
-   equal key (MinHash: any band; exact: the same digest). So the same documents are dropped as by the sequential
-   filter, and this task's memory grows with the duplicated keys, not with the input. One drop list per part.
+3. **components** and **decisions** (kogitune.filters.decisions; T decisions tasks, and one components task that
+   gives each the connected components of "shares a key" it decides): replay each dedup filter's own rule over
+   those documents only, in input order: a document is dropped when an earlier document that the filter kept (and
+   that no earlier filter dropped) has an equal key (MinHash: any band; exact: the same digest). So the same
+   documents are dropped as by the sequential filter, and a task's memory grows with the duplicated keys, not with
+   the input. One drop list per decisions task.
 4. **write** (one task per part): copy the part's pending lines, less its drop list, to OUT/part-NNNNN.jsonl; or,
    with `keep_lists`, write the numbers of the lines it keeps to OUT/keep/part-NNNNN.u64, for `kogitune store
    --keep-lists OUT` to apply while it tokenizes the inputs (kogitune.filters.keep): no pending lines are written.
@@ -36,7 +38,7 @@ from ..files import write_atomic
 from ..write.inputs import InputReader, expand_inputs
 from ..write.parts import split_inputs
 from .base import Filter, Pipeline
-from .dedup import MISSING, ExactDedup, MinHashDedup
+from .dedup import ExactDedup, MinHashDedup
 from .keep import keep_list_path
 from .report import FilterStats
 from .run import FilterOptions, OutputFile, dump_line, filter_lines, run_filters
@@ -46,7 +48,7 @@ PART_SHIFT = 40
 KEY_BUFFER = 1 << 17
 """Keys a signatures task holds per dedup filter before appending them to the bucket files (24 bytes each: key,
 document, value; 3 MB)."""
-STAGES = ("signatures", "buckets", "decisions", "write")
+STAGES = ("signatures", "buckets", "components", "decisions", "write")
 """The stages that run tasks; `finish` (one step) then writes the report."""
 
 
@@ -62,6 +64,7 @@ class StagedFilter:
     options: FilterOptions = field(default_factory=FilterOptions)
     keep_lists: bool = False
     """Write keep lists (OUT/keep/, keep-lists.json) for `store --keep-lists` instead of the filtered JSONL."""
+    decision_tasks: int = 1
 
     @property
     def work(self) -> Path:
@@ -84,12 +87,18 @@ class StagedFilter:
     def groups_file(self, dedup: int, bucket: int, part: int) -> Path:
         return self.work / "groups" / f"f{dedup:03d}" / f"b{bucket:05d}" / f"p{part:05d}.u64"
 
+    def edges_file(self, dedup: int, bucket: int) -> Path:
+        return self.work / "edges" / f"f{dedup:03d}" / f"b{bucket:05d}.u64"
+
+    def slice_file(self, dedup: int, task: int) -> Path:
+        return self.work / "slices" / f"f{dedup:03d}" / f"t{task:05d}.u64"
+
     def pending(self, part: int) -> tuple[Path, Path]:
         """The part's lines kept by all but the dedup filters, and their document numbers."""
         return self.work / "pending" / f"p{part:05d}.jsonl", self.work / "pending" / f"p{part:05d}.u64"
 
-    def drops_file(self, part: int) -> Path:
-        return self.work / "drops" / f"p{part:05d}.u64"
+    def drops_file(self, task: int) -> Path:
+        return self.work / "drops" / f"t{task:05d}.u64"
 
     def part_output(self, part: int) -> Path:
         return self.output / f"part-{part:05d}.jsonl"
@@ -194,7 +203,8 @@ class KeyFiles:
 
 def bucket_task(job: StagedFilter, dedup: int, bucket: int) -> dict:
     """Stage 2 for one bucket of one dedup filter: the rows (key, document, value) of the keys that more than one
-    document has, one file per part of the documents, sorted by document; returns how many ("shared")."""
+    document has, one file per part of the documents, sorted by document; and the edges between them (pairs of
+    documents with an equal key, consecutive in key order) for the components task; returns how many ("shared")."""
     tables = [np.fromfile(job.keys_file(dedup, bucket, part), dtype="<u8") for part in range(job.parts)]
     table = np.concatenate(tables).reshape(-1, 3)
     table = table[np.lexsort((table[:, 1], table[:, 0]))]
@@ -204,6 +214,10 @@ def bucket_task(job: StagedFilter, dedup: int, bucket: int) -> dict:
         shared[1:] |= same
         shared[:-1] |= same
     table = table[shared]
+    linked = np.flatnonzero(table[1:, 0] == table[:-1, 0]) if len(table) else np.empty(0, int)
+    edges = np.stack([table[linked, 1], table[linked + 1, 1]], axis=1)
+    job.edges_file(dedup, bucket).parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(job.edges_file(dedup, bucket), edges.astype("<u8").tobytes())
     table = table[np.argsort(table[:, 1], kind="stable")]
     parts = table[:, 1] >> np.uint64(PART_SHIFT)
     for part in range(job.parts):
@@ -213,55 +227,17 @@ def bucket_task(job: StagedFilter, dedup: int, bucket: int) -> dict:
     return {"shared": len(table)}
 
 
-def decisions_task(job: StagedFilter) -> dict[str, int]:
-    """Stage 3: replay each dedup filter's rule, in pipeline order, over the documents that share a key, a part at
-    a time in input order, with the filter's own index (KeyIndex: within its max_index_mb, spilling to its
-    spill_dir); append each part's drops to its drop list. Returns the documents each dedup filter dropped, by its
-    position in the pipeline."""
-    filters = job.pipeline().filters
-    for part in range(job.parts):
-        job.drops_file(part).parent.mkdir(parents=True, exist_ok=True)
-        job.drops_file(part).write_bytes(b"")
-    counts = {}
-    for at in job.dedups():
-        dedup = filters[at]
-        assert isinstance(dedup, (ExactDedup, MinHashDedup))
-        counts[str(at)] = sum(_decide_part(job, at, dedup, part) for part in range(job.parts))
-        dedup.close()
-    return counts
-
-
-def _decide_part(job: StagedFilter, at: int, dedup: ExactDedup | MinHashDedup, part: int) -> int:
-    """The decisions of dedup filter `at` on part `part`'s documents that share a key, given its index of the keys
-    of the documents it kept in the parts before; returns how many it dropped."""
-    table = np.concatenate([np.fromfile(job.groups_file(at, b, part), dtype="<u8") for b in range(job.buckets)])
-    table = table.reshape(-1, 3)
-    table = table[np.argsort(table[:, 1], kind="stable")]
-    earlier = set(np.fromfile(job.drops_file(part), dtype="<u8").tolist())  # dropped by an earlier dedup filter
-    index, exact, dropped = dedup.index, isinstance(dedup, ExactDedup), []
-    documents = table[:, 1]
-    starts = np.flatnonzero(np.r_[True, documents[1:] != documents[:-1]]) if len(table) else np.empty(0, int)
-    for start, end in zip(starts.tolist(), [*starts[1:].tolist(), len(table)]):
-        document = int(documents[start])
-        if document in earlier:
-            continue
-        keys, values = table[start:end, 0], table[start:end, 2 if exact else 1]
-        found = index.get(keys)
-        if exact and found[0] == MISSING or not exact and (found == MISSING).all():
-            index.add(keys, values)
-        elif not exact or found[0] == values[0]:
-            dropped.append(document)
-    with open(job.drops_file(part), "ab") as f:
-        f.write(np.array(dropped, dtype="<u8").tobytes())
-    return len(dropped)
-
-
 def write_task(job: StagedFilter, part: int) -> dict:
     """Stage 4 for one part: its pending lines less its drop list, into OUT/part-NNNNN.jsonl, or the numbers of the
     lines it keeps into its keep list; returns how many it kept ("kept")."""
     lines_path, numbers_path = job.pending(part)
     numbers = np.fromfile(numbers_path, dtype="<u8")
-    keep = ~np.isin(numbers, np.fromfile(job.drops_file(part), dtype="<u8"))
+    bounds = np.array([part << PART_SHIFT, (part + 1) << PART_SHIFT], dtype=np.uint64)
+    drops = []
+    for task in range(job.decision_tasks):
+        dropped = np.fromfile(job.drops_file(task), dtype="<u8")
+        drops.append(dropped[slice(*np.searchsorted(dropped, bounds))])
+    keep = ~np.isin(numbers, np.concatenate(drops))
     if job.keep_lists:
         kept_lines = numbers[keep] & np.uint64((1 << PART_SHIFT) - 1)
         path = keep_list_path(job.output, part)
@@ -283,9 +259,11 @@ def staged_job(
     buckets: int | None = None,
     options: FilterOptions | None = None,
     keep_lists: bool = False,
+    decision_tasks: int | None = None,
 ) -> StagedFilter:
     """The job of filtering `files` in `parts` parts into the directory `output`, dedup keys in `buckets` buckets
-    (default: as many as parts); checks the pipeline and the split once, here, rather than in every task."""
+    and decided by `decision_tasks` tasks (both by default as many as parts); checks the pipeline and the split
+    once, here, rather than in every task."""
     pipeline = config if isinstance(config, Pipeline) else Pipeline.from_config(config)
     job = StagedFilter(
         tuple(expand_inputs(list(files))),
@@ -295,9 +273,10 @@ def staged_job(
         Path(output),
         options or FilterOptions(),
         keep_lists,
+        decision_tasks or parts,
     )
-    if job.buckets < 1:
-        raise FilterError(f"buckets must be 1 or more, got {job.buckets}")
+    if job.buckets < 1 or job.decision_tasks < 1:
+        raise FilterError(f"buckets and decision tasks must be 1 or more, got {job.buckets}, {job.decision_tasks}")
     job.pipeline()  # refuses a stateful filter other than the dedup filters
     split_inputs(list(job.paths), parts)  # and inputs that cannot make `parts` parts
     return job
