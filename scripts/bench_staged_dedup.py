@@ -13,6 +13,7 @@ is the floor. The staged output is checked to be the sequential output, byte for
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -41,14 +42,29 @@ def write_input(path: Path, count: int, seed: int = 0) -> None:
 
 
 def run(argv: list[str]) -> tuple[float, float]:
-    """Run `python -m kogitune.cli ARGV` in its own process: (its peak RSS in MB, seconds)."""
+    """Run `python -m kogitune.cli ARGV` in its own process: (its peak RSS in MB, seconds); its CPU seconds (user
+    and system, its children's included) are added to CPU_SECONDS[argv[0]]."""
     started = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", "kogitune.cli", *argv], stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode:
         raise SystemExit(f"{argv[:1]} failed with exit code {process.returncode}")
+    CPU_SECONDS[argv[0]] = CPU_SECONDS.get(argv[0], 0.0) + usage.ru_utime + usage.ru_stime
     return usage.ru_maxrss / 1024, time.perf_counter() - started
+
+
+CPU_SECONDS: dict[str, float] = {}
+
+
+def digest(*paths: Path) -> str:
+    """SHA-256 of the files one after the other, read a MiB at a time: this process must stay small (see bench)."""
+    sha = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                sha.update(chunk)
+    return sha.hexdigest()
 
 
 def floor_mb() -> float:
@@ -64,7 +80,9 @@ def bench(count: int, parts: int, buckets: int, decision_tasks: int, folder: Pat
     subprocess.run([sys.executable, "-c", code + f"b.write_input(b.Path({str(source)!r}), {count})"], check=True)
     config.write_text(json.dumps(PIPELINE))
     size = source.stat().st_size / 1e6
+    CPU_SECONDS.pop("filter", None)
     sequential_mb, sequential_s = run(["filter", str(source), "-c", str(config), "-o", str(folder / "seq.jsonl"), "-q"])
+    sequential_cpu = CPU_SECONDS["filter"]
     out = folder / f"staged-{count}"
     flags = [str(source), "-c", str(config), "--parts", str(parts), "--buckets", str(buckets), "-o", str(out)]
     flags += ["--decision-tasks", str(decision_tasks)]
@@ -80,22 +98,44 @@ def bench(count: int, parts: int, buckets: int, decision_tasks: int, folder: Pat
         f"\n{count + count // 10:,} documents, {size:.1f} MB; {parts} parts, {buckets} buckets, "
         f"{decision_tasks} decisions tasks"
     )
-    print(f"  sequential kogitune filter (1 process)  peak RSS {sequential_mb:6.1f} MB  {sequential_s:5.1f} s")
+    print(
+        f"  sequential kogitune filter (1 process)  peak RSS {sequential_mb:6.1f} MB  {sequential_s:5.1f} s, "
+        f"{sequential_cpu:5.1f} CPU s"
+    )
     total = 0.0
     for stage, tasks in stage_tasks.items():
         if not tasks:
             continue
+        CPU_SECONDS.pop("filter", None)
         measured = [run(["filter", *flags, "--stage", stage, "--task", f"{i}/{tasks}", "-q"]) for i in range(tasks)]
         peaks = [mb for mb, _ in measured]
         total += sum(seconds for _, seconds in measured)
         print(
             f"  {stage:<11} {tasks:2d} tasks  peak RSS per task: max {max(peaks):6.1f} MB, "
             f"min {min(peaks):6.1f} MB  ({sum(s for _, s in measured):5.1f} s in all, "
-            f"{max(s for _, s in measured):5.1f} s the longest)"
+            f"{max(s for _, s in measured):5.1f} s the longest; {CPU_SECONDS['filter']:5.1f} CPU s)"
         )
-    staged = b"".join((out / f"part-{p:05d}.jsonl").read_bytes() for p in range(parts))
-    same = staged == (folder / "seq.jsonl").read_bytes()
+    same = digest(*(out / f"part-{p:05d}.jsonl" for p in range(parts))) == digest(folder / "seq.jsonl")
     print(f"  staged total {total:5.1f} s of task processes; same output as sequential: {'yes' if same else 'NO'}")
+    if decision_tasks == 1:
+        store_both_ways(source, config, parts, folder / f"kept-{count}")
+
+
+def store_both_ways(source: Path, config: Path, parts: int, folder: Path) -> None:
+    """CPU seconds of `store --keep-lists` of the input against `store` of the sequential filter's output."""
+    kept, filtered = folder / "decided", source.parent / "seq.jsonl"
+    run(["filter", str(source), "-c", str(config), "--parts", str(parts), "--keep-lists", "-o", str(kept), "-q"])
+    flags = ["--workers", "1", "-q"]
+    for name, argv in (
+        ("store of the filtered JSONL", ["store", str(filtered), "-o", str(folder / "a"), *flags]),
+        (
+            "store --keep-lists of the input",
+            ["store", str(source), "--keep-lists", str(kept), "-o", str(folder / "b"), *flags],
+        ),
+    ):
+        CPU_SECONDS.pop("store", None)
+        mb, seconds = run(argv)
+        print(f"  {name:<32} {CPU_SECONDS['store']:5.1f} CPU s, {seconds:5.1f} s, peak RSS {mb:6.1f} MB")
 
 
 def main() -> None:
