@@ -163,7 +163,8 @@ def _ls(args) -> int:
         announced = None
     if args.json:
         is_announced = (lambda d: d.dataset_id in announced) if announced is not None else (lambda d: None)
-        print(json.dumps([d.to_json(is_announced(d)) for d in [*datasets, *collections]], indent=1))
+        listed = [d.to_json(is_announced(d)) for d in datasets] + [c.to_json(is_announced(c)) for c in collections]
+        print(json.dumps(listed, indent=1))
         return EXIT_OK
     if not datasets and not collections:
         print(f"no datasets in {home}")
@@ -181,7 +182,7 @@ def _rm(args) -> int:
     from ..layout import COLLECTION_FILE
 
     home = home_of(args)
-    doomed, kept = [args.dataset_id], []
+    doomed, kept = [args.dataset_id], list[str]()
     if (ContentStore(home).dataset_dir(args.dataset_id) / COLLECTION_FILE).is_file():
         doomed, kept = collection_removal(ContentStore(home), args.dataset_id, args.all_parts)
     for dataset_id in doomed:
