@@ -22,6 +22,8 @@ With T = 1 the decisions task reads the bucket tasks' files directly and there i
 
 from __future__ import annotations
 
+from bisect import bisect_left
+
 import numpy as np
 
 from ..files import write_atomic
@@ -33,10 +35,24 @@ MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
 def part_range(rows: np.ndarray, part: int) -> np.ndarray:
-    """The rows (sorted by document, column 1) of part `part`'s documents."""
-    bounds = np.array([part << PART_SHIFT, (part + 1) << PART_SHIFT], dtype=np.uint64)
-    first, end = np.searchsorted(rows[:, 1], bounds)
-    return rows[first:end]
+    """The rows (sorted by document, column 1) of part `part`'s documents, copied out of the mapped file: a binary
+    search reads only the rows it probes (np.searchsorted would copy the whole strided column first)."""
+    documents = _Documents(rows)
+    first, end = bisect_left(documents, part << PART_SHIFT), bisect_left(documents, (part + 1) << PART_SHIFT)
+    return np.array(rows[first:end])
+
+
+class _Documents:
+    """The document column of rows, as a sequence for `bisect`."""
+
+    def __init__(self, rows: np.ndarray) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> int:
+        return int(self.rows[index, 1])
 
 
 def _rows(path) -> np.ndarray:
