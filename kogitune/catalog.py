@@ -183,9 +183,19 @@ def parts_used_elsewhere(store: ContentStore, collection_id: str) -> set[str]:
     return used
 
 
+def catalog_listing(datasets: list[HeldDataset], collections: list[HeldCollection], announced) -> str:
+    """`kogitune ls`: the datasets' table, then the collections' (each only when there is one)."""
+    tables = [catalog_table(datasets, announced)] if datasets else []
+    tables += [catalog_table(collections, announced, COLLECTION_COLUMNS)] if collections else []
+    return "\n\n".join("\n".join(table) for table in tables)
+
+
 def collection_removal(store: ContentStore, collection_id: str, all_parts: bool) -> tuple[list[str], list[str]]:
-    """What `kogitune rm` of a collection removes: (the collection, then those of its parts held here that no other
-    collection or published lock names, or with `all_parts` every part held; the parts it keeps)."""
+    """What `kogitune rm ID` removes: ([ID], []) for a dataset; for a collection, (the collection, then those of its
+    parts held here that no other collection or published lock names, or with `all_parts` every part held; the
+    parts it keeps)."""
+    if not (store.dataset_dir(collection_id) / COLLECTION_FILE).is_file():
+        return [collection_id], []
     found = [c for c in held_collections(store) if c.dataset_id == collection_id]
     if not found:
         raise KogituneError(f"{store.dataset_dir(collection_id)}: no collection.json of {collection_id}")

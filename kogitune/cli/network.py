@@ -11,8 +11,8 @@ def add_commands(commands) -> None:
     """Add the node and content-store commands to the `commands` subparsers."""
     ls = commands.add_parser(
         "ls",
-        help="list the datasets of the node's store (tokenizer, documents, tokens, size, complete, access), then its "
-        "collections (ID, parts, size of the parts held, complete)",
+        help="list the datasets of the node's store (tokenizer, documents, tokens, size, complete, access), then "
+        "its collections (ID, parts, size, complete)",
         description="Read from the content store of --home, so it works with no node running; with one running, "
         "an ANNOUNCED column says which datasets it announces (complete and signed ones). Private datasets "
         "(publish --allow) are listed, marked private. A collection's parts are datasets too, listed as such.",
@@ -32,11 +32,7 @@ def add_commands(commands) -> None:
     )
     rm.add_argument("dataset_id")
     rm.add_argument("--force", action="store_true", help="remove it even while a process reads or fetches it")
-    rm.add_argument(
-        "--all-parts",
-        action="store_true",
-        help="with a collection ID: remove every part of it held, even one another collection or lock names",
-    )
+    rm.add_argument("--all-parts", action="store_true", help="with a collection ID: remove every part of it held")
     rm.add_argument("--home", help=HOME_HELP)
     rm.set_defaults(run=_rm)
 
@@ -157,7 +153,7 @@ def add_commands(commands) -> None:
 def _ls(args) -> int:
     import json
 
-    from ..catalog import COLLECTION_COLUMNS, catalog_table, held_collections, held_datasets
+    from ..catalog import catalog_listing, held_collections, held_datasets
     from ..client import DaemonClient
     from ..content_store import ContentStore
 
@@ -176,9 +172,7 @@ def _ls(args) -> int:
     if not datasets and not collections:
         print(f"no datasets in {home}")
         return EXIT_OK
-    tables = [catalog_table(datasets, announced)] if datasets else []
-    tables += [catalog_table(collections, announced, COLLECTION_COLUMNS)] if collections else []
-    print("\n\n".join("\n".join(table) for table in tables))
+    print(catalog_listing(datasets, collections, announced))
     return EXIT_OK
 
 
@@ -186,12 +180,9 @@ def _rm(args) -> int:
     from ..catalog import collection_removal
     from ..client import DaemonClient
     from ..content_store import ContentStore
-    from ..layout import COLLECTION_FILE
 
     home = home_of(args)
-    doomed, kept = [args.dataset_id], list[str]()
-    if (ContentStore(home).dataset_dir(args.dataset_id) / COLLECTION_FILE).is_file():
-        doomed, kept = collection_removal(ContentStore(home), args.dataset_id, args.all_parts)
+    doomed, kept = collection_removal(ContentStore(home), args.dataset_id, args.all_parts)
     for dataset_id in doomed:
         try:
             DaemonClient(home).call("remove", timeout=60, id=dataset_id, force=args.force)
