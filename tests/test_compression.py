@@ -490,7 +490,7 @@ def mirrors_of(*directories):
 def test_a_node_serves_the_sidecars_of_its_store_on_its_data_port(compressed, nodes, tmp_path):
     """`kogitune compress` then `publish`: the node links the sidecars into its store, checks each before it serves
     it, and a fetch from its data port moves the frames; a sidecar damaged in the store is withheld (404), and the
-    fetcher takes the flat tokens instead."""
+    fetcher takes the flat tokens instead, until `kogitune compress ID` on the node's copy writes it again."""
     from kogitune.node.pool import SourcePool
     from kogitune.node.sources import HttpSource
 
@@ -508,3 +508,7 @@ def test_a_node_serves_the_sidecars_of_its_store_on_its_data_port(compressed, no
     fetches = fetch_all(compressed, tmp_path / "two", SourcePool([HttpSource(url)]))
     assert_same_tokens(compressed, tmp_path / "two")
     assert fetches[0].bytes_received == shard.size  # withheld: the flat tokens came instead
+    assert "3 sidecar(s) written" in a.cli("compress", dataset_id, "--overwrite", "--quiet").stdout  # by ID
+    fetches = fetch_all(compressed, tmp_path / "three", SourcePool([HttpSource(url)]))
+    assert_same_tokens(compressed, tmp_path / "three")
+    assert fetches[0].bytes_received == frames_bytes(compressed, shard)
