@@ -40,7 +40,7 @@ from .protocol.compression import (
 )
 from .protocol.errors import IntegrityError
 from .protocol.ids import DIGEST_SIZE
-from .protocol.manifest import Manifest, ShardInfo
+from .protocol.manifest import Manifest, ShardInfo, piece_count
 from .protocol.pieces import check_pieces_file
 
 MIN_LEVEL, MAX_LEVEL = 1, 22
@@ -91,7 +91,7 @@ def compress(
                 if progress is not None:
                     progress(shard.size)
             else:
-                _write_sidecar(tensor.path, tensor.manifest, shard, level, (pool, 2 * workers), progress)
+                _write_sidecar(tensor.path, tensor.manifest, shard, level, pool, 2 * workers, progress)
                 report.compressed += 1
             report.tokens_bytes += shard.size
             report.sidecar_bytes += target.stat().st_size
@@ -103,7 +103,7 @@ def _whole_sidecar(path: Path, shard: ShardInfo, piece_size: int) -> bool:
     header only; `sidecar_problems` checks the frames)."""
     try:
         with open(path, "rb") as f:
-            index = parse_header(f.read(header_size(-(-shard.size // piece_size))), shard, piece_size)
+            index = parse_header(f.read(header_size(piece_count(shard.size, piece_size))), shard, piece_size)
             return os.fstat(f.fileno()).st_size == index.size
     except (OSError, IntegrityError):
         return False
@@ -114,12 +114,12 @@ def _write_sidecar(
     manifest: Manifest,
     shard: ShardInfo,
     level: int,
-    threads: tuple[ThreadPoolExecutor, int],
+    pool: ThreadPoolExecutor,
+    window: int,
     progress: Callable[[int], None] | None,
 ) -> None:
     """Compress the shard's pieces on the pool's threads, `window` pieces in flight at a time (memory: a few pieces
     per thread), frames written after the room left for the header, the header last."""
-    pool, window = threads
     piece_size = manifest.piece_size
     pieces = manifest.pieces_in(shard)
     tokens = directory / shard.tokens_path

@@ -55,7 +55,7 @@ from kogitune.protocol.pieces import check_pieces_file
 
 from .piece_board import STALE_CLAIM_SECONDS, PieceBoard
 from .pool import MinRateBody, SourceHealth, SourcePool, fetch_small_file
-from .sidecar_fetch import SidecarIndexes
+from .sidecar_fetch import SidecarIndexes, first_piece_at, read_past
 
 log = logging.getLogger(__name__)
 LOCK_POLL_SECONDS = 0.05
@@ -307,9 +307,11 @@ class ShardFetch:
         try:
             async with health.source.stream(path, span(start)[0]) as (offset, raw):
                 body = MinRateBody(raw, self.pool.limits, health.source.name)
-                index, seekable = self._first_piece_at(offset, start, sidecar, health.source.name)
+                index, seekable = first_piece_at(
+                    offset, start, self.piece_size, sidecar, f"{health.source.name}: {path}"
+                )
                 if sidecar is not None and not seekable:  # read past the sidecar's index, to frame 0
-                    await _skip(body, sidecar.offsets[0], health.source.name, path)
+                    await read_past(body, sidecar.offsets[0], f"{health.source.name}: {path}")
                 if index != start:
                     self.board.release(start)
                     holding = index if self.board.claim(index, trio.current_time()) else None
@@ -345,20 +347,6 @@ class ShardFetch:
 
     def _piece_span(self, index: int) -> tuple[int, int]:
         return index * self.piece_size, self._piece_length(index)
-
-    def _first_piece_at(self, offset: int, start: int, sidecar: SidecarIndex | None, name: str) -> tuple[int, bool]:
-        """(the piece a stream asked from piece `start` begins with, whether the source seeked), given the byte
-        `offset` it begins at: `start` itself, or from a source that cannot seek, an earlier piece (the tokens file
-        from any piece boundary before `start`; a sidecar from byte 0, its index to be read past)."""
-        wanted = start * self.piece_size if sidecar is None else sidecar.frame(start)[0]
-        if offset == wanted:
-            return start, True
-        if sidecar is None and not offset % self.piece_size and offset < wanted:
-            return offset // self.piece_size, False
-        if sidecar is not None and offset == 0:
-            return 0, False
-        path = self.shard.tokens_path if sidecar is None else sidecar_path(self.shard)
-        raise SourceError(f"{name}: {path} starts at byte {offset}, asked for {wanted}")
 
     async def _check(self, health: SourceHealth, index: int, piece: bytearray, frame: int | None) -> None:
         """Decode (a sidecar's `frame` bytes), hash and write a received piece on a worker thread (zstandard,
@@ -416,13 +404,3 @@ class ShardFetch:
             if not written:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             data, offset = data[written:], offset + written
-
-
-async def _skip(body, count: int, name: str, path: str) -> None:
-    """Read and drop the first `count` bytes of a body (a sidecar's index, from a source that cannot seek)."""
-    scratch = memoryview(bytearray(min(count, 1 << 16)))
-    while count:
-        got = await body.receive_into(scratch[: min(count, len(scratch))])
-        if not got:
-            raise SourceError(f"{name}: {path} ended within its index")
-        count -= got

@@ -1,4 +1,5 @@
-"""Which sources offer a shard's compressed sidecar, and its index from each (docs/protocol.md#compressed-sidecars).
+"""Which sources offer a shard's compressed sidecar, its index from each, and where a stream of it begins
+(docs/protocol.md#compressed-sidecars).
 
 A sidecar (`shards/<name>.tokens.zst`, kogitune.protocol.compression) is a source's own transfer encoding: two
 sources may compress at different levels, so the fetcher reads a sidecar's index from each source it streams frames
@@ -20,6 +21,7 @@ from kogitune.protocol.errors import IntegrityError
 from kogitune.protocol.manifest import ShardInfo, piece_count
 from kogitune.settings import settings
 
+from .body import Body
 from .pool import MinRateBody, SourceHealth, SourcePool
 
 
@@ -78,3 +80,29 @@ class SidecarIndexes:
                     raise SourceError(f"{health.source.name}: {path} ended at byte {filled}, within its index")
                 filled += count
         return parse_header(header, self.shard, self.piece_size)
+
+
+def first_piece_at(
+    offset: int, start: int, piece_size: int, sidecar: SidecarIndex | None, name: str
+) -> tuple[int, bool]:
+    """(the piece a stream asked from piece `start` begins with, whether the source seeked), given the byte `offset`
+    it begins at: `start` itself, or from a source that cannot seek, an earlier piece (the tokens file from any
+    piece boundary before `start`; a sidecar from byte 0, its index to be read past). `name` names the stream."""
+    wanted = start * piece_size if sidecar is None else sidecar.frame(start)[0]
+    if offset == wanted:
+        return start, True
+    if sidecar is None and not offset % piece_size and offset < wanted:
+        return offset // piece_size, False
+    if sidecar is not None and offset == 0:
+        return 0, False
+    raise SourceError(f"{name} starts at byte {offset}, asked for {wanted}")
+
+
+async def read_past(body: Body, count: int, name: str) -> None:
+    """Read and drop the first `count` bytes of a body (a sidecar's index, from a source that cannot seek)."""
+    scratch = memoryview(bytearray(min(count, 1 << 16)))
+    while count:
+        got = await body.receive_into(scratch[: min(count, len(scratch))])
+        if not got:
+            raise SourceError(f"{name} ended within its index")
+        count -= got
