@@ -1,0 +1,121 @@
+"""TLS on the data port, both ends: the server's libp2p-bound certificate and who a request comes from, and the
+fetcher's pin to the peer it dialed.
+
+The data port (node/dataport.py) serves public datasets on a plain HTTP/1.1 listener; private datasets only on a
+TLS listener, and only to the peers of their signed allow-lists. Its request handler runs unchanged on either kind
+of stream; for a private dataset it asks `requester(headers, stream, identity)` who signed the request, and
+answers a refused peer exactly as a dataset it does not hold (404, same body):
+
+    identity = ServerTls(load_identity_seed(home))
+    stream = await identity.handshake(tcp_stream, timeout)        # None: not TLS, or too slow; already closed
+    ... peer = requester(request.headers, stream, identity)       # None on the plain port, or unauthorized
+    ... if manifest.is_private and not (peer and audience.admits(peer)): answer 404 as for a dataset not held
+
+The fetcher side is `PeerTls(peer_id, seed)`, given to HttpSource / HttpClient for an https:// data port URL: it
+drops a connection whose certificate is not bound to `peer_id` before sending anything, and signs each request's
+`Authorization` header for that connection (kogitune.protocol.tlsid; docs/security.md says what this defends).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import ssl
+import tempfile
+import time
+from collections.abc import Iterable
+
+import trio
+from cryptography.hazmat.primitives.serialization import BestAvailableEncryption, Encoding, PrivateFormat
+
+from kogitune.errors import IdentityError, SourceError
+from kogitune.protocol.tlsid import certificate_peer, check_auth, check_certificate, make_auth, make_certificate
+
+
+class ServerTls:
+    """The server end: a fresh certificate bound to the node's identity (the Ed25519 `seed` of node/host.py), made
+    once per process, and the TLS 1.3 context that presents it."""
+
+    def __init__(self, seed: bytes) -> None:
+        self.certificate, key = make_certificate(seed, time.time())
+        self.certificate_sha256 = hashlib.sha256(self.certificate).digest()
+        self.peer_id = certificate_peer(self.certificate, time.time())
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_3
+        # Python's ssl loads a certificate only from a file: the key goes there encrypted under a one-time password
+        # that never leaves memory, and the file is gone before this returns.
+        password = secrets.token_bytes(32)
+        pem = ssl.DER_cert_to_PEM_cert(self.certificate).encode() + key.private_bytes(
+            Encoding.PEM, PrivateFormat.PKCS8, BestAvailableEncryption(password)
+        )
+        fd, path = tempfile.mkstemp(prefix="kogitune-tls-", suffix=".pem")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(pem)
+            self.context.load_cert_chain(path, password=password)
+        finally:
+            os.unlink(path)
+
+    async def handshake(self, stream: trio.abc.Stream, timeout: float) -> trio.SSLStream | None:
+        """The TLS stream over an accepted `stream`, or None (the stream closed) if the client does not finish a
+        TLS handshake within `timeout` seconds: a plain HTTP request on the TLS port ends here, unanswered."""
+        tls = trio.SSLStream(stream, self.context, server_side=True, https_compatible=True)
+        try:
+            with trio.fail_after(timeout):
+                await tls.do_handshake()
+            return tls
+        except (trio.BrokenResourceError, trio.TooSlowError, OSError):
+            await trio.aclose_forcefully(stream)
+            return None
+
+
+def requester(headers: Iterable[tuple[bytes, bytes]], stream: object, identity: ServerTls) -> str | None:
+    """The peer ID that signed this request's `Authorization` header for `identity`'s certificate, if `stream` is
+    a TLS stream that `identity` accepted and the header verifies now; else None (no header, several, another
+    server's, expired, or the plain port). `headers` are h11's (lower-case name, value) pairs."""
+    if not isinstance(stream, trio.SSLStream) or stream.context is not identity.context:
+        return None
+    values = [value for name, value in headers if name.lower() == b"authorization"]
+    if len(values) != 1:
+        return None
+    try:
+        return check_auth(values[0].decode("ascii"), identity.peer_id, identity.certificate_sha256, time.time())
+    except (IdentityError, UnicodeDecodeError):
+        return None
+
+
+_client_context: ssl.SSLContext | None = None
+
+
+class PeerTls:
+    """The fetcher end: TLS to a data port that must prove to be `peer_id`, each request signed with the fetcher's
+    Ed25519 `seed` (None: no identity, so only public datasets). No certificate authority is consulted."""
+
+    def __init__(self, peer_id: str, seed: bytes | None) -> None:
+        self.peer_id = peer_id
+        self._seed = seed
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        global _client_context
+        if _client_context is None:
+            _client_context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            _client_context.minimum_version = ssl.TLSVersion.TLSv1_3
+            _client_context.check_hostname = False
+            _client_context.verify_mode = ssl.CERT_NONE  # the peer ID is checked after the handshake (check)
+        return _client_context
+
+    def check(self, tls: trio.SSLStream, url: str) -> None:
+        """SourceError unless the server's certificate is bound to `peer_id`: called right after the handshake."""
+        try:
+            check_certificate(tls.getpeercert(binary_form=True) or b"", self.peer_id, time.time())
+        except IdentityError as exc:
+            raise SourceError(f"{url}: {exc}") from None
+
+    def request_fields(self, tls: trio.SSLStream) -> list[tuple[str, str]]:
+        """The `Authorization` field for a request on the checked connection `tls` (none without an identity)."""
+        if self._seed is None:
+            return []
+        certificate = tls.getpeercert(binary_form=True) or b""
+        return [("Authorization", make_auth(self._seed, self.peer_id, certificate, time.time()))]
