@@ -109,13 +109,18 @@ class PeerTls:
     def check(self, tls: trio.SSLStream, url: str) -> None:
         """SourceError unless the server's certificate is bound to `peer_id`: called right after the handshake."""
         try:
-            check_certificate(tls.getpeercert(binary_form=True) or b"", self.peer_id, time.time())
+            check_certificate(_server_certificate(tls), self.peer_id, time.time())
         except IdentityError as exc:
             raise SourceError(f"{url}: {exc}") from None
 
-    def request_fields(self, tls: trio.SSLStream) -> list[tuple[str, str]]:
+    def request_fields(self, tls: trio.abc.Stream) -> list[tuple[str, str]]:
         """The `Authorization` field for a request on the checked connection `tls` (none without an identity)."""
-        if self._seed is None:
+        if self._seed is None or not isinstance(tls, trio.SSLStream):
             return []
-        certificate = tls.getpeercert(binary_form=True) or b""
-        return [("Authorization", make_auth(self._seed, self.peer_id, certificate, time.time()))]
+        return [("Authorization", make_auth(self._seed, self.peer_id, _server_certificate(tls), time.time()))]
+
+
+def _server_certificate(tls: trio.SSLStream) -> bytes:
+    """The DER certificate the server presented (with CERT_NONE, Python's ssl still hands it over in binary form)."""
+    der = tls.getpeercert(binary_form=True)
+    return der if isinstance(der, bytes) else b""

@@ -189,6 +189,12 @@ def test_an_authorization_names_its_signer_for_one_server_and_certificate_until_
     digest = hashlib.sha256(VECTOR_CERT).digest()
     header = tlsid.make_auth(ALLOWED_SEED, VECTOR_PEER, VECTOR_CERT, NOW)
     assert header == VECTOR_AUTH
+    assert digest.hex() == "9f133a37d4afbea0ae73b4b937be24c33bd97671be640763d2977ff14582a007"
+    assert (
+        tlsid.auth_payload(VECTOR_PEER, digest, ALLOWED, NOW + 300)
+        .hex()
+        .startswith("6b6f676974756e652d646174612d617574682f3100313244334b6f6f574134586f7031")
+    )
     assert tlsid.check_auth(header, VECTOR_PEER, digest, NOW) == ALLOWED
     assert tlsid.check_auth(header, VECTOR_PEER, digest, NOW + tlsid.AUTH_LIFETIME) == ALLOWED
     refusals = {
