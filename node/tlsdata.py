@@ -1,14 +1,15 @@
 """TLS on the data port, both ends: the server's libp2p-bound certificate and who a request comes from, and the
 fetcher's pin to the peer it dialed.
 
-The data port (node/dataport.py) serves public datasets on a plain HTTP/1.1 listener; private datasets only on a
-TLS listener, and only to the peers of their signed allow-lists. Its request handler runs unchanged on either kind
-of stream; for a private dataset it asks `requester(headers, stream, identity)` who signed the request, and
-answers a refused peer exactly as a dataset it does not hold (404, same body):
+The data port (node/dataport.py) serves public datasets over plain HTTP/1.1, and private datasets only over TLS on
+the same port (a connection that opens with a TLS record is TLS), only to the peers of their signed allow-lists.
+Its request handler runs unchanged on either kind of stream; for a private dataset it asks `requester(headers,
+stream, identity)` who signed the request, and answers a refused peer exactly as a dataset it does not hold (404,
+same body):
 
     identity = ServerTls(load_identity_seed(home))
-    stream = await identity.handshake(tcp_stream, timeout)        # None: not TLS, or too slow; already closed
-    ... peer = requester(request.headers, stream, identity)       # None on the plain port, or unauthorized
+    stream = await identity.accept(tcp_stream, timeout)           # TLS or plain; None: silent or failed, closed
+    ... peer = requester(request.headers, stream, identity)       # None over plain HTTP, or unauthorized
     ... if manifest.is_private and not (peer and audience.admits(peer)): answer 404 as for a dataset not held
 
 The fetcher side is `PeerTls(peer_id, seed)`, given to HttpSource / HttpClient for an https:// data port URL: it
@@ -31,6 +32,10 @@ from cryptography.hazmat.primitives.serialization import BestAvailableEncryption
 
 from kogitune.errors import IdentityError, SourceError
 from kogitune.protocol.tlsid import certificate_peer, check_auth, check_certificate, make_auth, make_certificate
+
+TLS_HANDSHAKE_RECORD = 0x16
+"""The first byte of every TLS connection (a handshake record holding the ClientHello)."""
+SNIFF_BYTES = 4096
 
 
 class ServerTls:
@@ -57,10 +62,23 @@ class ServerTls:
         finally:
             os.unlink(path)
 
-    async def handshake(self, stream: trio.abc.Stream, timeout: float) -> trio.SSLStream | None:
-        """The TLS stream over an accepted `stream`, or None (the stream closed) if the client does not finish a
-        TLS handshake within `timeout` seconds: a plain HTTP request on the TLS port ends here, unanswered."""
-        tls = trio.SSLStream(stream, self.context, server_side=True, https_compatible=True)
+    async def accept(self, stream: trio.abc.Stream, timeout: float) -> trio.abc.Stream | None:
+        """One port for plain HTTP and TLS: a TLS stream over `stream` if the client opens with a TLS handshake
+        record (first byte 0x16, which begins no HTTP request), else `stream` as it came (the bytes read to tell
+        them apart are served first). None, with `stream` closed, if nothing arrives or the handshake does not
+        finish within `timeout` seconds each."""
+        try:
+            with trio.fail_after(timeout):
+                first = await stream.receive_some(SNIFF_BYTES)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError):
+            first = b""
+        if not first:
+            await trio.aclose_forcefully(stream)
+            return None
+        prefixed = _Prefixed(stream, first)
+        if first[0] != TLS_HANDSHAKE_RECORD:
+            return prefixed
+        tls = trio.SSLStream(prefixed, self.context, server_side=True, https_compatible=True)
         try:
             with trio.fail_after(timeout):
                 await tls.do_handshake()
@@ -70,10 +88,35 @@ class ServerTls:
             return None
 
 
+class _Prefixed(trio.abc.Stream):
+    """`stream` with `prefix` (bytes already received from it) put back in front of what it receives."""
+
+    def __init__(self, stream: trio.abc.Stream, prefix: bytes | bytearray) -> None:
+        self.stream = stream
+        self._prefix = memoryview(bytes(prefix))
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if not self._prefix:
+            return await self.stream.receive_some(max_bytes)
+        count = len(self._prefix) if max_bytes is None else max_bytes
+        data, self._prefix = bytes(self._prefix[:count]), self._prefix[count:]
+        await trio.lowlevel.checkpoint()
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
 def requester(headers: Iterable[tuple[bytes, bytes]], stream: object, identity: ServerTls) -> str | None:
     """The peer ID that signed this request's `Authorization` header for `identity`'s certificate, if `stream` is
     a TLS stream that `identity` accepted and the header verifies now; else None (no header, several, another
-    server's, expired, or the plain port). `headers` are h11's (lower-case name, value) pairs."""
+    server's, expired, or plain HTTP). `headers` are h11's (lower-case name, value) pairs."""
     if not isinstance(stream, trio.SSLStream) or stream.context is not identity.context:
         return None
     values = [value for name, value in headers if name.lower() == b"authorization"]

@@ -1,8 +1,8 @@
 """How fast a private dataset comes over the TLS data port, against plain HTTP of the same file, on loopback.
 
-A server process (this script with --serve) listens on 127.0.0.1 twice with the same h11 file handler: plain HTTP,
-and TLS with a certificate bound to its libp2p key (node/tlsdata.ServerTls), where the file is private to the
-fetcher's peer ID. The fetcher (this process) reads the file with HttpSource into a 1 MiB buffer, as the fetch
+A server process (this script with --serve) listens on 127.0.0.1 with one h11 file handler for plain HTTP and TLS
+on the same port (node/tlsdata.ServerTls.accept; the certificate bound to its libp2p key), where the file is
+private to the fetcher's peer ID over TLS. The fetcher (this process) reads the file with HttpSource into a 1 MiB buffer, as the fetch
 service does, plain and TLS interleaved, and prints MiB/s of each and their ratio (TLS / plain):
 
     .venv/bin/python scripts/bench_tlsdata.py --mib 100 --rounds 3
@@ -27,21 +27,21 @@ CHUNK = 1 << 20
 
 
 async def serve(path: Path, allowed: str) -> None:
-    """Serve `path` (a URL ending in .tokens; any other, its first KiB) on a plain port (to anyone) and a TLS port (only to `allowed`); print both ports."""
+    """Serve `path` (a URL ending in .tokens; any other, its first KiB) over plain HTTP to anyone and over TLS only to
+    `allowed`, on one port; print it."""
     from kogitune.node.tlsdata import ServerTls, requester
 
     identity = ServerTls(SERVER_SEED)
 
-    async def answer(stream, tls: bool) -> None:
-        if tls:
-            stream = await identity.handshake(stream, 10.0)
-            if stream is None:
-                return
+    async def answer(stream) -> None:
+        stream = await identity.accept(stream, 10.0)
+        if stream is None:
+            return
         connection = h11.Connection(h11.SERVER)
         while (event := connection.next_event()) is h11.NEED_DATA:
             connection.receive_data(await stream.receive_some(65536))
         size = path.stat().st_size if event.target.endswith(b".tokens") else 1024
-        if tls and requester(event.headers, stream, identity) != allowed:
+        if isinstance(stream, trio.SSLStream) and requester(event.headers, stream, identity) != allowed:
             head = h11.Response(status_code=404, headers=[("Content-Length", "0")])
             await stream.send_all(connection.send(head) + connection.send(h11.EndOfMessage()))
             return
@@ -53,11 +53,8 @@ async def serve(path: Path, allowed: str) -> None:
         await stream.aclose()
 
     async with trio.open_nursery() as nursery:
-        listeners = [
-            (await nursery.start(partial(trio.serve_tcp, partial(answer, tls=tls), 0, host="127.0.0.1")))[0]
-            for tls in (False, True)
-        ]
-        print("PORTS", *(listener.socket.getsockname()[1] for listener in listeners), identity.peer_id, flush=True)
+        listener = (await nursery.start(partial(trio.serve_tcp, answer, 0, host="127.0.0.1")))[0]
+        print("PORT", listener.socket.getsockname()[1], identity.peer_id, flush=True)
 
 
 async def read(url: str, peer=None, repeat: int = 1) -> tuple[float, float]:
@@ -95,7 +92,8 @@ def main() -> None:
         command = [sys.executable, __file__, "--serve", str(path), "--allowed", fetcher]
         server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         try:
-            _, plain, tls, peer = server.stdout.readline().split()
+            _, plain, peer = server.stdout.readline().split()
+            tls = plain  # one port: a connection that opens with a TLS record is TLS
             times: dict[str, list[tuple[float, float]]] = {"plain HTTP": [], "TLS, authorized": []}
             small: dict[str, list[tuple[float, float]]] = {"plain HTTP": [], "TLS, authorized": []}
             for _ in range(args.rounds):

@@ -2,8 +2,8 @@
 
 The certificate and authorization checks (kogitune.protocol.tlsid) are pure: bytes in, a peer ID or an
 IdentityError out, with the test vectors of docs/protocol.md. The exchange runs against a data port written here on
-127.0.0.1 (h11, one request per connection; the node's own data port consults node/tlsdata.py the same way): a
-plain listener and a TLS one, a private dataset served only over TLS to the peers of its allow-list, and refused
+127.0.0.1 (h11, one request per connection; the node's own data port consults node/tlsdata.py the same way): plain
+HTTP and TLS on one port, a private dataset served only over TLS to the peers of its allow-list, and refused
 exactly like a dataset the server does not hold. Each test runs under trio.fail_after(BOUND); nothing sleeps.
 """
 
@@ -223,8 +223,9 @@ def test_an_authorization_names_its_signer_for_one_server_and_certificate_until_
 
 
 class DataPort:
-    """A data port as node/dataport.py runs one, for two datasets: "public" (anyone, either port) and "private"
-    (the TLS port only, to ALLOWED). Anything else, and a refused request, gets the 404 of a dataset not held."""
+    """A data port as node/dataport.py runs one, for two datasets: "public" (anyone, plain HTTP or TLS) and
+    "private" (over TLS only, to ALLOWED). Anything else, and a refused request, gets the 404 of a dataset not
+    held. Plain HTTP and TLS share the port (ServerTls.accept)."""
 
     def __init__(self, seed: bytes = SERVER_SEED) -> None:
         self.identity = ServerTls(seed)
@@ -232,13 +233,10 @@ class DataPort:
         self.requests = 0
         self.served: list[tuple[str, str | None]] = []
 
-    async def plain(self, stream) -> None:
-        await self.answer(stream)
-
-    async def tls(self, stream) -> None:
-        tls = await self.identity.handshake(stream, TIMEOUT)
-        if tls is not None:
-            await self.answer(tls)
+    async def handle(self, stream) -> None:
+        accepted = await self.identity.accept(stream, TIMEOUT)
+        if accepted is not None:
+            await self.answer(accepted)
 
     async def answer(self, stream) -> None:
         connection = h11.Connection(h11.SERVER)
@@ -253,8 +251,6 @@ class DataPort:
             audience = self.audiences.get(name)
             if audience is None or not (audience.peers is None or (peer is not None and audience.admits(peer))):
                 status, body = 404, f"this node does not hold {name}\n".encode()
-                if audience is not None:
-                    body = b"this node does not hold " + event.target.split(b"/")[1] + b"\n"
             else:
                 status, body = 200, DATA
                 self.served.append((name, peer))
@@ -271,16 +267,12 @@ class DataPort:
 
 @asynccontextmanager
 async def data_port(seed: bytes = SERVER_SEED):
-    """(the port, http:// base URL, https:// base URL) of a DataPort listening on 127.0.0.1."""
+    """(the DataPort, its http:// base URL, its https:// base URL: the same port) on 127.0.0.1."""
     port = DataPort(seed)
     async with trio.open_nursery() as nursery:
-        plain = (await nursery.start(partial(trio.serve_tcp, port.plain, 0, host="127.0.0.1")))[0]
-        tls = (await nursery.start(partial(trio.serve_tcp, port.tls, 0, host="127.0.0.1")))[0]
-        yield (
-            port,
-            f"http://127.0.0.1:{plain.socket.getsockname()[1]}",
-            f"https://127.0.0.1:{tls.socket.getsockname()[1]}",
-        )
+        listener = (await nursery.start(partial(trio.serve_tcp, port.handle, 0, host="127.0.0.1")))[0]
+        address = f"127.0.0.1:{listener.socket.getsockname()[1]}"
+        yield port, f"http://{address}", f"https://{address}"
         nursery.cancel_scope.cancel()
 
 
@@ -303,7 +295,7 @@ def test_an_allowed_fetcher_reads_a_private_dataset_over_tls():
 
 def test_a_private_dataset_is_refused_like_an_absent_one_to_everyone_else():
     """A stranger, no identity, a header made for another server or certificate, an expired header, and any request
-    on the plain port: each gets the very 404 of a dataset the node does not hold."""
+    over plain HTTP: each gets the very 404 of a dataset the node does not hold."""
 
     async def main():
         async with data_port() as (port, http, https), data_port(STRANGER_SEED) as (other, _, other_https):
@@ -313,6 +305,7 @@ def test_a_private_dataset_is_refused_like_an_absent_one_to_everyone_else():
             missing = await status_and_body(anonymous, f"{https}/absent/manifest.json")
             assert missing[0] == 404
             expected = (404, missing[1].replace(b"absent", b"private"))
+            assert expected == (404, b"this node does not hold private\n")
             assert await status_and_body(stranger, f"{https}/private/manifest.json") == expected
             assert await status_and_body(anonymous, f"{https}/private/manifest.json") == expected
             # A header the allowed fetcher signed for another server (a relay) is worth nothing here.
@@ -323,7 +316,7 @@ def test_a_private_dataset_is_refused_like_an_absent_one_to_everyone_else():
             assert await status_and_body(anonymous, f"{https}/private/x", {"Authorization": stale}) == expected
             expired = tlsid.make_auth(ALLOWED_SEED, server, port.identity.certificate, time.time() - 3600)
             assert await status_and_body(anonymous, f"{https}/private/x", {"Authorization": expired}) == expected
-            # The plain port never serves it, whatever the request carries.
+            # Plain HTTP never gets it, whatever the request carries.
             plain = HttpClient(TIMEOUT)
             genuine = tlsid.make_auth(ALLOWED_SEED, server, port.identity.certificate, time.time())
             assert await status_and_body(plain, f"{http}/private/x", {"Authorization": genuine}) == expected
@@ -349,11 +342,17 @@ def test_the_fetcher_drops_a_server_bound_to_another_peer_before_asking():
     run(main)
 
 
-def test_plain_http_on_the_tls_port_gets_nothing():
+def test_a_connection_that_opens_tls_and_then_talks_nonsense_is_closed_unanswered():
     async def main():
-        async with data_port() as (port, _, https):
-            with pytest.raises(SourceError):
-                await status_and_body(HttpClient(TIMEOUT), f"http{https[5:]}/public/manifest.json")
+        async with data_port() as (port, http, _):
+            stream = await trio.open_tcp_stream("127.0.0.1", int(http.rsplit(":", 1)[1]))
+            await stream.send_all(b"\x16\x03\x01\x00\x05hello GET /public/x HTTP/1.1\r\n\r\n")
+            try:
+                answer = await stream.receive_some(65536)  # EOF, or a TLS alert record (0x15)
+            except trio.BrokenResourceError:
+                answer = b""
+            assert answer[:1] in (b"", b"\x15")
+            await stream.aclose()
         assert port.requests == 0
 
     run(main)
