@@ -95,16 +95,16 @@ class _Prefixed(trio.abc.Stream):
         self.stream = stream
         self._prefix = memoryview(bytes(prefix))
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if not self._prefix:
-            return await self.stream.receive_some(max_bytes)
+            return bytes(await self.stream.receive_some(max_bytes))  # requests only: small
         count = len(self._prefix) if max_bytes is None else max_bytes
         data, self._prefix = bytes(self._prefix[:count]), self._prefix[count:]
         await trio.lowlevel.checkpoint()
         return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.stream.send_all(data)
+        await self.stream.send_all(memoryview(data))
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.stream.wait_send_all_might_not_block()
