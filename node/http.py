@@ -63,8 +63,10 @@ class _Proxy:
 class HttpClient:
     """GET requests with a timeout on every network operation, following up to MAX_REDIRECTS redirects."""
 
-    def __init__(self, timeout: float, peer: PeerTls | None = None) -> None:
+    def __init__(self, timeout: float, redirects: int = MAX_REDIRECTS, peer: PeerTls | None = None) -> None:
         self.timeout = timeout
+        self.redirects = redirects
+        """Redirects followed (0 for a peer's data port: a peer must not send a fetcher to another host)."""
         self._tls: ssl.SSLContext | None = None
         self._peer = peer
         """A node's TLS data port: every connection must prove to be this peer and carries its authorization."""
@@ -72,7 +74,7 @@ class HttpClient:
     @asynccontextmanager
     async def get(self, url: str, headers: dict[str, str] | None = None):
         """Yields the `Response` of the first non-redirect answer; the connection closes when the block ends."""
-        for _ in range(MAX_REDIRECTS + 1):
+        for _ in range(self.redirects + 1):
             if self._peer is not None and not url.startswith("https://"):
                 raise SourceError(f"{url}: a node's TLS data port is reached by https:// only")
             stream, target, proxy = await self._open(url)
@@ -103,7 +105,7 @@ class HttpClient:
                 return
             finally:
                 await trio.aclose_forcefully(stream)
-        raise SourceError(f"{url}: more than {MAX_REDIRECTS} redirects")
+        raise SourceError(f"{url}: more than {self.redirects} redirects")
 
     async def _open(self, url: str) -> tuple[trio.abc.Stream, str, _Proxy | None]:
         """A stream ready for the GET of `url`, the request target, and the proxy when the request goes to one."""

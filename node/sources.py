@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from kogitune.errors import SourceError
 from kogitune.settings import settings
 
-from .http import HttpClient
+from .http import MAX_REDIRECTS, HttpClient
 
 if TYPE_CHECKING:
     from .tlsdata import PeerTls
@@ -25,6 +25,12 @@ class Source:
     """A place that serves a data tensor's files."""
 
     name: str
+    identity: str | None = None
+    """The peer ID behind this source, if it is a peer (its libp2p streams, its data port): a wrong piece from one
+    of a peer's sources bans them all (SourcePool.ban)."""
+    preferred: bool = False
+    """Whether this source takes the bulk bytes from the peer's other sources (a data port over its libp2p
+    streams: faster); they stay usable as a fallback when it fails (SourcePool.usable)."""
 
     def stream(self, path: str, start: int):
         """Async context manager giving (offset of the first byte, `Body`) for `path` from `start` on; a source
@@ -42,10 +48,16 @@ class HttpSource(Source):
     `peer` (node/tlsdata.py), a node's TLS data port: https:// to that peer ID only, each request signed, so that
     the node serves the private datasets whose allow-lists name this fetcher."""
 
-    def __init__(self, base_url: str, read_timeout: float = DEFAULT_READ_TIMEOUT, peer: PeerTls | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+        redirects: int = MAX_REDIRECTS,
+        peer: PeerTls | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.name = self.base_url
-        self._client = HttpClient(read_timeout, peer)
+        self._client = HttpClient(read_timeout, redirects, peer)
 
     @asynccontextmanager
     async def stream(self, path: str, start: int):
