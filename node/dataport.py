@@ -79,10 +79,10 @@ def data_listen_address(flag: str | None, listen: list[str]) -> tuple[str, int] 
         return host.strip("[]") or _listen_host(listen), number
     if not settings().data_port_on:
         return None
-    port = settings().data_port
-    if port >= 65536:
-        raise NodeError(f"the setting data_port is {port}; a port is below 65536")
-    return _listen_host(listen), port
+    setting = settings().data_port
+    if setting >= 65536:
+        raise NodeError(f"the setting data_port is {setting}; a port is below 65536")
+    return _listen_host(listen), setting
 
 
 def _listen_host(listen: list[str]) -> str:
@@ -137,15 +137,6 @@ class DataPortStats:
         return sum(self.served.values())
 
 
-@dataclass(frozen=True)
-class _File:
-    """A file of a served dataset: how to open it (`kind`: manifest, signature, tokens, pieces, docs) and its
-    shard."""
-
-    kind: str
-    shard: object = None
-
-
 class DataPort:
     """Serves the public datasets of `server`'s store over HTTP, through `server`'s checks."""
 
@@ -158,6 +149,7 @@ class DataPort:
         self.port = 0
         """The port listened on, once `serve` has started (what the node announces)."""
         self._slots: FairSlots[_Connection] = FairSlots(self.limits.connections_total, self.limits.connections_per_ip)
+        self._files: dict[str, tuple] = {}
 
     @property
     def connections(self) -> int:
@@ -343,17 +335,28 @@ class DataPort:
             with open(fd, "rb") as f:
                 signature = f.read(SIGNATURE_FILE_BYTES + 1)
             return (dataset_id, signature, None, path, directory) if len(signature) == SIGNATURE_FILE_BYTES else None
-        for shard in manifest.shards:
-            if path == shard.tokens_path:
-                opened = self.server.guard.open_tokens(directory, manifest, shard)
-            elif path == shard.pieces_path:
-                opened = await self.server.guard.open_small_file(directory, manifest, shard, "pieces")
-            elif path == shard.docs_path:
-                opened = await self.server.guard.open_small_file(directory, manifest, shard, "docs")
-            else:
-                continue
-            return None if opened is None else (dataset_id, None, opened, path, directory)
-        return None
+        found = self._files_of(dataset_id, manifest).get(path)
+        if found is None:
+            return None
+        shard, kind = found
+        if kind == "tokens":
+            opened = self.server.guard.open_tokens(directory, manifest, shard)
+        else:
+            opened = await self.server.guard.open_small_file(directory, manifest, shard, kind)
+        return None if opened is None else (dataset_id, None, opened, path, directory)
+
+    def _files_of(self, dataset_id: str, manifest) -> dict:
+        """path in the dataset directory -> (shard, kind) of every shard file the manifest names (made once per
+        manifest: a request looks its path up, never joins it to a directory)."""
+        cached = self._files.get(dataset_id)
+        if cached is None or cached[0] is not manifest:
+            files = {}
+            for shard in manifest.shards:
+                files[shard.tokens_path] = (shard, "tokens")
+                files[shard.pieces_path] = (shard, "pieces")
+                files[shard.docs_path] = (shard, "docs")
+            cached = self._files[dataset_id] = (manifest, files)
+        return cached[1]
 
     async def _send_file(
         self, stream, http: h11.Connection, dataset_id: str, opened, directory, path: str, start: int, end: int
@@ -372,7 +375,8 @@ class DataPort:
             self.stats.served[dataset_id] += count
 
     async def _send_body(self, stream, http: h11.Connection, data: memoryview) -> None:
-        for piece in http.send_with_data_passthrough(h11.Data(data=data)):
+        framed = http.send_with_data_passthrough(h11.Data(data=data))  # type: ignore[arg-type]  # any buffer
+        for piece in framed or ():  # the body's bytes themselves, never copied (Content-Length framing)
             await self._send_all(stream, piece)
 
     async def _send_head(self, stream, http: h11.Connection, status: int, length: int, fields: list, last: bool):

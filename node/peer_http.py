@@ -6,7 +6,8 @@ HttpSource and the same checks as a mirror. The host is never one the peer names
 the libp2p stream that carried the answer) and redirects are not followed, so an announcement cannot send a
 fetcher anywhere but to that peer's address. The source is tied to the peer's identity: a wrong piece from it bans
 the peer's libp2p source too, and the other way round (SourcePool.ban); it is `preferred` (HTTP is faster than
-Noise + Yamux), and the libp2p source stands by while it works (SourcePool.usable).
+Noise + Yamux): once it has delivered verified bytes, the libp2p source stands by while it works
+(SourcePool.usable), so a data port that a firewall hides costs nothing.
 """
 
 from __future__ import annotations

@@ -139,10 +139,13 @@ class SourcePool:
         self._change = trio.Event()
 
     def usable(self) -> list[SourceHealth]:
-        """The sources neither banned nor failed out, less a peer's source that its `preferred` one (its data
-        port) stands in for while that one is usable."""
+        """The sources neither banned nor failed out, less a peer's sources that its `preferred` one (its data
+        port) stands in for: once it has delivered verified bytes, and while it is usable (a data port that a
+        firewall hides never holds up the peer's libp2p source)."""
         working = [h for h in self.health if self._working(h)]
-        standing_in = {h.source.identity for h in working if h.source.preferred}
+        standing_in = {
+            h.source.identity for h in working if h.source.preferred and (h.bytes_verified or h.files_verified)
+        }
         return [h for h in working if h.source.preferred or h.source.identity not in standing_in]
 
     def is_usable(self, health: SourceHealth) -> bool:

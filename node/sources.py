@@ -29,8 +29,8 @@ class Source:
     """The peer ID behind this source, if it is a peer (its libp2p streams, its data port): a wrong piece from one
     of a peer's sources bans them all (SourcePool.ban)."""
     preferred: bool = False
-    """Whether this source takes the bulk bytes from the peer's other sources (a data port over its libp2p
-    streams: faster); they stay usable as a fallback when it fails (SourcePool.usable)."""
+    """Whether this source takes the bulk bytes from the peer's other sources once it has delivered (a data port
+    over its libp2p streams: faster); they take part again when it fails out (SourcePool.usable)."""
 
     def stream(self, path: str, start: int):
         """Async context manager giving (offset of the first byte, `Body`) for `path` from `start` on; a source

@@ -7,7 +7,6 @@ completes, and the per-IP cap and the head deadline hold while an honest fetch g
 from __future__ import annotations
 
 import http.client
-import re
 import socket
 import threading
 import time
@@ -29,7 +28,6 @@ from kogitune.tensor import DataTensor
 from kogitune.write import StoreOptions, store
 
 TIMEOUT = 20.0
-PORT_LINE = re.compile(r"^data port\s+(\d+)", re.M)
 HEAD_TIMEOUT = 2.0
 LIMITED = {**ENV, "KOGITUNE_SERVER_STREAMS_PER_IP": "6", "KOGITUNE_SERVER_REQUEST_TIMEOUT": str(HEAD_TIMEOUT)}
 """A node whose data port holds at most 6 connections from one IP and waits 2 s for a request head."""
@@ -42,11 +40,6 @@ def tensor(tmp_path_factory) -> DataTensor:
     options = StoreOptions(block_size=64, piece_size=64 << 10, shard_size=256 << 10, workers=1)
     store([corpus], "gpt2", root / "kjv", options, progress=False)
     return DataTensor(root / "kjv")
-
-
-def data_port(node) -> int:
-    """The node's data port, from `kogitune node status`."""
-    return int(PORT_LINE.search(node.cli("node", "status").stdout).group(1))
 
 
 def request(port: int, path: str, method: str = "GET", headers: dict | None = None):
@@ -63,7 +56,7 @@ def request(port: int, path: str, method: str = "GET", headers: dict | None = No
 def test_the_layout_and_ranges_of_a_web_mirror(tensor, nodes):
     a = nodes("a")
     dataset_id = a.cli("publish", str(tensor.path)).stdout.strip()
-    port = data_port(a)
+    port = a.data_port()
     status, _, body = request(port, f"/{dataset_id}/manifest.json")
     assert (status, body) == (200, (tensor.path / "manifest.json").read_bytes())
     status, _, body = request(port, f"/{dataset_id}/signature")
@@ -108,7 +101,7 @@ def test_a_private_dataset_and_odd_paths_are_404(tensor, nodes):
     private_id = a.cli("publish", str(tensor.path), "--allow", a.peer_id).stdout.strip()
     public_id = a.cli("publish", str(tensor.path)).stdout.strip()  # second: its files' links are the newest
     missing_id = "kg1-" + "a" * 52
-    port = data_port(a)
+    port = a.data_port()
     shard = tensor.shards[0]
     for dataset_id in (private_id, missing_id):
         for path in ("manifest.json", "signature", shard.tokens_path, shard.pieces_path, shard.docs_path, "allow"):
@@ -146,7 +139,7 @@ def test_get_by_id_reads_the_data_ports_in_a_mixed_swarm(tensor, nodes):
 
     a = nodes("a", flags=["--metrics", "127.0.0.1:0"])
     dataset_id = a.cli("publish", str(tensor.path)).stdout.strip()
-    a_port = f"http://127.0.0.1:{data_port(a)}/{dataset_id}"
+    a_port = f"http://127.0.0.1:{a.data_port()}/{dataset_id}"
     c = nodes("c", [a.address], flags=["--data-listen", "off"])
     got = c.cli("get", dataset_id, "--quiet").stdout
     assert f"{a_port}: ok" in got, got
@@ -258,7 +251,7 @@ def test_the_per_ip_cap_and_the_head_deadline_hold_while_an_honest_fetch_complet
 
     a = nodes("a", env=LIMITED)
     dataset_id = a.cli("publish", str(tensor.path)).stdout.strip()
-    port = data_port(a)
+    port = a.data_port()
 
     held = [slow_head(port) for _ in range(6)]
     started = time.monotonic()
@@ -303,3 +296,85 @@ def test_the_per_ip_cap_and_the_head_deadline_hold_while_an_honest_fetch_complet
         attacker.join(timeout=10)
     assert DataTensor(b.home / "datasets" / dataset_id).verify() == []
     assert f"http://127.0.0.1:{port}/{dataset_id}: ok" in got, got
+
+
+def test_the_have_answer_names_a_data_port_optionally_and_bounded():
+    have = wire.have_bitmap([True, False, True])
+    for port in (0, 1, 4012, 65535):
+        frame = wire.encode_response(wire.HaveResponse(have, port))
+        decoder = wire.FrameDecoder(wire.MAX_BITMAP_BYTES + 4096)
+        decoder.feed(frame)
+        assert wire.parse_response(decoder.next_frame(), wire.HaveResponse) == wire.HaveResponse(have, port)
+    for bad in (0, 65536, -1, "4012", 1.0):
+        obj = {"v": 2, "op": "have", "shards": have, "data_port": bad}
+        with pytest.raises(wire.WireError, match="data_port"):
+            wire.parse_response(obj, wire.HaveResponse)
+    assert b"data_port" not in wire.encode_response(wire.HaveResponse(have))  # 0: not sent
+    with pytest.raises(wire.WireError, match='unknown keys: "data_port"'):  # a manifest answer has no such key
+        wire.parse_response(
+            {
+                "v": 2,
+                "op": "manifest",
+                "manifest": b"{}",
+                "signature": bytes(64),
+                "public_key": bytes(32),
+                "allow": "",
+                "allow_signature": b"",
+                "data_port": 1,
+            },
+            wire.ManifestResponse,
+        )
+
+
+def test_where_the_data_port_listens():
+    from kogitune.errors import NodeError
+    from kogitune.node.dataport import data_listen_address
+
+    listen = ["/ip4/127.0.0.1/tcp/0"]
+    assert data_listen_address(None, listen) == ("127.0.0.1", 0)
+    assert data_listen_address(None, ["/ip6/::1/tcp/4011"]) == ("::1", 0)
+    assert data_listen_address("off", listen) is None
+    assert data_listen_address("4012", listen) == ("127.0.0.1", 4012)
+    assert data_listen_address("0.0.0.0:4012", listen) == ("0.0.0.0", 4012)
+    assert data_listen_address("[::]:4012", listen) == ("::", 4012)
+    for bad in ("x", "1.2.3.4:99999", "1.2.3.4:", ""):
+        with pytest.raises(NodeError, match="--data-listen"):
+            data_listen_address(bad, listen)
+
+
+def test_a_data_port_that_never_answers_holds_nothing_up(tensor, nodes, tmp_path):
+    """P serves honest bytes over libp2p and names a data port that accepts connections and never answers (as
+    behind a firewall that drops them, but faster to see): B, with P as its only provider, completes from P's
+    libp2p streams without waiting for the data port to fail out (its libp2p source stands by only for a data
+    port that has delivered)."""
+    from libp2p.custom_types import TProtocol
+    from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+    from libp2p.tools.anyio_service import background_trio_service
+
+    a = nodes("a")
+    dataset_id = a.cli("publish", str(tensor.path)).stdout.strip()
+    silent = socket.create_server(("127.0.0.1", 0))  # never accepts: the kernel completes handshakes, nobody answers
+    outcome = {}
+
+    async def main() -> None:
+        peer = LyingPeer(a.home / "datasets" / dataset_id, silent.getsockname()[1])
+        async with running(new_kogitune_host(peer.seed)) as host:
+            host.set_stream_handler(TProtocol(wire.PROTOCOL_ID), peer.handle)
+            dht = KadDHT(host, DHTMode.SERVER)
+            async with background_trio_service(dht):
+                with trio.fail_after(CONNECT_TIMEOUT):
+                    await provide(dht, dataset_id)
+                address = f"{host.get_addrs()[0]}/p2p/{host.get_id()}"
+                b = await trio.to_thread.run_sync(lambda: nodes("b", [address]))
+                started = time.monotonic()
+                with trio.fail_after(60):
+                    got = await trio.to_thread.run_sync(lambda: b.cli("get", dataset_id, "--quiet"))
+                outcome.update(b=b, got=got.stdout, peer=peer, seconds=time.monotonic() - started)
+
+    try:
+        trio.run(main)
+    finally:
+        silent.close()
+    assert DataTensor(outcome["b"].home / "datasets" / dataset_id).verify() == []
+    assert f"peer {outcome['peer'].peer_id}: ok" in outcome["got"], outcome["got"]
+    assert outcome["seconds"] < 2 * float(ENV["KOGITUNE_READ_TIMEOUT"])  # the data port fails out in 4 at least

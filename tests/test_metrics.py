@@ -20,11 +20,6 @@ from kogitune.write import StoreOptions, store
 LIMITS = StatusLimits()
 
 
-def data_port(node) -> int:
-    line = next(x for x in node.cli("node", "status").stdout.splitlines() if x.startswith("data port"))
-    return int(line.split()[2])
-
-
 @pytest.fixture(scope="module")
 def tensor(tmp_path_factory) -> DataTensor:
     root = tmp_path_factory.mktemp("published")
@@ -74,7 +69,7 @@ def test_publish_and_get_show_in_the_metrics_and_on_the_status_page(tensor, node
     assert served["kogitune_connected_peers", frozenset()] >= 1
 
     fetched = scrape(metrics_url(b))
-    from_a = [f"peer {a.peer_id}", f"http://127.0.0.1:{data_port(a)}/{dataset_id}"]  # its libp2p, its data port
+    from_a = [f"peer {a.peer_id}", f"http://127.0.0.1:{a.data_port()}/{dataset_id}"]  # its libp2p, its data port
     assert sum(fetched.get(("kogitune_fetched_bytes_total", dataset | {("source", s)}), 0) for s in from_a) == size
     assert fetched["kogitune_pieces_verified_total", dataset] == pieces
     assert fetched["kogitune_pieces_rejected_total", dataset] == 0
