@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import test_network_hostile
 import trio
-from test_dataport import NOT_FOUND, data_port, request
+from test_dataport import NOT_FOUND, request
 
 from kogitune.layout import IDENTITY_FILE
 from kogitune.node.http import HttpClient
@@ -33,7 +33,7 @@ def test_a_private_dataset_reaches_its_allowed_peer_over_tls_and_nobody_else(ten
     a = nodes("a")
     b = nodes("b", [a.address])
     private_id = a.cli("publish", str(tensor.path), "--allow", b.peer_id).stdout.strip()
-    port = data_port(a)
+    port = a.data_port()
     got = b.cli("get", private_id, "--quiet").stdout
     assert f"https://127.0.0.1:{port}/{private_id}: ok" in got, got
     assert DataTensor(b.home / "datasets" / private_id).verify() == []
