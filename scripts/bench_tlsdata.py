@@ -62,7 +62,7 @@ async def read(url: str, peer=None, repeat: int = 1) -> tuple[float, float]:
     times (a connection each)."""
     from kogitune.node.sources import HttpSource
 
-    source = HttpSource(url.rsplit("/", 1)[0], 30.0, peer)
+    source = HttpSource(url.rsplit("/", 1)[0], 30.0, peer=peer)
     buffer = memoryview(bytearray(CHUNK))
     started, cpu = time.perf_counter(), time.process_time()
     for _ in range(repeat):

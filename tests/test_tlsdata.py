@@ -284,9 +284,9 @@ async def status_and_body(client: HttpClient, url: str, headers=None) -> tuple[i
 def test_an_allowed_fetcher_reads_a_private_dataset_over_tls():
     async def main():
         async with data_port() as (port, _, https):
-            source = HttpSource(f"{https}/private", TIMEOUT, PeerTls(port.identity.peer_id, ALLOWED_SEED))
+            source = HttpSource(f"{https}/private", TIMEOUT, peer=PeerTls(port.identity.peer_id, ALLOWED_SEED))
             assert await source.read_all("shards/00000.tokens", len(DATA)) == DATA
-            public = HttpSource(f"{https}/public", TIMEOUT, PeerTls(port.identity.peer_id, None))
+            public = HttpSource(f"{https}/public", TIMEOUT, peer=PeerTls(port.identity.peer_id, None))
             assert await public.read_all("manifest.json", len(DATA)) == DATA
         assert port.served == [("private", ALLOWED), ("public", None)]
 
@@ -300,8 +300,8 @@ def test_a_private_dataset_is_refused_like_an_absent_one_to_everyone_else():
     async def main():
         async with data_port() as (port, http, https), data_port(STRANGER_SEED) as (other, _, other_https):
             server = port.identity.peer_id
-            stranger = HttpClient(TIMEOUT, PeerTls(server, STRANGER_SEED))
-            anonymous = HttpClient(TIMEOUT, PeerTls(server, None))
+            stranger = HttpClient(TIMEOUT, peer=PeerTls(server, STRANGER_SEED))
+            anonymous = HttpClient(TIMEOUT, peer=PeerTls(server, None))
             missing = await status_and_body(anonymous, f"{https}/absent/manifest.json")
             assert missing[0] == 404
             expected = (404, missing[1].replace(b"absent", b"private"))
@@ -330,11 +330,11 @@ def test_a_private_dataset_is_refused_like_an_absent_one_to_everyone_else():
 def test_the_fetcher_drops_a_server_bound_to_another_peer_before_asking():
     async def main():
         async with data_port(STRANGER_SEED) as (port, _, https):
-            source = HttpSource(f"{https}/private", TIMEOUT, PeerTls(VECTOR_PEER, ALLOWED_SEED))
+            source = HttpSource(f"{https}/private", TIMEOUT, peer=PeerTls(VECTOR_PEER, ALLOWED_SEED))
             with pytest.raises(SourceError, match=f"bound to {port.identity.peer_id}, not to {VECTOR_PEER}"):
                 await source.read_all("manifest.json", 1 << 20)
             with pytest.raises(SourceError, match="https:// only"):
-                await HttpSource(f"http{https[5:]}/private", TIMEOUT, PeerTls(VECTOR_PEER, ALLOWED_SEED)).read_all(
+                await HttpSource(f"http{https[5:]}/private", TIMEOUT, peer=PeerTls(VECTOR_PEER, ALLOWED_SEED)).read_all(
                     "manifest.json", 1 << 20
                 )
         assert port.requests == 0
