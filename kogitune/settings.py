@@ -78,6 +78,11 @@ class Settings:
     prefetch_shards: int = _setting(
         1, "Shards of a dataset fetched ahead of need at once (each streams from every source)."
     )
+    partitions: int = _setting(
+        0,
+        "Canonical partitions of a training dataset's epoch order (docs/datasets.md); 0: the job's world size.",
+        zero_ok=True,
+    )
     # what the node's host admits (kogitune.node.host.HostLimits)
     host_handshake_timeout: float = _setting(5.0, "Seconds an incoming connection has for its Noise + Yamux setup.")
     host_handshakes_per_ip: int = _setting(8, "Incoming connections from one IP in their handshake at once.")
