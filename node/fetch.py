@@ -112,13 +112,7 @@ class ShardFetch:
         partial = partial_path(self.target)
         with trio.CancelScope() as self._stall:
             self._progressed()
-            self.expected = await fetch_small_file(
-                self.pool, self.shard.pieces_path, len(self.board) * 32, self._pieces_problem, exact=True
-            )
-            self._progressed()
-            docs = await fetch_small_file(
-                self.pool, self.shard.docs_path, self.shard.docs_size, self._docs_problem, exact=True
-            )
+            self.expected, docs = await self._small_files()
             self._fd = os.open(partial, os.O_RDWR | os.O_CREAT, file_mode_in(partial.parent))
             try:
                 self._stall.deadline = math.inf  # re-hashing a partial file is local work, however long
@@ -147,6 +141,28 @@ class ShardFetch:
             trio.current_time() - started,
             sources or "the partial file",
         )
+
+    async def _small_files(self) -> tuple[bytes, bytes]:
+        """The shard's .pieces and .docs files, asked for at once (one round trip before the first token byte,
+        not two); each arrival counts as progress. A FetchError of either is raised as itself."""
+        files: dict[str, bytes | FetchError] = {}
+
+        async def fetch(path: str, limit: int, problem) -> None:
+            try:
+                files[path] = await fetch_small_file(self.pool, path, limit, problem, exact=True)
+                self._progressed()
+            except FetchError as exc:
+                files[path] = exc
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetch, self.shard.pieces_path, len(self.board) * 32, self._pieces_problem)
+            nursery.start_soon(fetch, self.shard.docs_path, self.shard.docs_size, self._docs_problem)
+        pieces, docs = files[self.shard.pieces_path], files[self.shard.docs_path]
+        for answer in (pieces, docs):
+            if isinstance(answer, FetchError):
+                raise answer
+        assert isinstance(pieces, bytes) and isinstance(docs, bytes)
+        return pieces, docs
 
     def _progressed(self) -> None:
         """A verified byte arrived: the shard has `stall_timeout` more seconds to make progress again."""

@@ -21,13 +21,18 @@ Kogitune, --repeat times interleaved with the baselines, each run in a fresh nod
                  dataset (one publishes it, two replicate it) and serve it on their data ports; a fresh node
                  bootstrapped to them times "open" + "get" by ID alone.
 
+One shard over long paths (--conn-rate MiB/s, default 32; 0 skips): 1 mirror whose every connection is limited to
+that rate (a token bucket per connection, as one TCP stream is bounded by its window over its round trip), and
+shard 0 alone, as a trainer waits for it: httpx (one connection) against a fresh node's control ops "open" (untimed)
+and "shard" 0 (timed), which may open several connections to the mirror (Source.connections).
+
 Cold first batch (unless --skip-cold-start): a fresh Python process with an empty KOGITUNE_HOME times
 `DatasetRecipe([mirror URL]).get_train_dataset(--block-size)` and the first DataLoader batch (imports excluded),
 against httpx downloading manifest.json and one shard's files from the plain server. Issue 16: <= 3x.
 
 Ratios are throughputs (baseline seconds / Kogitune seconds), best to best and median to median, taken in one run.
 
-    python scripts/bench_dataplane.py [--size-mb 200] [--repeat 3] [--peers] [--skip-cold-start]
+    python scripts/bench_dataplane.py [--size-mb 200] [--repeat 3] [--peers] [--conn-rate 32] [--skip-cold-start]
 """
 
 from __future__ import annotations
@@ -55,9 +60,48 @@ from bench_fetch import (  # noqa: E402
 from bench_network import NODE_ENV, TRAINER, NodeProcess, close_all, process_cpu, ratio_line, row  # noqa: E402
 
 sys.path.insert(0, str(MIRROR_SERVER.parent))
-from mirrors import stdlib_http_server  # noqa: E402
+from mirrors import server_processes, stdlib_http_server  # noqa: E402
 
 CALL_TIMEOUT = 300.0
+# tests/mirror_server.py with every connection limited to RATE MiB/s on its own (one TCP stream over a long path).
+PER_CONNECTION_SERVER = r"""
+import sys, time
+from functools import partial
+from http.server import ThreadingHTTPServer
+sys.path.insert(0, sys.argv[1])
+import mirror_server
+
+RATE, CHUNK = float(sys.argv[3]) * 2**20, 64 << 10
+
+
+class Throttled:
+    def __init__(self, raw):
+        self.raw, self.next_free = raw, time.monotonic()
+
+    def write(self, data):
+        view = memoryview(data)
+        for at in range(0, len(view), CHUNK):
+            part = view[at:at + CHUNK]
+            self.next_free = max(time.monotonic(), self.next_free) + len(part) / RATE
+            self.raw.write(part)
+            time.sleep(max(0.0, self.next_free - time.monotonic()))
+        return len(view)
+
+    def __getattr__(self, name):
+        return getattr(self.raw, name)
+
+
+class Handler(mirror_server.MirrorHandler):
+    def setup(self):
+        super().setup()
+        self.wfile = Throttled(self.wfile)
+
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=sys.argv[2]))
+server.daemon_threads = True
+print(f"PORT {server.server_address[1]}", flush=True)
+server.serve_forever()
+"""
 
 
 def curl_download(url: str, paths: list[str], directory: Path) -> None:
@@ -87,6 +131,40 @@ def node_get(work: Path, name: str, dataset_id: str, mirror_urls: list[str], boo
     finally:
         close_all([node])
         shutil.rmtree(node.home, ignore_errors=True)
+
+
+def node_shard(work: Path, name: str, dataset_id: str, mirror_urls: list[str]) -> float:
+    """A fresh node: seconds of fetching shard 0 alone (after an untimed open)."""
+    node = NodeProcess(work / name)
+    try:
+        node.ready()
+        node.call("open", CALL_TIMEOUT, id=dataset_id, mirrors=mirror_urls)
+        started = time.perf_counter()
+        node.call("shard", CALL_TIMEOUT, id=dataset_id, index=0, mirrors=mirror_urls)
+        return time.perf_counter() - started
+    finally:
+        close_all([node])
+        shutil.rmtree(node.home, ignore_errors=True)
+
+
+def long_path_section(args, work: Path, served, dataset_id: str) -> None:
+    first = served.shards[0]
+    one_shard = [first.tokens_path, first.pieces_path, first.docs_path]
+    mib = sum((served.path / p).stat().st_size for p in one_shard) / MiB
+    command = [sys.executable, "-c", PER_CONNECTION_SERVER, str(MIRROR_SERVER.parent), str(served.path)]
+    times: dict[str, list[float]] = {"httpx, 1 connection": [], "kogitune shard 0": []}
+    with server_processes([command + [str(args.conn_rate)]], quiet=True) as urls:
+        for run in range(args.repeat):
+            started = time.perf_counter()
+            plain_download(urls[0], one_shard, work / "plain")
+            times["httpx, 1 connection"].append(time.perf_counter() - started)
+            shutil.rmtree(work / "plain")
+            times["kogitune shard 0"].append(node_shard(work, f"shard{run}", dataset_id, urls))
+    print(f"\nOne shard ({mib:.1f} MiB) from 1 mirror limited to {args.conn_rate:g} MiB/s per connection:")
+    print(f"{'':<36}{'best s':>8}{'median s':>10}{'spread':>8}{'MiB/s':>8}{'median':>10}")
+    for name, seconds in times.items():
+        print(row(name, seconds, mib))
+    print(ratio_line("kogitune shard 0 vs httpx", times["httpx, 1 connection"], times["kogitune shard 0"]))
 
 
 def cold_first_batch(entry: str, home: Path, block_size: int) -> dict:
@@ -129,6 +207,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each variant (default: 3)")
     parser.add_argument("--block-size", type=int, default=512, help="sample length of the cold start (default: 512)")
     parser.add_argument("--peers", action="store_true", help="also get from 3 node processes' data ports")
+    parser.add_argument(
+        "--conn-rate",
+        type=float,
+        default=32,
+        help="MiB/s per connection of the long-path mirror; 0 skips (default: 32)",
+    )
     parser.add_argument("--skip-cold-start", action="store_true", help="skip the cold first batch")
     args = parser.parse_args()
     if args.repeat < 1 or args.size_mb <= 0 or args.block_size < 1:
@@ -199,7 +283,12 @@ def main() -> None:
 
                 first = served.shards[0]
                 one_shard = [MANIFEST_FILE, first.tokens_path, first.pieces_path, first.docs_path]
-                cold: dict[str, list[float]] = {"http: manifest + 1 shard": [], "kogitune first batch (mirror)": []}
+                cold: dict[str, list[float]] = {
+                    "http: manifest + 1 shard": [],
+                    "kogitune first batch (mirror)": [],
+                    "  open (node, manifest)": [],
+                    "  batch (shard fetch, verify)": [],
+                }
                 for _ in range(args.repeat):
                     target = work / "cold"
                     started = time.perf_counter()
@@ -209,6 +298,8 @@ def main() -> None:
                     result = cold_first_batch(mirror_urls[0], target, args.block_size)
                     shutil.rmtree(target)
                     cold["kogitune first batch (mirror)"].append(result["open"] + result["batch"])
+                    cold["  open (node, manifest)"].append(result["open"])
+                    cold["  batch (shard fetch, verify)"].append(result["batch"])
                 print(f"\nCold first batch (empty home, imports excluded; block {args.block_size}, batch 8):")
                 for name, seconds in cold.items():
                     print(row(name, seconds, None))
@@ -217,6 +308,8 @@ def main() -> None:
                     f"first batch / http one shard: {min(fb) / min(http):.1f}x best to best, "
                     f"{statistics.median(fb) / statistics.median(http):.1f}x median to median (goal <= 3x)"
                 )
+        if args.conn_rate:
+            long_path_section(args, work, served, dataset_id)
         print(f"bench_dataplane: {load_note()} (end)")
     finally:
         close_all(peers)
