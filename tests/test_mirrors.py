@@ -329,6 +329,30 @@ def test_one_mirror_streams_a_lone_shard_over_two_connections_each_asking_for_it
     assert (tmp_path / shard.tokens_path).read_bytes() == (served.path / shard.tokens_path).read_bytes()
 
 
+def test_a_mirror_that_cannot_seek_keeps_one_connection(served, tmp_path):
+    """A second stream from a server without Range support would only receive the same bytes again."""
+    import trio
+
+    from kogitune.node.fetch import ShardFetch
+    from kogitune.node.pool import SourcePool
+    from kogitune.node.sources import HttpSource
+
+    (tmp_path / "shards").mkdir()
+    with stdlib_http_server(served.path) as url:
+        source = HttpSource(url)
+        assert source.connections == 2
+        for shard in served.shards[:2]:
+            fetch = ShardFetch(tmp_path, served.manifest, shard, SourcePool([source]))
+
+            async def main(fetch: ShardFetch = fetch) -> None:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(fetch.run)
+
+            trio.run(main)
+    assert source.connections == 1
+    assert fetch.bytes_received == shard.size, "the second shard streamed over one connection"
+
+
 def test_cache_evicts_least_recently_used_unpinned_shards(served, tmp_path):
     """gc keeps the store under its limit, oldest-used shards first, never a pinned dataset's nor a shard that a
     process maps; an evicted shard is fetched again when needed."""
