@@ -310,7 +310,7 @@ class ShardFetch:
 
     async def _worker(self, health: SourceHealth) -> None:
         while not self.board.complete:
-            if health.banned or health.failures >= self.pool.max_failures:
+            if not self.pool.is_usable(health):  # banned, failed out, or standing by for the peer's data port
                 return
             await trio.sleep_until(health.retry_at)
             start = self.board.pick_start(trio.current_time())

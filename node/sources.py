@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from kogitune.errors import SourceError
 from kogitune.settings import settings
 
-from .http import HttpClient
+from .http import MAX_REDIRECTS, HttpClient
 
 DEFAULT_READ_TIMEOUT = settings().read_timeout
 HTTP_CONNECTIONS = 2
@@ -26,6 +26,12 @@ class Source:
     name: str
     connections: int = 1
     """Streams the fetcher may read from this source at once for one shard (more when the fetcher has room)."""
+    identity: str | None = None
+    """The peer ID behind this source, if it is a peer (its libp2p streams, its data port): a wrong piece from one
+    of a peer's sources bans them all (SourcePool.ban)."""
+    preferred: bool = False
+    """Whether this source takes the bulk bytes from the peer's other sources once it has delivered (a data port
+    over its libp2p streams: faster); they take part again when it fails out (SourcePool.usable)."""
 
     def stream(self, path: str, start: int, end: int | None = None):
         """Async context manager giving (offset of the first byte, `Body`) for `path` from `start` on, to byte `end`
@@ -44,10 +50,10 @@ class HttpSource(Source):
 
     connections = HTTP_CONNECTIONS
 
-    def __init__(self, base_url: str, read_timeout: float = DEFAULT_READ_TIMEOUT) -> None:
+    def __init__(self, base_url: str, read_timeout: float = DEFAULT_READ_TIMEOUT, redirects: int = MAX_REDIRECTS):
         self.base_url = base_url.rstrip("/")
         self.name = self.base_url
-        self._client = HttpClient(read_timeout)
+        self._client = HttpClient(read_timeout, redirects)
 
     @asynccontextmanager
     async def stream(self, path: str, start: int, end: int | None = None):

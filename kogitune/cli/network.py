@@ -84,6 +84,13 @@ def add_commands(commands) -> None:
         "defaults to 127.0.0.1; port 0: any free one, shown by `node status`); default: the setting metrics_port "
         "(0: off)",
     )
+    node.add_argument(
+        "--data-listen",
+        metavar="[HOST:]PORT|off",
+        help="with start: serve the public datasets over HTTP range requests (the web-mirror layout) on this "
+        "address, announced to peers; default: the host of the first --listen address and the setting data_port "
+        "(0: any free port); off: no data port (also the setting data_port_on 0)",
+    )
     node.add_argument("--detach", action="store_true", help="with start: run in the background, print its address")
     node.set_defaults(run=_node)
 
@@ -225,14 +232,17 @@ def _node(args) -> int:
         from kogitune.node.service import check_start, run_node, start_detached
 
         if args.detach:
-            check_start(home, args.listen or [], args.bootstrap or [], args.metrics)
+            check_start(home, args.listen or [], args.bootstrap or [], args.metrics, args.data_listen)
             argv = ["node", "start", "--home", str(home), "--reprovide-interval", str(settings().reprovide_interval)]
             argv += [x for a in args.listen or [] for x in ("--listen", a)]
             argv += [x for b in args.bootstrap or [] for x in ("--bootstrap", b)]
             argv += ["--metrics", args.metrics] if args.metrics is not None else []
+            argv += ["--data-listen", args.data_listen] if args.data_listen is not None else []
             print(start_detached(home, argv))
             return EXIT_OK
-        run_node(home, args.listen or [], args.bootstrap or [], settings().reprovide_interval, args.metrics)
+        run_node(
+            home, args.listen or [], args.bootstrap or [], settings().reprovide_interval, args.metrics, args.data_listen
+        )
         return EXIT_OK
     client = DaemonClient(home)
     if args.action == "stop":
@@ -269,6 +279,8 @@ def _node(args) -> int:
     for entry in changed:
         print(f"            {entry['dataset']} shard {entry['shard']}")
     print(f"served      {status['bytes_served'] / 1e6:.1f} MB; fetched {status['bytes_fetched'] / 1e6:.1f} MB")
+    if status.get("data_port"):
+        print(f"data port   {status['data_port']} (public datasets over HTTP: http://<this host>:<port>/<ID>/)")
     if status.get("metrics"):
         print(f"metrics     {status['metrics']}metrics (Prometheus); status page {status['metrics']}")
     return EXIT_OK
