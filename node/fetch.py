@@ -286,29 +286,28 @@ class ShardFetch:
             pass
 
     def _start_workers(self, health: SourceHealth) -> None:
-        """A worker for the source, and more while the source has fewer than `connections` in all."""
+        """A worker for the source, and more while it has fewer than `connections` over all shards (a trainer
+        waiting for one shard: one TCP stream is bounded by its window over a long path; with more shards in
+        flight, each already streams from every source, and more would only split the same bytes)."""
         self._spawn(health)
         self._top_up(health)
 
     def _top_up(self, health: SourceHealth) -> None:
-        """Several streams from one source when few shards are in flight (a trainer waiting for one shard): one TCP
-        stream is bounded by its window over a long path. When more shards are in flight, each already streams
-        from every source, and more connections would only split the same bytes into more requests."""
         while health.streams < health.source.connections:
             self._spawn(health)
 
     def _spawn(self, health: SourceHealth) -> None:
         assert self._nursery is not None  # workers run in the download nursery
         health.streams += 1
-        self._nursery.start_soon(self._counted_worker, health)
+        self._nursery.start_soon(self._worker, health)
 
-    async def _counted_worker(self, health: SourceHealth) -> None:
+    async def _worker(self, health: SourceHealth) -> None:
         try:
-            await self._worker(health)
+            await self._work(health)
         finally:
             health.streams -= 1
 
-    async def _worker(self, health: SourceHealth) -> None:
+    async def _work(self, health: SourceHealth) -> None:
         while not self.board.complete:
             if not self.pool.is_usable(health):  # banned, failed out, or standing by for the peer's data port
                 return

@@ -15,9 +15,9 @@ from kogitune.settings import settings
 from .http import MAX_REDIRECTS, HttpClient
 
 DEFAULT_READ_TIMEOUT = settings().read_timeout
-HTTP_CONNECTIONS = 2
-"""Connections the fetcher opens to one HTTP source for one shard, each streaming other pieces: one TCP stream
-is bounded by its window over a long path and by the reading thread on a fast one (docs/benchmarks.md)."""
+HTTP_CONNECTIONS = settings().http_connections
+"""Streams the fetcher keeps to one HTTP source while few shards are in flight (`KOGITUNE_HTTP_CONNECTIONS`): one
+TCP stream is bounded by its window over a long path (docs/benchmarks.md)."""
 
 
 class Source:
