@@ -78,6 +78,9 @@ class Settings:
     prefetch_shards: int = _setting(
         1, "Shards of a dataset fetched ahead of need at once (each streams from every source)."
     )
+    http_connections: int = _setting(
+        2, "Connections to one HTTP source (web mirror, data port) while it streams fewer shards than this."
+    )
     partitions: int = _setting(
         0,
         "Canonical partitions of a training dataset's epoch order (docs/datasets.md); 0: the job's world size.",
