@@ -115,7 +115,7 @@ class Settings:
         flag="kogitune node start --data-listen",
     )
     data_port_on: int = _setting(
-        1, "1: a node serves its public datasets over HTTP on its data port; 0: it does not.", zero_ok=True
+        1, "1: a node serves its datasets on its data port (private ones over TLS only); 0: it does not.", zero_ok=True
     )
     data_port_requests_per_connection: int = _setting(1000, "Requests one connection to the data port may make.")
     # monitoring (kogitune.progress, kogitune.node.status_page)

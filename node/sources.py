@@ -8,11 +8,15 @@ bytes, and a libp2p peer plugs in as one more Source. Every read is bounded in t
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from kogitune.errors import SourceError
 from kogitune.settings import settings
 
 from .http import MAX_REDIRECTS, HttpClient
+
+if TYPE_CHECKING:
+    from .tlsdata import PeerTls
 
 DEFAULT_READ_TIMEOUT = settings().read_timeout
 HTTP_CONNECTIONS = settings().http_connections
@@ -46,14 +50,22 @@ class Source:
 
 
 class HttpSource(Source):
-    """A tensor directory on any static web server (nginx, `python -m http.server`); Range used when offered."""
+    """A tensor directory on any static web server (nginx, `python -m http.server`); Range used when offered. With
+    `peer` (node/tlsdata.py), a node's TLS data port: https:// to that peer ID only, each request signed, so that
+    the node serves the private datasets whose allow-lists name this fetcher."""
 
     connections = HTTP_CONNECTIONS
 
-    def __init__(self, base_url: str, read_timeout: float = DEFAULT_READ_TIMEOUT, redirects: int = MAX_REDIRECTS):
+    def __init__(
+        self,
+        base_url: str,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+        redirects: int = MAX_REDIRECTS,
+        peer: PeerTls | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.name = self.base_url
-        self._client = HttpClient(read_timeout, redirects)
+        self._client = HttpClient(read_timeout, redirects, peer)
 
     @asynccontextmanager
     async def stream(self, path: str, start: int, end: int | None = None):
