@@ -69,7 +69,7 @@ class SidecarIndexes:
         path = sidecar_path(self.shard)
         size = header_size(piece_count(self.shard.size, self.piece_size))
         header = bytearray(size)
-        async with health.source.stream(path, 0) as (offset, raw):
+        async with health.source.stream(path, 0, size) as (offset, raw):
             if offset:
                 raise SourceError(f"{health.source.name}: {path} starts at byte {offset}, asked for 0")
             body, filled = MinRateBody(raw, self.pool.limits, health.source.name), 0
