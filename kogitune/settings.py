@@ -95,8 +95,8 @@ class Settings:
     )
     compressed_transfer: int = _setting(
         1,
-        "1: fetch a shard's compressed sidecar from the sources that offer one (about half the bytes, decoded at "
-        "~1.4 GB/s a core); 0: always fetch the flat tokens.",
+        "1: fetch a shard's compressed sidecar from the sources that offer one (about half the bytes, decoded and "
+        "verified at ~0.7 GB/s a core); 0: always fetch the flat tokens.",
         zero_ok=True,
     )
     # what the node's host admits (kogitune.node.host.HostLimits)
