@@ -203,7 +203,10 @@ def test_a_zstd_bomb_is_refused_before_any_allocation():
     bomb_head = struct.pack("<IBBQ", 0xFD2FB528, descriptor, 0x50, 1 << 40)
     bomb = bomb_head + b"\x01\x00\x00"  # one empty raw last block
     assert zstandard.get_frame_parameters(bomb).content_size == 1 << 40
-    real_bomb = zstandard.ZstdCompressor(level=3).compress(b"\0" * (256 << 20))
+    stream = zstandard.ZstdCompressor(level=3).compressobj(size=256 << 20)  # made 1 MiB at a time: no big buffer
+    zeros = bytes(1 << 20)
+    real_bomb = b"".join(stream.compress(zeros) for _ in range(256)) + stream.flush()
+    assert zstandard.get_frame_parameters(real_bomb).content_size == 256 << 20
     assert len(real_bomb) < 64 << 10
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
