@@ -170,8 +170,11 @@ async def _dispatch(node: Node, request: dict) -> dict:
         opened = await node.swarm.open(
             _dataset(request), _mirrors(request), frozenset(trusted) if trusted is not None else None
         )
-        parts = list(opened.parts) if isinstance(opened, OpenCollection) else None
-        return {"directory": str(opened.directory), "publisher": opened.publisher, "parts": parts}
+        if isinstance(opened, OpenCollection):  # its mirrors: those kept (OpenCollection.mirrors)
+            reply = {"parts": list(opened.parts), "mirrors": list(opened.mirrors)}
+        else:
+            reply = {"parts": None}
+        return {"directory": str(opened.directory), "publisher": opened.publisher, **reply}
     if op == "manifest":  # a look at a dataset: its signed manifest, from the store or its providers; no shard
         copy = await node.swarm.peek(_dataset(request))
         return {"manifest": copy.data.decode(), "publisher": copy.publisher}
