@@ -103,6 +103,17 @@ def opened_collection(store: ContentStore, collection_id: str, copy: CollectionC
     return opened
 
 
+def mirrors_collection(collections: dict, store: ContentStore, data: bytes, collection: Collection, pool: SourcePool):
+    """The collection that web mirrors alone serve (Swarm.open_mirrors), opened once per store and kept in
+    `collections`; the mirrors of `pool` that were not banned join it."""
+    opened = collections.get(collection.dataset_id)
+    if opened is None:
+        copy = CollectionCopy(data, collection)
+        opened = collections[collection.dataset_id] = opened_collection(store, collection.dataset_id, copy, pool)
+    opened.add_mirrors(h.source.name for h in pool.health if not h.banned)
+    return opened
+
+
 async def mirrors_manifest(pool: SourcePool, dataset_id: str | None = None) -> tuple[bytes, Manifest | Collection]:
     """What the web mirrors of `pool` serve for `dataset_id` (or for whatever ID, when None), a dataset or a
     collection: `manifest.json` (pool.fetch_manifest) and `collection.json` (`mirror_collection`) are asked for at

@@ -43,7 +43,7 @@ from kogitune.protocol.manifest import Manifest
 from kogitune.protocol.signing import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, check_signed
 from kogitune.settings import settings
 
-from .collection import OpenCollection, mirrors_manifest, opened_collection
+from .collection import OpenCollection, mirrors_collection, mirrors_manifest, opened_collection
 from .copies import CollectionCopy, ManifestCopy, store_collection, store_copy, stored_collection, stored_copy
 from .fetch import ShardFetch
 from .metrics import SHARD_FETCH_BUCKETS, Timings
@@ -178,13 +178,7 @@ class Swarm:
         data, manifest = await mirrors_manifest(pool)
         dataset_id = manifest.dataset_id
         if not isinstance(manifest, Manifest):
-            async with self._opening[dataset_id]:
-                collection = self.collections.get(dataset_id)
-                if collection is None:
-                    copy = CollectionCopy(data, manifest)
-                    collection = self.collections[dataset_id] = opened_collection(self.store, dataset_id, copy, pool)
-                collection.add_mirrors(h.source.name for h in pool.health if not h.banned)
-                return collection
+            return mirrors_collection(self.collections, self.store, data, manifest, pool)
         async with self._opening[dataset_id]:
             if dataset_id not in self.opened:
                 copy = ManifestCopy(data, manifest)
