@@ -9,6 +9,7 @@ os.environ.setdefault("KOGITUNE_READ_TIMEOUT", "2")
 
 import numpy as np
 import pytest
+from conftest import copy_tensor
 from mirrors import mirrors
 
 from kogitune.client import embedded_node
@@ -16,8 +17,9 @@ from kogitune.collection import DataCollection
 from kogitune.content_store import ContentStore
 from kogitune.corpora import write_kjv_chapters
 from kogitune.errors import FetchError
-from kogitune.layout import COLLECTION_FILE, part_path, part_url
+from kogitune.layout import COLLECTION_FILE, part_path, part_url, write_signature
 from kogitune.protocol.collection import Collection, collection_file_bytes
+from kogitune.protocol.signing import peer_id_from_public_key, sign_dataset
 from kogitune.recipe import DatasetRecipe
 from kogitune.write import StoreOptions
 from kogitune.write.parts import merge, store_part
@@ -128,3 +130,36 @@ def test_get_with_a_collection_mirror(collection, nodes):
         assert f"{part_url(urls[0], index)}: ok" in got
     fetched = DataCollection(d.home / "datasets" / collection.dataset_id)
     assert fetched.verify() == [] and np.array_equal(fetched.tokens(), collection.tokens())
+
+
+def published_copy(collection: DataCollection, directory, seed: bytes):
+    """The collection as a publishing node's store lays it out: collection.json, parts/<index> holding the parts
+    (copied), and a `signature` of the collection and of each part by the key `seed`."""
+    for index, part in enumerate(collection.parts):
+        place = copy_tensor(part, part_path(directory, index))
+        write_signature(place, *reversed(sign_dataset(seed, part.dataset_id)))
+    (directory / COLLECTION_FILE).write_bytes(collection_file_bytes(collection.collection))
+    write_signature(directory, *reversed(sign_dataset(seed, collection.dataset_id)))
+    return directory
+
+
+def test_trusted_publishers_need_the_collections_signature_from_its_mirror(collection, tmp_path):
+    """A mirror of a published collection serves its `signature` (checked with check_signed, as the collection's):
+    trusted_publishers naming its publisher opens it and every part from the mirror alone; naming another refuses
+    it, and so does an unsigned mirror (a merge directory)."""
+    seed = bytes(range(32))
+    publisher = peer_id_from_public_key(sign_dataset(seed, collection.dataset_id)[1])
+    stranger = peer_id_from_public_key(sign_dataset(bytes(32), collection.dataset_id)[1])
+    signed = published_copy(collection, tmp_path / "published", seed)
+    with mirrors(signed, "ok") as urls:
+        entry = [[collection.dataset_id, urls[0]]]
+        store = ContentStore(tmp_path / "a")
+        recipe = DatasetRecipe(entry, shuffle=False, store=store, trusted_publishers=[publisher])
+        np.testing.assert_array_equal(samples(recipe), local_samples(collection))
+        with pytest.raises(FetchError, match="trusted_publishers does not name it"):
+            DatasetRecipe(entry, store=ContentStore(tmp_path / "b"), trusted_publishers=[stranger]).tensors()
+    with mirrors(collection.path, "ok") as urls:
+        with pytest.raises(FetchError, match="with no valid signature file"):
+            DatasetRecipe(
+                [[collection.dataset_id, urls[0]]], store=ContentStore(tmp_path / "c"), trusted_publishers=[publisher]
+            ).tensors()
