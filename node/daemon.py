@@ -257,11 +257,10 @@ class Node:
         publisher's signature; an unsigned copy from web mirrors is not served). The announcement goes on after
         the return: the data is here, and a slow DHT must not hold up the caller. A collection: each of its parts
         so (node/collection.py), then the collection."""
-        if not mirrors:
-            found = await self.swarm.open(dataset_id)
-            if isinstance(found, OpenCollection):
-                await collection.get_collection(self, found)
-                return found
+        found = await self.swarm.open(dataset_id, mirrors)
+        if isinstance(found, OpenCollection):
+            await collection.get_collection(self, found)
+            return found
         opened = await self.swarm.get(dataset_id, mirrors)
         if self.config.server and opened.publisher is not None:
             self.nursery.start_soon(self.announce, dataset_id)
