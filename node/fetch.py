@@ -66,6 +66,7 @@ class ShardFetch:
         self.directory = directory
         self.manifest = manifest
         self.shard = shard
+        self.index = next(i for i, s in enumerate(manifest.shards) if s.name == shard.name)
         self.pool = pool
         self.piece_size = manifest.piece_size
         self.board = PieceBoard(manifest.pieces_in(shard), STALE_CLAIM_SECONDS)
@@ -81,6 +82,7 @@ class ShardFetch:
         self._installed_as: list | None = None
         self._write_error: OSError | None = None
         self._stall: trio.CancelScope | None = None
+        self._last_progress = 0.0
 
     @property
     def target(self) -> Path:
@@ -111,11 +113,11 @@ class ShardFetch:
         with trio.CancelScope() as self._stall:
             self._progressed()
             self.expected = await fetch_small_file(
-                self.pool, self.shard.pieces_path, len(self.board) * 32, self._pieces_problem, exact=True
+                self.pool, self.shard.pieces_path, len(self.board) * 32, self._pieces_problem, True, self.index
             )
             self._progressed()
             docs = await fetch_small_file(
-                self.pool, self.shard.docs_path, self.shard.docs_size, self._docs_problem, exact=True
+                self.pool, self.shard.docs_path, self.shard.docs_size, self._docs_problem, True, self.index
             )
             self._fd = os.open(partial, os.O_RDWR | os.O_CREAT, file_mode_in(partial.parent))
             try:
@@ -149,6 +151,7 @@ class ShardFetch:
     def _progressed(self) -> None:
         """A verified byte arrived: the shard has `stall_timeout` more seconds to make progress again."""
         assert self._stall is not None  # pieces arrive only inside the shard's stall scope
+        self._last_progress = trio.current_time()
         if self.pool.limits.stall_timeout > 0:
             self._stall.deadline = trio.current_time() + self.pool.limits.stall_timeout
 
@@ -241,12 +244,13 @@ class ShardFetch:
             return
 
         def joined(health: SourceHealth) -> None:  # a source that joins the pool gets a worker at once
-            nursery.start_soon(self._worker, health)
+            if health.source.holds(self.index):
+                nursery.start_soon(self._worker, health)
 
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                for health in self.pool.usable():
+                for health in self.pool.usable(self.index):
                     nursery.start_soon(self._worker, health)
                 self.pool.joined.add(joined)
                 nursery.start_soon(self._wait_for_lookups)
@@ -269,9 +273,14 @@ class ShardFetch:
 
     async def _worker(self, health: SourceHealth) -> None:
         while not self.board.complete:
-            if health.banned or health.failures >= self.pool.max_failures:
+            if health.banned or health.failures >= self.pool.max_failures or not health.source.holds(self.index):
                 return
             await trio.sleep_until(health.retry_at)
+            quiet_for = trio.current_time() - self._last_progress
+            if self.pool.standing_by(health, self.index, quiet_for):  # a job peer holds it (SourcePool.standing_by)
+                with trio.move_on_after(self.pool.limits.job_peer_patience - quiet_for):
+                    await self._progress.wait()
+                continue
             start = self.board.pick_start(trio.current_time())
             if start is None:
                 with trio.move_on_at(self.board.next_stale_at()):

@@ -21,6 +21,15 @@ class Source:
     """A place that serves a data tensor's files."""
 
     name: str
+    job_peer = False
+    """A node of this trainer's training job (node/jobs.py): the scheduler asks it first for the shards it holds,
+    and the other sources only when no job peer holds a shard or the job peers stop delivering
+    (SourcePool.standing_by)."""
+
+    def holds(self, index: int) -> bool:
+        """Whether this source may serve shard `index`: a web mirror serves every shard; a peer says in its have-map
+        (node/havemaps.py)."""
+        return True
 
     def stream(self, path: str, start: int):
         """Async context manager giving (offset of the first byte, `Body`) for `path` from `start` on; a source
