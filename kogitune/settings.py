@@ -70,6 +70,12 @@ class Settings:
         "How often a node announces its datasets again (DHT records expire after 48 h).",
         flag="kogitune node start --reprovide-interval",
     )
+    host_node: int = _setting(
+        1,
+        "Training processes of one host share a node daemon they start: 0 never (each runs its own embedded node), "
+        "1 under torchrun with more than one process per host (LOCAL_WORLD_SIZE > 1), 2 always.",
+        zero_ok=True,
+    )
     # sizes and counts
     cache_limit: float = _setting(
         50.0,

@@ -188,7 +188,6 @@ async def _dispatch(node: Node, request: dict) -> dict:
         dataset_id, job = _dataset(request), request.get("job")
         if not isinstance(job, str):
             raise NodeError(f"job must be a string, not {type(job).__name__}")
-        await node.swarm.open_dataset(dataset_id)
         return {"joined": node.jobs.join(dataset_id, job), "peers": node.jobs.peers(dataset_id)}
     if op == "progress":
         return {"bytes_verified": node.swarm.bytes_verified(_dataset(request))}

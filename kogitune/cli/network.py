@@ -85,6 +85,12 @@ def add_commands(commands) -> None:
         "(0: off)",
     )
     node.add_argument("--detach", action="store_true", help="with start: run in the background, print its address")
+    node.add_argument(
+        "--until-unused",
+        action="store_true",
+        help="with start: stop once no process holds a lock on <home>/node.users (how training processes start "
+        "the node of their host, kogitune.hostnode)",
+    )
     node.set_defaults(run=_node)
 
     publish = commands.add_parser(
@@ -230,9 +236,17 @@ def _node(args) -> int:
             argv += [x for a in args.listen or [] for x in ("--listen", a)]
             argv += [x for b in args.bootstrap or [] for x in ("--bootstrap", b)]
             argv += ["--metrics", args.metrics] if args.metrics is not None else []
+            argv += ["--until-unused"] if args.until_unused else []
             print(start_detached(home, argv))
             return EXIT_OK
-        run_node(home, args.listen or [], args.bootstrap or [], settings().reprovide_interval, args.metrics)
+        run_node(
+            home,
+            args.listen or [],
+            args.bootstrap or [],
+            settings().reprovide_interval,
+            args.metrics,
+            args.until_unused,
+        )
         return EXIT_OK
     client = DaemonClient(home)
     if args.action == "stop":
