@@ -326,9 +326,9 @@ class Node:
         }
 
     def _scan_store(self, damaged: set[tuple[str, str]]) -> tuple[list[str], list[dict]]:
-        """The complete datasets and the changed shards (on a worker thread; `damaged`: the (dataset, file) pairs
-        found damaged, taken on the event loop)."""
-        return self.complete_datasets(), self.changed_shards(damaged)
+        """The datasets announced (served_datasets) and the changed shards (on a worker thread; `damaged`: the
+        (dataset, file) pairs found damaged, taken on the event loop)."""
+        return self.served_datasets(), self.changed_shards(damaged)
 
     def damaged_shards(self) -> list[dict]:
         """Files (of shards, and manifests) this node withholds from peers because a check found they do not match

@@ -13,7 +13,7 @@ def add_commands(commands) -> None:
         "ls",
         help="list the datasets of the node's store: tokenizer, documents, tokens, size, complete, access",
         description="Read from the content store of --home, so it works with no node running; with one running, "
-        "an ANNOUNCED column says which datasets it announces (complete and signed ones). Private datasets "
+        "an ANNOUNCED column says which datasets it announces (signed ones it holds a shard of). Private datasets "
         "(publish --allow) are listed, marked private.",
     )
     ls.add_argument("--home", help=HOME_HELP)
