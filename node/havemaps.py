@@ -5,7 +5,8 @@ still fetches the rest.
 A node announces a dataset as soon as it holds the signed manifest and one verified shard (node/daemon.py), so a
 provider may hold part of a dataset; its answer to the wire's `have` request (one bit per shard) says which part.
 Before a shard is fetched (`refresh_for`), the peers whose map is unknown or does not show the shard are asked
-again, unless a job peer (node/jobs.py) is already known to hold it. Bounded: a peer is asked at most once every
+again when no source is known to hold it, and the job peers (node/jobs.py) when none of them is (so a host learns
+what its job's other hosts fetched since it last asked). Bounded: a peer is asked at most once every
 HAVE_REFRESH_SECONDS (doubling, up to HAVE_BACKOFF_MAX, while it does not answer), a shard waits at most
 HAVE_ANSWER_SECONDS for the answers, and a map is one bit per shard of a manifest (wire.have_shards checks it).
 """
@@ -34,12 +35,14 @@ its last map says (a silent peer delays a shard by this, at most once per its ba
 async def refresh_for(pool: SourcePool, shard_count: int, index: int) -> None:
     """Ask for the have-maps that may change who serves shard `index`: none when a usable job peer is known to hold
     it; else those of the usable peers whose map is unknown or does not show it, that are due (all at once,
-    within HAVE_ANSWER_SECONDS)."""
+    within HAVE_ANSWER_SECONDS), only the job peers among them when another source is known to hold it."""
     usable = [h.source for h in pool.usable()]
     if any(s.job_peer and isinstance(s, PeerSource) and s.have is not None and s.holds(index) for s in usable):
         return
     now = trio.current_time()
     due = [s for s in usable if isinstance(s, PeerSource) and not _shows(s, index) and now >= s.have_due]
+    if any(_shows(s, index) for s in usable):  # someone serves it: only a job peer's map could change who
+        due = [s for s in due if s.job_peer]
     if not due:
         return
     with trio.move_on_after(HAVE_ANSWER_SECONDS):
@@ -59,5 +62,8 @@ async def refresh(source: PeerSource, shard_count: int) -> None:
         log.debug("have-map of %s: %s", source.name, exc)
 
 
-def _shows(source: PeerSource, index: int) -> bool:
+def _shows(source, index: int) -> bool:
+    """Whether `source` is known to hold shard `index`: a web mirror holds every shard, a peer as its map says."""
+    if not isinstance(source, PeerSource):
+        return source.holds(index)
     return source.have is not None and index < len(source.have) and source.have[index]

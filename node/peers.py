@@ -194,8 +194,9 @@ class PeerSource(Source):
         try:
             stream, response, first = await _open(self.host, self.peer_id, request, self.read_timeout)
         except SourceLacks:  # it serves part of the dataset: this shard is not (or no longer) in its have-map
-            if self.have is not None:
-                self.have[self._index[shard]] = False
+            if self.have is None:  # not asked yet: it still holds the others, for all this source knows
+                self.have = [True] * len(self._index)
+            self.have[self._index[shard]] = False
             raise
         try:
             if response.length != size - start:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,7 +124,7 @@ class Swarm:
         self._fetching: dict[tuple[str, int], trio.Event] = {}
         self._shards = trio.CapacityLimiter(MAX_SHARDS_IN_FLIGHT)
         self._prefetch = trio.CapacityLimiter(PREFETCH_SHARDS)
-        self.on_stored = None
+        self.on_stored: Callable[[OpenDataset], None] | None = None
         """Called with the OpenDataset after each shard this service put in the store (the daemon announces a
         dataset once it holds one shard of it: node/daemon.py)."""
 
