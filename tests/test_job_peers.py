@@ -2,7 +2,7 @@
 
 Real node processes on 127.0.0.1 with the product's read timeout (30 s): an origin O publishes; host B gets the
 whole dataset; B and host A join one job. A fetches a shard: B (a job peer that holds it) serves it, the origin
-nothing. Then B freezes (SIGSTOP) and A fetches another shard: the origin joins once no verified piece came for
+nothing, and A announces the dataset and answers `have` with its one shard. Then B freezes (SIGSTOP) and A fetches another shard: the origin joins once no verified piece came for
 job_peer_patience seconds, so the shard arrives in seconds; without that rule A would wait for B's reads to time
 out (30 s each) until the stall timeout failed the fetch."""
 
@@ -45,6 +45,13 @@ def test_a_job_peer_serves_first_and_a_hung_one_costs_seconds(tmp_path):
         served = at_origin.call("status")["bytes_served"]
         host_a.call("shard", 60, id=dataset_id, index=0)
         assert at_origin.call("status")["bytes_served"] == served  # B, the job peer, served it all
+        assert dataset_id in host_a.call("status")["datasets"]  # A announces what it holds: 1 shard, and serves it
+        deadline = time.monotonic() + 30
+        while {"peer": a.peer_id, "shards": 1, "of": 2} not in at_origin.call("providers", 30, id=dataset_id)[
+            "providers"
+        ]:
+            assert time.monotonic() < deadline, "A's provider record and have-map did not show its one shard"
+            time.sleep(0.2)
 
         b.signal(signal.SIGSTOP)
         started = time.monotonic()
