@@ -213,7 +213,8 @@ class DatasetRecipe:
 
     def get_train_dataset(self, block_size: int | None = None, **options):
         """A map-style `torch.utils.data.Dataset` of `{"input_ids": LongTensor[block_size]}`, shard-aware
-        shuffled (see kogitune.dataset); `options` go to TokenBlockDataset (shuffle, seed, window, lookahead)."""
+        shuffled (see kogitune.dataset); `options` go to TokenBlockDataset (shuffle, seed, window, lookahead,
+        partitions, turn)."""
         from .dataset import TokenBlockDataset
 
         tensors = self.tensors()

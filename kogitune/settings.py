@@ -89,6 +89,11 @@ class Settings:
     prefetch_shards: int = _setting(
         1, "Shards of a dataset fetched ahead of need at once (each streams from every source)."
     )
+    partitions: int = _setting(
+        0,
+        "Canonical partitions of a training dataset's epoch order (docs/datasets.md); 0: the job's world size.",
+        zero_ok=True,
+    )
     # what the node's host admits (kogitune.node.host.HostLimits)
     host_handshake_timeout: float = _setting(5.0, "Seconds an incoming connection has for its Noise + Yamux setup.")
     host_handshakes_per_ip: int = _setting(8, "Incoming connections from one IP in their handshake at once.")
@@ -97,13 +102,30 @@ class Settings:
     host_connections_per_ip: int = _setting(64, "Established incoming connections from one IP.")
     host_connections_total: int = _setting(200, "Established incoming connections in all.")
     # what the node's data server serves (kogitune.node.server.ServerLimits)
-    server_request_timeout: float = _setting(5.0, "Seconds a peer's stream has to deliver its request.")
+    server_request_timeout: float = _setting(
+        5.0, "Seconds a peer's stream, or a data port connection, has to deliver its request (head)."
+    )
     server_write_timeout: float = _setting(
-        32.0, "Seconds one 1 MiB write of a response may take (a slower reader is cut)."
+        32.0, "Seconds one 1 MiB write of a response may take, on libp2p and the data port (a slower reader is cut)."
     )
     server_streams_per_peer: int = _setting(8, "Streams one peer identity may have served at once.")
-    server_streams_per_ip: int = _setting(64, "Streams all the identities behind one IP may have served at once.")
-    server_streams_total: int = _setting(128, "Streams served at once, shared fairly between IPs when full.")
+    server_streams_per_ip: int = _setting(
+        64, "Streams all the identities behind one IP may have served at once (and data port connections)."
+    )
+    server_streams_total: int = _setting(
+        128, "Streams served at once, shared fairly between IPs when full (and data port connections)."
+    )
+    # the data port: public datasets over HTTP (kogitune.node.dataport; its other limits are the server_* above)
+    data_port: int = _setting(
+        0,
+        "Port of the data port, on the host of the first --listen address (0: any free port, announced to peers).",
+        zero_ok=True,
+        flag="kogitune node start --data-listen",
+    )
+    data_port_on: int = _setting(
+        1, "1: a node serves its public datasets over HTTP on its data port; 0: it does not.", zero_ok=True
+    )
+    data_port_requests_per_connection: int = _setting(1000, "Requests one connection to the data port may make.")
     # monitoring (kogitune.progress, kogitune.node.status_page)
     progress_interval: float = _setting(
         10.0,

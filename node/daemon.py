@@ -27,6 +27,7 @@ from kogitune.settings import settings
 
 from . import collection, locks, names, providers, publish
 from .collection import OpenCollection
+from .dataport import DataPort
 from .host import keep_dht_clients_out, load_identity_seed, new_kogitune_host
 from .integrity import CHANGED, shard_paths
 from .jobs import Jobs
@@ -54,6 +55,8 @@ class NodeConfig:
     listen: list[str]
     bootstrap: list[str]
     server: bool = True
+    data_listen: tuple[str, int] | None = None
+    """Where the data port listens (node/dataport.py; a server-mode node only), None for no data port."""
     reprovide_interval: float = DEFAULT_REPROVIDE_SECONDS
     read_timeout: float = settings().read_timeout
 
@@ -71,6 +74,7 @@ class Node:
         self.config = config
         self.store = ContentStore(config.home)
         self.server = DataServer(self.store)
+        self.dataport = DataPort(self.server)
         self._stop = trio.Event()
         self._announce_now = trio.Event()
         self.lookup_timings = Timings(LOOKUP_BUCKETS)
@@ -114,6 +118,8 @@ class Node:
                     self.nursery = nursery
                     self.swarm = Swarm(self.store, self._this_node, nursery, self.config.read_timeout)
                     self.swarm.on_stored = self._stored
+                    if self.config.server and self.config.data_listen is not None:
+                        _, self.server.data_port = await nursery.start(self.dataport.serve, *self.config.data_listen)
                     await self.connect_bootstrap()
                     if self.config.bootstrap:
                         nursery.start_soon(self._reconnect_loop)
@@ -316,13 +322,15 @@ class Node:
             "connected_peers": [str(p) for p in self.host.get_connected_peers()],
             "dht_peers": [str(p) for p in self.dht.routing_table.get_peer_ids()],
             "datasets": datasets,
-            "bytes_served": self.server.stats.bytes_served,
+            "bytes_served": self.server.stats.bytes_served + self.dataport.stats.bytes_served,
+            "bytes_served_http": self.dataport.stats.bytes_served,
             "bytes_fetched": self.bytes_fetched,
             "requests": dict(self.server.stats.requests),
             "refused": dict(self.server.stats.refused),
             "damaged": damaged,
             "changed": changed,
             "metrics": self.metrics_url,
+            "data_port": self.server.data_port,
         }
 
     def _scan_store(self, damaged: set[tuple[str, str]]) -> tuple[list[str], list[dict]]:

@@ -273,8 +273,8 @@ class ShardFetch:
 
     async def _worker(self, health: SourceHealth) -> None:
         while not self.board.complete:
-            if health.banned or health.failures >= self.pool.max_failures or not health.source.holds(self.index):
-                return
+            if not self.pool.is_usable(health) or not health.source.holds(self.index):
+                return  # banned, failed out, standing by for the peer's data port, or it lacks this shard
             await trio.sleep_until(health.retry_at)
             quiet_for = trio.current_time() - self._last_progress
             if self.pool.standing_by(health, self.index, quiet_for):  # a job peer holds it (SourcePool.standing_by)

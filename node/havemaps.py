@@ -36,7 +36,8 @@ async def refresh_for(pool: SourcePool, shard_count: int, index: int) -> None:
     """Ask for the have-maps that may change who serves shard `index`: none when a usable job peer is known to hold
     it; else those of the usable peers whose map is unknown or does not show it, that are due (all at once,
     within HAVE_ANSWER_SECONDS), only the job peers among them when another source is known to hold it."""
-    usable = [h.source for h in pool.usable()]
+    usable = [h.source for h in pool.health if not h.banned and h.failures < pool.max_failures]  # a libp2p source
+    # standing by for its peer's data port (SourcePool.usable) still speaks for what the peer holds
     if any(s.job_peer and isinstance(s, PeerSource) and s.have is not None and s.holds(index) for s in usable):
         return
     now = trio.current_time()
@@ -64,6 +65,6 @@ async def refresh(source: PeerSource, shard_count: int) -> None:
 
 def _shows(source, index: int) -> bool:
     """Whether `source` is known to hold shard `index`: a web mirror holds every shard, a peer as its map says."""
-    if not isinstance(source, PeerSource):
-        return source.holds(index)
+    if not isinstance(source, PeerSource):  # a web mirror; a peer's data port counts as its peer (PeerSource)
+        return source.identity is None and source.holds(index)
     return source.have is not None and index < len(source.have) and source.have[index]

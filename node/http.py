@@ -59,14 +59,16 @@ class _Proxy:
 class HttpClient:
     """GET requests with a timeout on every network operation, following up to MAX_REDIRECTS redirects."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, redirects: int = MAX_REDIRECTS) -> None:
         self.timeout = timeout
+        self.redirects = redirects
+        """Redirects followed (0 for a peer's data port: a peer must not send a fetcher to another host)."""
         self._tls: ssl.SSLContext | None = None
 
     @asynccontextmanager
     async def get(self, url: str, headers: dict[str, str] | None = None):
         """Yields the `Response` of the first non-redirect answer; the connection closes when the block ends."""
-        for _ in range(MAX_REDIRECTS + 1):
+        for _ in range(self.redirects + 1):
             stream, target, proxy = await self._open(url)
             try:
                 connection = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
@@ -94,7 +96,7 @@ class HttpClient:
                 return
             finally:
                 await trio.aclose_forcefully(stream)
-        raise SourceError(f"{url}: more than {MAX_REDIRECTS} redirects")
+        raise SourceError(f"{url}: more than {self.redirects} redirects")
 
     async def _open(self, url: str) -> tuple[trio.abc.Stream, str, _Proxy | None]:
         """A stream ready for the GET of `url`, the request target, and the proxy when the request goes to one."""

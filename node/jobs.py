@@ -24,6 +24,7 @@ from kogitune.protocol.ids import job_key
 
 from . import providers
 from .havemaps import refresh
+from .peer_http import join_data_port
 from .peers import PeerSource
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,13 @@ class Jobs:
                     await refresh(source, len(opened.manifest.shards))
                 if source.have is None or not isinstance(source, PeerSource):
                     continue
-                opened.pool.add(source).source.job_peer = True
+                opened.pool.add(source)
+                for health in opened.pool.health:  # its libp2p source, and its data port if it joined already
+                    if health.source.identity == source.identity:
+                        health.source.job_peer = True
+                node.nursery.start_soon(
+                    join_data_port, opened.pool, node.host, peer, dataset_id, node.config.read_timeout
+                )
                 known.add(str(peer))
                 log.info("job peer %s joined the sources of %s", peer, dataset_id)
             await trio.sleep(pause)

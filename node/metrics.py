@@ -88,8 +88,9 @@ class Reading:
     addresses: list[str]
     connected_peers: list[str]
     dht_peers: int
-    served: dict[str, int]
-    """dataset ID -> bytes of its files sent to peers (verified tokens ranges, .pieces and .docs)."""
+    served: dict[tuple[str, str], int]
+    """(dataset ID, transport: libp2p or http, the data port) -> bytes of its files sent to peers (verified tokens
+    ranges, .pieces and .docs; and manifests and signatures over http)."""
     requests: dict[str, int]
     refused: dict[str, int]
     """Streams the data server refused or cut, by reason (busy, evicted, aborted, not_found, bad_request...)."""
@@ -112,6 +113,15 @@ class Reading:
     def fetched_total(self) -> int:
         return sum(self.fetched.values())
 
+    def served_of(self, dataset_id: str) -> int:
+        """Bytes of `dataset_id` served over every transport."""
+        return sum(size for (dataset, _), size in self.served.items() if dataset == dataset_id)
+
+
+def served_now(node) -> int:
+    """Bytes the node has served, over libp2p and its data port."""
+    return node.server.stats.bytes_served + node.dataport.stats.bytes_served
+
 
 def _fetched_now(node) -> int:
     """Verified bytes fetched by the node's open datasets, from every source (what the fetch rate follows)."""
@@ -121,7 +131,7 @@ def _fetched_now(node) -> int:
 async def sample_rates(node, rates: Rates) -> None:
     """Sample the fetched and served totals every RATE_SAMPLE_SECONDS, for as long as the metrics are served."""
     while True:
-        rates.add(trio.current_time(), _fetched_now(node), node.server.stats.bytes_served)
+        rates.add(trio.current_time(), _fetched_now(node), served_now(node))
         await trio.sleep(RATE_SAMPLE_SECONDS)
 
 
@@ -164,7 +174,10 @@ async def read_node(node, rates: Rates, scan: StoreScan) -> Reading:
         addresses=node.addresses(),
         connected_peers=sorted(str(p) for p in node.host.get_connected_peers()),
         dht_peers=len(node.dht.routing_table.get_peer_ids()),
-        served=dict(stats.served),
+        served={
+            **{(dataset, "libp2p"): size for dataset, size in stats.served.items()},
+            **{(dataset, "http"): size for dataset, size in node.dataport.stats.served.items()},
+        },
         requests=dict(stats.requests),
         refused=dict(stats.refused),
         fetched=dict(fetched),
@@ -223,8 +236,8 @@ class _Collector:
 
         yield counter(
             "kogitune_served_bytes",
-            "Bytes of verified dataset files sent to peers, by dataset.",
-            ["dataset"],
+            "Bytes of verified dataset files sent to peers, by dataset and transport (libp2p, or http: the data port).",
+            ["dataset", "transport"],
             r.served,
         )
         yield counter(

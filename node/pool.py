@@ -115,6 +115,9 @@ class SourcePool:
         self.sources.append(source)
         health = SourceHealth(source)
         self.health.append(health)
+        banned = [h for h in self.health if h.banned and source.identity and h.source.identity == source.identity]
+        if banned:  # a peer banned on one of its sources is banned on every other
+            health.banned = banned[0].banned
         for joined in list(self.joined):
             joined(health)
         self._changed()
@@ -144,12 +147,25 @@ class SourcePool:
         self._change = trio.Event()
 
     def usable(self, index: int | None = None) -> list[SourceHealth]:
-        """The sources not dropped; with `index`, those that may serve shard `index` (Source.holds)."""
+        """The sources neither banned nor failed out, less a peer's sources that its `preferred` one (its data
+        port) stands in for: once it has delivered verified bytes, and while it is usable (a data port that a
+        firewall hides never holds up the peer's libp2p source); with `index`, those that may serve shard `index`
+        (Source.holds)."""
+        working = [h for h in self.health if self._working(h)]
+        standing_in = {
+            h.source.identity for h in working if h.source.preferred and (h.bytes_verified or h.files_verified)
+        }
         return [
             h
-            for h in self.health
-            if not h.banned and h.failures < self.max_failures and (index is None or h.source.holds(index))
+            for h in working
+            if (h.source.preferred or h.source.identity not in standing_in) and (index is None or h.source.holds(index))
         ]
+
+    def is_usable(self, health: SourceHealth) -> bool:
+        return health in self.usable()
+
+    def _working(self, health: SourceHealth) -> bool:
+        return not health.banned and health.failures < self.max_failures
 
     def standing_by(self, health: SourceHealth, index: int, quiet_for: float) -> bool:
         """Whether `health`'s source should wait rather than read shard `index` now: it is no job peer, a usable job
@@ -165,10 +181,28 @@ class SourcePool:
         health.last_error = error
         health.retry_at = trio.current_time() + min(self.backoff_seconds * 2 ** (health.failures - 1), 10.0)
         log.info("source failed (%d/%d): %s", health.failures, self.max_failures, error)
+        if health.source.preferred and health.failures == self.max_failures:
+            self._fall_back(health)
 
     def ban(self, health: SourceHealth, reason: str) -> None:
-        health.banned = reason
-        log.warning("dropping source %s: %s", health.source.name, reason)
+        """Drop a source that lied, and every other source of the same peer (its libp2p streams, its data port)."""
+        identity = health.source.identity
+        for dropped in [h for h in self.health if h is health or (identity and h.source.identity == identity)]:
+            if not dropped.banned:
+                dropped.banned = reason
+                log.warning("dropping source %s: %s", dropped.source.name, reason)
+
+    def _fall_back(self, preferred: SourceHealth) -> None:
+        """A peer's preferred source failed out: its other sources take part again (running fetches get workers)."""
+        for health in self.health:
+            if (
+                health is not preferred
+                and health.source.identity == preferred.source.identity
+                and self._working(health)
+            ):
+                for joined in list(self.joined):
+                    joined(health)
+        self._changed()
 
     def succeeded(self, health: SourceHealth) -> None:
         health.failures = 0

@@ -121,6 +121,9 @@ class DataServer:
         """collection ID -> (stat_signature of its collection.json when read, its bytes, or b"" if they did not
         hash to the ID)."""
         self.guard = StoreGuard()
+        self.data_port = 0
+        """The port where this node serves public datasets over HTTP (node/dataport.py), told to peers in have
+        answers; 0 while there is none."""
 
     @property
     def streams_in_use(self) -> int:
@@ -187,7 +190,7 @@ class DataServer:
     async def _answer(self, stream, peer: str, request: wire.Request) -> None:
         dataset_id = dataset_id_from_digest(request.dataset)
         directory = self.store.dataset_dir(dataset_id)
-        loaded = self._manifest(dataset_id, directory)
+        loaded = self.checked_manifest(dataset_id, directory)
         if loaded is None and isinstance(request, wire.ManifestRequest):
             collection = self._collection(dataset_id, directory)
             if collection:
@@ -221,7 +224,8 @@ class DataServer:
                 (directory / s.tokens_path).exists() and not self.guard.is_damaged(dataset_id, s)
                 for s in manifest.shards
             ]
-            await self._send(stream, wire.encode_response(wire.HaveResponse(wire.have_bitmap(complete))))
+            port = self.data_port if manifest.access is None else 0  # the data port serves public datasets only
+            await self._send(stream, wire.encode_response(wire.HaveResponse(wire.have_bitmap(complete), port)))
         else:
             await self._send_range(stream, dataset_id, directory, manifest, request)
 
@@ -313,7 +317,7 @@ class DataServer:
                 cached = self._collections[collection_id] = (signature, data if valid else b"")
         return cached[1]
 
-    def _manifest(self, dataset_id: str, directory: Path) -> tuple[Manifest, bytes] | None:
+    def checked_manifest(self, dataset_id: str, directory: Path) -> tuple[Manifest, bytes] | None:
         """The dataset's manifest, only if it hashes to `dataset_id` (a replaced manifest.json is withheld)."""
         fd = open_served(directory / MANIFEST_FILE)
         if fd is None:

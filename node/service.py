@@ -21,6 +21,7 @@ from kogitune.settings import DEFAULT_LISTEN, read_config, settings
 
 from .control import serve_control
 from .daemon import Node, NodeConfig
+from .dataport import data_listen_address
 from .status_page import metrics_address, serve_status
 
 log = logging.getLogger(__name__)
@@ -58,20 +59,27 @@ def node_lock(home: Path):
         yield
 
 
-def check_start(home: Path, listen: list[str], bootstrap: list[str], metrics: str | None = None) -> None:
+def check_start(
+    home: Path, listen: list[str], bootstrap: list[str], metrics: str | None = None, data_listen: str | None = None
+) -> None:
     """Refuse, before anything starts, what would make a node start wrong: a node already running on `home`, a
     listen address that does not parse or whose port is taken, a bootstrap address without its peer ID, a metrics
-    address (`--metrics`) that does not parse or whose port is taken."""
+    or data port address (`--metrics`, `--data-listen`) that does not parse or whose port is taken."""
     with node_lock(home):
-        _check_addresses(home, listen, bootstrap, metrics)
+        _check_addresses(home, listen, bootstrap, metrics, data_listen)
 
 
-def _check_addresses(home: Path, listen: list[str], bootstrap: list[str], metrics: str | None) -> None:
+def _check_addresses(
+    home: Path, listen: list[str], bootstrap: list[str], metrics: str | None, data_listen: str | None
+) -> None:
     from multiaddr import Multiaddr
 
     served = metrics_address(metrics)
     if served is not None and served[1]:
         _check_port_free(f"--metrics {served[0]}:{served[1]}", *served)
+    data = data_listen_address(data_listen, listen)
+    if data is not None and data[1]:
+        _check_port_free(f"--data-listen {data[0]}:{data[1]}", *data)
 
     for address in listen or [DEFAULT_LISTEN]:
         try:
@@ -121,14 +129,16 @@ def run_node(
     bootstrap: list[str],
     reprovide_interval: float,
     metrics: str | None = None,
+    data_listen: str | None = None,
     until_unused: bool = False,
 ) -> None:
     """Run the daemon in the foreground until `node stop`, SIGINT or SIGTERM (with `until_unused`, also once no
     process uses it: `_stop_when_unused`); with `metrics` ([HOST:]PORT) or the setting metrics_port, serve its
-    metrics and status page too (node/status_page.py)."""
+    metrics and status page too (node/status_page.py); its data port as `data_listen` (HOST:PORT, off) or the
+    settings say (node/dataport.py)."""
     listen = listen or [DEFAULT_LISTEN]
     with node_lock(home):
-        _check_addresses(home, listen, bootstrap, metrics)
+        _check_addresses(home, listen, bootstrap, metrics, data_listen)
         handler = logging.FileHandler(home / LOG_FILE)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root = logging.getLogger("kogitune")  # every module logs to a logger named after it, under "kogitune"
@@ -141,6 +151,7 @@ def run_node(
             bootstrap=bootstrap_peers(home, bootstrap),
             reprovide_interval=reprovide_interval,
             read_timeout=settings().read_timeout,
+            data_listen=data_listen_address(data_listen, listen),
         )
         if not trio.run(_serve, Node(config), metrics_address(metrics), until_unused):
             raise NodeError(f"the node could not listen on {' '.join(listen)}; see {home / LOG_FILE}")

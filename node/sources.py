@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from kogitune.errors import SourceError
 from kogitune.settings import settings
 
-from .http import HttpClient
+from .http import MAX_REDIRECTS, HttpClient
 
 DEFAULT_READ_TIMEOUT = settings().read_timeout
 
@@ -21,14 +21,20 @@ class Source:
     """A place that serves a data tensor's files."""
 
     name: str
+    identity: str | None = None
+    """The peer ID behind this source, if it is a peer (its libp2p streams, its data port): a wrong piece from one
+    of a peer's sources bans them all (SourcePool.ban)."""
+    preferred: bool = False
+    """Whether this source takes the bulk bytes from the peer's other sources once it has delivered (a data port
+    over its libp2p streams: faster); they take part again when it fails out (SourcePool.usable)."""
     job_peer = False
-    """A node of this trainer's training job (node/jobs.py): the scheduler asks it first for the shards it holds,
-    and the other sources only when no job peer holds a shard or the job peers stop delivering
+    """A node of this trainer's training job (node/jobs.py), or its data port: the scheduler asks it first for the
+    shards it holds, and the other sources only when no job peer holds a shard or the job peers stop delivering
     (SourcePool.standing_by)."""
 
     def holds(self, index: int) -> bool:
-        """Whether this source may serve shard `index`: a web mirror serves every shard; a peer says in its have-map
-        (node/havemaps.py)."""
+        """Whether this source may serve shard `index`: a web mirror serves every shard; a peer (and its data port)
+        says in its have-map (node/havemaps.py)."""
         return True
 
     def stream(self, path: str, start: int):
@@ -45,10 +51,10 @@ class Source:
 class HttpSource(Source):
     """A tensor directory on any static web server (nginx, `python -m http.server`); Range used when offered."""
 
-    def __init__(self, base_url: str, read_timeout: float = DEFAULT_READ_TIMEOUT) -> None:
+    def __init__(self, base_url: str, read_timeout: float = DEFAULT_READ_TIMEOUT, redirects: int = MAX_REDIRECTS):
         self.base_url = base_url.rstrip("/")
         self.name = self.base_url
-        self._client = HttpClient(read_timeout)
+        self._client = HttpClient(read_timeout, redirects)
 
     @asynccontextmanager
     async def stream(self, path: str, start: int):

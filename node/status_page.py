@@ -211,7 +211,7 @@ def status_page(r: Reading) -> str:
     rows = "".join(
         f"<tr><td><code>{e(d.dataset_id)}</code></td><td>{e(d.tokenizer)}</td><td>{d.tokens:,}</td>"
         f"<td>{e(mb(d.size_held))} of {e(mb(d.size))}</td><td>{d.shards_held}/{d.shards}</td>"
-        f"<td>{'private' if d.private else 'public'}</td><td>{e(mb(r.served.get(d.dataset_id, 0)))}</td>"
+        f"<td>{'private' if d.private else 'public'}</td><td>{e(mb(r.served_of(d.dataset_id)))}</td>"
         f"<td>{e(mb(fetched_by_dataset.get(d.dataset_id, 0)))}</td></tr>"
         for d in r.held
     )

@@ -48,6 +48,7 @@ from .copies import CollectionCopy, ManifestCopy, store_collection, store_copy, 
 from .fetch import ShardFetch
 from .havemaps import refresh_for
 from .metrics import SHARD_FETCH_BUCKETS, Timings
+from .peer_http import join_data_port
 from .peers import PeerSource, fetch_signed_manifest
 from .pool import SourcePool, fetch_manifest, first_answer, prefetch_in_order
 from .providers import connect_providers
@@ -205,7 +206,7 @@ class Swarm:
         directory = store_copy(self.store, dataset_id, copy)
         opened = OpenDataset(dataset_id, directory, copy.manifest, copy.publisher, pool, copy)
         if copy.peer is not None:
-            opened.pool.add(PeerSource(await self._host(), copy.peer, dataset_id, copy.manifest, self.read_timeout))
+            self._add_peer(opened.pool, await self._host(), copy.peer, dataset_id, copy.manifest)
         return opened
 
     async def peek(self, dataset_id: str) -> ManifestCopy | CollectionCopy:
@@ -249,6 +250,8 @@ class Swarm:
         pool = SourcePool(
             [PeerSource(network.host, peer, dataset_id, copy.manifest, self.read_timeout) for peer in sources]
         )
+        for peer in sources:
+            self.nursery.start_soon(join_data_port, pool, network.host, peer, dataset_id, self.read_timeout)
         return OpenDataset(dataset_id, directory, copy.manifest, copy.publisher, pool, copy)
 
     async def _first_signed_manifest(self, network, dataset_id: str, peers: list, trusted, failed: dict[str, str]):
@@ -334,9 +337,7 @@ class Swarm:
                 providers = await network.find_providers(opened.dataset_id)
                 failed: dict[str, str] = {}
                 for peer in await connect_providers(network, providers, failed) if providers else []:
-                    opened.pool.add(
-                        PeerSource(network.host, peer, opened.dataset_id, opened.manifest, self.read_timeout)
-                    )
+                    self._add_peer(opened.pool, network.host, peer, opened.dataset_id, opened.manifest)
             except Exception as exc:  # the mirrors serve the dataset; peers are a bonus
                 log.info("looking for peers of %s failed: %s", opened.dataset_id, exc)
             finally:
@@ -344,6 +345,11 @@ class Swarm:
 
         opened.pool.search_started()
         self.nursery.start_soon(look)
+
+    def _add_peer(self, pool: SourcePool, host, peer, dataset_id: str, manifest: Manifest) -> None:
+        """A provider joins a dataset's pool: its libp2p source now, its data port when it names one."""
+        pool.add(PeerSource(host, peer, dataset_id, manifest, self.read_timeout))
+        self.nursery.start_soon(join_data_port, pool, host, peer, dataset_id, self.read_timeout)
 
     async def _host(self):
         return (await self.network(optional=False)).host

@@ -93,7 +93,12 @@ class ManifestResponse:
 
 @dataclass(frozen=True)
 class HaveResponse:
+    """`data_port`: a TCP port on the address this answer came from where the node serves this dataset over
+    HTTP in the web-mirror layout (docs/protocol.md#the-data-port), 0 for none. Optional on the wire (sent only
+    when not 0): the one key a message may have or leave out."""
+
     shards: bytes
+    data_port: int = 0
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,9 @@ _RESPONSE_OPS: dict[type, str] = {
     ErrorResponse: "error",
 }
 """The `op` of each response: the op of the request it answers, or "error"."""
+_OPTIONAL_KEYS: dict[type, tuple[str, ...]] = {HaveResponse: ("data_port",)}
+"""Keys a response may leave out (a 2.0.0 node of before the data port sends none of them)."""
+MAX_PORT = 65535
 _RESPONSE_KEYS = {
     ManifestResponse: ("v", "op", "manifest", "signature", "public_key", "allow", "allow_signature"),
     HaveResponse: ("v", "op", "shards"),
@@ -235,7 +243,8 @@ def parse_response(obj: dict[str, Any], expected: type[Response]) -> Response:
     if op not in (_RESPONSE_OPS[expected], "error"):
         raise bad_request(f"response op is {describe(op)}; expected {_RESPONSE_OPS[expected]} or error")
     kind = ErrorResponse if op == "error" else expected
-    _keys(obj, _RESPONSE_KEYS[kind], f"{op} response")
+    present = tuple(key for key in _OPTIONAL_KEYS.get(kind, ()) if key in obj)
+    _keys(obj, _RESPONSE_KEYS[kind] + present, f"{op} response")
     _version(obj)
     if kind is ErrorResponse:
         code = obj["code"]
@@ -253,7 +262,8 @@ def parse_response(obj: dict[str, Any], expected: type[Response]) -> Response:
             allow_signature=_bin(obj["allow_signature"], "allow_signature", signed, signed),
         )
     if kind is HaveResponse:
-        return HaveResponse(_bin(obj["shards"], "shards", 0, MAX_BITMAP_BYTES))
+        port = _int(obj["data_port"], "data_port", 1, MAX_PORT) if "data_port" in obj else 0
+        return HaveResponse(_bin(obj["shards"], "shards", 0, MAX_BITMAP_BYTES), port)
     return ReadResponse(_int(obj["length"], "length", 1, MAX_READ_BYTES))
 
 
@@ -269,7 +279,8 @@ def _response_dict(response: Response) -> dict[str, Any]:
             "allow_signature": response.allow_signature,
         }
     if isinstance(response, HaveResponse):
-        return {"v": WIRE_VERSION, "op": "have", "shards": response.shards}
+        port = {"data_port": response.data_port} if response.data_port else {}
+        return {"v": WIRE_VERSION, "op": "have", "shards": response.shards, **port}
     if isinstance(response, ReadResponse):
         return {"v": WIRE_VERSION, "op": "read", "length": response.length}
     if isinstance(response, ErrorResponse):

@@ -135,7 +135,7 @@ def main() -> None:
         steps = args.sample // args.batch
         print(
             f"tensor: {args.shards} shards of 32 MiB ({args.shards * 32} MiB), {len(dataset):,} samples of "
-            f"{args.block_size} tokens, {len(dataset._streams[0].segments)} segments in windows of {dataset.window}; "
+            f"{args.block_size} tokens, {len(dataset._order.streams[0].segments)} segments in windows of {dataset.window}; "
             f"resume at sample {args.sample:,} = batch {steps:,} of {args.batch}; built in "
             f"{time.perf_counter() - started:.1f} s"
         )
@@ -195,7 +195,7 @@ def main() -> None:
             best, median, spread = summary(values)
             print(f"{name:<28}{best:>10.4f}{median:>10.4f}{spread:>8.0%}{best / base:>9.0f}x")
         dataset.set_epoch(1)
-        stream = dataset._streams[0]
+        stream = dataset._order.streams[0]
         window = bisect_right(stream.window_start, args.sample) - 1
         size = stream.window_start[window + 1] - stream.window_start[window]
         started = time.perf_counter()

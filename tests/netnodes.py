@@ -39,6 +39,11 @@ class NodeProcess:
             raise AssertionError(f"kogitune {' '.join(args)} failed: {result.stderr}")
         return result
 
+    def data_port(self) -> int:
+        """The port of the node's data port (node/dataport.py), from `kogitune node status`."""
+        line = next(x for x in self.cli("node", "status").stdout.splitlines() if x.startswith("data port"))
+        return int(line.split()[2])
+
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
 

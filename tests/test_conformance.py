@@ -18,6 +18,7 @@ import json
 import os
 import random
 import subprocess
+import urllib.request
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -283,7 +284,11 @@ def test_a_client_written_from_the_docs_finds_checks_and_reads_a_dataset(publish
             # Which shards it holds: a have-map with every bit of the manifest's shards set, none beyond.
             response, _ = await ask(host, peer, {"v": WIRE_VERSION, "op": "have", "dataset": digest})
             shards = manifest["shards"]
+            port = response.pop("data_port")  # optional; this node serves public datasets on its data port
             assert response == {"v": WIRE_VERSION, "op": "have", "shards": response["shards"]}
+            assert type(port) is int and 1 <= port <= 65535
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/{dataset_id}/manifest.json", timeout=10) as http:
+                assert canonical_id(http.read()) == dataset_id  # the data port: the web-mirror layout
             assert int.from_bytes(response["shards"], "little") == (1 << len(shards)) - 1
             assert len(response["shards"]) == -(-len(shards) // 8)
 

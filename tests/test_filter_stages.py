@@ -10,9 +10,9 @@ import pytest
 
 from kogitune.cli import main
 from kogitune.corpora import kjv_verses
-from kogitune.filters import stages
+from kogitune.filters import staged_run, stages
 from kogitune.filters.run import FilterOptions, filter_files
-from kogitune.filters.stages import filter_in_stages
+from kogitune.filters.staged_run import filter_in_stages
 
 PIPELINE = {
     "filters": [
@@ -71,7 +71,7 @@ def test_three_parts_on_local_processes_keep_what_the_sequential_filter_keeps(de
     assert parts_output(tmp_path / "out", 3) == expected
     assert staged.kept == report.kept and staged.documents == report.documents
     assert staged.deduplicated == {"exact_dedup": by_name["exact_dedup"], "minhash_dedup": by_name["minhash_dedup"]}
-    assert not (tmp_path / "out" / ".stages").exists()
+    assert [p.name for p in (tmp_path / "out" / ".stages").iterdir()] == ["done"]  # the scratch files are removed
 
 
 def test_exact_dedup_alone_in_parts_on_ray(dedup_inputs, tmp_path, local_ray):
@@ -88,8 +88,9 @@ def test_slurm_script_tasks_run_here_stage_by_stage_keep_the_same_documents(dedu
     argv = ["filter", *map(str, dedup_inputs), "-c", str(config), "--parts", "2", "--buckets", "1", "-o", str(out)]
     assert main([*argv, "--slurm-array", str(script)]) == 0
     text = script.read_text()
-    assert text.count("--dependency=afterok") == 4 and not out.exists()
-    for stage, count in (("signatures", 2), ("buckets", 2), ("decisions", 1), ("write", 2), ("finish", 1)):
+    assert text.count("--dependency=afterok") == 5 and not out.exists()
+    stage_counts = (("signatures", 2), ("buckets", 2), ("components", 1), ("decisions", 2), ("write", 2), ("finish", 1))
+    for stage, count in stage_counts:
         env = [{**os.environ, "SLURM_ARRAY_TASK_ID": str(task)} for task in reversed(range(count))]
         tasks = [subprocess.Popen(["bash", str(script), stage], env=e) for e in env]
         assert [task.wait(timeout=120) for task in tasks] == [0] * count, stage
@@ -106,8 +107,30 @@ def test_tasks_in_one_process_with_a_tiny_key_buffer_keep_the_same_documents(
     monkeypatch.setattr(stages, "KEY_BUFFER", 50)
     job = stages.staged_job(dedup_inputs, tmp_path / "out", PIPELINE, parts=3, buckets=3)
     for stage in stages.STAGES:
-        count = stages.stage_tasks(job, stage)
+        count = staged_run.stage_tasks(job, stage)
         for task in random.Random(stage).sample(range(count), count):
-            stages.run_task(job, stage, task)
-    report = stages.finish(job)
+            staged_run.run_task(job, stage, task)
+    report = staged_run.finish(job)
     assert parts_output(tmp_path / "out", 3) == sequential[0] and report.kept == sequential[1].kept
+
+
+@pytest.mark.parametrize("dedup", [{"name": "exact_dedup"}, PIPELINE["filters"][4]], ids=["exact", "minhash"])
+@pytest.mark.parametrize("decision_tasks", [1, 4])
+def test_decisions_in_one_or_several_tasks_keep_what_the_sequential_filter_keeps(
+    dedup_inputs, tmp_path, dedup, decision_tasks
+):
+    """The decisions split by connected components of shared keys (kogitune.filters.decisions): each task in this
+    process, in shuffled order; T = 1 has no components task."""
+    config = {"filters": [{"name": "nfkc"}, dedup]}
+    report = filter_files(dedup_inputs, tmp_path / "seq.jsonl", config, FilterOptions(workers=1), progress=False)
+    assert report.filters[1].dropped > 100
+    job = stages.staged_job(dedup_inputs, tmp_path / "out", config, parts=3, buckets=3, decision_tasks=decision_tasks)
+    assert staged_run.stage_tasks(job, "components") == (decision_tasks > 1)
+    for stage in (*stages.STAGES, "finish"):
+        count = staged_run.stage_tasks(job, stage)
+        for task in random.Random(stage).sample(range(count), count):
+            staged_run.run_task(job, stage, task)
+    assert parts_output(tmp_path / "out", 3) == (tmp_path / "seq.jsonl").read_bytes()
+    if decision_tasks > 1:  # the components were spread: more than one task decided something
+        decided = [staged_run._counts(job, "decisions", task) for task in range(decision_tasks)]
+        assert sum(1 for counts in decided if any(counts.values())) > 1

@@ -123,7 +123,8 @@ def test_peers_only(tensor, nodes, tmp_path):
     dataset_id = a.cli("publish", str(tensor.path)).stdout.strip()
     seen, sources, _ = train(tmp_path, {"id": dataset_id}, a.address)
     np.testing.assert_array_equal(seen, expected(tensor))
-    assert sources["bytes"] == {f"peer {a.peer_id}": sum(shard.size for shard in tensor.shards)}
+    from_a = {f"peer {a.peer_id}", f"http://127.0.0.1:{a.data_port()}/{dataset_id}"}  # its libp2p, its data port
+    assert set(sources["bytes"]) <= from_a and sum(sources["bytes"].values()) == sum(s.size for s in tensor.shards)
 
 
 def test_peers_and_a_lying_mirror(tensor, nodes, tmp_path):
@@ -135,7 +136,9 @@ def test_peers_and_a_lying_mirror(tensor, nodes, tmp_path):
         seen, sources, _ = train(tmp_path, [dataset_id, *urls], a.address)
     np.testing.assert_array_equal(seen, expected(tensor))
     assert f"{urls[0]}: dropped, sent shard" in sources["report"] and "wrong hash" in sources["report"]
-    assert sources["bytes"][f"peer {a.peer_id}"] > 0
+    assert (
+        sources["bytes"][f"peer {a.peer_id}"] + sources["bytes"][f"http://127.0.0.1:{a.data_port()}/{dataset_id}"] > 0
+    )
 
 
 def test_a_lying_peer_beside_an_honest_mirror(tensor, nodes, tmp_path):
@@ -171,7 +174,7 @@ def test_a_daemon_serves_on_what_it_fetched_from_a_mirror(tensor, nodes):
     assert urls[0] in reply["sources"]
     assert DataTensor(d.home / "datasets" / dataset_id).verify() == []
     e = nodes("e", [d.address])
-    assert f"peer {d.peer_id}: ok" in e.cli("get", dataset_id).stdout
+    assert f"http://127.0.0.1:{d.data_port()}/{dataset_id}: ok" in e.cli("get", dataset_id).stdout  # D's data port
     assert DataTensor(e.home / "datasets" / dataset_id).verify() == []
     served = DaemonClient(d.home).call("status", 10)["bytes_served"]
     assert served >= sum(shard.size for shard in tensor.shards)

@@ -62,14 +62,15 @@ def test_publish_and_get_show_in_the_metrics_and_on_the_status_page(tensor, node
 
     served = scrape(metrics_url(a))
     dataset = frozenset({("dataset", dataset_id)})
-    assert served["kogitune_served_bytes_total", dataset] >= size  # the tokens, and the .pieces and .docs files
+    sent = sum(served.get(("kogitune_served_bytes_total", dataset | {("transport", t)}), 0) for t in ("libp2p", "http"))
+    assert sent >= size  # the tokens, and the .pieces and .docs files, over libp2p and the data port
     assert served["kogitune_datasets_held", frozenset()] == 1
     assert served["kogitune_store_bytes", frozenset()] == size
     assert served["kogitune_connected_peers", frozenset()] >= 1
 
     fetched = scrape(metrics_url(b))
-    source = dataset | {("source", f"peer {a.peer_id}")}
-    assert fetched["kogitune_fetched_bytes_total", source] == size
+    from_a = [f"peer {a.peer_id}", f"http://127.0.0.1:{a.data_port()}/{dataset_id}"]  # its libp2p, its data port
+    assert sum(fetched.get(("kogitune_fetched_bytes_total", dataset | {("source", s)}), 0) for s in from_a) == size
     assert fetched["kogitune_pieces_verified_total", dataset] == pieces
     assert fetched["kogitune_pieces_rejected_total", dataset] == 0
     assert fetched["kogitune_dht_lookup_seconds_count", frozenset({("outcome", "found")})] >= 1

@@ -11,12 +11,10 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pytest
 from netnodes import NodeProcess
 
 from kogitune.client import DaemonClient
 from kogitune.corpora import write_kjv_chapters
-from kogitune.dataset import TokenBlockDataset
 from kogitune.recipe import DatasetRecipe
 from kogitune.tensor import DataTensor
 from kogitune.write import StoreOptions, store
@@ -30,9 +28,6 @@ def rows(samples) -> Counter:
     return Counter(row.tobytes() for row in np.asarray(samples, dtype=np.int64))
 
 
-@pytest.mark.skipif(
-    not hasattr(TokenBlockDataset, "shards_for_rank"), reason="needs host-aware reading (kogitune/dataset.py)"
-)
 def test_three_hosts_two_epochs_cost_the_origin_one_copy(tmp_path):
     corpus = write_kjv_chapters(tmp_path / "kjv.jsonl", limit=600)
     tensor = tmp_path / "kjv"

@@ -11,10 +11,11 @@ def add_commands(commands) -> None:
     """Add the node and content-store commands to the `commands` subparsers."""
     ls = commands.add_parser(
         "ls",
-        help="list the datasets of the node's store: tokenizer, documents, tokens, size, complete, access",
+        help="list the datasets of the node's store (tokenizer, documents, tokens, size, complete, access), then "
+        "its collections (ID, parts, size, complete)",
         description="Read from the content store of --home, so it works with no node running; with one running, "
         "an ANNOUNCED column says which datasets it announces (signed ones it holds a shard of). Private datasets "
-        "(publish --allow) are listed, marked private.",
+        "(publish --allow) are listed, marked private. A collection's parts are datasets too, listed as such.",
     )
     ls.add_argument("--home", help=HOME_HELP)
     ls.add_argument("--json", action="store_true", help="one JSON list of objects instead of columns")
@@ -22,13 +23,16 @@ def add_commands(commands) -> None:
 
     rm = commands.add_parser(
         "rm",
-        help="stop announcing a dataset and remove it from the node's store",
+        help="stop announcing a dataset or collection and remove it from the node's store",
         description="Through the running node of --home (which then stops serving and announcing it), else "
         "directly. Refused while a process of this machine reads or fetches the dataset, unless --force. "
-        "A published tensor's own directory (the one given to `publish`) is not touched.",
+        "A published tensor's own directory (the one given to `publish`) is not touched. A collection ID: "
+        "removes the collection's directory and those of its parts that no other collection of the store and no "
+        "recipe lock published from it names (--all-parts: every part held).",
     )
     rm.add_argument("dataset_id")
     rm.add_argument("--force", action="store_true", help="remove it even while a process reads or fetches it")
+    rm.add_argument("--all-parts", action="store_true", help="with a collection ID: remove every part of it held")
     rm.add_argument("--home", help=HOME_HELP)
     rm.set_defaults(run=_rm)
 
@@ -83,6 +87,13 @@ def add_commands(commands) -> None:
         help="with start: serve Prometheus metrics at /metrics and a status page at / on this address (HOST "
         "defaults to 127.0.0.1; port 0: any free one, shown by `node status`); default: the setting metrics_port "
         "(0: off)",
+    )
+    node.add_argument(
+        "--data-listen",
+        metavar="[HOST:]PORT|off",
+        help="with start: serve the public datasets over HTTP range requests (the web-mirror layout) on this "
+        "address, announced to peers; default: the host of the first --listen address and the setting data_port "
+        "(0: any free port); off: no data port (also the setting data_port_on 0)",
     )
     node.add_argument("--detach", action="store_true", help="with start: run in the background, print its address")
     node.add_argument(
@@ -148,38 +159,45 @@ def add_commands(commands) -> None:
 def _ls(args) -> int:
     import json
 
-    from ..catalog import catalog_table, held_datasets
+    from ..catalog import catalog_listing, held_collections, held_datasets
     from ..client import DaemonClient
     from ..content_store import ContentStore
 
     home = home_of(args)
     datasets = held_datasets(ContentStore(home))
+    collections = held_collections(ContentStore(home), datasets)
     try:
         announced: set[str] | None = set(DaemonClient(home).call("status", timeout=30)["datasets"])
     except NodeNotRunning:
         announced = None
     if args.json:
         is_announced = (lambda d: d.dataset_id in announced) if announced is not None else (lambda d: None)
-        print(json.dumps([d.to_json(is_announced(d)) for d in datasets], indent=1))
+        listed = [d.to_json(is_announced(d)) for d in datasets] + [c.to_json(is_announced(c)) for c in collections]
+        print(json.dumps(listed, indent=1))
         return EXIT_OK
-    if not datasets:
+    if not datasets and not collections:
         print(f"no datasets in {home}")
         return EXIT_OK
-    print("\n".join(catalog_table(datasets, announced)))
+    print(catalog_listing(datasets, collections, announced))
     return EXIT_OK
 
 
 def _rm(args) -> int:
+    from ..catalog import collection_removal
     from ..client import DaemonClient
     from ..content_store import ContentStore
 
     home = home_of(args)
-    try:
-        DaemonClient(home).call("remove", timeout=60, id=args.dataset_id, force=args.force)
-        print(f"removed {args.dataset_id} from {home}; the node no longer serves or announces it")
-    except NodeNotRunning:
-        ContentStore(home).remove(args.dataset_id, args.force)
-        print(f"removed {args.dataset_id} from {home}")
+    doomed, kept = collection_removal(ContentStore(home), args.dataset_id, args.all_parts)
+    for dataset_id in doomed:
+        try:
+            DaemonClient(home).call("remove", timeout=60, id=dataset_id, force=args.force)
+            print(f"removed {dataset_id} from {home}; the node no longer serves or announces it")
+        except NodeNotRunning:
+            ContentStore(home).remove(dataset_id, args.force)
+            print(f"removed {dataset_id} from {home}")
+    if kept:
+        print(f"kept {len(kept)} of its parts, which another collection or a published recipe lock names")
     return EXIT_OK
 
 
@@ -231,11 +249,12 @@ def _node(args) -> int:
         from kogitune.node.service import check_start, run_node, start_detached
 
         if args.detach:
-            check_start(home, args.listen or [], args.bootstrap or [], args.metrics)
+            check_start(home, args.listen or [], args.bootstrap or [], args.metrics, args.data_listen)
             argv = ["node", "start", "--home", str(home), "--reprovide-interval", str(settings().reprovide_interval)]
             argv += [x for a in args.listen or [] for x in ("--listen", a)]
             argv += [x for b in args.bootstrap or [] for x in ("--bootstrap", b)]
             argv += ["--metrics", args.metrics] if args.metrics is not None else []
+            argv += ["--data-listen", args.data_listen] if args.data_listen is not None else []
             argv += ["--until-unused"] if args.until_unused else []
             print(start_detached(home, argv))
             return EXIT_OK
@@ -245,6 +264,7 @@ def _node(args) -> int:
             args.bootstrap or [],
             settings().reprovide_interval,
             args.metrics,
+            args.data_listen,
             args.until_unused,
         )
         return EXIT_OK
@@ -283,6 +303,8 @@ def _node(args) -> int:
     for entry in changed:
         print(f"            {entry['dataset']} shard {entry['shard']}")
     print(f"served      {status['bytes_served'] / 1e6:.1f} MB; fetched {status['bytes_fetched'] / 1e6:.1f} MB")
+    if status.get("data_port"):
+        print(f"data port   {status['data_port']} (public datasets over HTTP: http://<this host>:<port>/<ID>/)")
     if status.get("metrics"):
         print(f"metrics     {status['metrics']}metrics (Prometheus); status page {status['metrics']}")
     return EXIT_OK

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..errors import KogituneError
 from .common import EXIT_OK, at_least, task_of
 
-STAGE_CHOICES = ("signatures", "buckets", "decisions", "write", "finish")
+STAGE_CHOICES = ("signatures", "buckets", "components", "decisions", "write", "finish")
 
 
 def add_arguments(filter_) -> None:
@@ -26,12 +26,25 @@ def add_arguments(filter_) -> None:
         "--buckets", type=at_least(1, int), metavar="B", help="with --parts: dedup keys in B buckets (default: N)"
     )
     filter_.add_argument(
+        "--decision-tasks",
+        type=at_least(1, int),
+        metavar="T",
+        help="with --parts: decide the dedup in T tasks, each the documents of some chains of shared keys, so each "
+        "holds about 1/T of the keys (default: N)",
+    )
+    filter_.add_argument(
         "--executor",
         choices=("local", "ray"),
         default="local",
         help="with --parts: 'local' processes (default), or 'ray', one Ray task per task of a stage",
     )
     filter_.add_argument("--address", help="with --executor ray: the Ray cluster's address (default: a local Ray)")
+    filter_.add_argument(
+        "--keep-lists",
+        action="store_true",
+        help="with --parts: write no JSONL, only the decisions: -o DIR gets keep/part-00000.u64 ... (the lines each "
+        "part keeps) and keep-lists.json, which `kogitune store INPUTS --keep-lists DIR` applies while it tokenizes",
+    )
     filter_.add_argument(
         "--slurm-array",
         metavar="SCRIPT",
@@ -41,12 +54,19 @@ def add_arguments(filter_) -> None:
         "--stage", choices=STAGE_CHOICES, help="with --parts and --task I/N: run only task I of this stage"
     )
     filter_.add_argument("--task", type=task_of, metavar="I/N", help="with --stage: the task to run")
+    filter_.add_argument(
+        "--status",
+        action="store_true",
+        help="with --parts (and the run's other flags): say which tasks of each stage are done (recorded for this "
+        "job, their files of the sizes recorded) and which are left; a run again skips the done ones",
+    )
 
 
 def filter_in_parts(args, config: dict) -> int:
     """Run `kogitune filter ... --parts N` as `args` say: all stages, one task, or write a Slurm script."""
     from ..filters.run import FilterOptions
-    from ..filters.stages import filter_in_stages, run_task, stage_tasks, staged_job
+    from ..filters.staged_run import filter_in_stages, run_task, stage_tasks, stages_status
+    from ..filters.stages import staged_job
     from .common import document_limit, mib
 
     if args.output is None or args.dry_run:
@@ -58,16 +78,27 @@ def filter_in_parts(args, config: dict) -> int:
         examples=args.examples,
         **document_limit(mib(args.max_document_size)),
     )
+    if args.status:
+        job = staged_job(
+            args.files, args.output, config, args.parts, args.buckets, options, args.keep_lists, args.decision_tasks
+        )
+        print("\n".join(stages_status(job)))
+        return EXIT_OK
     if args.stage is not None:
         if args.task is None:
             raise KogituneError("--stage needs --task I/N")
-        job = staged_job(args.files, args.output, config, args.parts, args.buckets, options)
+        job = staged_job(
+            args.files, args.output, config, args.parts, args.buckets, options, args.keep_lists, args.decision_tasks
+        )
         if args.task[1] != stage_tasks(job, args.stage):
             raise KogituneError(f"stage {args.stage} has {stage_tasks(job, args.stage)} tasks, not {args.task[1]}")
-        run_task(job, args.stage, args.task[0])
+        if not run_task(job, args.stage, args.task[0]) and not args.quiet:
+            print(f"{args.stage} task {args.task[0]}: done already (its record holds); skipped")
         return EXIT_OK
     if args.slurm_array:
-        job = staged_job(args.files, args.output, config, args.parts, args.buckets, options)
+        job = staged_job(
+            args.files, args.output, config, args.parts, args.buckets, options, args.keep_lists, args.decision_tasks
+        )
         script = Path(args.slurm_array)
         counts = {stage: stage_tasks(job, stage) for stage in STAGE_CHOICES}
         script.write_text(slurm_stages_script(args, config, counts, script))
@@ -75,7 +106,16 @@ def filter_in_parts(args, config: dict) -> int:
         print(f"wrote {script}: the stages of {args.parts} parts as dependent job arrays; submit with bash {script}")
         return EXIT_OK
     report = filter_in_stages(
-        args.files, args.output, config, args.parts, args.buckets, options, args.executor, args.address
+        args.files,
+        args.output,
+        config,
+        args.parts,
+        args.buckets,
+        options,
+        args.executor,
+        args.address,
+        args.keep_lists,
+        args.decision_tasks,
     )
     print(report.summary())
     return EXIT_OK
@@ -89,7 +129,9 @@ def slurm_stages_script(args, config: dict, counts: dict[str, int], script: Path
 
     flags = ["--parts", str(args.parts), "-o", str(args.output), "--text-key", args.text_key]
     flags += ["--buckets", str(args.buckets)] if args.buckets else []
+    flags += ["--decision-tasks", str(args.decision_tasks)] if args.decision_tasks else []
     flags += ["--skip-bad-lines"] if args.skip_bad_lines else []
+    flags += ["--keep-lists"] if args.keep_lists else []
     flags += ["--max-document-size", str(args.max_document_size)] if args.max_document_size is not None else []
     config_file = script.with_suffix(".filters.json")
     config_file.write_text(json.dumps(config, ensure_ascii=False, indent=1) + "\n")

@@ -74,6 +74,13 @@ def add_commands(commands) -> None:
         "tokenizing; stateless filters only (run dedup with `kogitune filter` first); "
         "recorded in the manifest",
     )
+    store.add_argument(
+        "--keep-lists",
+        metavar="DIR",
+        help="store only the documents that the staged filter run in DIR kept (`kogitune filter ... --parts N "
+        "--keep-lists -o DIR`), their texts as its filters left them: the inputs are not written again as filtered "
+        "JSONL. Store the inputs it read, whole or as the same N parts",
+    )
     split = store.add_mutually_exclusive_group()
     split.add_argument(
         "--task",
@@ -175,6 +182,7 @@ def store_cli(
     perturb: str | None = None,
     filters: str | os.PathLike | dict | None = None,
     max_document_bytes: int | None = None,
+    keep_lists: str | None = None,
 ):
     """`kogitune store` from Python, as the original Kogitune's users call it: `kogitune.store` with the command's
     defaults, which also prints the summary. `max_document_bytes` None means kogitune.write.MAX_DOCUMENT_BYTES."""
@@ -194,6 +202,7 @@ def store_cli(
         overwrite=overwrite,
         perturb=perturb,
         filters=filters,
+        keep_lists=keep_lists,
         **document_limit(max_document_bytes),
     )
     print(report.summary())
@@ -220,6 +229,7 @@ def _store(args) -> int:
         perturb=args.perturb,
         filters=args.filters,
         max_document_bytes=mib(args.max_document_size),
+        keep_lists=args.keep_lists,
     )
     return EXIT_OK
 
@@ -240,6 +250,7 @@ def _store_parts(args) -> int:
         "overwrite": args.overwrite,
         "perturb": args.perturb,
         "filters": args.filters,
+        "keep_lists": args.keep_lists,
         **document_limit(mib(args.max_document_size)),
     }
     options = options_with(StoreOptions(), settings)
@@ -291,6 +302,7 @@ def _store_flags(args) -> list[str]:
     flags += ["--max-document-size", str(args.max_document_size)] if args.max_document_size is not None else []
     flags += ["--perturb", args.perturb] if args.perturb else []
     flags += ["--filters", args.filters] if args.filters else []
+    flags += ["--keep-lists", args.keep_lists] if args.keep_lists else []
     return flags
 
 
@@ -347,6 +359,8 @@ def _filter(args) -> int:
         return stages.filter_in_parts(args, config)
     if args.slurm_array or args.executor != "local" or args.address or args.stage or args.task or args.buckets:
         raise KogituneError("--buckets, --executor, --address, --slurm-array, --stage and --task go with --parts N")
+    if args.keep_lists or args.status or args.decision_tasks:
+        raise KogituneError("--keep-lists, --status and --decision-tasks go with --parts N (the filter in stages)")
     filter_cli(
         args.files,
         args.output,

@@ -6,14 +6,18 @@ every stage is a list of tasks that an executor runs (local processes, Ray, a Sl
 1. **signatures** (one task per part): run the pipeline on the part with each dedup filter passing every document
    through, but recording the document's keys there (exact: its 128-bit digest as key and value; MinHash: its band
    keys) into B bucket files by key; the documents that every other filter keeps go to a pending file, by document
-   number (part << 40 | position in the part, so numbers sort in input order).
+   number (part << 40 | the number of its line in the part, so numbers sort in input order).
 2. **buckets** (one task per dedup filter and bucket): read the bucket's keys from all parts, sort them, and keep
    only the keys that more than one document has: the documents that may be duplicates.
-3. **decisions** (one task): replay each dedup filter's own rule over those documents only, in input order: a
-   document is dropped when an earlier document that the filter kept (and that no earlier filter dropped) has an
-   equal key (MinHash: any band; exact: the same digest). So the same documents are dropped as by the sequential
-   filter, and this task's memory grows with the duplicated keys, not with the input. One drop list per part.
-4. **write** (one task per part): copy the part's pending lines, less its drop list, to OUT/part-NNNNN.jsonl.
+3. **components** and **decisions** (kogitune.filters.decisions; T decisions tasks, and one components task that
+   gives each the connected components of "shares a key" it decides): replay each dedup filter's own rule over
+   those documents only, in input order: a document is dropped when an earlier document that the filter kept (and
+   that no earlier filter dropped) has an equal key (MinHash: any band; exact: the same digest). So the same
+   documents are dropped as by the sequential filter, and a task's memory grows with the duplicated keys, not with
+   the input. One drop list per decisions task.
+4. **write** (one task per part): copy the part's pending lines, less its drop list, to OUT/part-NNNNN.jsonl; or,
+   with `keep_lists`, write the numbers of the lines it keeps to OUT/keep/part-NNNNN.u64, for `kogitune store
+   --keep-lists OUT` to apply while it tokenizes the inputs (kogitune.filters.keep): no pending lines are written.
 
 The outputs, read in part order, are byte for byte the sequential `kogitune filter`'s output (tested). Every task
 holds one batch of documents, its key buffer (`KEY_BUFFER` keys) or one bucket at a time: memory per task is
@@ -24,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,16 +38,17 @@ from ..files import write_atomic
 from ..write.inputs import InputReader, expand_inputs
 from ..write.parts import split_inputs
 from .base import Filter, Pipeline
-from .dedup import MISSING, ExactDedup, MinHashDedup
+from .dedup import ExactDedup, MinHashDedup
+from .keep import keep_list_path
 from .report import FilterStats
 from .run import FilterOptions, OutputFile, dump_line, filter_lines, run_filters
 
 PART_SHIFT = 40
-"""A document's number is part << PART_SHIFT | its position in the part: 2**40 documents per part, 2**24 parts."""
+"""A document's number is part << PART_SHIFT | its line's number in the part: 2**40 lines per part, 2**24 parts."""
 KEY_BUFFER = 1 << 17
 """Keys a signatures task holds per dedup filter before appending them to the bucket files (24 bytes each: key,
 document, value; 3 MB)."""
-STAGES = ("signatures", "buckets", "decisions", "write")
+STAGES = ("signatures", "buckets", "components", "decisions", "write")
 """The stages that run tasks; `finish` (one step) then writes the report."""
 
 
@@ -58,6 +62,9 @@ class StagedFilter:
     config: dict
     output: Path
     options: FilterOptions = field(default_factory=FilterOptions)
+    keep_lists: bool = False
+    """Write keep lists (OUT/keep/, keep-lists.json) for `store --keep-lists` instead of the filtered JSONL."""
+    decision_tasks: int = 1
 
     @property
     def work(self) -> Path:
@@ -80,12 +87,18 @@ class StagedFilter:
     def groups_file(self, dedup: int, bucket: int, part: int) -> Path:
         return self.work / "groups" / f"f{dedup:03d}" / f"b{bucket:05d}" / f"p{part:05d}.u64"
 
+    def edges_file(self, dedup: int, bucket: int) -> Path:
+        return self.work / "edges" / f"f{dedup:03d}" / f"b{bucket:05d}.u64"
+
+    def slice_file(self, dedup: int, task: int) -> Path:
+        return self.work / "slices" / f"f{dedup:03d}" / f"t{task:05d}.u64"
+
     def pending(self, part: int) -> tuple[Path, Path]:
         """The part's lines kept by all but the dedup filters, and their document numbers."""
         return self.work / "pending" / f"p{part:05d}.jsonl", self.work / "pending" / f"p{part:05d}.u64"
 
-    def drops_file(self, part: int) -> Path:
-        return self.work / "drops" / f"p{part:05d}.u64"
+    def drops_file(self, task: int) -> Path:
+        return self.work / "drops" / f"t{task:05d}.u64"
 
     def part_output(self, part: int) -> Path:
         return self.output / f"part-{part:05d}.jsonl"
@@ -99,7 +112,7 @@ def signatures_task(job: StagedFilter, part: int) -> dict:
     dedups = job.dedups()
     keys = KeyFiles(job, part, dedups)
     options = job.options
-    counts = {"documents": 0, "empty_documents": 0, "bad_lines": 0, "pending": 0}
+    counts = {"documents": 0, "empty_documents": 0, "bad_lines": 0, "pending": 0, "lines": 0, "changed": 0}
     reader = InputReader(
         split_inputs(list(job.paths), job.parts)[part],
         options.skip_bad_lines,
@@ -108,8 +121,7 @@ def signatures_task(job: StagedFilter, part: int) -> dict:
     )
     lines_path, numbers_path = job.pending(part)
     lines_path.parent.mkdir(parents=True, exist_ok=True)
-    position = 0
-    with open(lines_path, "wb") as pending, open(numbers_path, "wb") as numbers:
+    with open(os.devnull if job.keep_lists else lines_path, "wb") as pending, open(numbers_path, "wb") as numbers:
         for batch in reader.batches():
             result = filter_lines(head, batch.lines, batch.first_line, batch.path.name, options)
             counts["bad_lines"] += len(batch.bad_lines(result.bad, options.skip_bad_lines))
@@ -117,20 +129,20 @@ def signatures_task(job: StagedFilter, part: int) -> dict:
             counts["documents"] += result.documents
             stats = [FilterStats(f.name) for f in filters]  # run_filters counts into them; a staged run reports none
             kept = []
-            for _, text, size, line in result.kept:
-                document = part << PART_SHIFT | position
-                position += 1
+            for number, text, size, line in result.kept:
+                document = part << PART_SHIFT | counts["lines"] + number - batch.first_line
                 survived = _pass_tail(filters, len(head), text, size, stats, keys, document, options)
                 if survived is None:
                     continue
-                if survived != text:
+                if survived != text and not job.keep_lists:
                     line = dump_line(json.loads(line), options.text_key, survived)
                 pending.write(line + b"\n")
                 kept.append(document)
             numbers.write(np.array(kept, dtype="<u8").tobytes())
             counts["pending"] += len(kept)
+            counts["lines"] += len(batch.lines)
+            counts["changed"] += sum(s.changed for s in [*result.stats, *stats])
     keys.close()
-    _write_counts(job, f"signatures-{part:05d}", counts)
     return counts
 
 
@@ -189,9 +201,10 @@ class KeyFiles:
             self.flush(at)
 
 
-def bucket_task(job: StagedFilter, dedup: int, bucket: int) -> int:
+def bucket_task(job: StagedFilter, dedup: int, bucket: int) -> dict:
     """Stage 2 for one bucket of one dedup filter: the rows (key, document, value) of the keys that more than one
-    document has, one file per part of the documents, sorted by document; returns how many."""
+    document has, one file per part of the documents, sorted by document; and the edges between them (pairs of
+    documents with an equal key, consecutive in key order) for the components task; returns how many ("shared")."""
     tables = [np.fromfile(job.keys_file(dedup, bucket, part), dtype="<u8") for part in range(job.parts)]
     table = np.concatenate(tables).reshape(-1, 3)
     table = table[np.lexsort((table[:, 1], table[:, 0]))]
@@ -201,147 +214,41 @@ def bucket_task(job: StagedFilter, dedup: int, bucket: int) -> int:
         shared[1:] |= same
         shared[:-1] |= same
     table = table[shared]
+    linked = np.flatnonzero(table[1:, 0] == table[:-1, 0]) if len(table) else np.empty(0, int)
+    edges = np.stack([table[linked, 1], table[linked + 1, 1]], axis=1)
+    job.edges_file(dedup, bucket).parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(job.edges_file(dedup, bucket), edges.astype("<u8").tobytes())
     table = table[np.argsort(table[:, 1], kind="stable")]
     parts = table[:, 1] >> np.uint64(PART_SHIFT)
     for part in range(job.parts):
         path = job.groups_file(dedup, bucket, part)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, table[parts == part].astype("<u8").tobytes())
-    return len(table)
+    return {"shared": len(table)}
 
 
-def decisions_task(job: StagedFilter) -> dict[int, int]:
-    """Stage 3: replay each dedup filter's rule, in pipeline order, over the documents that share a key, a part at
-    a time in input order, with the filter's own index (KeyIndex: within its max_index_mb, spilling to its
-    spill_dir); append each part's drops to its drop list. Returns the documents each dedup filter dropped."""
-    filters = job.pipeline().filters
-    for part in range(job.parts):
-        job.drops_file(part).parent.mkdir(parents=True, exist_ok=True)
-        job.drops_file(part).write_bytes(b"")
-    counts = {}
-    for at in job.dedups():
-        dedup = filters[at]
-        assert isinstance(dedup, (ExactDedup, MinHashDedup))
-        counts[at] = sum(_decide_part(job, at, dedup, part) for part in range(job.parts))
-        dedup.close()
-    _write_counts(job, "decisions", {str(at): n for at, n in counts.items()})
-    return counts
-
-
-def _decide_part(job: StagedFilter, at: int, dedup: ExactDedup | MinHashDedup, part: int) -> int:
-    """The decisions of dedup filter `at` on part `part`'s documents that share a key, given its index of the keys
-    of the documents it kept in the parts before; returns how many it dropped."""
-    table = np.concatenate([np.fromfile(job.groups_file(at, b, part), dtype="<u8") for b in range(job.buckets)])
-    table = table.reshape(-1, 3)
-    table = table[np.argsort(table[:, 1], kind="stable")]
-    earlier = set(np.fromfile(job.drops_file(part), dtype="<u8").tolist())  # dropped by an earlier dedup filter
-    index, exact, dropped = dedup.index, isinstance(dedup, ExactDedup), []
-    documents = table[:, 1]
-    starts = np.flatnonzero(np.r_[True, documents[1:] != documents[:-1]]) if len(table) else np.empty(0, int)
-    for start, end in zip(starts.tolist(), [*starts[1:].tolist(), len(table)]):
-        document = int(documents[start])
-        if document in earlier:
-            continue
-        keys, values = table[start:end, 0], table[start:end, 2 if exact else 1]
-        found = index.get(keys)
-        if exact and found[0] == MISSING or not exact and (found == MISSING).all():
-            index.add(keys, values)
-        elif not exact or found[0] == values[0]:
-            dropped.append(document)
-    with open(job.drops_file(part), "ab") as f:
-        f.write(np.array(dropped, dtype="<u8").tobytes())
-    return len(dropped)
-
-
-def write_task(job: StagedFilter, part: int) -> int:
-    """Stage 4 for one part: its pending lines less its drop list, into OUT/part-NNNNN.jsonl; returns lines kept."""
+def write_task(job: StagedFilter, part: int) -> dict:
+    """Stage 4 for one part: its pending lines less its drop list, into OUT/part-NNNNN.jsonl, or the numbers of the
+    lines it keeps into its keep list; returns how many it kept ("kept")."""
     lines_path, numbers_path = job.pending(part)
     numbers = np.fromfile(numbers_path, dtype="<u8")
-    keep = ~np.isin(numbers, np.fromfile(job.drops_file(part), dtype="<u8"))
+    bounds = np.array([part << PART_SHIFT, (part + 1) << PART_SHIFT], dtype=np.uint64)
+    drops = []
+    for task in range(job.decision_tasks):
+        dropped = np.fromfile(job.drops_file(task), dtype="<u8")
+        drops.append(dropped[slice(*np.searchsorted(dropped, bounds))])
+    keep = ~np.isin(numbers, np.concatenate(drops))
+    if job.keep_lists:
+        kept_lines = numbers[keep] & np.uint64((1 << PART_SHIFT) - 1)
+        path = keep_list_path(job.output, part)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, kept_lines.astype("<u8").tobytes())
+        return {"kept": int(keep.sum())}
     with open(lines_path, "rb") as lines, OutputFile(job.part_output(part), enabled=True) as sink:
         for line, kept in zip(lines, keep.tolist()):
             if kept:
                 sink.write(line.rstrip(b"\n"))
-    _write_counts(job, f"write-{part:05d}", {"kept": int(keep.sum())})
-    return int(keep.sum())
-
-
-def _write_counts(job: StagedFilter, name: str, counts: dict) -> None:
-    """A task's counts, for `finish` to sum into the report whichever machine ran the task."""
-    path = job.work / "counts" / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(counts).encode())
-
-
-def _read_counts(job: StagedFilter, name: str) -> dict:
-    return json.loads((job.work / "counts" / f"{name}.json").read_bytes())
-
-
-@dataclass
-class StagedReport:
-    """What a staged filter run did: documents read, kept, and dropped by each dedup filter."""
-
-    output: Path
-    parts: int
-    documents: int = 0
-    empty_documents: int = 0
-    bad_lines: int = 0
-    kept: int = 0
-    deduplicated: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {**self.__dict__, "output": str(self.output)}
-
-    def summary(self) -> str:
-        drops = ", ".join(f"{name} dropped {n:,}" for name, n in self.deduplicated.items()) or "no dedup"
-        return (
-            f"filtered into {self.output}/part-*.jsonl ({self.parts} parts)\n  {self.documents:,} documents, "
-            f"kept {self.kept:,}; {drops}"
-        )
-
-
-def stage_tasks(job: StagedFilter, stage: str) -> int:
-    """How many tasks `stage` has: one per part, per dedup filter and bucket, or one."""
-    if stage in ("signatures", "write"):
-        return job.parts
-    if stage == "buckets":
-        return len(job.dedups()) * job.buckets
-    if stage in ("decisions", "finish"):
-        return 1
-    raise FilterError(f"unknown stage {stage!r}; the stages are {', '.join(STAGES)}")
-
-
-def run_task(job: StagedFilter, stage: str, task: int) -> None:
-    """Task `task` of `stage` (from 0 to stage_tasks - 1), as `kogitune filter --stage STAGE --task I/N` runs it.
-    Running a task again redoes it whole and gives the same files."""
-    count = stage_tasks(job, stage)
-    if not 0 <= task < count:
-        raise FilterError(f"stage {stage} has {count} tasks here; task {task} is not one of them")
-    if stage == "signatures":
-        signatures_task(job, task)
-    elif stage == "buckets":
-        bucket_task(job, job.dedups()[task // job.buckets], task % job.buckets)
-    elif stage == "decisions":
-        decisions_task(job)
-    elif stage == "write":
-        write_task(job, task)
-    else:
-        finish(job)
-
-
-def finish(job: StagedFilter) -> StagedReport:
-    """The last step: sum the tasks' counts into OUT/report.json, and remove the scratch files."""
-    filters = job.pipeline().filters
-    report = StagedReport(job.output, job.parts)
-    for part in range(job.parts):
-        counts = _read_counts(job, f"signatures-{part:05d}")
-        for key in ("documents", "empty_documents", "bad_lines"):
-            setattr(report, key, getattr(report, key) + counts[key])
-        report.kept += _read_counts(job, f"write-{part:05d}")["kept"]
-    report.deduplicated = {filters[int(at)].name: n for at, n in _read_counts(job, "decisions").items()}
-    write_atomic(job.output / "report.json", json.dumps(report.to_dict(), indent=1).encode() + b"\n")
-    shutil.rmtree(job.work, ignore_errors=True)
-    return report
+    return {"kept": int(keep.sum())}
 
 
 def staged_job(
@@ -351,9 +258,12 @@ def staged_job(
     parts: int,
     buckets: int | None = None,
     options: FilterOptions | None = None,
+    keep_lists: bool = False,
+    decision_tasks: int | None = None,
 ) -> StagedFilter:
     """The job of filtering `files` in `parts` parts into the directory `output`, dedup keys in `buckets` buckets
-    (default: as many as parts); checks the pipeline and the split once, here, rather than in every task."""
+    and decided by `decision_tasks` tasks (both by default as many as parts); checks the pipeline and the split
+    once, here, rather than in every task."""
     pipeline = config if isinstance(config, Pipeline) else Pipeline.from_config(config)
     job = StagedFilter(
         tuple(expand_inputs(list(files))),
@@ -362,31 +272,11 @@ def staged_job(
         pipeline.to_config(),
         Path(output),
         options or FilterOptions(),
+        keep_lists,
+        decision_tasks or parts,
     )
-    if job.buckets < 1:
-        raise FilterError(f"buckets must be 1 or more, got {job.buckets}")
+    if job.buckets < 1 or job.decision_tasks < 1:
+        raise FilterError(f"buckets and decision tasks must be 1 or more, got {job.buckets}, {job.decision_tasks}")
     job.pipeline()  # refuses a stateful filter other than the dedup filters
     split_inputs(list(job.paths), parts)  # and inputs that cannot make `parts` parts
     return job
-
-
-def filter_in_stages(
-    files: list[str | os.PathLike],
-    output: str | os.PathLike,
-    config: dict | str | os.PathLike | Pipeline,
-    parts: int,
-    buckets: int | None = None,
-    options: FilterOptions | None = None,
-    executor: str = "local",
-    address: str | None = None,
-) -> StagedReport:
-    """Filter `files` in `parts` parts into the directory `output` (part-00000.jsonl, ...; report.json), running
-    each stage's tasks on `executor` ("local" processes or "ray", at `address`), one stage after the other."""
-    from ..write.executors import run_tasks
-
-    job = staged_job(files, output, config, parts, buckets, options)
-    for stage in STAGES:
-        tasks = [(job, stage, task) for task in range(stage_tasks(job, stage))]
-        if tasks:
-            run_tasks(run_task, tasks, executor, address)
-    return finish(job)

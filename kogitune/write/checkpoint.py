@@ -46,8 +46,17 @@ def job_description(spans: list[Span], tok: Tokenizer, options: StoreOptions, ba
         "perturb": repr(options.perturb),
         "batch_bytes": batch_bytes,
         "max_document_bytes": options.max_document_bytes,
+        "keep_lists": _keep_lists_digest(options.keep_lists),
         "inputs": inputs,
     }
+
+
+def _keep_lists_digest(directory: str | None) -> str | None:
+    if directory is None:
+        return None
+    from ..filters.keep import KeepLists
+
+    return KeepLists.open(directory).digest
 
 
 def usable_checkpoint(

@@ -128,6 +128,8 @@ class Batch:
     """What a line is in the input: a "line" of JSONL, a "row" of a table."""
     origin: str = ""
     """Where line numbers count from when the input is part of a file (Span.origin)."""
+    dropped: int = 0
+    """Lines that a staged filter's keep list does not keep, blanked in `lines` (kogitune.filters.keep)."""
 
     def bad_lines(self, parsed: list[tuple[int, str]], skip: bool) -> list[tuple[int, str]]:
         """All bad lines of the batch, in order: those found `parsed` and those too long to read. Raises

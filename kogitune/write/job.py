@@ -81,6 +81,9 @@ class StoreOptions:
     """A stateless filter pipeline config (kogitune/filters) run on each text before it is tokenized."""
     max_document_bytes: int = MAX_DOCUMENT_BYTES
     """A longer input line is a bad line (an error, or skipped and counted with skip_bad_lines)."""
+    keep_lists: str | None = None
+    """The directory of a staged filter's keep lists (`kogitune filter --parts N --keep-lists -o DIR`): only the
+    lines they keep are stored, their texts as that filter left them (kogitune.filters.keep)."""
 
     def __post_init__(self) -> None:
         """Refuse options that would make a tensor its readers refuse (limits of protocol/manifest.py)."""
@@ -167,7 +170,7 @@ def store(
     `output`: by default <tokenizer short id>/<name of the first input>; an existing tensor there is kept (the
     report says `already_stored`) unless `overwrite=True`.
     `settings` are StoreOptions fields (block_size, text_key, shard_size, piece_size, workers, skip_bad_lines,
-    overwrite, perturb, filters, max_document_bytes), applied over `options`; as keywords, `filters` may also be a
+    overwrite, perturb, filters, max_document_bytes, keep_lists), applied over `options`; as keywords, `filters` may also be a
     config file (JSON or YAML) and `perturb` a spec string ("krr=3.0"), as on the command line.
     Raises KogituneError subclasses (BadInputError, TokenizerError, DiskFullError, ...). With worker processes
     (the default with filters), call it under `if __name__ == "__main__":` in a script.
@@ -178,7 +181,24 @@ def store(
         stateless_pipeline(options.filters)
     tok = load_tokenizer(tokenizer)
     out = Path(output) if output is not None else default_output(tok, paths[0])
-    return store_spans([Span(path) for path in paths], tok, out, options, progress)
+    options, kept = with_keep_lists(options, paths)
+    return store_spans([Span(path) for path in paths], tok, out, options, progress, kept=kept)
+
+
+def with_keep_lists(options: StoreOptions, paths: list[Path], part: tuple[int, int] | None = None):
+    """(the options with the keep lists' own filters, the KeptLines that walks the inputs' lines) for a store of
+    `paths` (whole, or part (I, N)) with `options.keep_lists`; (options, None) without."""
+    if options.keep_lists is None:
+        return options, None
+    from ..filters.keep import KeepLists
+    from .parts import split_digest, split_inputs
+
+    if options.filters is not None:
+        raise KogituneError("--keep-lists runs the filters of the run that made them; drop --filters")
+    lists = KeepLists.open(options.keep_lists)
+    split = split_digest(split_inputs(paths, part[1] if part else len(lists.parts)))
+    kept = lists.lines(split, options.text_key, part)
+    return dataclasses.replace(options, filters=lists.stateless_filters()), kept
 
 
 def store_spans(
@@ -188,9 +208,10 @@ def store_spans(
     options: StoreOptions,
     progress: bool = True,
     provenance: dict | None = None,
+    kept=None,
 ) -> StoreReport:
     """`store` of these spans of input files (kogitune.write.parts stores a part of its inputs so), with the
-    `provenance` entries given added to the manifest's."""
+    `provenance` entries given added to the manifest's; only the lines that `kept` (KeptLines) keeps, if given."""
     with exclusive_lock(store_lock_path(out), f"storing into {out}"):
         _settle_replace(out)
         if (out / MANIFEST_FILE).exists() and not options.overwrite:
@@ -208,7 +229,7 @@ def store_spans(
             for leftover in [*partial.glob(".*.tmp"), *partial.glob("shards/.*.tmp")]:
                 leftover.unlink()  # an atomic write the interruption cut short
         try:
-            report = _write_tensor(spans, tok, partial, options, progress, checkpoint, provenance or {})
+            report = _write_tensor(spans, tok, partial, options, progress, checkpoint, provenance or {}, kept)
             _replace_dir(partial, out)
         except KogituneError:
             shutil.rmtree(partial, ignore_errors=True)  # bad input: only other inputs can go on from here
@@ -290,6 +311,7 @@ def _write_tensor(
     progress: bool,
     checkpoint: dict | None,
     extra_provenance: dict,
+    kept=None,
 ) -> StoreReport:
     from tqdm import tqdm
 
@@ -309,7 +331,7 @@ def _write_tensor(
                 file=sys.stderr,
             )
     next_checkpoint, job = time.monotonic() + CHECKPOINT_SECONDS, None
-    batches = itertools.islice(reader.batches(), done, None)
+    batches = itertools.islice(kept.apply(reader.batches()) if kept else reader.batches(), done, None)
     with (
         tqdm(
             total=sum(span.bytes() for span in spans),
@@ -328,7 +350,7 @@ def _write_tensor(
             bad = batch.bad_lines(bad, options.skip_bad_lines)
             report.bad_lines += len(bad)
             report.empty_documents += empty
-            report.filtered_documents += filtered
+            report.filtered_documents += filtered + batch.dropped
             report.text_bytes += text_bytes
             tokens, lengths = np.frombuffer(tokens, dtype=dtype), np.frombuffer(lengths, dtype=np.int64)
             if perturber:
@@ -357,6 +379,9 @@ def _write_tensor(
         provenance["perturb"] = perturber.provenance()
     if options.filters is not None:
         provenance["filters"] = stateless_pipeline(options.filters).to_provenance()
+    if kept is not None:
+        provenance["keep_lists"] = kept.lists.provenance()
+    if options.filters is not None or kept is not None:
         provenance["skipped"]["filtered_documents"] = report.filtered_documents
     manifest = Manifest(
         tokenizer=TokenizerInfo(tok.name, tok.short_id, tok.fingerprint, tok.vocab_size, tok.eos_id),

@@ -31,7 +31,7 @@ from ..tensor import DataTensor
 from ..tokenizer import DEFAULT_TOKENIZER, Tokenizer, load_tokenizer
 from .checkpoint import CHECKPOINT_FILE
 from .inputs import Span, expand_inputs, splits_by_bytes
-from .job import StoreOptions, StoreReport, options_with, store_spans
+from .job import StoreOptions, StoreReport, options_with, store_spans, with_keep_lists
 from .tables import is_parquet, parquet_row_groups
 
 FIND_LINE_CHUNK = 64 << 10
@@ -143,7 +143,9 @@ def store_part(
     paths = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))
     split = split_inputs(paths, parts)
     part = {"index": index, "of": parts, "split": split_digest(split)}
-    return store_spans(split[index], load_tokenizer(tokenizer), Path(output), options, progress, {"part": part})
+    options, kept = with_keep_lists(options, paths, task)
+    tok = load_tokenizer(tokenizer)
+    return store_spans(split[index], tok, Path(output), options, progress, {"part": part}, kept)
 
 
 @dataclass

@@ -1,0 +1,405 @@
+"""The data port: a node is also a web seed for its PUBLIC datasets, over plain HTTP/1.1 (trio + h11).
+
+The port serves each dataset in the very layout of a web mirror (docs/protocol.md#the-data-port), so that a
+dataset's mirror base URL on a node is `http://<node IP>:<data port>/<dataset ID>`:
+
+    GET|HEAD /<ID>/manifest.json        the manifest, only if it hashes to the ID
+    GET|HEAD /<ID>/signature            the publisher's public key and signature (96 bytes)
+    GET|HEAD /<ID>/shards/<name>.tokens|.pieces|.docs   with `Range: bytes=A-` or `A-B` (206) or whole (200)
+
+It sends exactly what the libp2p data server (node/server.py) would send to an anonymous peer, and through the
+same checks (node/integrity.py's StoreGuard and the server's manifest cache): a public dataset's files that passed
+their check and have not changed since, each 1 MiB read compared with its check before it leaves. A private
+dataset (one with an allow-list), a collection, an ID not held, a withheld file, any path not spelled exactly as
+above (no decoding of `%`, no `..`, no query) all get the same 404. There are no directory listings.
+
+File bodies are read with `pread` into one reused buffer and sent from it (no other copy). `sendfile` would save
+the copy, but it sends bytes before they can be compared with their check (integrity.py's rule: a chunk leaves only
+after the file is seen unchanged since it was read), and reading is not what limits this server.
+
+Limits, the data server's values (ServerLimits and kogitune.settings): at most `connections_per_ip` connections
+from one IP (host.ip_key) and `connections_total` in all, shared fairly between IPs when full (host.FairSlots); a
+connection from an IP at its cap takes the place of that IP's oldest connection that is waiting for a request
+head, if any, else it is closed at once; a request head must arrive whole within `head_timeout` (from the accept,
+or from the end of the previous answer on a kept-alive connection) and fit `max_head_bytes`; each 1 MiB write
+must leave within `write_timeout` (a reader slower than 32 KiB/s is cut); a connection serves at most
+`requests_per_connection` requests. So a slowloris holds a slot for one head timeout and never an honest
+fetcher's place.
+
+`serve_requests` serves the requests of one trio Stream, so a TLS-wrapped stream can be served by the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from http import HTTPStatus
+
+import h11
+import trio
+
+from kogitune.errors import NodeError
+from kogitune.layout import MANIFEST_FILE, SIGNATURE_FILE
+from kogitune.protocol.ids import is_dataset_id
+from kogitune.protocol.signing import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
+from kogitune.settings import DEFAULT_LISTEN, settings
+
+from .host import FairSlots, ip_key
+from .integrity import open_served
+from .server import CHUNK, WRITE_TIMEOUT_SECONDS, DataServer
+
+log = logging.getLogger(__name__)
+NOT_FOUND_BODY = b"not found\n"
+"""The body of every 404: a private dataset, a dataset not held and a path that means nothing look the same."""
+RANGE_RE = re.compile(r"bytes=([0-9]{1,18})-([0-9]{0,18})")
+"""The one form of Range served: a single span from a byte, to another or to the end. Any other Range header is
+ignored (RFC 9110: the whole file, 200)."""
+SIGNATURE_FILE_BYTES = PUBLIC_KEY_BYTES + SIGNATURE_BYTES
+
+
+def data_listen_address(flag: str | None, listen: list[str]) -> tuple[str, int] | None:
+    """Where the data port listens: `--data-listen HOST:PORT` (or `PORT`) when given, None for `off`; by default
+    the host of the first libp2p listen address and the setting data_port (0: any free port); None when the
+    setting data_port_on is 0."""
+    if flag is not None:
+        if flag.strip().lower() == "off":
+            return None
+        host, _, port = flag.rpartition(":")
+        number = int(port) if port.isdigit() else -1
+        if not 0 <= number < 65536:
+            raise NodeError(f"--data-listen {flag!r} is not HOST:PORT, PORT or off (port 0: any free port)")
+        return host.strip("[]") or _listen_host(listen), number
+    if not settings().data_port_on:
+        return None
+    setting = settings().data_port
+    if setting >= 65536:
+        raise NodeError(f"the setting data_port is {setting}; a port is below 65536")
+    return _listen_host(listen), setting
+
+
+def _listen_host(listen: list[str]) -> str:
+    """The IP of the first libp2p listen multiaddr (/ip4/HOST/tcp/... or /ip6/HOST/tcp/...)."""
+    parts = (listen or [DEFAULT_LISTEN])[0].split("/")
+    return parts[2] if len(parts) > 2 and parts[1] in ("ip4", "ip6") else "0.0.0.0"
+
+
+@dataclass(frozen=True)
+class DataPortLimits:
+    """What one client of the data port may hold; the values are the libp2p data server's (ServerLimits)."""
+
+    head_timeout: float = settings().server_request_timeout
+    """Seconds a connection has to deliver a whole request head, from its accept or from the end of the previous
+    answer."""
+    write_timeout: float = WRITE_TIMEOUT_SECONDS
+    """Seconds one write of CHUNK (1 MiB) may take to leave."""
+    max_head_bytes: int = 8192
+    """Bytes of a request head; a longer one is answered 431 and the connection closed."""
+    connections_per_ip: int = settings().server_streams_per_ip
+    """Connections from one IP served at once."""
+    connections_total: int = settings().server_streams_total
+    """Connections served at once, shared fairly between IPs when full."""
+    requests_per_connection: int = settings().data_port_requests_per_connection
+    """Requests one connection may make; the last answer says `Connection: close`."""
+
+
+@dataclass(eq=False)
+class _Connection:
+    """One connection being served: its cancel scope (ended if its slot goes to another) and whether it is waiting
+    for a request head (such a connection is the first to give its slot up)."""
+
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    idle: bool = True
+    since: float = field(default_factory=trio.current_time)
+
+
+@dataclass
+class DataPortStats:
+    """What the data port has done since the node started (node/metrics.py: transport="http")."""
+
+    served: Counter = field(default_factory=Counter)
+    """dataset ID -> bytes of its files sent (each chunk checked before it left)."""
+    requests: Counter = field(default_factory=Counter)
+    """Answers by status code."""
+    refused: Counter = field(default_factory=Counter)
+    """Connections closed by a limit or a broken request, by reason (busy, evicted, slow_head, bad_head,
+    slow_reader, aborted)."""
+
+    @property
+    def bytes_served(self) -> int:
+        return sum(self.served.values())
+
+
+class DataPort:
+    """Serves the public datasets of `server`'s store over HTTP, through `server`'s checks."""
+
+    def __init__(self, server: DataServer, limits: DataPortLimits | None = None) -> None:
+        self.server = server
+        self.limits = limits or DataPortLimits()
+        self.stats = DataPortStats()
+        self.port = 0
+        """The port listened on, once `serve` has started (what the node announces)."""
+        self._slots: FairSlots[_Connection] = FairSlots(self.limits.connections_total, self.limits.connections_per_ip)
+        self._files: dict[str, tuple] = {}
+
+    @property
+    def connections(self) -> int:
+        return len(self._slots)
+
+    async def serve(self, host: str, port: int, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Listen on host:port and serve until cancelled; started() with the (host, port) bound."""
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        bound = listeners[0].socket.getsockname()
+        self.port = bound[1]
+        log.info("data port on %s:%d", bound[0], bound[1])
+        async with trio.open_nursery() as nursery:
+            task_status.started((bound[0], bound[1]))
+            await trio.serve_listeners(self.handle_connection, listeners, handler_nursery=nursery)
+
+    async def handle_connection(self, stream: trio.SocketStream) -> None:
+        """Admit a TCP connection by its remote IP (the slots above), serve its requests, close it."""
+        try:
+            ip = ip_key(stream.socket.getpeername())
+        except OSError:  # gone already
+            await trio.aclose_forcefully(stream)
+            return
+        connection = _Connection()
+        if not self._admit(ip, connection):
+            self.stats.refused["busy"] += 1
+            await trio.aclose_forcefully(stream)
+            return
+        try:
+            with connection.scope:
+                await self.serve_requests(stream, connection)
+            if connection.scope.cancelled_caught:
+                self.stats.refused["evicted"] += 1
+        finally:
+            self._slots.release(ip, connection)
+            await trio.aclose_forcefully(stream)
+
+    def _admit(self, ip: str, connection: _Connection) -> bool:
+        """Take a slot for `connection`; at the IP's cap, in place of its oldest connection waiting for a head."""
+        if self._slots.count(ip) >= self.limits.connections_per_ip:
+            waiting = [held for held in self._slots.held.get(ip, []) if held.idle]
+            if not waiting:
+                return False
+            oldest = min(waiting, key=lambda held: held.since)
+            self._slots.release(ip, oldest)
+            oldest.scope.cancel()
+        admitted, evicted = self._slots.take(ip, connection, rank=lambda held: (not held.idle, held.since))
+        if evicted is not None:
+            evicted.scope.cancel()
+        return admitted
+
+    async def serve_requests(self, stream: trio.abc.Stream, connection: _Connection | None = None) -> None:
+        """Serve the requests of one connection (any trio Stream: TCP, or TLS over it) until it closes, breaks a
+        rule or has made requests_per_connection requests."""
+        connection = connection or _Connection()
+        http = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_head_bytes)
+        for served in range(1, self.limits.requests_per_connection + 1):
+            connection.idle, connection.since = True, trio.current_time()
+            try:
+                with trio.fail_after(self.limits.head_timeout):
+                    request = await self._read_request(stream, http)
+            except trio.TooSlowError:
+                self.stats.refused["slow_head"] += 1
+                return
+            except h11.RemoteProtocolError as exc:
+                self.stats.refused["bad_head"] += 1
+                status = exc.error_status_hint
+                await self._answer_error(stream, http, 431 if status == 431 else 400)
+                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if request is None:
+                return
+            connection.idle = False
+            last = served == self.limits.requests_per_connection
+            try:
+                await self._answer(stream, http, request, last)
+            except trio.TooSlowError:
+                self.stats.refused["slow_reader"] += 1
+                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
+                return
+            except Exception as exc:  # a file that changed or shrank while it was sent: cut, never a short answer
+                self.stats.refused["aborted"] += 1
+                log.debug("data port answer cut: %r", exc)
+                return
+            if http.our_state is not h11.DONE or http.their_state is not h11.DONE:
+                return
+            http.start_next_cycle()
+
+    async def _read_request(self, stream: trio.abc.Stream, http: h11.Connection) -> h11.Request | None:
+        """The next request, with no body (a GET or HEAD has none); None if the client closed first. A malformed
+        head, one longer than max_head_bytes, or a request with a body is an h11.RemoteProtocolError."""
+        received, request = 0, None
+        while True:
+            event = http.next_event()
+            if event is h11.NEED_DATA:
+                data = await stream.receive_some(4096)
+                received += len(data)
+                if received > self.limits.max_head_bytes:  # h11's own bound lets a head that arrives whole through
+                    raise h11.RemoteProtocolError("request head too long", error_status_hint=431)
+                http.receive_data(data)
+            elif isinstance(event, h11.Request):
+                request = event
+            elif isinstance(event, h11.EndOfMessage):
+                return request
+            elif isinstance(event, h11.Data):
+                raise h11.RemoteProtocolError("a request with a body", error_status_hint=400)
+            else:  # ConnectionClosed
+                return None
+
+    async def _answer(self, stream: trio.abc.Stream, http: h11.Connection, request: h11.Request, last: bool) -> None:
+        head = request.method == b"HEAD"
+        if request.method not in (b"GET", b"HEAD"):
+            await self._send_small(stream, http, 405, b"only GET and HEAD\n", head, last, [("allow", "GET, HEAD")])
+            return
+        found = await self._open(request.target)
+        if found is None:
+            await self._send_small(stream, http, 404, NOT_FOUND_BODY, head, last)
+            return
+        dataset_id, content, opened, path, directory = found
+        if content is not None:
+            size = len(content)
+        else:
+            size = os.fstat(opened[0]).st_size
+        try:
+            span = _range(request, size)
+            if span is None:
+                await self._send_small(
+                    stream, http, 416, b"range not satisfiable\n", head, last, [("content-range", f"bytes */{size}")]
+                )
+                return
+            start, end, partial = span
+            fields = [("content-type", "application/octet-stream"), ("accept-ranges", "bytes")]
+            fields.append(("cache-control", "public, max-age=31536000, immutable"))  # content-addressed
+            if partial:
+                fields.append(("content-range", f"bytes {start}-{end - 1}/{size}"))
+            await self._send_head(stream, http, 206 if partial else 200, end - start, fields, last)
+            if head:
+                pass
+            elif content is not None:
+                await self._send_body(stream, http, memoryview(content)[start:end])
+                self.stats.served[dataset_id] += end - start
+            else:
+                await self._send_file(stream, http, dataset_id, opened, directory, path, start, end)
+            await self._send_all(stream, http.send(h11.EndOfMessage()))
+        finally:
+            if opened is not None:
+                os.close(opened[0])
+
+    async def _open(self, target: bytes):
+        """(dataset ID, bytes of a small file or None, (fd, stat signature) of a file or None, its path, the dataset
+        directory) of what `target` names, or None for anything this port does not serve."""
+        parts = target.split(b"/")
+        if len(parts) < 3 or parts[0] != b"" or not all(parts[1:]):
+            return None
+        try:
+            dataset_id, path = parts[1].decode("ascii"), b"/".join(parts[2:]).decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        if not is_dataset_id(dataset_id):
+            return None
+        directory = self.server.store.dataset_dir(dataset_id)
+        loaded = self.server.checked_manifest(dataset_id, directory)
+        if loaded is None or loaded[0].access is not None:  # not held, withheld, or private: the same 404
+            return None
+        manifest, manifest_bytes = loaded
+        if path == MANIFEST_FILE:
+            return dataset_id, manifest_bytes, None, path, directory
+        if path == SIGNATURE_FILE:
+            fd = open_served(directory / SIGNATURE_FILE)
+            if fd is None:
+                return None
+            with open(fd, "rb") as f:
+                signature = f.read(SIGNATURE_FILE_BYTES + 1)
+            return (dataset_id, signature, None, path, directory) if len(signature) == SIGNATURE_FILE_BYTES else None
+        found = self._files_of(dataset_id, manifest).get(path)
+        if found is None:
+            return None
+        shard, kind = found
+        if kind == "tokens":
+            opened = self.server.guard.open_tokens(directory, manifest, shard)
+        else:
+            opened = await self.server.guard.open_small_file(directory, manifest, shard, kind)
+        return None if opened is None else (dataset_id, None, opened, path, directory)
+
+    def _files_of(self, dataset_id: str, manifest) -> dict:
+        """path in the dataset directory -> (shard, kind) of every shard file the manifest names (made once per
+        manifest: a request looks its path up, never joins it to a directory)."""
+        cached = self._files.get(dataset_id)
+        if cached is None or cached[0] is not manifest:
+            files = {}
+            for shard in manifest.shards:
+                files[shard.tokens_path] = (shard, "tokens")
+                files[shard.pieces_path] = (shard, "pieces")
+                files[shard.docs_path] = (shard, "docs")
+            cached = self._files[dataset_id] = (manifest, files)
+        return cached[1]
+
+    async def _send_file(
+        self, stream, http: h11.Connection, dataset_id: str, opened, directory, path: str, start: int, end: int
+    ) -> None:
+        """Bytes start..end of an open served file, CHUNK at a time, each checked unchanged before it leaves."""
+        fd, signature = opened
+        buffer = bytearray(min(CHUNK, end - start))
+        while start < end:
+            view = memoryview(buffer)[: min(CHUNK, end - start)]
+            count = os.preadv(fd, [view], start)
+            self.server.guard.check_unchanged(fd, signature, directory, path)
+            if not count:
+                raise OSError(f"{path} is shorter than the manifest says")
+            await self._send_body(stream, http, view[:count])
+            start += count
+            self.stats.served[dataset_id] += count
+
+    async def _send_body(self, stream, http: h11.Connection, data: memoryview) -> None:
+        framed = http.send_with_data_passthrough(h11.Data(data=data))  # type: ignore[arg-type]  # any buffer
+        for piece in framed or ():  # the body's bytes themselves, never copied (Content-Length framing)
+            await self._send_all(stream, piece)
+
+    async def _send_head(self, stream, http: h11.Connection, status: int, length: int, fields: list, last: bool):
+        self.stats.requests[status] += 1
+        headers = [*fields, ("content-length", str(length)), *([("connection", "close")] if last else [])]
+        response = h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase)
+        await self._send_all(stream, http.send(response))
+
+    async def _send_small(self, stream, http, status: int, body: bytes, head: bool, last: bool, fields=()) -> None:
+        await self._send_head(stream, http, status, len(body), [("content-type", "text/plain"), *fields], last)
+        await self._send_all(stream, b"".join(http.send(event) or b"" for event in _body_events(body, head)))
+
+    async def _answer_error(self, stream, http: h11.Connection, status: int) -> None:
+        """Answer a broken request and close (the rest of what the client sends is not read)."""
+        try:
+            with trio.move_on_after(self.limits.write_timeout):
+                await self._send_small(stream, http, status, f"{HTTPStatus(status).phrase}\n".encode(), False, True)
+        except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async def _send_all(self, stream, data) -> None:
+        """Send `data` (at most CHUNK and its framing) within write_timeout."""
+        if data:
+            with trio.fail_after(self.limits.write_timeout):
+                await stream.send_all(data)
+
+
+def _body_events(body: bytes, head: bool) -> list:
+    return [*([h11.Data(data=body)] if body and not head else []), h11.EndOfMessage()]
+
+
+def _range(request: h11.Request, size: int) -> tuple[int, int, bool] | None:
+    """(first byte, end, partial) of the answer to `request` for a file of `size` bytes; None if its Range cannot
+    be satisfied (416). A Range of another form than RANGE_RE is ignored: the whole file."""
+    header = next((value for name, value in request.headers if name == b"range"), None)
+    match = RANGE_RE.fullmatch(header.decode("latin-1")) if header is not None else None
+    if match is None:
+        return 0, size, False
+    start = int(match.group(1))
+    end = min(int(match.group(2)) + 1, size) if match.group(2) else size
+    if start >= size or end <= start:
+        return None
+    return start, end, True

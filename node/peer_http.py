@@ -1,0 +1,61 @@
+"""A peer's data port as a source: the HTTP side of a peer that serves a dataset (node/dataport.py).
+
+A provider's have answer may name a data port (wire.HaveResponse.data_port). The fetcher then reads the dataset
+from `http://<the IP it reaches the peer on>:<that port>/<dataset ID>`, a web-mirror base URL, with the same
+HttpSource and the same checks as a mirror. The host is never one the peer names (the IP is the remote address of
+the libp2p stream that carried the answer) and redirects are not followed, so an announcement cannot send a
+fetcher anywhere but to that peer's address. The source is tied to the peer's identity: a wrong piece from it bans
+the peer's libp2p source too, and the other way round (SourcePool.ban); it is `preferred` (HTTP is faster than
+Noise + Yamux): once it has delivered verified bytes, the libp2p source stands by while it works
+(SourcePool.usable), so a data port that a firewall hides costs nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from kogitune.errors import SourceError
+
+from .peers import PeerSource, fetch_data_port
+from .pool import SourcePool
+from .sources import HttpSource
+
+log = logging.getLogger(__name__)
+
+
+class PeerHttpSource(HttpSource):
+    """The data port of one peer, for one dataset."""
+
+    preferred = True
+
+    def __init__(self, peer_id, ip: str, port: int, dataset_id: str, read_timeout: float) -> None:
+        host = f"[{ip}]" if ":" in ip else ip
+        super().__init__(f"http://{host}:{port}/{dataset_id}", read_timeout, redirects=0)
+        self.identity = str(peer_id)
+        self.peer: PeerSource | None = None
+        """The peer's libp2p source in the pool: the data port holds what its have-map says (node/havemaps.py)."""
+
+    def holds(self, index: int) -> bool:
+        return self.peer is None or self.peer.holds(index)
+
+
+async def join_data_port(pool: SourcePool, host, peer_id, dataset_id: str, read_timeout: float) -> None:
+    """Ask `peer_id` for its data port for the dataset; if it names one, add it to `pool`. Never raises: the
+    peer's libp2p source serves the dataset whatever happens here."""
+    try:
+        found = await fetch_data_port(host, peer_id, dataset_id, read_timeout)
+    except SourceError as exc:
+        log.debug("no data port from %s: %s", peer_id, exc)
+        return
+    if found is not None:
+        source = PeerHttpSource(peer_id, *found, dataset_id, read_timeout)
+        source.peer = next(
+            (
+                h.source
+                for h in pool.health
+                if isinstance(h.source, PeerSource) and h.source.identity == source.identity
+            ),
+            None,
+        )
+        source.job_peer = source.peer is not None and source.peer.job_peer
+        pool.add(source)
