@@ -64,7 +64,7 @@ class Jobs:
     def peers(self, dataset_id: str) -> list[str]:
         """The job peers in the pool of `dataset_id` (peer IDs)."""
         opened = self.node.swarm.opened.get(dataset_id)
-        return [str(h.source.peer_id) for h in opened.pool.health if h.source.job_peer] if opened else []
+        return sorted({str(h.source.identity) for h in opened.pool.health if h.source.job_peer}) if opened else []
 
     async def _run(self, dataset_id: str, job: str, scope: trio.CancelScope) -> None:
         try:
