@@ -1,7 +1,7 @@
 """Origin egress per copy: how many copies of a dataset the publisher serves when H hosts of one job train on it.
 
-Network (separate processes on 127.0.0.1, each in its own home): an origin node publishes a tensor (the KJV in
-small shards); H host nodes (`kogitune node start`) bootstrap through it and join one job for the dataset (control
+Network (separate processes on 127.0.0.1, each in its own home): an origin node publishes a tensor (the KJV twice
+over, in 16 shards of 256 KiB); H host nodes (`kogitune node start`) bootstrap through it and join one job for the dataset (control
 op "job", what a trainer under torchrun sends). Epoch 1: host h fetches its 1/H share of the shards (contiguous
 spans of the shard order, as host-aware reading assigns them); all hosts at once, then a barrier. Epoch 2: the
 shards are reshuffled (seeded) and each host fetches its new share. A host fetches through its node's control op
@@ -12,7 +12,7 @@ kogitune_served_bytes_total) divided by the dataset's bytes (tokens, .pieces and
 after epoch 2, and the wall time. With `--no-job` the hosts join no job (no job peers, have-maps only), the
 baseline: every host's epoch-2 share comes from wherever the scheduler reads it.
 
-    python scripts/bench_swarm.py [--hosts 1 2 4 8] [--chapters 600] [--no-job]
+    python scripts/bench_swarm.py [--hosts 1 2 4 8] [--chapters 1189] [--times 2] [--no-job]
 """
 
 from __future__ import annotations
@@ -33,16 +33,19 @@ from kogitune.client import DaemonClient  # noqa: E402
 from kogitune.tensor import DataTensor  # noqa: E402
 
 
-def make_tensor(root: Path, chapters: int) -> Path:
+def make_tensor(root: Path, chapters: int, times: int) -> Path:
+    """The first `chapters` chapters of the KJV, `times` over, in shards of 256 KiB (4 pieces of 64 KiB)."""
     from kogitune.corpora import write_kjv_chapters
     from kogitune.write import StoreOptions, store
 
-    corpus = write_kjv_chapters(root / "kjv.jsonl", limit=chapters)
+    text = write_kjv_chapters(root / "kjv.jsonl", limit=chapters).read_text()
+    corpus = root / "corpus.jsonl"
+    corpus.write_text(text * times)
     store(
         [corpus],
         "gpt2",
         root / "kjv",
-        StoreOptions(block_size=64, piece_size=64 << 10, shard_size=128 << 10, workers=1),
+        StoreOptions(block_size=64, piece_size=64 << 10, shard_size=256 << 10, workers=1),
         progress=False,
     )
     return root / "kjv"
@@ -127,12 +130,13 @@ def run(root: Path, tensor: Path, hosts: int, job: bool) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hosts", type=int, nargs="+", default=[1, 2, 4, 8])
-    parser.add_argument("--chapters", type=int, default=600)
+    parser.add_argument("--chapters", type=int, default=1189)
+    parser.add_argument("--times", type=int, default=2, help="the chapters this many times over (more shards)")
     parser.add_argument("--no-job", action="store_true", help="the hosts join no job (the baseline)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        tensor = make_tensor(root, args.chapters)
+        tensor = make_tensor(root, args.chapters, args.times)
         print("hosts  shards  origin copies after epoch 1  after epoch 2  seconds")
         for hosts in args.hosts:
             result = run(root / f"h{hosts}", tensor, hosts, not args.no_job)
