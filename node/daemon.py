@@ -35,6 +35,7 @@ from .metrics import LOOKUP_BUCKETS, Timings
 from .providers import CONNECT_TIMEOUT, LOOKUP_DEADLINE, load_manifest
 from .server import DataServer
 from .swarm import OpenDataset, Swarm
+from .tlsdata import ServerTls
 
 if TYPE_CHECKING:  # libp2p loads when the node runs
     from libp2p.abc import IHost
@@ -119,6 +120,7 @@ class Node:
                     self.swarm = Swarm(self.store, self._this_node, nursery, self.config.read_timeout)
                     self.swarm.on_stored = self._stored
                     if self.config.server and self.config.data_listen is not None:
+                        self.dataport.tls = ServerTls(self.seed)
                         _, self.server.data_port = await nursery.start(self.dataport.serve, *self.config.data_listen)
                     await self.connect_bootstrap()
                     if self.config.bootstrap:

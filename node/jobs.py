@@ -101,8 +101,9 @@ class Jobs:
                 for health in opened.pool.health:  # its libp2p source, and its data port if it joined already
                     if health.source.identity == source.identity:
                         health.source.job_peer = True
+                seed = node.seed if opened.manifest.access is not None else None  # a private dataset: over TLS
                 node.nursery.start_soon(
-                    join_data_port, opened.pool, node.host, peer, dataset_id, node.config.read_timeout
+                    join_data_port, opened.pool, node.host, peer, dataset_id, node.config.read_timeout, seed
                 )
                 known.add(str(peer))
                 log.info("job peer %s joined the sources of %s", peer, dataset_id)

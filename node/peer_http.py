@@ -19,37 +19,44 @@ from kogitune.errors import SourceError
 from .peers import PeerSource, fetch_data_port
 from .pool import SourcePool
 from .sources import HttpSource
+from .tlsdata import PeerTls
 
 log = logging.getLogger(__name__)
 
 
 class PeerHttpSource(HttpSource):
-    """The data port of one peer, for one dataset."""
+    """The data port of one peer, for one dataset; with `seed` (this node's identity, for a private dataset) over
+    TLS to that very peer, each request signed (node/tlsdata.py)."""
 
     preferred = True
 
-    def __init__(self, peer_id, ip: str, port: int, dataset_id: str, read_timeout: float) -> None:
+    def __init__(
+        self, peer_id, ip: str, port: int, dataset_id: str, read_timeout: float, seed: bytes | None = None
+    ) -> None:
         host = f"[{ip}]" if ":" in ip else ip
-        super().__init__(f"http://{host}:{port}/{dataset_id}", read_timeout, redirects=0)
+        scheme, peer = ("http", None) if seed is None else ("https", PeerTls(str(peer_id), seed))
+        super().__init__(f"{scheme}://{host}:{port}/{dataset_id}", read_timeout, redirects=0, peer=peer)
         self.identity = str(peer_id)
-        self.peer: PeerSource | None = None
+        self.libp2p_source: PeerSource | None = None
         """The peer's libp2p source in the pool: the data port holds what its have-map says (node/havemaps.py)."""
 
     def holds(self, index: int) -> bool:
-        return self.peer is None or self.peer.holds(index)
+        return self.libp2p_source is None or self.libp2p_source.holds(index)
 
 
-async def join_data_port(pool: SourcePool, host, peer_id, dataset_id: str, read_timeout: float) -> None:
-    """Ask `peer_id` for its data port for the dataset; if it names one, add it to `pool`. Never raises: the
-    peer's libp2p source serves the dataset whatever happens here."""
+async def join_data_port(
+    pool: SourcePool, host, peer_id, dataset_id: str, read_timeout: float, seed: bytes | None = None
+) -> None:
+    """Ask `peer_id` for its data port for the dataset; if it names one, add it to `pool` (over TLS with `seed`, for
+    a private dataset). Never raises: the peer's libp2p source serves the dataset whatever happens here."""
     try:
         found = await fetch_data_port(host, peer_id, dataset_id, read_timeout)
     except SourceError as exc:
         log.debug("no data port from %s: %s", peer_id, exc)
         return
     if found is not None:
-        source = PeerHttpSource(peer_id, *found, dataset_id, read_timeout)
-        source.peer = next(
+        source = PeerHttpSource(peer_id, *found, dataset_id, read_timeout, seed)
+        source.libp2p_source = next(
             (
                 h.source
                 for h in pool.health
@@ -57,5 +64,5 @@ async def join_data_port(pool: SourcePool, host, peer_id, dataset_id: str, read_
             ),
             None,
         )
-        source.job_peer = source.peer is not None and source.peer.job_peer
+        source.job_peer = source.libp2p_source is not None and source.libp2p_source.job_peer
         pool.add(source)

@@ -206,7 +206,7 @@ class Swarm:
         directory = store_copy(self.store, dataset_id, copy)
         opened = OpenDataset(dataset_id, directory, copy.manifest, copy.publisher, pool, copy)
         if copy.peer is not None:
-            self._add_peer(opened.pool, await self._host(), copy.peer, dataset_id, copy.manifest)
+            self._add_peer(opened.pool, await self.network(optional=False), copy.peer, dataset_id, copy.manifest)
         return opened
 
     async def peek(self, dataset_id: str) -> ManifestCopy | CollectionCopy:
@@ -251,7 +251,7 @@ class Swarm:
             [PeerSource(network.host, peer, dataset_id, copy.manifest, self.read_timeout) for peer in sources]
         )
         for peer in sources:
-            self.nursery.start_soon(join_data_port, pool, network.host, peer, dataset_id, self.read_timeout)
+            self._join_data_port(pool, network, peer, dataset_id, copy.manifest)
         return OpenDataset(dataset_id, directory, copy.manifest, copy.publisher, pool, copy)
 
     async def _first_signed_manifest(self, network, dataset_id: str, peers: list, trusted, failed: dict[str, str]):
@@ -337,7 +337,7 @@ class Swarm:
                 providers = await network.find_providers(opened.dataset_id)
                 failed: dict[str, str] = {}
                 for peer in await connect_providers(network, providers, failed) if providers else []:
-                    self._add_peer(opened.pool, network.host, peer, opened.dataset_id, opened.manifest)
+                    self._add_peer(opened.pool, network, peer, opened.dataset_id, opened.manifest)
             except Exception as exc:  # the mirrors serve the dataset; peers are a bonus
                 log.info("looking for peers of %s failed: %s", opened.dataset_id, exc)
             finally:
@@ -346,10 +346,16 @@ class Swarm:
         opened.pool.search_started()
         self.nursery.start_soon(look)
 
-    def _add_peer(self, pool: SourcePool, host, peer, dataset_id: str, manifest: Manifest) -> None:
+    def _add_peer(self, pool: SourcePool, network, peer, dataset_id: str, manifest: Manifest) -> None:
         """A provider joins a dataset's pool: its libp2p source now, its data port when it names one."""
-        pool.add(PeerSource(host, peer, dataset_id, manifest, self.read_timeout))
-        self.nursery.start_soon(join_data_port, pool, host, peer, dataset_id, self.read_timeout)
+        pool.add(PeerSource(network.host, peer, dataset_id, manifest, self.read_timeout))
+        self._join_data_port(pool, network, peer, dataset_id, manifest)
+
+    def _join_data_port(self, pool: SourcePool, network, peer, dataset_id: str, manifest: Manifest) -> None:
+        """The provider's data port joins the pool when it names one: over TLS, signed with this node's identity,
+        for a private dataset (node/tlsdata.py)."""
+        seed = network.seed if manifest.access is not None else None
+        self.nursery.start_soon(join_data_port, pool, network.host, peer, dataset_id, self.read_timeout, seed)
 
     async def _host(self):
         return (await self.network(optional=False)).host
