@@ -22,9 +22,11 @@ from kogitune.write import StoreOptions, store
 BLOCK = 64
 HOSTS = 3
 MAX_ORIGIN_COPIES = 1.2
-HOST_ENV = {**ENV, "KOGITUNE_JOB_PEER_PATIENCE": "10"}
+HOST_ENV = {**ENV, "KOGITUNE_JOB_PEER_PATIENCE": "10", "KOGITUNE_HTTP_CONNECTIONS": "1"}
 """A job peer busy on a loaded 2-core machine can go 2 s (the default) without a verified piece; the origin must not
-join for that here (tests/test_job_peers.py tests the rule itself)."""
+join for that here (tests/test_job_peers.py tests the rule itself). One connection per data port: with the default
+2, the bytes in flight when a stream stops (over-fetch) are 0.2 copies of these small shards, which is the
+fetcher's cost, not the swarm's (docs/datasets.md)."""
 
 
 def rows(samples) -> Counter:
