@@ -60,10 +60,21 @@ class Settings:
         1024.0, "Bytes per second below which a source's stream counts as failed (0: off).", zero_ok=True
     )
     rate_window: float = _setting(10.0, "The window over which a stream must deliver min_rate.")
+    job_peer_patience: float = _setting(
+        2.0,
+        "While a peer of the training job holds a shard, the other sources join its fetch only after this many "
+        "seconds without a verified piece.",
+    )
     reprovide_interval: float = _setting(
         6 * 3600.0,
         "How often a node announces its datasets again (DHT records expire after 48 h).",
         flag="kogitune node start --reprovide-interval",
+    )
+    host_node: int = _setting(
+        1,
+        "Training processes of one host share a node daemon they start: 0 never (each runs its own embedded node), "
+        "1 under torchrun with more than one process per host (LOCAL_WORLD_SIZE > 1), 2 always.",
+        zero_ok=True,
     )
     # sizes and counts
     cache_limit: float = _setting(

@@ -170,8 +170,10 @@ async def _dispatch(node: Node, request: dict) -> dict:
         opened = await node.swarm.open(
             _dataset(request), _mirrors(request), frozenset(trusted) if trusted is not None else None
         )
-        parts = list(opened.parts) if isinstance(opened, OpenCollection) else None
-        return {"directory": str(opened.directory), "publisher": opened.publisher, "parts": parts}
+        reply: dict[str, object] = {"directory": str(opened.directory), "publisher": opened.publisher, "parts": None}
+        if isinstance(opened, OpenCollection):  # its mirrors: those kept (OpenCollection.mirrors)
+            reply.update(parts=list(opened.parts), mirrors=list(opened.mirrors))
+        return reply
     if op == "manifest":  # a look at a dataset: its signed manifest, from the store or its providers; no shard
         copy = await node.swarm.peek(_dataset(request))
         return {"manifest": copy.data.decode(), "publisher": copy.publisher}
@@ -184,6 +186,11 @@ async def _dispatch(node: Node, request: dict) -> dict:
         indexes = [int(index) for index in request.get("indexes", [])]
         node.nursery.start_soon(node.swarm.prefetch, _dataset(request), indexes, _mirrors(request))
         return {}
+    if op == "job":  # a trainer's job (kogitune.client.job_of_environment): find its other hosts' nodes
+        dataset_id, job = _dataset(request), request.get("job")
+        if not isinstance(job, str):
+            raise NodeError(f"job must be a string, not {type(job).__name__}")
+        return {"joined": node.jobs.join(dataset_id, job), "peers": node.jobs.peers(dataset_id)}
     if op == "progress":
         return {"bytes_verified": node.swarm.bytes_verified(_dataset(request))}
     if op == "providers":

@@ -76,6 +76,7 @@ class ShardFetch:
         self.directory = directory
         self.manifest = manifest
         self.shard = shard
+        self.index = next(i for i, s in enumerate(manifest.shards) if s.name == shard.name)
         self.pool = pool
         self.piece_size = manifest.piece_size
         self.board = PieceBoard(manifest.pieces_in(shard), STALE_CLAIM_SECONDS)
@@ -93,6 +94,7 @@ class ShardFetch:
         self._stall: trio.CancelScope | None = None
         self.sidecars = SidecarIndexes(pool, shard, self.piece_size)
         self._buffer_size = compress_bound(self.piece_size)  # a piece, or a frame of one
+        self._last_progress = 0.0
 
     @property
     def target(self) -> Path:
@@ -159,7 +161,7 @@ class ShardFetch:
 
         async def fetch(path: str, limit: int, problem) -> None:
             try:
-                files[path] = await fetch_small_file(self.pool, path, limit, problem, exact=True)
+                files[path] = await fetch_small_file(self.pool, path, limit, problem, True, self.index)
                 self._progressed()
             except FetchError as exc:
                 files[path] = exc
@@ -177,6 +179,7 @@ class ShardFetch:
     def _progressed(self) -> None:
         """A verified byte arrived: the shard has `stall_timeout` more seconds to make progress again."""
         assert self._stall is not None  # pieces arrive only inside the shard's stall scope
+        self._last_progress = trio.current_time()
         if self.pool.limits.stall_timeout > 0:
             self._stall.deadline = trio.current_time() + self.pool.limits.stall_timeout
 
@@ -269,12 +272,13 @@ class ShardFetch:
             return
 
         def joined(health: SourceHealth) -> None:  # a source that joins the pool gets workers at once
-            self._start_workers(health)
+            if health.source.holds(self.index):
+                self._start_workers(health)
 
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                for health in self.pool.usable():
+                for health in self.pool.usable(self.index):
                     self._start_workers(health)
                 self.pool.joined.add(joined)
                 nursery.start_soon(self._wait_for_lookups)
@@ -319,9 +323,14 @@ class ShardFetch:
 
     async def _work(self, health: SourceHealth) -> None:
         while not self.board.complete:
-            if not self.pool.is_usable(health):  # banned, failed out, or standing by for the peer's data port
-                return
+            if not self.pool.is_usable(health) or not health.source.holds(self.index):
+                return  # banned, failed out, standing by for the peer's data port, or it lacks this shard
             await trio.sleep_until(health.retry_at)
+            quiet_for = trio.current_time() - self._last_progress
+            if self.pool.standing_by(health, self.index, quiet_for):  # a job peer holds it (SourcePool.standing_by)
+                with trio.move_on_after(self.pool.limits.job_peer_patience - quiet_for):
+                    await self._progress.wait()
+                continue
             try:
                 sidecar = await self.sidecars.of(health)  # read once per source, before any piece is claimed
             except SourceError as exc:

@@ -37,6 +37,15 @@ class Source:
     preferred: bool = False
     """Whether this source takes the bulk bytes from the peer's other sources once it has delivered (a data port
     over its libp2p streams: faster); they take part again when it fails out (SourcePool.usable)."""
+    job_peer = False
+    """A node of this trainer's training job (node/jobs.py), or its data port: the scheduler asks it first for the
+    shards it holds, and the other sources only when no job peer holds a shard or the job peers stop delivering
+    (SourcePool.standing_by)."""
+
+    def holds(self, index: int) -> bool:
+        """Whether this source may serve shard `index`: a web mirror serves every shard; a peer (and its data port)
+        says in its have-map (node/havemaps.py)."""
+        return True
 
     def stream(self, path: str, start: int, end: int | None = None):
         """Async context manager giving (offset of the first byte, `Body`) for `path` from `start` on, to byte `end`

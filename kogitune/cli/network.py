@@ -14,7 +14,7 @@ def add_commands(commands) -> None:
         help="list the datasets of the node's store (tokenizer, documents, tokens, size, complete, access), then "
         "its collections (ID, parts, size, complete)",
         description="Read from the content store of --home, so it works with no node running; with one running, "
-        "an ANNOUNCED column says which datasets it announces (complete and signed ones). Private datasets "
+        "an ANNOUNCED column says which datasets it announces (signed ones it holds a shard of). Private datasets "
         "(publish --allow) are listed, marked private. A collection's parts are datasets too, listed as such.",
     )
     ls.add_argument("--home", help=HOME_HELP)
@@ -96,6 +96,12 @@ def add_commands(commands) -> None:
         "(0: any free port); off: no data port (also the setting data_port_on 0)",
     )
     node.add_argument("--detach", action="store_true", help="with start: run in the background, print its address")
+    node.add_argument(
+        "--until-unused",
+        action="store_true",
+        help="with start: stop once no process holds a lock on <home>/node.users (how training processes start "
+        "the node of their host, kogitune.hostnode)",
+    )
     node.set_defaults(run=_node)
 
     publish = commands.add_parser(
@@ -136,7 +142,8 @@ def add_commands(commands) -> None:
         "--mirror",
         action="append",
         metavar="URL",
-        help="a web mirror of the dataset (http(s) URL of a data tensor directory), used beside the peers; repeatable",
+        help="a web mirror of the dataset (http(s) URL of a data tensor directory, or of a collection directory: "
+        "its parts are then fetched from under it too), used beside the peers; repeatable",
     )
     get.add_argument("--home", help=HOME_HELP)
     get.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -249,10 +256,17 @@ def _node(args) -> int:
             argv += [x for b in args.bootstrap or [] for x in ("--bootstrap", b)]
             argv += ["--metrics", args.metrics] if args.metrics is not None else []
             argv += ["--data-listen", args.data_listen] if args.data_listen is not None else []
+            argv += ["--until-unused"] if args.until_unused else []
             print(start_detached(home, argv))
             return EXIT_OK
         run_node(
-            home, args.listen or [], args.bootstrap or [], settings().reprovide_interval, args.metrics, args.data_listen
+            home,
+            args.listen or [],
+            args.bootstrap or [],
+            settings().reprovide_interval,
+            args.metrics,
+            args.data_listen,
+            args.until_unused,
         )
         return EXIT_OK
     client = DaemonClient(home)
@@ -318,10 +332,12 @@ def _get(args) -> int:
     """`open` first (lookup and signed manifest), then `get` on a thread with no time limit (a whole dataset can
     take hours; the node gives up on a shard that makes no progress for its stall timeout) while a bar follows the
     verified bytes (control op `progress`, piece by piece) and the complete shard files. A collection: each part
-    so, then the collection (its manifest is then in the store, and the node provides it)."""
+    so, with its mirrors under the collection's (layout.part_url), then the collection (its manifest is then in the
+    store, and the node provides it if it is signed)."""
     from pathlib import Path
 
     from ..client import DaemonClient
+    from ..layout import part_url
 
     client = DaemonClient(home_of(args))
     mirrors = args.mirror or []
@@ -329,8 +345,10 @@ def _get(args) -> int:
     if opened.get("parts") is not None:  # a collection: each part as a dataset, then the collection itself
         for index, part_id in enumerate(opened["parts"]):
             print(f"part {index:05d} of {len(opened['parts'])}:")
-            _get_one(args, client, part_id, Path(client.call("open", id=part_id)["directory"]), [])
-        reply = client.call("get", timeout=None, id=args.dataset_id)
+            part_mirrors = [part_url(url, index) for url in opened.get("mirrors", [])]
+            part = client.call("open", id=part_id, mirrors=part_mirrors)
+            _get_one(args, client, part_id, Path(part["directory"]), part_mirrors)
+        reply = client.call("get", timeout=None, id=args.dataset_id, mirrors=mirrors)
         print(f"{args.dataset_id} -> {reply['directory']} (a collection of {len(opened['parts'])} parts)")
         return EXIT_OK
     return _get_one(args, client, args.dataset_id, Path(opened["directory"]), mirrors)
