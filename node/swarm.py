@@ -63,6 +63,14 @@ wins and the other requests are cancelled. A provider that failed is not asked a
 and is left out of its sources."""
 MAX_SHARDS_IN_FLIGHT = settings().shards_at_once
 """Shards this service fetches at once, whatever asks for them (a trainer's wait, a prefetch, `get`)."""
+NEIGHBOURS_HEAD_START_SECONDS = 0.25
+"""How long an open by ID asks only the peers it is connected to for the manifest before the DHT lookup starts
+too (at once when they have all failed): in a small swarm they hold it, and a lookup beside them costs the open's
+CPU time."""
+DATA_PORT_WAIT_SECONDS = 0.25
+"""How long an open by ID waits for the data port of the peer that gave the manifest (one have request to a peer
+that just answered), so that the first shard starts on HTTP rather than on the slower libp2p stream; a peer that
+answers later still joins."""
 PREFETCH_SHARDS = settings().prefetch_shards
 """Shards fetched ahead of need at once. One shard already streams from every source; a second would only halve
 the bandwidth of the shard a trainer waits for (at a cold start the first shard is prefetched first, so the first
@@ -229,9 +237,44 @@ class Swarm:
         return (await self._signed_copy_from_peers(dataset_id, None))[1]
 
     async def _signed_copy_from_peers(self, dataset_id: str, trusted):
-        """(the network, the signed manifest from the first provider that serves a valid one, the providers
-        connected, why the others failed): providers from the DHT, connected at once."""
+        """(the network, the signed manifest from the first peer that serves a valid one, the providers connected,
+        why the others failed, whether more providers are still to be looked for). The peers this node is connected
+        to (its bootstrap peers, often providers themselves) are asked for it at once; the DHT lookup
+        (`_copy_from_providers`) starts when they have all failed, or after NEIGHBOURS_HEAD_START_SECONDS (a silent
+        neighbour holds nothing up); the first valid copy wins. When a neighbour's wins, the lookup is left to
+        `_look_for_peers`, and the neighbours that failed are named in `failed`. The lookup's FetchError (no
+        provider, none gave a valid manifest) ends the open as it did before neighbours were asked."""
         network = await self.network(optional=False)
+        neighbours = list(network.host.get_connected_peers())
+        neighbours_failed: dict[str, str] = {}
+        answers: list = []
+
+        neighbours_failed_all = trio.Event()
+
+        async def from_neighbours(done: trio.CancelScope) -> None:
+            copy = await self._first_signed_manifest(network, dataset_id, neighbours, trusted, neighbours_failed)
+            if copy is None:
+                neighbours_failed_all.set()
+            elif not answers:
+                answers.append((network, copy, [copy.peer], neighbours_failed, True))
+                done.cancel()
+
+        async def from_providers(done: trio.CancelScope) -> None:
+            if neighbours:
+                with trio.move_on_after(NEIGHBOURS_HEAD_START_SECONDS):
+                    await neighbours_failed_all.wait()
+            answers.append((network, *await self._copy_from_providers(network, dataset_id, trusted), False))
+            done.cancel()
+
+        async with trio.open_nursery() as nursery:
+            if neighbours:
+                nursery.start_soon(from_neighbours, nursery.cancel_scope)
+            nursery.start_soon(from_providers, nursery.cancel_scope)
+        return answers[0]
+
+    async def _copy_from_providers(self, network, dataset_id: str, trusted):
+        """(the signed manifest from the first provider that serves a valid one, the providers connected, why the
+        others failed): providers from the DHT, connected at once."""
         providers = await network.find_providers(dataset_id)
         if not providers:
             raise FetchError(
@@ -244,12 +287,14 @@ class Swarm:
         copy = await self._first_signed_manifest(network, dataset_id, reachable, trusted, failed)
         if copy is None:
             raise FetchError(f"no provider of {dataset_id} gave a valid manifest: {'; '.join(failed.values())}")
-        return network, copy, reachable, failed
+        return copy, reachable, failed
 
     async def _resolve_from_peers(self, dataset_id: str, trusted) -> OpenDataset | OpenCollection:
         """The signed manifest from peers (_signed_copy_from_peers), stored; the providers that gave no bad answer
-        are its sources. A collection's manifest is stored as a collection directory."""
-        network, copy, reachable, failed = await self._signed_copy_from_peers(dataset_id, trusted)
+        are its sources (found in the background when a neighbour answered first). The data port of the peer that
+        gave the manifest joins before the open returns (within DATA_PORT_WAIT_SECONDS), so the first shard starts
+        on it; the others' join as they answer. A collection's manifest is stored as a collection directory."""
+        network, copy, reachable, failed, look_for_more = await self._signed_copy_from_peers(dataset_id, trusted)
         if isinstance(copy, CollectionCopy):
             return OpenCollection(dataset_id, store_collection(self.store, dataset_id, copy), copy)
         sources = [copy.peer] + [p for p in reachable if p != copy.peer and str(p) not in failed]
@@ -257,9 +302,14 @@ class Swarm:
         pool = SourcePool(
             [PeerSource(network.host, peer, dataset_id, copy.manifest, self.read_timeout) for peer in sources]
         )
-        for peer in sources:
+        for peer in sources[1:]:
             self._join_data_port(pool, network, peer, dataset_id, copy.manifest)
-        return OpenDataset(dataset_id, directory, copy.manifest, copy.publisher, pool, copy)
+        opened = OpenDataset(dataset_id, directory, copy.manifest, copy.publisher, pool, copy)
+        with trio.move_on_after(DATA_PORT_WAIT_SECONDS):
+            await self._join_data_port_now(pool, network, copy.peer, dataset_id, copy.manifest)
+        if look_for_more:
+            self._look_for_peers(opened, skip=frozenset(failed))
+        return opened
 
     async def _first_signed_manifest(self, network, dataset_id: str, peers: list, trusted, failed: dict[str, str]):
         """The copy from the first provider that serves a valid, trusted, signed manifest, asking MANIFEST_AT_ONCE
@@ -331,8 +381,9 @@ class Swarm:
         else:
             race.won(copy)
 
-    def _look_for_peers(self, opened: OpenDataset) -> None:
-        """In the background, providers of a dataset opened with mirrors join its pool as they are found."""
+    def _look_for_peers(self, opened: OpenDataset, skip: frozenset[str] = frozenset()) -> None:
+        """In the background, providers of a dataset join its pool as they are found (but those in `skip`: peers
+        that failed to give its manifest)."""
         opened.looking_for_peers = True
 
         async def look() -> None:
@@ -340,11 +391,11 @@ class Swarm:
                 network = await self.network(optional=True)
                 if network is None:
                     return
-                providers = await network.find_providers(opened.dataset_id)
+                providers = [p for p in await network.find_providers(opened.dataset_id) if str(p.peer_id) not in skip]
                 failed: dict[str, str] = {}
                 for peer in await connect_providers(network, providers, failed) if providers else []:
                     self._add_peer(opened.pool, network, peer, opened.dataset_id, opened.manifest)
-            except Exception as exc:  # the mirrors serve the dataset; peers are a bonus
+            except Exception as exc:  # the dataset has sources already; more peers are a bonus
                 log.info("looking for peers of %s failed: %s", opened.dataset_id, exc)
             finally:
                 opened.pool.search_ended()
@@ -354,14 +405,20 @@ class Swarm:
 
     def _add_peer(self, pool: SourcePool, network, peer, dataset_id: str, manifest: Manifest) -> None:
         """A provider joins a dataset's pool: its libp2p source now, its data port when it names one."""
+        if f"peer {peer}" in pool.names():
+            return
         pool.add(PeerSource(network.host, peer, dataset_id, manifest, self.read_timeout))
         self._join_data_port(pool, network, peer, dataset_id, manifest)
 
     def _join_data_port(self, pool: SourcePool, network, peer, dataset_id: str, manifest: Manifest) -> None:
+        """The provider's data port joins the pool in the background (`_join_data_port_now`)."""
+        self.nursery.start_soon(self._join_data_port_now, pool, network, peer, dataset_id, manifest)
+
+    async def _join_data_port_now(self, pool: SourcePool, network, peer, dataset_id: str, manifest: Manifest) -> None:
         """The provider's data port joins the pool when it names one: over TLS, signed with this node's identity,
         for a private dataset (node/tlsdata.py)."""
         seed = network.seed if manifest.access is not None else None
-        self.nursery.start_soon(join_data_port, pool, network.host, peer, dataset_id, self.read_timeout, seed)
+        await join_data_port(pool, network.host, peer, dataset_id, self.read_timeout, seed)
 
     async def _host(self):
         return (await self.network(optional=False)).host
