@@ -8,8 +8,10 @@ embedded node of a training process (node/embedded.py) run this same service; th
 kogitune/client.py.
 
 How a dataset is opened (`open`):
-- by ID alone: providers from the DHT (node/providers.py), then the signed manifest from the first that serves a
-  valid one (MANIFEST_AT_ONCE asked at once, `first_answer` hedging), as the hardening issue made it;
+- by ID alone: the signed manifest from the first peer that serves a valid one (MANIFEST_AT_ONCE asked at once,
+  `first_answer` hedging, as the hardening issue made it): the connected peers (bootstrap peers) first, the
+  providers from the DHT (node/providers.py) when they fail or are slow (NEIGHBOURS_HEAD_START_SECONDS); more
+  providers join in the background;
 - by ID with mirrors: the mirrors and the peers race. The mirrors' manifest must hash to the ID (a mirror serving
   another is banned); their `signature` file (a published directory's) gives the publisher when it verifies, and
   is required when `trusted` is given. Peers found at any time join the pool, so a missing DHT never holds up a
