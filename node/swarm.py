@@ -9,7 +9,7 @@ kogitune/client.py.
 
 How a dataset is opened (`open`):
 - by ID alone: the signed manifest from the first peer that serves a valid one (MANIFEST_AT_ONCE asked at once,
-  `first_answer` hedging, as the hardening issue made it): the connected peers (bootstrap peers) first, the
+  `first_answer` hedging, as the hardening issue made it): the connected bootstrap peers first, the
   providers from the DHT (node/providers.py) when they fail or are slow (NEIGHBOURS_HEAD_START_SECONDS); more
   providers join in the background;
 - by ID with mirrors: the mirrors and the peers race. The mirrors' manifest must hash to the ID (a mirror serving
@@ -66,7 +66,7 @@ and is left out of its sources."""
 MAX_SHARDS_IN_FLIGHT = settings().shards_at_once
 """Shards this service fetches at once, whatever asks for them (a trainer's wait, a prefetch, `get`)."""
 NEIGHBOURS_HEAD_START_SECONDS = 0.25
-"""How long an open by ID asks only the peers it is connected to for the manifest before the DHT lookup starts
+"""How long an open by ID asks only the bootstrap peers it is connected to for the manifest before the DHT lookup starts
 too (at once when they have all failed): in a small swarm they hold it, and a lookup beside them costs the open's
 CPU time."""
 DATA_PORT_WAIT_SECONDS = 0.25
@@ -240,14 +240,15 @@ class Swarm:
 
     async def _signed_copy_from_peers(self, dataset_id: str, trusted):
         """(the network, the signed manifest from the first peer that serves a valid one, the providers connected,
-        why the others failed, whether more providers are still to be looked for). The peers this node is connected
-        to (its bootstrap peers, often providers themselves) are asked for it at once; the DHT lookup
+        why the others failed, whether more providers are still to be looked for). The bootstrap peers this node is
+        connected to (often providers themselves) are asked for it at once; the DHT lookup
         (`_copy_from_providers`) starts when they have all failed, or after NEIGHBOURS_HEAD_START_SECONDS (a silent
         neighbour holds nothing up); the first valid copy wins. When a neighbour's wins, the lookup is left to
         `_look_for_peers`, and the neighbours that failed are named in `failed`. The lookup's FetchError (no
         provider, none gave a valid manifest) ends the open as it did before neighbours were asked."""
         network = await self.network(optional=False)
-        neighbours = list(network.host.get_connected_peers())
+        bootstrap = {info.peer_id for info in network.bootstrap_infos().values()}
+        neighbours = [peer for peer in network.host.get_connected_peers() if peer in bootstrap]
         neighbours_failed: dict[str, str] = {}
         answers: list = []
 
@@ -307,8 +308,17 @@ class Swarm:
         for peer in sources[1:]:
             self._join_data_port(pool, network, peer, dataset_id, copy.manifest)
         opened = OpenDataset(dataset_id, directory, copy.manifest, copy.publisher, pool, copy)
+        joined = trio.Event()
+
+        async def join_first() -> None:
+            try:
+                await self._join_data_port_now(pool, network, copy.peer, dataset_id, copy.manifest)
+            finally:
+                joined.set()
+
+        self.nursery.start_soon(join_first)
         with trio.move_on_after(DATA_PORT_WAIT_SECONDS):
-            await self._join_data_port_now(pool, network, copy.peer, dataset_id, copy.manifest)
+            await joined.wait()
         if look_for_more:
             self._look_for_peers(opened, skip=frozenset(failed))
         return opened
@@ -407,7 +417,7 @@ class Swarm:
 
     def _add_peer(self, pool: SourcePool, network, peer, dataset_id: str, manifest: Manifest) -> None:
         """A provider joins a dataset's pool: its libp2p source now, its data port when it names one."""
-        if f"peer {peer}" in pool.names():
+        if any(h.source.identity == str(peer) for h in pool.health):
             return
         pool.add(PeerSource(network.host, peer, dataset_id, manifest, self.read_timeout))
         self._join_data_port(pool, network, peer, dataset_id, manifest)
