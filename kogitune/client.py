@@ -21,10 +21,10 @@ from kogitune.protocol.jsonlimits import MAX_JSON_DEPTH, loads
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES
 
 from . import errors
-from .collection import DataCollection
+from .collection import DataCollection, is_collection_dir
 from .content_store import ContentStore, kogitune_home
 from .errors import KogituneError, NodeNotRunning, RecipeError
-from .layout import CONTROL_SOCKET_FILE, LOG_FILE, NODE_LOCK_FILE
+from .layout import CONTROL_SOCKET_FILE, LOG_FILE, NODE_LOCK_FILE, part_url
 from .progress import waiting_for
 from .settings import settings
 from .tensor import DataTensor
@@ -202,9 +202,10 @@ def remote_manifest(dataset_id: str, home: Path, timeout: float = DEFAULT_FETCH_
 
 def open_mirrors(
     urls: list[str], store: ContentStore | None = None, timeout: float = DEFAULT_FETCH_TIMEOUT
-) -> DataTensor:
+) -> DataTensor | DataCollection:
     """Open a dataset served by web mirrors alone: fetch and check its manifest (its hash is the dataset's ID);
-    shards follow on demand, from the mirrors (no peer is looked for)."""
+    shards follow on demand, from the mirrors (no peer is looked for). Mirrors of a collection (`collection.json`)
+    open it by its ID, so: with these mirrors (open_dataset_id)."""
     store = store or ContentStore()
     mirrors = tuple(urls)
     daemon = _daemon_for(store)
@@ -213,6 +214,8 @@ def open_mirrors(
         directory, dataset_id = Path(reply["directory"]), reply["id"]
     else:
         directory, dataset_id = embedded_node().open_mirrors(store.home, mirrors, timeout)
+    if is_collection_dir(directory):
+        return open_dataset_id(dataset_id, None, timeout, mirrors, store)
     home = str(daemon.home) if daemon is not None else None
     remote = RemoteShards(dataset_id, str(store.home), mirrors, False, home, timeout)
     return DataTensor(directory, remote=remote, store=store)
@@ -232,7 +235,8 @@ def open_dataset_id(
     A copy already in the local store that passes opens without the network, so a fetched dataset trains offline
     and a DataLoader worker starts no libp2p node for it. Shards missing locally follow on demand, from peers and
     mirrors at once. A collection ID opens as a DataCollection whose parts are opened so, each by its own ID (and
-    its publisher checked against `trusted_publishers` too)."""
+    its publisher checked against `trusted_publishers` too), with its mirrors under the collection's mirrors kept
+    (a mirror that served another collection is not)."""
     from kogitune.node.copies import CollectionCopy, stored_collection, stored_copy  # files only: no trio, libp2p
 
     trusted = sorted(trusted_publishers) if trusted_publishers is not None else None
@@ -248,14 +252,20 @@ def open_dataset_id(
         if daemon is not None:
             reply = daemon.call("open", timeout, id=dataset_id, trusted=trusted, mirrors=list(mirrors))
             directory, publisher, parts = Path(reply["directory"]), reply["publisher"], reply.get("parts")
+            kept = reply.get("mirrors") or []
         else:
-            directory, publisher, parts = embedded_node().open(store.home, dataset_id, mirrors, trusted, True, timeout)
+            directory, publisher, parts, kept = embedded_node().open(
+                store.home, dataset_id, mirrors, trusted, True, timeout
+            )
+        if parts is not None:  # a collection's mirrors less those that served another collection
+            mirrors = tuple(kept)
     if trusted_publishers is not None and publisher not in set(trusted_publishers):
         raise RecipeError(f"{dataset_id} is published by {publisher}, who is not in trusted_publishers")
     if parts is not None:
 
         def open_part(index: int, part_id: str) -> DataTensor:
-            opened = open_dataset_id(part_id, trusted_publishers, timeout, store=store)
+            part_mirrors = [part_url(url, index) for url in mirrors]
+            opened = open_dataset_id(part_id, trusted_publishers, timeout, part_mirrors, store)
             if not isinstance(opened, DataTensor):
                 raise RecipeError(f"part {index} of the collection {dataset_id} is itself a collection ({part_id})")
             return opened

@@ -1,13 +1,14 @@
 """Kogitune's exceptions: the whole tree, in one place.
 
 Every error Kogitune raises on purpose is a KogituneError, so `except KogituneError` catches them all; its message
-says what happened and what to do. The sans-I/O contract (kogitune.protocol) defines the root and its own three
+says what happened and what to do. The sans-I/O contract (kogitune.protocol) defines the root and its own four
 errors, since it imports nothing from here; they are re-exported below, so that every class can be imported from
 `kogitune.errors`.
 
     KogituneError               (protocol) the root
     ├── ManifestError           (protocol) a manifest does not follow the schema of docs/format.md
     ├── IntegrityError          (protocol) bytes or a signature do not match what a manifest or an ID commits to
+    ├── IdentityError           (protocol) a TLS certificate or data-port authorization does not prove its peer ID
     ├── WireError               (protocol.frames) a malformed, oversized or unknown message on the wire; `.code`
     ├── BadInputError           input text (JSONL, Parquet, ...) cannot be read
     ├── DiskFullError           a file system is full or a quota reached while writing
@@ -32,7 +33,7 @@ fetched.
 
 from __future__ import annotations
 
-from kogitune.protocol.errors import IntegrityError, KogituneError, ManifestError
+from kogitune.protocol.errors import IdentityError, IntegrityError, KogituneError, ManifestError
 
 
 class BadInputError(KogituneError):
@@ -146,6 +147,7 @@ __all__ = [
     "DiskFullError",
     "FetchError",
     "FilterError",
+    "IdentityError",
     "IntegrityError",
     "KogituneError",
     "ManifestError",

@@ -99,6 +99,12 @@ def part_path(collection: Path, index: int) -> Path:
     return Path(collection) / PARTS_DIR / f"{index:05d}"
 
 
+def part_url(collection_url: str, index: int) -> str:
+    """`<collection_url>/parts/<index:05d>`: the web mirror of part `index` inside a collection's web mirror (a
+    collection directory on a static web server: docs/format.md#collections)."""
+    return f"{collection_url.rstrip('/')}/{PARTS_DIR}/{index:05d}"
+
+
 def partial_path(path: Path) -> Path:
     """`<path>.partial`: where `path` is written until it is complete (a shard's tokens file being fetched, a data
     tensor being stored)."""

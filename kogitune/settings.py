@@ -78,6 +78,9 @@ class Settings:
     prefetch_shards: int = _setting(
         1, "Shards of a dataset fetched ahead of need at once (each streams from every source)."
     )
+    http_connections: int = _setting(
+        2, "Connections to one HTTP source (web mirror, data port) while it streams fewer shards than this."
+    )
     partitions: int = _setting(
         0,
         "Canonical partitions of a training dataset's epoch order (docs/datasets.md); 0: the job's world size.",
@@ -112,7 +115,7 @@ class Settings:
         flag="kogitune node start --data-listen",
     )
     data_port_on: int = _setting(
-        1, "1: a node serves its public datasets over HTTP on its data port; 0: it does not.", zero_ok=True
+        1, "1: a node serves its datasets on its data port (private ones over TLS only); 0: it does not.", zero_ok=True
     )
     data_port_requests_per_connection: int = _setting(1000, "Requests one connection to the data port may make.")
     # monitoring (kogitune.progress, kogitune.node.status_page)

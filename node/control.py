@@ -170,8 +170,10 @@ async def _dispatch(node: Node, request: dict) -> dict:
         opened = await node.swarm.open(
             _dataset(request), _mirrors(request), frozenset(trusted) if trusted is not None else None
         )
-        parts = list(opened.parts) if isinstance(opened, OpenCollection) else None
-        return {"directory": str(opened.directory), "publisher": opened.publisher, "parts": parts}
+        reply: dict[str, object] = {"directory": str(opened.directory), "publisher": opened.publisher, "parts": None}
+        if isinstance(opened, OpenCollection):  # its mirrors: those kept (OpenCollection.mirrors)
+            reply.update(parts=list(opened.parts), mirrors=list(opened.mirrors))
+        return reply
     if op == "manifest":  # a look at a dataset: its signed manifest, from the store or its providers; no shard
         copy = await node.swarm.peek(_dataset(request))
         return {"manifest": copy.data.decode(), "publisher": copy.publisher}

@@ -31,6 +31,7 @@ from .metrics import LOOKUP_BUCKETS, Timings
 from .providers import CONNECT_TIMEOUT, LOOKUP_DEADLINE, load_manifest
 from .server import DataServer
 from .swarm import OpenDataset, Swarm
+from .tlsdata import ServerTls
 
 if TYPE_CHECKING:  # libp2p loads when the node runs
     from libp2p.abc import IHost
@@ -111,6 +112,7 @@ class Node:
                     self.nursery = nursery
                     self.swarm = Swarm(self.store, self._this_node, nursery, self.config.read_timeout)
                     if self.config.server and self.config.data_listen is not None:
+                        self.dataport.tls = ServerTls(self.seed)
                         _, self.server.data_port = await nursery.start(self.dataport.serve, *self.config.data_listen)
                     await self.connect_bootstrap()
                     if self.config.bootstrap:
@@ -255,11 +257,10 @@ class Node:
         publisher's signature; an unsigned copy from web mirrors is not served). The announcement goes on after
         the return: the data is here, and a slow DHT must not hold up the caller. A collection: each of its parts
         so (node/collection.py), then the collection."""
-        if not mirrors:
-            found = await self.swarm.open(dataset_id)
-            if isinstance(found, OpenCollection):
-                await collection.get_collection(self, found)
-                return found
+        found = await self.swarm.open(dataset_id, mirrors)
+        if isinstance(found, OpenCollection):
+            await collection.get_collection(self, found)
+            return found
         opened = await self.swarm.get(dataset_id, mirrors)
         if self.config.server and opened.publisher is not None:
             self.nursery.start_soon(self.announce, dataset_id)

@@ -1,4 +1,5 @@
-"""The data port: a node is also a web seed for its PUBLIC datasets, over plain HTTP/1.1 (trio + h11).
+"""The data port: a node is also a web seed for its datasets, over HTTP/1.1 (trio + h11): public ones in plain HTTP
+(or TLS), private ones over TLS only, to the peers of their allow-lists.
 
 The port serves each dataset in the very layout of a web mirror (docs/protocol.md#the-data-port), so that a
 dataset's mirror base URL on a node is `http://<node IP>:<data port>/<dataset ID>`:
@@ -10,8 +11,11 @@ dataset's mirror base URL on a node is `http://<node IP>:<data port>/<dataset ID
 It sends exactly what the libp2p data server (node/server.py) would send to an anonymous peer, and through the
 same checks (node/integrity.py's StoreGuard and the server's manifest cache): a public dataset's files that passed
 their check and have not changed since, each 1 MiB read compared with its check before it leaves. A private
-dataset (one with an allow-list), a collection, an ID not held, a withheld file, any path not spelled exactly as
-above (no decoding of `%`, no `..`, no query) all get the same 404. There are no directory listings.
+dataset is served the same way, but only over TLS and only to a request signed by a peer of its allow-list
+(node/tlsdata.py: a connection that opens with a TLS record is TLS, on the same port; docs/protocol.md#private-
+datasets-on-the-data-port-tlsid). A private dataset to anyone else, a collection, an ID not held, a withheld file,
+any path not spelled exactly as above (no decoding of `%`, no `..`, no query) all get the same 404. There are no
+directory listings.
 
 File bodies are read with `pread` into one reused buffer and sent from it (no other copy). `sendfile` would save
 the copy, but it sends bytes before they can be compared with their check (integrity.py's rule: a chunk leaves only
@@ -50,6 +54,7 @@ from kogitune.settings import DEFAULT_LISTEN, settings
 from .host import FairSlots, ip_key
 from .integrity import open_served
 from .server import CHUNK, WRITE_TIMEOUT_SECONDS, DataServer
+from .tlsdata import ServerTls, requester
 
 log = logging.getLogger(__name__)
 NOT_FOUND_BODY = b"not found\n"
@@ -124,8 +129,8 @@ class DataPortStats:
     requests: Counter = field(default_factory=Counter)
     """Answers by status code."""
     refused: Counter = field(default_factory=Counter)
-    """Connections closed by a limit or a broken request, by reason (busy, evicted, slow_head, bad_head,
-    slow_reader, aborted)."""
+    """Connections closed by a limit or a broken request, by reason (busy, evicted, tls_handshake: silent, or opened
+    TLS and did not finish it in head_timeout, slow_head, bad_head, slow_reader, aborted)."""
 
     @property
     def bytes_served(self) -> int:
@@ -137,6 +142,8 @@ class DataPort:
 
     def __init__(self, server: DataServer, limits: DataPortLimits | None = None) -> None:
         self.server = server
+        self.tls: ServerTls | None = None
+        """The node's TLS identity (set before `serve`): without it, plain HTTP only, and no private dataset."""
         self.limits = limits or DataPortLimits()
         self.stats = DataPortStats()
         self.port = 0
@@ -172,7 +179,11 @@ class DataPort:
             return
         try:
             with connection.scope:
-                await self.serve_requests(stream, connection)
+                accepted = stream if self.tls is None else await self.tls.accept(stream, self.limits.head_timeout)
+                if accepted is None:
+                    self.stats.refused["tls_handshake"] += 1
+                    return
+                await self.serve_requests(accepted, connection)
             if connection.scope.cancelled_caught:
                 self.stats.refused["evicted"] += 1
         finally:
@@ -258,7 +269,8 @@ class DataPort:
         if request.method not in (b"GET", b"HEAD"):
             await self._send_small(stream, http, 405, b"only GET and HEAD\n", head, last, [("allow", "GET, HEAD")])
             return
-        found = await self._open(request.target)
+        peer = requester(request.headers, stream, self.tls) if self.tls is not None else None
+        found = await self._open(request.target, peer)
         if found is None:
             await self._send_small(stream, http, 404, NOT_FOUND_BODY, head, last)
             return
@@ -292,9 +304,10 @@ class DataPort:
             if opened is not None:
                 os.close(opened[0])
 
-    async def _open(self, target: bytes):
+    async def _open(self, target: bytes, peer: str | None):
         """(dataset ID, bytes of a small file or None, (fd, stat signature) of a file or None, its path, the dataset
-        directory) of what `target` names, or None for anything this port does not serve."""
+        directory) of what `target` names, or None for anything this port does not serve to `peer` (who signed the
+        request over TLS: node/tlsdata.requester)."""
         parts = target.split(b"/")
         if len(parts) < 3 or parts[0] != b"" or not all(parts[1:]):
             return None
@@ -306,9 +319,13 @@ class DataPort:
             return None
         directory = self.server.store.dataset_dir(dataset_id)
         loaded = self.server.checked_manifest(dataset_id, directory)
-        if loaded is None or loaded[0].access is not None:  # not held, withheld, or private: the same 404
+        if loaded is None:  # not held or withheld
             return None
         manifest, manifest_bytes = loaded
+        if manifest.access is not None and not (
+            peer is not None and self.server.audience(dataset_id, directory, manifest).admits(peer)
+        ):  # private, and not to this request: the same 404
+            return None
         if path == MANIFEST_FILE:
             return dataset_id, manifest_bytes, None, path, directory
         if path == SIGNATURE_FILE:

@@ -75,14 +75,15 @@ class EmbeddedNode:
 
     def open(self, store_home, dataset_id: str, mirrors, trusted, peers: bool, timeout: float):
         """Open a dataset or collection by ID (see Swarm.open); (its store directory, its publisher or None, a
-        collection's parts or None)."""
+        collection's parts or None, a collection's web mirrors kept: OpenCollection.mirrors)."""
 
         async def work():
             opened = await self._swarm(store_home).open(
                 dataset_id, mirrors, frozenset(trusted) if trusted is not None else None, peers
             )
-            parts = list(opened.parts) if isinstance(opened, OpenCollection) else None
-            return opened.directory, opened.publisher, parts
+            if isinstance(opened, OpenCollection):
+                return opened.directory, opened.publisher, list(opened.parts), list(opened.mirrors)
+            return opened.directory, opened.publisher, None, []
 
         return self._run(work, timeout, lambda: f"{dataset_id} could not be resolved within {timeout:.0f} s")
 

@@ -1,8 +1,10 @@
 """The multi-source fetcher: verified pieces of a shard from every source at once, with failover.
 
-Each source gets one worker per shard. A worker streams the shard's tokens file from a starting piece and claims
-pieces one by one as the bytes arrive; it stops where another worker has already claimed or finished the next
-piece, and then starts again at the longest run of missing pieces. Every piece is checked against the manifest
+Each source gets one worker per shard, and an HTTP source more while few shards are in flight (`Source.connections`:
+one TCP stream is bounded by its window over a long path). A worker asks for the shard's tokens file from a starting
+piece to the end of the run of open pieces there, and claims pieces one by one as the bytes arrive; it stops where
+another worker has already claimed or finished the next piece, and then starts again at the longest run of missing
+pieces. Every piece is checked against the manifest
 before it is written (on a worker thread, while the stream goes on), so a source can only waste time, never put a
 wrong byte on disk:
 
@@ -110,13 +112,7 @@ class ShardFetch:
         partial = partial_path(self.target)
         with trio.CancelScope() as self._stall:
             self._progressed()
-            self.expected = await fetch_small_file(
-                self.pool, self.shard.pieces_path, len(self.board) * 32, self._pieces_problem, exact=True
-            )
-            self._progressed()
-            docs = await fetch_small_file(
-                self.pool, self.shard.docs_path, self.shard.docs_size, self._docs_problem, exact=True
-            )
+            self.expected, docs = await self._small_files()
             self._fd = os.open(partial, os.O_RDWR | os.O_CREAT, file_mode_in(partial.parent))
             try:
                 self._stall.deadline = math.inf  # re-hashing a partial file is local work, however long
@@ -145,6 +141,28 @@ class ShardFetch:
             trio.current_time() - started,
             sources or "the partial file",
         )
+
+    async def _small_files(self) -> tuple[bytes, bytes]:
+        """The shard's .pieces and .docs files, asked for at once (one round trip before the first token byte,
+        not two); each arrival counts as progress. A FetchError of either is raised as itself."""
+        files: dict[str, bytes | FetchError] = {}
+
+        async def fetch(path: str, limit: int, problem) -> None:
+            try:
+                files[path] = await fetch_small_file(self.pool, path, limit, problem, exact=True)
+                self._progressed()
+            except FetchError as exc:
+                files[path] = exc
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetch, self.shard.pieces_path, len(self.board) * 32, self._pieces_problem)
+            nursery.start_soon(fetch, self.shard.docs_path, self.shard.docs_size, self._docs_problem)
+        pieces, docs = files[self.shard.pieces_path], files[self.shard.docs_path]
+        for answer in (pieces, docs):
+            if isinstance(answer, FetchError):
+                raise answer
+        assert isinstance(pieces, bytes) and isinstance(docs, bytes)
+        return pieces, docs
 
     def _progressed(self) -> None:
         """A verified byte arrived: the shard has `stall_timeout` more seconds to make progress again."""
@@ -240,14 +258,14 @@ class ShardFetch:
         if self.board.complete:
             return
 
-        def joined(health: SourceHealth) -> None:  # a source that joins the pool gets a worker at once
-            nursery.start_soon(self._worker, health)
+        def joined(health: SourceHealth) -> None:  # a source that joins the pool gets workers at once
+            self._start_workers(health)
 
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 for health in self.pool.usable():
-                    nursery.start_soon(self._worker, health)
+                    self._start_workers(health)
                 self.pool.joined.add(joined)
                 nursery.start_soon(self._wait_for_lookups)
         finally:  # no checkpoint since the nursery closed: nothing was added to it closed
@@ -267,7 +285,29 @@ class ShardFetch:
         while await self.pool.more_sources():
             pass
 
+    def _start_workers(self, health: SourceHealth) -> None:
+        """A worker for the source, and more while it has fewer than `connections` over all shards (a trainer
+        waiting for one shard: one TCP stream is bounded by its window over a long path; with more shards in
+        flight, each already streams from every source, and more would only split the same bytes)."""
+        self._spawn(health)
+        self._top_up(health)
+
+    def _top_up(self, health: SourceHealth) -> None:
+        while health.streams < health.source.connections:
+            self._spawn(health)
+
+    def _spawn(self, health: SourceHealth) -> None:
+        assert self._nursery is not None  # workers run in the download nursery
+        health.streams += 1
+        self._nursery.start_soon(self._worker, health)
+
     async def _worker(self, health: SourceHealth) -> None:
+        try:
+            await self._work(health)
+        finally:
+            health.streams -= 1
+
+    async def _work(self, health: SourceHealth) -> None:
         while not self.board.complete:
             if not self.pool.is_usable(health):  # banned, failed out, or standing by for the peer's data port
                 return
@@ -281,6 +321,7 @@ class ShardFetch:
             try:
                 await self._stream_from(health, start)
                 self.pool.succeeded(health)
+                self._top_up(health)  # other shards finished: this one may take their connections
             except SourceError as exc:
                 self.pool.failed(health, str(exc))
 
@@ -291,9 +332,11 @@ class ShardFetch:
         `start` too: they are read past, and taken if they are still wanted."""
         path = self.shard.tokens_path
         holding: int | None = start
+        stop = self.board.run_end(start)  # ask for the open run only: no bytes in flight past it to throw away
         piece = self._spare.pop() if self._spare else bytearray(self.piece_size)
         try:
-            async with health.source.stream(path, start * self.piece_size) as (offset, raw):
+            end = min(stop * self.piece_size, self.shard.size)
+            async with health.source.stream(path, start * self.piece_size, end) as (offset, raw):
                 body = MinRateBody(raw, self.pool.limits, health.source.name)
                 if offset % self.piece_size or offset > start * self.piece_size:
                     raise SourceError(
@@ -323,7 +366,7 @@ class ShardFetch:
                             self._nursery.start_soon(self._check, health, index, piece)
                             piece = self._spare.pop() if self._spare else bytearray(self.piece_size)
                     index += 1
-                    if index >= len(self.board) or health.banned:
+                    if index >= stop or health.banned:
                         return
                     holding = index if self.board.claim(index, trio.current_time()) else None
                     if holding is None and (seekable or not self.board.any_claimable_from(index, trio.current_time())):

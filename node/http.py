@@ -18,6 +18,7 @@ import ssl
 import urllib.request
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import h11
@@ -26,6 +27,9 @@ import trio
 from kogitune.errors import SourceError
 
 from .body import Body
+
+if TYPE_CHECKING:
+    from .tlsdata import PeerTls
 
 READ_BYTES = 1 << 20
 MAX_HEAD_BYTES = 64 << 10
@@ -61,16 +65,20 @@ class _Proxy:
 class HttpClient:
     """GET requests with a timeout on every network operation, following up to MAX_REDIRECTS redirects."""
 
-    def __init__(self, timeout: float, redirects: int = MAX_REDIRECTS) -> None:
+    def __init__(self, timeout: float, redirects: int = MAX_REDIRECTS, peer: PeerTls | None = None) -> None:
         self.timeout = timeout
         self.redirects = redirects
         """Redirects followed (0 for a peer's data port: a peer must not send a fetcher to another host)."""
         self._tls: ssl.SSLContext | None = None
+        self._peer = peer
+        """A node's TLS data port: every connection must prove to be this peer and carries its authorization."""
 
     @asynccontextmanager
     async def get(self, url: str, headers: dict[str, str] | None = None):
         """Yields the `Response` of the first non-redirect answer; the connection closes when the block ends."""
         for _ in range(self.redirects + 1):
+            if self._peer is not None and not url.startswith("https://"):
+                raise SourceError(f"{url}: a node's TLS data port is reached by https:// only")
             stream, target, proxy = await self._open(url)
             try:
                 connection = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
@@ -80,6 +88,7 @@ class HttpClient:
                     ("Connection", "close"),
                     *(proxy.fields if proxy else []),
                     *(headers or {}).items(),
+                    *(self._peer.request_fields(stream) if self._peer is not None else []),
                 ]
                 await _send(stream, connection, "GET", target, request_fields, url, self.timeout)
                 head = await _response_head(stream, connection, url, self.timeout)
@@ -145,13 +154,16 @@ class HttpClient:
             raise SourceError(f"{url}: proxy {proxy.name} sent bytes of its own into the tunnel")
 
     async def _handshake(self, stream: trio.abc.Stream, host: str, url: str) -> trio.SSLStream:
-        """TLS over `stream`, checked against the system's CAs (or SSL_CERT_FILE / SSL_CERT_DIR) and `host`."""
+        """TLS over `stream`, checked against the system's CAs (or SSL_CERT_FILE / SSL_CERT_DIR) and `host`, or for a
+        node's data port (`peer`) against the peer ID its certificate must be bound to."""
         if self._tls is None:
-            self._tls = ssl.create_default_context()
-        tls = trio.SSLStream(stream, self._tls, server_hostname=host, https_compatible=True)
+            self._tls = ssl.create_default_context() if self._peer is None else self._peer.context
+        tls = trio.SSLStream(stream, self._tls, server_hostname=None if self._peer else host, https_compatible=True)
         try:
             with trio.fail_after(self.timeout):
                 await tls.do_handshake()
+            if self._peer is not None:
+                self._peer.check(tls, url)  # before a byte of the request is sent
         except trio.TooSlowError:
             raise SourceError(f"{url}: no TLS handshake within {self.timeout:g} s") from None
         except trio.BrokenResourceError as exc:

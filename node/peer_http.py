@@ -19,28 +19,35 @@ from kogitune.errors import SourceError
 from .peers import fetch_data_port
 from .pool import SourcePool
 from .sources import HttpSource
+from .tlsdata import PeerTls
 
 log = logging.getLogger(__name__)
 
 
 class PeerHttpSource(HttpSource):
-    """The data port of one peer, for one dataset."""
+    """The data port of one peer, for one dataset; with `seed` (this node's identity, for a private dataset) over
+    TLS to that very peer, each request signed (node/tlsdata.py)."""
 
     preferred = True
 
-    def __init__(self, peer_id, ip: str, port: int, dataset_id: str, read_timeout: float) -> None:
+    def __init__(
+        self, peer_id, ip: str, port: int, dataset_id: str, read_timeout: float, seed: bytes | None = None
+    ) -> None:
         host = f"[{ip}]" if ":" in ip else ip
-        super().__init__(f"http://{host}:{port}/{dataset_id}", read_timeout, redirects=0)
+        scheme, peer = ("http", None) if seed is None else ("https", PeerTls(str(peer_id), seed))
+        super().__init__(f"{scheme}://{host}:{port}/{dataset_id}", read_timeout, redirects=0, peer=peer)
         self.identity = str(peer_id)
 
 
-async def join_data_port(pool: SourcePool, host, peer_id, dataset_id: str, read_timeout: float) -> None:
-    """Ask `peer_id` for its data port for the dataset; if it names one, add it to `pool`. Never raises: the
-    peer's libp2p source serves the dataset whatever happens here."""
+async def join_data_port(
+    pool: SourcePool, host, peer_id, dataset_id: str, read_timeout: float, seed: bytes | None = None
+) -> None:
+    """Ask `peer_id` for its data port for the dataset; if it names one, add it to `pool` (over TLS with `seed`, for
+    a private dataset). Never raises: the peer's libp2p source serves the dataset whatever happens here."""
     try:
         found = await fetch_data_port(host, peer_id, dataset_id, read_timeout)
     except SourceError as exc:
         log.debug("no data port from %s: %s", peer_id, exc)
         return
     if found is not None:
-        pool.add(PeerHttpSource(peer_id, *found, dataset_id, read_timeout))
+        pool.add(PeerHttpSource(peer_id, *found, dataset_id, read_timeout, seed))

@@ -189,18 +189,19 @@ class PeerSource(Source):
             self._sizes[shard.docs_path] = (shard.name, "docs", shard.docs_size)
 
     @asynccontextmanager
-    async def stream(self, path: str, start: int):
+    async def stream(self, path: str, start: int, end: int | None = None):
         if path not in self._sizes:
             raise SourceError(f"{self.name}: {path} is not a file of this dataset")
         shard, kind, size = self._sizes[path]
-        if start >= size:
+        stop = size if end is None else min(end, size)
+        if start >= stop:
             yield start, Body()
             return
-        request = wire.ReadRequest(self.digest, shard, kind, start, size - start)
+        request = wire.ReadRequest(self.digest, shard, kind, start, stop - start)
         stream, response, first = await _open(self.host, self.peer_id, request, self.read_timeout)
         try:
-            if response.length != size - start:
-                raise SourceError(f"{self.name}: offered {response.length} bytes of {path}, asked {size - start}")
+            if response.length != stop - start:
+                raise SourceError(f"{self.name}: offered {response.length} bytes of {path}, asked {stop - start}")
             yield start, _PeerBody(self, stream, first, response.length)
         finally:
             await _reset(stream)

@@ -100,6 +100,14 @@ class PieceBoard:
             return best
         return next((i for i in range(len(self.done)) if self.claimable(i, now)), None)
 
+    def run_end(self, start: int) -> int:
+        """The end (exclusive) of the run of open pieces after `start`: where a stream from `start` should stop,
+        since the next piece is done, being checked or already streaming from another source."""
+        end = start + 1
+        while end < len(self.done) and self.is_open(end):
+            end += 1
+        return end
+
     def next_stale_at(self) -> float:
         """When the oldest claim of a piece not yet received turns stale (infinity when there is none)."""
         return min(

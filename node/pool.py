@@ -68,6 +68,8 @@ class SourceHealth:
     files_verified: int = 0
     pieces_verified: int = 0
     pieces_rejected: int = 0
+    streams: int = 0
+    """Workers reading from this source now, over all the shard fetches of the pool (`Source.connections`)."""
 
     def describe(self) -> str:
         if self.banned:

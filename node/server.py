@@ -122,8 +122,8 @@ class DataServer:
         hash to the ID)."""
         self.guard = StoreGuard()
         self.data_port = 0
-        """The port where this node serves public datasets over HTTP (node/dataport.py), told to peers in have
-        answers; 0 while there is none."""
+        """The port where this node serves its datasets over HTTP (node/dataport.py; private ones over TLS only),
+        told to peers in have answers; 0 while there is none."""
 
     @property
     def streams_in_use(self) -> int:
@@ -201,7 +201,7 @@ class DataServer:
         if loaded is None:
             raise not_held(dataset_id)
         manifest, manifest_bytes = loaded
-        audience = self._audience(dataset_id, directory, manifest)
+        audience = self.audience(dataset_id, directory, manifest)
         if not audience.admits(peer):
             log.debug("%s is private: not served to %s", dataset_id, peer)
             raise not_held(dataset_id)
@@ -224,7 +224,7 @@ class DataServer:
                 (directory / s.tokens_path).exists() and not self.guard.is_damaged(dataset_id, s)
                 for s in manifest.shards
             ]
-            port = self.data_port if manifest.access is None else 0  # the data port serves public datasets only
+            port = self.data_port  # a private dataset's only to its audience (checked above), who reach it over TLS
             await self._send(stream, wire.encode_response(wire.HaveResponse(wire.have_bitmap(complete), port)))
         else:
             await self._send_range(stream, dataset_id, directory, manifest, request)
@@ -276,7 +276,7 @@ class DataServer:
         except Exception:
             await _reset(stream)
 
-    def _audience(self, dataset_id: str, directory: Path, manifest: Manifest) -> Audience:
+    def audience(self, dataset_id: str, directory: Path, manifest: Manifest) -> Audience:
         """Who may fetch a dataset, read from its allow files and checked (signing.allowed_peers) once per change
         of those files."""
         if manifest.access is None:

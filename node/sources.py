@@ -8,19 +8,28 @@ bytes, and a libp2p peer plugs in as one more Source. Every read is bounded in t
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from kogitune.errors import SourceError
 from kogitune.settings import settings
 
 from .http import MAX_REDIRECTS, HttpClient
 
+if TYPE_CHECKING:
+    from .tlsdata import PeerTls
+
 DEFAULT_READ_TIMEOUT = settings().read_timeout
+HTTP_CONNECTIONS = settings().http_connections
+"""Streams the fetcher keeps to one HTTP source while few shards are in flight (`KOGITUNE_HTTP_CONNECTIONS`): one
+TCP stream is bounded by its window over a long path (docs/benchmarks.md)."""
 
 
 class Source:
     """A place that serves a data tensor's files."""
 
     name: str
+    connections: int = 1
+    """Streams the fetcher may read from this source at once for one shard (more when the fetcher has room)."""
     identity: str | None = None
     """The peer ID behind this source, if it is a peer (its libp2p streams, its data port): a wrong piece from one
     of a peer's sources bans them all (SourcePool.ban)."""
@@ -28,9 +37,10 @@ class Source:
     """Whether this source takes the bulk bytes from the peer's other sources once it has delivered (a data port
     over its libp2p streams: faster); they take part again when it fails out (SourcePool.usable)."""
 
-    def stream(self, path: str, start: int):
-        """Async context manager giving (offset of the first byte, `Body`) for `path` from `start` on; a source
-        that cannot seek may begin earlier (at 0) and the reader skips ahead."""
+    def stream(self, path: str, start: int, end: int | None = None):
+        """Async context manager giving (offset of the first byte, `Body`) for `path` from `start` on, to byte `end`
+        (exclusive; None: the end of the file); a source that cannot seek may begin earlier (at 0) and the reader
+        skips ahead, and one may send past `end` (the reader stops there)."""
         raise NotImplementedError
 
     async def read_all(self, path: str, limit: int) -> bytes:
@@ -40,22 +50,36 @@ class Source:
 
 
 class HttpSource(Source):
-    """A tensor directory on any static web server (nginx, `python -m http.server`); Range used when offered."""
+    """A tensor directory on any static web server (nginx, `python -m http.server`); Range used when offered. With
+    `peer` (node/tlsdata.py), a node's TLS data port: https:// to that peer ID only, each request signed, so that
+    the node serves the private datasets whose allow-lists name this fetcher."""
 
-    def __init__(self, base_url: str, read_timeout: float = DEFAULT_READ_TIMEOUT, redirects: int = MAX_REDIRECTS):
+    connections = HTTP_CONNECTIONS
+
+    def __init__(
+        self,
+        base_url: str,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+        redirects: int = MAX_REDIRECTS,
+        peer: PeerTls | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.name = self.base_url
-        self._client = HttpClient(read_timeout, redirects)
+        self._client = HttpClient(read_timeout, redirects, peer)
 
     @asynccontextmanager
-    async def stream(self, path: str, start: int):
+    async def stream(self, path: str, start: int, end: int | None = None):
         url = f"{self.base_url}/{path}"
-        headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={start}-"} if start else {})}
+        headers = {"Accept-Encoding": "identity"}
+        if start or end is not None:  # bytes=A- or bytes=A-B (B inclusive), as every static server reads them
+            headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
         async with self._client.get(url, headers) as response:
             if response.status == 206:
                 offset = _content_range_start(response.headers.get("content-range", ""), url)
             elif response.status == 200:
                 offset = 0
+                if start:  # it cannot seek: a second stream would only send the same bytes again
+                    self.connections = 1
             else:
                 raise SourceError(f"{url}: HTTP {response.status}")
             yield offset, response.body

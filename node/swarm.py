@@ -17,10 +17,11 @@ How a dataset is opened (`open`):
   store that hashes to the ID is used as it is (every DataLoader worker opens the dataset again);
 - by mirrors alone (`open_mirrors`): the same with no peers; the ID is the hash of the manifest they serve.
 
-A collection ID (kogitune.protocol.collection) opens from the store or from its providers like a dataset ID: its
-providers answer the manifest request with the signed collection manifest, which is stored as a collection
+A collection ID (kogitune.protocol.collection) opens from the store, its providers or its web mirrors like a
+dataset ID: its providers answer the manifest request with the signed collection manifest, its mirrors serve
+`collection.json` (node/collection.py: mirrors_manifest asks for both files), which is stored as a collection
 directory (copies.store_collection), and `open` returns an OpenCollection; its parts are datasets, each opened
-and fetched by its own ID (a collection has no shards of its own, and no mirrors).
+and fetched by its own ID, with its mirrors under the collection's (a collection has no shards of its own).
 
 One in-flight table (one fetch per shard at a time in this process; ShardFetch's lock file covers the others), at
 most MAX_SHARDS_IN_FLIGHT shards at once, and one prefetch rule (PREFETCH_SHARDS).
@@ -39,16 +40,16 @@ from kogitune.content_store import ContentStore
 from kogitune.errors import FetchError, KogituneError, SourceError
 from kogitune.layout import MANIFEST_FILE, SIGNATURE_FILE, split_signature
 from kogitune.protocol.manifest import Manifest
-from kogitune.protocol.signing import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, check_signed_manifest
+from kogitune.protocol.signing import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, check_signed
 from kogitune.settings import settings
 
-from .collection import OpenCollection
+from .collection import OpenCollection, mirrors_collection, mirrors_manifest, opened_collection
 from .copies import CollectionCopy, ManifestCopy, store_collection, store_copy, stored_collection, stored_copy
 from .fetch import ShardFetch
 from .metrics import SHARD_FETCH_BUCKETS, Timings
 from .peer_http import join_data_port
 from .peers import PeerSource, fetch_signed_manifest
-from .pool import SourcePool, fetch_manifest, first_answer, prefetch_in_order
+from .pool import SourcePool, first_answer, prefetch_in_order
 from .providers import connect_providers
 from .sources import HttpSource
 
@@ -88,11 +89,11 @@ class _Race:
     """The mirrors' and the peers' answers to one open: the first valid copy wins; `why` says what each side did."""
 
     sides: int
-    copy: ManifestCopy | None = None
+    copy: ManifestCopy | CollectionCopy | None = None
     why: list[str] = field(default_factory=list)
     done: trio.Event = field(default_factory=trio.Event)
 
-    def won(self, copy: ManifestCopy) -> None:
+    def won(self, copy: ManifestCopy | CollectionCopy) -> None:
         if self.copy is None:
             self.copy = copy
             self.done.set()
@@ -137,6 +138,7 @@ class Swarm:
             collection = self.collections.get(dataset_id) or self._stored_collection(dataset_id)
             if collection is not None and collection.trusted_by(trusted):
                 self.collections[dataset_id] = collection
+                collection.add_mirrors(mirrors)
                 return collection
             opened = self.opened.get(dataset_id)
             if opened is None or not opened.trusted_by(trusted):
@@ -167,13 +169,16 @@ class Swarm:
             return None
         return OpenCollection(collection_id, self.store.dataset_dir(collection_id), copy)
 
-    async def open_mirrors(self, mirrors) -> OpenDataset:
+    async def open_mirrors(self, mirrors) -> OpenDataset | OpenCollection:
         """A dataset that web mirrors serve, named by them alone: its ID is the hash of the manifest they serve
         (the first valid one; a mirror serving another is then a failed source of this dataset). No peer is looked
-        for, and no signature: the copy is one the user chose by its URLs."""
+        for, and no signature: the copy is one the user chose by its URLs. Mirrors of a collection give the
+        collection (its parts are then opened by their IDs)."""
         pool = SourcePool([HttpSource(str(url).rstrip("/"), self.read_timeout) for url in mirrors])
-        data, manifest = await fetch_manifest(pool)
+        data, manifest = await mirrors_manifest(pool)
         dataset_id = manifest.dataset_id
+        if not isinstance(manifest, Manifest):
+            return mirrors_collection(self.collections, self.store, data, manifest, pool)
         async with self._opening[dataset_id]:
             if dataset_id not in self.opened:
                 copy = ManifestCopy(data, manifest)
@@ -186,7 +191,7 @@ class Swarm:
         if not mirrors:
             return await self._resolve_from_peers(dataset_id, trusted)
         pool = SourcePool([HttpSource(url, self.read_timeout) for url in mirrors])
-        copy = stored_copy(self.store, dataset_id)
+        copy = stored_copy(self.store, dataset_id) or stored_collection(self.store, dataset_id)
         if copy is None or (trusted is not None and copy.publisher not in trusted):
             race = _Race(sides=2 if peers else 1)
             async with trio.open_nursery() as nursery:
@@ -198,10 +203,12 @@ class Swarm:
             if race.copy is None:
                 raise FetchError(f"no source gave a valid manifest of {dataset_id}: {'; '.join(race.why)}")
             copy = race.copy
+        if isinstance(copy, CollectionCopy):
+            return opened_collection(self.store, dataset_id, copy, pool)
         directory = store_copy(self.store, dataset_id, copy)
         opened = OpenDataset(dataset_id, directory, copy.manifest, copy.publisher, pool, copy)
         if copy.peer is not None:
-            self._add_peer(opened.pool, await self._host(), copy.peer, dataset_id, copy.manifest)
+            self._add_peer(opened.pool, await self.network(optional=False), copy.peer, dataset_id, copy.manifest)
         return opened
 
     async def peek(self, dataset_id: str) -> ManifestCopy | CollectionCopy:
@@ -246,7 +253,7 @@ class Swarm:
             [PeerSource(network.host, peer, dataset_id, copy.manifest, self.read_timeout) for peer in sources]
         )
         for peer in sources:
-            self.nursery.start_soon(join_data_port, pool, network.host, peer, dataset_id, self.read_timeout)
+            self._join_data_port(pool, network, peer, dataset_id, copy.manifest)
         return OpenDataset(dataset_id, directory, copy.manifest, copy.publisher, pool, copy)
 
     async def _first_signed_manifest(self, network, dataset_id: str, peers: list, trusted, failed: dict[str, str]):
@@ -268,12 +275,13 @@ class Swarm:
 
     async def _manifest_from_mirrors(self, race: _Race, dataset_id: str, pool: SourcePool, trusted) -> None:
         try:
-            data, manifest = await fetch_manifest(pool, dataset_id)
+            data, manifest = await mirrors_manifest(pool, dataset_id)
         except FetchError as exc:
             race.lost(str(exc))
             return
         public_key, signature = await self._mirror_signature(pool, dataset_id, data)
-        copy = ManifestCopy(data, manifest, public_key, signature)
+        kind = ManifestCopy if isinstance(manifest, Manifest) else CollectionCopy
+        copy = kind(data, manifest, public_key, signature)  # type: ignore[arg-type]
         if trusted is not None and copy.publisher not in trusted:
             why = f"signed by {copy.publisher}" if copy.publisher else "with no valid signature file"
             race.lost(f"the web mirrors serve {dataset_id} {why}, and trusted_publishers does not name it")
@@ -291,7 +299,7 @@ class Swarm:
             try:
                 with trio.fail_after(self.read_timeout):
                     signed = await health.source.read_all(SIGNATURE_FILE, size)
-                check_signed_manifest(dataset_id, data, *split_signature(signed))
+                check_signed(dataset_id, data, *split_signature(signed))
             except (SourceError, KogituneError, ValueError, trio.TooSlowError):
                 return None
             return signed
@@ -313,9 +321,7 @@ class Swarm:
         except Exception as exc:  # whatever the peers' side meets, the mirrors may still answer
             race.lost(f"peers: {type(exc).__name__}: {exc}")
             return
-        if isinstance(copy, CollectionCopy):
-            race.lost(f"peers: {dataset_id} is a collection, which has no web mirrors (its parts may)")
-        elif copy is None:
+        if copy is None:
             race.lost(f"no provider gave a valid manifest ({'; '.join(failed.values()) or 'none found'})")
         else:
             race.won(copy)
@@ -332,7 +338,7 @@ class Swarm:
                 providers = await network.find_providers(opened.dataset_id)
                 failed: dict[str, str] = {}
                 for peer in await connect_providers(network, providers, failed) if providers else []:
-                    self._add_peer(opened.pool, network.host, peer, opened.dataset_id, opened.manifest)
+                    self._add_peer(opened.pool, network, peer, opened.dataset_id, opened.manifest)
             except Exception as exc:  # the mirrors serve the dataset; peers are a bonus
                 log.info("looking for peers of %s failed: %s", opened.dataset_id, exc)
             finally:
@@ -341,10 +347,16 @@ class Swarm:
         opened.pool.search_started()
         self.nursery.start_soon(look)
 
-    def _add_peer(self, pool: SourcePool, host, peer, dataset_id: str, manifest: Manifest) -> None:
+    def _add_peer(self, pool: SourcePool, network, peer, dataset_id: str, manifest: Manifest) -> None:
         """A provider joins a dataset's pool: its libp2p source now, its data port when it names one."""
-        pool.add(PeerSource(host, peer, dataset_id, manifest, self.read_timeout))
-        self.nursery.start_soon(join_data_port, pool, host, peer, dataset_id, self.read_timeout)
+        pool.add(PeerSource(network.host, peer, dataset_id, manifest, self.read_timeout))
+        self._join_data_port(pool, network, peer, dataset_id, manifest)
+
+    def _join_data_port(self, pool: SourcePool, network, peer, dataset_id: str, manifest: Manifest) -> None:
+        """The provider's data port joins the pool when it names one: over TLS, signed with this node's identity,
+        for a private dataset (node/tlsdata.py)."""
+        seed = network.seed if manifest.access is not None else None
+        self.nursery.start_soon(join_data_port, pool, network.host, peer, dataset_id, self.read_timeout, seed)
 
     async def _host(self):
         return (await self.network(optional=False)).host

@@ -11,3 +11,8 @@ class ManifestError(KogituneError):
 
 class IntegrityError(KogituneError):
     """Bytes do not match the hash that the manifest commits to."""
+
+
+class IdentityError(KogituneError):
+    """A TLS certificate or a data-port authorization does not prove the libp2p identity it claims (docs/protocol.md,
+    "Private datasets on the data port")."""

@@ -29,19 +29,19 @@ class MirrorHandler(SimpleHTTPRequestHandler):
             self.send_error(404)
             return
         size = os.path.getsize(path)
-        start = self._range_start() if self.mode != "no-range" else None
+        start, end = self._range(size) if self.mode != "no-range" else (None, size)
         is_tokens = path.endswith(".tokens")
         self.send_response(206 if start is not None else 200)
         if start is not None:
-            self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
-        self.send_header("Content-Length", str(size - (start or 0)))
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+        self.send_header("Content-Length", str(end - (start or 0)))
         self.end_headers()
         if is_tokens and self.mode == "hang":
             self.wfile.flush()
             threading.Event().wait()
         with open(path, "rb") as f:
             f.seek(start or 0)
-            self._send_body(f, size - (start or 0), is_tokens)
+            self._send_body(f, end - (start or 0), is_tokens)
 
     def _send_body(self, f, length: int, is_tokens: bool) -> None:
         """Stream the file from its current position, misbehaving as the mode says."""
@@ -60,11 +60,13 @@ class MirrorHandler(SimpleHTTPRequestHandler):
             self.wfile.flush()
             os._exit(1)
 
-    def _range_start(self):
+    def _range(self, size: int):
+        """(start, end exclusive) of `Range: bytes=A-` or `bytes=A-B`; (None, size) without one: the whole file."""
         header = self.headers.get("Range", "")
-        if header.startswith("bytes=") and header.endswith("-"):
-            return int(header[len("bytes=") : -1])
-        return None
+        if not header.startswith("bytes="):
+            return None, size
+        first, _, last = header[len("bytes=") :].partition("-")
+        return int(first), min(size, int(last) + 1) if last else size
 
 
 def main() -> None:

@@ -223,6 +223,26 @@ def test_range_gives_206_and_the_offset():
     run(main)
 
 
+def test_a_bounded_stream_asks_for_a_closed_range():
+    """HttpSource.stream(path, start, end) asks for `bytes=START-(END-1)` (the last byte is inclusive in HTTP)."""
+
+    async def ranged(stream, head):
+        start, last = map(int, re.search(rb"\r\nrange: bytes=(\d+)-(\d+)", head, re.IGNORECASE).groups())
+        await stream.send_all(
+            b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes %d-%d/%d\r\n"
+            b"Content-Length: %d\r\n\r\n" % (start, last, len(DATA), last + 1 - start)
+        )
+        await stream.send_all(DATA[start : last + 1])
+
+    async def main():
+        async with serving(ranged) as server:
+            async with HttpSource(server.url, TIMEOUT).stream("f", 4096, 8192) as (offset, body):
+                body = await body.read_all(len(DATA), "f")
+        assert (offset, body) == (4096, DATA[4096:8192])
+
+    run(main)
+
+
 def test_unreadable_content_range_is_a_source_error():
     async def main():
         reply = answer(b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes */100\r\nContent-Length: 0\r\n\r\n")

@@ -58,10 +58,10 @@ def expected(tensor: DataTensor) -> np.ndarray:
     return np.stack([dataset[i]["input_ids"].numpy() for i in range(len(dataset))])
 
 
-def train(tmp_path, entry, bootstrap: str = "", trusted=None) -> tuple[np.ndarray, dict, float]:
+def train(tmp_path, entry, bootstrap: str = "", trusted=None, env=None) -> tuple[np.ndarray, dict, float]:
     """A training process with no daemon (its embedded node): (samples, what its sources did, seconds)."""
     out = tmp_path / "seen.npy"
-    env = {**ENV, "KOGITUNE_HOME": str(tmp_path / "trainer"), "KOGITUNE_BOOTSTRAP": bootstrap}
+    env = {**ENV, **(env or {}), "KOGITUNE_HOME": str(tmp_path / "trainer"), "KOGITUNE_BOOTSTRAP": bootstrap}
     started = time.monotonic()
     trust = [json.dumps(trusted)] if trusted is not None else []
     result = subprocess.run(
@@ -154,8 +154,9 @@ def test_a_lying_peer_beside_an_honest_mirror(tensor, nodes, tmp_path):
         for offset in range(0, shard.size, held.manifest.piece_size):
             flip_byte(held.path / shard.tokens_path, offset)
     record_verified(held.path, held.manifest, held.shards)  # the lie
+    one = {"KOGITUNE_HTTP_CONNECTIONS": "1"}  # with two, the mirror alone may take every piece of these tiny shards
     with mirrors(tensor.path, "ok") as urls:
-        seen, sources, _ = train(tmp_path, {"id": dataset_id, "mirrors": urls}, a.address, trusted=[a.peer_id])
+        seen, sources, _ = train(tmp_path, {"id": dataset_id, "mirrors": urls}, a.address, [a.peer_id], one)
     np.testing.assert_array_equal(seen, expected(tensor))
     assert f"peer {a.peer_id}: dropped, sent shard" in sources["report"] and "wrong hash" in sources["report"]
     assert sources["bytes"][urls[0]] == sum(shard.size for shard in tensor.shards)

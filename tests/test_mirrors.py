@@ -290,6 +290,69 @@ def test_several_good_mirrors_share_a_shard_without_sending_a_piece_twice(served
     assert DataTensor(tmp_path).verify() == []
 
 
+def test_one_mirror_streams_a_lone_shard_over_two_connections_each_asking_for_its_run_only(
+    served, tmp_path, monkeypatch
+):
+    """A shard fetched alone gets a second connection to an HTTP source (Source.connections); each request is
+    bounded to the run of open pieces at its start (bytes=A-B), so the first stream ends where the second began
+    instead of the server sending on into pieces that another stream is already receiving."""
+    import trio
+
+    from kogitune.node import fetch as fetch_module
+    from kogitune.node.fetch import ShardFetch
+    from kogitune.node.pool import SourcePool
+    from kogitune.node.sources import HttpSource
+
+    asked = []
+
+    class Recording(HttpSource):
+        def stream(self, path, start, end=None):
+            if path.endswith(".tokens"):
+                asked.append((start, end))
+            return super().stream(path, start, end)
+
+    monkeypatch.setattr(fetch_module, "STALE_CLAIM_SECONDS", 3600.0)
+    (tmp_path / "shards").mkdir()
+    shard, piece = served.shards[0], served.manifest.piece_size
+    with mirrors(served.path, "ok") as urls:
+        pool = SourcePool([Recording(urls[0])])
+        fetch = ShardFetch(tmp_path, served.manifest, shard, pool)
+
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(fetch.run)
+
+        trio.run(main)
+    # a stream that finished its run early may pick up a piece the other has not claimed yet: a third request
+    assert sorted(asked[:2]) == [(0, shard.size), (2 * piece, shard.size)], asked
+    assert fetch.bytes_received == shard.size and pool.health[0].streams == 0
+    assert (tmp_path / shard.tokens_path).read_bytes() == (served.path / shard.tokens_path).read_bytes()
+
+
+def test_a_mirror_that_cannot_seek_keeps_one_connection(served, tmp_path):
+    """A second stream from a server without Range support would only receive the same bytes again."""
+    import trio
+
+    from kogitune.node.fetch import ShardFetch
+    from kogitune.node.pool import SourcePool
+    from kogitune.node.sources import HttpSource
+
+    (tmp_path / "shards").mkdir()
+    with stdlib_http_server(served.path) as url:
+        source = HttpSource(url)
+        assert source.connections == 2
+        for shard in served.shards[:2]:
+            fetch = ShardFetch(tmp_path, served.manifest, shard, SourcePool([source]))
+
+            async def main(fetch: ShardFetch = fetch) -> None:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(fetch.run)
+
+            trio.run(main)
+    assert source.connections == 1
+    assert fetch.bytes_received == shard.size, "the second shard streamed over one connection"
+
+
 def test_cache_evicts_least_recently_used_unpinned_shards(served, tmp_path):
     """gc keeps the store under its limit, oldest-used shards first, never a pinned dataset's nor a shard that a
     process maps; an evicted shard is fetched again when needed."""

@@ -14,6 +14,16 @@ def test_first_worker_starts_at_zero_second_in_the_middle_of_the_open_run():
     assert board.pick_start(0.0) == 4
 
 
+def test_a_stream_asks_for_the_open_run_after_its_start_only():
+    board = PieceBoard(8, STALE)
+    assert board.run_end(0) == 8
+    board.claim(0, 0.0)
+    board.claim(5, 0.0)
+    assert board.run_end(0) == 5 and board.run_end(5) == 8
+    board.finish(7)
+    assert board.run_end(5) == 7 and board.run_end(6) == 7
+
+
 def test_a_claimed_piece_is_claimed_again_only_once_its_claim_is_stale():
     board = PieceBoard(2, STALE)
     assert board.claim(1, 10.0)

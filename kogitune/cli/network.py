@@ -136,7 +136,8 @@ def add_commands(commands) -> None:
         "--mirror",
         action="append",
         metavar="URL",
-        help="a web mirror of the dataset (http(s) URL of a data tensor directory), used beside the peers; repeatable",
+        help="a web mirror of the dataset (http(s) URL of a data tensor directory, or of a collection directory: "
+        "its parts are then fetched from under it too), used beside the peers; repeatable",
     )
     get.add_argument("--home", help=HOME_HELP)
     get.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -318,10 +319,12 @@ def _get(args) -> int:
     """`open` first (lookup and signed manifest), then `get` on a thread with no time limit (a whole dataset can
     take hours; the node gives up on a shard that makes no progress for its stall timeout) while a bar follows the
     verified bytes (control op `progress`, piece by piece) and the complete shard files. A collection: each part
-    so, then the collection (its manifest is then in the store, and the node provides it)."""
+    so, with its mirrors under the collection's (layout.part_url), then the collection (its manifest is then in the
+    store, and the node provides it if it is signed)."""
     from pathlib import Path
 
     from ..client import DaemonClient
+    from ..layout import part_url
 
     client = DaemonClient(home_of(args))
     mirrors = args.mirror or []
@@ -329,8 +332,10 @@ def _get(args) -> int:
     if opened.get("parts") is not None:  # a collection: each part as a dataset, then the collection itself
         for index, part_id in enumerate(opened["parts"]):
             print(f"part {index:05d} of {len(opened['parts'])}:")
-            _get_one(args, client, part_id, Path(client.call("open", id=part_id)["directory"]), [])
-        reply = client.call("get", timeout=None, id=args.dataset_id)
+            part_mirrors = [part_url(url, index) for url in opened.get("mirrors", [])]
+            part = client.call("open", id=part_id, mirrors=part_mirrors)
+            _get_one(args, client, part_id, Path(part["directory"]), part_mirrors)
+        reply = client.call("get", timeout=None, id=args.dataset_id, mirrors=mirrors)
         print(f"{args.dataset_id} -> {reply['directory']} (a collection of {len(opened['parts'])} parts)")
         return EXIT_OK
     return _get_one(args, client, args.dataset_id, Path(opened["directory"]), mirrors)
