@@ -1,8 +1,9 @@
 """The one narrow door from the sync world (producers, trainers) to the async node (kogitune.node).
 
-Two ways through it: a node daemon running under the same home (`kogitune node start`), reached over its control
-socket; else an embedded node, a trio loop in a background thread of this process, started on first use and
-started again in a forked or spawned DataLoader worker. The setting `read_timeout` (kogitune.settings) bounds every
+Two ways through it: a node daemon running under the same home (`kogitune node start`, or the node that the
+training processes of a host start for it, kogitune.hostnode), reached over its control socket; else an embedded
+node, a trio loop in a background thread of this process, started on first use and started again in a forked or
+spawned DataLoader worker. The setting `read_timeout` (kogitune.settings) bounds every
 network read, `fetch_timeout` a wait for a shard or a reply of the daemon.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import socket
 import threading
@@ -20,7 +22,7 @@ from pathlib import Path
 from kogitune.protocol.jsonlimits import MAX_JSON_DEPTH, loads
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES
 
-from . import errors
+from . import errors, hostnode
 from .collection import DataCollection, is_collection_dir
 from .content_store import ContentStore, kogitune_home
 from .errors import KogituneError, NodeNotRunning, RecipeError
@@ -29,6 +31,7 @@ from .progress import waiting_for
 from .settings import settings
 from .tensor import DataTensor
 
+log = logging.getLogger(__name__)
 DEFAULT_FETCH_TIMEOUT = settings().fetch_timeout
 MAX_REPLY_BYTES = 16 << 20
 """A control reply longer than this is refused (the longest, `status`, takes about 60 bytes per dataset held), but
@@ -156,7 +159,7 @@ class RemoteShards:
         if self.daemon_home is not None:
             daemon = DaemonClient(Path(self.daemon_home))
             with waiting_for(what, lambda: daemon.call("progress", 5, id=self.dataset_id)["bytes_verified"]):
-                daemon.call("shard", self.timeout, id=self.dataset_id, index=index, mirrors=list(self.mirrors))
+                self._call(daemon, "shard", index=index)
             return
         node = embedded_node()
         with waiting_for(what, lambda: sum(node.source_bytes(self.dataset_id).values())):
@@ -165,19 +168,44 @@ class RemoteShards:
 
     def prefetch(self, manifest, indexes: list[int]) -> None:
         if self.daemon_home is not None:
-            DaemonClient(Path(self.daemon_home)).call(
-                "prefetch", self.timeout, id=self.dataset_id, indexes=list(indexes), mirrors=list(self.mirrors)
-            )
+            self._call(DaemonClient(Path(self.daemon_home)), "prefetch", indexes=list(indexes))
         else:
             embedded_node().prefetch(self.store_home, self.dataset_id, list(indexes), self.mirrors, self.peers)
 
+    def _call(self, daemon: DaemonClient, op: str, **fields) -> dict:
+        """A request about this dataset to the daemon; if it stopped running and this host starts its own node
+        (kogitune.hostnode), it is started again and the request sent once more."""
+        fields.update(id=self.dataset_id, mirrors=list(self.mirrors))
+        try:
+            return daemon.call(op, self.timeout, **fields)
+        except NodeNotRunning:
+            if not hostnode.start_for(daemon.home, daemon.running):
+                raise
+            if self.peers:
+                join_job(daemon, self.dataset_id)
+            return daemon.call(op, self.timeout, **fields)
+
 
 def _daemon_for(store: ContentStore) -> DaemonClient | None:
-    """The node daemon that fills `store`, if one runs (a daemon fills the store of its home)."""
+    """The node daemon that fills `store` (a daemon fills the store of its home): the one that runs, else the one
+    this host starts for its training processes (kogitune.hostnode), else None."""
     daemon = DaemonClient()
     if Path(store.home).resolve() != daemon.home.resolve():
         return None
-    return daemon if daemon.running() else None
+    if daemon.running() or hostnode.start_for(daemon.home, daemon.running):
+        return daemon
+    return None
+
+
+def join_job(daemon: DaemonClient, dataset_id: str) -> None:
+    """Tell the node which training job this process is part of (kogitune.hostnode.job_of_environment), so that it
+    finds the job's other hosts and prefers them as sources of `dataset_id` (node/jobs.py); nothing outside a job."""
+    job = hostnode.job_of_environment()
+    if job is not None:
+        try:
+            daemon.call("job", DEFAULT_FETCH_TIMEOUT, id=dataset_id, job=job)
+        except KogituneError as exc:  # the job's hosts then do not find this one: slower, never wrong
+            log.warning("the node did not join job %r for %s: %s", job, dataset_id, exc)
 
 
 def remote_manifest(dataset_id: str, home: Path, timeout: float = DEFAULT_FETCH_TIMEOUT):
@@ -272,5 +300,7 @@ def open_dataset_id(
 
         return DataCollection(directory, open_part)
     home = str(daemon.home) if daemon is not None else None
+    if daemon is not None:
+        join_job(daemon, dataset_id)
     remote = RemoteShards(dataset_id, str(store.home), mirrors, True, home, timeout)
     return DataTensor(directory, remote=remote, store=ContentStore(directory.parent.parent))

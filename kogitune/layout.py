@@ -29,6 +29,8 @@ A node home (`$KOGITUNE_HOME`, see kogitune.content_store.kogitune_home):
     control.sock               CONTROL_SOCKET_FILE: the running node's control socket (owner-only)
     node.lock                  NODE_LOCK_FILE: held while a node runs on this home
     node.log                   LOG_FILE: the node's log
+    host-node.lock             HOST_NODE_LOCK_FILE: held by the training process that starts the host's node
+    node.users                 NODE_USERS_FILE: shared locks of the processes using a node started for the host
     names.json                 NAMES_FILE: the names this node publishes
     locks/<recipe ID>          LOCKS_DIR: the recipe locks this node publishes
 
@@ -73,6 +75,11 @@ CONFIG_FILE = "config.json"
 CONTROL_SOCKET_FILE = "control.sock"
 NODE_LOCK_FILE = "node.lock"
 LOG_FILE = "node.log"
+HOST_NODE_LOCK_FILE = "host-node.lock"
+"""Held by the training process that starts the node of its host (kogitune.hostnode), so exactly one does."""
+NODE_USERS_FILE = "node.users"
+"""Each process using a node started for its host holds a shared lock on it; the node (--until-unused) stops once
+nobody does (kogitune.hostnode)."""
 NAMES_FILE = "names.json"
 """The names this node publishes: {short name: its newest record, as text} (kogitune.names)."""
 LOCKS_DIR = "locks"

@@ -60,10 +60,21 @@ class Settings:
         1024.0, "Bytes per second below which a source's stream counts as failed (0: off).", zero_ok=True
     )
     rate_window: float = _setting(10.0, "The window over which a stream must deliver min_rate.")
+    job_peer_patience: float = _setting(
+        2.0,
+        "While a peer of the training job holds a shard, the other sources join its fetch only after this many "
+        "seconds without a verified piece.",
+    )
     reprovide_interval: float = _setting(
         6 * 3600.0,
         "How often a node announces its datasets again (DHT records expire after 48 h).",
         flag="kogitune node start --reprovide-interval",
+    )
+    host_node: int = _setting(
+        1,
+        "Training processes of one host share a node daemon they start: 0 never (each runs its own embedded node), "
+        "1 under torchrun with more than one process per host (LOCAL_WORLD_SIZE > 1), 2 always.",
+        zero_ok=True,
     )
     # sizes and counts
     cache_limit: float = _setting(
@@ -84,6 +95,19 @@ class Settings:
     partitions: int = _setting(
         0,
         "Canonical partitions of a training dataset's epoch order (docs/datasets.md); 0: the job's world size.",
+        zero_ok=True,
+    )
+    # compressed sidecars (kogitune.sidecars, docs/format.md#compressed-sidecars)
+    compression_level: int = _setting(
+        3,
+        "zstd level of the sidecars `kogitune compress` writes, 1 to 22 (3: half the bytes of text tokens, written "
+        "at 200 MB/s a core).",
+        flag="kogitune compress --level",
+    )
+    compressed_transfer: int = _setting(
+        1,
+        "1: fetch a shard's compressed sidecar from the sources that offer one (about half the bytes, decoded and "
+        "verified at ~0.7 GB/s a core); 0: always fetch the flat tokens.",
         zero_ok=True,
     )
     # what the node's host admits (kogitune.node.host.HostLimits)

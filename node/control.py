@@ -186,6 +186,11 @@ async def _dispatch(node: Node, request: dict) -> dict:
         indexes = [int(index) for index in request.get("indexes", [])]
         node.nursery.start_soon(node.swarm.prefetch, _dataset(request), indexes, _mirrors(request))
         return {}
+    if op == "job":  # a trainer's job (kogitune.client.job_of_environment): find its other hosts' nodes
+        dataset_id, job = _dataset(request), request.get("job")
+        if not isinstance(job, str):
+            raise NodeError(f"job must be a string, not {type(job).__name__}")
+        return {"joined": node.jobs.join(dataset_id, job), "peers": node.jobs.peers(dataset_id)}
     if op == "progress":
         return {"bytes_verified": node.swarm.bytes_verified(_dataset(request))}
     if op == "providers":

@@ -2,7 +2,10 @@
 asks of them.
 
 A node in server mode (the daemon, `kogitune node start`) serves its store and announces one provider record per
-dataset (under ids.provider_key), again every `reprovide_interval` and after connecting to bootstrap peers. A node
+dataset it holds the signed manifest and at least one verified shard of (under ids.provider_key): at once when it
+fetched that first shard (it serves what it holds while it fetches the rest; peers ask which shards, node/havemaps.py),
+again every `reprovide_interval` and after connecting to bootstrap peers; it takes part in the training jobs its
+trainers name (node/jobs.py). A node
 in client mode (embedded in a training process when no daemon runs) only fetches: it neither serves nor announces.
 Everything fetched goes through the fetch service (node/swarm.py), which this node's `swarm` runs on its store;
 finding providers is node/providers.py, publishing node/publish.py, collections node/collection.py.
@@ -27,6 +30,7 @@ from .collection import OpenCollection
 from .dataport import DataPort
 from .host import keep_dht_clients_out, load_identity_seed, new_kogitune_host
 from .integrity import CHANGED, shard_paths
+from .jobs import Jobs
 from .metrics import LOOKUP_BUCKETS, Timings
 from .providers import CONNECT_TIMEOUT, LOOKUP_DEADLINE, load_manifest
 from .server import DataServer
@@ -78,6 +82,9 @@ class Node:
         """How long each provider lookup took, by outcome (found, none): node/metrics.py."""
         self.metrics_url = ""
         """Where the metrics and the status page are served (node/status_page.py), "" when they are not."""
+        self.jobs = Jobs(self)
+        self._announced: set[str] = set()
+        """Datasets announced since the node started, on their first shard (`_stored`)."""
 
     @property
     def peer_id(self) -> str:
@@ -111,6 +118,7 @@ class Node:
                 async with background_trio_service(self.dht), trio.open_nursery() as nursery:
                     self.nursery = nursery
                     self.swarm = Swarm(self.store, self._this_node, nursery, self.config.read_timeout)
+                    self.swarm.on_stored = self._stored
                     if self.config.server and self.config.data_listen is not None:
                         self.dataport.tls = ServerTls(self.seed)
                         _, self.server.data_port = await nursery.start(self.dataport.serve, *self.config.data_listen)
@@ -207,7 +215,8 @@ class Node:
             self._announce_now = trio.Event()
 
     async def announce_all(self) -> None:
-        for dataset_id in await trio.to_thread.run_sync(self.complete_datasets):
+        for dataset_id in await trio.to_thread.run_sync(self.served_datasets):
+            self._announced.add(dataset_id)
             await self.announce(dataset_id)
         await names.announce_names(self)
         await locks.announce_locks(self)
@@ -218,6 +227,13 @@ class Node:
                 await providers.provide(self.dht, dataset_id)
         except Exception as exc:
             log.warning("announcing %s failed: %s", dataset_id, exc)
+
+    def _stored(self, opened: OpenDataset) -> None:
+        """A shard of `opened` is in the store: announce the dataset now if this node serves it (server mode, a
+        signed copy) and has not announced it since it started."""
+        if self.config.server and opened.publisher is not None and opened.dataset_id not in self._announced:
+            self._announced.add(opened.dataset_id)
+            self.nursery.start_soon(self.announce, opened.dataset_id)
 
     async def _this_node(self, optional: bool = False) -> Node:
         """The libp2p side the fetch service asks for peers: this node."""
@@ -272,16 +288,28 @@ class Node:
         return swarm.bytes_fetched if swarm is not None else 0
 
     def complete_datasets(self) -> list[str]:
+        """The datasets of which the store holds every shard (and the signature), and the collections of them."""
+        found = self._signed_datasets(all)
+        return found + collection.complete_collections(self, set(found))
+
+    def served_datasets(self) -> list[str]:
+        """What this node announces: the datasets of which it holds the signature and at least one shard (it
+        serves what it holds), and the complete collections."""
+        complete = set(self._signed_datasets(all))
+        return self._signed_datasets(any) + collection.complete_collections(self, complete)
+
+    def _signed_datasets(self, enough) -> list[str]:
+        """The signed datasets in the store for which `enough` (all, any) of the shards' tokens files exist."""
         found = []
         for directory in sorted(self.store.datasets.glob("kg1-*")):
             manifest = load_manifest(directory)
             if (
                 manifest
                 and (directory / SIGNATURE_FILE).exists()
-                and all((directory / s.tokens_path).exists() for s in manifest.shards)
+                and enough((directory / s.tokens_path).exists() for s in manifest.shards)
             ):
                 found.append(directory.name)
-        return found + collection.complete_collections(self, set(found))
+        return found
 
     async def status(self) -> dict:
         """What `kogitune node status` shows. The store is scanned (every manifest parsed, every shard's files
@@ -307,9 +335,9 @@ class Node:
         }
 
     def _scan_store(self, damaged: set[tuple[str, str]]) -> tuple[list[str], list[dict]]:
-        """The complete datasets and the changed shards (on a worker thread; `damaged`: the (dataset, file) pairs
-        found damaged, taken on the event loop)."""
-        return self.complete_datasets(), self.changed_shards(damaged)
+        """The datasets announced (served_datasets) and the changed shards (on a worker thread; `damaged`: the
+        (dataset, file) pairs found damaged, taken on the event loop)."""
+        return self.served_datasets(), self.changed_shards(damaged)
 
     def damaged_shards(self) -> list[dict]:
         """Files (of shards, and manifests) this node withholds from peers because a check found they do not match

@@ -16,7 +16,7 @@ import logging
 
 from kogitune.errors import SourceError
 
-from .peers import fetch_data_port
+from .peers import PeerSource, fetch_data_port
 from .pool import SourcePool
 from .sources import HttpSource
 from .tlsdata import PeerTls
@@ -37,6 +37,11 @@ class PeerHttpSource(HttpSource):
         scheme, peer = ("http", None) if seed is None else ("https", PeerTls(str(peer_id), seed))
         super().__init__(f"{scheme}://{host}:{port}/{dataset_id}", read_timeout, redirects=0, peer=peer)
         self.identity = str(peer_id)
+        self.libp2p_source: PeerSource | None = None
+        """The peer's libp2p source in the pool: the data port holds what its have-map says (node/havemaps.py)."""
+
+    def holds(self, index: int) -> bool:
+        return self.libp2p_source is None or self.libp2p_source.holds(index)
 
 
 async def join_data_port(
@@ -50,4 +55,14 @@ async def join_data_port(
         log.debug("no data port from %s: %s", peer_id, exc)
         return
     if found is not None:
-        pool.add(PeerHttpSource(peer_id, *found, dataset_id, read_timeout, seed))
+        source = PeerHttpSource(peer_id, *found, dataset_id, read_timeout, seed)
+        source.libp2p_source = next(
+            (
+                h.source
+                for h in pool.health
+                if isinstance(h.source, PeerSource) and h.source.identity == source.identity
+            ),
+            None,
+        )
+        source.job_peer = source.libp2p_source is not None and source.libp2p_source.job_peer
+        pool.add(source)

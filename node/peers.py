@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from kogitune.errors import SourceBusy, SourceError
+from kogitune.errors import SourceBusy, SourceError, SourceLacks
 from kogitune.protocol import wire
 from kogitune.protocol.collection import Collection
 from kogitune.protocol.ids import dataset_id_digest
@@ -73,7 +73,7 @@ async def _open_once(host, peer_id, request: wire.Request, timeout: float):
                 decoder.feed(data)
         response = wire.parse_response(frame, wire.expected_response(request))
         if isinstance(response, wire.ErrorResponse):
-            error = SourceBusy if response.code == "busy" else SourceError
+            error = {"busy": SourceBusy, "not_found": SourceLacks}.get(response.code, SourceError)
             raise error(f"{peer_id}: {response.code}: {response.message}")
         return stream, response, decoder.unused()
     except trio.TooSlowError:
@@ -179,14 +179,25 @@ class PeerSource(Source):
         self.peer_id = peer_id
         self.name = f"peer {peer_id}"
         self.identity = str(peer_id)
+        self.dataset_id = dataset_id
         self.digest = dataset_id_digest(dataset_id)
+        self.have: list[bool] | None = None
+        """Its have-map (which shards it holds) as last asked, None until asked (node/havemaps.py)."""
+        self.have_due = 0.0
+        """When (trio clock) its have-map may be asked again."""
+        self.have_failures = 0
         self.manifest = manifest
         self.read_timeout = read_timeout
         self._sizes = {}
+        self._index = {shard.name: index for index, shard in enumerate(manifest.shards)}
         for shard in manifest.shards:
             self._sizes[shard.tokens_path] = (shard.name, "tokens", shard.size)
             self._sizes[shard.pieces_path] = (shard.name, "pieces", manifest.pieces_in(shard) * 32)
             self._sizes[shard.docs_path] = (shard.name, "docs", shard.docs_size)
+
+    def holds(self, index: int) -> bool:
+        """As its have-map says; a peer not asked yet is taken at its provider record's word."""
+        return self.have is None or (index < len(self.have) and self.have[index])
 
     @asynccontextmanager
     async def stream(self, path: str, start: int, end: int | None = None):
@@ -198,7 +209,13 @@ class PeerSource(Source):
             yield start, Body()
             return
         request = wire.ReadRequest(self.digest, shard, kind, start, stop - start)
-        stream, response, first = await _open(self.host, self.peer_id, request, self.read_timeout)
+        try:
+            stream, response, first = await _open(self.host, self.peer_id, request, self.read_timeout)
+        except SourceLacks:  # it serves part of the dataset: this shard is not (or no longer) in its have-map
+            if self.have is None:  # not asked yet: it still holds the others, for all this source knows
+                self.have = [True] * len(self._index)
+            self.have[self._index[shard]] = False
+            raise
         try:
             if response.length != stop - start:
                 raise SourceError(f"{self.name}: offered {response.length} bytes of {path}, asked {stop - start}")

@@ -33,6 +33,11 @@ STALL_SECONDS = settings().stall_timeout
 """A shard fetch with no verified byte (piece, .pieces or .docs file) for this long fails with a FetchError naming
 what each source did (`KOGITUNE_STALL_TIMEOUT`): sources that all hang, drip or fail and back off cannot hold a
 trainer for minutes."""
+JOB_PEER_PATIENCE = settings().job_peer_patience
+"""While a job peer that holds a shard is usable, the other sources (the origin, far peers, web mirrors) stand by
+for that shard; they join its fetch once no verified piece arrived for this many seconds
+(`KOGITUNE_JOB_PEER_PATIENCE`, SourcePool.standing_by): a job peer that hangs or drips costs a trainer this long,
+not a stall timeout."""
 HEDGE_SECONDS = 1.0
 """How long the sources asked for a small file (a manifest, a .pieces or .docs file) may leave it unanswered before
 as many more are asked the same, without cancelling the first (`first_answer`): a silent or slow source costs about
@@ -48,11 +53,12 @@ class FetchLimits:
     min_rate: float = MIN_SOURCE_RATE
     rate_window: float = RATE_WINDOW_SECONDS
     stall_timeout: float = STALL_SECONDS
+    job_peer_patience: float = JOB_PEER_PATIENCE
 
     @classmethod
     def from_settings(cls) -> FetchLimits:
         current = settings()
-        return cls(current.min_rate, current.rate_window, current.stall_timeout)
+        return cls(current.min_rate, current.rate_window, current.stall_timeout, current.job_peer_patience)
 
 
 @dataclass
@@ -68,6 +74,8 @@ class SourceHealth:
     files_verified: int = 0
     pieces_verified: int = 0
     pieces_rejected: int = 0
+    no_sidecars: bool = False
+    """The source answered 404 for a compressed sidecar: it is not asked for others (node/sidecar_fetch.py)."""
     streams: int = 0
     """Workers reading from this source now, over all the shard fetches of the pool (`Source.connections`)."""
 
@@ -101,12 +109,13 @@ class SourcePool:
             raise FetchError("no sources to fetch from")
         self.health = [SourceHealth(s) for s in self.sources]
 
-    def add(self, source: Source) -> None:
+    def add(self, source: Source) -> SourceHealth:
         """A source found after the pool was made (a peer whose provider record or dial came late, a mirror that
         a later open names): it takes part in the shard fetches running now and in every later one. A source whose
-        name is in the pool already is not added twice (a banned one stays banned)."""
-        if any(h.source.name == source.name for h in self.health):
-            return
+        name is in the pool already is not added twice (a banned one stays banned). Returns its health."""
+        for health in self.health:
+            if health.source.name == source.name:
+                return health
         self.sources.append(source)
         health = SourceHealth(source)
         self.health.append(health)
@@ -116,6 +125,7 @@ class SourcePool:
         for joined in list(self.joined):
             joined(health)
         self._changed()
+        return health
 
     def names(self) -> set[str]:
         return {h.source.name for h in self.health}
@@ -140,21 +150,35 @@ class SourcePool:
         self._change.set()
         self._change = trio.Event()
 
-    def usable(self) -> list[SourceHealth]:
+    def usable(self, index: int | None = None) -> list[SourceHealth]:
         """The sources neither banned nor failed out, less a peer's sources that its `preferred` one (its data
         port) stands in for: once it has delivered verified bytes, and while it is usable (a data port that a
-        firewall hides never holds up the peer's libp2p source)."""
+        firewall hides never holds up the peer's libp2p source); with `index`, those that may serve shard `index`
+        (Source.holds)."""
         working = [h for h in self.health if self._working(h)]
         standing_in = {
             h.source.identity for h in working if h.source.preferred and (h.bytes_verified or h.files_verified)
         }
-        return [h for h in working if h.source.preferred or h.source.identity not in standing_in]
+        return [
+            h
+            for h in working
+            if (h.source.preferred or h.source.identity not in standing_in) and (index is None or h.source.holds(index))
+        ]
 
     def is_usable(self, health: SourceHealth) -> bool:
         return health in self.usable()
 
     def _working(self, health: SourceHealth) -> bool:
         return not health.banned and health.failures < self.max_failures
+
+    def standing_by(self, health: SourceHealth, index: int, quiet_for: float) -> bool:
+        """Whether `health`'s source should wait rather than read shard `index` now: it is no job peer, a usable job
+        peer holds the shard, and the fetch received a verified piece within the last `job_peer_patience` seconds
+        (`quiet_for`: seconds since the last one). So a host reads from its job's hosts what they hold, and from the
+        origin only what none of them holds or when they stop delivering."""
+        if health.source.job_peer or quiet_for >= self.limits.job_peer_patience:
+            return False
+        return any(h.source.job_peer for h in self.usable(index))
 
     def failed(self, health: SourceHealth, error: str) -> None:
         health.failures += 1
@@ -194,13 +218,20 @@ class SourcePool:
     def report(self) -> str:
         return "; ".join(h.describe() for h in self.health)
 
-    def in_order_of_health(self) -> list[SourceHealth]:
-        """The usable sources: ready now first, then those that have delivered verified bytes, fewer failures and
-        more bytes first (a source that has never delivered anything may be one that never answers)."""
+    def in_order_of_health(self, index: int | None = None) -> list[SourceHealth]:
+        """The usable sources (of shard `index`, when given: job peers first): ready now first, then those that have
+        delivered verified bytes, fewer failures and more bytes first (a source that has never delivered anything
+        may be one that never answers)."""
         now = trio.current_time()
         return sorted(
-            self.usable(),
-            key=lambda h: (h.retry_at > now, not (h.bytes_verified or h.files_verified), h.failures, -h.bytes_verified),
+            self.usable(index),
+            key=lambda h: (
+                index is not None and not h.source.job_peer,
+                h.retry_at > now,
+                not (h.bytes_verified or h.files_verified),
+                h.failures,
+                -h.bytes_verified,
+            ),
         )
 
 
@@ -293,13 +324,16 @@ async def prefetch_in_order(nursery: trio.Nursery, limiter: trio.CapacityLimiter
         nursery.start_soon(one, index, slot)
 
 
-async def fetch_small_file(pool: SourcePool, path: str, limit: int, problem, exact: bool = False) -> bytes:
+async def fetch_small_file(
+    pool: SourcePool, path: str, limit: int, problem, exact: bool = False, index: int | None = None
+) -> bytes:
     """A small whole file (manifest, .pieces, .docs) from the first source whose bytes have no `problem`:
     `problem(data)` says what is wrong with them (naming the file), or None. The healthiest source is asked first,
     more when it fails or is slow (`first_answer`); a source that failed is asked again after its backoff, until
     it has failed `max_failures` times (one busy or overloaded provider is not the end of a fetch). A source that
     sends a wrong file is dropped, and the error, when no source is left, says what each one sent. With `exact`,
-    the file has `limit` bytes: a shorter one was cut off (a source that died), a failure rather than a lie."""
+    the file has `limit` bytes: a shorter one was cut off (a source that died), a failure rather than a lie. A file
+    of shard `index` is asked only of the sources that hold it, job peers first."""
 
     async def ask(health: SourceHealth) -> bytes | None:
         await trio.sleep_until(health.retry_at)
@@ -323,7 +357,7 @@ async def fetch_small_file(pool: SourcePool, path: str, limit: int, problem, exa
         return data
 
     while True:
-        candidates = pool.in_order_of_health()
+        candidates = pool.in_order_of_health(index)
         if candidates:
             data = await first_answer(candidates, ask)
             if data is not None:

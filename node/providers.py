@@ -44,13 +44,14 @@ LATE_PROVIDER_SECONDS = 0.5
 left) must not hold up the open for a whole connect timeout."""
 
 
-async def provide(dht, dataset_id: str) -> bool:
-    """Announce the DHT's own node as a provider of `dataset_id` to the peers closest to its key (and store the
-    record locally); False when no peer took it. `dht`: a py-libp2p KadDHT."""
-    return await dht.provider_store.provide(provider_key(dataset_id))
+async def provide(dht, dataset_id: str, key: bytes | None = None) -> bool:
+    """Announce the DHT's own node as a provider of `dataset_id` (under `key` instead, when given: a job's key,
+    node/jobs.py) to the peers closest to the key (and store the record locally); False when no peer took it.
+    `dht`: a py-libp2p KadDHT."""
+    return await dht.provider_store.provide(key or provider_key(dataset_id))
 
 
-async def find_providers(node, dataset_id: str, deadline: float = LOOKUP_DEADLINE) -> list:
+async def find_providers(node, dataset_id: str, deadline: float = LOOKUP_DEADLINE, key: bytes | None = None) -> list:
     """Providers of a dataset: each connected peer is asked directly (fast in a small swarm, and when a
     bootstrap peer holds the record; peers the lookup connects to are asked too) while the full Kademlia lookup
     runs; each of them is asked again with backoff while nothing names a provider, never with two requests at
@@ -58,8 +59,8 @@ async def find_providers(node, dataset_id: str, deadline: float = LOOKUP_DEADLIN
     Once anything (neighbours, lookup, local records) has named a provider, the neighbours that have not
     answered yet get LATE_PROVIDER_SECONDS more; after `deadline` seconds, none is found, and at once when
     there is nobody to ask (no connected peer and no bootstrap peer). (py-libp2p's
-    lookup alone returns only local records when there are any.)"""
-    key = provider_key(dataset_id)
+    lookup alone returns only local records when there are any.) `key`: another key to look up (a job's)."""
+    key = key or provider_key(dataset_id)
     found: dict = {}
     asked: set = set()
     answered: set = set()

@@ -16,7 +16,7 @@ from pathlib import Path
 import trio
 
 from kogitune.errors import NodeError, SettingsError
-from kogitune.layout import CONFIG_FILE, LOG_FILE, NODE_LOCK_FILE
+from kogitune.layout import CONFIG_FILE, LOG_FILE, NODE_LOCK_FILE, NODE_USERS_FILE
 from kogitune.settings import DEFAULT_LISTEN, read_config, settings
 
 from .control import serve_control
@@ -130,10 +130,12 @@ def run_node(
     reprovide_interval: float,
     metrics: str | None = None,
     data_listen: str | None = None,
+    until_unused: bool = False,
 ) -> None:
-    """Run the daemon in the foreground until `node stop`, SIGINT or SIGTERM; with `metrics` ([HOST:]PORT) or the
-    setting metrics_port, serve its metrics and status page too (node/status_page.py); its data port as
-    `data_listen` (HOST:PORT, off) or the settings say (node/dataport.py)."""
+    """Run the daemon in the foreground until `node stop`, SIGINT or SIGTERM (with `until_unused`, also once no
+    process uses it: `_stop_when_unused`); with `metrics` ([HOST:]PORT) or the setting metrics_port, serve its
+    metrics and status page too (node/status_page.py); its data port as `data_listen` (HOST:PORT, off) or the
+    settings say (node/dataport.py)."""
     listen = listen or [DEFAULT_LISTEN]
     with node_lock(home):
         _check_addresses(home, listen, bootstrap, metrics, data_listen)
@@ -151,11 +153,11 @@ def run_node(
             read_timeout=settings().read_timeout,
             data_listen=data_listen_address(data_listen, listen),
         )
-        if not trio.run(_serve, Node(config), metrics_address(metrics)):
+        if not trio.run(_serve, Node(config), metrics_address(metrics), until_unused):
             raise NodeError(f"the node could not listen on {' '.join(listen)}; see {home / LOG_FILE}")
 
 
-async def _serve(node: Node, metrics: tuple[str, int] | None) -> bool:
+async def _serve(node: Node, metrics: tuple[str, int] | None, until_unused: bool = False) -> bool:
     """Run the node until it stops (and its metrics port, if `metrics` gives one); False if it could not listen
     anywhere."""
     async with trio.open_nursery() as nursery:
@@ -167,6 +169,8 @@ async def _serve(node: Node, metrics: tuple[str, int] | None) -> bool:
             node.metrics_url = await nursery.start(serve_status, node, *metrics)
         await nursery.start(serve_control, node)
         nursery.start_soon(_stop_on_signal, node)
+        if until_unused:
+            nursery.start_soon(_stop_when_unused, node)
         print(f"{READY_PREFIX}{node.peer_id} listening on {' '.join(_full(node))}", flush=True)
         log.info("started %s on %s", node.peer_id, _full(node))
         await node.wait_stopped()
@@ -183,6 +187,28 @@ async def _stop_on_signal(node: Node) -> None:
         async for _ in signals:
             node.stop()
             return
+
+
+UNUSED_CHECK_SECONDS = 1.0
+"""How often a node started for its host (--until-unused) checks whether any process still uses it."""
+UNUSED_GRACE_SECONDS = 5.0
+"""How long such a node waits after it started before the first check (its starter holds the lock already)."""
+
+
+async def _stop_when_unused(node: Node) -> None:
+    """Stop the node once no process holds a shared lock on <home>/node.users (kogitune.hostnode). The node then
+    keeps the exclusive lock until it exits, so a process that comes meanwhile waits and starts a new one."""
+    fd = os.open(Path(node.config.home) / NODE_USERS_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    await trio.sleep(UNUSED_GRACE_SECONDS)
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            await trio.sleep(UNUSED_CHECK_SECONDS)
+            continue
+        log.info("no process uses this node any more (--until-unused): stopping")
+        node.stop()
+        return  # fd stays open, and locked, until the process exits
 
 
 def start_detached(home: Path, argv: list[str]) -> str:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,7 @@ from kogitune.settings import settings
 from .collection import OpenCollection, mirrors_collection, mirrors_manifest, opened_collection
 from .copies import CollectionCopy, ManifestCopy, store_collection, store_copy, stored_collection, stored_copy
 from .fetch import ShardFetch
+from .havemaps import refresh_for
 from .metrics import SHARD_FETCH_BUCKETS, Timings
 from .peer_http import join_data_port
 from .peers import PeerSource, fetch_signed_manifest
@@ -124,6 +126,9 @@ class Swarm:
         self._fetching: dict[tuple[str, int], trio.Event] = {}
         self._shards = trio.CapacityLimiter(MAX_SHARDS_IN_FLIGHT)
         self._prefetch = trio.CapacityLimiter(PREFETCH_SHARDS)
+        self.on_stored: Callable[[OpenDataset], None] | None = None
+        """Called with the OpenDataset after each shard this service put in the store (the daemon announces a
+        dataset once it holds one shard of it: node/daemon.py)."""
 
     # ---- opening ------------------------------------------------------------------------------------------------
 
@@ -374,6 +379,7 @@ class Swarm:
             self._fetching[key] = trio.Event()
             try:
                 async with self._shards:
+                    await refresh_for(opened.pool, len(opened.manifest.shards), index)
                     await self._fetch(opened, shard)
             finally:
                 self._fetching.pop(key).set()
@@ -389,6 +395,8 @@ class Swarm:
         finally:
             self.shard_timings.observe(outcome, trio.current_time() - started)
         self.bytes_fetched += sum(fetch.bytes_by_source.values())
+        if self.on_stored is not None:
+            self.on_stored(opened)
 
     async def prefetch(self, dataset_id: str, indexes: list[int], mirrors=(), peers: bool = True) -> None:
         """Fetch shards ahead of need, in this order, at most PREFETCH_SHARDS at a time, so that a shard someone is

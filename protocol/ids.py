@@ -112,3 +112,22 @@ def ed25519_key_of_peer_id(text: object) -> bytes | None:
     if data[:6] != _ED25519_PEER_ID_PREFIX or len(data) != len(_ED25519_PEER_ID_PREFIX) + ED25519_KEY_BYTES:
         return None
     return data[len(_ED25519_PEER_ID_PREFIX) :]
+
+
+JOB_KEY_PREFIX = b"kogitune-job/1\n"
+MAX_JOB_BYTES = 256
+"""A job's name (kogitune.client.job_of_environment) is at most this long."""
+
+
+def job_key(job: str, dataset_id: str) -> bytes:
+    """The DHT key under which the nodes of one training job announce themselves for one dataset: the SHA2-256
+    multihash (like `provider_key`) of SHA-256("kogitune-job/1\\n" + job + "\\n" + dataset ID). `job` names the job
+    the same on all its hosts (by default "MASTER_ADDR:MASTER_PORT/TORCHELASTIC_RUN_ID", what torchrun sets on every
+    host). Anyone who knows the name can announce under it: a job peer is preferred, never trusted (every byte is
+    still checked). `KogituneError` for an empty or too long name, or something that is not a dataset ID."""
+    encoded = job.encode()
+    if not encoded or len(encoded) > MAX_JOB_BYTES or "\n" in job:
+        raise KogituneError(f"a job name is 1 to {MAX_JOB_BYTES} bytes on one line, not {job[:300]!r}")
+    dataset_id_digest(dataset_id)
+    digest = sha256(JOB_KEY_PREFIX + encoded + b"\n" + dataset_id.encode())
+    return bytes([_SHA256_MULTIHASH, DIGEST_SIZE]) + digest

@@ -127,6 +127,23 @@ def test_provider_keys_are_sha256_multihashes(dataset_id, key, cid):
         provider_key(dataset_id.upper())
 
 
+def test_job_keys_are_sha256_multihashes_of_the_job_and_the_dataset():
+    """The job key of docs/protocol.md's test vector; another job, another dataset, another key; a bad name refused."""
+    from pathlib import Path
+
+    from kogitune.protocol.ids import job_key
+
+    dataset_id = PROVIDER_KEY_VECTORS[0][0]
+    key = "1220ed59f8278cba9f21a92b8e03b78effd638f3ac9c28a95df8e164e8f42d4098af"
+    assert job_key("10.0.0.1:29500/run1", dataset_id).hex() == key
+    assert key in (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text(encoding="utf-8")
+    assert job_key("10.0.0.1:29500/run2", dataset_id).hex() != key
+    assert job_key("10.0.0.1:29500/run1", PROVIDER_KEY_VECTORS[1][0]).hex() != key
+    for bad in ("", "a\nb", "x" * 257):
+        with pytest.raises(KogituneError):
+            job_key(bad, dataset_id)
+
+
 def test_dataset_id_needs_a_32_byte_digest():
     with pytest.raises(ValueError):
         dataset_id_from_digest(bytes(31))

@@ -14,7 +14,7 @@ def add_commands(commands) -> None:
         help="list the datasets of the node's store (tokenizer, documents, tokens, size, complete, access), then "
         "its collections (ID, parts, size, complete)",
         description="Read from the content store of --home, so it works with no node running; with one running, "
-        "an ANNOUNCED column says which datasets it announces (complete and signed ones). Private datasets "
+        "an ANNOUNCED column says which datasets it announces (signed ones it holds a shard of). Private datasets "
         "(publish --allow) are listed, marked private. A collection's parts are datasets too, listed as such.",
     )
     ls.add_argument("--home", help=HOME_HELP)
@@ -96,6 +96,12 @@ def add_commands(commands) -> None:
         "(0: any free port); off: no data port (also the setting data_port_on 0)",
     )
     node.add_argument("--detach", action="store_true", help="with start: run in the background, print its address")
+    node.add_argument(
+        "--until-unused",
+        action="store_true",
+        help="with start: stop once no process holds a lock on <home>/node.users (how training processes start "
+        "the node of their host, kogitune.hostnode)",
+    )
     node.set_defaults(run=_node)
 
     publish = commands.add_parser(
@@ -250,10 +256,17 @@ def _node(args) -> int:
             argv += [x for b in args.bootstrap or [] for x in ("--bootstrap", b)]
             argv += ["--metrics", args.metrics] if args.metrics is not None else []
             argv += ["--data-listen", args.data_listen] if args.data_listen is not None else []
+            argv += ["--until-unused"] if args.until_unused else []
             print(start_detached(home, argv))
             return EXIT_OK
         run_node(
-            home, args.listen or [], args.bootstrap or [], settings().reprovide_interval, args.metrics, args.data_listen
+            home,
+            args.listen or [],
+            args.bootstrap or [],
+            settings().reprovide_interval,
+            args.metrics,
+            args.data_listen,
+            args.until_unused,
         )
         return EXIT_OK
     client = DaemonClient(home)
