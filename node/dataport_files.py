@@ -19,7 +19,7 @@ import h11
 
 from kogitune.layout import MANIFEST_FILE, SIGNATURE_FILE
 from kogitune.protocol.ids import is_dataset_id
-from kogitune.protocol.signing import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
+from kogitune.protocol.signing import SIGNATURE_FILE_BYTES
 
 from .integrity import open_served
 from .server import DataServer
@@ -27,7 +27,6 @@ from .server import DataServer
 RANGE_RE = re.compile(r"bytes=([0-9]{1,18})-([0-9]{0,18})")
 """The one form of Range served: a single span from a byte, to another or to the end. Any other Range header is
 ignored (RFC 9110: the whole file, 200)."""
-SIGNATURE_FILE_BYTES = PUBLIC_KEY_BYTES + SIGNATURE_BYTES
 
 
 @dataclass

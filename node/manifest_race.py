@@ -23,7 +23,7 @@ import trio
 from kogitune.errors import FetchError, KogituneError, SourceError
 from kogitune.layout import SIGNATURE_FILE, split_signature
 from kogitune.protocol.manifest import Manifest
-from kogitune.protocol.signing import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, check_signed
+from kogitune.protocol.signing import SIGNATURE_FILE_BYTES, check_signed
 
 from .collection import mirrors_manifest
 from .copies import CollectionCopy, ManifestCopy
@@ -138,12 +138,11 @@ class ManifestFinder:
         directory has one), if one verifies; (b"", b"") if none does: the copy is then unsigned. Each mirror is
         asked once, without counting against its health (a tensor directory from `kogitune store` has no
         signature: a 404 here is no fault)."""
-        size = PUBLIC_KEY_BYTES + SIGNATURE_BYTES
 
         async def ask(health):
             try:
                 with trio.fail_after(self.read_timeout):
-                    signed = await health.source.read_all(SIGNATURE_FILE, size)
+                    signed = await health.source.read_all(SIGNATURE_FILE, SIGNATURE_FILE_BYTES)
                 check_signed(dataset_id, data, *split_signature(signed))
             except (SourceError, KogituneError, ValueError, trio.TooSlowError):
                 return None

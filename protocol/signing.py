@@ -29,6 +29,8 @@ ALLOW_CONTEXT = b"kogitune/allow/v1\x00"
 SEED_BYTES = 32
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
+SIGNATURE_FILE_BYTES = PUBLIC_KEY_BYTES + SIGNATURE_BYTES
+"""A `signature` file (kogitune/layout.py names it): the publisher's public key, then its signature of the ID."""
 # The protobuf PublicKey {Type: Ed25519 (1), Data: 32 bytes} of libp2p's peer-id spec, before the key bytes.
 _ED25519_PROTOBUF_PREFIX = bytes([0x08, 0x01, 0x12, 0x20])
 _IDENTITY_MULTIHASH = 0x00
