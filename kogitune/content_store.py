@@ -69,8 +69,8 @@ def cache_limit_bytes() -> int:
 
 @dataclass(frozen=True)
 class StoredShard:
-    """A shard file in the content store, as `shards()` lists it and `gc` evicts it: its size, when a process last
-    used it (its mark's time), whether its dataset is pinned."""
+    """A shard in the content store, as `shards()` lists it and `gc` evicts it: the size of its files, when it was
+    last used (`shards()` says how that is read), whether its dataset is pinned."""
 
     dataset_id: str
     name: str
