@@ -22,6 +22,9 @@ _BASE58_RE = re.compile(r"[1-9A-HJ-NP-Za-km-z]{1,128}")
 _IDENTITY_MULTIHASH, _SHA256_MULTIHASH = 0x00, 0x12
 """Multihash codes (multiformats table): the identity "hash", and SHA2-256."""
 ED25519_KEY_BYTES = 32
+ED25519_SIGNATURE_BYTES = 64
+"""Ed25519's sizes: a public key (inside a peer ID; a publisher's key) and a signature (protocol/signing.py makes
+and checks them; the wire and the `signature` file carry them)."""
 # identity multihash (0x00) of 36 bytes, then the protobuf PublicKey {Type: Ed25519 (1), Data: 32 bytes} header
 _ED25519_PEER_ID_PREFIX = bytes([_IDENTITY_MULTIHASH, 36, 0x08, 0x01, 0x12, 0x20])
 MAX_INLINE_KEY_BYTES = 42
