@@ -21,7 +21,13 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from .collection import Collection, parse_manifest_or_collection
 from .errors import IntegrityError
-from .ids import ED25519_KEY_BYTES, ED25519_SIGNATURE_BYTES, base58btc, dataset_id_digest, ed25519_key_of_peer_id
+from .ids import (
+    ED25519_KEY_BYTES,
+    ED25519_SIGNATURE_BYTES,
+    dataset_id_digest,
+    ed25519_key_of_peer_id,
+    peer_id_of_ed25519_key,
+)
 from .manifest import Manifest, parse_manifest
 
 SIGNING_CONTEXT = b"kogitune/manifest/v1\x00"
@@ -29,9 +35,6 @@ ALLOW_CONTEXT = b"kogitune/allow/v1\x00"
 SEED_BYTES = 32
 SIGNATURE_FILE_BYTES = ED25519_KEY_BYTES + ED25519_SIGNATURE_BYTES
 """A `signature` file (kogitune/layout.py names it): the publisher's public key, then its signature of the ID."""
-# The protobuf PublicKey {Type: Ed25519 (1), Data: 32 bytes} of libp2p's peer-id spec, before the key bytes.
-_ED25519_PROTOBUF_PREFIX = bytes([0x08, 0x01, 0x12, 0x20])
-_IDENTITY_MULTIHASH = 0x00
 
 
 def signing_payload(dataset_id: str) -> bytes:
@@ -135,8 +138,7 @@ def peer_id_from_public_key(public_key: bytes) -> str:
     """The libp2p peer ID of an Ed25519 public key: base58btc of the identity multihash of its protobuf PublicKey."""
     if not isinstance(public_key, bytes) or len(public_key) != ED25519_KEY_BYTES:
         raise ValueError(f"an Ed25519 public key is {ED25519_KEY_BYTES} bytes")
-    serialized = _ED25519_PROTOBUF_PREFIX + public_key
-    return base58btc(bytes([_IDENTITY_MULTIHASH, len(serialized)]) + serialized)
+    return peer_id_of_ed25519_key(public_key)
 
 
 def _private_key(private_key_bytes: bytes) -> Ed25519PrivateKey:

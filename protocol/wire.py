@@ -38,7 +38,7 @@ Kogitune, which a fetcher says rather than "cannot open a stream"."""
 WIRE_VERSION = 2
 MAX_REQUEST_BYTES = 4096
 MAX_ALLOW_CHARS = 64 << 10
-MAX_HEADER_BYTES = (64 << 20) + MAX_ALLOW_CHARS + 4096
+MAX_HEADER_BYTES = MAX_MANIFEST_BYTES + MAX_ALLOW_CHARS + 4096
 MAX_READ_BYTES = 1 << 30
 FILE_KINDS = ("tokens", "pieces", "docs")
 
