@@ -9,6 +9,9 @@ from ..errors import NodeNotRunning
 from ..settings import DEFAULT_LISTEN, DEFAULTS
 from .common import EXIT_OK, HOME_HELP, SETTINGS_HELP, at_least, home_of
 
+STATUS_TIMEOUT = 30.0
+"""Seconds `ls` and `node status`/`peers` wait for the running node's status."""
+
 
 def add_commands(commands) -> None:
     """Add `ls`, `rm`, `cache` and `node` to the `commands` subparsers."""
@@ -119,7 +122,7 @@ def _ls(args) -> int:
     datasets = held_datasets(ContentStore(home))
     collections = held_collections(ContentStore(home), datasets)
     try:
-        announced: set[str] | None = set(DaemonClient(home).call("status", timeout=30)["datasets"])
+        announced: set[str] | None = set(DaemonClient(home).call("status", timeout=STATUS_TIMEOUT)["datasets"])
     except NodeNotRunning:
         announced = None
     if args.json:
@@ -225,7 +228,7 @@ def _node(args) -> int:
         client.stop()
         print(f"stopped the node of {home}")
         return EXIT_OK
-    status = client.call("status", timeout=30)
+    status = client.call("status", timeout=STATUS_TIMEOUT)
     if args.action == "peers":
         peers = status["connected_peers"]
         print(f"{len(peers)} peer{'' if len(peers) == 1 else 's'}")
