@@ -267,7 +267,7 @@ class DataPort:
         if found is None:
             await self._send_small(stream, http, 404, NOT_FOUND_BODY, head, last)
             return
-        size = len(found.content) if found.content is not None else os.fstat(found.opened[0]).st_size
+        size = found.size
         try:
             span = requested_range(request, size)
             if span is None:

@@ -11,6 +11,7 @@ Anything else is None, which the port answers with its one 404.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,15 @@ class ServedFile:
     directory: Path
     content: bytes | None = None
     opened: tuple | None = None
+
+    @property
+    def size(self) -> int:
+        """Bytes in the file: the content's, else the open file's."""
+        if self.content is not None:
+            return len(self.content)
+        if self.opened is None:
+            raise ValueError(f"{self.path}: a served file holds its content or an open file")
+        return os.fstat(self.opened[0]).st_size
 
 
 class ServedFiles:
