@@ -7,6 +7,7 @@ dataset's mirror base URL on a node is `http://<node IP>:<data port>/<dataset ID
     GET|HEAD /<ID>/manifest.json        the manifest, only if it hashes to the ID
     GET|HEAD /<ID>/signature            the publisher's public key and signature (96 bytes)
     GET|HEAD /<ID>/shards/<name>.tokens|.pieces|.docs   with `Range: bytes=A-` or `A-B` (206) or whole (200)
+    GET|HEAD /<ID>/shards/<name>.tokens.zst             the compressed sidecar, when the node has one that checks
 
 It sends exactly what the libp2p data server (node/server.py) would send to an anonymous peer, and through the
 same checks (node/integrity.py's StoreGuard and the server's manifest cache): a public dataset's files that passed

@@ -2,10 +2,11 @@
 the requester, and the span of it that its Range asks for. No I/O on the connection here: the port sends.
 
 A target is served only if it is spelled exactly `/<dataset ID>/<path>` with the path one the manifest names
-(manifest.json, signature, or a shard's .tokens/.pieces/.docs: looked up in a table made once per manifest, never
-joined to a directory), the dataset is held and not withheld (the data server's manifest cache,
-DataServer.checked_manifest), the file passed its check and is unchanged since (node/integrity.py's StoreGuard),
-and, for a private dataset, the request was signed over TLS by a peer of its allow-list (node/tlsdata.requester).
+(manifest.json, signature, or a shard's .tokens/.pieces/.docs or its compressed sidecar .tokens.zst: looked up in
+a table made once per manifest, never joined to a directory), the dataset is held and not withheld (the data
+server's manifest cache, DataServer.checked_manifest), the file passed its check and is unchanged since
+(node/integrity.py's StoreGuard), and, for a private dataset, the request was signed over TLS by a peer of its
+allow-list (node/tlsdata.requester).
 Anything else is None, which the port answers with its one 404.
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 import h11
 
 from kogitune.layout import MANIFEST_FILE, SIGNATURE_FILE
+from kogitune.protocol.compression import sidecar_path
 from kogitune.protocol.ids import is_dataset_id
 from kogitune.protocol.signing import SIGNATURE_FILE_BYTES
 
@@ -111,6 +113,7 @@ class ServedFiles:
                 files[shard.tokens_path] = (shard, "tokens")
                 files[shard.pieces_path] = (shard, "pieces")
                 files[shard.docs_path] = (shard, "docs")
+                files[sidecar_path(shard)] = (shard, "sidecar")
             cached = self._files[dataset_id] = (manifest, files)
         return cached[1]
 

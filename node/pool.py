@@ -74,6 +74,8 @@ class SourceHealth:
     files_verified: int = 0
     pieces_verified: int = 0
     pieces_rejected: int = 0
+    no_sidecars: bool = False
+    """The source answered 404 for a compressed sidecar: it is not asked for others (node/sidecar_fetch.py)."""
     streams: int = 0
     """Workers reading from this source now, over all the shard fetches of the pool (`Source.connections`)."""
 

@@ -6,6 +6,7 @@
 - node.py: `node` (run or ask a node) and `ls`, `rm`, `cache` (its content store);
 - network.py: `publish`, `get`, `status` (datasets to and from the network, through the running node);
 - names.py: `lock`, `resolve`;
+- compress.py: `compress` (the compressed sidecars of a tensor);
 - common.py: exit statuses and argparse helpers.
 """
 
@@ -16,7 +17,7 @@ import sys
 import traceback
 
 from ..errors import KogituneError
-from . import look, names, network, node, tensors
+from . import compress, look, names, network, node, tensors
 from .common import EXIT_BUG, EXIT_DAMAGED, EXIT_ERROR, EXIT_OK, MAX_DOCUMENT_HELP, SETTINGS_HELP
 from .tensors import filter_cli, store_cli
 
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_commands(commands)
     network.add_commands(commands)
     names.add_commands(commands)
+    compress.add_commands(commands)
     return parser
 
 
