@@ -1,6 +1,7 @@
 """The `kogitune node` command, which runs or asks a node, and the commands on a node's content store: `ls`, `rm`,
-`cache`. The store is read directly when no node runs (ls, rm, cache) and through the node's control socket when
-one does (kogitune/client.py's DaemonClient), so that a running node learns what changed.
+`cache`. `ls` and `cache` read the store of --home directly, so they work with no node running (`ls` asks a running
+node which datasets it announces); `rm` goes through the running node when there is one, so that it stops serving
+and announcing what is removed (kogitune/client.py's DaemonClient, the control socket).
 """
 
 from __future__ import annotations
