@@ -99,13 +99,19 @@ class ManifestFinder:
             if neighbours:
                 with trio.move_on_after(NEIGHBOURS_HEAD_START_SECONDS):
                     await neighbours_all_failed.wait()
-            answers.append((network, *await self._from_providers(network, dataset_id, trusted), False))
+            try:
+                answers.append((network, *await self._from_providers(network, dataset_id, trusted), False))
+            except Exception as exc:  # raised below as it is, not in the nursery's ExceptionGroup
+                errors.append(exc)
             done.cancel()
 
+        errors: list[Exception] = []
         async with trio.open_nursery() as nursery:
             if neighbours:
                 nursery.start_soon(from_neighbours, nursery.cancel_scope)
             nursery.start_soon(from_providers, nursery.cancel_scope)
+        if not answers:
+            raise errors[0]
         return answers[0]
 
     async def _from_providers(self, network, dataset_id: str, trusted):
