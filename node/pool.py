@@ -74,6 +74,9 @@ class SourceHealth:
     files_verified: int = 0
     pieces_verified: int = 0
     pieces_rejected: int = 0
+    bytes_discarded: int = 0
+    """Bytes of the tokens file this source sent that the fetcher threw away: a piece another stream had already
+    delivered, or cut off where the board cut the stream's run (node/piece_board.py); over-fetch, in bytes."""
     streams: int = 0
     """Workers reading from this source now, over all the shard fetches of the pool (`Source.connections`)."""
 
