@@ -21,7 +21,8 @@ errors, since it imports nothing from here; they are re-exported below, so that 
     ├── FetchError              a dataset, shard or file could not be fetched from any of its sources
     │   └── SourceError         one source failed one request; the others may still deliver
     │       ├── SourceBusy      one source is alive and honest, but its serving slots are taken
-    │       └── SourceLacks     one peer does not hold the file asked for (yet): it serves part of a dataset
+    │       ├── SourceLacks     one peer does not hold the file asked for (yet): it serves part of a dataset
+    │       └── SourceMissing   one source answered that it does not have the file (HTTP 404)
     └── NodeError               the node cannot start, refused a command, or a control request is malformed
         └── NodeNotRunning      no node answers on the control socket of a home
 
@@ -91,6 +92,11 @@ class SourceBusy(SourceError):
 class SourceLacks(SourceError):
     """Raised when a peer answers that it does not hold a file of a dataset it provides (kogitune.node.peers): it
     serves what it holds while it fetches the rest, and its have-map (node/havemaps.py) is corrected."""
+
+
+class SourceMissing(SourceError):
+    """Raised when a source answered that it does not have a file (HTTP 404 or 410): for an optional file, such as
+    a compressed sidecar (kogitune.sidecars), the fetcher takes it as "not offered" rather than as a failure."""
 
 
 class NodeError(KogituneError):
@@ -165,6 +171,7 @@ __all__ = [
     "SettingsError",
     "SourceError",
     "SourceLacks",
+    "SourceMissing",
     "TensorError",
     "TokenizerError",
     "WireError",  # noqa: F822 (imported on first use: see __getattr__)

@@ -171,10 +171,17 @@ class DataTensor:
         return stream[: self.manifest.tokens]
 
     def verify(self) -> list[Problem]:
-        """Hash every piece of every shard; return what is wrong (empty when all is well)."""
+        """Hash every piece of every shard, and decode every frame of the compressed sidecars present
+        (kogitune.sidecars); return what is wrong (empty when all is well). A bad sidecar leaves the shard's mark."""
+        from .sidecars import sidecar_path, sidecar_problems
+
         problems = []
         for shard in self.shards:
             problems.extend(self.check_and_mark(shard))
+            problems.extend(
+                Problem(shard.name, sidecar_path(shard), f"{message}; remove it or run `kogitune compress --overwrite`")
+                for message in sidecar_problems(self.path, self.manifest, shard)
+            )
         return problems
 
     def check_and_mark(self, shard: ShardInfo) -> list[Problem]:

@@ -7,6 +7,7 @@ dataset's mirror base URL on a node is `http://<node IP>:<data port>/<dataset ID
     GET|HEAD /<ID>/manifest.json        the manifest, only if it hashes to the ID
     GET|HEAD /<ID>/signature            the publisher's public key and signature (96 bytes)
     GET|HEAD /<ID>/shards/<name>.tokens|.pieces|.docs   with `Range: bytes=A-` or `A-B` (206) or whole (200)
+    GET|HEAD /<ID>/shards/<name>.tokens.zst             the compressed sidecar, when the node has one that checks
 
 It sends exactly what the libp2p data server (node/server.py) would send to an anonymous peer, and through the
 same checks (node/integrity.py's StoreGuard and the server's manifest cache): a public dataset's files that passed
@@ -47,6 +48,7 @@ import trio
 
 from kogitune.errors import NodeError
 from kogitune.layout import MANIFEST_FILE, SIGNATURE_FILE
+from kogitune.protocol.compression import sidecar_path
 from kogitune.protocol.ids import is_dataset_id
 from kogitune.protocol.signing import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
 from kogitune.settings import DEFAULT_LISTEN, settings
@@ -355,6 +357,7 @@ class DataPort:
                 files[shard.tokens_path] = (shard, "tokens")
                 files[shard.pieces_path] = (shard, "pieces")
                 files[shard.docs_path] = (shard, "docs")
+                files[sidecar_path(shard)] = (shard, "sidecar")
             cached = self._files[dataset_id] = (manifest, files)
         return cached[1]
 

@@ -22,6 +22,12 @@ only waste time, never put a wrong byte on disk:
 - a shard that gets no verified byte for `FetchLimits.stall_timeout` seconds fails with a FetchError that says
   what each source did, whatever the sources are doing.
 
+A source that offers the shard's compressed sidecar (`shards/<name>.tokens.zst`: one zstd frame per piece, see
+node/sidecar_fetch.py) is streamed frames instead of pieces, when the setting compressed_transfer is on: each frame
+is decoded on the checking thread with its piece's length as a hard bound, then hashed like any piece, so a lying
+frame or index bans its source exactly as a wrong piece does, and what lands on disk is always the flat, verified
+tokens.
+
 Verified pieces are written in place into `<shard>.tokens.partial`; a later fetch re-hashes that file and keeps
 every piece that matches, so an interrupted download resumes. The finished file is renamed into place, then
 fsynced and recorded as verified.
@@ -43,6 +49,7 @@ from kogitune.errors import FetchError, SourceError
 from kogitune.files import file_mode_in, write_atomic
 from kogitune.layout import partial_path
 from kogitune.marks import record_checked
+from kogitune.protocol.compression import SidecarIndex, compress_bound, decode_piece, sidecar_path
 from kogitune.protocol.errors import IntegrityError
 from kogitune.protocol.manifest import Manifest, ShardInfo
 from kogitune.protocol.pieces import check_pieces_file
@@ -50,6 +57,7 @@ from kogitune.protocol.pieces import check_pieces_file
 from .piece_board import STALE_CLAIM_SECONDS, PieceBoard, Run
 from .pool import MinRateBody, SourceHealth, SourcePool, fetch_small_file
 from .shard_files import make_durable, shard_lock, write_all
+from .sidecar_fetch import SidecarIndexes, first_piece_at, read_past
 
 log = logging.getLogger(__name__)
 MAX_PIECES_CHECKING = 4
@@ -79,6 +87,8 @@ class ShardFetch:
         self._installed_as: list | None = None
         self._write_error: OSError | None = None
         self._stall: trio.CancelScope | None = None
+        self.sidecars = SidecarIndexes(pool, shard, self.piece_size)
+        self._buffer_size = compress_bound(self.piece_size)  # a piece, or a frame of one
         self._last_progress = 0.0
         self._workers = 0
         self._streaming = 0
@@ -282,6 +292,11 @@ class ShardFetch:
                     await self._progress.wait()
                 self._standing -= 1
                 continue
+            try:
+                sidecar = await self.sidecars.of(health)  # read once per source, before a run is reserved
+            except SourceError as exc:
+                self.pool.failed(health, str(exc))
+                continue
             run = self.board.take(trio.current_time(), self._workers - self._streaming - self._standing)
             if run is None:
                 with trio.move_on_at(self.board.next_change_at(trio.current_time())):
@@ -289,7 +304,7 @@ class ShardFetch:
                 continue
             self._streaming += 1
             try:
-                await self._stream_run(health, run)
+                await self._stream_run(health, run, sidecar)
                 self.pool.succeeded(health)
                 self._top_up(health)  # other shards finished: this one may take their connections
             except SourceError as exc:
@@ -300,40 +315,39 @@ class ShardFetch:
                 self._progress.set()  # what it leaves unreceived is open again: waiting workers look
                 self._progress = trio.Event()
 
-    async def _stream_run(self, health: SourceHealth, run: Run) -> None:
+    async def _stream_run(self, health: SourceHealth, run: Run, sidecar: SidecarIndex | None) -> None:
         """Stream the pieces of `run` (reserved for this worker by the board, so no other stream asks for them)
-        from the tokens file, receiving each one straight into a buffer that is checked and written in the
-        background while the stream goes on. The stream stops where the board cuts the run (a slow or stuck
-        stream: `PieceBoard.take`) and closes its request there rather than reading on. A source that cannot seek
-        sends the pieces before the run too: they are read past, and taken if they are still open."""
-        path = self.shard.tokens_path
-        piece = self._spare.pop() if self._spare else bytearray(self.piece_size)
+        from the tokens file (or the source's `sidecar`, frame by frame), receiving each one straight into a buffer
+        that is checked and written in the background while the stream goes on. The stream stops where the board
+        cuts the run (a slow or stuck stream: `PieceBoard.take`) and closes its request there rather than reading
+        on. A source that cannot seek sends the pieces before the run too: they are read past, and taken if they
+        are still open."""
+        path = self.shard.tokens_path if sidecar is None else sidecar_path(self.shard)
+        span = self._piece_span if sidecar is None else sidecar.frame
+        piece = self._spare.pop() if self._spare else bytearray(self._buffer_size)
         filled = 0
         try:
-            end = min(run.end * self.piece_size, self.shard.size)
-            async with health.source.stream(path, run.start * self.piece_size, end) as (offset, raw):
+            end = sum(span(run.end - 1))  # the end of the run's last piece (or frame)
+            async with health.source.stream(path, span(run.start)[0], end) as (offset, raw):
                 body = MinRateBody(raw, self.pool.limits, health.source.name)
-                if offset % self.piece_size or offset > run.start * self.piece_size:
-                    raise SourceError(
-                        f"{health.source.name}: {path} starts at byte {offset}, asked for {run.start * self.piece_size}"
-                    )
-                index = offset // self.piece_size
+                name = f"{health.source.name}: {path}"
+                index, seekable = first_piece_at(offset, run.start, self.piece_size, sidecar, name)
+                if sidecar is not None and not seekable:  # read past the sidecar's index, to frame 0
+                    await read_past(body, sidecar.offsets[0], name)
                 while index < run.end and not health.banned:
-                    view, filled = memoryview(piece)[: self._piece_length(index)], 0
+                    view, filled = memoryview(piece)[: span(index)[1]], 0
                     while filled < len(view):
                         count = await body.receive_into(view[filled:])
                         if not count:
-                            raise SourceError(
-                                f"{health.source.name}: {path} ended at byte "
-                                f"{index * self.piece_size + filled} of {self.shard.size}"
-                            )
+                            raise SourceError(f"{name} ended at byte {span(index)[0] + filled}")
                         filled += count
                     self.bytes_received += filled
                     if self.board.received(run, index, trio.current_time()):
                         await self._checks.acquire()
                         assert self._nursery is not None  # workers run in it
-                        self._nursery.start_soon(self._check, health, index, piece)
-                        piece = self._spare.pop() if self._spare else bytearray(self.piece_size)
+                        frame = None if sidecar is None else filled
+                        self._nursery.start_soon(self._check, health, index, piece, frame)
+                        piece = self._spare.pop() if self._spare else bytearray(self._buffer_size)
                     else:
                         health.bytes_discarded += filled
                     filled = 0
@@ -345,14 +359,20 @@ class ShardFetch:
     def _piece_length(self, index: int) -> int:
         return min(self.piece_size, self.shard.size - index * self.piece_size)
 
-    async def _check(self, health: SourceHealth, index: int, piece: bytearray) -> None:
-        """Hash and write a received piece on a worker thread (hashlib and pwrite release the GIL), so that
-        checking overlaps receiving; a wrong hash bans the source that sent it."""
+    def _piece_span(self, index: int) -> tuple[int, int]:
+        return index * self.piece_size, self._piece_length(index)
+
+    async def _check(self, health: SourceHealth, index: int, piece: bytearray, frame: int | None) -> None:
+        """Decode (a sidecar's `frame` bytes), hash and write a received piece on a worker thread (zstandard,
+        hashlib and pwrite release the GIL), so that checking overlaps receiving; a wrong hash, or a frame that
+        does not decode to exactly the piece's length, bans the source that sent it."""
         length = self._piece_length(index)
         assert self._nursery is not None  # checks run in the download nursery
         expected = self.expected[index * 32 : (index + 1) * 32]
         try:
-            ok = await trio.to_thread.run_sync(self._check_and_write, piece, length, expected, index * self.piece_size)
+            ok = await trio.to_thread.run_sync(
+                self._check_and_write, piece, length, expected, index * self.piece_size, frame
+            )
         except OSError as exc:  # no source can help: stop the shard (_download raises it once, not in a group)
             self._write_error = self._write_error or exc
             self._nursery.cancel_scope.cancel()
@@ -368,16 +388,24 @@ class ShardFetch:
             self._progressed()
         else:
             health.pieces_rejected += 1
-            self.pool.ban(health, f"sent shard {self.shard.name} piece {index} with a wrong hash")
+            how = "with a wrong hash" if frame is None else "as a compressed frame that does not decode to it"
+            self.pool.ban(health, f"sent shard {self.shard.name} piece {index} {how}")
         self._progress.set()
         self._progress = trio.Event()
         if self.board.complete:
             self._nursery.cancel_scope.cancel()
 
-    def _check_and_write(self, piece: bytearray, length: int, expected: bytes, offset: int) -> bool:
+    def _check_and_write(self, piece: bytearray, length: int, expected: bytes, offset: int, frame: int | None) -> bool:
         """Hashes run in parallel, writes one at a time: writes to one file serialize on its inode lock in the
-        kernel anyway, where waiters spin (4 threads writing at once cost ~1.5x the CPU of one)."""
-        data = memoryview(piece)[:length]
+        kernel anyway, where waiters spin (4 threads writing at once cost ~1.5x the CPU of one). A `frame` is
+        decoded first, into at most `length` bytes (kogitune.protocol.compression.decode_piece)."""
+        if frame is None:
+            data = memoryview(piece)[:length]
+        else:
+            try:
+                data = memoryview(decode_piece(memoryview(piece)[:frame], length))
+            except IntegrityError:
+                return False
         if hashlib.sha256(data).digest() != expected:
             return False
         with self._write_lock:

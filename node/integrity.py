@@ -14,8 +14,9 @@ A shard whose files changed since their check is hashed again on a worker thread
 check at a time per node, once per change), in the background: peers are answered not_found at once until the
 check ends (their fetchers go to other sources or ask again). If it still verifies (e.g. only a chmod or a new hard
 link), it is served again; if not, it is withheld (not_found, as for a missing shard), logged once, and listed as
-damaged by `kogitune node status`. `.pieces` and `.docs` files are hashed against the manifest (on a worker
-thread) once per change of their stat_signature, and served like tokens files (read in chunks, each checked
+damaged by `kogitune node status`. `.pieces` and `.docs` files are hashed against the manifest, and compressed
+sidecars (`.tokens.zst`) decoded frame by frame against the `.pieces` file (on a worker thread), once per change of
+their stat_signature, and served like tokens files (read in chunks, each checked
 unchanged before it is sent); the manifest is checked against the dataset ID (in DataServer).
 """
 
@@ -26,13 +27,18 @@ import hashlib
 import logging
 import os
 import time
+from functools import partial
 from pathlib import Path
 
 import trio
 
+from kogitune.files import read_limited
 from kogitune.marks import TIMESTAMP_GRANULARITY_NS, file_signature, is_marked, stat_signature
-from kogitune.protocol.manifest import Manifest, ShardInfo
-from kogitune.protocol.pieces import root_of
+from kogitune.protocol.compression import sidecar_path
+from kogitune.protocol.errors import IntegrityError
+from kogitune.protocol.manifest import Manifest, ShardInfo, piece_count
+from kogitune.protocol.pieces import check_pieces_file, root_of
+from kogitune.sidecars import sidecar_problem
 from kogitune.tensor import DataTensor, Problem
 
 log = logging.getLogger(__name__)
@@ -113,21 +119,25 @@ class StoreGuard:
     async def open_small_file(
         self, directory: Path, manifest: Manifest, shard: ShardInfo, kind: str
     ) -> tuple[int, list] | None:
-        """A descriptor on the shard's .pieces or .docs file (`kind`) and the stat_signature it must keep while it
-        is served, if it matches the manifest; None if it is missing, a link, damaged (noted) or changing. It is
-        hashed (on a worker thread) once per change of the file, not per request."""
+        """A descriptor on the shard's .pieces or .docs file, or its compressed sidecar (`kind` "pieces", "docs",
+        "sidecar"), and the stat_signature it must keep while it is served, if it matches the manifest (a sidecar:
+        every frame decodes to its piece, kogitune.sidecars); None if it is missing, a link, damaged (noted) or
+        changing. It is checked (on a worker thread) once per change of the file, not per request."""
         if kind == "pieces":
-            path, size, matches = (
-                shard.pieces_path,
-                manifest.pieces_in(shard) * 32,
-                lambda data: root_of(data) == shard.root,
+            path = shard.pieces_path
+            check = partial(
+                _check_small_file, size=manifest.pieces_in(shard) * 32, matches=lambda data: root_of(data) == shard.root
+            )
+        elif kind == "docs":
+            path = shard.docs_path
+            check = partial(
+                _check_small_file,
+                size=shard.docs_size,
+                matches=lambda data: hashlib.sha256(data).hexdigest() == shard.docs_sha256,
             )
         else:
-            path, size, matches = (
-                shard.docs_path,
-                shard.docs_size,
-                lambda data: hashlib.sha256(data).hexdigest() == shard.docs_sha256,
-            )
+            path = sidecar_path(shard)
+            check = partial(_check_sidecar, directory=directory, shard=shard, piece_size=manifest.piece_size)
         fd = open_served(directory / path)
         if fd is None:
             return None
@@ -135,7 +145,7 @@ class StoreGuard:
             key = (directory.name, path)
             opened = stat_signature(os.fstat(fd))
             if self._small_checked.get(key) != opened:
-                checked, ok = await trio.to_thread.run_sync(_check_small_file, fd, size, matches)
+                checked, ok = await trio.to_thread.run_sync(check, fd)
                 if checked is None:  # changed while it was hashed: not served now, checked again next time
                     ok = False
                 elif ok:
@@ -234,16 +244,36 @@ def _check_small_file(fd: int, size: int, matches) -> tuple[list | None, bool]:
     """Hash a .pieces or .docs file (`size` bytes if intact) on a worker thread once its last change is
     TIMESTAMP_GRANULARITY_NS old (a later write then moves its ctime): (its stat_signature, whether `matches(data)`),
     or (None, False) if it changed while being read."""
+    _settle(fd)
     status = os.fstat(fd)
-    wait_ns = status.st_ctime_ns + TIMESTAMP_GRANULARITY_NS - time.time_ns()
-    if wait_ns > 0:
-        time.sleep(wait_ns / 1e9)
-        status = os.fstat(fd)
     data = os.pread(fd, size + 1, 0)
     checked = stat_signature(status)
     if stat_signature(os.fstat(fd)) != checked:
         return None, False
     return checked, len(data) == size and matches(data)
+
+
+def _check_sidecar(fd: int, directory: Path, shard: ShardInfo, piece_size: int) -> tuple[list | None, bool]:
+    """As _check_small_file, for a compressed sidecar: every frame decoded and hashed against the shard's `.pieces`
+    file (itself checked against the root), one frame at a time."""
+    _settle(fd)
+    checked = stat_signature(os.fstat(fd))
+    try:
+        digests = read_limited(directory / shard.pieces_path, 32 * piece_count(shard.size, piece_size))
+        check_pieces_file(shard, digests, piece_size)
+    except (OSError, IntegrityError):
+        return checked, False
+    ok = sidecar_problem(fd, shard, piece_size, digests) is None
+    if stat_signature(os.fstat(fd)) != checked:
+        return None, False
+    return checked, ok
+
+
+def _settle(fd: int) -> None:
+    """Wait until the open file's last change is TIMESTAMP_GRANULARITY_NS old (a later write then moves its ctime)."""
+    wait_ns = os.fstat(fd).st_ctime_ns + TIMESTAMP_GRANULARITY_NS - time.time_ns()
+    if wait_ns > 0:
+        time.sleep(wait_ns / 1e9)
 
 
 def shard_paths(shard: ShardInfo) -> tuple[str, str, str]:

@@ -77,6 +77,8 @@ class SourceHealth:
     bytes_discarded: int = 0
     """Bytes of the tokens file this source sent that the fetcher threw away: a piece another stream had already
     delivered, or cut off where the board cut the stream's run (node/piece_board.py); over-fetch, in bytes."""
+    no_sidecars: bool = False
+    """The source answered 404 for a compressed sidecar: it is not asked for others (node/sidecar_fetch.py)."""
     streams: int = 0
     """Workers reading from this source now, over all the shard fetches of the pool (`Source.connections`)."""
 

@@ -15,6 +15,7 @@ from kogitune.errors import NodeError
 from kogitune.files import read_limited, write_atomic
 from kogitune.layout import MANIFEST_FILE, SHARDS_DIR, write_allow_files, write_signature
 from kogitune.protocol import wire
+from kogitune.protocol.compression import sidecar_path
 from kogitune.protocol.ids import is_peer_id
 from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from kogitune.protocol.signing import sign_allow_list, sign_dataset
@@ -72,7 +73,7 @@ def published_manifest(tensor_path: str, manifest: Manifest, publisher: str, all
 
 def _add_to_store(tensor, directory: Path, manifest: Manifest) -> list:
     """Put a tensor's files into its store directory and check them there (on a worker thread); returns the
-    problems found. Tokens files are hard links where the file system allows it (no second copy), the small files
+    problems found. Tokens files (and compressed sidecars, if any) are hard links where the file system allows it (no second copy), the small files
     copies; nothing is a symbolic link. Each shard is hashed as it is in the store and marked verified
     (`check_and_mark`), so that the server can tell when a file changes later, e.g. by an edit through the user's
     hard link."""
@@ -87,6 +88,8 @@ def _add_to_store(tensor, directory: Path, manifest: Manifest) -> list:
     (directory / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     for shard in tensor.shards:
         _link_or_copy(tensor.path / shard.tokens_path, directory / shard.tokens_path)
+        if (tensor.path / sidecar_path(shard)).is_file():  # `kogitune compress`; checked before it is served
+            _link_or_copy(tensor.path / sidecar_path(shard), directory / sidecar_path(shard))
         for name, size in (
             (shard.pieces_path, tensor.manifest.pieces_in(shard) * 32),
             (shard.docs_path, shard.docs_size),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-from kogitune.errors import SourceError
+from kogitune.errors import SourceError, SourceMissing
 from kogitune.settings import settings
 
 from .http import MAX_REDIRECTS, HttpClient
@@ -28,6 +28,7 @@ class Source:
     """A place that serves a data tensor's files."""
 
     name: str
+    offers_sidecars = False
     connections: int = 1
     """Streams the fetcher may read from this source at once for one shard (more when the fetcher has room)."""
     identity: str | None = None
@@ -63,6 +64,9 @@ class HttpSource(Source):
     `peer` (node/tlsdata.py), a node's TLS data port: https:// to that peer ID only, each request signed, so that
     the node serves the private datasets whose allow-lists name this fetcher."""
 
+    offers_sidecars = True
+    """Whether the fetcher asks this source for compressed sidecars (`shards/<name>.tokens.zst`, kogitune.sidecars):
+    a web mirror or a node's data port may have them."""
     connections = HTTP_CONNECTIONS
 
     def __init__(
@@ -89,6 +93,8 @@ class HttpSource(Source):
                 offset = 0
                 if start:  # it cannot seek: a second stream would only send the same bytes again
                     self.connections = 1
+            elif response.status in (404, 410):
+                raise SourceMissing(f"{url}: HTTP {response.status}")
             else:
                 raise SourceError(f"{url}: HTTP {response.status}")
             yield offset, response.body

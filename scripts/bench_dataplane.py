@@ -28,7 +28,8 @@ and "shard" 0 (timed), which may open several connections to the mirror (Source.
 
 Cold first batch (unless --skip-cold-start): a fresh Python process with an empty KOGITUNE_HOME times
 `DatasetRecipe([mirror URL]).get_train_dataset(--block-size)` and the first DataLoader batch (imports excluded),
-against httpx downloading manifest.json and one shard's files from the plain server. Imports (torch, kogitune, trio
+and with --peers the same by dataset ID alone (KOGITUNE_BOOTSTRAP = the 3 peers: DHT lookup, the signed manifest
+over libp2p, the shard over their data ports), against httpx downloading manifest.json and one shard's files from the plain server. Imports (torch, kogitune, trio
 and the fetch service's modules) are excluded, as issue 16 says: <= 3x.
 
 Ratios are throughputs (baseline seconds / Kogitune seconds), best to best and median to median, taken in one run.
@@ -184,9 +185,12 @@ def long_path_section(args, work: Path, served, dataset_id: str) -> None:
     print(ratio_line("kogitune shard 0 vs httpx", times["httpx, 1 connection"], times["kogitune shard 0"]))
 
 
-def cold_first_batch(entry: str, home: Path, block_size: int) -> dict:
-    """A fresh training process with an empty home: import, open and first-batch seconds for recipe [entry]."""
+def cold_first_batch(entry: str, home: Path, block_size: int, bootstrap: list[str] | None = None) -> dict:
+    """A fresh training process with an empty home: import, open and first-batch seconds for recipe [entry]
+    (with `bootstrap`, the peers its embedded node starts from: a dataset ID is then looked up on their DHT)."""
     env = {**NODE_ENV, "KOGITUNE_HOME": str(home)}
+    if bootstrap:
+        env["KOGITUNE_BOOTSTRAP"] = ",".join(bootstrap)
     home.mkdir(parents=True)
     result = subprocess.run(
         [sys.executable, "-c", TRAINER, entry, str(block_size)], capture_output=True, text=True, env=env, timeout=300
@@ -317,6 +321,14 @@ def main() -> None:
                     cold["kogitune first batch (mirror)"].append(result["open"] + result["batch"])
                     cold["  open (node, manifest)"].append(result["open"])
                     cold["  batch (shard fetch, verify)"].append(result["batch"])
+                    if peers:
+                        result = cold_first_batch(dataset_id, target, args.block_size, [p.address for p in peers])
+                        shutil.rmtree(target)
+                        cold.setdefault("kogitune first batch (ID, 3 peers)", []).append(
+                            result["open"] + result["batch"]
+                        )
+                        cold.setdefault("  open (lookup, manifest)", []).append(result["open"])
+                        cold.setdefault("  batch (shard over data ports)", []).append(result["batch"])
                 print(f"\nCold first batch (empty home, imports excluded; block {args.block_size}, batch 8):")
                 for name, seconds in cold.items():
                     print(row(name, seconds, None))
@@ -325,6 +337,12 @@ def main() -> None:
                     f"first batch / http one shard: {min(fb) / min(http):.1f}x best to best, "
                     f"{statistics.median(fb) / statistics.median(http):.1f}x median to median (goal <= 3x)"
                 )
+                if peers:
+                    fb = cold["kogitune first batch (ID, 3 peers)"]
+                    print(
+                        f"first batch by ID / http one shard: {min(fb) / min(http):.1f}x best to best, "
+                        f"{statistics.median(fb) / statistics.median(http):.1f}x median to median (goal <= 3x)"
+                    )
         if args.conn_rate:
             long_path_section(args, work, served, dataset_id)
         print(f"bench_dataplane: {load_note()} (end)")

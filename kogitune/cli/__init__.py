@@ -5,6 +5,7 @@
 - look.py: `verify`, `info`, `head`, by a tensor's directory or a dataset ID;
 - network.py: `ls`, `rm`, `cache`, `node`, `publish`, `get`, `status`;
 - names.py: `lock`, `resolve`;
+- compress.py: `compress` (the compressed sidecars of a tensor);
 - common.py: exit statuses and argparse helpers.
 """
 
@@ -15,7 +16,7 @@ import sys
 import traceback
 
 from ..errors import KogituneError
-from . import look, names, network, tensors
+from . import compress, look, names, network, tensors
 from .common import EXIT_BUG, EXIT_DAMAGED, EXIT_ERROR, EXIT_OK, MAX_DOCUMENT_HELP, SETTINGS_HELP
 from .tensors import filter_cli, store_cli
 
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     look.add_commands(commands)
     network.add_commands(commands)
     names.add_commands(commands)
+    compress.add_commands(commands)
     return parser
 
 
