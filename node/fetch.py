@@ -56,7 +56,7 @@ from kogitune.protocol.pieces import check_pieces_file
 
 from .piece_board import STALE_CLAIM_SECONDS, PieceBoard, Run
 from .pool import MinRateBody, SourceHealth, SourcePool, fetch_small_file
-from .shard_files import make_durable, shard_lock, write_all
+from .shard_files import kept_pieces, make_durable, shard_lock, write_all
 from .sidecar_fetch import SidecarIndexes, first_piece_at, read_past
 
 log = logging.getLogger(__name__)
@@ -209,20 +209,9 @@ class ShardFetch:
         return None
 
     def _resume(self) -> None:
-        """Keep the pieces of an earlier, interrupted fetch that still match their hashes: one pass over the file,
-        one piece at a time into one buffer (a shard may be larger than memory)."""
-        fresh = os.fstat(self._fd).st_size == 0
-        os.ftruncate(self._fd, self.shard.size)
-        if fresh:  # nothing to keep: reading and hashing the zeros would cost ~0.1 s per 32 MiB shard
-            return
-        piece = bytearray(self.piece_size)
-        for index in range(len(self.board)):
-            view = memoryview(piece)[: self._piece_length(index)]
-            if (
-                os.preadv(self._fd, [view], index * self.piece_size) == len(view)
-                and hashlib.sha256(view).digest() == self.expected[index * 32 : (index + 1) * 32]
-            ):
-                self.board.finish(index)
+        """Keep the pieces of an earlier, interrupted fetch that still match their hashes."""
+        for index in kept_pieces(self._fd, self.shard.size, self.piece_size, self.expected):
+            self.board.finish(index)
 
     async def _download(self) -> None:
         if self.board.complete:

@@ -1,10 +1,11 @@
-"""The files of a shard being fetched, on disk: the lock that lets one process fetch it, writes that never take
-less than asked silently, and making a finished shard durable before it is recorded as verified (node/fetch.py)."""
+"""The files of a shard being fetched, on disk: the lock that lets one process fetch it, the pieces of an
+interrupted fetch that can be kept, writes that never take less than asked silently, and making a finished shard durable before it is recorded as verified (node/fetch.py)."""
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import logging
 import os
 from contextlib import asynccontextmanager
@@ -41,6 +42,25 @@ async def shard_lock(directory: Path, shard_name: str):
             yield
         finally:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def kept_pieces(fd: int, size: int, piece_size: int, expected: bytes) -> list[int]:
+    """Size the `.partial` file `fd` to `size`, and list the pieces of an earlier, interrupted fetch in it that
+    still match their hashes (`expected`: the shard's .pieces file): one pass over the file, one piece at a time
+    into one buffer (a shard may be larger than memory)."""
+    fresh = os.fstat(fd).st_size == 0
+    os.ftruncate(fd, size)
+    if fresh:  # nothing to keep: reading and hashing the zeros would cost ~0.1 s per 32 MiB shard
+        return []
+    kept, piece = [], bytearray(piece_size)
+    for index in range(-(-size // piece_size)):
+        view = memoryview(piece)[: min(piece_size, size - index * piece_size)]
+        if (
+            os.preadv(fd, [view], index * piece_size) == len(view)
+            and hashlib.sha256(view).digest() == expected[index * 32 : (index + 1) * 32]
+        ):
+            kept.append(index)
+    return kept
 
 
 def write_all(fd: int, data: memoryview, offset: int) -> None:
