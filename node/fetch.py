@@ -5,7 +5,7 @@ one TCP stream is bounded by its window over a long path). A worker asks the boa
 pieces, reserved for its stream alone (its share of the longest open run: the workers waiting for one split it), and
 requests the shard's tokens file over exactly that run. No other stream starts inside a reserved run, so a source
 sends only bytes the fetcher keeps; a run is cut only when its stream is slow or stuck, and the stream then closes
-its request at the cut (the bytes it had in flight are counted in `SourceHealth.bytes_discarded`). Every piece is
+its request at the cut (what it read and threw away is counted in `SourceHealth.bytes_discarded`). Every piece is
 checked against the manifest before it is written (on a worker thread, while the stream goes on), so a source can
 only waste time, never put a wrong byte on disk:
 

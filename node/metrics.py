@@ -97,7 +97,7 @@ class Reading:
     fetched: dict[tuple[str, str], int]
     """(dataset ID, source name) -> verified bytes fetched from that source."""
     discarded: dict[tuple[str, str], int]
-    """(dataset ID, source name) -> bytes that source sent that the fetcher threw away (over-fetch)."""
+    """(dataset ID, source name) -> bytes received from that source and thrown away (over-fetch)."""
     pieces_verified: dict[str, int]
     pieces_rejected: dict[str, int]
     banned_sources: dict[str, int]
@@ -253,8 +253,8 @@ class _Collector:
         )
         yield counter(
             "kogitune_discarded_bytes",
-            "Bytes a source sent that the fetcher threw away (a piece another stream delivered first, or cut off "
-            "where a slow or stuck stream's run was cut: over-fetch), by dataset and source.",
+            "Bytes received from a source and thrown away (a piece another stream delivered first, or cut off "
+            "when a slow or stuck stream's run was cut: over-fetch), by dataset and source.",
             ["dataset", "source"],
             r.discarded,
         )

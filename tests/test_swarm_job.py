@@ -2,7 +2,9 @@
 127.0.0.1; `torchrun --nproc-per-node 3` (gloo), rank r reading through host r's node. Two epochs by dataset ID
 with DistributedSampler(shuffle=False): every sample exactly once per epoch, the samples of a 1-process run, and
 the origin serves at most 1.2 copies of the dataset over both epochs (host-aware reading makes each host fetch its
-share; in epoch 2 the hosts get their new shards from each other, job peers, not from the origin)."""
+share; in epoch 2 the hosts get their new shards from each other, job peers, not from the origin). Default settings:
+the origin serves over libp2p and its data port, 2 connections per data port; each stream asks for a run of pieces
+reserved for it (node/piece_board.py), so no source sends bytes the fetcher throws away (over-fetch)."""
 
 import os
 import subprocess
