@@ -68,7 +68,10 @@ def cache_limit_bytes() -> int:
 
 
 @dataclass(frozen=True)
-class CachedShard:
+class StoredShard:
+    """A shard in the content store, as `shards()` lists it and `gc` evicts it: the size of its files, when it was
+    last used (`shards()` says how that is read), whether its dataset is pinned."""
+
     dataset_id: str
     name: str
     size: int
@@ -151,11 +154,11 @@ class ContentStore:
             shutil.rmtree(leftover, ignore_errors=True)
         return directory
 
-    def shards(self, partial: bool = False) -> list[CachedShard]:
+    def shards(self, partial: bool = False) -> list[StoredShard]:
         """Every complete shard in the store (last used: its last open or its fetch, whichever is later); with
         `partial`, also every `.tokens.partial` file (last used: its last write). A file that another process's gc
         removes meanwhile is left out."""
-        found: list[CachedShard] = []
+        found: list[StoredShard] = []
         if not self.datasets.is_dir():
             return found
         for directory in sorted(self.datasets.iterdir()):
@@ -167,14 +170,14 @@ class ContentStore:
                 if tokens is not None:
                     size = sum(st.st_size for suffix, st in files.items() if suffix != PARTIAL_SUFFIX)
                     stamp = max(tokens.st_mtime, used.st_mtime if used is not None else 0.0)
-                    found.append(CachedShard(directory.name, name, size, stamp, pinned))
+                    found.append(StoredShard(directory.name, name, size, stamp, pinned))
                 if partial and unfinished is not None:
                     found.append(
-                        CachedShard(directory.name, name, unfinished.st_size, unfinished.st_mtime, pinned, partial=True)
+                        StoredShard(directory.name, name, unfinished.st_size, unfinished.st_mtime, pinned, partial=True)
                     )
         return found
 
-    def gc(self, limit_bytes: int | None = None) -> list[CachedShard]:
+    def gc(self, limit_bytes: int | None = None) -> list[StoredShard]:
         """Evict unpinned shards and partial files, least recently used first, until the store fits in
         `limit_bytes`. A shard or partial file that a process uses is skipped (so the store may stay above the
         limit until it is released)."""
@@ -190,7 +193,7 @@ class ContentStore:
                 evicted.append(shard)
         return evicted
 
-    def _evict(self, shard: CachedShard) -> bool:
+    def _evict(self, shard: StoredShard) -> bool:
         """Remove a shard's files (the tokens first: their presence means complete), or its partial file, if no
         process fetches, opens or maps it; return whether it was removed."""
         shard_dir = self.datasets / shard.dataset_id / SHARDS_DIR

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kogitune.protocol.ids import ED25519_KEY_BYTES
 from kogitune.protocol.manifest import SHARDS_DIR
 
 from .files import write_atomic
@@ -143,9 +144,7 @@ def read_signature(directory: Path) -> tuple[bytes, bytes]:
 def split_signature(data: bytes) -> tuple[bytes, bytes]:
     """The (public key, signature) in the bytes of a signature file (read from disk, or from a web mirror). The
     lengths are not checked here: kogitune.protocol.signing checks them with the signature."""
-    from kogitune.protocol.signing import PUBLIC_KEY_BYTES
-
-    return data[:PUBLIC_KEY_BYTES], data[PUBLIC_KEY_BYTES:]
+    return data[:ED25519_KEY_BYTES], data[ED25519_KEY_BYTES:]
 
 
 def write_allow_files(directory: Path, allow, signature: bytes) -> None:

@@ -16,7 +16,8 @@ dataset is served the same way, but only over TLS and only to a request signed b
 (node/tlsdata.py: a connection that opens with a TLS record is TLS, on the same port; docs/protocol.md#private-
 datasets-on-the-data-port-tlsid). A private dataset to anyone else, a collection, an ID not held, a withheld file,
 any path not spelled exactly as above (no decoding of `%`, no `..`, no query) all get the same 404. There are no
-directory listings.
+directory listings. Which file a target names, and whether this requester may have it, is node/dataport_files.py;
+this module holds the connections: admission, limits, reading heads, sending answers.
 
 File bodies are read with `pread` into one reused buffer and sent from it (no other copy). `sendfile` would save
 the copy, but it sends bytes before they can be compared with their check (integrity.py's rule: a chunk leaves only
@@ -38,7 +39,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -47,24 +47,16 @@ import h11
 import trio
 
 from kogitune.errors import NodeError
-from kogitune.layout import MANIFEST_FILE, SIGNATURE_FILE
-from kogitune.protocol.compression import sidecar_path
-from kogitune.protocol.ids import is_dataset_id
-from kogitune.protocol.signing import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
 from kogitune.settings import DEFAULT_LISTEN, settings
 
+from .dataport_files import ServedFile, ServedFiles, requested_range
 from .host import FairSlots, ip_key
-from .integrity import open_served
 from .server import CHUNK, WRITE_TIMEOUT_SECONDS, DataServer
 from .tlsdata import ServerTls, requester
 
 log = logging.getLogger(__name__)
 NOT_FOUND_BODY = b"not found\n"
 """The body of every 404: a private dataset, a dataset not held and a path that means nothing look the same."""
-RANGE_RE = re.compile(r"bytes=([0-9]{1,18})-([0-9]{0,18})")
-"""The one form of Range served: a single span from a byte, to another or to the end. Any other Range header is
-ignored (RFC 9110: the whole file, 200)."""
-SIGNATURE_FILE_BYTES = PUBLIC_KEY_BYTES + SIGNATURE_BYTES
 
 
 def data_listen_address(flag: str | None, listen: list[str]) -> tuple[str, int] | None:
@@ -151,7 +143,7 @@ class DataPort:
         self.port = 0
         """The port listened on, once `serve` has started (what the node announces)."""
         self._slots: FairSlots[_Connection] = FairSlots(self.limits.connections_total, self.limits.connections_per_ip)
-        self._files: dict[str, tuple] = {}
+        self.files = ServedFiles(server)
 
     @property
     def connections(self) -> int:
@@ -272,17 +264,13 @@ class DataPort:
             await self._send_small(stream, http, 405, b"only GET and HEAD\n", head, last, [("allow", "GET, HEAD")])
             return
         peer = requester(request.headers, stream, self.tls) if self.tls is not None else None
-        found = await self._open(request.target, peer)
+        found = await self.files.open(request.target, peer)
         if found is None:
             await self._send_small(stream, http, 404, NOT_FOUND_BODY, head, last)
             return
-        dataset_id, content, opened, path, directory = found
-        if content is not None:
-            size = len(content)
-        else:
-            size = os.fstat(opened[0]).st_size
+        size = found.size
         try:
-            span = _range(request, size)
+            span = requested_range(request, size)
             if span is None:
                 await self._send_small(
                     stream, http, 416, b"range not satisfiable\n", head, last, [("content-range", f"bytes */{size}")]
@@ -296,86 +284,30 @@ class DataPort:
             await self._send_head(stream, http, 206 if partial else 200, end - start, fields, last)
             if head:
                 pass
-            elif content is not None:
-                await self._send_body(stream, http, memoryview(content)[start:end])
-                self.stats.served[dataset_id] += end - start
+            elif found.content is not None:
+                await self._send_body(stream, http, memoryview(found.content)[start:end])
+                self.stats.served[found.dataset_id] += end - start
             else:
-                await self._send_file(stream, http, dataset_id, opened, directory, path, start, end)
+                await self._send_file(stream, http, found, start, end)
             await self._send_all(stream, http.send(h11.EndOfMessage()))
         finally:
-            if opened is not None:
-                os.close(opened[0])
+            if found.opened is not None:
+                os.close(found.opened[0])
 
-    async def _open(self, target: bytes, peer: str | None):
-        """(dataset ID, bytes of a small file or None, (fd, stat signature) of a file or None, its path, the dataset
-        directory) of what `target` names, or None for anything this port does not serve to `peer` (who signed the
-        request over TLS: node/tlsdata.requester)."""
-        parts = target.split(b"/")
-        if len(parts) < 3 or parts[0] != b"" or not all(parts[1:]):
-            return None
-        try:
-            dataset_id, path = parts[1].decode("ascii"), b"/".join(parts[2:]).decode("ascii")
-        except UnicodeDecodeError:
-            return None
-        if not is_dataset_id(dataset_id):
-            return None
-        directory = self.server.store.dataset_dir(dataset_id)
-        loaded = self.server.checked_manifest(dataset_id, directory)
-        if loaded is None:  # not held or withheld
-            return None
-        manifest, manifest_bytes = loaded
-        if manifest.access is not None and not (
-            peer is not None and self.server.audience(dataset_id, directory, manifest).admits(peer)
-        ):  # private, and not to this request: the same 404
-            return None
-        if path == MANIFEST_FILE:
-            return dataset_id, manifest_bytes, None, path, directory
-        if path == SIGNATURE_FILE:
-            fd = open_served(directory / SIGNATURE_FILE)
-            if fd is None:
-                return None
-            with open(fd, "rb") as f:
-                signature = f.read(SIGNATURE_FILE_BYTES + 1)
-            return (dataset_id, signature, None, path, directory) if len(signature) == SIGNATURE_FILE_BYTES else None
-        found = self._files_of(dataset_id, manifest).get(path)
-        if found is None:
-            return None
-        shard, kind = found
-        if kind == "tokens":
-            opened = self.server.guard.open_tokens(directory, manifest, shard)
-        else:
-            opened = await self.server.guard.open_small_file(directory, manifest, shard, kind)
-        return None if opened is None else (dataset_id, None, opened, path, directory)
-
-    def _files_of(self, dataset_id: str, manifest) -> dict:
-        """path in the dataset directory -> (shard, kind) of every shard file the manifest names (made once per
-        manifest: a request looks its path up, never joins it to a directory)."""
-        cached = self._files.get(dataset_id)
-        if cached is None or cached[0] is not manifest:
-            files = {}
-            for shard in manifest.shards:
-                files[shard.tokens_path] = (shard, "tokens")
-                files[shard.pieces_path] = (shard, "pieces")
-                files[shard.docs_path] = (shard, "docs")
-                files[sidecar_path(shard)] = (shard, "sidecar")
-            cached = self._files[dataset_id] = (manifest, files)
-        return cached[1]
-
-    async def _send_file(
-        self, stream, http: h11.Connection, dataset_id: str, opened, directory, path: str, start: int, end: int
-    ) -> None:
+    async def _send_file(self, stream, http: h11.Connection, found: ServedFile, start: int, end: int) -> None:
         """Bytes start..end of an open served file, CHUNK at a time, each checked unchanged before it leaves."""
-        fd, signature = opened
+        fd, signature = found.opened  # type: ignore[misc]  # a shard file: opened, not content
+        path = found.path
         buffer = bytearray(min(CHUNK, end - start))
         while start < end:
             view = memoryview(buffer)[: min(CHUNK, end - start)]
             count = os.preadv(fd, [view], start)
-            self.server.guard.check_unchanged(fd, signature, directory, path)
+            self.server.guard.check_unchanged(fd, signature, found.directory, path)
             if not count:
                 raise OSError(f"{path} is shorter than the manifest says")
             await self._send_body(stream, http, view[:count])
             start += count
-            self.stats.served[dataset_id] += count
+            self.stats.served[found.dataset_id] += count
 
     async def _send_body(self, stream, http: h11.Connection, data: memoryview) -> None:
         framed = http.send_with_data_passthrough(h11.Data(data=data))  # type: ignore[arg-type]  # any buffer
@@ -409,17 +341,3 @@ class DataPort:
 
 def _body_events(body: bytes, head: bool) -> list:
     return [*([h11.Data(data=body)] if body and not head else []), h11.EndOfMessage()]
-
-
-def _range(request: h11.Request, size: int) -> tuple[int, int, bool] | None:
-    """(first byte, end, partial) of the answer to `request` for a file of `size` bytes; None if its Range cannot
-    be satisfied (416). A Range of another form than RANGE_RE is ignored: the whole file."""
-    header = next((value for name, value in request.headers if name == b"range"), None)
-    match = RANGE_RE.fullmatch(header.decode("latin-1")) if header is not None else None
-    if match is None:
-        return 0, size, False
-    start = int(match.group(1))
-    end = min(int(match.group(2)) + 1, size) if match.group(2) else size
-    if start >= size or end <= start:
-        return None
-    return start, end, True

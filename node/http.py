@@ -35,6 +35,8 @@ READ_BYTES = 1 << 20
 MAX_HEAD_BYTES = 64 << 10
 MAX_REDIRECTS = 5
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+MAX_INFORMATIONAL = 4
+"""1xx heads read before a response (a server sends one or two: 100 Continue, 103 Early Hints)."""
 USER_AGENT = "kogitune"
 # Everything printable in ASCII but space stays as it is in a request target; the rest is percent-encoded (UTF-8).
 TARGET_SAFE = "".join(map(chr, range(0x21, 0x7F)))
@@ -290,11 +292,16 @@ async def _send(
 
 
 async def _response_head(stream: trio.abc.Stream, connection: h11.Connection, url: str, timeout: float) -> h11.Response:
-    """The final response head, after any 1xx ones."""
-    head = await _next_event(stream, connection, url, timeout)
-    while isinstance(head, h11.InformationalResponse):
-        head = await _next_event(stream, connection, url, timeout)
-    return head
+    """The final response head, after at most MAX_INFORMATIONAL 1xx ones, all within twice `timeout` (each read
+    within `timeout`): a server that sends 1xx heads without end, or drips its head a byte at a time, is a failure
+    of that source, not a fetch worker held for ever (and, with the 1xx, the fetcher's CPU)."""
+    with trio.move_on_after(2 * timeout):
+        for _ in range(MAX_INFORMATIONAL + 1):
+            head = await _next_event(stream, connection, url, timeout)
+            if not isinstance(head, h11.InformationalResponse):
+                return head
+        raise SourceError(f"{url}: more than {MAX_INFORMATIONAL} informational (1xx) responses")
+    raise SourceError(f"{url}: no whole response head within {2 * timeout:g} s")
 
 
 async def _next_event(stream: trio.abc.Stream, connection: h11.Connection, url: str, timeout: float):

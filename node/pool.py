@@ -213,7 +213,11 @@ class SourcePool:
         self._changed()
 
     def succeeded(self, health: SourceHealth) -> None:
-        health.failures = 0
+        """A request of `health` succeeded: its failures start again from 0, unless it has failed out already (a
+        small file in flight when a data port failed out must not bring it back: its peer's libp2p source, which
+        took over, would stand by again while no worker reads from the data port)."""
+        if self._working(health):
+            health.failures = 0
 
     def report(self) -> str:
         return "; ".join(h.describe() for h in self.health)

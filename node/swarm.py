@@ -7,13 +7,12 @@ bans, rate and stall rules, FetchLimits) reads each shard from all of them at on
 embedded node of a training process (node/embedded.py) run this same service; the sync world reaches it through
 kogitune/client.py.
 
-How a dataset is opened (`open`):
+How a dataset is opened (`open`; where its manifest comes from is node/manifest_race.py):
 - by ID alone: providers from the DHT (node/providers.py), then the signed manifest from the first that serves a
-  valid one (MANIFEST_AT_ONCE asked at once, `first_answer` hedging), as the hardening issue made it;
-- by ID with mirrors: the mirrors and the peers race. The mirrors' manifest must hash to the ID (a mirror serving
-  another is banned); their `signature` file (a published directory's) gives the publisher when it verifies, and
-  is required when `trusted` is given. Peers found at any time join the pool, so a missing DHT never holds up a
-  dataset that mirrors serve, and a dataset no node holds trains from its mirrors alone. A manifest already in the
+  valid one; those that gave no bad answer are its sources;
+- by ID with mirrors: the mirrors and the peers race for the manifest. Peers found at any time join the pool, so a
+  missing DHT never holds up a dataset that mirrors serve, and a dataset no node holds trains from its mirrors
+  alone. A manifest already in the
   store that hashes to the ID is used as it is (every DataLoader worker opens the dataset again);
 - by mirrors alone (`open_mirrors`): the same with no peers; the ID is the hash of the manifest they serve.
 
@@ -32,35 +31,30 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
 from kogitune.content_store import ContentStore
-from kogitune.errors import FetchError, KogituneError, SourceError
-from kogitune.layout import MANIFEST_FILE, SIGNATURE_FILE, split_signature
+from kogitune.errors import FetchError
+from kogitune.layout import MANIFEST_FILE
 from kogitune.protocol.manifest import Manifest
-from kogitune.protocol.signing import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, check_signed
 from kogitune.settings import settings
 
 from .collection import OpenCollection, mirrors_collection, mirrors_manifest, opened_collection
 from .copies import CollectionCopy, ManifestCopy, store_collection, store_copy, stored_collection, stored_copy
 from .fetch import ShardFetch
 from .havemaps import refresh_for
+from .manifest_race import ManifestFinder
 from .metrics import SHARD_FETCH_BUCKETS, Timings
 from .peer_http import join_data_port
-from .peers import PeerSource, fetch_signed_manifest
-from .pool import SourcePool, first_answer, prefetch_in_order
+from .peers import PeerSource
+from .pool import SourcePool, prefetch_in_order
 from .providers import connect_providers
 from .sources import HttpSource
 
 log = logging.getLogger(__name__)
-MANIFEST_AT_ONCE = 3
-"""Providers asked for the signed manifest at once; one more is asked each time one fails, and each time
-HEDGE_SECONDS go by without an answer as many more as are waiting (pool.first_answer). The first valid manifest
-wins and the other requests are cancelled. A provider that failed is not asked again while the dataset is opened,
-and is left out of its sources."""
 MAX_SHARDS_IN_FLIGHT = settings().shards_at_once
 """Shards this service fetches at once, whatever asks for them (a trainer's wait, a prefetch, `get`)."""
 PREFETCH_SHARDS = settings().prefetch_shards
@@ -86,27 +80,6 @@ class OpenDataset:
         return trusted is None or self.publisher in trusted
 
 
-@dataclass
-class _Race:
-    """The mirrors' and the peers' answers to one open: the first valid copy wins; `why` says what each side did."""
-
-    sides: int
-    copy: ManifestCopy | CollectionCopy | None = None
-    why: list[str] = field(default_factory=list)
-    done: trio.Event = field(default_factory=trio.Event)
-
-    def won(self, copy: ManifestCopy | CollectionCopy) -> None:
-        if self.copy is None:
-            self.copy = copy
-            self.done.set()
-
-    def lost(self, why: str) -> None:
-        self.why.append(why)
-        self.sides -= 1
-        if self.sides <= 0:
-            self.done.set()
-
-
 class Swarm:
     """The fetch service of one content store. `network(optional)` gives the libp2p node that finds and reaches
     peers (the daemon's own, or the embedded client node, started on first use); None when there is none to ask
@@ -117,6 +90,8 @@ class Swarm:
         self.network = network
         self.nursery = nursery
         self.read_timeout = read_timeout
+        self.manifests = ManifestFinder(network, read_timeout)
+        """Where a manifest the store lacks comes from (node/manifest_race.py)."""
         self.bytes_fetched = 0
         self.shard_timings = Timings(SHARD_FETCH_BUCKETS)
         """How long each shard fetch took, by outcome (ok, failed): node/metrics.py."""
@@ -198,16 +173,7 @@ class Swarm:
         pool = SourcePool([HttpSource(url, self.read_timeout) for url in mirrors])
         copy = stored_copy(self.store, dataset_id) or stored_collection(self.store, dataset_id)
         if copy is None or (trusted is not None and copy.publisher not in trusted):
-            race = _Race(sides=2 if peers else 1)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._manifest_from_mirrors, race, dataset_id, pool, trusted)
-                if peers:
-                    nursery.start_soon(self._manifest_from_peers, race, dataset_id, trusted)
-                await race.done.wait()
-                nursery.cancel_scope.cancel()
-            if race.copy is None:
-                raise FetchError(f"no source gave a valid manifest of {dataset_id}: {'; '.join(race.why)}")
-            copy = race.copy
+            copy = await self.manifests.from_mirrors_and_peers(dataset_id, pool, trusted, peers)
         if isinstance(copy, CollectionCopy):
             return opened_collection(self.store, dataset_id, copy, pool)
         directory = store_copy(self.store, dataset_id, copy)
@@ -226,30 +192,12 @@ class Swarm:
         stored = opened.copy if opened is not None else stored_copy(self.store, dataset_id)
         if stored is not None and stored.publisher is not None:
             return stored
-        return (await self._signed_copy_from_peers(dataset_id, None))[1]
-
-    async def _signed_copy_from_peers(self, dataset_id: str, trusted):
-        """(the network, the signed manifest from the first provider that serves a valid one, the providers
-        connected, why the others failed): providers from the DHT, connected at once."""
-        network = await self.network(optional=False)
-        providers = await network.find_providers(dataset_id)
-        if not providers:
-            raise FetchError(
-                f"no peer provides {dataset_id} (asked the DHT through {len(network.host.get_connected_peers())}"
-                f" connected peer(s) for {network.lookup_deadline:.0f} s); is a node that holds it running and "
-                "bootstrapped?"
-            )
-        failed: dict[str, str] = {}
-        reachable = await connect_providers(network, providers, failed)
-        copy = await self._first_signed_manifest(network, dataset_id, reachable, trusted, failed)
-        if copy is None:
-            raise FetchError(f"no provider of {dataset_id} gave a valid manifest: {'; '.join(failed.values())}")
-        return network, copy, reachable, failed
+        return (await self.manifests.from_peers(dataset_id, None))[1]
 
     async def _resolve_from_peers(self, dataset_id: str, trusted) -> OpenDataset | OpenCollection:
-        """The signed manifest from peers (_signed_copy_from_peers), stored; the providers that gave no bad answer
+        """The signed manifest from peers (ManifestFinder.from_peers), stored; the providers that gave no bad answer
         are its sources. A collection's manifest is stored as a collection directory."""
-        network, copy, reachable, failed = await self._signed_copy_from_peers(dataset_id, trusted)
+        network, copy, reachable, failed = await self.manifests.from_peers(dataset_id, trusted)
         if isinstance(copy, CollectionCopy):
             return OpenCollection(dataset_id, store_collection(self.store, dataset_id, copy), copy)
         sources = [copy.peer] + [p for p in reachable if p != copy.peer and str(p) not in failed]
@@ -260,76 +208,6 @@ class Swarm:
         for peer in sources:
             self._join_data_port(pool, network, peer, dataset_id, copy.manifest)
         return OpenDataset(dataset_id, directory, copy.manifest, copy.publisher, pool, copy)
-
-    async def _first_signed_manifest(self, network, dataset_id: str, peers: list, trusted, failed: dict[str, str]):
-        """The copy from the first provider that serves a valid, trusted, signed manifest, asking MANIFEST_AT_ONCE
-        at a time (`first_answer`); None if none does. What each failed provider did goes into `failed`."""
-
-        async def ask(peer):
-            try:
-                copy = await fetch_signed_manifest(network.host, peer, dataset_id, self.read_timeout)
-            except Exception as exc:
-                failed[str(peer)] = str(exc) if isinstance(exc, SourceError) else f"{peer}: {exc}"
-                return None
-            if trusted is not None and copy.publisher not in trusted:
-                failed[str(peer)] = f"{peer}: serves a copy signed by {copy.publisher}, who is not trusted"
-                return None
-            return copy
-
-        return await first_answer(peers, ask, at_once=MANIFEST_AT_ONCE)
-
-    async def _manifest_from_mirrors(self, race: _Race, dataset_id: str, pool: SourcePool, trusted) -> None:
-        try:
-            data, manifest = await mirrors_manifest(pool, dataset_id)
-        except FetchError as exc:
-            race.lost(str(exc))
-            return
-        public_key, signature = await self._mirror_signature(pool, dataset_id, data)
-        kind = ManifestCopy if isinstance(manifest, Manifest) else CollectionCopy
-        copy = kind(data, manifest, public_key, signature)  # type: ignore[arg-type]
-        if trusted is not None and copy.publisher not in trusted:
-            why = f"signed by {copy.publisher}" if copy.publisher else "with no valid signature file"
-            race.lost(f"the web mirrors serve {dataset_id} {why}, and trusted_publishers does not name it")
-            return
-        race.won(copy)
-
-    async def _mirror_signature(self, pool: SourcePool, dataset_id: str, data: bytes) -> tuple[bytes, bytes]:
-        """(public key, signature) from the `signature` file the mirrors serve beside the manifest (a published
-        directory has one), if one verifies; (b"", b"") if none does: the copy is then unsigned. Each mirror is
-        asked once, without counting against its health (a tensor directory from `kogitune store` has no
-        signature: a 404 here is no fault)."""
-        size = PUBLIC_KEY_BYTES + SIGNATURE_BYTES
-
-        async def ask(health):
-            try:
-                with trio.fail_after(self.read_timeout):
-                    signed = await health.source.read_all(SIGNATURE_FILE, size)
-                check_signed(dataset_id, data, *split_signature(signed))
-            except (SourceError, KogituneError, ValueError, trio.TooSlowError):
-                return None
-            return signed
-
-        signed = await first_answer(pool.usable(), ask)
-        return split_signature(signed) if signed else (b"", b"")
-
-    async def _manifest_from_peers(self, race: _Race, dataset_id: str, trusted) -> None:
-        """The peers' side of the race: providers, then the first valid signed manifest (MANIFEST_AT_ONCE)."""
-        try:
-            network = await self.network(optional=True)
-            if network is None:
-                race.lost("no peer to ask (no bootstrap peer)")
-                return
-            providers = await network.find_providers(dataset_id)
-            failed: dict[str, str] = {}
-            reachable = await connect_providers(network, providers, failed) if providers else []
-            copy = await self._first_signed_manifest(network, dataset_id, reachable, trusted, failed)
-        except Exception as exc:  # whatever the peers' side meets, the mirrors may still answer
-            race.lost(f"peers: {type(exc).__name__}: {exc}")
-            return
-        if copy is None:
-            race.lost(f"no provider gave a valid manifest ({'; '.join(failed.values()) or 'none found'})")
-        else:
-            race.won(copy)
 
     def _look_for_peers(self, opened: OpenDataset) -> None:
         """In the background, providers of a dataset opened with mirrors join its pool as they are found."""
@@ -362,9 +240,6 @@ class Swarm:
         for a private dataset (node/tlsdata.py)."""
         seed = network.seed if manifest.access is not None else None
         self.nursery.start_soon(join_data_port, pool, network.host, peer, dataset_id, self.read_timeout, seed)
-
-    async def _host(self):
-        return (await self.network(optional=False)).host
 
     # ---- fetching -----------------------------------------------------------------------------------------------
 

@@ -146,7 +146,7 @@ class FrameDecoder:
     that arrive in the same feed() as the end of a frame are kept for unused() (the start of a read response's raw
     data); feeding more while a complete frame waits, beyond max_body + 10 bytes in all, is refused.
     Errors are sticky: once next_frame() raised, it and unused() raise again and feed() ignores data.
-    feed(b"") or feed_eof() marks the end of the stream: then next_frame() returns a complete buffered frame or
+    feed(b"") marks the end of the stream: then next_frame() returns a complete buffered frame or
     raises, never None. Take a read response's raw bytes with unused() right after its header frame, and read the
     rest of the stream directly: the decoder is not a buffer for raw data.
     """
@@ -181,9 +181,6 @@ class FrameDecoder:
             return
         self._buf += data
         self._scan_header()
-
-    def feed_eof(self) -> None:
-        self._eof = True
 
     def next_frame(self) -> dict[str, Any] | None:
         if self._error is not None:

@@ -22,8 +22,15 @@ _BASE58_RE = re.compile(r"[1-9A-HJ-NP-Za-km-z]{1,128}")
 _IDENTITY_MULTIHASH, _SHA256_MULTIHASH = 0x00, 0x12
 """Multihash codes (multiformats table): the identity "hash", and SHA2-256."""
 ED25519_KEY_BYTES = 32
-# identity multihash (0x00) of 36 bytes, then the protobuf PublicKey {Type: Ed25519 (1), Data: 32 bytes} header
-_ED25519_PEER_ID_PREFIX = bytes([_IDENTITY_MULTIHASH, 36, 0x08, 0x01, 0x12, 0x20])
+ED25519_SIGNATURE_BYTES = 64
+"""Ed25519's sizes: a public key (inside a peer ID; a publisher's key) and a signature (protocol/signing.py makes
+and checks them; the wire and the `signature` file carry them)."""
+ED25519_PROTOBUF_PREFIX = bytes([0x08, 0x01, 0x12, 0x20])
+"""The protobuf PublicKey {Type: Ed25519 (1), Data: 32 bytes} of libp2p's peer-id spec, before the key bytes."""
+# identity multihash (0x00) of 36 bytes, then the protobuf PublicKey header
+_ED25519_PEER_ID_PREFIX = (
+    bytes([_IDENTITY_MULTIHASH, len(ED25519_PROTOBUF_PREFIX) + ED25519_KEY_BYTES]) + ED25519_PROTOBUF_PREFIX
+)
 MAX_INLINE_KEY_BYTES = 42
 """libp2p puts public keys of at most this many bytes (Ed25519's are 36) in the peer ID itself; longer keys are
 hashed with SHA-256."""
@@ -112,6 +119,12 @@ def ed25519_key_of_peer_id(text: object) -> bytes | None:
     if data[:6] != _ED25519_PEER_ID_PREFIX or len(data) != len(_ED25519_PEER_ID_PREFIX) + ED25519_KEY_BYTES:
         return None
     return data[len(_ED25519_PEER_ID_PREFIX) :]
+
+
+def peer_id_of_ed25519_key(public_key: bytes) -> str:
+    """The peer ID of a 32-byte Ed25519 public key (the inverse of ed25519_key_of_peer_id; the length is the
+    caller's to check: signing.peer_id_from_public_key)."""
+    return base58btc(_ED25519_PEER_ID_PREFIX + public_key)
 
 
 JOB_KEY_PREFIX = b"kogitune-job/1\n"

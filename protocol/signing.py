@@ -21,17 +21,20 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from .collection import Collection, parse_manifest_or_collection
 from .errors import IntegrityError
-from .ids import base58btc, dataset_id_digest, ed25519_key_of_peer_id
+from .ids import (
+    ED25519_KEY_BYTES,
+    ED25519_SIGNATURE_BYTES,
+    dataset_id_digest,
+    ed25519_key_of_peer_id,
+    peer_id_of_ed25519_key,
+)
 from .manifest import Manifest, parse_manifest
 
 SIGNING_CONTEXT = b"kogitune/manifest/v1\x00"
 ALLOW_CONTEXT = b"kogitune/allow/v1\x00"
 SEED_BYTES = 32
-PUBLIC_KEY_BYTES = 32
-SIGNATURE_BYTES = 64
-# The protobuf PublicKey {Type: Ed25519 (1), Data: 32 bytes} of libp2p's peer-id spec, before the key bytes.
-_ED25519_PROTOBUF_PREFIX = bytes([0x08, 0x01, 0x12, 0x20])
-_IDENTITY_MULTIHASH = 0x00
+SIGNATURE_FILE_BYTES = ED25519_KEY_BYTES + ED25519_SIGNATURE_BYTES
+"""A `signature` file (kogitune/layout.py names it): the publisher's public key, then its signature of the ID."""
 
 
 def signing_payload(dataset_id: str) -> bytes:
@@ -73,10 +76,10 @@ def allow_list_verifies(dataset_id: str, allow: Iterable[str], public_key: bytes
 def verify_dataset(dataset_id: str, public_key: bytes, signature: bytes) -> None:
     """Return if `signature` is `public_key`'s signature of `dataset_id`; raise IntegrityError otherwise."""
     payload = signing_payload(dataset_id)
-    if not isinstance(public_key, bytes) or len(public_key) != PUBLIC_KEY_BYTES:
-        raise IntegrityError(f"a publisher key is {PUBLIC_KEY_BYTES} bytes of Ed25519 public key")
-    if not isinstance(signature, bytes) or len(signature) != SIGNATURE_BYTES:
-        raise IntegrityError(f"a manifest signature is {SIGNATURE_BYTES} bytes of Ed25519 signature")
+    if not isinstance(public_key, bytes) or len(public_key) != ED25519_KEY_BYTES:
+        raise IntegrityError(f"a publisher key is {ED25519_KEY_BYTES} bytes of Ed25519 public key")
+    if not isinstance(signature, bytes) or len(signature) != ED25519_SIGNATURE_BYTES:
+        raise IntegrityError(f"a manifest signature is {ED25519_SIGNATURE_BYTES} bytes of Ed25519 signature")
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, payload)
     except (InvalidSignature, ValueError):
@@ -133,10 +136,9 @@ def allowed_peers(
 
 def peer_id_from_public_key(public_key: bytes) -> str:
     """The libp2p peer ID of an Ed25519 public key: base58btc of the identity multihash of its protobuf PublicKey."""
-    if not isinstance(public_key, bytes) or len(public_key) != PUBLIC_KEY_BYTES:
-        raise ValueError(f"an Ed25519 public key is {PUBLIC_KEY_BYTES} bytes")
-    serialized = _ED25519_PROTOBUF_PREFIX + public_key
-    return base58btc(bytes([_IDENTITY_MULTIHASH, len(serialized)]) + serialized)
+    if not isinstance(public_key, bytes) or len(public_key) != ED25519_KEY_BYTES:
+        raise ValueError(f"an Ed25519 public key is {ED25519_KEY_BYTES} bytes")
+    return peer_id_of_ed25519_key(public_key)
 
 
 def _private_key(private_key_bytes: bytes) -> Ed25519PrivateKey:

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
 from .errors import IdentityError
+from .ids import ED25519_KEY_BYTES, ED25519_PROTOBUF_PREFIX, ED25519_SIGNATURE_BYTES
 from .signing import peer_id_from_public_key
 
 LIBP2P_EXTENSION_OID = x509.ObjectIdentifier("1.3.6.1.4.1.53594.1.1")
@@ -51,10 +52,10 @@ AUTH_LIFETIME = 300
 MAX_CLOCK_SKEW = 300
 """Seconds that a server tolerates between its clock and a fetcher's: a token expired by the server's clock is
 refused, and so is one that expires more than AUTH_LIFETIME + MAX_CLOCK_SKEW seconds from now."""
-_TOKEN_BYTES = 32 + 8 + 64  # public key, expiry (unsigned 64-bit big-endian Unix seconds), signature
+_TOKEN_BYTES = (
+    ED25519_KEY_BYTES + 8 + ED25519_SIGNATURE_BYTES
+)  # public key, expiry (unsigned 64-bit big-endian Unix seconds), signature
 _TOKEN_CHARS = (_TOKEN_BYTES * 4 + 2) // 3  # base64url without padding
-# The protobuf PublicKey {Type: Ed25519 (1), Data: 32 bytes} of libp2p's peer-id spec, before the key bytes.
-_ED25519_PROTOBUF_PREFIX = bytes([0x08, 0x01, 0x12, 0x20])
 
 
 def make_certificate(
@@ -66,7 +67,7 @@ def make_certificate(
     key = key or ec.generate_private_key(ec.SECP256R1())
     spki = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     public = identity.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    signed_key = _signed_key_der(_ED25519_PROTOBUF_PREFIX + public, identity.sign(CERT_CONTEXT + spki))
+    signed_key = _signed_key_der(ED25519_PROTOBUF_PREFIX + public, identity.sign(CERT_CONTEXT + spki))
     start = datetime.datetime.fromtimestamp(now, datetime.timezone.utc) - datetime.timedelta(hours=1)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "libp2p")])
     certificate = (
@@ -169,7 +170,8 @@ def check_auth(value: str, server_peer_id: str, certificate_sha256: bytes, now: 
         data = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except ValueError:
         raise IdentityError("the data port authorization is not base64url") from None
-    public, expires, signature = data[:32], int.from_bytes(data[32:40], "big"), data[40:]
+    public, rest = data[:ED25519_KEY_BYTES], data[ED25519_KEY_BYTES:]
+    expires, signature = int.from_bytes(rest[:8], "big"), rest[8:]
     if expires < now:
         raise IdentityError(f"the data port authorization expired {now - expires:.0f} s ago")
     if expires > now + AUTH_LIFETIME + MAX_CLOCK_SKEW:
@@ -206,9 +208,12 @@ def _parse_signed_key(der: bytes) -> tuple[bytes, bytes]:
     if content:
         raise IdentityError("the libp2p key extension's SignedKey has more than two fields")
     public_key, signature = parts
-    if len(public_key) != 36 or not public_key.startswith(_ED25519_PROTOBUF_PREFIX) or len(signature) != 64:
+    prefix = ED25519_PROTOBUF_PREFIX
+    if len(public_key) != len(prefix) + ED25519_KEY_BYTES or not public_key.startswith(prefix):
         raise IdentityError("the libp2p key extension does not hold an Ed25519 key and signature")
-    return public_key[4:], signature
+    if len(signature) != ED25519_SIGNATURE_BYTES:
+        raise IdentityError("the libp2p key extension does not hold an Ed25519 key and signature")
+    return public_key[len(prefix) :], signature
 
 
 def _der_element(data: bytes, tag: int) -> tuple[bytes, bytes]:

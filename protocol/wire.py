@@ -21,7 +21,7 @@ from .frames import FrameDecoder as FrameDecoder
 from .frames import WireError as WireError
 from .frames import bad_request, describe, encode_frame
 from .frames import encode_varint as encode_varint
-from .ids import DIGEST_SIZE, is_peer_id
+from .ids import DIGEST_SIZE, ED25519_KEY_BYTES, ED25519_SIGNATURE_BYTES, is_peer_id
 from .manifest import MAX_MANIFEST_BYTES, MAX_SHARDS
 
 PROTOCOL_ID = "/kogitune/data/2.0.0"
@@ -38,7 +38,7 @@ Kogitune, which a fetcher says rather than "cannot open a stream"."""
 WIRE_VERSION = 2
 MAX_REQUEST_BYTES = 4096
 MAX_ALLOW_CHARS = 64 << 10
-MAX_HEADER_BYTES = (64 << 20) + MAX_ALLOW_CHARS + 4096
+MAX_HEADER_BYTES = MAX_MANIFEST_BYTES + MAX_ALLOW_CHARS + 4096
 MAX_READ_BYTES = 1 << 30
 FILE_KINDS = ("tokens", "pieces", "docs")
 
@@ -46,8 +46,6 @@ MAX_MESSAGE_CHARS = 1000
 MAX_OFFSET = (1 << 53) - 1
 """The largest offset of a read: every integer on the wire is below 2^53, so a decoder that holds numbers as IEEE
 doubles (JavaScript) reads each one exactly."""
-SIGNATURE_BYTES = 64
-PUBLIC_KEY_BYTES = 32
 MAX_BITMAP_BYTES = -(-MAX_SHARDS // 8)
 _SHARD_RE = re.compile(r"[0-9]{5,9}")
 
@@ -253,11 +251,11 @@ def parse_response(obj: dict[str, Any], expected: type[Response]) -> Response:
         return ErrorResponse(code, _str(obj["message"], "message", MAX_MESSAGE_CHARS))
     if kind is ManifestResponse:
         allow = _allow(_str(obj["allow"], "allow", MAX_ALLOW_CHARS))
-        signed = SIGNATURE_BYTES if allow else 0  # the publisher's signature of the list, none without one
+        signed = ED25519_SIGNATURE_BYTES if allow else 0  # the publisher's signature of the list, none without one
         return ManifestResponse(
             manifest=_bin(obj["manifest"], "manifest", 1, MAX_MANIFEST_BYTES),
-            signature=_bin(obj["signature"], "signature", SIGNATURE_BYTES, SIGNATURE_BYTES),
-            public_key=_bin(obj["public_key"], "public_key", PUBLIC_KEY_BYTES, PUBLIC_KEY_BYTES),
+            signature=_bin(obj["signature"], "signature", ED25519_SIGNATURE_BYTES, ED25519_SIGNATURE_BYTES),
+            public_key=_bin(obj["public_key"], "public_key", ED25519_KEY_BYTES, ED25519_KEY_BYTES),
             allow=allow,
             allow_signature=_bin(obj["allow_signature"], "allow_signature", signed, signed),
         )

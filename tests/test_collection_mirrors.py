@@ -10,19 +10,17 @@ os.environ.setdefault("KOGITUNE_READ_TIMEOUT", "2")
 import numpy as np
 import pytest
 from conftest import copy_tensor
+from kjv_collection import kjv_collection
 from mirrors import mirrors
 
 from kogitune.client import embedded_node
 from kogitune.collection import DataCollection
 from kogitune.content_store import ContentStore
-from kogitune.corpora import write_kjv_chapters
 from kogitune.errors import FetchError
 from kogitune.layout import COLLECTION_FILE, part_path, part_url, write_signature
 from kogitune.protocol.collection import Collection, collection_file_bytes
 from kogitune.protocol.signing import peer_id_from_public_key, sign_dataset
 from kogitune.recipe import DatasetRecipe
-from kogitune.write import StoreOptions
-from kogitune.write.parts import merge, store_part
 
 BLOCK = 64
 PARTS = 3
@@ -31,13 +29,7 @@ PARTS = 3
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory) -> DataCollection:
     """A collection of 3 parts of a KJV corpus (`merge` output: parts/<index> link to the part directories)."""
-    root = tmp_path_factory.mktemp("collection")
-    corpus = write_kjv_chapters(root / "kjv.jsonl", limit=60)
-    options = StoreOptions(block_size=BLOCK, piece_size=64 << 10, shard_size=64 << 10, workers=1)
-    for index in range(PARTS):
-        store_part([corpus], (index, PARTS), root / f"part{index}", "gpt2", options, progress=False)
-    merge([root / f"part{index}" for index in range(PARTS)], root / "coll")
-    return DataCollection(root / "coll")
+    return kjv_collection(tmp_path_factory.mktemp("collection"), 60, PARTS, BLOCK)
 
 
 def liar(collection: DataCollection, directory, parts: list[int], collection_parts: list[int]):

@@ -8,12 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from kjv_collection import kjv_collection
 from netnodes import ENV
 
 from kogitune.collection import DataCollection
-from kogitune.corpora import write_kjv_chapters
-from kogitune.write import StoreOptions
-from kogitune.write.parts import merge, store_part
 
 BLOCK = 64
 PARTS = 3
@@ -33,13 +31,7 @@ np.save(sys.argv[3], np.stack([dataset[i]["input_ids"].numpy() for i in range(le
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory) -> DataCollection:
     """A collection of 3 parts of a KJV corpus, each of 2 shards or more (stored in this process, then merged)."""
-    root = tmp_path_factory.mktemp("collection")
-    corpus = write_kjv_chapters(root / "kjv.jsonl", limit=90)
-    options = StoreOptions(block_size=BLOCK, piece_size=64 << 10, shard_size=64 << 10, workers=1)
-    for index in range(PARTS):
-        store_part([corpus], (index, PARTS), root / f"part{index}", "gpt2", options, progress=False)
-    merge([root / f"part{index}" for index in range(PARTS)], root / "coll")
-    return DataCollection(root / "coll")
+    return kjv_collection(tmp_path_factory.mktemp("collection"), 90, PARTS, BLOCK)
 
 
 def samples(tensor_or_path) -> np.ndarray:

@@ -10,11 +10,10 @@ import pytest
 from test_protocol import manifest_dict
 
 from kogitune.protocol.errors import IntegrityError, KogituneError, ManifestError
-from kogitune.protocol.ids import dataset_id_from_digest
+from kogitune.protocol.ids import base58btc, dataset_id_from_digest
 from kogitune.protocol.manifest import parse_manifest
 from kogitune.protocol.signing import (
     SIGNING_CONTEXT,
-    base58btc,
     check_signed_manifest,
     peer_id_from_public_key,
     public_key_from_seed,

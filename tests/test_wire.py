@@ -111,7 +111,7 @@ def decode_one(frame: bytes, max_body: int = MAX_HEADER_BYTES) -> dict:
     """The single frame of a complete stream."""
     decoder = FrameDecoder(max_body)
     decoder.feed(frame)
-    decoder.feed_eof()
+    decoder.feed(b"")
     obj = decoder.next_frame()
     assert decoder.unused() == b""
     return obj
@@ -344,7 +344,7 @@ def test_decoder_fed_random_splits():
             decoder.feed(stream[start:end])
             while (frame := decoder.next_frame()) is not None:
                 got.append(frame)
-        decoder.feed_eof()
+        decoder.feed(b"")
         with pytest.raises(WireError):
             decoder.next_frame()  # the stream ended cleanly, but a caller that still wants a frame gets none
         assert got == expected
@@ -373,7 +373,7 @@ def test_end_of_stream():
     frame = bytes.fromhex(VECTORS["read response"][1])
     decoder = FrameDecoder(100)
     decoder.feed(frame)
-    decoder.feed(b"")  # feed(b"") is the end of the stream, like feed_eof()
+    decoder.feed(b"")  # the end of the stream
     assert decoder.next_frame() == {"v": 2, "op": "read", "length": 65536}
     with pytest.raises(WireError, match="ended before a frame"):
         decoder.next_frame()
@@ -395,7 +395,7 @@ def test_a_stream_that_ends_inside_a_frame(data, why):
     if data:
         decoder.feed(data)
     assert decoder.next_frame() is None
-    decoder.feed_eof()
+    decoder.feed(b"")
     error = assert_bad(decoder.next_frame)
     assert why in str(error)
     assert_bad(decoder.next_frame)  # errors are sticky
@@ -911,7 +911,7 @@ def test_fuzz_frames_parse_or_raise_wire_error():
                 while (frame := decoder.next_frame()) is not None:
                     frames.append(frame)
                 assert decoder.buffered <= max_body + 10  # next_frame() said None: an incomplete frame at most
-            decoder.feed_eof()
+            decoder.feed(b"")
             if not frames:
                 frames.append(decoder.next_frame())
             for frame in frames:
@@ -962,7 +962,7 @@ def test_a_read_exchange_bytes_in_bytes_out():
     server = FrameDecoder(MAX_REQUEST_BYTES)
     for chunk in chunks(encode_request(request)):
         server.feed(chunk)
-    server.feed_eof()
+    server.feed(b"")
     received = parse_request(server.next_frame())
     assert received == request
     reply = encode_response(ReadResponse(received.length)) + tokens[received.offset : received.offset + received.length]

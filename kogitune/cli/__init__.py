@@ -3,7 +3,8 @@
 - tensors.py: `store`, `filter`, and `store_cli` / `filter_cli`, their Python forms that print a summary (kept for
   the original Kogitune's users; the Python API is `kogitune.store` and `kogitune.filter`);
 - look.py: `verify`, `info`, `head`, by a tensor's directory or a dataset ID;
-- network.py: `ls`, `rm`, `cache`, `node`, `publish`, `get`, `status`;
+- node.py: `node` (run or ask a node) and `ls`, `rm`, `cache` (its content store);
+- network.py: `publish`, `get`, `status` (datasets to and from the network, through the running node);
 - names.py: `lock`, `resolve`;
 - compress.py: `compress` (the compressed sidecars of a tensor);
 - common.py: exit statuses and argparse helpers.
@@ -16,7 +17,7 @@ import sys
 import traceback
 
 from ..errors import KogituneError
-from . import compress, look, names, network, tensors
+from . import compress, look, names, network, node, tensors
 from .common import EXIT_BUG, EXIT_DAMAGED, EXIT_ERROR, EXIT_OK, MAX_DOCUMENT_HELP, SETTINGS_HELP
 from .tensors import filter_cli, store_cli
 
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     tensors.add_commands(commands)
     look.add_commands(commands)
+    node.add_commands(commands)
     network.add_commands(commands)
     names.add_commands(commands)
     compress.add_commands(commands)
