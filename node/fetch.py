@@ -1,19 +1,21 @@
 """The multi-source fetcher: verified pieces of a shard from every source at once, with failover.
 
 Each source gets one worker per shard, and an HTTP source more while few shards are in flight (`Source.connections`:
-one TCP stream is bounded by its window over a long path). A worker asks for the shard's tokens file from a starting
-piece to the end of the run of open pieces there, and claims pieces one by one as the bytes arrive; it stops where
-another worker has already claimed or finished the next piece, and then starts again at the longest run of missing
-pieces. Every piece is checked against the manifest
-before it is written (on a worker thread, while the stream goes on), so a source can only waste time, never put a
-wrong byte on disk:
+one TCP stream is bounded by its window over a long path). A worker asks the board (piece_board.py) for a run of
+pieces, reserved for its stream alone (its share of the longest open run: the workers waiting for one split it), and
+requests the shard's tokens file over exactly that run. No other stream starts inside a reserved run, so a source
+sends only bytes the fetcher keeps; a run is cut only when its stream is slow or stuck, and the stream then closes
+its request at the cut (what it read and threw away is counted in `SourceHealth.bytes_discarded`). Every piece is
+checked against the manifest before it is written (on a worker thread, while the stream goes on), so a source can
+only waste time, never put a wrong byte on disk:
 
 - a piece whose hash does not match bans its source for the rest of the fetch (it lied);
 - an error, a timeout, a short read or a 404 counts as a failure: the source backs off exponentially and is
-  dropped after `max_failures`; its claimed piece goes back to the others at once;
-- a piece claimed STALE_CLAIM_SECONDS ago and still not received may be read from another source too; when no
-  piece is left unclaimed, idle workers take those (endgame), so a hung source delays a shard by a fraction of a
-  second, not a timeout: the first verified copy wins;
+  dropped after `max_failures`; the rest of its run goes back to the others at once;
+- a stream that has received no piece for STALE_CLAIM_SECONDS has its run taken over by an idle worker once no
+  piece is left unreserved (endgame), so a hung source delays a shard by a fraction of a second, not a timeout: the
+  first verified copy of the piece it was receiving wins; a stream that would need more than STEAL_SECONDS for the
+  rest of its run gives its back half to an idle worker;
 - a stream slower than `FetchLimits.min_rate` over a window (a source that drips a byte a second never trips a
   read timeout) counts as a failure, and a small file (.pieces, .docs) that a source is slow to send is asked of
   more sources after HEDGE_SECONDS (`first_answer`): the first valid copy wins;
@@ -33,40 +35,33 @@ fsynced and recorded as verified.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import logging
 import math
 import os
 import threading
 from collections import Counter
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
 
 from kogitune.errors import FetchError, SourceError
-from kogitune.files import file_mode_in, opener_like_folder, write_atomic
-from kogitune.layout import SHARDS_DIR, partial_path, shard_lock_path
-from kogitune.marks import record_checked, record_verified
+from kogitune.files import file_mode_in, write_atomic
+from kogitune.layout import partial_path
+from kogitune.marks import record_checked
 from kogitune.protocol.compression import SidecarIndex, compress_bound, decode_piece, sidecar_path
 from kogitune.protocol.errors import IntegrityError
 from kogitune.protocol.manifest import Manifest, ShardInfo
 from kogitune.protocol.pieces import check_pieces_file
 
-from .piece_board import STALE_CLAIM_SECONDS, PieceBoard
+from .piece_board import STALE_CLAIM_SECONDS, PieceBoard, Run
 from .pool import MinRateBody, SourceHealth, SourcePool, fetch_small_file
+from .shard_files import kept_pieces, make_durable, shard_lock, write_all
 from .sidecar_fetch import SidecarIndexes, first_piece_at, read_past
 
 log = logging.getLogger(__name__)
-LOCK_POLL_SECONDS = 0.05
 MAX_PIECES_CHECKING = 4
 """Received pieces waiting for their hash check per shard: bounds memory to (this + sources) pieces."""
-SYNC_THREADS = 2
-"""Threads of one trio run that fsync finished shards: on a slow disk, syncing shards wait their turn instead of
-taking the threads that check pieces."""
-_sync_limiter: trio.lowlevel.RunVar = trio.lowlevel.RunVar("kogitune_sync_limiter")
 
 
 class ShardFetch:
@@ -95,6 +90,11 @@ class ShardFetch:
         self.sidecars = SidecarIndexes(pool, shard, self.piece_size)
         self._buffer_size = compress_bound(self.piece_size)  # a piece, or a frame of one
         self._last_progress = 0.0
+        self._workers = 0
+        self._streaming = 0
+        self._standing = 0
+        """Workers of this shard, those streaming a run, and those standing by for a job peer: the others share
+        the open pieces (PieceBoard.take)."""
 
     @property
     def target(self) -> Path:
@@ -106,18 +106,13 @@ class ShardFetch:
         and only then records it as verified: after a crash before that, the next open re-checks it. A shard
         waiting for its fsync holds no lock and no file open, so a long `get` onto a slow disk piles up nothing
         but these tasks."""
-        async with self._locked():
+        async with shard_lock(self.directory, self.shard.name):
             if self.target.exists():
                 task_status.started()
                 return
             await self._fetch_and_install()
         task_status.started()
-        try:
-            limiter = _sync_limiter.get()
-        except LookupError:
-            limiter = trio.CapacityLimiter(SYNC_THREADS)
-            _sync_limiter.set(limiter)
-        await trio.to_thread.run_sync(self._make_durable, limiter=limiter)
+        await make_durable(self.directory, self.manifest, self.shard, self._installed_as)
 
     async def _fetch_and_install(self) -> None:
         started = trio.current_time()
@@ -198,27 +193,6 @@ class ShardFetch:
         os.replace(partial, self.target)
         self._installed_as = record_checked(self.directory, self.shard)
 
-    def _make_durable(self) -> None:
-        """fsync the shard's files and directory, then record the shard as verified if its files are still as
-        installed (on a thread: fsyncs take as long as the disk needs, and must not stall other fetches). Failing
-        here loses only the record."""
-        try:
-            for name in (self.shard.tokens_path, self.shard.pieces_path, self.shard.docs_path, SHARDS_DIR):
-                fd = os.open(self.directory / name, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            record_verified(self.directory, self.manifest, [self.shard], checked_as=self._installed_as)
-        except FileNotFoundError:
-            log.debug("shard %s was removed (cache eviction) before it was synced", self.shard.name)
-        except OSError as exc:
-            log.warning(
-                "shard %s is in place but could not be synced to disk (%s); it will be re-checked on open",
-                self.shard.name,
-                exc,
-            )
-
     def _pieces_problem(self, data: bytes) -> str | None:
         try:
             check_pieces_file(self.shard, data, self.piece_size)
@@ -234,38 +208,10 @@ class ShardFetch:
             )
         return None
 
-    @asynccontextmanager
-    async def _locked(self):
-        """One process per shard at a time (ranks and DataLoader workers share the cache)."""
-        lock_path = shard_lock_path(self.directory, self.shard.name)
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock_path, "a+b", opener=opener_like_folder) as lock:
-            while True:
-                try:
-                    fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    await trio.sleep(LOCK_POLL_SECONDS)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-
     def _resume(self) -> None:
-        """Keep the pieces of an earlier, interrupted fetch that still match their hashes: one pass over the file,
-        one piece at a time into one buffer (a shard may be larger than memory)."""
-        fresh = os.fstat(self._fd).st_size == 0
-        os.ftruncate(self._fd, self.shard.size)
-        if fresh:  # nothing to keep: reading and hashing the zeros would cost ~0.1 s per 32 MiB shard
-            return
-        piece = bytearray(self.piece_size)
-        for index in range(len(self.board)):
-            view = memoryview(piece)[: self._piece_length(index)]
-            if (
-                os.preadv(self._fd, [view], index * self.piece_size) == len(view)
-                and hashlib.sha256(view).digest() == self.expected[index * 32 : (index + 1) * 32]
-            ):
-                self.board.finish(index)
+        """Keep the pieces of an earlier, interrupted fetch that still match their hashes."""
+        for index in kept_pieces(self._fd, self.shard.size, self.piece_size, self.expected):
+            self.board.finish(index)
 
     async def _download(self) -> None:
         if self.board.complete:
@@ -313,6 +259,7 @@ class ShardFetch:
     def _spawn(self, health: SourceHealth) -> None:
         assert self._nursery is not None  # workers run in the download nursery
         health.streams += 1
+        self._workers += 1
         self._nursery.start_soon(self._worker, health)
 
     async def _worker(self, health: SourceHealth) -> None:
@@ -320,6 +267,7 @@ class ShardFetch:
             await self._work(health)
         finally:
             health.streams -= 1
+            self._workers -= 1
 
     async def _work(self, health: SourceHealth) -> None:
         while not self.board.complete:
@@ -328,75 +276,73 @@ class ShardFetch:
             await trio.sleep_until(health.retry_at)
             quiet_for = trio.current_time() - self._last_progress
             if self.pool.standing_by(health, self.index, quiet_for):  # a job peer holds it (SourcePool.standing_by)
+                self._standing += 1
                 with trio.move_on_after(self.pool.limits.job_peer_patience - quiet_for):
                     await self._progress.wait()
+                self._standing -= 1
                 continue
             try:
-                sidecar = await self.sidecars.of(health)  # read once per source, before any piece is claimed
+                sidecar = await self.sidecars.of(health)  # read once per source, before a run is reserved
             except SourceError as exc:
                 self.pool.failed(health, str(exc))
                 continue
-            start = self.board.pick_start(trio.current_time())
-            if start is None:
-                with trio.move_on_at(self.board.next_stale_at()):
+            run = self.board.take(trio.current_time(), self._workers - self._streaming - self._standing)
+            if run is None:
+                with trio.move_on_at(self.board.next_change_at(trio.current_time())):
                     await self._progress.wait()
                 continue
-            self.board.claim(start, trio.current_time())
+            self._streaming += 1
             try:
-                await self._stream_from(health, start, sidecar)
+                await self._stream_run(health, run, sidecar)
                 self.pool.succeeded(health)
                 self._top_up(health)  # other shards finished: this one may take their connections
             except SourceError as exc:
                 self.pool.failed(health, str(exc))
+            finally:
+                self._streaming -= 1
+                self.board.end(run)
+                self._progress.set()  # what it leaves unreceived is open again: waiting workers look
+                self._progress = trio.Event()
 
-    async def _stream_from(self, health: SourceHealth, start: int, sidecar: SidecarIndex | None) -> None:
-        """Stream the tokens file (or the source's `sidecar`, frame by frame) from piece `start` (claimed by the
-        caller before the request, so that the next worker starts elsewhere), receiving each piece this worker
-        claims straight into a buffer that is checked and written in the background while the stream goes on. A
-        source that cannot seek sends the pieces before `start` too: they are read past, and taken if they are
-        still wanted."""
+    async def _stream_run(self, health: SourceHealth, run: Run, sidecar: SidecarIndex | None) -> None:
+        """Stream the pieces of `run` (reserved for this worker by the board, so no other stream asks for them)
+        from the tokens file (or the source's `sidecar`, frame by frame), receiving each one straight into a buffer
+        that is checked and written in the background while the stream goes on. The stream stops where the board
+        cuts the run (a slow or stuck stream: `PieceBoard.take`) and closes its request there rather than reading
+        on. A source that cannot seek sends the pieces before the run too: they are read past, and taken if they
+        are still open."""
         path = self.shard.tokens_path if sidecar is None else sidecar_path(self.shard)
         span = self._piece_span if sidecar is None else sidecar.frame
-        holding: int | None = start
-        stop = self.board.run_end(start)  # ask for the open run only: no bytes in flight past it to throw away
         piece = self._spare.pop() if self._spare else bytearray(self._buffer_size)
+        filled = 0
         try:
-            end = sum(span(stop - 1))  # the end of the run's last piece (or frame)
-            async with health.source.stream(path, span(start)[0], end) as (offset, raw):
+            end = sum(span(run.end - 1))  # the end of the run's last piece (or frame)
+            async with health.source.stream(path, span(run.start)[0], end) as (offset, raw):
                 body = MinRateBody(raw, self.pool.limits, health.source.name)
-                index, seekable = first_piece_at(
-                    offset, start, self.piece_size, sidecar, f"{health.source.name}: {path}"
-                )
+                name = f"{health.source.name}: {path}"
+                index, seekable = first_piece_at(offset, run.start, self.piece_size, sidecar, name)
                 if sidecar is not None and not seekable:  # read past the sidecar's index, to frame 0
-                    await read_past(body, sidecar.offsets[0], f"{health.source.name}: {path}")
-                if index != start:
-                    self.board.release(start)
-                    holding = index if self.board.claim(index, trio.current_time()) else None
-                while True:
+                    await read_past(body, sidecar.offsets[0], name)
+                while index < run.end and not health.banned:
                     view, filled = memoryview(piece)[: span(index)[1]], 0
                     while filled < len(view):
                         count = await body.receive_into(view[filled:])
                         if not count:
-                            raise SourceError(f"{health.source.name}: {path} ended at byte {span(index)[0] + filled}")
+                            raise SourceError(f"{name} ended at byte {span(index)[0] + filled}")
                         filled += count
                     self.bytes_received += filled
-                    if holding is not None:
-                        holding = None
-                        if self.board.hand_over(index):
-                            await self._checks.acquire()
-                            assert self._nursery is not None  # workers run in it
-                            frame = None if sidecar is None else filled
-                            self._nursery.start_soon(self._check, health, index, piece, frame)
-                            piece = self._spare.pop() if self._spare else bytearray(self._buffer_size)
+                    if self.board.received(run, index, trio.current_time()):
+                        await self._checks.acquire()
+                        assert self._nursery is not None  # workers run in it
+                        frame = None if sidecar is None else filled
+                        self._nursery.start_soon(self._check, health, index, piece, frame)
+                        piece = self._spare.pop() if self._spare else bytearray(self._buffer_size)
+                    else:
+                        health.bytes_discarded += filled
+                    filled = 0
                     index += 1
-                    if index >= stop or health.banned:
-                        return
-                    holding = index if self.board.claim(index, trio.current_time()) else None
-                    if holding is None and (seekable or not self.board.any_claimable_from(index, trio.current_time())):
-                        return
         finally:
-            if holding is not None:
-                self.board.release(holding)
+            health.bytes_discarded += filled  # a piece cut off mid-way
             self._spare.append(piece)
 
     def _piece_length(self, index: int) -> int:
@@ -452,12 +398,5 @@ class ShardFetch:
         if hashlib.sha256(data).digest() != expected:
             return False
         with self._write_lock:
-            self._write(data, offset)
+            write_all(self._fd, data, offset)
         return True
-
-    def _write(self, data: memoryview, offset: int) -> None:
-        while data:  # a regular file may take part of a write (e.g. a disk filling up) without an error
-            written = os.pwrite(self._fd, data, offset)
-            if not written:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            data, offset = data[written:], offset + written

@@ -96,6 +96,8 @@ class Reading:
     """Streams the data server refused or cut, by reason (busy, evicted, aborted, not_found, bad_request...)."""
     fetched: dict[tuple[str, str], int]
     """(dataset ID, source name) -> verified bytes fetched from that source."""
+    discarded: dict[tuple[str, str], int]
+    """(dataset ID, source name) -> bytes received from that source and thrown away (over-fetch)."""
     pieces_verified: dict[str, int]
     pieces_rejected: dict[str, int]
     banned_sources: dict[str, int]
@@ -157,12 +159,14 @@ async def read_node(node, rates: Rates, scan: StoreScan) -> Reading:
     """The node's counters now (the store as of its last scan, at most STORE_SCAN_SECONDS old)."""
     held = await scan.held()
     fetched: Counter = Counter()
+    discarded: Counter = Counter()
     verified: Counter = Counter()
     rejected: Counter = Counter()
     banned: Counter = Counter()
     for dataset_id, opened in node.swarm.opened.items():
         for health in opened.pool.health:
             fetched[dataset_id, health.source.name] += health.bytes_verified
+            discarded[dataset_id, health.source.name] += health.bytes_discarded
             verified[dataset_id] += health.pieces_verified
             rejected[dataset_id] += health.pieces_rejected
             banned[dataset_id] += bool(health.banned)
@@ -181,6 +185,7 @@ async def read_node(node, rates: Rates, scan: StoreScan) -> Reading:
         requests=dict(stats.requests),
         refused=dict(stats.refused),
         fetched=dict(fetched),
+        discarded=dict(discarded),
         pieces_verified=dict(verified),
         pieces_rejected=dict(rejected),
         banned_sources=dict(banned),
@@ -245,6 +250,13 @@ class _Collector:
             "Verified bytes fetched, by dataset and source (a peer ID or a mirror URL), while the dataset is open.",
             ["dataset", "source"],
             r.fetched,
+        )
+        yield counter(
+            "kogitune_discarded_bytes",
+            "Bytes received from a source and thrown away (a piece another stream delivered first, or cut off "
+            "when a slow or stuck stream's run was cut: over-fetch), by dataset and source.",
+            ["dataset", "source"],
+            r.discarded,
         )
         yield counter(
             "kogitune_pieces_verified", "Pieces fetched whose hash matched, by dataset.", ["dataset"], r.pieces_verified

@@ -1,31 +1,68 @@
-"""Which pieces of a shard are done, being checked, or being streamed: the fetcher's board, pure state (no I/O, no
-clock: the caller gives the time), so that its rules are tested without a network (tests/test_piece_board.py)."""
+"""Which pieces of a shard are done, being checked, or reserved for a stream: the fetcher's board, pure state (no
+I/O, no clock: the caller gives the time), so that its rules are tested without a network (tests/test_piece_board.py).
+
+Every byte a source sends that the fetcher does not keep is waste (the origin of a training job pays for it), so a
+stream's request covers a `Run` of pieces reserved for that stream alone: no other stream starts inside it, and a
+stream stops early only when its run is cut, which happens in two cases, both rare by design:
+
+- its stream is slow: at the rate it has kept, it needs more than STEAL_SECONDS for the rest of its run, and an idle
+  worker takes the back half of what is left (the slow stream stops at the cut and closes its request: the bytes
+  in flight past the cut are lost, few at a slow stream's rate);
+- its stream is stuck: no piece for STALE_CLAIM_SECONDS, while no piece is left unreserved (endgame): an idle worker
+  takes the piece being received and the rest of the run; the first verified copy of that one piece wins.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 STALE_CLAIM_SECONDS = 0.25
-"""A piece claimed this long ago and still not received whole may be streamed from a second source too (endgame):
-a hung or slow source then holds up a shard by at most this long, and sources that keep up never send a piece twice."""
+"""A stream that has received no piece this long has its run taken over (endgame): a hung or slow source then holds
+up a shard by at most this long, and sources that keep up never send a piece twice."""
+STEAL_SECONDS = 1.0
+"""A stream that, at the rate it has kept, needs longer than this for the rest of its run gives the back half of it
+to an idle worker: a slow source does not hold up a shard that faster sources could finish."""
+
+
+@dataclass(eq=False)
+class Run:
+    """The pieces [next, end) one stream has asked for and not yet received; `next` is the one it is receiving."""
+
+    start: int
+    end: int
+    asked: float
+    """When the stream asked for it."""
+    next: int = -1
+    since: float = -1.0
+    """When the stream asked, or last received a piece."""
+    received: int = 0
+
+    def __post_init__(self) -> None:
+        self.next = self.start if self.next < 0 else self.next
+        self.since = self.asked if self.since < 0 else self.since
+
+    @property
+    def left(self) -> int:
+        return self.end - self.next
 
 
 class PieceBoard:
-    """Which pieces of a shard are done or being checked, and which streams are reading each one (pure state; the
-    caller gives the time).
+    """Which pieces of a shard are done or being checked, and which `Run` each open piece is reserved for.
 
-    A piece is open when it is neither done, nor received and being checked, nor claimed. Workers start at the
-    longest run of open pieces (in its middle when a stream is already flowing into it). A piece whose latest claim
-    is `stale_after` seconds old may be claimed again: when nothing is open, idle workers take those (endgame), and
-    the first verified copy wins. A piece that fails its check opens again.
+    A piece is open when it is neither done, nor received and being checked, nor reserved. A worker asks `take` for
+    a run: its share of the longest open run (split among the workers that are waiting for one, so that sources
+    share a shard from the start), else the back half of a slow stream's run, else (endgame) a stuck stream's run.
+    A piece that fails its check opens again, and so do the pieces of a run whose stream ends early.
     """
 
-    def __init__(self, count: int, stale_after: float = STALE_CLAIM_SECONDS) -> None:
+    def __init__(self, count: int, stale_after: float = STALE_CLAIM_SECONDS, steal_after: float = STEAL_SECONDS):
         self.done = bytearray(count)
         self.checking = bytearray(count)
-        self.claims = [0] * count
-        self.claimed_at = [0.0] * count
+        self.owner: list[Run | None] = [None] * count
+        self.runs: list[Run] = []
         self.stale_after = stale_after
+        self.steal_after = steal_after
 
     def __len__(self) -> int:
         return len(self.done)
@@ -39,51 +76,79 @@ class PieceBoard:
         return len(self.done) - sum(self.done)
 
     def is_open(self, index: int) -> bool:
-        return not self.done[index] and not self.checking[index] and not self.claims[index]
+        return not self.done[index] and not self.checking[index] and self.owner[index] is None
 
-    def claimable(self, index: int, now: float) -> bool:
-        """Open, or claimed `stale_after` seconds ago and still not received."""
-        return (
-            index < len(self.done)
-            and not self.done[index]
-            and not self.checking[index]
-            and (not self.claims[index] or now - self.claimed_at[index] >= self.stale_after)
-        )
+    def finish(self, index: int) -> None:
+        self.done[index] = 1
 
-    def claim(self, index: int, now: float) -> bool:
-        if not self.claimable(index, now):
+    def take(self, now: float, sharers: int = 1) -> Run | None:
+        """A run for a worker to request, reserved for it; None when there is none to take now (wait for progress
+        or `next_change_at`). `sharers`: the workers waiting for a run now, this one included."""
+        start, length = self._longest_open_run()
+        if length:
+            return self._reserve(start, start + -(-length // max(1, sharers)), now)
+        slow = [r for r in self.runs if r.left >= 3 and self._seconds_to_finish(r, now) > self.steal_after]
+        if slow:
+            victim = max(slow, key=lambda r: self._seconds_to_finish(r, now))
+            cut = victim.next + 1 + (victim.left - 1) // 2
+            end, victim.end = victim.end, cut
+            return self._reserve(cut, end, now)
+        stuck = [r for r in self.runs if self._may_take_over(r) and now - r.since >= self.stale_after]
+        if stuck:
+            victim = min(stuck, key=lambda r: r.since)
+            end, victim.end = victim.end, victim.next + 1  # it may still finish the piece it is receiving
+            return self._reserve(victim.next, end, now)
+        return None
+
+    def received(self, run: Run, index: int, now: float) -> bool:
+        """The stream of `run` received piece `index` whole; True if this copy is the one to check. Pieces a stream
+        reads outside its run (a source that cannot seek sends from byte 0) are taken when they are open."""
+        if run.next <= index < run.end:
+            run.next, run.since, run.received = index + 1, now, run.received + 1
+        elif not self.is_open(index):
             return False
-        self.claims[index] += 1
-        self.claimed_at[index] = now
-        return True
-
-    def release(self, index: int) -> None:
-        self.claims[index] -= 1
-
-    def hand_over(self, index: int) -> bool:
-        """A stream received piece `index` whole: release its claim; True if it is the copy to check."""
-        self.claims[index] -= 1
-        if self.done[index] or self.checking[index]:
+        if self.owner[index] is run:
+            self.owner[index] = None
+        if not self._wanted(index):
             return False
         self.checking[index] = 1
         return True
+
+    def end(self, run: Run) -> None:
+        """The stream of `run` stopped: the pieces still reserved for it open again."""
+        for index in range(run.next, len(self.done)):
+            if self.owner[index] is run:
+                self.owner[index] = None
+        run.end = run.next
+        if run in self.runs:
+            self.runs.remove(run)
 
     def checked(self, index: int, ok: bool) -> None:
         self.checking[index] = 0
         if ok:
             self.done[index] = 1
 
-    def finish(self, index: int) -> None:
-        self.done[index] = 1
+    def next_change_at(self, now: float) -> float:
+        """When a run may next be taken from a stream without progress (infinity when none can)."""
+        times = [r.since + self.stale_after for r in self.runs if self._may_take_over(r)]
+        return min(times, default=math.inf)
 
-    def any_claimable_from(self, index: int, now: float) -> bool:
-        """Whether a stream that cannot seek should read on from `index`: a piece ahead is claimable."""
-        return any(self.claimable(i, now) for i in range(index, len(self.done)))
+    def _may_take_over(self, run: Run) -> bool:
+        """Whether the run's piece being received is still its own and wanted (once taken over, never again)."""
+        return run.left > 0 and self.owner[run.next] is run and self._wanted(run.next)
 
-    def pick_start(self, now: float) -> int | None:
-        """The first piece to stream: in the longest open run, else the first stale claim; None when there is none
-        (every piece done, checking, or claimed by a stream that keeps up)."""
-        best, best_len, index = None, 0, 0
+    def _wanted(self, index: int) -> bool:
+        return not self.done[index] and not self.checking[index]
+
+    def _reserve(self, start: int, end: int, now: float) -> Run:
+        run = Run(start, end, asked=now)
+        for index in range(start, end):
+            self.owner[index] = run
+        self.runs.append(run)
+        return run
+
+    def _longest_open_run(self) -> tuple[int, int]:
+        best, best_len, index = 0, 0, 0
         while index < len(self.done):
             if self.is_open(index):
                 end = index
@@ -94,27 +159,9 @@ class PieceBoard:
                 index = end
             else:
                 index += 1
-        if best is not None:
-            if best > 0 and self.claims[best - 1]:
-                best += best_len // 2
-            return best
-        return next((i for i in range(len(self.done)) if self.claimable(i, now)), None)
+        return best, best_len
 
-    def run_end(self, start: int) -> int:
-        """The end (exclusive) of the run of open pieces after `start`: where a stream from `start` should stop,
-        since the next piece is done, being checked or already streaming from another source."""
-        end = start + 1
-        while end < len(self.done) and self.is_open(end):
-            end += 1
-        return end
-
-    def next_stale_at(self) -> float:
-        """When the oldest claim of a piece not yet received turns stale (infinity when there is none)."""
-        return min(
-            (
-                self.claimed_at[i] + self.stale_after
-                for i in range(len(self.done))
-                if self.claims[i] and not self.done[i] and not self.checking[i]
-            ),
-            default=math.inf,
-        )
+    def _seconds_to_finish(self, run: Run, now: float) -> float:
+        """The time the stream of `run` needs for the rest of its run at the rate it has kept since it asked (as if
+        the piece it is receiving arrived now: a lower bound)."""
+        return (now - run.asked) / (run.received + 1) * run.left

@@ -74,6 +74,10 @@ class SourceHealth:
     files_verified: int = 0
     pieces_verified: int = 0
     pieces_rejected: int = 0
+    bytes_discarded: int = 0
+    """Bytes of the tokens file received from this source and thrown away: a piece another stream had already
+    delivered, or a piece cut off when its stream stopped (node/piece_board.py). Over-fetch as the fetcher sees
+    it: what a source had sent past a closed request and was never read shows only in the source's own counter."""
     no_sidecars: bool = False
     """The source answered 404 for a compressed sidecar: it is not asked for others (node/sidecar_fetch.py)."""
     streams: int = 0

@@ -8,6 +8,7 @@ What was tried and needed no change is listed in docs/security.md ("The data por
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -159,7 +160,10 @@ def test_a_data_port_that_floods_1xx_heads_after_delivering_gives_way_to_the_pee
     assert got.returncode == 0, got.stderr
     assert DataTensor(b.home / "datasets" / dataset_id).verify() == []
     data_port = f"http://127.0.0.1:{port}/{dataset_id}"
-    assert f"{data_port}: 4 failure(s), last: {data_port}/shards/" in got.stdout, got.stdout
+    # Dropped after 4 failures; a request already in flight may still fail after that and be counted.
+    assert re.search(rf"{re.escape(data_port)}: [45] failure\(s\), last: {re.escape(data_port)}/shards/", got.stdout), (
+        got.stdout
+    )
     assert "informational" in got.stdout and f"peer {outcome['peer'].peer_id}: ok" in got.stdout, got.stdout
     assert outcome["seconds"] < STALL_TIMEOUT * 0.6
 

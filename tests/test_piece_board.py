@@ -1,95 +1,88 @@
-"""The fetcher's piece scheduling, as pure state: no sockets, and the time given by the test."""
+"""The fetcher's piece scheduling, as pure state: no sockets, and the time given by the test. Every rule here is
+about over-fetch: a source should send only bytes the fetcher keeps (node/piece_board.py)."""
 
 import math
 
 from kogitune.node.piece_board import PieceBoard
 
 STALE = 0.25
+STEAL = 1.0
 
 
-def test_first_worker_starts_at_zero_second_in_the_middle_of_the_open_run():
-    board = PieceBoard(8, STALE)
-    assert board.pick_start(0.0) == 0
-    assert board.claim(0, 0.0)
-    assert board.pick_start(0.0) == 4
+def board_of(count: int) -> PieceBoard:
+    return PieceBoard(count, STALE, STEAL)
 
 
-def test_a_stream_asks_for_the_open_run_after_its_start_only():
-    board = PieceBoard(8, STALE)
-    assert board.run_end(0) == 8
-    board.claim(0, 0.0)
-    board.claim(5, 0.0)
-    assert board.run_end(0) == 5 and board.run_end(5) == 8
-    board.finish(7)
-    assert board.run_end(5) == 7 and board.run_end(6) == 7
+def test_waiting_workers_share_the_open_run_and_no_run_overlaps_another():
+    board = board_of(8)
+    first = board.take(0.0, sharers=2)
+    second = board.take(0.0, sharers=1)
+    assert (first.start, first.end) == (0, 4) and (second.start, second.end) == (4, 8)
+    assert board.take(0.0) is None, "every piece is reserved by a stream that keeps up"
 
 
-def test_a_claimed_piece_is_claimed_again_only_once_its_claim_is_stale():
-    board = PieceBoard(2, STALE)
-    assert board.claim(1, 10.0)
-    assert not board.claim(1, 10.2)
-    assert board.claim(1, 10.25)
-    assert not board.claim(1, 10.3), "the second claim is fresh"
-    board.finish(1)
-    assert not board.claim(1, 99.0)
+def test_a_stream_that_keeps_up_is_never_cut_and_sends_nothing_twice():
+    board = board_of(4)
+    run = board.take(0.0)
+    for index in range(4):
+        assert board.take(0.1 * index + 0.05) is None
+        assert board.received(run, index, 0.1 * index + 0.1)
+        board.checked(index, ok=True)
+    assert run.end == 4 and board.complete and board.take(9.0) is None
 
 
-def test_endgame_waits_for_a_stale_claim_then_duplicates_the_first_one():
-    """Streams that keep up are never duplicated; a claim older than stale_after is."""
-    board = PieceBoard(3, STALE)
-    for index in range(3):
-        board.claim(index, 1.0 + index / 10)
-    board.finish(0)
-    assert board.pick_start(1.2) is None
-    assert board.next_stale_at() == 1.1 + STALE
-    assert board.pick_start(1.1 + STALE) == 1
-    board.finish(1)
-    board.finish(2)
-    assert board.complete and board.pick_start(99.0) is None and board.next_stale_at() == math.inf
+def test_a_slow_stream_gives_the_back_half_of_its_run_to_an_idle_worker():
+    board = board_of(8)
+    slow = board.take(0.0)
+    assert board.received(slow, 0, 0.5)  # 0.5 s a piece: 7 more take 3.5 s > STEAL
+    thief = board.take(0.6)
+    assert (thief.start, thief.end) == (5, 8) and slow.end == 5
+    assert not board.received(slow, 5, 9.0), "past its cut, a piece is not its own (the stream stops at its end)"
 
 
-def test_released_pieces_open_again():
-    board = PieceBoard(4, STALE)
-    board.claim(2, 0.0)
-    board.release(2)
-    assert board.is_open(2) and board.remaining == 4
-    assert board.any_claimable_from(3, 0.0)
-    board.finish(3)
-    assert not board.any_claimable_from(3, 0.0)
-
-
-def test_a_received_piece_is_checked_once_and_not_streamed_again_meanwhile():
-    board = PieceBoard(2, STALE)
-    assert board.claim(0, 0.0) and board.claim(0, STALE)
-    assert board.hand_over(0)
-    assert not board.hand_over(0)
-    assert board.claims[0] == 0 and not board.is_open(0)
-    assert not board.claim(0, 99.0)
-    board.claim(1, 0.0)
-    board.finish(1)
-    assert board.pick_start(99.0) is None and not board.complete
+def test_a_stuck_stream_is_taken_over_in_the_endgame_only_and_once():
+    board = board_of(3)
+    stuck = board.take(1.0)
+    assert board.take(1.1) is None
+    assert board.next_change_at(1.1) == 1.0 + STALE
+    thief = board.take(1.0 + STALE)
+    assert (thief.start, thief.end) == (0, 3) and stuck.end == 1
+    assert board.take(1.0 + STALE) is None and board.next_change_at(1.3) == 1.0 + 2 * STALE
+    assert board.received(stuck, 0, 1.3), "the first copy of the piece both were receiving is checked"
+    assert not board.received(thief, 0, 1.4)
     board.checked(0, ok=True)
-    assert board.complete
+    board.end(stuck)
+    assert board.received(thief, 1, 1.5) and board.received(thief, 2, 1.6)
+    board.checked(1, ok=True)
+    board.checked(2, ok=True)
+    assert board.complete and board.next_change_at(9.0) == math.inf
+
+
+def test_an_ended_run_opens_what_it_did_not_receive():
+    board = board_of(4)
+    run = board.take(0.0)
+    assert board.received(run, 0, 0.1)
+    board.end(run)
+    assert [board.is_open(i) for i in range(4)] == [False, True, True, True]
+    again = board.take(0.2)
+    assert (again.start, again.end) == (1, 4)
 
 
 def test_a_piece_that_fails_its_check_opens_again():
-    board = PieceBoard(3, STALE)
-    board.claim(1, 0.0)
-    board.hand_over(1)
+    board = board_of(3)
+    run = board.take(0.0)
+    assert board.received(run, 1, 0.1)
     board.checked(1, ok=False)
     assert board.is_open(1) and board.remaining == 3
-    assert board.pick_start(0.0) == 0
 
 
-def test_a_stream_that_cannot_seek_reads_on_to_stale_pieces_only():
-    """A source without Range support streams from piece 0: it reads on while a piece ahead is open or stale, and
-    stops (instead of reading the rest of the file) when the pieces ahead are claimed by streams that keep up."""
-    board = PieceBoard(3, STALE)
-    board.finish(0)
-    board.claim(1, 1.0)
-    board.claim(2, 1.0)
-    assert not board.any_claimable_from(1, 1.1)
-    assert board.any_claimable_from(1, 1.0 + STALE)
-    board.hand_over(2)
-    board.finish(1)
-    assert not board.any_claimable_from(1, 99.0)
+def test_a_stream_that_cannot_seek_takes_open_pieces_before_its_run_only():
+    """A source without Range support streams from piece 0: pieces before its run are taken when open, never when
+    another stream holds them."""
+    board = board_of(4)
+    other = board.take(0.0, sharers=2)
+    mine = board.take(0.0)
+    assert (other.start, mine.start) == (0, 2)
+    assert not board.received(mine, 0, 0.1)
+    board.end(other)
+    assert board.received(mine, 1, 0.2) and board.received(mine, 2, 0.3)

@@ -22,12 +22,6 @@ from kogitune.write import StoreOptions, store
 BLOCK = 64
 HOSTS = 3
 MAX_ORIGIN_COPIES = 1.2
-HOST_ENV = {**ENV, "KOGITUNE_JOB_PEER_PATIENCE": "10", "KOGITUNE_HTTP_CONNECTIONS": "1"}
-"""A job peer busy on a loaded 2-core machine can go 2 s (the default) without a verified piece; the origin must not
-join for that here (tests/test_job_peers.py tests the rule itself). One connection per data port: with the default
-2, the bytes in flight when a stream stops (over-fetch) are 0.2 copies of these small shards, which is the
-fetcher's cost, not the swarm's (docs/datasets.md); for the same reason the origin serves over libp2p only (its
-data port and its libp2p streams would both stream each shard)."""
 
 
 def rows(samples) -> Counter:
@@ -41,11 +35,11 @@ def test_three_hosts_two_epochs_cost_the_origin_one_copy(tmp_path):
     store([corpus], "gpt2", tensor, options, progress=False)
     manifest = DataTensor(tensor).manifest
     copy_bytes = sum(s.size + manifest.pieces_in(s) * 32 + s.docs_size for s in manifest.shards)
-    origin = NodeProcess(tmp_path / "origin", env={**ENV, "KOGITUNE_DATA_PORT_ON": "0"})
+    origin = NodeProcess(tmp_path / "origin", env=ENV)
     hosts = []
     try:
         dataset_id = origin.cli("publish", str(tensor)).stdout.strip()
-        hosts = [NodeProcess(tmp_path / f"host{h}", [origin.address], HOST_ENV) for h in range(HOSTS)]
+        hosts = [NodeProcess(tmp_path / f"host{h}", [origin.address]) for h in range(HOSTS)]
         torchrun = Path(sys.executable).with_name("torchrun")
         homes = ",".join(str(host.home) for host in hosts)
         subprocess.run(
