@@ -1,8 +1,9 @@
 """Where the fetch service (node/swarm.py) gets a dataset's manifest when its store has none it can use.
 
-- From peers alone (`from_peers`): the providers of the ID on the DHT (node/providers.py), connected at once, then
-  the signed manifest of the first that serves a valid one: MANIFEST_AT_ONCE asked at once, more as they fail or
-  are slow (pool.first_answer's hedging). A provider that fails is named in `failed` and left out of the sources.
+- From peers alone (`from_peers`): the bootstrap peers this node is connected to first (in a small swarm they hold
+  it; the DHT lookup joins after NEIGHBOURS_HEAD_START_SECONDS), else the providers of the ID on the DHT
+  (node/providers.py), connected at once; the signed manifest of the first that serves a valid one:
+  MANIFEST_AT_ONCE asked at once, more as they fail or are slow (pool.first_answer's hedging). A provider that fails is named in `failed` and left out of the sources.
 - From mirrors and peers (`from_mirrors_and_peers`): both sides race and the first valid copy wins (`_Race`). The
   mirrors' manifest must hash to the ID (node/collection.mirrors_manifest: a mirror serving another is banned);
   their `signature` file (a published directory has one) gives the publisher when it verifies, and is required
@@ -36,6 +37,10 @@ MANIFEST_AT_ONCE = 3
 HEDGE_SECONDS go by without an answer as many more as are waiting (pool.first_answer). The first valid manifest
 wins and the other requests are cancelled. A provider that failed is not asked again while the dataset is opened,
 and is left out of its sources."""
+NEIGHBOURS_HEAD_START_SECONDS = 0.25
+"""How long an open by ID asks only the bootstrap peers it is connected to for the manifest before the DHT
+lookup starts too (at once when they have all failed): in a small swarm they hold it, and a lookup beside them
+costs the open CPU time."""
 
 
 @dataclass
@@ -68,9 +73,50 @@ class ManifestFinder:
         self.read_timeout = read_timeout
 
     async def from_peers(self, dataset_id: str, trusted):
-        """(the network, the signed manifest from the first provider that serves a valid one, the providers
-        connected, why the others failed): providers from the DHT, connected at once. FetchError if none does."""
+        """(the network, the signed manifest from the first peer that serves a valid one, the providers connected,
+        why the others failed, whether more providers are still to be looked for). The bootstrap peers this node is
+        connected to (often providers themselves) are asked for it at once; the DHT lookup (`_from_providers`)
+        starts when they have all failed, or after NEIGHBOURS_HEAD_START_SECONDS (a silent one holds nothing up);
+        the first valid copy wins. When a bootstrap peer's wins, the lookup is left to the caller (the swarm's
+        background search), and the bootstrap peers that failed are named in `failed`. The lookup's FetchError (no
+        provider, none gave a valid manifest) ends the search as it did before bootstrap peers were asked."""
         network = await self.network(optional=False)
+        bootstrap = {info.peer_id for info in network.bootstrap_infos().values()}
+        neighbours = [peer for peer in network.host.get_connected_peers() if peer in bootstrap]
+        neighbours_failed: dict[str, str] = {}
+        neighbours_all_failed = trio.Event()
+        answers: list = []
+
+        async def from_neighbours(done: trio.CancelScope) -> None:
+            copy = await self._first_signed_manifest(network, dataset_id, neighbours, trusted, neighbours_failed)
+            if copy is None:
+                neighbours_all_failed.set()
+            elif not answers:
+                answers.append((network, copy, [copy.peer], neighbours_failed, True))
+                done.cancel()
+
+        async def from_providers(done: trio.CancelScope) -> None:
+            if neighbours:
+                with trio.move_on_after(NEIGHBOURS_HEAD_START_SECONDS):
+                    await neighbours_all_failed.wait()
+            try:
+                answers.append((network, *await self._from_providers(network, dataset_id, trusted), False))
+            except Exception as exc:  # raised below as it is, not in the nursery's ExceptionGroup
+                errors.append(exc)
+            done.cancel()
+
+        errors: list[Exception] = []
+        async with trio.open_nursery() as nursery:
+            if neighbours:
+                nursery.start_soon(from_neighbours, nursery.cancel_scope)
+            nursery.start_soon(from_providers, nursery.cancel_scope)
+        if not answers:
+            raise errors[0]
+        return answers[0]
+
+    async def _from_providers(self, network, dataset_id: str, trusted):
+        """(the signed manifest from the first provider that serves a valid one, the providers connected, why the
+        others failed): providers from the DHT, connected at once. FetchError if none does."""
         providers = await network.find_providers(dataset_id)
         if not providers:
             raise FetchError(
@@ -83,7 +129,7 @@ class ManifestFinder:
         copy = await self._first_signed_manifest(network, dataset_id, reachable, trusted, failed)
         if copy is None:
             raise FetchError(f"no provider of {dataset_id} gave a valid manifest: {'; '.join(failed.values())}")
-        return network, copy, reachable, failed
+        return copy, reachable, failed
 
     async def from_mirrors_and_peers(
         self, dataset_id: str, pool: SourcePool, trusted, peers: bool

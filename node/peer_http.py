@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 
 from kogitune.errors import SourceError
+from kogitune.protocol import wire
 
 from .peers import PeerSource, fetch_data_port
 from .pool import SourcePool
@@ -48,21 +49,25 @@ async def join_data_port(
     pool: SourcePool, host, peer_id, dataset_id: str, read_timeout: float, seed: bytes | None = None
 ) -> None:
     """Ask `peer_id` for its data port for the dataset; if it names one, add it to `pool` (over TLS with `seed`, for
-    a private dataset). Never raises: the peer's libp2p source serves the dataset whatever happens here."""
+    a private dataset). The answer's have-map becomes the peer's libp2p source's when that has none yet (so the
+    first shard fetch need not ask again: havemaps.refresh_for). Never raises: the peer's libp2p source serves the
+    dataset whatever happens here."""
     try:
-        found = await fetch_data_port(host, peer_id, dataset_id, read_timeout)
+        found, shards = await fetch_data_port(host, peer_id, dataset_id, read_timeout)
     except SourceError as exc:
         log.debug("no data port from %s: %s", peer_id, exc)
         return
+    libp2p_source = next(
+        (h.source for h in pool.health if isinstance(h.source, PeerSource) and h.source.identity == str(peer_id)),
+        None,
+    )
+    if libp2p_source is not None and libp2p_source.have is None:  # the same answer's have-map (node/havemaps.py)
+        try:
+            libp2p_source.have = wire.have_shards(shards, len(libp2p_source.manifest.shards))
+        except wire.WireError as exc:
+            log.debug("bad have-map from %s: %s", peer_id, exc)
     if found is not None:
         source = PeerHttpSource(peer_id, *found, dataset_id, read_timeout, seed)
-        source.libp2p_source = next(
-            (
-                h.source
-                for h in pool.health
-                if isinstance(h.source, PeerSource) and h.source.identity == source.identity
-            ),
-            None,
-        )
-        source.job_peer = source.libp2p_source is not None and source.libp2p_source.job_peer
+        source.libp2p_source = libp2p_source
+        source.job_peer = libp2p_source is not None and libp2p_source.job_peer
         pool.add(source)

@@ -155,10 +155,11 @@ async def fetch_have(host, peer_id, dataset_id: str, shard_count: int, timeout: 
         raise SourceError(f"{peer_id}: bad have-map ({exc})") from None
 
 
-async def fetch_data_port(host, peer_id, dataset_id: str, timeout: float) -> tuple[str, int] | None:
-    """(the IP this node reaches `peer_id` on, the data port the peer names for `dataset_id` in its have answer),
-    or None when it names none. The IP is the remote address of the very stream that carried the answer: a peer
-    chooses its port, never the host a fetcher dials."""
+async def fetch_data_port(host, peer_id, dataset_id: str, timeout: float) -> tuple[tuple[str, int] | None, bytes]:
+    """((the IP this node reaches `peer_id` on, the data port the peer names for `dataset_id` in its have answer),
+    or None when it names none; the have-map bytes of that answer, unchecked: wire.have_shards). The IP is the
+    remote address of the very stream that carried the answer: a peer chooses its port, never the host a fetcher
+    dials."""
     stream, response, _ = await _open(host, peer_id, wire.HaveRequest(dataset_id_digest(dataset_id)), timeout)
     try:
         address = stream.get_remote_address()
@@ -167,8 +168,8 @@ async def fetch_data_port(host, peer_id, dataset_id: str, timeout: float) -> tup
     finally:
         await _reset(stream)
     if not response.data_port or not address:
-        return None
-    return str(address[0]), response.data_port
+        return None, response.shards
+    return (str(address[0]), response.data_port), response.shards
 
 
 class PeerSource(Source):

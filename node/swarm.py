@@ -8,8 +8,9 @@ embedded node of a training process (node/embedded.py) run this same service; th
 kogitune/client.py.
 
 How a dataset is opened (`open`; where its manifest comes from is node/manifest_race.py):
-- by ID alone: providers from the DHT (node/providers.py), then the signed manifest from the first that serves a
-  valid one; those that gave no bad answer are its sources;
+- by ID alone: the signed manifest from the connected bootstrap peers, else from the providers on the DHT
+  (node/providers.py); those that gave no bad answer are its sources, more providers joining in the background;
+  the data port of the peer that gave it joins before the open returns (DATA_PORT_WAIT_SECONDS);
 - by ID with mirrors: the mirrors and the peers race for the manifest. Peers found at any time join the pool, so a
   missing DHT never holds up a dataset that mirrors serve, and a dataset no node holds trains from its mirrors
   alone. A manifest already in the
@@ -57,6 +58,10 @@ from .sources import HttpSource
 log = logging.getLogger(__name__)
 MAX_SHARDS_IN_FLIGHT = settings().shards_at_once
 """Shards this service fetches at once, whatever asks for them (a trainer's wait, a prefetch, `get`)."""
+DATA_PORT_WAIT_SECONDS = 0.25
+"""How long an open by ID waits for the data port of the peer that gave the manifest (one have request to a peer
+that just answered), so that the first shard starts on HTTP rather than on the slower libp2p stream; a peer that
+answers later still joins."""
 PREFETCH_SHARDS = settings().prefetch_shards
 """Shards fetched ahead of need at once. One shard already streams from every source; a second would only halve
 the bandwidth of the shard a trainer waits for (at a cold start the first shard is prefetched first, so the first
@@ -196,8 +201,10 @@ class Swarm:
 
     async def _resolve_from_peers(self, dataset_id: str, trusted) -> OpenDataset | OpenCollection:
         """The signed manifest from peers (ManifestFinder.from_peers), stored; the providers that gave no bad answer
-        are its sources. A collection's manifest is stored as a collection directory."""
-        network, copy, reachable, failed = await self.manifests.from_peers(dataset_id, trusted)
+        are its sources (found in the background when a bootstrap peer answered first). The data port of the peer
+        that gave the manifest joins before the open returns (within DATA_PORT_WAIT_SECONDS), so the first shard
+        starts on it; the others' join as they answer. A collection's manifest is stored as a collection directory."""
+        network, copy, reachable, failed, look_for_more = await self.manifests.from_peers(dataset_id, trusted)
         if isinstance(copy, CollectionCopy):
             return OpenCollection(dataset_id, store_collection(self.store, dataset_id, copy), copy)
         sources = [copy.peer] + [p for p in reachable if p != copy.peer and str(p) not in failed]
@@ -205,12 +212,27 @@ class Swarm:
         pool = SourcePool(
             [PeerSource(network.host, peer, dataset_id, copy.manifest, self.read_timeout) for peer in sources]
         )
-        for peer in sources:
+        for peer in sources[1:]:
             self._join_data_port(pool, network, peer, dataset_id, copy.manifest)
-        return OpenDataset(dataset_id, directory, copy.manifest, copy.publisher, pool, copy)
+        opened = OpenDataset(dataset_id, directory, copy.manifest, copy.publisher, pool, copy)
+        joined = trio.Event()
 
-    def _look_for_peers(self, opened: OpenDataset) -> None:
-        """In the background, providers of a dataset opened with mirrors join its pool as they are found."""
+        async def join_first() -> None:
+            try:
+                await self._join_data_port_now(pool, network, copy.peer, dataset_id, copy.manifest)
+            finally:
+                joined.set()
+
+        self.nursery.start_soon(join_first)
+        with trio.move_on_after(DATA_PORT_WAIT_SECONDS):
+            await joined.wait()
+        if look_for_more:
+            self._look_for_peers(opened, skip=frozenset(failed))
+        return opened
+
+    def _look_for_peers(self, opened: OpenDataset, skip: frozenset[str] = frozenset()) -> None:
+        """In the background, providers of a dataset join its pool as they are found (but those in `skip`: peers
+        that failed to give its manifest)."""
         opened.looking_for_peers = True
 
         async def look() -> None:
@@ -218,11 +240,11 @@ class Swarm:
                 network = await self.network(optional=True)
                 if network is None:
                     return
-                providers = await network.find_providers(opened.dataset_id)
+                providers = [p for p in await network.find_providers(opened.dataset_id) if str(p.peer_id) not in skip]
                 failed: dict[str, str] = {}
                 for peer in await connect_providers(network, providers, failed) if providers else []:
                     self._add_peer(opened.pool, network, peer, opened.dataset_id, opened.manifest)
-            except Exception as exc:  # the mirrors serve the dataset; peers are a bonus
+            except Exception as exc:  # the dataset has sources already; more peers are a bonus
                 log.info("looking for peers of %s failed: %s", opened.dataset_id, exc)
             finally:
                 opened.pool.search_ended()
@@ -232,14 +254,20 @@ class Swarm:
 
     def _add_peer(self, pool: SourcePool, network, peer, dataset_id: str, manifest: Manifest) -> None:
         """A provider joins a dataset's pool: its libp2p source now, its data port when it names one."""
+        if any(h.source.identity == str(peer) for h in pool.health):
+            return
         pool.add(PeerSource(network.host, peer, dataset_id, manifest, self.read_timeout))
         self._join_data_port(pool, network, peer, dataset_id, manifest)
 
     def _join_data_port(self, pool: SourcePool, network, peer, dataset_id: str, manifest: Manifest) -> None:
+        """The provider's data port joins the pool in the background (`_join_data_port_now`)."""
+        self.nursery.start_soon(self._join_data_port_now, pool, network, peer, dataset_id, manifest)
+
+    async def _join_data_port_now(self, pool: SourcePool, network, peer, dataset_id: str, manifest: Manifest) -> None:
         """The provider's data port joins the pool when it names one: over TLS, signed with this node's identity,
         for a private dataset (node/tlsdata.py)."""
         seed = network.seed if manifest.access is not None else None
-        self.nursery.start_soon(join_data_port, pool, network.host, peer, dataset_id, self.read_timeout, seed)
+        await join_data_port(pool, network.host, peer, dataset_id, self.read_timeout, seed)
 
     # ---- fetching -----------------------------------------------------------------------------------------------
 
