@@ -26,7 +26,8 @@ ORIGIN_ENV = {**ENV, "KOGITUNE_DATA_PORT_ON": "0"}
 """The one setting changed from its default, for now: the origin serves over libp2p only. With its data port on as
 well, the hosts at their defaults, the origin served 1.26 to 1.39 copies after main's merge of the data port split
 and hostile review (h/house, h/attack; 1.00 with every default before it, 5 runs out of 5, and
-scripts/bench_swarm.py still measures 1.00 to 1.02): not yet explained; the hosts run with every default."""
+scripts/bench_swarm.py still measures 1.00 to 1.02; a fresh-clone CI run on 5c03658 measured 1.26): not yet
+explained; the hosts run with every default."""
 
 
 def rows(samples) -> Counter:
