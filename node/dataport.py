@@ -209,7 +209,8 @@ class DataPort:
                 with trio.fail_after(self.limits.head_timeout):
                     request = await self._read_request(stream, http)
             except trio.TooSlowError:
-                self.stats.refused["slow_head"] += 1
+                if served == 1:  # after an answer, a kept-alive connection that stays idle is closed, not refused
+                    self.stats.refused["slow_head"] += 1
                 return
             except h11.RemoteProtocolError as exc:
                 self.stats.refused["bad_head"] += 1
