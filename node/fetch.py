@@ -220,12 +220,17 @@ class ShardFetch:
         def joined(health: SourceHealth) -> None:  # a source that joins the pool gets workers at once
             if health.source.holds(self.index):
                 self._start_workers(health)
+            if health.on_trial():
+                nursery.start_soon(self._after_trial, health)
 
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 for health in self.pool.usable(self.index):
                     self._start_workers(health)
+                for health in self.pool.health:
+                    if health.on_trial():
+                        nursery.start_soon(self._after_trial, health)
                 self.pool.joined.add(joined)
                 nursery.start_soon(self._wait_for_lookups)
         finally:  # no checkpoint since the nursery closed: nothing was added to it closed
@@ -238,6 +243,15 @@ class ShardFetch:
                 "be fetched "
                 f"from any source: {self.pool.report()}"
             )
+
+    async def _after_trial(self, preferred: SourceHealth) -> None:
+        """A peer's data port on trial holds the peer's other sources back (SourcePool.usable): when the trial ends
+        with nothing delivered, they get workers (a failure before lets them in at once: SourcePool.failed)."""
+        await trio.sleep_until(preferred.trial_until)
+        if not preferred.delivered and not preferred.failures:
+            for health in self.pool.usable(self.index):
+                if health is not preferred and health.source.identity == preferred.source.identity:
+                    self._start_workers(health)
 
     async def _wait_for_lookups(self) -> None:
         """Keep the shard open while a lookup for more sources runs (a dataset whose mirrors all failed before

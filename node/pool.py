@@ -38,6 +38,11 @@ JOB_PEER_PATIENCE = settings().job_peer_patience
 for that shard; they join its fetch once no verified piece arrived for this many seconds
 (`KOGITUNE_JOB_PEER_PATIENCE`, SourcePool.standing_by): a job peer that hangs or drips costs a trainer this long,
 not a stall timeout."""
+PREFERRED_TRIAL_SECONDS = 1.0
+"""How long a peer's data port (a `preferred` source) that joins the pool stands in for the peer's other sources
+(its libp2p streams) before it has delivered anything: the peer's bytes take the fast path from the first piece, not
+Noise + Yamux until a data port piece has checked, and a data port that never answers (behind a firewall that drops
+its packets) holds the peer's libp2p source back this long at most; one that fails first lets it in at once."""
 HEDGE_SECONDS = 1.0
 """How long the sources asked for a small file (a manifest, a .pieces or .docs file) may leave it unanswered before
 as many more are asked the same, without cancelling the first (`first_answer`): a silent or slow source costs about
@@ -82,6 +87,17 @@ class SourceHealth:
     """The source answered 404 for a compressed sidecar: it is not asked for others (node/sidecar_fetch.py)."""
     streams: int = 0
     """Workers reading from this source now, over all the shard fetches of the pool (`Source.connections`)."""
+    trial_until: float = 0.0
+    """For a preferred source that joined the pool: until when (trio clock) it stands in for its peer's other
+    sources while it has delivered nothing (PREFERRED_TRIAL_SECONDS)."""
+
+    @property
+    def delivered(self) -> bool:
+        return bool(self.bytes_verified or self.files_verified)
+
+    def on_trial(self) -> bool:
+        """Whether it stands in for its peer's other sources on trust: joined lately, nothing delivered, no failure."""
+        return not self.delivered and not self.failures and trio.current_time() < self.trial_until
 
     def describe(self) -> str:
         if self.banned:
@@ -122,6 +138,8 @@ class SourcePool:
                 return health
         self.sources.append(source)
         health = SourceHealth(source)
+        if source.preferred:
+            health.trial_until = trio.current_time() + PREFERRED_TRIAL_SECONDS
         self.health.append(health)
         banned = [h for h in self.health if h.banned and source.identity and h.source.identity == source.identity]
         if banned:  # a peer banned on one of its sources is banned on every other
@@ -156,13 +174,12 @@ class SourcePool:
 
     def usable(self, index: int | None = None) -> list[SourceHealth]:
         """The sources neither banned nor failed out, less a peer's sources that its `preferred` one (its data
-        port) stands in for: once it has delivered verified bytes, and while it is usable (a data port that a
-        firewall hides never holds up the peer's libp2p source); with `index`, those that may serve shard `index`
-        (Source.holds)."""
+        port) stands in for: once it has delivered verified bytes, and while it is usable, or on trial (joined less
+        than PREFERRED_TRIAL_SECONDS ago, no failure: a data port that a firewall hides holds up the peer's libp2p
+        source that long at most; node/fetch.py starts the latter's workers when the trial ends); with `index`,
+        those that may serve shard `index` (Source.holds)."""
         working = [h for h in self.health if self._working(h)]
-        standing_in = {
-            h.source.identity for h in working if h.source.preferred and (h.bytes_verified or h.files_verified)
-        }
+        standing_in = {h.source.identity for h in working if h.source.preferred and (h.delivered or h.on_trial())}
         return [
             h
             for h in working
@@ -189,7 +206,8 @@ class SourcePool:
         health.last_error = error
         health.retry_at = trio.current_time() + min(self.backoff_seconds * 2 ** (health.failures - 1), 10.0)
         log.info("source failed (%d/%d): %s", health.failures, self.max_failures, error)
-        if health.source.preferred and health.failures == self.max_failures:
+        on_trial_until_now = not health.delivered and health.failures == 1 and trio.current_time() < health.trial_until
+        if health.source.preferred and (health.failures == self.max_failures or on_trial_until_now):
             self._fall_back(health)
 
     def ban(self, health: SourceHealth, reason: str) -> None:
