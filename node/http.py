@@ -93,6 +93,7 @@ class HttpClient:
         for _ in range(self.redirects + 1):
             if self._peer is not None and not url.startswith("https://"):
                 raise SourceError(f"{url}: a node's TLS data port is reached by https:// only")
+            stream: trio.abc.Stream | None
             stream, connection, head, key = await self._exchange(url, headers)
             try:
                 fields = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in head.headers}
@@ -103,8 +104,8 @@ class HttpClient:
                 body = _Body(stream, connection, url, self.timeout, length)
                 yield Response(url, head.status_code, fields, body)
                 if key is not None and body.complete and keeps_open(head, fields, connection, length):
-                    stream, parked = None, stream
-                    await self._idle.park(key, parked)
+                    self._idle.park(key, stream)
+                    stream = None
                 return
             finally:
                 if stream is not None:

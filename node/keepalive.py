@@ -54,10 +54,12 @@ class IdleConnections:
             await trio.aclose_forcefully(stream)
         return found
 
-    async def park(self, key: tuple[str, str, int], stream: trio.abc.Stream) -> None:
+    def park(self, key: tuple[str, str, int], stream: trio.abc.Stream) -> None:
+        """Keep `stream` for the next request to `key` (no checkpoint: a cancelled caller cannot leave it half kept);
+        beyond MAX_IDLE, the oldest is closed."""
         self._idle.append(_Idle(key, stream, trio.current_time()))
         if len(self._idle) > MAX_IDLE:
-            await trio.aclose_forcefully(self._idle.pop(0).stream)
+            _close_now(self._idle.pop(0).stream)
 
 
 def keeps_open(head: h11.Response, fields: dict[str, str], connection: h11.Connection, length: int | None) -> bool:
@@ -69,6 +71,14 @@ def keeps_open(head: h11.Response, fields: dict[str, str], connection: h11.Conne
         and length is not None
         and len(connection.trailing_data[0]) <= length
     )
+
+
+def _close_now(stream: trio.abc.Stream) -> None:
+    """Close the socket under `stream` (over TLS, without a close_notify), with no checkpoint."""
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if isinstance(stream, trio.SocketStream):
+        stream.socket.close()
 
 
 def _quiet(stream: trio.abc.Stream) -> bool:
