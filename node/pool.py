@@ -38,6 +38,10 @@ JOB_PEER_PATIENCE = settings().job_peer_patience
 for that shard; they join its fetch once no verified piece arrived for this many seconds
 (`KOGITUNE_JOB_PEER_PATIENCE`, SourcePool.standing_by): a job peer that hangs or drips costs a trainer this long,
 not a stall timeout."""
+DATA_PORT_PATIENCE_SECONDS = 0.5
+"""While a peer's data port is usable, its libp2p source reads no shard (SourcePool.standing_by) unless the fetch
+has received no verified piece for this long: it stands by while the faster data port works, and joins when nothing
+arrives (a data port that a firewall hides)."""
 HEDGE_SECONDS = 1.0
 """How long the sources asked for a small file (a manifest, a .pieces or .docs file) may leave it unanswered before
 as many more are asked the same, without cancelling the first (`first_answer`): a silent or slow source costs about
@@ -175,14 +179,23 @@ class SourcePool:
     def _working(self, health: SourceHealth) -> bool:
         return not health.banned and health.failures < self.max_failures
 
-    def standing_by(self, health: SourceHealth, index: int, quiet_for: float) -> bool:
-        """Whether `health`'s source should wait rather than read shard `index` now: it is no job peer, a usable job
-        peer holds the shard, and the fetch received a verified piece within the last `job_peer_patience` seconds
-        (`quiet_for`: seconds since the last one). So a host reads from its job's hosts what they hold, and from the
-        origin only what none of them holds or when they stop delivering."""
-        if health.source.job_peer or quiet_for >= self.limits.job_peer_patience:
-            return False
-        return any(h.source.job_peer for h in self.usable(index))
+    def standing_by(self, health: SourceHealth, index: int, quiet_for: float) -> float:
+        """Seconds `health`'s source should wait for progress rather than read shard `index` now (0: read now), with
+        `quiet_for` seconds gone since the fetch received its last verified piece: while a usable job peer holds the
+        shard and `job_peer_patience` has not run out, every source that is no job peer (so a host reads from its
+        job's hosts what they hold, and from the origin only what none of them holds or when they stop
+        delivering); while the peer's own data port is usable and DATA_PORT_PATIENCE_SECONDS have not run out, a
+        peer's libp2p source (its data port is faster; one that a firewall hides costs this long, once per shard
+        and only while nothing arrives)."""
+        source = health.source
+        if not source.preferred and quiet_for < DATA_PORT_PATIENCE_SECONDS and source.identity:
+            if any(h.source.preferred and h.source.identity == source.identity for h in self.usable(index)):
+                return DATA_PORT_PATIENCE_SECONDS - quiet_for
+        if source.job_peer or quiet_for >= self.limits.job_peer_patience:
+            return 0.0
+        if any(h.source.job_peer for h in self.usable(index)):
+            return self.limits.job_peer_patience - quiet_for
+        return 0.0
 
     def failed(self, health: SourceHealth, error: str) -> None:
         health.failures += 1
@@ -224,8 +237,9 @@ class SourcePool:
 
     def in_order_of_health(self, index: int | None = None) -> list[SourceHealth]:
         """The usable sources (of shard `index`, when given: job peers first): ready now first, then those that have
-        delivered verified bytes, fewer failures and more bytes first (a source that has never delivered anything
-        may be one that never answers)."""
+        delivered verified bytes, then a peer's data port before its libp2p stream (a data port that delivers stands
+        in for it: `usable`), fewer failures and more bytes first (a source that has never delivered anything may
+        be one that never answers)."""
         now = trio.current_time()
         return sorted(
             self.usable(index),
@@ -233,6 +247,7 @@ class SourcePool:
                 index is not None and not h.source.job_peer,
                 h.retry_at > now,
                 not (h.bytes_verified or h.files_verified),
+                not h.source.preferred,
                 h.failures,
                 -h.bytes_verified,
             ),
