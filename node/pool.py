@@ -39,9 +39,9 @@ for that shard; they join its fetch once no verified piece arrived for this many
 (`KOGITUNE_JOB_PEER_PATIENCE`, SourcePool.standing_by): a job peer that hangs or drips costs a trainer this long,
 not a stall timeout."""
 DATA_PORT_PATIENCE_SECONDS = 0.5
-"""While a peer's data port is usable, its libp2p source reads no shard (SourcePool.standing_by) unless the fetch
-has received no verified piece for this long: it stands by while the faster data port works, and joins when nothing
-arrives (a data port that a firewall hides)."""
+"""A peer's data port that has just joined a pool gets this long to deliver before the peer's libp2p source reads
+beside it (SourcePool.standing_by): HTTP is faster, and a libp2p stream beside it holds pieces the data port would
+deliver sooner; a data port that a firewall hides costs this long, once."""
 HEDGE_SECONDS = 1.0
 """How long the sources asked for a small file (a manifest, a .pieces or .docs file) may leave it unanswered before
 as many more are asked the same, without cancelling the first (`first_answer`): a silent or slow source costs about
@@ -86,6 +86,8 @@ class SourceHealth:
     """The source answered 404 for a compressed sidecar: it is not asked for others (node/sidecar_fetch.py)."""
     streams: int = 0
     """Workers reading from this source now, over all the shard fetches of the pool (`Source.connections`)."""
+    joined_at: float = 0.0
+    """When (trio clock) a peer's data port joined the pool (SourcePool.add; 0 for a pool's first sources)."""
 
     def describe(self) -> str:
         if self.banned:
@@ -126,6 +128,8 @@ class SourcePool:
                 return health
         self.sources.append(source)
         health = SourceHealth(source)
+        if source.preferred:  # a peer's data port, added by the fetch service's trio tasks
+            health.joined_at = trio.current_time()
         self.health.append(health)
         banned = [h for h in self.health if h.banned and source.identity and h.source.identity == source.identity]
         if banned:  # a peer banned on one of its sources is banned on every other
@@ -181,16 +185,19 @@ class SourcePool:
 
     def standing_by(self, health: SourceHealth, index: int, quiet_for: float) -> float:
         """Seconds `health`'s source should wait for progress rather than read shard `index` now (0: read now), with
-        `quiet_for` seconds gone since the fetch received its last verified piece: while a usable job peer holds the
-        shard and `job_peer_patience` has not run out, every source that is no job peer (so a host reads from its
-        job's hosts what they hold, and from the origin only what none of them holds or when they stop
-        delivering); while the peer's own data port is usable and DATA_PORT_PATIENCE_SECONDS have not run out, a
-        peer's libp2p source (its data port is faster; one that a firewall hides costs this long, once per shard
-        and only while nothing arrives)."""
+        `quiet_for` seconds gone since the fetch received its last verified piece. A peer's libp2p source waits
+        while its data port, usable and untried (no failure, nothing delivered yet: once it delivers, it stands in
+        for the libp2p source: `usable`), joined less than DATA_PORT_PATIENCE_SECONDS ago. While a usable job peer
+        holds the shard and `job_peer_patience` has not run out, every source that is no job peer waits (so a host
+        reads from its job's hosts what they hold, and from the origin only what none of them holds or when they
+        stop delivering)."""
         source = health.source
-        if not source.preferred and quiet_for < DATA_PORT_PATIENCE_SECONDS and source.identity:
-            if any(h.source.preferred and h.source.identity == source.identity for h in self.usable(index)):
-                return DATA_PORT_PATIENCE_SECONDS - quiet_for
+        if not source.preferred and source.identity:
+            for port in self.usable(index):
+                if port.source.preferred and port.source.identity == source.identity and not port.failures:
+                    left = port.joined_at + DATA_PORT_PATIENCE_SECONDS - trio.current_time()
+                    if left > 0:
+                        return left
         if source.job_peer or quiet_for >= self.limits.job_peer_patience:
             return 0.0
         if any(h.source.job_peer for h in self.usable(index)):
