@@ -7,7 +7,8 @@ the libp2p stream that carried the answer) and redirects are not followed, so an
 fetcher anywhere but to that peer's address. The source is tied to the peer's identity: a wrong piece from it bans
 the peer's libp2p source too, and the other way round (SourcePool.ban); it is `preferred` (HTTP is faster than
 Noise + Yamux): once it has delivered verified bytes, the libp2p source stands by while it works
-(SourcePool.usable), so a data port that a firewall hides costs nothing.
+(SourcePool.usable); before that, it waits for it at most DATA_PORT_PATIENCE_SECONDS from its joining
+(SourcePool.standing_by), so a data port that a firewall hides costs that once.
 """
 
 from __future__ import annotations
