@@ -61,7 +61,13 @@ async def join_data_port(
 
 
 def add_data_port(
-    pool: SourcePool, peer_id, found, shards: bytes, dataset_id: str, read_timeout: float, seed: bytes | None = None
+    pool: SourcePool,
+    peer_id,
+    found: tuple[str, int] | None,
+    shards: bytes,
+    dataset_id: str,
+    read_timeout: float,
+    seed: bytes | None = None,
 ) -> None:
     """A peer's have answer (`peers.fetch_data_port`: its data port `found`, or None, and its have-map) applied to
     `pool`: the have-map becomes the peer's libp2p source's when that has none yet (so the first shard fetch need
