@@ -343,12 +343,10 @@ def main() -> None:
                     for label, python in [("", sys.executable), (" compared", args.compare_python)][: 1 + compare]:
                         result = cold_first_batch(dataset_id, target, args.block_size, bootstrap, python)
                         shutil.rmtree(target)
-                        cold.setdefault(f"kogitune first batch (ID, 3 peers){label}", []).append(
-                            result["open"] + result["batch"]
-                        )
+                        cold.setdefault(f"kogitune by ID (3 peers){label}", []).append(result["open"] + result["batch"])
                         cold.setdefault(f"  open (lookup, manifest){label}", []).append(result["open"])
-                        cold.setdefault(f"  batch (shard over data ports){label}", []).append(result["batch"])
-                        cold_cpu.setdefault(f"kogitune first batch (ID, 3 peers){label}", []).append(result["cpu"])
+                        cold.setdefault(f"  batch (shard, data ports){label}", []).append(result["batch"])
+                        cold_cpu.setdefault(f"kogitune by ID (3 peers){label}", []).append(result["cpu"])
                 print(f"\nCold first batch (empty home, imports excluded; block {args.block_size}, batch 8):")
                 print(f"{'':<36}{'best s':>8}{'median s':>10}{'spread':>8}{'':>18}{'CPU s':>8}")
                 for name, seconds in cold.items():
@@ -359,7 +357,7 @@ def main() -> None:
                     f"{statistics.median(fb) / statistics.median(http):.1f}x median to median (goal <= 3x)"
                 )
                 for label in [""] * bool(peers) + [" compared"] * compare:
-                    fb = cold[f"kogitune first batch (ID, 3 peers){label}"]
+                    fb = cold[f"kogitune by ID (3 peers){label}"]
                     print(
                         f"first batch by ID{label} / http one shard: {min(fb) / min(http):.1f}x best to best, "
                         f"{statistics.median(fb) / statistics.median(http):.1f}x median to median (goal <= 3x)"
