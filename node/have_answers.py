@@ -7,8 +7,8 @@ in, every peer that has answered joins the dataset's pool at once, its data port
 and those that answer later join as they answer; so the first shard starts on every data port at once rather than
 on libp2p streams, and asks no have-map again. A have answer is trusted no more than a provider record: a peer that
 answers is one more source whose every piece is checked against the manifest, and one that lacks the dataset
-(not_found) or does not answer joins nothing. Every request is bounded by the read timeout; the open waits for
-none but the answer of the peer that gave the manifest, and for that at most DATA_PORT_WAIT_SECONDS (swarm.py).
+(not_found) or does not answer joins nothing. Every request is bounded by the read timeout; the open waits for the
+answers at most DATA_PORT_WAIT_SECONDS (swarm.py), which they have usually beaten: they were asked with the manifest.
 """
 
 from __future__ import annotations
@@ -63,9 +63,8 @@ class HaveAnswers:
         for answer in self._answers:
             join(*answer)
 
-    async def wait_for(self, peer_id, seconds: float) -> None:
-        """Until `peer_id` has answered (or failed to), at most `seconds`."""
-        asked = self._asked.get(str(peer_id))
-        if asked is not None:
-            with trio.move_on_after(seconds):
+    async def wait(self, seconds: float) -> None:
+        """Until every peer asked has answered (or failed to), at most `seconds`."""
+        with trio.move_on_after(seconds):
+            for asked in list(self._asked.values()):
                 await asked.wait()

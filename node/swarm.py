@@ -60,9 +60,9 @@ log = logging.getLogger(__name__)
 MAX_SHARDS_IN_FLIGHT = settings().shards_at_once
 """Shards this service fetches at once, whatever asks for them (a trainer's wait, a prefetch, `get`)."""
 DATA_PORT_WAIT_SECONDS = 0.25
-"""How long an open by ID waits for the have answer (its data port) of the peer that gave the manifest, asked at the
-same moment as the manifest (node/have_answers.py), so that the first shard starts on HTTP rather than on the
-slower libp2p stream; a peer that answers later still joins."""
+"""How long an open by ID waits for the have answers (data ports) of its bootstrap peers and the providers that gave
+no bad answer, asked at the same moment as the manifest (node/have_answers.py), so that the first shard starts on
+HTTP rather than on the slower libp2p streams; a peer that answers later still joins."""
 LOOKUP_DEFERRED_SECONDS = 1.0
 """When bootstrap peers gave the manifest, the background DHT lookup for more providers waits for the first shard
 to be in (its CPU time would slow the shard a trainer waits for), for a shard that no source holds, or this long."""
@@ -209,9 +209,9 @@ class Swarm:
         """The signed manifest from peers (ManifestFinder.from_peers), stored; the providers that gave no bad answer
         are its sources (found in the background when a bootstrap peer answered first). Beside the manifest, the
         connected bootstrap peers are asked for their have answer (node/have_answers.py): each one that holds the
-        dataset joins its pool with its data port. The open waits for the answer of the peer that gave the manifest
-        (within DATA_PORT_WAIT_SECONDS), so the first shard starts on the data ports. A collection's manifest is
-        stored as a collection directory."""
+        dataset joins its pool with its data port. The open waits for their answers (within DATA_PORT_WAIT_SECONDS;
+        usually in already), so the first shard starts on every data port. A collection's manifest is stored as a
+        collection directory."""
         network = await self.network(optional=False)
         haves = HaveAnswers(network.host, dataset_id, self.read_timeout, self.nursery)
         for peer in connected_bootstrap_peers(network):
@@ -236,7 +236,7 @@ class Swarm:
         for peer in sources:
             haves.ask(peer)
         haves.attach(join)
-        await haves.wait_for(copy.peer, DATA_PORT_WAIT_SECONDS)
+        await haves.wait(DATA_PORT_WAIT_SECONDS)
         opened = OpenDataset(dataset_id, directory, copy.manifest, copy.publisher, pool, copy)
         if look_for_more:
             self._look_for_peers(opened, skip=frozenset(failed), deferred=True)
