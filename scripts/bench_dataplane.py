@@ -31,11 +31,14 @@ Cold first batch (unless --skip-cold-start): a fresh Python process with an empt
 and with --peers the same by dataset ID alone (KOGITUNE_BOOTSTRAP = the 3 peers: DHT lookup, the signed manifest
 over libp2p, the shard over their data ports), against httpx downloading manifest.json and one shard's files from
 the plain server. Imports (torch, kogitune, trio, the fetch service's modules and py-libp2p) are excluded, as issue
-16 says (every module the cold start imports, listed in TRAINER): <= 3x.
+16 says (every module the cold start imports, listed in TRAINER): <= 3x. The training process's CPU seconds from
+open to batch are reported beside. With --compare-python (another checkout's venv interpreter, e.g. main's), the
+cold start by ID runs with that code too, interleaved: before and after in one run.
 
 Ratios are throughputs (baseline seconds / Kogitune seconds), best to best and median to median, taken in one run.
 
     python scripts/bench_dataplane.py [--size-mb 200] [--repeat 3] [--peers] [--conn-rate 32] [--skip-cold-start]
+                                      [--compare-python /work/main/.venv/bin/python]
 """
 
 from __future__ import annotations
