@@ -39,9 +39,8 @@ for that shard; they join its fetch once no verified piece arrived for this many
 (`KOGITUNE_JOB_PEER_PATIENCE`, SourcePool.standing_by): a job peer that hangs or drips costs a trainer this long,
 not a stall timeout."""
 DATA_PORT_PATIENCE_SECONDS = 0.5
-"""A peer's data port that has just joined a pool gets this long to deliver before the peer's libp2p source reads
-beside it (SourcePool.standing_by): HTTP is faster, and a libp2p stream beside it holds pieces the data port would
-deliver sooner; a data port that a firewall hides costs this long, once."""
+"""How long a peer's libp2p source waits for its data port, just joined and untried, before it reads beside it
+(SourcePool.standing_by; HTTP is faster): a data port that a firewall hides costs this long, once."""
 HEDGE_SECONDS = 1.0
 """How long the sources asked for a small file (a manifest, a .pieces or .docs file) may leave it unanswered before
 as many more are asked the same, without cancelling the first (`first_answer`): a silent or slow source costs about
@@ -184,13 +183,11 @@ class SourcePool:
         return not health.banned and health.failures < self.max_failures
 
     def standing_by(self, health: SourceHealth, index: int, quiet_for: float) -> float:
-        """Seconds `health`'s source should wait for progress rather than read shard `index` now (0: read now), with
-        `quiet_for` seconds gone since the fetch received its last verified piece. A peer's libp2p source waits
-        while its data port, usable and untried (no failure, nothing delivered yet: once it delivers, it stands in
-        for the libp2p source: `usable`), joined less than DATA_PORT_PATIENCE_SECONDS ago. While a usable job peer
-        holds the shard and `job_peer_patience` has not run out, every source that is no job peer waits (so a host
-        reads from its job's hosts what they hold, and from the origin only what none of them holds or when they
-        stop delivering)."""
+        """Seconds `health`'s source should wait for progress rather than read shard `index` now (0: read now);
+        `quiet_for`: seconds since the fetch's last verified piece. A peer's libp2p source waits while its data port
+        is usable, untried (once it delivers, it stands in: `usable`) and joined within DATA_PORT_PATIENCE_SECONDS.
+        A source that is no job peer waits while a usable job peer holds the shard, within `job_peer_patience` of
+        quiet (a host reads from its job's hosts what they hold, from the origin what they lack or fail at)."""
         source = health.source
         if not source.preferred and source.identity:
             for port in self.usable(index):
@@ -200,9 +197,7 @@ class SourcePool:
                         return left
         if source.job_peer or quiet_for >= self.limits.job_peer_patience:
             return 0.0
-        if any(h.source.job_peer for h in self.usable(index)):
-            return self.limits.job_peer_patience - quiet_for
-        return 0.0
+        return self.limits.job_peer_patience - quiet_for if any(h.source.job_peer for h in self.usable(index)) else 0.0
 
     def failed(self, health: SourceHealth, error: str) -> None:
         health.failures += 1
