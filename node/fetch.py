@@ -311,8 +311,8 @@ class ShardFetch:
         that is checked and written in the background while the stream goes on. The stream stops where the board
         cuts the run (a slow or stuck stream: `PieceBoard.take`), or where the source stops being usable (banned,
         or a peer's libp2p stream whose data port has just delivered: SourcePool.usable), and closes its request
-        there rather than reading on. A source that cannot seek sends the pieces before the run too: they are read past, and taken if they
-        are still open."""
+        there rather than reading on. A source that cannot seek sends the pieces before the run too: they are read
+        past, and taken if they are still open."""
         path = self.shard.tokens_path if sidecar is None else sidecar_path(self.shard)
         span = self._piece_span if sidecar is None else sidecar.frame
         piece = self._spare.pop() if self._spare else bytearray(self._buffer_size)
