@@ -16,13 +16,12 @@ from contextlib import contextmanager
 
 import pytest
 import trio
-import trio.testing
 from netnodes import ENV
 from test_dataport import LyingPeer, tensor  # noqa: F401  (the module's published tensor fixture)
 from test_network_hostile import CONNECT_TIMEOUT, running
 
 from kogitune.errors import SourceError
-from kogitune.node.pool import PREFERRED_TRIAL_SECONDS, SourcePool
+from kogitune.node.pool import SourcePool
 from kogitune.node.sources import HttpSource, Source
 from kogitune.protocol import wire
 from kogitune.tensor import DataTensor
@@ -195,34 +194,3 @@ def test_a_data_port_that_failed_out_stays_out_when_a_request_in_flight_succeeds
         assert pool.usable() == [libp2p_health]
 
     trio.run(main)
-
-
-def test_a_data_port_that_joins_stands_in_on_trial_until_it_delivers_fails_or_its_trial_ends():
-    """P's data port joins the pool: P's libp2p source stands by at once (P's bytes take the fast path from the
-    first piece), for PREFERRED_TRIAL_SECONDS at most while the data port delivers nothing; a failure in its trial
-    lets the libp2p source in at once, and the running fetches are told (they start its workers)."""
-    clock = trio.testing.MockClock()
-
-    async def main() -> None:
-        libp2p = PeerTransport("libp2p", False)
-        pool = SourcePool([libp2p])
-        libp2p_health = pool.health[0]
-        port_health = pool.add(PeerTransport("data port", True))
-        assert pool.usable() == [port_health] and port_health.on_trial()
-        clock.jump(PREFERRED_TRIAL_SECONDS)  # nothing delivered in its trial: both take part
-        assert pool.usable() == [libp2p_health, port_health] and not port_health.on_trial()
-
-        told = []
-        pool.joined.add(told.append)
-        second = pool.add(PeerTransport("data port 2", True))  # (a peer has one data port; the rule is the same)
-        assert libp2p_health not in pool.usable()
-        told.clear()
-        pool.failed(second, "connection refused")  # a failure in its trial: the libp2p source back at once
-        assert libp2p_health in pool.usable() and libp2p_health in told
-
-        delivered = pool.add(PeerTransport("data port 3", True))
-        delivered.files_verified = 1
-        clock.jump(2 * PREFERRED_TRIAL_SECONDS)  # one that delivered stands in after its trial, as before
-        assert libp2p_health not in pool.usable()
-
-    trio.run(main, clock=clock)
