@@ -30,7 +30,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 import h11
 import trio
 
-from kogitune.errors import SourceError
+from kogitune.errors import ConnectionLost, SourceError
 
 from .body import Body
 from .keepalive import IdleConnections, keeps_open
@@ -57,11 +57,6 @@ class Response:
     status: int
     headers: dict[str, str]
     body: _Body
-
-
-class ConnectionLost(SourceError):
-    """The connection closed or broke (not a timeout): on a reused connection, the server may have closed it while
-    it was idle, so the request goes again on a new one."""
 
 
 @dataclass
