@@ -8,13 +8,14 @@ stream stops early only when its run is cut, which happens in two cases, both ra
 - its stream is slow: at the rate it has kept, it needs more than STEAL_SECONDS for the rest of its run, and an idle
   worker takes the back half of what is left (the slow stream stops at the cut and closes its request: the bytes
   in flight past the cut are lost, few at a slow stream's rate);
-- its stream is stuck, while no piece is left unreserved (endgame): no byte for STALE_CLAIM_SECONDS (a hung source),
-  or bytes that come so slowly that the piece being received takes longer than STEAL_SECONDS (a dripping one): an
-  idle worker takes that piece and the rest of the run; the first verified copy of that one piece wins. A stream
-  whose piece arrives a byte range at a time is not stuck: its source is sending the run (a py-libp2p stream on a
-  loaded machine takes a few tenths of a second for a piece), and asking another source for it would have both
-  send it: the first source's bytes in flight, up to the whole run on loopback's socket buffers, are paid for
-  whether or not the fetcher reads them.
+- its stream is stuck, while no piece is left unreserved (endgame): its source has not answered within
+  STEAL_SECONDS, or has sent no byte for STALE_CLAIM_SECONDS since (a hung source), or sends so slowly that the
+  piece being received takes longer than STEAL_SECONDS (a dripping one): an idle worker takes that piece and the
+  rest of the run; the first verified copy of that one piece wins. A stream that is slow to answer or sends a
+  piece a few bytes at a time is not stuck: its source is about to send, or sending, the run (on a loaded machine
+  a py-libp2p stream takes tenths of a second to answer and to deliver a piece), and asking another source for it
+  would have both send it: the first source's bytes in flight, up to the whole run on loopback's socket buffers,
+  are paid for whether or not the fetcher reads them.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ import math
 from dataclasses import dataclass
 
 STALE_CLAIM_SECONDS = 0.25
-"""A stream that has received no byte this long has its run taken over (endgame): a hung source then holds up a shard
-by at most this long, and sources that keep sending never send a piece twice."""
+"""A stream that has received no byte this long since its source answered has its run taken over (endgame): a source
+that hangs mid-stream then holds up a shard by at most this long (one that never answers, STEAL_SECONDS), and
+sources that keep sending never send a piece twice."""
 STEAL_SECONDS = 1.0
 """A stream that, at the rate it has kept, needs longer than this for the rest of its run gives the back half of it
 to an idle worker: a slow source does not hold up a shard that faster sources could finish. In the endgame, a
-stream whose piece takes longer than this has its run taken over (a source that drips bytes)."""
+stream that has no answer after this long, or whose piece takes longer, has its run taken over."""
 
 
 @dataclass(eq=False)
@@ -42,14 +44,13 @@ class Run:
     next: int = -1
     since: float = -1.0
     """When the stream asked, or last received a piece."""
-    heard: float = -1.0
-    """When the stream asked, or last received bytes (`PieceBoard.heard`)."""
+    heard: float | None = None
+    """When the stream last received bytes, its answer's head included (`PieceBoard.heard`); None before."""
     received: int = 0
 
     def __post_init__(self) -> None:
         self.next = self.start if self.next < 0 else self.next
         self.since = self.asked if self.since < 0 else self.since
-        self.heard = self.since if self.heard < 0 else self.heard
 
     @property
     def left(self) -> int:
@@ -147,7 +148,11 @@ class PieceBoard:
         return min(times, default=math.inf)
 
     def _stuck_at(self, run: Run) -> float:
-        """When `run`'s stream counts as stuck: no byte for stale_after, or its piece not whole after steal_after."""
+        """When `run`'s stream counts as stuck: no answer after steal_after (a source asked a moment ago may be
+        answering: a loaded machine takes tenths of a second); once answered, no byte for stale_after, or its piece
+        not whole after steal_after."""
+        if run.heard is None:
+            return run.since + self.steal_after
         return min(run.heard + self.stale_after, run.since + self.steal_after)
 
     def _may_take_over(self, run: Run) -> bool:
