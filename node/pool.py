@@ -38,6 +38,9 @@ JOB_PEER_PATIENCE = settings().job_peer_patience
 for that shard; they join its fetch once no verified piece arrived for this many seconds
 (`KOGITUNE_JOB_PEER_PATIENCE`, SourcePool.standing_by): a job peer that hangs or drips costs a trainer this long,
 not a stall timeout."""
+DATA_PORT_PATIENCE_SECONDS = 0.5
+"""How long a peer's libp2p source waits for its data port, just joined and untried, before it reads beside it
+(SourcePool.standing_by; HTTP is faster): a data port that a firewall hides costs this long, once."""
 HEDGE_SECONDS = 1.0
 """How long the sources asked for a small file (a manifest, a .pieces or .docs file) may leave it unanswered before
 as many more are asked the same, without cancelling the first (`first_answer`): a silent or slow source costs about
@@ -82,6 +85,8 @@ class SourceHealth:
     """The source answered 404 for a compressed sidecar: it is not asked for others (node/sidecar_fetch.py)."""
     streams: int = 0
     """Workers reading from this source now, over all the shard fetches of the pool (`Source.connections`)."""
+    joined_at: float = 0.0
+    """When (trio clock) a peer's data port joined the pool (SourcePool.add; 0 for a pool's first sources)."""
 
     def describe(self) -> str:
         if self.banned:
@@ -122,6 +127,8 @@ class SourcePool:
                 return health
         self.sources.append(source)
         health = SourceHealth(source)
+        if source.preferred:  # a peer's data port, added by the fetch service's trio tasks
+            health.joined_at = trio.current_time()
         self.health.append(health)
         banned = [h for h in self.health if h.banned and source.identity and h.source.identity == source.identity]
         if banned:  # a peer banned on one of its sources is banned on every other
@@ -175,14 +182,22 @@ class SourcePool:
     def _working(self, health: SourceHealth) -> bool:
         return not health.banned and health.failures < self.max_failures
 
-    def standing_by(self, health: SourceHealth, index: int, quiet_for: float) -> bool:
-        """Whether `health`'s source should wait rather than read shard `index` now: it is no job peer, a usable job
-        peer holds the shard, and the fetch received a verified piece within the last `job_peer_patience` seconds
-        (`quiet_for`: seconds since the last one). So a host reads from its job's hosts what they hold, and from the
-        origin only what none of them holds or when they stop delivering."""
-        if health.source.job_peer or quiet_for >= self.limits.job_peer_patience:
-            return False
-        return any(h.source.job_peer for h in self.usable(index))
+    def standing_by(self, health: SourceHealth, index: int, quiet_for: float) -> float:
+        """Seconds `health`'s source should wait for progress rather than read shard `index` now (0: read now);
+        `quiet_for`: seconds since the fetch's last verified piece. A peer's libp2p source waits while its data port
+        is usable, untried (once it delivers, it stands in: `usable`) and joined within DATA_PORT_PATIENCE_SECONDS.
+        A source that is no job peer waits while a usable job peer holds the shard, within `job_peer_patience` of
+        quiet (a host reads from its job's hosts what they hold, from the origin what they lack or fail at)."""
+        source = health.source
+        if not source.preferred and source.identity:
+            for port in self.usable(index):
+                if port.source.preferred and port.source.identity == source.identity and not port.failures:
+                    left = port.joined_at + DATA_PORT_PATIENCE_SECONDS - trio.current_time()
+                    if left > 0:
+                        return left
+        if source.job_peer or quiet_for >= self.limits.job_peer_patience:
+            return 0.0
+        return self.limits.job_peer_patience - quiet_for if any(h.source.job_peer for h in self.usable(index)) else 0.0
 
     def failed(self, health: SourceHealth, error: str) -> None:
         health.failures += 1
@@ -224,8 +239,9 @@ class SourcePool:
 
     def in_order_of_health(self, index: int | None = None) -> list[SourceHealth]:
         """The usable sources (of shard `index`, when given: job peers first): ready now first, then those that have
-        delivered verified bytes, fewer failures and more bytes first (a source that has never delivered anything
-        may be one that never answers)."""
+        delivered verified bytes, then a peer's data port before its libp2p stream (a data port that delivers stands
+        in for it: `usable`), fewer failures and more bytes first (a source that has never delivered anything may
+        be one that never answers)."""
         now = trio.current_time()
         return sorted(
             self.usable(index),
@@ -233,6 +249,7 @@ class SourcePool:
                 index is not None and not h.source.job_peer,
                 h.retry_at > now,
                 not (h.bytes_verified or h.files_verified),
+                not h.source.preferred,
                 h.failures,
                 -h.bytes_verified,
             ),
