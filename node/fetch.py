@@ -12,10 +12,10 @@ only waste time, never put a wrong byte on disk:
 - a piece whose hash does not match bans its source for the rest of the fetch (it lied);
 - an error, a timeout, a short read or a 404 counts as a failure: the source backs off exponentially and is
   dropped after `max_failures`; the rest of its run goes back to the others at once;
-- a stream that has received no piece for STALE_CLAIM_SECONDS has its run taken over by an idle worker once no
-  piece is left unreserved (endgame), so a hung source delays a shard by a fraction of a second, not a timeout: the
-  first verified copy of the piece it was receiving wins; a stream that would need more than STEAL_SECONDS for the
-  rest of its run gives its back half to an idle worker;
+- a stream that has received no byte for STALE_CLAIM_SECONDS (or whose piece takes longer than STEAL_SECONDS) has
+  its run taken over by an idle worker once no piece is left unreserved (endgame), so a hung source delays a shard
+  by a fraction of a second, not a timeout: the first verified copy of the piece it was receiving wins; a stream
+  that would need more than STEAL_SECONDS for the rest of its run gives its back half to an idle worker;
 - a stream slower than `FetchLimits.min_rate` over a window (a source that drips a byte a second never trips a
   read timeout) counts as a failure, and a small file (.pieces, .docs) that a source is slow to send is asked of
   more sources after HEDGE_SECONDS (`first_answer`): the first valid copy wins;
@@ -322,6 +322,7 @@ class ShardFetch:
             async with health.source.stream(path, span(run.start)[0], end) as (offset, raw):
                 body = MinRateBody(raw, self.pool.limits, health.source.name)
                 name = f"{health.source.name}: {path}"
+                self.board.heard(run, trio.current_time())  # the source answered: it is sending the run
                 index, seekable = first_piece_at(offset, run.start, self.piece_size, sidecar, name)
                 if sidecar is not None and not seekable:  # read past the sidecar's index, to frame 0
                     await read_past(body, sidecar.offsets[0], name)
@@ -332,6 +333,7 @@ class ShardFetch:
                         if not count:
                             raise SourceError(f"{name} ended at byte {span(index)[0] + filled}")
                         filled += count
+                        self.board.heard(run, trio.current_time())
                     self.bytes_received += filled
                     if self.board.received(run, index, trio.current_time()):
                         await self._checks.acquire()

@@ -6,9 +6,12 @@ A node announces a dataset as soon as it holds the signed manifest and one verif
 provider may hold part of a dataset; its answer to the wire's `have` request (one bit per shard) says which part.
 Before a shard is fetched (`refresh_for`), the peers whose map is unknown or does not show the shard are asked
 again when no source is known to hold it, and the job peers (node/jobs.py) when none of them is (so a host learns
-what its job's other hosts fetched since it last asked). Bounded: a peer is asked at most once every
-HAVE_REFRESH_SECONDS (doubling, up to HAVE_BACKOFF_MAX, while it does not answer), a shard waits at most
-HAVE_ANSWER_SECONDS for the answers, and a map is one bit per shard of a manifest (wire.have_shards checks it).
+what its job's other hosts fetched since it last asked: a job peer is asked at each such shard fetch, since it may
+have finished that very shard a moment ago, and a map a quarter second old would send the fetch to the origin).
+Bounded: one request to a peer at a time (fetches that need its map meanwhile await that answer); a peer that is no
+job peer is asked at most once every HAVE_REFRESH_SECONDS; one that does not answer, at most once every
+HAVE_REFRESH_SECONDS doubling up to HAVE_BACKOFF_MAX; a shard waits at most HAVE_ANSWER_SECONDS for the answers;
+and a map is one bit per shard of a manifest (wire.have_shards checks it).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from .pool import SourcePool
 
 log = logging.getLogger(__name__)
 HAVE_REFRESH_SECONDS = 0.25
-"""A peer's have-map is asked again at most this often (a peer fetching the same dataset fills in over time)."""
+"""A peer's have-map is asked again at most this often (a peer fetching the same dataset fills in over time), a job
+peer's whenever a shard fetch needs it (`_due`)."""
 HAVE_BACKOFF_MAX = 60.0
 """The longest wait before asking again a peer whose have request failed (doubling from HAVE_REFRESH_SECONDS)."""
 HAVE_ANSWER_SECONDS = 1.0
@@ -41,7 +45,7 @@ async def refresh_for(pool: SourcePool, shard_count: int, index: int) -> None:
     if any(s.job_peer and isinstance(s, PeerSource) and s.have is not None and s.holds(index) for s in usable):
         return
     now = trio.current_time()
-    due = [s for s in usable if isinstance(s, PeerSource) and not _shows(s, index) and now >= s.have_due]
+    due = [s for s in usable if isinstance(s, PeerSource) and not _shows(s, index) and _due(s, now)]
     if any(_shows(s, index) for s in usable):  # someone serves it: only a job peer's map could change who
         due = [s for s in due if s.job_peer]
     if not due:
@@ -53,7 +57,13 @@ async def refresh_for(pool: SourcePool, shard_count: int, index: int) -> None:
 
 
 async def refresh(source: PeerSource, shard_count: int) -> None:
-    """Ask one peer for its have-map (within HAVE_ANSWER_SECONDS); a failure keeps the last map and backs off."""
+    """Ask one peer for its have-map (within HAVE_ANSWER_SECONDS); a failure keeps the last map and backs off. While
+    a request to the peer is on its way, its answer is awaited instead of asking again (shard fetches that start
+    together ask a job peer once)."""
+    if source.have_asking is not None:
+        await source.have_asking.wait()
+        return
+    source.have_asking = asking = trio.Event()
     source.have_due = trio.current_time() + min(HAVE_REFRESH_SECONDS * 2**source.have_failures, HAVE_BACKOFF_MAX)
     try:
         source.have = await fetch_have(source.host, source.peer_id, source.dataset_id, shard_count, HAVE_ANSWER_SECONDS)
@@ -61,6 +71,16 @@ async def refresh(source: PeerSource, shard_count: int) -> None:
     except SourceError as exc:
         source.have_failures += 1
         log.debug("have-map of %s: %s", source.name, exc)
+    finally:
+        source.have_asking = None
+        asking.set()
+
+
+def _due(source: PeerSource, now: float) -> bool:
+    """Whether `source`'s have-map may be asked now: a job peer that answered its last request, at every shard fetch
+    that no job peer is known to hold (it may have finished that shard a moment ago: waiting out
+    HAVE_REFRESH_SECONDS would send the fetch to the origin); any other peer once its last map is due."""
+    return now >= source.have_due or (source.job_peer and not source.have_failures)
 
 
 def _shows(source, index: int) -> bool:

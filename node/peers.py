@@ -187,6 +187,8 @@ class PeerSource(Source):
         self.have_due = 0.0
         """When (trio clock) its have-map may be asked again."""
         self.have_failures = 0
+        self.have_asking: trio.Event | None = None
+        """Set while a have request to it is on its way (node/havemaps.py asks once for all who need it)."""
         self.manifest = manifest
         self.read_timeout = read_timeout
         self._sizes = {}

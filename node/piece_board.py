@@ -8,8 +8,14 @@ stream stops early only when its run is cut, which happens in two cases, both ra
 - its stream is slow: at the rate it has kept, it needs more than STEAL_SECONDS for the rest of its run, and an idle
   worker takes the back half of what is left (the slow stream stops at the cut and closes its request: the bytes
   in flight past the cut are lost, few at a slow stream's rate);
-- its stream is stuck: no piece for STALE_CLAIM_SECONDS, while no piece is left unreserved (endgame): an idle worker
-  takes the piece being received and the rest of the run; the first verified copy of that one piece wins.
+- its stream is stuck, while no piece is left unreserved (endgame): its source has not answered within
+  STEAL_SECONDS, or has sent no byte for STALE_CLAIM_SECONDS since (a hung source), or sends so slowly that the
+  piece being received takes longer than STEAL_SECONDS (a dripping one): an idle worker takes that piece and the
+  rest of the run; the first verified copy of that one piece wins. A stream that is slow to answer or sends a
+  piece a few bytes at a time is not stuck: its source is about to send, or sending, the run (on a loaded machine
+  a py-libp2p stream takes tenths of a second to answer and to deliver a piece), and asking another source for it
+  would have both send it: the first source's bytes in flight, up to the whole run on loopback's socket buffers,
+  are paid for whether or not the fetcher reads them.
 """
 
 from __future__ import annotations
@@ -18,11 +24,13 @@ import math
 from dataclasses import dataclass
 
 STALE_CLAIM_SECONDS = 0.25
-"""A stream that has received no piece this long has its run taken over (endgame): a hung or slow source then holds
-up a shard by at most this long, and sources that keep up never send a piece twice."""
+"""A stream that has received no byte this long since its source answered has its run taken over (endgame): a source
+that hangs mid-stream then holds up a shard by at most this long (one that never answers, STEAL_SECONDS), and
+sources that keep sending never send a piece twice."""
 STEAL_SECONDS = 1.0
 """A stream that, at the rate it has kept, needs longer than this for the rest of its run gives the back half of it
-to an idle worker: a slow source does not hold up a shard that faster sources could finish."""
+to an idle worker: a slow source does not hold up a shard that faster sources could finish. In the endgame, a
+stream that has no answer after this long, or whose piece takes longer, has its run taken over."""
 
 
 @dataclass(eq=False)
@@ -36,6 +44,8 @@ class Run:
     next: int = -1
     since: float = -1.0
     """When the stream asked, or last received a piece."""
+    heard: float | None = None
+    """When the stream last received bytes, its answer's head included (`PieceBoard.heard`); None before."""
     received: int = 0
 
     def __post_init__(self) -> None:
@@ -93,9 +103,9 @@ class PieceBoard:
             cut = victim.next + 1 + (victim.left - 1) // 2
             end, victim.end = victim.end, cut
             return self._reserve(cut, end, now)
-        stuck = [r for r in self.runs if self._may_take_over(r) and now - r.since >= self.stale_after]
+        stuck = [r for r in self.runs if self._may_take_over(r) and now >= self._stuck_at(r)]
         if stuck:
-            victim = min(stuck, key=lambda r: r.since)
+            victim = min(stuck, key=self._stuck_at)
             end, victim.end = victim.end, victim.next + 1  # it may still finish the piece it is receiving
             return self._reserve(victim.next, end, now)
         return None
@@ -104,7 +114,7 @@ class PieceBoard:
         """The stream of `run` received piece `index` whole; True if this copy is the one to check. Pieces a stream
         reads outside its run (a source that cannot seek sends from byte 0) are taken when they are open."""
         if run.next <= index < run.end:
-            run.next, run.since, run.received = index + 1, now, run.received + 1
+            run.next, run.since, run.heard, run.received = index + 1, now, now, run.received + 1
         elif not self.is_open(index):
             return False
         if self.owner[index] is run:
@@ -113,6 +123,10 @@ class PieceBoard:
             return False
         self.checking[index] = 1
         return True
+
+    def heard(self, run: Run, now: float) -> None:
+        """The stream of `run` received bytes (its answer's head, or part of a piece): its source is sending."""
+        run.heard = now
 
     def end(self, run: Run) -> None:
         """The stream of `run` stopped: the pieces still reserved for it open again."""
@@ -130,8 +144,16 @@ class PieceBoard:
 
     def next_change_at(self, now: float) -> float:
         """When a run may next be taken from a stream without progress (infinity when none can)."""
-        times = [r.since + self.stale_after for r in self.runs if self._may_take_over(r)]
+        times = [self._stuck_at(r) for r in self.runs if self._may_take_over(r)]
         return min(times, default=math.inf)
+
+    def _stuck_at(self, run: Run) -> float:
+        """When `run`'s stream counts as stuck: no answer after steal_after (a source asked a moment ago may be
+        answering: a loaded machine takes tenths of a second); once answered, no byte for stale_after, or its piece
+        not whole after steal_after."""
+        if run.heard is None:
+            return run.since + self.steal_after
+        return min(run.heard + self.stale_after, run.since + self.steal_after)
 
     def _may_take_over(self, run: Run) -> bool:
         """Whether the run's piece being received is still its own and wanted (once taken over, never again)."""

@@ -43,10 +43,12 @@ def test_a_slow_stream_gives_the_back_half_of_its_run_to_an_idle_worker():
 def test_a_stuck_stream_is_taken_over_in_the_endgame_only_and_once():
     board = board_of(3)
     stuck = board.take(1.0)
+    board.heard(stuck, 1.0)  # its source answered, then sent nothing
     assert board.take(1.1) is None
     assert board.next_change_at(1.1) == 1.0 + STALE
     thief = board.take(1.0 + STALE)
     assert (thief.start, thief.end) == (0, 3) and stuck.end == 1
+    board.heard(thief, 1.0 + STALE)
     assert board.take(1.0 + STALE) is None and board.next_change_at(1.3) == 1.0 + 2 * STALE
     assert board.received(stuck, 0, 1.3), "the first copy of the piece both were receiving is checked"
     assert not board.received(thief, 0, 1.4)
@@ -86,3 +88,36 @@ def test_a_stream_that_cannot_seek_takes_open_pieces_before_its_run_only():
     assert not board.received(mine, 0, 0.1)
     board.end(other)
     assert board.received(mine, 1, 0.2) and board.received(mine, 2, 0.3)
+
+
+def test_a_stream_whose_bytes_still_come_is_not_stuck_until_its_piece_takes_steal_seconds():
+    """A source sending a piece slowly (py-libp2p on a loaded machine: tenths of a second a piece) is sending the
+    run: taken over at STALE, the run would be sent twice, its bytes in flight paid for by that source. A dripping
+    one is taken over once its piece has taken STEAL."""
+    board = board_of(2)
+    slow = board.take(0.0)
+    for heard in (0.0, 0.2, 0.4, 0.6, 0.75):
+        board.heard(slow, heard)
+        assert board.take(heard + 0.2) is None, "bytes are coming: not stuck"
+    assert board.next_change_at(0.96) == STEAL
+    thief = board.take(STEAL)
+    assert (thief.start, thief.end) == (0, 2) and slow.end == 1
+
+
+def test_a_stream_that_goes_silent_mid_piece_is_taken_over_after_stale():
+    board = board_of(2)
+    hung = board.take(0.0)
+    board.heard(hung, 0.1)
+    assert board.take(0.1 + STALE - 0.01) is None and board.next_change_at(0.2) == 0.1 + STALE
+    thief = board.take(0.1 + STALE)
+    assert (thief.start, thief.end) == (0, 2) and hung.end == 1
+
+
+def test_a_source_that_does_not_answer_is_taken_over_after_steal_seconds_not_stale():
+    """Asked a moment ago, a source may be about to answer (a loaded machine: tenths of a second): taking its run
+    over at STALE had the origin send the run twice in tests/test_swarm_job.py; one that never answers costs STEAL."""
+    board = board_of(2)
+    silent = board.take(0.0)
+    assert board.take(STALE) is None and board.next_change_at(STALE) == STEAL
+    thief = board.take(STEAL)
+    assert (thief.start, thief.end) == (0, 2) and silent.end == 1

@@ -2,7 +2,8 @@
 127.0.0.1; `torchrun --nproc-per-node 3` (gloo), rank r reading through host r's node. Two epochs by dataset ID
 with DistributedSampler(shuffle=False): every sample exactly once per epoch, the samples of a 1-process run, and
 the origin serves at most 1.2 copies of the dataset over both epochs (host-aware reading makes each host fetch its
-share; in epoch 2 the hosts get their new shards from each other, job peers, not from the origin)."""
+share; in epoch 2 the hosts get their new shards from each other, job peers, not from the origin). Every node runs
+at its defaults: the origin serves over libp2p and its data port."""
 
 import os
 import subprocess
@@ -11,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from netnodes import ENV, NodeProcess
+from netnodes import NodeProcess
 
 from kogitune.client import DaemonClient
 from kogitune.corpora import write_kjv_chapters
@@ -22,12 +23,6 @@ from kogitune.write import StoreOptions, store
 BLOCK = 64
 HOSTS = 3
 MAX_ORIGIN_COPIES = 1.2
-ORIGIN_ENV = {**ENV, "KOGITUNE_DATA_PORT_ON": "0"}
-"""The one setting changed from its default, for now: the origin serves over libp2p only. With its data port on as
-well, the hosts at their defaults, the origin served 1.26 to 1.39 copies after main's merge of the data port split
-and hostile review (h/house, h/attack; 1.00 with every default before it, 5 runs out of 5, and
-scripts/bench_swarm.py still measures 1.00 to 1.02; a fresh-clone CI run on 5c03658 measured 1.26): not yet
-explained; the hosts run with every default."""
 
 
 def rows(samples) -> Counter:
@@ -41,7 +36,7 @@ def test_three_hosts_two_epochs_cost_the_origin_one_copy(tmp_path):
     store([corpus], "gpt2", tensor, options, progress=False)
     manifest = DataTensor(tensor).manifest
     copy_bytes = sum(s.size + manifest.pieces_in(s) * 32 + s.docs_size for s in manifest.shards)
-    origin = NodeProcess(tmp_path / "origin", env=ORIGIN_ENV)
+    origin = NodeProcess(tmp_path / "origin")
     hosts = []
     try:
         dataset_id = origin.cli("publish", str(tensor)).stdout.strip()
