@@ -38,6 +38,10 @@ JOB_PEER_PATIENCE = settings().job_peer_patience
 for that shard; they join its fetch once no verified piece arrived for this many seconds
 (`KOGITUNE_JOB_PEER_PATIENCE`, SourcePool.standing_by): a job peer that hangs or drips costs a trainer this long,
 not a stall timeout."""
+JOB_PEER_MIN_RATE = settings().job_peer_min_rate * 1e6
+"""Bytes/s a shard's fetch must average while the others stand by for a job peer (`KOGITUNE_JOB_PEER_MIN_RATE`, in
+MB/s): one that falls `job_peer_patience` seconds behind is without progress (ShardFetch.quiet_for), so a job peer
+dripping a verified piece just within each patience holds a 32 MiB shard about 10 s, not pieces x 2 s."""
 HEDGE_SECONDS = 1.0
 """How long the sources asked for a small file (a manifest, a .pieces or .docs file) may leave it unanswered before
 as many more are asked the same, without cancelling the first (`first_answer`): a silent or slow source costs about
@@ -54,11 +58,18 @@ class FetchLimits:
     rate_window: float = RATE_WINDOW_SECONDS
     stall_timeout: float = STALL_SECONDS
     job_peer_patience: float = JOB_PEER_PATIENCE
+    job_peer_min_rate: float = JOB_PEER_MIN_RATE
 
     @classmethod
     def from_settings(cls) -> FetchLimits:
         current = settings()
-        return cls(current.min_rate, current.rate_window, current.stall_timeout, current.job_peer_patience)
+        return cls(
+            current.min_rate,
+            current.rate_window,
+            current.stall_timeout,
+            current.job_peer_patience,
+            current.job_peer_min_rate * 1e6,
+        )
 
 
 @dataclass
@@ -177,9 +188,9 @@ class SourcePool:
 
     def standing_by(self, health: SourceHealth, index: int, quiet_for: float) -> bool:
         """Whether `health`'s source should wait rather than read shard `index` now: it is no job peer, a usable job
-        peer holds the shard, and the fetch received a verified piece within the last `job_peer_patience` seconds
-        (`quiet_for`: seconds since the last one). So a host reads from its job's hosts what they hold, and from the
-        origin only what none of them holds or when they stop delivering."""
+        peer holds the shard, and the fetch is less than `job_peer_patience` seconds without progress (`quiet_for`:
+        since its last verified piece or behind JOB_PEER_MIN_RATE, ShardFetch.quiet_for). So a host reads from its
+        job's hosts what they hold, and from the origin only what none of them holds or when they stop delivering."""
         if health.source.job_peer or quiet_for >= self.limits.job_peer_patience:
             return False
         return any(h.source.job_peer for h in self.usable(index))
