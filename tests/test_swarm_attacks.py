@@ -12,13 +12,16 @@ What was tried and needed no change is listed in docs/security.md ("Job peers, h
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import pytest
 import trio
 from netnodes import ENV
-from test_network_hostile import CONNECT_TIMEOUT, running
+from test_network_hostile import CONNECT_TIMEOUT, LISTEN
 
 from kogitune.client import DaemonClient
 from kogitune.corpora import write_kjv_chapters
@@ -61,6 +64,8 @@ class HostileJobPeer:
         self.peer_id = peer_id_from_public_key(public_key_from_seed(seed))
         self.data_port = data_port
         self.read_tokens = read_tokens
+        self.small_files = None
+        """Like read_tokens, for reads of .pieces and .docs files (None: served honestly)."""
         self.have_map = [True] * len(self.manifest.shards)
         self.reads: list[tuple[str, str, int, int]] = []
 
@@ -81,8 +86,9 @@ class HostileJobPeer:
             await stream.write(wire.encode_response(wire.HaveResponse(have, self.data_port)))
         elif isinstance(request, wire.ReadRequest):
             self.reads.append((request.shard, request.file, request.offset, request.length))
-            if request.file == "tokens" and self.read_tokens is not None:
-                await self.read_tokens(self, stream, request)
+            misbehave = self.read_tokens if request.file == "tokens" else self.small_files
+            if misbehave is not None:
+                await misbehave(self, stream, request)
             else:
                 data = self._bytes(request)
                 await stream.write(wire.encode_response(wire.ReadResponse(len(data))) + data)
@@ -113,8 +119,20 @@ async def not_found(peer: HostileJobPeer, stream, request: wire.ReadRequest) -> 
     await stream.write(wire.encode_response(wire.ErrorResponse("not_found", "no such shard")))
 
 
-def in_job(nodes, origin, published: Path, peer: HostileJobPeer, dataset_id: str, attack) -> dict:
-    """Run `peer` announced under the job's key; start node V (bootstrapped to the origin and the peer), make it
+@asynccontextmanager
+async def running_on(host, listen: str):
+    from multiaddr import Multiaddr
+
+    try:
+        async with host.run([Multiaddr(listen)]):
+            yield host
+    finally:
+        with trio.move_on_after(10):
+            await host.close()
+
+
+def in_job(nodes, origin, peer: HostileJobPeer, dataset_id: str, attack, listen: str = "") -> dict:
+    """Run `peer` (listening on `listen`, else 127.0.0.1) announced under the job's key; start node V (bootstrapped to the origin and the peer), make it
     join the job and wait until the peer is one of its job peers; then `attack(v, client)` in a thread. Returns
     what `attack` returned."""
     from libp2p.custom_types import TProtocol
@@ -127,7 +145,7 @@ def in_job(nodes, origin, published: Path, peer: HostileJobPeer, dataset_id: str
     outcome: dict = {}
 
     async def main() -> None:
-        async with running(new_kogitune_host(peer.seed)) as host:
+        async with running_on(new_kogitune_host(peer.seed), listen or LISTEN) as host:
             host.set_stream_handler(TProtocol(wire.PROTOCOL_ID), peer.handle)
             dht = KadDHT(host, DHTMode.SERVER)
             async with background_trio_service(dht):
@@ -166,7 +184,82 @@ def test_a_job_peer_that_drips_verified_pieces_cannot_hold_a_shard_back(tensor, 
         fetched = DataTensor(v.home / "datasets" / dataset_id)
         return {"took": took, "problems": fetched.verify_shard(fetched.shards[0])}
 
-    outcome = in_job(nodes, origin, origin.home / "datasets" / dataset_id, peer, dataset_id, attack)
+    outcome = in_job(nodes, origin, peer, dataset_id, attack)
     assert any(read[1] == "tokens" for read in peer.reads), "the job peer was never asked: no attack"
     assert outcome["problems"] == []
     assert outcome["took"] < 6.0, f"a dripping job peer held the shard for {outcome['took']:.1f} s"
+
+
+def test_a_job_peer_that_claims_every_shard_and_has_none_costs_seconds(tensor, nodes):
+    """H claims every shard in each have answer (asked again before each shard: its map flips back to full) and
+    answers every read "not found", small files included. Each shard V fetches arrives within seconds from the
+    origin: a "not found" is a failure of H at once, and the others never stand by for a job peer for more than
+    job_peer_patience."""
+    origin = nodes("origin", env=DEFAULTS)
+    dataset_id = origin.cli("publish", str(tensor.path)).stdout.strip()
+    peer = HostileJobPeer(origin.home / "datasets" / dataset_id, bytes(range(1, 33)), read_tokens=not_found)
+    peer.small_files = not_found
+
+    def attack(v, client) -> dict:
+        took = [timed_shard(client, dataset_id, index) for index in range(len(tensor.shards))]
+        return {"took": took, "problems": DataTensor(v.home / "datasets" / dataset_id).verify()}
+
+    outcome = in_job(nodes, origin, peer, dataset_id, attack)
+    assert peer.reads, "the job peer was never asked: no attack"
+    assert outcome["problems"] == []
+    assert max(outcome["took"]) < 5.0, f"a job peer that has nothing held shards for {outcome['took']} s"
+
+
+@contextmanager
+def listening(ip: str, port: int, answer):
+    """A TCP service on ip:port (port 0: any) that records each connection and calls `answer(connection)` in a
+    thread; yields (port, the list of connections' peer addresses)."""
+    server = socket.create_server((ip, port))
+    seen: list = []
+
+    def accept() -> None:
+        while True:
+            try:
+                connection, address = server.accept()
+            except OSError:
+                return
+            seen.append(address)
+            threading.Thread(target=answer, args=(connection,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield server.getsockname()[1], seen
+    finally:
+        server.close()
+
+
+def ssh_banner(connection: socket.socket) -> None:
+    """What port 22 says first, then nothing: not an HTTP response."""
+    with connection:
+        try:
+            connection.sendall(b"SSH-2.0-OpenSSH_9.6p1\r\n")
+            connection.recv(1)  # until the fetcher hangs up
+        except OSError:
+            pass
+
+
+def test_a_data_port_named_by_a_peer_is_dialled_only_at_that_peers_address(tensor, nodes):
+    """H, on 127.0.0.2, names as its data port the port of a service that another host runs on 127.0.0.1 (the
+    victim's own host, here); 127.0.0.2 runs an SSH-like service on that port. V dials only 127.0.0.2 (the IP of
+    its libp2p connection to H): the service on 127.0.0.1 sees no connection, the SSH banner is a failure of H's
+    data port (not an HTTP response), and every shard arrives in seconds, verified."""
+    origin = nodes("origin", env=DEFAULTS)
+    dataset_id = origin.cli("publish", str(tensor.path)).stdout.strip()
+    with listening("127.0.0.1", 0, ssh_banner) as (port, on_victims_host):
+        with listening("127.0.0.2", port, ssh_banner) as (_, on_peers_host):
+            peer = HostileJobPeer(origin.home / "datasets" / dataset_id, bytes(range(2, 34)), data_port=port)
+
+            def attack(v, client) -> dict:
+                took = [timed_shard(client, dataset_id, index) for index in range(len(tensor.shards))]
+                return {"took": took, "problems": DataTensor(v.home / "datasets" / dataset_id).verify()}
+
+            outcome = in_job(nodes, origin, peer, dataset_id, attack, listen="/ip4/127.0.0.2/tcp/0")
+    assert outcome["problems"] == []
+    assert on_victims_host == [], f"a peer's announcement made the fetcher dial {on_victims_host}"
+    assert on_peers_host, "the fetcher never dialled the named data port: no attack"
+    assert max(outcome["took"]) < 5.0, f"shards took {outcome['took']} s"
