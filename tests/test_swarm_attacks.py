@@ -13,6 +13,8 @@ What was tried and needed no change is listed in docs/security.md ("Job peers, h
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 from contextlib import asynccontextmanager, contextmanager
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from netnodes import ENV
+from netnodes import ENV, NodeProcess
 from test_network_hostile import CONNECT_TIMEOUT, LISTEN
 
 from kogitune.client import DaemonClient
@@ -263,3 +265,62 @@ def test_a_data_port_named_by_a_peer_is_dialled_only_at_that_peers_address(tenso
     assert on_victims_host == [], f"a peer's announcement made the fetcher dial {on_victims_host}"
     assert on_peers_host, "the fetcher never dialled the named data port: no attack"
     assert max(outcome["took"]) < 5.0, f"shards took {outcome['took']} s"
+
+
+HOLD_HOST_NODE_LOCK = """
+import sys
+from pathlib import Path
+from kogitune import hostnode
+from kogitune.layout import HOST_NODE_LOCK_FILE
+with hostnode._locked(Path(sys.argv[1]) / HOST_NODE_LOCK_FILE, hostnode.fcntl.LOCK_EX):
+    print("locked", flush=True)
+    sys.stdin.readline()
+"""
+START_HOST_NODE = """
+import sys, time
+from pathlib import Path
+from kogitune import hostnode
+from kogitune.client import DaemonClient
+home = Path(sys.argv[1])
+started = time.monotonic()
+assert hostnode.start_for(home, DaemonClient(home).running)
+print(time.monotonic() - started, DaemonClient(home).call("status")["peer_id"], flush=True)
+"""
+
+
+def test_a_host_node_killed_mid_start_or_while_serving_is_restarted_at_once(tmp_path):
+    """kill -9 of the process that holds <home>/host-node.lock while it starts the host's node, and kill -9 of
+    the host's node itself (its control socket and lock files left behind): the next training process of the host
+    starts a node at once (the kernel drops flock locks with their process; nothing waits for a stale file)."""
+    home = tmp_path / "home"
+    env = {**DEFAULTS, "KOGITUNE_HOME": str(home), "LOCAL_WORLD_SIZE": "2"}
+    env.pop("KOGITUNE_BOOTSTRAP", None)
+    home.mkdir()
+
+    def start_host_node() -> tuple[float, str]:
+        done = subprocess.run(
+            [sys.executable, "-c", START_HOST_NODE, str(home)], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        seconds, peer_id = done.stdout.split()
+        return float(seconds), peer_id
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_HOST_NODE_LOCK, str(home)], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout.readline() == b"locked\n"
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    seconds, peer_id = start_host_node()
+    assert seconds < 15, f"the host's node took {seconds:.1f} s to start after a starter was killed"
+    DaemonClient(home).stop()  # (that it stops by itself once unused is tests/test_host_node.py's)
+
+    node = NodeProcess(home, env=env)  # the host's node as a daemon of the home, killed -9 while it serves
+    assert node.peer_id == peer_id  # the home's identity
+    node.proc.kill()
+    node.close()
+    seconds, _ = start_host_node()
+    assert seconds < 15, f"the host's node took {seconds:.1f} s to start after the last one was killed -9"
+    DaemonClient(home).stop()
