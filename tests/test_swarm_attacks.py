@@ -324,3 +324,27 @@ def test_a_host_node_killed_mid_start_or_while_serving_is_restarted_at_once(tmp_
     seconds, _ = start_host_node()
     assert seconds < 15, f"the host's node took {seconds:.1f} s to start after the last one was killed -9"
     DaemonClient(home).stop()
+
+
+def test_fake_providers_listed_first_under_a_job_key_do_not_keep_the_jobs_hosts_out():
+    """A hostile DHT neighbour answers the lookup of a job's key with 100 fake providers (unreachable, or never
+    answering `have`), listed before the job's one real host. Before the fix each round tried the first 64 of the
+    list, so the real host was never tried (the job's hosts then all read from the origin); now a round skips the
+    providers that failed within JOB_LOOKUP_MAX and picks at random, so the real host joins within two rounds."""
+    from types import SimpleNamespace
+
+    from kogitune.node.jobs import JOB_LOOKUP_MAX, MAX_JOB_PEERS, to_try
+
+    found = [SimpleNamespace(peer_id=f"fake-{i}") for i in range(100)] + [SimpleNamespace(peer_id="real-host")]
+    known: set[str] = set()
+    failed_until: dict[str, float] = {}
+    now = 0.0
+    for _ in range(2):
+        for info in to_try(found, known, failed_until, now, MAX_JOB_PEERS - len(known)):
+            if info.peer_id == "real-host":
+                known.add(info.peer_id)
+            else:
+                failed_until[info.peer_id] = now + JOB_LOOKUP_MAX
+        now += 3.0  # a round: the lookup (2 s) and the pause after it
+    assert known == {"real-host"}
+    assert len(to_try(found, known, failed_until, now + JOB_LOOKUP_MAX, MAX_JOB_PEERS)) == MAX_JOB_PEERS  # retried
