@@ -69,6 +69,8 @@ class HostileJobPeer:
         self.small_files = None
         """Like read_tokens, for reads of .pieces and .docs files (None: served honestly)."""
         self.have_map = [True] * len(self.manifest.shards)
+        self.have_delay = 0.0
+        """Seconds before each have answer."""
         self.reads: list[tuple[str, str, int, int]] = []
 
     def _bytes(self, request: wire.ReadRequest) -> bytes:
@@ -84,6 +86,7 @@ class HostileJobPeer:
             manifest = (self.directory / "manifest.json").read_bytes()
             await stream.write(wire.encode_response(wire.ManifestResponse(manifest, signature, public_key)))
         elif isinstance(request, wire.HaveRequest):
+            await trio.sleep(self.have_delay)
             have = wire.have_bitmap(self.have_map)
             await stream.write(wire.encode_response(wire.HaveResponse(have, self.data_port)))
         elif isinstance(request, wire.ReadRequest):
@@ -348,3 +351,24 @@ def test_fake_providers_listed_first_under_a_job_key_do_not_keep_the_jobs_hosts_
         now += 3.0  # a round: the lookup (2 s) and the pause after it
     assert known == {"real-host"}
     assert len(to_try(found, known, failed_until, now + JOB_LOOKUP_MAX, MAX_JOB_PEERS)) == MAX_JOB_PEERS  # retried
+
+
+def test_a_job_peer_that_answers_have_late_and_holds_nothing_does_not_delay_every_shard(tensor, nodes):
+    """H, a job peer, holds nothing (an empty have-map) and answers each have request 0.8 s late, just within the
+    1 s a shard fetch waits for the have-maps it asked. Before the fix V asked H again before each shard (H's map
+    does not show it, and H answers: no backoff) and waited for the answer, though the origin was known to hold the
+    shard: 0.91 s and 0.83 s for two shards of 1 MiB and 256 KiB. Now a late answer backs H off (from the answer)
+    like a failure: 0.40 s and 0.08 s."""
+    origin = nodes("origin", env=DEFAULTS)
+    dataset_id = origin.cli("publish", str(tensor.path)).stdout.strip()
+    peer = HostileJobPeer(origin.home / "datasets" / dataset_id, bytes(range(3, 35)))
+    peer.have_map = [False] * len(peer.have_map)
+    peer.have_delay = 0.8
+
+    def attack(v, client) -> dict:
+        took = [timed_shard(client, dataset_id, index) for index in range(len(tensor.shards))]
+        return {"took": took, "problems": DataTensor(v.home / "datasets" / dataset_id).verify()}
+
+    outcome = in_job(nodes, origin, peer, dataset_id, attack)
+    assert outcome["problems"] == []
+    assert sum(outcome["took"]) < 1.0, f"a late have answer delayed each shard: {outcome['took']} s"
