@@ -23,11 +23,15 @@ from pathlib import Path
 import pytest
 import trio
 from netnodes import ENV, NodeProcess
-from test_network_hostile import CONNECT_TIMEOUT, LISTEN
+from test_dataport import NOT_FOUND, request
+from test_dataport_private import tls_get
+from test_network_hostile import CONNECT_TIMEOUT, LISTEN, _peer_info
 
 from kogitune.client import DaemonClient
 from kogitune.corpora import write_kjv_chapters
-from kogitune.layout import read_signature
+from kogitune.errors import SourceLacks
+from kogitune.layout import IDENTITY_FILE, read_signature
+from kogitune.node.peers import fetch_have
 from kogitune.protocol import wire
 from kogitune.protocol.ids import job_key
 from kogitune.protocol.signing import peer_id_from_public_key, public_key_from_seed
@@ -373,3 +377,38 @@ def test_a_job_peer_that_answers_have_late_and_holds_nothing_does_not_delay_ever
     outcome = in_job(nodes, origin, peer, dataset_id, attack)
     assert outcome["problems"] == []
     assert sum(outcome["took"]) < 1.0, f"a late have answer delayed each shard: {outcome['took']} s"
+
+
+def test_a_partial_copy_of_a_private_dataset_is_served_to_its_allow_list_only(tensor, nodes):
+    """B, on the allow-list, fetches one shard of a private dataset, and so announces it and serves what it holds
+    (a server-mode node serves a dataset from its first verified shard). To C, off the list, B's copy is the
+    dataset it does not hold: its `have` over libp2p is `not_found`, and B's data port answers the 404 of a
+    missing dataset over plain HTTP and over TLS signed by C; only an identity on the list is served over TLS."""
+    a = nodes("a")
+    b = nodes("b", [a.address])
+    private_id = a.cli("publish", str(tensor.path), "--allow", b.peer_id).stdout.strip()
+    DaemonClient(b.home).call("shard", 60, id=private_id, index=0)
+    shard = tensor.shards[0]
+    port = b.data_port()
+    c_seed, b_seed = bytes(range(4, 36)), (b.home / IDENTITY_FILE).read_bytes()  # C: any identity off the list
+    for path in ("manifest.json", "signature", shard.tokens_path, shard.pieces_path):
+        target = f"/{private_id}/{path}"
+        assert request(port, target)[::2] == NOT_FOUND, path  # plain HTTP: never
+        assert tls_get(port, target, b.peer_id, c_seed) == NOT_FOUND, path  # TLS, not on the list
+    assert tls_get(port, f"/{private_id}/{shard.tokens_path}", b.peer_id, b_seed)[0] == 200  # B holds it
+
+    async def ask_b_as_c() -> Exception | None:
+        from kogitune.node.host import new_kogitune_host
+
+        info = _peer_info(b.address)
+        async with running_on(new_kogitune_host(c_seed), LISTEN) as host:  # C's identity, from the test process
+            with trio.fail_after(CONNECT_TIMEOUT):
+                await host.connect(info)
+            try:
+                await fetch_have(host, info.peer_id, private_id, len(tensor.shards), 10)
+            except SourceLacks as exc:
+                return exc
+        return None
+
+    refused = trio.run(ask_b_as_c)
+    assert refused is not None and "does not hold" in str(refused), refused
