@@ -91,6 +91,10 @@ class SourceHealth:
     it: what a source had sent past a closed request and was never read shows only in the source's own counter."""
     no_sidecars: bool = False
     """The source answered 404 for a compressed sidecar: it is not asked for others (node/sidecar_fetch.py)."""
+    outrun: int = 0
+    """Small files it was asked for and that another source delivered while it had not answered for HEDGE_SECONDS,
+    since it last delivered one: it is asked after the others (`in_order_of_health`), so a source that never sends
+    them (a job peer, asked first) costs a hedge once, not one per shard."""
     streams: int = 0
     """Workers reading from this source now, over all the shard fetches of the pool (`Source.connections`)."""
 
@@ -234,13 +238,14 @@ class SourcePool:
         return "; ".join(h.describe() for h in self.health)
 
     def in_order_of_health(self, index: int | None = None) -> list[SourceHealth]:
-        """The usable sources (of shard `index`, when given: job peers first): ready now first, then those that have
-        delivered verified bytes, fewer failures and more bytes first (a source that has never delivered anything
-        may be one that never answers)."""
+        """The usable sources (of shard `index`, when given: job peers first), those outrun on a small file last:
+        ready now first, then those that have delivered verified bytes, fewer failures and more bytes first (a
+        source that has never delivered anything may be one that never answers)."""
         now = trio.current_time()
         return sorted(
             self.usable(index),
             key=lambda h: (
+                h.outrun > 0,
                 index is not None and not h.source.job_peer,
                 h.retry_at > now,
                 not (h.bytes_verified or h.files_verified),
@@ -352,6 +357,7 @@ async def fetch_small_file(
 
     async def ask(health: SourceHealth) -> bytes | None:
         await trio.sleep_until(health.retry_at)
+        asked = trio.current_time()
         try:
             async with health.source.stream(path, 0) as (_, body):
                 data = await MinRateBody(body, pool.limits, health.source.name).read_all(
@@ -360,6 +366,10 @@ async def fetch_small_file(
         except SourceError as exc:
             pool.failed(health, str(exc))
             return None
+        except trio.Cancelled:  # another source answered first (or the fetch ended)
+            if trio.current_time() - asked >= HEDGE_SECONDS:
+                health.outrun += 1
+            raise
         if exact and len(data) < limit:
             pool.failed(health, f"{health.source.name}: {path} ended after {len(data)} of {limit} bytes")
             return None
@@ -369,6 +379,7 @@ async def fetch_small_file(
             return None
         pool.succeeded(health)
         health.files_verified += 1
+        health.outrun = 0
         return data
 
     while True:

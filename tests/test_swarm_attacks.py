@@ -412,3 +412,27 @@ def test_a_partial_copy_of_a_private_dataset_is_served_to_its_allow_list_only(te
 
     refused = trio.run(ask_b_as_c)
     assert refused is not None and "does not hold" in str(refused), refused
+
+
+async def never_answer(peer: HostileJobPeer, stream, request: wire.ReadRequest) -> None:
+    await trio.sleep(60)
+
+
+def test_a_job_peer_that_never_sends_the_small_files_does_not_delay_every_shard(tensor, nodes):
+    """H, a job peer, claims every shard, serves the tokens honestly and never answers a read of a .pieces or .docs
+    file. A shard's small files are asked of the job peers first and of the others a hedge (1 s) later; H, never
+    failing (its requests are cancelled once the origin answers), was asked first again for every shard: 1.04 s
+    and 1.03 s for two shards. Now a source outrun on a small file is asked after the others until it delivers
+    one (SourceHealth.outrun): 1.04 s, then 0.04 s."""
+    origin = nodes("origin", env=DEFAULTS)
+    dataset_id = origin.cli("publish", str(tensor.path)).stdout.strip()
+    peer = HostileJobPeer(origin.home / "datasets" / dataset_id, bytes(range(5, 37)))
+    peer.small_files = never_answer
+
+    def attack(v, client) -> dict:
+        took = [timed_shard(client, dataset_id, index) for index in range(len(tensor.shards))]
+        return {"took": took, "problems": DataTensor(v.home / "datasets" / dataset_id).verify()}
+
+    outcome = in_job(nodes, origin, peer, dataset_id, attack)
+    assert outcome["problems"] == []
+    assert outcome["took"][1] < 0.7, f"shards took {outcome['took']} s"
