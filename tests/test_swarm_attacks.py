@@ -436,3 +436,31 @@ def test_a_job_peer_that_never_sends_the_small_files_does_not_delay_every_shard(
     outcome = in_job(nodes, origin, peer, dataset_id, attack)
     assert outcome["problems"] == []
     assert outcome["took"][1] < 0.7, f"shards took {outcome['took']} s"
+
+
+async def stall_after_the_first_piece(peer: HostileJobPeer, stream, request: wire.ReadRequest) -> None:
+    """The response head and the first piece asked, verified, then nothing (until the fetcher gives up)."""
+    data = peer._bytes(request)
+    await stream.write(wire.encode_response(wire.ReadResponse(len(data))) + data[:PIECE])
+    await trio.sleep(60)
+
+
+def test_a_job_peer_that_stalls_after_the_first_piece_costs_about_its_patience_per_shard(tensor, nodes):
+    """H, a job peer, claims every shard and answers each tokens request with its head and one verified piece, then
+    stalls (its reads never time out within the test; its delivered piece resets its failures, so it never fails
+    out). Each shard waits job_peer_patience (2 s) for it, then the origin takes its run over: seconds per shard,
+    never the 30 s read timeout."""
+    origin = nodes("origin", env=DEFAULTS)
+    dataset_id = origin.cli("publish", str(tensor.path)).stdout.strip()
+    peer = HostileJobPeer(
+        origin.home / "datasets" / dataset_id, bytes(range(6, 38)), read_tokens=stall_after_the_first_piece
+    )
+
+    def attack(v, client) -> dict:
+        took = [timed_shard(client, dataset_id, index) for index in range(len(tensor.shards))]
+        return {"took": took, "problems": DataTensor(v.home / "datasets" / dataset_id).verify()}
+
+    outcome = in_job(nodes, origin, peer, dataset_id, attack)
+    assert any(read[1] == "tokens" for read in peer.reads), "the job peer was never asked: no attack"
+    assert outcome["problems"] == []
+    assert max(outcome["took"]) < 6.0, f"shards took {outcome['took']} s"
