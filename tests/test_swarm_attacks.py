@@ -39,6 +39,7 @@ from kogitune.tensor import DataTensor
 from kogitune.write import StoreOptions, store
 
 JOB = "attack-job"
+"""The job's name, with the hostile peer's ID after it: each test its own job (the origin is shared)."""
 PIECE = 64 << 10
 PIECES_PER_SHARD = 16
 DRIP_SECONDS = 1.0
@@ -57,6 +58,17 @@ def tensor(tmp_path_factory) -> DataTensor:
     tensor = DataTensor(root / "kjv")
     assert len(tensor.shards) >= 2 and tensor.manifest.pieces_in(tensor.shards[0]) == PIECES_PER_SHARD
     return tensor
+
+
+@pytest.fixture(scope="module")
+def published(tensor, tmp_path_factory):
+    """(the origin, a node process that published the tensor, and the dataset ID), shared by the tests of the
+    module: each starts its own hostile peer and its own node V."""
+    origin = NodeProcess(tmp_path_factory.mktemp("origin") / "home", env=DEFAULTS)
+    try:
+        yield origin, origin.cli("publish", str(tensor.path)).stdout.strip()
+    finally:
+        origin.close()
 
 
 class HostileJobPeer:
@@ -152,6 +164,7 @@ def in_job(nodes, origin, peer: HostileJobPeer, dataset_id: str, attack, listen:
     from kogitune.node.providers import provide
 
     outcome: dict = {}
+    job = f"{JOB}-{peer.peer_id}"
 
     async def main() -> None:
         async with running_on(new_kogitune_host(peer.seed), listen or LISTEN) as host:
@@ -159,12 +172,12 @@ def in_job(nodes, origin, peer: HostileJobPeer, dataset_id: str, attack, listen:
             dht = KadDHT(host, DHTMode.SERVER)
             async with background_trio_service(dht):
                 with trio.fail_after(CONNECT_TIMEOUT):
-                    await provide(dht, dataset_id, job_key(JOB, dataset_id))
+                    await provide(dht, dataset_id, job_key(job, dataset_id))
                 address = f"{host.get_addrs()[0]}/p2p/{host.get_id()}"
                 v = await trio.to_thread.run_sync(lambda: nodes("v", [origin.address, address], env=DEFAULTS))
                 client = DaemonClient(v.home)
                 deadline = time.monotonic() + 30
-                while str(peer.peer_id) not in client.call("job", 30, id=dataset_id, job=JOB)["peers"]:
+                while str(peer.peer_id) not in client.call("job", 30, id=dataset_id, job=job)["peers"]:
                     assert time.monotonic() < deadline, "the hostile peer did not become a job peer"
                     await trio.sleep(0.1)
                 outcome.update(await trio.to_thread.run_sync(lambda: attack(v, client)))
@@ -179,14 +192,13 @@ def timed_shard(client: DaemonClient, dataset_id: str, index: int) -> float:
     return time.monotonic() - started
 
 
-def test_a_job_peer_that_drips_verified_pieces_cannot_hold_a_shard_back(tensor, nodes):
+def test_a_job_peer_that_drips_verified_pieces_cannot_hold_a_shard_back(tensor, published, nodes):
     """H, a job peer, claims every shard and sends each asked piece, verified, 1 s after the last: never
     job_peer_patience (2 s) without progress, so before the fix the origin stood by for H for most of the shard (16
     pieces of 64 KiB: 14-15 s; a 32 MiB shard of 1 MiB pieces dripped at 1.9 s: a minute, for every shard of the
     dataset). Now the origin joins once the fetch falls job_peer_patience behind job_peer_min_rate (4 MB/s), and
     takes H's run over: the shard in 2.3 s."""
-    origin = nodes("origin", env=DEFAULTS)
-    dataset_id = origin.cli("publish", str(tensor.path)).stdout.strip()
+    origin, dataset_id = published
     peer = HostileJobPeer(origin.home / "datasets" / dataset_id, bytes(range(32)), read_tokens=drip_pieces)
 
     def attack(v, client) -> dict:
@@ -200,13 +212,12 @@ def test_a_job_peer_that_drips_verified_pieces_cannot_hold_a_shard_back(tensor, 
     assert outcome["took"] < 6.0, f"a dripping job peer held the shard for {outcome['took']:.1f} s"
 
 
-def test_a_job_peer_that_claims_every_shard_and_has_none_costs_seconds(tensor, nodes):
+def test_a_job_peer_that_claims_every_shard_and_has_none_costs_seconds(tensor, published, nodes):
     """H claims every shard in each have answer (asked again before each shard: its map flips back to full) and
     answers every read "not found", small files included. Each shard V fetches arrives within seconds from the
     origin: a "not found" is a failure of H at once, and the others never stand by for a job peer for more than
     job_peer_patience."""
-    origin = nodes("origin", env=DEFAULTS)
-    dataset_id = origin.cli("publish", str(tensor.path)).stdout.strip()
+    origin, dataset_id = published
     peer = HostileJobPeer(origin.home / "datasets" / dataset_id, bytes(range(1, 33)), read_tokens=not_found)
     peer.small_files = not_found
 
@@ -253,13 +264,12 @@ def ssh_banner(connection: socket.socket) -> None:
             pass
 
 
-def test_a_data_port_named_by_a_peer_is_dialled_only_at_that_peers_address(tensor, nodes):
+def test_a_data_port_named_by_a_peer_is_dialled_only_at_that_peers_address(tensor, published, nodes):
     """H, on 127.0.0.2, names as its data port the port of a service that another host runs on 127.0.0.1 (the
     victim's own host, here); 127.0.0.2 runs an SSH-like service on that port. V dials only 127.0.0.2 (the IP of
     its libp2p connection to H): the service on 127.0.0.1 sees no connection, the SSH banner is a failure of H's
     data port (not an HTTP response), and every shard arrives in seconds, verified."""
-    origin = nodes("origin", env=DEFAULTS)
-    dataset_id = origin.cli("publish", str(tensor.path)).stdout.strip()
+    origin, dataset_id = published
     with listening("127.0.0.1", 0, ssh_banner) as (port, on_victims_host):
         with listening("127.0.0.2", port, ssh_banner) as (_, on_peers_host):
             peer = HostileJobPeer(origin.home / "datasets" / dataset_id, bytes(range(2, 34)), data_port=port)
@@ -358,14 +368,13 @@ def test_fake_providers_listed_first_under_a_job_key_do_not_keep_the_jobs_hosts_
     assert len(to_try(found, known, failed_until, now + JOB_LOOKUP_MAX, MAX_JOB_PEERS)) == MAX_JOB_PEERS  # retried
 
 
-def test_a_job_peer_that_answers_have_late_and_holds_nothing_does_not_delay_every_shard(tensor, nodes):
+def test_a_job_peer_that_answers_have_late_and_holds_nothing_does_not_delay_every_shard(tensor, published, nodes):
     """H, a job peer, holds nothing (an empty have-map) and answers each have request 0.8 s late, just within the
     1 s a shard fetch waits for the have-maps it asked. Before the fix V asked H again before each shard (H's map
     does not show it, and H answers: no backoff) and waited for the answer, though the origin was known to hold the
     shard: 0.91 s and 0.83 s for two shards of 1 MiB and 256 KiB. Now a late answer backs H off (from the answer)
     like a failure: 0.40 s and 0.08 s."""
-    origin = nodes("origin", env=DEFAULTS)
-    dataset_id = origin.cli("publish", str(tensor.path)).stdout.strip()
+    origin, dataset_id = published
     peer = HostileJobPeer(origin.home / "datasets" / dataset_id, bytes(range(3, 35)))
     peer.have_map = [False] * len(peer.have_map)
     peer.have_delay = 0.8
@@ -418,14 +427,13 @@ async def never_answer(peer: HostileJobPeer, stream, request: wire.ReadRequest) 
     await trio.sleep(60)
 
 
-def test_a_job_peer_that_never_sends_the_small_files_does_not_delay_every_shard(tensor, nodes):
+def test_a_job_peer_that_never_sends_the_small_files_does_not_delay_every_shard(tensor, published, nodes):
     """H, a job peer, claims every shard, serves the tokens honestly and never answers a read of a .pieces or .docs
     file. A shard's small files are asked of the job peers first and of the others a hedge (1 s) later; H, never
     failing (its requests are cancelled once the origin answers), was asked first again for every shard: 1.04 s
     and 1.03 s for two shards. Now a source outrun on a small file is asked after the others until it delivers
     one (SourceHealth.outrun): 1.04 s, then 0.04 s."""
-    origin = nodes("origin", env=DEFAULTS)
-    dataset_id = origin.cli("publish", str(tensor.path)).stdout.strip()
+    origin, dataset_id = published
     peer = HostileJobPeer(origin.home / "datasets" / dataset_id, bytes(range(5, 37)))
     peer.small_files = never_answer
 
@@ -445,13 +453,12 @@ async def stall_after_the_first_piece(peer: HostileJobPeer, stream, request: wir
     await trio.sleep(60)
 
 
-def test_a_job_peer_that_stalls_after_the_first_piece_costs_about_its_patience_per_shard(tensor, nodes):
+def test_a_job_peer_that_stalls_after_the_first_piece_costs_about_its_patience_per_shard(tensor, published, nodes):
     """H, a job peer, claims every shard and answers each tokens request with its head and one verified piece, then
     stalls (its reads never time out within the test; its delivered piece resets its failures, so it never fails
     out). Each shard waits job_peer_patience (2 s) for it, then the origin takes its run over: seconds per shard,
     never the 30 s read timeout."""
-    origin = nodes("origin", env=DEFAULTS)
-    dataset_id = origin.cli("publish", str(tensor.path)).stdout.strip()
+    origin, dataset_id = published
     peer = HostileJobPeer(
         origin.home / "datasets" / dataset_id, bytes(range(6, 38)), read_tokens=stall_after_the_first_piece
     )
