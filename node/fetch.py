@@ -286,9 +286,10 @@ class ShardFetch:
                 return  # banned, failed out, standing by for the peer's data port, or it lacks this shard
             await trio.sleep_until(health.retry_at)
             quiet_for = self.quiet_for(trio.current_time())
-            if self.pool.standing_by(health, self.index, quiet_for):  # a job peer holds it (SourcePool.standing_by)
+            wait = self.pool.standing_by(health, self.index, quiet_for)  # for a job peer, or the peer's data port
+            if wait > 0:
                 self._standing += 1
-                with trio.move_on_after(self.pool.limits.job_peer_patience - quiet_for):
+                with trio.move_on_after(wait):
                     await self._progress.wait()
                 self._standing -= 1
                 continue
@@ -319,9 +320,10 @@ class ShardFetch:
         """Stream the pieces of `run` (reserved for this worker by the board, so no other stream asks for them)
         from the tokens file (or the source's `sidecar`, frame by frame), receiving each one straight into a buffer
         that is checked and written in the background while the stream goes on. The stream stops where the board
-        cuts the run (a slow or stuck stream: `PieceBoard.take`) and closes its request there rather than reading
-        on. A source that cannot seek sends the pieces before the run too: they are read past, and taken if they
-        are still open."""
+        cuts the run (a slow or stuck stream: `PieceBoard.take`), or where the source stops being usable (banned,
+        or a peer's libp2p stream whose data port has just delivered: SourcePool.usable), and closes its request
+        there rather than reading on. A source that cannot seek sends the pieces before the run too: they are read
+        past, and taken if they are still open."""
         path = self.shard.tokens_path if sidecar is None else sidecar_path(self.shard)
         span = self._piece_span if sidecar is None else sidecar.frame
         piece = self._spare.pop() if self._spare else bytearray(self._buffer_size)
@@ -334,7 +336,7 @@ class ShardFetch:
                 index, seekable = first_piece_at(offset, run.start, self.piece_size, sidecar, name)
                 if sidecar is not None and not seekable:  # read past the sidecar's index, to frame 0
                     await read_past(body, sidecar.offsets[0], name)
-                while index < run.end and not health.banned:
+                while index < run.end and self.pool.is_usable(health):  # banned, or its data port stands in
                     view, filled = memoryview(piece)[: span(index)[1]], 0
                     while filled < len(view):
                         count = await body.receive_into(view[filled:])

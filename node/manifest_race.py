@@ -43,6 +43,12 @@ lookup starts too (at once when they have all failed): in a small swarm they hol
 costs the open CPU time."""
 
 
+def connected_bootstrap_peers(network) -> list:
+    """The bootstrap peers `network` (the libp2p node) is connected to: those an open by ID asks at once."""
+    bootstrap = {info.peer_id for info in network.bootstrap_infos().values()}
+    return [peer for peer in network.host.get_connected_peers() if peer in bootstrap]
+
+
 @dataclass
 class _Race:
     """The mirrors' and the peers' answers to one open: the first valid copy wins; `why` says what each side did."""
@@ -81,8 +87,7 @@ class ManifestFinder:
         background search), and the bootstrap peers that failed are named in `failed`. The lookup's FetchError (no
         provider, none gave a valid manifest) ends the search as it did before bootstrap peers were asked."""
         network = await self.network(optional=False)
-        bootstrap = {info.peer_id for info in network.bootstrap_infos().values()}
-        neighbours = [peer for peer in network.host.get_connected_peers() if peer in bootstrap]
+        neighbours = connected_bootstrap_peers(network)
         neighbours_failed: dict[str, str] = {}
         neighbours_all_failed = trio.Event()
         answers: list = []

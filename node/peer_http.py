@@ -7,7 +7,8 @@ the libp2p stream that carried the answer) and redirects are not followed, so an
 fetcher anywhere but to that peer's address. The source is tied to the peer's identity: a wrong piece from it bans
 the peer's libp2p source too, and the other way round (SourcePool.ban); it is `preferred` (HTTP is faster than
 Noise + Yamux): once it has delivered verified bytes, the libp2p source stands by while it works
-(SourcePool.usable), so a data port that a firewall hides costs nothing.
+(SourcePool.usable); before that, it waits for it at most DATA_PORT_PATIENCE_SECONDS from its joining
+(SourcePool.standing_by), so a data port that a firewall hides costs that once.
 """
 
 from __future__ import annotations
@@ -49,14 +50,28 @@ async def join_data_port(
     pool: SourcePool, host, peer_id, dataset_id: str, read_timeout: float, seed: bytes | None = None
 ) -> None:
     """Ask `peer_id` for its data port for the dataset; if it names one, add it to `pool` (over TLS with `seed`, for
-    a private dataset). The answer's have-map becomes the peer's libp2p source's when that has none yet (so the
-    first shard fetch need not ask again: havemaps.refresh_for). Never raises: the peer's libp2p source serves the
-    dataset whatever happens here."""
+    a private dataset): `add_data_port`. Never raises: the peer's libp2p source serves the dataset whatever happens
+    here."""
     try:
         found, shards = await fetch_data_port(host, peer_id, dataset_id, read_timeout)
     except SourceError as exc:
         log.debug("no data port from %s: %s", peer_id, exc)
         return
+    add_data_port(pool, peer_id, found, shards, dataset_id, read_timeout, seed)
+
+
+def add_data_port(
+    pool: SourcePool,
+    peer_id,
+    found: tuple[str, int] | None,
+    shards: bytes,
+    dataset_id: str,
+    read_timeout: float,
+    seed: bytes | None = None,
+) -> None:
+    """A peer's have answer (`peers.fetch_data_port`: its data port `found`, or None, and its have-map) applied to
+    `pool`: the have-map becomes the peer's libp2p source's when that has none yet (so the first shard fetch need
+    not ask again: havemaps.refresh_for), and the data port joins."""
     libp2p_source = next(
         (h.source for h in pool.health if isinstance(h.source, PeerSource) and h.source.identity == str(peer_id)),
         None,

@@ -42,6 +42,9 @@ JOB_PEER_MIN_RATE = settings().job_peer_min_rate * 1e6
 """Bytes/s a shard's fetch must average while the others stand by for a job peer (`KOGITUNE_JOB_PEER_MIN_RATE`, in
 MB/s): one that falls `job_peer_patience` seconds behind is without progress (ShardFetch.quiet_for), so a job peer
 dripping a verified piece just within each patience holds a 32 MiB shard about 10 s, not pieces x 2 s."""
+DATA_PORT_PATIENCE_SECONDS = 0.5
+"""How long a peer's libp2p source waits for its data port, just joined and untried, before it reads beside it
+(SourcePool.standing_by; HTTP is faster): a data port that a firewall hides costs this long, once."""
 HEDGE_SECONDS = 1.0
 """How long the sources asked for a small file (a manifest, a .pieces or .docs file) may leave it unanswered before
 as many more are asked the same, without cancelling the first (`first_answer`): a silent or slow source costs about
@@ -63,13 +66,8 @@ class FetchLimits:
     @classmethod
     def from_settings(cls) -> FetchLimits:
         current = settings()
-        return cls(
-            current.min_rate,
-            current.rate_window,
-            current.stall_timeout,
-            current.job_peer_patience,
-            current.job_peer_min_rate * 1e6,
-        )
+        patience, min_rate = current.job_peer_patience, current.job_peer_min_rate * 1e6
+        return cls(current.min_rate, current.rate_window, current.stall_timeout, patience, min_rate)
 
 
 @dataclass
@@ -92,11 +90,12 @@ class SourceHealth:
     no_sidecars: bool = False
     """The source answered 404 for a compressed sidecar: it is not asked for others (node/sidecar_fetch.py)."""
     outrun: int = 0
-    """Small files it was asked for and that another source delivered while it had not answered for HEDGE_SECONDS,
-    since it last delivered one: it is asked after the others (`in_order_of_health`), so a source that never sends
-    them (a job peer, asked first) costs a hedge once, not one per shard."""
+    """Small files another source delivered while it had not answered for HEDGE_SECONDS, since it last delivered one:
+    it is then asked after the others (a job peer that never sends them costs a hedge once, not one per shard)."""
     streams: int = 0
     """Workers reading from this source now, over all the shard fetches of the pool (`Source.connections`)."""
+    joined_at: float = 0.0
+    """When (trio clock) a peer's data port joined the pool (SourcePool.add; 0 for a pool's first sources)."""
 
     def describe(self) -> str:
         if self.banned:
@@ -137,6 +136,8 @@ class SourcePool:
                 return health
         self.sources.append(source)
         health = SourceHealth(source)
+        if source.preferred:  # a peer's data port, added by the fetch service's trio tasks
+            health.joined_at = trio.current_time()
         self.health.append(health)
         banned = [h for h in self.health if h.banned and source.identity and h.source.identity == source.identity]
         if banned:  # a peer banned on one of its sources is banned on every other
@@ -190,14 +191,23 @@ class SourcePool:
     def _working(self, health: SourceHealth) -> bool:
         return not health.banned and health.failures < self.max_failures
 
-    def standing_by(self, health: SourceHealth, index: int, quiet_for: float) -> bool:
-        """Whether `health`'s source should wait rather than read shard `index` now: it is no job peer, a usable job
-        peer holds the shard, and the fetch is less than `job_peer_patience` seconds without progress (`quiet_for`:
-        since its last verified piece or behind JOB_PEER_MIN_RATE, ShardFetch.quiet_for). So a host reads from its
-        job's hosts what they hold, and from the origin only what none of them holds or when they stop delivering."""
-        if health.source.job_peer or quiet_for >= self.limits.job_peer_patience:
-            return False
-        return any(h.source.job_peer for h in self.usable(index))
+    def standing_by(self, health: SourceHealth, index: int, quiet_for: float) -> float:
+        """Seconds `health`'s source should wait for progress rather than read shard `index` now (0: read now);
+        `quiet_for`: seconds the fetch is without progress (ShardFetch.quiet_for: since its last verified piece, or
+        behind JOB_PEER_MIN_RATE). A peer's libp2p source waits while its data port is usable, untried (once it
+        delivers, it stands in: `usable`) and joined within DATA_PORT_PATIENCE_SECONDS.
+        A source that is no job peer waits while a usable job peer holds the shard, within `job_peer_patience` of
+        quiet (a host reads from its job's hosts what they hold, from the origin what they lack or fail at)."""
+        source = health.source
+        if not source.preferred and source.identity:
+            for port in self.usable(index):
+                if port.source.preferred and port.source.identity == source.identity and not port.failures:
+                    left = port.joined_at + DATA_PORT_PATIENCE_SECONDS - trio.current_time()
+                    if left > 0:
+                        return left
+        if source.job_peer or quiet_for >= self.limits.job_peer_patience:
+            return 0.0
+        return self.limits.job_peer_patience - quiet_for if any(h.source.job_peer for h in self.usable(index)) else 0.0
 
     def failed(self, health: SourceHealth, error: str) -> None:
         health.failures += 1
@@ -239,8 +249,9 @@ class SourcePool:
 
     def in_order_of_health(self, index: int | None = None) -> list[SourceHealth]:
         """The usable sources (of shard `index`, when given: job peers first), those outrun on a small file last:
-        ready now first, then those that have delivered verified bytes, fewer failures and more bytes first (a
-        source that has never delivered anything may be one that never answers)."""
+        ready now first, then those that have delivered verified bytes, then a peer's data port before its libp2p
+        stream (a data port that delivers stands in for it: `usable`), fewer failures and more bytes first (a source
+        that has never delivered anything may be one that never answers)."""
         now = trio.current_time()
         return sorted(
             self.usable(index),
@@ -249,6 +260,7 @@ class SourcePool:
                 index is not None and not h.source.job_peer,
                 h.retry_at > now,
                 not (h.bytes_verified or h.files_verified),
+                not h.source.preferred,
                 h.failures,
                 -h.bytes_verified,
             ),

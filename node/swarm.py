@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
@@ -46,10 +46,11 @@ from kogitune.settings import settings
 from .collection import OpenCollection, mirrors_collection, mirrors_manifest, opened_collection
 from .copies import CollectionCopy, ManifestCopy, store_collection, store_copy, stored_collection, stored_copy
 from .fetch import ShardFetch
+from .have_answers import HaveAnswers
 from .havemaps import refresh_for
-from .manifest_race import ManifestFinder
+from .manifest_race import ManifestFinder, connected_bootstrap_peers
 from .metrics import SHARD_FETCH_BUCKETS, Timings
-from .peer_http import join_data_port
+from .peer_http import add_data_port, join_data_port
 from .peers import PeerSource
 from .pool import SourcePool, prefetch_in_order
 from .providers import connect_providers
@@ -59,9 +60,12 @@ log = logging.getLogger(__name__)
 MAX_SHARDS_IN_FLIGHT = settings().shards_at_once
 """Shards this service fetches at once, whatever asks for them (a trainer's wait, a prefetch, `get`)."""
 DATA_PORT_WAIT_SECONDS = 0.25
-"""How long an open by ID waits for the data port of the peer that gave the manifest (one have request to a peer
-that just answered), so that the first shard starts on HTTP rather than on the slower libp2p stream; a peer that
-answers later still joins."""
+"""How long an open by ID waits for the have answers (data ports) of its bootstrap peers and the providers that gave
+no bad answer, asked at the same moment as the manifest (node/have_answers.py), so that the first shard starts on
+HTTP rather than on the slower libp2p streams; a peer that answers later still joins."""
+LOOKUP_DEFERRED_SECONDS = 1.0
+"""When bootstrap peers gave the manifest, the background DHT lookup for more providers waits for the first shard
+to be in (its CPU time would slow the shard a trainer waits for), for a shard that no source holds, or this long."""
 PREFETCH_SHARDS = settings().prefetch_shards
 """Shards fetched ahead of need at once. One shard already streams from every source; a second would only halve
 the bandwidth of the shard a trainer waits for (at a cold start the first shard is prefetched first, so the first
@@ -80,6 +84,8 @@ class OpenDataset:
     pool: SourcePool
     copy: ManifestCopy
     looking_for_peers: bool = False
+    look_now: trio.Event = field(default_factory=trio.Event)
+    """Set when a deferred lookup for more providers should start (Swarm._look_for_peers)."""
 
     def trusted_by(self, trusted: frozenset[str] | None) -> bool:
         return trusted is None or self.publisher in trusted
@@ -201,9 +207,15 @@ class Swarm:
 
     async def _resolve_from_peers(self, dataset_id: str, trusted) -> OpenDataset | OpenCollection:
         """The signed manifest from peers (ManifestFinder.from_peers), stored; the providers that gave no bad answer
-        are its sources (found in the background when a bootstrap peer answered first). The data port of the peer
-        that gave the manifest joins before the open returns (within DATA_PORT_WAIT_SECONDS), so the first shard
-        starts on it; the others' join as they answer. A collection's manifest is stored as a collection directory."""
+        are its sources (found in the background when a bootstrap peer answered first). Beside the manifest, the
+        connected bootstrap peers are asked for their have answer (node/have_answers.py): each one that holds the
+        dataset joins its pool with its data port. The open waits for their answers (within DATA_PORT_WAIT_SECONDS;
+        usually in already), so the first shard starts on every data port. A collection's manifest is stored as a
+        collection directory."""
+        network = await self.network(optional=False)
+        haves = HaveAnswers(network.host, dataset_id, self.read_timeout, self.nursery)
+        for peer in connected_bootstrap_peers(network):
+            haves.ask(peer)
         network, copy, reachable, failed, look_for_more = await self.manifests.from_peers(dataset_id, trusted)
         if isinstance(copy, CollectionCopy):
             return OpenCollection(dataset_id, store_collection(self.store, dataset_id, copy), copy)
@@ -212,31 +224,37 @@ class Swarm:
         pool = SourcePool(
             [PeerSource(network.host, peer, dataset_id, copy.manifest, self.read_timeout) for peer in sources]
         )
-        for peer in sources[1:]:
-            self._join_data_port(pool, network, peer, dataset_id, copy.manifest)
+        seed = network.seed if copy.manifest.access is not None else None
+
+        def join(peer_id, found, shards: bytes) -> None:  # a peer's have answer: it holds the dataset
+            if str(peer_id) in failed:  # it gave a bad or untrusted manifest
+                return
+            if not any(isinstance(h.source, PeerSource) and h.source.identity == str(peer_id) for h in pool.health):
+                pool.add(PeerSource(network.host, peer_id, dataset_id, copy.manifest, self.read_timeout))
+            add_data_port(pool, peer_id, found, shards, dataset_id, self.read_timeout, seed)
+
+        for peer in sources:
+            haves.ask(peer)
+        haves.attach(join)
+        await haves.wait(DATA_PORT_WAIT_SECONDS)
         opened = OpenDataset(dataset_id, directory, copy.manifest, copy.publisher, pool, copy)
-        joined = trio.Event()
-
-        async def join_first() -> None:
-            try:
-                await self._join_data_port_now(pool, network, copy.peer, dataset_id, copy.manifest)
-            finally:
-                joined.set()
-
-        self.nursery.start_soon(join_first)
-        with trio.move_on_after(DATA_PORT_WAIT_SECONDS):
-            await joined.wait()
         if look_for_more:
-            self._look_for_peers(opened, skip=frozenset(failed))
+            self._look_for_peers(opened, skip=frozenset(failed), deferred=True)
         return opened
 
-    def _look_for_peers(self, opened: OpenDataset, skip: frozenset[str] = frozenset()) -> None:
+    def _look_for_peers(self, opened: OpenDataset, skip: frozenset[str] = frozenset(), deferred: bool = False) -> None:
         """In the background, providers of a dataset join its pool as they are found (but those in `skip`: peers
-        that failed to give its manifest)."""
+        that failed to give its manifest). `deferred` (an open by ID whose bootstrap peers gave the manifest): the
+        lookup starts once the first shard is in, or a shard fetch finds no source that holds its shard, or after
+        LOOKUP_DEFERRED_SECONDS, so that its CPU time does not slow the first shard a trainer waits for; a fetch
+        with no source left waits for it all the same (SourcePool.more_sources)."""
         opened.looking_for_peers = True
 
         async def look() -> None:
             try:
+                if deferred:
+                    with trio.move_on_after(LOOKUP_DEFERRED_SECONDS):
+                        await opened.look_now.wait()
                 network = await self.network(optional=True)
                 if network is None:
                     return
@@ -260,14 +278,10 @@ class Swarm:
         self._join_data_port(pool, network, peer, dataset_id, manifest)
 
     def _join_data_port(self, pool: SourcePool, network, peer, dataset_id: str, manifest: Manifest) -> None:
-        """The provider's data port joins the pool in the background (`_join_data_port_now`)."""
-        self.nursery.start_soon(self._join_data_port_now, pool, network, peer, dataset_id, manifest)
-
-    async def _join_data_port_now(self, pool: SourcePool, network, peer, dataset_id: str, manifest: Manifest) -> None:
-        """The provider's data port joins the pool when it names one: over TLS, signed with this node's identity,
-        for a private dataset (node/tlsdata.py)."""
+        """The provider's data port joins the pool in the background when it names one: over TLS, signed with this
+        node's identity, for a private dataset (node/tlsdata.py)."""
         seed = network.seed if manifest.access is not None else None
-        await join_data_port(pool, network.host, peer, dataset_id, self.read_timeout, seed)
+        self.nursery.start_soon(join_data_port, pool, network.host, peer, dataset_id, self.read_timeout, seed)
 
     # ---- fetching -----------------------------------------------------------------------------------------------
 
@@ -283,8 +297,11 @@ class Swarm:
             try:
                 async with self._shards:
                     await refresh_for(opened.pool, len(opened.manifest.shards), index)
+                    if not opened.pool.usable(index):  # no source known to hold it: a deferred lookup starts now
+                        opened.look_now.set()
                     await self._fetch(opened, shard)
             finally:
+                opened.look_now.set()  # the first shard is in (or failed: more providers may help)
                 self._fetching.pop(key).set()
         return opened.directory
 

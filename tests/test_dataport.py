@@ -345,8 +345,8 @@ def test_where_the_data_port_listens():
 def test_a_data_port_that_never_answers_holds_nothing_up(tensor, nodes, tmp_path):
     """P serves honest bytes over libp2p and names a data port that accepts connections and never answers (as
     behind a firewall that drops them, but faster to see): B, with P as its only provider, completes from P's
-    libp2p streams without waiting for the data port to fail out (its libp2p source stands by only for a data
-    port that has delivered)."""
+    libp2p streams without waiting for the data port to fail out (its libp2p source waits for an untried data port
+    DATA_PORT_PATIENCE_SECONDS at most, and stands by only for a data port that has delivered)."""
     from libp2p.custom_types import TProtocol
     from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
     from libp2p.tools.anyio_service import background_trio_service
