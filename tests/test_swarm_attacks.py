@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from conftest import copy_tensor
 from netnodes import ENV, NodeProcess
 from test_dataport import NOT_FOUND, request
 from test_dataport_private import tls_get
@@ -388,14 +389,16 @@ def test_a_job_peer_that_answers_have_late_and_holds_nothing_does_not_delay_ever
     assert sum(outcome["took"]) < 1.0, f"a late have answer delayed each shard: {outcome['took']} s"
 
 
-def test_a_partial_copy_of_a_private_dataset_is_served_to_its_allow_list_only(tensor, nodes):
+def test_a_partial_copy_of_a_private_dataset_is_served_to_its_allow_list_only(tensor, nodes, tmp_path):
     """B, on the allow-list, fetches one shard of a private dataset, and so announces it and serves what it holds
     (a server-mode node serves a dataset from its first verified shard). To C, off the list, B's copy is the
     dataset it does not hold: its `have` over libp2p is `not_found`, and B's data port answers the 404 of a
     missing dataset over plain HTTP and over TLS signed by C; only an identity on the list is served over TLS."""
     a = nodes("a")
     b = nodes("b", [a.address])
-    private_id = a.cli("publish", str(tensor.path), "--allow", b.peer_id).stdout.strip()
+    # a copy: publishing hard-links the files, and a new link moves their ctime, which makes the module's origin
+    # withhold the shards it published from them until it has checked them again
+    private_id = a.cli("publish", str(copy_tensor(tensor, tmp_path / "copy")), "--allow", b.peer_id).stdout.strip()
     DaemonClient(b.home).call("shard", 60, id=private_id, index=0)
     shard = tensor.shards[0]
     port = b.data_port()
