@@ -20,6 +20,7 @@ errors, since it imports nothing from here; they are re-exported below, so that 
     ├── SettingsError           a setting (config file, environment variable, flag) has a bad value
     ├── FetchError              a dataset, shard or file could not be fetched from any of its sources
     │   └── SourceError         one source failed one request; the others may still deliver
+    │       ├── ConnectionLost  a connection to one source closed or broke before its answer (not a timeout)
     │       ├── SourceBusy      one source is alive and honest, but its serving slots are taken
     │       ├── SourceLacks     one peer does not hold the file asked for (yet): it serves part of a dataset
     │       └── SourceMissing   one source answered that it does not have the file (HTTP 404)
@@ -82,6 +83,11 @@ class FetchError(KogituneError):
 class SourceError(FetchError):
     """Raised when one source failed one request (refused, timed out, broke off, sent too much or bad bytes); the
     fetcher tries the others."""
+
+
+class ConnectionLost(SourceError):
+    """Raised when a connection to a web mirror or data port closed or broke (not a timeout; kogitune.node.http): on a
+    kept-alive connection, the server may have closed it while it was idle, so the request goes again on a new one."""
 
 
 class SourceBusy(SourceError):
@@ -156,6 +162,7 @@ def error_classes() -> dict[str, type[KogituneError]]:
 
 __all__ = [
     "BadInputError",
+    "ConnectionLost",
     "DiskFullError",
     "FetchError",
     "FilterError",

@@ -1,10 +1,16 @@
-"""A small HTTP/1.1 GET client for mirrors: trio streams, h11 for the framing, one request per connection.
+"""A small HTTP/1.1 GET client for mirrors and data ports: trio streams, h11 for the framing.
 
-Mirrors serve large static files, so a fetch needs no connection pool, no cookies and no content decoding. What it
-needs is little CPU per byte: httpx reads 64 KiB at a time through several layers and cost 3 to 4 times the CPU of
-this client on loopback (docs/benchmarks.md), which made hashing plus receiving CPU-bound. So h11 reads the head,
-and a body framed by Content-Length goes from the socket straight into the caller's buffer. Every read is bounded
-by `timeout`.
+Mirrors serve large static files, so a fetch needs no cookies and no content decoding. What it needs is little CPU
+per byte: httpx reads 64 KiB at a time through several layers and cost 3 to 4 times the CPU of this client on
+loopback (docs/benchmarks.md), which made hashing plus receiving CPU-bound. So h11 reads the head, and a body framed
+by Content-Length goes from the socket straight into the caller's buffer. Every read is bounded by `timeout`.
+
+A connection whose response was read to its framed end (Content-Length) is kept for the client's next request to
+the same host and port, if the server keeps it open (node/keepalive.py): a fetcher asks a source for one run of
+pieces after another, and a new connection per run cost the data port twice the CPU per request (0.50 against
+0.23 ms, docs/benchmarks.md) and, over TLS, a handshake. A kept-alive connection that breaks before the response
+head is replaced once by a new one (the server may have closed it while it was idle). A response read only in part
+(a run cut short), and anything through a proxy, closes its connection as before.
 
 Like httpx, it goes through the proxies that http_proxy / https_proxy name (as urllib reads them), except to the
 hosts no_proxy lists: an http:// request goes to the proxy with its absolute URL, an https:// one through a CONNECT
@@ -24,9 +30,10 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 import h11
 import trio
 
-from kogitune.errors import SourceError
+from kogitune.errors import ConnectionLost, SourceError
 
 from .body import Body
+from .keepalive import IdleConnections, keeps_open
 
 if TYPE_CHECKING:
     from .tlsdata import PeerTls
@@ -70,44 +77,73 @@ class HttpClient:
         self.redirects = redirects
         """Redirects followed (0 for a peer's data port: a peer must not send a fetcher to another host)."""
         self._tls: ssl.SSLContext | None = None
+        self._idle = IdleConnections()
         self._peer = peer
         """A node's TLS data port: every connection must prove to be this peer and carries its authorization."""
 
     @asynccontextmanager
     async def get(self, url: str, headers: dict[str, str] | None = None):
-        """Yields the `Response` of the first non-redirect answer; the connection closes when the block ends."""
+        """Yields the `Response` of the first non-redirect answer; the connection closes when the block ends, or
+        is kept for the next request if the block read the whole body (see the module docstring)."""
         for _ in range(self.redirects + 1):
             if self._peer is not None and not url.startswith("https://"):
                 raise SourceError(f"{url}: a node's TLS data port is reached by https:// only")
-            stream, target, proxy = await self._open(url)
+            stream: trio.abc.Stream | None
+            stream, connection, head, key = await self._exchange(url, headers)
+            try:
+                fields = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in head.headers}
+                if head.status_code in REDIRECT_STATUSES and "location" in fields:
+                    url = _join(url, fields["location"].encode("latin-1"))
+                    continue
+                length = _content_length(head.status_code, fields)
+                body = _Body(stream, connection, url, self.timeout, length)
+                yield Response(url, head.status_code, fields, body)
+                if key is not None and body.complete and keeps_open(head, fields, connection, length):
+                    self._idle.park(key, stream)
+                    stream = None
+                return
+            finally:
+                if stream is not None:
+                    await trio.aclose_forcefully(stream)
+        raise SourceError(f"{url}: more than {self.redirects} redirects")
+
+    async def _exchange(self, url: str, headers: dict[str, str] | None):
+        """Send the GET of `url` and read its response head: on a kept-alive connection to the same host if there
+        is one (once more on a new one if that one turns out closed), else on a new one. Returns (stream, h11
+        connection, head, key: the (scheme, host, port) the connection may be kept for, None through a proxy)."""
+        parts = urlsplit(url)
+        try:
+            key = (parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+        except ValueError as exc:
+            raise SourceError(f"{url}: not a valid URL: {exc}") from None
+        reused = await self._idle.take(key)
+        while True:
+            if reused is not None:
+                stream, target, proxy = reused, _target(parts), None
+            else:
+                stream, target, proxy = await self._open(url)
             try:
                 connection = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
                 request_fields = [
-                    ("Host", urlsplit(url).netloc.rpartition("@")[2]),
+                    ("Host", parts.netloc.rpartition("@")[2]),
                     ("User-Agent", USER_AGENT),
-                    ("Connection", "close"),
-                    *(proxy.fields if proxy else []),
+                    *([("Connection", "close"), *proxy.fields] if proxy else []),
                     *(headers or {}).items(),
                     *(self._peer.request_fields(stream) if self._peer is not None else []),
                 ]
                 await _send(stream, connection, "GET", target, request_fields, url, self.timeout)
                 head = await _response_head(stream, connection, url, self.timeout)
-                fields = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in head.headers}
                 if proxy and head.status_code == 407:
                     raise SourceError(f"{url}: proxy {proxy.name} wants credentials: HTTP 407")
-                if head.status_code in REDIRECT_STATUSES and "location" in fields:
-                    url = _join(url, fields["location"].encode("latin-1"))
-                    continue
-                yield Response(
-                    url,
-                    head.status_code,
-                    fields,
-                    _Body(stream, connection, url, self.timeout, _content_length(head.status_code, fields)),
-                )
-                return
-            finally:
+                return stream, connection, head, None if proxy else key
+            except ConnectionLost:
                 await trio.aclose_forcefully(stream)
-        raise SourceError(f"{url}: more than {self.redirects} redirects")
+                if reused is None:
+                    raise
+                reused = None  # the server closed it while it was idle: once more, on a new connection
+            except BaseException:
+                await trio.aclose_forcefully(stream)
+                raise
 
     async def _open(self, url: str) -> tuple[trio.abc.Stream, str, _Proxy | None]:
         """A stream ready for the GET of `url`, the request target, and the proxy when the request goes to one."""
@@ -118,7 +154,7 @@ class HttpClient:
             raise SourceError(f"{url}: not a valid URL: {exc}") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise SourceError(f"{url}: not an http:// or https:// URL")
-        target = quote((parts.path or "/") + (f"?{parts.query}" if parts.query else ""), safe=TARGET_SAFE)
+        target = _target(parts)
         proxy = _proxy_for(url, parts.scheme, parts.hostname)
         if proxy is None:
             stream = await self._tcp(url, parts.hostname, port)
@@ -187,6 +223,11 @@ class _Body(Body):
             self._pending = memoryview(connection.trailing_data[0])[:length]
             self._left = length - len(self._pending)
 
+    @property
+    def complete(self) -> bool:
+        """Whether the whole body framed by Content-Length has been read (so the connection may serve another)."""
+        return self._left == 0 and not self._pending
+
     async def receive_into(self, buffer: memoryview) -> int:
         if self._left is None or self._pending or not len(buffer):
             return await super().receive_into(buffer)
@@ -242,6 +283,11 @@ def _proxy_for(url: str, scheme: str, host: str) -> _Proxy | None:
     return _Proxy(_authority(proxy.hostname, port), proxy.hostname, port, fields)
 
 
+def _target(parts) -> str:
+    """The request target of a split URL (no proxy): its path and query, percent-encoded beyond printable ASCII."""
+    return quote((parts.path or "/") + (f"?{parts.query}" if parts.query else ""), safe=TARGET_SAFE)
+
+
 def _content_length(status: int, fields: dict[str, str]) -> int | None:
     """The body's length when Content-Length frames it (h11 has checked the header), else None."""
     if status in (204, 304) or "transfer-encoding" in fields or "content-length" not in fields:
@@ -287,8 +333,10 @@ async def _send(
     try:
         with trio.fail_after(timeout):
             await stream.send_all(data)
-    except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+    except trio.TooSlowError as exc:
         raise SourceError(f"{url}: sending the request failed: {_why(exc)}") from None
+    except (OSError, trio.BrokenResourceError) as exc:
+        raise ConnectionLost(f"{url}: sending the request failed: {_why(exc)}") from None
 
 
 async def _response_head(stream: trio.abc.Stream, connection: h11.Connection, url: str, timeout: float) -> h11.Response:
@@ -314,11 +362,11 @@ async def _next_event(stream: trio.abc.Stream, connection: h11.Connection, url: 
             with trio.fail_after(timeout):
                 data = await stream.receive_some(READ_BYTES)
             if not data and connection.their_state is h11.SEND_RESPONSE:
-                raise SourceError(f"{url}: connection closed before the response")
+                raise ConnectionLost(f"{url}: connection closed before the response")
             connection.receive_data(data)
         except h11.RemoteProtocolError as exc:
             raise SourceError(f"{url}: not valid HTTP/1.1: {exc}") from None
         except trio.TooSlowError:
             raise SourceError(f"{url}: no data for {timeout:g} s") from None
         except (OSError, trio.BrokenResourceError) as exc:
-            raise SourceError(f"{url}: reading failed: {_why(exc)}") from None
+            raise ConnectionLost(f"{url}: reading failed: {_why(exc)}") from None

@@ -36,6 +36,9 @@ open to batch are reported beside. With --compare-python (another checkout's ven
 cold start by ID runs with that code too, interleaved: before and after in one run.
 
 Ratios are throughputs (baseline seconds / Kogitune seconds), best to best and median to median, taken in one run.
+CPU (load-robust where seconds are not): "CPU s" is the downloading process's (curl, the bench's own for httpx, the
+fetching node's), and a last table gives CPU seconds per GiB moved of each side, the downloader and the server(s):
+curl and the `python -m http.server` process, the fetching node and the 3 serving nodes (their sum, and each).
 
     python scripts/bench_dataplane.py [--size-mb 200] [--repeat 3] [--peers] [--conn-rate 32] [--skip-cold-start]
                                       [--compare-python /work/main/.venv/bin/python]
@@ -44,6 +47,8 @@ Ratios are throughputs (baseline seconds / Kogitune seconds), best to best and m
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -131,28 +136,56 @@ server.serve_forever()
 """
 
 
-def curl_download(url: str, paths: list[str], directory: Path) -> None:
-    """One curl process fetching every file over one connection, to disk."""
+def curl_download(url: str, paths: list[str], directory: Path) -> float:
+    """One curl process fetching every file over one connection, to disk; its CPU seconds."""
     command = ["curl", "--silent", "--show-error", "--fail", "--create-dirs"]
     for path in paths:
         command += ["-o", str(directory / path), f"{url}/{path}"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(command, check=True, timeout=CALL_TIMEOUT)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
-def node_get(work: Path, name: str, dataset_id: str, mirror_urls: list[str], bootstrap: list[str] = ()) -> dict:
-    """A fresh node: (open s, fetch s, node CPU s during the fetch, sources) of getting `dataset_id`."""
+def http_server_pid() -> int:
+    """The pid of this process's `python -m http.server` child (tests/mirrors.py's stdlib_http_server), from /proc."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if parent == os.getpid() and b"http.server" in command and b"mirror_server" not in command:
+            return int(stat.parent.name)
+    raise RuntimeError("no python -m http.server child process")
+
+
+def per_gib_table(per_gib: dict[str, list[float]]) -> None:
+    """CPU seconds per GiB moved, median of the runs, of each side of each transfer."""
+    print("\nCPU s per GiB moved (median of the runs; load-robust, unlike seconds):")
+    for name, values in per_gib.items():
+        print(f"  {name:<52}{statistics.median(values):>6.2f}")
+
+
+def node_get(
+    work: Path, name: str, dataset_id: str, mirror_urls: list[str], bootstrap: list[str] = (), serving: list = ()
+) -> dict:
+    """A fresh node: (open s, fetch s, node CPU s during the fetch, the CPU s of each `serving` process (pids)
+    during the fetch, sources) of getting `dataset_id`."""
     node = NodeProcess(work / name, bootstrap)
     try:
         node.ready()
         started = time.perf_counter()
         node.call("open", CALL_TIMEOUT, id=dataset_id, mirrors=mirror_urls)
         opened, cpu = time.perf_counter(), process_cpu(node.proc.pid)
+        served = [process_cpu(pid) for pid in serving]
         reply = node.call("get", CALL_TIMEOUT, id=dataset_id, mirrors=mirror_urls)
         done = time.perf_counter()
         return {
             "open": opened - started,
             "fetch": done - opened,
             "cpu": process_cpu(node.proc.pid) - cpu,
+            "serving_cpu": [process_cpu(pid) - before for pid, before in zip(serving, served)],
             "sources": reply.get("sources", ""),
         }
     finally:
@@ -275,20 +308,28 @@ def main() -> None:
             peers = publish_peers(work, served.path, dataset_id)
         times: dict[str, list[float]] = {}
         cpu: dict[str, list[float]] = {}
+        per_gib: dict[str, list[float]] = {}
+        gib = total / 2**30
         use_curl = shutil.which("curl") is not None
         with stdlib_http_server(served.path) as plain_url, mirrors(served.path, 3) as mirror_urls:
+            plain_pid = http_server_pid()
             plain_download(plain_url, paths[:3], work / "warmup")  # page cache, first connection
             shutil.rmtree(work / "warmup")
             for run in range(args.repeat):
                 target = work / "plain"
                 for variant in ["curl"] * use_curl + ["httpx"]:
-                    started, cpu_started = time.perf_counter(), time.process_time()
+                    started, cpu_started, served = time.perf_counter(), time.process_time(), process_cpu(plain_pid)
                     if variant == "curl":
-                        curl_download(plain_url, paths, target)
+                        used = curl_download(plain_url, paths, target)
                     else:
                         plain_download(plain_url, paths, target)
+                        used = time.process_time() - cpu_started
                     times.setdefault(variant, []).append(time.perf_counter() - started)
-                    cpu.setdefault(variant, []).append(time.process_time() - cpu_started)
+                    cpu.setdefault(variant, []).append(used)
+                    per_gib.setdefault(f"{variant} (downloader)", []).append(used / gib)
+                    per_gib.setdefault(f"{variant}: python -m http.server", []).append(
+                        (process_cpu(plain_pid) - served) / gib
+                    )
                     shutil.rmtree(target)
                 got = node_get(work, f"get{run}", dataset_id, mirror_urls)
                 times.setdefault("kogitune fetch, 3 mirrors", []).append(got["fetch"])
@@ -296,10 +337,17 @@ def main() -> None:
                 cpu.setdefault("kogitune fetch, 3 mirrors", []).append(got["cpu"])
                 if peers:
                     bootstrap = [p.address for p in peers]
-                    by_peers = node_get(work, f"peers{run}", dataset_id, [], bootstrap)
+                    serving = [p.proc.pid for p in peers]
+                    by_peers = node_get(work, f"peers{run}", dataset_id, [], bootstrap, serving)
                     times.setdefault("kogitune fetch, 3 peers", []).append(by_peers["fetch"])
                     times.setdefault("kogitune open+get, 3 peers", []).append(by_peers["open"] + by_peers["fetch"])
                     cpu.setdefault("kogitune fetch, 3 peers", []).append(by_peers["cpu"])
+                    per_gib.setdefault("get from 3 peers: the fetching node", []).append(by_peers["cpu"] / gib)
+                    per_gib.setdefault("get from 3 peers: the 3 serving nodes, in all", []).append(
+                        sum(by_peers["serving_cpu"]) / gib
+                    )
+                    for which, used in zip("ABC", by_peers["serving_cpu"]):
+                        per_gib.setdefault(f"get from 3 peers: serving node {which}", []).append(used / gib)
                     print(f"  peers' sources: {by_peers['sources']}")
                 print(f"  mirrors' sources: {got['sources']}")
                 last = ", ".join(f"{v} {t[-1]:.2f} s" for v, t in times.items())
@@ -316,6 +364,7 @@ def main() -> None:
                 print(
                     ratio_line("kogitune fetch, 3 mirrors vs httpx", times["httpx"], times["kogitune fetch, 3 mirrors"])
                 )
+            per_gib_table(per_gib)
 
             if not args.skip_cold_start:
                 from kogitune.layout import MANIFEST_FILE

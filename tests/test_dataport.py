@@ -195,10 +195,14 @@ class LyingPeer:
 
 def test_a_peer_whose_data_port_lies_is_banned_on_both_transports(tensor, nodes, tmp_path):
     """L serves honest bytes over libp2p but names a data port that serves wrong ones: B bans L's data port and
-    its libp2p source with it, and completes the dataset from A."""
+    its libp2p source with it, and completes the dataset from an honest mirror of A's files. B knows L alone and
+    opens the dataset by ID first, so L's data port is in B's pool before the get (one that joins later may find
+    the fetch over: it no longer waits for libp2p pieces)."""
     from libp2p.custom_types import TProtocol
     from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
     from libp2p.tools.anyio_service import background_trio_service
+
+    from kogitune.client import DaemonClient
 
     a = nodes("a")
     dataset_id = a.cli("publish", str(tensor.path)).stdout.strip()
@@ -216,12 +220,14 @@ def test_a_peer_whose_data_port_lies_is_banned_on_both_transports(tensor, nodes,
                 with trio.fail_after(CONNECT_TIMEOUT):
                     await provide(dht, dataset_id)
                 address = f"{host.get_addrs()[0]}/p2p/{host.get_id()}"
-                b = await trio.to_thread.run_sync(lambda: nodes("b", [a.address, address]))
+                b = await trio.to_thread.run_sync(lambda: nodes("b", [address]))
                 with trio.fail_after(60):
-                    got = await trio.to_thread.run_sync(lambda: b.cli("get", dataset_id, "--quiet"))
+                    await trio.to_thread.run_sync(lambda: DaemonClient(b.home).call("open", 30, id=dataset_id))
+                    get = ("get", dataset_id, "--mirror", f"{honest}/{dataset_id}", "--quiet")
+                    got = await trio.to_thread.run_sync(lambda: b.cli(*get))
                 outcome.update(b=b, got=got.stdout, liar=liar)
 
-    with mirrors(web_root, "corrupt") as (url,):
+    with mirrors(web_root, "corrupt", "ok") as (url, honest):
         trio.run(main, int(url.rsplit(":", 1)[1]))
     got, liar, b = outcome["got"], outcome["liar"], outcome["b"]
     assert DataTensor(b.home / "datasets" / dataset_id).verify() == []

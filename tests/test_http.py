@@ -166,7 +166,8 @@ def test_body_ends_where_the_framing_says(framing):
         assert (response.status, body) == (200, b"hello world")
         request_line, *fields = server.heads[0].split(b"\r\n")
         assert request_line == b"GET /a/b?c=1 HTTP/1.1"
-        assert {b"host: 127.0.0.1:%d" % server.port, b"connection: close"} <= {f.lower() for f in fields}
+        assert b"host: 127.0.0.1:%d" % server.port in {f.lower() for f in fields}
+        assert not any(f.lower().startswith(b"connection:") for f in fields)  # HTTP/1.1: kept alive by default
 
     run(main)
 
