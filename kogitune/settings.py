@@ -65,6 +65,12 @@ class Settings:
         "While a peer of the training job holds a shard, the other sources join its fetch only after this many "
         "seconds without a verified piece.",
     )
+    job_peer_min_rate: float = _setting(
+        4.0,
+        "MB (decimal) per second a shard's fetch must average while the other sources stand by for a job peer: once it "
+        "falls job_peer_patience seconds behind this pace, they join (0: off).",
+        zero_ok=True,
+    )
     reprovide_interval: float = _setting(
         6 * 3600.0,
         "How often a node announces its datasets again (DHT records expire after 48 h).",

@@ -90,6 +90,7 @@ class ShardFetch:
         self.sidecars = SidecarIndexes(pool, shard, self.piece_size)
         self._buffer_size = compress_bound(self.piece_size)  # a piece, or a frame of one
         self._last_progress = 0.0
+        self._download_started, self._bytes_verified = 0.0, 0  # by this fetch (not kept from a partial file)
         self._workers = 0
         self._streaming = 0
         self._standing = 0
@@ -178,6 +179,15 @@ class ShardFetch:
         if self.pool.limits.stall_timeout > 0:
             self._stall.deadline = trio.current_time() + self.pool.limits.stall_timeout
 
+    def quiet_for(self, now: float) -> float:
+        """Seconds without progress for the job-peer rule (SourcePool.standing_by): since the last verified piece, or
+        how far the download fell behind JOB_PEER_MIN_RATE since it began (a job peer that drips pieces), if longer."""
+        since_piece = now - self._last_progress
+        min_rate = self.pool.limits.job_peer_min_rate
+        if min_rate <= 0:
+            return since_piece
+        return max(since_piece, now - self._download_started - self._bytes_verified / min_rate)
+
     def _stalled(self) -> FetchError:
         done = len(self.board) - self.board.remaining
         return FetchError(
@@ -216,6 +226,7 @@ class ShardFetch:
     async def _download(self) -> None:
         if self.board.complete:
             return
+        self._download_started = trio.current_time()
 
         def joined(health: SourceHealth) -> None:  # a source that joins the pool gets workers at once
             if health.source.holds(self.index):
@@ -274,7 +285,7 @@ class ShardFetch:
             if not self.pool.is_usable(health) or not health.source.holds(self.index):
                 return  # banned, failed out, standing by for the peer's data port, or it lacks this shard
             await trio.sleep_until(health.retry_at)
-            quiet_for = trio.current_time() - self._last_progress
+            quiet_for = self.quiet_for(trio.current_time())
             wait = self.pool.standing_by(health, self.index, quiet_for)  # for a job peer, or the peer's data port
             if wait > 0:
                 self._standing += 1
@@ -377,6 +388,7 @@ class ShardFetch:
         if ok:
             health.bytes_verified += length
             health.pieces_verified += 1
+            self._bytes_verified += length
             self.bytes_by_source[health.source.name] += length
             self._progressed()
         else:

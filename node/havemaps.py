@@ -6,12 +6,19 @@ A node announces a dataset as soon as it holds the signed manifest and one verif
 provider may hold part of a dataset; its answer to the wire's `have` request (one bit per shard) says which part.
 Before a shard is fetched (`refresh_for`), the peers whose map is unknown or does not show the shard are asked
 again when no source is known to hold it, and the job peers (node/jobs.py) when none of them is (so a host learns
+<<<<<<< HEAD
 what its job's other hosts fetched since it last asked: a job peer is asked at each such shard fetch, since it may
 have finished that very shard a moment ago, and a map a quarter second old would send the fetch to the origin).
 Bounded: one request to a peer at a time (fetches that need its map meanwhile await that answer); a peer that is no
 job peer is asked at most once every HAVE_REFRESH_SECONDS; one that does not answer, at most once every
 HAVE_REFRESH_SECONDS doubling up to HAVE_BACKOFF_MAX; a shard waits at most HAVE_ANSWER_SECONDS for the answers;
 and a map is one bit per shard of a manifest (wire.have_shards checks it).
+=======
+what its job's other hosts fetched since it last asked). Bounded: a peer is asked at most once every
+HAVE_REFRESH_SECONDS (doubling, up to HAVE_BACKOFF_MAX, while it does not answer or answers late), a shard waits
+at most HAVE_ANSWER_SECONDS for the answers, and a map is one bit per shard of a manifest (wire.have_shards checks
+it).
+>>>>>>> h/attack13
 """
 
 from __future__ import annotations
@@ -34,6 +41,10 @@ HAVE_BACKOFF_MAX = 60.0
 HAVE_ANSWER_SECONDS = 1.0
 """How long a shard fetch waits for the have-maps it asked for; a peer that has not answered by then is taken as
 its last map says (a silent peer delays a shard by this, at most once per its backoff)."""
+HAVE_LATE_SECONDS = 0.5
+"""A have answer later than this backs its peer off as a failure does (its map is still taken): a job peer that
+answered each request just within HAVE_ANSWER_SECONDS, holding nothing, was asked again before every shard and
+delayed each by that long (an honest node answers in milliseconds)."""
 
 
 async def refresh_for(pool: SourcePool, shard_count: int, index: int) -> None:
@@ -57,28 +68,35 @@ async def refresh_for(pool: SourcePool, shard_count: int, index: int) -> None:
 
 
 async def refresh(source: PeerSource, shard_count: int) -> None:
-    """Ask one peer for its have-map (within HAVE_ANSWER_SECONDS); a failure keeps the last map and backs off. While
-    a request to the peer is on its way, its answer is awaited instead of asking again (shard fetches that start
-    together ask a job peer once)."""
+    """Ask one peer for its have-map (within HAVE_ANSWER_SECONDS); a failure keeps the last map and backs off, and
+    so does an answer later than HAVE_LATE_SECONDS (its map is taken). While a request to the peer is on its way,
+    its answer is awaited instead of asking again (shard fetches that start together ask a job peer once)."""
     if source.have_asking is not None:
         await source.have_asking.wait()
         return
     source.have_asking = asking = trio.Event()
-    source.have_due = trio.current_time() + min(HAVE_REFRESH_SECONDS * 2**source.have_failures, HAVE_BACKOFF_MAX)
+    asked = trio.current_time()
+    source.have_due = asked + min(HAVE_REFRESH_SECONDS * 2**source.have_failures, HAVE_BACKOFF_MAX)
     try:
         source.have = await fetch_have(source.host, source.peer_id, source.dataset_id, shard_count, HAVE_ANSWER_SECONDS)
-        source.have_failures = 0
     except SourceError as exc:
         source.have_failures += 1
         log.debug("have-map of %s: %s", source.name, exc)
+        return
     finally:
         source.have_asking = None
         asking.set()
+    answered = trio.current_time()
+    if answered - asked <= HAVE_LATE_SECONDS:
+        source.have_failures = 0
+    else:  # the backoff runs from the answer: asked at once again, a late answer would delay every shard
+        source.have_failures += 1
+        source.have_due = answered + min(HAVE_REFRESH_SECONDS * 2**source.have_failures, HAVE_BACKOFF_MAX)
 
 
 def _due(source: PeerSource, now: float) -> bool:
-    """Whether `source`'s have-map may be asked now: a job peer that answered its last request, at every shard fetch
-    that no job peer is known to hold (it may have finished that shard a moment ago: waiting out
+    """Whether `source`'s have-map may be asked now: a job peer that answered its last request in time, at every
+    shard fetch that no job peer is known to hold (it may have finished that shard a moment ago: waiting out
     HAVE_REFRESH_SECONDS would send the fetch to the origin); any other peer once its last map is due."""
     return now >= source.have_due or (source.job_peer and not source.have_failures)
 

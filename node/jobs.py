@@ -11,12 +11,15 @@ when they stop delivering (SourcePool.standing_by), so in epoch 2 a host gets it
 A job peer is preferred, never trusted: anyone who knows the job's name can announce under its key, and every byte
 it sends is checked like any other peer's; one that lies is banned, one that hangs or drips costs
 `job_peer_patience` seconds per shard before the other sources join. Bounded: at most MAX_JOB_PEERS peers per job
-and MAX_JOBS jobs per node (the oldest is dropped), each lookup JOB_LOOKUP_SECONDS.
+and MAX_JOBS jobs per node (the oldest is dropped), each lookup JOB_LOOKUP_SECONDS; a provider that could not be
+reached or did not answer `have` is not tried again for JOB_LOOKUP_MAX, and each round picks at random among the
+others (`to_try`), so fake providers under a job's key cannot keep its real hosts out.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 
 import trio
 
@@ -80,6 +83,7 @@ class Jobs:
         node, key = self.node, job_key(job, dataset_id)
         opened = await node.swarm.open_dataset(dataset_id)
         known: set[str] = set()
+        failed_until: dict[str, float] = {}
         pause, announced_at = JOB_LOOKUP_FIRST, -JOB_REANNOUNCE_SECONDS
         while True:
             if trio.current_time() - announced_at >= JOB_REANNOUNCE_SECONDS:
@@ -87,7 +91,7 @@ class Jobs:
                     await providers.provide(node.dht, dataset_id, key)
                     announced_at = trio.current_time()
             found = await providers.find_providers(node, dataset_id, JOB_LOOKUP_SECONDS, key)
-            new = [info for info in found if str(info.peer_id) not in known][: MAX_JOB_PEERS - len(known)]
+            new = to_try(found, known, failed_until, trio.current_time(), MAX_JOB_PEERS - len(known))
             failed: dict[str, str] = {}
             for peer in await providers.connect_providers(node, new, failed) if new else []:
                 in_pool = {h.source.name: h.source for h in opened.pool.health}
@@ -107,5 +111,19 @@ class Jobs:
                 )
                 known.add(str(peer))
                 log.info("job peer %s joined the sources of %s", peer, dataset_id)
+            for info in new:  # unreachable, or no have-map: not asked again for a while
+                if str(info.peer_id) not in known:
+                    failed_until[str(info.peer_id)] = trio.current_time() + JOB_LOOKUP_MAX
             await trio.sleep(pause)
             pause = min(2 * pause, JOB_LOOKUP_MAX)
+
+
+def to_try(found: list, known: set[str], failed_until: dict[str, float], now: float, room: int) -> list:
+    """The providers found under a job's key to connect to in this round: at most `room`, none that joined already
+    (`known`) or failed within JOB_LOOKUP_MAX (`failed_until`, pruned here), picked at random. Anyone can announce
+    under a job's key, and a hostile DHT neighbour can answer a lookup with any list of providers: were the first
+    `room` of the list tried every round, fakes listed first would keep the job's real hosts out for ever."""
+    for peer in [peer for peer, until in failed_until.items() if until <= now]:
+        del failed_until[peer]
+    fresh = [info for info in found if str(info.peer_id) not in known and str(info.peer_id) not in failed_until]
+    return random.sample(fresh, min(max(room, 0), len(fresh)))

@@ -38,6 +38,10 @@ JOB_PEER_PATIENCE = settings().job_peer_patience
 for that shard; they join its fetch once no verified piece arrived for this many seconds
 (`KOGITUNE_JOB_PEER_PATIENCE`, SourcePool.standing_by): a job peer that hangs or drips costs a trainer this long,
 not a stall timeout."""
+JOB_PEER_MIN_RATE = settings().job_peer_min_rate * 1e6
+"""Bytes/s a shard's fetch must average while the others stand by for a job peer (`KOGITUNE_JOB_PEER_MIN_RATE`, in
+MB/s): one that falls `job_peer_patience` seconds behind is without progress (ShardFetch.quiet_for), so a job peer
+dripping a verified piece just within each patience holds a 32 MiB shard about 10 s, not pieces x 2 s."""
 DATA_PORT_PATIENCE_SECONDS = 0.5
 """How long a peer's libp2p source waits for its data port, just joined and untried, before it reads beside it
 (SourcePool.standing_by; HTTP is faster): a data port that a firewall hides costs this long, once."""
@@ -57,11 +61,13 @@ class FetchLimits:
     rate_window: float = RATE_WINDOW_SECONDS
     stall_timeout: float = STALL_SECONDS
     job_peer_patience: float = JOB_PEER_PATIENCE
+    job_peer_min_rate: float = JOB_PEER_MIN_RATE
 
     @classmethod
     def from_settings(cls) -> FetchLimits:
         current = settings()
-        return cls(current.min_rate, current.rate_window, current.stall_timeout, current.job_peer_patience)
+        patience, min_rate = current.job_peer_patience, current.job_peer_min_rate * 1e6
+        return cls(current.min_rate, current.rate_window, current.stall_timeout, patience, min_rate)
 
 
 @dataclass
@@ -83,6 +89,9 @@ class SourceHealth:
     it: what a source had sent past a closed request and was never read shows only in the source's own counter."""
     no_sidecars: bool = False
     """The source answered 404 for a compressed sidecar: it is not asked for others (node/sidecar_fetch.py)."""
+    outrun: int = 0
+    """Small files another source delivered while it had not answered for HEDGE_SECONDS, since it last delivered one:
+    it is then asked after the others (a job peer that never sends them costs a hedge once, not one per shard)."""
     streams: int = 0
     """Workers reading from this source now, over all the shard fetches of the pool (`Source.connections`)."""
     joined_at: float = 0.0
@@ -184,8 +193,9 @@ class SourcePool:
 
     def standing_by(self, health: SourceHealth, index: int, quiet_for: float) -> float:
         """Seconds `health`'s source should wait for progress rather than read shard `index` now (0: read now);
-        `quiet_for`: seconds since the fetch's last verified piece. A peer's libp2p source waits while its data port
-        is usable, untried (once it delivers, it stands in: `usable`) and joined within DATA_PORT_PATIENCE_SECONDS.
+        `quiet_for`: seconds the fetch is without progress (ShardFetch.quiet_for: since its last verified piece, or
+        behind JOB_PEER_MIN_RATE). A peer's libp2p source waits while its data port is usable, untried (once it
+        delivers, it stands in: `usable`) and joined within DATA_PORT_PATIENCE_SECONDS.
         A source that is no job peer waits while a usable job peer holds the shard, within `job_peer_patience` of
         quiet (a host reads from its job's hosts what they hold, from the origin what they lack or fail at)."""
         source = health.source
@@ -238,14 +248,15 @@ class SourcePool:
         return "; ".join(h.describe() for h in self.health)
 
     def in_order_of_health(self, index: int | None = None) -> list[SourceHealth]:
-        """The usable sources (of shard `index`, when given: job peers first): ready now first, then those that have
-        delivered verified bytes, then a peer's data port before its libp2p stream (a data port that delivers stands
-        in for it: `usable`), fewer failures and more bytes first (a source that has never delivered anything may
-        be one that never answers)."""
+        """The usable sources (of shard `index`, when given: job peers first), those outrun on a small file last:
+        ready now first, then those that have delivered verified bytes, then a peer's data port before its libp2p
+        stream (a data port that delivers stands in for it: `usable`), fewer failures and more bytes first (a source
+        that has never delivered anything may be one that never answers)."""
         now = trio.current_time()
         return sorted(
             self.usable(index),
             key=lambda h: (
+                h.outrun > 0,
                 index is not None and not h.source.job_peer,
                 h.retry_at > now,
                 not (h.bytes_verified or h.files_verified),
@@ -358,6 +369,7 @@ async def fetch_small_file(
 
     async def ask(health: SourceHealth) -> bytes | None:
         await trio.sleep_until(health.retry_at)
+        asked = trio.current_time()
         try:
             async with health.source.stream(path, 0) as (_, body):
                 data = await MinRateBody(body, pool.limits, health.source.name).read_all(
@@ -366,6 +378,10 @@ async def fetch_small_file(
         except SourceError as exc:
             pool.failed(health, str(exc))
             return None
+        except trio.Cancelled:  # another source answered first (or the fetch ended)
+            if trio.current_time() - asked >= HEDGE_SECONDS:
+                health.outrun += 1
+            raise
         if exact and len(data) < limit:
             pool.failed(health, f"{health.source.name}: {path} ended after {len(data)} of {limit} bytes")
             return None
@@ -375,6 +391,7 @@ async def fetch_small_file(
             return None
         pool.succeeded(health)
         health.files_verified += 1
+        health.outrun = 0
         return data
 
     while True:
