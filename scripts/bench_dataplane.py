@@ -318,7 +318,7 @@ def main() -> None:
             for run in range(args.repeat):
                 target = work / "plain"
                 for variant in ["curl"] * use_curl + ["httpx"]:
-                    started, cpu_started, served = time.perf_counter(), time.process_time(), process_cpu(plain_pid)
+                    started, cpu_started, server_cpu = time.perf_counter(), time.process_time(), process_cpu(plain_pid)
                     if variant == "curl":
                         used = curl_download(plain_url, paths, target)
                     else:
@@ -328,7 +328,7 @@ def main() -> None:
                     cpu.setdefault(variant, []).append(used)
                     per_gib.setdefault(f"{variant} (downloader)", []).append(used / gib)
                     per_gib.setdefault(f"{variant}: python -m http.server", []).append(
-                        (process_cpu(plain_pid) - served) / gib
+                        (process_cpu(plain_pid) - server_cpu) / gib
                     )
                     shutil.rmtree(target)
                 got = node_get(work, f"get{run}", dataset_id, mirror_urls)
