@@ -84,8 +84,10 @@ def _close_now(stream: trio.abc.Stream) -> None:
 
 
 def _quiet(stream: trio.abc.Stream) -> bool:
-    """Whether nothing waits to be read on the connection's socket."""
+    """Whether nothing waits to be read on the connection: on its socket, nor over TLS in the TLS stream's buffers."""
     while isinstance(stream, ClientTls):
+        if stream.holds_unread:
+            return False
         stream = stream.transport_stream
     if not isinstance(stream, trio.SocketStream):
         return False

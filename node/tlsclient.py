@@ -60,6 +60,12 @@ class ClientTls(trio.abc.Stream):
         """The server's certificate (DER with `binary_form`, also when the context verifies none)."""
         return self._ssl.getpeercert(binary_form)
 
+    @property
+    def holds_unread(self) -> bool:
+        """Whether bytes received from the transport wait here, decrypted or not (node/keepalive.py reuses a
+        connection only if none does: they would be read as the start of the next response)."""
+        return bool(self._incoming.pending or self._ssl.pending())
+
     async def receive_into(self, buffer: memoryview) -> int:
         """Decrypt into `buffer` (non-empty) as many bytes as have arrived, up to its size, waiting on the transport
         only while none has; 0 at the end of the stream."""

@@ -9,6 +9,7 @@ Each test runs under trio.fail_after(BOUND); nothing sleeps.
 from __future__ import annotations
 
 import os
+from contextlib import suppress
 from functools import partial
 
 import h11
@@ -130,6 +131,40 @@ def test_a_server_that_closes_mid_record_fails_the_fetch(cut):
                 async with client.get(url) as response:
                     assert response.status == 200
                     await response.body.read_all(PIECE, url)
+            nursery.cancel_scope.cancel()
+
+    run(main)
+
+
+def test_bytes_past_a_body_over_tls_are_not_read_as_the_next_response():
+    """A server sends more than its Content-Length after a body larger than one receive of the head: those bytes
+    wait in the TLS stream, not on the socket, and the connection must not be reused for the next request."""
+    identity = ServerTls(SERVER_SEED)
+    body = os.urandom(200 << 10)
+    reply = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%sHTTP/1.1 200 OK\r\n" % (len(body), body)
+    connections = []
+
+    async def handle(stream: trio.abc.Stream) -> None:
+        connections.append(stream)
+        tls = trio.SSLStream(stream, identity.context, server_side=True, https_compatible=True)
+        with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while True:
+                connection = h11.Connection(h11.SERVER)
+                while connection.next_event() is h11.NEED_DATA:
+                    connection.receive_data(data := await tls.receive_some(1 << 16))
+                    if not data:
+                        return
+                await tls.send_all(reply)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            listener = (await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1")))[0]
+            url = f"https://127.0.0.1:{listener.socket.getsockname()[1]}/piece"
+            client = HttpClient(TIMEOUT, redirects=0, peer=PeerTls(identity.peer_id, FETCHER_SEED))
+            for _ in range(2):
+                async with client.get(url) as response:
+                    assert await response.body.read_all(len(body), url) == body
+            assert len(connections) == 2
             nursery.cancel_scope.cancel()
 
     run(main)
