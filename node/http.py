@@ -34,6 +34,7 @@ from kogitune.errors import ConnectionLost, SourceError
 
 from .body import Body
 from .keepalive import IdleConnections, keeps_open
+from .tlsclient import ClientTls
 
 if TYPE_CHECKING:
     from .tlsdata import PeerTls
@@ -189,12 +190,12 @@ class HttpClient:
         if connection.trailing_data[0]:
             raise SourceError(f"{url}: proxy {proxy.name} sent bytes of its own into the tunnel")
 
-    async def _handshake(self, stream: trio.abc.Stream, host: str, url: str) -> trio.SSLStream:
+    async def _handshake(self, stream: trio.abc.Stream, host: str, url: str) -> ClientTls:
         """TLS over `stream`, checked against the system's CAs (or SSL_CERT_FILE / SSL_CERT_DIR) and `host`, or for a
         node's data port (`peer`) against the peer ID its certificate must be bound to."""
         if self._tls is None:
             self._tls = ssl.create_default_context() if self._peer is None else self._peer.context
-        tls = trio.SSLStream(stream, self._tls, server_hostname=None if self._peer else host, https_compatible=True)
+        tls = ClientTls(stream, self._tls, server_hostname=None if self._peer else host)
         try:
             with trio.fail_after(self.timeout):
                 await tls.do_handshake()
@@ -208,15 +209,16 @@ class HttpClient:
 
 
 class _Body(Body):
-    """The response body. One framed by Content-Length (every static file) skips h11: over plain TCP it goes from
-    the socket straight into the caller's buffer. Chunked and close-delimited bodies go through h11."""
+    """The response body. One framed by Content-Length (every static file) skips h11: it goes from the socket (or,
+    over TLS, from the decryption of node/tlsclient.py) straight into the caller's buffer. Chunked and close-delimited
+    bodies go through h11."""
 
     def __init__(
         self, stream: trio.abc.Stream, connection: h11.Connection, url: str, timeout: float, length: int | None
     ) -> None:
         super().__init__()
         self._stream, self._connection, self._url, self._timeout = stream, connection, url, timeout
-        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._receive_into = stream.receive_into if isinstance(stream, ClientTls) else stream.socket.recv_into  # type: ignore[attr-defined]
         self._length = self._left = length
         self._ended = False
         if length is not None:
@@ -236,12 +238,7 @@ class _Body(Body):
         buffer = buffer[: self._left]
         try:
             with trio.fail_after(self._timeout):
-                if self._socket is not None:
-                    count = await self._socket.recv_into(buffer)
-                else:
-                    data = await self._stream.receive_some(len(buffer))
-                    count = len(data)
-                    buffer[:count] = data
+                count = await self._receive_into(buffer)
         except trio.TooSlowError:
             raise SourceError(f"{self._url}: no data for {self._timeout:g} s") from None
         except (OSError, trio.BrokenResourceError) as exc:

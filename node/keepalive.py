@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import h11
 import trio
 
+from .tlsclient import ClientTls
+
 IDLE_SECONDS = 2.0
 """A kept-alive connection unused this long is closed, not reused (a data port closes one idle for its head timeout,
 server_request_timeout: 5 s by default)."""
@@ -75,15 +77,17 @@ def keeps_open(head: h11.Response, fields: dict[str, str], connection: h11.Conne
 
 def _close_now(stream: trio.abc.Stream) -> None:
     """Close the socket under `stream` (over TLS, without a close_notify), with no checkpoint."""
-    while isinstance(stream, trio.SSLStream):
+    while isinstance(stream, ClientTls):
         stream = stream.transport_stream
     if isinstance(stream, trio.SocketStream):
         stream.socket.close()
 
 
 def _quiet(stream: trio.abc.Stream) -> bool:
-    """Whether nothing waits to be read on the connection's socket."""
-    while isinstance(stream, trio.SSLStream):
+    """Whether nothing waits to be read on the connection: on its socket, nor over TLS in the TLS stream's buffers."""
+    while isinstance(stream, ClientTls):
+        if stream.holds_unread:
+            return False
         stream = stream.transport_stream
     if not isinstance(stream, trio.SocketStream):
         return False

@@ -33,6 +33,8 @@ from cryptography.hazmat.primitives.serialization import BestAvailableEncryption
 from kogitune.errors import IdentityError, SourceError
 from kogitune.protocol.tlsid import certificate_peer, check_auth, check_certificate, make_auth, make_certificate
 
+from .tlsclient import ClientTls
+
 TLS_HANDSHAKE_RECORD = 0x16
 """The first byte of every TLS connection (a handshake record holding the ClientHello)."""
 SNIFF_BYTES = 4096
@@ -149,7 +151,7 @@ class PeerTls:
             _client_context.verify_mode = ssl.CERT_NONE  # the peer ID is checked after the handshake (check)
         return _client_context
 
-    def check(self, tls: trio.SSLStream, url: str) -> None:
+    def check(self, tls: ClientTls, url: str) -> None:
         """SourceError unless the server's certificate is bound to `peer_id`: called right after the handshake."""
         try:
             check_certificate(_server_certificate(tls), self.peer_id, time.time())
@@ -158,12 +160,12 @@ class PeerTls:
 
     def request_fields(self, tls: trio.abc.Stream) -> list[tuple[str, str]]:
         """The `Authorization` field for a request on the checked connection `tls` (none without an identity)."""
-        if self._seed is None or not isinstance(tls, trio.SSLStream):
+        if self._seed is None or not isinstance(tls, ClientTls):
             return []
         return [("Authorization", make_auth(self._seed, self.peer_id, _server_certificate(tls), time.time()))]
 
 
-def _server_certificate(tls: trio.SSLStream) -> bytes:
+def _server_certificate(tls: ClientTls) -> bytes:
     """The DER certificate the server presented (with CERT_NONE, Python's ssl still hands it over in binary form)."""
     der = tls.getpeercert(binary_form=True)
     return der if isinstance(der, bytes) else b""

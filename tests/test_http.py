@@ -508,6 +508,21 @@ def test_https_with_an_untrusted_certificate_is_refused(pki, monkeypatch):
     run(main)
 
 
+def test_https_to_a_name_the_certificate_does_not_cover_is_refused(pki, monkeypatch):
+    """A web mirror's certificate must name the host dialed (node/tlsclient.py keeps OpenSSL's host name check):
+    the test certificate covers 127.0.0.1, not localhost."""
+    ca, _, server_tls = pki
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+
+    async def main():
+        async with serving(ok(), server_tls) as server:
+            with pytest.raises(SourceError, match="TLS handshake failed: SSLCertVerificationError.*mismatch"):
+                await fetch(f"https://localhost:{server.port}/f")
+        assert server.heads == []
+
+    run(main)
+
+
 def test_https_to_a_server_that_does_not_speak_tls():
     async def main():
         async with serving(answer(hang=True)) as silent:
