@@ -6,19 +6,12 @@ A node announces a dataset as soon as it holds the signed manifest and one verif
 provider may hold part of a dataset; its answer to the wire's `have` request (one bit per shard) says which part.
 Before a shard is fetched (`refresh_for`), the peers whose map is unknown or does not show the shard are asked
 again when no source is known to hold it, and the job peers (node/jobs.py) when none of them is (so a host learns
-<<<<<<< HEAD
 what its job's other hosts fetched since it last asked: a job peer is asked at each such shard fetch, since it may
 have finished that very shard a moment ago, and a map a quarter second old would send the fetch to the origin).
 Bounded: one request to a peer at a time (fetches that need its map meanwhile await that answer); a peer that is no
-job peer is asked at most once every HAVE_REFRESH_SECONDS; one that does not answer, at most once every
-HAVE_REFRESH_SECONDS doubling up to HAVE_BACKOFF_MAX; a shard waits at most HAVE_ANSWER_SECONDS for the answers;
-and a map is one bit per shard of a manifest (wire.have_shards checks it).
-=======
-what its job's other hosts fetched since it last asked). Bounded: a peer is asked at most once every
-HAVE_REFRESH_SECONDS (doubling, up to HAVE_BACKOFF_MAX, while it does not answer or answers late), a shard waits
-at most HAVE_ANSWER_SECONDS for the answers, and a map is one bit per shard of a manifest (wire.have_shards checks
-it).
->>>>>>> h/attack13
+job peer is asked at most once every HAVE_REFRESH_SECONDS; one that does not answer, or answers late, at most once
+every HAVE_REFRESH_SECONDS doubling up to HAVE_BACKOFF_MAX; a shard waits at most HAVE_ANSWER_SECONDS for the
+answers; and a map is one bit per shard of a manifest (wire.have_shards checks it).
 """
 
 from __future__ import annotations

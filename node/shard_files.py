@@ -23,6 +23,13 @@ LOCK_POLL_SECONDS = 0.05
 SYNC_THREADS = 2
 """Threads of one trio run that fsync finished shards: on a slow disk, syncing shards wait their turn instead of
 taking the threads that check pieces."""
+WRITE_SLICE_BYTES = 256 * 1024
+"""The most of a verified piece written with one pwrite (`write_all`). Linux sizes the page-cache folio of a write
+by its length (ext4 and xfs use large folios), and a 1 MiB folio, on a virtual machine with free page reporting
+(virtio-balloon, as on Firecracker), mostly comes out of 2 MiB blocks that the host took back while they were free
+and must fault in again: on the 2-core benchmark VM, 192 MiB written in 1 MiB pwrites a few seconds after the last
+big write cost 0.14-0.29 s against 0.04-0.07 s in 256 KiB ones (the same right after one), and a `get` of 192.5 MiB
+from 3 data ports 0.55-0.62 s of the fetching node's kernel time against 0.11-0.14 s (docs/benchmarks.md)."""
 _sync_limiter: trio.lowlevel.RunVar = trio.lowlevel.RunVar("kogitune_sync_limiter")
 
 
@@ -64,10 +71,10 @@ def kept_pieces(fd: int, size: int, piece_size: int, expected: bytes) -> list[in
 
 
 def write_all(fd: int, data: memoryview, offset: int) -> None:
-    """pwrite all of `data` at `offset`: a regular file may take part of a write (e.g. a disk filling up) without
-    an error, and a write of nothing means the disk is full."""
+    """pwrite all of `data` at `offset`, at most WRITE_SLICE_BYTES at a time: a regular file may take part of a
+    write (e.g. a disk filling up) without an error, and a write of nothing means the disk is full."""
     while data:
-        written = os.pwrite(fd, data, offset)
+        written = os.pwrite(fd, data[:WRITE_SLICE_BYTES], offset)
         if not written:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         data, offset = data[written:], offset + written
