@@ -40,6 +40,9 @@ if TYPE_CHECKING:
     from .tlsdata import PeerTls
 
 READ_BYTES = 1 << 20
+HEAD_READ_BYTES = 16 << 10
+"""A response head is read this many bytes at a time: what comes past it (the body's start) is copied out of h11's
+buffer, so a read of READ_BYTES there would copy up to a piece's worth for every request."""
 MAX_HEAD_BYTES = 64 << 10
 MAX_REDIRECTS = 5
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
@@ -342,22 +345,25 @@ async def _response_head(stream: trio.abc.Stream, connection: h11.Connection, ur
     of that source, not a fetch worker held for ever (and, with the 1xx, the fetcher's CPU)."""
     with trio.move_on_after(2 * timeout):
         for _ in range(MAX_INFORMATIONAL + 1):
-            head = await _next_event(stream, connection, url, timeout)
+            head = await _next_event(stream, connection, url, timeout, HEAD_READ_BYTES)
             if not isinstance(head, h11.InformationalResponse):
                 return head
         raise SourceError(f"{url}: more than {MAX_INFORMATIONAL} informational (1xx) responses")
     raise SourceError(f"{url}: no whole response head within {2 * timeout:g} s")
 
 
-async def _next_event(stream: trio.abc.Stream, connection: h11.Connection, url: str, timeout: float):
-    """The next h11 event, reading as needed; any failure becomes a SourceError naming the URL."""
+async def _next_event(
+    stream: trio.abc.Stream, connection: h11.Connection, url: str, timeout: float, size: int = READ_BYTES
+):
+    """The next h11 event, reading `size` bytes at a time as needed; any failure becomes a SourceError naming the
+    URL."""
     while True:
         try:
             event = connection.next_event()
             if event is not h11.NEED_DATA:
                 return event
             with trio.fail_after(timeout):
-                data = await stream.receive_some(READ_BYTES)
+                data = await stream.receive_some(size)
             if not data and connection.their_state is h11.SEND_RESPONSE:
                 raise ConnectionLost(f"{url}: connection closed before the response")
             connection.receive_data(data)
