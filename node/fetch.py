@@ -103,6 +103,7 @@ class ShardFetch:
         self._stall: trio.CancelScope | None = None
         self.sidecars = SidecarIndexes(pool, shard, self.piece_size)
         self._buffer_size = compress_bound(self.piece_size)  # a piece, or a frame of one
+        self._check_threads = check_threads()
         self._last_progress = 0.0
         self._download_started, self._bytes_verified = 0.0, 0  # by this fetch (not kept from a partial file)
         self._workers = 0
@@ -413,9 +414,9 @@ class ShardFetch:
             self._nursery.cancel_scope.cancel()
 
     async def _check_and_write_soon(self, *args) -> bool:
-        """_check_and_write on a check thread (check_threads, shared by every fetch of this trio run), or here,
-        between receives, when there are none."""
-        threads = check_threads()
+        """_check_and_write on a check thread (check_threads, shared by every fetch of this trio run with the same
+        setting), or here, between receives, when there are none."""
+        threads = self._check_threads
         if not threads:
             return self._check_and_write(*args)
         try:
