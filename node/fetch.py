@@ -6,8 +6,8 @@ pieces, reserved for its stream alone (its share of the longest open run: the wo
 requests the shard's tokens file over exactly that run. No other stream starts inside a reserved run, so a source
 sends only bytes the fetcher keeps; a run is cut only when its stream is slow or stuck, and the stream then closes
 its request at the cut (what it read and threw away is counted in `SourceHealth.bytes_discarded`). Every piece is
-checked against the manifest before it is written (on a worker thread, while the stream goes on), so a source can
-only waste time, never put a wrong byte on disk:
+checked against the manifest before it is written (between receives, or on a check thread while the stream goes on:
+`check_threads`), so a source can only waste time, never put a wrong byte on disk:
 
 - a piece whose hash does not match bans its source for the rest of the fetch (it lied);
 - an error, a timeout, a short read or a 404 counts as a failure: the source backs off exponentially and is
@@ -53,6 +53,7 @@ from kogitune.protocol.compression import SidecarIndex, compress_bound, decode_p
 from kogitune.protocol.errors import IntegrityError
 from kogitune.protocol.manifest import Manifest, ShardInfo
 from kogitune.protocol.pieces import check_pieces_file
+from kogitune.settings import settings
 
 from .piece_board import STALE_CLAIM_SECONDS, PieceBoard, Run
 from .pool import MinRateBody, SourceHealth, SourcePool, fetch_small_file
@@ -62,6 +63,19 @@ from .sidecar_fetch import SidecarIndexes, first_piece_at, read_past
 log = logging.getLogger(__name__)
 MAX_PIECES_CHECKING = 4
 """Received pieces waiting for their hash check per shard: bounds memory to (this + sources) pieces."""
+MAX_CHECK_THREADS = 4
+_check_limiters: trio.lowlevel.RunVar = trio.lowlevel.RunVar("kogitune_check_limiters")
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def check_threads() -> int:
+    """Worker threads for piece checks (the setting check_threads; by default the cores this process may use minus
+    2, at most MAX_CHECK_THREADS). Hashing is most of a fetcher's CPU (SHA-256: ~0.6 s per GiB here), and hashlib and
+    pwrite release Python's lock, so threads let one fetch go past what one core can check. But each release and
+    reacquire is a handoff between threads, thousands per GiB: on 2 cores, where the serving side already uses the
+    other core, the fetching node spent 1.9 CPU s per GiB with threads and 1.6 without, and its `get` was no faster
+    (bench_dataplane)."""
+    return settings().check_threads or max(0, min(MAX_CHECK_THREADS, _CORES - 2))
 
 
 class ShardFetch:
@@ -89,6 +103,7 @@ class ShardFetch:
         self._stall: trio.CancelScope | None = None
         self.sidecars = SidecarIndexes(pool, shard, self.piece_size)
         self._buffer_size = compress_bound(self.piece_size)  # a piece, or a frame of one
+        self._check_threads = check_threads()
         self._last_progress = 0.0
         self._download_started, self._bytes_verified = 0.0, 0  # by this fetch (not kept from a partial file)
         self._workers = 0
@@ -374,9 +389,7 @@ class ShardFetch:
         assert self._nursery is not None  # checks run in the download nursery
         expected = self.expected[index * 32 : (index + 1) * 32]
         try:
-            ok = await trio.to_thread.run_sync(
-                self._check_and_write, piece, length, expected, index * self.piece_size, frame
-            )
+            ok = await self._check_and_write_soon(piece, length, expected, index * self.piece_size, frame)
         except OSError as exc:  # no source can help: stop the shard (_download raises it once, not in a group)
             self._write_error = self._write_error or exc
             self._nursery.cancel_scope.cancel()
@@ -399,6 +412,21 @@ class ShardFetch:
         self._progress = trio.Event()
         if self.board.complete:
             self._nursery.cancel_scope.cancel()
+
+    async def _check_and_write_soon(self, *args) -> bool:
+        """_check_and_write on a check thread (check_threads, shared by every fetch of this trio run with the same
+        setting), or here, between receives, when there are none."""
+        threads = self._check_threads
+        if not threads:
+            return self._check_and_write(*args)
+        try:
+            limiters = _check_limiters.get()
+        except LookupError:
+            limiters = {}
+            _check_limiters.set(limiters)
+        if threads not in limiters:  # (the setting may change while a node runs)
+            limiters[threads] = trio.CapacityLimiter(threads)
+        return await trio.to_thread.run_sync(self._check_and_write, *args, limiter=limiters[threads])
 
     def _check_and_write(self, piece: bytearray, length: int, expected: bytes, offset: int, frame: int | None) -> bool:
         """Hashes run in parallel, writes one at a time: writes to one file serialize on its inode lock in the

@@ -20,6 +20,7 @@ tunnel so that TLS stays end to end. Only http:// proxies, with Basic credential
 from __future__ import annotations
 
 import base64
+import os
 import ssl
 import urllib.request
 from contextlib import asynccontextmanager
@@ -40,7 +41,12 @@ if TYPE_CHECKING:
     from .tlsdata import PeerTls
 
 READ_BYTES = 1 << 20
+HEAD_READ_BYTES = 16 << 10
+"""A response head is read this many bytes at a time: what comes past it (the body's start) is copied out of h11's
+buffer, so a read of READ_BYTES there would copy up to a piece's worth for every request."""
 MAX_HEAD_BYTES = 64 << 10
+YIELD_BYTES = 1 << 20
+"""A body read from a plain socket yields to the other tasks at least once per this many bytes (_Body)."""
 MAX_REDIRECTS = 5
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 MAX_INFORMATIONAL = 4
@@ -218,7 +224,9 @@ class _Body(Body):
     ) -> None:
         super().__init__()
         self._stream, self._connection, self._url, self._timeout = stream, connection, url, timeout
-        self._receive_into = stream.receive_into if isinstance(stream, ClientTls) else stream.socket.recv_into  # type: ignore[attr-defined]
+        self._tls = stream if isinstance(stream, ClientTls) else None
+        self._fd = -1 if self._tls else stream.socket.fileno()  # type: ignore[attr-defined]
+        self._unyielded = 0
         self._length = self._left = length
         self._ended = False
         if length is not None:
@@ -237,11 +245,14 @@ class _Body(Body):
             return 0
         buffer = buffer[: self._left]
         try:
-            with trio.fail_after(self._timeout):
-                count = await self._receive_into(buffer)
+            if self._tls is not None:
+                with trio.fail_after(self._timeout):
+                    count = await self._tls.receive_into(buffer)
+            else:
+                count = await self._receive_now_into(buffer)
         except trio.TooSlowError:
             raise SourceError(f"{self._url}: no data for {self._timeout:g} s") from None
-        except (OSError, trio.BrokenResourceError) as exc:
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise SourceError(f"{self._url}: reading failed: {_why(exc)}") from None
         if not count:
             assert self._length is not None  # _left is an int only when _length is
@@ -249,6 +260,25 @@ class _Body(Body):
                 f"{self._url}: connection closed after {self._length - self._left} of {self._length} body bytes"
             )
         self._left -= count
+        return count
+
+    async def _receive_now_into(self, buffer: memoryview) -> int:
+        """Receive from the socket what is queued, at once, or wait (within the timeout) until something is. trio's
+        own recv_into passes through the scheduler after every call that succeeds, a round of the run loop per
+        ~200 KiB received (~5 per piece); this yields once per YIELD_BYTES, so that other tasks still run while a
+        fast source keeps the socket full."""
+        while True:
+            try:
+                count = os.readv(self._fd, [buffer])
+                break
+            except BlockingIOError:
+                with trio.fail_after(self._timeout):
+                    await trio.lowlevel.wait_readable(self._fd)
+                self._unyielded = 0
+        self._unyielded += count
+        if self._unyielded >= YIELD_BYTES:
+            self._unyielded = 0
+            await trio.lowlevel.checkpoint()
         return count
 
     async def _next_chunk(self) -> bytes:
@@ -342,22 +372,25 @@ async def _response_head(stream: trio.abc.Stream, connection: h11.Connection, ur
     of that source, not a fetch worker held for ever (and, with the 1xx, the fetcher's CPU)."""
     with trio.move_on_after(2 * timeout):
         for _ in range(MAX_INFORMATIONAL + 1):
-            head = await _next_event(stream, connection, url, timeout)
+            head = await _next_event(stream, connection, url, timeout, HEAD_READ_BYTES)
             if not isinstance(head, h11.InformationalResponse):
                 return head
         raise SourceError(f"{url}: more than {MAX_INFORMATIONAL} informational (1xx) responses")
     raise SourceError(f"{url}: no whole response head within {2 * timeout:g} s")
 
 
-async def _next_event(stream: trio.abc.Stream, connection: h11.Connection, url: str, timeout: float):
-    """The next h11 event, reading as needed; any failure becomes a SourceError naming the URL."""
+async def _next_event(
+    stream: trio.abc.Stream, connection: h11.Connection, url: str, timeout: float, size: int = READ_BYTES
+):
+    """The next h11 event, reading `size` bytes at a time as needed; any failure becomes a SourceError naming the
+    URL."""
     while True:
         try:
             event = connection.next_event()
             if event is not h11.NEED_DATA:
                 return event
             with trio.fail_after(timeout):
-                data = await stream.receive_some(READ_BYTES)
+                data = await stream.receive_some(size)
             if not data and connection.their_state is h11.SEND_RESPONSE:
                 raise ConnectionLost(f"{url}: connection closed before the response")
             connection.receive_data(data)

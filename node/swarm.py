@@ -64,8 +64,9 @@ DATA_PORT_WAIT_SECONDS = 0.25
 no bad answer, asked at the same moment as the manifest (node/have_answers.py), so that the first shard starts on
 HTTP rather than on the slower libp2p streams; a peer that answers later still joins."""
 LOOKUP_DEFERRED_SECONDS = 1.0
-"""When bootstrap peers gave the manifest, the background DHT lookup for more providers waits for the first shard
-to be in (its CPU time would slow the shard a trainer waits for), for a shard that no source holds, or this long."""
+"""When bootstrap peers gave the manifest, the background DHT lookup for more providers waits this long, unless a
+shard fetch finds no source that holds its shard or fails: while the peers it knows deliver, its CPU time (on this
+node and on the peers that answer it) would only slow the shards a trainer waits for."""
 PREFETCH_SHARDS = settings().prefetch_shards
 """Shards fetched ahead of need at once. One shard already streams from every source; a second would only halve
 the bandwidth of the shard a trainer waits for (at a cold start the first shard is prefetched first, so the first
@@ -245,8 +246,8 @@ class Swarm:
     def _look_for_peers(self, opened: OpenDataset, skip: frozenset[str] = frozenset(), deferred: bool = False) -> None:
         """In the background, providers of a dataset join its pool as they are found (but those in `skip`: peers
         that failed to give its manifest). `deferred` (an open by ID whose bootstrap peers gave the manifest): the
-        lookup starts once the first shard is in, or a shard fetch finds no source that holds its shard, or after
-        LOOKUP_DEFERRED_SECONDS, so that its CPU time does not slow the first shard a trainer waits for; a fetch
+        lookup starts after LOOKUP_DEFERRED_SECONDS, or once a shard fetch finds no source that holds its shard or
+        fails, so that its CPU time does not slow the shards the known peers are delivering; a fetch
         with no source left waits for it all the same (SourcePool.more_sources)."""
         opened.looking_for_peers = True
 
@@ -300,8 +301,10 @@ class Swarm:
                     if not opened.pool.usable(index):  # no source known to hold it: a deferred lookup starts now
                         opened.look_now.set()
                     await self._fetch(opened, shard)
+            except BaseException:
+                opened.look_now.set()  # the shard failed: more providers may help
+                raise
             finally:
-                opened.look_now.set()  # the first shard is in (or failed: more providers may help)
                 self._fetching.pop(key).set()
         return opened.directory
 

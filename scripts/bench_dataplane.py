@@ -99,7 +99,6 @@ os._exit(0)  # background prefetches die with the process; the bench removes the
 PER_CONNECTION_SERVER = r"""
 import sys, time
 from functools import partial
-from http.server import ThreadingHTTPServer
 sys.path.insert(0, sys.argv[1])
 import mirror_server
 
@@ -129,7 +128,7 @@ class Handler(mirror_server.MirrorHandler):
         self.wfile = Throttled(self.wfile)
 
 
-server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=sys.argv[2]))
+server = mirror_server.MirrorServer(("127.0.0.1", 0), partial(Handler, directory=sys.argv[2]))
 server.daemon_threads = True
 print(f"PORT {server.server_address[1]}", flush=True)
 server.serve_forever()

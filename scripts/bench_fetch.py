@@ -154,7 +154,6 @@ def repeated_kjv_tensor(
 _WRAPPED_SERVER = r"""
 import sys, threading, time
 from functools import partial
-from http.server import ThreadingHTTPServer
 sys.path.insert(0, sys.argv[1])
 import mirror_server
 
@@ -191,7 +190,7 @@ class Handler(mirror_server.MirrorHandler):
             self.wfile = Throttled(self.wfile)
 
 
-server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=sys.argv[2]))
+server = mirror_server.MirrorServer(("127.0.0.1", 0), partial(Handler, directory=sys.argv[2]))
 server.daemon_threads = True
 print(f"PORT {server.server_address[1]}", flush=True)
 server.serve_forever()

@@ -60,10 +60,13 @@ def test_one_mirror_gives_the_local_samples(served, tmp_path):
     np.testing.assert_array_equal(remote, expected_samples(served))
 
 
-def test_hostile_mirrors_cannot_spoil_the_data(served, tmp_path):
+@pytest.mark.parametrize("check_threads", ["0", "2"])
+def test_hostile_mirrors_cannot_spoil_the_data(served, tmp_path, monkeypatch, check_threads):
     """Corrupting, dying, hanging and 404 mirrors beside one good one: the data is complete and byte-identical,
     whichever of them happened to deliver (the corrupting one flips only the first byte of each response, so its
-    other pieces are fine; test_no_good_mirror_is_a_clear_error shows a lying mirror is dropped)."""
+    other pieces are fine; test_no_good_mirror_is_a_clear_error shows a lying mirror is dropped). Pieces are
+    checked on check threads, and (on this test machine's 2 cores, by default) between receives."""
+    monkeypatch.setenv("KOGITUNE_CHECK_THREADS", check_threads)
     with mirrors(served.path, "corrupt", "die", "hang", "not-found", "ok") as urls:
         tensor = open_mirrors(urls, ContentStore(tmp_path))
         for index in range(len(tensor.shards)):
@@ -194,9 +197,12 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "--lazy", str(disk)], check=True, timeout=30)
 
 
-def test_a_full_disk_names_the_file_and_keeps_the_verified_pieces(served, small_disk):
+@pytest.mark.parametrize("check_threads", ["0", "2"])
+def test_a_full_disk_names_the_file_and_keeps_the_verified_pieces(served, small_disk, monkeypatch, check_threads):
     """Disk full while a shard arrives: one FetchError naming the file, the cause and the verified pieces kept
-    (before: "Exceptions from Trio nursery (2 sub-exceptions)"); with room again, the fetch resumes from them."""
+    (before: "Exceptions from Trio nursery (2 sub-exceptions)"); with room again, the fetch resumes from them.
+    Written on check threads or between receives, the same."""
+    monkeypatch.setenv("KOGITUNE_CHECK_THREADS", check_threads)
     shard = served.shards[1]
     piece = served.manifest.piece_size
     with mirrors(served.path, "ok") as urls:
