@@ -55,9 +55,10 @@ from kogitune.protocol.manifest import Manifest, ShardInfo
 from kogitune.protocol.pieces import check_pieces_file
 
 from .piece_board import STALE_CLAIM_SECONDS, PieceBoard, Run
-from .pool import MinRateBody, SourceHealth, SourcePool, fetch_small_file
+from .pool import MinRateBody, SourceHealth, SourcePool
 from .shard_files import kept_pieces, make_durable, shard_lock, write_all
 from .sidecar_fetch import SidecarIndexes, first_piece_at, read_past
+from .small_files import fetch_small_file
 
 log = logging.getLogger(__name__)
 MAX_PIECES_CHECKING = 4
@@ -306,10 +307,10 @@ class ShardFetch:
             self._streaming += 1
             try:
                 await self._stream_run(health, run, sidecar)
-                self.pool.succeeded(health)
+                self.pool.succeeded(health, self.index)
                 self._top_up(health)  # other shards finished: this one may take their connections
-            except SourceError as exc:
-                self.pool.failed(health, str(exc))
+            except SourceError as exc:  # a peer's not_found: it stands by for a pause (SourcePool.not_found)
+                self.pool.failed_on(health, self.index, exc)
             finally:
                 self._streaming -= 1
                 self.board.end(run)
