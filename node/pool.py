@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from kogitune.errors import FetchError, SourceError, SourceLacks
+from kogitune.errors import FetchError, SourceError, SourceLacks, SourceMissing
 from kogitune.settings import settings
 
 from .body import Body
@@ -233,8 +233,12 @@ class SourcePool:
 
     def failed_on(self, health: SourceHealth, index: int | None, error: SourceError) -> None:
         """A request of `health` for a file of shard `index` (None: of no shard) failed with `error`: a peer's answer
-        that it does not hold that shard (SourceLacks) is `not_found`, anything else a failure (`failed`)."""
-        if index is not None and isinstance(error, SourceLacks):
+        that it does not hold that shard (SourceLacks over libp2p, a 404 from its data port) is `not_found`, anything
+        else a failure (`failed`; a web mirror's 404 too: a mirror serves every shard)."""
+        lacks = isinstance(error, SourceLacks) or (
+            isinstance(error, SourceMissing) and health.source.identity is not None
+        )
+        if index is not None and lacks:
             self.not_found(health, index, str(error))
         else:
             self.failed(health, str(error))

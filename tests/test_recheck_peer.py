@@ -2,14 +2,15 @@
 that also holds the shard cannot hold it back.
 
 Real node processes on 127.0.0.1, the fetcher with the product's timeouts (read timeout 30 s, stall timeout 60 s):
-A publishes a tensor and serves it over libp2p only (no data port: the path a peer behind a firewall, or a
-private dataset's libp2p source, takes); S publishes a copy of it; V, bootstrapped to both, fetches shard 1 (both
-are now in its pool, their have-maps saying they hold every shard). Then S freezes (SIGSTOP: its connections stay
-open, nothing answers), and A's shard 0 gets a new hard link (as a second publish of the same files makes; its
-ctime moves), so A hashes it again before it serves it (node/integrity.py) and answers V's first read of it
-not_found. Before the fix V took that for "A lacks shard 0 for this fetch" and waited for S's reads to time out
-until the stall timeout failed the shard (a shard was seen waiting 92 s); now A is asked again after a short,
-growing pause (node/lacks.py) and the shard arrives in about a second.
+A publishes a tensor and serves it over libp2p only (no data port: the path a peer behind a firewall takes), or
+over libp2p and its data port; S publishes a copy of it; V, bootstrapped to both, fetches shard 1 (both are now in
+its pool, their have-maps saying they hold every shard). Then S freezes (SIGSTOP: its connections stay open,
+nothing answers), and A's shard 0 gets a new hard link (as a second publish of the same files makes; its ctime
+moves), so A hashes it again before it serves it (node/integrity.py) and answers V's first read of it not_found
+(a 404 on its data port). Before the fix V took a not_found for "A lacks shard 0 for this fetch", on both of A's
+transports, and waited for S's reads to time out until the stall timeout failed the shard (a shard was seen
+waiting 92 s); now A is asked again after a short, growing pause (SourcePool.not_found) and the shard arrives in
+about 2 s (a hedge of its small files past frozen S, then the endgame takes S's run over).
 
 A peer that claims a shard and answers not_found for ever is asked again a bounded number of times, after growing
 pauses, and costs no shard a wait while another source holds it (tests/test_swarm_attacks.py: a job peer that
@@ -57,8 +58,9 @@ def tensor(tmp_path_factory) -> DataTensor:
     return tensor
 
 
-def test_a_peer_that_is_re_checking_a_shard_is_asked_again_soon(tensor, nodes, tmp_path):
-    a = nodes("a", env={**DEFAULT_TIMEOUTS, "KOGITUNE_DATA_PORT_ON": "0"})
+@pytest.mark.parametrize("data_port", [False, True], ids=["libp2p", "data-port"])
+def test_a_peer_that_is_re_checking_a_shard_is_asked_again_soon(tensor, nodes, tmp_path, data_port):
+    a = nodes("a", env={**DEFAULT_TIMEOUTS, "KOGITUNE_DATA_PORT_ON": str(int(data_port))})
     dataset_id = a.cli("publish", str(tensor.path)).stdout.strip()
     s = nodes("s", env=DEFAULT_TIMEOUTS)
     assert s.cli("publish", str(copy_tensor(tensor, tmp_path / "copy"))).stdout.strip() == dataset_id
