@@ -11,7 +11,8 @@ only waste time, never put a wrong byte on disk:
 
 - a piece whose hash does not match bans its source for the rest of the fetch (it lied);
 - an error, a timeout, a short read or a 404 counts as a failure: the source backs off exponentially and is
-  dropped after `max_failures`; the rest of its run goes back to the others at once;
+  dropped after `max_failures`; the rest of its run goes back to the others at once (a peer's not_found, or its
+  data port's 404, for the shard is a pause for that shard instead: SourcePool.not_found);
 - a stream that has received no byte for STALE_CLAIM_SECONDS (or whose piece takes longer than STEAL_SECONDS) has
   its run taken over by an idle worker once no piece is left unreserved (endgame), so a hung source delays a shard
   by a fraction of a second, not a timeout: the first verified copy of the piece it was receiving wins; a stream
