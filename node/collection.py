@@ -117,8 +117,8 @@ def mirrors_collection(collections: dict, store: ContentStore, data: bytes, coll
 
 async def mirrors_manifest(pool: SourcePool, dataset_id: str | None = None) -> tuple[bytes, Manifest | Collection]:
     """What the web mirrors of `pool` serve for `dataset_id` (or for whatever ID, when None), a dataset or a
-    collection: `manifest.json` (small_files.fetch_manifest) and `collection.json` (`mirror_collection`) are asked for at
-    once, and the first valid one wins. FetchError, naming what each mirror did, when neither comes."""
+    collection: `manifest.json` (small_files.fetch_manifest) and `collection.json` (`mirror_collection`) are asked
+    for at once, and the first valid one wins. FetchError, naming what each mirror did, when neither comes."""
     found: list[tuple[bytes, Manifest | Collection]] = []
     why: list[str] = []
 

@@ -35,9 +35,9 @@ from .small_files import first_answer
 
 MANIFEST_AT_ONCE = 3
 """Providers asked for the signed manifest at once; one more is asked each time one fails, and each time
-HEDGE_SECONDS go by without an answer as many more as are waiting (small_files.first_answer). The first valid manifest
-wins and the other requests are cancelled. A provider that failed is not asked again while the dataset is opened,
-and is left out of its sources."""
+HEDGE_SECONDS go by without an answer as many more as are waiting (small_files.first_answer). The first valid
+manifest wins and the other requests are cancelled. A provider that failed is not asked again while the dataset is
+opened, and is left out of its sources."""
 NEIGHBOURS_HEAD_START_SECONDS = 0.25
 """How long an open by ID asks only the bootstrap peers it is connected to for the manifest before the DHT
 lookup starts too (at once when they have all failed): in a small swarm they hold it, and a lookup beside them

@@ -301,9 +301,10 @@ class SourcePool:
 
     def in_order_of_health(self, index: int | None = None) -> list[SourceHealth]:
         """The usable sources (of shard `index`, when given: job peers first), those outrun on a small file last:
-        ready now first (past their back-off, and their pause after a not_found for that shard), then those that have delivered verified bytes, then a peer's data port before its libp2p
-        stream (a data port that delivers stands in for it: `usable`), fewer failures and more bytes first (a source
-        that has never delivered anything may be one that never answers)."""
+        ready now first (past their back-off, and their pause after a not_found for that shard), then those that have
+        delivered verified bytes, then a peer's data port before its libp2p stream (a data port that delivers stands
+        in for it: `usable`), fewer failures and more bytes first (a source that has never delivered anything may be
+        one that never answers)."""
         now = trio.current_time()
         return sorted(
             self.usable(index),
