@@ -97,7 +97,9 @@ class SourceBusy(SourceError):
 
 class SourceLacks(SourceError):
     """Raised when a peer answers that it does not hold a file of a dataset it provides (kogitune.node.peers): it
-    serves what it holds while it fetches the rest, and its have-map (node/havemaps.py) is corrected."""
+    serves what it holds while it fetches the rest, or re-checks a shard whose files changed. The fetcher asks it
+    again for that shard after a short pause, and after a few such answers in a row corrects its have-map
+    (SourcePool.not_found in node/pool.py)."""
 
 
 class SourceMissing(SourceError):

@@ -32,7 +32,8 @@ from kogitune.protocol.manifest import Manifest
 from kogitune.protocol.signing import sign_dataset
 
 from .copies import CollectionCopy, store_collection, stored_collection
-from .pool import MinRateBody, SourceHealth, SourcePool, fetch_manifest, first_answer
+from .pool import MinRateBody, SourceHealth, SourcePool
+from .small_files import fetch_manifest, first_answer
 
 
 @dataclass
@@ -116,8 +117,8 @@ def mirrors_collection(collections: dict, store: ContentStore, data: bytes, coll
 
 async def mirrors_manifest(pool: SourcePool, dataset_id: str | None = None) -> tuple[bytes, Manifest | Collection]:
     """What the web mirrors of `pool` serve for `dataset_id` (or for whatever ID, when None), a dataset or a
-    collection: `manifest.json` (pool.fetch_manifest) and `collection.json` (`mirror_collection`) are asked for at
-    once, and the first valid one wins. FetchError, naming what each mirror did, when neither comes."""
+    collection: `manifest.json` (small_files.fetch_manifest) and `collection.json` (`mirror_collection`) are asked
+    for at once, and the first valid one wins. FetchError, naming what each mirror did, when neither comes."""
     found: list[tuple[bytes, Manifest | Collection]] = []
     why: list[str] = []
 

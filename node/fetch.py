@@ -11,7 +11,8 @@ checked against the manifest before it is written (between receives, or on a che
 
 - a piece whose hash does not match bans its source for the rest of the fetch (it lied);
 - an error, a timeout, a short read or a 404 counts as a failure: the source backs off exponentially and is
-  dropped after `max_failures`; the rest of its run goes back to the others at once;
+  dropped after `max_failures`; the rest of its run goes back to the others at once (a peer's not_found, or its
+  data port's 404, for the shard is a pause for that shard instead: SourcePool.not_found);
 - a stream that has received no byte for STALE_CLAIM_SECONDS (or whose piece takes longer than STEAL_SECONDS) has
   its run taken over by an idle worker once no piece is left unreserved (endgame), so a hung source delays a shard
   by a fraction of a second, not a timeout: the first verified copy of the piece it was receiving wins; a stream
@@ -56,9 +57,10 @@ from kogitune.protocol.pieces import check_pieces_file
 from kogitune.settings import settings
 
 from .piece_board import STALE_CLAIM_SECONDS, PieceBoard, Run
-from .pool import MinRateBody, SourceHealth, SourcePool, fetch_small_file
+from .pool import MinRateBody, SourceHealth, SourcePool
 from .shard_files import kept_pieces, make_durable, shard_lock, write_all
 from .sidecar_fetch import SidecarIndexes, first_piece_at, read_past
+from .small_files import fetch_small_file
 
 log = logging.getLogger(__name__)
 MAX_PIECES_CHECKING = 4
@@ -321,10 +323,10 @@ class ShardFetch:
             self._streaming += 1
             try:
                 await self._stream_run(health, run, sidecar)
-                self.pool.succeeded(health)
+                self.pool.succeeded(health, self.index)
                 self._top_up(health)  # other shards finished: this one may take their connections
-            except SourceError as exc:
-                self.pool.failed(health, str(exc))
+            except SourceError as exc:  # a peer's not_found: it stands by for a pause (SourcePool.not_found)
+                self.pool.failed_on(health, self.index, exc)
             finally:
                 self._streaming -= 1
                 self.board.end(run)

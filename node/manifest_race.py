@@ -3,7 +3,7 @@
 - From peers alone (`from_peers`): the bootstrap peers this node is connected to first (in a small swarm they hold
   it; the DHT lookup joins after NEIGHBOURS_HEAD_START_SECONDS), else the providers of the ID on the DHT
   (node/providers.py), connected at once; the signed manifest of the first that serves a valid one:
-  MANIFEST_AT_ONCE asked at once, more as they fail or are slow (pool.first_answer's hedging). A provider that fails is named in `failed` and left out of the sources.
+  MANIFEST_AT_ONCE asked at once, more as they fail or are slow (small_files.first_answer's hedging). A provider that fails is named in `failed` and left out of the sources.
 - From mirrors and peers (`from_mirrors_and_peers`): both sides race and the first valid copy wins (`_Race`). The
   mirrors' manifest must hash to the ID (node/collection.mirrors_manifest: a mirror serving another is banned);
   their `signature` file (a published directory has one) gives the publisher when it verifies, and is required
@@ -29,14 +29,15 @@ from kogitune.protocol.signing import SIGNATURE_FILE_BYTES, check_signed
 from .collection import mirrors_manifest
 from .copies import CollectionCopy, ManifestCopy
 from .peers import fetch_signed_manifest
-from .pool import SourcePool, first_answer
+from .pool import SourcePool
 from .providers import connect_providers
+from .small_files import first_answer
 
 MANIFEST_AT_ONCE = 3
 """Providers asked for the signed manifest at once; one more is asked each time one fails, and each time
-HEDGE_SECONDS go by without an answer as many more as are waiting (pool.first_answer). The first valid manifest
-wins and the other requests are cancelled. A provider that failed is not asked again while the dataset is opened,
-and is left out of its sources."""
+HEDGE_SECONDS go by without an answer as many more as are waiting (small_files.first_answer). The first valid
+manifest wins and the other requests are cancelled. A provider that failed is not asked again while the dataset is
+opened, and is left out of its sources."""
 NEIGHBOURS_HEAD_START_SECONDS = 0.25
 """How long an open by ID asks only the bootstrap peers it is connected to for the manifest before the DHT
 lookup starts too (at once when they have all failed): in a small swarm they hold it, and a lookup beside them

@@ -45,6 +45,10 @@ class PeerHttpSource(HttpSource):
     def holds(self, index: int) -> bool:
         return self.libp2p_source is None or self.libp2p_source.holds(index)
 
+    def lacks(self, index: int) -> None:
+        if self.libp2p_source is not None:
+            self.libp2p_source.lacks(index)
+
 
 async def join_data_port(
     pool: SourcePool, host, peer_id, dataset_id: str, read_timeout: float, seed: bytes | None = None

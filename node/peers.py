@@ -239,6 +239,13 @@ class PeerSource(Source):
         """As its have-map says; a peer not asked yet is taken at its provider record's word."""
         return self.have is None or (index < len(self.have) and self.have[index])
 
+    def lacks(self, index: int) -> None:
+        """Its have-map no longer shows shard `index` (until it is asked again: node/havemaps.py); not asked yet, it
+        still holds the others, for all this source knows."""
+        if self.have is None:
+            self.have = [True] * len(self._index)
+        self.have[index] = False
+
     @asynccontextmanager
     async def stream(self, path: str, start: int, end: int | None = None):
         if path not in self._sizes:
@@ -249,13 +256,8 @@ class PeerSource(Source):
             yield start, Body()
             return
         request = wire.ReadRequest(self.digest, shard, kind, start, stop - start)
-        try:
-            stream, response, first = await _open(self.host, self.peer_id, request, self.read_timeout)
-        except SourceLacks:  # it serves part of the dataset: this shard is not (or no longer) in its have-map
-            if self.have is None:  # not asked yet: it still holds the others, for all this source knows
-                self.have = [True] * len(self._index)
-            self.have[self._index[shard]] = False
-            raise
+        # not_found raises SourceLacks: asked again later, then taken to lack the shard (SourcePool.not_found)
+        stream, response, first = await _open(self.host, self.peer_id, request, self.read_timeout)
         try:
             if response.length != stop - start:
                 raise SourceError(f"{self.name}: offered {response.length} bytes of {path}, asked {stop - start}")

@@ -1,8 +1,7 @@
-"""The sources of one dataset and what the fetcher has learned about each (SourcePool), the limits a source must
-keep (FetchLimits, MinRateBody), and the small-file fetches that ask several sources at once (first_answer,
-fetch_small_file, fetch_manifest). Shared by every shard fetch of a dataset (node/fetch.py), so a source that
-lied is dropped for the whole dataset; a source may join a pool that is in use (`SourcePool.add`: peers found
-after the dataset was opened).
+"""The sources of one dataset and what the fetcher has learned about each (SourcePool), and the limits a source must
+keep (FetchLimits, MinRateBody). Shared by every shard fetch of a dataset (node/fetch.py) and by the fetches of its
+small files (node/small_files.py), so a source that lied is dropped for the whole dataset; a source may join a pool
+that is in use (`SourcePool.add`: peers found after the dataset was opened).
 """
 
 from __future__ import annotations
@@ -12,10 +11,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from kogitune.errors import FetchError, SourceError
-from kogitune.layout import MANIFEST_FILE
-from kogitune.protocol.errors import ManifestError
-from kogitune.protocol.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
+from kogitune.errors import FetchError, SourceError, SourceLacks, SourceMissing
 from kogitune.settings import settings
 
 from .body import Body
@@ -45,10 +41,12 @@ dripping a verified piece just within each patience holds a 32 MiB shard about 1
 DATA_PORT_PATIENCE_SECONDS = 0.5
 """How long a peer's libp2p source waits for its data port, just joined and untried, before it reads beside it
 (SourcePool.standing_by; HTTP is faster): a data port that a firewall hides costs this long, once."""
-HEDGE_SECONDS = 1.0
-"""How long the sources asked for a small file (a manifest, a .pieces or .docs file) may leave it unanswered before
-as many more are asked the same, without cancelling the first (`first_answer`): a silent or slow source costs about
-this long, not a read timeout. The first valid answer wins; the others are cancelled."""
+NOT_FOUND_BACKOFF_SECONDS = 0.25
+"""How long a peer that answered not_found for a shard it announced is left alone for that shard, doubling with each
+not_found in a row (SourcePool.not_found): an honest node answers so for a moment while it re-checks the shard."""
+NOT_FOUND_TRIES = 6
+"""Not_found answers in a row for one shard after which a peer is taken to lack it (its have-map bit cleared): about
+8 s of asking again (0.25 s doubling), 6 small requests per shard from a peer that claims it and never serves it."""
 
 
 @dataclass(frozen=True)
@@ -90,12 +88,22 @@ class SourceHealth:
     no_sidecars: bool = False
     """The source answered 404 for a compressed sidecar: it is not asked for others (node/sidecar_fetch.py)."""
     outrun: int = 0
-    """Small files another source delivered while it had not answered for HEDGE_SECONDS, since it last delivered one:
-    it is then asked after the others (a job peer that never sends them costs a hedge once, not one per shard)."""
+    """Small files another source delivered while it had not answered for HEDGE_SECONDS (node/small_files.py), since
+    it last delivered one: it is then asked after the others (a job peer that never sends them costs a hedge once, not
+    one per shard)."""
+    not_found: dict[int, tuple[int, float]] = field(default_factory=dict)
+    """Shard index -> (not_found answers in a row of this peer's source for a file of that shard, when (trio clock)
+    it may be asked for the shard again): SourcePool.not_found."""
     streams: int = 0
     """Workers reading from this source now, over all the shard fetches of the pool (`Source.connections`)."""
     joined_at: float = 0.0
     """When (trio clock) a peer's data port joined the pool (SourcePool.add; 0 for a pool's first sources)."""
+
+    def asked_again_at(self, index: int | None) -> float:
+        """When the source may be asked again for a file of shard `index` (None: a file of no shard): after its
+        back-off, and after its pause for that shard when it answered not_found for it (SourcePool.not_found)."""
+        paused = self.not_found.get(index, (0, 0.0))[1] if index is not None else 0.0
+        return max(self.retry_at, paused)
 
     def describe(self) -> str:
         if self.banned:
@@ -194,10 +202,15 @@ class SourcePool:
     def standing_by(self, health: SourceHealth, index: int, quiet_for: float) -> float:
         """Seconds `health`'s source should wait for progress rather than read shard `index` now (0: read now);
         `quiet_for`: seconds the fetch is without progress (ShardFetch.quiet_for: since its last verified piece, or
-        behind JOB_PEER_MIN_RATE). A peer's libp2p source waits while its data port is usable, untried (once it
-        delivers, it stands in: `usable`) and joined within DATA_PORT_PATIENCE_SECONDS.
-        A source that is no job peer waits while a usable job peer holds the shard, within `job_peer_patience` of
-        quiet (a host reads from its job's hosts what they hold, from the origin what they lack or fail at)."""
+        behind JOB_PEER_MIN_RATE). A peer that answered not_found for the shard waits out its pause (`not_found`).
+        A peer's libp2p source waits while its data port is usable, untried (once it delivers, it stands in:
+        `usable`) and joined within DATA_PORT_PATIENCE_SECONDS.
+        A source that is no job peer waits while a usable job peer holds the shard (and has not answered not_found
+        for it), within `job_peer_patience` of quiet (a host reads from its job's hosts what they hold, from the
+        origin what they lack or fail at)."""
+        paused = health.not_found.get(index, (0, 0.0))[1] - trio.current_time()
+        if paused > 0:
+            return paused
         source = health.source
         if not source.preferred and source.identity:
             for port in self.usable(index):
@@ -207,7 +220,8 @@ class SourcePool:
                         return left
         if source.job_peer or quiet_for >= self.limits.job_peer_patience:
             return 0.0
-        return self.limits.job_peer_patience - quiet_for if any(h.source.job_peer for h in self.usable(index)) else 0.0
+        job_peers = [h for h in self.usable(index) if h.source.job_peer and index not in h.not_found]
+        return self.limits.job_peer_patience - quiet_for if job_peers else 0.0
 
     def failed(self, health: SourceHealth, error: str) -> None:
         health.failures += 1
@@ -216,6 +230,41 @@ class SourcePool:
         log.info("source failed (%d/%d): %s", health.failures, self.max_failures, error)
         if health.source.preferred and health.failures == self.max_failures:
             self._fall_back(health)
+
+    def failed_on(self, health: SourceHealth, index: int | None, error: SourceError) -> None:
+        """A request of `health` for a file of shard `index` (None: of no shard) failed with `error`: a peer's answer
+        that it does not hold that shard (SourceLacks over libp2p, a 404 from its data port) is `not_found`, anything
+        else a failure (`failed`; a web mirror's 404 too: a mirror serves every shard)."""
+        lacks = isinstance(error, SourceLacks) or (
+            isinstance(error, SourceMissing) and health.source.identity is not None
+        )
+        if index is not None and lacks:
+            self.not_found(health, index, str(error))
+        else:
+            self.failed(health, str(error))
+
+    def not_found(self, health: SourceHealth, index: int, error: str) -> None:
+        """`health`'s source, a peer that its have-map (or its provider record) says holds shard `index`, answered
+        that it does not. No failure: an honest node answers so for a moment while it re-checks a shard whose files
+        changed (node/integrity.py), and one shard says nothing of the others (four shards fetched at once from a
+        node that re-checks them must not fail it out of the dataset). So it is asked for that shard again after
+        NOT_FOUND_BACKOFF_SECONDS, doubling with each not_found in a row (its workers stand by: `standing_by`;
+        answers to requests sent before the pause began count once), and after NOT_FOUND_TRIES in a row it is taken
+        to lack the shard (Source.lacks: until a have answer shows it again). A read of the shard that succeeds
+        (`succeeded`) starts the count again."""
+        health.last_error = error
+        answers, until = health.not_found.get(index, (0, 0.0))
+        if trio.current_time() < until:  # sent with the one that began this pause (.pieces and .docs together)
+            return
+        answers += 1
+        if answers < NOT_FOUND_TRIES:
+            pause = NOT_FOUND_BACKOFF_SECONDS * 2 ** (answers - 1)
+            health.not_found[index] = (answers, trio.current_time() + pause)
+            log.info("%s; asked again for that shard in %.2f s", error, pause)
+        else:
+            health.not_found.pop(index, None)
+            health.source.lacks(index)
+            log.info("%s (%d times in a row): taken to lack shard %d", error, answers, index)
 
     def ban(self, health: SourceHealth, reason: str) -> None:
         """Drop a source that lied, and every other source of the same peer (its libp2p streams, its data port)."""
@@ -237,10 +286,13 @@ class SourcePool:
                     joined(health)
         self._changed()
 
-    def succeeded(self, health: SourceHealth) -> None:
-        """A request of `health` succeeded: its failures start again from 0, unless it has failed out already (a
-        small file in flight when a data port failed out must not bring it back: its peer's libp2p source, which
-        took over, would stand by again while no worker reads from the data port)."""
+    def succeeded(self, health: SourceHealth, index: int | None = None) -> None:
+        """A request of `health` (for a file of shard `index`) succeeded: its failures start again from 0, unless it
+        has failed out already (a small file in flight when a data port failed out must not bring it back: its
+        peer's libp2p source, which took over, would stand by again while no worker reads from the data port), and
+        so do its not_found answers for that shard."""
+        if index is not None:
+            health.not_found.pop(index, None)
         if self._working(health):
             health.failures = 0
 
@@ -249,16 +301,17 @@ class SourcePool:
 
     def in_order_of_health(self, index: int | None = None) -> list[SourceHealth]:
         """The usable sources (of shard `index`, when given: job peers first), those outrun on a small file last:
-        ready now first, then those that have delivered verified bytes, then a peer's data port before its libp2p
-        stream (a data port that delivers stands in for it: `usable`), fewer failures and more bytes first (a source
-        that has never delivered anything may be one that never answers)."""
+        ready now first (past their back-off, and their pause after a not_found for that shard), then those that have
+        delivered verified bytes, then a peer's data port before its libp2p stream (a data port that delivers stands
+        in for it: `usable`), fewer failures and more bytes first (a source that has never delivered anything may be
+        one that never answers)."""
         now = trio.current_time()
         return sorted(
             self.usable(index),
             key=lambda h: (
                 h.outrun > 0,
                 index is not None and not h.source.job_peer,
-                h.retry_at > now,
+                h.asked_again_at(index) > now,
                 not (h.bytes_verified or h.files_verified),
                 not h.source.preferred,
                 h.failures,
@@ -299,44 +352,6 @@ class MinRateBody(Body):
         return count
 
 
-async def first_answer(candidates: list, ask, *, at_once: int = 1, hedge_after: float = HEDGE_SECONDS):
-    """`await ask(candidate)` for the first `at_once` candidates at once; each time one of them fails (returns None
-    or raises SourceError: `ask` records why) the next is asked, and each time `hedge_after` seconds go by with no
-    answer, as many more are asked as are already waiting (so ten silent candidates ahead of a good one cost about
-    four hedges, not ten). The first answer that is not None wins and every other request is cancelled; None when
-    every candidate failed."""
-    answers: list = []
-    finished = 0  # attempts that ended (counted, not signalled: several may end in one scheduler turn)
-    progress = trio.Event()
-
-    async def attempt(candidate, nursery: trio.Nursery) -> None:
-        nonlocal finished, progress
-        try:
-            answer = await ask(candidate)
-        except SourceError:
-            answer = None
-        if answer is not None and not answers:
-            answers.append(answer)
-            nursery.cancel_scope.cancel()
-        finished += 1
-        progress.set()
-        progress = trio.Event()
-
-    async with trio.open_nursery() as nursery:
-        allowed, seen = at_once, 0
-        for started, candidate in enumerate(candidates, 1):
-            nursery.start_soon(attempt, candidate, nursery)
-            if started >= allowed:
-                if finished == seen:
-                    with trio.move_on_after(hedge_after) as hedge:
-                        await progress.wait()
-                    if hedge.cancelled_caught:
-                        allowed = 2 * started
-                allowed += finished - seen  # each attempt that ended makes room for the next candidate
-                seen = finished
-    return answers[0] if answers else None
-
-
 async def prefetch_in_order(nursery: trio.Nursery, limiter: trio.CapacityLimiter, indexes, fetch) -> None:
     """`await fetch(index)` for each shard index, started in this order (the order they will be needed: trio may
     run tasks started together in any order), at most `limiter`'s total at a time. Prefetch failures only log;
@@ -354,70 +369,3 @@ async def prefetch_in_order(nursery: trio.Nursery, limiter: trio.CapacityLimiter
         slot = object()
         await limiter.acquire_on_behalf_of(slot)
         nursery.start_soon(one, index, slot)
-
-
-async def fetch_small_file(
-    pool: SourcePool, path: str, limit: int, problem, exact: bool = False, index: int | None = None
-) -> bytes:
-    """A small whole file (manifest, .pieces, .docs) from the first source whose bytes have no `problem`:
-    `problem(data)` says what is wrong with them (naming the file), or None. The healthiest source is asked first,
-    more when it fails or is slow (`first_answer`); a source that failed is asked again after its backoff, until
-    it has failed `max_failures` times (one busy or overloaded provider is not the end of a fetch). A source that
-    sends a wrong file is dropped, and the error, when no source is left, says what each one sent. With `exact`,
-    the file has `limit` bytes: a shorter one was cut off (a source that died), a failure rather than a lie. A file
-    of shard `index` is asked only of the sources that hold it, job peers first."""
-
-    async def ask(health: SourceHealth) -> bytes | None:
-        await trio.sleep_until(health.retry_at)
-        asked = trio.current_time()
-        try:
-            async with health.source.stream(path, 0) as (_, body):
-                data = await MinRateBody(body, pool.limits, health.source.name).read_all(
-                    limit, f"{health.source.name}: {path}"
-                )
-        except SourceError as exc:
-            pool.failed(health, str(exc))
-            return None
-        except trio.Cancelled:  # another source answered first (or the fetch ended)
-            if trio.current_time() - asked >= HEDGE_SECONDS:
-                health.outrun += 1
-            raise
-        if exact and len(data) < limit:
-            pool.failed(health, f"{health.source.name}: {path} ended after {len(data)} of {limit} bytes")
-            return None
-        wrong = problem(data)
-        if wrong is not None:
-            pool.ban(health, wrong)
-            return None
-        pool.succeeded(health)
-        health.files_verified += 1
-        health.outrun = 0
-        return data
-
-    while True:
-        candidates = pool.in_order_of_health(index)
-        if candidates:
-            data = await first_answer(candidates, ask)
-            if data is not None:
-                return data
-        elif not await pool.more_sources():
-            break
-    raise FetchError(f"no source could deliver a valid {path}: {pool.report()}")
-
-
-async def fetch_manifest(pool: SourcePool, dataset_id: str | None = None) -> tuple[bytes, Manifest]:
-    """The manifest from the first source that serves a valid one (hashing to `dataset_id` when given)."""
-    parsed: dict[bytes, Manifest] = {}
-
-    def problem(data: bytes) -> str | None:
-        try:
-            manifest = parse_manifest(data)
-        except ManifestError as exc:
-            return f"{MANIFEST_FILE} is not a valid manifest: {exc}"
-        if dataset_id is not None and manifest.dataset_id != dataset_id:
-            return f"{MANIFEST_FILE} is the manifest of {manifest.dataset_id}, not of {dataset_id}"
-        parsed[data] = manifest
-        return None
-
-    data = await fetch_small_file(pool, MANIFEST_FILE, MAX_MANIFEST_BYTES, problem)
-    return data, parsed[data]

@@ -47,6 +47,11 @@ class Source:
         says in its have-map (node/havemaps.py)."""
         return True
 
+    def lacks(self, index: int) -> None:
+        """Note that this source answered again and again that it does not hold shard `index` (SourcePool.not_found):
+        `holds(index)` is False from now on (a peer's, until its have-map shows the shard again). A web mirror never
+        answers so (its 404 is a failure)."""
+
     def stream(self, path: str, start: int, end: int | None = None):
         """Async context manager giving (offset of the first byte, `Body`) for `path` from `start` on, to byte `end`
         (exclusive; None: the end of the file); a source that cannot seek may begin earlier (at 0) and the reader

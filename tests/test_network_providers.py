@@ -348,7 +348,7 @@ def test_a_stream_below_the_minimum_rate_fails_after_one_window():
 
 
 def test_first_answer_reaches_a_good_candidate_behind_ten_silent_ones_in_a_few_hedges():
-    from kogitune.node.pool import first_answer
+    from kogitune.node.small_files import first_answer
 
     asked = []
 
@@ -403,7 +403,7 @@ def test_a_read_that_ends_a_long_wait_with_data_counts_toward_the_rate():
 def test_first_answer_asks_the_next_at_once_when_several_fail_together():
     """Three candidates failing in one scheduler turn make room for three more at once (one wake-up was lost, and
     the good candidate behind a silent one waited for a hedge)."""
-    from kogitune.node.pool import first_answer
+    from kogitune.node.small_files import first_answer
 
     async def ask(candidate: str):
         if candidate == "fails":
