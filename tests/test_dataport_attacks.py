@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import re
 import socket
+import ssl
 import threading
 import time
 from contextlib import contextmanager
 
 import pytest
 import trio
+import trio.testing
 from netnodes import ENV
 from test_dataport import LyingPeer, tensor  # noqa: F401  (the module's published tensor fixture)
 from test_network_hostile import CONNECT_TIMEOUT, running
@@ -23,10 +25,12 @@ from test_network_hostile import CONNECT_TIMEOUT, running
 from kogitune.errors import SourceError
 from kogitune.node.pool import SourcePool
 from kogitune.node.sources import HttpSource, Source
+from kogitune.node.tlsdata import ServerTls
 from kogitune.protocol import wire
 from kogitune.tensor import DataTensor
 
 READ_TIMEOUT = 3.0
+TIMEOUT_SECONDS = 20.0
 STALL_TIMEOUT = 20
 """B's stall timeout: without the head bound, the shard would fail after this long (the liar's data port holding
 its worker while its libp2p source stands by)."""
@@ -194,3 +198,135 @@ def test_a_data_port_that_failed_out_stays_out_when_a_request_in_flight_succeeds
         assert pool.usable() == [libp2p_health]
 
     trio.run(main)
+
+
+PACED = {**ENV, "KOGITUNE_SERVER_REQUEST_TIMEOUT": "3", "KOGITUNE_SERVER_WRITE_TIMEOUT": "2"}
+"""A node whose data port waits 3 s for a request head and 2 s for each 1 MiB write (a reader below 512 KiB/s)."""
+HEAD_TIMEOUT = 3.0
+
+
+def seconds_until_closed(connection: socket.socket, started: float, bound: float) -> float:
+    """Seconds from `started` until the server closed `connection` (reading and dropping what it sends); `bound`
+    if it is still open then (the test's bound)."""
+    connection.settimeout(0.2)
+    while time.monotonic() - started < bound:
+        try:
+            if not connection.recv(65536):
+                break
+        except TimeoutError:
+            continue
+        except OSError:
+            break
+    return time.monotonic() - started
+
+
+def tls_client_hello() -> tuple[bytes, ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]:
+    """A TLS 1.3 ClientHello (no certificate checked: the server's binding is not what is tried here)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read(), tls, incoming, outgoing
+
+
+def test_a_request_head_is_due_within_one_head_timeout_of_the_accept_whatever_comes_first(tensor, nodes):  # noqa: F811
+    """The head deadline counts from the accept, also when the first byte comes late and when that byte opens TLS.
+    Before the fix, telling TLS from plain HTTP waited up to a head timeout for the first byte and the head then had
+    a whole timeout of its own (and over TLS the handshake a third): a slowloris held its slot 2x (3x) as long."""
+    a = nodes("a", env=PACED)
+    port = a.data_port()
+
+    late = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_SECONDS)
+    started = time.monotonic()
+    time.sleep(HEAD_TIMEOUT * 0.7)  # the attack's pace: one byte just within the deadline, then nothing
+    late.sendall(b"G")
+    assert seconds_until_closed(late, started, 3 * HEAD_TIMEOUT) < HEAD_TIMEOUT + 1.3
+    late.close()
+
+    tls_late = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_SECONDS)
+    started = time.monotonic()
+    hello, tls, incoming, outgoing = tls_client_hello()
+    time.sleep(HEAD_TIMEOUT * 0.5)  # the attack's pace
+    tls_late.sendall(hello)
+    tls_late.settimeout(TIMEOUT_SECONDS)
+    while True:  # finish the handshake at once, then send no request
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            incoming.write(tls_late.recv(65536))
+    tls_late.sendall(outgoing.read())
+    assert seconds_until_closed(tls_late, started, 3 * HEAD_TIMEOUT) < HEAD_TIMEOUT + 1.3
+    tls_late.close()
+
+
+def test_a_reader_that_drains_pipelined_answers_slowly_is_cut_like_a_slow_reader_of_one(tensor, nodes):  # noqa: F811
+    """A client pipelines hundreds of 16 KiB range requests on one connection and reads 16 KiB/s, far below the
+    data port's floor (PACED: 512 KiB/s): each small answer leaves within the write timeout, but the connection as
+    a whole must keep to the floor, so it is cut within seconds of the server's first wait. Before the fix, a write
+    timeout per write let it hold its slot (never idle, so never evicted for its IP's newcomers) for 1000 answers,
+    here ~15 minutes."""
+    a = nodes("a", env=PACED)
+    dataset_id = a.cli("publish", str(tensor.path)).stdout.strip()
+    port = a.data_port()
+    shard = tensor.shards[0]
+    span = 16 << 10
+    requests = b"".join(
+        b"GET /%s/%s HTTP/1.1\r\nHost: x\r\nRange: bytes=%d-%d\r\n\r\n"
+        % (dataset_id.encode(), shard.tokens_path.encode(), start, start + span - 1)
+        for start in (span * (i % (shard.size // span)) for i in range(900))
+    )
+    reader = socket.socket()
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    reader.connect(("127.0.0.1", port))
+    reader.sendall(requests)
+    started, received, closed = time.monotonic(), 0, False
+    while time.monotonic() - started < 20:  # the test's bound; at 16 KiB/s the 900 answers take 15 minutes
+        try:
+            data = reader.recv(span)
+        except ConnectionResetError:  # closed with pipelined requests unread
+            data = b""
+        if not data:
+            closed = True
+            break
+        received += len(data)
+        time.sleep(len(data) / span)  # the attack's pace: 16 KiB/s
+    reader.close()
+    assert closed, f"still served after {time.monotonic() - started:.0f} s and {received} bytes"
+    assert received < 300 * span  # cut long before its 900 answers (the first ones fill the socket buffers)
+
+
+def test_the_first_byte_and_the_tls_handshake_share_one_deadline():
+    """ServerTls.accept: a ClientHello whose first byte comes at 0.6 of the timeout and the rest at 1.2 is refused
+    at the timeout (before the fix, each had a whole timeout: the handshake finished, and the head had one more)."""
+    timeout = 5.0
+    hello, tls, incoming, outgoing = tls_client_hello()
+
+    async def client(stream: trio.abc.Stream) -> None:
+        await trio.sleep(0.6 * timeout)  # the attack's pace (trio's mock clock: no real wait)
+        await stream.send_all(hello[:1])
+        await trio.sleep(0.6 * timeout)
+        try:
+            await stream.send_all(hello[1:])
+            while True:
+                try:
+                    tls.do_handshake()
+                    await stream.send_all(outgoing.read())
+                    return
+                except ssl.SSLWantReadError:
+                    incoming.write(await stream.receive_some(65536))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
+            pass
+
+    async def main() -> None:
+        server_side, client_side = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client, client_side)
+            started = trio.current_time()
+            accepted = await ServerTls(bytes(range(32))).accept(server_side, timeout)
+            assert accepted is None and trio.current_time() - started == pytest.approx(timeout)
+            await client_side.aclose()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
