@@ -13,7 +13,10 @@ import socket
 import ssl
 import threading
 import time
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import trio
@@ -23,6 +26,7 @@ from test_dataport import LyingPeer, tensor  # noqa: F401  (the module's publish
 from test_network_hostile import CONNECT_TIMEOUT, running
 
 from kogitune.errors import SourceError
+from kogitune.layout import IDENTITY_FILE
 from kogitune.node.pool import SourcePool
 from kogitune.node.sources import HttpSource, Source
 from kogitune.node.tlsdata import ServerTls
@@ -330,3 +334,39 @@ def test_the_first_byte_and_the_tls_handshake_share_one_deadline():
             await client_side.aclose()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_links_and_partial_files_in_the_store_serve_nothing(tensor, nodes, tmp_path):  # noqa: F811
+    """Store files swapped for a symbolic or a hard link to a secret (the node's identity key), and the `.partial`
+    file of a fetch, are the one 404 on the data port (held, with no change: StoreGuard's checks)."""
+    a = nodes("a")
+    dataset_id = a.cli("publish", str(tensor.path)).stdout.strip()
+    port = a.data_port()
+    shards = a.home / "datasets" / dataset_id / "shards"
+    shard = tensor.shards[0]
+    secret = a.home / IDENTITY_FILE
+    base = f"http://127.0.0.1:{port}/{dataset_id}"
+    assert http_get(f"{base}/{shard.docs_path}")[0] == 200
+    (shards / f"{shard.name}.tokens.partial").write_bytes(b"bytes of an unfinished fetch")
+    for name, link in [
+        (f"{shard.name}.docs", Path.symlink_to),
+        (f"{shard.name}.pieces", Path.hardlink_to),
+        (f"{shard.name}.tokens", Path.hardlink_to),
+        (f"{shard.name}.tokens", Path.symlink_to),
+    ]:
+        (shards / name).replace(tmp_path / name)
+        link(shards / name, secret)
+        for path in (f"shards/{name}", f"shards/{shard.name}.tokens.partial"):
+            assert http_get(f"{base}/{path}") == (404, b"not found\n"), (name, link, path)
+        (shards / name).unlink()
+        (tmp_path / name).replace(shards / name)
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    """(status, body) of a GET (no proxy)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=TIMEOUT_SECONDS) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
