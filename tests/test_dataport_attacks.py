@@ -370,3 +370,73 @@ def http_get(url: str) -> tuple[int, bytes]:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+
+
+def answers(connection: socket.socket, bound: float = TIMEOUT_SECONDS) -> list[tuple[int, dict, bytes]]:
+    """The responses read from `connection` until the server closes it, each (status, headers, body)."""
+    connection.settimeout(bound)
+    data = b""
+    while True:
+        try:
+            chunk = connection.recv(1 << 20)
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            break
+        data += chunk
+    found = []
+    while data:
+        head, _, data = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        fields = dict(line.lower().split(": ", 1) for line in lines[1:])
+        length = int(fields["content-length"])
+        found.append((int(lines[0].split()[1]), fields, data[:length]))
+        data = data[length:]
+    return found
+
+
+def test_request_floods_heads_bodies_and_odd_ranges_meet_the_data_ports_rules(tensor, nodes):  # noqa: F811
+    """Held with no change, checked on a node process: a connection answers requests_per_connection pipelined
+    requests (the last with `Connection: close`) and no more; a head over 8 KiB is 431 and a request with a body
+    400, each closing the connection; Range forms other than one span are the whole file, a span past the end 416;
+    a reader that stops reading is cut by the write timeout."""
+    env = {**PACED, "KOGITUNE_DATA_PORT_REQUESTS_PER_CONNECTION": "60"}
+    a = nodes("a", env=env)
+    dataset_id = a.cli("publish", str(tensor.path)).stdout.strip()
+    port = a.data_port()
+    shard = tensor.shards[0]
+    data = (tensor.path / shard.tokens_path).read_bytes()
+    target = f"/{dataset_id}/{shard.tokens_path}".encode()
+
+    def exchange(raw: bytes) -> list[tuple[int, dict, bytes]]:
+        connection = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_SECONDS)
+        with connection:
+            connection.sendall(raw)
+            return answers(connection)
+
+    flood = exchange(b"GET %s HTTP/1.1\r\nHost: x\r\nRange: bytes=0-0\r\n\r\n" % target * 65)
+    assert [status for status, _, _ in flood] == [206] * 60
+    assert flood[-1][1].get("connection") == "close" and "connection" not in flood[-2][1]
+    assert [status for status, _, _ in exchange(b"GET / HTTP/1.1\r\nHost: x\r\nX: %s\r\n\r\n" % (b"y" * 9000))] == [431]
+    with_body = b"GET %s HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello" % target
+    assert [status for status, _, _ in exchange(with_body * 2)] == [400]
+    ranges = {
+        b"bytes=0-1,5-6": (200, data),
+        b"bytes=-5": (200, data),
+        b"bytes=99999999999999999999-": (200, data),
+        b"bytes=%d-" % len(data): (416, None),
+        b"bytes=10-19": (206, data[10:20]),
+    }
+    for spec, (status, body) in ranges.items():
+        ((got, _, got_body),) = exchange(
+            b"GET %s HTTP/1.1\r\nHost: x\r\nRange: %s\r\nConnection: close\r\n\r\n" % (target, spec)
+        )
+        assert got == status and (body is None or got_body == body), spec
+
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", port))
+    stalled.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % target * 59)  # ~15 MiB in all, far past the buffers
+    time.sleep(3 * 2)  # the attack: read nothing for 3 write timeouts
+    with stalled:
+        assert len(answers(stalled)) < 59  # cut: the answers stopped, and the connection was closed
