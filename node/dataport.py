@@ -297,8 +297,10 @@ class DataPort:
         if request.method not in (b"GET", b"HEAD"):
             await self._send_small(connection, http, 405, b"only GET and HEAD\n", head, last, [("allow", "GET, HEAD")])
             return
-        peer = requester(request.headers, connection.stream, self.tls) if self.tls is not None else None
-        found = await self.files.open(request.target, peer)
+        tls, stream = self.tls, connection.stream
+        found = await self.files.open(
+            request.target, lambda: None if tls is None else requester(request.headers, stream, tls)
+        )
         if found is None:
             await self._send_small(connection, http, 404, NOT_FOUND_BODY, head, last)
             return

@@ -31,6 +31,7 @@ from kogitune.node.pool import SourcePool
 from kogitune.node.sources import HttpSource, Source
 from kogitune.node.tlsdata import ServerTls
 from kogitune.protocol import wire
+from kogitune.protocol.tlsid import check_auth as tlsid_check_auth
 from kogitune.tensor import DataTensor
 
 READ_TIMEOUT = 3.0
@@ -440,3 +441,42 @@ def test_request_floods_heads_bodies_and_odd_ranges_meet_the_data_ports_rules(te
     time.sleep(3 * 2)  # the attack: read nothing for 3 write timeouts
     with stalled:
         assert len(answers(stalled)) < 59  # cut: the answers stopped, and the connection was closed
+
+
+def test_a_signature_is_checked_only_for_a_private_datasets_request(tensor, nodes, monkeypatch):  # noqa: F811
+    """Over TLS, a request's `Authorization` costs the port an Ed25519 verification: only a private dataset's
+    request needs one. Before, every request that carried the header was verified, so anyone could make each cheap
+    request to a public dataset cost that too. A's store served by a DataPort in this process (spying on the
+    checks)."""
+    from kogitune.content_store import ContentStore
+    from kogitune.node import tlsdata
+    from kogitune.node.dataport import DataPort
+    from kogitune.node.http import HttpClient
+    from kogitune.node.server import DataServer
+    from kogitune.protocol.signing import peer_id_from_public_key, public_key_from_seed
+
+    fetcher_seed = bytes(range(1, 33))
+    a = nodes("a")
+    public_id = a.cli("publish", str(tensor.path)).stdout.strip()
+    fetcher = peer_id_from_public_key(public_key_from_seed(fetcher_seed))
+    private_id = a.cli("publish", str(tensor.path), "--allow", fetcher).stdout.strip()
+    checked = []
+    monkeypatch.setattr(tlsdata, "check_auth", lambda *args: checked.append(args) or tlsid_check_auth(*args))
+
+    async def main() -> list[int]:
+        port = DataPort(DataServer(ContentStore(a.home)))
+        port.tls = tlsdata.ServerTls(bytes(range(32)))
+        async with trio.open_nursery() as nursery:
+            host, number = await nursery.start(port.serve, "127.0.0.1", 0)
+            client = HttpClient(TIMEOUT_SECONDS, peer=tlsdata.PeerTls(port.tls.peer_id, fetcher_seed))
+            statuses = []
+            for dataset_id in (public_id, public_id, private_id):
+                with trio.fail_after(TIMEOUT_SECONDS):
+                    async with client.get(f"https://{host}:{number}/{dataset_id}/manifest.json") as response:
+                        await response.body.read_all(1 << 20, "manifest")
+                        statuses.append(response.status)
+            nursery.cancel_scope.cancel()
+        return statuses
+
+    assert trio.run(main) == [200, 200, 200]
+    assert len(checked) == 1  # the private dataset's request only
