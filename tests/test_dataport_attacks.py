@@ -4,6 +4,12 @@ heads without end, a head dripped a byte at a time) is a failure of that source 
 peer's libp2p source takes over again, instead of a fetch worker (and, with the 1xx, the fetcher's CPU) held for as
 long as the liar likes while the peer's libp2p source stands by.
 
+The serving side, against a node process: a request head is due one head timeout after the accept, however the
+client splits it between its first byte, a TLS handshake and the head; a connection's answers keep the slow-reader
+floor over its whole life (a client draining pipelined small answers is cut as one that stalls a large one); an
+`Authorization` costs a signature check only for a private dataset; and, held with no change, links and `.partial`
+files in the store, request floods, big heads, bodies and odd ranges meet the port's rules.
+
 What was tried and needed no change is listed in docs/security.md ("The data port")."""
 
 from __future__ import annotations
