@@ -28,10 +28,12 @@ Limits, the data server's values (ServerLimits and kogitune.settings): at most `
 from one IP (host.ip_key) and `connections_total` in all, shared fairly between IPs when full (host.FairSlots); a
 connection from an IP at its cap takes the place of that IP's oldest connection that is waiting for a request
 head, if any, else it is closed at once; a request head must arrive whole within `head_timeout` (from the accept,
-or from the end of the previous answer on a kept-alive connection) and fit `max_head_bytes`; each 1 MiB write
-must leave within `write_timeout` (a reader slower than 32 KiB/s is cut); a connection serves at most
-`requests_per_connection` requests. So a slowloris holds a slot for one head timeout and never an honest
-fetcher's place.
+or from the end of the previous answer on a kept-alive connection; from the accept, telling TLS from plain HTTP
+and the TLS handshake count too) and fit `max_head_bytes`; the answers must leave at 1 MiB per `write_timeout`
+(32 KiB/s) over the connection's life, with `write_timeout` of slack (`_Connection.send`: a reader slower than
+that is cut, whether it stalls one large answer or drains many small pipelined ones a byte at a time); a
+connection serves at most `requests_per_connection` requests. So a slowloris holds a slot for one head timeout
+and never an honest fetcher's place.
 
 `serve_requests` serves the requests of one trio Stream, so a TLS-wrapped stream can be served by the same code.
 """
@@ -94,7 +96,8 @@ class DataPortLimits:
     """Seconds a connection has to deliver a whole request head, from its accept or from the end of the previous
     answer."""
     write_timeout: float = WRITE_TIMEOUT_SECONDS
-    """Seconds one write of CHUNK (1 MiB) may take to leave."""
+    """Seconds one write of CHUNK (1 MiB) may take to leave, and the most a connection's sends may wait for its
+    reader beyond the time the bytes they sent earn back (`_Connection.send`)."""
     max_head_bytes: int = 8192
     """Bytes of a request head; a longer one is answered 431 and the connection closed."""
     connections_per_ip: int = settings().server_streams_per_ip
@@ -107,12 +110,38 @@ class DataPortLimits:
 
 @dataclass(eq=False)
 class _Connection:
-    """One connection being served: its cancel scope (ended if its slot goes to another) and whether it is waiting
-    for a request head (such a connection is the first to give its slot up)."""
+    """One connection being served: its cancel scope (ended if its slot goes to another), whether it is waiting
+    for a request head (such a connection is the first to give its slot up) and since when, and the seconds its
+    sends may still wait for the reader (`send`)."""
 
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     idle: bool = True
     since: float = field(default_factory=trio.current_time)
+    """When it began to wait for its head: the accept (so sniffing TLS and its handshake count), then the end of
+    each answer."""
+    write_timeout: float = WRITE_TIMEOUT_SECONDS
+    """Seconds its sends may wait for the reader in all, beyond what the bytes they sent earn back (`send`)."""
+    stream: trio.abc.Stream | None = None
+    """What it is served on (TCP, or TLS over it), once accepted."""
+    allowance: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.allowance = self.write_timeout
+
+    async def send(self, data) -> None:
+        """Send `data` (at most CHUNK and its framing) within the allowance: `write_timeout`, less the time earlier
+        sends waited, plus write_timeout back for each CHUNK sent (never above write_timeout). So a connection keeps
+        the floor of a slow reader (CHUNK per write_timeout) over all its answers, not only within each write: a
+        reader that drains small pipelined answers one at a time, each within the timeout, is cut all the same."""
+        if not data:
+            return
+        started = trio.current_time()
+        try:
+            with trio.fail_after(self.allowance):
+                await self.stream.send_all(data)  # type: ignore[union-attr]  # set before any answer
+        finally:
+            waited = trio.current_time() - started
+            self.allowance = min(self.write_timeout, self.allowance - waited + len(data) * self.write_timeout / CHUNK)
 
 
 @dataclass
@@ -167,7 +196,7 @@ class DataPort:
         except OSError:  # gone already
             await trio.aclose_forcefully(stream)
             return
-        connection = _Connection()
+        connection = _Connection(write_timeout=self.limits.write_timeout)
         if not self._admit(ip, connection):
             self.stats.refused["busy"] += 1
             await trio.aclose_forcefully(stream)
@@ -201,13 +230,16 @@ class DataPort:
 
     async def serve_requests(self, stream: trio.abc.Stream, connection: _Connection | None = None) -> None:
         """Serve the requests of one connection (any trio Stream: TCP, or TLS over it) until it closes, breaks a
-        rule or has made requests_per_connection requests."""
-        connection = connection or _Connection()
+        rule or has made requests_per_connection requests. Its first head is due head_timeout after `connection`
+        was made (the accept), each next one head_timeout after the previous answer."""
+        connection = connection or _Connection(write_timeout=self.limits.write_timeout)
         http = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_head_bytes)
+        connection.stream = stream
         for served in range(1, self.limits.requests_per_connection + 1):
-            connection.idle, connection.since = True, trio.current_time()
+            if served > 1:
+                connection.idle, connection.since = True, trio.current_time()
             try:
-                with trio.fail_after(self.limits.head_timeout):
+                with trio.fail_at(connection.since + self.limits.head_timeout):
                     request = await self._read_request(stream, http)
             except trio.TooSlowError:
                 if served == 1:  # after an answer, a kept-alive connection that stays idle is closed, not refused
@@ -216,7 +248,7 @@ class DataPort:
             except h11.RemoteProtocolError as exc:
                 self.stats.refused["bad_head"] += 1
                 status = exc.error_status_hint
-                await self._answer_error(stream, http, 431 if status == 431 else 400)
+                await self._answer_error(connection, http, 431 if status == 431 else 400)
                 return
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
@@ -225,7 +257,7 @@ class DataPort:
             connection.idle = False
             last = served == self.limits.requests_per_connection
             try:
-                await self._answer(stream, http, request, last)
+                await self._answer(connection, http, request, last)
             except trio.TooSlowError:
                 self.stats.refused["slow_reader"] += 1
                 return
@@ -260,43 +292,46 @@ class DataPort:
             else:  # ConnectionClosed
                 return None
 
-    async def _answer(self, stream: trio.abc.Stream, http: h11.Connection, request: h11.Request, last: bool) -> None:
+    async def _answer(self, connection: _Connection, http: h11.Connection, request: h11.Request, last: bool) -> None:
         head = request.method == b"HEAD"
         if request.method not in (b"GET", b"HEAD"):
-            await self._send_small(stream, http, 405, b"only GET and HEAD\n", head, last, [("allow", "GET, HEAD")])
+            await self._send_small(connection, http, 405, b"only GET and HEAD\n", head, last, [("allow", "GET, HEAD")])
             return
-        peer = requester(request.headers, stream, self.tls) if self.tls is not None else None
-        found = await self.files.open(request.target, peer)
+        tls, stream = self.tls, connection.stream
+        found = await self.files.open(
+            request.target, lambda: None if tls is None else requester(request.headers, stream, tls)
+        )
         if found is None:
-            await self._send_small(stream, http, 404, NOT_FOUND_BODY, head, last)
+            await self._send_small(connection, http, 404, NOT_FOUND_BODY, head, last)
             return
         size = found.size
         try:
             span = requested_range(request, size)
             if span is None:
-                await self._send_small(
-                    stream, http, 416, b"range not satisfiable\n", head, last, [("content-range", f"bytes */{size}")]
-                )
+                unsatisfiable = [("content-range", f"bytes */{size}")]
+                await self._send_small(connection, http, 416, b"range not satisfiable\n", head, last, unsatisfiable)
                 return
             start, end, partial = span
             fields = [("content-type", "application/octet-stream"), ("accept-ranges", "bytes")]
             fields.append(("cache-control", "public, max-age=31536000, immutable"))  # content-addressed
             if partial:
                 fields.append(("content-range", f"bytes {start}-{end - 1}/{size}"))
-            await self._send_head(stream, http, 206 if partial else 200, end - start, fields, last)
+            await self._send_head(connection, http, 206 if partial else 200, end - start, fields, last)
             if head:
                 pass
             elif found.content is not None:
-                await self._send_body(stream, http, memoryview(found.content)[start:end])
+                await self._send_body(connection, http, memoryview(found.content)[start:end])
                 self.stats.served[found.dataset_id] += end - start
             else:
-                await self._send_file(stream, http, found, start, end)
-            await self._send_all(stream, http.send(h11.EndOfMessage()))
+                await self._send_file(connection, http, found, start, end)
+            await connection.send(http.send(h11.EndOfMessage()))
         finally:
             if found.opened is not None:
                 os.close(found.opened[0])
 
-    async def _send_file(self, stream, http: h11.Connection, found: ServedFile, start: int, end: int) -> None:
+    async def _send_file(
+        self, connection: _Connection, http: h11.Connection, found: ServedFile, start: int, end: int
+    ) -> None:
         """Bytes start..end of an open served file, CHUNK at a time, each checked unchanged before it leaves."""
         fd, signature = found.opened  # type: ignore[misc]  # a shard file: opened, not content
         path = found.path
@@ -307,38 +342,35 @@ class DataPort:
             self.server.guard.check_unchanged(fd, signature, found.directory, path)
             if not count:
                 raise OSError(f"{path} is shorter than the manifest says")
-            await self._send_body(stream, http, view[:count])
+            await self._send_body(connection, http, view[:count])
             start += count
             self.stats.served[found.dataset_id] += count
 
-    async def _send_body(self, stream, http: h11.Connection, data: memoryview) -> None:
+    async def _send_body(self, connection: _Connection, http: h11.Connection, data: memoryview) -> None:
         framed = http.send_with_data_passthrough(h11.Data(data=data))  # type: ignore[arg-type]  # any buffer
         for piece in framed or ():  # the body's bytes themselves, never copied (Content-Length framing)
-            await self._send_all(stream, piece)
+            await connection.send(piece)
 
-    async def _send_head(self, stream, http: h11.Connection, status: int, length: int, fields: list, last: bool):
+    async def _send_head(
+        self, connection: _Connection, http: h11.Connection, status: int, length: int, fields: list, last: bool
+    ):
         self.stats.requests[status] += 1
         headers = [*fields, ("content-length", str(length)), *([("connection", "close")] if last else [])]
         response = h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase)
-        await self._send_all(stream, http.send(response))
+        await connection.send(http.send(response))
 
-    async def _send_small(self, stream, http, status: int, body: bytes, head: bool, last: bool, fields=()) -> None:
-        await self._send_head(stream, http, status, len(body), [("content-type", "text/plain"), *fields], last)
-        await self._send_all(stream, b"".join(http.send(event) or b"" for event in _body_events(body, head)))
+    async def _send_small(
+        self, connection: _Connection, http, status: int, body: bytes, head: bool, last: bool, fields=()
+    ) -> None:
+        await self._send_head(connection, http, status, len(body), [("content-type", "text/plain"), *fields], last)
+        await connection.send(b"".join(http.send(event) or b"" for event in _body_events(body, head)))
 
-    async def _answer_error(self, stream, http: h11.Connection, status: int) -> None:
+    async def _answer_error(self, connection: _Connection, http: h11.Connection, status: int) -> None:
         """Answer a broken request and close (the rest of what the client sends is not read)."""
-        try:
-            with trio.move_on_after(self.limits.write_timeout):
-                await self._send_small(stream, http, status, f"{HTTPStatus(status).phrase}\n".encode(), False, True)
-        except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+        try:  # within the connection's send allowance (write_timeout at most)
+            await self._send_small(connection, http, status, f"{HTTPStatus(status).phrase}\n".encode(), False, True)
+        except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
             pass
-
-    async def _send_all(self, stream, data) -> None:
-        """Send `data` (at most CHUNK and its framing) within write_timeout."""
-        if data:
-            with trio.fail_after(self.limits.write_timeout):
-                await stream.send_all(data)
 
 
 def _body_events(body: bytes, head: bool) -> list:

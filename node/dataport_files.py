@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,9 +62,10 @@ class ServedFiles:
         self.server = server
         self._files: dict[str, tuple] = {}
 
-    async def open(self, target: bytes, peer: str | None) -> ServedFile | None:
-        """The file `target` names, or None for anything this port does not serve to `peer` (who signed the
-        request over TLS: node/tlsdata.requester; None over plain HTTP)."""
+    async def open(self, target: bytes, requester: Callable[[], str | None]) -> ServedFile | None:
+        """The file `target` names, or None for anything this port does not serve to `requester()`, the peer who
+        signed the request over TLS (node/tlsdata.requester; None over plain HTTP), asked only for a private
+        dataset (a signature to check costs CPU that a public dataset's request must not let anyone spend)."""
         parts = target.split(b"/")
         if len(parts) < 3 or parts[0] != b"" or not all(parts[1:]):
             return None
@@ -78,10 +80,10 @@ class ServedFiles:
         if loaded is None:  # not held or withheld
             return None
         manifest, manifest_bytes = loaded
-        if manifest.access is not None and not (
-            peer is not None and self.server.audience(dataset_id, directory, manifest).admits(peer)
-        ):  # private, and not to this request: the same 404
-            return None
+        if manifest.access is not None:  # private: to a peer of its allow-list only, else the same 404
+            peer = requester()
+            if peer is None or not self.server.audience(dataset_id, directory, manifest).admits(peer):
+                return None
         if path == MANIFEST_FILE:
             return ServedFile(dataset_id, path, directory, content=manifest_bytes)
         if path == SIGNATURE_FILE:

@@ -67,27 +67,24 @@ class ServerTls:
     async def accept(self, stream: trio.abc.Stream, timeout: float) -> trio.abc.Stream | None:
         """One port for plain HTTP and TLS: a TLS stream over `stream` if the client opens with a TLS handshake
         record (first byte 0x16, which begins no HTTP request), else `stream` as it came (the bytes read to tell
-        them apart are served first). None, with `stream` closed, if nothing arrives or the handshake does not
-        finish within `timeout` seconds each."""
+        them apart are served first). None, with `stream` closed, if nothing arrives, or the first byte and the
+        handshake do not both come within `timeout` seconds (the data port's head deadline counts from the accept
+        too: a client holds its slot one head timeout at most, however it splits it)."""
         try:
             with trio.fail_after(timeout):
                 first = await stream.receive_some(SNIFF_BYTES)
+                if first and first[0] != TLS_HANDSHAKE_RECORD:
+                    return _Prefixed(stream, first)
+                if first:
+                    tls = trio.SSLStream(
+                        _Prefixed(stream, first), self.context, server_side=True, https_compatible=True
+                    )
+                    await tls.do_handshake()
+                    return tls
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError):
-            first = b""
-        if not first:
-            await trio.aclose_forcefully(stream)
-            return None
-        prefixed = _Prefixed(stream, first)
-        if first[0] != TLS_HANDSHAKE_RECORD:
-            return prefixed
-        tls = trio.SSLStream(prefixed, self.context, server_side=True, https_compatible=True)
-        try:
-            with trio.fail_after(timeout):
-                await tls.do_handshake()
-            return tls
-        except (trio.BrokenResourceError, trio.TooSlowError, OSError):
-            await trio.aclose_forcefully(stream)
-            return None
+            pass
+        await trio.aclose_forcefully(stream)
+        return None
 
 
 class _Prefixed(trio.abc.Stream):
