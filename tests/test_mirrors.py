@@ -65,7 +65,7 @@ def test_hostile_mirrors_cannot_spoil_the_data(served, tmp_path, monkeypatch, ch
     """Corrupting, dying, hanging and 404 mirrors beside one good one: the data is complete and byte-identical,
     whichever of them happened to deliver (the corrupting one flips only the first byte of each response, so its
     other pieces are fine; test_no_good_mirror_is_a_clear_error shows a lying mirror is dropped). Pieces are
-    checked on check threads, and (on this test machine's 2 cores, by default) between receives."""
+    checked on check threads (the default), and between receives."""
     monkeypatch.setenv("KOGITUNE_CHECK_THREADS", check_threads)
     with mirrors(served.path, "corrupt", "die", "hang", "not-found", "ok") as urls:
         tensor = open_mirrors(urls, ContentStore(tmp_path))
