@@ -96,10 +96,9 @@ class Settings:
         1, "Shards of a dataset fetched ahead of need at once (each streams from every source)."
     )
     check_threads: int = _setting(
-        0,
-        "Worker threads that hash and write received pieces while the event loop receives the next ones; 0: the "
-        "cores this process may use minus 2, at most 4 (none on 2 cores: there, the handoffs of Python's lock cost "
-        "more than the overlap gains, and pieces are checked between receives).",
+        2,
+        "Worker threads that hash and write received pieces while the event loop receives the next ones (0: none, "
+        "pieces are checked between receives: ~15% less CPU per byte, a little slower).",
         zero_ok=True,
     )
     http_connections: int = _setting(

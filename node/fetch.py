@@ -6,8 +6,8 @@ pieces, reserved for its stream alone (its share of the longest open run: the wo
 requests the shard's tokens file over exactly that run. No other stream starts inside a reserved run, so a source
 sends only bytes the fetcher keeps; a run is cut only when its stream is slow or stuck, and the stream then closes
 its request at the cut (what it read and threw away is counted in `SourceHealth.bytes_discarded`). Every piece is
-checked against the manifest before it is written (between receives, or on a check thread while the stream goes on:
-`check_threads`), so a source can only waste time, never put a wrong byte on disk:
+checked against the manifest before it is written (on a check thread while the stream goes on, or between receives:
+the setting `check_threads`), so a source can only waste time, never put a wrong byte on disk:
 
 - a piece whose hash does not match bans its source for the rest of the fetch (it lied);
 - an error, a timeout, a short read or a 404 counts as a failure: the source backs off exponentially and is
@@ -65,19 +65,7 @@ from .small_files import fetch_small_file
 log = logging.getLogger(__name__)
 MAX_PIECES_CHECKING = 4
 """Received pieces waiting for their hash check per shard: bounds memory to (this + sources) pieces."""
-MAX_CHECK_THREADS = 4
 _check_limiters: trio.lowlevel.RunVar = trio.lowlevel.RunVar("kogitune_check_limiters")
-_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def check_threads() -> int:
-    """Worker threads for piece checks (the setting check_threads; by default the cores this process may use minus
-    2, at most MAX_CHECK_THREADS). Hashing is most of a fetcher's CPU (SHA-256: ~0.6 s per GiB here), and hashlib and
-    pwrite release Python's lock, so threads let one fetch go past what one core can check. But each release and
-    reacquire is a handoff between threads, thousands per GiB: on 2 cores, where the serving side already uses the
-    other core, the fetching node spent 1.9 CPU s per GiB with threads and 1.6 without, and its `get` was no faster
-    (bench_dataplane)."""
-    return settings().check_threads or max(0, min(MAX_CHECK_THREADS, _CORES - 2))
 
 
 class ShardFetch:
@@ -105,7 +93,7 @@ class ShardFetch:
         self._stall: trio.CancelScope | None = None
         self.sidecars = SidecarIndexes(pool, shard, self.piece_size)
         self._buffer_size = compress_bound(self.piece_size)  # a piece, or a frame of one
-        self._check_threads = check_threads()
+        self._check_threads = settings().check_threads
         self._last_progress = 0.0
         self._download_started, self._bytes_verified = 0.0, 0  # by this fetch (not kept from a partial file)
         self._workers = 0
@@ -416,8 +404,12 @@ class ShardFetch:
             self._nursery.cancel_scope.cancel()
 
     async def _check_and_write_soon(self, *args) -> bool:
-        """_check_and_write on a check thread (check_threads, shared by every fetch of this trio run with the same
-        setting), or here, between receives, when there are none."""
+        """_check_and_write on a check thread (the setting check_threads: threads shared by every fetch of this trio
+        run), or here, between receives, when it is 0. Hashing is most of a fetcher's CPU (SHA-256: ~0.6 s per GiB
+        here), and hashlib and pwrite release Python's lock, so threads let a fetch go past what one core can check.
+        Each release and reacquire is a handoff between threads, though: on the 2-core benchmark machine, with 3
+        serving nodes beside it, 2 threads made the fetching node's `get` ~4% faster than none, for ~18% more CPU
+        (1.76 against 1.49 s per GiB, docs/benchmarks.md)."""
         threads = self._check_threads
         if not threads:
             return self._check_and_write(*args)
