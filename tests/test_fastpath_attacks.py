@@ -17,6 +17,7 @@ import time
 from contextlib import contextmanager
 from types import SimpleNamespace
 
+import h11
 import pytest
 import trio
 import trio.testing
@@ -26,7 +27,7 @@ from test_peer_streams import REQUEST, ScriptedHost, ScriptedStream
 from kogitune.client import open_mirrors
 from kogitune.content_store import ContentStore
 from kogitune.errors import FetchError, SourceError
-from kogitune.node.http import YIELD_BYTES, HttpClient
+from kogitune.node.http import YIELD_BYTES, HttpClient, _Body
 from kogitune.node.peers import PROPOSAL, READ_CHUNK, _open, _PeerBody
 from kogitune.node.tlsdata import _Prefixed
 from kogitune.protocol import wire
@@ -221,6 +222,48 @@ def test_a_flooding_body_lets_other_tasks_run_and_its_deadline_cut_it():
     assert received > 8 * YIELD_BYTES and ticks >= received // (2 * YIELD_BYTES), (ticks, received)
 
 
+class AlwaysQueued:
+    """A stream whose socket always has bytes queued (its fd reads /dev/zero): a source faster than any reader."""
+
+    def __init__(self) -> None:
+        self.socket = open("/dev/zero", "rb", buffering=0)  # (a file object has fileno(), as a socket does)
+
+
+def test_a_body_that_never_has_to_wait_still_yields_and_can_be_cut():
+    """Bytes always queued, so no receive ever waits: the reader still lets other tasks run once per YIELD_BYTES,
+    and one of them can cut it (as the fetch's stall timeout and a board's cut do). Without the yield, the loop
+    here would read its 64 MiB with no other task running, and the cut would come too late."""
+    stream = AlwaysQueued()
+
+    async def main():
+        body = _Body(stream, h11.Connection(h11.CLIENT), "http://flood/x", 5, 1 << 40)
+        buffer, received, ticks = memoryview(bytearray(256 << 10)), 0, 0
+        async with trio.open_nursery() as nursery:
+            reading = trio.CancelScope()
+
+            async def ticker():
+                nonlocal ticks
+                while True:
+                    await trio.sleep(0)
+                    ticks += 1
+                    if ticks == 8:
+                        reading.cancel()  # the cut
+
+            nursery.start_soon(ticker)
+            await trio.sleep(0)
+            with reading:
+                while received < 64 * YIELD_BYTES:
+                    received += await body.receive_into(buffer)
+            nursery.cancel_scope.cancel()
+        return reading.cancelled_caught, received, ticks
+
+    try:
+        cut, received, ticks = trio.run(main)
+    finally:
+        stream.socket.close()
+    assert cut and received <= 10 * YIELD_BYTES, (received, ticks)
+
+
 BODY = os.urandom((1 << 20) + 7)
 
 
@@ -305,6 +348,25 @@ def test_a_send_waiting_on_a_full_socket_never_writes_after_its_connection_ends(
             other_end._sock.recv(1)  # nothing came through the new connection (a trio socket would wait)
         assert outcome == [how] and (reused.fileno() == fd or other_end.fileno() == fd)
         reader.close(), reused.close(), other_end.close()
+
+    trio.run(main)
+
+
+def test_a_connection_cut_before_its_send_sends_nothing():
+    """A send that starts when its connection's scope is already cancelled (evicted, or its allowance spent: the
+    data port's slow-reader floor) writes nothing, as trio's own send_all does, even with room in the socket.
+    Before the fix, it wrote the whole chunk first and noticed the cut only at its last checkpoint."""
+
+    async def main():
+        server_side, reader = trio.socket.socketpair()
+        stream = _Prefixed(trio.SocketStream(server_side), b"")
+        with trio.move_on_after(0) as cut:
+            await stream.send_all(b"x" * 1000)
+        assert cut.cancelled_caught
+        with pytest.raises(BlockingIOError):
+            reader._sock.recv(1)
+        await stream.aclose()
+        reader.close()
 
     trio.run(main)
 
