@@ -22,6 +22,8 @@ import pytest
 import trio
 import trio.testing
 from mirrors import mirrors
+from test_dataport import request, tensor  # noqa: F401  (the published tensor fixture)
+from test_dataport_attacks import PACED, TIMEOUT_SECONDS
 from test_peer_streams import REQUEST, ScriptedHost, ScriptedStream
 
 from kogitune.client import open_mirrors
@@ -369,6 +371,32 @@ def test_a_connection_cut_before_its_send_sends_nothing():
         reader.close()
 
     trio.run(main)
+
+
+def test_readers_that_reset_mid_answer_or_never_read_leave_the_node_serving(tensor, nodes):  # noqa: F811
+    """Against a node process (its data port writes straight to the socket): 24 connections that pipeline 40
+    requests for a shard each and reset after the first bytes, and 8 that never read, all at once. The node goes on:
+    an honest request gets the exact file and `kogitune node status` answers."""
+    a = nodes("a", env=PACED)
+    dataset_id = a.cli("publish", str(tensor.path)).stdout.strip()
+    port = a.data_port()
+    shard = tensor.shards[0]
+    path = f"/{dataset_id}/{shard.tokens_path}"
+    requests = b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode() * 40
+    hostile = []
+    for _ in range(32):
+        connection = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_SECONDS)
+        connection.sendall(requests)
+        hostile.append(connection)
+    for connection in hostile[:24]:
+        connection.recv(1)  # the answer has begun
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        connection.close()  # a reset, with the server mid-answer
+    status, _, body = request(port, path)
+    assert status == 200 and body == (tensor.path / shard.tokens_path).read_bytes()
+    assert "data port" in a.cli("node", "status").stdout
+    for connection in hostile[24:]:
+        connection.close()
 
 
 # ---- pieces checked on check threads or between receives ----------------------------------------------------------
