@@ -73,7 +73,14 @@ def test_publish_and_get_show_in_the_metrics_and_on_the_status_page(tensor, node
     assert sum(fetched.get(("kogitune_fetched_bytes_total", dataset | {("source", s)}), 0) for s in from_a) == size
     assert fetched["kogitune_pieces_verified_total", dataset] == pieces
     assert fetched["kogitune_pieces_rejected_total", dataset] == 0
-    assert fetched["kogitune_dht_lookup_seconds_count", frozenset({("outcome", "found")})] >= 1
+    found = ("kogitune_dht_lookup_seconds_count", frozenset({("outcome", "found")}))
+    deadline = (
+        time.monotonic() + 30
+    )  # the lookup for more providers starts 1 s after the open (LOOKUP_DEFERRED_SECONDS)
+    while found not in fetched and time.monotonic() < deadline:
+        time.sleep(0.1)  # polling the metrics for the lookup, within the deadline
+        fetched = scrape(metrics_url(b))
+    assert fetched[found] >= 1
     assert fetched["kogitune_shard_fetch_seconds_count", frozenset({("outcome", "ok")})] == len(tensor.shards)
     assert fetched["kogitune_store_bytes", frozenset()] == size
 
