@@ -105,11 +105,13 @@ class _Prefixed(trio.abc.Stream):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Over TCP, write to the socket as long as it takes bytes, wait only when it is full, and pass through the
         scheduler once at the end: trio's SocketStream passes through it after every send that succeeds, several
-        times per 1 MiB chunk that a reader drains a few hundred KiB at a time (most of a serving node's CPU)."""
+        times per 1 MiB chunk that a reader drains a few hundred KiB at a time (most of a serving node's CPU). A
+        connection already cut (evicted, or its send allowance spent) sends nothing, as with trio's send_all."""
         socket = getattr(self.stream, "socket", None)
         if socket is None:
             await self.stream.send_all(memoryview(data))
             return
+        await trio.lowlevel.checkpoint_if_cancelled()
         fd, view = socket.fileno(), memoryview(data)
         if fd < 0:
             raise trio.ClosedResourceError("the connection is closed")
