@@ -3,7 +3,8 @@
 Run as `python tests/mirror_server.py DIR [--mode MODE]`; it prints `PORT <n>` once it listens on 127.0.0.1.
 Modes: ok (Range supported), no-range (ignores Range, like `python -m http.server`), corrupt (flips one byte in
 every .tokens response), die (exits abruptly after sending half of a .tokens file), hang (sends headers of
-.tokens responses, then nothing), not-found (404 for everything).
+.tokens responses, then nothing), hang-once (hangs so on its first .tokens response only: a mirror that cannot
+finish alone before a fetcher's read timeout ends that stream), not-found (404 for everything).
 """
 
 import argparse
@@ -16,6 +17,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 class MirrorHandler(SimpleHTTPRequestHandler):
     mode = "ok"
+    hung = threading.Lock()
+    """Taken by the .tokens response that hangs in mode hang-once."""
 
     def log_message(self, *args) -> None:
         pass
@@ -36,7 +39,7 @@ class MirrorHandler(SimpleHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
         self.send_header("Content-Length", str(end - (start or 0)))
         self.end_headers()
-        if is_tokens and self.mode == "hang":
+        if is_tokens and (self.mode == "hang" or (self.mode == "hang-once" and self.hung.acquire(blocking=False))):
             self.wfile.flush()
             threading.Event().wait()
         with open(path, "rb") as f:
@@ -78,7 +81,9 @@ class MirrorServer(ThreadingHTTPServer):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("directory")
-    parser.add_argument("--mode", default="ok", choices=["ok", "no-range", "corrupt", "die", "hang", "not-found"])
+    parser.add_argument(
+        "--mode", default="ok", choices=["ok", "no-range", "corrupt", "die", "hang", "hang-once", "not-found"]
+    )
     args = parser.parse_args()
     MirrorHandler.mode = args.mode
     server = MirrorServer(("127.0.0.1", 0), partial(MirrorHandler, directory=args.directory))

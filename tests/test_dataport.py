@@ -133,9 +133,14 @@ def test_a_private_dataset_and_odd_paths_are_404(tensor, nodes):
 
 def test_get_by_id_reads_the_data_ports_in_a_mixed_swarm(tensor, nodes):
     """A (data port) publishes; C (no data port) fetches it from A, over A's data port; D fetches by ID from A, C
-    and a web mirror (that hangs on the tokens files) at once: the peers join the mirror's pool, A's data port
-    serves, and A's metrics count what left over HTTP."""
+    and a web mirror (that hangs on the tokens files) at once: the mirror joins the peers' pool, A's data port
+    serves, and A's metrics count what left over HTTP. D opens the dataset by ID first (it waits for its bootstrap
+    peers' have answers), so A's data port is in D's pool before the get's first shard, whose small files are asked
+    of a data port first (SourcePool.in_order_of_health): a data port that joined in the background while a get
+    named a mirror could find the get over, all its pieces taken by the libp2p streams of A and C."""
     from test_metrics import scrape
+
+    from kogitune.client import DaemonClient
 
     a = nodes("a", flags=["--metrics", "127.0.0.1:0"])
     dataset_id = a.cli("publish", str(tensor.path)).stdout.strip()
@@ -145,6 +150,7 @@ def test_get_by_id_reads_the_data_ports_in_a_mixed_swarm(tensor, nodes):
     assert f"{a_port}: ok" in got, got
     assert DataTensor(c.home / "datasets" / dataset_id).verify() == []
     d = nodes("d", [a.address, c.address])
+    DaemonClient(d.home).call("open", 30, id=dataset_id)
     with mirrors(tensor.path, "hang") as (mirror,):  # it serves the manifest, then hangs on every tokens file
         got = d.cli("get", dataset_id, "--mirror", mirror, "--quiet").stdout
     assert DataTensor(d.home / "datasets" / dataset_id).verify() == []

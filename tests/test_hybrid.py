@@ -146,7 +146,11 @@ def test_a_lying_peer_beside_an_honest_mirror(tensor, nodes, tmp_path):
     marks forged so that its server sends the changed files as checked) and an honest mirror: the trainer gets
     exactly the stored tokens, and the peer is dropped for a wrong hash. The trainer trusts only the peer's
     signature, so the peer's signed manifest opens the dataset (the mirror's copy, from `kogitune store`, has no
-    signature) and the peer is in the pool from the first shard on."""
+    signature) and the peer is in the pool from the first shard on. The mirror cannot finish alone: it hangs on
+    its first tokens response, and with one connection (KOGITUNE_HTTP_CONNECTIONS) it sends no tokens byte until
+    the read timeout (3 s: netnodes.ENV) ends that stream, while the fetcher gives the hung run to an idle worker,
+    the peer's, within a fraction of a second (the endgame: node/piece_board.py); a mirror that took both pieces
+    of this one shard at once left the peer nothing to send, and nothing to be dropped for."""
     a = nodes("a")
     dataset_id = a.cli("publish", str(copy_tensor(tensor, tmp_path / "published"))).stdout.strip()
     held = DataTensor(a.home / "datasets" / dataset_id)
@@ -154,8 +158,8 @@ def test_a_lying_peer_beside_an_honest_mirror(tensor, nodes, tmp_path):
         for offset in range(0, shard.size, held.manifest.piece_size):
             flip_byte(held.path / shard.tokens_path, offset)
     record_verified(held.path, held.manifest, held.shards)  # the lie
-    one = {"KOGITUNE_HTTP_CONNECTIONS": "1"}  # with two, the mirror alone may take every piece of these tiny shards
-    with mirrors(tensor.path, "ok") as urls:
+    one = {"KOGITUNE_HTTP_CONNECTIONS": "1"}  # with two, the mirror's second stream would take the hung run
+    with mirrors(tensor.path, "hang-once") as urls:
         seen, sources, _ = train(tmp_path, {"id": dataset_id, "mirrors": urls}, a.address, [a.peer_id], one)
     np.testing.assert_array_equal(seen, expected(tensor))
     assert f"peer {a.peer_id}: dropped, sent shard" in sources["report"] and "wrong hash" in sources["report"]
