@@ -63,12 +63,12 @@ class _Refused(Exception):
     """The peer did not echo the data protocol's proposal."""
 
 
-async def _past_echo(stream) -> bytes:
+async def _past_echo(stream, name: str) -> bytes:
     """Read the peer's echo of PROPOSAL; return the bytes read past it (the start of the response). _Refused as soon
     as what arrives differs from the echo, or the stream ends first."""
     echo = b""
     while len(echo) < len(PROPOSAL):
-        data = await _read(stream, READ_CHUNK)
+        data = await _read(stream, READ_CHUNK, name)
         echo += data
         if not data or not PROPOSAL.startswith(echo[: len(PROPOSAL)]):
             raise _Refused()
@@ -92,11 +92,11 @@ async def _open_once(host, peer_id, request: wire.Request, timeout: float):
         decoder = wire.FrameDecoder(wire.response_limit(request))
         with trio.fail_after(timeout):
             await stream.write(PROPOSAL + wire.encode_request(request))
-            if past := await _past_echo(stream):
+            if past := await _past_echo(stream, str(peer_id)):
                 decoder.feed(past)  # (feeding b"" would mean the end of the stream)
             stream.set_protocol(wire.PROTOCOL_ID)
             while (frame := decoder.next_frame()) is None:
-                data = await _read(stream, READ_CHUNK)
+                data = await _read(stream, READ_CHUNK, str(peer_id))
                 if not data:
                     raise SourceError(f"{peer_id}: stream ended before a response")
                 decoder.feed(data)
@@ -146,7 +146,7 @@ async def older_protocol(host, peer_id, timeout: float) -> str | None:
     return None
 
 
-async def _read(stream, size: int) -> bytes:
+async def _read(stream, size: int, name: str) -> bytes:
     from libp2p.network.stream.exceptions import StreamEOF, StreamError
 
     try:
@@ -154,7 +154,7 @@ async def _read(stream, size: int) -> bytes:
     except StreamEOF:
         return b""
     except StreamError as exc:
-        raise SourceError(f"stream failed: {type(exc).__name__} {exc}") from None
+        raise SourceError(f"{name}: stream failed: {type(exc).__name__} {exc}") from None
 
 
 async def _reset(stream) -> None:
@@ -284,7 +284,7 @@ class _PeerBody(Body):
         else:
             try:
                 with trio.fail_after(self._source.read_timeout):
-                    data = await _read(self._stream, min(READ_CHUNK, self._left))
+                    data = await _read(self._stream, min(READ_CHUNK, self._left), self._source.name)
             except trio.TooSlowError:
                 raise SourceError(f"{self._source.name}: no data for {self._source.read_timeout:.0f} s") from None
             if not data:

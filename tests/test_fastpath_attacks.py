@@ -109,7 +109,7 @@ def test_a_stream_reset_mid_echo_is_a_failure_at_once_without_an_older_protocol_
     for an older one, and nothing waits for a timeout."""
     stream = PacedStream([PROPOSAL[:9]], reset_after=1)
     result, seconds, host = open_paced(stream)
-    assert isinstance(result, SourceError) and "stream failed" in str(result)
+    assert isinstance(result, SourceError) and str(result).startswith("peer: stream failed: ")  # named
     assert seconds == 0 and host.older_checks == 0 and ("reset",) in stream.log
 
 
