@@ -65,7 +65,7 @@ from .small_files import fetch_small_file
 log = logging.getLogger(__name__)
 MAX_PIECES_CHECKING = 4
 """Received pieces waiting for their hash check per shard: bounds memory to (this + sources) pieces."""
-_check_limiters: trio.lowlevel.RunVar = trio.lowlevel.RunVar("kogitune_check_limiters")
+_check_limiter: trio.lowlevel.RunVar = trio.lowlevel.RunVar("kogitune_check_limiter")
 
 
 class ShardFetch:
@@ -414,13 +414,12 @@ class ShardFetch:
         if not threads:
             return self._check_and_write(*args)
         try:
-            limiters = _check_limiters.get()
+            limiter = _check_limiter.get()
         except LookupError:
-            limiters = {}
-            _check_limiters.set(limiters)
-        if threads not in limiters:  # (the setting may change while a node runs)
-            limiters[threads] = trio.CapacityLimiter(threads)
-        return await trio.to_thread.run_sync(self._check_and_write, *args, limiter=limiters[threads])
+            limiter = trio.CapacityLimiter(threads)
+            _check_limiter.set(limiter)
+        limiter.total_tokens = threads  # (the setting may change while a node runs)
+        return await trio.to_thread.run_sync(self._check_and_write, *args, limiter=limiter)
 
     def _check_and_write(self, piece: bytearray, length: int, expected: bytes, offset: int, frame: int | None) -> bool:
         """Hashes run in parallel, writes one at a time: writes to one file serialize on its inode lock in the
